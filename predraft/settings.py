@@ -1,0 +1,169 @@
+"""One settings object for every predraft process.
+
+Values come, in order of precedence, from ``PREDRAFT_*`` environment variables, then from an optional
+TOML file (``PREDRAFT_CONFIG=path/to/predraft.toml``), then from the embedded defaults: SQLite, spool
+and broker under ``./var/``, DIMSE on 127.0.0.1:11112 with AE title ``PREDRAFT``, HTTP on
+127.0.0.1:8080.
+
+Build it with :func:`get_settings`; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV_VAR = "PREDRAFT_CONFIG"
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Every tunable of predraft. Paths are made absolute against the working directory."""
+
+    model_config = SettingsConfigDict(env_prefix="PREDRAFT_", extra="forbid", validate_default=True)
+
+    var_dir: Path = Field(Path("var"), description="Folder for the embedded database, broker, spool and models.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<var_dir>/predraft.sqlite")
+    broker_url: str | None = Field(
+        None, description="Celery broker URL; default kombu's SQLAlchemy transport on <var_dir>/broker.sqlite"
+    )
+    spool_dir: Path | None = Field(None, description="Where received instances and drafted SRs live; default <var_dir>/spool")
+
+    dimse_host: str = Field("127.0.0.1", description="Address the DIMSE listener binds to.")
+    dimse_port: int = Field(11112, ge=0, le=65535, description="DIMSE port (0 picks a free one).")
+    ae_title: str = Field("PREDRAFT", description="predraft's own AE title.")
+    allowed_calling_aes: list[str] = Field(
+        default_factory=list,
+        description="Calling AE titles allowed to associate; empty allows any, which is refused off loopback.",
+    )
+
+    http_host: str = Field("127.0.0.1", description="Address the HTTP app binds to.")
+    http_port: int = Field(8080, ge=0, le=65535, description="HTTP port.")
+
+    quiet_seconds: float = Field(10.0, gt=0, description="A study is ready after this long without a new instance.")
+    stability_poll_seconds: float = Field(1.0, gt=0, description="How often the listener looks for ready studies.")
+
+    model: Path | None = Field(
+        None, description="Model card (JSON) beside its safetensors weights; default the demo model under <var_dir>/models"
+    )
+    device: str = Field("cpu", description="Torch device for classification: cpu, cuda or cuda:N.")
+
+    worker_concurrency: int = Field(2, ge=1, description="Threads of the embedded Celery worker.")
+    worker_pool: str = Field("threads", description="Celery pool: threads, prefork or solo.")
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_ENV_VAR)
+        if config_file:
+            path = Path(config_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"{CONFIG_ENV_VAR}={config_file!r} does not name a readable file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        if not _AE_TITLE.match(value) or not value.strip():
+            raise ValueError(f"ae_title {value!r} is not a DICOM AE title (1-16 printable characters, no backslash)")
+        return value.strip()
+
+    @field_validator("allowed_calling_aes")
+    @classmethod
+    def _check_calling_aes(cls, value: list[str]) -> list[str]:
+        for title in value:
+            if not _AE_TITLE.match(title) or not title.strip():
+                raise ValueError(f"allowed_calling_aes entry {title!r} is not a DICOM AE title")
+        return [title.strip() for title in value]
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+            raise ValueError(f"device {value!r} is not one of cpu, cuda, cuda:N")
+        return value
+
+    @field_validator("worker_pool")
+    @classmethod
+    def _check_pool(cls, value: str) -> str:
+        if value not in {"threads", "prefork", "solo"}:
+            raise ValueError(f"worker_pool {value!r} is not one of threads, prefork, solo")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_defaults(self) -> Settings:
+        self.var_dir = self.var_dir.expanduser().absolute()
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.var_dir / 'predraft.sqlite'}"
+        if self.broker_url is None:
+            self.broker_url = f"sqla+sqlite:///{self.var_dir / 'broker.sqlite'}"
+        self.spool_dir = (self.spool_dir or self.var_dir / "spool").expanduser().absolute()
+        if self.model is not None:
+            self.model = self.model.expanduser().absolute()
+        if not self.allowed_calling_aes and not _is_loopback(self.dimse_host):
+            raise ValueError(
+                f"dimse_host {self.dimse_host!r} is not a loopback address: set allowed_calling_aes "
+                "(PREDRAFT_ALLOWED_CALLING_AES='[\"PACS_AE\"]') so that only known callers can store"
+            )
+        return self
+
+    @property
+    def model_card_path(self) -> Path:
+        """The model card in use: the configured one, or the embedded demo model's."""
+        return self.model or self.demo_model_card_path
+
+    @property
+    def demo_model_card_path(self) -> Path:
+        return self.var_dir / "models" / "demo" / "card.json"
+
+    @property
+    def uses_demo_model(self) -> bool:
+        return self.model is None
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a dict with passwords in URLs masked, for printing and logs."""
+        data = self.model_dump(mode="json")
+        for key in ("database_url", "broker_url"):
+            data[key] = redact_url(data[key])
+        return data
+
+
+def redact_url(url: str | None) -> str | None:
+    """Mask the password of a URL such as ``redis://:secret@host/0``."""
+    if url is None:
+        return None
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Build the settings from the environment, the optional TOML file and ``overrides``."""
+    return Settings(**overrides)
