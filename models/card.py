@@ -1,0 +1,89 @@
+"""Model cards: the JSON file beside a safetensors weights file that says what the weights are.
+
+A card names the timm architecture, input size, normalization, the ordered class list, the views it
+accepts, its version, whether it was trained at all, its decision threshold and temperature, and the
+sha256 of its weights, which :func:`load_card` checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from models.taxonomy import CLASS_ORDER, HardwareClass, View
+
+
+class ModelCardError(ValueError):
+    """A model card that cannot be used: unreadable, invalid, or not matching its weights."""
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    architecture: str = Field(min_length=1, description="timm model name")
+    input_size: int = Field(ge=16, le=2048, description="square input edge in pixels")
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    classes: tuple[HardwareClass, ...] = CLASS_ORDER
+    accepted_views: tuple[View, ...] = (View.AP_PELVIS, View.AP_HIP, View.FROG_LEG, View.CROSS_TABLE_LATERAL)
+    trained: bool = Field(description="False for weights that were never trained: every draft must say so")
+    synthetic_demo: bool = Field(False, description="True for the demo model trained on phantoms")
+    training_data: str = ""
+    threshold: float = Field(0.5, gt=0, lt=1, description="top-class probability under which a hip is indeterminate")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature fitted on validation data")
+    weights: str = Field(description="weights file name, relative to the card")
+    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("classes")
+    @classmethod
+    def _check_classes(cls, value: tuple[HardwareClass, ...]) -> tuple[HardwareClass, ...]:
+        if len(set(value)) != len(value) or len(value) < 2:
+            raise ValueError(f"classes {list(value)} must be at least two distinct hardware classes")
+        return value
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.name} {self.version}"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_card(card_path: Path, *, verify_weights: bool = True) -> tuple[ModelCard, Path]:
+    """Read and validate a card; return it with the absolute path of its weights.
+
+    Raises :class:`ModelCardError` when the card is missing or invalid, or when the weights' sha256
+    differs from the card's.
+    """
+    card_path = Path(card_path)
+    try:
+        card = ModelCard.model_validate(json.loads(card_path.read_text()))
+    except FileNotFoundError as exc:
+        raise ModelCardError(f"model card {card_path} does not exist") from exc
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise ModelCardError(f"model card {card_path} is invalid: {exc}") from exc
+    weights_path = (card_path.parent / card.weights).resolve()
+    if verify_weights:
+        if not weights_path.is_file():
+            raise ModelCardError(f"weights {weights_path} named by {card_path} do not exist")
+        actual = sha256_of(weights_path)
+        if actual != card.weights_sha256:
+            raise ModelCardError(
+                f"weights {weights_path} have sha256 {actual}, but the card {card_path} says {card.weights_sha256}"
+            )
+    return card, weights_path
+
+
+def write_card(card: ModelCard, card_path: Path) -> None:
+    card_path.parent.mkdir(parents=True, exist_ok=True)
+    card_path.write_text(json.dumps(card.model_dump(mode="json"), indent=2) + "\n")

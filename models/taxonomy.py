@@ -1,0 +1,55 @@
+"""The vocabulary every stage shares: hardware classes, views and sides.
+
+Accept a string or an enum at the edges (``HardwareClass("tha")``) and pass enums inward.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class HardwareClass(StrEnum):
+    """The nine hardware categories, in the model's output order (see docs: CLINICAL.md)."""
+
+    NONE = "none"
+    THA = "tha"
+    HEMI = "hemi"
+    IMN = "imn"
+    CANNULATED_SCREWS = "cannulated_screws"
+    DHS = "dhs"
+    PLATE = "plate"
+    THA_PLUS_FIXATION = "tha_plus_fixation"
+    POST_INFECTIOUS = "post_infectious"
+
+
+#: The model's output order.
+CLASS_ORDER: tuple[HardwareClass, ...] = tuple(HardwareClass)
+
+
+class View(StrEnum):
+    AP_PELVIS = "ap_pelvis"
+    AP_HIP = "ap_hip"
+    FROG_LEG = "frog_leg"
+    CROSS_TABLE_LATERAL = "cross_table_lateral"
+    UNKNOWN = "unknown"
+
+    @property
+    def label(self) -> str:
+        return _VIEW_LABELS[self]
+
+
+_VIEW_LABELS = {
+    View.AP_PELVIS: "AP pelvis",
+    View.AP_HIP: "AP hip",
+    View.FROG_LEG: "frog-leg lateral",
+    View.CROSS_TABLE_LATERAL: "cross-table lateral",
+    View.UNKNOWN: "unlabelled view",
+}
+
+
+class Side(StrEnum):
+    """The patient's side of a hip. ``UNKNOWN`` when no tag or rule says which."""
+
+    RIGHT = "right"
+    LEFT = "left"
+    UNKNOWN = "unknown"
