@@ -1,0 +1,180 @@
+"""The draft as a DICOM Comprehensive SR (highdicom), per docs: CLINICAL.md.
+
+Content tree (TID 2000 style)::
+
+    CONTAINER  LN 18748-4 Diagnostic Imaging Report
+      HAS OBS CONTEXT   observer type Device, its UID, name, manufacturer, model
+      CONTAINS CONTAINER DCM 121070 Findings
+        CONTAINS TEXT   DCM 121071 Finding: one sentence per hip
+          HAS CONCEPT MOD CODE SCT 272741003 Laterality (when the side is known)
+        CONTAINS CODE   DCM 121071 Finding: the hardware class code, or 99PREDRAFT INDET
+          HAS CONCEPT MOD CODE Laterality
+          HAS PROPERTIES  NUM 99PREDRAFT PROB: the aggregated probability
+          INFERRED FROM   IMAGE: each source image of that hip
+      CONTAINS CONTAINER DCM 121072 Impressions
+        CONTAINS TEXT   DCM 121073 Impression
+      CONTAINS TEXT     DCM 121106 Comment: the unverified-AI-draft line
+
+Flags: CompletionFlag PARTIAL, VerificationFlag UNVERIFIED, PreliminaryFlag PRELIMINARY. The
+algorithm is named per IHE AI Results in the Contributing Equipment Sequence, with a Device UID
+derived from the weights' sha256, so it changes whenever the weights do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+import predraft
+from models.card import ModelCard
+from models.taxonomy import Side
+from reporting.aggregate import SideFinding
+from reporting.text import DraftText
+from reporting.wording import CODES, INDETERMINATE_CODE, PRIVATE_SCHEME, PROBABILITY_CODE
+
+MANUFACTURER = "predraft"
+SERIES_DESCRIPTION = "UNVERIFIED AI DRAFT (predraft)"
+PROCESSING_ALGORITHM = Code("Newcode1", "99IHE", "Processing Algorithm")
+_LATERALITY = {Side.RIGHT: codes.SCT.Right, Side.LEFT: codes.SCT.Left}
+#: Attributes highdicom needs on each evidence dataset; an empty value is allowed.
+_REQUIRED_EVIDENCE_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber",
+                           "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
+def device_uid(model: ModelCard) -> str:
+    """A UID that is a function of the weights: ``2.25.<first 128 bits of their sha256>``."""
+    return f"2.25.{int(model.weights_sha256[:32], 16)}"
+
+
+def _with_required_tags(ds: Dataset) -> Dataset:
+    for keyword in _REQUIRED_EVIDENCE_TAGS:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
+
+
+def _laterality(side: Side) -> hd.sr.CodeContentItem | None:
+    if side not in _LATERALITY:
+        return None
+    return hd.sr.CodeContentItem(name=codes.SCT.Laterality, value=_LATERALITY[side],
+                                 relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD)
+
+
+def _finding_items(finding: SideFinding, sentence: str, sop_classes: dict[str, str]) -> list[Dataset]:
+    laterality = _laterality(finding.side)
+    text = hd.sr.TextContentItem(name=codes.DCM.Finding, value=sentence,
+                                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    if laterality is not None:
+        text.ContentSequence = hd.sr.ContentSequence([laterality])
+    coded = hd.sr.CodeContentItem(
+        name=codes.DCM.Finding,
+        value=INDETERMINATE_CODE if finding.hardware is None else CODES[finding.hardware],
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    children: list[Dataset] = [] if laterality is None else [_laterality(finding.side)]
+    children.append(hd.sr.NumContentItem(
+        name=PROBABILITY_CODE, value=round(finding.probability, 4), unit=codes.UCUM.NoUnits,
+        relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES))
+    children.extend(
+        hd.sr.ImageContentItem(name=codes.DCM.SourceImage, referenced_sop_class_uid=sop_classes[uid],
+                               referenced_sop_instance_uid=uid,
+                               relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM)
+        for uid in finding.sop_instance_uids
+    )
+    coded.ContentSequence = hd.sr.ContentSequence(children)
+    return [text, coded]
+
+
+def build_draft_sr(
+    *,
+    evidence: Sequence[Dataset],
+    findings: Sequence[SideFinding],
+    text: DraftText,
+    model: ModelCard,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int = 9901,
+) -> hd.sr.ComprehensiveSR:
+    """Build the unverified draft SR in the evidence's study, referencing every evidence image.
+
+    ``evidence`` are the source images' headers (pixel data not needed); ``findings`` and ``text``
+    say the same thing, once coded and once as prose.
+    """
+    if not evidence:
+        raise ValueError("build_draft_sr needs at least one evidence dataset")
+    if not findings:
+        raise ValueError("build_draft_sr needs at least one finding")
+    study_uids = {str(ds.StudyInstanceUID) for ds in evidence}
+    if len(study_uids) != 1:
+        raise ValueError(f"evidence spans {len(study_uids)} studies; a draft belongs to exactly one")
+    evidence = [_with_required_tags(ds) for ds in evidence]
+    sop_classes = {str(ds.SOPInstanceUID): str(ds.SOPClassUID) for ds in evidence}
+    missing = {uid for f in findings for uid in f.sop_instance_uids} - set(sop_classes)
+    if missing:
+        raise ValueError(f"findings reference images not in the evidence: {sorted(missing)}")
+
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid(model), name=model.name, manufacturer_name=MANUFACTURER, model_name=model.display_name),
+    )
+    sentences = dict(zip([f.side for f in findings], text.findings.splitlines(), strict=False))
+    finding_items: list[Dataset] = []
+    for finding in findings:
+        finding_items.extend(_finding_items(finding, sentences.get(finding.side, ""), sop_classes))
+    findings_container = hd.sr.ContainerContentItem(
+        name=codes.DCM.Findings, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    findings_container.ContentSequence = hd.sr.ContentSequence(finding_items)
+    impressions = hd.sr.ContainerContentItem(
+        name=codes.DCM.Impressions, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    impressions.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.TextContentItem(name=codes.DCM.Impression, value=text.impression,
+                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)])
+    comment = hd.sr.TextContentItem(name=Code("121106", "DCM", "Comment"), value=text.disclaimer,
+                                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    root = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport, template_id="2000")
+    root.ContentSequence = hd.sr.ContentSequence([*observer, findings_container, impressions, comment])
+
+    sr = hd.sr.ComprehensiveSR(
+        evidence=evidence,
+        content=root,
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=False,
+        is_final=False,
+        is_verified=False,
+        series_description=SERIES_DESCRIPTION,
+    )
+    sr.ContributingEquipmentSequence = DicomSequence([_algorithm_equipment(model)])
+    sr.CodingSchemeIdentificationSequence = DicomSequence([_private_scheme()])
+    return sr
+
+
+def _private_scheme() -> Dataset:
+    item = Dataset()
+    item.CodingSchemeDesignator = PRIVATE_SCHEME
+    item.CodingSchemeName = "predraft hip hardware codes"
+    item.CodingSchemeResponsibleOrganization = "predraft project"
+    return item
+
+
+def _algorithm_equipment(model: ModelCard) -> Dataset:
+    item = Dataset()
+    purpose = Dataset()
+    purpose.CodeValue = PROCESSING_ALGORITHM.value
+    purpose.CodingSchemeDesignator = PROCESSING_ALGORITHM.scheme_designator
+    purpose.CodeMeaning = PROCESSING_ALGORITHM.meaning
+    item.PurposeOfReferenceCodeSequence = DicomSequence([purpose])
+    item.Manufacturer = MANUFACTURER
+    item.ManufacturerModelName = model.name[:64]
+    item.SoftwareVersions = [predraft.__version__, model.version[:64]]
+    item.DeviceUID = device_uid(model)
+    return item
