@@ -53,3 +53,8 @@ class Side(StrEnum):
     RIGHT = "right"
     LEFT = "left"
     UNKNOWN = "unknown"
+
+
+#: SOP classes of the radiographs that are classified: CR Image Storage and Digital X-Ray Image
+#: Storage - For Presentation. (DX For Processing is raw detector data and is never classified.)
+RADIOGRAPH_SOP_CLASSES: tuple[str, ...] = ("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1")

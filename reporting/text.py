@@ -70,3 +70,17 @@ def render_draft(findings: list[SideFinding], *, model: ModelCard, study_descrip
         context, findings_text=findings_text, impression_text=impression_text, disclaimer_text=disclaimer_text
     )
     return DraftText(findings_text, impression_text, disclaimer_text, full.strip() + "\n")
+
+
+def check_templates(template_dir: Path | None = None) -> None:
+    """Render every template once with example findings; raises on any template error."""
+    from models.card import ModelCard
+    from models.taxonomy import HardwareClass
+
+    example = ModelCard(name="check", version="0", architecture="check", input_size=224, trained=False,
+                        weights="none", weights_sha256="0" * 64)
+    findings = [
+        SideFinding(Side.RIGHT, HardwareClass.THA, 0.9, {HardwareClass.THA: 0.9}, (View.AP_PELVIS,), ("1",), "ok"),
+        SideFinding(Side.LEFT, None, 0.4, {HardwareClass.NONE: 0.4}, (View.AP_PELVIS,), ("1",), "low confidence"),
+    ]
+    render_draft(findings, model=example, study_description="", environment=make_environment(template_dir))

@@ -1,0 +1,109 @@
+"""Recording a received instance in the database (a service: the caller owns the transaction)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from listener.spool import check_uid
+from predraft.events import record_event
+from predraft.schema import Instance, Series, Study, utcnow
+from predraft.states import InstanceState, StudyState
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The identifying attributes of a received instance, validated."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str = ""
+    patient_id: str = ""
+    patient_name: str = ""
+    accession_number: str = ""
+    study_date: str = ""
+    study_description: str = ""
+    series_description: str = ""
+    body_part: str = ""
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset, transfer_syntax_uid: str) -> InstanceHeader:
+        """Raises ValueError naming the attribute when a UID is missing or malformed."""
+        def text(keyword: str, limit: int) -> str:
+            return str(ds.get(keyword, "") or "")[:limit]
+
+        return cls(
+            study_uid=check_uid(ds.get("StudyInstanceUID", ""), "StudyInstanceUID"),
+            series_uid=check_uid(ds.get("SeriesInstanceUID", ""), "SeriesInstanceUID"),
+            sop_instance_uid=check_uid(ds.get("SOPInstanceUID", ""), "SOPInstanceUID"),
+            sop_class_uid=check_uid(ds.get("SOPClassUID", ""), "SOPClassUID"),
+            transfer_syntax_uid=check_uid(transfer_syntax_uid, "TransferSyntaxUID"),
+            modality=text("Modality", 16),
+            patient_id=text("PatientID", 64),
+            patient_name=text("PatientName", 324),
+            accession_number=text("AccessionNumber", 16),
+            study_date=text("StudyDate", 8),
+            study_description=text("StudyDescription", 64),
+            series_description=text("SeriesDescription", 64),
+            body_part=text("BodyPartExamined", 16),
+        )
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    study_id: int
+    instance_id: int
+    duplicate: bool
+
+
+def record_instance(session: Session, *, header: InstanceHeader, spool_path: str, size_bytes: int,
+                    calling_ae: str) -> IngestResult:
+    """Record a durably spooled instance. A SOP Instance UID seen before is a duplicate and changes
+    nothing. A new instance in a study that is past receiving re-opens it under a new generation."""
+    existing = session.scalar(select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid))
+    if existing is not None:
+        record_event(session, "duplicate", f"instance {header.sop_instance_uid} received again",
+                     study_id=existing.study_id, instance_id=existing.id)
+        return IngestResult(existing.study_id, existing.id, duplicate=True)
+
+    now = utcnow()
+    study = session.scalar(select(Study).where(Study.study_uid == header.study_uid))
+    if study is None:
+        study = Study(study_uid=header.study_uid, patient_id=header.patient_id, patient_name=header.patient_name,
+                      accession_number=header.accession_number, study_date=header.study_date,
+                      study_description=header.study_description, state=StudyState.RECEIVING, generation=1,
+                      received_at=now, last_instance_at=now)
+        session.add(study)
+        session.flush()
+        record_event(session, "study_opened", f"study {header.study_uid}", study_id=study.id)
+    else:
+        if study.state != StudyState.RECEIVING:
+            study.generation += 1
+            record_event(session, "study_reopened",
+                         f"new instance while {study.state}; generation {study.generation}", study_id=study.id)
+            study.state = StudyState.RECEIVING
+            study.error = None
+        study.last_instance_at = now
+
+    series = session.scalar(select(Series).where(Series.series_uid == header.series_uid))
+    if series is None:
+        series = Series(study_id=study.id, series_uid=header.series_uid, modality=header.modality,
+                        series_description=header.series_description, body_part=header.body_part)
+        session.add(series)
+        session.flush()
+
+    instance = Instance(study_id=study.id, series_id=series.id, sop_instance_uid=header.sop_instance_uid,
+                        sop_class_uid=header.sop_class_uid, transfer_syntax_uid=header.transfer_syntax_uid,
+                        spool_path=spool_path, size_bytes=size_bytes, calling_ae=calling_ae[:16],
+                        state=InstanceState.RECEIVED, received_at=now)
+    session.add(instance)
+    session.flush()
+    record_event(session, "received", f"instance {header.sop_instance_uid}", study_id=study.id,
+                 instance_id=instance.id)
+    return IngestResult(study.id, instance.id, duplicate=False)

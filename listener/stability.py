@@ -1,0 +1,43 @@
+"""Study stability: a study is ready when it has been quiet for the configured time.
+
+A background thread in the listener process polls the database; claiming is a conditional UPDATE,
+so several listeners on one database never start a study twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery import Celery
+
+from predraft.settings import Settings
+from workers.dispatch import claim_quiet_studies, start_study
+
+log = logging.getLogger(__name__)
+
+
+class StabilityMonitor(threading.Thread):
+    def __init__(self, settings: Settings, app: Celery) -> None:
+        super().__init__(name="stability", daemon=True)
+        self.settings = settings
+        self.app = app
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.settings.stability_poll_seconds):
+            try:
+                self.tick()
+            except Exception:  # keep watching: a database hiccup must not stop the listener
+                log.exception("stability check failed; retrying in %.1f s", self.settings.stability_poll_seconds)
+
+    def tick(self) -> list[int]:
+        """One pass: claim quiet studies and start them. Returns the ids started."""
+        claimed = claim_quiet_studies(self.settings.database_url, quiet_seconds=self.settings.quiet_seconds)
+        for study_id in claimed:
+            sent = start_study(self.app, self.settings.database_url, study_id)
+            log.info("study row %d is ready; %d instance(s) sent to prepare", study_id, sent)
+        return claimed
+
+    def stop(self) -> None:
+        self._stop_event.set()

@@ -1,0 +1,3 @@
+from predraft.cli import run
+
+run()

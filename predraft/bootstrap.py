@@ -1,0 +1,36 @@
+"""Process start-up shared by every entry point: logging and waiting for a stop signal."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from predraft.settings import Settings
+
+_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format=_FORMAT, force=True)
+    for noisy in ("pynetdicom", "highdicom", "celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def wait_for_stop_signal() -> int:
+    """Block until SIGINT or SIGTERM; return the signal number."""
+    received: list[int] = []
+    stop = threading.Event()
+
+    def _handler(signum: int, _frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return received[0]

@@ -1,0 +1,45 @@
+"""The ``predraft`` command: groups of subcommands, each importing what it needs when it runs."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+
+import predraft
+from predraft.cli.db import db
+from predraft.cli.demo import demo
+from predraft.cli.models import models
+from predraft.cli.services import listen, serve, web, worker
+from predraft.cli.studies import studies
+
+
+@click.group()
+@click.version_option(predraft.__version__, prog_name="predraft")
+def cli() -> None:
+    """predraft: drafts hip hardware reports from radiographs sent by a PACS."""
+
+
+for command in (db, serve, listen, worker, web, studies, demo, models):
+    cli.add_command(command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default: the process arguments); return the exit code."""
+    try:
+        result = cli.main(args=list(argv) if argv is not None else None, prog_name="predraft",
+                          standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return 1
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    return result if isinstance(result, int) else 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Drafting one study: aggregate its predictions, render the text, write and record the SR.
+
+A service: :func:`draft_study` takes an open session and never commits; the task owns the transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from listener.spool import Spool
+from models.card import ModelCard
+from predraft.events import record_event
+from predraft.schema import Draft, Instance, Prediction, Study, utcnow
+from predraft.states import InstanceState, StudyState
+from reporting.aggregate import HipObservation, aggregate
+from reporting.sr import build_draft_sr
+from reporting.text import render_draft
+
+
+@dataclass(frozen=True)
+class DraftOutcome:
+    state: StudyState
+    draft_id: int | None
+    message: str
+
+
+def draft_study(session: Session, *, study: Study, generation: int, model: ModelCard, spool: Spool) -> DraftOutcome:
+    """Draft ``study`` for ``generation`` with predictions of ``model``.
+
+    Idempotent: a draft already recorded for this generation is returned as it is. A study with no
+    classified image ends OUT_OF_SCOPE (nothing was a hip or pelvis radiograph) or ERROR.
+    """
+    existing = session.scalar(select(Draft).where(Draft.study_id == study.id, Draft.generation == generation))
+    if existing is not None:
+        return DraftOutcome(StudyState.DRAFTED, existing.id, "already drafted")
+
+    rows = session.execute(
+        select(Prediction, Instance)
+        .join(Instance, Prediction.instance_id == Instance.id)
+        .where(Instance.study_id == study.id, Instance.state == InstanceState.CLASSIFIED,
+               Prediction.model_version == model.version, Prediction.model_name == model.name)
+        .order_by(Instance.id, Prediction.id)
+    ).all()
+    if not rows:
+        states = [state for (state,) in session.execute(
+            select(Instance.state).where(Instance.study_id == study.id)).all()]
+        errors = states.count(InstanceState.ERROR)
+        if errors:
+            return DraftOutcome(StudyState.ERROR, None,
+                                f"no image could be classified: {errors} of {len(states)} instance(s) failed")
+        return DraftOutcome(StudyState.OUT_OF_SCOPE, None, "no hip or pelvis radiograph in this study")
+
+    observations = [
+        HipObservation(instance.sop_instance_uid, prediction.side, prediction.view, prediction.probabilities)
+        for prediction, instance in rows
+    ]
+    findings = aggregate(observations, threshold=model.threshold)
+    text = render_draft(findings, model=model, study_description=study.study_description)
+    instances = list(dict.fromkeys(instance for _, instance in rows))
+    evidence = [pydicom.dcmread(instance.spool_path, stop_before_pixels=True) for instance in instances]
+
+    entropy = [study.study_uid, str(generation), model.weights_sha256]
+    sr_uid = generate_uid(entropy_srcs=[*entropy, "sr"])
+    series_uid = generate_uid(entropy_srcs=[*entropy, "series"])
+    sr = build_draft_sr(evidence=evidence, findings=findings, text=text, model=model,
+                        series_instance_uid=series_uid, sop_instance_uid=sr_uid)
+    path = spool.sr_path(study.study_uid, sr_uid)
+    with pydicom.filebase.DicomBytesIO() as buffer:
+        sr.save_as(buffer, enforce_file_format=True)
+        spool.write(path, buffer.getvalue())
+
+    draft = Draft(study_id=study.id, generation=generation, text=text.full,
+                  findings=[{"side": f.side.value, "hardware": f.hardware.value if f.hardware else None,
+                             "top_class": f.top_class.value, "probability": round(f.probability, 4),
+                             "views": [v.value for v in f.views], "reason": f.reason} for f in findings],
+                  model_name=model.name, model_version=model.version, sr_sop_instance_uid=sr_uid,
+                  sr_series_uid=series_uid, sr_path=str(Path(path)))
+    session.add(draft)
+    session.flush()
+    record_event(session, "drafted", f"generation {generation}, SR {sr_uid}", study_id=study.id)
+    return DraftOutcome(StudyState.DRAFTED, draft.id, f"SR {sr_uid}")
+
+
+def apply_outcome(session: Session, *, study: Study, generation: int, outcome: DraftOutcome) -> None:
+    """Record the study's new state, unless a newer instance re-opened it meanwhile."""
+    if study.generation != generation or study.state != StudyState.DRAFTING:
+        return
+    study.state = outcome.state
+    if outcome.state is StudyState.DRAFTED:
+        study.drafted_at = utcnow()
+        study.error = None
+    else:
+        study.error = outcome.message
+        record_event(session, outcome.state.value, outcome.message, study_id=study.id)

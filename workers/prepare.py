@@ -1,0 +1,63 @@
+"""Preparing one instance: from a spooled DICOM file to letterboxed hip images and their labels."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from models.pixels import PixelDataError, decode, letterbox, split_bilateral, to_unit_range
+from models.taxonomy import RADIOGRAPH_SOP_CLASSES, Side, View
+from models.views import ViewResult, classify_view
+
+
+class OutOfScopeError(Exception):
+    """The instance is not a hip or pelvis radiograph predraft classifies."""
+
+
+@dataclass(frozen=True)
+class HipImage:
+    side: Side
+    view: View
+    pixels: np.ndarray  # uint8 (S, S)
+
+    def to_message(self) -> dict[str, object]:
+        return {"side": self.side.value, "view": self.view.value, "size": int(self.pixels.shape[0]),
+                "pixels": base64.b64encode(self.pixels.tobytes()).decode("ascii")}
+
+    @classmethod
+    def from_message(cls, message: dict[str, object]) -> HipImage:
+        size = int(message["size"])  # type: ignore[arg-type]
+        pixels = np.frombuffer(base64.b64decode(str(message["pixels"])), dtype=np.uint8)
+        if pixels.size != size * size:
+            raise ValueError(f"hip image message holds {pixels.size} bytes, expected {size * size}")
+        return cls(Side(str(message["side"])), View(str(message["view"])), pixels.reshape(size, size))
+
+
+def prepare_file(path: Path, *, input_size: int) -> tuple[ViewResult, list[HipImage]]:
+    """Read, check scope, decode and letterbox. Raises OutOfScopeError, PixelDataError or
+    InvalidDicomError with a message fit for the event log."""
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, EOFError, ValueError) as exc:
+        raise InvalidDicomError(f"not a readable DICOM file: {exc}") from exc
+    if str(ds.get("SOPClassUID", "")) not in RADIOGRAPH_SOP_CLASSES:
+        raise OutOfScopeError(f"SOP class {ds.get('SOPClassUID', '')} is not a radiograph predraft classifies")
+    labels = classify_view(ds)
+    if not labels.in_scope:
+        raise OutOfScopeError(
+            f"body part {ds.get('BodyPartExamined', '') or 'unstated'} is not a hip or pelvis ({labels.scope_rule})")
+    image = to_unit_range(ds, decode(ds))
+    if labels.view is View.AP_PELVIS:
+        halves = split_bilateral(image, ds.get("PatientOrientation"))
+        hips = [HipImage(side, labels.view, letterbox(halves[side], input_size)) for side in labels.sides]
+    else:
+        hips = [HipImage(labels.sides[0], labels.view, letterbox(image, input_size))]
+    return labels, hips
+
+
+__all__ = ["HipImage", "OutOfScopeError", "PixelDataError", "prepare_file"]

@@ -1,0 +1,135 @@
+"""Celery tasks: prepare -> classify -> draft. Each is idempotent; the database records what is done.
+
+Only ids and small letterboxed images travel in messages; patient data never does, and task logs name
+database ids only.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from celery import Task, shared_task
+from sqlalchemy import delete
+from sqlalchemy.exc import OperationalError
+
+from listener.spool import Spool
+from models.card import ModelCard, load_card
+from models.factory import Classifier, load_classifier
+from predraft.db import session_scope
+from predraft.events import record_event
+from predraft.schema import Instance, Prediction, Study
+from predraft.settings import Settings, get_settings
+from predraft.states import FINISHED_INSTANCE_STATES, InstanceState, StudyState
+from workers.app import CLASSIFY, DRAFT, PREPARE
+from workers.dispatch import finish_if_done
+from workers.drafting import apply_outcome, draft_study
+from workers.prepare import HipImage, OutOfScopeError, prepare_file
+
+log = logging.getLogger(__name__)
+_RETRY = {"autoretry_for": (OperationalError,), "retry_backoff": True, "max_retries": 5}
+
+
+@lru_cache(maxsize=1)
+def _settings() -> Settings:
+    return get_settings()
+
+
+@lru_cache(maxsize=2)
+def _card(card_path: Path) -> ModelCard:
+    return load_card(card_path, verify_weights=False)[0]
+
+
+@lru_cache(maxsize=2)
+def _classifier(card_path: Path, device: str) -> Classifier:
+    return load_classifier(card_path, device)
+
+
+def _finish_instance(instance_id: int, state: InstanceState, error: str) -> int:
+    with session_scope(_settings().database_url) as session:
+        instance = session.get(Instance, instance_id)
+        instance.state = state
+        instance.error = error
+        record_event(session, state.value, error, study_id=instance.study_id, instance_id=instance_id)
+        return instance.study_id
+
+
+@shared_task(name=PREPARE, bind=True, **_RETRY)
+def prepare(self: Task, instance_id: int) -> None:
+    settings = _settings()
+    with session_scope(settings.database_url) as session:
+        instance = session.get(Instance, instance_id)
+        if instance is None or instance.state in FINISHED_INSTANCE_STATES:
+            return
+        path, study_id = Path(instance.spool_path), instance.study_id
+    card = _card(settings.model_card_path)
+    try:
+        labels, hips = prepare_file(path, input_size=card.input_size)
+    except OutOfScopeError as exc:
+        _finish_instance(instance_id, InstanceState.SKIPPED, str(exc))
+        finish_if_done(self.app, settings.database_url, study_id)
+        return
+    except Exception as exc:  # undecodable, truncated, not an image: this instance only
+        log.warning("instance row %d could not be prepared: %s", instance_id, type(exc).__name__)
+        _finish_instance(instance_id, InstanceState.ERROR, f"{type(exc).__name__}: {exc}"[:2000])
+        finish_if_done(self.app, settings.database_url, study_id)
+        return
+    with session_scope(settings.database_url) as session:
+        instance = session.get(Instance, instance_id)
+        instance.state = InstanceState.PREPARED
+        instance.view, instance.view_rule = labels.view.value, labels.view_rule
+        instance.side = "+".join(side.value for side in labels.sides)
+    self.app.send_task(CLASSIFY, args=[instance_id, [hip.to_message() for hip in hips]])
+
+
+@shared_task(name=CLASSIFY, bind=True, **_RETRY)
+def classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]]) -> None:
+    settings = _settings()
+    with session_scope(settings.database_url) as session:
+        instance = session.get(Instance, instance_id)
+        if instance is None or instance.state != InstanceState.PREPARED:
+            return
+        study_id = instance.study_id
+    classifier = _classifier(settings.model_card_path, settings.device)
+    card = classifier.card
+    hips = [HipImage.from_message(message) for message in hip_messages]
+    probabilities = classifier.predict(np.stack([hip.pixels for hip in hips]))
+    with session_scope(settings.database_url) as session:
+        session.execute(delete(Prediction).where(Prediction.instance_id == instance_id,
+                                                 Prediction.model_version == card.version))
+        for hip, row in zip(hips, probabilities, strict=True):
+            scores = {cls.value: float(p) for cls, p in zip(card.classes, row, strict=True)}
+            top = max(scores, key=lambda key: scores[key])
+            session.add(Prediction(instance_id=instance_id, side=hip.side.value, view=hip.view.value,
+                                   model_name=card.name, model_version=card.version, probabilities=scores,
+                                   top_class=top, top_probability=scores[top]))
+        instance = session.get(Instance, instance_id)
+        instance.state = InstanceState.CLASSIFIED
+        record_event(session, "classified", f"{len(hips)} hip image(s)", study_id=study_id, instance_id=instance_id)
+    finish_if_done(self.app, settings.database_url, study_id)
+
+
+@shared_task(name=DRAFT, bind=True, **_RETRY)
+def draft(self: Task, study_id: int, generation: int) -> None:
+    settings = _settings()
+    card = _card(settings.model_card_path)
+    with session_scope(settings.database_url) as session:
+        study = session.get(Study, study_id)
+        if study is None or study.generation != generation or study.state != StudyState.DRAFTING:
+            return
+        try:
+            outcome = draft_study(session, study=study, generation=generation, model=card,
+                                  spool=Spool(settings.spool_dir))
+        except OperationalError:
+            raise
+        except Exception as exc:
+            log.exception("study row %d could not be drafted", study_id)
+            session.rollback()
+            study = session.get(Study, study_id)
+            study.state, study.error = StudyState.ERROR, f"drafting failed: {type(exc).__name__}: {exc}"[:2000]
+            record_event(session, "error", study.error, study_id=study_id)
+            return
+        apply_outcome(session, study=study, generation=generation, outcome=outcome)
+        log.info("study row %d: %s", study_id, outcome.state.value)
