@@ -47,7 +47,9 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(
         None, description="Celery broker URL; default kombu's SQLAlchemy transport on <var_dir>/broker.sqlite"
     )
-    spool_dir: Path | None = Field(None, description="Where received instances and drafted SRs live; default <var_dir>/spool")
+    spool_dir: Path | None = Field(
+        None, description="Where received instances and drafted SRs live; default <var_dir>/spool"
+    )
 
     dimse_host: str = Field("127.0.0.1", description="Address the DIMSE listener binds to.")
     dimse_port: int = Field(11112, ge=0, le=65535, description="DIMSE port (0 picks a free one).")
@@ -64,7 +66,8 @@ class Settings(BaseSettings):
     stability_poll_seconds: float = Field(1.0, gt=0, description="How often the listener looks for ready studies.")
 
     model: Path | None = Field(
-        None, description="Model card (JSON) beside its safetensors weights; default the demo model under <var_dir>/models"
+        None,
+        description="Model card (JSON) beside its safetensors weights; default the demo model under <var_dir>/models",
     )
     device: str = Field("cpu", description="Torch device for classification: cpu, cuda or cuda:N.")
 
