@@ -53,14 +53,38 @@ def session_scope(database_url: str) -> Iterator[Session]:
         session.close()
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    """Apply the Alembic migrations up to ``revision``."""
-    from alembic import command
+class SchemaError(RuntimeError):
+    """The database is not at the schema revision this code expects."""
+
+
+def _alembic_config(database_url: str):  # type: ignore[no-untyped-def]
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     config.attributes["configure_logging"] = False
+    return config
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    """Apply the Alembic migrations up to ``revision``."""
+    from alembic import command
+
     get_engine(database_url)  # creates the SQLite folder
-    command.upgrade(config, revision)
+    command.upgrade(_alembic_config(database_url), revision)
+
+
+def check_schema(database_url: str) -> None:
+    """Raise SchemaError unless the database is at the newest migration."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from predraft.settings import redact_url
+
+    head = ScriptDirectory.from_config(_alembic_config(database_url)).get_current_head()
+    with get_engine(database_url).connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    if current != head:
+        raise SchemaError(f"database {redact_url(database_url)} is at schema revision {current or 'none'}, "
+                          f"this predraft needs {head}: run `predraft db upgrade`")

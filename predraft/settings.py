@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     )
 
     dimse_host: str = Field("127.0.0.1", description="Address the DIMSE listener binds to.")
-    dimse_port: int = Field(11112, ge=0, le=65535, description="DIMSE port (0 picks a free one).")
+    dimse_port: int = Field(11112, ge=1, le=65535, description="DIMSE port.")
     ae_title: str = Field("PREDRAFT", description="predraft's own AE title.")
     allowed_calling_aes: list[str] = Field(
         default_factory=list,
@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     )
 
     http_host: str = Field("127.0.0.1", description="Address the HTTP app binds to.")
-    http_port: int = Field(8080, ge=0, le=65535, description="HTTP port.")
+    http_port: int = Field(8080, ge=1, le=65535, description="HTTP port.")
 
     quiet_seconds: float = Field(10.0, gt=0, description="A study is ready after this long without a new instance.")
     stability_poll_seconds: float = Field(1.0, gt=0, description="How often the listener looks for ready studies.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from predraft.cli.common import load_settings
+from predraft.cli.common import load_settings, load_settings_with_schema
 
 
 @click.command()
@@ -49,7 +49,7 @@ def listen() -> None:
     from predraft.bootstrap import configure_logging, wait_for_stop_signal
     from workers.app import create_celery
 
-    settings = load_settings()
+    settings = load_settings_with_schema()
     configure_logging(settings)
     server = start_dimse_server(settings)
     monitor = StabilityMonitor(settings, create_celery(settings))
@@ -70,7 +70,7 @@ def worker(queues: str, concurrency: int | None) -> None:
     from predraft.bootstrap import configure_logging
     from workers.app import QUEUES, create_celery
 
-    settings = load_settings()
+    settings = load_settings_with_schema()
     configure_logging(settings)
     unknown = set(queues.split(",")) - set(QUEUES)
     if unknown:
@@ -96,7 +96,7 @@ def web() -> None:
     from predraft.bootstrap import configure_logging
     from reporting.web.app import create_app
 
-    settings = load_settings()
+    settings = load_settings_with_schema()
     configure_logging(settings)
     uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port,
                 log_level=settings.log_level.lower(), access_log=False)

@@ -1,0 +1,156 @@
+"""A real ``predraft serve`` per test: on the embedded default, or on Redis + PostgreSQL.
+
+The deployment is started as a user would start it (the console script, settings from PREDRAFT_*
+variables), on free ports, and stopped with SIGINT as Ctrl-C would; the stop is checked too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+PREDRAFT = str(Path(sys.executable).parent / "predraft")
+POSTGRES_ADMIN_URL = os.environ.get("PREDRAFT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("PREDRAFT_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+@dataclass
+class Deployment:
+    env: dict[str, str]
+    var_dir: Path
+    dimse_port: int
+    http_port: int
+    process: subprocess.Popen[str]
+    log_path: Path
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([PREDRAFT, *args], env=self.env, capture_output=True, text=True, timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"predraft {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def study(self, study_uid: str) -> dict | None:
+        result = self.cli("studies", "show", study_uid, "--json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def wait_for_study(self, study_uid: str, timeout: float = 120.0) -> dict:
+        """Poll ``predraft studies show --json`` until the study is drafted, out of scope or in error."""
+        deadline = time.monotonic() + timeout
+        detail = None
+        while time.monotonic() < deadline:
+            detail = self.study(study_uid)
+            if detail and detail["state"] in {"drafted", "error", "out_of_scope"}:
+                return detail
+            assert self.process.poll() is None, f"predraft serve died:\n{self.log_path.read_text()[-4000:]}"
+            time.sleep(0.5)
+        raise AssertionError(f"study {study_uid} not done after {timeout} s: {detail}\n"
+                             f"{self.log_path.read_text()[-4000:]}")
+
+    def storescu(self, *files: Path, extra: tuple[str, ...] = ()) -> None:
+        """Send ``files`` with dcmtk's storescu (``extra``: e.g. -xv to propose JPEG 2000 as the file has it)."""
+        if shutil.which("storescu") is None:
+            pytest.skip("dcmtk's storescu is not installed (apt-get install dcmtk)")
+        result = subprocess.run(
+            ["storescu", "-R", "-nh", "-aet", "STORESCU", "-aec", "PREDRAFT", *extra, "127.0.0.1",
+             str(self.dimse_port), *map(str, files)],
+            env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True, timeout=120,
+        )
+        assert result.returncode == 0 and "Store Failed" not in result.stderr, result.stderr
+
+
+def _ready(deployment: Deployment, timeout: float = 120.0) -> None:
+    url = f"http://127.0.0.1:{deployment.http_port}/healthz"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if deployment.process.poll() is not None:
+            raise AssertionError(f"predraft serve exited early:\n{deployment.log_path.read_text()[-4000:]}")
+        if "predraft is up" in deployment.log_path.read_text():
+            with urllib.request.urlopen(url, timeout=2) as response:
+                assert response.status == 200
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"predraft serve not up after {timeout} s:\n{deployment.log_path.read_text()[-4000:]}")
+
+
+@pytest.fixture
+def postgres_and_redis() -> Iterator[dict[str, str]]:
+    """A fresh PostgreSQL database and a flushed Redis database number, dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    redis = pytest.importorskip("redis")
+    name = f"predraft_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is not reachable: {exc}")
+    admin.execute(f'CREATE DATABASE "{name}"')
+    redis_db = 1 + uuid.uuid4().int % 15
+    client = redis.Redis.from_url(f"{REDIS_URL}/{redis_db}")
+    client.flushdb()
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    try:
+        yield {"PREDRAFT_DATABASE_URL": f"{base}/{name}", "PREDRAFT_BROKER_URL": f"{REDIS_URL}/{redis_db}"}
+    finally:
+        client.flushdb()
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def _start(tmp_path: Path, extra_env: dict[str, str]) -> Iterator[Deployment]:
+    var_dir = tmp_path / "var"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")}
+    dimse_port, http_port = free_port(), free_port()
+    env.update({
+        "PREDRAFT_VAR_DIR": str(var_dir),
+        "PREDRAFT_DIMSE_PORT": str(dimse_port),
+        "PREDRAFT_HTTP_PORT": str(http_port),
+        "PREDRAFT_QUIET_SECONDS": "4",
+        "PREDRAFT_STABILITY_POLL_SECONDS": "0.5",
+        **extra_env,
+    })
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen([PREDRAFT, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                   cwd=tmp_path)
+    deployment = Deployment(env, var_dir, dimse_port, http_port, process, log_path)
+    try:
+        _ready(deployment)
+        yield deployment
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                code = process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                raise AssertionError("predraft serve did not stop within 40 s of SIGINT") from None
+            assert code == 0, f"predraft serve exited {code} on SIGINT:\n{log_path.read_text()[-3000:]}"
+            assert "all parts stopped" in log_path.read_text()
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Iterator[Deployment]:
+    yield from _start(tmp_path, {})
+
+
+@pytest.fixture
+def distributed(tmp_path: Path, postgres_and_redis: dict[str, str]) -> Iterator[Deployment]:
+    yield from _start(tmp_path, postgres_and_redis)
+
+
+@pytest.fixture(params=["embedded", pytest.param("redis_postgres", marks=pytest.mark.postgres)])
+def deployment(request: pytest.FixtureRequest) -> Deployment:
+    return request.getfixturevalue("embedded" if request.param == "embedded" else "distributed")

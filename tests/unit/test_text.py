@@ -1,0 +1,104 @@
+"""reporting.text: the draft's prose from Jinja templates, site overrides and the start-up check."""
+
+from __future__ import annotations
+
+import jinja2
+import pytest
+
+import predraft
+from models.card import ModelCard
+from models.taxonomy import HardwareClass as H
+from models.taxonomy import Side, View
+from reporting.aggregate import SideFinding
+from reporting.text import check_templates, make_environment, render_draft
+
+
+def _card(**changes) -> ModelCard:
+    fields = dict(name="hiphw", version="2.1.0", architecture="test_efficientnet", input_size=64, trained=False,
+                  weights="weights.safetensors", weights_sha256="ab" * 32)
+    fields.update(changes)
+    return ModelCard(**fields)
+
+
+FINDINGS = [
+    SideFinding(Side.RIGHT, H.THA, 0.91, {H.THA: 0.91, H.NONE: 0.09}, (View.AP_PELVIS, View.FROG_LEG),
+                ("1.2.3.1", "1.2.3.2"), "mean probability 0.91 over 2 image(s)"),
+    SideFinding(Side.LEFT, None, 0.41, {H.NONE: 0.41, H.HEMI: 0.39}, (View.AP_PELVIS,), ("1.2.3.1",),
+                "confidence 0.41 below the model's threshold 0.50"),
+]
+
+
+def test_draft_names_each_hip_with_findings_and_impression():
+    draft = render_draft(FINDINGS, model=_card(), study_description="XR PELVIS AND RIGHT HIP")
+
+    assert draft.findings.splitlines() == [
+        "Right hip: Total hip arthroplasty. Seen on: AP pelvis, frog-leg lateral.",
+        "Left hip: Indeterminate, review. (confidence 0.41 below the model's threshold 0.50) Seen on: AP pelvis.",
+    ]
+    assert draft.impression.splitlines() == ["1. Right hip: Total hip arthroplasty.",
+                                             "2. Left hip: Indeterminate, review."]
+    full = draft.full
+    assert full.startswith("PRELIMINARY REPORT - UNVERIFIED AI DRAFT\n")
+    assert "EXAMINATION: XR PELVIS AND RIGHT HIP" in full
+    assert "VIEWS USED: AP pelvis, frog-leg lateral" in full
+    assert full.index("FINDINGS:") < full.index("Right hip") < full.index("IMPRESSION:") < full.index(draft.disclaimer)
+    assert "Left hip" in full
+    assert full.endswith("\n") and not full.endswith("\n\n")
+
+
+def test_disclaimer_names_model_and_version_and_says_untrained():
+    draft = render_draft(FINDINGS, model=_card())
+    assert f"predraft {predraft.__version__}" in draft.disclaimer
+    assert "model hiphw 2.1.0" in draft.disclaimer
+    assert "UNTRAINED" in draft.disclaimer
+    assert draft.disclaimer in draft.full
+
+
+def test_trained_models_are_not_called_untrained():
+    trained = render_draft(FINDINGS, model=_card(trained=True)).disclaimer
+    assert "UNTRAINED" not in trained and "synthetic" not in trained
+    demo = render_draft(FINDINGS, model=_card(trained=True, synthetic_demo=True)).disclaimer
+    assert "UNTRAINED" not in demo and "synthetic phantoms" in demo
+
+
+def test_default_examination_when_no_study_description():
+    assert "EXAMINATION: Radiographs of the hip/pelvis" in render_draft(FINDINGS, model=_card()).full
+
+
+def test_unknown_side_is_labelled_as_such():
+    finding = SideFinding(Side.UNKNOWN, H.NONE, 0.8, {H.NONE: 0.8}, (View.UNKNOWN,), ("1",), "ok")
+    draft = render_draft([finding], model=_card())
+    assert draft.findings == "Hip (side not stated): No orthopedic hardware. Seen on: unlabelled view."
+
+
+def test_no_findings_is_refused():
+    with pytest.raises(ValueError, match="at least one side finding"):
+        render_draft([], model=_card())
+
+
+def test_site_template_overrides_the_packaged_one(tmp_path):
+    (tmp_path / "impression.txt.j2").write_text(
+        "{% for finding in findings %}SITE {{ finding.hip_label | upper }}: {{ finding.sentence }}\n{% endfor %}")
+    draft = render_draft(FINDINGS, model=_card(), environment=make_environment(tmp_path))
+    assert draft.impression.splitlines() == ["SITE RIGHT HIP: Total hip arthroplasty.",
+                                             "SITE LEFT HIP: Indeterminate, review."]
+    assert "SITE RIGHT HIP" in draft.full
+    assert draft.findings == render_draft(FINDINGS, model=_card()).findings  # the rest stays packaged
+    check_templates(tmp_path)
+
+
+def test_check_templates_passes_on_the_packaged_templates():
+    check_templates()
+    check_templates(None)
+
+
+def test_check_templates_finds_an_undefined_variable(tmp_path):
+    (tmp_path / "findings.txt.j2").write_text("{{ no_such_variable }}\n")
+    with pytest.raises(jinja2.UndefinedError, match="no_such_variable"):
+        check_templates(tmp_path)
+
+
+def test_check_templates_finds_a_syntax_error(tmp_path):
+    (tmp_path / "disclaimer.txt.j2").write_text("{% if model.trained %}unclosed\n")
+    with pytest.raises(jinja2.TemplateSyntaxError):
+        check_templates(tmp_path)

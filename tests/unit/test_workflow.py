@@ -1,0 +1,189 @@
+"""workers.dispatch and workers.drafting against SQLite: claiming quiet studies, finishing, drafting."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from listener.ingest import InstanceHeader, record_instance
+from listener.spool import Spool
+from models.card import load_card
+from predraft.db import session_scope
+from predraft.schema import Draft, Event, Instance, Prediction, Study, utcnow
+from predraft.states import InstanceState, StudyState
+from workers.app import DRAFT, PREPARE
+from workers.dispatch import claim_quiet_studies, finish_if_done, start_study
+from workers.drafting import DraftOutcome, apply_outcome, draft_study
+
+
+class FakeCelery:
+    """Records send_task calls instead of talking to a broker."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list]] = []
+
+    def send_task(self, name: str, args: list) -> None:
+        self.sent.append((name, list(args)))
+
+
+def _ingest(url: str, paths) -> int:
+    study_id = None
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        header = InstanceHeader.from_dataset(ds, ds.file_meta.TransferSyntaxUID)
+        with session_scope(url) as session:
+            study_id = record_instance(session, header=header, spool_path=str(path), size_bytes=1,
+                                       calling_ae="PACS").study_id
+    return study_id
+
+
+def _age(url: str, study_id: int, seconds: float) -> None:
+    with session_scope(url) as session:
+        session.get(Study, study_id).last_instance_at = utcnow() - timedelta(seconds=seconds)
+
+
+def _state(url: str, study_id: int) -> str:
+    with session_scope(url) as session:
+        return session.get(Study, study_id).state
+
+
+def test_only_quiet_receiving_studies_are_claimed_once(sqlite_url, demo_study):
+    study_id = _ingest(sqlite_url, [image.path for image in demo_study])
+    assert claim_quiet_studies(sqlite_url, quiet_seconds=60) == []
+    assert _state(sqlite_url, study_id) == StudyState.RECEIVING
+
+    _age(sqlite_url, study_id, 120)
+    assert claim_quiet_studies(sqlite_url, quiet_seconds=60) == [study_id]
+    assert _state(sqlite_url, study_id) == StudyState.READY
+    assert claim_quiet_studies(sqlite_url, quiet_seconds=60) == []
+
+
+def test_start_study_sends_prepare_for_each_waiting_instance(sqlite_url, demo_study):
+    study_id = _ingest(sqlite_url, [image.path for image in demo_study])
+    _age(sqlite_url, study_id, 120)
+    claim_quiet_studies(sqlite_url, quiet_seconds=1)
+    app = FakeCelery()
+
+    assert start_study(app, sqlite_url, study_id) == 3
+    with session_scope(sqlite_url) as session:
+        ids = sorted(session.scalars(select(Instance.id)))
+    assert sorted(args[0] for name, args in app.sent) == ids
+    assert {name for name, _ in app.sent} == {PREPARE}
+
+
+def test_finish_if_done_waits_for_every_instance(sqlite_url, demo_study):
+    study_id = _ingest(sqlite_url, [image.path for image in demo_study])
+    with session_scope(sqlite_url) as session:
+        session.get(Study, study_id).state = StudyState.READY
+        instances = list(session.scalars(select(Instance).order_by(Instance.id)))
+        instances[0].state, instances[1].state = InstanceState.CLASSIFIED, InstanceState.SKIPPED
+    app = FakeCelery()
+
+    assert not finish_if_done(app, sqlite_url, study_id)
+    assert app.sent == [] and _state(sqlite_url, study_id) == StudyState.READY
+
+    with session_scope(sqlite_url) as session:
+        session.get(Instance, instances[2].id).state = InstanceState.ERROR
+    assert finish_if_done(app, sqlite_url, study_id)
+    assert app.sent == [(DRAFT, [study_id, 1])]
+    assert _state(sqlite_url, study_id) == StudyState.DRAFTING
+    assert not finish_if_done(app, sqlite_url, study_id)  # claimed once only
+    assert len(app.sent) == 1
+
+
+def _classify_all(url: str, card, probabilities: dict[str, dict[str, float]]) -> None:
+    """Store predictions as the classify task would: one per side seen on each instance."""
+    with session_scope(url) as session:
+        for instance in session.scalars(select(Instance)):
+            ds = pydicom.dcmread(instance.spool_path, stop_before_pixels=True)
+            sides = ["right", "left"] if ds.ViewPosition == "AP" and ds.BodyPartExamined == "PELVIS" else ["right"]
+            view = {"PELVIS": "ap_pelvis"}.get(ds.BodyPartExamined, "frog_leg" if ds.ViewPosition == "AP"
+                                               else "cross_table_lateral")
+            for side in sides:
+                scores = probabilities[side]
+                top = max(scores, key=scores.get)
+                session.add(Prediction(instance_id=instance.id, side=side, view=view, model_name=card.name,
+                                       model_version=card.version, probabilities=scores, top_class=top,
+                                       top_probability=scores[top]))
+            instance.state = InstanceState.CLASSIFIED
+
+
+@pytest.fixture
+def drafting_study(sqlite_url, demo_study, tiny_card_path):
+    card, _ = load_card(tiny_card_path)
+    study_id = _ingest(sqlite_url, [image.path for image in demo_study])
+    with session_scope(sqlite_url) as session:
+        session.get(Study, study_id).state = StudyState.DRAFTING
+    return study_id, card
+
+
+def test_draft_study_writes_and_records_the_sr(sqlite_url, drafting_study, demo_study, tmp_path):
+    study_id, card = drafting_study
+    _classify_all(sqlite_url, card, {"right": {"tha": 0.9, "none": 0.1}, "left": {"none": 0.8, "tha": 0.2}})
+    spool = Spool(tmp_path / "spool")
+
+    with session_scope(sqlite_url) as session:
+        study = session.get(Study, study_id)
+        outcome = draft_study(session, study=study, generation=1, model=card, spool=spool)
+        apply_outcome(session, study=study, generation=1, outcome=outcome)
+
+    assert outcome.state is StudyState.DRAFTED and outcome.draft_id is not None
+    assert _state(sqlite_url, study_id) == StudyState.DRAFTED
+    with session_scope(sqlite_url) as session:
+        draft = session.get(Draft, outcome.draft_id)
+        assert [(f["side"], f["hardware"]) for f in draft.findings] == [("right", "tha"), ("left", "none")]
+        assert "Right hip: Total hip arthroplasty." in draft.text and "UNTRAINED" in draft.text
+        sr = pydicom.dcmread(draft.sr_path)
+        assert sr.SOPInstanceUID == draft.sr_sop_instance_uid
+        assert sr.StudyInstanceUID == session.get(Study, study_id).study_uid
+        assert sr.SeriesInstanceUID == draft.sr_series_uid
+        assert "drafted" in list(session.scalars(select(Event.kind)))
+
+    with session_scope(sqlite_url) as session:  # idempotent: the same draft again
+        again = draft_study(session, study=session.get(Study, study_id), generation=1, model=card, spool=spool)
+    assert (again.state, again.draft_id, again.message) == (StudyState.DRAFTED, outcome.draft_id, "already drafted")
+
+
+def test_draft_study_ignores_predictions_of_another_model(sqlite_url, drafting_study, tmp_path):
+    study_id, card = drafting_study
+    _classify_all(sqlite_url, card.model_copy(update={"version": "old"}),
+                  {"right": {"tha": 0.9, "none": 0.1}, "left": {"none": 0.8, "tha": 0.2}})
+    with session_scope(sqlite_url) as session:
+        outcome = draft_study(session, study=session.get(Study, study_id), generation=1, model=card,
+                              spool=Spool(tmp_path / "spool"))
+    assert outcome.state is StudyState.OUT_OF_SCOPE and outcome.draft_id is None
+
+
+@pytest.mark.parametrize("states, expected, match", [
+    ([InstanceState.SKIPPED] * 3, StudyState.OUT_OF_SCOPE, "no hip or pelvis"),
+    ([InstanceState.SKIPPED, InstanceState.ERROR, InstanceState.ERROR], StudyState.ERROR, "2 of 3 instance"),
+])
+def test_study_without_classified_images(sqlite_url, drafting_study, tmp_path, states, expected, match):
+    study_id, card = drafting_study
+    with session_scope(sqlite_url) as session:
+        for instance, state in zip(session.scalars(select(Instance).order_by(Instance.id)), states, strict=True):
+            instance.state = state
+    with session_scope(sqlite_url) as session:
+        study = session.get(Study, study_id)
+        outcome = draft_study(session, study=study, generation=1, model=card, spool=Spool(tmp_path / "spool"))
+        apply_outcome(session, study=study, generation=1, outcome=outcome)
+    assert outcome.state is expected and outcome.draft_id is None
+    assert match in outcome.message
+    with session_scope(sqlite_url) as session:
+        study = session.get(Study, study_id)
+        assert (study.state, study.error) == (expected, outcome.message)
+
+
+def test_apply_outcome_leaves_a_reopened_study_alone(sqlite_url, drafting_study):
+    study_id, _ = drafting_study
+    with session_scope(sqlite_url) as session:
+        study = session.get(Study, study_id)
+        study.state, study.generation = StudyState.RECEIVING, 2
+        apply_outcome(session, study=study, generation=1,
+                      outcome=DraftOutcome(StudyState.DRAFTED, 1, "SR of generation 1"))
+    with session_scope(sqlite_url) as session:
+        study = session.get(Study, study_id)
+        assert (study.state, study.generation, study.drafted_at) == (StudyState.RECEIVING, 2, None)
