@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from listener.spool import check_uid
+from predraft.db import insert_ignoring_conflict
 from predraft.events import record_event
 from predraft.schema import Instance, Series, Study, utcnow
 from predraft.states import InstanceState, StudyState
@@ -73,14 +74,15 @@ def record_instance(session: Session, *, header: InstanceHeader, spool_path: str
         return IngestResult(existing.study_id, existing.id, duplicate=True)
 
     now = utcnow()
-    study = session.scalar(select(Study).where(Study.study_uid == header.study_uid))
-    if study is None:
-        study = Study(study_uid=header.study_uid, patient_id=header.patient_id, patient_name=header.patient_name,
-                      accession_number=header.accession_number, study_date=header.study_date,
-                      study_description=header.study_description, state=StudyState.RECEIVING, generation=1,
-                      received_at=now, last_instance_at=now)
-        session.add(study)
-        session.flush()
+    opened = insert_ignoring_conflict(session, Study, dict(
+        study_uid=header.study_uid, patient_id=header.patient_id, patient_name=header.patient_name,
+        accession_number=header.accession_number, study_date=header.study_date,
+        study_description=header.study_description, state=StudyState.RECEIVING, generation=1,
+        received_at=now, last_instance_at=now), key="study_uid")
+    study = session.scalars(
+        select(Study).where(Study.study_uid == header.study_uid).execution_options(populate_existing=True)
+    ).one()
+    if opened:
         record_event(session, "study_opened", f"study {header.study_uid}", study_id=study.id)
     else:
         if study.state != StudyState.RECEIVING:
@@ -91,12 +93,10 @@ def record_instance(session: Session, *, header: InstanceHeader, spool_path: str
             study.error = None
         study.last_instance_at = now
 
-    series = session.scalar(select(Series).where(Series.series_uid == header.series_uid))
-    if series is None:
-        series = Series(study_id=study.id, series_uid=header.series_uid, modality=header.modality,
-                        series_description=header.series_description, body_part=header.body_part)
-        session.add(series)
-        session.flush()
+    insert_ignoring_conflict(session, Series, dict(
+        study_id=study.id, series_uid=header.series_uid, modality=header.modality,
+        series_description=header.series_description, body_part=header.body_part), key="series_uid")
+    series = session.scalars(select(Series).where(Series.series_uid == header.series_uid)).one()
 
     instance = Instance(study_id=study.id, series_id=series.id, sop_instance_uid=header.sop_instance_uid,
                         sop_class_uid=header.sop_class_uid, transfer_syntax_uid=header.transfer_syntax_uid,

@@ -51,7 +51,7 @@ class Spool:
 
     def write(self, path: Path, data: bytes) -> Path:
         """Write ``data`` to ``path`` atomically and durably; refuse when below the free-space floor."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_durable_folder(path.parent)
         if self.min_free_bytes and shutil.disk_usage(path.parent).free - len(data) < self.min_free_bytes:
             raise SpoolFullError(f"spool {self.root} is below its free-space floor of {self.min_free_bytes} bytes")
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
@@ -64,9 +64,21 @@ class Spool:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        _fsync_directory(path.parent)
         return path
+
+    def _make_durable_folder(self, folder: Path) -> None:
+        """Create ``folder`` (inside the spool) if needed, and fsync each parent that gained an entry."""
+        if folder.is_dir():
+            return
+        self._make_durable_folder(folder.parent)
+        folder.mkdir(exist_ok=True)
+        _fsync_directory(folder.parent)
+
+
+def _fsync_directory(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -5,16 +5,21 @@ Rules for the view, first match wins (the deciding rule is recorded):
 1. ``ViewModifierCodeSequence`` holds DCM 111069 (Crosstable) -> cross-table lateral.
 2. ``ProjectionEponymousNameCodeSequence`` holds SCT 399169008 (Lauenstein) -> frog-leg, or
    SCT 424811006 (Danelius-Miller) -> cross-table lateral.
-3. A description (SeriesDescription, ProtocolName, StudyDescription) says FROG or LAUENSTEIN -> frog-leg;
+3. An image's own description (SeriesDescription, ProtocolName) says FROG or LAUENSTEIN -> frog-leg;
    CROSS or DANELIUS -> cross-table lateral.
-4. ``ViewPosition`` AP or PA with a pelvis body part or description -> AP pelvis; with a hip -> AP hip.
+4. ``ViewPosition`` AP or PA with BodyPartExamined PELVIS -> AP pelvis, HIP or FEMUR -> AP hip; without a
+   body part, the image's own description decides between PELVIS and HIP.
 5. ``ViewPosition`` LL, RL or LATERAL -> cross-table lateral (a horizontal-beam lateral).
 6. Otherwise ``unknown``.
 
-Sides: an AP pelvis shows both hips. Otherwise ImageLaterality, then Laterality, then a description
-that says RIGHT/RT or LEFT/LT; else ``unknown``.
+Sides: an AP pelvis shows both hips. Otherwise ImageLaterality, then Laterality, then the image's own
+description saying RIGHT/RT or LEFT/LT; else ``unknown``.
 
-Scope: BodyPartExamined HIP, PELVIS or FEMUR, or a description naming the hip or pelvis, is in scope;
+StudyDescription is shared by every image of a study ("XR PELVIS AND RIGHT HIP 3 VIEWS"), so it never
+decides an image's view or side; it only helps decide scope when BodyPartExamined is absent.
+
+Scope: BodyPartExamined HIP, PELVIS or FEMUR, or (without a body part) any description naming the hip
+or pelvis, is in scope;
 an image with another body part (chest, knee, hand...) is out of scope and never gets a hip draft.
 """
 
@@ -31,7 +36,8 @@ CROSSTABLE = ("DCM", "111069")
 LAUENSTEIN = ("SCT", "399169008")
 DANELIUS_MILLER = ("SCT", "424811006")
 _IN_SCOPE_BODY_PARTS = {"HIP", "PELVIS", "FEMUR"}
-_DESCRIPTION_TAGS = ("SeriesDescription", "ProtocolName", "StudyDescription")
+_IMAGE_DESCRIPTION_TAGS = ("SeriesDescription", "ProtocolName")
+_ALL_DESCRIPTION_TAGS = (*_IMAGE_DESCRIPTION_TAGS, "StudyDescription")
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,8 @@ def _codes(ds: Dataset, keyword: str) -> set[tuple[str, str]]:
     return codes
 
 
-def _descriptions(ds: Dataset) -> str:
-    return " ".join(str(ds.get(tag, "") or "") for tag in _DESCRIPTION_TAGS).upper()
+def _descriptions(ds: Dataset, tags: tuple[str, ...] = _IMAGE_DESCRIPTION_TAGS) -> str:
+    return " ".join(str(ds.get(tag, "") or "") for tag in tags).upper()
 
 
 def _has_word(text: str, *words: str) -> bool:
@@ -86,9 +92,9 @@ def _view(ds: Dataset) -> tuple[View, str]:
     position = str(ds.get("ViewPosition", "") or "").upper()
     body_part = str(ds.get("BodyPartExamined", "") or "").upper()
     if position in {"AP", "PA"}:
-        if body_part == "PELVIS" or _has_word(text, "PELVIS"):
+        if body_part == "PELVIS" or (not body_part and _has_word(text, "PELVIS")):
             return View.AP_PELVIS, "ViewPosition+pelvis"
-        if body_part in {"HIP", "FEMUR"} or _has_word(text, "HIP"):
+        if body_part in {"HIP", "FEMUR"} or (not body_part and _has_word(text, "HIP")):
             return View.AP_HIP, "ViewPosition+hip"
     if position in {"LL", "RL", "LATERAL", "LAT"}:
         return View.CROSS_TABLE_LATERAL, "ViewPosition"
@@ -118,6 +124,6 @@ def _scope(ds: Dataset) -> tuple[bool, str]:
         return True, "BodyPartExamined"
     if body_part:
         return False, "BodyPartExamined"
-    if _has_word(_descriptions(ds), "HIP", "PELVIS", "FEMUR", "ACETAB"):
+    if _has_word(_descriptions(ds, _ALL_DESCRIPTION_TAGS), "HIP", "PELVIS", "FEMUR", "ACETAB"):
         return True, "description"
     return False, "none"

@@ -15,14 +15,19 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 @lru_cache(maxsize=8)
 def get_engine(database_url: str) -> Engine:
-    """One engine per URL and process. SQLite gets WAL and a busy timeout, since the listener, the
-    worker and the web app write to the same file."""
+    """One engine per URL and process.
+
+    SQLite (the embedded default) is written by the listener, the worker and the web app at once: it
+    gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` transactions, so a transaction that reads and
+    then writes never fails on a snapshot another process moved on (and check-then-insert is safe).
+    """
     if database_url.startswith("sqlite:///"):
         Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(database_url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+            dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event below starts transactions
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
@@ -30,8 +35,29 @@ def get_engine(database_url: str) -> Engine:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(connection) -> None:  # type: ignore[no-untyped-def]
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
         return engine
     return create_engine(database_url, pool_pre_ping=True)
+
+
+def insert_ignoring_conflict(session: Session, table: type, values: dict[str, object], key: str) -> bool:
+    """INSERT ``values`` into ``table`` unless a row with the same unique ``key`` exists.
+
+    Returns True when this call inserted the row. Safe against a concurrent insert of the same key
+    (PostgreSQL and SQLite ``ON CONFLICT DO NOTHING``).
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise NotImplementedError(f"database dialect {dialect!r} is not supported (PostgreSQL or SQLite)")
+    result = session.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=[key]))
+    return bool(result.rowcount)
 
 
 @lru_cache(maxsize=8)

@@ -123,10 +123,9 @@ def build_draft_sr(
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=device_uid(model), name=model.name, manufacturer_name=MANUFACTURER, model_name=model.display_name),
     )
-    sentences = dict(zip([f.side for f in findings], text.findings.splitlines(), strict=False))
     finding_items: list[Dataset] = []
     for finding in findings:
-        finding_items.extend(_finding_items(finding, sentences.get(finding.side, ""), sop_classes))
+        finding_items.extend(_finding_items(finding, text.side_sentences[finding.side], sop_classes))
     findings_container = hd.sr.ContainerContentItem(
         name=codes.DCM.Findings, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
     findings_container.ContentSequence = hd.sr.ContentSequence(finding_items)

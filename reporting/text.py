@@ -1,6 +1,8 @@
 """Report text from side findings, through Jinja templates in ``reporting/templates/``.
 
-A site folder (``template_dir``) overrides any template by file name. The environment uses
+Templates: ``finding.txt.j2`` (one hip: also the SR's finding text for that side), ``findings.txt.j2``,
+``impression.txt.j2``, ``disclaimer.txt.j2`` and ``draft.txt.j2`` (the whole report). A site folder
+(``template_dir``) overrides any template by file name. The environment uses
 StrictUndefined and :func:`check_templates` renders every template once with example data, so a
 template error is found at start-up rather than in a report.
 """
@@ -24,10 +26,13 @@ _HIP_LABELS = {Side.RIGHT: "Right hip", Side.LEFT: "Left hip", Side.UNKNOWN: "Hi
 
 @dataclass(frozen=True)
 class DraftText:
+    """The rendered report: its parts, the whole, and one sentence per side for the SR's findings."""
+
     findings: str
     impression: str
     disclaimer: str
     full: str
+    side_sentences: dict[Side, str]
 
 
 def make_environment(template_dir: Path | None = None) -> Environment:
@@ -63,13 +68,18 @@ def render_draft(findings: list[SideFinding], *, model: ModelCard, study_descrip
         "model": model.model_dump(),
         "app_version": predraft.__version__,
     }
+    finding_template = env.get_template("finding.txt.j2")
+    side_sentences = {
+        finding.side: finding_template.render(context, finding=finding_context).strip()
+        for finding, finding_context in zip(findings, context["findings"], strict=True)  # type: ignore[call-overload]
+    }
     findings_text = env.get_template("findings.txt.j2").render(context).strip()
     impression_text = env.get_template("impression.txt.j2").render(context).strip()
     disclaimer_text = env.get_template("disclaimer.txt.j2").render(context).strip()
     full = env.get_template("draft.txt.j2").render(
         context, findings_text=findings_text, impression_text=impression_text, disclaimer_text=disclaimer_text
     )
-    return DraftText(findings_text, impression_text, disclaimer_text, full.strip() + "\n")
+    return DraftText(findings_text, impression_text, disclaimer_text, full.strip() + "\n", side_sentences)
 
 
 def check_templates(template_dir: Path | None = None) -> None:

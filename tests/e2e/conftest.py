@@ -24,7 +24,6 @@ import pytest
 from tests.conftest import free_port
 
 PREDRAFT = str(Path(sys.executable).parent / "predraft")
-POSTGRES_ADMIN_URL = os.environ.get("PREDRAFT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("PREDRAFT_TEST_REDIS", "redis://127.0.0.1:6379")
 
 
@@ -87,26 +86,16 @@ def _ready(deployment: Deployment, timeout: float = 120.0) -> None:
 
 
 @pytest.fixture
-def postgres_and_redis() -> Iterator[dict[str, str]]:
-    """A fresh PostgreSQL database and a flushed Redis database number, dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
+def postgres_and_redis(postgres_url: str) -> Iterator[dict[str, str]]:
+    """A fresh PostgreSQL database and a flushed Redis database number."""
     redis = pytest.importorskip("redis")
-    name = f"predraft_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is not reachable: {exc}")
-    admin.execute(f'CREATE DATABASE "{name}"')
     redis_db = 1 + uuid.uuid4().int % 15
     client = redis.Redis.from_url(f"{REDIS_URL}/{redis_db}")
     client.flushdb()
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
     try:
-        yield {"PREDRAFT_DATABASE_URL": f"{base}/{name}", "PREDRAFT_BROKER_URL": f"{REDIS_URL}/{redis_db}"}
+        yield {"PREDRAFT_DATABASE_URL": postgres_url, "PREDRAFT_BROKER_URL": f"{REDIS_URL}/{redis_db}"}
     finally:
         client.flushdb()
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def _start(tmp_path: Path, extra_env: dict[str, str]) -> Iterator[Deployment]:

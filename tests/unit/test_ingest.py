@@ -11,7 +11,6 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from listener import status
 from listener.dimse import StoreHandler
@@ -119,29 +118,31 @@ def test_rolled_back_transaction_records_nothing(sqlite_url):
     assert (_count(sqlite_url, Study), _count(sqlite_url, Instance), _count(sqlite_url, Event)) == (0, 0, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="listener/ingest.py record_instance (lines 76-98): check-then-insert of "
-                   "the Study (and Series) row; two associations storing the first instances of a new study at "
-                   "once race, and one C-STORE fails with IntegrityError on studies.study_uid")
-def test_concurrent_first_instances_of_a_new_study_are_both_recorded(sqlite_url, monkeypatch):
-    barrier = threading.Barrier(2)
-    real_scalar = Session.scalar
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_concurrent_first_instances_of_a_new_study_are_both_recorded(database, request, monkeypatch):
+    """Two associations store the first instances of one new study at the same moment: both are
+    recorded under one study row. The barrier holds both just before the study insert, so on
+    PostgreSQL both really race for it (on SQLite, BEGIN IMMEDIATE serialises them instead)."""
+    import listener.ingest
 
-    def scalar_then_wait(self, statement, *args, **kwargs):
-        result = real_scalar(self, statement, *args, **kwargs)
-        if result is None and "FROM studies" in str(statement):
-            # Both associations have looked for the study and found none before either inserts it.
+    url = request.getfixturevalue("sqlite_url" if database == "sqlite" else "postgres_url")
+    barrier = threading.Barrier(2)
+    real_insert = listener.ingest.insert_ignoring_conflict
+
+    def insert_after_both_looked(session, table, values, key):
+        if table is Study:
             try:
-                barrier.wait(timeout=5)
+                barrier.wait(timeout=3)
             except threading.BrokenBarrierError:
                 pass
-        return result
+        return real_insert(session, table, values, key)
 
-    monkeypatch.setattr(Session, "scalar", scalar_then_wait)
+    monkeypatch.setattr(listener.ingest, "insert_ignoring_conflict", insert_after_both_looked)
     errors: list[BaseException] = []
 
     def store(sop: str) -> None:
         try:
-            _record(sqlite_url, _header(sop))
+            _record(url, _header(sop))
         except BaseException as exc:  # collected for the assertion
             errors.append(exc)
 
@@ -152,7 +153,7 @@ def test_concurrent_first_instances_of_a_new_study_are_both_recorded(sqlite_url,
         thread.join(timeout=60)
 
     assert errors == []
-    assert (_count(sqlite_url, Study), _count(sqlite_url, Instance)) == (1, 2)
+    assert (_count(url, Study), _count(url, Instance)) == (1, 2)
 
 
 def _dataset(**overrides) -> Dataset:

@@ -118,9 +118,6 @@ def test_negative_floor_is_refused(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd to name fsynced descriptors")
-@pytest.mark.xfail(strict=True, reason="listener/spool.py Spool.write (line 54): the per-study folder created by "
-                   "mkdir is never made durable (its parent incoming/ is not fsynced), so after a power loss a "
-                   "study's first instance can vanish although C-STORE already answered Success")
 def test_first_write_of_a_study_makes_its_new_folder_durable(tmp_path, monkeypatch):
     spool = Spool(tmp_path)
     synced: list[str] = []

@@ -169,9 +169,6 @@ def test_dciodvfy_finds_no_error(evidence, findings, tmp_path):
     assert "ComprehensiveSR" in output  # it recognised the IOD
 
 
-@pytest.mark.xfail(strict=True, reason="reporting/sr.py build_draft_sr (line 126) pairs findings with lines of "
-                   "text.findings by position, so a findings template (site folders may override it) with a "
-                   "heading line puts the Right laterality on the wrong sentence")
 def test_finding_sentences_keep_their_side_with_a_site_findings_template(evidence, findings, tmp_path):
     from reporting.text import make_environment
 
