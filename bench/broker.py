@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         folder = work / "fs-broker"
-        for sub in ("out", "processed"):
+        for sub in ("out", "processed", "control"):
             (folder / sub).mkdir(parents=True)
         results = [
             measure("sqlalchemy-sqlite", f"sqla+sqlite:///{work / 'broker.sqlite'}", {}, args.tasks, args.singles,
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             measure("filesystem", "filesystem://", {"data_folder_in": str(folder / "out"),
                                                       "data_folder_out": str(folder / "out"),
                                                       "processed_folder": str(folder / "processed"),
+                                                      "control_folder": str(folder / "control"),
                                                       "store_processed": False},
                     args.tasks, args.singles, work),
         ]
