@@ -157,3 +157,16 @@ def test_instance_without_study_uid_is_refused_and_the_association_goes_on(
     detail = embedded.wait_for_study(study_uid)
     assert [i["sop_instance_uid"] for i in detail["instances"]] == [demo[1].sop_instance_uid]
     assert list((embedded.var_dir / "spool").rglob(f"{incomplete.SOPInstanceUID}.dcm")) == []
+
+
+def test_demo_command_prints_the_draft_and_logs_no_patient_data(embedded: Deployment) -> None:
+    result = embedded.cli("demo", "--timeout", "120")
+    assert "drafted; SR at" in result.stdout
+    for phrase in ("Right hip", "Left hip", "VIEWS USED: AP pelvis, frog-leg lateral, cross-table lateral",
+                   "UNTRAINED"):
+        assert phrase in result.stdout
+    sr_path = Path(result.stdout.split("SR at ", 1)[1].split()[0])
+    assert pydicom.dcmread(sr_path).VerificationFlag == "UNVERIFIED"
+    log = embedded.log_path.read_text()
+    assert "stored instance" in log  # the listener did log the instances...
+    assert "PHANTOM" not in log  # ...but neither the patient's name nor the patient ID

@@ -1,0 +1,20 @@
+"""The README documents every setting, and names the commands CI runs."""
+
+from __future__ import annotations
+
+from predraft.settings import Settings
+from tests.conftest import REPO_ROOT
+
+
+def test_readme_configuration_table_lists_every_setting() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    missing = [f"PREDRAFT_{name.upper()}" for name in Settings.model_fields
+               if f"`PREDRAFT_{name.upper()}`" not in readme]
+    assert missing == []
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    ci = (REPO_ROOT / ".ci" / "run").read_text()
+    assert "bash scripts/test.sh" in readme
+    assert "exec bash scripts/test.sh" in ci
