@@ -1,13 +1,21 @@
-"""The DIMSE listener: a pynetdicom SCP for C-ECHO and C-STORE of CR and DX radiographs.
+"""The DIMSE listener: a pynetdicom SCP for C-ECHO and C-STORE.
 
-The C-STORE handler is thin: it reads the header, writes the encoded dataset to the spool (fsync,
-atomic rename), records the instance, and only then returns Success. It never decodes pixels. Any
-unexpected error becomes a failure status, not a dead association.
+Accepted: CR, DX For Presentation, Secondary Capture and structured reports, in every transfer syntax
+pynetdicom knows, preferring the syntax the sender proposes first. DX For Processing is accepted at
+association and refused per instance with "SOP class not supported", so the sender sees why.
+
+The C-STORE handler is thin: it hands the encoded file to :class:`listener.receive.Receiver`, which
+spools (fsync, atomic rename) and records it, and maps the outcome to a named status. It never decodes
+pixels; an unexpected error becomes a failure status, not a dead association.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
+import ssl
+import threading
 from dataclasses import dataclass
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
@@ -15,10 +23,9 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from listener import status
-from listener.ingest import InstanceHeader, record_instance
-from listener.spool import Spool, SpoolFullError
-from models.taxonomy import RADIOGRAPH_SOP_CLASSES
-from predraft.db import session_scope
+from listener.receive import Receiver, ReceiveStatus
+from listener.spool import Spool
+from models.taxonomy import DX_FOR_PROCESSING, STORABLE_SOP_CLASSES
 from predraft.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,62 +34,97 @@ log = logging.getLogger(__name__)
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 
+STATUS_OF = {
+    ReceiveStatus.STORED: status.SUCCESS,
+    ReceiveStatus.DUPLICATE: status.SUCCESS,
+    ReceiveStatus.CANNOT_UNDERSTAND: status.CANNOT_UNDERSTAND,
+    ReceiveStatus.SOP_CLASS_MISMATCH: status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    ReceiveStatus.SOP_CLASS_NOT_SUPPORTED: status.SOP_CLASS_NOT_SUPPORTED,
+    ReceiveStatus.OUT_OF_RESOURCES: status.OUT_OF_RESOURCES,
+    ReceiveStatus.PROCESSING_FAILURE: status.PROCESSING_FAILURE,
+}
+
 
 @dataclass
 class StoreHandler:
-    """Handles EVT_C_STORE: spool, record, then answer."""
+    """Handles EVT_C_STORE: receive (spool, record), then answer."""
 
-    spool: Spool
-    database_url: str
+    receiver: Receiver
 
     def __call__(self, event: evt.Event) -> int:
         calling_ae = str(event.assoc.requestor.ae_title).strip()
         try:
-            ds = event.dataset
-            header = InstanceHeader.from_dataset(ds, str(event.context.transfer_syntax))
-        except Exception as exc:  # undecodable or incomplete data set
-            log.warning("C-STORE from %s refused: cannot understand the data set: %s", calling_ae, exc)
-            return status.CANNOT_UNDERSTAND
-        if header.sop_class_uid != str(event.request.AffectedSOPClassUID):
-            log.warning("C-STORE from %s refused: SOP class %s in a %s request", calling_ae,
-                        header.sop_class_uid, event.request.AffectedSOPClassUID)
-            return status.DATASET_DOES_NOT_MATCH_SOP_CLASS
-        try:
             data = event.encoded_dataset(include_meta=True)
-            path = self.spool.write(self.spool.instance_path(header.study_uid, header.sop_instance_uid), data)
-            with session_scope(self.database_url) as session:
-                result = record_instance(session, header=header, spool_path=str(path), size_bytes=len(data),
-                                         calling_ae=calling_ae)
-        except SpoolFullError as exc:
-            log.error("C-STORE refused: %s", exc)
-            return status.OUT_OF_RESOURCES
-        except OSError as exc:
-            log.error("C-STORE failed writing the spool: %s", exc)
-            return status.OUT_OF_RESOURCES
-        except Exception:
-            log.exception("C-STORE of instance %s failed", header.sop_instance_uid)
-            return status.PROCESSING_FAILURE
-        log.info("stored instance %s (study row %d%s)", header.sop_instance_uid, result.study_id,
-                 ", duplicate" if result.duplicate else "")
-        return status.SUCCESS
+        except Exception as exc:
+            log.warning("C-STORE from %s: the data set could not be encoded as a file: %s", calling_ae, exc)
+            return status.CANNOT_UNDERSTAND
+        outcome = self.receiver.receive(data, source=calling_ae,
+                                        expected_sop_class=str(event.request.AffectedSOPClassUID))
+        return STATUS_OF[outcome.status]
+
+
+class ListenerServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, plus TCP_NODELAY on every connection and a source-address check."""
+
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def verify_request(self, request: socket.socket | tuple, client_address: tuple) -> bool:  # type: ignore[override]
+        if not self.allowed_networks:
+            return True
+        address = ipaddress.ip_address(client_address[0])
+        if any(address in network for network in self.allowed_networks):
+            return True
+        log.warning("refused a DIMSE connection from %s: not in allowed_addresses", client_address[0])
+        return False
+
+    def get_request(self) -> tuple[socket.socket, tuple]:  # type: ignore[override]
+        connection, address = super().get_request()
+        try:
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        return connection, address
 
 
 def make_ae(settings: Settings) -> AE:
     ae = AE(ae_title=settings.ae_title)
     ae.add_supported_context(Verification)
-    for sop_class in RADIOGRAPH_SOP_CLASSES:
+    for sop_class in (*STORABLE_SOP_CLASSES, DX_FOR_PROCESSING):
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     if settings.allowed_calling_aes:
         ae.require_calling_aet = settings.allowed_calling_aes
-    ae.maximum_associations = 10
+    ae.maximum_associations = settings.dimse_max_associations
+    ae.maximum_pdu_size = settings.dimse_max_pdu
+    ae.network_timeout = 60
+    ae.dimse_timeout = 120
+    ae.acse_timeout = 30
     return ae
+
+
+def make_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """A server TLS context from the settings, or None when TLS is off. Client certificates are
+    required (and checked against tls_client_ca) when tls_client_ca is set."""
+    if not settings.tls_enabled:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(settings.tls_certificate), str(settings.tls_private_key))
+    if settings.tls_client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(str(settings.tls_client_ca))
+    return context
 
 
 def start_dimse_server(settings: Settings) -> ThreadedAssociationServer:
     """Start the SCP in background threads and return its server (``.server_address``, ``.shutdown()``)."""
-    spool = Spool(settings.spool_dir)
-    handler = StoreHandler(spool=spool, database_url=settings.database_url)
+    receiver = Receiver(Spool(settings.spool_dir, min_free_bytes=settings.spool_min_free_bytes),
+                        settings.database_url)
     ae = make_ae(settings)
-    server = ae.start_server((settings.dimse_host, settings.dimse_port), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, handler)])
+    server_class = type("ConfiguredListenerServer", (ListenerServer,), {
+        "allowed_networks": tuple(ipaddress.ip_network(a, strict=False) for a in settings.allowed_addresses)})
+    server = ae.make_server((settings.dimse_host, settings.dimse_port),
+                            evt_handlers=[(evt.EVT_C_STORE, StoreHandler(receiver))],
+                            ssl_context=make_ssl_context(settings), server_class=server_class)
+    threading.Thread(target=server.serve_forever, name="dimse-acceptor", daemon=True).start()
+    ae._servers.append(server)  # as AE.start_server does, so server.shutdown() can deregister it
     return server

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from listener.spool import check_uid
+from models.taxonomy import CLASSIFIABLE_SOP_CLASSES
 from predraft.db import insert_ignoring_conflict
 from predraft.events import record_event
 from predraft.schema import Instance, Series, Study, utcnow
@@ -66,7 +67,8 @@ class IngestResult:
 def record_instance(session: Session, *, header: InstanceHeader, spool_path: str, size_bytes: int,
                     calling_ae: str) -> IngestResult:
     """Record a durably spooled instance. A SOP Instance UID seen before is a duplicate and changes
-    nothing. A new instance in a study that is past receiving re-opens it under a new generation."""
+    nothing. A new image in a study that is past receiving re-opens it under a new generation; a
+    structured report is filed as skipped and leaves the study's state alone."""
     existing = session.scalar(select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid))
     if existing is not None:
         record_event(session, "duplicate", f"instance {header.sop_instance_uid} received again",
@@ -82,9 +84,12 @@ def record_instance(session: Session, *, header: InstanceHeader, spool_path: str
     study = session.scalars(
         select(Study).where(Study.study_uid == header.study_uid).execution_options(populate_existing=True)
     ).one()
+    classifiable = header.sop_class_uid in CLASSIFIABLE_SOP_CLASSES
     if opened:
         record_event(session, "study_opened", f"study {header.study_uid}", study_id=study.id)
-    else:
+    elif classifiable:
+        # Only images are new work. A structured report (predraft's own draft echoed back by the PACS,
+        # say) is filed with its study without re-opening it.
         if study.state != StudyState.RECEIVING:
             study.generation += 1
             record_event(session, "study_reopened",
@@ -101,7 +106,9 @@ def record_instance(session: Session, *, header: InstanceHeader, spool_path: str
     instance = Instance(study_id=study.id, series_id=series.id, sop_instance_uid=header.sop_instance_uid,
                         sop_class_uid=header.sop_class_uid, transfer_syntax_uid=header.transfer_syntax_uid,
                         spool_path=spool_path, size_bytes=size_bytes, calling_ae=calling_ae[:16],
-                        state=InstanceState.RECEIVED, received_at=now)
+                        state=InstanceState.RECEIVED if classifiable else InstanceState.SKIPPED,
+                        error=None if classifiable else "structured report: stored with its study, not classified",
+                        received_at=now)
     session.add(instance)
     session.flush()
     record_event(session, "received", f"instance {header.sop_instance_uid}", study_id=study.id,

@@ -9,3 +9,5 @@ DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 #: Failure: processing failure (an unexpected error while storing or recording).
 PROCESSING_FAILURE = 0x0110
+#: Refused: SOP class not supported (DX For Processing, or anything predraft does not store).
+SOP_CLASS_NOT_SUPPORTED = 0x0122

@@ -58,3 +58,16 @@ class Side(StrEnum):
 #: SOP classes of the radiographs that are classified: CR Image Storage and Digital X-Ray Image
 #: Storage - For Presentation. (DX For Processing is raw detector data and is never classified.)
 RADIOGRAPH_SOP_CLASSES: tuple[str, ...] = ("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1")
+
+#: Secondary Capture Image Storage: radiographs digitised or re-captured; classified when in scope.
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+#: Structured reports (Basic Text, Enhanced, Comprehensive): stored with their study, never classified.
+STRUCTURED_REPORT_SOP_CLASSES: tuple[str, ...] = (
+    "1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33",
+)
+#: Digital X-Ray Image Storage - For Processing: raw detector data, refused.
+DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
+#: Images predraft classifies when they show a hip or pelvis.
+CLASSIFIABLE_SOP_CLASSES: tuple[str, ...] = (*RADIOGRAPH_SOP_CLASSES, SECONDARY_CAPTURE)
+#: Everything predraft stores.
+STORABLE_SOP_CLASSES: tuple[str, ...] = (*CLASSIFIABLE_SOP_CLASSES, *STRUCTURED_REPORT_SOP_CLASSES)

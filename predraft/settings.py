@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -35,6 +35,38 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class ExpectedViewsRule(BaseModel):
+    """A study whose description matches ``pattern`` is complete once it holds ``views`` images.
+
+    With ``views`` unset, the pattern's first group gives the number ("XR PELVIS 3 VIEWS").
+    """
+
+    pattern: str
+    views: int | None = Field(None, ge=1)
+
+    @field_validator("pattern")
+    @classmethod
+    def _check_pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"pattern {value!r} is not a regular expression: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _check_views_source(self) -> ExpectedViewsRule:
+        if self.views is None and re.compile(self.pattern).groups < 1:
+            raise ValueError(f"pattern {self.pattern!r} needs a group giving the number of views, or set views")
+        return self
+
+    def expected(self, description: str) -> int | None:
+        """The number of views this rule expects for ``description``, or None when it does not match."""
+        match = re.search(self.pattern, description, flags=re.IGNORECASE)
+        if match is None:
+            return None
+        return self.views if self.views is not None else int(match.group(1))
 
 
 class Settings(BaseSettings):
@@ -59,10 +91,44 @@ class Settings(BaseSettings):
         description="Calling AE titles allowed to associate; empty allows any, which is refused off loopback.",
     )
 
+    allowed_addresses: list[str] = Field(
+        default_factory=list,
+        description="Source addresses or networks (CIDR) allowed to connect to DIMSE; empty allows any.",
+    )
+    dimse_max_pdu: int = Field(
+        262144, ge=0, description="Largest PDU predraft accepts, in bytes (0: unlimited)."
+    )
+    dimse_max_associations: int = Field(16, ge=1, description="Concurrent DIMSE associations.")
+    tls_certificate: Path | None = Field(
+        None, description="PEM server certificate; with tls_private_key enables DICOM TLS."
+    )
+    tls_private_key: Path | None = Field(None, description="PEM private key of tls_certificate.")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle; when set, DICOM TLS clients must present a certificate it signed."
+    )
+    spool_min_free_bytes: int = Field(
+        200_000_000, ge=0, description="Refuse new instances (out of resources) below this much free spool space."
+    )
+
     http_host: str = Field("127.0.0.1", description="Address the HTTP app binds to.")
     http_port: int = Field(8080, ge=1, le=65535, description="HTTP port.")
 
+    dicomweb_tokens: list[SecretStr] = Field(
+        default_factory=list, description="Bearer tokens accepted by DICOMweb (STOW/QIDO/WADO)."
+    )
+    dicomweb_users: dict[str, SecretStr] = Field(
+        default_factory=dict, description="HTTP basic-auth users and passwords accepted by DICOMweb."
+    )
+    dicomweb_max_upload_bytes: int = Field(
+        2_000_000_000, ge=1, description="Largest STOW-RS request body, in bytes (larger: 413)."
+    )
+
     quiet_seconds: float = Field(10.0, gt=0, description="A study is ready after this long without a new instance.")
+    expected_views: list[ExpectedViewsRule] = Field(
+        default_factory=lambda: [ExpectedViewsRule(pattern=r"\b(\d+)\s*VIEWS?\b")],
+        description="Rules on StudyDescription/RequestedProcedureDescription giving the number of views that "
+        "make a study complete before its quiet time.",
+    )
     stability_poll_seconds: float = Field(1.0, gt=0, description="How often the listener looks for ready studies.")
 
     model: Path | None = Field(
@@ -132,12 +198,25 @@ class Settings(BaseSettings):
         self.spool_dir = (self.spool_dir or self.var_dir / "spool").expanduser().absolute()
         if self.model is not None:
             self.model = self.model.expanduser().absolute()
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            raise ValueError("tls_certificate and tls_private_key must be set together")
+        if self.tls_client_ca is not None and self.tls_certificate is None:
+            raise ValueError("tls_client_ca needs tls_certificate and tls_private_key")
+        for address in self.allowed_addresses:
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"allowed_addresses entry {address!r} is not an address or network") from exc
         if not self.allowed_calling_aes and not _is_loopback(self.dimse_host):
             raise ValueError(
                 f"dimse_host {self.dimse_host!r} is not a loopback address: set allowed_calling_aes "
                 "(PREDRAFT_ALLOWED_CALLING_AES='[\"PACS_AE\"]') so that only known callers can store"
             )
         return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_certificate is not None
 
     @property
     def model_card_path(self) -> Path:

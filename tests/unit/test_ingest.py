@@ -1,9 +1,8 @@
-"""listener.ingest (recording instances in SQLite) and the C-STORE handler listener.dimse.StoreHandler."""
+"""listener.ingest (recording instances) and listener.receive.Receiver (spool + record + outcome)."""
 
 from __future__ import annotations
 
 import threading
-from types import SimpleNamespace
 
 import pydicom
 import pytest
@@ -13,12 +12,13 @@ from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import func, select
 
 from listener import status
-from listener.dimse import StoreHandler
+from listener.dimse import STATUS_OF
 from listener.ingest import InstanceHeader, record_instance
+from listener.receive import Receiver, ReceiveStatus
 from listener.spool import Spool
 from predraft.db import session_scope
 from predraft.schema import Event, Instance, Series, Study
-from predraft.states import StudyState
+from predraft.states import InstanceState, StudyState
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -205,34 +205,30 @@ def test_header_from_real_radiograph(real_path):
     assert (header.sop_class_uid, header.modality, header.body_part) == (CR, "CR", "HIP")
 
 
-# -- StoreHandler -------------------------------------------------------------------------------------
+# -- Receiver (what the C-STORE handler and STOW-RS call) ----------------------------------------------
 
 
-def _event(ds: Dataset, *, affected_sop_class: str = CR, calling_ae: str = "PACS_AE  "):
-    def encoded_dataset(include_meta: bool = True) -> bytes:
-        copy = Dataset(ds)
-        copy.file_meta = FileMetaDataset()
-        copy.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        copy.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        copy.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        with DicomBytesIO() as buffer:
-            copy.save_as(buffer, enforce_file_format=True)
-            return buffer.getvalue()
-
-    return SimpleNamespace(
-        assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title=calling_ae)),
-        dataset=ds,
-        context=SimpleNamespace(transfer_syntax=ExplicitVRLittleEndian),
-        request=SimpleNamespace(AffectedSOPClassUID=affected_sop_class),
-        encoded_dataset=encoded_dataset,
-    )
+def _file_bytes(ds: Dataset) -> bytes:
+    copy = Dataset(ds)
+    copy.file_meta = FileMetaDataset()
+    copy.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    copy.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    copy.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    with DicomBytesIO() as buffer:
+        copy.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
 
 
-def test_store_handler_spools_records_and_answers_success(sqlite_url, tmp_path):
+def _receive(receiver: Receiver, ds: Dataset, **kwargs) -> int:
+    """The DIMSE status the C-STORE handler answers for this outcome."""
+    return STATUS_OF[receiver.receive(_file_bytes(ds), source="PACS_AE", **kwargs).status]
+
+
+def test_receiver_spools_records_and_answers_success(sqlite_url, tmp_path):
     spool = Spool(tmp_path / "spool")
-    handler = StoreHandler(spool=spool, database_url=sqlite_url)
+    receiver = Receiver(spool, sqlite_url)
 
-    assert handler(_event(_dataset())) == status.SUCCESS
+    assert _receive(receiver, _dataset(), expected_sop_class=CR) == status.SUCCESS
 
     path = spool.instance_path(STUDY, STUDY + ".1.1")
     stored = pydicom.dcmread(path)
@@ -241,28 +237,70 @@ def test_store_handler_spools_records_and_answers_success(sqlite_url, tmp_path):
         instance = session.scalar(select(Instance))
         assert (instance.spool_path, instance.size_bytes) == (str(path), path.stat().st_size)
         assert instance.calling_ae == "PACS_AE"
-    assert handler(_event(_dataset())) == status.SUCCESS  # a duplicate is acknowledged
+    outcome = receiver.receive(_file_bytes(_dataset()), source="PACS_AE")
+    assert outcome.status is ReceiveStatus.DUPLICATE and STATUS_OF[outcome.status] == status.SUCCESS
     assert _count(sqlite_url, Instance) == 1
 
 
-def test_store_handler_refuses_a_dataset_without_uids(sqlite_url, tmp_path):
-    handler = StoreHandler(spool=Spool(tmp_path / "spool"), database_url=sqlite_url)
-    assert handler(_event(_dataset(StudyInstanceUID=None))) == status.CANNOT_UNDERSTAND
+def test_receiver_refuses_a_dataset_without_uids(sqlite_url, tmp_path):
+    receiver = Receiver(Spool(tmp_path / "spool"), sqlite_url)
+    outcome = receiver.receive(_file_bytes(_dataset(StudyInstanceUID=None)), source="PACS_AE")
+    assert outcome.status is ReceiveStatus.CANNOT_UNDERSTAND
+    assert "StudyInstanceUID" in outcome.message
     assert _count(sqlite_url, Instance) == 0
 
 
-def test_store_handler_refuses_a_sop_class_mismatch(sqlite_url, tmp_path):
-    handler = StoreHandler(spool=Spool(tmp_path / "spool"), database_url=sqlite_url)
-    assert handler(_event(_dataset(), affected_sop_class=DX)) == status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+def test_receiver_refuses_bytes_that_are_not_dicom(sqlite_url, tmp_path):
+    receiver = Receiver(Spool(tmp_path / "spool"), sqlite_url)
+    assert receiver.receive(b"%PDF-1.4 not dicom", source="PACS_AE").status is ReceiveStatus.CANNOT_UNDERSTAND
+    truncated = _file_bytes(_dataset())[:200]
+    assert receiver.receive(truncated, source="PACS_AE").status is ReceiveStatus.CANNOT_UNDERSTAND
+    assert _count(sqlite_url, Instance) == 0
+
+
+def test_receiver_refuses_a_sop_class_mismatch(sqlite_url, tmp_path):
+    receiver = Receiver(Spool(tmp_path / "spool"), sqlite_url)
+    assert _receive(receiver, _dataset(), expected_sop_class=DX) == status.DATASET_DOES_NOT_MATCH_SOP_CLASS
     assert list((tmp_path / "spool" / "incoming").iterdir()) == []
 
 
-def test_store_handler_answers_out_of_resources_when_the_spool_is_full(sqlite_url, tmp_path):
-    handler = StoreHandler(spool=Spool(tmp_path / "spool", min_free_bytes=2**62), database_url=sqlite_url)
-    assert handler(_event(_dataset())) == status.OUT_OF_RESOURCES
+def test_receiver_refuses_dx_for_processing_with_sop_class_not_supported(sqlite_url, tmp_path):
+    receiver = Receiver(Spool(tmp_path / "spool"), sqlite_url)
+    outcome = receiver.receive(_file_bytes(_dataset(SOPClassUID="1.2.840.10008.5.1.4.1.1.1.1.1")), source="PACS_AE")
+    assert outcome.status is ReceiveStatus.SOP_CLASS_NOT_SUPPORTED
+    assert STATUS_OF[outcome.status] == status.SOP_CLASS_NOT_SUPPORTED == 0x0122
+    assert "For Processing" in outcome.message
     assert _count(sqlite_url, Instance) == 0
 
 
-def test_store_handler_answers_processing_failure_when_the_database_fails(tmp_path):
-    handler = StoreHandler(spool=Spool(tmp_path / "spool"), database_url=f"sqlite:///{tmp_path}/unmigrated.sqlite")
-    assert handler(_event(_dataset())) == status.PROCESSING_FAILURE
+def test_a_structured_report_is_filed_without_reopening_its_drafted_study(sqlite_url, tmp_path):
+    receiver = Receiver(Spool(tmp_path / "spool"), sqlite_url)
+    assert _receive(receiver, _dataset()) == status.SUCCESS
+    with session_scope(sqlite_url) as session:
+        session.scalar(select(Study)).state = StudyState.DRAFTED
+    sr = _dataset(SOPClassUID="1.2.840.10008.5.1.4.1.1.88.33", SOPInstanceUID=STUDY + ".9.1",
+                  SeriesInstanceUID=STUDY + ".9", Modality="SR")
+    assert _receive(receiver, sr) == status.SUCCESS
+    with session_scope(sqlite_url) as session:
+        study = session.scalar(select(Study))
+        assert (study.state, study.generation) == (StudyState.DRAFTED, 1)
+        report = session.scalar(select(Instance).where(Instance.sop_instance_uid == STUDY + ".9.1"))
+        assert report.state == InstanceState.SKIPPED and "structured report" in report.error
+
+
+def test_receiver_answers_out_of_resources_when_the_spool_is_full(sqlite_url, tmp_path):
+    receiver = Receiver(Spool(tmp_path / "spool", min_free_bytes=2**62), sqlite_url)
+    assert _receive(receiver, _dataset()) == status.OUT_OF_RESOURCES
+    assert _count(sqlite_url, Instance) == 0
+
+
+def test_receiver_answers_processing_failure_when_the_database_fails(tmp_path):
+    receiver = Receiver(Spool(tmp_path / "spool"), f"sqlite:///{tmp_path}/unmigrated.sqlite")
+    assert _receive(receiver, _dataset()) == status.PROCESSING_FAILURE
+
+
+def test_receiver_validates_its_arguments(sqlite_url, tmp_path):
+    with pytest.raises(TypeError, match="spool must be a Spool"):
+        Receiver(tmp_path, sqlite_url)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="database_url"):
+        Receiver(Spool(tmp_path / "spool"), "")
