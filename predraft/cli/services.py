@@ -94,7 +94,7 @@ def web() -> None:
     import uvicorn
 
     from predraft.bootstrap import configure_logging
-    from reporting.web.app import create_app
+    from predraft.http import create_app
 
     settings = load_settings_with_schema()
     configure_logging(settings)

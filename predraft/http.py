@@ -1,4 +1,7 @@
-"""The HTTP app. For now: health checks only. The worklist (login required) comes with its issue."""
+"""The HTTP app: one FastAPI application assembling the routers of the stages.
+
+``/healthz`` lives here; DICOMweb comes from ``listener/``, the worklist from ``reporting/web/``.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from predraft.settings import Settings
 
 def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="predraft", version=predraft.__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.settings = settings
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
