@@ -117,8 +117,11 @@ def make_ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 def start_dimse_server(settings: Settings) -> ThreadedAssociationServer:
     """Start the SCP in background threads and return its server (``.server_address``, ``.shutdown()``)."""
-    receiver = Receiver(Spool(settings.spool_dir, min_free_bytes=settings.spool_min_free_bytes),
-                        settings.database_url)
+    spool = Spool(settings.spool_dir, min_free_bytes=settings.spool_min_free_bytes)
+    removed = spool.remove_stale_partials()
+    if removed:
+        log.warning("removed %d partial file(s) left in the spool by a process that died", removed)
+    receiver = Receiver(spool, settings.database_url)
     ae = make_ae(settings)
     server_class = type("ConfiguredListenerServer", (ListenerServer,), {
         "allowed_networks": tuple(ipaddress.ip_network(a, strict=False) for a in settings.allowed_addresses)})

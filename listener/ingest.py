@@ -31,6 +31,7 @@ class InstanceHeader:
     accession_number: str = ""
     study_date: str = ""
     study_description: str = ""
+    requested_procedure: str = ""
     series_description: str = ""
     body_part: str = ""
 
@@ -52,9 +53,21 @@ class InstanceHeader:
             accession_number=text("AccessionNumber", 16),
             study_date=text("StudyDate", 8),
             study_description=text("StudyDescription", 64),
+            requested_procedure=_requested_procedure(ds)[:64],
             series_description=text("SeriesDescription", 64),
             body_part=text("BodyPartExamined", 16),
         )
+
+
+def _requested_procedure(ds: Dataset) -> str:
+    """RequestedProcedureDescription, top level or in the first Request Attributes item."""
+    value = ds.get("RequestedProcedureDescription", "")
+    if not value:
+        for item in ds.get("RequestAttributesSequence", []) or []:
+            value = item.get("RequestedProcedureDescription", "")
+            if value:
+                break
+    return str(value or "")
 
 
 @dataclass(frozen=True)
@@ -79,7 +92,8 @@ def record_instance(session: Session, *, header: InstanceHeader, spool_path: str
     opened = insert_ignoring_conflict(session, Study, dict(
         study_uid=header.study_uid, patient_id=header.patient_id, patient_name=header.patient_name,
         accession_number=header.accession_number, study_date=header.study_date,
-        study_description=header.study_description, state=StudyState.RECEIVING, generation=1,
+        study_description=header.study_description, requested_procedure=header.requested_procedure,
+        state=StudyState.RECEIVING, generation=1,
         received_at=now, last_instance_at=now), key="study_uid")
     study = session.scalars(
         select(Study).where(Study.study_uid == header.study_uid).execution_options(populate_existing=True)
@@ -97,6 +111,8 @@ def record_instance(session: Session, *, header: InstanceHeader, spool_path: str
             study.state = StudyState.RECEIVING
             study.error = None
         study.last_instance_at = now
+        study.study_description = study.study_description or header.study_description
+        study.requested_procedure = study.requested_procedure or header.requested_procedure
 
     insert_ignoring_conflict(session, Series, dict(
         study_id=study.id, series_uid=header.series_uid, modality=header.modality,

@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+PARTIAL_SUFFIX = ".part"
+_PARTIAL_NAME = re.compile(r"^\.(\d+)\..*\.part$")
 
 
 class SpoolFullError(OSError):
@@ -54,7 +56,7 @@ class Spool:
         self._make_durable_folder(path.parent)
         if self.min_free_bytes and shutil.disk_usage(path.parent).free - len(data) < self.min_free_bytes:
             raise SpoolFullError(f"spool {self.root} is below its free-space floor of {self.min_free_bytes} bytes")
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{os.getpid()}.", suffix=PARTIAL_SUFFIX)
         try:
             with os.fdopen(handle, "wb") as stream:
                 stream.write(data)
@@ -67,6 +69,21 @@ class Spool:
         _fsync_directory(path.parent)
         return path
 
+    def remove_stale_partials(self) -> int:
+        """Delete temporary files left by writers that died (their pid is gone); return how many.
+
+        A writer killed mid-write leaves ``.<pid>.<random>.part``; the finished file never appeared, so
+        the sender got no success and will send again. Files of live writers are left alone.
+        """
+        removed = 0
+        for partial in self.root.rglob(f"*{PARTIAL_SUFFIX}"):
+            match = _PARTIAL_NAME.match(partial.name)
+            if match is None or _process_alive(int(match.group(1))):
+                continue
+            partial.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
     def _make_durable_folder(self, folder: Path) -> None:
         """Create ``folder`` (inside the spool) if needed, and fsync each parent that gained an entry."""
         if folder.is_dir():
@@ -74,6 +91,16 @@ class Spool:
         self._make_durable_folder(folder.parent)
         folder.mkdir(exist_ok=True)
         _fsync_directory(folder.parent)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync_directory(folder: Path) -> None:

@@ -1,4 +1,5 @@
-"""Study stability: a study is ready when it has been quiet for the configured time.
+"""Study stability: a study is ready when its expected views are in, or when it has been quiet for the
+configured time (see :func:`workers.dispatch.claim_ready_studies`).
 
 A background thread in the listener process polls the database; claiming is a conditional UPDATE,
 so several listeners on one database never start a study twice.
@@ -12,7 +13,7 @@ import threading
 from celery import Celery
 
 from predraft.settings import Settings
-from workers.dispatch import claim_quiet_studies, start_study
+from workers.dispatch import claim_ready_studies, start_study
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ class StabilityMonitor(threading.Thread):
 
     def tick(self) -> list[int]:
         """One pass: claim quiet studies and start them. Returns the ids started."""
-        claimed = claim_quiet_studies(self.settings.database_url, quiet_seconds=self.settings.quiet_seconds)
+        claimed = claim_ready_studies(self.settings.database_url, quiet_seconds=self.settings.quiet_seconds,
+                                      expected_views=self.settings.expected_views)
         for study_id in claimed:
             sent = start_study(self.app, self.settings.database_url, study_id)
             log.info("study row %d is ready; %d instance(s) sent to prepare", study_id, sent)

@@ -30,6 +30,7 @@ class Study(Base):
     accession_number: Mapped[str] = mapped_column(String(16), default="")
     study_date: Mapped[str] = mapped_column(String(8), default="")
     study_description: Mapped[str] = mapped_column(String(64), default="")
+    requested_procedure: Mapped[str] = mapped_column(String(64), default="", server_default="")
     state: Mapped[str] = mapped_column(String(16), index=True)
     generation: Mapped[int] = mapped_column(Integer, default=1)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -117,6 +118,7 @@ class Draft(Base):
     sr_sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     sr_series_uid: Mapped[str] = mapped_column(String(64))
     sr_path: Mapped[str] = mapped_column(Text)
+    supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("drafts.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     study: Mapped[Study] = relationship(back_populates="drafts")

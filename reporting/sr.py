@@ -99,11 +99,13 @@ def build_draft_sr(
     series_instance_uid: str,
     sop_instance_uid: str,
     series_number: int = 9901,
+    previous_versions: Sequence[Dataset] = (),
 ) -> hd.sr.ComprehensiveSR:
     """Build the unverified draft SR in the evidence's study, referencing every evidence image.
 
     ``evidence`` are the source images' headers (pixel data not needed); ``findings`` and ``text``
-    say the same thing, once coded and once as prose.
+    say the same thing, once coded and once as prose. ``previous_versions`` are earlier drafts of the
+    same study that this one supersedes (Predecessor Documents Sequence).
     """
     if not evidence:
         raise ValueError("build_draft_sr needs at least one evidence dataset")
@@ -150,6 +152,7 @@ def build_draft_sr(
         is_complete=False,
         is_final=False,
         is_verified=False,
+        previous_versions=list(previous_versions) or None,
         series_description=SERIES_DESCRIPTION,
     )
     sr.ContributingEquipmentSequence = DicomSequence([_algorithm_equipment(model)])

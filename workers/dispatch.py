@@ -7,38 +7,71 @@ and commits before any task is sent, so a worker never sees a state older than i
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, func, select, update
 
+from models.taxonomy import CLASSIFIABLE_SOP_CLASSES
 from predraft.db import session_scope
 from predraft.events import record_event
 from predraft.schema import Instance, Study, utcnow
+from predraft.settings import ExpectedViewsRule
 from predraft.states import FINISHED_INSTANCE_STATES, InstanceState, StudyState
 from workers.app import DRAFT, PREPARE
 
 log = logging.getLogger(__name__)
 
 
-def claim_quiet_studies(database_url: str, *, quiet_seconds: float) -> list[int]:
-    """Mark every study that has been quiet for ``quiet_seconds`` READY; return their ids."""
-    cutoff = utcnow() - timedelta(seconds=quiet_seconds)
+def claim_ready_studies(database_url: str, *, quiet_seconds: float,
+                        expected_views: Sequence[ExpectedViewsRule] = ()) -> list[int]:
+    """Mark READY every receiving study that is complete or quiet; return their ids.
+
+    Complete: a rule of ``expected_views`` matches its StudyDescription or RequestedProcedureDescription
+    and the study holds at least that many images. Quiet: no new image for ``quiet_seconds``.
+    """
+    now = utcnow()
+    cutoff = now - timedelta(seconds=quiet_seconds)
+    images = (select(func.count(Instance.id)).where(Instance.study_id == Study.id,
+                                                    Instance.sop_class_uid.in_(CLASSIFIABLE_SOP_CLASSES))
+              .scalar_subquery())
     claimed: list[int] = []
     with session_scope(database_url) as session:
-        candidates = session.scalars(
-            select(Study.id).where(Study.state == StudyState.RECEIVING, Study.last_instance_at < cutoff)
+        candidates = session.execute(
+            select(Study.id, Study.last_instance_at, Study.study_description, Study.requested_procedure, images)
+            .where(Study.state == StudyState.RECEIVING)
         ).all()
-        for study_id in candidates:
+        for study_id, last_instance_at, description, procedure, count in candidates:
+            expected = _expected_images(expected_views, description, procedure)
+            if expected is not None and count >= expected:
+                reason = f"complete: {count} image(s), {expected} expected"
+            elif _aware(last_instance_at) < cutoff:
+                reason = f"quiet for {quiet_seconds:g} s with {count} image(s)"
+            else:
+                continue
             result = session.execute(
-                update(Study)
-                .where(Study.id == study_id, Study.state == StudyState.RECEIVING, Study.last_instance_at < cutoff)
-                .values(state=StudyState.READY, ready_at=utcnow())
+                update(Study).where(Study.id == study_id, Study.state == StudyState.RECEIVING)
+                .values(state=StudyState.READY, ready_at=now)
             )
             if result.rowcount == 1:
-                record_event(session, "ready", f"quiet for {quiet_seconds:g} s", study_id=study_id)
+                record_event(session, "ready", reason, study_id=study_id)
                 claimed.append(study_id)
     return claimed
+
+
+def _expected_images(rules: Sequence[ExpectedViewsRule], *descriptions: str) -> int | None:
+    for rule in rules:
+        for description in descriptions:
+            expected = rule.expected(description or "")
+            if expected is not None:
+                return expected
+    return None
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite returns naive datetimes for timezone-aware columns; they are UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def start_study(app: Celery, database_url: str, study_id: int) -> int:

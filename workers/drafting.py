@@ -34,7 +34,8 @@ def draft_study(session: Session, *, study: Study, generation: int, model: Model
     """Draft ``study`` for ``generation`` with predictions of ``model``.
 
     Idempotent: a draft already recorded for this generation is returned as it is. A study with no
-    classified image ends OUT_OF_SCOPE (nothing was a hip or pelvis radiograph) or ERROR.
+    classified image ends OUT_OF_SCOPE (nothing was a hip or pelvis radiograph) or ERROR. A draft of a
+    later generation supersedes the previous one: its SR lists it in the Predecessor Documents Sequence.
     """
     existing = session.scalar(select(Draft).where(Draft.study_id == study.id, Draft.generation == generation))
     if existing is not None:
@@ -65,11 +66,15 @@ def draft_study(session: Session, *, study: Study, generation: int, model: Model
     instances = list(dict.fromkeys(instance for _, instance in rows))
     evidence = [pydicom.dcmread(instance.spool_path, stop_before_pixels=True) for instance in instances]
 
+    previous = session.scalar(select(Draft).where(Draft.study_id == study.id, Draft.generation < generation)
+                              .order_by(Draft.generation.desc()).limit(1))
+    predecessors = [] if previous is None else [pydicom.dcmread(previous.sr_path, stop_before_pixels=True)]
+
     entropy = [study.study_uid, str(generation), model.weights_sha256]
     sr_uid = generate_uid(entropy_srcs=[*entropy, "sr"])
     series_uid = generate_uid(entropy_srcs=[*entropy, "series"])
     sr = build_draft_sr(evidence=evidence, findings=findings, text=text, model=model,
-                        series_instance_uid=series_uid, sop_instance_uid=sr_uid)
+                        series_instance_uid=series_uid, sop_instance_uid=sr_uid, previous_versions=predecessors)
     path = spool.sr_path(study.study_uid, sr_uid)
     with pydicom.filebase.DicomBytesIO() as buffer:
         sr.save_as(buffer, enforce_file_format=True)
@@ -80,7 +85,8 @@ def draft_study(session: Session, *, study: Study, generation: int, model: Model
                              "top_class": f.top_class.value, "probability": round(f.probability, 4),
                              "views": [v.value for v in f.views], "reason": f.reason} for f in findings],
                   model_name=model.name, model_version=model.version, sr_sop_instance_uid=sr_uid,
-                  sr_series_uid=series_uid, sr_path=str(Path(path)))
+                  sr_series_uid=series_uid, sr_path=str(Path(path)),
+                  supersedes_id=None if previous is None else previous.id)
     session.add(draft)
     session.flush()
     record_event(session, "drafted", f"generation {generation}, SR {sr_uid}", study_id=study.id)

@@ -13,9 +13,10 @@ from listener.spool import Spool
 from models.card import load_card
 from predraft.db import session_scope
 from predraft.schema import Draft, Event, Instance, Prediction, Study, utcnow
+from predraft.settings import ExpectedViewsRule
 from predraft.states import InstanceState, StudyState
 from workers.app import DRAFT, PREPARE
-from workers.dispatch import claim_quiet_studies, finish_if_done, start_study
+from workers.dispatch import claim_ready_studies, finish_if_done, start_study
 from workers.drafting import DraftOutcome, apply_outcome, draft_study
 
 
@@ -52,19 +53,55 @@ def _state(url: str, study_id: int) -> str:
 
 def test_only_quiet_receiving_studies_are_claimed_once(sqlite_url, demo_study):
     study_id = _ingest(sqlite_url, [image.path for image in demo_study])
-    assert claim_quiet_studies(sqlite_url, quiet_seconds=60) == []
+    assert claim_ready_studies(sqlite_url, quiet_seconds=60) == []
     assert _state(sqlite_url, study_id) == StudyState.RECEIVING
 
     _age(sqlite_url, study_id, 120)
-    assert claim_quiet_studies(sqlite_url, quiet_seconds=60) == [study_id]
+    assert claim_ready_studies(sqlite_url, quiet_seconds=60) == [study_id]
     assert _state(sqlite_url, study_id) == StudyState.READY
-    assert claim_quiet_studies(sqlite_url, quiet_seconds=60) == []
+    assert claim_ready_studies(sqlite_url, quiet_seconds=60) == []
+
+
+def test_a_study_with_its_expected_views_is_claimed_before_its_quiet_time(sqlite_url, demo_study):
+    """The demo's StudyDescription says "3 VIEWS": the third image makes it complete at once."""
+    rules = [ExpectedViewsRule(pattern=r"\b(\d+)\s*VIEWS?\b")]
+    study_id = _ingest(sqlite_url, [image.path for image in demo_study[:2]])
+    assert claim_ready_studies(sqlite_url, quiet_seconds=3600, expected_views=rules) == []
+    _ingest(sqlite_url, [demo_study[2].path])
+    assert claim_ready_studies(sqlite_url, quiet_seconds=3600, expected_views=rules) == [study_id]
+    with session_scope(sqlite_url) as session:
+        reason = session.scalars(select(Event.message).where(Event.kind == "ready")).one()
+    assert reason == "complete: 3 image(s), 3 expected"
+
+
+def test_a_fixed_view_count_rule_on_the_requested_procedure(sqlite_url, demo_study, tmp_path):
+    rules = [ExpectedViewsRule(pattern="^HIP SERIES$", views=2)]
+    copies = []
+    for image in demo_study[:2]:
+        ds = pydicom.dcmread(image.path)
+        ds.StudyDescription = "XR HIP"
+        ds.RequestedProcedureDescription = "HIP SERIES"
+        copies.append(tmp_path / image.path.name)
+        ds.save_as(copies[-1])
+    study_id = _ingest(sqlite_url, copies[:1])
+    assert claim_ready_studies(sqlite_url, quiet_seconds=3600, expected_views=rules) == []
+    _ingest(sqlite_url, copies[1:])
+    assert claim_ready_studies(sqlite_url, quiet_seconds=3600, expected_views=rules) == [study_id]
+
+
+def test_expected_views_rules_validate_themselves():
+    with pytest.raises(ValueError, match="needs a group"):
+        ExpectedViewsRule(pattern="HIP")
+    with pytest.raises(ValueError, match="not a regular expression"):
+        ExpectedViewsRule(pattern="(", views=2)
+    assert ExpectedViewsRule(pattern=r"(\d+) views?").expected("XR PELVIS 2 VIEWS") == 2
+    assert ExpectedViewsRule(pattern=r"(\d+) views?").expected("XR PELVIS") is None
 
 
 def test_start_study_sends_prepare_for_each_waiting_instance(sqlite_url, demo_study):
     study_id = _ingest(sqlite_url, [image.path for image in demo_study])
     _age(sqlite_url, study_id, 120)
-    claim_quiet_studies(sqlite_url, quiet_seconds=1)
+    claim_ready_studies(sqlite_url, quiet_seconds=1)
     app = FakeCelery()
 
     assert start_study(app, sqlite_url, study_id) == 3
