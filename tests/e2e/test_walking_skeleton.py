@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pydicom
@@ -71,9 +72,11 @@ def test_study_is_drafted_with_bad_instances_recorded(deployment: Deployment, tm
     garbage = tmp_path / "garbage.dcm"
     garbage_uid = _not_an_image(demo[1].path, garbage)
 
-    # The 12-bit JPEG file goes as it is (-xx); then the views, the first one twice: it must be stored once.
+    # The bad instances first (the study is complete, so drafted at once, when its third view is in);
+    # the 12-bit JPEG file goes as it is (-xx). Then the views, the first one twice: it is stored once.
     deployment.storescu(undecodable, extra=("-xx",))
-    deployment.storescu(*[image.path for image in demo], demo[0].path, garbage)
+    deployment.storescu(garbage)
+    deployment.storescu(*[image.path for image in demo], demo[0].path)
 
     detail = deployment.wait_for_study(study_uid)
     assert detail["state"] == "drafted", detail
@@ -170,3 +173,37 @@ def test_demo_command_prints_the_draft_and_logs_no_patient_data(embedded: Deploy
     log = embedded.log_path.read_text()
     assert "stored instance" in log  # the listener did log the instances...
     assert "PHANTOM" not in log  # ...but neither the patient's name nor the patient ID
+
+
+def test_complete_study_is_drafted_before_its_quiet_time_and_a_late_view_supersedes(
+    embedded: Deployment, tmp_path: Path
+) -> None:
+    demo = write_demo_study(tmp_path / "demo")  # StudyDescription "... 3 VIEWS"
+    study_uid = str(pydicom.dcmread(demo[0].path, stop_before_pixels=True).StudyInstanceUID)
+
+    embedded.storescu(demo[0].path, demo[1].path)  # two of three views: drafted after the quiet time
+    first = embedded.wait_for_study(study_uid)
+    assert (first["state"], first["generation"]) == ("drafted", 1)
+    assert "cross-table" not in first["draft"]["text"]
+
+    embedded.storescu(demo[2].path)  # the late third view re-opens the study; now it is complete
+    second = _wait_for_generation(embedded, study_uid, 2)
+    assert "cross-table lateral" in second["draft"]["text"]
+    sr = pydicom.dcmread(second["draft"]["sr_path"])
+    predecessors = [ref.ReferencedSOPInstanceUID
+                    for study in sr.PredecessorDocumentsSequence
+                    for series in study.ReferencedSeriesSequence
+                    for ref in series.ReferencedSOPSequence]
+    assert predecessors == [first["draft"]["sr_sop_instance_uid"]]
+    assert second["draft"]["sr_sop_instance_uid"] != first["draft"]["sr_sop_instance_uid"]
+
+
+def _wait_for_generation(deployment: Deployment, study_uid: str, generation: int, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        detail = deployment.study(study_uid)
+        if detail and detail["generation"] == generation and detail["state"] == "drafted" and detail["draft"] \
+                and detail["draft"]["generation"] == generation:
+            return detail
+        time.sleep(0.3)
+    raise AssertionError(f"study {study_uid} has no drafted generation {generation}: {deployment.study(study_uid)}")
