@@ -83,7 +83,7 @@ class SchemaError(RuntimeError):
     """The database is not at the schema revision this code expects."""
 
 
-def _alembic_config(database_url: str):  # type: ignore[no-untyped-def]
+def alembic_config(database_url: str):  # type: ignore[no-untyped-def]
     from alembic.config import Config
 
     config = Config()
@@ -98,7 +98,7 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     from alembic import command
 
     get_engine(database_url)  # creates the SQLite folder
-    command.upgrade(_alembic_config(database_url), revision)
+    command.upgrade(alembic_config(database_url), revision)
 
 
 def check_schema(database_url: str) -> None:
@@ -108,7 +108,7 @@ def check_schema(database_url: str) -> None:
 
     from predraft.settings import redact_url
 
-    head = ScriptDirectory.from_config(_alembic_config(database_url)).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
     with get_engine(database_url).connect() as connection:
         current = MigrationContext.configure(connection).get_current_revision()
     if current != head:
