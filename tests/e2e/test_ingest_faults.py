@@ -167,3 +167,38 @@ def _send_all(port: int, paths: list[Path]) -> list[int]:
         return [int(assoc.send_c_store(pydicom.dcmread(path)).Status) for path in paths]
     finally:
         assoc.release()
+
+
+def test_a_sender_killed_mid_association_leaves_whole_instances_only(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    if shutil.which("storescu") is None:
+        pytest.skip("dcmtk's storescu is not installed")
+    for key in [k for k in os.environ if k.startswith("PREDRAFT_")]:
+        monkeypatch.delenv(key)
+    sent = _copies(real_file("RG2_UNC.dcm"), tmp_path / "send", 30)
+    settings = get_settings(var_dir=tmp_path / "var", dimse_port=free_port(), spool_min_free_bytes=0)
+    db.upgrade(settings.database_url)
+    server = start_dimse_server(settings)
+    spool = settings.spool_dir / "incoming"
+    try:
+        sender = subprocess.Popen(["storescu", "-aec", "PREDRAFT", "127.0.0.1", str(settings.dimse_port),
+                                   *map(str, sent.values())], env={**os.environ, "TCP_NODELAY": "1"},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while len(list(spool.rglob("*.dcm"))) < 5:
+            assert time.monotonic() < deadline and sender.poll() is None
+            time.sleep(0.01)
+        sender.send_signal(signal.SIGKILL)  # the association drops without release or abort
+        sender.wait(10)
+        time.sleep(1.0)  # let the listener notice the dropped connection
+        files = list(spool.rglob("*.dcm"))
+        assert 5 <= len(files) < len(sent)
+        for path in files:
+            assert pydicom.dcmread(path).PixelData == pydicom.dcmread(sent[path.stem]).PixelData
+        assert list(spool.rglob(f"*{PARTIAL_SUFFIX}")) == []
+        with session_scope(settings.database_url) as session:
+            assert sorted(session.scalars(select(Instance.sop_instance_uid))) == sorted(p.stem for p in files)
+        # The listener goes on serving.
+        assert _send_all(settings.dimse_port, [next(iter(sent.values()))]) == [status.SUCCESS]
+    finally:
+        server.shutdown()
