@@ -1,7 +1,7 @@
 """The DIMSE listener: a pynetdicom SCP for C-ECHO and C-STORE.
 
 Accepted: CR, DX For Presentation, Secondary Capture and structured reports, in every transfer syntax
-pynetdicom knows, preferring the syntax the sender proposes first. DX For Processing is accepted at
+pynetdicom knows, lossless compressed ones preferred (see PREFERRED_TRANSFER_SYNTAXES). DX For Processing is accepted at
 association and refused per instance with "SOP class not supported", so the sender sees why.
 
 The C-STORE handler is thin: it hands the encoded file to :class:`listener.receive.Receiver`, which
@@ -33,6 +33,32 @@ log = logging.getLogger(__name__)
 # pynetdicom logs C-STORE request identifiers (patient name and ID) unless told not to.
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
+
+#: Lossless compressed syntaxes come first, so a file in one of them is accepted as it was sent.
+_LOSSLESS_COMPRESSED = (
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, SV1
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+)
+#: Then uncompressed, explicit VR first.
+_UNCOMPRESSED = (
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+)
+#: pynetdicom accepts, for each proposed context, the first syntax of *this* list that the sender
+#: proposed. Lossy syntaxes come last: an image the sender also offers uncompressed is never
+#: lossy-compressed on its way in, while a file that exists only in a lossy syntax is accepted as it is.
+PREFERRED_TRANSFER_SYNTAXES = (
+    *_LOSSLESS_COMPRESSED,
+    *_UNCOMPRESSED,
+    *(uid for uid in ALL_TRANSFER_SYNTAXES if uid not in (*_LOSSLESS_COMPRESSED, *_UNCOMPRESSED)),
+)
 
 STATUS_OF = {
     ReceiveStatus.STORED: status.SUCCESS,
@@ -90,7 +116,7 @@ def make_ae(settings: Settings) -> AE:
     ae = AE(ae_title=settings.ae_title)
     ae.add_supported_context(Verification)
     for sop_class in (*STORABLE_SOP_CLASSES, DX_FOR_PROCESSING):
-        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(sop_class, list(PREFERRED_TRANSFER_SYNTAXES))
     if settings.allowed_calling_aes:
         ae.require_calling_aet = settings.allowed_calling_aes
     ae.maximum_associations = settings.dimse_max_associations
