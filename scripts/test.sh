@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need on a fresh machine, then runs them (lint + the whole pytest suite).
-#   - Debian packages: dcmtk (storescu/echoscu), dicom3tools (dciodvfy)
+#   - Debian packages: dcmtk (storescu/echoscu), dicom3tools (dciodvfy), orthanc + orthanc-dicomweb (Orthanc)
 #   - services: Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432, started if they are down
 #   - a virtual environment in .venv with predraft and its test extras
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v storescu >/dev/null || need+=(dcmtk)
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
+command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 if ((${#need[@]})); then
     echo "installing Debian packages: ${need[*]}"
     apt-get update -qq
