@@ -9,12 +9,14 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 import predraft
+from listener.dicomweb import router as dicomweb_router
 from predraft.settings import Settings
 
 
 def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="predraft", version=predraft.__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
+    app.include_router(dicomweb_router)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:

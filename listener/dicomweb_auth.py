@@ -1,0 +1,98 @@
+"""Authentication of DICOMweb requests: a bearer token or HTTP basic auth, from the settings.
+
+``PREDRAFT_DICOMWEB_TOKENS`` lists accepted bearer tokens and ``PREDRAFT_DICOMWEB_USERS`` maps user
+names to passwords. With neither set, DICOMweb is closed: every request gets 401 saying so (there is no
+anonymous access). Secrets are compared in constant time and never logged; a refusal is logged with
+the client's address and the reason only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from fastapi import HTTPException, Request
+from pydantic import SecretStr
+
+from predraft.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REALM = "predraft DICOMweb"
+#: The challenges sent with every 401: either scheme is accepted.
+CHALLENGE = f'Bearer realm="{REALM}", Basic realm="{REALM}", charset="UTF-8"'
+NOT_CONFIGURED = ("DICOMweb is not configured: set PREDRAFT_DICOMWEB_TOKENS or PREDRAFT_DICOMWEB_USERS "
+                  "to allow access")
+_DUMMY_SECRET = b"predraft-no-such-user"  # compared against when the user is unknown, so timing is alike
+
+
+@dataclass(frozen=True)
+class DicomwebUser:
+    """Who made an authenticated request: ``name`` is a basic-auth user name or ``token#N`` (the
+    position of the bearer token in the settings), never the secret itself."""
+
+    name: str
+
+
+def _refuse(request: Request, reason: str, *, detail: str = "authentication required") -> HTTPException:
+    client = request.client.host if request.client else "unknown client"
+    log.warning("DICOMweb %s %s from %s refused: %s", request.method, request.url.path, client, reason)
+    return HTTPException(HTTPStatus.UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": CHALLENGE})
+
+
+def _matches(candidate: bytes, secret: SecretStr) -> bool:
+    return hmac.compare_digest(candidate, secret.get_secret_value().encode())
+
+
+def check_bearer(token: str, tokens: list[SecretStr]) -> int | None:
+    """The index of ``token`` in ``tokens``, or None. Every token is compared, in constant time each."""
+    candidate = token.encode()
+    found = None
+    for index, secret in enumerate(tokens):
+        if _matches(candidate, secret) and found is None:
+            found = index
+    return found
+
+
+def check_basic(credentials: str, users: dict[str, SecretStr]) -> str | None:
+    """The user name if ``credentials`` (base64 ``user:password``) matches ``users``, else None."""
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, separator, password = decoded.partition(":")
+    if not separator:
+        return None
+    secret = users.get(user)
+    if secret is None:
+        hmac.compare_digest(password.encode(), _DUMMY_SECRET)
+        return None
+    return user if _matches(password.encode(), secret) else None
+
+
+def authenticate(request: Request) -> DicomwebUser:
+    """FastAPI dependency: the authenticated user, or HTTPException 401 with ``WWW-Authenticate``."""
+    settings: Settings = request.app.state.settings
+    if not settings.dicomweb_tokens and not settings.dicomweb_users:
+        raise _refuse(request, "DICOMweb is not configured", detail=NOT_CONFIGURED)
+    scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
+    credentials = credentials.strip()
+    if not scheme:
+        raise _refuse(request, "no Authorization header")
+    if scheme.lower() == "bearer" and settings.dicomweb_tokens:
+        index = check_bearer(credentials, settings.dicomweb_tokens)
+        if index is not None:
+            return DicomwebUser(f"token#{index + 1}")
+        raise _refuse(request, "wrong bearer token", detail="invalid credentials")
+    if scheme.lower() == "basic" and settings.dicomweb_users:
+        user = check_basic(credentials, settings.dicomweb_users)
+        if user is not None:
+            return DicomwebUser(user)
+        raise _refuse(request, "wrong user name or password", detail="invalid credentials")
+    # The scheme is not logged: a client that sends a bare secret would find it in the log.
+    raise _refuse(request, "an authorization scheme that is not configured (Bearer: tokens, Basic: users)",
+                  detail="invalid credentials")
