@@ -89,6 +89,20 @@ class StoreHandler:
         return STATUS_OF[outcome.status]
 
 
+def log_rejected(event: evt.Event) -> None:
+    """EVT_REJECTED: name the caller (AE title and address; no patient data) and why."""
+    requestor = event.assoc.requestor
+    log.warning("rejected an association from %s at %s: calling AE title not in allowed_calling_aes or "
+                "called AE title not %s", str(requestor.ae_title).strip(), requestor.address,
+                str(event.assoc.acceptor.ae_title).strip())
+
+
+def log_aborted(event: evt.Event) -> None:
+    """EVT_ABORTED: an association dropped before release; what was fully received is kept."""
+    requestor = event.assoc.requestor
+    log.warning("association from %s at %s aborted", str(requestor.ae_title).strip(), requestor.address)
+
+
 class ListenerServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, plus TCP_NODELAY on every connection and a source-address check."""
 
@@ -152,7 +166,8 @@ def start_dimse_server(settings: Settings) -> ThreadedAssociationServer:
     server_class = type("ConfiguredListenerServer", (ListenerServer,), {
         "allowed_networks": tuple(ipaddress.ip_network(a, strict=False) for a in settings.allowed_addresses)})
     server = ae.make_server((settings.dimse_host, settings.dimse_port),
-                            evt_handlers=[(evt.EVT_C_STORE, StoreHandler(receiver))],
+                            evt_handlers=[(evt.EVT_C_STORE, StoreHandler(receiver)),
+                                          (evt.EVT_REJECTED, log_rejected), (evt.EVT_ABORTED, log_aborted)],
                             ssl_context=make_ssl_context(settings), server_class=server_class)
     threading.Thread(target=server.serve_forever, name="dimse-acceptor", daemon=True).start()
     ae._servers.append(server)  # as AE.start_server does, so server.shutdown() can deregister it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import ssl
@@ -67,8 +68,13 @@ def test_allowed_calling_ae_can_echo(listening: Settings) -> None:
     assert _echo(listening, "PACS_AE") == (True, 0x0000)
 
 
-def test_unknown_calling_ae_is_rejected_at_association(listening: Settings) -> None:
+def test_unknown_calling_ae_is_rejected_at_association(listening: Settings,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     assert _echo(listening, "INTRUDER") == (False, None)
+    assert any("INTRUDER" in record.getMessage() and "reject" in record.getMessage().lower()
+               for record in caplog.records if record.name.startswith("listener"))
+    assert _echo(listening, "PACS_AE") == (True, 0x0000)  # and it keeps serving
 
 
 def _store(settings: Settings, ds: pydicom.Dataset, calling_ae: str = "PACS_AE",
@@ -89,11 +95,15 @@ def _demo_image(tmp_path: Path) -> pydicom.Dataset:
     return pydicom.dcmread(write_demo_study(tmp_path / "demo")[1].path)
 
 
-def test_dx_for_processing_is_refused_with_sop_class_not_supported(listening: Settings, tmp_path: Path) -> None:
+def test_dx_for_processing_is_refused_with_sop_class_not_supported(listening: Settings, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
     ds = _demo_image(tmp_path)
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForProcessing
     assert _store(listening, ds) == status.SOP_CLASS_NOT_SUPPORTED
     assert list((listening.spool_dir / "incoming").rglob("*.dcm")) == []
+    refusals = [r.getMessage() for r in caplog.records if r.name == "listener.receive"]
+    assert any("For Processing" in message for message in refusals)
+    assert not any(str(ds.PatientName) in message or str(ds.PatientID) in message for message in refusals)
 
 
 def test_secondary_capture_and_sr_are_stored(listening: Settings, tmp_path: Path) -> None:
