@@ -3,16 +3,26 @@
 :class:`Receiver` checks the data set, writes it to the spool (fsync, atomic rename), records it in the
 database and only then reports ``STORED``. Every way it can go wrong has a named outcome that the
 transport turns into its own status code; nothing here raises for bad input.
+
+pydicom reads a cut-short file without complaint, so before anything is written :func:`truncation`
+walks the data set's elements (their headers only: no value is read, no pixel decoded) and a file
+whose data set ends inside an element is refused as ``CANNOT_UNDERSTAND``, whatever carried it.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
+import zlib
 from dataclasses import dataclass
 from enum import Enum
 from io import BytesIO
 
 import pydicom
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.filereader import data_element_generator
+from pydicom.tag import BaseTag
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from listener.ingest import InstanceHeader, record_instance
@@ -22,11 +32,17 @@ from predraft.db import session_scope
 
 log = logging.getLogger(__name__)
 
+PREAMBLE_LENGTH = 132  # the 128-byte preamble and "DICM" of a Part 10 file, before its File Meta Information
+TRANSFER_SYNTAX_UID = 0x00020010
+UNDEFINED_LENGTH = 0xFFFFFFFF
+#: The Sequence Delimitation Item (FFFE,E0DD) and its zero length, which end an element of undefined length.
+SEQUENCE_DELIMITER = {little: struct.pack("<HHL" if little else ">HHL", 0xFFFE, 0xE0DD, 0) for little in (True, False)}
+
 
 class ReceiveStatus(Enum):
     STORED = "stored"
     DUPLICATE = "duplicate"  # already held: nothing written, success for the sender
-    CANNOT_UNDERSTAND = "cannot_understand"  # not a DICOM data set, or its UIDs are missing/malformed
+    CANNOT_UNDERSTAND = "cannot_understand"  # not a DICOM data set, cut short, or its UIDs missing/malformed
     SOP_CLASS_MISMATCH = "sop_class_mismatch"  # the data set's SOP class differs from the request's
     SOP_CLASS_NOT_SUPPORTED = "sop_class_not_supported"  # e.g. DX For Processing
     OUT_OF_RESOURCES = "out_of_resources"  # spool below its free-space floor, or a write failed
@@ -64,9 +80,12 @@ class Receiver:
             ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
             header = InstanceHeader.from_dataset(ds, str(ds.file_meta.get("TransferSyntaxUID", "")))
         except Exception as exc:  # any parse failure means the same: not an instance we can file
-            return self._refuse(ReceiveStatus.CANNOT_UNDERSTAND, f"cannot understand the data set: {exc}", source)
+            return self._refuse(ReceiveStatus.CANNOT_UNDERSTAND,
+                                truncation(data) or f"cannot understand the data set: {exc}", source)
         ids = {"sop_class_uid": header.sop_class_uid, "sop_instance_uid": header.sop_instance_uid,
                "study_uid": header.study_uid}
+        if (cut := truncation(data)) is not None:
+            return self._refuse(ReceiveStatus.CANNOT_UNDERSTAND, cut, source, **ids)
         if expected_sop_class is not None and header.sop_class_uid != expected_sop_class:
             return self._refuse(ReceiveStatus.SOP_CLASS_MISMATCH, f"data set of SOP class {header.sop_class_uid} "
                                 f"sent as {expected_sop_class}", source, **ids)
@@ -106,3 +125,71 @@ class Receiver:
     def _refuse(status: ReceiveStatus, message: str, source: str, **ids: str) -> ReceiveOutcome:
         log.warning("refused an instance from %s: %s", source, message)
         return ReceiveOutcome(status, message, **ids)
+
+
+def truncation(data: bytes) -> str | None:
+    """Why the Part 10 file ``data`` is cut short, or None when it is whole (or not a Part 10 file at all).
+
+    The data set is whole when every element of defined length fits in the bytes there are, every
+    element of undefined length (a sequence, encapsulated Pixel Data) ends with its Sequence Delimitation
+    Item, and the last element ends where the file does. Values are skipped, not read: the cost is one
+    seek per element and per fragment of encapsulated pixel data. Never raises.
+    """
+    if data[PREAMBLE_LENGTH - 4:PREAMBLE_LENGTH] != b"DICM":
+        return None
+    fp = BytesIO(data)  # shares the bytes, copies nothing
+    fp.seek(PREAMBLE_LENGTH)
+    try:
+        meta = list(data_element_generator(fp, False, True, _past_file_meta))  # stops at the data set's start
+        if (meta[-1].value_tell + meta[-1].length if meta else PREAMBLE_LENGTH) != fp.tell():
+            return "the file ends inside its File Meta Information (truncated)"
+        syntax = _transfer_syntax(next((e for e in meta if e.tag == TRANSFER_SYNTAX_UID), None))
+        if syntax == DeflatedExplicitVRLittleEndian:
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            data = inflater.decompress(data[fp.tell():])
+            if not inflater.eof:
+                return "the deflated data set ends inside its compressed stream (truncated)"
+            fp = BytesIO(data)
+        return _cut_element(fp, data, syntax != ExplicitVRBigEndian)
+    except (EOFError, OSError):  # pydicom found no delimiter (EOFError) or no next item (OSError) in a value
+        return "the data set ends inside an element of undefined length, before its delimiter (truncated)"
+    except struct.error:  # an element header with no room for its 4-byte length
+        return "the file ends inside the header of an element (truncated)"
+    except Exception as exc:  # anything else is a file that cannot be read to its end either
+        return f"the data set cannot be read to its end ({type(exc).__name__})"
+
+
+def _past_file_meta(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag.group != 0x0002
+
+
+def _transfer_syntax(element: RawDataElement | None) -> str:
+    value = element.value if element is not None else None
+    return value.decode("ascii", "replace").strip("\0 ") if isinstance(value, bytes) else ""
+
+
+def _undefined_length(element: DataElement | RawDataElement) -> bool:
+    if isinstance(element, DataElement):
+        return element.is_undefined_length  # a sequence, read by pydicom item by item
+    return element.length == UNDEFINED_LENGTH
+
+
+def _cut_element(fp: BytesIO, data: bytes, little: bool) -> str | None:
+    """The first element of the data set at ``fp`` (in ``data``) that the end of ``data`` cuts, if any."""
+    end = fp.tell()
+    # Like pydicom, let the first element decide implicit or explicit VR, whatever the transfer syntax says.
+    vr = data[end + 4:end + 6]
+    implicit = len(vr) == 2 and not all(0x40 < char < 0x5B for char in vr)
+    for element in data_element_generator(fp, implicit, little, defer_size=0):
+        if _undefined_length(element):
+            end = fp.tell()
+            if end > len(data) or data[end - 8:end] != SEQUENCE_DELIMITER[little]:
+                return f"element {element.tag} of undefined length ends without its delimiter (truncated)"
+        else:
+            end = element.value_tell + element.length
+            if end > len(data):
+                return (f"element {element.tag} holds {len(data) - element.value_tell} of its {element.length} "
+                        "bytes (truncated)")
+    if end != len(data):
+        return f"the data set ends inside the header of an element, {len(data) - end} bytes after the last (truncated)"
+    return None

@@ -69,7 +69,7 @@ class Instance(Base):
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     spool_path: Mapped[str] = mapped_column(Text)
     size_bytes: Mapped[int] = mapped_column(Integer)
-    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    calling_ae: Mapped[str] = mapped_column(String(64), default="")  # calling AE title, or STOW:<user>
     state: Mapped[str] = mapped_column(String(16), index=True)
     view: Mapped[str | None] = mapped_column(String(32), nullable=True)
     view_rule: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -1,5 +1,5 @@
-"""The pieces of DICOMweb that need no server: Content-Type and multipart parsing, the completeness
-check of a part, the store response, QIDO matching and the credential checks."""
+"""The pieces of DICOMweb that need no server: Content-Type and multipart parsing, reading a part's UIDs
+and handing it to the Receiver, the store response, QIDO matching and the credential checks."""
 
 from __future__ import annotations
 
@@ -15,19 +15,15 @@ from fastapi import HTTPException, Request
 from pydantic import SecretStr
 from sqlalchemy import column
 
-from listener.dicomweb import (
-    FAILURE_CANNOT_UNDERSTAND,
-    DicomwebError,
-    Match,
-    PartResult,
-    accepts_multipart_dicom,
-    declared_length,
-    inspect_part,
-    split_multipart,
-    store_response,
-    stow_boundary,
-)
-from listener.dicomweb_auth import authenticate, check_basic, check_bearer
+from listener.dicomweb.auth import authenticate, check_basic, check_bearer
+from listener.dicomweb.common import DicomwebError
+from listener.dicomweb.multipart import Part, declared_length, split_multipart, stow_boundary
+from listener.dicomweb.query import Match
+from listener.dicomweb.status import FAILURE_CANNOT_UNDERSTAND, FAILURE_STUDY_UID_MISMATCH
+from listener.dicomweb.stow import PartResult, inspect_part, store_part, store_response
+from listener.dicomweb.wado import accepts_multipart_dicom
+from listener.receive import Receiver
+from listener.spool import Spool
 from models.phantoms import write_demo_study
 from predraft.settings import Settings, get_settings
 
@@ -98,35 +94,55 @@ def test_a_body_that_breaks_off_ends_with_a_part_that_says_why(body: bytes, prob
     assert last.problem is not None and problem in last.problem
 
 
-def test_a_whole_part10_file_passes_inspection(part10: bytes) -> None:
+def test_a_part10_file_gives_its_uids(part10: bytes) -> None:
     header = inspect_part(part10)
-    assert header.problem is None
     assert header.sop_class_uid == "1.2.840.10008.5.1.4.1.1.1"
     assert header.sop_instance_uid == str(pydicom.dcmread(BytesIO(part10)).SOPInstanceUID)
 
 
+def test_non_dicom_data_gives_no_uids() -> None:
+    assert inspect_part(b"this is not a DICOM file") == inspect_part(b"")
+    assert inspect_part(b"this is not a DICOM file").sop_instance_uid == ""
+
+
+@pytest.fixture
+def receiver(sqlite_url: str, tmp_path: Path) -> Receiver:
+    return Receiver(Spool(tmp_path / "spool"), sqlite_url)
+
+
+def _spooled(receiver: Receiver) -> list[Path]:
+    return [path for path in receiver.spool.root.rglob("*.dcm") if path.is_file()]
+
+
 @pytest.mark.parametrize("keep", [-1, 0.5])
-def test_a_cut_native_file_is_found_truncated(part10: bytes, keep: float) -> None:
+def test_a_cut_part_is_refused_by_the_receiver_with_its_uids(part10: bytes, receiver: Receiver, keep: float) -> None:
     data = part10[:-1] if keep == -1 else part10[:int(len(part10) * keep)]
-    header = inspect_part(data)
-    assert header.problem is not None and "(7FE0,0010)" in header.problem
-    assert header.sop_instance_uid  # the UIDs are still reported, for the FailedSOPSequence
+    result = store_part(Part(0, {}, data), receiver, source="STOW:test", study_uid=None)
+    assert result.failure_reason == FAILURE_CANNOT_UNDERSTAND
+    assert "(7FE0,0010)" in result.message and "truncated" in result.message
+    assert result.sop_instance_uid  # the UIDs are still reported, for the FailedSOPSequence
+    assert _spooled(receiver) == []
 
 
-def test_a_cut_encapsulated_file_is_found_truncated(tmp_path: Path, part10: bytes) -> None:
-    ds = pydicom.dcmread(BytesIO(part10))
-    ds.compress(pydicom.uid.RLELossless)
-    ds.save_as(tmp_path / "rle.dcm", enforce_file_format=True)
-    data = (tmp_path / "rle.dcm").read_bytes()
-    assert inspect_part(data).problem is None
-    problem = inspect_part(data[:len(data) // 2]).problem
-    assert problem is not None and "undefined length" in problem
+def test_a_whole_part_is_stored(part10: bytes, receiver: Receiver) -> None:
+    study = str(pydicom.dcmread(BytesIO(part10)).StudyInstanceUID)
+    result = store_part(Part(0, {}, part10), receiver, source="STOW:test", study_uid=study)
+    assert result.failure_reason is None and result.study_uid == study
+    assert len(_spooled(receiver)) == 1
 
 
-def test_non_dicom_data_is_not_understood() -> None:
-    header = inspect_part(b"this is not a DICOM file")
-    assert header.problem == "not a readable DICOM Part 10 file (InvalidDicomError)"
-    assert header.sop_instance_uid == ""
+def test_a_part_of_another_study_is_refused_before_the_receiver(part10: bytes, receiver: Receiver) -> None:
+    result = store_part(Part(0, {}, part10), receiver, source="STOW:test", study_uid="1.2.3")
+    assert result.failure_reason == FAILURE_STUDY_UID_MISMATCH
+    assert "not 1.2.3" in result.message
+    assert _spooled(receiver) == []
+
+
+def test_non_dicom_data_is_not_understood(receiver: Receiver) -> None:
+    result = store_part(Part(0, {}, b"this is not a DICOM file"), receiver, source="STOW:test", study_uid="1.2.3")
+    assert result.failure_reason == FAILURE_CANNOT_UNDERSTAND
+    assert result.message.startswith("cannot understand the data set")
+    assert result.sop_instance_uid == ""
 
 
 def _stored(sop: str, study: str = "1.2.3") -> PartResult:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import threading
+from io import BytesIO
 
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from sqlalchemy import func, select
 
 from listener import status
@@ -19,6 +25,7 @@ from listener.spool import Spool
 from predraft.db import session_scope
 from predraft.schema import Event, Instance, Series, Study
 from predraft.states import InstanceState, StudyState
+from tests.conftest import real_file
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -61,7 +68,7 @@ def test_first_instance_opens_a_receiving_study(sqlite_url):
         assert (instance.size_bytes, instance.calling_ae) == (1234, "PACS")
         series = session.get(Series, instance.series_id)
         assert (series.series_uid, series.body_part, series.study_id) == (STUDY + ".1", "PELVIS", study.id)
-    assert _event_kinds(sqlite_url) == ["study_opened", "received"]
+    assert _event_kinds(sqlite_url) == ["study_opened"]  # the instance row is the receipt record
 
 
 def test_second_instance_joins_the_same_study_and_series(sqlite_url):
@@ -304,3 +311,93 @@ def test_receiver_validates_its_arguments(sqlite_url, tmp_path):
         Receiver(tmp_path, sqlite_url)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="database_url"):
         Receiver(Spool(tmp_path / "spool"), "")
+
+
+# -- Receiver: a file cut short is refused before anything is spooled --------------------------------------
+
+
+def _pixel_data_cut(name: str) -> tuple[bytes, bytes]:
+    """A real file whole, and cut in the middle of its Pixel Data's value (native or encapsulated)."""
+    data = real_file(name).read_bytes()
+    ds = pydicom.dcmread(BytesIO(data), defer_size=1024)
+    start = ds.get_item(0x7FE00010, keep_deferred=True).value_tell
+    return data, data[:start + (len(data) - start) // 2]
+
+
+def _spooled(spool: Spool) -> list[str]:
+    return [path.name for path in spool.root.rglob("*") if path.is_file()]
+
+
+@pytest.mark.parametrize(("name", "where"), [
+    ("RG2_UNC.dcm", "element (7FE0,0010) holds"),  # native: a defined length beyond the end
+    ("RG2_J2KR.dcm", "undefined length, before its delimiter"),  # JPEG 2000 fragments: no Sequence Delimiter
+])
+def test_receiver_refuses_a_file_cut_inside_its_pixel_data(sqlite_url, tmp_path, name, where):
+    spool = Spool(tmp_path / "spool")
+    whole, cut = _pixel_data_cut(name)
+    assert pydicom.dcmread(BytesIO(cut), stop_before_pixels=True).SOPInstanceUID  # its header reads as whole
+
+    outcome = Receiver(spool, sqlite_url).receive(cut, source="PACS_AE")
+
+    assert outcome.status is ReceiveStatus.CANNOT_UNDERSTAND
+    assert STATUS_OF[outcome.status] == status.CANNOT_UNDERSTAND
+    assert "truncated" in outcome.message and where in outcome.message
+    assert outcome.sop_instance_uid == pydicom.dcmread(BytesIO(whole), stop_before_pixels=True).SOPInstanceUID
+    assert _spooled(spool) == []
+    assert _count(sqlite_url, Instance) == 0
+
+
+@pytest.mark.parametrize("name", ["RG2_UNC.dcm", "RG2_J2KR.dcm"])
+def test_receiver_stores_the_whole_file(sqlite_url, tmp_path, name):
+    spool = Spool(tmp_path / "spool")
+    whole, _ = _pixel_data_cut(name)
+    outcome = Receiver(spool, sqlite_url).receive(whole, source="PACS_AE")
+    assert outcome.status is ReceiveStatus.STORED, outcome.message
+    assert _spooled(spool) == [f"{outcome.sop_instance_uid}.dcm"]
+    assert spool.instance_path(outcome.study_uid, outcome.sop_instance_uid).read_bytes() == whole
+
+
+def _encoded(ds: Dataset, syntax: str) -> bytes:
+    """``ds`` as a Part 10 file in the transfer syntax ``syntax`` (uncompressed)."""
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = syntax
+    with DicomBytesIO() as buffer:
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian,
+                         little_endian=syntax != ExplicitVRBigEndian)
+        return buffer.getvalue()
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian])
+def test_receiver_finds_a_cut_in_every_uncompressed_transfer_syntax(sqlite_url, tmp_path, syntax):
+    ds = _dataset(Rows=64, Columns=64, SamplesPerPixel=1, PhotometricInterpretation="MONOCHROME2",
+                  BitsAllocated=16, BitsStored=12, HighBit=11, PixelRepresentation=0)
+    ds.PixelData = bytes(range(256)) * 32
+    whole = _encoded(ds, syntax)
+    receiver = Receiver(Spool(tmp_path / "spool"), sqlite_url)
+
+    outcome = receiver.receive(whole[:len(whole) * 3 // 4], source="PACS_AE")
+
+    assert outcome.status is ReceiveStatus.CANNOT_UNDERSTAND and "truncated" in outcome.message
+    assert _spooled(receiver.spool) == []
+    assert receiver.receive(whole, source="PACS_AE").status is ReceiveStatus.STORED
+
+
+def test_receiver_finds_a_cut_inside_a_sequence_of_undefined_length(sqlite_url, tmp_path):
+    item = Dataset()
+    item.ReferencedSOPClassUID = CR
+    item.ReferencedSOPInstanceUID = STUDY + ".1.2"
+    ds = _dataset(ReferencedImageSequence=[item, item])
+    ds["ReferencedImageSequence"].is_undefined_length = True
+    whole = _encoded(ds, ExplicitVRLittleEndian)
+    receiver = Receiver(Spool(tmp_path / "spool"), sqlite_url)
+
+    start = whole.index(b"\x08\x00\x40\x11")  # (0008,1140), before the UIDs: pydicom cannot read the cut file
+    end = whole.index(b"\xfe\xff\xdd\xe0", start)  # its Sequence Delimitation Item
+    outcome = receiver.receive(whole[:(start + end) // 2], source="PACS_AE")
+
+    assert outcome.status is ReceiveStatus.CANNOT_UNDERSTAND
+    assert "undefined length, before its delimiter (truncated)" in outcome.message
+    assert _spooled(receiver.spool) == []
+    assert receiver.receive(whole, source="PACS_AE").status is ReceiveStatus.STORED
