@@ -261,21 +261,13 @@ class BoundaryRefused(AssertionError):
     """predraft refused a STOW-RS request of Orthanc for its multipart boundary."""
 
 
-BOUNDARY_REFUSED = pytest.mark.xfail(strict=True, raises=BoundaryRefused, reason=(
-    "predraft refuses every STOW-RS request of Orthanc's DICOMweb plugin (1.7), chunked or not: the plugin's "
-    "multipart boundary is '<uuid>-<uuid>', 73 characters, and predraft's stow_boundary allows 1 to 70 "
-    "(MAX_BOUNDARY_LENGTH, RFC 2046's limit for senders), so predraft answers 400 'Content-Type has no boundary "
-    "parameter of 1 to 70 characters' and the Orthanc job fails. Fix: accept longer boundaries (receivers can)"))
-
-
 @pytest.fixture
 def stow_predraft(tmp_path: Path) -> Iterator[Deployment]:
     """predraft serve with DICOMweb open to the bearer tokens STOW_TOKENS."""
     yield from _start(tmp_path, {"PREDRAFT_DICOMWEB_TOKENS": json.dumps(STOW_TOKENS)})
 
 
-@pytest.fixture(params=[pytest.param(True, id="chunked", marks=BOUNDARY_REFUSED),
-                        pytest.param(False, id="content-length", marks=BOUNDARY_REFUSED)])
+@pytest.fixture(params=[pytest.param(True, id="chunked"), pytest.param(False, id="content-length")])
 def stow_orthanc(request: pytest.FixtureRequest, stow_predraft: Deployment, tmp_path: Path) -> Iterator[Orthanc]:
     """Orthanc whose DICOMweb server "predraft" is stow_predraft with its token, and whose rule routes with
     "Via": "dicomweb"; with the plugin's default chunked transfers, or with "ChunkedTransfers": false (a
