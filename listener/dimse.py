@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 # pynetdicom logs C-STORE request identifiers (patient name and ID) unless told not to.
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
+# Received data sets go straight to a file in tempfile's folder as their fragments arrive (no copy of a
+# 7.5 MB radiograph held and re-assembled in memory); `predraft listen` points that folder at the spool's
+# file system, so the file is then renamed into the spool rather than written again.
+_config.STORE_RECV_CHUNKED_DATASET = True
 
 #: Lossless compressed syntaxes come first, so a file in one of them is accepted as it was sent.
 _LOSSLESS_COMPRESSED = (
@@ -79,13 +83,8 @@ class StoreHandler:
 
     def __call__(self, event: evt.Event) -> int:
         calling_ae = str(event.assoc.requestor.ae_title).strip()
-        try:
-            data = event.encoded_dataset(include_meta=True)
-        except Exception as exc:
-            log.warning("C-STORE from %s: the data set could not be encoded as a file: %s", calling_ae, exc)
-            return status.CANNOT_UNDERSTAND
-        outcome = self.receiver.receive(data, source=calling_ae,
-                                        expected_sop_class=str(event.request.AffectedSOPClassUID))
+        outcome = self.receiver.receive_file(event.dataset_path, source=calling_ae,
+                                             expected_sop_class=str(event.request.AffectedSOPClassUID))
         return STATUS_OF[outcome.status]
 
 

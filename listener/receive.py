@@ -14,9 +14,11 @@ from __future__ import annotations
 import logging
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from io import BytesIO
+from pathlib import Path
 
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
@@ -76,6 +78,22 @@ class Receiver:
     def receive(self, data: bytes, *, source: str, expected_sop_class: str | None = None) -> ReceiveOutcome:
         """Receive one DICOM Part 10 file (preamble, file meta and data set) sent by ``source``
         (a calling AE title or a DICOMweb user; stored, never logged with patient data)."""
+        return self._receive(data, lambda path: self.spool.write(path, data), source=source,
+                             expected_sop_class=expected_sop_class)
+
+    def receive_file(self, received: Path, *, source: str, expected_sop_class: str | None = None) -> ReceiveOutcome:
+        """Receive a Part 10 file already written to disk (pynetdicom's chunked C-STORE): checked like
+        :meth:`receive`, then moved into the spool instead of written again. ``received`` is gone
+        afterwards, whatever the outcome."""
+        try:
+            data = received.read_bytes()  # the header and the truncation check; the file is adopted as it is
+            return self._receive(data, lambda path: self.spool.adopt(received, path), source=source,
+                                 expected_sop_class=expected_sop_class)
+        finally:
+            received.unlink(missing_ok=True)
+
+    def _receive(self, data: bytes, store: Callable[[Path], Path], *, source: str,
+                 expected_sop_class: str | None) -> ReceiveOutcome:
         try:
             ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
             header = InstanceHeader.from_dataset(ds, str(ds.file_meta.get("TransferSyntaxUID", "")))
@@ -95,7 +113,7 @@ class Receiver:
             return self._refuse(ReceiveStatus.SOP_CLASS_NOT_SUPPORTED,
                                 f"SOP class {header.sop_class_uid}: {reason}", source, **ids)
         try:
-            path = self.spool.write(self.spool.instance_path(header.study_uid, header.sop_instance_uid), data)
+            path = store(self.spool.instance_path(header.study_uid, header.sop_instance_uid))
             result = self._record(header, str(path), len(data), source)
         except SpoolFullError as exc:
             return self._refuse(ReceiveStatus.OUT_OF_RESOURCES, str(exc), source, **ids)

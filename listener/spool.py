@@ -11,6 +11,7 @@ fsynced, so a crash leaves either the whole file or none of it.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -69,6 +70,40 @@ class Spool:
         _fsync_directory(path.parent)
         return path
 
+    def adopt(self, source: Path, path: Path) -> Path:
+        """Move the finished file ``source`` to ``path`` durably (fsync, rename, fsync the folder).
+
+        Zero-copy when ``source`` is on the spool's file system (see :meth:`receiving_dir`); otherwise
+        it is copied as :meth:`write` would. ``source`` is gone afterwards either way. Refuses below the
+        free-space floor like :meth:`write`.
+        """
+        self._make_durable_folder(path.parent)
+        if self.min_free_bytes and shutil.disk_usage(path.parent).free < self.min_free_bytes:
+            raise SpoolFullError(f"spool {self.root} is below its free-space floor of {self.min_free_bytes} bytes")
+        descriptor = os.open(source, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        try:
+            os.replace(source, path)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            self.write(path, source.read_bytes())
+            source.unlink()
+            return path
+        _fsync_directory(path.parent)
+        return path
+
+    def receiving_dir(self) -> Path:
+        """A folder of this process on the spool's file system, for files still being received (a
+        DIMSE listener points ``tempfile.tempdir`` here). A dead process's folder is removed by
+        :meth:`remove_stale_partials`."""
+        folder = self.root / "receiving" / str(os.getpid())
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def remove_stale_partials(self) -> int:
         """Delete temporary files left by writers that died (their pid is gone); return how many.
 
@@ -76,6 +111,11 @@ class Spool:
         the sender got no success and will send again. Files of live writers are left alone.
         """
         removed = 0
+        receiving = self.root / "receiving"
+        for folder in receiving.iterdir() if receiving.is_dir() else ():
+            if folder.name.isdigit() and not _process_alive(int(folder.name)):
+                removed += sum(1 for _ in folder.iterdir())
+                shutil.rmtree(folder, ignore_errors=True)
         for partial in self.root.rglob(f"*{PARTIAL_SUFFIX}"):
             match = _PARTIAL_NAME.match(partial.name)
             if match is None or _process_alive(int(match.group(1))):

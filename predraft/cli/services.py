@@ -44,13 +44,19 @@ def serve(run_demo: bool) -> int:
 @click.command()
 def listen() -> None:
     """Run the DIMSE listener and the study-stability monitor."""
+    import tempfile
+
     from listener.dimse import start_dimse_server
+    from listener.spool import Spool
     from listener.stability import StabilityMonitor
     from predraft.bootstrap import configure_logging, wait_for_stop_signal
     from workers.app import create_celery
 
     settings = load_settings_with_schema()
     configure_logging(settings)
+    # C-STOREs are received into files (listener.dimse); keep those on the spool's file system so that
+    # a finished instance is renamed into the spool, not copied.
+    tempfile.tempdir = str(Spool(settings.spool_dir).receiving_dir())
     server = start_dimse_server(settings)
     monitor = StabilityMonitor(settings, create_celery(settings))
     monitor.start()

@@ -1,0 +1,86 @@
+"""Spool.adopt and Receiver.receive_file: received files moved into the spool, never written twice."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from listener import spool as spool_module
+from listener.receive import Receiver, ReceiveStatus
+from listener.spool import Spool, SpoolFullError
+from models.phantoms import write_demo_study
+from predraft import db
+
+STUDY, SOP = "1.2.3", "1.2.3.4"
+
+
+def test_adopt_moves_the_file_into_place(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    received = spool.receiving_dir() / "incoming.dcm"
+    received.write_bytes(b"payload")
+    target = spool.adopt(received, spool.instance_path(STUDY, SOP))
+    assert target.read_bytes() == b"payload"
+    assert not received.exists()
+
+
+def test_adopt_copies_across_file_systems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path / "spool")
+    received = tmp_path / "elsewhere.dcm"
+    received.write_bytes(b"payload")
+    real_replace = os.replace
+
+    def replace_across_devices(source, target):  # type: ignore[no-untyped-def]
+        if Path(source) == received:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(spool_module.os, "replace", replace_across_devices)
+    target = spool.adopt(received, spool.instance_path(STUDY, SOP))
+    assert target.read_bytes() == b"payload"
+    assert not received.exists()
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no partial file left
+
+
+def test_adopt_refuses_below_the_floor(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", min_free_bytes=2**62)
+    received = tmp_path / "incoming.dcm"
+    received.write_bytes(b"payload")
+    with pytest.raises(SpoolFullError, match="free-space floor"):
+        spool.adopt(received, spool.instance_path(STUDY, SOP))
+
+
+def test_receive_file_consumes_the_received_file_whatever_the_outcome(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    db.upgrade(url)
+    spool = Spool(tmp_path / "spool")
+    receiver = Receiver(spool, url)
+    image = write_demo_study(tmp_path / "demo")[0]
+    stored = spool.receiving_dir() / "a.dcm"
+    stored.write_bytes(image.path.read_bytes())
+    refused = spool.receiving_dir() / "b.dcm"
+    refused.write_bytes(b"not dicom")
+
+    assert receiver.receive_file(stored, source="PACS").status is ReceiveStatus.STORED
+    assert receiver.receive_file(refused, source="PACS").status is ReceiveStatus.CANNOT_UNDERSTAND
+    assert not stored.exists() and not refused.exists()
+    study_uid = str(pydicom.dcmread(image.path, stop_before_pixels=True).StudyInstanceUID)
+    assert spool.instance_path(study_uid, image.sop_instance_uid).read_bytes() == image.path.read_bytes()
+
+
+def test_receiving_folders_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (spool.root / "receiving" / dead).mkdir(parents=True)
+    (spool.root / "receiving" / dead / "half.dcm").write_bytes(b"half")
+    mine = spool.receiving_dir()
+    (mine / "live.dcm").write_bytes(b"still arriving")
+    assert spool.remove_stale_partials() == 1
+    assert not (spool.root / "receiving" / dead).exists()
+    assert (mine / "live.dcm").exists()
