@@ -136,6 +136,12 @@ class Settings(BaseSettings):
         description="Model card (JSON) beside its safetensors weights; default the demo model under <var_dir>/models",
     )
     device: str = Field("cpu", description="Torch device for classification: cpu, cuda or cuda:N.")
+    voi_window_index: int = Field(0, ge=0, description="Which of an image's VOI windows to apply (0: the first).")
+    classify_batch_size: int = Field(64, ge=1, description="Largest batch the classifier's micro-batcher forms.")
+    classify_batch_wait_ms: float = Field(
+        20.0, ge=0, description="How long the micro-batcher waits for more images before running a partial batch."
+    )
+    torch_compile: bool = Field(False, description="torch.compile the network (CUDA only).")
 
     worker_concurrency: int = Field(2, ge=1, description="Threads of the embedded Celery worker.")
     worker_pool: str = Field("threads", description="Celery pool: threads, prefork or solo.")
