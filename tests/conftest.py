@@ -6,9 +6,12 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from predraft.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "real"
@@ -53,3 +56,25 @@ def postgres_url() -> Iterator[str]:
         db.get_engine(url).dispose()
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@contextmanager
+def running_listener(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: object) -> Iterator[Settings]:
+    """A DIMSE listener (no workers) in this process, on a free port, with its own spool and migrated SQLite
+    database; PREDRAFT_* variables of the environment are ignored. ``overrides`` are settings."""
+    from listener.dimse import start_dimse_server
+    from predraft import db
+    from predraft.settings import get_settings
+
+    for key in list(os.environ):
+        if key.startswith("PREDRAFT_"):
+            monkeypatch.delenv(key)
+    overrides = {"var_dir": tmp_path / "var", "dimse_port": free_port(), "spool_min_free_bytes": 0, **overrides}
+    settings = get_settings(**overrides)
+    db.upgrade(settings.database_url)
+    server = start_dimse_server(settings)
+    try:
+        yield settings
+    finally:
+        server.shutdown()
+        db.get_engine(settings.database_url).dispose()

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import ssl
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -23,32 +21,14 @@ from pynetdicom.sop_class import (
 )
 
 from listener import status
-from listener.dimse import start_dimse_server
 from models.phantoms import write_demo_study
-from predraft import db
-from predraft.settings import Settings, get_settings
-from tests.conftest import free_port
-
-
-@contextmanager
-def _listen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: object) -> Iterator[Settings]:
-    """A DIMSE listener (no workers) on a free port, with a migrated SQLite database."""
-    for key in list(os.environ):
-        if key.startswith("PREDRAFT_"):
-            monkeypatch.delenv(key)
-    settings = get_settings(var_dir=tmp_path / "var", dimse_port=free_port(), allowed_calling_aes=["PACS_AE"],
-                            spool_min_free_bytes=0, **overrides)
-    db.upgrade(settings.database_url)
-    server = start_dimse_server(settings)
-    try:
-        yield settings
-    finally:
-        server.shutdown()
+from predraft.settings import Settings
+from tests.conftest import running_listener
 
 
 @pytest.fixture
 def listening(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    with _listen(tmp_path, monkeypatch) as settings:
+    with running_listener(tmp_path, monkeypatch, allowed_calling_aes=["PACS_AE"]) as settings:
         yield settings
 
 
@@ -122,7 +102,8 @@ def test_secondary_capture_and_sr_are_stored(listening: Settings, tmp_path: Path
 @pytest.fixture
 def listening_from_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """A listener that only admits connections from 10.0.0.0/8 (this test connects from 127.0.0.1)."""
-    with _listen(tmp_path, monkeypatch, allowed_addresses=["10.0.0.0/8"]) as settings:
+    with running_listener(tmp_path, monkeypatch, allowed_calling_aes=["PACS_AE"],
+                          allowed_addresses=["10.0.0.0/8"]) as settings:
         yield settings
 
 
@@ -166,8 +147,8 @@ def _client_context(material: dict[str, tuple[Path, Path]], who: str | None) -> 
 def test_tls_with_client_certificates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                       tls_material: dict[str, tuple[Path, Path]]) -> None:
     key, cert = tls_material["server"]
-    with _listen(tmp_path, monkeypatch, tls_certificate=cert, tls_private_key=key,
-                 tls_client_ca=tls_material["ca"][1]) as settings:
+    with running_listener(tmp_path, monkeypatch, allowed_calling_aes=["PACS_AE"], tls_certificate=cert,
+                          tls_private_key=key, tls_client_ca=tls_material["ca"][1]) as settings:
         image = _demo_image(tmp_path)
         assert _store(settings, image, ssl_context=_client_context(tls_material, "client")) == status.SUCCESS
         assert _store(settings, image, ssl_context=_client_context(tls_material, "stranger")) is None

@@ -21,13 +21,10 @@ from pynetdicom.sop_class import ComputedRadiographyImageStorage
 from sqlalchemy import select
 
 from listener import status
-from listener.dimse import start_dimse_server
 from listener.spool import PARTIAL_SUFFIX
-from predraft import db
 from predraft.db import session_scope
 from predraft.schema import Instance
-from predraft.settings import get_settings
-from tests.conftest import free_port, real_file
+from tests.conftest import free_port, real_file, running_listener
 
 pytestmark = pytest.mark.slow
 PREDRAFT = str(Path(sys.executable).parent / "predraft")
@@ -127,13 +124,9 @@ def _acknowledged(storescu_output: str, sent: dict[str, Path]) -> list[str]:
 
 def test_spool_floor_refuses_with_out_of_resources_then_ingest_resumes(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in [k for k in os.environ if k.startswith("PREDRAFT_")]:
-        monkeypatch.delenv(key)
     source = real_file("RG2_UNC.dcm")
     instance_bytes = source.stat().st_size
     filler = tmp_path / "filler.bin"
-    var = tmp_path / "var"
-    var.mkdir()
     with filler.open("wb") as stream:  # space that "freeing the disk" will give back
         stream.truncate(0)
         stream.write(b"\0" * (40 * instance_bytes))
@@ -141,10 +134,7 @@ def test_spool_floor_refuses_with_out_of_resources_then_ingest_resumes(tmp_path:
         os.fsync(stream.fileno())
     copies = _copies(source, tmp_path / "send", 12)
     floor = shutil.disk_usage(tmp_path).free - 3 * instance_bytes  # room for about three instances
-    settings = get_settings(var_dir=var, dimse_port=free_port(), spool_min_free_bytes=floor)
-    db.upgrade(settings.database_url)
-    server = start_dimse_server(settings)
-    try:
+    with running_listener(tmp_path, monkeypatch, spool_min_free_bytes=floor) as settings:
         statuses = _send_all(settings.dimse_port, list(copies.values()))
         assert status.SUCCESS in statuses
         assert status.OUT_OF_RESOURCES in statuses
@@ -152,10 +142,8 @@ def test_spool_floor_refuses_with_out_of_resources_then_ingest_resumes(tmp_path:
                    if code == status.OUT_OF_RESOURCES]
         filler.unlink()  # free the disk
         assert set(_send_all(settings.dimse_port, refused)) == {status.SUCCESS}
-    finally:
-        server.shutdown()
-    with session_scope(settings.database_url) as session:
-        assert sorted(session.scalars(select(Instance.sop_instance_uid))) == sorted(copies)
+        with session_scope(settings.database_url) as session:
+            assert sorted(session.scalars(select(Instance.sop_instance_uid))) == sorted(copies)
 
 
 def _send_all(port: int, paths: list[Path]) -> list[int]:
@@ -173,14 +161,9 @@ def test_a_sender_killed_mid_association_leaves_whole_instances_only(tmp_path: P
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     if shutil.which("storescu") is None:
         pytest.skip("dcmtk's storescu is not installed")
-    for key in [k for k in os.environ if k.startswith("PREDRAFT_")]:
-        monkeypatch.delenv(key)
     sent = _copies(real_file("RG2_UNC.dcm"), tmp_path / "send", 30)
-    settings = get_settings(var_dir=tmp_path / "var", dimse_port=free_port(), spool_min_free_bytes=0)
-    db.upgrade(settings.database_url)
-    server = start_dimse_server(settings)
-    spool = settings.spool_dir / "incoming"
-    try:
+    with running_listener(tmp_path, monkeypatch) as settings:
+        spool = settings.spool_dir / "incoming"
         sender = subprocess.Popen(["storescu", "-aec", "PREDRAFT", "127.0.0.1", str(settings.dimse_port),
                                    *map(str, sent.values())], env={**os.environ, "TCP_NODELAY": "1"},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -200,5 +183,3 @@ def test_a_sender_killed_mid_association_leaves_whole_instances_only(tmp_path: P
             assert sorted(session.scalars(select(Instance.sop_instance_uid))) == sorted(p.stem for p in files)
         # The listener goes on serving.
         assert _send_all(settings.dimse_port, [next(iter(sent.values()))]) == [status.SUCCESS]
-    finally:
-        server.shutdown()

@@ -46,11 +46,10 @@ from pydicom.uid import (
 )
 from sqlalchemy import select
 
-from listener.dimse import start_dimse_server
 from predraft import db
 from predraft.schema import Instance
-from predraft.settings import Settings, get_settings
-from tests.conftest import REAL_DATA, free_port, real_file
+from predraft.settings import Settings
+from tests.conftest import REAL_DATA, real_file, running_listener
 
 pytestmark = pytest.mark.slow
 
@@ -108,17 +107,8 @@ def _require_dcmtk() -> None:
 def listening(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """A DIMSE listener (no workers) on a free port, with its own spool and migrated SQLite database."""
     _require_dcmtk()
-    for key in list(os.environ):
-        if key.startswith("PREDRAFT_"):
-            monkeypatch.delenv(key)
-    settings = get_settings(var_dir=tmp_path / "var", dimse_port=free_port(), spool_min_free_bytes=0)
-    db.upgrade(settings.database_url)
-    server = start_dimse_server(settings)
-    try:
+    with running_listener(tmp_path, monkeypatch) as settings:
         yield settings
-    finally:
-        server.shutdown()
-        db.get_engine(settings.database_url).dispose()
 
 
 def storescu(settings: Settings, path: Path, *options: str) -> subprocess.CompletedProcess[str]:
