@@ -25,12 +25,14 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.filereader import data_element_generator
 from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from listener.ingest import InstanceHeader, record_instance
 from listener.spool import Spool, SpoolFullError
 from models.taxonomy import DX_FOR_PROCESSING, STORABLE_SOP_CLASSES
 from predraft.db import session_scope
+from predraft.schema import Instance
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +115,17 @@ class Receiver:
             return self._refuse(ReceiveStatus.SOP_CLASS_NOT_SUPPORTED,
                                 f"SOP class {header.sop_class_uid}: {reason}", source, **ids)
         try:
+            if self._held(header.sop_instance_uid):
+                log.info("duplicate instance %s from %s: already held, nothing written", header.sop_instance_uid,
+                         source)
+                return ReceiveOutcome(ReceiveStatus.DUPLICATE, ReceiveStatus.DUPLICATE.value, **ids)
             path = store(self.spool.instance_path(header.study_uid, header.sop_instance_uid))
             result = self._record(header, str(path), len(data), source)
         except SpoolFullError as exc:
             return self._refuse(ReceiveStatus.OUT_OF_RESOURCES, str(exc), source, **ids)
         except OSError as exc:
-            return self._refuse(ReceiveStatus.OUT_OF_RESOURCES, f"writing the spool failed: {exc.strerror}",
-                                source, **ids)
+            return self._refuse(ReceiveStatus.OUT_OF_RESOURCES,
+                                f"writing the spool failed: {exc.strerror or type(exc).__name__}", source, **ids)
         except Exception as exc:
             log.exception("instance %s from %s could not be recorded", header.sop_instance_uid, source)
             return ReceiveOutcome(ReceiveStatus.PROCESSING_FAILURE, f"{type(exc).__name__}", **ids)
@@ -127,6 +133,11 @@ class Receiver:
         log.info("%s instance %s from %s (study row %d)", status.value, header.sop_instance_uid, source,
                  result.study_id)
         return ReceiveOutcome(status, status.value, **ids)
+
+    def _held(self, sop_instance_uid: str) -> bool:
+        """Whether this instance is already recorded (then the spool keeps the copy it has)."""
+        with session_scope(self.database_url) as session:
+            return session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)) is not None
 
     def _record(self, header: InstanceHeader, path: str, size: int, source: str):  # type: ignore[no-untyped-def]
         for attempt in range(3):

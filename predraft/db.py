@@ -15,7 +15,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 @lru_cache(maxsize=8)
 def get_engine(database_url: str) -> Engine:
-    """One engine per URL and process.
+    """One engine per URL and process. Bound parameters (patient names among them) are kept out of
+    exception messages, so that a logged database error carries no patient data.
 
     SQLite (the embedded default) is written by the listener, the worker and the web app at once: it
     gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` transactions, so a transaction that reads and
@@ -23,7 +24,8 @@ def get_engine(database_url: str) -> Engine:
     """
     if database_url.startswith("sqlite:///"):
         Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(database_url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(database_url, connect_args={"timeout": 30, "check_same_thread": False},
+                               hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -40,7 +42,7 @@ def get_engine(database_url: str) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(database_url, pool_pre_ping=True)
+    return create_engine(database_url, pool_pre_ping=True, hide_parameters=True)
 
 
 def insert_ignoring_conflict(session: Session, table: type, values: dict[str, object], key: str) -> bool:

@@ -1,4 +1,4 @@
-"""Spool.adopt and Receiver.receive_file: received files moved into the spool, never written twice."""
+"""Receiving: files adopted into the spool, duplicates kept as first held, no patient data in DB errors."""
 
 from __future__ import annotations
 
@@ -84,3 +84,37 @@ def test_receiving_folders_of_dead_processes_are_removed(tmp_path: Path) -> None
     assert spool.remove_stale_partials() == 1
     assert not (spool.root / "receiving" / dead).exists()
     assert (mine / "live.dcm").exists()
+
+
+def test_a_duplicate_leaves_the_held_copy_untouched(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    db.upgrade(url)
+    spool = Spool(tmp_path / "spool")
+    receiver = Receiver(spool, url)
+    image = write_demo_study(tmp_path / "demo")[0]
+    first = image.path.read_bytes()
+    assert receiver.receive(first, source="PACS").status is ReceiveStatus.STORED
+    changed = pydicom.dcmread(image.path)
+    changed.StudyDescription = "RESENT WITH ANOTHER DESCRIPTION"
+    changed.save_as(tmp_path / "resent.dcm")
+    outcome = receiver.receive((tmp_path / "resent.dcm").read_bytes(), source="PACS")
+    assert outcome.status is ReceiveStatus.DUPLICATE
+    held = spool.instance_path(str(changed.StudyInstanceUID), image.sop_instance_uid)
+    assert held.read_bytes() == first
+
+
+def test_database_errors_carry_no_parameter_values(tmp_path: Path) -> None:
+    from sqlalchemy import insert
+    from sqlalchemy.exc import IntegrityError
+
+    from predraft.schema import Study
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    db.upgrade(url)
+    row = {"study_uid": "1.2.3", "patient_name": "DOE^JANE", "state": "receiving"}
+    with db.session_scope(url) as session:
+        session.execute(insert(Study).values(**row))
+    with pytest.raises(IntegrityError) as caught, db.session_scope(url) as session:
+        session.execute(insert(Study).values(**row))
+    assert "DOE^JANE" not in str(caught.value)
+    assert "hidden" in str(caught.value)
