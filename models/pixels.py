@@ -1,21 +1,47 @@
 """From DICOM pixel data to letterboxed uint8 hip images.
 
-Order of operations (see docs: CLINICAL.md): decode -> modality LUT -> VOI LUT, else the first window,
-else a robust percentile window -> inversion for MONOCHROME1 (or PresentationLUTShape INVERSE) ->
-scale to [0, 1] -> split a bilateral AP pelvis at the midline -> letterbox to the model's input size.
-Full bit depth is kept in float32 until the final scaling to uint8.
+Order of operations (see docs: CLINICAL.md):
+
+1. ``decode``: stored values of one grayscale frame, as float32 (full bit depth). Every transfer syntax
+   of the real test set decodes: RLE (pylibjpeg-rle), JPEG lossless (GDCM), JPEG-LS (pyjpegls, else
+   GDCM), JPEG 2000 (GDCM, else pylibjpeg-openjpeg), 12-bit JPEG Extended (imagecodecs; see
+   models.decoders, which also refuses non-conformant JPEG Extended streams with their reason).
+2. ``to_unit_range``: modality LUT or rescale -> VOI LUT, else the chosen window (VOILUTFunction LINEAR,
+   LINEAR_EXACT or SIGMOID, PS3.3 C.11.2.1.2-3), else a robust percentile window -> [0, 1] -> inversion
+   for MONOCHROME1 or PresentationLUTShape INVERSE. float32 throughout.
+3. ``crop_collimation``: uniform borders off (rule in ``collimation_box``).
+4. ``split_bilateral`` (AP pelvis) or ``standard_orientation`` (one hip): rows toward the patient's left,
+   columns toward the feet, as PatientOrientation allows.
+5. ``letterbox``: aspect kept, padded to a square of the model's input size; the only quantisation to
+   uint8 happens here.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
-import torch
+from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.encaps import get_frame
+from pydicom.pixels import apply_modality_lut, apply_voi
+from pydicom.uid import UID, JPEGExtended12Bit
 
+from models import decoders
 from models.taxonomy import Side
+
+decoders.register()
+
+log = logging.getLogger(__name__)
+
+#: A line (row or column) at the image's edge is a collimation/shutter border when all its values lie
+#: within this span (display units, [0, 1]) ...
+UNIFORM_SPAN = 0.08
+#: ... and the middle of its range is this close to that of the outermost border line of that edge.
+BORDER_VALUE_TOLERANCE = 0.1
+#: No edge loses more than this fraction of the image's extent.
+MAX_CROP_FRACTION = 0.4
 
 
 class PixelDataError(ValueError):
@@ -23,17 +49,23 @@ class PixelDataError(ValueError):
 
 
 def decode(ds: Dataset) -> np.ndarray:
-    """The stored pixel values of a single-frame grayscale image, as float32."""
+    """The stored pixel values of a single-frame grayscale image, as float32 (exact up to 24 bits)."""
     if "PixelData" not in ds:
         raise PixelDataError("the dataset has no Pixel Data")
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric not in {"MONOCHROME1", "MONOCHROME2"}:
         raise PixelDataError(f"PhotometricInterpretation {photometric!r} is not a grayscale radiograph")
+    syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", ""))) if hasattr(ds, "file_meta") else UID("")
     try:
-        pixels = ds.pixel_array
+        if syntax == JPEGExtended12Bit:
+            # Checked here so a non-conformant stream fails with its reason, whichever plugin would run.
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            decoders.check_sequential_dct(get_frame(ds.PixelData, 0, number_of_frames=frames))
+        pixels = _pixel_array(ds)
     except Exception as exc:  # decoders raise many types; all mean the same thing here
-        syntax = ds.file_meta.get("TransferSyntaxUID", "unknown") if hasattr(ds, "file_meta") else "unknown"
-        raise PixelDataError(f"pixel data in transfer syntax {syntax} could not be decoded: {exc}") from exc
+        name = f" ({syntax.name})" if syntax and syntax.name != syntax else ""
+        raise PixelDataError(
+            f"pixel data in transfer syntax {syntax or 'unknown'}{name} could not be decoded: {exc}") from exc
     if pixels.ndim == 3 and pixels.shape[0] == 1:
         pixels = pixels[0]
     if pixels.ndim != 2:
@@ -41,65 +73,339 @@ def decode(ds: Dataset) -> np.ndarray:
     return pixels.astype(np.float32)
 
 
-def to_unit_range(ds: Dataset, stored: np.ndarray) -> np.ndarray:
-    """Apply modality LUT, VOI LUT or window and inversion; return float32 in [0, 1], bone bright."""
-    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
-    if "VOILUTSequence" in ds:
-        values = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float32)
-        low, high = float(values.min()), float(values.max())
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
-        center = float(_first(ds.WindowCenter))
-        width = max(float(_first(ds.WindowWidth)), 1.0)
-        low, high = center - width / 2.0, center + width / 2.0
-    else:
-        low, high = (float(v) for v in np.percentile(values, [0.5, 99.5]))
-    if high <= low:
-        high = low + 1.0
-    unit = np.clip((values - low) / (high - low), 0.0, 1.0)
+def _pixel_array(ds: Dataset) -> np.ndarray:
+    """``ds.pixel_array`` through the preferred plugin (models.decoders), else through every plugin."""
+    plugin = decoders.preferred_plugin(ds)
+    if not plugin:
+        return ds.pixel_array
+    try:
+        ds.pixel_array_options(decoding_plugin=plugin)
+        return ds.pixel_array
+    except Exception as exc:
+        if plugin == decoders.PLUGIN_LABEL:  # the only plugin that reads 12-bit JPEG Extended
+            raise
+        log.info("decoding plugin %s failed (%s); trying every plugin", plugin, exc)
+        ds.pixel_array_options(decoding_plugin="")
+        return ds.pixel_array
+
+
+def to_unit_range(ds: Dataset, stored: np.ndarray, window_index: int = 0, *,
+                  overwrite_input: bool = False) -> np.ndarray:
+    """Modality LUT, VOI LUT or window, inversion; float32 in [0, 1] with bone and metal bright.
+
+    ``window_index`` picks the VOI LUT Sequence item or the WindowCenter/WindowWidth pair (0: the first);
+    an index past the last one uses the last one. A VOI LUT wins over a window when both are present
+    (as pydicom's apply_voi_lut does). Without either (or with an invalid window) the 0.5th and 99.5th
+    percentiles of the image (a regular subsample of it) form a linear window.
+
+    ``overwrite_input=True`` lets a float32 ``stored`` be overwritten with the result (one image-sized
+    allocation fewer, as ``decode``'s fresh array allows); the result is then ``stored`` itself or a
+    new array.
+    """
+    if window_index < 0:
+        raise ValueError(f"window_index must be 0 or more, got {window_index}")
+    values = _modality(ds, stored)
+    scratch = values if (values is not stored or overwrite_input) and values.dtype == np.float32 else None
+    unit = _voi_lut(ds, values, window_index)
+    if unit is None:
+        unit = _window(ds, values, window_index, out=scratch)
+    if unit is None:
+        low, high = _percentile_window(_subsample(values))
+        unit = _linear(values, low, high, out=scratch)
     if needs_inversion(ds):
-        unit = 1.0 - unit
-    return unit.astype(np.float32)
+        np.subtract(1.0, unit, out=unit)
+    return unit
 
 
 def needs_inversion(ds: Dataset) -> bool:
     """MONOCHROME1 shows low values bright; PresentationLUTShape INVERSE says the same for display.
 
-    For MONOCHROME1 the standard pairs the two (INVERSE describes that very inversion), so either one
-    means a single inversion.
+    For MONOCHROME1 the standard pairs the two (DX: INVERSE "shall be used if Photometric Interpretation
+    is MONOCHROME1"), so either one means a single inversion. PhotometricInterpretation is what the
+    stored values mean, so MONOCHROME1 is inverted even with a (non-conformant) IDENTITY shape.
     """
-    return ds.get("PhotometricInterpretation") == "MONOCHROME1" or ds.get("PresentationLUTShape") == "INVERSE"
+    shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    return ds.get("PhotometricInterpretation") == "MONOCHROME1" or shape == "INVERSE"
 
 
-def _first(value: object) -> object:
-    """The first value of a multi-valued element such as WindowCenter, or the value itself."""
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return value[0]
-    return value
+def _modality(ds: Dataset, stored: np.ndarray) -> np.ndarray:
+    """Modality LUT (pydicom, integer input) or rescale slope/intercept in float32."""
+    if ds.get("ModalityLUTSequence"):
+        return np.asarray(apply_modality_lut(stored.astype(np.int64), ds), dtype=np.float32)
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    values = np.asarray(stored, dtype=np.float32)
+    if slope != 1.0 or intercept != 0.0:
+        values = values * np.float32(slope) + np.float32(intercept)
+    return values
 
 
-def split_bilateral(image: np.ndarray, patient_orientation: list[str] | None) -> dict[Side, np.ndarray]:
+def _voi_lut(ds: Dataset, values: np.ndarray, index: int) -> np.ndarray | None:
+    """The chosen VOI LUT Sequence item, scaled by its own output range (min..max of its entries).
+
+    pydicom's apply_voi reads the table (LUT Descriptor, US or OW LUT Data, either byte order); the
+    look-up itself is done here in one gather, because apply_voi wants integer input and wraps inputs
+    above 65535 into its uint16 index. Inputs below the first mapped value take the first entry, above
+    the last the last entry (PS3.3 C.11.2.1.1). The entries' own range is used rather than 2**bits - 1
+    from the descriptor, because descriptors often claim 16 bits for 12-bit tables.
+    """
+    items = ds.get("VOILUTSequence") or []
+    usable = [i for i, item in enumerate(items) if "LUTDescriptor" in item and "LUTData" in item]
+    if not usable:
+        return None
+    chosen = usable[min(index, len(usable) - 1)]
+    descriptor = items[chosen].LUTDescriptor
+    entries, first = int(descriptor[0]) or 2**16, int(descriptor[1])
+    table = np.asarray(apply_voi(np.arange(first, first + entries, dtype=np.int64), ds, chosen), dtype=np.float32)
+    table = _linear(table, float(table.min()), float(table.max()))
+    position = np.subtract(values, np.float32(first), dtype=np.float32)
+    np.rint(position, out=position)
+    np.clip(position, 0, entries - 1, out=position)
+    return np.take(table, position.astype(np.intp))
+
+
+def _window(ds: Dataset, values: np.ndarray, index: int, out: np.ndarray | None = None) -> np.ndarray | None:
+    """The chosen WindowCenter/WindowWidth pair with its VOILUTFunction, straight to [0, 1].
+
+    PS3.3 C.11.2.1.2.1 LINEAR: y = ((x - (c - 0.5)) / (w - 1) + 0.5), clipped (w >= 1);
+    C.11.2.1.3.2 LINEAR_EXACT: y = (x - c) / w + 0.5, clipped (w > 0);
+    C.11.2.1.3.1 SIGMOID: y = 1 / (1 + exp(-4 (x - c) / w)) (w > 0).
+    The same formulas as pydicom's apply_windowing, divided by its output range, but in float32 (and in
+    ``out`` when given, which may be ``values`` itself).
+    """
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    centers, widths = _values(ds.WindowCenter), _values(ds.WindowWidth)
+    if not centers or not widths:
+        return None
+    chosen = min(index, len(centers) - 1, len(widths) - 1)
+    center, width = centers[chosen], widths[chosen]
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    if function == "SIGMOID" and width > 0:
+        out = np.multiply(values, np.float32(-4.0 / width), out=out, dtype=np.float32)
+        out += np.float32(4.0 * center / width)
+        np.clip(out, -80.0, 80.0, out=out)  # exp stays finite in float32; the result is 0 or 1 there
+        np.exp(out, out=out)
+        out += np.float32(1.0)
+        return np.reciprocal(out, out=out)
+    if function == "LINEAR_EXACT" and width > 0:
+        return _linear(values, center - width / 2.0, center + width / 2.0, out=out)
+    if function == "LINEAR" and width > 1:
+        return _linear(values, center - 0.5 - (width - 1) / 2.0, center - 0.5 + (width - 1) / 2.0, out=out)
+    if function == "LINEAR" and width == 1:  # a threshold: x <= c - 0.5 -> 0, else 1
+        return (values > center - 0.5).astype(np.float32)
+    log.info("window %d (center %s, width %s, %s) is not valid; using a percentile window",
+             chosen, center, width, function)
+    return None
+
+
+def _values(value: object) -> list[float]:
+    """The numbers of a single- or multi-valued element such as WindowCenter."""
+    items = value if isinstance(value, Sequence) and not isinstance(value, str | bytes) else [value]
+    return [float(item) for item in items if item is not None and str(item).strip() != ""]
+
+
+def _subsample(image: np.ndarray) -> np.ndarray:
+    """A regular subsample of at most about 250,000 pixels (every n-th row and column)."""
+    step = max(1, int(np.sqrt(image.size / 250_000)))
+    return image[::step, ::step] if image.ndim == 2 else image.ravel()[::step]
+
+
+def _percentile_window(values: np.ndarray) -> tuple[float, float]:
+    """0.5th and 99.5th percentiles of (a subsample of) the modality values."""
+    low, high = np.percentile(values, [0.5, 99.5])
+    return float(low), float(high)
+
+
+def _linear(values: np.ndarray, low: float, high: float, out: np.ndarray | None = None) -> np.ndarray:
+    """(values - low) / (high - low), clipped to [0, 1], float32: in ``out`` or one new array."""
+    if not high > low:
+        high = low + 1.0
+    out = np.subtract(values, np.float32(low), out=out, dtype=np.float32)
+    out *= np.float32(1.0 / (high - low))
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def collimation_box(image: np.ndarray) -> tuple[int, int, int, int]:
+    """Rows and columns to keep, ``(top, bottom, left, right)`` (ends exclusive), of a [0, 1] image.
+
+    The rule, applied from each edge inward, one line (row or column) at a time:
+
+    * a line is border when every value on it lies within ``UNIFORM_SPAN`` (0.08) of each other (so it
+      holds no edge of anatomy or hardware: bone, soft tissue and metal all bring more contrast than
+      that along a whole line) and the middle of its range is within ``BORDER_VALUE_TOLERANCE`` (0.1) of
+      that of the outermost border line of that edge (one band of one value: a shutter, a collimator
+      shadow, black padding);
+    * the crop stops at the first line that is not border, and never removes more than
+      ``MAX_CROP_FRACTION`` (40 %) of the image's extent from one edge;
+    * rows are judged only over the columns that remain, and columns over the rows that remain; after
+      a crop of rows the columns are examined again and vice versa, until nothing changes (a band along
+      one edge crosses the others); a later pass only extends the band an edge already has;
+    * an image that is all one value (within 0.08, judged on a regular subsample) is not cropped.
+
+    Bright metal touching an edge is never cut: a line through metal also passes through bone, soft
+    tissue or air, and so spans far more than 0.08. A line all of one value has nothing to lose.
+    """
+    height, width = image.shape
+    top, bottom, left, right = 0, height, 0, width
+    sample = _subsample(image)
+    if image.size == 0 or float(sample.max()) - float(sample.min()) <= UNIFORM_SPAN:
+        return top, bottom, left, right  # all one value (a blank, or a window that saturates it all)
+    max_rows, max_cols = int(height * MAX_CROP_FRACTION), int(width * MAX_CROP_FRACTION)
+    # the value of each edge's band, once one line of it is found: later passes extend that band only
+    bands: dict[str, float | None] = {"top": None, "bottom": None, "left": None, "right": None}
+    check_columns, check_rows = True, True
+    while check_columns or check_rows:
+        if check_columns:  # left and right edges, judged over the rows that remain
+            region = image[top:bottom, left:right]
+            depth_left, bands["left"] = _border_depth(region, axis=1, from_end=False, limit=max_cols - left,
+                                                      reference=bands["left"])
+            depth_right, bands["right"] = _border_depth(region, axis=1, from_end=True,
+                                                        limit=max_cols - (width - right), reference=bands["right"])
+            left, right = left + depth_left, right - depth_right
+            check_columns = False
+            check_rows = check_rows or bool(depth_left or depth_right)
+        else:  # top and bottom edges, judged over the columns that remain
+            region = image[top:bottom, left:right]
+            depth_top, bands["top"] = _border_depth(region, axis=0, from_end=False, limit=max_rows - top,
+                                                    reference=bands["top"])
+            depth_bottom, bands["bottom"] = _border_depth(region, axis=0, from_end=True,
+                                                          limit=max_rows - (height - bottom),
+                                                          reference=bands["bottom"])
+            top, bottom = top + depth_top, bottom - depth_bottom
+            check_rows = False
+            check_columns = bool(depth_top or depth_bottom)
+    return top, bottom, left, right
+
+
+def _border_depth(region: np.ndarray, *, axis: int, from_end: bool, limit: int,
+                  reference: float | None) -> tuple[int, float | None]:
+    """How many lines at one edge of ``region`` are border (see ``collimation_box``), and the band's value.
+
+    ``axis=0`` examines rows (top or bottom edge), ``axis=1`` columns (left or right edge). ``reference``
+    is the value of the band found on this edge by an earlier pass (None: the outermost line's mid-range).
+    Lines are examined in growing chunks, so an image without borders costs a few dozen lines per edge.
+    """
+    extent = region.shape[axis]
+    limit = min(limit, extent - 1)
+    if limit <= 0 or region.size == 0:
+        return 0, reference
+    depth, chunk = 0, 16
+    while depth < limit:
+        count = min(chunk, limit - depth)
+        start = extent - depth - count if from_end else depth
+        lines = region[start : start + count] if axis == 0 else region[:, start : start + count]
+        reduce_axis = 1 - axis
+        low, high = lines.min(axis=reduce_axis), lines.max(axis=reduce_axis)
+        if from_end:
+            low, high = low[::-1], high[::-1]
+        middle = (low + high) * 0.5
+        value = float(middle[0]) if reference is None else reference
+        border = (high - low <= UNIFORM_SPAN) & (np.abs(middle - value) <= BORDER_VALUE_TOLERANCE)
+        found = len(border) if border.all() else int(np.argmin(border))
+        if found and reference is None:
+            reference = value
+        depth += found
+        if found < count:
+            break
+        chunk *= 2
+    return depth, reference
+
+
+def crop_collimation(image: np.ndarray) -> np.ndarray:
+    """The image without its uniform borders (a view; see ``collimation_box`` for the rule)."""
+    top, bottom, left, right = collimation_box(image)
+    return image[top:bottom, left:right]
+
+
+def _directions(patient_orientation: object) -> tuple[str, str] | None:
+    """The dominant direction letters (L, R, A, P, H, F) of PatientOrientation's rows and columns."""
+    if not isinstance(patient_orientation, Sequence) or isinstance(patient_orientation, str | bytes):
+        return None
+    values = [str(value).strip().upper() for value in patient_orientation]
+    if len(values) != 2 or not all(values) or not all(v[0] in "LRAPHF" for v in values):
+        return None
+    return values[0][0], values[1][0]
+
+
+def standard_orientation(image: np.ndarray, patient_orientation: object) -> np.ndarray:
+    """Rotate or mirror a frontal image so rows run toward the patient's left and columns toward the feet.
+
+    That is the usual display of an AP radiograph (the patient's right on the image's left). Applied only
+    when PatientOrientation names a left-right axis and a head-feet axis (PS3.3 C.7.6.1.1.1: row
+    direction first, dominant letter first); otherwise (absent, lateral A/P, malformed) the image is
+    returned as it is.
+    """
+    directions = _directions(patient_orientation)
+    if directions is None:
+        return image
+    rows, columns = directions
+    if rows in "HF" and columns in "LR":
+        image, (rows, columns) = image.T, (columns, rows)
+    if rows not in "LR" or columns not in "HF":
+        return image
+    if rows == "R":
+        image = image[:, ::-1]
+    if columns == "H":
+        image = image[::-1, :]
+    return image
+
+
+def split_bilateral(image: np.ndarray, patient_orientation: object) -> dict[Side, np.ndarray]:
     """Split an AP pelvis at the midline of its width into the patient's right and left hips.
 
-    On an AP image the patient's right is on the image's left, unless PatientOrientation's row
-    direction says the columns run toward the patient's right (a flipped image).
+    The image is first brought to the standard orientation (``standard_orientation``), so on what is
+    split the patient's right is on the image's left. Without a usable PatientOrientation the image is
+    taken to be in that orientation already, as AP radiographs are displayed. With an odd width the
+    middle column belongs to neither hip.
     """
+    image = standard_orientation(image, patient_orientation)
     half = image.shape[1] // 2
-    image_left, image_right = image[:, :half], image[:, image.shape[1] - half :]
-    flipped = bool(patient_orientation) and str(patient_orientation[0]).upper().startswith("R")
-    if flipped:
-        return {Side.LEFT: image_left, Side.RIGHT: image_right}
-    return {Side.RIGHT: image_left, Side.LEFT: image_right}
+    return {Side.RIGHT: image[:, :half], Side.LEFT: image[:, image.shape[1] - half :]}
 
 
 def letterbox(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize a [0, 1] float image so its longer edge is ``size``, pad to a square; return uint8."""
+    """Resize a [0, 1] float image so its longer edge is ``size``, pad to a square; return uint8.
+
+    Nothing is cropped: the whole image, hardware at its edges included, lies inside the square.
+    Shrinking by more than 2x first averages k x k blocks (k = the integer part of half the factor;
+    partial blocks at the edges are averaged over what they hold), then Pillow's antialiased bilinear
+    filter on float32 does the rest: Pillow's own ``reducing_gap=2`` scheme, which it documents as
+    indistinguishable from full resampling in most cases (on RG2 at 380 px: at most 0.007 and on
+    average 0.0002 from the direct filter, under two grey levels). Single-threaded with the GIL released,
+    so worker threads do not fight over a thread pool.
+    """
+    if size < 1:
+        raise ValueError(f"size must be at least 1, got {size}")
     height, width = image.shape
     scale = size / max(height, width)
     new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    tensor = torch.from_numpy(np.ascontiguousarray(image))[None, None]
-    resized = torch.nn.functional.interpolate(tensor, size=(new_h, new_w), mode="bilinear", antialias=True,
-                                              align_corners=False)[0, 0].numpy()
+    block = int(1.0 / scale / 2.0)
+    source = _block_mean(image, block) if block >= 2 else np.ascontiguousarray(image, dtype=np.float32)
+    resized = np.asarray(Image.fromarray(source).resize((new_w, new_h), Image.Resampling.BILINEAR))
     canvas = np.zeros((size, size), dtype=np.float32)
     top, left = (size - new_h) // 2, (size - new_w) // 2
     canvas[top : top + new_h, left : left + new_w] = resized
-    return np.clip(np.rint(canvas * 255.0), 0, 255).astype(np.uint8)
+    canvas *= 255.0
+    np.rint(canvas, out=canvas)
+    return np.clip(canvas, 0, 255, out=canvas).astype(np.uint8)
+
+
+def _block_mean(image: np.ndarray, k: int) -> np.ndarray:
+    """Means of k x k blocks (the last row and column of blocks may be partial), float32.
+
+    k * k strided additions straight into the small result: no image-sized temporary.
+    """
+    height, width = image.shape
+    blocks = np.array(image[0::k, 0::k], dtype=np.float32)
+    for row in range(k):
+        for column in range(k):
+            if row or column:
+                part = image[row::k, column::k]
+                blocks[: part.shape[0], : part.shape[1]] += part
+    blocks *= np.float32(1.0 / (k * k))
+    if height % k:
+        blocks[-1] *= np.float32(k / (height % k))
+    if width % k:
+        blocks[:, -1] *= np.float32(k / (width % k))
+    return blocks

@@ -1,26 +1,49 @@
 """View, side and scope of a radiograph from its DICOM tags, by a documented order of rules.
 
-Rules for the view, first match wins (the deciding rule is recorded):
+Codes are those of PS3.16 (checked against pydicom's copy of the CID tables, ``pydicom.sr._cid_dict``):
+CID 4010 "DX View" for ViewCodeSequence, CID 4011 "DX View Modifier" for ViewModifierCodeSequence,
+CID 4012 "Projection Eponymous Name" for ProjectionEponymousNameCodeSequence, CID 4009 "DX Anatomy
+Imaged" (the same hip/pelvis codes as CID 4031) for AnatomicRegionSequence. The retired designator SRT
+counts as SCT.
 
-1. ``ViewModifierCodeSequence`` holds DCM 111069 (Crosstable) -> cross-table lateral.
-2. ``ProjectionEponymousNameCodeSequence`` holds SCT 399169008 (Lauenstein) -> frog-leg, or
-   SCT 424811006 (Danelius-Miller) -> cross-table lateral.
-3. An image's own description (SeriesDescription, ProtocolName) says FROG or LAUENSTEIN -> frog-leg;
-   CROSS or DANELIUS -> cross-table lateral.
-4. ``ViewPosition`` AP or PA with BodyPartExamined PELVIS -> AP pelvis, HIP or FEMUR -> AP hip; without a
-   body part, the image's own description decides between PELVIS and HIP.
-5. ``ViewPosition`` LL, RL or LATERAL -> cross-table lateral (a horizontal-beam lateral).
-6. Otherwise ``unknown``.
+View: the first rule that decides wins, and its name is recorded (``view_rule``):
 
-Sides: an AP pelvis shows both hips. Otherwise ImageLaterality, then Laterality, then the image's own
-description saying RIGHT/RT or LEFT/LT; else ``unknown``.
+1. ``ViewModifierCodeSequence`` (top level, or inside a ViewCodeSequence item, where the DX IOD puts
+   it) holds DCM 111069 Crosstable -> cross-table lateral.
+2. ``ProjectionEponymousNameCodeSequence`` holds SCT 399169008 Lauenstein -> frog-leg, or SCT 424811006
+   Danelius-Miller -> cross-table lateral.
+3. The image's own description (SeriesDescription, ProtocolName) says FROG or LAUENSTEIN -> frog-leg;
+   CROSS or DANELIUS -> cross-table lateral. (A frog-leg is an AP projection of an abducted hip, so its
+   ViewPosition and view code often say AP: these three rules come before them.)
+4. ``ViewCodeSequence``: SCT 399348003 antero-posterior or 272479007 postero-anterior -> AP pelvis or
+   AP hip by the body part (as rule 5); SCT 399067008 lateral, 399198007 right lateral, 399173006 left
+   lateral, 399260004 medial-lateral or 399352003 lateral-medial -> cross-table lateral; any other SCT
+   view (oblique, axial, tangential...) -> ``unknown`` (an oblique is none of the four views, whatever
+   ViewPosition says).
+5. ``ViewPosition`` AP or PA with body part PELVIS -> AP pelvis, HIP or FEMUR -> AP hip.
+6. ``ViewPosition`` LL, RL, LAT or LATERAL -> cross-table lateral (a horizontal-beam lateral).
+7. ``PatientOrientation`` (a hint, PS3.3 C.7.6.1.1.1; dominant letter of each axis): one axis
+   anterior-posterior and the other head-feet -> a lateral projection -> cross-table lateral; one axis
+   left-right and the other head-feet -> a frontal projection -> AP pelvis or AP hip by the body part
+   (as rule 5). A frog-leg is frontal too: only rules 1-3 tell it apart.
+8. Otherwise ``unknown``.
+
+The body part for rules 4, 5 and 7 is BodyPartExamined, else the AnatomicRegionSequence code (hip,
+hip joint, femur, thigh -> HIP; pelvis -> PELVIS), else the image's own description naming PELVIS or
+HIP.
+
+Sides (``side_rule``): an AP pelvis shows both hips ("bilateral view"; which half is which is decided by
+models.pixels.split_bilateral from PatientOrientation). Otherwise ImageLaterality, then Laterality, then
+the image's own description saying RIGHT/RT or LEFT/LT; else ``unknown``. PatientOrientation does not
+say which hip a one-hip image shows (both hips' APs read L\\F), so it is no side rule.
 
 StudyDescription is shared by every image of a study ("XR PELVIS AND RIGHT HIP 3 VIEWS"), so it never
-decides an image's view or side; it only helps decide scope when BodyPartExamined is absent.
+decides an image's view or side; it only helps decide scope when no body part is coded.
 
-Scope: BodyPartExamined HIP, PELVIS or FEMUR, or (without a body part) any description naming the hip
-or pelvis, is in scope;
-an image with another body part (chest, knee, hand...) is out of scope and never gets a hip draft.
+Scope (``scope_rule``): BodyPartExamined HIP, PELVIS or FEMUR is in scope, any other body part (chest,
+knee, hand...) out of scope; without it, the AnatomicRegionSequence code decides the same way; without
+either, any description (StudyDescription included) naming the hip, pelvis, femur or acetabulum is in
+scope. Out of scope never gets a hip draft.
 """
 
 from __future__ import annotations
@@ -32,9 +55,30 @@ from pydicom.dataset import Dataset
 
 from models.taxonomy import Side, View
 
+# CID 4011 DX View Modifier
 CROSSTABLE = ("DCM", "111069")
+# CID 4012 Projection Eponymous Name
 LAUENSTEIN = ("SCT", "399169008")
 DANELIUS_MILLER = ("SCT", "424811006")
+# CID 4010 DX View
+ANTERO_POSTERIOR = ("SCT", "399348003")
+POSTERO_ANTERIOR = ("SCT", "272479007")
+_FRONTAL_VIEWS = {ANTERO_POSTERIOR, POSTERO_ANTERIOR}
+_LATERAL_VIEWS = {
+    ("SCT", "399067008"),  # lateral
+    ("SCT", "399198007"),  # right lateral
+    ("SCT", "399173006"),  # left lateral
+    ("SCT", "399260004"),  # medial-lateral
+    ("SCT", "399352003"),  # lateral-medial
+}
+# CID 4009 DX Anatomy Imaged (as CID 4031 Common Anatomic Regions): the codes that are in scope
+_ANATOMY = {
+    ("SCT", "29836001"): "HIP",  # hip
+    ("SCT", "24136001"): "HIP",  # hip joint
+    ("SCT", "71341001"): "FEMUR",  # femur
+    ("SCT", "68367000"): "FEMUR",  # thigh
+    ("SCT", "816092008"): "PELVIS",  # pelvis
+}
 _IN_SCOPE_BODY_PARTS = {"HIP", "PELVIS", "FEMUR"}
 _IMAGE_DESCRIPTION_TAGS = ("SeriesDescription", "ProtocolName")
 _ALL_DESCRIPTION_TAGS = (*_IMAGE_DESCRIPTION_TAGS, "StudyDescription")
@@ -50,14 +94,23 @@ class ViewResult:
     scope_rule: str
 
 
+def _code(item: Dataset) -> tuple[str, str]:
+    scheme = str(item.get("CodingSchemeDesignator", "") or "").strip().upper()
+    if scheme == "SRT":  # the retired designator of SNOMED CT
+        scheme = "SCT"
+    return scheme, str(item.get("CodeValue", "") or "").strip()
+
+
 def _codes(ds: Dataset, keyword: str) -> set[tuple[str, str]]:
-    codes = set()
-    for item in ds.get(keyword, []) or []:
-        scheme = str(item.get("CodingSchemeDesignator", "")).upper()
-        if scheme == "SRT":  # the retired designator of SNOMED CT
-            scheme = "SCT"
-        codes.add((scheme, str(item.get("CodeValue", ""))))
-    return codes
+    return {_code(item) for item in ds.get(keyword, []) or []}
+
+
+def _view_modifiers(ds: Dataset) -> set[tuple[str, str]]:
+    """View modifiers at the top level and inside ViewCodeSequence items (the DX IOD's place)."""
+    modifiers = _codes(ds, "ViewModifierCodeSequence")
+    for item in ds.get("ViewCodeSequence", []) or []:
+        modifiers |= _codes(item, "ViewModifierCodeSequence")
+    return modifiers
 
 
 def _descriptions(ds: Dataset, tags: tuple[str, ...] = _IMAGE_DESCRIPTION_TAGS) -> str:
@@ -68,6 +121,32 @@ def _has_word(text: str, *words: str) -> bool:
     return any(re.search(rf"\b{word}", text) for word in words)
 
 
+def _body_part(ds: Dataset) -> tuple[str, str]:
+    """(body part, the tag that said it): BodyPartExamined, else the AnatomicRegionSequence code."""
+    body_part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
+    if body_part:
+        return body_part, "BodyPartExamined"
+    codes = _codes(ds, "AnatomicRegionSequence")
+    for code in codes:
+        if code in _ANATOMY:
+            return _ANATOMY[code], "AnatomicRegionSequence"
+    if codes:
+        scheme, value = sorted(codes)[0]
+        return f"{scheme} {value}", "AnatomicRegionSequence"
+    return "", ""
+
+
+def _orientation(ds: Dataset) -> tuple[str, str] | None:
+    """The dominant letters of PatientOrientation's row and column directions, e.g. ("L", "F")."""
+    value = ds.get("PatientOrientation")
+    if value is None or isinstance(value, str | bytes):
+        return None
+    letters = [str(part).strip().upper()[:1] for part in value]
+    if len(letters) != 2 or not all(letter and letter in "LRAPHF" for letter in letters):
+        return None
+    return letters[0], letters[1]
+
+
 def classify_view(ds: Dataset) -> ViewResult:
     """Decide view, sides and scope of one image. Reads tags only, never pixels."""
     view, view_rule = _view(ds)
@@ -76,8 +155,18 @@ def classify_view(ds: Dataset) -> ViewResult:
     return ViewResult(view, view_rule, sides, side_rule, in_scope, scope_rule)
 
 
+def _frontal(ds: Dataset, text: str, rule: str) -> tuple[View, str] | None:
+    """AP pelvis or AP hip of a frontal projection, by the body part; None when no body part says."""
+    body_part, _ = _body_part(ds)
+    if body_part == "PELVIS" or (not body_part and _has_word(text, "PELVIS")):
+        return View.AP_PELVIS, f"{rule}+pelvis"
+    if body_part in {"HIP", "FEMUR"} or (not body_part and _has_word(text, "HIP")):
+        return View.AP_HIP, f"{rule}+hip"
+    return None
+
+
 def _view(ds: Dataset) -> tuple[View, str]:
-    if CROSSTABLE in _codes(ds, "ViewModifierCodeSequence"):
+    if CROSSTABLE in _view_modifiers(ds):
         return View.CROSS_TABLE_LATERAL, "ViewModifierCodeSequence"
     eponyms = _codes(ds, "ProjectionEponymousNameCodeSequence")
     if LAUENSTEIN in eponyms:
@@ -89,15 +178,29 @@ def _view(ds: Dataset) -> tuple[View, str]:
         return View.FROG_LEG, "description"
     if _has_word(text, "CROSS", "DANELIUS"):
         return View.CROSS_TABLE_LATERAL, "description"
-    position = str(ds.get("ViewPosition", "") or "").upper()
-    body_part = str(ds.get("BodyPartExamined", "") or "").upper()
+    view_codes = {code for code in _codes(ds, "ViewCodeSequence") if code[0] == "SCT"}
+    if view_codes:
+        if view_codes & _FRONTAL_VIEWS:
+            if decided := _frontal(ds, text, "ViewCodeSequence"):
+                return decided
+        elif view_codes & _LATERAL_VIEWS:
+            return View.CROSS_TABLE_LATERAL, "ViewCodeSequence"
+        else:
+            return View.UNKNOWN, "ViewCodeSequence (other view)"
+    position = str(ds.get("ViewPosition", "") or "").strip().upper()
     if position in {"AP", "PA"}:
-        if body_part == "PELVIS" or (not body_part and _has_word(text, "PELVIS")):
-            return View.AP_PELVIS, "ViewPosition+pelvis"
-        if body_part in {"HIP", "FEMUR"} or (not body_part and _has_word(text, "HIP")):
-            return View.AP_HIP, "ViewPosition+hip"
+        if decided := _frontal(ds, text, "ViewPosition"):
+            return decided
     if position in {"LL", "RL", "LATERAL", "LAT"}:
         return View.CROSS_TABLE_LATERAL, "ViewPosition"
+    orientation = _orientation(ds)
+    if orientation is not None:
+        axes = set(orientation)
+        if axes & {"A", "P"} and axes & {"H", "F"}:
+            return View.CROSS_TABLE_LATERAL, "PatientOrientation"
+        if axes & {"L", "R"} and axes & {"H", "F"}:
+            if decided := _frontal(ds, text, "PatientOrientation"):
+                return decided
     return View.UNKNOWN, "none"
 
 
@@ -105,7 +208,7 @@ def _sides(ds: Dataset, view: View) -> tuple[tuple[Side, ...], str]:
     if view is View.AP_PELVIS:
         return (Side.RIGHT, Side.LEFT), "bilateral view"
     for tag in ("ImageLaterality", "Laterality"):
-        value = str(ds.get(tag, "") or "").upper()
+        value = str(ds.get(tag, "") or "").strip().upper()
         if value == "R":
             return (Side.RIGHT,), tag
         if value == "L":
@@ -119,11 +222,9 @@ def _sides(ds: Dataset, view: View) -> tuple[tuple[Side, ...], str]:
 
 
 def _scope(ds: Dataset) -> tuple[bool, str]:
-    body_part = str(ds.get("BodyPartExamined", "") or "").upper()
-    if body_part in _IN_SCOPE_BODY_PARTS:
-        return True, "BodyPartExamined"
+    body_part, rule = _body_part(ds)
     if body_part:
-        return False, "BodyPartExamined"
+        return body_part in _IN_SCOPE_BODY_PARTS, rule
     if _has_word(_descriptions(ds, _ALL_DESCRIPTION_TAGS), "HIP", "PELVIS", "FEMUR", "ACETAB"):
         return True, "description"
     return False, "none"

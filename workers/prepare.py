@@ -10,7 +10,15 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from models.pixels import PixelDataError, decode, letterbox, split_bilateral, to_unit_range
+from models.pixels import (
+    PixelDataError,
+    crop_collimation,
+    decode,
+    letterbox,
+    split_bilateral,
+    standard_orientation,
+    to_unit_range,
+)
 from models.taxonomy import RADIOGRAPH_SOP_CLASSES, Side, View
 from models.views import ViewResult, classify_view
 
@@ -38,9 +46,14 @@ class HipImage:
         return cls(Side(str(message["side"])), View(str(message["view"])), pixels.reshape(size, size))
 
 
-def prepare_file(path: Path, *, input_size: int) -> tuple[ViewResult, list[HipImage]]:
-    """Read, check scope, decode and letterbox. Raises OutOfScopeError, PixelDataError or
-    InvalidDicomError with a message fit for the event log."""
+def prepare_file(path: Path, *, input_size: int, voi_window_index: int = 0) -> tuple[ViewResult, list[HipImage]]:
+    """Read, check scope, decode, window, crop, orient, split and letterbox.
+
+    ``voi_window_index`` picks the image's VOI LUT or window (settings.voi_window_index; 0 is the first).
+    Collimation borders are cropped before an AP pelvis is split at its midline, so the split follows the
+    exposed field. Raises OutOfScopeError, PixelDataError or InvalidDicomError with a message fit for
+    the event log.
+    """
     try:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, EOFError, ValueError) as exc:
@@ -51,12 +64,14 @@ def prepare_file(path: Path, *, input_size: int) -> tuple[ViewResult, list[HipIm
     if not labels.in_scope:
         raise OutOfScopeError(
             f"body part {ds.get('BodyPartExamined', '') or 'unstated'} is not a hip or pelvis ({labels.scope_rule})")
-    image = to_unit_range(ds, decode(ds))
+    image = crop_collimation(to_unit_range(ds, decode(ds), window_index=voi_window_index, overwrite_input=True))
+    orientation = ds.get("PatientOrientation")
     if labels.view is View.AP_PELVIS:
-        halves = split_bilateral(image, ds.get("PatientOrientation"))
+        halves = split_bilateral(image, orientation)
         hips = [HipImage(side, labels.view, letterbox(halves[side], input_size)) for side in labels.sides]
     else:
-        hips = [HipImage(labels.sides[0], labels.view, letterbox(image, input_size))]
+        oriented = standard_orientation(image, orientation)
+        hips = [HipImage(labels.sides[0], labels.view, letterbox(oriented, input_size))]
     return labels, hips
 
 

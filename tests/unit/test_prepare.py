@@ -115,3 +115,109 @@ def test_message_with_an_unknown_side_is_refused():
     message["side"] = "middle"
     with pytest.raises(ValueError, match="middle"):
         HipImage.from_message(message)
+
+
+# --- scope, decoding, windows, crop and sides through prepare_file --------------------------------------
+
+
+@pytest.mark.parametrize("name, body_part", [
+    ("RG1_UNCR.dcm", "CHEST"),  # CR chest PA
+    ("NM_Kakadu44_SOTmarkerincons.dcm", "HAND"),  # CR hand
+    ("966_fixed.dcm", "CHEST"),  # DX chest
+    ("dx_image.dcm", "THORAX"),  # DX thorax
+])
+def test_chest_and_hand_images_never_get_a_hip_draft(real_path, name, body_part):
+    with pytest.raises(OutOfScopeError, match=f"body part {body_part} is not a hip or pelvis"):
+        prepare_file(real_path(name), input_size=64)
+
+
+def test_12_bit_jpeg_extended_hip_is_prepared(real_path):
+    labels, hips = prepare_file(real_path("RG2_JPLY_fixed.dcm"), input_size=64)
+    _, reference = prepare_file(real_path("RG2_UNC.dcm"), input_size=64)
+    assert labels.in_scope and len(hips) == 1
+    assert np.abs(hips[0].pixels.astype(int) - reference[0].pixels.astype(int)).mean() < 1.0
+
+
+@pytest.mark.parametrize("name", ["RG2_JPLY.dcm", "RG3_JPLY.dcm"])
+def test_bad_jpeg_streams_fail_naming_the_transfer_syntax(real_path, name, monkeypatch, tmp_path):
+    ds = pydicom.dcmread(real_path(name))
+    ds.BodyPartExamined = "HIP"  # RG3 is a tibia: make it in scope so the pixels are read
+    path = tmp_path / name
+    ds.save_as(path)
+    with pytest.raises(PixelDataError, match=r"transfer syntax 1\.2\.840\.10008\.1\.2\.4\.51 \(JPEG Extended"):
+        prepare_file(path, input_size=64)
+
+
+def _write_pelvis(path, stored: np.ndarray, orientation, **tags) -> None:
+    """A CR AP pelvis with the given 12-bit stored values and PatientOrientation."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "PELVIS", "AP"
+    if orientation is not None:
+        ds.PatientOrientation = orientation
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = stored.astype("<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _pelvis_stored(height: int = 300, width: int = 400, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    return (2000 + 600 * np.sin(x / 9.0) * np.cos(y / 13.0) + rng.integers(-300, 300, (height, width))).astype(
+        np.uint16)
+
+
+def _metal_per_side(hips) -> dict[Side, int]:
+    return {hip.side: int((hip.pixels >= 250).sum()) for hip in hips}
+
+
+@pytest.mark.parametrize("orientation", [["L", "F"], None, ["R", "F"]])
+def test_hardware_only_on_the_patients_left_is_in_the_left_hip(tmp_path, orientation):
+    stored = _pelvis_stored()
+    # the patient's left is on the image's right in the standard display (L\F, or no orientation) ...
+    columns = slice(280, 340)
+    if orientation == ["R", "F"]:  # ... and on the image's left when the rows run toward the patient's right
+        columns = slice(60, 120)
+    stored[100:220, columns] = 4095
+    _write_pelvis(tmp_path / "pelvis.dcm", stored, orientation)
+    labels, hips = prepare_file(tmp_path / "pelvis.dcm", input_size=96)
+    assert labels.view is View.AP_PELVIS and [hip.side for hip in hips] == [Side.RIGHT, Side.LEFT]
+    metal = _metal_per_side(hips)
+    assert metal[Side.LEFT] > 300 and metal[Side.RIGHT] == 0
+
+
+def test_collimation_is_cropped_before_the_midline_split(tmp_path):
+    stored = _pelvis_stored()
+    stored[:, :120] = 0  # a shutter over the image's left 120 columns: the exposed field is columns 120-400
+    stored[100:220, 215:250] = 4095  # left of the field's midline (260), right of the image's (200)
+    _write_pelvis(tmp_path / "pelvis.dcm", stored, ["L", "F"])
+    _, hips = prepare_file(tmp_path / "pelvis.dcm", input_size=96)
+    metal = _metal_per_side(hips)
+    assert metal[Side.RIGHT] > 100 and metal[Side.LEFT] == 0
+    assert all((hip.pixels[:, 30:66] > 0).all() for hip in hips)  # no black shutter left inside either hip
+
+
+def test_voi_window_index_chooses_the_window(tmp_path):
+    _write_pelvis(tmp_path / "pelvis.dcm", _pelvis_stored(), ["L", "F"], WindowCenter=[2048, 500],
+                  WindowWidth=[4096, 200])
+    _, first = prepare_file(tmp_path / "pelvis.dcm", input_size=64)
+    _, second = prepare_file(tmp_path / "pelvis.dcm", input_size=64, voi_window_index=1)
+    _, past_the_last = prepare_file(tmp_path / "pelvis.dcm", input_size=64, voi_window_index=9)
+    middle = (slice(20, 44), slice(14, 50))  # inside the 43 x 64 hip image, clear of the padding
+    assert 100 < first[0].pixels[middle].mean() < 160  # values 1100-2900 in a 0-4095 window
+    assert (second[0].pixels[middle] == 255).all()  # the narrow window at 500 saturates them all
+    np.testing.assert_array_equal(past_the_last[0].pixels, second[0].pixels)

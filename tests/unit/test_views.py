@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -185,3 +187,157 @@ def test_study_description_naming_a_frog_leg_does_not_relabel_the_ap_pelvis():
              StudyDescription="XR PELVIS AP AND FROG LEG LATERAL")
     result = classify_view(ds)
     assert (result.view, result.sides) == (View.AP_PELVIS, (Side.RIGHT, Side.LEFT))
+
+
+# --- the rule order, table-driven -------------------------------------------------------------------
+# One row per rule and tag: tags -> (view, view_rule, sides, side_rule). Every tag of the documented
+# order appears, alone and against the rules it must beat or yield to.
+
+_AP = _code("399348003", "SCT", "antero-posterior")
+_PA = _code("272479007", "SCT", "postero-anterior")
+_LATERAL = _code("399067008", "SCT", "lateral")
+_RIGHT_LATERAL = _code("399198007", "SCT", "right lateral")
+_LATERO_MEDIAL = _code("399352003", "SCT", "lateral-medial")
+_OBLIQUE = _code("399182000", "SCT", "oblique")
+_CROSSTABLE = _code("111069", "DCM", "Crosstable")
+_LAUENSTEIN = _code("399169008", "SCT", "Lauenstein")
+_DANELIUS = _code("424811006", "SCT", "Danelius-Miller")
+
+
+def _view_code(*codes: Dataset, modifiers: tuple[Dataset, ...] = ()) -> Sequence:
+    items = []
+    for code in codes:
+        item = copy.deepcopy(code)
+        if modifiers:
+            item.ViewModifierCodeSequence = Sequence([copy.deepcopy(m) for m in modifiers])
+        items.append(item)
+    return Sequence(items)
+
+
+R, L, RL, U = (Side.RIGHT,), (Side.LEFT,), (Side.RIGHT, Side.LEFT), (Side.UNKNOWN,)
+
+RULE_TABLE = [
+    # 1. ViewModifierCodeSequence: top level, and nested in a ViewCodeSequence item (the DX IOD's place)
+    ("modifier crosstable", dict(BodyPartExamined="HIP", ViewPosition="AP",
+                                 ViewModifierCodeSequence=Sequence([_CROSSTABLE])),
+     View.CROSS_TABLE_LATERAL, "ViewModifierCodeSequence", U, "none"),
+    ("nested modifier crosstable", dict(BodyPartExamined="HIP", ImageLaterality="L",
+                                        ViewCodeSequence=_view_code(_LATERAL, modifiers=(_CROSSTABLE,))),
+     View.CROSS_TABLE_LATERAL, "ViewModifierCodeSequence", L, "ImageLaterality"),
+    ("modifier beats eponym", dict(ViewModifierCodeSequence=Sequence([_CROSSTABLE]),
+                                   ProjectionEponymousNameCodeSequence=Sequence([_LAUENSTEIN])),
+     View.CROSS_TABLE_LATERAL, "ViewModifierCodeSequence", U, "none"),
+    # 2. ProjectionEponymousNameCodeSequence
+    ("Lauenstein", dict(BodyPartExamined="HIP", ViewPosition="AP", ViewCodeSequence=_view_code(_AP),
+                        ProjectionEponymousNameCodeSequence=Sequence([_LAUENSTEIN])),
+     View.FROG_LEG, "ProjectionEponymousNameCodeSequence", U, "none"),
+    ("Danelius-Miller", dict(BodyPartExamined="HIP", Laterality="R",
+                             ProjectionEponymousNameCodeSequence=Sequence([_DANELIUS])),
+     View.CROSS_TABLE_LATERAL, "ProjectionEponymousNameCodeSequence", R, "Laterality"),
+    # 3. the image's own descriptions, before the generic AP of ViewCodeSequence and ViewPosition
+    ("series description frog", dict(BodyPartExamined="HIP", ViewPosition="AP", ViewCodeSequence=_view_code(_AP),
+                                     SeriesDescription="LT HIP FROG"),
+     View.FROG_LEG, "description", L, "description"),
+    ("protocol name cross-table", dict(BodyPartExamined="HIP", ProtocolName="Hip cross table RIGHT"),
+     View.CROSS_TABLE_LATERAL, "description", R, "description"),
+    # 4. ViewCodeSequence (CID 4010)
+    ("view code AP + pelvis", dict(BodyPartExamined="PELVIS", ViewPosition="LL", ViewCodeSequence=_view_code(_AP)),
+     View.AP_PELVIS, "ViewCodeSequence+pelvis", RL, "bilateral view"),
+    ("view code PA + hip", dict(BodyPartExamined="HIP", ImageLaterality="R", ViewCodeSequence=_view_code(_PA)),
+     View.AP_HIP, "ViewCodeSequence+hip", R, "ImageLaterality"),
+    ("view code AP, SRT designator", dict(BodyPartExamined="FEMUR",
+                                          ViewCodeSequence=_view_code(_code("399348003", "SRT"))),
+     View.AP_HIP, "ViewCodeSequence+hip", U, "none"),
+    ("view code lateral", dict(BodyPartExamined="HIP", ViewPosition="AP", ViewCodeSequence=_view_code(_LATERAL)),
+     View.CROSS_TABLE_LATERAL, "ViewCodeSequence", U, "none"),
+    ("view code right lateral", dict(BodyPartExamined="HIP", ViewCodeSequence=_view_code(_RIGHT_LATERAL)),
+     View.CROSS_TABLE_LATERAL, "ViewCodeSequence", U, "none"),
+    ("view code lateral-medial", dict(BodyPartExamined="HIP", ViewCodeSequence=_view_code(_LATERO_MEDIAL)),
+     View.CROSS_TABLE_LATERAL, "ViewCodeSequence", U, "none"),
+    ("view code oblique is no view of ours", dict(BodyPartExamined="PELVIS", ViewPosition="AP",
+                                                  ViewCodeSequence=_view_code(_OBLIQUE)),
+     View.UNKNOWN, "ViewCodeSequence (other view)", U, "none"),
+    ("non-SNOMED view code is ignored", dict(BodyPartExamined="HIP", ViewPosition="AP",
+                                             ViewCodeSequence=_view_code(_code("AP", "99LOCAL"))),
+     View.AP_HIP, "ViewPosition+hip", U, "none"),
+    ("view code AP without body part", dict(ViewCodeSequence=_view_code(_AP), ViewPosition="LL"),
+     View.CROSS_TABLE_LATERAL, "ViewPosition", U, "none"),
+    # 5./6. ViewPosition
+    ("ViewPosition AP + pelvis", dict(BodyPartExamined="PELVIS", ViewPosition="AP", ImageLaterality="R"),
+     View.AP_PELVIS, "ViewPosition+pelvis", RL, "bilateral view"),
+    ("ViewPosition PA + hip", dict(BodyPartExamined="HIP", ViewPosition="PA", Laterality="L"),
+     View.AP_HIP, "ViewPosition+hip", L, "Laterality"),
+    ("ViewPosition AP + pelvis from description", dict(ViewPosition="AP", SeriesDescription="AP PELVIS"),
+     View.AP_PELVIS, "ViewPosition+pelvis", RL, "bilateral view"),
+    ("ViewPosition RL", dict(BodyPartExamined="HIP", ViewPosition="RL"),
+     View.CROSS_TABLE_LATERAL, "ViewPosition", U, "none"),
+    ("ViewPosition wins over PatientOrientation", dict(BodyPartExamined="HIP", ViewPosition="LL",
+                                                       PatientOrientation=["L", "F"]),
+     View.CROSS_TABLE_LATERAL, "ViewPosition", U, "none"),
+    # 7. PatientOrientation, the last hint
+    ("orientation frontal + pelvis", dict(BodyPartExamined="PELVIS", PatientOrientation=["L", "F"]),
+     View.AP_PELVIS, "PatientOrientation+pelvis", RL, "bilateral view"),
+    ("orientation frontal, rotated + hip", dict(BodyPartExamined="HIP", PatientOrientation=["F", "R"],
+                                                ImageLaterality="L"),
+     View.AP_HIP, "PatientOrientation+hip", L, "ImageLaterality"),
+    ("orientation lateral", dict(BodyPartExamined="HIP", PatientOrientation=["A", "F"]),
+     View.CROSS_TABLE_LATERAL, "PatientOrientation", U, "none"),
+    ("orientation frontal, no body part", dict(PatientOrientation=["L", "F"]),
+     View.UNKNOWN, "none", U, "none"),
+    # AnatomicRegionSequence stands in for a missing BodyPartExamined
+    ("anatomic region pelvis", dict(ViewPosition="AP",
+                                    AnatomicRegionSequence=Sequence([_code("816092008", "SCT", "Pelvis")])),
+     View.AP_PELVIS, "ViewPosition+pelvis", RL, "bilateral view"),
+    ("anatomic region hip joint", dict(ViewPosition="AP", ImageLaterality="R",
+                                       AnatomicRegionSequence=Sequence([_code("24136001", "SCT", "Hip joint")])),
+     View.AP_HIP, "ViewPosition+hip", R, "ImageLaterality"),
+    # Sides: ImageLaterality > Laterality > description; StudyDescription never decides
+    ("ImageLaterality beats Laterality", dict(BodyPartExamined="HIP", ViewPosition="AP", ImageLaterality="R",
+                                              Laterality="L", SeriesDescription="LEFT HIP"),
+     View.AP_HIP, "ViewPosition+hip", R, "ImageLaterality"),
+    ("Laterality beats description", dict(BodyPartExamined="HIP", ViewPosition="AP", Laterality="L",
+                                          SeriesDescription="RIGHT HIP"),
+     View.AP_HIP, "ViewPosition+hip", L, "Laterality"),
+    ("study description decides neither view nor side", dict(BodyPartExamined="HIP",
+                                                            StudyDescription="XR RIGHT HIP FROG AND CROSS-TABLE"),
+     View.UNKNOWN, "none", U, "none"),
+    ("nothing at all", dict(), View.UNKNOWN, "none", U, "none"),
+]
+
+
+@pytest.mark.parametrize("tags, view, view_rule, sides, side_rule",
+                         [row[1:] for row in RULE_TABLE], ids=[row[0] for row in RULE_TABLE])
+def test_rule_table(tags, view, view_rule, sides, side_rule):
+    result = classify_view(_ds(**copy.deepcopy(tags)))
+    assert (result.view, result.view_rule) == (view, view_rule)
+    assert (result.sides, result.side_rule) == (sides, side_rule)
+
+
+def test_rule_table_names_every_tag_of_the_rule_order():
+    used = {keyword for row in RULE_TABLE for keyword in row[1]}
+    assert used >= {"ViewPosition", "ViewCodeSequence", "ViewModifierCodeSequence",
+                    "ProjectionEponymousNameCodeSequence", "ImageLaterality", "Laterality", "BodyPartExamined",
+                    "SeriesDescription", "ProtocolName", "StudyDescription", "PatientOrientation",
+                    "AnatomicRegionSequence"}
+
+
+@pytest.mark.parametrize("tags, in_scope, scope_rule", [
+    (dict(BodyPartExamined="HIP"), True, "BodyPartExamined"),
+    (dict(BodyPartExamined="CHEST", SeriesDescription="HIP"), False, "BodyPartExamined"),
+    (dict(AnatomicRegionSequence=Sequence([_code("29836001", "SCT", "Hip")])), True, "AnatomicRegionSequence"),
+    (dict(AnatomicRegionSequence=Sequence([_code("71341001", "SRT", "Femur")])), True, "AnatomicRegionSequence"),
+    (dict(AnatomicRegionSequence=Sequence([_code("72696002", "SCT", "Knee")]), StudyDescription="XR HIP"),
+     False, "AnatomicRegionSequence"),
+    (dict(AnatomicRegionSequence=Sequence([_code("85562004", "SCT", "Hand")])), False, "AnatomicRegionSequence"),
+    (dict(SeriesDescription="L FEMUR AP"), True, "description"),
+    (dict(ProtocolName="KNEE AP"), False, "none"),
+])
+def test_scope_rules(tags, in_scope, scope_rule):
+    result = classify_view(_ds(**tags))
+    assert (result.in_scope, result.scope_rule) == (in_scope, scope_rule)
+
+
+@pytest.mark.parametrize("name", ["RG1_UNCR.dcm", "NM_Kakadu44_SOTmarkerincons.dcm", "966_fixed.dcm", "dx_image.dcm"])
+def test_real_chest_and_hand_images_are_out_of_scope(real_path, name):
+    result = classify_view(pydicom.dcmread(real_path(name), stop_before_pixels=True))
+    assert (result.in_scope, result.scope_rule) == (False, "BodyPartExamined")
