@@ -1,8 +1,8 @@
 """Model cards: the JSON file beside a safetensors weights file that says what the weights are.
 
 A card names the timm architecture, input size, normalization, the ordered class list, the views it
-accepts, its version, whether it was trained at all, its decision threshold and temperature, and the
-sha256 of its weights, which :func:`load_card` checks.
+accepts, its version, whether it was trained at all, its decision thresholds (one global, optionally one per
+class) and softmax temperature, and the sha256 of its weights, which :func:`load_card` checks.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.taxonomy import CLASS_ORDER, HardwareClass, View
 
@@ -35,6 +35,10 @@ class ModelCard(BaseModel):
     synthetic_demo: bool = Field(False, description="True for the demo model trained on phantoms")
     training_data: str = ""
     threshold: float = Field(0.5, gt=0, lt=1, description="top-class probability under which a hip is indeterminate")
+    class_thresholds: dict[HardwareClass, float] = Field(
+        default_factory=dict,
+        description="per-class thresholds for the top class; a class not named here uses `threshold`",
+    )
     temperature: float = Field(1.0, gt=0, description="softmax temperature fitted on validation data")
     weights: str = Field(description="weights file name, relative to the card")
     weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -46,9 +50,39 @@ class ModelCard(BaseModel):
             raise ValueError(f"classes {list(value)} must be at least two distinct hardware classes")
         return value
 
+    @field_validator("class_thresholds")
+    @classmethod
+    def _check_class_thresholds(cls, value: dict[HardwareClass, float]) -> dict[HardwareClass, float]:
+        for hardware, threshold in value.items():
+            if not 0 < threshold < 1:
+                raise ValueError(f"class_thresholds[{hardware.value!r}] = {threshold} must lie in (0, 1)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_threshold_classes(self) -> ModelCard:
+        unknown = [hardware.value for hardware in self.class_thresholds if hardware not in self.classes]
+        if unknown:
+            raise ValueError(f"class_thresholds names {unknown}, which are not among the card's classes")
+        return self
+
     @property
     def display_name(self) -> str:
         return f"{self.name} {self.version}"
+
+    def threshold_for(self, hardware: HardwareClass | str) -> float:
+        """The decision threshold for a hip whose top class is ``hardware``: its own, else the global one."""
+        try:
+            hardware = HardwareClass(hardware)
+        except ValueError as exc:
+            raise ValueError(f"hardware {hardware!r} is not a hardware class") from exc
+        if hardware not in self.classes:
+            raise ValueError(f"hardware class {hardware.value!r} is not among the classes of {self.display_name}")
+        return self.class_thresholds.get(hardware, self.threshold)
+
+    @property
+    def thresholds(self) -> dict[HardwareClass, float]:
+        """Every class of the card with its decision threshold, in class order."""
+        return {hardware: self.threshold_for(hardware) for hardware in self.classes}
 
 
 def sha256_of(path: Path) -> str:
@@ -79,7 +113,8 @@ def load_card(card_path: Path, *, verify_weights: bool = True) -> tuple[ModelCar
         actual = sha256_of(weights_path)
         if actual != card.weights_sha256:
             raise ModelCardError(
-                f"weights {weights_path} have sha256 {actual}, but the card {card_path} says {card.weights_sha256}"
+                f"weights {weights_path} have sha256 {actual}, but the card {card_path} expects sha256 "
+                f"{card.weights_sha256}: these are not the weights the card describes"
             )
     return card, weights_path
 

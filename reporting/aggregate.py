@@ -2,7 +2,8 @@
 
 Rule (first version): for each side, average the calibrated class probabilities of every image of
 that side, each view weighted equally. The side is *indeterminate* when the averaged top-class
-probability is below the model card's threshold, or when the images' own top classes disagree.
+probability is below the model card's threshold for that class (``class_thresholds``, else the global
+``threshold``), or when the images' own top classes disagree.
 A side seen on no image is not reported. Images whose side is unknown are reported as a hip of
 unstated side, never merged into a named side.
 """
@@ -61,24 +62,30 @@ class SideFinding:
         return max(self.probabilities, key=lambda key: self.probabilities[key])
 
 
-def aggregate(observations: Iterable[HipObservation], *, threshold: float) -> list[SideFinding]:
-    """One finding per side seen, right before left before unstated."""
-    if not 0 < threshold < 1:
-        raise ValueError(f"threshold {threshold} must lie strictly between 0 and 1")
+def aggregate(observations: Iterable[HipObservation], *, threshold: float,
+              class_thresholds: Mapping[HardwareClass, float] | None = None) -> list[SideFinding]:
+    """One finding per side seen, right before left before unstated. ``class_thresholds`` overrides
+    ``threshold`` for the classes it names."""
+    thresholds = {HardwareClass(key): value for key, value in (class_thresholds or {}).items()}
+    for name, value in [("threshold", threshold), *((f"class_thresholds[{k}]", v) for k, v in thresholds.items())]:
+        if not 0 < value < 1:
+            raise ValueError(f"{name} {value} must lie strictly between 0 and 1")
     by_side: dict[Side, list[HipObservation]] = defaultdict(list)
     for observation in observations:
         by_side[observation.side].append(observation)
-    return [_side_finding(side, by_side[side], threshold) for side in sorted(by_side, key=_SIDE_ORDER.get)]
+    return [_side_finding(side, by_side[side], threshold, thresholds)
+            for side in sorted(by_side, key=_SIDE_ORDER.get)]
 
 
-def _side_finding(side: Side, observations: Sequence[HipObservation], threshold: float) -> SideFinding:
+def _side_finding(side: Side, observations: Sequence[HipObservation], default_threshold: float,
+                  class_thresholds: Mapping[HardwareClass, float]) -> SideFinding:
     classes = list(observations[0].probabilities)
     mean = {key: sum(o.probabilities.get(key, 0.0) for o in observations) / len(observations) for key in classes}
     top = max(mean, key=lambda key: mean[key])
     tops = {o.top_class for o in observations}
     if len(tops) > 1:
         hardware, reason = None, "views disagree (" + ", ".join(sorted(t.value for t in tops)) + ")"
-    elif mean[top] < threshold:
+    elif mean[top] < (threshold := class_thresholds.get(top, default_threshold)):
         hardware, reason = None, f"confidence {mean[top]:.2f} below the model's threshold {threshold:.2f}"
     else:
         hardware, reason = top, f"mean probability {mean[top]:.2f} over {len(observations)} image(s)"

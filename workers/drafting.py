@@ -61,7 +61,7 @@ def draft_study(session: Session, *, study: Study, generation: int, model: Model
         HipObservation(instance.sop_instance_uid, prediction.side, prediction.view, prediction.probabilities)
         for prediction, instance in rows
     ]
-    findings = aggregate(observations, threshold=model.threshold)
+    findings = aggregate(observations, threshold=model.threshold, class_thresholds=model.class_thresholds)
     text = render_draft(findings, model=model, study_description=study.study_description)
     instances = list(dict.fromkeys(instance for _, instance in rows))
     evidence = [pydicom.dcmread(instance.spool_path, stop_before_pixels=True) for instance in instances]

@@ -7,6 +7,7 @@ database ids only.
 from __future__ import annotations
 
 import logging
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from predraft.schema import Instance, Prediction, Study
 from predraft.settings import Settings, get_settings
 from predraft.states import FINISHED_INSTANCE_STATES, InstanceState, StudyState
 from workers.app import CLASSIFY, DRAFT, PREPARE
+from workers.batcher import MicroBatcher
 from workers.dispatch import finish_if_done
 from workers.drafting import apply_outcome, draft_study
 from workers.prepare import HipImage, OutOfScopeError, prepare_file
@@ -42,9 +44,29 @@ def _card(card_path: Path) -> ModelCard:
     return load_card(card_path, verify_weights=False)[0]
 
 
-@lru_cache(maxsize=2)
-def _classifier(card_path: Path, device: str) -> Classifier:
-    return load_classifier(card_path, device)
+_model_lock = threading.Lock()
+_models: dict[tuple[object, ...], tuple[Classifier, MicroBatcher]] = {}
+
+
+def _classifier_and_batcher(settings: Settings) -> tuple[Classifier, MicroBatcher]:
+    """The process's one classifier and its micro-batcher for the configured card, device and batching.
+
+    Made on first use under a lock, so that the concurrent classify tasks of a threads pool load the
+    model once and share its batches. A batcher that stopped (or whose thread did not survive a fork) is
+    replaced, and so is one of another configuration.
+    """
+    key = (settings.model_card_path, settings.device, settings.torch_compile, settings.classify_batch_size,
+           settings.classify_batch_wait_ms)
+    with _model_lock:
+        if key not in _models or _models[key][1].closed:
+            for _, old in _models.values():
+                old.close()
+            _models.clear()
+            classifier = load_classifier(settings.model_card_path, settings.device, compile=settings.torch_compile)
+            batcher = MicroBatcher(classifier, batch_size=settings.classify_batch_size,
+                                   wait_ms=settings.classify_batch_wait_ms, name="classify-batcher")
+            _models[key] = (classifier, batcher)
+        return _models[key]
 
 
 def _finish_instance(instance_id: int, state: InstanceState, error: str) -> int:
@@ -66,7 +88,7 @@ def prepare(self: Task, instance_id: int) -> None:
         path, study_id = Path(instance.spool_path), instance.study_id
     card = _card(settings.model_card_path)
     try:
-        labels, hips = prepare_file(path, input_size=card.input_size)
+        labels, hips = prepare_file(path, input_size=card.input_size, voi_window_index=settings.voi_window_index)
     except OutOfScopeError as exc:
         _finish_instance(instance_id, InstanceState.SKIPPED, str(exc))
         finish_if_done(self.app, settings.database_url, study_id)
@@ -92,10 +114,11 @@ def classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]]
         if instance is None or instance.state != InstanceState.PREPARED:
             return
         study_id = instance.study_id
-    classifier = _classifier(settings.model_card_path, settings.device)
+    classifier, batcher = _classifier_and_batcher(settings)
     card = classifier.card
     hips = [HipImage.from_message(message) for message in hip_messages]
-    probabilities = classifier.predict(np.stack([hip.pixels for hip in hips]))
+    # One forward pass shared with the images of the other classify tasks running in this process.
+    probabilities = batcher.predict(np.stack([hip.pixels for hip in hips])) if hips else []
     with session_scope(settings.database_url) as session:
         session.execute(delete(Prediction).where(Prediction.instance_id == instance_id,
                                                  Prediction.model_version == card.version))

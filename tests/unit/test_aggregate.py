@@ -115,3 +115,13 @@ def test_observation_refuses_empty_or_unknown_values():
         HipObservation("1.1", "sideways", View.AP_HIP, {"tha": 1.0})
     with pytest.raises(ValueError, match="screws"):
         HipObservation("1.1", Side.LEFT, View.AP_HIP, {"screws": 1.0})
+
+
+def test_a_class_threshold_overrides_the_global_one():
+    observations = [HipObservation("1.1", "right", "ap_pelvis", {"tha": 0.7, "none": 0.3})]
+    assert aggregate(observations, threshold=0.5)[0].hardware is H.THA
+    strict = aggregate(observations, threshold=0.5, class_thresholds={"tha": 0.8})[0]
+    assert strict.hardware is None and "0.80" in strict.reason
+    assert aggregate(observations, threshold=0.9, class_thresholds={"tha": 0.6})[0].hardware is H.THA
+    with pytest.raises(ValueError, match=r"class_thresholds\[tha\] 1.5"):
+        aggregate(observations, threshold=0.5, class_thresholds={"tha": 1.5})
