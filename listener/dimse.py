@@ -24,7 +24,6 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from listener import status
 from listener.receive import Receiver, ReceiveStatus
-from listener.spool import Spool
 from models.taxonomy import DX_FOR_PROCESSING, STORABLE_SOP_CLASSES
 from predraft.settings import Settings
 
@@ -156,11 +155,10 @@ def make_ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 def start_dimse_server(settings: Settings) -> ThreadedAssociationServer:
     """Start the SCP in background threads and return its server (``.server_address``, ``.shutdown()``)."""
-    spool = Spool(settings.spool_dir, min_free_bytes=settings.spool_min_free_bytes)
-    removed = spool.remove_stale_partials()
+    receiver = Receiver.from_settings(settings)
+    removed = receiver.spool.remove_stale_partials()
     if removed:
         log.warning("removed %d partial file(s) left in the spool by a process that died", removed)
-    receiver = Receiver(spool, settings.database_url)
     ae = make_ae(settings)
     server_class = type("ConfiguredListenerServer", (ListenerServer,), {
         "allowed_networks": tuple(ipaddress.ip_network(a, strict=False) for a in settings.allowed_addresses)})

@@ -33,6 +33,7 @@ from listener.spool import Spool, SpoolFullError
 from models.taxonomy import DX_FOR_PROCESSING, STORABLE_SOP_CLASSES
 from predraft.db import session_scope
 from predraft.schema import Instance
+from predraft.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,11 @@ class Receiver:
             raise ValueError("database_url must not be empty")
         self.spool = spool
         self.database_url = database_url
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Receiver:
+        """The Receiver every transport uses: the configured spool, its free-space floor and database."""
+        return cls(Spool(settings.spool_dir, min_free_bytes=settings.spool_min_free_bytes), settings.database_url)
 
     def receive(self, data: bytes, *, source: str, expected_sop_class: str | None = None) -> ReceiveOutcome:
         """Receive one DICOM Part 10 file (preamble, file meta and data set) sent by ``source``

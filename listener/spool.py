@@ -55,8 +55,7 @@ class Spool:
     def write(self, path: Path, data: bytes) -> Path:
         """Write ``data`` to ``path`` atomically and durably; refuse when below the free-space floor."""
         self._make_durable_folder(path.parent)
-        if self.min_free_bytes and shutil.disk_usage(path.parent).free - len(data) < self.min_free_bytes:
-            raise SpoolFullError(f"spool {self.root} is below its free-space floor of {self.min_free_bytes} bytes")
+        self._check_floor(path.parent, incoming_bytes=len(data))
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{os.getpid()}.", suffix=PARTIAL_SUFFIX)
         try:
             with os.fdopen(handle, "wb") as stream:
@@ -67,7 +66,7 @@ class Spool:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-        _fsync_directory(path.parent)
+        _fsync_path(path.parent)
         return path
 
     def adopt(self, source: Path, path: Path) -> Path:
@@ -78,13 +77,8 @@ class Spool:
         free-space floor like :meth:`write`.
         """
         self._make_durable_folder(path.parent)
-        if self.min_free_bytes and shutil.disk_usage(path.parent).free < self.min_free_bytes:
-            raise SpoolFullError(f"spool {self.root} is below its free-space floor of {self.min_free_bytes} bytes")
-        descriptor = os.open(source, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        self._check_floor(path.parent, incoming_bytes=0)  # the received file already takes its space
+        _fsync_path(source)
         try:
             os.replace(source, path)
         except OSError as exc:
@@ -93,7 +87,7 @@ class Spool:
             self.write(path, source.read_bytes())
             source.unlink()
             return path
-        _fsync_directory(path.parent)
+        _fsync_path(path.parent)
         return path
 
     def receiving_dir(self) -> Path:
@@ -124,13 +118,18 @@ class Spool:
             removed += 1
         return removed
 
+    def _check_floor(self, folder: Path, *, incoming_bytes: int) -> None:
+        """Raise SpoolFullError if storing ``incoming_bytes`` more would leave less than the floor free."""
+        if self.min_free_bytes and shutil.disk_usage(folder).free - incoming_bytes < self.min_free_bytes:
+            raise SpoolFullError(f"spool {self.root} is below its free-space floor of {self.min_free_bytes} bytes")
+
     def _make_durable_folder(self, folder: Path) -> None:
         """Create ``folder`` (inside the spool) if needed, and fsync each parent that gained an entry."""
         if folder.is_dir():
             return
         self._make_durable_folder(folder.parent)
         folder.mkdir(exist_ok=True)
-        _fsync_directory(folder.parent)
+        _fsync_path(folder.parent)
 
 
 def _process_alive(pid: int) -> bool:
@@ -143,8 +142,9 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _fsync_directory(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a folder (for a folder: the entries it holds)."""
+    descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
     finally:

@@ -89,13 +89,13 @@ def prepare(self: Task, instance_id: int) -> None:
     card = _card(settings.model_card_path)
     try:
         labels, hips = prepare_file(path, input_size=card.input_size, voi_window_index=settings.voi_window_index)
-    except OutOfScopeError as exc:
-        _finish_instance(instance_id, InstanceState.SKIPPED, str(exc))
-        finish_if_done(self.app, settings.database_url, study_id)
-        return
-    except Exception as exc:  # undecodable, truncated, not an image: this instance only
-        log.warning("instance row %d could not be prepared: %s", instance_id, type(exc).__name__)
-        _finish_instance(instance_id, InstanceState.ERROR, f"{type(exc).__name__}: {exc}"[:2000])
+    except Exception as exc:  # out of scope; or undecodable, truncated, not an image: this instance only
+        if isinstance(exc, OutOfScopeError):
+            state, error = InstanceState.SKIPPED, str(exc)
+        else:
+            log.warning("instance row %d could not be prepared: %s", instance_id, type(exc).__name__)
+            state, error = InstanceState.ERROR, f"{type(exc).__name__}: {exc}"[:2000]
+        _finish_instance(instance_id, state, error)
         finish_if_done(self.app, settings.database_url, study_id)
         return
     with session_scope(settings.database_url) as session:

@@ -33,7 +33,6 @@ from listener.dicomweb.common import (
 from listener.dicomweb.multipart import Part, copy_body, declared_length, split_multipart, stow_boundary
 from listener.dicomweb.status import FAILURE_CANNOT_UNDERSTAND, FAILURE_REASON_OF, FAILURE_STUDY_UID_MISMATCH
 from listener.receive import Receiver
-from listener.spool import Spool
 from predraft.db import session_scope
 from predraft.schema import Instance, Series
 
@@ -49,9 +48,7 @@ def _receiver(request: Request) -> Receiver:
     state = request.app.state
     with _receiver_lock:
         if getattr(state, "dicomweb_receiver", None) is None:
-            settings = settings_of(request)
-            state.dicomweb_receiver = Receiver(
-                Spool(settings.spool_dir, min_free_bytes=settings.spool_min_free_bytes), settings.database_url)
+            state.dicomweb_receiver = Receiver.from_settings(settings_of(request))
     return state.dicomweb_receiver  # type: ignore[no-any-return]
 
 
