@@ -10,10 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.taxonomy import CLASS_ORDER, HardwareClass, View
+
+#: The bundled demo model: a small network trained on phantoms only (see README, "The demo model").
+DEMO_MODEL_CARD = Path(__file__).resolve().parent / "demo" / "card.json"
 
 
 class ModelCardError(ValueError):
@@ -40,6 +44,9 @@ class ModelCard(BaseModel):
         description="per-class thresholds for the top class; a class not named here uses `threshold`",
     )
     temperature: float = Field(1.0, gt=0, description="softmax temperature fitted on validation data")
+    validation_metrics: dict[str, float | int | None] = Field(
+        default_factory=dict, description="accuracy, kappa, NLL and ECE on the validation set, at the end of training")
+    training: dict[str, Any] = Field(default_factory=dict, description="the training run's settings")
     weights: str = Field(description="weights file name, relative to the card")
     weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
