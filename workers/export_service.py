@@ -1,0 +1,125 @@
+"""The exports table: one row per (draft, destination), the record of where each drafted SR was sent.
+
+Services: each takes an open session and never commits; the caller (the draft and export tasks, the CLI)
+owns the transaction and sends the export tasks once it has committed.
+
+A row's life: ``pending`` when the draft is recorded (or re-queued by ``predraft studies resend``);
+each try counts in ``attempts``; a delivery makes it ``sent`` with ``exported_at``; a failed try makes it
+``failed`` with ``last_error`` while a retry is due, or ``dead`` when none is (retries spent, or a refusal
+no retry can mend).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from predraft.db import insert_ignoring_conflict
+from predraft.events import record_event
+from predraft.schema import Draft, Export, Study, utcnow
+from predraft.states import EXPORTABLE_STATES, ExportState
+
+#: Longest error text kept on a row.
+MAX_ERROR_LENGTH = 2000
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    """What one try of an export needs: the row, the SR file, and which try this is (1 for the first)."""
+
+    export_id: int
+    draft_id: int
+    study_id: int
+    destination: str
+    sr_path: str
+    attempt: int
+
+
+def queue_exports(session: Session, *, draft_id: int, destinations: Sequence[str]) -> list[str]:
+    """Give ``draft_id`` a pending export row for each of ``destinations`` that has none yet.
+
+    Returns the destinations whose row is still pending (new, or queued before and not tried), for which
+    the caller sends an export task after committing. Safe to call again for the same draft.
+    """
+    for name in destinations:
+        insert_ignoring_conflict(session, Export, {"draft_id": draft_id, "destination": name,
+                                                   "state": ExportState.PENDING.value},
+                                 key=("draft_id", "destination"))
+    pending = session.scalars(select(Export.destination).where(
+        Export.draft_id == draft_id, Export.destination.in_(list(destinations)),
+        Export.state == ExportState.PENDING)).all()
+    return [name for name in destinations if name in set(pending)]
+
+
+def _export(session: Session, draft_id: int, destination: str) -> Export | None:
+    return session.scalar(select(Export).where(Export.draft_id == draft_id, Export.destination == destination))
+
+
+def begin_attempt(session: Session, *, draft_id: int, destination: str) -> ExportJob | None:
+    """Count one more try of the export of ``draft_id`` to ``destination`` and say what to send.
+
+    None when there is nothing to do: no such row, or it is already ``sent`` or ``dead`` (a redelivered
+    or stale task; only ``predraft studies resend`` brings a row back to pending).
+    """
+    row = _export(session, draft_id, destination)
+    if row is None or row.state not in EXPORTABLE_STATES:
+        return None
+    row.attempts += 1
+    draft = row.draft
+    return ExportJob(export_id=row.id, draft_id=draft.id, study_id=draft.study_id, destination=destination,
+                     sr_path=draft.sr_path, attempt=row.attempts)
+
+
+def record_sent(session: Session, *, export_id: int, note: str | None = None) -> None:
+    """The destination stored the SR (``note``: the warning it gave, if any)."""
+    row = session.get_one(Export, export_id)
+    row.state, row.exported_at, row.last_error = ExportState.SENT.value, utcnow(), note
+    message = f"SR of draft {row.draft_id} to {row.destination}" + (f": {note}" if note else "")
+    record_event(session, "exported", message[:MAX_ERROR_LENGTH], study_id=row.draft.study_id)
+
+
+def record_failure(session: Session, *, export_id: int, error: str, dead: bool) -> None:
+    """A try failed with ``error``: ``dead`` when no retry follows, else ``failed`` awaiting its retry."""
+    row = session.get_one(Export, export_id)
+    row.state = (ExportState.DEAD if dead else ExportState.FAILED).value
+    row.last_error = error[:MAX_ERROR_LENGTH]
+    kind = "export_dead" if dead else "export_failed"
+    record_event(session, kind, f"SR of draft {row.draft_id} to {row.destination}, try {row.attempts}: "
+                 f"{error}"[:MAX_ERROR_LENGTH], study_id=row.draft.study_id)
+
+
+class NothingToResend(LookupError):
+    """The study is unknown or has no draft yet."""
+
+
+def requeue_latest_draft(session: Session, *, study_uid: str, destinations: Sequence[str]) -> tuple[Draft, list[str]]:
+    """Make the export of the study's latest SR (its newest draft, or the verified report or rejection notice
+    a review issued for that draft) to each of ``destinations`` pending again, as a fresh
+    row (attempts 0, no error, not exported), whatever state it was in. Returns the draft and the
+    destinations to send an export task for once the caller has committed. Raises NothingToResend."""
+    study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+    if study is None:
+        raise NothingToResend(f"no study with StudyInstanceUID {study_uid}")
+    draft = session.scalar(select(Draft).where(Draft.study_id == study.id)
+                           .order_by(Draft.generation.desc(), Draft.id.desc()).limit(1))
+    if draft is None:
+        raise NothingToResend(f"study {study_uid} has no draft (state {study.state})")
+    for name in destinations:
+        row = _export(session, draft.id, name)
+        if row is None:
+            session.add(Export(draft_id=draft.id, destination=name, state=ExportState.PENDING.value, attempts=0))
+        else:
+            row.state, row.attempts, row.last_error, row.exported_at = ExportState.PENDING.value, 0, None, None
+        record_event(session, "export_queued", f"SR of draft {draft.id} to {name}, by resend", study_id=study.id)
+    session.flush()
+    return draft, list(destinations)
+
+
+def retry_delay(retries: int, *, first: float, longest: float) -> float:
+    """Seconds to wait before retry number ``retries + 1``: ``first``, doubled each time, at most ``longest``."""
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, not {retries}")
+    return min(longest, first * 2.0 ** min(retries, 64))

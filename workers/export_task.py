@@ -1,0 +1,95 @@
+"""The ``predraft.export`` task (queue ``export``): send one drafted SR to one configured destination.
+
+One task per (draft, destination), sent once the draft is committed (:func:`send_exports`). Idempotent:
+the exports row is the record, and a task whose row is already ``sent`` (or ``dead``) does nothing, so a
+redelivered message never sends an SR twice. A try that fails for a reason a retry can mend (see
+:mod:`workers.export`) is retried by Celery after ``export_retry_delay_seconds``, doubled each time up to
+``export_retry_max_delay_seconds``, at most ``export_max_retries`` times; then, or at once for a refusal no
+retry can mend, the row is ``dead`` with its error, until ``predraft studies resend`` queues it again.
+Every try is counted on the row with its error.
+
+Logs name database ids, destination names and errors; never patient data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+from celery import Celery, Task, shared_task
+from sqlalchemy.exc import OperationalError
+
+from predraft.db import session_scope
+from predraft.settings import Settings, get_settings
+from workers.app import EXPORT
+from workers.export import Delivery, ExportError, send
+from workers.export_service import ExportJob, begin_attempt, record_failure, record_sent, retry_delay
+
+log = logging.getLogger(__name__)
+
+#: Retries of a try that met a database error (separate from the network retries the settings bound).
+DATABASE_RETRIES = 20
+
+
+@lru_cache(maxsize=1)
+def _settings() -> Settings:
+    return get_settings()
+
+
+def send_exports(app: Celery, draft_id: int, destinations: Sequence[str]) -> None:
+    """Send one export task per destination (after the rows are committed)."""
+    for name in destinations:
+        app.send_task(EXPORT, args=[draft_id, name])
+
+
+def _try(settings: Settings, job: ExportJob) -> Delivery | ExportError:
+    """One try; every failure, an unexpected one included, comes back as an ExportError."""
+    try:
+        destination = settings.export_destination(job.destination)
+    except KeyError as exc:
+        return ExportError(f"{exc.args[0]}: it was removed from export_destinations", retryable=False)
+    try:
+        return send(destination, Path(job.sr_path))
+    except ExportError as exc:
+        return exc
+    except Exception as exc:  # a bug or a surprise: recorded on the row, not lost in a worker log
+        log.exception("export %d to %s failed unexpectedly", job.export_id, job.destination)
+        return ExportError(f"unexpected {type(exc).__name__}: {exc}", retryable=False)
+
+
+@shared_task(name=EXPORT, bind=True, autoretry_for=(OperationalError,), retry_backoff=True, retry_backoff_max=300,
+             retry_jitter=True, max_retries=DATABASE_RETRIES)
+def export(self: Task, draft_id: int, destination: str) -> str:
+    """Send the SR of ``draft_id`` to the destination named ``destination``; returns the row's new state
+    (or "nothing to do")."""
+    settings = _settings()
+    with session_scope(settings.database_url) as session:
+        job = begin_attempt(session, draft_id=draft_id, destination=destination)
+    if job is None:
+        log.info("export of draft %d to %s: nothing to do (sent, dead or not queued)", draft_id, destination)
+        return "nothing to do"
+
+    outcome = _try(settings, job)
+    if isinstance(outcome, Delivery):
+        with session_scope(settings.database_url) as session:
+            record_sent(session, export_id=job.export_id, note=outcome.note)
+        log.info("export %d of draft %d to %s: sent (try %d)%s", job.export_id, draft_id, destination, job.attempt,
+                 f"; {outcome.note}" if outcome.note else "")
+        return "sent"
+
+    retries = self.request.retries or 0
+    dead = not outcome.retryable or retries >= settings.export_max_retries
+    with session_scope(settings.database_url) as session:
+        record_failure(session, export_id=job.export_id, error=str(outcome), dead=dead)
+    if dead:
+        why = "no retry can mend it" if not outcome.retryable else f"{retries} retries spent"
+        log.warning("export %d of draft %d to %s is dead (%s): %s", job.export_id, draft_id, destination, why,
+                    outcome)
+        return "dead"
+    delay = retry_delay(retries, first=settings.export_retry_delay_seconds,
+                        longest=settings.export_retry_max_delay_seconds)
+    log.warning("export %d of draft %d to %s failed (try %d), retry in %.0f s: %s", job.export_id, draft_id,
+                destination, job.attempt, delay, outcome)
+    raise self.retry(countdown=delay, max_retries=settings.export_max_retries)
