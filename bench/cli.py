@@ -1,0 +1,164 @@
+"""How fast does ``predraft queue stats`` answer with a large backlog? Fills a Redis database of its own with
+real Celery task messages (``app.send_task`` through a kombu producer batch; one in a thousand with a
+countdown, as a retry), then times, in the same run:
+
+- ``queue_stats()`` in process (the command's own work: LLEN and the last message of each list, the newest
+  messages searched for retries, the unacked hash, the workers' heartbeats, the dead letters);
+- ``predraft queue stats --json`` as a user runs it (a new Python process: the above plus start-up);
+- references: ``redis-cli LLEN prepare`` (one round trip from a fresh process), ``predraft --version`` (the
+  CLI's start-up alone), and reading every message (``workers.queues.queued_messages``, the sweeper's LRANGE
+  way), which the admin commands avoid;
+- optionally the embedded broker (kombu SQLAlchemy over SQLite) with ``--embedded-messages`` messages.
+
+Prints a table and writes JSON (bench/results/cli.json).
+
+    .venv/bin/python bench/cli.py [--messages 100000] [--redis redis://127.0.0.1:6379/11] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+
+from predraft import db  # noqa: E402
+from predraft.settings import get_settings  # noqa: E402
+from workers.app import PREPARE, QUEUES, create_celery  # noqa: E402
+from workers.queues import RETRY_SCAN_WINDOW, queued_messages  # noqa: E402
+from workers.stats import queue_stats  # noqa: E402
+
+PREDRAFT = str(Path(sys.executable).parent / "predraft")
+
+
+def fill(app, count: int) -> float:  # type: ignore[no-untyped-def]
+    """``count`` prepare messages (every 1000th with a 10-minute countdown, as a retry); returns seconds."""
+    started = time.perf_counter()
+    with app.producer_or_acquire() as producer, producer.batch(1000):
+        for number in range(count):
+            app.send_task(PREPARE, args=[number], producer=producer,
+                          countdown=600 if number % 1000 == 0 else None)
+    return time.perf_counter() - started
+
+
+def timed(function: Callable[[], object], repeat: int) -> dict[str, float]:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return {"median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
+            "max_s": round(max(times), 4)}
+
+
+def run_cli(env: dict[str, str], *argv: str) -> None:
+    result = subprocess.run([PREDRAFT, *argv], env=env, capture_output=True, text=True, timeout=60)
+    if result.returncode not in (0, 1):
+        raise RuntimeError(f"predraft {' '.join(argv)} exited {result.returncode}: {result.stderr}")
+
+
+def timed_cli(env: dict[str, str], argv: list[str], repeat: int) -> dict[str, float]:
+    """Wall time, and the CPU time (user + system) of the process, which a busy machine inflates less."""
+    wall, cpu = [], []
+    for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        run_cli(env, *argv)
+        wall.append(time.perf_counter() - started)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return {"median_s": round(statistics.median(wall), 4), "min_s": round(min(wall), 4),
+            "max_s": round(max(wall), 4), "cpu_median_s": round(statistics.median(cpu), 4)}
+
+
+def measure(name: str, broker_url: str, work: Path, messages: int, repeat: int, *, full_read: bool) -> dict:
+    var = work / name
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")}
+    env.update(PREDRAFT_VAR_DIR=str(var), PREDRAFT_BROKER_URL=broker_url)
+    settings = get_settings(var_dir=var, broker_url=broker_url)
+    db.upgrade(settings.database_url)
+    app = create_celery(settings)
+    fill_s = fill(app, messages)
+    stats = queue_stats(settings)
+    prepare = stats["queues"][0]
+    # retries are searched among the newest RETRY_SCAN_WINDOW messages (where a retry lands); older ones count
+    # as waiting
+    seen = sum(1 for number in range(max(0, messages - RETRY_SCAN_WINDOW), messages) if number % 1000 == 0)
+    assert (prepare["waiting"], prepare["retries_pending"]) == (messages - seen, seen), stats
+    result = {
+        "messages": messages, "fill_s": round(fill_s, 1),
+        "stats_in_process": timed(lambda: queue_stats(settings), repeat),
+        "stats_cli": timed_cli(env, ["queue", "stats", "--json"], repeat),
+        "cli_startup_reference": timed_cli(env, ["--version"], repeat),
+        "counted": {"waiting": prepare["waiting"], "retries_pending": prepare["retries_pending"],
+                    "oldest_waiting_seconds": prepare["oldest_waiting_seconds"]},
+    }
+    if broker_url.startswith("redis") and shutil.which("redis-cli"):
+        number = broker_url.rsplit("/", 1)[-1]
+        host, port = broker_url.split("//", 1)[1].split("/", 1)[0].split(":")
+        result["redis_cli_llen_reference"] = timed(lambda: subprocess.run(
+            ["redis-cli", "-h", host, "-p", port, "-n", number, "LLEN", "prepare"], capture_output=True, check=True),
+            repeat)
+    if full_read:
+        result["read_every_message_reference"] = timed(lambda: queued_messages(broker_url, QUEUES), 1)
+    app.close()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/11", help="a Redis database the bench may flush")
+    parser.add_argument("--embedded-messages", type=int, default=5_000, help="0: skip the embedded broker")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+
+    import redis
+
+    client = redis.Redis.from_url(args.redis)
+    client.flushdb()
+    results: dict[str, object] = {"host": os.uname().nodename, "cpus": os.cpu_count(),
+                                  "load_average": os.getloadavg()}
+    with tempfile.TemporaryDirectory(prefix="predraft-bench-cli-") as folder:
+        work = Path(folder)
+        try:
+            results["redis"] = measure("redis", args.redis, work, args.messages, args.repeat, full_read=True)
+        finally:
+            client.flushdb()
+        if args.embedded_messages:
+            (work / "embedded").mkdir()
+            results["embedded"] = measure("embedded", f"sqla+sqlite:///{work / 'embedded' / 'broker.sqlite'}", work,
+                                          args.embedded_messages, args.repeat, full_read=True)
+
+    print(f"load average {results['load_average'][0]:.1f} on {results['cpus']} CPUs; medians of {args.repeat} "
+          "(CPU: user + system time of the process)")
+    print(f"{'broker':<10} {'messages':>9} {'stats in process':>17} {'predraft queue stats':>21} {'(CPU)':>7} "
+          f"{'CLI start-up':>13} {'redis-cli LLEN':>15} {'read every message':>19}")
+    for name in ("redis", "embedded"):
+        row = results.get(name)
+        if not isinstance(row, dict):
+            continue
+        llen = row.get("redis_cli_llen_reference", {}).get("median_s", float("nan"))
+        print(f"{name:<10} {row['messages']:>9} {row['stats_in_process']['median_s']:>16.3f}s "
+              f"{row['stats_cli']['median_s']:>20.3f}s {row['stats_cli']['cpu_median_s']:>6.3f}s "
+              f"{row['cli_startup_reference']['median_s']:>12.3f}s "
+              f"{llen:>14.3f}s {row['read_every_message_reference']['median_s']:>18.3f}s")
+    out = ROOT / "results" / "cli.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
