@@ -2,18 +2,21 @@
 configured time (see :func:`workers.dispatch.claim_ready_studies`).
 
 A background thread in the listener process polls the database; claiming is a conditional UPDATE,
-so several listeners on one database never start a study twice.
+so several listeners on one database never start a study twice. Every ``sweep_interval_seconds`` the
+same thread runs the sweeper (:mod:`workers.sweeper`), which sends again work whose messages were lost.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from celery import Celery
 
 from predraft.settings import Settings
 from workers.dispatch import claim_ready_studies, start_study
+from workers.sweeper import sweep
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,7 @@ class StabilityMonitor(threading.Thread):
         self.settings = settings
         self.app = app
         self._stop_event = threading.Event()
+        self._next_sweep = time.monotonic() + settings.sweep_interval_seconds
 
     def run(self) -> None:
         while not self._stop_event.wait(self.settings.stability_poll_seconds):
@@ -39,6 +43,11 @@ class StabilityMonitor(threading.Thread):
         for study_id in claimed:
             sent = start_study(self.app, self.settings.database_url, study_id)
             log.info("study row %d is ready; %d instance(s) sent to prepare", study_id, sent)
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + self.settings.sweep_interval_seconds
+            sweep(self.app, self.settings.database_url, self.settings.broker_url,
+                  stale_seconds=self.settings.sweep_stale_seconds,
+                  export_retry_max_delay_seconds=self.settings.export_retry_max_delay_seconds)
         return claimed
 
     def stop(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -45,8 +45,10 @@ def get_engine(database_url: str) -> Engine:
     return create_engine(database_url, pool_pre_ping=True, hide_parameters=True)
 
 
-def insert_ignoring_conflict(session: Session, table: type, values: dict[str, object], key: str) -> bool:
-    """INSERT ``values`` into ``table`` unless a row with the same unique ``key`` exists.
+def insert_ignoring_conflict(session: Session, table: type, values: dict[str, object],
+                             key: str | Sequence[str]) -> bool:
+    """INSERT ``values`` into ``table`` unless a row with the same unique ``key`` (a column, or the columns
+    of a unique constraint) exists.
 
     Returns True when this call inserted the row. Safe against a concurrent insert of the same key
     (PostgreSQL and SQLite ``ON CONFLICT DO NOTHING``).
@@ -58,7 +60,8 @@ def insert_ignoring_conflict(session: Session, table: type, values: dict[str, ob
         from sqlalchemy.dialects.sqlite import insert
     else:
         raise NotImplementedError(f"database dialect {dialect!r} is not supported (PostgreSQL or SQLite)")
-    result = session.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=[key]))
+    columns = [key] if isinstance(key, str) else list(key)
+    result = session.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=columns))
     return bool(result.rowcount)
 
 

@@ -1,4 +1,5 @@
-"""The database schema: studies, series, instances, predictions, drafts and an event log.
+"""The database schema: studies, series, instances, predictions, drafts, their exports and an event log;
+web users, their sessions and the reviews of drafts.
 
 Alembic migrations in ``migrations/`` create these tables; keep the two in step.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -34,9 +35,12 @@ class Study(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     generation: Mapped[int] = mapped_column(Integer, default=1)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     last_instance_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: When the last of its instances was prepared, and classified (the draft starts after that).
+    prepared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    classified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     drafted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
@@ -76,6 +80,8 @@ class Instance(Base):
     side: Mapped[str | None] = mapped_column(String(16), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: Last change of state; the sweeper re-sends work that has not moved for a while.
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
     study: Mapped[Study] = relationship(back_populates="instances")
     series: Mapped[Series] = relationship(back_populates="instances")
@@ -97,16 +103,22 @@ class Prediction(Base):
     probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
     top_class: Mapped[str] = mapped_column(String(32))
     top_probability: Mapped[float] = mapped_column(Float)
+    #: The model-free metal check of this hip (models.metal): None when it was not run.
+    metal_present: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    metal_score: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     instance: Mapped[Instance] = relationship(back_populates="predictions")
 
 
 class Draft(Base):
-    """A drafted report: its text and the SR that carries it."""
+    """An SR predraft issued for a study, with its text: the unverified AI draft (``kind`` "draft"), or the
+    verified report or rejection notice a radiologist's review of that draft produced (``kind`` "verified" or
+    "rejection", :class:`predraft.states.ReportKind`), which supersedes it (``supersedes_id``). Every kind is
+    exported the same way (the exports table)."""
 
     __tablename__ = "drafts"
-    __table_args__ = (UniqueConstraint("study_id", "generation", name="uq_draft_per_generation"),)
+    __table_args__ = (UniqueConstraint("study_id", "generation", "kind", name="uq_draft_per_generation"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
@@ -120,8 +132,57 @@ class Draft(Base):
     sr_path: Mapped[str] = mapped_column(Text)
     supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("drafts.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16), default="draft", server_default="draft", index=True)
+    #: The model card's ``synthetic_demo`` when it was drafted (None: drafted before this was recorded).
+    synthetic_demo: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
     study: Mapped[Study] = relationship(back_populates="drafts")
+    exports: Mapped[list[Export]] = relationship(back_populates="draft", order_by="Export.destination")
+
+
+class Export(Base):
+    """The export of one draft's SR to one configured destination (settings ``export_destinations``).
+
+    ``state`` is a :class:`predraft.states.ExportState`; ``attempts`` counts the tries since the row was
+    (re)queued, ``last_error`` holds the last failure (or the warning a destination stored it with), and
+    ``exported_at`` when the destination stored it.
+    """
+
+    __tablename__ = "exports"
+    __table_args__ = (UniqueConstraint("draft_id", "destination", name="uq_export_per_destination"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    draft_id: Mapped[int] = mapped_column(ForeignKey("drafts.id"))
+    destination: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    exported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    draft: Mapped[Draft] = relationship(back_populates="exports")
+
+
+class DeadLetter(Base):
+    """A task that failed for good (its retries spent): what it was, for what, and why.
+
+    ``predraft queue retry`` (or :func:`workers.dead_letters.retry_dead_letter`) sends its work again.
+    """
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(64))
+    task_id: Mapped[str] = mapped_column(String(64), default="")
+    #: The study or instance row the task was about (its first argument).
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"), nullable=True, index=True)
+    instance_id: Mapped[int | None] = mapped_column(ForeignKey("instances.id"), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    error: Mapped[str] = mapped_column(Text, default="")
+    traceback: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    retried_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Event(Base):
@@ -135,3 +196,57 @@ class Event(Base):
     instance_id: Mapped[int | None] = mapped_column(ForeignKey("instances.id"), nullable=True)
     kind: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text, default="")
+
+
+class User(Base):
+    """A web user: ``role`` is a :class:`predraft.states.Role`; the password is an argon2id hash."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    #: As DICOM writes a person's name (``Family^Given``): the Verifying Observer Name of the SRs they sign.
+    display_name: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(256))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    password_changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebSession(Base):
+    """A logged-in browser. The cookie holds a random token; only its keyed hash is stored, so the table
+    cannot be replayed. Logging out, a password change or ``expires_at`` ends it."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+    user: Mapped[User] = relationship()
+
+
+class Review(Base):
+    """A radiologist's decision on one AI draft: who, when, what (:class:`predraft.states.ReviewAction`), the
+    final text and its unified diff from the draft's text, the reason of a rejection, and the SR it issued
+    (``report_id``: a drafts row of kind "verified" or "rejection"). One review per draft."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    draft_id: Mapped[int] = mapped_column(ForeignKey("drafts.id"), unique=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    action: Mapped[str] = mapped_column(String(16), index=True)
+    final_text: Mapped[str] = mapped_column(Text, default="")
+    diff: Mapped[str] = mapped_column(Text, default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    report_id: Mapped[int | None] = mapped_column(ForeignKey("drafts.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+    draft: Mapped[Draft] = relationship(foreign_keys=[draft_id])
+    report: Mapped[Draft | None] = relationship(foreign_keys=[report_id])
+    user: Mapped[User] = relationship()

@@ -26,19 +26,15 @@ STOP_TIMEOUT_SECONDS = 20.0
 
 
 def prepare_environment(settings: Settings) -> None:
-    """Apply migrations, provide the demo model if it is the one configured, check the templates."""
+    """Apply migrations, check the model card and its weights, check the templates."""
     from models.card import load_card
-    from models.factory import write_untrained_model
     from predraft import db
     from reporting.text import check_templates
 
     db.upgrade(settings.database_url)
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
-    if settings.uses_demo_model and not settings.demo_model_card_path.exists():
-        log.info("building the untrained demo model in %s", settings.demo_model_card_path.parent)
-        write_untrained_model(settings.demo_model_card_path.parent)
     load_card(settings.model_card_path)
-    check_templates()
+    check_templates(settings.template_dir)
 
 
 @dataclass
@@ -68,11 +64,13 @@ class Supervisor:
     """Starts the children, waits until they answer, and stops them all when one dies or on a signal."""
 
     def __init__(self, settings: Settings) -> None:
+        from workers.app import QUEUES  # every queue: the embedded worker does all the work
+
         python = [sys.executable, "-m", "predraft"]
         self.settings = settings
         self.children = [
             Child("listener", [*python, "listen"]),
-            Child("worker", [*python, "worker", "--queues", "prepare,classify,draft"]),
+            Child("worker", [*python, "worker", "--queues", ",".join(QUEUES)]),
             Child("web", [*python, "web"]),
         ]
         self._stop = threading.Event()

@@ -14,15 +14,19 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from models.taxonomy import View
+from reporting.aggregate import DEFAULT_VIEW_WEIGHTS, AggregationRule
 
 CONFIG_ENV_VAR = "PREDRAFT_CONFIG"
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash
@@ -67,6 +71,123 @@ class ExpectedViewsRule(BaseModel):
         if match is None:
             return None
         return self.views if self.views is not None else int(match.group(1))
+
+
+# --- Export destinations: where drafted SRs are sent (workers.export) ---------------------------------------
+
+_DESTINATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _check_destination_name(value: str) -> str:
+    if not _DESTINATION_NAME.match(value):
+        raise ValueError(f"destination name {value!r} is not 1-64 letters, digits, '.', '_' or '-' "
+                         "(starting with a letter or digit)")
+    return value
+
+
+class DimseDestination(BaseModel):
+    """A C-STORE SCP that receives every drafted SR: ``ae_title`` at ``host``:``port``.
+
+    predraft calls as ``calling_ae`` (default: its own ``ae_title``). With ``tls`` the association runs over
+    TLS 1.2+; the server's certificate is checked against ``tls_ca`` (default: the system's CAs) and its
+    host name; ``tls_certificate`` and ``tls_private_key`` give a client certificate when the SCP wants one.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    kind: Literal["dimse"] = "dimse"
+    name: str
+    ae_title: str
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    calling_ae: str | None = None
+    tls: bool = False
+    tls_ca: Path | None = None
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    timeout: float = Field(30.0, gt=0, description="Seconds for connecting, association and each response.")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        return _check_destination_name(value)
+
+    @field_validator("ae_title", "calling_ae")
+    @classmethod
+    def _check_ae(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not _AE_TITLE.match(value) or not value.strip():
+            raise ValueError(f"{info.field_name} {value!r} is not a DICOM AE title (1-16 printable characters, "
+                             "no backslash)")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> DimseDestination:
+        given = [name for name in ("tls_ca", "tls_certificate", "tls_private_key") if getattr(self, name) is not None]
+        if given and not self.tls:
+            raise ValueError(f"destination {self.name!r}: {', '.join(given)} set but tls is false")
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            raise ValueError(f"destination {self.name!r}: tls_certificate and tls_private_key must be set together")
+        for name in given:
+            setattr(self, name, getattr(self, name).expanduser().absolute())
+        return self
+
+
+class StowDestination(BaseModel):
+    """A DICOMweb server that receives every drafted SR by STOW-RS: ``POST <url>/studies``.
+
+    ``url`` is the service root (``https://pacs/dicom-web``). ``auth`` is ``none``, ``basic`` (``username``
+    and ``password``) or ``bearer`` (``token``); credentials never go in the URL. ``ca_bundle`` replaces the
+    system's CAs for an https URL.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    kind: Literal["stow"] = "stow"
+    name: str
+    url: str
+    auth: Literal["none", "basic", "bearer"] = "none"
+    username: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    ca_bundle: Path | None = None
+    timeout: float = Field(30.0, gt=0, description="Seconds for connecting and for the answer.")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        return _check_destination_name(value)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError(f"url {value!r} is not an http:// or https:// URL")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("url holds credentials: give them in auth (basic: username/password, bearer: token)")
+        if parts.query or parts.fragment:
+            raise ValueError(f"url {value!r} has a query or fragment: give the DICOMweb service root")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> StowDestination:
+        wanted = {"none": set(), "basic": {"username", "password"}, "bearer": {"token"}}[self.auth]
+        given = {name for name in ("username", "password", "token") if getattr(self, name) is not None}
+        if wanted - given:
+            raise ValueError(f"destination {self.name!r}: auth {self.auth!r} needs {', '.join(sorted(wanted - given))}")
+        if given - wanted:
+            raise ValueError(f"destination {self.name!r}: {', '.join(sorted(given - wanted))} given, "
+                             f"but auth is {self.auth!r}")
+        if self.ca_bundle is not None:
+            if urlsplit(self.url).scheme != "https":
+                raise ValueError(f"destination {self.name!r}: ca_bundle needs an https:// url")
+            self.ca_bundle = self.ca_bundle.expanduser().absolute()
+        return self
+
+
+ExportDestination = Annotated[DimseDestination | StowDestination, Field(discriminator="kind")]
 
 
 class Settings(BaseSettings):
@@ -123,6 +244,19 @@ class Settings(BaseSettings):
         2_000_000_000, ge=1, description="Largest STOW-RS request body, in bytes (larger: 413)."
     )
 
+    # The worklist (reporting.web): sessions and the SRs a review issues.
+    session_secret: SecretStr | None = Field(
+        None, description="Key of the web sessions' token hashes and CSRF tokens (at least 32 characters); "
+        "default: generated once into <var_dir>/session_secret (mode 0600).")
+    cookie_secure: bool = Field(
+        True, description="Send the session cookie over HTTPS only. Browsers treat http://127.0.0.1 and "
+        "http://localhost as secure, so the embedded default keeps it on.")
+    session_lifetime_minutes: int = Field(
+        720, ge=1, le=7 * 24 * 60, description="How long a login lasts before the user must log in again.")
+    verifying_organization: str = Field(
+        "Unspecified", min_length=1, max_length=64,
+        description="Verifying Organization (DICOM type 1) of the SRs a radiologist's review issues: the site's name.")
+
     quiet_seconds: float = Field(10.0, gt=0, description="A study is ready after this long without a new instance.")
     expected_views: list[ExpectedViewsRule] = Field(
         default_factory=lambda: [ExpectedViewsRule(pattern=r"\b(\d+)\s*VIEWS?\b")],
@@ -130,10 +264,14 @@ class Settings(BaseSettings):
         "make a study complete before its quiet time.",
     )
     stability_poll_seconds: float = Field(1.0, gt=0, description="How often the listener looks for ready studies.")
+    sweep_interval_seconds: float = Field(
+        30.0, gt=0, description="How often the listener's sweeper looks for pending work that no queue holds.")
+    sweep_stale_seconds: float = Field(
+        120.0, gt=0, description="How long pending work must sit unmoved (and unqueued) before it is sent again.")
 
     model: Path | None = Field(
         None,
-        description="Model card (JSON) beside its safetensors weights; default the demo model under <var_dir>/models",
+        description="Model card (JSON) beside its safetensors weights; default the bundled demo model (phantoms only)",
     )
     device: str = Field("cpu", description="Torch device for classification: cpu, cuda or cuda:N.")
     voi_window_index: int = Field(0, ge=0, description="Which of an image's VOI windows to apply (0: the first).")
@@ -142,6 +280,31 @@ class Settings(BaseSettings):
         20.0, ge=0, description="How long the micro-batcher waits for more images before running a partial batch."
     )
     torch_compile: bool = Field(False, description="torch.compile the network (CUDA only).")
+
+    template_dir: Path | None = Field(
+        None, description="Site folder of report templates; a file there replaces the packaged one of that name.")
+    aggregation_view_weights: dict[View, float] = Field(
+        default_factory=lambda: dict(DEFAULT_VIEW_WEIGHTS),
+        description="Weight of each view when a hip's images are combined (views not named keep their default).",
+    )
+    aggregation_disagreement_margin: float = Field(
+        0.25, ge=0, lt=1, description="How much more an image may prefer its own class before the views disagree.")
+    aggregation_hard_pair_margin: float = Field(
+        0.15, ge=0, lt=1,
+        description="The same margin for the hard pairs (THA/hemi, post-infectious/THA+fixation), and the lead "
+        "the top class of a hard pair needs over the other.")
+
+    # Export of drafted SRs to the PACS (workers.export): one task per draft and destination.
+    export_destinations: list[ExportDestination] = Field(
+        default_factory=list,
+        description="Where every drafted SR is sent: C-STORE SCPs (kind dimse) and STOW-RS servers (kind stow); "
+        "empty keeps SRs in the spool only.",
+    )
+    export_max_retries: int = Field(
+        8, ge=0, description="Retries of an export after a network error or a temporary refusal; then it is dead.")
+    export_retry_delay_seconds: float = Field(
+        10.0, ge=0, description="Wait before the first retry of an export; doubled for each further retry.")
+    export_retry_max_delay_seconds: float = Field(600.0, ge=0, description="Longest wait between two retries.")
 
     worker_concurrency: int = Field(2, ge=1, description="Threads of the embedded Celery worker.")
     worker_pool: str = Field("threads", description="Celery pool: threads, prefork or solo.")
@@ -180,6 +343,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"allowed_calling_aes entry {title!r} is not a DICOM AE title")
         return [title.strip() for title in value]
 
+    @field_validator("session_secret")
+    @classmethod
+    def _check_session_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("session_secret must be at least 32 characters (or unset: one is generated into "
+                             "the var dir)")
+        return value
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
@@ -204,6 +375,10 @@ class Settings(BaseSettings):
         self.spool_dir = (self.spool_dir or self.var_dir / "spool").expanduser().absolute()
         if self.model is not None:
             self.model = self.model.expanduser().absolute()
+        if self.template_dir is not None:
+            self.template_dir = self.template_dir.expanduser().absolute()
+            if not self.template_dir.is_dir():
+                raise ValueError(f"template_dir {self.template_dir} is not a folder")
         if (self.tls_certificate is None) != (self.tls_private_key is None):
             raise ValueError("tls_certificate and tls_private_key must be set together")
         if self.tls_client_ca is not None and self.tls_certificate is None:
@@ -218,7 +393,28 @@ class Settings(BaseSettings):
                 f"dimse_host {self.dimse_host!r} is not a loopback address: set allowed_calling_aes "
                 "(PREDRAFT_ALLOWED_CALLING_AES='[\"PACS_AE\"]') so that only known callers can store"
             )
+        self.aggregation_rule  # noqa: B018 -- validates the weights and margins together
         return self
+
+    @model_validator(mode="after")
+    def _check_export_destinations(self) -> Settings:
+        """Destination names are unique (they key the exports table); DIMSE ones call as ae_title by default."""
+        names = [destination.name for destination in self.export_destinations]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"export_destinations names {repeated} more than once: names must be unique")
+        for destination in self.export_destinations:
+            if isinstance(destination, DimseDestination) and destination.calling_ae is None:
+                destination.calling_ae = self.ae_title
+        return self
+
+    def export_destination(self, name: str) -> DimseDestination | StowDestination:
+        """The export destination called ``name``; KeyError naming the configured ones if there is none."""
+        for destination in self.export_destinations:
+            if destination.name == name:
+                return destination
+        known = ", ".join(d.name for d in self.export_destinations) or "none"
+        raise KeyError(f"no export destination {name!r} (configured: {known})")
 
     @property
     def tls_enabled(self) -> bool:
@@ -231,7 +427,16 @@ class Settings(BaseSettings):
 
     @property
     def demo_model_card_path(self) -> Path:
-        return self.var_dir / "models" / "demo" / "card.json"
+        """The bundled demo model's card (``models/demo/card.json``): trained on phantoms, never clinical."""
+        from models.card import DEMO_MODEL_CARD
+
+        return DEMO_MODEL_CARD
+
+    @property
+    def aggregation_rule(self) -> AggregationRule:
+        return AggregationRule(view_weights=self.aggregation_view_weights,
+                               disagreement_margin=self.aggregation_disagreement_margin,
+                               hard_pair_margin=self.aggregation_hard_pair_margin)
 
     @property
     def uses_demo_model(self) -> bool:

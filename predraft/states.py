@@ -12,6 +12,7 @@ class StudyState(StrEnum):
     READY = "ready"  # quiet (or complete); its instances are being prepared and classified
     DRAFTING = "drafting"  # every instance is done; the draft task owns it
     DRAFTED = "drafted"  # an unverified draft SR is stored
+    REVIEWED = "reviewed"  # a radiologist accepted (maybe edited) or rejected its latest draft
     OUT_OF_SCOPE = "out_of_scope"  # no hip or pelvis image in it: no hip draft
     ERROR = "error"  # nothing could be drafted; see the error column and the event log
 
@@ -28,3 +29,39 @@ class InstanceState(StrEnum):
 
 #: Instance states after which no further work is due for the current draft.
 FINISHED_INSTANCE_STATES = frozenset({InstanceState.CLASSIFIED, InstanceState.SKIPPED, InstanceState.ERROR})
+
+
+class ExportState(StrEnum):
+    """Where the export of one draft's SR to one destination stands."""
+
+    PENDING = "pending"  # queued: not tried yet (or queued again by `predraft studies resend`)
+    SENT = "sent"  # the destination stored it (a warning status counts as stored; see last_error)
+    FAILED = "failed"  # the last try failed; a retry is scheduled
+    DEAD = "dead"  # given up: retries exhausted, or a refusal that a retry cannot mend; see last_error
+
+
+#: Export states in which the export task still has work to do.
+EXPORTABLE_STATES = frozenset({ExportState.PENDING, ExportState.FAILED})
+
+
+class ReportKind(StrEnum):
+    """What an SR that predraft issued for a study (a row of the drafts table) is."""
+
+    DRAFT = "draft"  # the unverified AI draft (CompletionFlag PARTIAL, VerificationFlag UNVERIFIED)
+    VERIFIED = "verified"  # a radiologist accepted the draft, perhaps edited: VERIFIED, COMPLETE, FINAL
+    REJECTION = "rejection"  # a radiologist rejected the draft: a verified SR that says so, with the reason
+
+
+class ReviewAction(StrEnum):
+    """What a radiologist did with a draft."""
+
+    ACCEPTED = "accepted"  # signed as drafted
+    EDITED = "edited"  # signed with edits
+    REJECTED = "rejected"  # not to be used; with a reason
+
+
+class Role(StrEnum):
+    """Who a web user is: radiologists review drafts; admins see statistics (and the worklist, read-only)."""
+
+    RADIOLOGIST = "radiologist"
+    ADMIN = "admin"

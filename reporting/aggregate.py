@@ -1,22 +1,73 @@
 """Aggregation of per-image probabilities into one finding per hip.
 
-Rule (first version): for each side, average the calibrated class probabilities of every image of
-that side, each view weighted equally. The side is *indeterminate* when the averaged top-class
-probability is below the model card's threshold for that class (``class_thresholds``, else the global
-``threshold``), or when the images' own top classes disagree.
-A side seen on no image is not reported. Images whose side is unknown are reported as a hip of
-unstated side, never merged into a named side.
+The rule, in order, for each side seen (a side seen on no image is not reported; images whose side is
+unknown are reported as a hip of unstated side, never merged into a named side):
+
+1. Combine: the weighted mean of the calibrated class probabilities of every image of that side, each
+   image weighted by its view (:attr:`AggregationRule.view_weights`; by default the cross-table lateral,
+   which hides the native acetabulum, and unlabelled views count less).
+2. Views disagree: an image whose own top class differs from the combined one, and prefers it over the
+   combined class by more than the margin, makes the side indeterminate. The margin is
+   :attr:`AggregationRule.disagreement_margin`, or the smaller :attr:`AggregationRule.hard_pair_margin`
+   when the two classes are one of the known hard pairs (THA vs hemiarthroplasty, post-infectious hip vs
+   THA with additional fixation; see CLINICAL.md).
+3. Threshold: the combined top-class probability below the model card's threshold for that class
+   (``class_thresholds``, else the global ``threshold``) is indeterminate.
+4. Hard pair too close: when the combined top two classes are a hard pair, the top must lead by at
+   least :attr:`AggregationRule.hard_pair_margin`.
+5. Metal check: the model-free metal check (:mod:`models.metal`) disagreeing with the classifier (metal
+   on any image of the side while the classifier says ``none``, or no metal on any checked image while
+   it names hardware that always holds metal: not a post-infectious hip, whose spacer or beads may be
+   cement only) is indeterminate. Images not metal-checked (``metal`` None) take no part.
+
+The first rule that applies gives the reason recorded with the finding.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from models.taxonomy import HardwareClass, Side, View
 
 _SIDE_ORDER = {Side.RIGHT: 0, Side.LEFT: 1, Side.UNKNOWN: 2}
+
+#: The paper's failure analysis: pairs the model confuses most; they get their own, smaller margin.
+HARD_PAIRS: frozenset[frozenset[HardwareClass]] = frozenset({
+    frozenset({HardwareClass.THA, HardwareClass.HEMI}),
+    frozenset({HardwareClass.POST_INFECTIOUS, HardwareClass.THA_PLUS_FIXATION}),
+})
+
+#: Classes whose hardware may hold no metal at all: a post-infectious hip with a cement spacer or antibiotic
+#: beads only. "No metal" does not contradict them.
+HARDWARE_WITHOUT_METAL: frozenset[HardwareClass] = frozenset({HardwareClass.POST_INFECTIOUS})
+
+DEFAULT_VIEW_WEIGHTS: Mapping[View, float] = {
+    View.AP_PELVIS: 1.0, View.AP_HIP: 1.0, View.FROG_LEG: 1.0, View.CROSS_TABLE_LATERAL: 0.75, View.UNKNOWN: 0.5,
+}
+
+
+@dataclass(frozen=True)
+class AggregationRule:
+    """The tunable parts of the rule (see the module docstring); validated on construction."""
+
+    view_weights: Mapping[View, float] = field(default_factory=lambda: dict(DEFAULT_VIEW_WEIGHTS))
+    disagreement_margin: float = 0.25
+    hard_pair_margin: float = 0.15
+
+    def __post_init__(self) -> None:
+        weights = {View(view): float(weight) for view, weight in self.view_weights.items()}
+        for view, weight in weights.items():
+            if not weight > 0:
+                raise ValueError(f"view weight of {view.value} is {weight}; weights must be positive")
+        object.__setattr__(self, "view_weights", {**DEFAULT_VIEW_WEIGHTS, **weights})
+        for name in ("disagreement_margin", "hard_pair_margin"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} {getattr(self, name)} must lie in [0, 1)")
+
+    def margin(self, first: HardwareClass, second: HardwareClass) -> float:
+        return self.hard_pair_margin if frozenset({first, second}) in HARD_PAIRS else self.disagreement_margin
 
 
 @dataclass(frozen=True)
@@ -27,6 +78,8 @@ class HipObservation:
     side: Side
     view: View
     probabilities: Mapping[HardwareClass, float]
+    #: What the metal check saw on this image's hip: True, False, or None when it was not run.
+    metal: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.probabilities:
@@ -52,6 +105,8 @@ class SideFinding:
     views: tuple[View, ...]
     sop_instance_uids: tuple[str, ...]
     reason: str
+    #: The metal check over the side's images: True if any saw metal, False if all checked saw none.
+    metal: bool | None = None
 
     @property
     def indeterminate(self) -> bool:
@@ -63,9 +118,11 @@ class SideFinding:
 
 
 def aggregate(observations: Iterable[HipObservation], *, threshold: float,
-              class_thresholds: Mapping[HardwareClass, float] | None = None) -> list[SideFinding]:
+              class_thresholds: Mapping[HardwareClass, float] | None = None,
+              rule: AggregationRule | None = None) -> list[SideFinding]:
     """One finding per side seen, right before left before unstated. ``class_thresholds`` overrides
-    ``threshold`` for the classes it names."""
+    ``threshold`` for the classes it names; ``rule`` defaults to :class:`AggregationRule()`."""
+    rule = rule or AggregationRule()
     thresholds = {HardwareClass(key): value for key, value in (class_thresholds or {}).items()}
     for name, value in [("threshold", threshold), *((f"class_thresholds[{k}]", v) for k, v in thresholds.items())]:
         if not 0 < value < 1:
@@ -73,22 +130,40 @@ def aggregate(observations: Iterable[HipObservation], *, threshold: float,
     by_side: dict[Side, list[HipObservation]] = defaultdict(list)
     for observation in observations:
         by_side[observation.side].append(observation)
-    return [_side_finding(side, by_side[side], threshold, thresholds)
+    return [_side_finding(side, by_side[side], threshold, thresholds, rule)
             for side in sorted(by_side, key=_SIDE_ORDER.get)]
 
 
 def _side_finding(side: Side, observations: Sequence[HipObservation], default_threshold: float,
-                  class_thresholds: Mapping[HardwareClass, float]) -> SideFinding:
-    classes = list(observations[0].probabilities)
-    mean = {key: sum(o.probabilities.get(key, 0.0) for o in observations) / len(observations) for key in classes}
-    top = max(mean, key=lambda key: mean[key])
-    tops = {o.top_class for o in observations}
-    if len(tops) > 1:
-        hardware, reason = None, "views disagree (" + ", ".join(sorted(t.value for t in tops)) + ")"
+                  class_thresholds: Mapping[HardwareClass, float], rule: AggregationRule) -> SideFinding:
+    classes = list(dict.fromkeys(key for o in observations for key in o.probabilities))
+    weights = [rule.view_weights[o.view] for o in observations]
+    total = sum(weights)
+    mean = {key: sum(w * o.probabilities.get(key, 0.0) for w, o in zip(weights, observations, strict=True)) / total
+            for key in classes}
+    ranked = sorted(classes, key=lambda key: mean[key], reverse=True)
+    top = ranked[0]
+    runner_up = ranked[1] if len(ranked) > 1 else None
+    dissent = [o for o in observations
+               if o.top_class is not top
+               and o.probabilities[o.top_class] - o.probabilities.get(top, 0.0) > rule.margin(o.top_class, top)]
+    checked = [o.metal for o in observations if o.metal is not None]
+    metal = any(checked) if checked else None
+    if dissent:
+        tops = sorted({top.value, *(o.top_class.value for o in dissent)})
+        hardware, reason = None, f"views disagree ({', '.join(tops)})"
     elif mean[top] < (threshold := class_thresholds.get(top, default_threshold)):
         hardware, reason = None, f"confidence {mean[top]:.2f} below the model's threshold {threshold:.2f}"
+    elif (runner_up is not None and frozenset({top, runner_up}) in HARD_PAIRS
+          and mean[top] - mean[runner_up] < rule.hard_pair_margin):
+        hardware, reason = None, (f"{top.value} ({mean[top]:.2f}) and {runner_up.value} ({mean[runner_up]:.2f}) "
+                                  "are too close to tell apart")
+    elif metal is True and top is HardwareClass.NONE:
+        hardware, reason = None, "the metal check sees metal where the model sees no hardware"
+    elif metal is False and top not in (HardwareClass.NONE, *HARDWARE_WITHOUT_METAL):
+        hardware, reason = None, f"the model sees {top.value} but the metal check sees no metal"
     else:
-        hardware, reason = top, f"mean probability {mean[top]:.2f} over {len(observations)} image(s)"
+        hardware, reason = top, f"weighted mean probability {mean[top]:.2f} over {len(observations)} image(s)"
     views = tuple(dict.fromkeys(o.view for o in observations))
     uids = tuple(dict.fromkeys(o.sop_instance_uid for o in observations))
-    return SideFinding(side, hardware, mean[top], mean, views, uids, reason)
+    return SideFinding(side, hardware, mean[top], mean, views, uids, reason, metal)

@@ -18,10 +18,14 @@ Content tree (TID 2000 style)::
 Flags: CompletionFlag PARTIAL, VerificationFlag UNVERIFIED, PreliminaryFlag PRELIMINARY. The
 algorithm is named per IHE AI Results in the Contributing Equipment Sequence, with a Device UID
 derived from the weights' sha256, so it changes whenever the weights do.
+
+A radiologist's review supersedes the draft with a verified SR (:func:`build_review_sr`): the report as
+signed, or a notice that the draft was rejected, with the reason.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -180,3 +184,121 @@ def _algorithm_equipment(model: ModelCard) -> Dataset:
     item.SoftwareVersions = [predraft.__version__, model.version[:64]]
     item.DeviceUID = device_uid(model)
     return item
+
+
+# --- The SR a radiologist's review issues: a verified report, or a notice that the draft was rejected ---------
+
+VERIFIED_SERIES_DESCRIPTION = "REPORT VERIFIED BY RADIOLOGIST (predraft)"
+REJECTION_SERIES_DESCRIPTION = "AI DRAFT REJECTED (predraft)"
+VERIFIED_SERIES_NUMBER = 9902
+REJECTION_SERIES_NUMBER = 9903
+_CONTAINERS_KEPT = {"121070", "121072"}  # Findings, Impressions (DCM)
+
+
+def _person_observer(name: str, login_name: str, organization: str) -> list[Dataset]:
+    return list(hd.sr.ObserverContext(
+        observer_type=codes.DCM.Person,
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
+            name=name, login_name=login_name, organization_name=organization or None),
+    ))
+
+
+def _draft_containers(draft_sr: Dataset) -> list[Dataset]:
+    """The draft's Findings and Impressions containers, as highdicom content items (copies)."""
+    kept = []
+    for item in draft_sr.get("ContentSequence", []):
+        concept = item.get("ConceptNameCodeSequence", [None])[0]
+        if item.get("ValueType") == "CONTAINER" and concept is not None and concept.CodeValue in _CONTAINERS_KEPT:
+            kept.append(hd.sr.ContainerContentItem.from_dataset(item, copy=True))
+    return kept
+
+
+def build_review_sr(
+    *,
+    evidence: Sequence[Dataset],
+    draft_sr: Dataset,
+    verified: bool,
+    text: str,
+    statement: str,
+    verifier_name: str,
+    verifier_login: str,
+    organization: str,
+    edited: bool,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+) -> hd.sr.ComprehensiveSR:
+    """The SR that supersedes the AI draft ``draft_sr`` once a radiologist reviewed it.
+
+    ``verified`` True: the report as signed. Accepted as drafted (``edited`` False), it keeps the draft's
+    Findings and Impressions containers (the coded findings, their probabilities and source images); edited,
+    its Findings container holds the radiologist's ``text`` as one Finding, and the draft's coded findings are
+    left out (they may no longer say what the text says). ``verified`` False: a notice that the draft was
+    rejected; ``text`` (with the reason) is its only content.
+
+    Both: CompletionFlag COMPLETE, VerificationFlag VERIFIED with the Verifying Observer Sequence naming the
+    radiologist (``verifier_name`` as a DICOM person name, ``verifier_login`` as its identification code),
+    PreliminaryFlag FINAL; the person as observer; ``statement`` (who verified or rejected what, and when) as a
+    Comment; the draft in the Predecessor Documents Sequence; the draft's Contributing Equipment (the
+    algorithm) kept, since the content still derives from it.
+    """
+    if not evidence:
+        raise ValueError("build_review_sr needs at least one evidence dataset")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("build_review_sr needs a non-empty text")
+    if not organization.strip():
+        raise ValueError("organization must not be empty: Verifying Organization is DICOM type 1")
+    if str(draft_sr.get("VerificationFlag", "")) != "UNVERIFIED":
+        raise ValueError(f"draft_sr {draft_sr.get('SOPInstanceUID', '?')} is not an unverified draft "
+                         f"(VerificationFlag {draft_sr.get('VerificationFlag', 'absent')!r})")
+    study_uids = {str(ds.StudyInstanceUID) for ds in evidence} | {str(draft_sr.StudyInstanceUID)}
+    if len(study_uids) != 1:
+        raise ValueError(f"evidence and draft span {len(study_uids)} studies; a report belongs to exactly one")
+    evidence = [_with_required_tags(ds) for ds in evidence]
+
+    content: list[Dataset] = _person_observer(verifier_name, verifier_login, organization)
+    if verified and not edited:
+        content.extend(_draft_containers(draft_sr))
+    elif verified:
+        findings = hd.sr.ContainerContentItem(name=codes.DCM.Findings,
+                                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        findings.ContentSequence = hd.sr.ContentSequence([hd.sr.TextContentItem(
+            name=codes.DCM.Finding, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)])
+        content.append(findings)
+    else:
+        content.append(hd.sr.TextContentItem(name=Code("121106", "DCM", "Comment"), value=text,
+                                             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    content.append(hd.sr.TextContentItem(name=Code("121106", "DCM", "Comment"), value=statement,
+                                         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    root = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport, template_id="2000")
+    root.ContentSequence = hd.sr.ContentSequence(content)
+
+    sr = hd.sr.ComprehensiveSR(
+        evidence=evidence,
+        content=root,
+        series_instance_uid=series_instance_uid,
+        series_number=VERIFIED_SERIES_NUMBER if verified else REJECTION_SERIES_NUMBER,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=True,
+        is_verified=True,
+        verifying_observer_name=verifier_name,
+        verifying_organization=organization,
+        previous_versions=[draft_sr],
+        series_description=VERIFIED_SERIES_DESCRIPTION if verified else REJECTION_SERIES_DESCRIPTION,
+    )
+    observer = sr.VerifyingObserverSequence[0]
+    code = Dataset()
+    if len(verifier_login) <= 16:
+        code.CodeValue = verifier_login
+    else:
+        code.LongCodeValue = verifier_login
+    code.CodingSchemeDesignator = PRIVATE_SCHEME
+    code.CodeMeaning = f"predraft user {verifier_login}"[:64]
+    observer.VerifyingObserverIdentificationCodeSequence = DicomSequence([code])
+    if "ContributingEquipmentSequence" in draft_sr:
+        sr.ContributingEquipmentSequence = copy.deepcopy(draft_sr.ContributingEquipmentSequence)
+    if "CodingSchemeIdentificationSequence" in draft_sr:
+        sr.CodingSchemeIdentificationSequence = copy.deepcopy(draft_sr.CodingSchemeIdentificationSequence)
+    return sr

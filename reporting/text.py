@@ -10,9 +10,10 @@ template error is found at start-up rather than in a report.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError
 
 import predraft
 from models.card import ModelCard
@@ -24,6 +25,10 @@ PACKAGE_TEMPLATES = Path(__file__).resolve().parent / "templates"
 _HIP_LABELS = {Side.RIGHT: "Right hip", Side.LEFT: "Left hip", Side.UNKNOWN: "Hip (side not stated)"}
 
 
+class TemplateCheckError(ValueError):
+    """A report template that cannot be loaded or rendered; the message names the template and its folder."""
+
+
 @dataclass(frozen=True)
 class DraftText:
     """The rendered report: its parts, the whole, and one sentence per side for the SR's findings."""
@@ -33,6 +38,12 @@ class DraftText:
     disclaimer: str
     full: str
     side_sentences: dict[Side, str]
+
+
+@lru_cache(maxsize=4)
+def template_environment(template_dir: Path | None = None) -> Environment:
+    """The shared environment of ``template_dir`` (templates are compiled once per process)."""
+    return make_environment(template_dir)
 
 
 def make_environment(template_dir: Path | None = None) -> Environment:
@@ -68,22 +79,38 @@ def render_draft(findings: list[SideFinding], *, model: ModelCard, study_descrip
         "model": model.model_dump(),
         "app_version": predraft.__version__,
     }
-    finding_template = env.get_template("finding.txt.j2")
     side_sentences = {
-        finding.side: finding_template.render(context, finding=finding_context).strip()
+        finding.side: _render(env, "finding.txt.j2", context, finding=finding_context).strip()
         for finding, finding_context in zip(findings, context["findings"], strict=True)  # type: ignore[call-overload]
     }
-    findings_text = env.get_template("findings.txt.j2").render(context).strip()
-    impression_text = env.get_template("impression.txt.j2").render(context).strip()
-    disclaimer_text = env.get_template("disclaimer.txt.j2").render(context).strip()
-    full = env.get_template("draft.txt.j2").render(
-        context, findings_text=findings_text, impression_text=impression_text, disclaimer_text=disclaimer_text
-    )
+    findings_text = _render(env, "findings.txt.j2", context).strip()
+    impression_text = _render(env, "impression.txt.j2", context).strip()
+    disclaimer_text = _render(env, "disclaimer.txt.j2", context).strip()
+    full = _render(env, "draft.txt.j2", context, findings_text=findings_text, impression_text=impression_text,
+                   disclaimer_text=disclaimer_text)
     return DraftText(findings_text, impression_text, disclaimer_text, full.strip() + "\n", side_sentences)
 
 
+def _render(env: Environment, name: str, context: dict[str, object], **extra: object) -> str:
+    """Render one template; any template error is re-raised naming the template and where it was found."""
+    try:
+        template = env.get_template(name)
+        return template.render(context, **extra)
+    except TemplateError as exc:
+        where = getattr(exc, "filename", None) or _source_of(env, name)
+        raise TemplateCheckError(f"report template {name} ({where}): {type(exc).__name__}: {exc}") from exc
+
+
+def _source_of(env: Environment, name: str) -> str:
+    try:
+        return env.get_template(name).filename or name
+    except TemplateError:
+        return name
+
+
 def check_templates(template_dir: Path | None = None) -> None:
-    """Render every template once with example findings; raises on any template error."""
+    """Render every template once with example findings (the site's from ``template_dir`` where it has
+    them); raises :class:`TemplateCheckError` naming the template on any error."""
     from models.card import ModelCard
     from models.taxonomy import HardwareClass
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need on a fresh machine, then runs them (lint + the whole pytest suite).
-#   - Debian packages: dcmtk (storescu/echoscu), dicom3tools (dciodvfy), orthanc + orthanc-dicomweb (Orthanc)
+#   - Debian packages: dcmtk (storescu/echoscu), dicom3tools (dciodvfy), orthanc + orthanc-dicomweb (Orthanc),
+#     chromium (the worklist's browser tests drive it with Playwright; never `playwright install`)
 #   - services: Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432, started if they are down
 #   - a virtual environment in .venv with predraft and its test extras
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
@@ -12,6 +13,7 @@ command -v storescu >/dev/null || need+=(dcmtk)
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
 command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if ((${#need[@]})); then
     echo "installing Debian packages: ${need[*]}"
     apt-get update -qq

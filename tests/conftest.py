@@ -31,6 +31,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def embedded_broker(path: Path) -> str:
+    """The URL of a kombu SQLAlchemy (SQLite) broker at ``path``, its tables created as a worker's first
+    connection creates them (the admin commands refuse a broker file that does not exist)."""
+    from kombu import Connection
+
+    url = f"sqla+sqlite:///{path}"
+    with Connection(url) as connection:
+        queue = connection.SimpleQueue("prepare")
+        queue.qsize()
+        queue.close()
+    return url
+
+
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 

@@ -1,25 +1,38 @@
-"""The Celery application: one app, three queues, routed by task name.
+"""The Celery application: one app, four queues, routed by task name.
 
 Queues: ``prepare`` (CPU, on the host that holds the spool), ``classify`` (GPU hosts; receives only
-small letterboxed uint8 images), ``draft`` (CPU). The database is the record of what is done; tasks
-are idempotent, acknowledged late and re-queued if their worker dies.
+small letterboxed uint8 images), ``draft`` (CPU), ``export`` (on the host that holds the spool: sends the
+drafted SRs to the PACS). The database is the record of what is done; tasks are idempotent, acknowledged
+late and re-queued if their worker dies.
 """
 
 from __future__ import annotations
 
+import time
+
 from celery import Celery
+from celery.signals import before_task_publish
 
 from predraft.settings import Settings
+from workers.names import CLASSIFY, DRAFT, EXPORT, PREPARE, QUEUES, ROUTES  # noqa: F401 - re-exported
 
-PREPARE = "predraft.prepare"
-CLASSIFY = "predraft.classify"
-DRAFT = "predraft.draft"
-QUEUES = ("prepare", "classify", "draft")
-ROUTES = {PREPARE: {"queue": "prepare"}, CLASSIFY: {"queue": "classify"}, DRAFT: {"queue": "draft"}}
+#: How often a worker polls the embedded (SQLite) broker for messages; Redis needs no polling.
+SQLA_POLL_SECONDS = 0.05
+#: Message header: when the message was published (seconds since the epoch). Redis keeps no time with a
+#: message, so ``predraft queue stats`` reads the age of the oldest waiting message from this header.
+SENT_AT_HEADER = "predraft_sent_at"
+
+
+@before_task_publish.connect(dispatch_uid="predraft-sent-at")
+def _stamp_sent_at(headers: dict | None = None, **_: object) -> None:
+    """Stamp every task message this process publishes (a retry too) with its publication time."""
+    if headers is not None:
+        headers[SENT_AT_HEADER] = time.time()
 
 
 def create_celery(settings: Settings) -> Celery:
-    app = Celery("predraft", broker=settings.broker_url, include=["workers.tasks"])
+    app = Celery("predraft", broker=settings.broker_url,
+                 include=["workers.tasks", "workers.export_task", "workers.heartbeat"])
     app.conf.update(
         task_routes=ROUTES,
         task_default_queue="prepare",
@@ -33,4 +46,11 @@ def create_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_send_task_events=False,
     )
+    if str(settings.broker_url).startswith("sqla+"):
+        # kombu's SQLAlchemy transport polls its table, by default once a second: every hop of a study
+        # (prepare, classify, draft, export) waited up to that long (bench/time_to_draft.py). Its
+        # transport options all go to create_engine, so the interval is set on the transport class.
+        from kombu.transport import sqlalchemy as kombu_sqlalchemy
+
+        kombu_sqlalchemy.Transport.polling_interval = SQLA_POLL_SECONDS
     return app

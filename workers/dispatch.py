@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from celery import Celery
 from sqlalchemy import exists, func, select, update
 
 from models.taxonomy import CLASSIFIABLE_SOP_CLASSES
+from predraft.clock import as_utc
 from predraft.db import session_scope
 from predraft.events import record_event
 from predraft.schema import Instance, Study, utcnow
@@ -46,7 +47,7 @@ def claim_ready_studies(database_url: str, *, quiet_seconds: float,
             expected = _expected_images(expected_views, description, procedure)
             if expected is not None and count >= expected:
                 reason = f"complete: {count} image(s), {expected} expected"
-            elif _aware(last_instance_at) < cutoff:
+            elif as_utc(last_instance_at) < cutoff:
                 reason = f"quiet for {quiet_seconds:g} s with {count} image(s)"
             else:
                 continue
@@ -69,9 +70,6 @@ def _expected_images(rules: Sequence[ExpectedViewsRule], *descriptions: str) -> 
     return None
 
 
-def _aware(moment: datetime) -> datetime:
-    """SQLite returns naive datetimes for timezone-aware columns; they are UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def start_study(app: Celery, database_url: str, study_id: int) -> int:
@@ -105,3 +103,40 @@ def finish_if_done(app: Celery, database_url: str, study_id: int) -> bool:
         record_event(session, "drafting", f"generation {generation}", study_id=study_id)
     app.send_task(DRAFT, args=[study_id, generation])
     return True
+
+
+#: States in which a study is on its way to a draft already: a redraft would only race it.
+_IN_PROGRESS = frozenset({StudyState.RECEIVING, StudyState.READY, StudyState.DRAFTING})
+
+
+class CannotRedraft(LookupError):
+    """No such study, or one that is being drafted already."""
+
+
+def redraft_study(app: Celery, database_url: str, *, study_uid: str) -> int:
+    """Draft a finished study (drafted, out of scope, in error, or any later state) again; return its new
+    generation.
+
+    The study is re-opened as a late image re-opens it (:func:`listener.ingest.record_instance`): a new
+    generation, no error; then it is READY at once (no quiet wait: nothing new arrives) and
+    :func:`start_study` prepares what waits and drafts it, so the new draft's SR supersedes the previous one.
+    Claimed with a conditional UPDATE, so a concurrent redraft or late image cannot draft it twice.
+    """
+    with session_scope(database_url) as session:
+        study = session.execute(select(Study.id, Study.state, Study.generation)
+                                .where(Study.study_uid == study_uid)).first()
+        if study is None:
+            raise CannotRedraft(f"no study with StudyInstanceUID {study_uid}")
+        if study.state in _IN_PROGRESS:
+            raise CannotRedraft(f"study {study_uid} is {study.state}: it is on its way to a draft already")
+        generation = study.generation + 1
+        claimed = session.execute(
+            update(Study).where(Study.id == study.id, Study.state == study.state,
+                                Study.generation == study.generation)
+            .values(state=StudyState.READY, generation=generation, error=None, ready_at=utcnow()))
+        if claimed.rowcount != 1:
+            raise CannotRedraft(f"study {study_uid} changed meanwhile; try again")
+        record_event(session, "study_reopened", f"redraft requested while {study.state}; generation {generation}",
+                     study_id=study.id)
+    start_study(app, database_url, study.id)
+    return generation

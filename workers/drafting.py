@@ -17,10 +17,10 @@ from listener.spool import Spool
 from models.card import ModelCard
 from predraft.events import record_event
 from predraft.schema import Draft, Instance, Prediction, Study, utcnow
-from predraft.states import InstanceState, StudyState
-from reporting.aggregate import HipObservation, aggregate
+from predraft.states import InstanceState, ReportKind, StudyState
+from reporting.aggregate import AggregationRule, HipObservation, aggregate
 from reporting.sr import build_draft_sr
-from reporting.text import render_draft
+from reporting.text import render_draft, template_environment
 
 
 @dataclass(frozen=True)
@@ -30,14 +30,17 @@ class DraftOutcome:
     message: str
 
 
-def draft_study(session: Session, *, study: Study, generation: int, model: ModelCard, spool: Spool) -> DraftOutcome:
-    """Draft ``study`` for ``generation`` with predictions of ``model``.
+def draft_study(session: Session, *, study: Study, generation: int, model: ModelCard, spool: Spool,
+                rule: AggregationRule | None = None, template_dir: Path | None = None) -> DraftOutcome:
+    """Draft ``study`` for ``generation`` with predictions of ``model``, combined by ``rule``, worded by the
+    templates (the site's ``template_dir`` first).
 
     Idempotent: a draft already recorded for this generation is returned as it is. A study with no
     classified image ends OUT_OF_SCOPE (nothing was a hip or pelvis radiograph) or ERROR. A draft of a
     later generation supersedes the previous one: its SR lists it in the Predecessor Documents Sequence.
     """
-    existing = session.scalar(select(Draft).where(Draft.study_id == study.id, Draft.generation == generation))
+    existing = session.scalar(select(Draft).where(Draft.study_id == study.id, Draft.generation == generation,
+                                                  Draft.kind == ReportKind.DRAFT))
     if existing is not None:
         return DraftOutcome(StudyState.DRAFTED, existing.id, "already drafted")
 
@@ -58,15 +61,18 @@ def draft_study(session: Session, *, study: Study, generation: int, model: Model
         return DraftOutcome(StudyState.OUT_OF_SCOPE, None, "no hip or pelvis radiograph in this study")
 
     observations = [
-        HipObservation(instance.sop_instance_uid, prediction.side, prediction.view, prediction.probabilities)
+        HipObservation(instance.sop_instance_uid, prediction.side, prediction.view, prediction.probabilities,
+                       prediction.metal_present)
         for prediction, instance in rows
     ]
-    findings = aggregate(observations, threshold=model.threshold, class_thresholds=model.class_thresholds)
-    text = render_draft(findings, model=model, study_description=study.study_description)
+    findings = aggregate(observations, threshold=model.threshold, class_thresholds=model.class_thresholds, rule=rule)
+    text = render_draft(findings, model=model, study_description=study.study_description,
+                        environment=template_environment(template_dir))
     instances = list(dict.fromkeys(instance for _, instance in rows))
     evidence = [pydicom.dcmread(instance.spool_path, stop_before_pixels=True) for instance in instances]
 
-    previous = session.scalar(select(Draft).where(Draft.study_id == study.id, Draft.generation < generation)
+    previous = session.scalar(select(Draft).where(Draft.study_id == study.id, Draft.generation < generation,
+                                                  Draft.kind == ReportKind.DRAFT)
                               .order_by(Draft.generation.desc()).limit(1))
     predecessors = [] if previous is None else [pydicom.dcmread(previous.sr_path, stop_before_pixels=True)]
 
@@ -83,8 +89,11 @@ def draft_study(session: Session, *, study: Study, generation: int, model: Model
     draft = Draft(study_id=study.id, generation=generation, text=text.full,
                   findings=[{"side": f.side.value, "hardware": f.hardware.value if f.hardware else None,
                              "top_class": f.top_class.value, "probability": round(f.probability, 4),
-                             "views": [v.value for v in f.views], "reason": f.reason} for f in findings],
+                             "views": [v.value for v in f.views], "reason": f.reason, "metal": f.metal,
+                             "probabilities": {c.value: round(float(p), 4) for c, p in f.probabilities.items()}}
+                            for f in findings],
                   model_name=model.name, model_version=model.version, sr_sop_instance_uid=sr_uid,
+                  kind=ReportKind.DRAFT.value, synthetic_demo=model.synthetic_demo,
                   sr_series_uid=series_uid, sr_path=str(Path(path)),
                   supersedes_id=None if previous is None else previous.id)
     session.add(draft)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from models.metal import MetalFinding, detect_metal
 from models.pixels import (
     PixelDataError,
     crop_collimation,
@@ -29,13 +30,20 @@ class OutOfScopeError(Exception):
 
 @dataclass(frozen=True)
 class HipImage:
+    """One hip ready for the classifier, with the model-free metal check of the same hip."""
+
     side: Side
     view: View
     pixels: np.ndarray  # uint8 (S, S)
+    metal: MetalFinding | None = None
 
     def to_message(self) -> dict[str, object]:
-        return {"side": self.side.value, "view": self.view.value, "size": int(self.pixels.shape[0]),
-                "pixels": base64.b64encode(self.pixels.tobytes()).decode("ascii")}
+        message: dict[str, object] = {"side": self.side.value, "view": self.view.value,
+                                      "size": int(self.pixels.shape[0]),
+                                      "pixels": base64.b64encode(self.pixels.tobytes()).decode("ascii")}
+        if self.metal is not None:
+            message["metal"] = asdict(self.metal)
+        return message
 
     @classmethod
     def from_message(cls, message: dict[str, object]) -> HipImage:
@@ -43,11 +51,12 @@ class HipImage:
         pixels = np.frombuffer(base64.b64decode(str(message["pixels"])), dtype=np.uint8)
         if pixels.size != size * size:
             raise ValueError(f"hip image message holds {pixels.size} bytes, expected {size * size}")
-        return cls(Side(str(message["side"])), View(str(message["view"])), pixels.reshape(size, size))
+        metal = MetalFinding(**message["metal"]) if message.get("metal") else None  # type: ignore[arg-type]
+        return cls(Side(str(message["side"])), View(str(message["view"])), pixels.reshape(size, size), metal)
 
 
 def prepare_file(path: Path, *, input_size: int, voi_window_index: int = 0) -> tuple[ViewResult, list[HipImage]]:
-    """Read, check scope, decode, window, crop, orient, split and letterbox.
+    """Read, check scope, decode, window, crop, orient, split and letterbox; metal-check every hip.
 
     ``voi_window_index`` picks the image's VOI LUT or window (settings.voi_window_index; 0 is the first).
     Collimation borders are cropped before an AP pelvis is split at its midline, so the split follows the
@@ -68,11 +77,14 @@ def prepare_file(path: Path, *, input_size: int, voi_window_index: int = 0) -> t
     orientation = ds.get("PatientOrientation")
     if labels.view is View.AP_PELVIS:
         halves = split_bilateral(image, orientation)
-        hips = [HipImage(side, labels.view, letterbox(halves[side], input_size)) for side in labels.sides]
+        hips = [_hip(side, labels.view, halves[side], input_size) for side in labels.sides]
     else:
-        oriented = standard_orientation(image, orientation)
-        hips = [HipImage(labels.sides[0], labels.view, letterbox(oriented, input_size))]
+        hips = [_hip(labels.sides[0], labels.view, standard_orientation(image, orientation), input_size)]
     return labels, hips
+
+
+def _hip(side: Side, view: View, image: np.ndarray, input_size: int) -> HipImage:
+    return HipImage(side, view, letterbox(image, input_size), detect_metal(image))
 
 
 __all__ = ["HipImage", "OutOfScopeError", "PixelDataError", "prepare_file"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from celery import Task, shared_task
+from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import delete
 from sqlalchemy.exc import OperationalError
 
@@ -21,17 +22,34 @@ from models.card import ModelCard, load_card
 from models.factory import Classifier, load_classifier
 from predraft.db import session_scope
 from predraft.events import record_event
-from predraft.schema import Instance, Prediction, Study
+from predraft.schema import Instance, Prediction, Study, utcnow
 from predraft.settings import Settings, get_settings
 from predraft.states import FINISHED_INSTANCE_STATES, InstanceState, StudyState
 from workers.app import CLASSIFY, DRAFT, PREPARE
 from workers.batcher import MicroBatcher
+from workers.dead_letters import record_dead_letter
 from workers.dispatch import finish_if_done
 from workers.drafting import apply_outcome, draft_study
+from workers.export_service import queue_exports
+from workers.export_task import send_exports
 from workers.prepare import HipImage, OutOfScopeError, prepare_file
 
 log = logging.getLogger(__name__)
-_RETRY = {"autoretry_for": (OperationalError,), "retry_backoff": True, "max_retries": 5}
+
+
+class RecordedTask(Task):
+    """A task whose final failure (retries spent, or an error no retry covers) becomes a dead letter."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: object) -> None:
+        record_dead_letter(_settings().database_url, task_name=self.name, task_id=task_id,
+                           first_arg=args[0] if args else None, attempts=self.request.retries + 1,
+                           error=f"{type(exc).__name__}: {exc}", traceback=str(einfo))
+
+
+#: Passing trouble (the database or the broker briefly away) is retried with exponential backoff and
+#: jitter, at most 5 times (about a minute in all); then the task is a dead letter.
+_RETRY = {"base": RecordedTask, "autoretry_for": (OperationalError, KombuOperationalError, ConnectionError),
+          "retry_backoff": 2, "retry_backoff_max": 30, "retry_jitter": True, "max_retries": 5}
 
 
 @lru_cache(maxsize=1)
@@ -103,6 +121,7 @@ def prepare(self: Task, instance_id: int) -> None:
         instance.state = InstanceState.PREPARED
         instance.view, instance.view_rule = labels.view.value, labels.view_rule
         instance.side = "+".join(side.value for side in labels.sides)
+        instance.study.prepared_at = utcnow()
     self.app.send_task(CLASSIFY, args=[instance_id, [hip.to_message() for hip in hips]])
 
 
@@ -127,9 +146,12 @@ def classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]]
             top = max(scores, key=lambda key: scores[key])
             session.add(Prediction(instance_id=instance_id, side=hip.side.value, view=hip.view.value,
                                    model_name=card.name, model_version=card.version, probabilities=scores,
-                                   top_class=top, top_probability=scores[top]))
+                                   top_class=top, top_probability=scores[top],
+                                   metal_present=hip.metal.present if hip.metal else None,
+                                   metal_score=hip.metal.score if hip.metal else None))
         instance = session.get(Instance, instance_id)
         instance.state = InstanceState.CLASSIFIED
+        instance.study.classified_at = utcnow()
         record_event(session, "classified", f"{len(hips)} hip image(s)", study_id=study_id, instance_id=instance_id)
     finish_if_done(self.app, settings.database_url, study_id)
 
@@ -144,7 +166,8 @@ def draft(self: Task, study_id: int, generation: int) -> None:
             return
         try:
             outcome = draft_study(session, study=study, generation=generation, model=card,
-                                  spool=Spool(settings.spool_dir))
+                                  spool=Spool(settings.spool_dir), rule=settings.aggregation_rule,
+                                  template_dir=settings.template_dir)
         except OperationalError:
             raise
         except Exception as exc:
@@ -156,3 +179,9 @@ def draft(self: Task, study_id: int, generation: int) -> None:
             return
         apply_outcome(session, study=study, generation=generation, outcome=outcome)
         log.info("study row %d: %s", study_id, outcome.state.value)
+        exports: list[str] = []
+        if study.state == StudyState.DRAFTED and outcome.draft_id is not None:
+            exports = queue_exports(session, draft_id=outcome.draft_id,
+                                    destinations=[d.name for d in settings.export_destinations])
+    if exports:  # committed: now the export tasks may run
+        send_exports(self.app, outcome.draft_id, exports)

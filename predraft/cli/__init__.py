@@ -11,8 +11,13 @@ import predraft
 from predraft.cli.db import db
 from predraft.cli.demo import demo
 from predraft.cli.models import models
+from predraft.cli.phantoms import phantoms
+from predraft.cli.queue import queue
 from predraft.cli.services import listen, serve, web, worker
 from predraft.cli.studies import studies
+from predraft.cli.train import evaluate, train
+from predraft.cli.users import users
+from predraft.cli.workers import workers
 
 
 @click.group()
@@ -21,7 +26,8 @@ def cli() -> None:
     """predraft: drafts hip hardware reports from radiographs sent by a PACS."""
 
 
-for command in (db, serve, listen, worker, web, studies, demo, models):
+for command in (db, serve, listen, worker, web, studies, demo, models, phantoms, train, evaluate, users,
+                queue, workers):
     cli.add_command(command)
 
 

@@ -67,13 +67,14 @@ def listen() -> None:
 
 
 @click.command()
-@click.option("--queues", "-Q", default="prepare,classify,draft", show_default=True,
+@click.option("--queues", "-Q", default="prepare,classify,draft,export", show_default=True,
               help="Comma-separated queues to consume.")
 @click.option("--concurrency", "-c", type=int, default=None, help="Worker threads (default from settings).")
 def worker(queues: str, concurrency: int | None) -> None:
     """Run a Celery worker on the given queues."""
     from models.card import ModelCardError, load_card
     from predraft.bootstrap import configure_logging
+    from reporting.text import TemplateCheckError, check_templates
     from workers.app import QUEUES, create_celery
 
     settings = load_settings_with_schema()
@@ -83,7 +84,9 @@ def worker(queues: str, concurrency: int | None) -> None:
         raise click.ClickException(f"unknown queue(s) {sorted(unknown)}; known: {', '.join(QUEUES)}")
     try:
         load_card(settings.model_card_path, verify_weights="classify" in queues)
-    except ModelCardError as exc:
+        if "draft" in queues:
+            check_templates(settings.template_dir)  # a broken site template stops the worker here, not a report
+    except (ModelCardError, TemplateCheckError) as exc:
         raise click.ClickException(str(exc)) from exc
     app = create_celery(settings)
     app.worker_main([

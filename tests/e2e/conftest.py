@@ -44,7 +44,8 @@ class Deployment:
 
     def study(self, study_uid: str) -> dict | None:
         result = self.cli("studies", "show", study_uid, "--json", check=False)
-        return json.loads(result.stdout) if result.returncode == 0 else None
+        # exit 1: shown, with a problem (the study in error, a dead export); else an unknown study (or exit 2)
+        return json.loads(result.stdout) if result.returncode in (0, 1) and result.stdout.strip() else None
 
     def wait_for_study(self, study_uid: str, timeout: float = 120.0) -> dict:
         """Poll ``predraft studies show --json`` until the study is drafted, out of scope or in error."""

@@ -97,10 +97,12 @@ def _site_config() -> dict:
     return json.loads((DEPLOY / "orthanc.json").read_text())
 
 
-def _test_config(tmp_path: Path, predraft: Deployment) -> tuple[dict, int, int]:
-    """deploy/orthanc/orthanc.json with this test's ports, storage and predraft; nothing else changed."""
+def _test_config(tmp_path: Path, predraft: Deployment, http_port: int | None = None,
+                 dicom_port: int | None = None) -> tuple[dict, int, int]:
+    """deploy/orthanc/orthanc.json with this test's ports (free ones unless given), storage and predraft;
+    nothing else changed."""
     config = _site_config()
-    http_port, dicom_port = free_port(), free_port()
+    http_port, dicom_port = http_port or free_port(), dicom_port or free_port()
     storage = tmp_path / "orthanc-storage"
     config.update(StorageDirectory=str(storage), IndexDirectory=str(storage), HttpPort=http_port,
                   DicomPort=dicom_port, StableAge=STABLE_AGE, RemoteAccessAllowed=False,

@@ -6,7 +6,7 @@ import pytest
 
 from models.taxonomy import HardwareClass as H
 from models.taxonomy import Side, View
-from reporting.aggregate import HipObservation, aggregate
+from reporting.aggregate import AggregationRule, HipObservation, aggregate
 
 
 def _obs(uid: str, side: Side, view: View, **probabilities: float) -> HipObservation:
@@ -125,3 +125,81 @@ def test_a_class_threshold_overrides_the_global_one():
     assert aggregate(observations, threshold=0.9, class_thresholds={"tha": 0.6})[0].hardware is H.THA
     with pytest.raises(ValueError, match=r"class_thresholds\[tha\] 1.5"):
         aggregate(observations, threshold=0.5, class_thresholds={"tha": 1.5})
+
+
+def _metal_obs(uid: str, view: View, metal: bool | None, **probabilities: float) -> HipObservation:
+    return HipObservation(uid, Side.RIGHT, view, {H(key): value for key, value in probabilities.items()}, metal)
+
+
+@pytest.mark.parametrize(("metal", "probabilities", "hardware", "reason"), [
+    ((True, False), {"none": 0.9, "tha": 0.1}, None, "metal check sees metal where the model sees no hardware"),
+    ((False, False), {"tha": 0.9, "none": 0.1}, None, "model sees tha but the metal check sees no metal"),
+    ((True, True), {"tha": 0.9, "none": 0.1}, H.THA, "mean probability"),
+    ((False, None), {"none": 0.9, "tha": 0.1}, H.NONE, "mean probability"),
+    ((None, None), {"none": 0.9, "tha": 0.1}, H.NONE, "mean probability"),
+    ((None, None), {"dhs": 0.9, "none": 0.1}, H.DHS, "mean probability"),
+    ((False, False), {"post_infectious": 0.9, "none": 0.1}, H.POST_INFECTIOUS, "mean probability"),
+])
+def test_metal_check_disagreement_makes_the_side_indeterminate(metal, probabilities, hardware, reason):
+    finding, = aggregate([_metal_obs("1.1", View.AP_PELVIS, metal[0], **probabilities),
+                          _metal_obs("1.2", View.FROG_LEG, metal[1], **probabilities)], threshold=0.5)
+    assert finding.hardware is hardware
+    assert reason in finding.reason
+    checked = [m for m in metal if m is not None]
+    assert finding.metal is (any(checked) if checked else None)
+
+
+# --- the rule as a table: per-view probabilities -> per-side outcome ----------------------------------
+AP, HIP, FROG, XTL = View.AP_PELVIS, View.AP_HIP, View.FROG_LEG, View.CROSS_TABLE_LATERAL
+R, L = Side.RIGHT, Side.LEFT
+
+RULE_TABLE = [
+    # (case, [(side, view, probabilities)], {side: expected hardware or None}, reason fragment per side)
+    ("three views agree", [(R, AP, {"tha": 0.9, "hemi": 0.1}), (R, FROG, {"tha": 0.8, "hemi": 0.2}),
+                           (R, XTL, {"tha": 0.7, "hemi": 0.3})], {R: H.THA}, {R: "3 image(s)"}),
+    ("a dissenting view within the margin", [(R, AP, {"dhs": 0.9, "imn": 0.1}), (R, XTL, {"imn": 0.55, "dhs": 0.45})],
+     {R: H.DHS}, {R: "weighted mean"}),
+    ("a dissenting view beyond the margin", [(R, AP, {"dhs": 0.9, "imn": 0.1}), (R, XTL, {"imn": 0.8, "dhs": 0.2})],
+     {R: None}, {R: "views disagree (dhs, imn)"}),
+    ("a hard pair dissents sooner", [(R, AP, {"tha": 0.9, "hemi": 0.1}), (R, XTL, {"hemi": 0.6, "tha": 0.4})],
+     {R: None}, {R: "views disagree (hemi, tha)"}),
+    ("abstention below threshold", [(L, HIP, {"plate": 0.45, "dhs": 0.35, "none": 0.2})], {L: None},
+     {L: "below the model's threshold"}),
+    ("a hard pair too close", [(R, AP, {"post_infectious": 0.55, "tha_plus_fixation": 0.45})], {R: None},
+     {R: "too close to tell apart"}),
+    ("a missing view is no finding", [(R, AP, {"cannulated_screws": 0.95, "none": 0.05}),
+                                      (R, FROG, {"cannulated_screws": 0.9, "none": 0.1})],
+     {R: H.CANNULATED_SCREWS}, {R: "2 image(s)"}),
+    ("bilateral with different classes", [(R, AP, {"tha": 0.9, "none": 0.1}), (L, AP, {"none": 0.95, "tha": 0.05}),
+                                          (R, FROG, {"tha": 0.85, "none": 0.15})],
+     {R: H.THA, L: H.NONE}, {R: "2 image(s)", L: "1 image(s)"}),
+]
+
+
+@pytest.mark.parametrize(("case", "images", "expected", "reasons"), RULE_TABLE, ids=[row[0] for row in RULE_TABLE])
+def test_rule_table(case, images, expected, reasons):
+    observations = [HipObservation(f"1.{i}", side, view, probabilities)
+                    for i, (side, view, probabilities) in enumerate(images)]
+    findings = {finding.side: finding for finding in aggregate(observations, threshold=0.5)}
+    assert {side: finding.hardware for side, finding in findings.items()} == expected
+    for side, fragment in reasons.items():
+        assert fragment in findings[side].reason
+
+
+def test_view_weights_change_the_combined_probability():
+    observations = [_obs("1.1", Side.RIGHT, View.AP_PELVIS, tha=0.9, hemi=0.1),
+                    _obs("1.2", Side.RIGHT, View.CROSS_TABLE_LATERAL, tha=0.6, hemi=0.4)]
+    default, = aggregate(observations, threshold=0.5)
+    assert default.probability == pytest.approx((0.9 + 0.75 * 0.6) / 1.75)
+    equal, = aggregate(observations, threshold=0.5, rule=AggregationRule(view_weights={View.CROSS_TABLE_LATERAL: 1}))
+    assert equal.probability == pytest.approx(0.75)
+
+
+def test_rule_validates():
+    with pytest.raises(ValueError, match="weights must be positive"):
+        AggregationRule(view_weights={View.FROG_LEG: 0})
+    with pytest.raises(ValueError, match="frog"):
+        AggregationRule(view_weights={"frog": 1.0})
+    with pytest.raises(ValueError, match="hard_pair_margin"):
+        AggregationRule(hard_pair_margin=1.2)
+    assert AggregationRule().margin(H.THA, H.HEMI) == 0.15 and AggregationRule().margin(H.THA, H.DHS) == 0.25

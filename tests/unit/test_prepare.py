@@ -98,9 +98,18 @@ def test_hip_image_message_round_trip():
 def test_prepared_hips_round_trip_through_messages(demo_study):
     _, hips = prepare_file(demo_study[0].path, input_size=64)
     for hip in hips:
-        back = HipImage.from_message(hip.to_message())
+        back = HipImage.from_message(json.loads(json.dumps(hip.to_message())))
         assert (back.side, back.view) == (hip.side, hip.view)
         np.testing.assert_array_equal(back.pixels, hip.pixels)
+        assert back.metal == hip.metal
+
+
+def test_every_prepared_hip_is_metal_checked(demo_study):
+    """The demo study: a right THA and a native left hip on the AP pelvis."""
+    _, hips = prepare_file(demo_study[0].path, input_size=64)
+    metal = {hip.side: hip.metal for hip in hips}
+    assert metal[Side.RIGHT].present and not metal[Side.LEFT].present
+    assert metal[Side.RIGHT].reason and metal[Side.LEFT].reason
 
 
 def test_message_with_the_wrong_size_is_refused():

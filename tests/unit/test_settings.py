@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from models.card import DEMO_MODEL_CARD
 from predraft.settings import get_settings, redact_url
 
 
@@ -21,7 +22,7 @@ def test_defaults_put_everything_under_var_dir(clean_settings_env):
     assert (settings.http_host, settings.http_port) == ("127.0.0.1", 8080)
     assert settings.allowed_calling_aes == []
     assert settings.uses_demo_model
-    assert settings.model_card_path == var / "models" / "demo" / "card.json"
+    assert settings.model_card_path == DEMO_MODEL_CARD and DEMO_MODEL_CARD.is_file()
 
 
 def test_environment_overrides_defaults(clean_settings_env, monkeypatch):

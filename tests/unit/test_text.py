@@ -10,7 +10,8 @@ from models.card import ModelCard
 from models.taxonomy import HardwareClass as H
 from models.taxonomy import Side, View
 from reporting.aggregate import SideFinding
-from reporting.text import check_templates, make_environment, render_draft
+from reporting.text import TemplateCheckError, check_templates, make_environment, render_draft
+from reporting.wording import SENTENCES
 
 
 def _card(**changes) -> ModelCard:
@@ -94,11 +95,49 @@ def test_check_templates_passes_on_the_packaged_templates():
 
 def test_check_templates_finds_an_undefined_variable(tmp_path):
     (tmp_path / "findings.txt.j2").write_text("{{ no_such_variable }}\n")
-    with pytest.raises(jinja2.UndefinedError, match="no_such_variable"):
+    with pytest.raises(TemplateCheckError, match=r"findings.txt.j2 \(.*findings.txt.j2\).*no_such_variable"):
         check_templates(tmp_path)
 
 
 def test_check_templates_finds_a_syntax_error(tmp_path):
     (tmp_path / "disclaimer.txt.j2").write_text("{% if model.trained %}unclosed\n")
-    with pytest.raises(jinja2.TemplateSyntaxError):
+    with pytest.raises(TemplateCheckError, match="disclaimer.txt.j2") as caught:
         check_templates(tmp_path)
+    assert isinstance(caught.value.__cause__, jinja2.TemplateSyntaxError)
+    assert str(tmp_path) in str(caught.value)
+
+
+# Words that would comment on complications: the model describes hardware only (CLINICAL.md).
+COMPLICATION_WORDS = ("loosening", "loose", "dislocat", "fracture", "infection", "infected", "failure", "fail",
+                      "subsidence", "osteolysis", "malposition", "periprosthetic", "normal alignment")
+
+
+@pytest.mark.parametrize("hardware", [*H, None], ids=[*(h.value for h in H), "indeterminate"])
+@pytest.mark.parametrize("side", list(Side), ids=[s.value for s in Side])
+def test_every_class_and_side_renders(hardware, side):
+    finding = SideFinding(side, hardware, 0.93, {hardware or H.NONE: 0.93, H.PLATE: 0.07}, (View.AP_HIP,),
+                          ("1.2.3.1",), "reason given")
+    draft = render_draft([finding], model=_card(trained=True))
+    label = {Side.RIGHT: "Right hip", Side.LEFT: "Left hip", Side.UNKNOWN: "Hip (side not stated)"}[side]
+    sentence = "Indeterminate, review." if hardware is None else SENTENCES[hardware]
+    assert draft.findings == f"{label}: {sentence}{' (reason given)' if hardware is None else ''} Seen on: AP hip."
+    assert draft.impression == f"1. {label}: {sentence}"
+    assert draft.side_sentences[side] == draft.findings
+    prose = (draft.findings + draft.impression).lower().replace("post-infectious", "")
+    assert not [word for word in COMPLICATION_WORDS if word in prose]
+
+
+def test_a_broken_site_template_stops_a_draft_worker_at_start(tmp_path, clean_settings_env, monkeypatch, capsys,
+                                                               tiny_card_path):
+    from predraft.cli import main
+    from predraft.db import upgrade
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "impression.txt.j2").write_text("{% for finding in findings %}{{ finding.no_such }}{% endfor")
+    monkeypatch.setenv("PREDRAFT_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("PREDRAFT_TEMPLATE_DIR", str(tmp_path / "site"))
+    monkeypatch.setenv("PREDRAFT_MODEL", str(tiny_card_path))
+    upgrade(f"sqlite:///{tmp_path / 'var' / 'predraft.sqlite'}")
+    assert main(["worker", "--queues", "draft"]) == 1
+    error = capsys.readouterr().err
+    assert "impression.txt.j2" in error and str(tmp_path / "site") in error

@@ -224,3 +224,21 @@ def test_apply_outcome_leaves_a_reopened_study_alone(sqlite_url, drafting_study)
     with session_scope(sqlite_url) as session:
         study = session.get(Study, study_id)
         assert (study.state, study.generation, study.drafted_at) == (StudyState.RECEIVING, 2, None)
+
+
+def test_study_timings_count_from_the_last_instance():
+    from datetime import UTC, datetime
+
+    from predraft.schema import Export
+    from predraft.studies import study_timings
+
+    t0 = datetime(2026, 11, 22, 12, 0, 0)  # naive, as SQLite returns them: UTC
+    study = Study(received_at=t0, last_instance_at=t0 + timedelta(seconds=2), ready_at=t0 + timedelta(seconds=2.5),
+                  prepared_at=t0 + timedelta(seconds=3), classified_at=t0 + timedelta(seconds=3.5))
+    draft = Draft(created_at=t0 + timedelta(seconds=4.25),
+                  exports=[Export(exported_at=t0 + timedelta(seconds=5)), Export(exported_at=None)])
+    timings = study_timings(study, draft)
+    assert timings["seconds_from_last_instance"] == {"ready": 0.5, "prepared": 1.0, "classified": 1.5,
+                                                     "drafted": 2.25, "exported": 3.0}
+    assert timings["at"]["received"] == datetime(2026, 11, 22, 12, 0, tzinfo=UTC).isoformat(timespec="milliseconds")
+    assert study_timings(Study(received_at=t0, last_instance_at=t0), None)["seconds_from_last_instance"] == {}
