@@ -25,6 +25,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from listener import status
 from listener.receive import Receiver, ReceiveStatus
 from models.taxonomy import DX_FOR_PROCESSING, STORABLE_SOP_CLASSES
+from predraft import metrics
 from predraft.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,13 @@ class StoreHandler:
         calling_ae = str(event.assoc.requestor.ae_title).strip()
         outcome = self.receiver.receive_file(event.dataset_path, source=calling_ae,
                                              expected_sop_class=str(event.request.AffectedSOPClassUID))
+        metrics.record_received("dimse", outcome.status.value, outcome.size)
         return STATUS_OF[outcome.status]
 
 
 def log_rejected(event: evt.Event) -> None:
     """EVT_REJECTED: name the caller (AE title and address; no patient data) and why."""
+    metrics.ASSOCIATIONS.labels(outcome="rejected").inc()
     requestor = event.assoc.requestor
     log.warning("rejected an association from %s at %s: calling AE title not in allowed_calling_aes or "
                 "called AE title not %s", str(requestor.ae_title).strip(), requestor.address,
@@ -97,8 +100,23 @@ def log_rejected(event: evt.Event) -> None:
 
 def log_aborted(event: evt.Event) -> None:
     """EVT_ABORTED: an association dropped before release; what was fully received is kept."""
+    metrics.ASSOCIATIONS.labels(outcome="aborted").inc()
     requestor = event.assoc.requestor
     log.warning("association from %s at %s aborted", str(requestor.ae_title).strip(), requestor.address)
+
+
+def count_established(event: evt.Event) -> None:
+    """EVT_ESTABLISHED: one more open association (closed again by :func:`count_closed`)."""
+    metrics.ASSOCIATIONS.labels(outcome="established").inc()
+    metrics.ASSOCIATIONS_OPEN.inc()
+    event.assoc.predraft_counted_open = True  # so that only established associations are counted closed
+
+
+def count_closed(event: evt.Event) -> None:
+    """EVT_CONN_CLOSE: the connection of an association is gone, however it ended (release, abort, drop)."""
+    if getattr(event.assoc, "predraft_counted_open", False):
+        event.assoc.predraft_counted_open = False
+        metrics.ASSOCIATIONS_OPEN.dec()
 
 
 class ListenerServer(ThreadedAssociationServer):
@@ -164,7 +182,8 @@ def start_dimse_server(settings: Settings) -> ThreadedAssociationServer:
         "allowed_networks": tuple(ipaddress.ip_network(a, strict=False) for a in settings.allowed_addresses)})
     server = ae.make_server((settings.dimse_host, settings.dimse_port),
                             evt_handlers=[(evt.EVT_C_STORE, StoreHandler(receiver)),
-                                          (evt.EVT_REJECTED, log_rejected), (evt.EVT_ABORTED, log_aborted)],
+                                          (evt.EVT_REJECTED, log_rejected), (evt.EVT_ABORTED, log_aborted),
+                                          (evt.EVT_ESTABLISHED, count_established), (evt.EVT_CONN_CLOSE, count_closed)],
                             ssl_context=make_ssl_context(settings), server_class=server_class)
     threading.Thread(target=server.serve_forever, name="dimse-acceptor", daemon=True).start()
     ae._servers.append(server)  # as AE.start_server does, so server.shutdown() can deregister it

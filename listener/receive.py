@@ -65,6 +65,8 @@ class ReceiveOutcome:
     sop_class_uid: str = ""
     sop_instance_uid: str = ""
     study_uid: str = ""
+    #: Bytes written to the spool: the file's size when STORED, else 0.
+    size: int = 0
 
 
 class Receiver:
@@ -138,7 +140,7 @@ class Receiver:
         status = ReceiveStatus.DUPLICATE if result.duplicate else ReceiveStatus.STORED
         log.info("%s instance %s from %s (study row %d)", status.value, header.sop_instance_uid, source,
                  result.study_id)
-        return ReceiveOutcome(status, status.value, **ids)
+        return ReceiveOutcome(status, status.value, **ids, size=len(data) if status is ReceiveStatus.STORED else 0)
 
     def _held(self, sop_instance_uid: str) -> bool:
         """Whether this instance is already recorded (then the spool keeps the copy it has)."""

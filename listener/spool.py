@@ -118,6 +118,19 @@ class Spool:
             removed += 1
         return removed
 
+    def check_ready(self) -> int:
+        """Raise unless an instance could be stored now: SpoolFullError below the free-space floor, OSError
+        when the spool cannot be written (a probe file is written, fsynced and removed). Returns the free bytes."""
+        self._check_floor(self.root, incoming_bytes=0)
+        handle, probe = tempfile.mkstemp(dir=self.root, prefix=f".{os.getpid()}.ready.", suffix=PARTIAL_SUFFIX)
+        try:
+            os.write(handle, b"ready")
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+            os.unlink(probe)
+        return shutil.disk_usage(self.root).free
+
     def _check_floor(self, folder: Path, *, incoming_bytes: int) -> None:
         """Raise SpoolFullError if storing ``incoming_bytes`` more would leave less than the floor free."""
         if self.min_free_bytes and shutil.disk_usage(folder).free - incoming_bytes < self.min_free_bytes:

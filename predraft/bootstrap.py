@@ -12,7 +12,18 @@ _FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
 
 def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format=_FORMAT, force=True)
+    """Root logging at ``log_level``: readable lines, or with ``log_format`` json one JSON object per line
+    (``time``, ``level``, ``process``, ``logger``, ``message``, and ``exc_info`` for a traceback)."""
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(JsonFormatter(
+            "%(asctime)s %(levelname)s %(processName)s %(name)s %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "processName": "process", "name": "logger"}))
+    else:
+        handler.setFormatter(logging.Formatter(_FORMAT))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
     for noisy in ("pynetdicom", "highdicom", "celery.worker.strategy", "celery.app.trace"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 

@@ -1,31 +1,68 @@
 """The HTTP app: one FastAPI application assembling the routers of the stages.
 
-``/healthz`` lives here; DICOMweb comes from ``listener/``, the worklist from ``reporting/web/``.
+``/healthz``, ``/readyz`` and ``/metrics`` live here (open, no login: probes and Prometheus call them);
+DICOMweb comes from ``listener/``, the worklist from ``reporting/web/``.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from http import HTTPStatus
+
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 import predraft
 from listener.dicomweb import router as dicomweb_router
+from predraft.health import ReadinessProbe
+from predraft.metrics import QueueDepthCollector
 from predraft.settings import Settings
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """The app: ``/healthz`` (open), DICOMweb under ``/dicomweb`` (its own bearer/basic auth), and the worklist
-    (every other route; a login session)."""
+    """The app: ``/healthz``, ``/readyz`` and ``/metrics`` (open), DICOMweb under ``/dicomweb`` (its own
+    bearer/basic auth), and the worklist (every other route; a login session)."""
     from reporting.web.app import install
 
     app = FastAPI(title="predraft", version=predraft.__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.include_router(dicomweb_router)
     install(app, settings)
+    probe = ReadinessProbe(settings)
+    queue_metrics = CollectorRegistry(auto_describe=False)
+    queue_metrics.register(QueueDepthCollector(lambda: _queue_depths(settings)))
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
         """The process is up."""
         return JSONResponse({"status": "ok", "version": predraft.__version__})
 
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """200 when the database, the broker, the model and the spool are all fine; else 503 naming what
+        is not (``failing``), each check with its reason."""
+        checks = await run_in_threadpool(probe.run)
+        failing = [check.name for check in checks if not check.ok]
+        body = {"status": "unready" if failing else "ready", "failing": failing,
+                "checks": {check.name: {"ok": check.ok, "detail": check.detail} for check in checks}}
+        return JSONResponse(body, status_code=HTTPStatus.SERVICE_UNAVAILABLE if failing else HTTPStatus.OK)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus text format: this process's counters and histograms, and the broker's queue depths."""
+        text = generate_latest(REGISTRY) + await run_in_threadpool(generate_latest, queue_metrics)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
+
     return app
+
+
+def _queue_depths(settings: Settings) -> dict[str, int]:
+    """Waiting messages per queue, counted by the broker (never read one by one); 2 s at most."""
+    from workers.names import QUEUES
+    from workers.queues import ping_broker, queue_counts
+
+    ping_broker(settings.broker_url, timeout=2.0)  # first: an embedded broker's file is never created by a scrape
+    counts = queue_counts(settings.broker_url, QUEUES, now=datetime.now(UTC), timeout=2.0)
+    return {queue: count.waiting for queue, count in counts.items()}

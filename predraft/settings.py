@@ -309,6 +309,16 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(2, ge=1, description="Threads of the embedded Celery worker.")
     worker_pool: str = Field("threads", description="Celery pool: threads, prefork or solo.")
     log_level: str = Field("INFO", description="Python logging level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: one readable line per record; json: one JSON object per line (for log shippers).")
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the listener's and the worker's Prometheus endpoints bind to.")
+    listener_metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of the DIMSE listener's Prometheus endpoint (/metrics; deploy/ uses "
+        "9110); 0: none.")
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of a worker's Prometheus endpoint (/metrics; deploy/ uses 9111); 0: "
+        "none. Each worker on one host needs its own (predraft worker --metrics-port).")
 
     @classmethod
     def settings_customise_sources(

@@ -14,6 +14,7 @@ from celery import Celery
 from celery.signals import before_task_publish
 
 from predraft.settings import Settings
+from workers import task_metrics  # noqa: F401 - connects the per-task latency signals
 from workers.names import CLASSIFY, DRAFT, EXPORT, PREPARE, QUEUES, ROUTES  # noqa: F401 - re-exported
 
 #: How often a worker polls the embedded (SQLite) broker for messages; Redis needs no polling.

@@ -26,6 +26,8 @@ from typing import Protocol
 
 import numpy as np
 
+from predraft import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -106,6 +108,7 @@ class MicroBatcher:
         self._condition = threading.Condition(threading.Lock())
         self._closed = False
         self._batches = self._images = self._largest = self._failed = 0
+        self._device = str(getattr(classifier, "device", "unknown"))  # the metrics' label
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -224,6 +227,7 @@ class MicroBatcher:
 
     def _execute(self, pieces: list[_Piece]) -> None:
         images = np.concatenate([piece.request.images[piece.start:piece.stop] for piece in pieces])
+        started = time.perf_counter()
         try:
             rows = self._predict(images)
         except Exception as exc:
@@ -237,6 +241,8 @@ class MicroBatcher:
                 self._execute([piece])
             return
         self._count(len(images), failed=False)
+        metrics.INFERENCE_SECONDS.labels(device=self._device).observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.labels(device=self._device).observe(len(images))
         offset = 0
         for piece in pieces:
             count = piece.stop - piece.start

@@ -22,6 +22,7 @@ from celery import Celery, Task, shared_task
 from sqlalchemy.exc import OperationalError
 
 from predraft.db import session_scope
+from predraft.metrics import EXPORTS
 from predraft.settings import Settings, get_settings
 from workers.app import EXPORT
 from workers.export import Delivery, ExportError, send
@@ -75,6 +76,7 @@ def export(self: Task, draft_id: int, destination: str) -> str:
     if isinstance(outcome, Delivery):
         with session_scope(settings.database_url) as session:
             record_sent(session, export_id=job.export_id, note=outcome.note)
+        EXPORTS.labels(destination=destination, outcome="sent").inc()
         log.info("export %d of draft %d to %s: sent (try %d)%s", job.export_id, draft_id, destination, job.attempt,
                  f"; {outcome.note}" if outcome.note else "")
         return "sent"
@@ -83,6 +85,7 @@ def export(self: Task, draft_id: int, destination: str) -> str:
     dead = not outcome.retryable or retries >= settings.export_max_retries
     with session_scope(settings.database_url) as session:
         record_failure(session, export_id=job.export_id, error=str(outcome), dead=dead)
+    EXPORTS.labels(destination=destination, outcome="dead" if dead else "failed").inc()
     if dead:
         why = "no retry can mend it" if not outcome.retryable else f"{retries} retries spent"
         log.warning("export %d of draft %d to %s is dead (%s): %s", job.export_id, draft_id, destination, why,

@@ -20,8 +20,10 @@ from sqlalchemy.exc import OperationalError
 from listener.spool import Spool
 from models.card import ModelCard, load_card
 from models.factory import Classifier, load_classifier
+from predraft.clock import as_utc
 from predraft.db import session_scope
 from predraft.events import record_event
+from predraft.metrics import TIME_TO_DRAFT
 from predraft.schema import Instance, Prediction, Study, utcnow
 from predraft.settings import Settings, get_settings
 from predraft.states import FINISHED_INSTANCE_STATES, InstanceState, StudyState
@@ -180,8 +182,12 @@ def draft(self: Task, study_id: int, generation: int) -> None:
         apply_outcome(session, study=study, generation=generation, outcome=outcome)
         log.info("study row %d: %s", study_id, outcome.state.value)
         exports: list[str] = []
+        time_to_draft: float | None = None
         if study.state == StudyState.DRAFTED and outcome.draft_id is not None:
             exports = queue_exports(session, draft_id=outcome.draft_id,
                                     destinations=[d.name for d in settings.export_destinations])
+            time_to_draft = (as_utc(study.drafted_at) - as_utc(study.last_instance_at)).total_seconds()
+    if time_to_draft is not None:  # committed: counted once, whatever a redelivery does
+        TIME_TO_DRAFT.observe(max(0.0, time_to_draft))
     if exports:  # committed: now the export tasks may run
         send_exports(self.app, outcome.draft_id, exports)

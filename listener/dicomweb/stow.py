@@ -33,6 +33,7 @@ from listener.dicomweb.common import (
 from listener.dicomweb.multipart import Part, copy_body, declared_length, split_multipart, stow_boundary
 from listener.dicomweb.status import FAILURE_CANNOT_UNDERSTAND, FAILURE_REASON_OF, FAILURE_STUDY_UID_MISMATCH
 from listener.receive import Receiver
+from predraft import metrics
 from predraft.db import session_scope
 from predraft.schema import Instance, Series
 
@@ -86,6 +87,8 @@ class PartResult:
 def _failed(part: Part, header: PartHeader, reason: int, message: str, source: str) -> PartResult:
     log.warning("STOW-RS part %d from %s (instance %s) refused with 0x%04X: %s", part.index + 1, source,
                 header.sop_instance_uid or "unknown", reason, message)
+    outcome = "study_uid_mismatch" if reason == FAILURE_STUDY_UID_MISMATCH else "cannot_understand"
+    metrics.record_received("stow", outcome, 0)
     return PartResult(header.sop_class_uid, header.sop_instance_uid, header.study_uid, reason, message)
 
 
@@ -103,6 +106,7 @@ def store_part(part: Part, receiver: Receiver, *, source: str, study_uid: str | 
         return _failed(part, header, FAILURE_STUDY_UID_MISMATCH,
                        f"study UID mismatch: the instance is of study {header.study_uid}, not {study_uid}", source)
     outcome = receiver.receive(part.content, source=source)  # refuses what it cannot read, or a cut file
+    metrics.record_received("stow", outcome.status.value, outcome.size)
     ids = (outcome.sop_class_uid or header.sop_class_uid, outcome.sop_instance_uid or header.sop_instance_uid,
            outcome.study_uid or header.study_uid)
     if outcome.status.succeeded:

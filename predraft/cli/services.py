@@ -50,6 +50,7 @@ def listen() -> None:
     from listener.spool import Spool
     from listener.stability import StabilityMonitor
     from predraft.bootstrap import configure_logging, wait_for_stop_signal
+    from predraft.metrics import serve_metrics
     from workers.app import create_celery
 
     settings = load_settings_with_schema()
@@ -58,6 +59,11 @@ def listen() -> None:
     # a finished instance is renamed into the spool, not copied.
     tempfile.tempdir = str(Spool(settings.spool_dir).receiving_dir())
     server = start_dimse_server(settings)
+    try:
+        serve_metrics(settings.metrics_host, settings.listener_metrics_port)
+    except OSError as exc:
+        server.shutdown()
+        raise click.ClickException(str(exc)) from exc
     monitor = StabilityMonitor(settings, create_celery(settings))
     monitor.start()
     click.echo(f"listening as {settings.ae_title} on {settings.dimse_host}:{server.server_address[1]}")
@@ -70,10 +76,13 @@ def listen() -> None:
 @click.option("--queues", "-Q", default="prepare,classify,draft,export", show_default=True,
               help="Comma-separated queues to consume.")
 @click.option("--concurrency", "-c", type=int, default=None, help="Worker threads (default from settings).")
-def worker(queues: str, concurrency: int | None) -> None:
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Port of this worker's Prometheus endpoint (default from settings; 0: none).")
+def worker(queues: str, concurrency: int | None, metrics_port: int | None) -> None:
     """Run a Celery worker on the given queues."""
     from models.card import ModelCardError, load_card
     from predraft.bootstrap import configure_logging
+    from predraft.metrics import serve_metrics
     from reporting.text import TemplateCheckError, check_templates
     from workers.app import QUEUES, create_celery
 
@@ -87,6 +96,10 @@ def worker(queues: str, concurrency: int | None) -> None:
         if "draft" in queues:
             check_templates(settings.template_dir)  # a broken site template stops the worker here, not a report
     except (ModelCardError, TemplateCheckError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        serve_metrics(settings.metrics_host, settings.worker_metrics_port if metrics_port is None else metrics_port)
+    except OSError as exc:
         raise click.ClickException(str(exc)) from exc
     app = create_celery(settings)
     app.worker_main([
@@ -108,4 +121,4 @@ def web() -> None:
     settings = load_settings_with_schema()
     configure_logging(settings)
     uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port,
-                log_level=settings.log_level.lower(), access_log=False)
+                log_level=settings.log_level.lower(), access_log=False, log_config=None)  # our handlers: text or JSON

@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 
 from listener.spool import Spool
 from predraft.db import session_scope
+from predraft.metrics import REVIEWS
 from predraft.schema import Instance, Study, User
 from predraft.states import Role
 from reporting.web import auth
@@ -275,6 +276,7 @@ async def review(request: Request, study_uid: str, user: CurrentUser = Depends(c
         raise WebError(HTTPStatus.CONFLICT, "this draft was reviewed by someone else meanwhile") from exc
     except ReviewError as exc:
         raise WebError(HTTPStatus.BAD_REQUEST, str(exc)) from exc
+    REVIEWS.labels(action=outcome.action.value).inc()
     if outcome.exports:  # committed: now the export tasks may run
         await run_in_threadpool(send_exports, context.celery(), outcome.report_id, outcome.exports)
     log.info("review %d: %s, SR %s", outcome.review_id, outcome.action.value, outcome.sr_sop_instance_uid)

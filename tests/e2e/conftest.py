@@ -35,6 +35,8 @@ class Deployment:
     http_port: int
     process: subprocess.Popen[str]
     log_path: Path
+    listener_metrics_port: int
+    worker_metrics_port: int
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([PREDRAFT, *args], env=self.env, capture_output=True, text=True, timeout=60)
@@ -103,10 +105,13 @@ def _start(tmp_path: Path, extra_env: dict[str, str]) -> Iterator[Deployment]:
     var_dir = tmp_path / "var"
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")}
     dimse_port, http_port = free_port(), free_port()
+    listener_metrics_port, worker_metrics_port = free_port(), free_port()
     env.update({
         "PREDRAFT_VAR_DIR": str(var_dir),
         "PREDRAFT_DIMSE_PORT": str(dimse_port),
         "PREDRAFT_HTTP_PORT": str(http_port),
+        "PREDRAFT_LISTENER_METRICS_PORT": str(listener_metrics_port),
+        "PREDRAFT_WORKER_METRICS_PORT": str(worker_metrics_port),
         "PREDRAFT_QUIET_SECONDS": "4",
         "PREDRAFT_STABILITY_POLL_SECONDS": "0.5",
         **extra_env,
@@ -115,7 +120,8 @@ def _start(tmp_path: Path, extra_env: dict[str, str]) -> Iterator[Deployment]:
     with log_path.open("w") as log:
         process = subprocess.Popen([PREDRAFT, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
                                    cwd=tmp_path)
-    deployment = Deployment(env, var_dir, dimse_port, http_port, process, log_path)
+    deployment = Deployment(env, var_dir, dimse_port, http_port, process, log_path, listener_metrics_port,
+                            worker_metrics_port)
     try:
         _ready(deployment)
         yield deployment
