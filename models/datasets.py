@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import multiprocessing
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -182,7 +183,9 @@ def prepare_images(data_dir: Path, rows: Sequence[LabelRow], *, input_size: int,
     if workers == 1:
         results = [_prepare_one(job) for job in jobs]
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # forkserver, not fork: a fork of a process holding threads or broker connections (a worker, a test
+        # process) can hang in the child, e.g. in kombu's after-fork clean-up of a Redis connection.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
             results = list(pool.map(_prepare_one, jobs, chunksize=8))
     hips: dict[tuple[str, Side], np.ndarray] = {}
     for image, found in zip(images, results, strict=True):

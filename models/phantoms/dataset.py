@@ -25,6 +25,7 @@ UIDs and today's date on every call, so a demo can be sent again and again.
 from __future__ import annotations
 
 import csv
+import multiprocessing
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -240,7 +241,8 @@ def write_phantom_dataset(out_dir: Path, *, studies: int, seed: int, size: int =
         results: Iterable[list[tuple[str, ...]]] = map(_write_one, work)
         rows = [row for study_rows in results for row in study_rows]
     else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        # forkserver, not fork: forking a process that holds threads or connections can hang the child
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("forkserver")) as pool:
             rows = [row for study_rows in pool.map(_write_one, work, chunksize=4) for row in study_rows]
     labels = out_dir / LABELS_NAME
     with labels.open("w", newline="") as handle:
