@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need on a fresh machine, then runs them (lint + the whole pytest suite).
 #   - Debian packages: dcmtk (storescu/echoscu), dicom3tools (dciodvfy), orthanc + orthanc-dicomweb (Orthanc),
-#     chromium (the worklist's browser tests drive it with Playwright; never `playwright install`)
+#     chromium (the worklist's browser tests drive it with Playwright; never `playwright install`),
+#     docker-compose and systemd (tests/test_deploy.py: `docker-compose config`, `systemd-analyze verify`)
 #   - services: Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432, started if they are down
 #   - a virtual environment in .venv with predraft and its test extras
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
@@ -14,10 +15,19 @@ command -v dciodvfy >/dev/null || need+=(dicom3tools)
 command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 [ -x /usr/bin/chromium ] || need+=(chromium)
-if ((${#need[@]})); then
-    echo "installing Debian packages: ${need[*]}"
+# Without their recommended packages: docker-compose would bring a Docker engine, containerd and iptables.
+bare=()
+command -v docker-compose >/dev/null || bare+=(docker-compose)      # validates deploy/compose.yaml (no engine needed)
+command -v systemd-analyze >/dev/null || bare+=(systemd)            # verifies deploy/systemd/ units
+if ((${#need[@]} + ${#bare[@]})); then
+    echo "installing Debian packages: ${need[*]} ${bare[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    if ((${#need[@]})); then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+    if ((${#bare[@]})); then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${bare[@]}" >/dev/null
+    fi
 fi
 
 if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
