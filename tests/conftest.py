@@ -91,3 +91,17 @@ def running_listener(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **override
     finally:
         server.shutdown()
         db.get_engine(settings.database_url).dispose()
+
+
+def sr_text(ds: object) -> str:
+    """Every TEXT content item of a structured report, depth first, one per line."""
+    texts: list[str] = []
+
+    def walk(items: object) -> None:
+        for item in items:  # type: ignore[attr-defined]
+            if item.ValueType == "TEXT":
+                texts.append(item.TextValue)
+            walk(item.get("ContentSequence", []))
+
+    walk(ds.ContentSequence)  # type: ignore[attr-defined]
+    return "\n".join(texts)

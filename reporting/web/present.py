@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from models.taxonomy import HardwareClass, Side, View
 from predraft.clock import as_utc
 from predraft.states import StudyState
+
+if TYPE_CHECKING:
+    from predraft.schema import Study
 
 
 class WorklistState(StrEnum):
@@ -97,3 +101,15 @@ def timestamp(moment: datetime | None) -> str:
     """UTC time as ``2026-11-22 16:40:03Z`` (the worklist shows UTC, said so in the column head)."""
     moment = utc(moment)
     return moment.strftime("%Y-%m-%d %H:%M:%SZ") if moment else ""
+
+
+def study_identity(study: Study) -> dict[str, str]:
+    """What names a study on the worklist and on its page: UID, patient, accession, study date, received time."""
+    return {
+        "study_uid": study.study_uid,
+        "patient_name": person_name(study.patient_name),
+        "patient_id": study.patient_id,
+        "accession": study.accession_number,
+        "study_date": dicom_date(study.study_date),
+        "received_at": timestamp(study.received_at),
+    }

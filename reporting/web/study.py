@@ -29,13 +29,8 @@ def study_page(session: Session, study_uid: str) -> dict[str, Any] | None:
             review = _review(row[0], row[1])
     instances = [i for i in study.instances if i.sop_class_uid not in STRUCTURED_REPORT_SOP_CLASSES]
     return {
-        "study_uid": study.study_uid,
-        "patient_name": present.person_name(study.patient_name),
-        "patient_id": study.patient_id,
-        "accession": study.accession_number,
-        "study_date": present.dicom_date(study.study_date),
+        **present.study_identity(study),
         "description": study.study_description,
-        "received_at": present.timestamp(study.received_at),
         "state": present.worklist_state(study.state, study.prepared_at is not None).value,
         "error": study.error,
         "generation": study.generation,

@@ -205,12 +205,7 @@ def _row(study: Study, draft: Draft | None, reviews: dict[int, tuple[Review, str
     if any(instance_state == "error" for _, _, instance_state in instances):
         flags.append(("error", "Instance error"))
     return {
-        "study_uid": study.study_uid,
-        "patient_name": present.person_name(study.patient_name),
-        "patient_id": study.patient_id,
-        "accession": study.accession_number,
-        "study_date": present.dicom_date(study.study_date),
-        "received_at": present.timestamp(study.received_at),
+        **present.study_identity(study),
         "views": [present.view_label(view, side) if view else f"({state})" for view, side, state in instances],
         "state": state.value,
         "findings": findings,

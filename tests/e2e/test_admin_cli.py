@@ -209,8 +209,13 @@ def test_admin_commands_against_running_workers(site: Site, tmp_path: Path) -> N
     site.wait("second study's draft waiting", lambda: _by(site.items("--queue", "draft", "--state", "waiting"),
                                                           study_uid=second), timeout=180)
 
-    # queue stats: every state, and the workers with their device and model
-    code, stats = site.cli("queue", "stats")
+    # queue stats: every state, and the workers with their device and model. The draft message is sent by the
+    # second study's last classify task before that task returns: wait until the worker holds only the export.
+    def settled_stats() -> tuple[int, dict] | None:
+        code, stats = site.cli("queue", "stats")
+        return (code, stats) if [worker["active"] for worker in stats["workers"]] == [1] else None
+
+    code, stats = site.wait("the second study's classify task finished", settled_stats, timeout=60)
     assert code == 1
     rows = {row["queue"]: row for row in stats["queues"]}
     assert (rows["draft"]["waiting"], rows["draft"]["running"], rows["draft"]["workers"]) == (1, 0, 0)

@@ -20,7 +20,7 @@ import pydicom
 import pytest
 
 from models.phantoms import write_demo_study
-from tests.conftest import free_port
+from tests.conftest import free_port, sr_text
 from tests.e2e.conftest import Deployment, _start
 from tests.e2e.test_orthanc import Orthanc, _run_orthanc, _site_config, _skip_without_orthanc, _test_config
 
@@ -78,19 +78,6 @@ def _download(orthanc: Orthanc, path: str) -> bytes:
         return response.read()
 
 
-def _sr_text(ds: pydicom.Dataset) -> str:
-    texts: list[str] = []
-
-    def walk(items: pydicom.Sequence) -> None:
-        for item in items:
-            if item.ValueType == "TEXT":
-                texts.append(item.TextValue)
-            walk(item.get("ContentSequence", []))
-
-    walk(ds.ContentSequence)
-    return "\n".join(texts)
-
-
 def test_orthanc_routes_a_study_to_predraft_and_gets_the_draft_sr_back(
     exporting_predraft: Deployment, orthanc: Orthanc, tmp_path: Path
 ) -> None:
@@ -118,7 +105,7 @@ def test_orthanc_routes_a_study_to_predraft_and_gets_the_draft_sr_back(
     sr_file = tmp_path / "sr-from-orthanc.dcm"
     sr_file.write_bytes(_download(orthanc, f"/instances/{by_uid[sr_uid]}/file"))
     sr = pydicom.dcmread(sr_file)
-    text = _sr_text(sr)
+    text = sr_text(sr)
     for phrase in ("Right hip", "Left hip", DISCLAIMER):
         assert phrase in text, text
     assert sr.PreliminaryFlag == "PRELIMINARY"

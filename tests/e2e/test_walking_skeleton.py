@@ -15,7 +15,7 @@ from pynetdicom.sop_class import ComputedRadiographyImageStorage
 
 from listener import status
 from models.phantoms import write_demo_study
-from tests.conftest import real_file
+from tests.conftest import real_file, sr_text
 from tests.e2e.conftest import Deployment
 
 pytestmark = pytest.mark.slow
@@ -40,19 +40,6 @@ def _not_an_image(template: Path, target: Path) -> str:
     ds.PixelData = b"this is not an image"
     ds.save_as(target)
     return str(ds.SOPInstanceUID)
-
-
-def _sr_text(ds: pydicom.Dataset) -> str:
-    texts: list[str] = []
-
-    def walk(items: pydicom.Sequence) -> None:
-        for item in items:
-            if item.ValueType == "TEXT":
-                texts.append(item.TextValue)
-            walk(item.get("ContentSequence", []))
-
-    walk(ds.ContentSequence)
-    return "\n".join(texts)
 
 
 def test_echo(embedded: Deployment) -> None:
@@ -102,7 +89,7 @@ def test_study_is_drafted_with_bad_instances_recorded(deployment: Deployment, tm
         for ref in series.ReferencedSOPSequence
     }
     assert referenced == {image.sop_instance_uid for image in demo}
-    text = _sr_text(sr)
+    text = sr_text(sr)
     assert "Right hip" in text and "Left hip" in text
     assert "demo model trained on synthetic phantoms only" in text
     assert "Right hip" in detail["draft"]["text"] and "Left hip" in detail["draft"]["text"]
