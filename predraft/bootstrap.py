@@ -26,6 +26,9 @@ def configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
     for noisy in ("pynetdicom", "highdicom", "celery.worker.strategy", "celery.app.trace"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # pydicom warns about invalid values by quoting them ("Invalid value for VR DA: '1980-02-03'", a birth
+    # date): patient data, so only its errors are logged.
+    logging.getLogger("pydicom").setLevel(max(logging.ERROR, logging.getLogger().level))
 
 
 def wait_for_stop_signal() -> int:

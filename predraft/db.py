@@ -61,8 +61,10 @@ def insert_ignoring_conflict(session: Session, table: type, values: dict[str, ob
     else:
         raise NotImplementedError(f"database dialect {dialect!r} is not supported (PostgreSQL or SQLite)")
     columns = [key] if isinstance(key, str) else list(key)
-    result = session.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=columns))
-    return bool(result.rowcount)
+    # RETURNING, not rowcount: on PostgreSQL an ORM insert's rowcount is -1 whether or not a row went in.
+    statement = (insert(table).values(**values).on_conflict_do_nothing(index_elements=columns)
+                 .returning(*table.__table__.primary_key.columns))
+    return session.execute(statement).first() is not None
 
 
 @lru_cache(maxsize=8)

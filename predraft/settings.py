@@ -353,6 +353,22 @@ class Settings(BaseSettings):
                 raise ValueError(f"allowed_calling_aes entry {title!r} is not a DICOM AE title")
         return [title.strip() for title in value]
 
+    @field_validator("dicomweb_tokens")
+    @classmethod
+    def _check_dicomweb_tokens(cls, value: list[SecretStr]) -> list[SecretStr]:
+        if any(not token.get_secret_value().strip() for token in value):
+            raise ValueError("dicomweb_tokens holds an empty token (an unset variable in the JSON list?): an empty "
+                             "bearer token would open DICOMweb to anyone")
+        return value
+
+    @field_validator("dicomweb_users")
+    @classmethod
+    def _check_dicomweb_users(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        empty = sorted(user for user, password in value.items() if not user or not password.get_secret_value())
+        if empty:
+            raise ValueError(f"dicomweb_users {empty} have an empty name or password")
+        return value
+
     @field_validator("session_secret")
     @classmethod
     def _check_session_secret(cls, value: SecretStr | None) -> SecretStr | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from predraft.db import session_scope
 from predraft.events import record_event
@@ -73,7 +73,17 @@ def retry_dead_letter(app: Celery, database_url: str, dead_letter_id: int) -> st
             record_event(session, "retry", f"dead letter {dead_letter_id}: prepare again", study_id=study_id,
                          instance_id=instance_id)
         elif task_name in STUDY_TASKS and study_id is not None:
-            session.execute(update(Study).where(Study.id == study_id).values(state=StudyState.READY, error=None))
+            # Only a study still waiting for that draft (or left in error by it): one drafted, reviewed or
+            # re-opened since has moved on, and sending it back to READY would undo that (a review's state, a
+            # new generation's quiet time).
+            moved = session.execute(
+                update(Study).where(Study.id == study_id, Study.state.in_([StudyState.DRAFTING, StudyState.ERROR]))
+                .values(state=StudyState.READY, error=None)).rowcount
+            if not moved:
+                state = session.scalar(select(Study.state).where(Study.id == study_id))
+                record_event(session, "retry", f"dead letter {dead_letter_id}: nothing to send, the study is "
+                             f"{state} now", study_id=study_id)
+                return f"nothing: study row {study_id} is {state} now, no longer waiting for that draft"
             record_event(session, "retry", f"dead letter {dead_letter_id}: draft again", study_id=study_id)
         else:
             raise DeadLetterError(f"dead letter {dead_letter_id} ({task_name}) names no study or instance to retry")

@@ -120,7 +120,10 @@ def redraft_study(app: Celery, database_url: str, *, study_uid: str) -> int:
     The study is re-opened as a late image re-opens it (:func:`listener.ingest.record_instance`): a new
     generation, no error; then it is READY at once (no quiet wait: nothing new arrives) and
     :func:`start_study` prepares what waits and drafts it, so the new draft's SR supersedes the previous one.
-    Claimed with a conditional UPDATE, so a concurrent redraft or late image cannot draft it twice.
+    Every classified (or failed) instance is prepared and classified again, by the model configured now: a
+    redraft after a model upgrade drafts from the new model's predictions, and an instance that failed before
+    is tried again. Claimed with a conditional UPDATE, so a concurrent redraft or late image cannot draft it
+    twice.
     """
     with session_scope(database_url) as session:
         study = session.execute(select(Study.id, Study.state, Study.generation)
@@ -136,6 +139,9 @@ def redraft_study(app: Celery, database_url: str, *, study_uid: str) -> int:
             .values(state=StudyState.READY, generation=generation, error=None, ready_at=utcnow()))
         if claimed.rowcount != 1:
             raise CannotRedraft(f"study {study_uid} changed meanwhile; try again")
+        session.execute(update(Instance).where(
+            Instance.study_id == study.id, Instance.state.in_([InstanceState.CLASSIFIED, InstanceState.ERROR]))
+            .values(state=InstanceState.RECEIVED, error=None))
         record_event(session, "study_reopened", f"redraft requested while {study.state}; generation {generation}",
                      study_id=study.id)
     start_study(app, database_url, study.id)

@@ -163,7 +163,10 @@ def draft(self: Task, study_id: int, generation: int) -> None:
     settings = _settings()
     card = _card(settings.model_card_path)
     with session_scope(settings.database_url) as session:
-        study = session.get(Study, study_id)
+        # Locked until the draft commits: an instance that re-opens the study meanwhile (a new generation)
+        # waits for it, then re-opens a drafted study, instead of being overwritten by this draft's outcome;
+        # and a second delivery of this message waits, then finds the study drafted and does nothing.
+        study = session.get(Study, study_id, with_for_update=True)
         if study is None or study.generation != generation or study.state != StudyState.DRAFTING:
             return
         try:
@@ -175,7 +178,9 @@ def draft(self: Task, study_id: int, generation: int) -> None:
         except Exception as exc:
             log.exception("study row %d could not be drafted", study_id)
             session.rollback()
-            study = session.get(Study, study_id)
+            study = session.get(Study, study_id, with_for_update=True)
+            if study.generation != generation or study.state != StudyState.DRAFTING:
+                return  # re-opened or drafted meanwhile: that generation's outcome stands
             study.state, study.error = StudyState.ERROR, f"drafting failed: {type(exc).__name__}: {exc}"[:2000]
             record_event(session, "error", study.error, study_id=study_id)
             return

@@ -45,7 +45,8 @@ def _refuse(request: Request, reason: str, *, detail: str = "authentication requ
 
 
 def _matches(candidate: bytes, secret: SecretStr) -> bool:
-    return hmac.compare_digest(candidate, secret.get_secret_value().encode())
+    """Constant-time equality; an empty candidate never matches (nor, so, an empty secret)."""
+    return hmac.compare_digest(candidate, secret.get_secret_value().encode()) and bool(candidate)
 
 
 def check_bearer(token: str, tokens: list[SecretStr]) -> int | None:

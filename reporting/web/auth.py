@@ -116,7 +116,7 @@ def csrf_token(secret: bytes, seed: str) -> str:
 def csrf_ok(secret: bytes, seed: str | None, given: str | None) -> bool:
     if not seed or not given:
         return False
-    return hmac.compare_digest(csrf_token(secret, seed), given)
+    return hmac.compare_digest(csrf_token(secret, seed).encode(), given.encode())  # bytes: any text compares
 
 
 def start_session(session: Session, *, user: User, secret: bytes, lifetime_minutes: int) -> str:

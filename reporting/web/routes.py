@@ -200,7 +200,10 @@ def study(request: Request, study_uid: str, user: CurrentUser = Depends(current_
         detail = study_page(session, study_uid)
     if detail is None:
         raise WebError(HTTPStatus.NOT_FOUND, "no such study")
-    return web(request).render("study.html.j2", user=user, study=detail, message=request.query_params.get("done"))
+    done = request.query_params.get("done")  # set by the review's redirect: shown only if the study says so too
+    review = detail.get("review")
+    message = done if review is not None and review["action"] == done else None
+    return web(request).render("study.html.j2", user=user, study=detail, message=message)
 
 
 def _instance(request: Request, study_uid: str, instance_id: int) -> Instance:

@@ -476,14 +476,16 @@ def test_studies_redraft_reopens_a_finished_study_under_a_new_generation(site, s
     assert (code, result) == (0, {"study_uid": seeded.drafted_study, "generation": 3})
     with session_scope(site.settings.database_url) as session:
         study = session.scalars(select(Study).where(Study.study_uid == seeded.drafted_study)).one()
-        assert (study.state, study.generation, study.error) == ("drafting", 3, None)
-        study_id = study.id
-    code, items, _ = _run(capsys, "queue", "ls", "--queue", "draft", "--state", "waiting", "--json")
-    assert [(item["task"], item["study_uid"]) for item in items] == [(DRAFT, seeded.drafted_study)]
+        assert (study.state, study.generation, study.error) == ("ready", 3, None)
+        # every image is prepared and classified again, by the model configured now
+        instances = sorted(instance.id for instance in study.instances)
+        assert {instance.state for instance in study.instances} == {"received"}
     from workers.queues import waiting_messages
 
-    (message,) = waiting_messages(site.settings.broker_url, ["draft"], limit=10)
-    assert message.args == (study_id, 3)  # the draft task of the new generation
+    sent = waiting_messages(site.settings.broker_url, ["prepare"], limit=100)
+    assert sorted(message.args[0] for message in sent if message.task == PREPARE and message.args[0] in instances
+                  ) == instances
+    assert not [m for m in waiting_messages(site.settings.broker_url, ["draft"], limit=10) if m.args[0] == study.id]
     code, _, err = _run(capsys, "studies", "redraft", seeded.running_study)
     assert code == 1 and "is drafting: it is on its way to a draft already" in err
     code, _, err = _run(capsys, "studies", "redraft", "1.2.3.4")

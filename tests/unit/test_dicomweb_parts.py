@@ -265,3 +265,21 @@ def test_authenticate_names_the_user_never_the_secret(clean_settings_env: Path,
             authenticate(_request(settings, wrong))
     assert "refused" in caplog.text
     assert not any(secret in caplog.text for secret in ("tok-1", "tok-3", "pw-9", basic))
+
+
+@pytest.mark.parametrize("tokens, users", [(["tok-1", ""], {}), (["  "], {}), ([], {"pacs": ""}), ([], {"": "pw"})])
+def test_empty_dicomweb_credentials_are_refused_in_the_settings(clean_settings_env: Path, tokens: list[str],
+                                                                users: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        get_settings(var_dir=clean_settings_env, dicomweb_tokens=tokens, dicomweb_users=users)
+
+
+def test_an_empty_credential_never_matches(clean_settings_env: Path) -> None:
+    # Even a secret that reached the checks empty (built without the settings' validation) opens nothing.
+    assert check_bearer("", [SecretStr(""), SecretStr("tok-1")]) is None
+    empty_password = base64.b64encode(b"pacs:").decode()
+    assert check_basic(empty_password, {"pacs": SecretStr("")}) is None
+    settings = get_settings(var_dir=clean_settings_env, dicomweb_tokens=["tok-1"])
+    for header in ("Bearer", "Bearer ", "Basic "):
+        with pytest.raises(HTTPException, match="401"):
+            authenticate(_request(settings, header))

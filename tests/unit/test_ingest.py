@@ -54,11 +54,17 @@ def _event_kinds(url: str) -> list[str]:
         return list(session.scalars(select(Event.kind).order_by(Event.id)))
 
 
-def test_first_instance_opens_a_receiving_study(sqlite_url):
-    result = _record(sqlite_url, _header(STUDY + ".1.1"))
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_url(request: pytest.FixtureRequest) -> str:
+    """The same test on SQLite and on PostgreSQL (their INSERT ... ON CONFLICT answers differ)."""
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+
+
+def test_first_instance_opens_a_receiving_study(any_url):
+    result = _record(any_url, _header(STUDY + ".1.1"))
 
     assert not result.duplicate
-    with session_scope(sqlite_url) as session:
+    with session_scope(any_url) as session:
         study = session.get(Study, result.study_id)
         assert (study.study_uid, study.state, study.generation) == (STUDY, StudyState.RECEIVING, 1)
         assert (study.patient_id, study.study_description) == ("P1", "XR PELVIS")
@@ -68,14 +74,15 @@ def test_first_instance_opens_a_receiving_study(sqlite_url):
         assert (instance.size_bytes, instance.calling_ae) == (1234, "PACS")
         series = session.get(Series, instance.series_id)
         assert (series.series_uid, series.body_part, series.study_id) == (STUDY + ".1", "PELVIS", study.id)
-    assert _event_kinds(sqlite_url) == ["study_opened"]  # the instance row is the receipt record
+    assert _event_kinds(any_url) == ["study_opened"]  # the instance row is the receipt record
 
 
-def test_second_instance_joins_the_same_study_and_series(sqlite_url):
-    first = _record(sqlite_url, _header(STUDY + ".1.1"))
-    second = _record(sqlite_url, _header(STUDY + ".1.2"))
+def test_second_instance_joins_the_same_study_and_series(any_url):
+    first = _record(any_url, _header(STUDY + ".1.1"))
+    second = _record(any_url, _header(STUDY + ".1.2"))
     assert second.study_id == first.study_id and second.instance_id != first.instance_id
-    assert (_count(sqlite_url, Study), _count(sqlite_url, Series), _count(sqlite_url, Instance)) == (1, 1, 2)
+    assert (_count(any_url, Study), _count(any_url, Series), _count(any_url, Instance)) == (1, 1, 2)
+    assert _event_kinds(any_url) == ["study_opened"]  # opened once, not once per instance
 
 
 def test_same_sop_instance_uid_is_a_duplicate_and_adds_no_row(sqlite_url):
@@ -90,30 +97,30 @@ def test_same_sop_instance_uid_is_a_duplicate_and_adds_no_row(sqlite_url):
         assert session.get(Instance, first.instance_id).calling_ae == "PACS"
 
 
-def test_new_instance_reopens_a_drafted_study_under_a_new_generation(sqlite_url):
-    first = _record(sqlite_url, _header(STUDY + ".1.1"))
-    with session_scope(sqlite_url) as session:
+def test_new_instance_reopens_a_drafted_study_under_a_new_generation(any_url):
+    first = _record(any_url, _header(STUDY + ".1.1"))
+    with session_scope(any_url) as session:
         study = session.get(Study, first.study_id)
         study.state = StudyState.DRAFTED
         study.error = "stale"
 
-    result = _record(sqlite_url, _header(STUDY + ".1.2"))
+    result = _record(any_url, _header(STUDY + ".1.2"))
 
     assert not result.duplicate and result.study_id == first.study_id
-    with session_scope(sqlite_url) as session:
+    with session_scope(any_url) as session:
         study = session.get(Study, first.study_id)
         assert (study.state, study.generation, study.error) == (StudyState.RECEIVING, 2, None)
-    assert "study_reopened" in _event_kinds(sqlite_url)
-    assert _count(sqlite_url, Instance) == 2
+    assert "study_reopened" in _event_kinds(any_url)
+    assert _count(any_url, Instance) == 2
 
 
-def test_duplicate_does_not_reopen_a_drafted_study(sqlite_url):
-    first = _record(sqlite_url, _header(STUDY + ".1.1"))
-    with session_scope(sqlite_url) as session:
+def test_duplicate_does_not_reopen_a_drafted_study(any_url):
+    first = _record(any_url, _header(STUDY + ".1.1"))
+    with session_scope(any_url) as session:
         session.get(Study, first.study_id).state = StudyState.DRAFTED
 
-    assert _record(sqlite_url, _header(STUDY + ".1.1")).duplicate
-    with session_scope(sqlite_url) as session:
+    assert _record(any_url, _header(STUDY + ".1.1")).duplicate
+    with session_scope(any_url) as session:
         study = session.get(Study, first.study_id)
         assert (study.state, study.generation) == (StudyState.DRAFTED, 1)
 

@@ -186,6 +186,19 @@ def test_a_dead_draft_is_drafted_again_on_retry(app, sqla_broker, sqlite_url, de
     assert _sent(sqla_broker) == [(DRAFT, study_id)]
 
 
+def test_a_stale_dead_draft_leaves_a_study_that_moved_on_alone(app, sqla_broker, sqlite_url, demo_study):
+    study_id = _study(sqlite_url, demo_study, state=StudyState.REVIEWED,
+                      instance_states=[InstanceState.CLASSIFIED, InstanceState.CLASSIFIED])
+    letter = record_dead_letter(sqlite_url, task_name=DRAFT, task_id="t-3", first_arg=study_id, attempts=6,
+                                error="OperationalError", traceback="")
+    assert retry_dead_letter(app, sqlite_url, letter).startswith(f"nothing: study row {study_id} is reviewed")
+    with session_scope(sqlite_url) as session:
+        assert session.get(Study, study_id).state == StudyState.REVIEWED
+    assert _sent(sqla_broker) == []
+    with pytest.raises(DeadLetterError, match="already retried"):  # and it no longer counts as dead
+        retry_dead_letter(app, sqlite_url, letter)
+
+
 def test_a_study_is_not_swept_while_receiving(app, sqla_broker, sqlite_url, demo_study):
     _study(sqlite_url, demo_study, state=StudyState.RECEIVING, instance_states=[InstanceState.RECEIVED])
     assert sweep(app, sqlite_url, sqla_broker, stale_seconds=60).total == 0

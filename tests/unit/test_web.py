@@ -160,6 +160,7 @@ def test_a_form_without_its_csrf_token_is_refused(web):
     other = web.logged_in("bob")  # another session's token does not do either
     assert client.post(path, form | {"csrf_token": other.csrf("/"), "action": "accept"}).status_code == 403
     assert client.post("/logout", {}).status_code == 403
+    assert client.post("/logout", {"csrf_token": "\u00e9t\u00e9"}).status_code == 403  # not ASCII: refused, not a 500
     login = web.client()
     login.get("/login")
     assert login.post("/login", {"username": "alice", "password": PASSWORD}).status_code == 403
@@ -259,6 +260,8 @@ def _reports(web: WebApp) -> list[Draft]:
 def test_accepting_as_drafted_issues_a_verified_sr_superseding_the_draft(web, sent):
     client = web.logged_in("alice")
     form = _study_form(client, web.drafted.study_uid)
+    forged = client.get(f"/studies/{web.drafted.study_uid}?done=accepted")  # a link, not a review
+    assert forged.status_code == 200 and "Review recorded" not in forged.text
     done = client.post(f"/studies/{web.drafted.study_uid}/review", form | {"action": "accept"})
     assert done.status_code == 200 and "Review recorded: accepted" in done.text
 
