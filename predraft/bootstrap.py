@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import warnings
 
 from predraft.settings import Settings
 
@@ -29,6 +30,7 @@ def configure_logging(settings: Settings) -> None:
     # pydicom warns about invalid values by quoting them ("Invalid value for VR DA: '1980-02-03'", a birth
     # date): patient data, so only its errors are logged.
     logging.getLogger("pydicom").setLevel(max(logging.ERROR, logging.getLogger().level))
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")  # it sends the same text as a Python warning
 
 
 def wait_for_stop_signal() -> int:
