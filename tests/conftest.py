@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,3 +108,33 @@ def sr_text(ds: object) -> str:
 
     walk(ds.ContentSequence)  # type: ignore[attr-defined]
     return "\n".join(texts)
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"storescp exited with {process.returncode}"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"storescp not listening on {port} after {timeout} s")
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """dcmtk's storescp (AE STORESCP) on a free port, writing each received instance to its own file: the PACS
+    that predraft exports to."""
+    if shutil.which("storescp") is None:
+        pytest.skip("dcmtk's storescp is not installed (apt-get install dcmtk)")
+    port, folder = free_port(), tmp_path / "storescp"
+    folder.mkdir()
+    process = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(folder), "+uf", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_port(port, process)
+        yield port, folder
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

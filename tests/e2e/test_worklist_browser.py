@@ -8,8 +8,6 @@ The screenshots of the worklist and of the study page in the README (docs/images
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from models.phantoms import write_demo_study
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT
 from tests.e2e.conftest import PREDRAFT, Deployment, _start
 
 pytestmark = pytest.mark.slow
@@ -31,31 +29,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 PASSWORD = "a long radiologist password"
 SCREENSHOTS = REPO_ROOT / "docs" / "images"
 DRAFT_TIMEOUT_MS = 240_000
-
-
-@pytest.fixture
-def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """dcmtk's storescp (AE STORESCP) on a free port: the PACS that predraft exports to."""
-    if shutil.which("storescp") is None:
-        pytest.skip("dcmtk's storescp is not installed (apt-get install dcmtk)")
-    port, folder = free_port(), tmp_path / "pacs"
-    folder.mkdir()
-    process = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(folder), "+uf", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, "storescp exited"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "storescp is not listening"
-                time.sleep(0.1)
-        yield port, folder
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture

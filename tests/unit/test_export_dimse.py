@@ -4,9 +4,7 @@ answering chosen statuses, predraft's own listener over TLS, and a port where no
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,35 +26,6 @@ from workers.export import OUT_OF_RESOURCES
 def drafted(clean_settings_env, sqlite_url, demo_study, tiny_card_path, tmp_path) -> Iterator[Drafted]:
     yield make_draft(sqlite_url, [image.path for image in demo_study], tiny_card_path, tmp_path / "spool")
     export_task._settings.cache_clear()
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"storescp exited with {process.returncode}"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"storescp not listening on {port} after {timeout} s")
-
-
-@pytest.fixture
-def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """dcmtk's storescp (AE STORESCP) on a free port, writing each received instance to its own file."""
-    if shutil.which("storescp") is None:
-        pytest.skip("dcmtk's storescp is not installed (apt-get install dcmtk)")
-    port, folder = free_port(), tmp_path / "storescp"
-    folder.mkdir()
-    process = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(folder), "+uf", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_for_port(port, process)
-        yield port, folder
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def _received(folder: Path) -> list[str]:

@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import uvicorn
 from sqlalchemy import select
 
 from predraft import db
 from predraft.db import session_scope
-from predraft.http import create_app
 from predraft.schema import Instance
 from predraft.settings import Settings, get_settings
-from tests.conftest import free_port
 from tests.unit.exporting import Drafted, configure, event_kinds, export_row, make_draft, queue, run_export
+from tests.unit.webapp import serving
 from workers import export_task
 
 TOKEN = "export-test-token"
@@ -39,23 +36,14 @@ def receiving_predraft(tmp_path) -> Iterator[tuple[str, Settings]]:
     """predraft's HTTP app (uvicorn, in a thread) with its own database and spool: (DICOMweb root, settings)."""
     var_dir = tmp_path / "receiver"
     settings = get_settings(var_dir=var_dir, database_url=f"sqlite:///{var_dir / 'predraft.sqlite'}",
-                            http_port=free_port(), dicomweb_tokens=[TOKEN], dicomweb_users={"pacs": PASSWORD},
+                            dicomweb_tokens=[TOKEN], dicomweb_users={"pacs": PASSWORD},
                             spool_min_free_bytes=0, export_destinations=[])
     db.upgrade(settings.database_url)
     settings.spool_dir.mkdir(parents=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.http_port,
-                                           log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, name="receiving-predraft", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "predraft's HTTP app did not start"
-        time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{settings.http_port}/dicomweb/", settings
+        with serving(settings) as (url, _app):
+            yield f"{url}/dicomweb/", settings
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         db.get_engine(settings.database_url).dispose()
 
 
