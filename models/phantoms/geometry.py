@@ -112,6 +112,21 @@ def rod(layer: np.ndarray, x0: float, y0: float, x1: float, y1: float, r0: float
     _put(layer, region, values, mode)
 
 
+def _ellipse_frame(layer: np.ndarray, cx: float, cy: float, rx: float, ry: float, angle: float, *, reach: float
+                   ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
+    """The box ``reach`` pixels round an ellipse's centre and, on it, each pixel's coordinates in the ellipse's
+    own frame, scaled so that u^2 + v^2 = 1 on its edge; None if the box is off the layer."""
+    found = _box(layer, cx - reach, cx + reach, cy - reach, cy + reach)
+    if found is None:
+        return None
+    region, ys, xs = found
+    cos, sin = math.cos(angle), math.sin(angle)
+    dx, dy = xs - _F32(cx), ys - _F32(cy)
+    u = (dx * _F32(cos / rx)) + (dy * _F32(sin / rx))
+    v = (dy * _F32(cos / ry)) - (dx * _F32(sin / ry))
+    return region, u, v
+
+
 def ellipsoid(layer: np.ndarray, cx: float, cy: float, rx: float, ry: float, mu_depth: float, *,
               angle: float = 0.0, mode: str = "add") -> None:
     """An ellipsoid's projection: ``mu_depth`` x 2 sqrt(1 - q), q the normalised squared radius.
@@ -120,15 +135,10 @@ def ellipsoid(layer: np.ndarray, cx: float, cy: float, rx: float, ry: float, mu_
     turns the rx axis from the image's x axis toward its y axis.
     """
     rx, ry = max(rx, MIN_RADIUS), max(ry, MIN_RADIUS)
-    reach = max(rx, ry) + 1.0
-    found = _box(layer, cx - reach, cx + reach, cy - reach, cy + reach)
+    found = _ellipse_frame(layer, cx, cy, rx, ry, angle, reach=max(rx, ry) + 1.0)
     if found is None:
         return
-    region, ys, xs = found
-    cos, sin = math.cos(angle), math.sin(angle)
-    dx, dy = xs - _F32(cx), ys - _F32(cy)
-    u = (dx * _F32(cos / rx)) + (dy * _F32(sin / rx))
-    v = (dy * _F32(cos / ry)) - (dx * _F32(sin / ry))
+    region, u, v = found
     values = _chord(_F32(1.0), u * u + v * v)
     values *= _F32(mu_depth)
     _put(layer, region, values, mode)
@@ -137,15 +147,10 @@ def ellipsoid(layer: np.ndarray, cx: float, cy: float, rx: float, ry: float, mu_
 def plateau(layer: np.ndarray, cx: float, cy: float, rx: float, ry: float, value: float, *, angle: float = 0.0,
             soft: float = 1.5, mode: str = "add") -> None:
     """A flat-topped ellipse of ``value`` with a linear edge ``soft`` pixels wide (negative values carve)."""
-    reach = max(rx, ry) + soft + 1.0
-    found = _box(layer, cx - reach, cx + reach, cy - reach, cy + reach)
+    found = _ellipse_frame(layer, cx, cy, rx, ry, angle, reach=max(rx, ry) + soft + 1.0)
     if found is None:
         return
-    region, ys, xs = found
-    cos, sin = math.cos(angle), math.sin(angle)
-    dx, dy = xs - _F32(cx), ys - _F32(cy)
-    u = (dx * _F32(cos / rx)) + (dy * _F32(sin / rx))
-    v = (dy * _F32(cos / ry)) - (dx * _F32(sin / ry))
+    region, u, v = found
     radial = np.sqrt(u * u + v * v)  # 1 on the edge
     values = np.clip((_F32(1.0) - radial) * _F32(min(rx, ry) / max(soft, 1e-3)) + _F32(0.5), 0.0, 1.0)
     values *= _F32(value)
