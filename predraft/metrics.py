@@ -15,8 +15,6 @@ keep their own counts, which this endpoint does not see.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -99,10 +97,6 @@ class QueueDepthCollector(Collector):
         yield depth
 
 
-_served: dict[tuple[str, int], object] = {}
-_served_lock = threading.Lock()
-
-
 def serve_metrics(host: str, port: int) -> int | None:
     """Serve this process's metrics on ``http://host:port/metrics`` (a daemon thread); ``port`` 0: not at all.
 
@@ -111,28 +105,9 @@ def serve_metrics(host: str, port: int) -> int | None:
     """
     if port == 0:
         return None
-    with _served_lock:
-        if (host, port) not in _served:
-            try:
-                _served[(host, port)] = start_http_server(port, addr=host, registry=REGISTRY)
-            except OSError as exc:
-                raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror} (set another "
-                                         "port, or 0 for none)") from exc
+    try:
+        start_http_server(port, addr=host, registry=REGISTRY)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror} (set another port, or 0 "
+                                 "for none)") from exc
     return port
-
-
-class Stopwatch:
-    """Start times of running tasks by id, for :data:`TASK_SECONDS` (tasks of a threads pool overlap)."""
-
-    def __init__(self) -> None:
-        self._started: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def start(self, key: str) -> None:
-        with self._lock:
-            self._started[key] = time.perf_counter()
-
-    def stop(self, key: str) -> float | None:
-        with self._lock:
-            started = self._started.pop(key, None)
-        return None if started is None else time.perf_counter() - started

@@ -5,9 +5,30 @@ Connected when :mod:`workers.app` is imported; a process that runs no task never
 
 from __future__ import annotations
 
+import threading
+import time
+
 from celery.signals import task_postrun, task_prerun
 
-from predraft.metrics import TASK_SECONDS, Stopwatch
+from predraft.metrics import TASK_SECONDS
+
+
+class Stopwatch:
+    """Start times of running tasks by id (the tasks of a threads pool overlap)."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def start(self, key: str) -> None:
+        with self._lock:
+            self._started[key] = time.perf_counter()
+
+    def stop(self, key: str) -> float | None:
+        with self._lock:
+            started = self._started.pop(key, None)
+        return None if started is None else time.perf_counter() - started
+
 
 _running = Stopwatch()
 
