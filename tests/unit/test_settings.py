@@ -122,6 +122,9 @@ def test_non_loopback_host_from_environment_is_refused(clean_settings_env, monke
     ("worker_pool", "eventlet", "worker_pool"),
     ("dimse_port", 70000, "dimse_port"),
     ("quiet_seconds", 0, "quiet_seconds"),
+    ("log_format", "xml", "log_format"),
+    ("listener_metrics_port", -1, "listener_metrics_port"),
+    ("worker_metrics_port", 70000, "worker_metrics_port"),
 ])
 def test_other_fields_are_validated(clean_settings_env, field, value, match):
     with pytest.raises(ValueError, match=match):
