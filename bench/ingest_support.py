@@ -36,6 +36,7 @@ DCMTK_MAX_PDU = 131072
 CALLING_AE = "BENCH_SCU"
 STORESCP_AE = "STORESCP"
 PREDRAFT_AE = "PREDRAFT"
+BARE_AE = "BARE_PYNETDICOM"
 STARTUP_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
 SEND_TIMEOUT_S = 1800.0
@@ -193,6 +194,25 @@ def predraft_listener(work: Path) -> Iterator[Receiver]:
         yield Receiver("predraft", PREDRAFT_AE, port, var_dir / "spool" / "incoming", "*/*.dcm",
                        "predraft listen: fsync of each file and its folder, then a SQLite commit "
                        "(WAL, synchronous=FULL), before the success status")
+    finally:
+        _stop(process, signal.SIGINT, group=False)
+
+
+@contextmanager
+def bare_pynetdicom(work: Path) -> Iterator[Receiver]:
+    """bench/bare_pynetdicom_scp.py: predraft's DIMSE set-up with a handler that only renames the file."""
+    out_dir, port, log = work / "bare-out", free_port(), work / "bare.log"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    command = [sys.executable, str(Path(__file__).resolve().parent / "bare_pynetdicom_scp.py"), str(port),
+               BARE_AE, str(out_dir)]
+    with log.open("wb") as stream:
+        process = subprocess.Popen(command, env=env, cwd=work, stdout=stream, stderr=subprocess.STDOUT)
+    try:
+        _wait_until_echo(process, BARE_AE, port, log)
+        yield Receiver("pynetdicom_bare", BARE_AE, port, out_dir, "*.dcm",
+                       "pynetdicom with predraft's AE, server class and chunked receive; the handler renames "
+                       "the file and answers success: no parse, no fsync, no database")
     finally:
         _stop(process, signal.SIGINT, group=False)
 

@@ -1,0 +1,58 @@
+"""The pynetdicom ceiling for bench/ingest.py: predraft's own DIMSE set-up with nothing behind it.
+
+Same AE as ``predraft listen`` (``listener.dimse.make_ae``: contexts, PDU size, timeouts), same server
+class (TCP_NODELAY on every connection), same chunked receive into a file; but the C-STORE handler only
+renames the received file into OUTPUT_DIR and answers success: no parse, no fsync, no database. It
+stores the way storescp does (written and closed, not synced), so predraft's rate over this one is
+what predraft's own work costs, and this one's rate over storescp's is what any listener built on
+pynetdicom can reach on the machine.
+
+    python bench/bare_pynetdicom_scp.py PORT AE_TITLE OUTPUT_DIR     (runs until SIGINT or SIGTERM)
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from pynetdicom import evt
+
+from listener import status
+from listener.dimse import ListenerServer, make_ae
+from predraft.settings import Settings
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    port, ae_title, output = int(argv[0]), argv[1], Path(argv[2])
+    output.mkdir(parents=True, exist_ok=True)
+    receiving = output.parent / f"{output.name}-receiving"
+    receiving.mkdir(exist_ok=True)
+    tempfile.tempdir = str(receiving)  # on the output's file system, as predraft points it at the spool's
+    numbers = itertools.count()
+
+    def store(event: evt.Event) -> int:
+        os.replace(event.dataset_path, output / f"{next(numbers)}.dcm")
+        return status.SUCCESS
+
+    settings = Settings(ae_title=ae_title, dimse_host="127.0.0.1", dimse_port=port, var_dir=output.parent / "var")
+    server = make_ae(settings).make_server(("127.0.0.1", port), evt_handlers=[(evt.EVT_C_STORE, store)],
+                                           server_class=ListenerServer)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stop.wait()
+    server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
