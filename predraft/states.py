@@ -35,6 +35,7 @@ class ExportState(StrEnum):
     """Where the export of one draft's SR to one destination stands."""
 
     PENDING = "pending"  # queued: not tried yet (or queued again by `predraft studies resend`)
+    SENDING = "sending"  # a worker claimed this try and is sending now (since the row's updated_at)
     SENT = "sent"  # the destination stored it (a warning status counts as stored; see last_error)
     FAILED = "failed"  # the last try failed; a retry is scheduled
     DEAD = "dead"  # given up: retries exhausted, or a refusal that a retry cannot mend; see last_error

@@ -4,17 +4,20 @@ Services: each takes an open session and never commits; the caller (the draft an
 owns the transaction and sends the export tasks once it has committed.
 
 A row's life: ``pending`` when the draft is recorded (or re-queued by ``predraft studies resend``);
-each try counts in ``attempts``; a delivery makes it ``sent`` with ``exported_at``; a failed try makes it
-``failed`` with ``last_error`` while a retry is due, or ``dead`` when none is (retries spent, or a refusal
-no retry can mend).
+each try first claims the row (``sending``, counted in ``attempts``), so that two deliveries of one
+export message never both send; a delivery makes it ``sent`` with ``exported_at``; a failed try makes
+it ``failed`` with ``last_error`` while a retry is due, or ``dead`` when none is (retries spent, or a
+refusal no retry can mend). A claim older than :data:`SENDING_CLAIM_SECONDS` is of a worker that died
+mid-try: the next delivery (or the sweeper) takes it over.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from predraft.db import insert_ignoring_conflict
@@ -24,6 +27,9 @@ from predraft.states import EXPORTABLE_STATES, ExportState
 
 #: Longest error text kept on a row.
 MAX_ERROR_LENGTH = 2000
+#: A ``sending`` claim older than this is taken to be of a worker that died mid-try. Longer than any one
+#: try: a try waits at most its destination's ``timeout`` (30 s by default) for each network step.
+SENDING_CLAIM_SECONDS = 900.0
 
 
 @dataclass(frozen=True)
@@ -59,15 +65,28 @@ def _export(session: Session, draft_id: int, destination: str) -> Export | None:
 
 
 def begin_attempt(session: Session, *, draft_id: int, destination: str) -> ExportJob | None:
-    """Count one more try of the export of ``draft_id`` to ``destination`` and say what to send.
+    """Claim the next try of the export of ``draft_id`` to ``destination`` (the row becomes ``sending``,
+    its ``attempts`` one more) and say what to send.
 
-    None when there is nothing to do: no such row, or it is already ``sent`` or ``dead`` (a redelivered
-    or stale task; only ``predraft studies resend`` brings a row back to pending).
+    None when there is nothing to do: no such row; it is already ``sent`` or ``dead`` (a redelivered or
+    stale task; only ``predraft studies resend`` brings a row back to pending); or another worker claimed
+    it less than :data:`SENDING_CLAIM_SECONDS` ago. The claim is one conditional UPDATE, so of two
+    deliveries of the same message only one sends.
     """
     row = _export(session, draft_id, destination)
-    if row is None or row.state not in EXPORTABLE_STATES:
+    if row is None:
         return None
-    row.attempts += 1
+    abandoned = utcnow() - timedelta(seconds=SENDING_CLAIM_SECONDS)
+    claimed = session.execute(
+        update(Export)
+        .where(Export.id == row.id,
+               or_(Export.state.in_([state.value for state in EXPORTABLE_STATES]),
+                   (Export.state == ExportState.SENDING.value) & (Export.updated_at < abandoned)))
+        .values(state=ExportState.SENDING.value, attempts=Export.attempts + 1, updated_at=utcnow())
+        .execution_options(synchronize_session=False))
+    if claimed.rowcount != 1:
+        return None
+    session.refresh(row)
     draft = row.draft
     return ExportJob(export_id=row.id, draft_id=draft.id, study_id=draft.study_id, destination=destination,
                      sr_path=draft.sr_path, attempt=row.attempts)

@@ -11,8 +11,9 @@ broker (:func:`workers.queues.queued_messages`) and re-sends, for rows that have
   lost message) -> back to ``received`` and ``prepare``;
 - a ``ready`` study whose instances are all finished -> drafting (``finish_if_done``);
 - a ``drafting`` study with no draft of its generation and no ``draft`` message -> ``draft``;
-- an export ``pending`` (never tried), or ``failed`` for longer than the longest retry delay too, with
-  no ``export`` message -> ``export``.
+- an export ``pending`` (never tried), ``failed`` for longer than the longest retry delay too, or
+  ``sending`` under a claim abandoned by a dead worker (older than ``SENDING_CLAIM_SECONDS``), with no
+  ``export`` message -> ``export``.
 
 A message delivered to a worker but unacknowledged for longer than ``stale_seconds`` counts as lost
 (its worker may be dead); if it was not, the work runs twice, which the idempotent tasks absorb: a
@@ -34,6 +35,7 @@ from predraft.schema import DeadLetter, Draft, Export, Instance, Study, utcnow
 from predraft.states import FINISHED_INSTANCE_STATES, ExportState, InstanceState, StudyState
 from workers.app import CLASSIFY, DRAFT, EXPORT, PREPARE, QUEUES
 from workers.dispatch import finish_if_done
+from workers.export_service import SENDING_CLAIM_SECONDS
 from workers.queues import queued_messages
 
 log = logging.getLogger(__name__)
@@ -108,7 +110,9 @@ def sweep(app: Celery, database_url: str, broker_url: str, *, stale_seconds: flo
         exports = session.execute(
             select(Export.id, Export.draft_id, Export.destination).where(
                 or_(and_(Export.state == ExportState.PENDING, Export.updated_at < cutoff),
-                    and_(Export.state == ExportState.FAILED, Export.updated_at < failed_cutoff)))
+                    and_(Export.state == ExportState.FAILED, Export.updated_at < failed_cutoff),
+                    and_(Export.state == ExportState.SENDING,
+                         Export.updated_at < utcnow() - timedelta(seconds=SENDING_CLAIM_SECONDS))))
         ).all()
         lost_exports = [(draft_id, destination) for export_id, draft_id, destination in exports
                         if (EXPORT, draft_id) not in held_exports.get(destination, set())]

@@ -6,20 +6,22 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pydicom
 import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import ComprehensiveSRStorage, Verification
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from predraft.db import session_scope
-from predraft.schema import Instance
+from predraft.schema import Export, Instance, utcnow
 from tests.conftest import free_port, running_listener
 from tests.unit.exporting import Drafted, configure, event_kinds, export_row, make_draft, queue, run_export
 from workers import export_task
 from workers.export import OUT_OF_RESOURCES
+from workers.export_service import SENDING_CLAIM_SECONDS, begin_attempt
 
 
 @pytest.fixture
@@ -50,6 +52,32 @@ def test_sr_is_stored_by_storescp_once_however_often_the_task_runs(drafted, stor
     assert _received(folder) == [drafted.sr_sop_instance_uid]
     assert export_row(drafted, "storescp").attempts == 1
     assert event_kinds(drafted) == ["exported"]
+
+
+def test_a_try_claims_its_row_so_a_second_delivery_does_not_send_while_it_runs(drafted, storescp, monkeypatch):
+    port, folder = storescp
+    configure(monkeypatch, drafted, [{"kind": "dimse", "name": "storescp", "ae_title": "STORESCP",
+                                      "host": "127.0.0.1", "port": port}])
+    queue(drafted, "storescp")
+    with session_scope(drafted.database_url) as session:  # a first delivery, still sending
+        job = begin_attempt(session, draft_id=drafted.draft_id, destination="storescp")
+    assert job is not None and job.attempt == 1
+    assert export_row(drafted, "storescp").state == "sending"
+    with session_scope(drafted.database_url) as session:
+        assert begin_attempt(session, draft_id=drafted.draft_id, destination="storescp") is None
+
+    assert run_export(drafted, "storescp") == "nothing to do"  # the same message delivered again
+    assert _received(folder) == []
+    assert export_row(drafted, "storescp").attempts == 1
+
+    # The first worker died mid-try: once its claim is old, the next delivery takes the row over.
+    with session_scope(drafted.database_url) as session:
+        session.execute(update(Export).where(Export.id == job.export_id).values(
+            updated_at=utcnow() - timedelta(seconds=SENDING_CLAIM_SECONDS + 1)))
+    assert run_export(drafted, "storescp") == "sent"
+    assert _received(folder) == [drafted.sr_sop_instance_uid]
+    row = export_row(drafted, "storescp")
+    assert (row.state, row.attempts) == ("sent", 2)
 
 
 def test_a_destination_that_refuses_connections_is_retried_then_dead(drafted, monkeypatch):

@@ -16,6 +16,7 @@ from predraft.settings import get_settings
 from predraft.states import ExportState, InstanceState, StudyState
 from workers.app import CLASSIFY, DRAFT, PREPARE, QUEUES, create_celery
 from workers.dead_letters import DeadLetterError, record_dead_letter, retry_dead_letter
+from workers.export_service import SENDING_CLAIM_SECONDS
 from workers.queues import BrokerUnreachable, queued_messages
 from workers.sweeper import sweep
 
@@ -224,11 +225,15 @@ def test_sweeper_resends_lost_exports(app, sqla_broker, sqlite_url, demo_study):
         session.add(draft)
         session.flush()
         draft_id = draft.id
+        abandoned = utcnow() - timedelta(seconds=SENDING_CLAIM_SECONDS + 1)
         for destination, state, updated in [("pacs", ExportState.PENDING, old), ("archive", ExportState.FAILED, old),
-                                            ("viewer", ExportState.SENT, old), ("late", ExportState.PENDING, utcnow())]:
+                                            ("viewer", ExportState.SENT, old), ("late", ExportState.PENDING, utcnow()),
+                                            ("orphaned", ExportState.SENDING, abandoned),
+                                            ("busy", ExportState.SENDING, old)]:
             session.add(Export(draft_id=draft_id, destination=destination, state=state, updated_at=updated))
     report = sweep(app, sqlite_url, sqla_broker, stale_seconds=60, export_retry_max_delay_seconds=300)
-    assert len(report.exported) == 2
-    assert sorted(m.args for m in queued_messages(sqla_broker, QUEUES)) == [(draft_id, "archive"), (draft_id, "pacs")]
+    assert len(report.exported) == 3
+    assert sorted(m.args for m in queued_messages(sqla_broker, QUEUES)) == [
+        (draft_id, "archive"), (draft_id, "orphaned"), (draft_id, "pacs")]
     # a failed export whose retry may still be waiting is left alone
     assert sweep(app, sqlite_url, sqla_broker, stale_seconds=60, export_retry_max_delay_seconds=3600).exported == []
