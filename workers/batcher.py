@@ -11,6 +11,8 @@ task its own rows. While a batch runs, new images queue up and form the next one
 - If a batch of several requests fails, each request is run alone once, so that one bad request fails
   only its own future; an error of a lone request goes to its future.
 - :meth:`close` refuses new requests, runs what is pending, and stops the thread.
+- Should the thread itself fail (a bug outside ``predict``), every request it holds, the batch it was
+  running included, fails with :class:`BatcherClosedError` instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ class MicroBatcher:
         self._condition = threading.Condition(threading.Lock())
         self._closed = False
         self._batches = self._images = self._largest = self._failed = 0
+        self._running: list[_Piece] = []  # the batch being executed (only the batching thread touches it)
         self._device = str(getattr(classifier, "device", "unknown"))  # the metrics' label
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -168,14 +171,17 @@ class MicroBatcher:
                 if pieces is None:
                     return
                 if pieces:
+                    self._running = pieces
                     self._execute(pieces)
+                    self._running = []
         except BaseException as exc:  # a bug here must not leave submitters waiting forever
             log.exception("%s stopped", self._thread.name)
             with self._condition:
                 self._closed = True
-                stranded = list(self._pending)
+                stranded = {id(request): request for request in
+                            [piece.request for piece in self._running] + list(self._pending)}
                 self._pending.clear()
-            for request in stranded:
+            for request in stranded.values():
                 self._fail(request, BatcherClosedError(f"{self._thread.name} stopped: {exc!r}"))
             raise
 

@@ -246,6 +246,26 @@ def test_a_cancelled_request_is_skipped(batcher_factory):
     assert classifier.sizes == [1, 2]
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_failure_of_the_thread_itself_fails_every_request_it_holds(batcher_factory, monkeypatch):
+    gate = threading.Event()
+    classifier = FakeClassifier(gate=gate)
+    batcher, running = _queue_behind_a_running_batch(batcher_factory, classifier, batch_size=16, wait_ms=1.0)
+    waiting = batcher.submit(_images(2, 7))
+
+    def broken_delivery(piece, rows):
+        raise RuntimeError("a bug after predict")
+
+    monkeypatch.setattr(batcher, "_deliver", broken_delivery)
+    gate.set()
+    for future in (running, waiting):  # the batch that was running, and the one waiting behind it
+        with pytest.raises(BatcherClosedError, match="stopped: RuntimeError"):
+            future.result(timeout=10)
+    assert batcher.closed
+    with pytest.raises(BatcherClosedError, match="takes no more images"):
+        batcher.submit(_images(1, 1))
+
+
 def test_close_runs_what_is_pending_then_refuses_new_images():
     classifier = FakeClassifier()
     batcher = MicroBatcher(classifier, batch_size=64, wait_ms=60_000.0)
