@@ -253,6 +253,13 @@ class Settings(BaseSettings):
         "http://localhost as secure, so the embedded default keeps it on.")
     session_lifetime_minutes: int = Field(
         720, ge=1, le=7 * 24 * 60, description="How long a login lasts before the user must log in again.")
+    login_failures_per_user: int = Field(
+        5, ge=1, description="Failed logins for one user name within login_failure_window_seconds before "
+        "further tries are refused (HTTP 429) until the oldest leaves the window.")
+    login_failures_per_address: int = Field(
+        20, ge=1, description="The same for one client address (behind a reverse proxy: the proxy's).")
+    login_failure_window_seconds: int = Field(
+        300, ge=1, le=24 * 3600, description="The moving window in which failed logins are counted.")
     verifying_organization: str = Field(
         "Unspecified", min_length=1, max_length=64,
         description="Verifying Organization (DICOM type 1) of the SRs a radiologist's review issues: the site's name.")

@@ -17,6 +17,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from predraft.settings import Settings
 from reporting.web.auth import LoginRequired, WebError, load_session_secret
 from reporting.web.images import HipImages
+from reporting.web.throttle import LoginThrottle
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATES_DIR = PACKAGE_DIR / "templates"
@@ -44,6 +45,7 @@ class WebContext:
     secret: bytes
     templates: Environment
     images: HipImages
+    throttle: LoginThrottle
     _celery: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -89,7 +91,10 @@ def install(app: FastAPI, settings: Settings) -> None:
     from reporting.web.routes import router
 
     context = WebContext(settings=settings, secret=load_session_secret(settings),
-                         templates=template_environment(), images=HipImages(settings))
+                         templates=template_environment(), images=HipImages(settings),
+                         throttle=LoginThrottle(per_user=settings.login_failures_per_user,
+                                                per_address=settings.login_failures_per_address,
+                                                window_seconds=settings.login_failure_window_seconds))
     app.state.web = context
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")

@@ -18,6 +18,7 @@ Route                                          who            what
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from http import HTTPStatus
 from typing import Any
@@ -109,12 +110,24 @@ async def login(request: Request) -> Response:
     if not auth.csrf_ok(context.secret, seed, form.get(CSRF_FIELD)):
         raise WebError(HTTPStatus.FORBIDDEN, "the login form's security token is missing or stale: reload the page")
     target = _safe_next(form.get("next"))
+    username, address = form.get("username", ""), request.client.host if request.client else "unknown"
+    wait = context.throttle.retry_after(username=username, address=address)
+    if wait is not None:
+        log.warning("login refused: too many failed logins for that user name or from %s; %d s to wait",
+                    address, wait)
+        minutes = math.ceil(wait / 60)
+        response = context.render("login.html.j2", status=HTTPStatus.TOO_MANY_REQUESTS, user=None, next=target,
+                                  error=f"Too many failed logins. Try again in {minutes} minute"
+                                        f"{'s' if minutes > 1 else ''}.",
+                                  csrf_token=auth.csrf_token(context.secret, seed or ""))
+        response.headers["Retry-After"] = str(wait)
+        return response
 
     def _login() -> str | None:
         from reporting.web.users import authenticate
 
         with session_scope(context.settings.database_url) as session:
-            user = authenticate(session, username=form.get("username", ""), password=form.get("password", ""))
+            user = authenticate(session, username=username, password=form.get("password", ""))
             if user is None:
                 return None
             return auth.start_session(session, user=user, secret=context.secret,
@@ -122,10 +135,12 @@ async def login(request: Request) -> Response:
 
     token = await run_in_threadpool(_login)
     if token is None:
-        log.info("failed login")
+        context.throttle.failed(username=username, address=address)
+        log.info("failed login from %s", address)
         return context.render("login.html.j2", status=HTTPStatus.UNAUTHORIZED, user=None, next=target,
                               error="Wrong user name or password.",
                               csrf_token=auth.csrf_token(context.secret, seed or ""))
+    context.throttle.succeeded(username=username)
     response = RedirectResponse(target, status_code=HTTPStatus.SEE_OTHER)
     _set_cookie(response, context, SESSION_COOKIE, token, max_age=context.settings.session_lifetime_minutes * 60)
     response.delete_cookie(LOGIN_COOKIE, path="/")

@@ -418,3 +418,22 @@ def test_users_cli_add_passwd_ls(clean_settings_env, sqlite_url, monkeypatch, ca
     assert main(["users", "disable", "alice"]) == 0
     with session_scope(sqlite_url) as session:
         assert authenticate(session, username="alice", password="second password") is None
+
+
+def test_repeated_failed_logins_are_throttled_per_user_name(clean_settings_env, sqlite_url, demo_study, tiny_card_path,
+                                                            tmp_path, sent, caplog):
+    with drafted_web_app(tmp_path, sqlite_url, [image.path for image in demo_study], tiny_card_path,
+                         login_failures_per_user=2) as web:
+        web.add_user("alice", "radiologist")
+        web.add_user("bob", "radiologist")
+        client = web.client()
+        with caplog.at_level("INFO", logger="reporting.web.routes"):
+            assert [client.login("alice", "wrong password!").status_code for _ in range(2)] == [401, 401]
+            refused = client.login("alice", PASSWORD)  # the right password, but too late
+        assert refused.status_code == 429 and "Too many failed logins. Try again in 5 minutes." in refused.text
+        assert 290 <= int(refused.headers["retry-after"]) <= 300
+        assert "predraft_session" not in client.http.cookies
+        assert "failed login from 127.0.0.1" in caplog.text and "wrong password" not in caplog.text
+        assert "login refused: too many failed logins" in caplog.text
+        # Another user name from the same address is not held back (its limit is 20).
+        assert client.login("bob", PASSWORD).url.endswith("/")
