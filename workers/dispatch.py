@@ -12,12 +12,13 @@ from datetime import timedelta
 
 from celery import Celery
 from sqlalchemy import exists, func, select, update
+from sqlalchemy.orm import Session
 
 from models.taxonomy import CLASSIFIABLE_SOP_CLASSES
 from predraft.clock import as_utc
 from predraft.db import session_scope
 from predraft.events import record_event
-from predraft.schema import Instance, Study, utcnow
+from predraft.schema import Instance, Prediction, Study, utcnow
 from predraft.settings import ExpectedViewsRule
 from predraft.states import FINISHED_INSTANCE_STATES, InstanceState, StudyState
 from workers.app import DRAFT, PREPARE
@@ -103,6 +104,29 @@ def finish_if_done(app: Celery, database_url: str, study_id: int) -> bool:
         record_event(session, "drafting", f"generation {generation}", study_id=study_id)
     app.send_task(DRAFT, args=[study_id, generation])
     return True
+
+
+def reclassify_stale_instances(session: Session, *, study: Study, model_name: str, model_version: str) -> list[int]:
+    """Send back to preparation the images of ``study`` that another model classified and this one did not.
+
+    Called by the draft task, its study row locked, before drafting: a study re-opened by a late image after
+    a model upgrade would otherwise be drafted from the late image alone (the only one with predictions of the
+    model configured now). The study goes back to READY and those instances to RECEIVED; the caller sends
+    ``prepare`` for the returned ids once it has committed. Loop-free: the classify task replaces every
+    prediction of an instance, so a classified instance has no other model's predictions afterwards.
+    """
+    current = exists().where(Prediction.instance_id == Instance.id, Prediction.model_name == model_name,
+                             Prediction.model_version == model_version)
+    other = exists().where(Prediction.instance_id == Instance.id)
+    stale = list(session.scalars(select(Instance.id).where(
+        Instance.study_id == study.id, Instance.state == InstanceState.CLASSIFIED, other, ~current)
+        .order_by(Instance.id)))
+    if stale:
+        session.execute(update(Instance).where(Instance.id.in_(stale)).values(state=InstanceState.RECEIVED))
+        study.state = StudyState.READY
+        record_event(session, "reclassifying", f"{len(stale)} image(s) classified by another model than "
+                     f"{model_name} {model_version}: prepared and classified again before drafting", study_id=study.id)
+    return stale
 
 
 #: States in which a study is on its way to a draft already: a redraft would only race it.

@@ -30,7 +30,7 @@ from predraft.states import FINISHED_INSTANCE_STATES, InstanceState, StudyState
 from workers.app import CLASSIFY, DRAFT, PREPARE
 from workers.batcher import MicroBatcher
 from workers.dead_letters import record_dead_letter
-from workers.dispatch import finish_if_done
+from workers.dispatch import finish_if_done, reclassify_stale_instances
 from workers.drafting import apply_outcome, draft_study
 from workers.export_service import queue_exports
 from workers.export_task import send_exports
@@ -141,8 +141,9 @@ def classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]]
     # One forward pass shared with the images of the other classify tasks running in this process.
     probabilities = batcher.predict(np.stack([hip.pixels for hip in hips])) if hips else []
     with session_scope(settings.database_url) as session:
-        session.execute(delete(Prediction).where(Prediction.instance_id == instance_id,
-                                                 Prediction.model_version == card.version))
+        # Every earlier prediction goes, another model's too: an instance holds the predictions of the model
+        # that last classified it (see workers.dispatch.reclassify_stale_instances).
+        session.execute(delete(Prediction).where(Prediction.instance_id == instance_id))
         for hip, row in zip(hips, probabilities, strict=True):
             scores = {cls.value: float(p) for cls, p in zip(card.classes, row, strict=True)}
             top = max(scores, key=lambda key: scores[key])
@@ -162,6 +163,17 @@ def classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]]
 def draft(self: Task, study_id: int, generation: int) -> None:
     settings = _settings()
     card = _card(settings.model_card_path)
+    with session_scope(settings.database_url) as session:
+        study = session.get(Study, study_id, with_for_update=True)
+        if study is None or study.generation != generation or study.state != StudyState.DRAFTING:
+            return
+        stale = reclassify_stale_instances(session, study=study, model_name=card.name, model_version=card.version)
+    if stale:  # committed: the study is READY again, and drafts once these are classified by this model
+        log.info("study row %d: %d image(s) classified again by %s %s before drafting", study_id, len(stale),
+                 card.name, card.version)
+        for instance_id in stale:
+            self.app.send_task(PREPARE, args=[instance_id])
+        return
     with session_scope(settings.database_url) as session:
         # Locked until the draft commits: an instance that re-opens the study meanwhile (a new generation)
         # waits for it, then re-opens a drafted study, instead of being overwritten by this draft's outcome;

@@ -15,8 +15,8 @@ from predraft.db import session_scope
 from predraft.schema import Draft, Event, Instance, Prediction, Study, utcnow
 from predraft.settings import ExpectedViewsRule
 from predraft.states import InstanceState, StudyState
-from workers.app import DRAFT, PREPARE
-from workers.dispatch import claim_ready_studies, finish_if_done, start_study
+from workers.app import CLASSIFY, DRAFT, PREPARE
+from workers.dispatch import claim_ready_studies, finish_if_done, reclassify_stale_instances, start_study
 from workers.drafting import DraftOutcome, apply_outcome, draft_study
 
 
@@ -242,3 +242,83 @@ def test_study_timings_count_from_the_last_instance():
                                                      "drafted": 2.25, "exported": 3.0}
     assert timings["at"]["received"] == datetime(2026, 11, 22, 12, 0, tzinfo=UTC).isoformat(timespec="milliseconds")
     assert study_timings(Study(received_at=t0, last_instance_at=t0), None)["seconds_from_last_instance"] == {}
+
+
+def test_images_another_model_classified_are_classified_again_before_drafting(
+        sqlite_url, drafting_study, clean_settings_env, tiny_card_path, tmp_path, monkeypatch):
+    """A late image after a model upgrade: the first two images hold the old model's predictions only."""
+    from workers import tasks
+
+    study_id, card = drafting_study
+    _classify_all(sqlite_url, card.model_copy(update={"version": "old"}),
+                  {"right": {"tha": 0.9, "none": 0.1}, "left": {"none": 0.8, "tha": 0.2}})
+    with session_scope(sqlite_url) as session:
+        instances = session.scalars(select(Instance).order_by(Instance.id)).all()
+        late = instances[-1]
+        for prediction in late.predictions:
+            prediction.model_version = card.version
+        old_ids = [instance.id for instance in instances[:-1]]
+    monkeypatch.setenv("PREDRAFT_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("PREDRAFT_MODEL", str(tiny_card_path))
+    monkeypatch.setenv("PREDRAFT_VAR_DIR", str(tmp_path / "var"))
+    tasks._settings.cache_clear()
+    app = FakeCelery()
+    monkeypatch.setattr(tasks.draft, "app", app)  # the prepare messages it sends are recorded
+    try:
+        tasks.draft.run(study_id, 1)
+    finally:
+        tasks._settings.cache_clear()
+
+    assert app.sent == [(PREPARE, [instance_id]) for instance_id in old_ids]
+    with session_scope(sqlite_url) as session:
+        study = session.get(Study, study_id)
+        assert study.state == StudyState.READY and study.drafts == []
+        assert [i.state for i in study.instances] == [InstanceState.RECEIVED] * 2 + [InstanceState.CLASSIFIED]
+        assert session.scalars(select(Event.kind).where(Event.kind == "reclassifying")).all() == ["reclassifying"]
+    # Reclassified by this model (the classify task replaces every earlier prediction): nothing is stale, the
+    # study drafts.
+    with session_scope(sqlite_url) as session:
+        for instance in session.scalars(select(Instance).where(Instance.id.in_(old_ids))):
+            for prediction in instance.predictions:
+                prediction.model_version = card.version
+            instance.state = InstanceState.CLASSIFIED
+        study = session.get(Study, study_id)
+        study.state = StudyState.DRAFTING
+        assert reclassify_stale_instances(session, study=study, model_name=card.name, model_version=card.version) == []
+
+
+def test_classifying_replaces_the_predictions_of_every_earlier_model(
+        sqlite_url, demo_study, clean_settings_env, tiny_card_path, tmp_path, monkeypatch):
+    from workers import tasks
+
+    card, _ = load_card(tiny_card_path)
+    study_id = _ingest(sqlite_url, [demo_study[0].path])  # the AP pelvis: two hips
+    with session_scope(sqlite_url) as session:
+        instance = session.scalars(select(Instance)).one()
+        instance_id = instance.id
+        session.add(Prediction(instance_id=instance_id, side="right", view="ap_pelvis", model_name=card.name,
+                               model_version="old", probabilities={"tha": 1.0}, top_class="tha", top_probability=1.0))
+        session.get(Study, study_id).state = StudyState.READY
+    for key, value in {"PREDRAFT_DATABASE_URL": sqlite_url, "PREDRAFT_MODEL": str(tiny_card_path),
+                       "PREDRAFT_VAR_DIR": str(tmp_path / "var"), "PREDRAFT_CLASSIFY_BATCH_WAIT_MS": "0"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(tasks, "_models", {})
+    tasks._settings.cache_clear()
+    app = FakeCelery()
+    monkeypatch.setattr(tasks.prepare, "app", app)
+    monkeypatch.setattr(tasks.classify, "app", app)
+    try:
+        tasks.prepare.run(instance_id)
+        [(name, args)] = app.sent
+        assert name == CLASSIFY
+        tasks.classify.run(*args)
+    finally:
+        tasks._settings.cache_clear()
+        for _, batcher in tasks._models.values():
+            batcher.close()
+
+    with session_scope(sqlite_url) as session:
+        predictions = session.scalars(select(Prediction).order_by(Prediction.side)).all()
+        assert [(p.side, p.model_version) for p in predictions] == [("left", card.version), ("right", card.version)]
+        assert session.get(Instance, instance_id).state == InstanceState.CLASSIFIED
+    assert app.sent[-1] == (DRAFT, [study_id, 1])  # its only image classified: the study drafts
