@@ -13,7 +13,10 @@ from predraft.schema import Draft, Study
 from predraft.states import StudyState
 from tests.conftest import free_port
 from tests.unit.exporting import Drafted, configure, export_row, make_draft, queue, run_export
-from workers import export_task
+
+# workers.tasks at collection: its shared tasks are then registered in every Celery app a test makes, whichever
+# test made the current one (a task module imported later reaches only the apps still active).
+from workers import export_task, tasks
 from workers.export_service import retry_delay
 
 DOWN = {"kind": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "timeout": 5}
@@ -37,8 +40,6 @@ class Sent:
 
 def test_the_draft_task_queues_one_export_per_destination_after_its_commit(
         clean_settings_env, sqlite_url, demo_study, tiny_card_path, tmp_path, monkeypatch):
-    from workers import tasks
-
     drafted = make_draft(sqlite_url, [image.path for image in demo_study[:2]], tiny_card_path, tmp_path / "spool")
     with session_scope(sqlite_url) as session:  # a late third view re-opened the study: generation 2 is due
         study = session.get_one(Study, 1)

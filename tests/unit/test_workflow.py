@@ -15,6 +15,10 @@ from predraft.db import session_scope
 from predraft.schema import Draft, Event, Instance, Prediction, Study, utcnow
 from predraft.settings import ExpectedViewsRule
 from predraft.states import InstanceState, StudyState
+
+# workers.tasks at collection: its shared tasks are then registered in every Celery app a test makes, whichever
+# test made the current one (a task module imported later reaches only the apps still active).
+from workers import tasks
 from workers.app import CLASSIFY, DRAFT, PREPARE
 from workers.dispatch import claim_ready_studies, finish_if_done, reclassify_stale_instances, start_study
 from workers.drafting import DraftOutcome, apply_outcome, draft_study
@@ -247,8 +251,6 @@ def test_study_timings_count_from_the_last_instance():
 def test_images_another_model_classified_are_classified_again_before_drafting(
         sqlite_url, drafting_study, clean_settings_env, tiny_card_path, tmp_path, monkeypatch):
     """A late image after a model upgrade: the first two images hold the old model's predictions only."""
-    from workers import tasks
-
     study_id, card = drafting_study
     _classify_all(sqlite_url, card.model_copy(update={"version": "old"}),
                   {"right": {"tha": 0.9, "none": 0.1}, "left": {"none": 0.8, "tha": 0.2}})
@@ -289,8 +291,6 @@ def test_images_another_model_classified_are_classified_again_before_drafting(
 
 def test_classifying_replaces_the_predictions_of_every_earlier_model(
         sqlite_url, demo_study, clean_settings_env, tiny_card_path, tmp_path, monkeypatch):
-    from workers import tasks
-
     card, _ = load_card(tiny_card_path)
     study_id = _ingest(sqlite_url, [demo_study[0].path])  # the AP pelvis: two hips
     with session_scope(sqlite_url) as session:
