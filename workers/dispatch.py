@@ -107,19 +107,26 @@ def finish_if_done(app: Celery, database_url: str, study_id: int) -> bool:
 
 
 def reclassify_stale_instances(session: Session, *, study: Study, model_name: str, model_version: str) -> list[int]:
-    """Send back to preparation the images of ``study`` that another model classified and this one did not.
+    """Send back to preparation the images of ``study`` that another model classified before this drafting round.
 
     Called by the draft task, its study row locked, before drafting: a study re-opened by a late image after
     a model upgrade would otherwise be drafted from the late image alone (the only one with predictions of the
-    model configured now). The study goes back to READY and those instances to RECEIVED; the caller sends
-    ``prepare`` for the returned ids once it has committed. Loop-free: the classify task replaces every
-    prediction of an instance, so a classified instance has no other model's predictions afterwards.
+    model configured now). Stale: a classified instance with no prediction of this model and only predictions
+    made before the study became ready (``ready_at``). The study goes back to READY and those instances to
+    RECEIVED; the caller sends ``prepare`` for the returned ids once it has committed.
+
+    Once per round: predictions made since the study became ready are never stale, so a classify worker
+    whose card differs from the draft worker's (a rolling upgrade) cannot send a study round forever; the
+    draft then reads only the predictions of the draft worker's model, as it did before this step existed.
     """
+    if study.ready_at is None:  # never made ready (not a study the listener or a redraft moved on)
+        return []
     current = exists().where(Prediction.instance_id == Instance.id, Prediction.model_name == model_name,
                              Prediction.model_version == model_version)
     other = exists().where(Prediction.instance_id == Instance.id)
+    fresh = exists().where(Prediction.instance_id == Instance.id, Prediction.created_at >= study.ready_at)
     stale = list(session.scalars(select(Instance.id).where(
-        Instance.study_id == study.id, Instance.state == InstanceState.CLASSIFIED, other, ~current)
+        Instance.study_id == study.id, Instance.state == InstanceState.CLASSIFIED, other, ~current, ~fresh)
         .order_by(Instance.id)))
     if stale:
         session.execute(update(Instance).where(Instance.id.in_(stale)).values(state=InstanceState.RECEIVED))

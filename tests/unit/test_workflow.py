@@ -260,6 +260,7 @@ def test_images_another_model_classified_are_classified_again_before_drafting(
         for prediction in late.predictions:
             prediction.model_version = card.version
         old_ids = [instance.id for instance in instances[:-1]]
+        session.get(Study, study_id).ready_at = utcnow()  # the late image made it ready: this drafting round
     monkeypatch.setenv("PREDRAFT_DATABASE_URL", sqlite_url)
     monkeypatch.setenv("PREDRAFT_MODEL", str(tiny_card_path))
     monkeypatch.setenv("PREDRAFT_VAR_DIR", str(tmp_path / "var"))
@@ -277,12 +278,12 @@ def test_images_another_model_classified_are_classified_again_before_drafting(
         assert study.state == StudyState.READY and study.drafts == []
         assert [i.state for i in study.instances] == [InstanceState.RECEIVED] * 2 + [InstanceState.CLASSIFIED]
         assert session.scalars(select(Event.kind).where(Event.kind == "reclassifying")).all() == ["reclassifying"]
-    # Reclassified by this model (the classify task replaces every earlier prediction): nothing is stale, the
-    # study drafts.
+    # Classified again, here by a classify worker whose card is not the draft worker's (a rolling upgrade): its
+    # predictions are of this round, so nothing is sent round again and the study drafts (no endless loop).
     with session_scope(sqlite_url) as session:
         for instance in session.scalars(select(Instance).where(Instance.id.in_(old_ids))):
             for prediction in instance.predictions:
-                prediction.model_version = card.version
+                prediction.model_version, prediction.created_at = "another", utcnow()
             instance.state = InstanceState.CLASSIFIED
         study = session.get(Study, study_id)
         study.state = StudyState.DRAFTING
