@@ -8,7 +8,7 @@ each try first claims the row (``sending``, counted in ``attempts``), so that tw
 export message never both send; a delivery makes it ``sent`` with ``exported_at``; a failed try makes
 it ``failed`` with ``last_error`` while a retry is due, or ``dead`` when none is (retries spent, or a
 refusal no retry can mend). A claim older than :data:`SENDING_CLAIM_SECONDS` is of a worker that died
-mid-try: the next delivery (or the sweeper) takes it over.
+mid-try: the sweeper sends again, and that delivery takes the claim over.
 """
 
 from __future__ import annotations
@@ -117,8 +117,9 @@ class NothingToResend(LookupError):
 def requeue_latest_draft(session: Session, *, study_uid: str, destinations: Sequence[str]) -> tuple[Draft, list[str]]:
     """Make the export of the study's latest SR (its newest draft, or the verified report or rejection notice
     a review issued for that draft) to each of ``destinations`` pending again, as a fresh
-    row (attempts 0, no error, not exported), whatever state it was in. Returns the draft and the
-    destinations to send an export task for once the caller has committed. Raises NothingToResend."""
+    row (attempts 0, no error, not exported), whatever state it was in, except a row a worker is sending now
+    (``sending``): that try's outcome would overwrite the new row, so it is left to finish. Returns the draft
+    and the destinations to send an export task for once the caller has committed. Raises NothingToResend."""
     study = session.scalar(select(Study).where(Study.study_uid == study_uid))
     if study is None:
         raise NothingToResend(f"no study with StudyInstanceUID {study_uid}")
@@ -126,15 +127,19 @@ def requeue_latest_draft(session: Session, *, study_uid: str, destinations: Sequ
                            .order_by(Draft.generation.desc(), Draft.id.desc()).limit(1))
     if draft is None:
         raise NothingToResend(f"study {study_uid} has no draft (state {study.state})")
+    queued = []
     for name in destinations:
         row = _export(session, draft.id, name)
+        if row is not None and row.state == ExportState.SENDING:
+            continue
+        queued.append(name)
         if row is None:
             session.add(Export(draft_id=draft.id, destination=name, state=ExportState.PENDING.value, attempts=0))
         else:
             row.state, row.attempts, row.last_error, row.exported_at = ExportState.PENDING.value, 0, None, None
         record_event(session, "export_queued", f"SR of draft {draft.id} to {name}, by resend", study_id=study.id)
     session.flush()
-    return draft, list(destinations)
+    return draft, queued
 
 
 def retry_delay(retries: int, *, first: float, longest: float) -> float:

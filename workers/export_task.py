@@ -1,8 +1,9 @@
 """The ``predraft.export`` task (queue ``export``): send one drafted SR to one configured destination.
 
 One task per (draft, destination), sent once the draft is committed (:func:`send_exports`). Idempotent:
-the exports row is the record, and a task whose row is already ``sent`` (or ``dead``) does nothing, so a
-redelivered message never sends an SR twice. A try that fails for a reason a retry can mend (see
+the exports row is the record: each try claims it first (``sending``), and a task whose row is already
+``sent`` or ``dead``, or claimed by another try, does nothing, so a redelivered message never sends an SR
+twice. A try that fails for a reason a retry can mend (see
 :mod:`workers.export`) is retried by Celery after ``export_retry_delay_seconds``, doubled each time up to
 ``export_retry_max_delay_seconds``, at most ``export_max_retries`` times; then, or at once for a refusal no
 retry can mend, the row is ``dead`` with its error, until ``predraft studies resend`` queues it again.
@@ -14,7 +15,8 @@ Logs name database ids, destination names and errors; never patient data.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Retries of a try that met a database error (separate from the network retries the settings bound).
 DATABASE_RETRIES = 20
+#: Retries, in the task itself, of recording a try's outcome (0.5 s, doubled each time, at most 30 s apart).
+RECORD_RETRIES = 8
 
 
 @lru_cache(maxsize=1)
@@ -60,6 +64,21 @@ def _try(settings: Settings, job: ExportJob) -> Delivery | ExportError:
         return ExportError(f"unexpected {type(exc).__name__}: {exc}", retryable=False)
 
 
+def _record(settings: Settings, service: Callable[..., None], **values: object) -> None:
+    """Record a try's outcome on its claimed row, retrying a database error here: a retry of the whole task
+    would find the row claimed (``sending``) by this very try and do nothing, leaving it claimed."""
+    for attempt in range(RECORD_RETRIES + 1):
+        try:
+            with session_scope(settings.database_url) as session:
+                service(session, **values)
+            return
+        except OperationalError:
+            if attempt == RECORD_RETRIES:
+                raise  # the row stays claimed; the sweeper takes the abandoned claim over
+            log.warning("recording an export try met a database error; again in %.1f s", 0.5 * 2 ** attempt)
+            time.sleep(min(0.5 * 2 ** attempt, 30.0))
+
+
 @shared_task(name=EXPORT, bind=True, autoretry_for=(OperationalError,), retry_backoff=True, retry_backoff_max=300,
              retry_jitter=True, max_retries=DATABASE_RETRIES)
 def export(self: Task, draft_id: int, destination: str) -> str:
@@ -74,8 +93,7 @@ def export(self: Task, draft_id: int, destination: str) -> str:
 
     outcome = _try(settings, job)
     if isinstance(outcome, Delivery):
-        with session_scope(settings.database_url) as session:
-            record_sent(session, export_id=job.export_id, note=outcome.note)
+        _record(settings, record_sent, export_id=job.export_id, note=outcome.note)
         EXPORTS.labels(destination=destination, outcome="sent").inc()
         log.info("export %d of draft %d to %s: sent (try %d)%s", job.export_id, draft_id, destination, job.attempt,
                  f"; {outcome.note}" if outcome.note else "")
@@ -83,8 +101,7 @@ def export(self: Task, draft_id: int, destination: str) -> str:
 
     retries = self.request.retries or 0
     dead = not outcome.retryable or retries >= settings.export_max_retries
-    with session_scope(settings.database_url) as session:
-        record_failure(session, export_id=job.export_id, error=str(outcome), dead=dead)
+    _record(settings, record_failure, export_id=job.export_id, error=str(outcome), dead=dead)
     EXPORTS.labels(destination=destination, outcome="dead" if dead else "failed").inc()
     if dead:
         why = "no retry can mend it" if not outcome.retryable else f"{retries} retries spent"

@@ -139,6 +139,8 @@ def resend_command(study_uid: str, destination_name: str | None, as_json: bool) 
                                "queued": queued}, indent=2))
     for name in [] if as_json else queued:
         click.echo(f"queued SR {sr_uid} (draft generation {generation}) for {name}")
+    for name in [] if as_json else [name for name in names if name not in queued]:
+        click.echo(f"not queued for {name}: a worker is sending it now (see `predraft studies show`)")
     return EXIT_OK
 
 

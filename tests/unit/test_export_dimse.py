@@ -14,6 +14,7 @@ import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import ComprehensiveSRStorage, Verification
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
 from predraft.db import session_scope
 from predraft.schema import Export, Instance, utcnow
@@ -78,6 +79,26 @@ def test_a_try_claims_its_row_so_a_second_delivery_does_not_send_while_it_runs(d
     assert _received(folder) == [drafted.sr_sop_instance_uid]
     row = export_row(drafted, "storescp")
     assert (row.state, row.attempts) == ("sent", 2)
+
+
+def test_a_database_error_while_recording_a_try_is_retried_there_not_left_claimed(drafted, monkeypatch):
+    configure(monkeypatch, drafted, [{"kind": "dimse", "name": "down", "ae_title": "PACS", "host": "127.0.0.1",
+                                      "port": free_port(), "timeout": 5}], max_retries=0)
+    queue(drafted, "down")
+    real, calls = export_task.record_failure, []
+
+    def locked_once(session, **values):
+        calls.append(values["dead"])
+        if len(calls) == 1:
+            raise OperationalError("UPDATE exports", {}, Exception("database is locked"))
+        real(session, **values)
+
+    monkeypatch.setattr(export_task, "record_failure", locked_once)
+    monkeypatch.setattr(export_task.time, "sleep", lambda seconds: None)
+    assert run_export(drafted, "down") == "dead"
+    assert calls == [True, True]  # recorded on the second go, by the same try: nothing sent twice
+    row = export_row(drafted, "down")
+    assert (row.state, row.attempts) == ("dead", 1) and row.last_error
 
 
 def test_a_destination_that_refuses_connections_is_retried_then_dead(drafted, monkeypatch):

@@ -17,7 +17,7 @@ from tests.unit.exporting import Drafted, configure, export_row, make_draft, que
 # workers.tasks at collection: its shared tasks are then registered in every Celery app a test makes, whichever
 # test made the current one (a task module imported later reaches only the apps still active).
 from workers import export_task, tasks
-from workers.export_service import retry_delay
+from workers.export_service import begin_attempt, retry_delay
 
 DOWN = {"kind": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "timeout": 5}
 
@@ -91,6 +91,14 @@ def test_resend_queues_the_latest_draft_again_and_show_lists_the_exports(drafted
     assert sent.calls[-1] == (drafted.draft_id, ["pacs", "other"])
     assert run_export(drafted, "pacs") == "dead"  # the queued task runs again: one more try
     assert export_row(drafted, "pacs").attempts == 1
+
+    with session_scope(drafted.database_url) as session:  # a worker is sending to "other" right now
+        assert begin_attempt(session, draft_id=drafted.draft_id, destination="other") is not None
+    capsys.readouterr()
+    assert main(["studies", "resend", drafted.study_uid]) == 0
+    assert sent.calls[-1] == (drafted.draft_id, ["pacs"])  # that try is left to finish
+    assert "not queued for other: a worker is sending it now" in capsys.readouterr().out
+    assert export_row(drafted, "other").state == "sending"
 
 
 @pytest.mark.parametrize("argv, message", [
