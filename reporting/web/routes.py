@@ -111,7 +111,27 @@ async def login(request: Request) -> Response:
         raise WebError(HTTPStatus.FORBIDDEN, "the login form's security token is missing or stale: reload the page")
     target = _safe_next(form.get("next"))
     username, address = form.get("username", ""), request.client.host if request.client else "unknown"
-    wait = context.throttle.retry_after(username=username, address=address)
+
+    def _login() -> tuple[str | None, int | None]:
+        """(session token, None) on success; (None, seconds to wait) when throttled; (None, None) when wrong.
+        Checked, tried and counted under the throttle's locks of this user name and address, so that
+        parallel guesses cannot all pass the check before any of them is counted."""
+        from reporting.web.users import authenticate
+
+        with context.throttle.attempt(username=username, address=address) as wait:
+            if wait is not None:
+                return None, wait
+            with session_scope(context.settings.database_url) as session:
+                user = authenticate(session, username=username, password=form.get("password", ""))
+                if user is None:
+                    context.throttle.failed(username=username, address=address)
+                    return None, None
+                token = auth.start_session(session, user=user, secret=context.secret,
+                                           lifetime_minutes=context.settings.session_lifetime_minutes)
+            context.throttle.succeeded(username=username)
+            return token, None
+
+    token, wait = await run_in_threadpool(_login)
     if wait is not None:
         log.warning("login refused: too many failed logins for that user name or from %s; %d s to wait",
                     address, wait)
@@ -122,25 +142,11 @@ async def login(request: Request) -> Response:
                                   csrf_token=auth.csrf_token(context.secret, seed or ""))
         response.headers["Retry-After"] = str(wait)
         return response
-
-    def _login() -> str | None:
-        from reporting.web.users import authenticate
-
-        with session_scope(context.settings.database_url) as session:
-            user = authenticate(session, username=username, password=form.get("password", ""))
-            if user is None:
-                return None
-            return auth.start_session(session, user=user, secret=context.secret,
-                                      lifetime_minutes=context.settings.session_lifetime_minutes)
-
-    token = await run_in_threadpool(_login)
     if token is None:
-        context.throttle.failed(username=username, address=address)
         log.info("failed login from %s", address)
         return context.render("login.html.j2", status=HTTPStatus.UNAUTHORIZED, user=None, next=target,
                               error="Wrong user name or password.",
                               csrf_token=auth.csrf_token(context.secret, seed or ""))
-    context.throttle.succeeded(username=username)
     response = RedirectResponse(target, status_code=HTTPStatus.SEE_OTHER)
     _set_cookie(response, context, SESSION_COOKIE, token, max_age=context.settings.session_lifetime_minutes * 60)
     response.delete_cookie(LOGIN_COOKIE, path="/")

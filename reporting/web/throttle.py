@@ -10,7 +10,10 @@ have the proxy throttle.
 from __future__ import annotations
 
 import math
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from limits import RateLimitItemPerSecond
 from limits.storage import MemoryStorage
@@ -18,6 +21,8 @@ from limits.strategies import MovingWindowRateLimiter
 
 #: Longest user name a key keeps (users.username is at most 64 characters).
 MAX_KEY_LENGTH = 64
+#: Locks that serialise the logins of one user name, and of one address (keys hashed onto these).
+LOCK_STRIPES = 64
 
 
 class LoginThrottle:
@@ -34,6 +39,7 @@ class LoginThrottle:
         self._limits = {"user": RateLimitItemPerSecond(per_user, window_seconds),
                         "address": RateLimitItemPerSecond(per_address, window_seconds)}
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
 
     def _keys(self, *, username: str, address: str) -> list[tuple[str, str]]:
         return [("user", username.strip()[:MAX_KEY_LENGTH]), ("address", address)]
@@ -46,6 +52,24 @@ class LoginThrottle:
                 reset = self._limiter.get_window_stats(self._limits[kind], kind, key).reset_time
                 waits.append(max(1, math.ceil(reset - time.time())))
         return max(waits) if waits else None
+
+    @contextmanager
+    def attempt(self, *, username: str, address: str) -> Iterator[int | None]:
+        """Hold this user name's and this address's locks for one login; yields :meth:`retry_after`.
+
+        The password check and :meth:`failed` belong inside the block: another login for the same user name
+        or from the same address waits, then sees this one counted. Logins of other names and addresses run
+        on (each key's lock is one of :data:`LOCK_STRIPES`, taken in a fixed order).
+        """
+        stripes = sorted({hash((kind, key)) % LOCK_STRIPES for kind, key in self._keys(username=username,
+                                                                                      address=address)})
+        for stripe in stripes:
+            self._locks[stripe].acquire()
+        try:
+            yield self.retry_after(username=username, address=address)
+        finally:
+            for stripe in reversed(stripes):
+                self._locks[stripe].release()
 
     def failed(self, *, username: str, address: str) -> None:
         """Count one failed login."""

@@ -437,3 +437,22 @@ def test_repeated_failed_logins_are_throttled_per_user_name(clean_settings_env, 
         assert "login refused: too many failed logins" in caplog.text
         # Another user name from the same address is not held back (its limit is 20).
         assert client.login("bob", PASSWORD).url.endswith("/")
+
+
+def test_parallel_guesses_cannot_all_pass_the_throttle(clean_settings_env, sqlite_url, demo_study, tiny_card_path,
+                                                       tmp_path, sent):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with drafted_web_app(tmp_path, sqlite_url, [image.path for image in demo_study], tiny_card_path,
+                         login_failures_per_user=2) as web:
+        web.add_user("alice", "radiologist")
+        clients = [web.client() for _ in range(8)]
+        tokens = [client.csrf("/login") for client in clients]  # each its own login form first
+
+        def guess(index: int) -> int:
+            return clients[index].post("/login", {"csrf_token": tokens[index], "username": "alice",
+                                                  "password": f"guess {index}!", "next": "/"}).status_code
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            codes = sorted(pool.map(guess, range(8)))
+    assert codes == [401, 401] + [429] * 6  # two wrong passwords tried; the other six refused unheard
