@@ -11,21 +11,24 @@ cd "$(dirname "$0")/../.."
 grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/info/exclude
 rm -rf .device && mkdir -p .device/whl
 
-# Versions as this machine's pip resolves predraft for Python 3.12 (the device's python3).
-python3 - <<'PY' > .device/requirements.txt
-import re, tomllib
+# The versions this checkout's .venv runs (the tests pass with them), for the device's Python 3.12.
+[ -x .venv/bin/python ] || { echo "no .venv here: run scripts/test.sh once first" >&2; exit 1; }
+.venv/bin/python - <<'PY' > .device/requirements.txt
+from importlib.metadata import version
 wanted = ["alembic", "argon2-cffi", "argon2-cffi-bindings", "cffi", "pycparser", "fastapi", "starlette", "uvicorn",
           "highdicom", "pydicom", "pynetdicom", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "pyjpegls",
           "kombu", "celery", "vine", "amqp", "billiard", "click-didyoumean", "click-plugins", "click-repl",
           "prompt-toolkit", "wcwidth", "tzlocal", "redis", "limits", "deprecated", "pydantic", "pydantic-core",
           "pydantic-settings", "python-dotenv", "typing-inspection", "annotated-types", "python-json-logger",
           "sqlalchemy", "mako", "opentelemetry-api", "annotated-doc", "typing-extensions"]
-print("\n".join(wanted))
+print("\n".join(f"{name}=={version(name)}" for name in wanted))
 PY
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_26_x86_64 \
     --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    --platform manylinux1_x86_64 -d .device/whl -r .device/requirements.txt 2>&1 | grep -v '^WARNING' || true
+    --platform manylinux1_x86_64 -d .device/whl -r .device/requirements.txt
+[ "$(ls .device/whl/*.whl | wc -l)" -eq "$(wc -l < .device/requirements.txt)" ] \
+    || { echo "not every wheel was fetched: compare .device/whl with .device/requirements.txt" >&2; exit 1; }
 
 command -v storescu >/dev/null || { echo "dcmtk is not installed here: run scripts/test.sh once first" >&2; exit 1; }
 stage=$(mktemp -d)

@@ -20,7 +20,8 @@ export DCMDICTPATH=/tmp/dcmtk-root/dcmtk/share/dicom.dic
 DEVICE=${DEVICE:-cuda}
 # `predraft` where the benches look for it: beside the interpreter, as a venv's console script would be.
 launcher="$(python3 -c 'import os, sys; print(os.path.dirname(sys.executable))')/predraft"
-[ -e "$launcher" ] || { printf '#!/bin/sh\nexec %s -m predraft "$@"\n' "$(command -v python3)" > "$launcher"; chmod +x "$launcher"; }
+[ -e "$launcher" ] || { printf '#!/bin/sh\nexec %s -m predraft "$@"\n' "$(command -v python3)" > "$launcher" \
+    && chmod +x "$launcher"; } || { echo "cannot write $launcher, which the benches call: run as root" >&2; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__,
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')" | tee -a "$OUT/gpu.txt"
