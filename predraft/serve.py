@@ -26,12 +26,15 @@ STOP_TIMEOUT_SECONDS = 20.0
 
 
 def prepare_environment(settings: Settings) -> None:
-    """Apply migrations, check the model card and its weights, check the templates."""
+    """Apply migrations, declare the broker's queues, check the model card and its weights, check the templates."""
     from models.card import load_card
     from predraft import db
     from reporting.text import check_templates
+    from workers.app import QUEUES
+    from workers.queues import declare_queues
 
     db.upgrade(settings.database_url)
+    declare_queues(settings.broker_url, QUEUES)  # before the parts start: none of them races to create one
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
     load_card(settings.model_card_path)
     check_templates(settings.template_dir)

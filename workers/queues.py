@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -124,6 +125,33 @@ def queued_messages(broker_url: str, queues: Iterable[str], *, timeout: float = 
     if is_redis(broker_url):
         return _redis_messages(broker_url, queues, timeout)
     return _sqla_messages(broker_url.removeprefix("sqla+"), queues, timeout)
+
+
+def declare_queues(broker_url: str, queues: Iterable[str], *, attempts: int = 3) -> None:
+    """Create ``queues`` on an embedded (SQLAlchemy) broker now; nothing to do on Redis.
+
+    kombu's SQLAlchemy transport creates a queue's row the first time a process uses the queue and does not
+    expect another process to insert it meanwhile: on a fresh broker, the listener's first ``prepare`` and
+    the worker's start could both insert it, and the loser's publish failed with a UNIQUE error, leaving a
+    ready study to the sweeper. ``predraft serve`` declares the queues before it starts its parts; the
+    listener does so at start too. A concurrent declaration here is simply tried again.
+    """
+    _check_supported(broker_url)
+    if is_redis(broker_url):
+        return
+    from kombu import Connection
+    from sqlalchemy.exc import IntegrityError
+
+    for attempt in range(attempts):
+        try:
+            with Connection(broker_url) as connection:
+                for name in queues:
+                    connection.SimpleQueue(name).close()  # declares the queue (its row) as a consumer would
+            return
+        except IntegrityError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
 
 
 def ping_broker(broker_url: str, *, timeout: float = 2.0) -> None:

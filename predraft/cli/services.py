@@ -51,7 +51,8 @@ def listen() -> None:
     from listener.stability import StabilityMonitor
     from predraft.bootstrap import configure_logging, wait_for_stop_signal
     from predraft.metrics import serve_metrics
-    from workers.app import create_celery
+    from workers.app import QUEUES, create_celery
+    from workers.queues import declare_queues
 
     settings = load_settings_with_schema()
     configure_logging(settings)
@@ -64,6 +65,7 @@ def listen() -> None:
     except OSError as exc:
         server.shutdown()
         raise click.ClickException(str(exc)) from exc
+    declare_queues(settings.broker_url, QUEUES)  # the queues its first sends go to exist before it sends
     monitor = StabilityMonitor(settings, create_celery(settings))
     monitor.start()
     click.echo(f"listening as {settings.ae_title} on {settings.dimse_host}:{server.server_address[1]}")

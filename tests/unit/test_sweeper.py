@@ -17,7 +17,7 @@ from predraft.states import ExportState, InstanceState, StudyState
 from workers.app import CLASSIFY, DRAFT, PREPARE, QUEUES, create_celery
 from workers.dead_letters import DeadLetterError, record_dead_letter, retry_dead_letter
 from workers.export_service import SENDING_CLAIM_SECONDS
-from workers.queues import BrokerUnreachable, queued_messages
+from workers.queues import BrokerUnreachable, declare_queues, queued_messages
 from workers.sweeper import sweep
 
 REDIS_TEST_DB = "redis://127.0.0.1:6379/13"
@@ -72,6 +72,32 @@ def test_queued_messages_reads_the_embedded_broker(app, sqla_broker):
     messages = {(m.queue, m.task, m.first_arg, m.delivered) for m in queued_messages(sqla_broker, QUEUES)}
     assert messages == {("prepare", PREPARE, 7, False), ("draft", DRAFT, 3, False), ("classify", CLASSIFY, 9, False)}
     assert [m.task for m in queued_messages(sqla_broker, ["draft"])] == [DRAFT]
+
+
+def test_declare_queues_creates_every_queue_once_and_publishing_then_inserts_none(app, sqla_broker):
+    import sqlalchemy
+
+    declare_queues(sqla_broker, QUEUES)
+    declare_queues(sqla_broker, QUEUES)  # again, as the listener does after serve: nothing changes
+    engine = sqlalchemy.create_engine(sqla_broker.removeprefix("sqla+"))
+    with engine.connect() as connection:
+        names = sorted(connection.exec_driver_sql("SELECT name FROM kombu_queue").scalars())
+    assert names == sorted(QUEUES)
+
+    # A process whose first publish finds the queue declared inserts no row: nothing left to collide on.
+    inserted = []
+
+    def record(_connection, _cursor, statement, *_args) -> None:
+        if statement.startswith("INSERT INTO kombu_queue"):
+            inserted.append(statement)
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", record)
+    try:
+        app.send_task(PREPARE, args=[7])
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute", record)
+    assert inserted == []
+    assert [m.first_arg for m in queued_messages(sqla_broker, ["prepare"])] == [7]
 
 
 @pytest.mark.postgres
