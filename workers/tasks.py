@@ -16,6 +16,7 @@ from celery import Task, shared_task
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import delete
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from listener.spool import Spool
 from models.card import ModelCard, load_card
@@ -159,21 +160,44 @@ def classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]]
     finish_if_done(self.app, settings.database_url, study_id)
 
 
+def _write_draft(session: Session, *, study: Study, generation: int, settings: Settings,
+                 card: ModelCard) -> tuple[int | None, list[str], float | None]:
+    """Draft the locked ``study`` for ``generation`` and queue its exports, in the caller's transaction.
+
+    Returns (draft id, destinations to send an export task for, seconds from the last instance to the
+    draft); (None, [], None) when no draft was made. A drafting error leaves the study in ERROR, unless it
+    was re-opened or drafted meanwhile.
+    """
+    try:
+        outcome = draft_study(session, study=study, generation=generation, model=card,
+                              spool=Spool(settings.spool_dir), rule=settings.aggregation_rule,
+                              template_dir=settings.template_dir)
+    except OperationalError:
+        raise
+    except Exception as exc:
+        log.exception("study row %d could not be drafted", study.id)
+        study_id = study.id
+        session.rollback()
+        study = session.get(Study, study_id, with_for_update=True)
+        if study.generation == generation and study.state == StudyState.DRAFTING:
+            study.state, study.error = StudyState.ERROR, f"drafting failed: {type(exc).__name__}: {exc}"[:2000]
+            record_event(session, "error", study.error, study_id=study_id)
+        # else re-opened or drafted meanwhile: that generation's outcome stands
+        return None, [], None
+    apply_outcome(session, study=study, generation=generation, outcome=outcome)
+    log.info("study row %d: %s", study.id, outcome.state.value)
+    if study.state != StudyState.DRAFTED or outcome.draft_id is None:
+        return None, [], None
+    exports = queue_exports(session, draft_id=outcome.draft_id,
+                            destinations=[d.name for d in settings.export_destinations])
+    return outcome.draft_id, exports, (as_utc(study.drafted_at) - as_utc(study.last_instance_at)).total_seconds()
+
+
 @shared_task(name=DRAFT, bind=True, **_RETRY)
 def draft(self: Task, study_id: int, generation: int) -> None:
     settings = _settings()
     card = _card(settings.model_card_path)
-    with session_scope(settings.database_url) as session:
-        study = session.get(Study, study_id, with_for_update=True)
-        if study is None or study.generation != generation or study.state != StudyState.DRAFTING:
-            return
-        stale = reclassify_stale_instances(session, study=study, model_name=card.name, model_version=card.version)
-    if stale:  # committed: the study is READY again, and drafts once these are classified by this model
-        log.info("study row %d: %d image(s) classified again by %s %s before drafting", study_id, len(stale),
-                 card.name, card.version)
-        for instance_id in stale:
-            self.app.send_task(PREPARE, args=[instance_id])
-        return
+    draft_id, exports, time_to_draft = None, [], None
     with session_scope(settings.database_url) as session:
         # Locked until the draft commits: an instance that re-opens the study meanwhile (a new generation)
         # waits for it, then re-opens a drafted study, instead of being overwritten by this draft's outcome;
@@ -181,30 +205,17 @@ def draft(self: Task, study_id: int, generation: int) -> None:
         study = session.get(Study, study_id, with_for_update=True)
         if study is None or study.generation != generation or study.state != StudyState.DRAFTING:
             return
-        try:
-            outcome = draft_study(session, study=study, generation=generation, model=card,
-                                  spool=Spool(settings.spool_dir), rule=settings.aggregation_rule,
-                                  template_dir=settings.template_dir)
-        except OperationalError:
-            raise
-        except Exception as exc:
-            log.exception("study row %d could not be drafted", study_id)
-            session.rollback()
-            study = session.get(Study, study_id, with_for_update=True)
-            if study.generation != generation or study.state != StudyState.DRAFTING:
-                return  # re-opened or drafted meanwhile: that generation's outcome stands
-            study.state, study.error = StudyState.ERROR, f"drafting failed: {type(exc).__name__}: {exc}"[:2000]
-            record_event(session, "error", study.error, study_id=study_id)
-            return
-        apply_outcome(session, study=study, generation=generation, outcome=outcome)
-        log.info("study row %d: %s", study_id, outcome.state.value)
-        exports: list[str] = []
-        time_to_draft: float | None = None
-        if study.state == StudyState.DRAFTED and outcome.draft_id is not None:
-            exports = queue_exports(session, draft_id=outcome.draft_id,
-                                    destinations=[d.name for d in settings.export_destinations])
-            time_to_draft = (as_utc(study.drafted_at) - as_utc(study.last_instance_at)).total_seconds()
+        stale = reclassify_stale_instances(session, study=study, model_name=card.name, model_version=card.version)
+        if not stale:
+            draft_id, exports, time_to_draft = _write_draft(session, study=study, generation=generation,
+                                                            settings=settings, card=card)
+    if stale:  # committed: the study is READY again, and drafts once these are classified by this model
+        log.info("study row %d: %d image(s) classified again by %s %s before drafting", study_id, len(stale),
+                 card.name, card.version)
+        for instance_id in stale:
+            self.app.send_task(PREPARE, args=[instance_id])
+        return
     if time_to_draft is not None:  # committed: counted once, whatever a redelivery does
         TIME_TO_DRAFT.observe(max(0.0, time_to_draft))
     if exports:  # committed: now the export tasks may run
-        send_exports(self.app, outcome.draft_id, exports)
+        send_exports(self.app, draft_id, exports)

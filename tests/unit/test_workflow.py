@@ -323,3 +323,33 @@ def test_classifying_replaces_the_predictions_of_every_earlier_model(
         assert [(p.side, p.model_version) for p in predictions] == [("left", card.version), ("right", card.version)]
         assert session.get(Instance, instance_id).state == InstanceState.CLASSIFIED
     assert app.sent[-1] == (DRAFT, [study_id, 1])  # its only image classified: the study drafts
+
+
+def test_a_drafting_error_leaves_the_study_in_error_with_the_reason(
+        sqlite_url, drafting_study, clean_settings_env, tiny_card_path, tmp_path, monkeypatch):
+    study_id, card = drafting_study
+    _classify_all(sqlite_url, card, {"right": {"tha": 0.9, "none": 0.1}, "left": {"none": 0.8, "tha": 0.2}})
+    with session_scope(sqlite_url) as session:
+        session.get(Study, study_id).ready_at = utcnow()
+    for key, value in {"PREDRAFT_DATABASE_URL": sqlite_url, "PREDRAFT_MODEL": str(tiny_card_path),
+                       "PREDRAFT_VAR_DIR": str(tmp_path / "var")}.items():
+        monkeypatch.setenv(key, value)
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("template exploded")
+
+    monkeypatch.setattr(tasks, "draft_study", broken)
+    app = FakeCelery()
+    monkeypatch.setattr(tasks.draft, "app", app)
+    tasks._settings.cache_clear()
+    try:
+        tasks.draft.run(study_id, 1)
+    finally:
+        tasks._settings.cache_clear()
+
+    assert app.sent == []
+    with session_scope(sqlite_url) as session:
+        study = session.get(Study, study_id)
+        assert (study.state, study.error) == (StudyState.ERROR, "drafting failed: RuntimeError: template exploded")
+        assert study.drafts == []
+        assert session.scalars(select(Event.message).where(Event.kind == "error")).all() == [study.error]
