@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
 from predraft.db import insert_ignoring_conflict
@@ -64,6 +64,13 @@ def _export(session: Session, draft_id: int, destination: str) -> Export | None:
     return session.scalar(select(Export).where(Export.draft_id == draft_id, Export.destination == destination))
 
 
+def abandoned_claim() -> ColumnElement[bool]:
+    """SQL condition: the row is ``sending`` under a claim older than :data:`SENDING_CLAIM_SECONDS` (its
+    worker died mid-try), so a new try may take it over."""
+    return (Export.state == ExportState.SENDING.value) & (
+        Export.updated_at < utcnow() - timedelta(seconds=SENDING_CLAIM_SECONDS))
+
+
 def begin_attempt(session: Session, *, draft_id: int, destination: str) -> ExportJob | None:
     """Claim the next try of the export of ``draft_id`` to ``destination`` (the row becomes ``sending``,
     its ``attempts`` one more) and say what to send.
@@ -76,12 +83,10 @@ def begin_attempt(session: Session, *, draft_id: int, destination: str) -> Expor
     row = _export(session, draft_id, destination)
     if row is None:
         return None
-    abandoned = utcnow() - timedelta(seconds=SENDING_CLAIM_SECONDS)
     claimed = session.execute(
         update(Export)
         .where(Export.id == row.id,
-               or_(Export.state.in_([state.value for state in EXPORTABLE_STATES]),
-                   (Export.state == ExportState.SENDING.value) & (Export.updated_at < abandoned)))
+               or_(Export.state.in_([state.value for state in EXPORTABLE_STATES]), abandoned_claim()))
         .values(state=ExportState.SENDING.value, attempts=Export.attempts + 1, updated_at=utcnow())
         .execution_options(synchronize_session=False))
     if claimed.rowcount != 1:

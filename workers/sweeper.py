@@ -35,7 +35,7 @@ from predraft.schema import DeadLetter, Draft, Export, Instance, Study, utcnow
 from predraft.states import FINISHED_INSTANCE_STATES, ExportState, InstanceState, StudyState
 from workers.app import CLASSIFY, DRAFT, EXPORT, PREPARE, QUEUES
 from workers.dispatch import finish_if_done
-from workers.export_service import SENDING_CLAIM_SECONDS
+from workers.export_service import abandoned_claim
 from workers.queues import queued_messages
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,7 @@ def sweep(app: Celery, database_url: str, broker_url: str, *, stale_seconds: flo
             select(Export.id, Export.draft_id, Export.destination).where(
                 or_(and_(Export.state == ExportState.PENDING, Export.updated_at < cutoff),
                     and_(Export.state == ExportState.FAILED, Export.updated_at < failed_cutoff),
-                    and_(Export.state == ExportState.SENDING,
-                         Export.updated_at < utcnow() - timedelta(seconds=SENDING_CLAIM_SECONDS))))
+                    abandoned_claim()))
         ).all()
         lost_exports = [(draft_id, destination) for export_id, draft_id, destination in exports
                         if (EXPORT, draft_id) not in held_exports.get(destination, set())]
