@@ -41,8 +41,12 @@ class LoginThrottle:
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
         self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
 
+    @staticmethod
+    def _user_key(username: str) -> str:
+        return username.strip()[:MAX_KEY_LENGTH]
+
     def _keys(self, *, username: str, address: str) -> list[tuple[str, str]]:
-        return [("user", username.strip()[:MAX_KEY_LENGTH]), ("address", address)]
+        return [("user", self._user_key(username)), ("address", address)]
 
     def retry_after(self, *, username: str, address: str) -> int | None:
         """Whole seconds until a login for ``username`` from ``address`` may be tried again; None if it may now."""
@@ -78,4 +82,4 @@ class LoginThrottle:
 
     def succeeded(self, *, username: str) -> None:
         """A good password clears the user name's failures (not the address's)."""
-        self._limiter.clear(self._limits["user"], "user", username.strip()[:MAX_KEY_LENGTH])
+        self._limiter.clear(self._limits["user"], "user", self._user_key(username))
