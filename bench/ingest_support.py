@@ -166,9 +166,14 @@ def _stop(process: subprocess.Popen[bytes], stop_signal: signal.Signals, *, grou
         process.wait()
 
 
+def environment_without_settings() -> dict[str, str]:
+    """This process's environment less every PREDRAFT_ setting, so that a bench starts from the defaults."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")}
+
+
 def predraft_env(var_dir: Path, port: int) -> dict[str, str]:
     """The environment of ``predraft listen``: its own var dir, no drafting (an hour of quiet), quiet logs."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")}
+    env = environment_without_settings()
     env.update({
         "PREDRAFT_VAR_DIR": str(var_dir),
         "PREDRAFT_DIMSE_PORT": str(port),
@@ -202,7 +207,7 @@ def predraft_listener(work: Path) -> Iterator[Receiver]:
 def bare_pynetdicom(work: Path) -> Iterator[Receiver]:
     """bench/bare_pynetdicom_scp.py: predraft's DIMSE set-up with a handler that only renames the file."""
     out_dir, port, log = work / "bare-out", free_port(), work / "bare.log"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")}
+    env = environment_without_settings()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
     command = [sys.executable, str(Path(__file__).resolve().parent / "bare_pynetdicom_scp.py"), str(port),
                BARE_AE, str(out_dir)]

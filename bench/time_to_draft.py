@@ -37,7 +37,14 @@ import pydicom
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ingest_support import DCMTK_ENV, PREDRAFT, _stop, _wait_until_echo, free_port  # noqa: E402
+from ingest_support import (  # noqa: E402
+    DCMTK_ENV,
+    PREDRAFT,
+    _stop,
+    _wait_until_echo,
+    environment_without_settings,
+    free_port,
+)
 
 from models.phantoms import write_demo_study  # noqa: E402
 
@@ -82,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="predraft-ttd-"))
     port, http_port = free_port(), free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")}
+    env = environment_without_settings()
     env.update({"PREDRAFT_VAR_DIR": str(work / "var"), "PREDRAFT_DIMSE_PORT": str(port), "PREDRAFT_AE_TITLE": AE,
                 "PREDRAFT_HTTP_PORT": str(http_port), "PREDRAFT_QUIET_SECONDS": "3600",
                 "PREDRAFT_STABILITY_POLL_SECONDS": "0.1", "PREDRAFT_LOG_LEVEL": "WARNING",
