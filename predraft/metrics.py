@@ -39,6 +39,16 @@ BYTES_RECEIVED = Counter(
 ASSOCIATIONS_OPEN = Gauge("predraft_dimse_associations_open", "DIMSE associations established and not yet closed.")
 ASSOCIATIONS = Counter(
     "predraft_dimse_associations", "DIMSE associations, by outcome: established, rejected, aborted.", ["outcome"])
+CONNECTIONS_REFUSED = Counter(
+    "predraft_dimse_connections_refused", "DIMSE connections closed before an association, by reason: "
+    "address_not_allowed, too_many_from_address, request_timeout (no whole A-ASSOCIATE-RQ in time), "
+    "pdu_too_large.", ["reason"])
+ASSOCIATIONS_ABORTED = Counter(
+    "predraft_dimse_associations_aborted", "DIMSE associations aborted, by reason: peer (the caller aborted or "
+    "dropped the connection), idle_timeout, pdu_too_large, protocol_error.", ["reason"])
+INPUTS_REFUSED = Counter(
+    "predraft_inputs_refused", "Inputs refused for crossing a bound, by transport (dimse, stow, wado, qido) and "
+    "bound: dataset_bytes, inflated_bytes, sequence_depth, upload_bytes, invalid_uid, query.", ["transport", "bound"])
 
 # --- workers -------------------------------------------------------------------------------------------------
 TASK_SECONDS = Histogram(
@@ -53,6 +63,10 @@ BATCH_SIZE = Histogram(
 INFERENCE_SECONDS = Histogram(
     "predraft_classify_inference_seconds", "Seconds per forward pass (upload, network, softmax) of one batch.",
     ["device"], buckets=_LATENCY_BUCKETS)
+DECODE_FAILURES = Counter(
+    "predraft_decode_failures", "Instances whose pixels could not be decoded and prepared, by transfer syntax "
+    "(its UID) and reason: error (the decoder refused), crash (the decoder died), timeout, memory.",
+    ["transfer_syntax", "reason"])
 EXPORTS = Counter(
     "predraft_exports", "Tries to send an SR to a destination, by destination and outcome: sent, failed (will be "
     "retried), dead (given up).", ["destination", "outcome"])

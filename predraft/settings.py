@@ -219,7 +219,16 @@ class Settings(BaseSettings):
     dimse_max_pdu: int = Field(
         262144, ge=0, description="Largest PDU predraft accepts, in bytes (0: unlimited)."
     )
-    dimse_max_associations: int = Field(16, ge=1, description="Concurrent DIMSE associations.")
+    dimse_max_associations: int = Field(
+        16, ge=1, description="Concurrent DIMSE associations established, from all callers together.")
+    dimse_max_connections_per_address: int = Field(
+        8, ge=1, description="Open DIMSE connections from one source address, associated or not; more are closed "
+        "at once, so one sender cannot take the others' places.")
+    dimse_association_request_timeout_seconds: float = Field(
+        10.0, gt=0, description="Seconds from a DIMSE connection's opening until its whole A-ASSOCIATE-RQ is in; "
+        "a silent or trickling connection is closed then.")
+    dimse_idle_timeout_seconds: float = Field(
+        60.0, gt=0, description="Seconds an association may wait for its peer's next PDU before it is aborted.")
     tls_certificate: Path | None = Field(
         None, description="PEM server certificate; with tls_private_key enables DICOM TLS."
     )
@@ -227,6 +236,16 @@ class Settings(BaseSettings):
     tls_client_ca: Path | None = Field(
         None, description="PEM CA bundle; when set, DICOM TLS clients must present a certificate it signed."
     )
+    max_dataset_bytes: int = Field(
+        128 * 1024 * 1024, ge=1024 * 1024, description="Largest data set predraft stores or reads, as received or "
+        "after inflating a Deflated transfer syntax (a deflate bomb is refused before it is inflated further).")
+    max_sequence_depth: int = Field(
+        16, ge=2, le=64, description="Deepest nesting of sequences in a data set predraft stores.")
+    decode_timeout_seconds: float = Field(
+        60.0, gt=0, description="Longest a pixel decode and preparation may run; then that instance fails.")
+    decode_memory_bytes: int = Field(
+        3 * 1024 * 1024 * 1024, ge=256 * 1024 * 1024, description="Memory (address space) a pixel decode and "
+        "preparation may use; beyond it that instance fails.")
     spool_min_free_bytes: int = Field(
         200_000_000, ge=0, description="Refuse new instances (out of resources) below this much free spool space."
     )
