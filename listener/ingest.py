@@ -16,6 +16,33 @@ from predraft.schema import Instance, Series, Study, utcnow
 from predraft.states import InstanceState, StudyState
 
 
+class InvalidUidError(ValueError):
+    """A Study, Series or SOP Instance UID or the SOP Class UID of a data set is missing, not of VR UI, or
+    not a UID (PS3.5 6.2): the message names the attribute and, for a malformed one, its value."""
+
+
+#: The UIDs that identify an instance, read as the data set holds them (never as pydicom tidied them).
+IDENTIFYING_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+
+
+def received_uid(ds: Dataset, keyword: str) -> str:
+    """The UID ``keyword`` of ``ds`` as it was received, checked by :func:`listener.spool.check_uid`.
+
+    pydicom strips trailing spaces and NULs from UI values and whitespace from UIDs when it converts
+    them, so ``1.2.3\n`` would read as ``1.2.3``: the raw bytes of an element not yet converted are
+    checked instead. Raises InvalidUidError when the UID is missing, of a VR other than UI (or UN, "VR
+    unknown", whose bytes are checked all the same; a SOP Class UID sent as UM, say) or malformed."""
+    element = ds.get_item(keyword)
+    if element is not None and element.VR not in (None, "UI", "UN"):
+        raise InvalidUidError(f"{keyword} has VR {element.VR}, not UI")
+    value = None if element is None else element.value
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value or "")
+    try:
+        return check_uid(text, keyword)
+    except ValueError as exc:
+        raise InvalidUidError(str(exc)) from None
+
+
 @dataclass(frozen=True)
 class InstanceHeader:
     """The identifying attributes of a received instance, validated."""
@@ -37,15 +64,18 @@ class InstanceHeader:
 
     @classmethod
     def from_dataset(cls, ds: Dataset, transfer_syntax_uid: str) -> InstanceHeader:
-        """Raises ValueError naming the attribute when a UID is missing or malformed."""
+        """Raises InvalidUidError (a ValueError) naming the attribute when one of :data:`IDENTIFYING_UIDS` is
+        missing, not of VR UI or malformed (see :func:`received_uid`), ValueError for a malformed
+        ``transfer_syntax_uid``."""
         def text(keyword: str, limit: int) -> str:
             return str(ds.get(keyword, "") or "")[:limit]
 
+        study_uid, series_uid, sop_instance_uid, sop_class_uid = (received_uid(ds, k) for k in IDENTIFYING_UIDS)
         return cls(
-            study_uid=check_uid(ds.get("StudyInstanceUID", ""), "StudyInstanceUID"),
-            series_uid=check_uid(ds.get("SeriesInstanceUID", ""), "SeriesInstanceUID"),
-            sop_instance_uid=check_uid(ds.get("SOPInstanceUID", ""), "SOPInstanceUID"),
-            sop_class_uid=check_uid(ds.get("SOPClassUID", ""), "SOPClassUID"),
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_instance_uid=sop_instance_uid,
+            sop_class_uid=sop_class_uid,
             transfer_syntax_uid=check_uid(transfer_syntax_uid, "TransferSyntaxUID"),
             modality=text("Modality", 16),
             patient_id=text("PatientID", 64),

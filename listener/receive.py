@@ -7,6 +7,13 @@ transport turns into its own status code; nothing here raises for bad input.
 pydicom reads a cut-short file without complaint, so before anything is written :func:`truncation`
 walks the data set's elements (their headers only: no value is read, no pixel decoded) and a file
 whose data set ends inside an element is refused as ``CANNOT_UNDERSTAND``, whatever carried it.
+
+Before pydicom reads anything, the file is held to its bounds (:mod:`listener.bounds`): a data set larger
+than ``max_dataset_bytes`` as received or once inflated (a deflate bomb), or with sequences nested deeper
+than ``max_sequence_depth``, is refused as ``CANNOT_UNDERSTAND`` too, as is one whose Study, Series or SOP
+Instance UID or SOP Class UID is not a UID as PS3.5 defines it. ``CANNOT_UNDERSTAND`` (DIMSE 0xC000, STOW
+Failure Reason C000) rather than "out of resources" (A700): A7xx tells a sender to try again later, and such
+a file will never be stored. Each such refusal counts in ``predraft_inputs_refused{transport, bound}``.
 """
 
 from __future__ import annotations
@@ -28,9 +35,11 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from listener.ingest import InstanceHeader, record_instance
+from listener.bounds import BoundCrossed, Bounds
+from listener.ingest import InstanceHeader, InvalidUidError, record_instance
 from listener.spool import Spool, SpoolFullError
 from models.taxonomy import DX_FOR_PROCESSING, STORABLE_SOP_CLASSES
+from predraft import metrics
 from predraft.db import session_scope
 from predraft.schema import Instance
 from predraft.settings import Settings
@@ -42,6 +51,11 @@ TRANSFER_SYNTAX_UID = 0x00020010
 UNDEFINED_LENGTH = 0xFFFFFFFF
 #: The Sequence Delimitation Item (FFFE,E0DD) and its zero length, which end an element of undefined length.
 SEQUENCE_DELIMITER = {little: struct.pack("<HHL" if little else ">HHL", 0xFFFE, 0xE0DD, 0) for little in (True, False)}
+#: The transports of ``predraft_inputs_refused``: DIMSE C-STORE hands the Receiver a file, STOW-RS bytes.
+DIMSE, STOW = "dimse", "stow"
+INVALID_UID = "invalid_uid"  # the INPUTS_REFUSED bound of a malformed UID
+DEFAULT_MAX_DATASET_BYTES: int = Settings.model_fields["max_dataset_bytes"].default
+DEFAULT_MAX_SEQUENCE_DEPTH: int = Settings.model_fields["max_sequence_depth"].default
 
 
 class ReceiveStatus(Enum):
@@ -67,46 +81,79 @@ class ReceiveOutcome:
     study_uid: str = ""
     #: Bytes written to the spool: the file's size when STORED, else 0.
     size: int = 0
+    #: The bound the data set crossed when refused for one (an INPUTS_REFUSED label), else "".
+    bound: str = ""
 
 
 class Receiver:
     """Spool and record instances. One per process; safe to call from many threads."""
 
-    def __init__(self, spool: Spool, database_url: str) -> None:
+    def __init__(self, spool: Spool, database_url: str, *, max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES,
+                 max_sequence_depth: int = DEFAULT_MAX_SEQUENCE_DEPTH) -> None:
+        """Raises TypeError for a spool that is not a :class:`Spool`, ValueError for an empty database URL
+        or a bound that is not positive."""
         if not isinstance(spool, Spool):
             raise TypeError(f"spool must be a Spool, not {type(spool).__name__}")
         if not database_url:
             raise ValueError("database_url must not be empty")
+        self.bounds = Bounds(max_dataset_bytes, max_sequence_depth)
         self.spool = spool
         self.database_url = database_url
 
+    @property
+    def max_dataset_bytes(self) -> int:
+        return self.bounds.max_bytes
+
+    @property
+    def max_sequence_depth(self) -> int:
+        return self.bounds.max_depth
+
     @classmethod
     def from_settings(cls, settings: Settings) -> Receiver:
-        """The Receiver every transport uses: the configured spool, its free-space floor and database."""
-        return cls(Spool(settings.spool_dir, min_free_bytes=settings.spool_min_free_bytes), settings.database_url)
+        """The Receiver every transport uses: the configured spool, its free-space floor, database and the
+        bounds of a data set (max_dataset_bytes, max_sequence_depth)."""
+        return cls(Spool(settings.spool_dir, min_free_bytes=settings.spool_min_free_bytes), settings.database_url,
+                   max_dataset_bytes=settings.max_dataset_bytes, max_sequence_depth=settings.max_sequence_depth)
 
-    def receive(self, data: bytes, *, source: str, expected_sop_class: str | None = None) -> ReceiveOutcome:
+    def receive(self, data: bytes, *, source: str, expected_sop_class: str | None = None,
+                transport: str = STOW) -> ReceiveOutcome:
         """Receive one DICOM Part 10 file (preamble, file meta and data set) sent by ``source``
-        (a calling AE title or a DICOMweb user; stored, never logged with patient data)."""
+        (a calling AE title or a DICOMweb user; stored, never logged with patient data) over ``transport``
+        (the label a refusal for a bound is counted under)."""
         return self._receive(data, lambda path: self.spool.write(path, data), source=source,
-                             expected_sop_class=expected_sop_class)
+                             expected_sop_class=expected_sop_class, transport=transport)
 
-    def receive_file(self, received: Path, *, source: str, expected_sop_class: str | None = None) -> ReceiveOutcome:
+    def receive_file(self, received: Path, *, source: str, expected_sop_class: str | None = None,
+                     transport: str = DIMSE) -> ReceiveOutcome:
         """Receive a Part 10 file already written to disk (pynetdicom's chunked C-STORE): checked like
-        :meth:`receive`, then moved into the spool instead of written again. ``received`` is gone
-        afterwards, whatever the outcome."""
+        :meth:`receive`, then moved into the spool instead of written again. A file larger than
+        ``max_dataset_bytes`` is refused before it is read. ``received`` is gone afterwards, whatever the
+        outcome."""
         try:
+            if (crossed := self.bounds.size_crossed(received.stat().st_size)) is not None:
+                return self._refuse_crossed(crossed, source, transport)
             data = received.read_bytes()  # the header and the truncation check; the file is adopted as it is
             return self._receive(data, lambda path: self.spool.adopt(received, path), source=source,
-                                 expected_sop_class=expected_sop_class)
+                                 expected_sop_class=expected_sop_class, transport=transport)
         finally:
             received.unlink(missing_ok=True)
 
+    def bounds_refusal(self, data: bytes, *, source: str, transport: str) -> ReceiveOutcome | None:
+        """The refusal of ``data`` for a bound it crosses (counted and logged), or None: what a transport
+        asks before it reads a file's header itself. Holds at most one inflate step in memory beyond ``data``."""
+        crossed = self.bounds.check(data)
+        return None if crossed is None else self._refuse_crossed(crossed, source, transport)
+
     def _receive(self, data: bytes, store: Callable[[Path], Path], *, source: str,
-                 expected_sop_class: str | None) -> ReceiveOutcome:
+                 expected_sop_class: str | None, transport: str) -> ReceiveOutcome:
+        if (refused := self.bounds_refusal(data, source=source, transport=transport)) is not None:
+            return refused
         try:
             ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
             header = InstanceHeader.from_dataset(ds, str(ds.file_meta.get("TransferSyntaxUID", "")))
+        except InvalidUidError as exc:
+            return self._refuse(ReceiveStatus.CANNOT_UNDERSTAND, truncation(data) or str(exc), source,
+                                transport=transport, bound=INVALID_UID)
         except Exception as exc:  # any parse failure means the same: not an instance we can file
             return self._refuse(ReceiveStatus.CANNOT_UNDERSTAND,
                                 truncation(data) or f"cannot understand the data set: {exc}", source)
@@ -158,10 +205,18 @@ class Receiver:
                     raise
         raise AssertionError("unreachable")
 
+    def _refuse_crossed(self, crossed: BoundCrossed, source: str, transport: str) -> ReceiveOutcome:
+        return self._refuse(ReceiveStatus.CANNOT_UNDERSTAND, crossed.message, source, transport=transport,
+                            bound=crossed.bound)
+
     @staticmethod
-    def _refuse(status: ReceiveStatus, message: str, source: str, **ids: str) -> ReceiveOutcome:
+    def _refuse(status: ReceiveStatus, message: str, source: str, *, transport: str = "", bound: str = "",
+                **ids: str) -> ReceiveOutcome:
+        """Log the refusal (``message`` holds no patient data) and, for a crossed ``bound``, count it."""
         log.warning("refused an instance from %s: %s", source, message)
-        return ReceiveOutcome(status, message, **ids)
+        if bound:
+            metrics.INPUTS_REFUSED.labels(transport=transport, bound=bound).inc()
+        return ReceiveOutcome(status, message, **ids, bound=bound)
 
 
 def truncation(data: bytes) -> str | None:

@@ -28,11 +28,19 @@ class SpoolFullError(OSError):
 
 
 def check_uid(value: str, what: str) -> str:
-    """Return ``value`` if it is a DICOM UID (digits and dots, at most 64 characters), else raise."""
-    value = str(value).strip().rstrip("\x00")
-    if len(value) > 64 or not _UID.match(value):
-        raise ValueError(f"{what} {value[:80]!r} is not a valid DICOM UID")
-    return value
+    """Return ``value`` without its padding if it is a DICOM UID, else raise ValueError naming ``what``.
+
+    A UID is digits and dots, at most 64 characters, padded to an even length by one trailing NUL (PS3.5
+    6.2, UI); a trailing space that pads an odd-length UID to an even length is taken as padding too, as
+    some modalities write it. Nothing else is stripped: ``1.2.3\n``, ``1.2.3  `` or `` 1.2.3`` is refused,
+    never shortened into another instance's UID.
+    """
+    text = str(value)
+    padded = len(text) % 2 == 0 and text[-1:] in ("\x00", " ")
+    uid = text[:-1] if padded or text.endswith("\x00") else text
+    if len(uid) > 64 or not _UID.fullmatch(uid):
+        raise ValueError(f"{what} {uid[:80]!r} is not a valid DICOM UID")
+    return uid
 
 
 class Spool:

@@ -2,6 +2,10 @@
 
 ``/healthz``, ``/readyz`` and ``/metrics`` live here (open, no login: probes and Prometheus call them);
 DICOMweb comes from ``listener/``, the worklist from ``reporting/web/``.
+
+There are no trailing-slash redirects (``/stats/`` is 404, not a redirect to ``/stats``): Starlette builds
+their Location from the request's Host header, so a forged Host made them redirect to any site. Every
+redirect predraft sends is a relative path of its own.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ def create_app(settings: Settings) -> FastAPI:
     bearer/basic auth), and the worklist (every other route; a login session)."""
     from reporting.web.app import install
 
-    app = FastAPI(title="predraft", version=predraft.__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="predraft", version=predraft.__version__, docs_url=None, redoc_url=None, openapi_url=None,
+                  redirect_slashes=False)  # a slash redirect's Location is built from the Host header
     app.state.settings = settings
     app.include_router(dicomweb_router)
     install(app, settings)

@@ -4,6 +4,10 @@
 names to passwords. With neither set, DICOMweb is closed: every request gets 401 saying so (there is no
 anonymous access). Secrets are compared in constant time and never logged; a refusal is logged with
 the client's address and the reason only.
+
+The scheme is matched case-insensitively (RFC 9110 11.1) and may be followed by several spaces; the
+credentials after them are compared exactly as sent, nothing stripped: a token with a trailing space is
+another token.
 """
 
 from __future__ import annotations
@@ -75,13 +79,20 @@ def check_basic(credentials: str, users: dict[str, SecretStr]) -> str | None:
     return user if _matches(password.encode(), secret) else None
 
 
+def split_authorization(header: str) -> tuple[str, str]:
+    """The scheme and credentials of an Authorization header (RFC 9110 11.4: ``auth-scheme [ 1*SP
+    credentials ]``). Leading white space of the field and the spaces after the scheme are no part of
+    either; the credentials are returned exactly as sent, trailing white space included."""
+    scheme, _, credentials = header.lstrip(" \t").partition(" ")
+    return scheme, credentials.lstrip(" ")
+
+
 def authenticate(request: Request) -> DicomwebUser:
     """FastAPI dependency: the authenticated user, or HTTPException 401 with ``WWW-Authenticate``."""
     settings: Settings = request.app.state.settings
     if not settings.dicomweb_tokens and not settings.dicomweb_users:
         raise _refuse(request, "DICOMweb is not configured", detail=NOT_CONFIGURED)
-    scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
-    credentials = credentials.strip()
+    scheme, credentials = split_authorization(request.headers.get("authorization", ""))
     if not scheme:
         raise _refuse(request, "no Authorization header")
     if scheme.lower() == "bearer" and settings.dicomweb_tokens:

@@ -1,5 +1,10 @@
 """The query string of a QIDO-RS request (PS3.18 8.3.4): matching keys, paging and the keys ignored;
-each key's matching (PS3.4 C.2.2.2) both in Python and as an SQL condition."""
+each key's matching (PS3.4 C.2.2.2) both in Python and as an SQL condition.
+
+A key that names a DICOM attribute predraft does not search on is ignored and named in a Warning header;
+a key that is no DICOM attribute at all, a value holding a control character, or a limit/offset that is not
+a number from 0 to :data:`MAX_COUNT` is refused with 400 and counted in
+``predraft_inputs_refused{transport="qido", bound="query"}``."""
 
 from __future__ import annotations
 
@@ -12,9 +17,16 @@ from fastapi import HTTPException, Request
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from sqlalchemy import ColumnElement, and_
 
+from predraft import metrics
+
 CONTROL_PARAMETERS = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
 _DATE_RANGE = re.compile(r"^(\d{8})?-(\d{8})?$")
 _UNSAFE_IN_HEADER = re.compile(r"[^\w.-]")
+_COUNT = re.compile(r"[0-9]{1,10}")
+_TAG = re.compile(r"[0-9A-Fa-f]{8}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: The largest limit or offset: fits the database's integers (a larger one made the query fail with 500).
+MAX_COUNT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -66,13 +78,29 @@ class Match:
 
 def _keyword(key: str) -> str | None:
     """The DICOM keyword of a query key given as a keyword or as 8 hex digits, or None if unknown."""
-    if re.fullmatch(r"[0-9A-Fa-f]{8}", key):
+    if _TAG.fullmatch(key):
         return keyword_for_tag(int(key, 16)) or None
     try:
         dictionary_VR(key)
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: not a keyword pydicom can even turn into a tag ("foo", "%ZZ")
         return None
     return key
+
+
+def _is_attribute(key: str) -> bool:
+    """Whether ``key`` names DICOM attributes (PS3.18 8.3.4.1): a keyword or tag, or a dotted path of them."""
+    return all(_TAG.fullmatch(part) or _keyword(part) is not None for part in key.split("."))
+
+
+def bad_query(message: str) -> HTTPException:
+    """A 400 for a query string predraft refuses, counted in INPUTS_REFUSED{qido, query}."""
+    metrics.INPUTS_REFUSED.labels(transport="qido", bound="query").inc()
+    return HTTPException(HTTPStatus.BAD_REQUEST, detail=message)
+
+
+def _shown(key: str) -> str:
+    """``key`` as it may be echoed in a header or an error: word characters, dots and dashes, 64 at most."""
+    return _UNSAFE_IN_HEADER.sub("?", key[:64])
 
 
 @dataclass
@@ -98,23 +126,29 @@ class Query:
 
 
 def _count(name: str, value: str | None, default: int | None) -> int | None:
+    """``value`` as a limit or offset: ASCII digits, at most :data:`MAX_COUNT`; else a counted 400."""
     if value is None:
         return default
-    if not value.isdigit():
-        raise HTTPException(HTTPStatus.BAD_REQUEST, detail=f"{name} must be a non-negative integer")
+    if not _COUNT.fullmatch(value) or int(value) > MAX_COUNT:
+        raise bad_query(f"{name} must be an integer from 0 to {MAX_COUNT}")
     return int(value)
 
 
 def parse_query(request: Request, supported: frozenset[str]) -> Query:
-    """The matching keys, paging and ignored keys of ``request``; 400 for malformed limit/offset."""
+    """The matching keys, paging and ignored keys of ``request``; a counted 400 for a key that is no DICOM
+    attribute, a value with a control character, or a malformed limit/offset."""
     matches: dict[str, Match] = {}
     ignored: list[str] = []
     for key, value in request.query_params.multi_items():
+        if _CONTROL.search(value):
+            raise bad_query(f"the value of {_shown(key)} holds a control character")
         if key.lower() in CONTROL_PARAMETERS:
             continue
         keyword = _keyword(key)
+        if keyword is None and not _is_attribute(key):
+            raise bad_query(f"unknown query key {_shown(key)!r}: not a DICOM attribute keyword or tag")
         if keyword not in supported:
-            ignored.append(_UNSAFE_IN_HEADER.sub("?", key[:64]))  # it is echoed in the Warning header
+            ignored.append(_shown(key))  # it is echoed in the Warning header
         elif value not in ("", "*"):  # an empty value or a lone * is universal matching
             matches[keyword] = Match.parse(keyword, value)
     params = request.query_params

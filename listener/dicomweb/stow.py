@@ -32,7 +32,8 @@ from listener.dicomweb.common import (
 )
 from listener.dicomweb.multipart import Part, copy_body, declared_length, split_multipart, stow_boundary
 from listener.dicomweb.status import FAILURE_CANNOT_UNDERSTAND, FAILURE_REASON_OF, FAILURE_STUDY_UID_MISMATCH
-from listener.receive import Receiver
+from listener.ingest import received_uid
+from listener.receive import STOW, Receiver
 from predraft import metrics
 from predraft.db import session_scope
 from predraft.schema import Instance, Series
@@ -42,6 +43,7 @@ router = APIRouter()
 User = Annotated[DicomwebUser, Depends(authenticate)]
 
 _receiver_lock = threading.Lock()
+UPLOAD_BYTES = "upload_bytes"  # the INPUTS_REFUSED bound of a body over dicomweb_max_upload_bytes
 
 
 def _receiver(request: Request) -> Receiver:
@@ -63,14 +65,23 @@ class PartHeader:
 
 
 def inspect_part(data: bytes) -> PartHeader:
-    """The identifying UIDs of a Part 10 file, read from its header; whether the file is whole and can be
-    stored is for the Receiver to say. Never raises."""
+    """The identifying UIDs of a Part 10 file, read from its header (each "" where it is missing or not a
+    valid UID); whether the file is whole and can be stored is for the Receiver to say. Never raises.
+    Call it only on data within the Receiver's bounds (:meth:`Receiver.bounds_refusal`): pydicom inflates
+    a Deflated data set whole."""
     try:
         header = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
-    except Exception:
+        return PartHeader(*(_valid_uid(header, keyword) for keyword in ("SOPClassUID", "SOPInstanceUID",
+                                                                         "StudyInstanceUID")))
+    except Exception:  # whatever pydicom trips on, the part's UIDs are unknown
         return PartHeader()
-    return PartHeader(str(header.get("SOPClassUID", "")), str(header.get("SOPInstanceUID", "")),
-                      str(header.get("StudyInstanceUID", "")))
+
+
+def _valid_uid(header: Dataset, keyword: str) -> str:
+    try:
+        return received_uid(header, keyword)
+    except ValueError:
+        return ""
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,8 @@ def store_part(part: Part, receiver: Receiver, *, source: str, study_uid: str | 
     """Check one part's framing, media type and study, then hand it to ``receiver``; ``study_uid``: the
     study the request is addressed to."""
     media_type = part.headers.get("content-type", APPLICATION_DICOM).split(";")[0].strip().lower()
+    if (refused := receiver.bounds_refusal(part.content, source=source, transport=STOW)) is not None:
+        return _failed(part, PartHeader(), FAILURE_CANNOT_UNDERSTAND, refused.message, source)
     if part.problem is not None:
         return _failed(part, inspect_part(part.content), FAILURE_CANNOT_UNDERSTAND, part.problem, source)
     if media_type != APPLICATION_DICOM:
@@ -105,7 +118,7 @@ def store_part(part: Part, receiver: Receiver, *, source: str, study_uid: str | 
     if study_uid is not None and header.study_uid and header.study_uid != study_uid:
         return _failed(part, header, FAILURE_STUDY_UID_MISMATCH,
                        f"study UID mismatch: the instance is of study {header.study_uid}, not {study_uid}", source)
-    outcome = receiver.receive(part.content, source=source)  # refuses what it cannot read, or a cut file
+    outcome = receiver.receive(part.content, source=source, transport=STOW)  # refuses what it cannot read
     metrics.record_received("stow", outcome.status.value, outcome.size)
     ids = (outcome.sop_class_uid or header.sop_class_uid, outcome.sop_instance_uid or header.sop_instance_uid,
            outcome.study_uid or header.study_uid)
@@ -178,6 +191,8 @@ async def _store(request: Request, user: DicomwebUser, study_uid: str | None) ->
             results = await run_in_threadpool(store_body, body, boundary, receiver, source=source,
                                               study_uid=study_uid)
     except DicomwebError as error:
+        if error.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+            metrics.INPUTS_REFUSED.labels(transport=STOW, bound=UPLOAD_BYTES).inc()
         raise http_error(error, "STOW-RS request", user) from None
     stored = [r.sop_instance_uid for r in results if r.failure_reason is None]
     series_of = await run_in_threadpool(_series_of, settings.database_url, stored)

@@ -1,6 +1,12 @@
 """WADO-RS: the stored files of a study, series or instance, byte for byte as they were received (no
 transcoding: each part's Content-Type names its transfer syntax), and ``.../metadata``: their headers
-as DICOM JSON."""
+as DICOM JSON.
+
+``.../metadata`` holds each stored file to the bounds a received one is held to (:mod:`listener.bounds`)
+before pydicom reads it, and never fails for one file: an instance that crosses a bound (stored before
+the bounds existed) or cannot be read is left out and named in a ``Warning: 299`` header; when every
+instance asked for is left out the answer is 422 with the reason. Each bound crossed counts in
+``predraft_inputs_refused{transport="wado"}``."""
 
 from __future__ import annotations
 
@@ -8,12 +14,15 @@ import logging
 import uuid
 from email.message import Message
 from http import HTTPStatus
+from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 
+from listener.bounds import Bounds
 from listener.dicomweb.common import (
     APPLICATION_DICOM,
     MULTIPART_RELATED,
@@ -23,6 +32,7 @@ from listener.dicomweb.common import (
 )
 from listener.dicomweb.holdings import InstanceEntry, find_study, study_series
 from listener.dicomweb.multipart import stream_parts
+from predraft import metrics
 from predraft.db import session_scope
 
 log = logging.getLogger(__name__)
@@ -75,12 +85,55 @@ def _retrieve(request: Request, study: str, series: str | None = None, sop: str 
                              media_type=f'{MULTIPART_RELATED}; type="{APPLICATION_DICOM}"; boundary={boundary}')
 
 
+class LeftOut(Exception):
+    """An instance whose metadata cannot be given: ``reason`` says why (UIDs and bounds, no patient data)."""
+
+    def __init__(self, sop_instance_uid: str, reason: str) -> None:
+        super().__init__(f"instance {sop_instance_uid}: {reason}")
+        self.sop_instance_uid = sop_instance_uid
+        self.reason = reason
+
+
+def metadata_of(instance: InstanceEntry, bounds: Bounds) -> dict[str, Any]:
+    """The DICOM JSON of ``instance``'s header; LeftOut when its file crosses ``bounds`` (counted) or cannot
+    be read or rendered (pydicom's own errors, a RecursionError included)."""
+    path = Path(instance.path)
+    try:
+        crossed = bounds.size_crossed(path.stat().st_size)
+        data = path.read_bytes() if crossed is None else b""
+    except OSError as exc:
+        raise LeftOut(instance.sop_instance_uid, f"the file cannot be read ({exc.strerror})") from None
+    crossed = crossed or bounds.check(data)
+    if crossed is not None:
+        metrics.INPUTS_REFUSED.labels(transport="wado", bound=crossed.bound).inc()
+        raise LeftOut(instance.sop_instance_uid, crossed.message)
+    try:
+        return pydicom.dcmread(BytesIO(data), stop_before_pixels=True).to_json_dict()  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise LeftOut(instance.sop_instance_uid, f"the file cannot be read ({type(exc).__name__})") from None
+
+
+def _left_out_warning(left_out: list[LeftOut]) -> dict[str, str]:
+    uids = ", ".join(item.sop_instance_uid for item in left_out)[:400]
+    return {"Warning": f'299 predraft "{len(left_out)} instance(s) left out, their metadata cannot be given: '
+                       f'{uids}"'}
+
+
 def _metadata(request: Request, study: str, series: str | None = None, sop: str | None = None) -> Response:
-    datasets = []
+    settings = settings_of(request)
+    bounds = Bounds(settings.max_dataset_bytes, settings.max_sequence_depth)
+    datasets: list[dict[str, Any]] = []
+    left_out: list[LeftOut] = []
     for instance in _selected(request, study, series, sop):
-        ds = pydicom.dcmread(instance.path, stop_before_pixels=True)
-        datasets.append(ds.to_json_dict())
-    return dicom_json(datasets)
+        try:
+            datasets.append(metadata_of(instance, bounds))
+        except LeftOut as unreadable:
+            log.error("metadata of instance %s left out: %s", unreadable.sop_instance_uid, unreadable.reason)
+            left_out.append(unreadable)
+    if left_out and not datasets:
+        reasons = "; ".join(str(item) for item in left_out)
+        raise HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, detail=f"no metadata can be given: {reasons}"[:1000])
+    return dicom_json(datasets, headers=_left_out_warning(left_out) if left_out else None)
 
 
 @router.get("/studies/{study}", summary="WADO-RS: retrieve a study")

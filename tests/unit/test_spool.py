@@ -83,7 +83,10 @@ def test_check_uid_accepts_64_characters_and_strips_padding():
     assert len(uid64) == 64
     assert check_uid(uid64, "SOPInstanceUID") == uid64
     assert check_uid("1.2.840.10008.1.2.1\x00", "TransferSyntaxUID") == "1.2.840.10008.1.2.1"
-    assert check_uid(" 1.2.3 ", "SOPInstanceUID") == "1.2.3"
+    assert check_uid("1.2.3 ", "SOPInstanceUID") == "1.2.3"  # a space padding an odd-length UID
+    for unpadded in (" 1.2.3 ", "1.2.3\n", "1.2.34 ", "1.2.3  "):  # never shortened into another UID
+        with pytest.raises(ValueError, match="not a valid DICOM UID"):
+            check_uid(unpadded, "SOPInstanceUID")
     with pytest.raises(ValueError, match="SOPInstanceUID"):
         check_uid(uid64 + "4", "SOPInstanceUID")
 
