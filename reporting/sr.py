@@ -26,13 +26,19 @@ signed, or a notice that the draft was rejected, with the reason.
 from __future__ import annotations
 
 import copy
+import datetime
+import logging
 from collections.abc import Sequence
 
 import highdicom as hd
+from pydicom import config as pydicom_config
+from pydicom.datadict import dictionary_VM
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.valuerep import DT, TM, validate_value
 
 import predraft
 from models.card import ModelCard
@@ -40,6 +46,8 @@ from models.taxonomy import Side
 from reporting.aggregate import SideFinding
 from reporting.text import DraftText
 from reporting.wording import CODES, INDETERMINATE_CODE, PRIVATE_SCHEME, PROBABILITY_CODE
+
+log = logging.getLogger(__name__)
 
 MANUFACTURER = "predraft"
 SERIES_DESCRIPTION = "UNVERIFIED AI DRAFT (predraft)"
@@ -60,6 +68,93 @@ def _with_required_tags(ds: Dataset) -> Dataset:
         if keyword not in ds:
             setattr(ds, keyword, "")
     return ds
+
+
+# --- Demographics highdicom copies from the first evidence dataset: valid ones as they are, others emptied ---
+
+#: Value representations of text, checked before highdicom copies them (UIDs are the study's identity: never).
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT"})
+#: Free-text VRs, which may hold TAB, LF, FF and CR; no other control character is valid in any text VR.
+_FREE_TEXT_VRS = frozenset({"LT", "ST", "UT"})
+_FREE_TEXT_CONTROLS = frozenset("\t\n\f\r")
+_PATIENT_SEX_VALUES = frozenset({"M", "F", "O"})  # highdicom.PatientSexValues
+_PN_MAX_COMPONENTS = 5
+
+
+def _has_invalid_control(vr: str, text: str) -> bool:
+    allowed = _FREE_TEXT_CONTROLS if vr in _FREE_TEXT_VRS else frozenset()
+    return any((ord(char) < 0x20 or ord(char) == 0x7F) and char not in allowed for char in text)
+
+
+def _parses(vr: str, text: str) -> bool:
+    """Whether highdicom's constructors (and a PACS) can read ``text`` as a DA, TM or DT value."""
+    try:
+        if vr == "DA":
+            return len(text) == 8 and text.isdigit() and bool(datetime.datetime.strptime(text, "%Y%m%d"))
+        if vr == "TM":
+            return TM(text) is not None
+        if vr == "DT":
+            return DT(text) is not None
+    except ValueError:
+        return False
+    return True
+
+
+def _valid_text(keyword: str, vr: str, value: object) -> bool:
+    """Whether one value of a text attribute is valid for its VR and for highdicom's checks.
+
+    No exception or warning of this check ever leaves it: their messages quote the value.
+    """
+    text = str(value)
+    if text == "":
+        return True
+    if _has_invalid_control(vr, text) or not _parses(vr, text):
+        return False
+    if keyword == "PatientSex" and text not in _PATIENT_SEX_VALUES:
+        return False
+    if vr == "PN" and any(group.count("^") >= _PN_MAX_COMPONENTS for group in text.split("=")):
+        return False
+    try:
+        validate_value(vr, text, pydicom_config.RAISE)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def _valid_element(element: DataElement) -> bool:
+    if element.VM > 1 and dictionary_VM(element.tag) == "1":
+        return False  # several values where the standard allows one ("ID1\\ID2" as PatientID)
+    values = element.value if element.VM > 1 else [element.value]
+    return all(value is None or _valid_text(element.keyword, element.VR, value) for value in values)
+
+
+def _checked_demographics(ds: Dataset) -> Dataset:
+    """A copy of ``ds`` in which every top-level text attribute that is not valid for its VR and VM (or for
+    highdicom's checks: PatientSex M, F or O) is emptied; valid ones are left untouched, byte for byte.
+    Sequences are copied as they are.
+
+    highdicom copies the Patient and Study modules (and the acquisition equipment) of the first evidence
+    dataset into the SR. A malformed value ("1975-03-02" as PatientBirthDate) would make it refuse the SR,
+    or the SR would carry it to the PACS; a rewritten value would no longer match the images. Emptied, the
+    type 2 attribute stays, and the draft is made. Only the keywords emptied are logged, never a value.
+    """
+    checked = copy.deepcopy(ds)
+    emptied = []
+    for element in checked:
+        if element.VR in _TEXT_VRS and not element.tag.is_private and not _valid_element(element):
+            element.value = ""
+            emptied.append(element.keyword or str(element.tag))
+    if emptied:
+        log.info("evidence %s: %s emptied in the SR (not valid for the VR)", ds.get("SOPInstanceUID", "?"),
+                 ", ".join(emptied))
+    return checked
+
+
+def _prepared_evidence(evidence: Sequence[Dataset]) -> list[Dataset]:
+    """The evidence as highdicom is given it: the first dataset (the one it copies demographics from) checked
+    by :func:`_checked_demographics`; every dataset with the attributes highdicom needs."""
+    first, *others = evidence
+    return [_with_required_tags(_checked_demographics(first)), *(_with_required_tags(ds) for ds in others)]
 
 
 def _laterality(side: Side) -> hd.sr.CodeContentItem | None:
@@ -118,7 +213,7 @@ def build_draft_sr(
     study_uids = {str(ds.StudyInstanceUID) for ds in evidence}
     if len(study_uids) != 1:
         raise ValueError(f"evidence spans {len(study_uids)} studies; a draft belongs to exactly one")
-    evidence = [_with_required_tags(ds) for ds in evidence]
+    evidence = _prepared_evidence(evidence)
     sop_classes = {str(ds.SOPInstanceUID): str(ds.SOPClassUID) for ds in evidence}
     missing = {uid for f in findings for uid in f.sop_instance_uids} - set(sop_classes)
     if missing:
@@ -253,7 +348,7 @@ def build_review_sr(
     study_uids = {str(ds.StudyInstanceUID) for ds in evidence} | {str(draft_sr.StudyInstanceUID)}
     if len(study_uids) != 1:
         raise ValueError(f"evidence and draft span {len(study_uids)} studies; a report belongs to exactly one")
-    evidence = [_with_required_tags(ds) for ds in evidence]
+    evidence = _prepared_evidence(evidence)
 
     content: list[Dataset] = _person_observer(verifier_name, verifier_login, organization)
     if verified and not edited:

@@ -8,6 +8,8 @@ import subprocess
 
 import pydicom
 import pytest
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.uid import generate_uid
 
 from models.card import ModelCard
@@ -185,3 +187,66 @@ def test_finding_sentences_keep_their_side_with_a_site_findings_template(evidenc
             for child in item.get("ContentSequence", []))
     ]
     assert right_texts and all(value.startswith("Right hip") for value in right_texts)
+
+
+# --- Malformed demographics (issue 14, item 5b): emptied, never rewritten; valid ones kept byte for byte ------
+
+MALFORMED = [
+    ("PatientBirthDate", "1975-03-02"),
+    ("PatientBirthDate", "19751302"),  # month 13
+    ("StudyDate", "2024/01/02"),
+    ("StudyTime", "25:61"),
+    ("PatientSex", "MALE"),
+    ("PatientName", "DOE^JOHN\x07"),  # a control character
+    ("PatientName", "X" * 70 + "^JOHN"),  # a component over 64 characters
+    ("AccessionNumber", "A" * 17),  # SH: 16 at most
+    ("StudyID", "S" * 17),
+    ("PatientID", "ID\x01\x02"),
+    ("PatientID", "ID1\\ID2"),  # two values where one is allowed (VM 1)
+    ("ReferringPhysicianName", "DR\x1bWHO\x00"),
+    ("PatientAge", "45 years"),  # copied with the Patient Study module
+]
+
+
+def _demographics(ds) -> dict[str, bytes]:
+    """The raw value bytes of the patient and study attributes of ``ds`` (after a file round trip)."""
+    keywords = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                "StudyDate", "StudyTime", "ReferringPhysicianName", "PatientAge")
+    return {keyword: _raw_value(ds, keyword) for keyword in keywords if keyword in ds}
+
+
+def _raw_value(ds, keyword: str) -> bytes:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_data_element(buffer, ds[keyword], encodings=["iso_ir_100"])
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("keyword", "value"), MALFORMED, ids=[f"{k}-{i}" for i, (k, _) in enumerate(MALFORMED)])
+def test_a_malformed_demographic_is_emptied_and_the_others_kept(evidence, findings, tmp_path, keyword, value):
+    broken = copy.deepcopy(evidence)
+    for ds in broken:
+        setattr(ds, keyword, value)
+    untouched = copy.deepcopy(broken[0])
+    sr = _build(broken, findings)  # no exception: the study still gets its draft
+    path = tmp_path / "draft.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    loaded = pydicom.dcmread(path)
+
+    assert keyword in loaded and loaded[keyword].value in ("", None)  # emptied (type 2 kept), never rewritten
+    expected = {k: v for k, v in _demographics(evidence[0]).items() if k != keyword}
+    kept = {k: v for k, v in _demographics(loaded).items() if k != keyword}
+    assert kept == expected
+    assert _raw_value(broken[0], keyword) == _raw_value(untouched, keyword)  # the caller's evidence is left alone
+
+
+def test_valid_but_unusual_demographics_are_kept_byte_for_byte(evidence, findings, tmp_path):
+    """A name without "^" ("JOHN SMITH", common in real exports) is valid DICOM: it is kept, not rewritten."""
+    unusual = copy.deepcopy(evidence)
+    for ds in unusual:
+        ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "JOHN SMITH", "19750302", "M"
+        ds.AccessionNumber, ds.StudyTime = "A" * 16, "101112.123456"
+    sr = _build(unusual, findings)
+    path = tmp_path / "draft.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert _demographics(pydicom.dcmread(path)) == _demographics(unusual[0])

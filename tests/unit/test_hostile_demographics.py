@@ -1,0 +1,142 @@
+"""Hostile demographics (issue 14, item 5): a study is drafted whatever its patient attributes hold, and no
+patient value reaches a log, stderr or a study's error text, with logging set up as a worker process does."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import warnings
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.valuerep import DA
+from sqlalchemy import select
+
+from predraft.bootstrap import configure_logging
+from predraft.db import session_scope
+from predraft.schema import Draft, Event, Study, utcnow
+from predraft.settings import get_settings
+from predraft.states import StudyState
+from tests.unit.test_workflow import FakeCelery, _classify_all, _ingest
+from workers import tasks
+
+BAD_BIRTH_DATE = "1975-03-02"
+PROBABILITIES = {"right": {"tha": 0.9, "none": 0.1}, "left": {"none": 0.8, "tha": 0.2}}
+
+
+@pytest.fixture
+def process_logging(clean_settings_env: Path, caplog: pytest.LogCaptureFixture):
+    """Logging as a predraft worker has it: configure_logging, then Celery's logging.captureWarnings(True);
+    caplog still sees every record. Everything is put back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {name: logging.getLogger(name).level for name in ("pydicom", "highdicom", "py.warnings")}
+    filters, showwarning, formatwarning = warnings.filters[:], warnings.showwarning, warnings.formatwarning
+    configure_logging(get_settings(var_dir=clean_settings_env))
+    logging.captureWarnings(True)
+    root.addHandler(caplog.handler)
+    caplog.set_level(logging.DEBUG)
+    yield caplog
+    logging.captureWarnings(False)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, old in levels.items():
+        logging.getLogger(name).setLevel(old)
+    warnings.filters[:], warnings.showwarning, warnings.formatwarning = filters, showwarning, formatwarning
+
+
+@pytest.fixture
+def task_env(sqlite_url, tiny_card_path, tmp_path, monkeypatch):
+    """The draft task's settings (SQLite, the tiny model, a spool under tmp_path) and a recording Celery app."""
+    for key, value in {"PREDRAFT_DATABASE_URL": sqlite_url, "PREDRAFT_MODEL": str(tiny_card_path),
+                       "PREDRAFT_VAR_DIR": str(tmp_path / "var")}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(tasks.draft, "app", FakeCelery())
+    tasks._settings.cache_clear()
+    yield sqlite_url
+    tasks._settings.cache_clear()
+
+
+def _drafting_study(url: str, demo_study, folder: Path, **attributes: str) -> int:
+    """The demo study with ``attributes`` set on each image, classified, its study DRAFTING."""
+    folder.mkdir()
+    paths = []
+    for image in demo_study:
+        ds = pydicom.dcmread(image.path)
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+        paths.append(folder / image.path.name)
+        ds.save_as(paths[-1])
+    study_id = _ingest(url, paths)
+    card = tasks._card(get_settings().model_card_path)
+    _classify_all(url, card, PROBABILITIES)
+    with session_scope(url) as session:
+        study = session.get(Study, study_id)
+        study.state, study.ready_at = StudyState.DRAFTING, utcnow()
+    return study_id
+
+
+def _everything_written(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> str:
+    records = "\n".join(record.getMessage() + (record.exc_text or "") for record in caplog.records)
+    out, err = capfd.readouterr()
+    return "\n".join([records, caplog.text, out, err])
+
+
+def test_a_name_without_caret_is_kept_in_the_sr_and_never_logged(process_logging, task_env, demo_study, tmp_path,
+                                                                 capfd):
+    canary = f"CANARY {uuid.uuid4().hex[:12].upper()}"  # no "^": highdicom warns about it, quoting it
+    study_id = _drafting_study(task_env, demo_study, tmp_path / "images", PatientName=canary)
+
+    tasks.draft.run(study_id, 1)
+
+    with session_scope(task_env) as session:
+        study = session.get(Study, study_id)
+        assert study.state == StudyState.DRAFTED, study.error
+        sr = pydicom.dcmread(session.scalars(select(Draft.sr_path)).one())
+    assert str(sr.PatientName) == canary  # valid DICOM (one component): kept as it is
+    written = _everything_written(process_logging, capfd)
+    assert "drafted" in written  # the logs were captured
+    assert canary not in written
+
+
+def test_a_malformed_birth_date_is_emptied_and_the_study_drafted(process_logging, task_env, demo_study, tmp_path,
+                                                                 capfd):
+    canary = f"CANARY^{uuid.uuid4().hex[:12].upper()}"
+    study_id = _drafting_study(task_env, demo_study, tmp_path / "images", PatientName=canary,
+                               PatientBirthDate=BAD_BIRTH_DATE)
+
+    tasks.draft.run(study_id, 1)
+
+    with session_scope(task_env) as session:
+        study = session.get(Study, study_id)
+        assert (study.state, study.error) == (StudyState.DRAFTED, None)
+        sr = pydicom.dcmread(session.scalars(select(Draft.sr_path)).one())
+        events = " ".join(session.scalars(select(Event.message)).all())
+    assert sr.PatientBirthDate == ""  # emptied, never rewritten to 19750302
+    assert str(sr.PatientName) == canary
+    written = _everything_written(process_logging, capfd) + events
+    assert BAD_BIRTH_DATE not in written and canary not in written
+
+
+def test_a_library_error_quoting_a_value_leaves_no_value_in_the_error_text_or_the_log(
+        process_logging, task_env, demo_study, tmp_path, monkeypatch, capfd):
+    study_id = _drafting_study(task_env, demo_study, tmp_path / "images")
+
+    def quoting(*_args, **_kwargs):
+        DA(BAD_BIRTH_DATE)  # pydicom raises ValueError, quoting the value
+
+    monkeypatch.setattr(tasks, "draft_study", quoting)
+    with pytest.raises(ValueError, match=BAD_BIRTH_DATE):
+        quoting()
+
+    tasks.draft.run(study_id, 1)
+
+    with session_scope(task_env) as session:
+        study = session.get(Study, study_id)
+        assert study.state == StudyState.ERROR
+        assert study.error.startswith("drafting failed: ValueError")
+        events = " ".join(session.scalars(select(Event.message)).all())
+    written = _everything_written(process_logging, capfd)
+    assert "could not be drafted" in written
+    assert BAD_BIRTH_DATE not in study.error + events + written
