@@ -3,10 +3,16 @@
 The children are the very commands of a distributed deployment (``predraft listen``, ``predraft
 worker``, ``predraft web``), started with the same settings; ``serve`` adds nothing but start-up
 checks, readiness waits and a clean stop on Ctrl-C or SIGTERM.
+
+No part outlives serve: a SIGINT or SIGTERM at any moment (while the environment is prepared, while the
+parts start, while serve waits for them to answer) stops every part started so far (:class:`StopSignals`);
+and on Linux each part is made to receive SIGTERM when serve dies, however it dies (SIGKILL, the OOM killer),
+so that the next serve finds its ports free.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -16,13 +22,77 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from predraft.settings import Settings
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_SECONDS = 20.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class StopRequested(BaseException):  # noqa: N818 - like KeyboardInterrupt: not caught by ``except Exception``
+    """A stop signal arrived before serve was up; nothing that was started may be left running."""
+
+
+class StopSignals:
+    """SIGINT and SIGTERM as one stop request, from the moment :meth:`install` runs until the process exits.
+
+    A signal always sets :attr:`requested`. Inside :meth:`interruptible` (work that starts no process and may
+    block for long: migrations, the broker's queues) it also raises :class:`StopRequested` at once, again on
+    each further signal in case a library swallowed the first. Elsewhere (while parts start, while serve waits
+    for them or runs) nothing is raised: the code checks :attr:`requested`, so that a part is never started
+    without being recorded, and so stopped.
+    """
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self._interruptible = False
+
+    def install(self) -> StopSignals:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.requested.set()
+        if self._interruptible:
+            raise StopRequested(signal.Signals(signum).name)
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Run the block so that a stop signal interrupts it with :class:`StopRequested` (also raised on entry
+        when a stop was requested before)."""
+        if self.requested.is_set():
+            raise StopRequested("stop requested")
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel send the child SIGTERM when ``parent_pid`` dies (Linux prctl
+    PR_SET_PDEATHSIG, kept across exec), then checks that the parent is still ``parent_pid``: one that died
+    between the fork and the prctl left the child an orphan, which exits at once. None where there is no prctl.
+
+    The death signal follows the thread that forked the child: the supervisor starts its parts from the main
+    thread, which lives as long as serve does.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+
+    def _preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(0)
+
+    return _preexec
 
 
 def prepare_environment(settings: Settings) -> None:
@@ -64,9 +134,13 @@ def _http_ok(url: str) -> bool:
 
 
 class Supervisor:
-    """Starts the children, waits until they answer, and stops them all when one dies or on a signal."""
+    """Starts the children, waits until they answer, and stops them all when one dies or on a signal.
 
-    def __init__(self, settings: Settings) -> None:
+    ``stop`` is the stop request that the caller's :class:`StopSignals` sets (installed before anything else
+    runs); without one, :meth:`run_until_stopped` installs its own.
+    """
+
+    def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
         from workers.app import QUEUES  # every queue: the embedded worker does all the work
 
         python = [sys.executable, "-m", "predraft"]
@@ -76,16 +150,23 @@ class Supervisor:
             Child("worker", [*python, "worker", "--queues", ",".join(QUEUES)]),
             Child("web", [*python, "web"]),
         ]
-        self._stop = threading.Event()
+        self._signals_installed = stop is not None
+        self._stop = stop if stop is not None else threading.Event()
 
     def start(self) -> None:
+        """Start the children in order, none once a stop was requested; each dies with this process."""
+        preexec = _die_with_parent(os.getpid())
         for child in self.children:
+            if self._stop.is_set():
+                return
             # A session of its own: Ctrl-C reaches the supervisor, which stops the children in order.
-            child.process = subprocess.Popen(child.argv, start_new_session=True, env=os.environ.copy())
+            child.process = subprocess.Popen(child.argv, start_new_session=True, env=os.environ.copy(),
+                                             preexec_fn=preexec)  # in the child: a prctl and a getppid only
             log.info("started %s (pid %d)", child.name, child.process.pid)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        """Block until the DIMSE port and the HTTP health check answer; raise if a child dies first."""
+        """Block until the DIMSE port and the HTTP health check answer; raise if a child dies first, and
+        :class:`StopRequested` once a stop is requested."""
         s = self.settings
         checks: dict[str, Callable[[], bool]] = {
             "DIMSE listener": lambda: _port_open(s.dimse_host, s.dimse_port),
@@ -93,12 +174,14 @@ class Supervisor:
         }
         deadline = time.monotonic() + timeout
         while checks:
+            if self._stop.is_set():
+                raise StopRequested("stop requested while waiting for the parts")
             self.raise_if_child_died()
             for name in [name for name, check in checks.items() if check()]:
                 del checks[name]
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not ready after {timeout:.0f} s: {', '.join(checks)}")
-            time.sleep(0.2)
+            self._stop.wait(0.2)
 
     def raise_if_child_died(self) -> None:
         for child in self.children:
@@ -107,12 +190,8 @@ class Supervisor:
 
     def run_until_stopped(self) -> int:
         """Wait for SIGINT/SIGTERM or a dead child; stop everything; return the exit code."""
-        def _handler(signum: int, _frame: object) -> None:
-            log.info("received %s; stopping", signal.Signals(signum).name)
-            self._stop.set()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, _handler)
+        if not self._signals_installed:
+            self._stop = StopSignals().install().requested
         code = 0
         while not self._stop.wait(0.5):
             try:
@@ -121,6 +200,8 @@ class Supervisor:
                 log.error("%s; stopping the others", exc)
                 code = 1
                 break
+        else:
+            log.info("stop requested; stopping")
         self.stop()
         return code
 

@@ -2,29 +2,74 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from predraft.cli.common import load_settings, load_settings_with_schema
+
+if TYPE_CHECKING:
+    from predraft.serve import StopSignals
+    from predraft.settings import Settings
 
 
 @click.command()
 @click.option("--demo", "run_demo", is_flag=True, help="Once up, send the demo study and print its draft.")
 def serve(run_demo: bool) -> int:
     """Run the DIMSE listener, a Celery worker and the HTTP app together, until Ctrl-C."""
+    from predraft.serve import StopRequested, StopSignals
+
+    signals = StopSignals().install()  # first: a Ctrl-C from now on stops whatever was started
+    try:
+        with signals.interruptible():
+            settings = _prepared_settings()
+    except StopRequested:
+        click.echo("predraft stopped before it started")
+        return 0
+    return _supervise(settings, signals, run_demo)
+
+
+def _prepared_settings() -> Settings:
+    """The settings, with logging configured and the environment prepared (migrations, queues, model)."""
     from predraft.bootstrap import configure_logging
-    from predraft.serve import Supervisor, prepare_environment
-    from predraft.settings import redact_url
+    from predraft.serve import prepare_environment
 
     settings = load_settings()
     configure_logging(settings)
     prepare_environment(settings)
-    supervisor = Supervisor(settings)
-    supervisor.start()
+    return settings
+
+
+def _supervise(settings: Settings, signals: StopSignals, run_demo: bool) -> int:
+    """Start the parts, wait until they answer, run until a stop signal; whatever happens, stop every part
+    that was started before returning (or raising)."""
+    from predraft.serve import StopRequested, Supervisor
+
+    supervisor = Supervisor(settings, stop=signals.requested)
     try:
+        supervisor.start()
         supervisor.wait_ready()
+    except StopRequested:
+        supervisor.stop()
+        click.echo("predraft stopped before it was up")
+        return 0
     except (TimeoutError, RuntimeError) as exc:
         supervisor.stop()
         raise click.ClickException(f"predraft could not start: {exc}") from exc
+    except BaseException:
+        supervisor.stop()
+        raise
+    try:
+        _announce(settings, run_demo)
+    except BaseException:
+        supervisor.stop()
+        raise
+    return supervisor.run_until_stopped()
+
+
+def _announce(settings: Settings, run_demo: bool) -> None:
+    from predraft.settings import redact_url
+
     click.echo(
         f"predraft is up: DICOM {settings.ae_title}@{settings.dimse_host}:{settings.dimse_port}, "
         f"HTTP http://{settings.http_host}:{settings.http_port}, database {redact_url(settings.database_url)}, "
@@ -38,7 +83,6 @@ def serve(run_demo: bool) -> int:
             click.echo(send_demo(settings))
         except DemoError as exc:
             click.echo(f"demo failed: {exc}", err=True)
-    return supervisor.run_until_stopped()
 
 
 @click.command()
