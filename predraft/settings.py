@@ -41,14 +41,43 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+#: Number words a description may spell a view count with ("THREE VIEWS").
+_NUMBER_WORDS = {"ONE": 1, "TWO": 2, "THREE": 3, "FOUR": 4, "FIVE": 5, "SIX": 6, "SEVEN": 7, "EIGHT": 8, "NINE": 9,
+                 "TEN": 10}
+_COUNT = r"(?<![\w.+-])(\d+|" + "|".join(_NUMBER_WORDS) + r")"
+_VIEW_WORD = r"(?:VIEWS|VIEW\(S\)|VIEW|VWS|VW|V)(?![\w(])"
+#: A minimum ("2+ VIEWS", "MIN 3 VIEWS", "MINIMUM OF 3 VIEWS", "3 OR MORE VIEWS", "AT LEAST 2 VIEWS") or a count
+#: per side ("2 VIEWS EACH"): no number of images makes such a study complete.
+DEFAULT_MINIMUM_VIEWS_PATTERN = (
+    r"(?:\bMIN(?:IMUM|\.)?\s*(?:OF\s+)?|\bAT\s+LEAST\s+)" + _COUNT + r"[\s-]*" + _VIEW_WORD
+    + r"|" + _COUNT + r"\s*(?:\+|OR\s+MORE)\s*" + _VIEW_WORD
+    + r"|" + _COUNT + r"[\s-]*" + _VIEW_WORD + r"\s*(?:\+|(?:OR\s+MORE|MIN(?:IMUM)?|EACH|PER\s+SIDE)\b)"
+)
+#: An exact count in its usual spellings: "3 VIEWS", "3V", "3 VW", "3 VWS", "3VIEWS", "THREE VIEWS", "2-VIEW",
+#: "3 VIEW(S)".
+DEFAULT_EXACT_VIEWS_PATTERN = _COUNT + r"[\s-]*" + _VIEW_WORD
+
+
+def _view_count(text: str) -> int | None:
+    """The number ``text`` spells (digits, or a word from one to ten); None for anything else or below 1."""
+    text = text.strip().upper()
+    count = int(text) if text.isdigit() else _NUMBER_WORDS.get(text)
+    return count if count is not None and count >= 1 else None
+
+
 class ExpectedViewsRule(BaseModel):
     """A study whose description matches ``pattern`` is complete once it holds ``views`` images.
 
-    With ``views`` unset, the pattern's first group gives the number ("XR PELVIS 3 VIEWS").
+    With ``views`` unset, the pattern's first group gives the number ("XR PELVIS 3 VIEWS", or a number word
+    from one to ten: "THREE VIEWS"); a group that spells no number of at least 1 gives no count. With
+    ``minimum`` set, a match gives no count: the description names a minimum ("2+ VIEWS"), so the study waits
+    for its quiet time. Rules are tried in order and the first that matches decides
+    (:func:`expected_view_count`).
     """
 
     pattern: str
     views: int | None = Field(None, ge=1)
+    minimum: bool = False
 
     @field_validator("pattern")
     @classmethod
@@ -61,16 +90,42 @@ class ExpectedViewsRule(BaseModel):
 
     @model_validator(mode="after")
     def _check_views_source(self) -> ExpectedViewsRule:
-        if self.views is None and re.compile(self.pattern).groups < 1:
+        if self.minimum and self.views is not None:
+            raise ValueError(f"pattern {self.pattern!r}: a minimum rule gives no count; set views or minimum, not both")
+        if not self.minimum and self.views is None and re.compile(self.pattern).groups < 1:
             raise ValueError(f"pattern {self.pattern!r} needs a group giving the number of views, or set views")
         return self
 
+    def matches(self, description: str) -> bool:
+        """Whether ``pattern`` is found in ``description`` (case-insensitive)."""
+        return re.search(self.pattern, description, flags=re.IGNORECASE) is not None
+
     def expected(self, description: str) -> int | None:
-        """The number of views this rule expects for ``description``, or None when it does not match."""
+        """The number of views this rule expects for ``description``; None when it does not match, when it is a
+        minimum rule, or when its group spells no number."""
         match = re.search(self.pattern, description, flags=re.IGNORECASE)
-        if match is None:
+        if match is None or self.minimum:
             return None
-        return self.views if self.views is not None else int(match.group(1))
+        if self.views is not None:
+            return self.views
+        return _view_count(match.group(1) or "")
+
+
+def default_expected_views() -> list[ExpectedViewsRule]:
+    """The default rules: a minimum first (no count), then an exact count in its usual spellings."""
+    return [ExpectedViewsRule(pattern=DEFAULT_MINIMUM_VIEWS_PATTERN, minimum=True),
+            ExpectedViewsRule(pattern=DEFAULT_EXACT_VIEWS_PATTERN)]
+
+
+def expected_view_count(rules: list[ExpectedViewsRule], *descriptions: str | None) -> int | None:
+    """The number of images that make a study complete, by the first rule (in order) that matches one of its
+    ``descriptions`` (StudyDescription, then RequestedProcedureDescription); None when no rule matches, or when
+    the first that does gives no count (a minimum): then the study waits for its quiet time."""
+    for rule in rules:
+        for description in descriptions:
+            if rule.matches(description or ""):
+                return rule.expected(description or "")
+    return None
 
 
 # --- Export destinations: where drafted SRs are sent (workers.export) ---------------------------------------
@@ -285,9 +340,10 @@ class Settings(BaseSettings):
 
     quiet_seconds: float = Field(10.0, gt=0, description="A study is ready after this long without a new instance.")
     expected_views: list[ExpectedViewsRule] = Field(
-        default_factory=lambda: [ExpectedViewsRule(pattern=r"\b(\d+)\s*VIEWS?\b")],
+        default_factory=default_expected_views,
         description="Rules on StudyDescription/RequestedProcedureDescription giving the number of views that "
-        "make a study complete before its quiet time.",
+        "make a study complete before its quiet time; tried in order, the first that matches decides, and a "
+        "rule with minimum true means no count (the study waits for its quiet time).",
     )
     stability_poll_seconds: float = Field(1.0, gt=0, description="How often the listener looks for ready studies.")
     sweep_interval_seconds: float = Field(

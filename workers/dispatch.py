@@ -19,7 +19,7 @@ from predraft.clock import as_utc
 from predraft.db import session_scope
 from predraft.events import record_event
 from predraft.schema import Instance, Prediction, Study, utcnow
-from predraft.settings import ExpectedViewsRule
+from predraft.settings import ExpectedViewsRule, expected_view_count
 from predraft.states import FINISHED_INSTANCE_STATES, InstanceState, StudyState
 from workers.app import DRAFT, PREPARE
 
@@ -30,8 +30,10 @@ def claim_ready_studies(database_url: str, *, quiet_seconds: float,
                         expected_views: Sequence[ExpectedViewsRule] = ()) -> list[int]:
     """Mark READY every receiving study that is complete or quiet; return their ids.
 
-    Complete: a rule of ``expected_views`` matches its StudyDescription or RequestedProcedureDescription
-    and the study holds at least that many images. Quiet: no new image for ``quiet_seconds``.
+    Complete: the first rule of ``expected_views`` that matches its StudyDescription or
+    RequestedProcedureDescription gives a count, and the study holds at least that many images (a rule that
+    gives no count, a minimum such as "2+ VIEWS", leaves it to the quiet time). Quiet: no new image for
+    ``quiet_seconds``.
     """
     now = utcnow()
     cutoff = now - timedelta(seconds=quiet_seconds)
@@ -63,12 +65,8 @@ def claim_ready_studies(database_url: str, *, quiet_seconds: float,
 
 
 def _expected_images(rules: Sequence[ExpectedViewsRule], *descriptions: str) -> int | None:
-    for rule in rules:
-        for description in descriptions:
-            expected = rule.expected(description or "")
-            if expected is not None:
-                return expected
-    return None
+    """The images that make the study complete: the first rule that matches decides (a minimum gives None)."""
+    return expected_view_count(list(rules), *descriptions)
 
 
 
