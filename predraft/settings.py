@@ -299,8 +299,8 @@ class Settings(BaseSettings):
     decode_timeout_seconds: float = Field(
         60.0, gt=0, description="Longest a pixel decode and preparation may run; then that instance fails.")
     decode_memory_bytes: int = Field(
-        3 * 1024 * 1024 * 1024, ge=256 * 1024 * 1024, description="Memory (address space) a pixel decode and "
-        "preparation may use; beyond it that instance fails.")
+        3 * 1024 * 1024 * 1024, ge=1024 * 1024 * 1024, description="Memory (address space) a pixel decode and "
+        "preparation may use; beyond it that instance fails. The decoding process itself takes about 0.7 GiB.")
     spool_min_free_bytes: int = Field(
         200_000_000, ge=0, description="Refuse new instances (out of resources) below this much free spool space."
     )

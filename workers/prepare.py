@@ -22,6 +22,7 @@ from models.pixels import (
 )
 from models.taxonomy import RADIOGRAPH_SOP_CLASSES, Side, View
 from models.views import ViewResult, classify_view
+from workers.sandbox import DecodeFailure, Sandbox
 
 
 class OutOfScopeError(Exception):
@@ -83,8 +84,24 @@ def prepare_file(path: Path, *, input_size: int, voi_window_index: int = 0) -> t
     return labels, hips
 
 
+def prepare_bounded(path: Path, *, input_size: int, voi_window_index: int = 0,
+                    sandbox: Sandbox) -> tuple[ViewResult, list[HipImage]]:
+    """prepare_file run in ``sandbox``'s child, bounded in time and memory (the workers' entry point).
+
+    Raises OutOfScopeError as prepare_file does; every other failure (an unreadable file, pixel data that
+    will not decode, a decoder that panics, crashes, hangs or runs out of memory) is a DecodeFailure with
+    its reason, and ``sandbox`` is ready for the next image.
+    """
+    try:
+        return sandbox.call(prepare_file, path, input_size=input_size, voi_window_index=voi_window_index)
+    except DecodeFailure as failure:
+        if failure.error_type == OutOfScopeError.__name__:
+            raise OutOfScopeError(failure.detail) from None
+        raise
+
+
 def _hip(side: Side, view: View, image: np.ndarray, input_size: int) -> HipImage:
     return HipImage(side, view, letterbox(image, input_size), detect_metal(image))
 
 
-__all__ = ["HipImage", "OutOfScopeError", "PixelDataError", "prepare_file"]
+__all__ = ["DecodeFailure", "HipImage", "OutOfScopeError", "PixelDataError", "prepare_bounded", "prepare_file"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from celery import Task, shared_task
+from celery.signals import worker_process_shutdown, worker_shutdown
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import delete
 from sqlalchemy.exc import OperationalError
@@ -24,7 +25,8 @@ from models.factory import Classifier, load_classifier
 from predraft.clock import as_utc
 from predraft.db import session_scope
 from predraft.events import record_event
-from predraft.metrics import TIME_TO_DRAFT
+from predraft.library_text import describe_exception, traceback_without_messages
+from predraft.metrics import DECODE_FAILURES, TIME_TO_DRAFT
 from predraft.schema import Instance, Prediction, Study, utcnow
 from predraft.settings import Settings, get_settings
 from predraft.states import FINISHED_INSTANCE_STATES, InstanceState, StudyState
@@ -35,7 +37,8 @@ from workers.dispatch import finish_if_done, reclassify_stale_instances
 from workers.drafting import apply_outcome, draft_study
 from workers.export_service import queue_exports
 from workers.export_task import send_exports
-from workers.prepare import HipImage, OutOfScopeError, prepare_file
+from workers.prepare import HipImage, OutOfScopeError, prepare_bounded
+from workers.sandbox import DecodeFailure, Sandbox, close_all, thread_sandbox
 
 log = logging.getLogger(__name__)
 
@@ -99,23 +102,49 @@ def _finish_instance(instance_id: int, state: InstanceState, error: str) -> int:
         return instance.study_id
 
 
+#: Modules the prepare sandbox's child imports before its first image (so that no image pays for them).
+_PREPARE_PRELOAD = ("workers.prepare",)
+
+# The prepare sandboxes' children end with the worker (atexit covers a plain exit; PR_SET_PDEATHSIG a kill).
+worker_shutdown.connect(close_all, weak=False)
+worker_process_shutdown.connect(close_all, weak=False)
+
+
+def _prepare_sandbox(settings: Settings) -> Sandbox:
+    """This worker thread's decode sandbox, bounded by decode_timeout_seconds and decode_memory_bytes."""
+    return thread_sandbox(timeout_seconds=settings.decode_timeout_seconds, memory_bytes=settings.decode_memory_bytes,
+                          preload=_PREPARE_PRELOAD)
+
+
+def _decode_failure_error(instance_id: int, transfer_syntax: str, failure: DecodeFailure) -> str:
+    """Count ``failure`` and log it (reason and exception type only); the instance's error text."""
+    syntax = transfer_syntax or "unknown"
+    DECODE_FAILURES.labels(transfer_syntax=syntax, reason=failure.reason.value).inc()
+    log.warning("instance row %d could not be prepared (%s, transfer syntax %s): %s", instance_id,
+                failure.reason.value, syntax, failure.error_type or failure.reason.value)
+    return f"could not be prepared ({failure.reason.value}) in transfer syntax {syntax}: {failure.cause}"[:2000]
+
+
 @shared_task(name=PREPARE, bind=True, **_RETRY)
 def prepare(self: Task, instance_id: int) -> None:
+    """Prepare one instance in this thread's decode sandbox. Out of scope: SKIPPED. Unreadable, undecodable,
+    or a decoder that raised, panicked, crashed, hung or ran out of memory: ERROR with the reason and the
+    transfer syntax, counted in DECODE_FAILURES. Either way the rest of the study goes on."""
     settings = _settings()
     with session_scope(settings.database_url) as session:
         instance = session.get(Instance, instance_id)
         if instance is None or instance.state in FINISHED_INSTANCE_STATES:
             return
-        path, study_id = Path(instance.spool_path), instance.study_id
+        path, study_id, syntax = Path(instance.spool_path), instance.study_id, instance.transfer_syntax_uid
     card = _card(settings.model_card_path)
     try:
-        labels, hips = prepare_file(path, input_size=card.input_size, voi_window_index=settings.voi_window_index)
-    except Exception as exc:  # out of scope; or undecodable, truncated, not an image: this instance only
+        labels, hips = prepare_bounded(path, input_size=card.input_size, voi_window_index=settings.voi_window_index,
+                                       sandbox=_prepare_sandbox(settings))
+    except (OutOfScopeError, DecodeFailure) as exc:  # this instance only
         if isinstance(exc, OutOfScopeError):
             state, error = InstanceState.SKIPPED, str(exc)
         else:
-            log.warning("instance row %d could not be prepared: %s", instance_id, type(exc).__name__)
-            state, error = InstanceState.ERROR, f"{type(exc).__name__}: {exc}"[:2000]
+            state, error = InstanceState.ERROR, _decode_failure_error(instance_id, syntax, exc)
         _finish_instance(instance_id, state, error)
         finish_if_done(self.app, settings.database_url, study_id)
         return
@@ -166,7 +195,9 @@ def _write_draft(session: Session, *, study: Study, generation: int, settings: S
 
     Returns (draft id, destinations to send an export task for, seconds from the last instance to the
     draft); (None, [], None) when no draft was made. A drafting error leaves the study in ERROR, unless it
-    was re-opened or drafted meanwhile.
+    was re-opened or drafted meanwhile. Neither its error text nor the log holds the message of an exception
+    raised inside a library (pydicom, highdicom, jinja2... may quote a patient's values): only its type and
+    place (:func:`predraft.library_text.describe_exception`), and the traceback without messages.
     """
     try:
         outcome = draft_study(session, study=study, generation=generation, model=card,
@@ -175,12 +206,13 @@ def _write_draft(session: Session, *, study: Study, generation: int, settings: S
     except OperationalError:
         raise
     except Exception as exc:
-        log.exception("study row %d could not be drafted", study.id)
+        reason = f"drafting failed: {describe_exception(exc)}"[:2000]
+        log.error("study row %d could not be drafted: %s\n%s", study.id, reason, traceback_without_messages(exc))
         study_id = study.id
         session.rollback()
         study = session.get(Study, study_id, with_for_update=True)
         if study.generation == generation and study.state == StudyState.DRAFTING:
-            study.state, study.error = StudyState.ERROR, f"drafting failed: {type(exc).__name__}: {exc}"[:2000]
+            study.state, study.error = StudyState.ERROR, reason
             record_event(session, "error", study.error, study_id=study_id)
         # else re-opened or drafted meanwhile: that generation's outcome stands
         return None, [], None
