@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 import highdicom as hd
 from pydicom import config as pydicom_config
+from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VM
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -140,14 +141,62 @@ def _checked_demographics(ds: Dataset) -> Dataset:
     """
     checked = copy.deepcopy(ds)
     emptied = []
-    for element in checked:
+    for element in checked:  # every value decoded here, under the data set's own character set
         if element.VR in _TEXT_VRS and not element.tag.is_private and not _valid_element(element):
             element.value = ""
             emptied.append(element.keyword or str(element.tag))
+    emptied.extend(_checked_character_set(checked))
     if emptied:
         log.info("evidence %s: %s emptied in the SR (not valid for the VR)", ds.get("SOPInstanceUID", "?"),
                  ", ".join(emptied))
     return checked
+
+
+#: Character sets that extend the default repertoire by ISO 2022 escapes; the multi-byte ones may not come first.
+_CODE_EXTENSION_PREFIX = "ISO 2022 "
+_MULTI_BYTE_EXTENSIONS = frozenset({"ISO 2022 IR 87", "ISO 2022 IR 159", "ISO 2022 IR 149", "ISO 2022 IR 58"})
+_HIGHDICOM_CHARACTER_SETS = frozenset(value.value for value in hd.SpecificCharacterSetValues)
+UTF8_CHARACTER_SET = "ISO_IR 192"
+
+
+def _character_set_terms(value: object) -> list[str]:
+    """The terms of a Specific Character Set value: one string, or pydicom's MultiValue of several."""
+    return [str(value)] if isinstance(value, str) else [str(term) for term in value]  # type: ignore[attr-defined]
+
+
+def _highdicom_takes(terms: list[str]) -> bool:
+    """Whether highdicom's SR constructor accepts ``terms`` as the SR's Specific Character Set (one term
+    without code extensions, or several, each a code extension, the first not multi-byte)."""
+    if not terms or any(term not in _HIGHDICOM_CHARACTER_SETS for term in terms):
+        return False
+    if len(terms) == 1:
+        return not terms[0].startswith(_CODE_EXTENSION_PREFIX)
+    return all(term.startswith(_CODE_EXTENSION_PREFIX) for term in terms) and terms[0] not in _MULTI_BYTE_EXTENSIONS
+
+
+def _checked_character_set(checked: Dataset) -> list[str]:
+    """Make the Specific Character Set of ``checked`` (whose values are already decoded) one the SR can carry.
+
+    A set highdicom takes stays. A set pydicom knows but highdicom refuses (the usual Japanese
+    ``\\ISO 2022 IR 87``, whose first value is empty) becomes UTF-8: the very characters, encoded so
+    that any of them fits. An unknown set (``ISO_IR 999``) is removed, and every text value with a character
+    outside the default repertoire is emptied, since what it says cannot be known. Returns what was emptied.
+    """
+    if "SpecificCharacterSet" not in checked:
+        return []
+    terms = _character_set_terms(checked.SpecificCharacterSet)
+    if _highdicom_takes(terms):
+        return []
+    if all(term in python_encoding for term in terms):
+        checked.SpecificCharacterSet = UTF8_CHARACTER_SET
+        return []
+    del checked.SpecificCharacterSet
+    emptied = ["SpecificCharacterSet"]
+    for element in checked:
+        if element.VR in _TEXT_VRS and not element.tag.is_private and not str(element.value or "").isascii():
+            element.value = ""
+            emptied.append(element.keyword or str(element.tag))
+    return emptied
 
 
 def _prepared_evidence(evidence: Sequence[Dataset]) -> list[Dataset]:

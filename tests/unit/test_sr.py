@@ -250,3 +250,24 @@ def test_valid_but_unusual_demographics_are_kept_byte_for_byte(evidence, finding
     path = tmp_path / "draft.dcm"
     sr.save_as(path, enforce_file_format=True)
     assert _demographics(pydicom.dcmread(path)) == _demographics(unusual[0])
+
+
+@pytest.mark.parametrize(("charset", "name", "sr_charset", "sr_name"), [
+    ("ISO_IR 100", "MÜLLER^HANS", "ISO_IR 100", "MÜLLER^HANS"),  # highdicom takes it: kept
+    (["", "ISO 2022 IR 87"], "YAMADA^TARO", "ISO_IR 192", "YAMADA^TARO"),  # pydicom reads it: UTF-8, same characters
+    ("ISO_IR 999", "SMITH^JOHN", None, "SMITH^JOHN"),  # unknown set: removed, ASCII values kept
+    ("ISO_IR 999", "MÜLLER^HANS", None, ""),  # unknown set: what a non-ASCII value says cannot be known
+])
+def test_a_character_set_the_sr_cannot_carry_still_gives_a_draft(evidence, findings, tmp_path, charset, name,
+                                                                 sr_charset, sr_name):
+    """A bogus SpecificCharacterSet in one image made highdicom refuse the SR, and the study lost its draft."""
+    odd = copy.deepcopy(evidence)
+    for ds in odd:
+        ds.SpecificCharacterSet, ds.PatientName = charset, name
+    sr = _build(odd, findings)
+    path = tmp_path / "draft.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    loaded = pydicom.dcmread(path)
+    assert loaded.get("SpecificCharacterSet") == sr_charset
+    assert str(loaded.PatientName) == sr_name
+    assert str(loaded.PatientID) == str(evidence[0].PatientID)
