@@ -138,3 +138,17 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def record_file(database_url: str, path: Path) -> int:
+    """Record the DICOM file at ``path`` as a received instance (spooled where it lies); its instance id."""
+    import pydicom
+
+    from listener.ingest import InstanceHeader, record_instance
+    from predraft.db import session_scope
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    header = InstanceHeader.from_dataset(ds, ds.file_meta.TransferSyntaxUID)
+    with session_scope(database_url) as session:
+        return record_instance(session, header=header, spool_path=str(path), size_bytes=1,
+                               calling_ae="PACS").instance_id

@@ -12,16 +12,14 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
 
-from listener.ingest import InstanceHeader, record_instance
 from predraft.db import session_scope, upgrade
 from predraft.schema import Instance
 from predraft.settings import Settings
 from predraft.states import InstanceState
 from tests import hostile_decoders as hostile
-from tests.conftest import embedded_broker, free_port, real_file
+from tests.conftest import embedded_broker, free_port, real_file, record_file
 from tests.e2e.conftest import PREDRAFT
 from workers.app import PREPARE, create_celery
 
@@ -30,14 +28,6 @@ pytestmark = pytest.mark.slow
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 #: Bound on the whole run of the three prepare tasks (each takes well under a second when the worker is sound).
 PREPARED_WITHIN_SECONDS = 90
-
-
-def _ingest(url: str, path: Path) -> int:
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    header = InstanceHeader.from_dataset(ds, ds.file_meta.TransferSyntaxUID)
-    with session_scope(url) as session:
-        return record_instance(session, header=header, spool_path=str(path), size_bytes=1,
-                               calling_ae="PACS").instance_id
 
 
 def _states(url: str, ids: list[int]) -> dict[int, tuple[str, str | None]]:
@@ -86,8 +76,8 @@ def worker(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, 
 def test_panicking_images_end_in_error_and_the_worker_prepares_the_rest(worker, tmp_path):
     process, env = worker
     url = env["PREDRAFT_DATABASE_URL"]
-    bad = [_ingest(url, hostile.corrupt_rle(real_file("RG2_RLE.dcm"), tmp_path / f"bad{i}.dcm")) for i in (1, 2)]
-    good = _ingest(url, real_file("RG2_UNC.dcm"))
+    bad = [record_file(url, hostile.corrupt_rle(real_file("RG2_RLE.dcm"), tmp_path / f"bad{i}.dcm")) for i in (1, 2)]
+    good = record_file(url, real_file("RG2_UNC.dcm"))
     app = create_celery(Settings(broker_url=env["PREDRAFT_BROKER_URL"], database_url=url))
     for instance_id in [*bad, good]:  # both threads get a panicking image first
         app.send_task(PREPARE, args=[instance_id])

@@ -17,13 +17,13 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from listener.ingest import InstanceHeader, record_instance
 from models.pixels import decode
 from predraft.db import session_scope
 from predraft.metrics import DECODE_FAILURES
 from predraft.schema import Event, Instance
 from predraft.states import InstanceState
 from tests import hostile_decoders as hostile
+from tests.conftest import record_file
 from workers import tasks
 from workers.app import CLASSIFY
 from workers.prepare import OutOfScopeError, prepare_bounded, prepare_file
@@ -264,18 +264,10 @@ class FakeCelery:
         self.sent.append((name, list(args)))
 
 
-def _ingest(url: str, path: Path) -> int:
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    header = InstanceHeader.from_dataset(ds, ds.file_meta.TransferSyntaxUID)
-    with session_scope(url) as session:
-        return record_instance(session, header=header, spool_path=str(path), size_bytes=1,
-                               calling_ae="PACS").instance_id
-
-
 @pytest.mark.timeout(120)
 def test_the_prepare_task_records_the_panicking_image_as_error_and_prepares_the_rest(
         sqlite_url, panicking_rle, real_path, clean_settings_env, tiny_card_path, tmp_path, monkeypatch):
-    bad, good = _ingest(sqlite_url, panicking_rle), _ingest(sqlite_url, real_path("RG2_UNC.dcm"))
+    bad, good = record_file(sqlite_url, panicking_rle), record_file(sqlite_url, real_path("RG2_UNC.dcm"))
     for key, value in {"PREDRAFT_DATABASE_URL": sqlite_url, "PREDRAFT_MODEL": str(tiny_card_path),
                        "PREDRAFT_VAR_DIR": str(tmp_path / "var")}.items():
         monkeypatch.setenv(key, value)
