@@ -7,6 +7,11 @@ association and refused per instance with "SOP class not supported", so the send
 The C-STORE handler is thin: it hands the encoded file to :class:`listener.receive.Receiver`, which
 spools (fsync, atomic rename) and records it, and maps the outcome to a named status. It never decodes
 pixels; an unexpected error becomes a failure status, not a dead association.
+
+No sender can lock the others out (:mod:`listener.connections`): connections are bounded per source
+address, must deliver their whole A-ASSOCIATE-RQ within a deadline, only established associations count
+against dimse_max_associations, an over-long PDU aborts its connection before it is read, the TLS
+handshake happens on the connection's own thread, and the temp file of a C-STORE cut mid-way is deleted.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from listener import status
+from listener.connections import ConnectionLimits, ConnectionTable, abort_reason, note_protocol_error
 from listener.receive import Receiver, ReceiveStatus
 from models.taxonomy import DX_FOR_PROCESSING, STORABLE_SOP_CLASSES
 from predraft import metrics
@@ -64,6 +70,11 @@ PREFERRED_TRANSFER_SYNTAXES = (
     *(uid for uid in ALL_TRANSFER_SYNTAXES if uid not in (*_LOSSLESS_COMPRESSED, *_UNCOMPRESSED)),
 )
 
+#: Connections the kernel queues for the acceptor, which takes each in well under a millisecond.
+LISTEN_BACKLOG = 128
+#: ae.maximum_associations, so high that pynetdicom's own count (of connection threads) never refuses.
+PYNETDICOM_THREAD_CAP = 1_000_000
+
 STATUS_OF = {
     ReceiveStatus.STORED: status.SUCCESS,
     ReceiveStatus.DUPLICATE: status.SUCCESS,
@@ -100,9 +111,12 @@ def log_rejected(event: evt.Event) -> None:
 
 def log_aborted(event: evt.Event) -> None:
     """EVT_ABORTED: an association dropped before release; what was fully received is kept."""
+    reason = abort_reason(event.assoc)
     metrics.ASSOCIATIONS.labels(outcome="aborted").inc()
+    metrics.ASSOCIATIONS_ABORTED.labels(reason=reason).inc()
     requestor = event.assoc.requestor
-    log.warning("association from %s at %s aborted", str(requestor.ae_title).strip(), requestor.address)
+    log.warning("association from %s at %s aborted (%s)", str(requestor.ae_title).strip(), requestor.address,
+                reason)
 
 
 def count_established(event: evt.Event) -> None:
@@ -120,25 +134,51 @@ def count_closed(event: evt.Event) -> None:
 
 
 class ListenerServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, plus TCP_NODELAY on every connection and a source-address check."""
+    """pynetdicom's threaded server, plus TCP_NODELAY on every connection, a source-address check and the
+    connection bounds of :class:`listener.connections.ConnectionTable` (per address, request deadline,
+    established associations)."""
 
     allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    connections: ConnectionTable
+    #: The listen backlog (socketserver's default is 5: a burst of connections made the kernel drop the
+    #: SYNs of everyone else, who then waited a second or more for a retry).
+    request_queue_size = LISTEN_BACKLOG
 
     def verify_request(self, request: socket.socket | tuple, client_address: tuple) -> bool:  # type: ignore[override]
+        """Admit a connection (False: the server closes it at once): its address must be allowed and
+        have fewer than dimse_max_connections_per_address open."""
+        if not self._address_allowed(client_address[0]):
+            metrics.CONNECTIONS_REFUSED.labels(reason="address_not_allowed").inc()
+            log.warning("refused a DIMSE connection from %s: not in allowed_addresses", client_address[0])
+            return False
+        return self.connections.open(request, client_address[0])  # type: ignore[arg-type]
+
+    def _address_allowed(self, host: str) -> bool:
         if not self.allowed_networks:
             return True
-        address = ipaddress.ip_address(client_address[0])
-        if any(address in network for network in self.allowed_networks):
-            return True
-        log.warning("refused a DIMSE connection from %s: not in allowed_addresses", client_address[0])
-        return False
+        address = ipaddress.ip_address(host)
+        return any(address in network for network in self.allowed_networks)
+
+    def service_actions(self) -> None:
+        """Each poll of the acceptor (every half second or connection): also sweep the connections."""
+        super().service_actions()
+        self.connections.sweep()
+
+    def shutdown_request(self, request: socket.socket | tuple) -> None:  # type: ignore[override]
+        self.connections.forget_socket(request)  # type: ignore[arg-type]
+        super().shutdown_request(request)
 
     def get_request(self) -> tuple[socket.socket, tuple]:  # type: ignore[override]
-        connection, address = super().get_request()
+        """Accept a connection, as pynetdicom's get_request does, but never wait on the peer here: the TLS
+        handshake is left to the connection's first read, on its own thread and within its request
+        deadline (pynetdicom's handshakes in this, the one acceptor thread, so a silent peer stopped all)."""
+        connection, address = self.socket.accept()
         try:
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+        if self.ssl_context:
+            connection = self.ssl_context.wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
         return connection, address
 
 
@@ -149,11 +189,15 @@ def make_ae(settings: Settings) -> AE:
         ae.add_supported_context(sop_class, list(PREFERRED_TRANSFER_SYNTAXES))
     if settings.allowed_calling_aes:
         ae.require_calling_aet = settings.allowed_calling_aes
-    ae.maximum_associations = settings.dimse_max_associations
+    # pynetdicom counts every connection's thread against maximum_associations, before any A-ASSOCIATE-RQ
+    # and for up to acse_timeout after a connection closed; ConnectionTable counts established ones instead.
+    ae.maximum_associations = PYNETDICOM_THREAD_CAP
     ae.maximum_pdu_size = settings.dimse_max_pdu
-    ae.network_timeout = 60
+    ae.network_timeout = settings.dimse_idle_timeout_seconds
     ae.dimse_timeout = 120
-    ae.acse_timeout = 30
+    # How long pynetdicom waits for the A-ASSOCIATE-RQ (ConnectionTable shuts a late connection first, even
+    # one trickling bytes) and for a rejected or aborted peer to close.
+    ae.acse_timeout = settings.dimse_association_request_timeout_seconds
     return ae
 
 
@@ -178,12 +222,16 @@ def start_dimse_server(settings: Settings) -> ThreadedAssociationServer:
     if removed:
         log.warning("removed %d partial file(s) left in the spool by a process that died", removed)
     ae = make_ae(settings)
+    connections = ConnectionTable(ConnectionLimits.from_settings(settings))
     server_class = type("ConfiguredListenerServer", (ListenerServer,), {
-        "allowed_networks": tuple(ipaddress.ip_network(a, strict=False) for a in settings.allowed_addresses)})
+        "allowed_networks": tuple(ipaddress.ip_network(a, strict=False) for a in settings.allowed_addresses),
+        "connections": connections})
     server = ae.make_server((settings.dimse_host, settings.dimse_port),
                             evt_handlers=[(evt.EVT_C_STORE, StoreHandler(receiver)),
                                           (evt.EVT_REJECTED, log_rejected), (evt.EVT_ABORTED, log_aborted),
-                                          (evt.EVT_ESTABLISHED, count_established), (evt.EVT_CONN_CLOSE, count_closed)],
+                                          (evt.EVT_ACSE_RECV, note_protocol_error),
+                                          (evt.EVT_ESTABLISHED, count_established), (evt.EVT_CONN_CLOSE, count_closed),
+                                          *connections.event_handlers()],
                             ssl_context=make_ssl_context(settings), server_class=server_class)
     threading.Thread(target=server.serve_forever, name="dimse-acceptor", daemon=True).start()
     ae._servers.append(server)  # as AE.start_server does, so server.shutdown() can deregister it

@@ -1,0 +1,358 @@
+"""Bookkeeping of the DIMSE listener's connections, so that no sender can lock the others out.
+
+pynetdicom 3.0 counts every connection as an association from the moment it is accepted (one
+``Association`` thread each, checked against ``ae.maximum_associations``), reads a PDU of whatever length
+its header declares, and waits for a trickling A-ASSOCIATE-RQ as long as it trickles. :class:`ConnectionTable`
+replaces that with:
+
+- at most ``dimse_max_connections_per_address`` open connections from one source address (associated or
+  not); one more is closed at once;
+- ``dimse_association_request_timeout_seconds`` from a connection's opening until its whole A-ASSOCIATE-RQ is
+  in, then the connection is shut (the periodic :meth:`ConnectionTable.sweep`);
+- at most ``dimse_max_associations`` associations past their A-ASSOCIATE-RQ, from all callers together
+  (checked on EVT_REQUESTED; one more is rejected "transient, local limit exceeded");
+- a PDU whose declared length is over the bound is not read: the connection is aborted at once
+  (:class:`BoundedAssociationSocket`);
+- when an association's threads have ended, however it ended, the files pynetdicom was receiving its
+  C-STOREs into and that no handler will take are deleted (:func:`remove_received_temp_files`).
+
+It relies on these pynetdicom 3.0 internals, each covered by tests/test_dimse_limits.py:
+``DULServiceProvider._read_pdu_data`` reads a PDU as ``socket.recv(6)`` then ``socket.recv(length)``;
+``DIMSEServiceProvider.message`` holds the C-STORE being received and its ``_data_set_file``, the queued
+complete ones in ``msg_queue`` carry ``_dataset_file``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pynetdicom import evt
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import A_P_ABORT
+from pynetdicom.transport import AssociationSocket
+
+from predraft import metrics
+from predraft.settings import Settings
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
+
+log = logging.getLogger(__name__)
+
+#: The largest A-ASSOCIATE-RQ (or anything sent before one) predraft reads: 128 presentation contexts with
+#: a dozen transfer syntaxes each stay well under it.
+MAX_ASSOCIATE_RQ_BYTES = 64 * 1024
+#: With dimse_max_pdu 0 ("unlimited"), a PDU may hold a whole data set: up to max_dataset_bytes plus this.
+UNLIMITED_PDU_OVERHEAD_BYTES = 64 * 1024
+#: A-ASSOCIATE-RJ: rejected transient, by the service provider (presentation related), local limit exceeded.
+REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
+#: A-ABORT source: the service provider; reason: invalid PDU parameter value.
+ABORT_SOURCE_PROVIDER = 0x02
+ABORT_INVALID_PDU_PARAMETER = 0x06
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """The bounds of :class:`ConnectionTable`, from the settings."""
+
+    max_associations: int
+    max_per_address: int
+    request_timeout: float
+    max_pdu_bytes: int  # the largest declared PDU length read once the A-ASSOCIATE-RQ is in
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionLimits:
+        max_pdu = settings.dimse_max_pdu or settings.max_dataset_bytes + UNLIMITED_PDU_OVERHEAD_BYTES
+        return cls(max_associations=settings.dimse_max_associations,
+                   max_per_address=settings.dimse_max_connections_per_address,
+                   request_timeout=settings.dimse_association_request_timeout_seconds, max_pdu_bytes=max_pdu)
+
+
+@dataclass(eq=False)
+class Connection:
+    """One accepted TCP connection, from its acceptance until its association's threads have ended."""
+
+    address: str
+    sock: socket.socket
+    deadline: float  # monotonic time by which the whole A-ASSOCIATE-RQ must be in
+    assoc: Association | None = None
+    requested: bool = False  # the whole A-ASSOCIATE-RQ is in
+    holds_slot: bool = False  # counts against max_associations
+    closed: bool = False  # no longer counts against max_per_address
+    refused: bool = False  # a CONNECTIONS_REFUSED reason was counted for it
+
+
+class ConnectionTable:
+    """The open connections of one listener. Thread-safe: called from the acceptor thread (open, sweep),
+    the request threads (EVT_CONN_OPEN) and each association's threads (the other events)."""
+
+    def __init__(self, limits: ConnectionLimits, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._connections: dict[socket.socket, Connection] = {}
+        self._per_address: Counter[str] = Counter()
+        self._slots = 0
+
+    def open(self, sock: socket.socket, address: str) -> bool:
+        """Admit a just-accepted connection, or return False (the caller closes it) when ``address``
+        already has max_per_address open."""
+        with self._lock:
+            if self._per_address[address] >= self.limits.max_per_address:
+                admitted = False
+            else:
+                admitted = True
+                self._per_address[address] += 1
+                self._connections[sock] = Connection(address, sock, self._clock() + self.limits.request_timeout)
+        if not admitted:
+            metrics.CONNECTIONS_REFUSED.labels(reason="too_many_from_address").inc()
+            log.warning("refused a DIMSE connection from %s: it has %d open (dimse_max_connections_per_address)",
+                        address, self.limits.max_per_address)
+        return admitted
+
+    def event_handlers(self) -> list[tuple[evt.EventType, Callable[[evt.Event], None]]]:
+        """The pynetdicom event handlers that feed this table, for ``AE.make_server(evt_handlers=...)``."""
+        return [(evt.EVT_CONN_OPEN, self.on_connection_open), (evt.EVT_REQUESTED, self.on_requested),
+                (evt.EVT_REJECTED, self.on_rejected), (evt.EVT_CONN_CLOSE, self.on_connection_close)]
+
+    def on_connection_open(self, event: evt.Event) -> None:
+        """EVT_CONN_OPEN (before the association's threads start): link the association to its connection
+        and bound the PDUs its socket reads."""
+        association_socket = event.assoc.dul.socket
+        with self._lock:
+            connection = self._connections.get(association_socket.socket)
+        if connection is None:
+            return
+        connection.assoc = event.assoc
+        event.assoc.predraft_connection = connection
+        BoundedAssociationSocket.install(association_socket, connection, self)
+
+    def on_requested(self, event: evt.Event) -> None:
+        """EVT_REQUESTED: the whole A-ASSOCIATE-RQ is in; take an association slot or reject the request."""
+        connection = connection_of(event.assoc)
+        if connection is None:
+            return
+        with self._lock:
+            connection.requested = True
+            admitted = self._slots < self.limits.max_associations
+            if admitted:
+                self._slots += 1
+                connection.holds_slot = True
+        if not admitted:
+            self._reject_over_limit(event.assoc, connection)
+
+    def _reject_over_limit(self, assoc: Association, connection: Connection) -> None:
+        """Reject an association request over max_associations, as pynetdicom's own rejections do
+        (A-ASSOCIATE-RJ, then wait until the connection is closed)."""
+        metrics.ASSOCIATIONS.labels(outcome="rejected").inc()
+        log.warning("rejected an association from %s at %s: %d associations are open (dimse_max_associations)",
+                    str(assoc.requestor.ae_title).strip(), connection.address, self.limits.max_associations)
+        assoc.acse.send_reject(*REJECT_LOCAL_LIMIT)
+        assoc.kill()
+
+    def on_rejected(self, event: evt.Event) -> None:
+        """EVT_REJECTED (calling or called AE title refused): give the slot back at once."""
+        connection = connection_of(event.assoc)
+        if connection is not None:
+            self._release_slot(connection)
+
+    def on_connection_close(self, event: evt.Event) -> None:
+        """EVT_CONN_CLOSE: the connection no longer counts against its address or max_associations."""
+        connection = connection_of(event.assoc)
+        if connection is not None:
+            self._close(connection)
+
+    def forget_socket(self, sock: socket.socket) -> None:
+        """The server shut ``sock`` down (``shutdown_request``): the same as EVT_CONN_CLOSE."""
+        with self._lock:
+            connection = self._connections.get(sock)
+        if connection is not None:
+            self._close(connection)
+
+    def count_refused(self, connection: Connection, reason: str) -> None:
+        """Count ``connection`` in CONNECTIONS_REFUSED{reason}, once whatever else happens to it."""
+        with self._lock:
+            if connection.refused:
+                return
+            connection.refused = True
+        metrics.CONNECTIONS_REFUSED.labels(reason=reason).inc()
+
+    def sweep(self) -> None:
+        """Shut the connections whose A-ASSOCIATE-RQ is late; finish those whose association threads have
+        ended (close them, delete their received temp files, forget them). Called every poll of the acceptor."""
+        now = self._clock()
+        with self._lock:
+            connections = list(self._connections.values())
+        for connection in connections:
+            if not connection.requested and not connection.closed and now >= connection.deadline:
+                self._expire(connection)
+            if _threads_ended(connection, now):
+                self._finish(connection)
+
+    def _expire(self, connection: Connection) -> None:
+        log.warning("closed a DIMSE connection from %s: no whole A-ASSOCIATE-RQ within %.1f s",
+                    connection.address, self.limits.request_timeout)
+        shut_socket(connection.sock)
+        self._close(connection)
+
+    def _finish(self, connection: Connection) -> None:
+        self._close(connection)
+        if connection.assoc is not None:
+            removed = remove_received_temp_files(connection.assoc)
+            if removed:
+                log.warning("removed %d partly received file(s) of an association from %s that ended mid-C-STORE",
+                            removed, connection.address)
+        with self._lock:
+            self._connections.pop(connection.sock, None)
+
+    def _close(self, connection: Connection) -> None:
+        """Idempotent: the connection stops counting against its address and max_associations. One closed
+        past its deadline without a whole A-ASSOCIATE-RQ counts as request_timeout, whoever closed it
+        (pynetdicom's ARTIM timer may be first)."""
+        self._release_slot(connection)
+        with self._lock:
+            if connection.closed:
+                return
+            connection.closed = True
+            self._per_address[connection.address] -= 1
+            if self._per_address[connection.address] <= 0:
+                del self._per_address[connection.address]
+        if not connection.requested and self._clock() >= connection.deadline:
+            self.count_refused(connection, "request_timeout")
+
+    def _release_slot(self, connection: Connection) -> None:
+        with self._lock:
+            if connection.holds_slot:
+                connection.holds_slot = False
+                self._slots -= 1
+
+
+#: A connection never linked to an association (its request thread failed) is forgotten after this long.
+_UNLINKED_GRACE_SECONDS = 5.0
+
+
+def _threads_ended(connection: Connection, now: float) -> bool:
+    """True when nothing of pynetdicom will touch ``connection`` again: its association and DUL threads
+    have ended (or it never got an association and is closed or long past its deadline)."""
+    assoc = connection.assoc
+    if assoc is None:
+        return connection.closed or now >= connection.deadline + _UNLINKED_GRACE_SECONDS
+    started = assoc.ident is not None
+    return started and not assoc.is_alive() and not assoc.dul.is_alive()
+
+
+def connection_of(assoc: Association) -> Connection | None:
+    return getattr(assoc, "predraft_connection", None)
+
+
+def shut_socket(sock: socket.socket) -> None:
+    """Shut ``sock`` down for both directions (a thread blocked reading it wakes up with end of stream)
+    without closing its descriptor, which pynetdicom's threads still hold. For a TLS socket this acts on
+    the TCP socket beneath, with no TLS close_notify."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # already shut or reset
+
+
+class BoundedAssociationSocket(AssociationSocket):
+    """An AssociationSocket that will not read a PDU longer than predraft accepts: the connection is
+    aborted (A-ABORT, then shut) as soon as the PDU's header declares it. Until the whole A-ASSOCIATE-RQ
+    is in the bound is MAX_ASSOCIATE_RQ_BYTES, then the largest PDU predraft accepts.
+
+    pynetdicom 3.0's DUL reads each PDU as ``recv(6)`` (its header) then ``recv(declared length)``; the
+    second call is the one refused. Returning an empty read makes the DUL treat the connection as closed."""
+
+    connection: Connection
+    table: ConnectionTable
+
+    @classmethod
+    def install(cls, association_socket: AssociationSocket, connection: Connection, table: ConnectionTable) -> None:
+        """Turn the (not yet read) ``association_socket`` into a bounded one. It is created by pynetdicom's
+        request handler, so its class is swapped rather than the object replaced."""
+        association_socket.__class__ = cls
+        association_socket.connection = connection  # type: ignore[attr-defined]
+        association_socket.table = table  # type: ignore[attr-defined]
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        bound = self.table.limits.max_pdu_bytes if self.connection.requested else MAX_ASSOCIATE_RQ_BYTES
+        if nr_bytes <= bound:
+            return super().recv(nr_bytes)
+        self._refuse_pdu(nr_bytes, bound)
+        return bytearray()
+
+    def _refuse_pdu(self, declared: int, bound: int) -> None:
+        """Count and log an over-long PDU, then send an A-ABORT and shut the connection."""
+        assoc, address = self.assoc, self.connection.address
+        log.warning("aborted a DIMSE connection from %s: a PDU declared %d bytes, over the %d accepted",
+                    address, declared, bound)
+        if assoc.is_established:
+            assoc.predraft_abort_reason = "pdu_too_large"  # counted when EVT_ABORTED follows
+        else:
+            self.table.count_refused(self.connection, "pdu_too_large")
+        abort = A_ABORT_RQ()
+        abort.source, abort.reason_diagnostic = ABORT_SOURCE_PROVIDER, ABORT_INVALID_PDU_PARAMETER
+        raw = self.socket
+        if raw is not None:
+            try:
+                raw.sendall(abort.encode())
+            except OSError:
+                pass
+            shut_socket(raw)
+
+
+def abort_reason(assoc: Association) -> str:
+    """Why an association was aborted, for ASSOCIATIONS_ABORTED: pdu_too_large (see
+    :class:`BoundedAssociationSocket`), protocol_error (see :func:`note_protocol_error`), idle_timeout
+    (pynetdicom's network timeout expired, so it aborted), else peer (the caller aborted or dropped the
+    connection)."""
+    reason = getattr(assoc, "predraft_abort_reason", None)
+    if reason:
+        return str(reason)
+    if assoc.dul.idle_timer_expired():
+        return "idle_timeout"
+    return "peer"
+
+
+def note_protocol_error(event: evt.Event) -> None:
+    """EVT_ACSE_RECV: pynetdicom delivers an A-P-ABORT with a provider reason when the peer sent an
+    invalid or unexpected PDU (0: the connection was dropped); :func:`abort_reason` then says protocol_error."""
+    primitive = event.primitive
+    if isinstance(primitive, A_P_ABORT) and primitive.provider_reason and not getattr(
+            event.assoc, "predraft_abort_reason", None):
+        event.assoc.predraft_abort_reason = "protocol_error"
+
+
+def remove_received_temp_files(assoc: Association) -> int:
+    """Delete the files pynetdicom received ``assoc``'s C-STOREs into that no handler will take: the one
+    being received when the association ended, and complete ones still queued. Call it only once the
+    association's threads have ended. Returns how many were deleted."""
+    messages: list[Any] = [getattr(assoc.dimse, "message", None)]
+    messages += [item[1] for item in list(assoc.dimse.msg_queue.queue) if isinstance(item, tuple)]
+    removed = 0
+    for message in messages:
+        handle = getattr(message, "_data_set_file", None) or getattr(message, "_dataset_file", None)
+        if handle is not None and _delete_temp_file(handle):
+            removed += 1
+    return removed
+
+
+def _delete_temp_file(handle: Any) -> bool:
+    """Close and delete a NamedTemporaryFile made with delete=False; True if a file was deleted."""
+    try:
+        handle.close()
+    except OSError:
+        pass
+    try:
+        os.unlink(handle.name)
+    except FileNotFoundError:
+        return False
+    return True
