@@ -26,8 +26,11 @@ def configure_logging(settings: Settings) -> None:
     else:
         handler.setFormatter(logging.Formatter(_FORMAT))
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
-    for noisy in ("pynetdicom", "celery.worker.strategy", "celery.app.trace"):
+    for noisy in ("pynetdicom", "celery.worker.strategy"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # Celery logs a failed task's exception message and traceback, which may quote a received value;
+    # workers.tasks.RecordedTask logs and records each failure itself, without library messages.
+    logging.getLogger("celery.app.trace").setLevel(logging.CRITICAL)
     _quieten_value_quoting_libraries()
 
 

@@ -47,9 +47,13 @@ class RecordedTask(Task):
     """A task whose final failure (retries spent, or an error no retry covers) becomes a dead letter."""
 
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: object) -> None:
+        """Record the dead letter and log it. An exception raised inside a library is kept by its type and place
+        only, and the traceback without any exception's message: they may quote a received value."""
+        error = describe_exception(exc)
+        log.error("task %s[%s] failed for good: %s", self.name, task_id, error)
         record_dead_letter(_settings().database_url, task_name=self.name, task_id=task_id,
                            first_arg=args[0] if args else None, attempts=self.request.retries + 1,
-                           error=f"{type(exc).__name__}: {exc}", traceback=str(einfo))
+                           error=error, traceback=traceback_without_messages(exc))
 
 
 #: Passing trouble (the database or the broker briefly away) is retried with exponential backoff and

@@ -140,3 +140,23 @@ def test_a_library_error_quoting_a_value_leaves_no_value_in_the_error_text_or_th
     written = _everything_written(process_logging, capfd)
     assert "could not be drafted" in written
     assert BAD_BIRTH_DATE not in study.error + events + written
+
+
+def test_a_dead_letter_keeps_no_library_message(process_logging, task_env, capfd) -> None:
+    """A task that fails for good is recorded and logged without the message of an exception raised in a
+    library (pydicom quotes the value it could not read), in its error and its traceback alike."""
+    from predraft.schema import DeadLetter
+
+    try:
+        DA(BAD_BIRTH_DATE)
+    except ValueError as exc:
+        assert BAD_BIRTH_DATE in str(exc)  # the library does quote it
+        tasks.draft.on_failure(exc, "task-0001", (), {}, None)
+    with session_scope(task_env) as session:
+        letter = session.scalars(select(DeadLetter)).one()
+        stored = f"{letter.error}\n{letter.traceback}"
+    assert letter.task_name == tasks.draft.name and "ValueError" in letter.error
+    assert "valuerep.py" in letter.traceback  # where it was raised is kept
+    written = _everything_written(process_logging, capfd)
+    assert "failed for good" in written
+    assert BAD_BIRTH_DATE not in stored and BAD_BIRTH_DATE not in written
