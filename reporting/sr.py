@@ -122,8 +122,16 @@ def _valid_text(keyword: str, vr: str, value: object) -> bool:
     return True
 
 
+def _allows_one_value_only(element: DataElement) -> bool:
+    """Whether the standard allows ``element`` one value only (False for a tag pydicom's dictionary lacks)."""
+    try:
+        return dictionary_VM(element.tag) == "1"
+    except KeyError:  # an attribute newer than pydicom's dictionary: its VM is not known here
+        return False
+
+
 def _valid_element(element: DataElement) -> bool:
-    if element.VM > 1 and dictionary_VM(element.tag) == "1":
+    if element.VM > 1 and _allows_one_value_only(element):
         return False  # several values where the standard allows one ("ID1\\ID2" as PatientID)
     values = element.value if element.VM > 1 else [element.value]
     return all(value is None or _valid_text(element.keyword, element.VR, value) for value in values)

@@ -49,7 +49,10 @@ ALLOCATION_FAILURE_SIGNS = (b"memory allocation of", b"std::bad_alloc", b"Cannot
 #: Linux prctl option: the signal the child gets when the thread that started it ends.
 PR_SET_PDEATHSIG = 1
 #: Thread pools of numerical libraries reserve address space per thread: one thread each in the child.
-_CHILD_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+#: One thread for every numeric library, and two malloc arenas: RLIMIT_AS counts reserved address space, and
+#: on a many-core host glibc's per-thread arenas (64 MiB each) and OpenCV's thread pool would take the bound.
+_CHILD_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                      "MALLOC_ARENA_MAX": "2", "OPENCV_FOR_THREADS_NUM": "1"}
 
 _OK, _RAISED, _READY = "ok", "raised", "ready"
 

@@ -15,6 +15,7 @@ import numpy as np
 from celery import Task, shared_task
 from celery.signals import worker_process_shutdown, worker_shutdown
 from kombu.exceptions import OperationalError as KombuOperationalError
+from pydicom.uid import UID_dictionary
 from sqlalchemy import delete
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -123,7 +124,10 @@ def _prepare_sandbox(settings: Settings) -> Sandbox:
 def _decode_failure_error(instance_id: int, transfer_syntax: str, failure: DecodeFailure) -> str:
     """Count ``failure`` and log it (reason and exception type only); the instance's error text."""
     syntax = transfer_syntax or "unknown"
-    DECODE_FAILURES.labels(transfer_syntax=syntax, reason=failure.reason.value).inc()
+    # A label value per transfer syntax pydicom knows; any other UID a sender wrote counts as "other", so that
+    # senders cannot make new series without end.
+    label = syntax if UID_dictionary.get(syntax, ("", ""))[1] == "Transfer Syntax" else "other"
+    DECODE_FAILURES.labels(transfer_syntax=label, reason=failure.reason.value).inc()
     log.warning("instance row %d could not be prepared (%s, transfer syntax %s): %s", instance_id,
                 failure.reason.value, syntax, failure.error_type or failure.reason.value)
     return f"could not be prepared ({failure.reason.value}) in transfer syntax {syntax}: {failure.cause}"[:2000]

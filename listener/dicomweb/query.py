@@ -19,7 +19,9 @@ from sqlalchemy import ColumnElement, and_
 
 from predraft import metrics
 
-CONTROL_PARAMETERS = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
+#: Query parameters of PS3.18 that are no attribute match: paging, fields, fuzzy matching, and the accept and
+#: charset parameters (8.3.3.1-2) that stand for the request's headers (the response is DICOM JSON in UTF-8).
+CONTROL_PARAMETERS = frozenset({"limit", "offset", "includefield", "fuzzymatching", "accept", "charset"})
 _DATE_RANGE = re.compile(r"^(\d{8})?-(\d{8})?$")
 _UNSAFE_IN_HEADER = re.compile(r"[^\w.-]")
 _COUNT = re.compile(r"[0-9]{1,10}")

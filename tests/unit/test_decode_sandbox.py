@@ -293,3 +293,16 @@ def test_the_prepare_task_records_the_panicking_image_as_error_and_prepares_the_
     assert [name for name, _ in app.sent] == [CLASSIFY]
     assert app.sent[0][1][0] == good
     assert panics._value.get() == before + 1
+
+
+def test_a_transfer_syntax_pydicom_does_not_know_counts_as_other() -> None:
+    """The metric's label comes from what a sender wrote: a UID that names no transfer syntax makes no series."""
+    failure = DecodeFailure(FailureReason.ERROR, "the decoder refused it", "ValueError")
+    other = DECODE_FAILURES.labels(transfer_syntax="other", reason="error")
+    rle = DECODE_FAILURES.labels(transfer_syntax=RLE_LOSSLESS, reason="error")
+    before_other, before_rle = other._value.get(), rle._value.get()
+    tasks._decode_failure_error(1, "1.2.826.0.1.3680043.99.1", failure)
+    tasks._decode_failure_error(2, RLE_LOSSLESS, failure)
+    assert (other._value.get(), rle._value.get()) == (before_other + 1, before_rle + 1)
+    sampled = {sample.labels["transfer_syntax"] for metric in DECODE_FAILURES.collect() for sample in metric.samples}
+    assert "1.2.826.0.1.3680043.99.1" not in sampled

@@ -271,3 +271,15 @@ def test_a_character_set_the_sr_cannot_carry_still_gives_a_draft(evidence, findi
     assert loaded.get("SpecificCharacterSet") == sr_charset
     assert str(loaded.PatientName) == sr_name
     assert str(loaded.PatientID) == str(evidence[0].PatientID)
+
+
+def test_an_attribute_pydicom_does_not_know_does_not_cost_the_draft(evidence, findings):
+    """A public attribute newer than pydicom's dictionary, with several values, is copied as it is."""
+    from pydicom.tag import Tag
+
+    unknown = Tag(0x0018, 0x9FF1)
+    newer = copy.deepcopy(evidence)
+    for ds in newer:
+        ds.add_new(unknown, "CS", ["ONE", "TWO"])
+    sr = _build(newer, findings)
+    assert str(sr.PatientID) == str(evidence[0].PatientID)
