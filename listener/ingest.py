@@ -18,7 +18,7 @@ from predraft.states import InstanceState, StudyState
 
 class InvalidUidError(ValueError):
     """A Study, Series or SOP Instance UID or the SOP Class UID of a data set is missing, not of VR UI, or
-    not a UID (PS3.5 6.2): the message names the attribute and, for a malformed one, its value."""
+    not a UID (PS3.5 6.2): the message names the attribute and why, never its value."""
 
 
 #: The UIDs that identify an instance, read as the data set holds them (never as pydicom tidied them).

@@ -10,10 +10,12 @@ whose data set ends inside an element is refused as ``CANNOT_UNDERSTAND``, whate
 
 Before pydicom reads anything, the file is held to its bounds (:mod:`listener.bounds`): a data set larger
 than ``max_dataset_bytes`` as received or once inflated (a deflate bomb), or with sequences nested deeper
-than ``max_sequence_depth``, is refused as ``CANNOT_UNDERSTAND`` too, as is one whose Study, Series or SOP
-Instance UID or SOP Class UID is not a UID as PS3.5 defines it. ``CANNOT_UNDERSTAND`` (DIMSE 0xC000, STOW
-Failure Reason C000) rather than "out of resources" (A700): A7xx tells a sender to try again later, and such
-a file will never be stored. Each such refusal counts in ``predraft_inputs_refused{transport, bound}``.
+than ``max_sequence_depth`` (measured again on what pydicom read), or holding more than
+:data:`listener.bounds.MAX_ELEMENTS` elements, is refused as ``CANNOT_UNDERSTAND`` too, as is one whose
+Study, Series or SOP Instance UID or SOP Class UID is not a UID as PS3.5 defines it. ``CANNOT_UNDERSTAND``
+(DIMSE 0xC000, STOW Failure Reason C000) rather than "out of resources" (A700): A7xx tells a sender to try
+again later, and such a file will never be stored. Each such refusal counts in
+``predraft_inputs_refused{transport, bound}``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.filereader import data_element_generator
+from pydicom.filereader import _read_command_set_elements, data_element_generator
 from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 from sqlalchemy import select
@@ -41,6 +43,7 @@ from listener.spool import Spool, SpoolFullError
 from models.taxonomy import DX_FOR_PROCESSING, STORABLE_SOP_CLASSES
 from predraft import metrics
 from predraft.db import session_scope
+from predraft.library_text import describe_exception
 from predraft.schema import Instance
 from predraft.settings import Settings
 
@@ -150,13 +153,16 @@ class Receiver:
             return refused
         try:
             ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
+            if (crossed := self.bounds.parsed_crossed(ds)) is not None:  # what the header walk could not follow
+                return self._refuse_crossed(crossed, source, transport)
             header = InstanceHeader.from_dataset(ds, str(ds.file_meta.get("TransferSyntaxUID", "")))
         except InvalidUidError as exc:
             return self._refuse(ReceiveStatus.CANNOT_UNDERSTAND, truncation(data) or str(exc), source,
                                 transport=transport, bound=INVALID_UID)
         except Exception as exc:  # any parse failure means the same: not an instance we can file
             return self._refuse(ReceiveStatus.CANNOT_UNDERSTAND,
-                                truncation(data) or f"cannot understand the data set: {exc}", source)
+                                truncation(data) or f"cannot understand the data set: {describe_exception(exc)}",
+                                source)
         ids = {"sop_class_uid": header.sop_class_uid, "sop_instance_uid": header.sop_instance_uid,
                "study_uid": header.study_uid}
         if (cut := truncation(data)) is not None:
@@ -235,6 +241,7 @@ def truncation(data: bytes) -> str | None:
         meta = list(data_element_generator(fp, False, True, _past_file_meta))  # stops at the data set's start
         if (meta[-1].value_tell + meta[-1].length if meta else PREAMBLE_LENGTH) != fp.tell():
             return "the file ends inside its File Meta Information (truncated)"
+        _read_command_set_elements(fp)  # skipped, as pydicom does before the data set (and before inflating)
         syntax = _transfer_syntax(next((e for e in meta if e.tag == TRANSFER_SYNTAX_UID), None))
         if syntax == DeflatedExplicitVRLittleEndian:
             inflater = zlib.decompressobj(-zlib.MAX_WBITS)

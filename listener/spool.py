@@ -39,8 +39,26 @@ def check_uid(value: str, what: str) -> str:
     padded = len(text) % 2 == 0 and text[-1:] in ("\x00", " ")
     uid = text[:-1] if padded or text.endswith("\x00") else text
     if len(uid) > 64 or not _UID.fullmatch(uid):
-        raise ValueError(f"{what} {uid[:80]!r} is not a valid DICOM UID")
+        raise ValueError(f"{what} of {len(uid)} characters is not a valid DICOM UID: {_uid_fault(uid)}")
     return uid
+
+
+def _uid_fault(uid: str) -> str:
+    """Why ``uid`` is no UID, without quoting it (a broken modality may put patient data there)."""
+    if len(uid) > 64:
+        return "longer than 64 characters"
+    odd = next((char for char in uid if char not in "0123456789."), None)
+    if odd is None:
+        return "empty, or a dot where a number should be (components are numbers joined by single dots)"
+    if odd == "\x00":
+        return "it holds a NUL that is not its one trailing pad"
+    if odd == " ":
+        return "it holds a space that is not its one trailing pad"
+    if not odd.isprintable():
+        return "it holds a control character (a newline, a tab...)"
+    if odd.isalpha():
+        return "it holds a letter"
+    return "it holds a character other than a digit or a dot (a punctuation mark or symbol)"
 
 
 class Spool:

@@ -48,7 +48,8 @@ ASSOCIATIONS_ABORTED = Counter(
     "dropped the connection), idle_timeout, pdu_too_large, protocol_error.", ["reason"])
 INPUTS_REFUSED = Counter(
     "predraft_inputs_refused", "Inputs refused for crossing a bound, by transport (dimse, stow, wado, qido) and "
-    "bound: dataset_bytes, inflated_bytes, sequence_depth, upload_bytes, invalid_uid, query.", ["transport", "bound"])
+    "bound: dataset_bytes, inflated_bytes (also a Deflated data set that cannot be inflated), sequence_depth, "
+    "element_count, upload_bytes, invalid_uid, query.", ["transport", "bound"])
 
 # --- workers -------------------------------------------------------------------------------------------------
 TASK_SECONDS = Histogram(

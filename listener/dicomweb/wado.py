@@ -3,26 +3,28 @@ transcoding: each part's Content-Type names its transfer syntax), and ``.../meta
 as DICOM JSON.
 
 ``.../metadata`` holds each stored file to the bounds a received one is held to (:mod:`listener.bounds`)
-before pydicom reads it, and never fails for one file: an instance that crosses a bound (stored before
-the bounds existed) or cannot be read is left out and named in a ``Warning: 299`` header; when every
-instance asked for is left out the answer is 422 with the reason. Each bound crossed counts in
-``predraft_inputs_refused{transport="wado"}``."""
+before pydicom reads it (its size first, then a walk of the file mapped read-only, never read whole; pydicom
+then reads its header only, and what it read is measured again), and never fails for one file: an instance
+that crosses a bound (stored before the bounds existed) or cannot be read is left out and named in a
+``Warning: 299`` header; when every instance asked for is left out the answer is 422 with the reason.
+Each bound crossed counts in ``predraft_inputs_refused{transport="wado"}``."""
 
 from __future__ import annotations
 
 import logging
+import mmap
+import os
 import uuid
 from email.message import Message
 from http import HTTPStatus
-from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydicom
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 
-from listener.bounds import Bounds
+from listener.bounds import BoundCrossed, Bounds
 from listener.dicomweb.common import (
     APPLICATION_DICOM,
     MULTIPART_RELATED,
@@ -99,18 +101,38 @@ def metadata_of(instance: InstanceEntry, bounds: Bounds) -> dict[str, Any]:
     be read or rendered (pydicom's own errors, a RecursionError included)."""
     path = Path(instance.path)
     try:
-        crossed = bounds.size_crossed(path.stat().st_size)
-        data = path.read_bytes() if crossed is None else b""
+        with path.open("rb") as stream:
+            crossed = bounds.size_crossed(os.fstat(stream.fileno()).st_size) or _mapped_crossed(stream, bounds)
+            if crossed is None:
+                return _header_json(stream, instance.sop_instance_uid, bounds)
     except OSError as exc:
         raise LeftOut(instance.sop_instance_uid, f"the file cannot be read ({exc.strerror})") from None
-    crossed = crossed or bounds.check(data)
-    if crossed is not None:
-        metrics.INPUTS_REFUSED.labels(transport="wado", bound=crossed.bound).inc()
-        raise LeftOut(instance.sop_instance_uid, crossed.message)
+    metrics.INPUTS_REFUSED.labels(transport="wado", bound=crossed.bound).inc()
+    raise LeftOut(instance.sop_instance_uid, crossed.message)
+
+
+def _mapped_crossed(stream: BinaryIO, bounds: Bounds) -> BoundCrossed | None:
+    """The bound the open file ``stream`` crosses: walked through a read-only mapping, so its pixel data is
+    never read into memory (only the element headers the walk touches are paged in)."""
+    if os.fstat(stream.fileno()).st_size == 0:
+        return bounds.check(b"")
+    with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        return bounds.check(mapped)
+
+
+def _header_json(stream: BinaryIO, sop_instance_uid: str, bounds: Bounds) -> dict[str, Any]:
+    """The DICOM JSON of the header of ``stream`` (read up to its pixel data); LeftOut when pydicom cannot read
+    it or what it read nests too deep or holds too many elements."""
     try:
-        return pydicom.dcmread(BytesIO(data), stop_before_pixels=True).to_json_dict()  # type: ignore[no-any-return]
+        stream.seek(0)
+        ds = pydicom.dcmread(stream, stop_before_pixels=True)
+        crossed = bounds.parsed_crossed(ds)
+        if crossed is None:
+            return ds.to_json_dict()  # type: ignore[no-any-return]
     except Exception as exc:
-        raise LeftOut(instance.sop_instance_uid, f"the file cannot be read ({type(exc).__name__})") from None
+        raise LeftOut(sop_instance_uid, f"the file cannot be read ({type(exc).__name__})") from None
+    metrics.INPUTS_REFUSED.labels(transport="wado", bound=crossed.bound).inc()
+    raise LeftOut(sop_instance_uid, crossed.message)
 
 
 def _left_out_warning(left_out: list[LeftOut]) -> dict[str, str]:

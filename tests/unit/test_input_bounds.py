@@ -8,6 +8,9 @@ compared exactly, and slash redirects that must not lead to a host taken from th
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import re
 import struct
 import tracemalloc
 import zlib
@@ -25,7 +28,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
-from listener import status
+from listener import bounds, status
 from listener.dicomweb.auth import authenticate
 from listener.dicomweb.status import FAILURE_CANNOT_UNDERSTAND
 from listener.ingest import InstanceHeader, record_instance
@@ -33,6 +36,7 @@ from listener.receive import Receiver, ReceiveStatus
 from listener.spool import Spool, check_uid
 from predraft import metrics
 from predraft.db import session_scope, upgrade
+from predraft.library_text import OWN_PACKAGES
 from predraft.schema import Instance
 from predraft.settings import Settings, get_settings
 from tests.conftest import real_file, running_listener
@@ -375,6 +379,14 @@ def test_qido_still_ignores_a_known_but_unsupported_key(app: App) -> None:
     assert "ReferringPhysicianName" in response.headers["Warning"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("query", ["accept=application/dicom%2Bjson", "charset=utf-8", "includefield=all",
+                                   "fuzzymatching=false"])
+def test_qido_takes_the_query_parameters_of_ps3_18(app: App, query: str) -> None:
+    response = app.get(f"/dicomweb/studies?{query}", headers=BEARER)
+    assert response.status_code in (200, 204), response.text[:300]
+
+
 def _store_as_is(settings: Settings, data: bytes, ds: Dataset) -> tuple[str, str, str]:
     """File ``data``, an instance with the UIDs of ``ds``, without the Receiver's checks (as predraft before
     the fix did)."""
@@ -426,3 +438,182 @@ def test_no_redirect_goes_to_a_host_taken_from_the_request(app: App, path: str) 
     location = response.headers.get("location", "")
     assert "evil.example" not in location, (response.status_code, location)
     assert not location.startswith(("http:", "https:", "//")), location
+
+
+# --- Review of issue 14's bounds: bypasses of the deflate and nesting checks, element count, UID text ----------
+
+#: (0000,0000) Command Group Length, implicit VR UL: pydicom skips group 0000 elements before it inflates.
+COMMAND_GROUP_LENGTH = struct.pack("<HHLL", 0x0000, 0x0000, 4, 0)
+CANARY = "CANARYPATIENTNAME"
+
+
+def _raw_deflate_bomb(inflated_bytes: int, sop: str) -> bytes:
+    """A raw deflate stream of a data set (UIDs, then an OB of zeros) that inflates to ``inflated_bytes``."""
+    head = _part10(_dataset(sop))
+    head = head[_meta_end(head):]
+    zeros = inflated_bytes - len(head) - 12
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    chunks = [packer.compress(head + struct.pack("<HH2sHL", 0x0042, 0x0011, b"OB", 0, zeros))]
+    chunks += [packer.compress(bytes(MIB)) for _ in range(zeros // MIB)]
+    return b"".join(chunks) + packer.compress(bytes(zeros % MIB)) + packer.flush()
+
+
+def _deflated_meta(sop: str) -> bytes:
+    deflated = _part10(_dataset(sop), DeflatedExplicitVRLittleEndian)
+    return deflated[:_meta_end(deflated)]
+
+
+def _implicit_meta(sop: str) -> bytes:
+    """A preamble and File Meta Information written in implicit VR (as some old writers did), Deflated."""
+    def element(element: int, value: bytes) -> bytes:
+        value += b"\0" * (len(value) % 2)
+        return struct.pack("<HHL", 0x0002, element, len(value)) + value
+    body = (element(0x0001, b"\0\1") + element(0x0002, CR.encode()) + element(0x0003, sop.encode())
+            + element(0x0010, DeflatedExplicitVRLittleEndian.encode()))
+    return bytes(128) + b"DICM" + element(0x0000, struct.pack("<L", len(body))) + body
+
+
+@pytest.fixture
+def small_receiver(sqlite_url: str, tmp_path: Path) -> Receiver:
+    """A Receiver whose max_dataset_bytes is the settings' minimum, 1 MiB."""
+    return Receiver(Spool(tmp_path / "spool"), sqlite_url, max_dataset_bytes=MIB)
+
+
+def _assert_refused_as_bomb(receiver: Receiver, data: bytes) -> None:
+    before = _refused("stow", "inflated_bytes")
+    tracemalloc.start()
+    try:
+        outcome = receiver.receive(data, source="STOW:attacker")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert outcome.status is ReceiveStatus.CANNOT_UNDERSTAND, outcome.message
+    assert "inflates to more than 1048576 bytes" in outcome.message
+    assert peak < 8 * MIB, f"receiving the bomb took {peak} bytes"  # it inflates to 20 MiB
+    assert _spooled(receiver) == []
+    assert _refused("stow", "inflated_bytes") == before + 1
+
+
+def test_a_deflate_bomb_behind_a_command_group_element_is_refused(small_receiver: Receiver) -> None:
+    bomb = _deflated_meta(STUDY + ".6.1") + COMMAND_GROUP_LENGTH + _raw_deflate_bomb(20 * MIB, STUDY + ".6.1")
+    assert len(bomb) < 40_000
+    _assert_refused_as_bomb(small_receiver, bomb)
+
+
+def test_a_deflate_bomb_behind_an_implicit_vr_file_meta_is_refused(small_receiver: Receiver) -> None:
+    bomb = _implicit_meta(STUDY + ".6.2") + _raw_deflate_bomb(20 * MIB, STUDY + ".6.2")
+    assert len(bomb) < 40_000
+    fp = DicomBytesIO(bomb)
+    pydicom.filereader.read_preamble(fp, False)
+    assert pydicom.filereader._read_file_meta_info(fp).TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    _assert_refused_as_bomb(small_receiver, bomb)
+
+
+def test_a_deflated_data_set_that_cannot_be_inflated_is_refused(small_receiver: Receiver) -> None:
+    broken = _deflated_meta(STUDY + ".6.3") + b"\xff" * 64
+    outcome = small_receiver.receive(broken, source="PACS_AE")
+    assert outcome.status is ReceiveStatus.CANNOT_UNDERSTAND
+    assert outcome.message == "the deflated data set cannot be inflated"
+
+
+def test_normal_deflated_files_pass_the_bounds(small_receiver: Receiver) -> None:
+    deflated = _part10(_dataset(STUDY + ".6.4", ContentSequence=[_dataset(STUDY + ".6.5")]),
+                       DeflatedExplicitVRLittleEndian)
+    with_command = _deflated_meta(STUDY + ".6.6") + COMMAND_GROUP_LENGTH + _raw_deflate_bomb(MIB // 2, STUDY + ".6.6")
+    assert small_receiver.bounds.check(deflated) is None
+    assert small_receiver.bounds.check(with_command) is None
+    assert small_receiver.receive(deflated, source="PACS_AE").status is ReceiveStatus.STORED
+    assert small_receiver.receive(with_command, source="PACS_AE").status is ReceiveStatus.STORED
+
+
+def implicit_items(depth: int, sop: str = STUDY + ".3.79") -> bytes:
+    """An explicit VR file whose top-level Content Sequence holds items encoded in implicit VR, nested
+    ``depth`` levels in all (pydicom switches an item to implicit VR when its first element looks implicit)."""
+    implicit_sequence = struct.pack("<HHL", 0x0040, 0xA730, 0xFFFFFFFF)
+    return (_part10(_dataset(sop)) + SEQUENCE_START + ITEM_START + (implicit_sequence + ITEM_START) * (depth - 1)
+            + (ITEM_END + SEQUENCE_END) * depth)
+
+
+def test_items_in_implicit_vr_nested_too_deep_are_refused(receiver: Receiver) -> None:
+    hostile = implicit_items(60)
+    ds = pydicom.dcmread(DicomBytesIO(hostile))
+    for _ in range(60):  # pydicom reads all 60 levels
+        ds = ds.ContentSequence[0]
+    before = _refused("stow", "sequence_depth")
+    outcome = receiver.receive(hostile, source="PACS_AE")
+    assert outcome.status is ReceiveStatus.CANNOT_UNDERSTAND, outcome.message
+    assert "sequences nested deeper than 16" in outcome.message
+    assert _spooled(receiver) == []
+    assert _refused("stow", "sequence_depth") == before + 1
+
+
+def test_the_depth_of_a_parsed_data_set_is_measured_without_recursion() -> None:
+    item = Dataset()
+    for _ in range(40):
+        outer = Dataset()
+        outer.ContentSequence = [Dataset(), item]
+        item = outer
+    crossed = bounds.Bounds(MIB, 16).parsed_crossed(item)
+    assert crossed is not None and crossed.bound == "sequence_depth"
+    assert "nested deeper than 16" in crossed.message
+    assert bounds.Bounds(MIB, 40).parsed_crossed(item) is None
+
+
+def many_elements(count: int, sop: str = STUDY + ".3.90") -> bytes:
+    """A file of ``count`` zero-length private elements (8 bytes each) after a valid data set."""
+    empty = b"".join(struct.pack("<HH2sH", 0x0029 + 2 * (i >> 16), i & 0xFFFF, b"LO", 0) for i in range(count))
+    return _part10(_dataset(sop)) + empty
+
+
+def test_a_data_set_of_too_many_elements_is_refused(receiver: Receiver) -> None:
+    before = _refused("stow", "element_count")
+    outcome = receiver.receive(many_elements(bounds.MAX_ELEMENTS + 1), source="PACS_AE")
+    assert outcome.status is ReceiveStatus.CANNOT_UNDERSTAND, outcome.message
+    assert f"more than {bounds.MAX_ELEMENTS} elements" in outcome.message
+    assert _spooled(receiver) == []
+    assert _refused("stow", "element_count") == before + 1
+
+
+def test_elements_in_sequences_count_too() -> None:
+    items = [_dataset(STUDY + f".7.{i}") for i in range(30)]
+    data = _part10(_dataset(STUDY + ".3.91", ContentSequence=items))
+    crossed = bounds.Bounds(MIB, 16, max_elements=100).check(data)
+    assert crossed is not None and crossed.bound == "element_count"
+    assert bounds.Bounds(MIB, 16, max_elements=200).check(data) is None
+
+
+def test_real_files_stay_far_below_the_element_cap() -> None:
+    paths = sorted(real_file("RG2_UNC.dcm").parent.glob("*.dcm"))
+    assert len(paths) > 20
+    for path in paths:
+        data = path.read_bytes()
+        assert bounds.Bounds(256 * MIB, 16, max_elements=bounds.MAX_ELEMENTS // 100).check(data) is None, path.name
+
+
+def test_a_malformed_uid_is_refused_without_quoting_it(receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+    data = _part10(_dataset(STUDY + ".3.92", StudyInstanceUID="1.2." + CANARY))
+    with caplog.at_level("DEBUG"):
+        outcome = receiver.receive(data, source="PACS_AE")
+    assert outcome.status is ReceiveStatus.CANNOT_UNDERSTAND
+    assert re.search("StudyInstanceUID .* is not a valid DICOM UID", outcome.message), outcome.message
+    assert "letter" in outcome.message
+    assert CANARY not in outcome.message
+    assert _own_records(caplog) and not [r for r in _own_records(caplog) if CANARY in r.getMessage()]
+
+
+def _own_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The log records of predraft's own loggers (pydicom's, which quote values, log errors only: bootstrap)."""
+    return [record for record in caplog.records if record.name.split(".")[0] in OWN_PACKAGES]
+
+
+def test_a_library_error_reading_the_data_set_is_not_quoted(receiver: Receiver, caplog: pytest.LogCaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def read_failing(*args: object, **kwargs: object) -> None:
+        ipaddress.ip_address(CANARY)  # a library's message that quotes the value it was given
+
+    monkeypatch.setattr(pydicom, "dcmread", read_failing)
+    with caplog.at_level("DEBUG"):
+        outcome = receiver.receive(_part10(_dataset(STUDY + ".3.93")), source="PACS_AE")
+    assert outcome.status is ReceiveStatus.CANNOT_UNDERSTAND
+    assert "ValueError" in outcome.message and CANARY not in outcome.message
+    assert _own_records(caplog) and not [r for r in _own_records(caplog) if CANARY in r.getMessage()]
