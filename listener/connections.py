@@ -12,12 +12,21 @@ replaces that with:
 - at most ``dimse_max_associations`` associations past their A-ASSOCIATE-RQ, from all callers together
   (checked on EVT_REQUESTED; one more is rejected "transient, local limit exceeded");
 - a PDU whose declared length is over the bound is not read: the connection is aborted at once
-  (:class:`BoundedAssociationSocket`);
+  (:class:`BoundedAssociationSocket`); once associated the bound is generous (some SCUs overshoot the
+  negotiated maximum PDU), and the DIMSE message being received is bounded instead: its command set to
+  MAX_COMMAND_SET_BYTES, its data set to max_dataset_bytes (plus DATASET_SLACK_BYTES), counted as its
+  fragments arrive (:class:`MessageTally`);
+- an established association whose peer has sent no whole PDU for dimse_idle_timeout_seconds is aborted
+  by pynetdicom; if it is still there IDLE_GRACE_SECONDS later (its peer stalled or trickles mid-PDU, so
+  pynetdicom's reader never returns) the sweep shuts its socket. The accepted socket's own timeout (set in
+  :mod:`listener.dimse`) ends a read that waits that long for a single byte first;
 - when an association's threads have ended, however it ended, the files pynetdicom was receiving its
   C-STOREs into and that no handler will take are deleted (:func:`remove_received_temp_files`).
 
 It relies on these pynetdicom 3.0 internals, each covered by tests/test_dimse_limits.py:
-``DULServiceProvider._read_pdu_data`` reads a PDU as ``socket.recv(6)`` then ``socket.recv(length)``;
+``DULServiceProvider._read_pdu_data`` reads a PDU as ``socket.recv(6)`` then ``socket.recv(length)``
+(the second only for a known PDU type), and treats an OSError (a timeout included) or a short read as the
+connection closed; ``DULServiceProvider._idle_timer.remaining`` goes negative once the idle timeout is past;
 ``DIMSEServiceProvider.message`` holds the C-STORE being received and its ``_data_set_file``, the queued
 complete ones in ``msg_queue`` carry ``_dataset_file``.
 """
@@ -27,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -52,6 +62,27 @@ log = logging.getLogger(__name__)
 MAX_ASSOCIATE_RQ_BYTES = 64 * 1024
 #: With dimse_max_pdu 0 ("unlimited"), a PDU may hold a whole data set: up to max_dataset_bytes plus this.
 UNLIMITED_PDU_OVERHEAD_BYTES = 64 * 1024
+#: Once associated, a PDU is refused only above max(the listener's maximum PDU, this): some SCUs send PDUs a
+#: little over the negotiated maximum (counting the PDV header in it, say), and pynetdicom reads them.
+ESTABLISHED_PDU_CEILING_BYTES = 16 * 1024 * 1024
+#: The largest DIMSE command set received (a C-STORE-RQ's takes a few hundred bytes).
+MAX_COMMAND_SET_BYTES = 64 * 1024
+#: A data set is aborted once its fragments pass max_dataset_bytes plus this; the receiver checks the exact
+#: bound (on the file, with its File Meta Information) once the data set is in.
+DATASET_SLACK_BYTES = 64 * 1024
+#: The sweep shuts an aborted association whose idle timeout passed this long ago and that is still there.
+IDLE_GRACE_SECONDS = 2.0
+#: A PDU's header: type (1), reserved (1), length (4, big endian).
+PDU_HEADER_BYTES = 6
+P_DATA_TF_TYPE = 0x04
+#: The PDU types pynetdicom reads the body of (it refuses others after their header).
+KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
+#: A PDV item's header: item length (4, big endian; counts the next two bytes and the fragment), presentation
+#: context ID (1), message control header (1).
+PDV_ITEM_HEADER = struct.Struct(">LBB")
+PDV_LENGTH_BYTES = 4
+PDV_COMMAND = 0x01  # message control header bit 0: a command fragment (else a data set fragment)
+PDV_LAST_FRAGMENT = 0x02  # bit 1: the last fragment of its command set or data set
 #: A-ASSOCIATE-RJ: rejected transient, by the service provider (presentation related), local limit exceeded.
 REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 #: A-ABORT source: the service provider; reason: invalid PDU parameter value.
@@ -67,13 +98,17 @@ class ConnectionLimits:
     max_per_address: int
     request_timeout: float
     max_pdu_bytes: int  # the largest declared PDU length read once the A-ASSOCIATE-RQ is in
+    max_data_set_bytes: int  # the most data set fragment bytes of one DIMSE message
+    max_command_set_bytes: int = MAX_COMMAND_SET_BYTES
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
         max_pdu = settings.dimse_max_pdu or settings.max_dataset_bytes + UNLIMITED_PDU_OVERHEAD_BYTES
         return cls(max_associations=settings.dimse_max_associations,
                    max_per_address=settings.dimse_max_connections_per_address,
-                   request_timeout=settings.dimse_association_request_timeout_seconds, max_pdu_bytes=max_pdu)
+                   request_timeout=settings.dimse_association_request_timeout_seconds,
+                   max_pdu_bytes=max(max_pdu, ESTABLISHED_PDU_CEILING_BYTES),
+                   max_data_set_bytes=settings.max_dataset_bytes + DATASET_SLACK_BYTES)
 
 
 @dataclass(eq=False)
@@ -88,6 +123,7 @@ class Connection:
     holds_slot: bool = False  # counts against max_associations
     closed: bool = False  # no longer counts against max_per_address
     refused: bool = False  # a CONNECTIONS_REFUSED reason was counted for it
+    idle_shut: bool = False  # the sweep shut it, its association aborted and idle past IDLE_GRACE_SECONDS
 
 
 class ConnectionTable:
@@ -194,6 +230,8 @@ class ConnectionTable:
         for connection in connections:
             if not connection.requested and not connection.closed and now >= connection.deadline:
                 self._expire(connection)
+            elif _stuck_after_idle_abort(connection):
+                self._shut_stuck(connection)
             if _threads_ended(connection, now):
                 self._finish(connection)
 
@@ -202,6 +240,14 @@ class ConnectionTable:
                     connection.address, self.limits.request_timeout)
         shut_socket(connection.sock)
         self._close(connection)
+
+    def _shut_stuck(self, connection: Connection) -> None:
+        """Shut the socket of an association aborted for idleness whose reader is still blocked mid-PDU:
+        the read ends, and pynetdicom finishes the abort (EVT_CONN_CLOSE then frees the slot)."""
+        connection.idle_shut = True
+        log.warning("shut a DIMSE association from %s: aborted for idleness, it was still reading a PDU "
+                    "%.1f s later", connection.address, IDLE_GRACE_SECONDS)
+        shut_socket(connection.sock)
 
     def _finish(self, connection: Connection) -> None:
         self._close(connection)
@@ -249,6 +295,16 @@ def _threads_ended(connection: Connection, now: float) -> bool:
     return started and not assoc.is_alive() and not assoc.dul.is_alive()
 
 
+def _stuck_after_idle_abort(connection: Connection) -> bool:
+    """True when ``connection``'s association was aborted, and its peer has sent no whole PDU for
+    IDLE_GRACE_SECONDS past the idle timeout, yet its connection is open: pynetdicom's reader is blocked in a
+    PDU that stalls or trickles, and its abort waits on that reader for ever."""
+    assoc = connection.assoc
+    if assoc is None or not connection.requested or connection.closed or connection.idle_shut:
+        return False
+    return bool(assoc.is_aborted) and assoc.dul._idle_timer.remaining < -IDLE_GRACE_SECONDS
+
+
 def connection_of(assoc: Association) -> Connection | None:
     return getattr(assoc, "predraft_connection", None)
 
@@ -263,16 +319,53 @@ def shut_socket(sock: socket.socket) -> None:
         pass  # already shut or reset
 
 
+@dataclass
+class MessageTally:
+    """The fragment bytes of the DIMSE message being received on one association, its command set and its
+    data set counted apart; each count starts again after its set's last fragment."""
+
+    command_bytes: int = 0
+    data_bytes: int = 0
+
+    def add(self, body: bytes | bytearray) -> tuple[int, int]:
+        """Count the PDV items of one P-DATA-TF PDU's ``body``; return the largest command and data set
+        counts reached while counting it (a set ended by this PDU is counted whole first). A malformed item
+        ends the walk: pynetdicom refuses that PDU itself."""
+        command_peak, data_peak = self.command_bytes, self.data_bytes
+        offset = 0
+        while offset + PDV_ITEM_HEADER.size <= len(body):
+            item_length, _context_id, control = PDV_ITEM_HEADER.unpack_from(body, offset)
+            fragment = item_length - (PDV_ITEM_HEADER.size - PDV_LENGTH_BYTES)
+            if fragment < 0 or offset + PDV_LENGTH_BYTES + item_length > len(body):
+                break
+            if control & PDV_COMMAND:
+                self.command_bytes += fragment
+                command_peak = max(command_peak, self.command_bytes)
+                if control & PDV_LAST_FRAGMENT:
+                    self.command_bytes = 0
+            else:
+                self.data_bytes += fragment
+                data_peak = max(data_peak, self.data_bytes)
+                if control & PDV_LAST_FRAGMENT:
+                    self.data_bytes = 0
+            offset += PDV_LENGTH_BYTES + item_length
+        return command_peak, data_peak
+
+
 class BoundedAssociationSocket(AssociationSocket):
-    """An AssociationSocket that will not read a PDU longer than predraft accepts: the connection is
-    aborted (A-ABORT, then shut) as soon as the PDU's header declares it. Until the whole A-ASSOCIATE-RQ
-    is in the bound is MAX_ASSOCIATE_RQ_BYTES, then the largest PDU predraft accepts.
+    """An AssociationSocket that will not read a PDU longer than predraft accepts, nor a DIMSE message
+    larger: the connection is aborted (A-ABORT, then shut) as soon as a PDU's header declares too much,
+    or as soon as a P-DATA-TF PDU takes its message's command set or data set past its bound. Until the
+    whole A-ASSOCIATE-RQ is in the PDU bound is MAX_ASSOCIATE_RQ_BYTES, then the largest PDU predraft accepts.
 
     pynetdicom 3.0's DUL reads each PDU as ``recv(6)`` (its header) then ``recv(declared length)``; the
-    second call is the one refused. Returning an empty read makes the DUL treat the connection as closed."""
+    second call is the one refused. Returning an empty read makes the DUL treat the connection as closed.
+    A read that times out (the socket's timeout, the idle timeout) is noted as an idle abort."""
 
     connection: Connection
     table: ConnectionTable
+    pending_pdu_type: int | None  # the type of the PDU whose header was read last and whose body comes next
+    tally: MessageTally
 
     @classmethod
     def install(cls, association_socket: AssociationSocket, connection: Connection, table: ConnectionTable) -> None:
@@ -281,23 +374,70 @@ class BoundedAssociationSocket(AssociationSocket):
         association_socket.__class__ = cls
         association_socket.connection = connection  # type: ignore[attr-defined]
         association_socket.table = table  # type: ignore[attr-defined]
+        association_socket.pending_pdu_type = None  # type: ignore[attr-defined]
+        association_socket.tally = MessageTally()  # type: ignore[attr-defined]
 
     def recv(self, nr_bytes: int) -> bytearray:
-        bound = self.table.limits.max_pdu_bytes if self.connection.requested else MAX_ASSOCIATE_RQ_BYTES
-        if nr_bytes <= bound:
+        pdu_type, self.pending_pdu_type = self.pending_pdu_type, None
+        limits = self.table.limits
+        bound = limits.max_pdu_bytes if self.connection.requested else MAX_ASSOCIATE_RQ_BYTES
+        if nr_bytes > bound:
+            self._refuse_pdu(nr_bytes, bound)
+            return bytearray()
+        data = self._read(nr_bytes)
+        if pdu_type is None:
+            self._note_header(data)
+        elif pdu_type == P_DATA_TF_TYPE and self.connection.requested and len(data) == nr_bytes:
+            command_bytes, data_bytes = self.tally.add(data)
+            if command_bytes > limits.max_command_set_bytes or data_bytes > limits.max_data_set_bytes:
+                self._refuse_message(command_bytes, data_bytes)
+                return bytearray()
+        return data
+
+    def _read(self, nr_bytes: int) -> bytearray:
+        """pynetdicom's read; one that times out is noted as an idle abort, then raised (the DUL takes it
+        as the connection closed)."""
+        try:
             return super().recv(nr_bytes)
-        self._refuse_pdu(nr_bytes, bound)
-        return bytearray()
+        except TimeoutError:
+            assoc = self.assoc
+            if assoc.is_established and not getattr(assoc, "predraft_abort_reason", None):
+                assoc.predraft_abort_reason = "idle_timeout"
+            log.warning("a DIMSE connection from %s sent nothing for %s s in the middle of a PDU",
+                        self.connection.address, assoc.network_timeout)
+            raise
+
+    def _note_header(self, header: bytearray) -> None:
+        """After a PDU header is read: pynetdicom reads the body next if the type is one it knows."""
+        if len(header) == PDU_HEADER_BYTES and header[0] in KNOWN_PDU_TYPES:
+            self.pending_pdu_type = header[0]
 
     def _refuse_pdu(self, declared: int, bound: int) -> None:
         """Count and log an over-long PDU, then send an A-ABORT and shut the connection."""
-        assoc, address = self.assoc, self.connection.address
         log.warning("aborted a DIMSE connection from %s: a PDU declared %d bytes, over the %d accepted",
-                    address, declared, bound)
-        if assoc.is_established:
-            assoc.predraft_abort_reason = "pdu_too_large"  # counted when EVT_ABORTED follows
+                    self.connection.address, declared, bound)
+        self._abort("pdu_too_large")
+
+    def _refuse_message(self, command_bytes: int, data_bytes: int) -> None:
+        """Count and log a DIMSE message over its bound, then send an A-ABORT and shut the connection (its
+        partly received file is deleted when the association's threads end)."""
+        limits = self.table.limits
+        if command_bytes > limits.max_command_set_bytes:
+            part, size, bound = "command set", command_bytes, limits.max_command_set_bytes
         else:
-            self.table.count_refused(self.connection, "pdu_too_large")
+            part, size, bound = "data set", data_bytes, limits.max_data_set_bytes
+        log.warning("aborted a DIMSE association from %s: a message's %s reached %d bytes while it arrived, "
+                    "over the %d accepted", self.connection.address, part, size, bound)
+        self._abort("message_too_large")
+
+    def _abort(self, reason: str) -> None:
+        """Send an A-ABORT and shut the connection; ``reason`` is counted in ASSOCIATIONS_ABORTED (when
+        EVT_ABORTED follows) if associated, else in CONNECTIONS_REFUSED."""
+        assoc = self.assoc
+        if assoc.is_established:
+            assoc.predraft_abort_reason = reason
+        else:
+            self.table.count_refused(self.connection, reason)
         abort = A_ABORT_RQ()
         abort.source, abort.reason_diagnostic = ABORT_SOURCE_PROVIDER, ABORT_INVALID_PDU_PARAMETER
         raw = self.socket
@@ -310,10 +450,10 @@ class BoundedAssociationSocket(AssociationSocket):
 
 
 def abort_reason(assoc: Association) -> str:
-    """Why an association was aborted, for ASSOCIATIONS_ABORTED: pdu_too_large (see
-    :class:`BoundedAssociationSocket`), protocol_error (see :func:`note_protocol_error`), idle_timeout
-    (pynetdicom's network timeout expired, so it aborted), else peer (the caller aborted or dropped the
-    connection)."""
+    """Why an association was aborted, for ASSOCIATIONS_ABORTED: pdu_too_large, message_too_large, and
+    idle_timeout when a read timed out mid-PDU (see :class:`BoundedAssociationSocket`), protocol_error (see
+    :func:`note_protocol_error`), idle_timeout (pynetdicom's network timeout expired, so it aborted), else
+    peer (the caller aborted or dropped the connection)."""
     reason = getattr(assoc, "predraft_abort_reason", None)
     if reason:
         return str(reason)

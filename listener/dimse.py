@@ -10,8 +10,9 @@ pixels; an unexpected error becomes a failure status, not a dead association.
 
 No sender can lock the others out (:mod:`listener.connections`): connections are bounded per source
 address, must deliver their whole A-ASSOCIATE-RQ within a deadline, only established associations count
-against dimse_max_associations, an over-long PDU aborts its connection before it is read, the TLS
-handshake happens on the connection's own thread, and the temp file of a C-STORE cut mid-way is deleted.
+against dimse_max_associations, an over-long PDU aborts its connection before it is read, so does a DIMSE
+message over its bound while it arrives, an association stalled mid-PDU is ended after the idle timeout, the
+TLS handshake happens on the connection's own thread, and the temp file of a C-STORE cut mid-way is deleted.
 """
 
 from __future__ import annotations
@@ -173,13 +174,29 @@ class ListenerServer(ThreadedAssociationServer):
         handshake is left to the connection's first read, on its own thread and within its request
         deadline (pynetdicom's handshakes in this, the one acceptor thread, so a silent peer stopped all)."""
         connection, address = self.socket.accept()
-        try:
-            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
+        tune_accepted_socket(connection, self.ae.network_timeout)
         if self.ssl_context:
             connection = self.ssl_context.wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
         return connection, address
+
+
+def tune_accepted_socket(connection: socket.socket, idle_timeout: float | None) -> None:
+    """TCP_NODELAY; a read or write that waits ``idle_timeout`` seconds (dimse_idle_timeout_seconds) for
+    the peer raises (pynetdicom's DUL then takes the connection as closed: accept() returns a socket with no
+    timeout, and a peer that stopped mid-PDU held its association for ever); TCP keep-alive, probing an idle
+    peer after as long, so that a peer that lost power is found even between reads. A TLS socket wrapped
+    around it keeps the timeout, its handshake included."""
+    options = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1), (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    if idle_timeout is not None and hasattr(socket, "TCP_KEEPIDLE"):
+        probe_after = max(1, int(idle_timeout))
+        options += [(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, probe_after),
+                    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, probe_after)]
+    for level, option, value in options:
+        try:
+            connection.setsockopt(level, option, value)
+        except OSError:
+            pass
+    connection.settimeout(idle_timeout)
 
 
 def make_ae(settings: Settings) -> AE:

@@ -244,7 +244,8 @@ def test_huge_pdu_header_in_an_association_aborts_it(listen: Callable[..., Setti
     assoc = _associate(settings.dimse_port)
     assert assoc.is_established
     raw = assoc.dul.socket.socket
-    raw.sendall(struct.pack(">BBL", P_DATA_TF_TYPE, 0, settings.dimse_max_pdu + 1) + b"\x00" * 64)
+    ceiling = max(settings.dimse_max_pdu, PDU_CEILING_BYTES)
+    raw.sendall(struct.pack(">BBL", P_DATA_TF_TYPE, 0, ceiling + 1) + b"\x00" * 64)
     assert _poll(lambda: not assoc.is_established, AT_ONCE_SECONDS), "an over-long P-DATA-TF did not end it"
     assert _poll(lambda: _aborted("pdu_too_large") - too_large == 1, AT_ONCE_SECONDS)
     _assert_echo_in_time(settings.dimse_port)
@@ -376,3 +377,179 @@ def test_invalid_pdu_in_an_association_is_counted_as_protocol_error(listen: Call
     assert assoc.is_established
     assoc.dul.socket.socket.sendall(struct.pack(">BBL", UNKNOWN_PDU_TYPE, 0, 4) + b"\x00" * 4)
     assert _poll(lambda: _aborted("protocol_error") - protocol_errors == 1, 2.0)
+
+
+# --- review of issue 14: stalled PDUs, endless messages, PDUs a little over the negotiated maximum ------------
+
+#: A PDU is aborted, once associated, only above max(dimse_max_pdu, this): some SCUs overshoot the maximum.
+PDU_CEILING_BYTES = 16 * 1024 * 1024
+#: The largest command set the listener receives.
+COMMAND_SET_BOUND_BYTES = 64 * 1024
+#: The smallest max_dataset_bytes the settings allow.
+MIN_DATASET_BYTES = 1024 * 1024
+#: How much of an endless data set a sender may have got into the kernel's buffers and the listener's reads
+#: before its association is aborted (loopback buffers take a few MiB).
+SENT_BEFORE_ABORT_BOUND_BYTES = 16 * 1024 * 1024
+#: A PDV's message control header: bit 0 command (else data set), bit 1 last fragment.
+PDV_DATA, PDV_COMMAND, PDV_LAST = 0x00, 0x01, 0x02
+FRAGMENT_BYTES = 16 * 1024
+
+
+def _p_data_tf(context_id: int, control: int, fragment: bytes) -> bytes:
+    """One P-DATA-TF PDU holding one PDV item."""
+    item = struct.pack(">LBB", len(fragment) + 2, context_id, control) + fragment
+    return struct.pack(">BBL", P_DATA_TF_TYPE, 0, len(item)) + item
+
+
+def _store_command(sop_class: str) -> bytes:
+    """An encoded C-STORE-RQ command set (a data set follows) for a new instance of ``sop_class``."""
+    from io import BytesIO
+
+    from pydicom.uid import generate_uid
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.dsutils import encode
+
+    request = C_STORE()
+    request.MessageID, request.Priority = 1, 2
+    request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = sop_class, generate_uid()
+    request.DataSet = BytesIO(b"\x00\x00")
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    return bytes(encode(message.command_set, True, True))
+
+
+def _context_id(assoc, sop_class: str) -> int:  # type: ignore[no-untyped-def]
+    return next(cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class)
+
+
+def _send_until_closed(sock: socket.socket, pdu: bytes, cap: int) -> int:
+    """Send ``pdu`` over and over until the listener closes ``sock`` or ``cap`` bytes are sent; the bytes sent."""
+    sent = 0
+    sock.settimeout(5.0)
+    try:
+        while sent < cap:
+            sock.sendall(pdu)
+            sent += len(pdu)
+    except OSError:
+        pass
+    return sent
+
+
+def _small_image(tmp_path: Path) -> pydicom.Dataset:
+    """A Secondary Capture of 8 KB of pixels."""
+    ds = _large_image(tmp_path)
+    ds.Rows, ds.Columns = 64, 64
+    ds.PixelData = bytes(64 * 64 * 2)
+    return ds
+
+
+def test_association_stalled_mid_pdu_is_aborted_and_frees_its_slot(listen: Callable[..., Settings]) -> None:
+    settings = listen(dimse_idle_timeout_seconds=0.5, dimse_max_associations=1, dimse_max_connections_per_address=1)
+    idle = _aborted("idle_timeout")
+    assoc = _associate(settings.dimse_port, source="127.0.0.1", network_timeout=30)
+    assert assoc.is_established
+    raw = assoc.dul.socket.socket
+    try:
+        raw.sendall(struct.pack(">BBL", P_DATA_TF_TYPE, 0, 100))  # a header declaring 100 bytes, then nothing
+        assert _poll(lambda: not assoc.is_alive(), 0.5 + 1.5), "an association stalled mid-PDU was never ended"
+        assert _poll(lambda: _echo(settings.dimse_port)[0] == status.SUCCESS, 3.0), "its slot was not freed"
+    finally:
+        try:
+            socket.socket.shutdown(raw, socket.SHUT_RDWR)  # frees a listener stuck on it, so that it can stop
+        except OSError:
+            pass
+    assert _aborted("idle_timeout") - idle == 1
+
+
+def test_association_trickling_a_pdu_is_aborted_after_the_idle_timeout(listen: Callable[..., Settings]) -> None:
+    settings = listen(dimse_idle_timeout_seconds=0.5, dimse_max_associations=1, dimse_max_connections_per_address=1)
+    assoc = _associate(settings.dimse_port, source="127.0.0.1", network_timeout=30)
+    assert assoc.is_established
+    raw = assoc.dul.socket.socket
+    started = time.monotonic()
+    try:
+        raw.sendall(struct.pack(">BBL", P_DATA_TF_TYPE, 0, 1000))
+        while assoc.is_alive() and time.monotonic() - started < 8.0:
+            raw.send(b"\x00")  # one byte every 0.2 s: each read of the socket is short of the idle timeout
+            time.sleep(0.2)
+    except OSError:
+        pass
+    finally:
+        try:
+            socket.socket.shutdown(raw, socket.SHUT_RDWR)
+        except OSError:
+            pass
+    assert time.monotonic() - started < 5.0, "an association trickling one PDU outlived the idle timeout"
+    assert _poll(lambda: _echo(settings.dimse_port)[0] == status.SUCCESS, 3.0), "its slot was not freed"
+
+
+def test_data_set_past_max_dataset_bytes_is_aborted_while_it_arrives(listen: Callable[..., Settings],
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = listen(max_dataset_bytes=MIN_DATASET_BYTES)
+    receiving = Spool(settings.spool_dir).receiving_dir()
+    monkeypatch.setattr(tempfile, "tempdir", str(receiving))  # as `predraft listen` does
+    too_large = _aborted("message_too_large")
+    assoc = _associate(settings.dimse_port, source="127.0.0.1")
+    assert assoc.is_established
+    context_id = _context_id(assoc, SecondaryCaptureImageStorage)
+    raw = assoc.dul.socket.socket
+    raw.sendall(_p_data_tf(context_id, PDV_COMMAND | PDV_LAST, _store_command(SecondaryCaptureImageStorage)))
+    sent = _send_until_closed(raw, _p_data_tf(context_id, PDV_DATA, b"\x00" * FRAGMENT_BYTES),
+                              4 * SENT_BEFORE_ABORT_BOUND_BYTES)
+    assert sent < SENT_BEFORE_ABORT_BOUND_BYTES, f"a data set went on for {sent} bytes without an abort"
+    assert _poll(lambda: _aborted("message_too_large") - too_large == 1, AT_ONCE_SECONDS)
+    assert _poll(lambda: not any(receiving.iterdir()), 3.0), f"left behind: {list(receiving.iterdir())}"
+    again = _associate(settings.dimse_port, source="127.0.0.1")
+    try:
+        assert int(again.send_c_store(_small_image(tmp_path)).Status) == status.SUCCESS
+    finally:
+        again.release()
+
+
+def test_command_set_over_64_kib_is_aborted(listen: Callable[..., Settings]) -> None:
+    settings = listen()
+    too_large = _aborted("message_too_large")
+    assoc = _associate(settings.dimse_port)
+    assert assoc.is_established
+    raw = assoc.dul.socket.socket
+    fragment = _p_data_tf(_context_id(assoc, Verification), PDV_COMMAND, b"\x00" * FRAGMENT_BYTES)
+    sent = _send_until_closed(raw, fragment, 16 * COMMAND_SET_BOUND_BYTES)
+    assert _poll(lambda: not assoc.is_alive(), AT_ONCE_SECONDS), f"a command set of {sent} bytes was not aborted"
+    assert _poll(lambda: _aborted("message_too_large") - too_large == 1, AT_ONCE_SECONDS)
+    _assert_echo_in_time(settings.dimse_port)
+
+
+def test_pdus_a_little_over_the_negotiated_maximum_are_read(listen: Callable[..., Settings],
+                                                            tmp_path: Path) -> None:
+    from pynetdicom.pdu_primitives import MaximumLengthNotification
+
+    settings = listen()
+    too_large = _aborted("pdu_too_large")
+    assoc = _associate(settings.dimse_port, source="127.0.0.1")
+    assert assoc.is_established
+    for item in assoc.acceptor.user_information:  # the requestor now sends PDUs 1 KiB over the listener's maximum
+        if isinstance(item, MaximumLengthNotification):
+            item.maximum_length_received = settings.dimse_max_pdu + 1024
+    try:
+        answer = assoc.send_c_store(_large_image(tmp_path))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    assert answer.get("Status") == status.SUCCESS, "PDUs 1 KiB over the negotiated maximum ended the association"
+    assert _aborted("pdu_too_large") == too_large
+
+
+def test_message_tally_counts_each_set_until_its_last_fragment() -> None:
+    from listener.connections import MessageTally
+
+    def items(*pdvs: tuple[int, int]) -> bytes:
+        """The body of a P-DATA-TF PDU: one PDV item per (control, fragment length)."""
+        return b"".join(struct.pack(">LBB", size + 2, 1, control) + b"\x00" * size for control, size in pdvs)
+
+    tally = MessageTally()
+    assert tally.add(items((PDV_COMMAND, 100), (PDV_COMMAND | PDV_LAST, 50), (PDV_DATA, 1000))) == (150, 1000)
+    assert tally.add(items((PDV_DATA | PDV_LAST, 500))) == (0, 1500)
+    assert (tally.command_bytes, tally.data_bytes) == (0, 0)
+    assert tally.add(items((PDV_DATA, 10))[:-1]) == (0, 0), "a malformed item was counted"
