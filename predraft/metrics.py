@@ -45,7 +45,8 @@ CONNECTIONS_REFUSED = Counter(
     "pdu_too_large.", ["reason"])
 ASSOCIATIONS_ABORTED = Counter(
     "predraft_dimse_associations_aborted", "DIMSE associations aborted, by reason: peer (the caller aborted or "
-    "dropped the connection), idle_timeout, pdu_too_large, protocol_error.", ["reason"])
+    "dropped the connection), idle_timeout, pdu_too_large, message_too_large (a data set past max_dataset_bytes or "
+    "a command set past 64 KiB, counted while it arrives), protocol_error.", ["reason"])
 INPUTS_REFUSED = Counter(
     "predraft_inputs_refused", "Inputs refused for crossing a bound, by transport (dimse, stow, wado, qido) and "
     "bound: dataset_bytes, inflated_bytes (also a Deflated data set that cannot be inflated), sequence_depth, "
