@@ -1,7 +1,7 @@
 """The pynetdicom ceiling for bench/ingest.py: predraft's own DIMSE set-up with nothing behind it.
 
-Same AE as ``predraft listen`` (``listener.dimse.make_ae``: contexts, PDU size, timeouts), same server
-class (TCP_NODELAY on every connection), same chunked receive into a file; but the C-STORE handler only
+Same AE and server as ``predraft listen`` (``listener.dimse.make_server``: contexts, PDU size, timeouts,
+TCP_NODELAY and the connection bounds), same chunked receive into a file; but the C-STORE handler only
 renames the received file into OUTPUT_DIR and answers success: no parse, no fsync, no database. It
 stores the way storescp does (written and closed, not synced), so predraft's rate over this one is
 what predraft's own work costs, and this one's rate over storescp's is what any listener built on
@@ -23,7 +23,7 @@ from pathlib import Path
 from pynetdicom import evt
 
 from listener import status
-from listener.dimse import ListenerServer, make_ae
+from listener.dimse import make_server
 from predraft.settings import Settings
 
 
@@ -43,8 +43,7 @@ def main(argv: list[str]) -> int:
         return status.SUCCESS
 
     settings = Settings(ae_title=ae_title, dimse_host="127.0.0.1", dimse_port=port, var_dir=output.parent / "var")
-    server = make_ae(settings).make_server(("127.0.0.1", port), evt_handlers=[(evt.EVT_C_STORE, store)],
-                                           server_class=ListenerServer)
+    server = make_server(settings, store)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

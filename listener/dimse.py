@@ -22,6 +22,7 @@ import logging
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
@@ -232,24 +233,31 @@ def make_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def start_dimse_server(settings: Settings) -> ThreadedAssociationServer:
-    """Start the SCP in background threads and return its server (``.server_address``, ``.shutdown()``)."""
-    receiver = Receiver.from_settings(settings)
-    removed = receiver.spool.remove_stale_partials()
-    if removed:
-        log.warning("removed %d partial file(s) left in the spool by a process that died", removed)
+def make_server(settings: Settings, store: Callable[[evt.Event], int]) -> ThreadedAssociationServer:
+    """The SCP's server, not yet serving: predraft's AE, its connection bounds (:mod:`listener.connections`),
+    source-address check, TLS and event handlers, with ``store`` answering each C-STORE."""
     ae = make_ae(settings)
     connections = ConnectionTable(ConnectionLimits.from_settings(settings))
     server_class = type("ConfiguredListenerServer", (ListenerServer,), {
         "allowed_networks": tuple(ipaddress.ip_network(a, strict=False) for a in settings.allowed_addresses),
         "connections": connections})
     server = ae.make_server((settings.dimse_host, settings.dimse_port),
-                            evt_handlers=[(evt.EVT_C_STORE, StoreHandler(receiver)),
+                            evt_handlers=[(evt.EVT_C_STORE, store),
                                           (evt.EVT_REJECTED, log_rejected), (evt.EVT_ABORTED, log_aborted),
                                           (evt.EVT_ACSE_RECV, note_protocol_error),
                                           (evt.EVT_ESTABLISHED, count_established), (evt.EVT_CONN_CLOSE, count_closed),
                                           *connections.event_handlers()],
                             ssl_context=make_ssl_context(settings), server_class=server_class)
-    threading.Thread(target=server.serve_forever, name="dimse-acceptor", daemon=True).start()
     ae._servers.append(server)  # as AE.start_server does, so server.shutdown() can deregister it
+    return server
+
+
+def start_dimse_server(settings: Settings) -> ThreadedAssociationServer:
+    """Start the SCP in background threads and return its server (``.server_address``, ``.shutdown()``)."""
+    receiver = Receiver.from_settings(settings)
+    removed = receiver.spool.remove_stale_partials()
+    if removed:
+        log.warning("removed %d partial file(s) left in the spool by a process that died", removed)
+    server = make_server(settings, StoreHandler(receiver))
+    threading.Thread(target=server.serve_forever, name="dimse-acceptor", daemon=True).start()
     return server
