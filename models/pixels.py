@@ -2,7 +2,8 @@
 
 Order of operations (see docs: CLINICAL.md):
 
-1. ``decode``: stored values of one grayscale frame, as float32 (full bit depth). Every transfer syntax
+1. ``decode``: stored values of one grayscale frame, as float32 (full bit depth); of a colour frame (an RGB
+   or YBR Secondary Capture), its luminance. Every transfer syntax
    of the real test set decodes: RLE (pylibjpeg-rle), JPEG lossless (GDCM), JPEG-LS (pyjpegls, else
    GDCM), JPEG 2000 (GDCM, else pylibjpeg-openjpeg), 12-bit JPEG Extended (imagecodecs; see
    models.decoders, which also refuses non-conformant JPEG Extended streams with their reason).
@@ -48,13 +49,28 @@ class PixelDataError(ValueError):
     """Pixel data that cannot be decoded or is not a single-frame grayscale image."""
 
 
+#: Grayscale photometric interpretations: the stored values go through the modality and VOI transforms.
+GRAYSCALE = frozenset({"MONOCHROME1", "MONOCHROME2"})
+#: Colour ones (a radiograph exported as a Secondary Capture is often RGB): pydicom gives RGB, of which the
+#: luminance is taken (ITU-R BT.601 weights); the values are display values already (PS3.3 C.7.6.3.1.2).
+COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420"})
+_LUMINANCE_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def is_colour(ds: Dataset) -> bool:
+    """Whether ``ds`` holds a colour image (its pixels are display values: no modality or VOI transform)."""
+    return str(ds.get("PhotometricInterpretation", "")) in COLOUR
+
+
 def decode(ds: Dataset) -> np.ndarray:
-    """The stored pixel values of a single-frame grayscale image, as float32 (exact up to 24 bits)."""
+    """The stored pixel values of a single-frame image as float32 (exact up to 24 bits): grayscale as they are,
+    colour as the luminance of its RGB values. Raises PixelDataError for anything else."""
     if "PixelData" not in ds:
         raise PixelDataError("the dataset has no Pixel Data")
     photometric = str(ds.get("PhotometricInterpretation", ""))
-    if photometric not in {"MONOCHROME1", "MONOCHROME2"}:
-        raise PixelDataError(f"PhotometricInterpretation {photometric!r} is not a grayscale radiograph")
+    if photometric not in GRAYSCALE | COLOUR:
+        raise PixelDataError(f"PhotometricInterpretation {photometric!r} is neither a grayscale nor an RGB/YBR "
+                             "colour image")
     syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", ""))) if hasattr(ds, "file_meta") else UID("")
     try:
         if syntax == JPEGExtended12Bit:
@@ -66,6 +82,10 @@ def decode(ds: Dataset) -> np.ndarray:
         name = f" ({syntax.name})" if syntax and syntax.name != syntax else ""
         raise PixelDataError(
             f"pixel data in transfer syntax {syntax or 'unknown'}{name} could not be decoded: {exc}") from exc
+    if photometric in COLOUR:
+        if pixels.ndim != 3 or pixels.shape[-1] != 3:
+            raise PixelDataError(f"expected one RGB frame, got an array of shape {pixels.shape}")
+        return np.dot(pixels.astype(np.float32), _LUMINANCE_WEIGHTS)  # pydicom converted YBR to RGB
     if pixels.ndim == 3 and pixels.shape[0] == 1:
         pixels = pixels[0]
     if pixels.ndim != 2:
@@ -104,6 +124,9 @@ def to_unit_range(ds: Dataset, stored: np.ndarray, window_index: int = 0, *,
     """
     if window_index < 0:
         raise ValueError(f"window_index must be 0 or more, got {window_index}")
+    if is_colour(ds):  # display values already: their full range, no modality or VOI transform, no inversion
+        top = float(2 ** min(max(int(ds.get("BitsStored", 8) or 8), 1), 16) - 1)
+        return _linear(stored, 0.0, top, out=stored if overwrite_input and stored.dtype == np.float32 else None)
     values = _modality(ds, stored)
     scratch = values if (values is not stored or overwrite_input) and values.dtype == np.float32 else None
     unit = _voi_lut(ds, values, window_index)

@@ -20,7 +20,7 @@ from models.pixels import (
     standard_orientation,
     to_unit_range,
 )
-from models.taxonomy import RADIOGRAPH_SOP_CLASSES, Side, View
+from models.taxonomy import CLASSIFIABLE_SOP_CLASSES, Side, View
 from models.views import ViewResult, classify_view
 from workers.sandbox import DecodeFailure, Sandbox
 
@@ -68,8 +68,8 @@ def prepare_file(path: Path, *, input_size: int, voi_window_index: int = 0) -> t
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, EOFError, ValueError) as exc:
         raise InvalidDicomError(f"not a readable DICOM file: {exc}") from exc
-    if str(ds.get("SOPClassUID", "")) not in RADIOGRAPH_SOP_CLASSES:
-        raise OutOfScopeError(f"SOP class {ds.get('SOPClassUID', '')} is not a radiograph predraft classifies")
+    if str(ds.get("SOPClassUID", "")) not in CLASSIFIABLE_SOP_CLASSES:  # CR, DX and Secondary Capture
+        raise OutOfScopeError(f"SOP class {ds.get('SOPClassUID', '')} is not an image predraft classifies")
     labels = classify_view(ds)
     if not labels.in_scope:
         raise OutOfScopeError(

@@ -29,6 +29,7 @@ from models.pixels import (
     to_unit_range,
 )
 from models.taxonomy import Side
+from workers.prepare import prepare_file
 
 JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
 
@@ -139,12 +140,50 @@ def test_uncompressed_shapes_and_bit_depth(real_path):
     assert rg3.max() > 255
 
 
-def test_decode_refuses_missing_pixels_and_colour():
+def test_decode_refuses_missing_pixels_and_palette_colour():
     with pytest.raises(PixelDataError, match="no Pixel Data"):
         decode(_synthetic())
-    colour = _synthetic(PixelData=b"\x00" * 12, Rows=2, Columns=2, PhotometricInterpretation="RGB")
-    with pytest.raises(PixelDataError, match="not a grayscale radiograph"):
-        decode(colour)
+    palette = _synthetic(PixelData=b"\x00" * 4, Rows=2, Columns=2, PhotometricInterpretation="PALETTE COLOR")
+    with pytest.raises(PixelDataError, match="neither a grayscale nor an RGB/YBR colour image"):
+        decode(palette)
+
+
+def _rgb(ds: Dataset, rgb: np.ndarray) -> Dataset:
+    """``ds`` holding the 8-bit ``rgb`` frame (rows, columns, 3) uncompressed, as a Secondary Capture exports it."""
+    ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.PlanarConfiguration = "RGB", 3, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.Rows, ds.Columns = rgb.shape[:2]
+    for keyword in ("WindowCenter", "WindowWidth", "RescaleSlope", "RescaleIntercept", "PresentationLUTShape"):
+        ds.pop(keyword, None)
+    ds.PixelData = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+    if not hasattr(ds, "file_meta"):
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    return ds
+
+
+def test_an_rgb_image_is_read_as_its_luminance():
+    rgb = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [200, 200, 200]]], dtype=np.uint8)
+    ds = _rgb(_synthetic(), rgb)
+    stored = decode(ds)
+    np.testing.assert_allclose(stored, [[0.299 * 255, 0.587 * 255], [0.114 * 255, 200]], rtol=1e-5)
+    np.testing.assert_allclose(to_unit_range(ds, stored), stored / 255, rtol=1e-5)  # display values: no window
+
+
+def test_a_radiograph_exported_as_rgb_prepares_like_its_grayscale_original(real_path, tmp_path):
+    """A real hip, exported as an 8-bit RGB Secondary Capture of what its window shows, gives the same hips."""
+    original = real_path("RG2_UNC.dcm")
+    _, gray_hips = prepare_file(original, input_size=128)
+    ds = pydicom.dcmread(original)
+    shown = np.rint(to_unit_range(ds, decode(ds)) * 255).astype(np.uint8)[::4, ::4]  # as a viewer exports it
+    exported = _rgb(ds, np.repeat(shown[..., None], 3, axis=2))
+    exported.SOPClassUID = exported.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    exported.save_as(tmp_path / "rgb.dcm", enforce_file_format=True)
+    _, rgb_hips = prepare_file(tmp_path / "rgb.dcm", input_size=128)
+    assert [(h.side, h.view) for h in rgb_hips] == [(h.side, h.view) for h in gray_hips]
+    for rgb_hip, gray_hip in zip(rgb_hips, gray_hips, strict=True):
+        difference = np.abs(rgb_hip.pixels.astype(np.int16) - gray_hip.pixels.astype(np.int16))
+        assert float(difference.mean()) < 4.0  # 8-bit quantisation and a 4x smaller source only
 
 
 # --- bone bright: MONOCHROME1 and PresentationLUTShape ----------------------------------------------
