@@ -66,8 +66,10 @@ def _finding_context(finding: SideFinding) -> dict[str, object]:
 
 
 def render_draft(findings: list[SideFinding], *, model: ModelCard, study_description: str = "",
-                 environment: Environment | None = None) -> DraftText:
-    """Render findings, impression, disclaimer and the whole report."""
+                 patient_is_child: bool = False, environment: Environment | None = None) -> DraftText:
+    """Render findings, impression, disclaimer and the whole report. ``patient_is_child`` (the tags say the
+    patient was under 18: :func:`reporting.age.is_child`) adds the notice that no model here was trained on
+    children (templates: ``patient_is_child``)."""
     if not findings:
         raise ValueError("render_draft needs at least one side finding")
     env = environment or make_environment()
@@ -78,6 +80,7 @@ def render_draft(findings: list[SideFinding], *, model: ModelCard, study_descrip
         "study_description": study_description,
         "model": model.model_dump(),
         "app_version": predraft.__version__,
+        "patient_is_child": patient_is_child,
     }
     side_sentences = {
         finding.side: _render(env, "finding.txt.j2", context, finding=finding_context).strip()

@@ -18,6 +18,7 @@ from models.card import ModelCard
 from predraft.events import record_event
 from predraft.schema import Draft, Instance, Prediction, Study, utcnow
 from predraft.states import InstanceState, ReportKind, StudyState
+from reporting.age import is_child
 from reporting.aggregate import AggregationRule, HipObservation, aggregate
 from reporting.sr import build_draft_sr
 from reporting.text import render_draft, template_environment
@@ -66,10 +67,11 @@ def draft_study(session: Session, *, study: Study, generation: int, model: Model
         for prediction, instance in rows
     ]
     findings = aggregate(observations, threshold=model.threshold, class_thresholds=model.class_thresholds, rule=rule)
-    text = render_draft(findings, model=model, study_description=study.study_description,
-                        environment=template_environment(template_dir))
     instances = list(dict.fromkeys(instance for _, instance in rows))
     evidence = [pydicom.dcmread(instance.spool_path, stop_before_pixels=True) for instance in instances]
+    text = render_draft(findings, model=model, study_description=study.study_description,
+                        patient_is_child=any(is_child(ds) for ds in evidence),
+                        environment=template_environment(template_dir))
 
     previous = session.scalar(select(Draft).where(Draft.study_id == study.id, Draft.generation < generation,
                                                   Draft.kind == ReportKind.DRAFT)

@@ -65,3 +65,51 @@ def tiny_card_path(tmp_path_factory) -> Path:
 
     return write_untrained_model(tmp_path_factory.mktemp("tiny-model"), architecture=TINY_ARCHITECTURE,
                                  input_size=TINY_INPUT_SIZE)
+
+
+#: Predictions of the hips of :func:`drafting_study`'s images.
+DRAFTED_PROBABILITIES = {"right": {"tha": 0.9, "none": 0.1}, "left": {"none": 0.8, "tha": 0.2}}
+
+
+@pytest.fixture
+def task_env(sqlite_url, tiny_card_path, tmp_path, monkeypatch):
+    """The draft task's settings (SQLite, the tiny model, a spool under tmp_path) and a recording Celery app."""
+    from tests.unit.test_workflow import FakeCelery
+    from workers import tasks
+
+    for key, value in {"PREDRAFT_DATABASE_URL": sqlite_url, "PREDRAFT_MODEL": str(tiny_card_path),
+                       "PREDRAFT_VAR_DIR": str(tmp_path / "var")}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(tasks.draft, "app", FakeCelery())
+    tasks._settings.cache_clear()
+    yield sqlite_url
+    tasks._settings.cache_clear()
+
+
+def drafting_study(url: str, demo_study, folder: Path, **attributes: str) -> int:
+    """The demo study with ``attributes`` set on each image, classified (the right hip THA, the left none), its
+    study DRAFTING."""
+    import pydicom
+
+    from predraft.db import session_scope
+    from predraft.schema import Study, utcnow
+    from predraft.settings import get_settings
+    from predraft.states import StudyState
+    from tests.unit.test_workflow import _classify_all, _ingest
+    from workers import tasks
+
+    folder.mkdir()
+    paths = []
+    for image in demo_study:
+        ds = pydicom.dcmread(image.path)
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+        paths.append(folder / image.path.name)
+        ds.save_as(paths[-1])
+    study_id = _ingest(url, paths)
+    card = tasks._card(get_settings().model_card_path)
+    _classify_all(url, card, DRAFTED_PROBABILITIES)
+    with session_scope(url) as session:
+        study = session.get(Study, study_id)
+        study.state, study.ready_at = StudyState.DRAFTING, utcnow()
+    return study_id

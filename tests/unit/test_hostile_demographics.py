@@ -15,14 +15,13 @@ from sqlalchemy import select
 
 from predraft.bootstrap import configure_logging
 from predraft.db import session_scope
-from predraft.schema import Draft, Event, Study, utcnow
+from predraft.schema import Draft, Event, Study
 from predraft.settings import get_settings
 from predraft.states import StudyState
-from tests.unit.test_workflow import FakeCelery, _classify_all, _ingest
+from tests.unit.conftest import drafting_study
 from workers import tasks
 
 BAD_BIRTH_DATE = "1975-03-02"
-PROBABILITIES = {"right": {"tha": 0.9, "none": 0.1}, "left": {"none": 0.8, "tha": 0.2}}
 
 
 @pytest.fixture
@@ -46,37 +45,6 @@ def process_logging(clean_settings_env: Path, caplog: pytest.LogCaptureFixture):
     warnings.filters[:], warnings.showwarning, warnings.formatwarning = filters, showwarning, formatwarning
 
 
-@pytest.fixture
-def task_env(sqlite_url, tiny_card_path, tmp_path, monkeypatch):
-    """The draft task's settings (SQLite, the tiny model, a spool under tmp_path) and a recording Celery app."""
-    for key, value in {"PREDRAFT_DATABASE_URL": sqlite_url, "PREDRAFT_MODEL": str(tiny_card_path),
-                       "PREDRAFT_VAR_DIR": str(tmp_path / "var")}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(tasks.draft, "app", FakeCelery())
-    tasks._settings.cache_clear()
-    yield sqlite_url
-    tasks._settings.cache_clear()
-
-
-def _drafting_study(url: str, demo_study, folder: Path, **attributes: str) -> int:
-    """The demo study with ``attributes`` set on each image, classified, its study DRAFTING."""
-    folder.mkdir()
-    paths = []
-    for image in demo_study:
-        ds = pydicom.dcmread(image.path)
-        for keyword, value in attributes.items():
-            setattr(ds, keyword, value)
-        paths.append(folder / image.path.name)
-        ds.save_as(paths[-1])
-    study_id = _ingest(url, paths)
-    card = tasks._card(get_settings().model_card_path)
-    _classify_all(url, card, PROBABILITIES)
-    with session_scope(url) as session:
-        study = session.get(Study, study_id)
-        study.state, study.ready_at = StudyState.DRAFTING, utcnow()
-    return study_id
-
-
 def _everything_written(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> str:
     records = "\n".join(record.getMessage() + (record.exc_text or "") for record in caplog.records)
     out, err = capfd.readouterr()
@@ -86,7 +54,7 @@ def _everything_written(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureF
 def test_a_name_without_caret_is_kept_in_the_sr_and_never_logged(process_logging, task_env, demo_study, tmp_path,
                                                                  capfd):
     canary = f"CANARY {uuid.uuid4().hex[:12].upper()}"  # no "^": highdicom warns about it, quoting it
-    study_id = _drafting_study(task_env, demo_study, tmp_path / "images", PatientName=canary)
+    study_id = drafting_study(task_env, demo_study, tmp_path / "images", PatientName=canary)
 
     tasks.draft.run(study_id, 1)
 
@@ -103,7 +71,7 @@ def test_a_name_without_caret_is_kept_in_the_sr_and_never_logged(process_logging
 def test_a_malformed_birth_date_is_emptied_and_the_study_drafted(process_logging, task_env, demo_study, tmp_path,
                                                                  capfd):
     canary = f"CANARY^{uuid.uuid4().hex[:12].upper()}"
-    study_id = _drafting_study(task_env, demo_study, tmp_path / "images", PatientName=canary,
+    study_id = drafting_study(task_env, demo_study, tmp_path / "images", PatientName=canary,
                                PatientBirthDate=BAD_BIRTH_DATE)
 
     tasks.draft.run(study_id, 1)
@@ -121,7 +89,7 @@ def test_a_malformed_birth_date_is_emptied_and_the_study_drafted(process_logging
 
 def test_a_library_error_quoting_a_value_leaves_no_value_in_the_error_text_or_the_log(
         process_logging, task_env, demo_study, tmp_path, monkeypatch, capfd):
-    study_id = _drafting_study(task_env, demo_study, tmp_path / "images")
+    study_id = drafting_study(task_env, demo_study, tmp_path / "images")
 
     def quoting(*_args, **_kwargs):
         DA(BAD_BIRTH_DATE)  # pydicom raises ValueError, quoting the value
