@@ -291,8 +291,9 @@ def _threads_ended(connection: Connection, now: float) -> bool:
     assoc = connection.assoc
     if assoc is None:
         return connection.closed or now >= connection.deadline + _UNLINKED_GRACE_SECONDS
-    started = assoc.ident is not None
-    return started and not assoc.is_alive() and not assoc.dul.is_alive()
+    if assoc.ident is None:  # linked, but its thread never started (thread exhaustion): forgotten like unlinked
+        return connection.closed and now >= connection.deadline + _UNLINKED_GRACE_SECONDS
+    return not assoc.is_alive() and not assoc.dul.is_alive()
 
 
 def _stuck_after_idle_abort(connection: Connection) -> bool:

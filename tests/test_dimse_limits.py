@@ -553,3 +553,27 @@ def test_message_tally_counts_each_set_until_its_last_fragment() -> None:
     assert tally.add(items((PDV_DATA | PDV_LAST, 500))) == (0, 1500)
     assert (tally.command_bytes, tally.data_bytes) == (0, 0)
     assert tally.add(items((PDV_DATA, 10))[:-1]) == (0, 0), "a malformed item was counted"
+
+
+def test_an_association_whose_thread_never_started_is_forgotten() -> None:
+    """If pynetdicom links an association to its connection but cannot start its thread (thread exhaustion), the
+    table forgets the connection once it is closed: before, its entry stayed for ever, one per such connection."""
+    from pynetdicom.association import Association
+
+    from listener.connections import ConnectionLimits, ConnectionTable
+
+    now = [100.0]
+    table = ConnectionTable(ConnectionLimits(max_associations=1, max_per_address=1, request_timeout=1.0,
+                                             max_pdu_bytes=65536, max_data_set_bytes=1 << 20), clock=lambda: now[0])
+    first, second = socket.socket(), socket.socket()
+    try:
+        assert table.open(first, "127.0.0.9")
+        table._connections[first].assoc = Association(AE(), "acceptor")  # linked, its thread never started
+        table.forget_socket(first)
+        now[0] += 60.0
+        table.sweep()
+        assert first not in table._connections
+        assert table.open(second, "127.0.0.9")  # and its address has its place
+    finally:
+        first.close()
+        second.close()
