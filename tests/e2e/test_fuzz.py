@@ -239,6 +239,20 @@ def leaks(server: Deployment, canaries: dict[str, str]) -> list[str]:
             for path, text in logs(server).items() for match in pattern.finditer(text)]
 
 
+#: Where predraft stores the text of what went wrong: no received value may be quoted there either.
+ERROR_TEXTS = {"studies": ("error",), "instances": ("error",), "events": ("message",),
+               "dead_letters": ("error", "traceback"), "exports": ("last_error",)}
+
+
+def stored_leaks(server: Deployment, canaries: dict[str, str]) -> list[str]:
+    """``table.column: canary (mutant)`` for each canary found in a stored error text or event."""
+    pattern = re.compile("|".join(map(re.escape, canaries)))
+    return [f"{table}.{column}: {match.group()} ({canaries[match.group()]})"
+            for table, columns in ERROR_TEXTS.items() for column in columns
+            for (text,) in _database_rows(server, f"SELECT {column} FROM {table}")  # noqa: S608 -- names above
+            for match in pattern.finditer(text or "")]
+
+
 def _database_rows(server: Deployment, query: str) -> list[tuple]:
     """Rows of a read-only query of the embedded database (diagnostics only)."""
     with closing(sqlite3.connect(f"file:{server.var_dir / 'predraft.sqlite'}?mode=ro", uri=True)) as connection:
@@ -313,6 +327,9 @@ def checks(server: Deployment, outcomes: dict[str, dict[str, str]], rows: list[d
     leaked = leaks(server, canaries_of(batch))
     if leaked:
         failures.append(f"canary patient names or IDs in the logs ({len(leaked)}): {leaked[:20]}")
+    stored = stored_leaks(server, canaries_of(batch))
+    if stored:
+        failures.append(f"canary patient names or IDs in stored error texts ({len(stored)}): {stored[:20]}")
     return failures
 
 
