@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -135,6 +135,8 @@ class Draft(Base):
     kind: Mapped[str] = mapped_column(String(16), default="draft", server_default="draft", index=True)
     #: The model card's ``synthetic_demo`` when it was drafted (None: drafted before this was recorded).
     synthetic_demo: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    #: The tags said the patient was under 18 (reporting.age): the draft carries a notice, the worklist a flag.
+    patient_is_child: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     study: Mapped[Study] = relationship(back_populates="drafts")
     exports: Mapped[list[Export]] = relationship(back_populates="draft", order_by="Export.destination")

@@ -69,9 +69,9 @@ def draft_study(session: Session, *, study: Study, generation: int, model: Model
     findings = aggregate(observations, threshold=model.threshold, class_thresholds=model.class_thresholds, rule=rule)
     instances = list(dict.fromkeys(instance for _, instance in rows))
     evidence = [pydicom.dcmread(instance.spool_path, stop_before_pixels=True) for instance in instances]
+    patient_is_child = any(is_child(ds) for ds in evidence)
     text = render_draft(findings, model=model, study_description=study.study_description,
-                        patient_is_child=any(is_child(ds) for ds in evidence),
-                        environment=template_environment(template_dir))
+                        patient_is_child=patient_is_child, environment=template_environment(template_dir))
 
     previous = session.scalar(select(Draft).where(Draft.study_id == study.id, Draft.generation < generation,
                                                   Draft.kind == ReportKind.DRAFT)
@@ -95,7 +95,7 @@ def draft_study(session: Session, *, study: Study, generation: int, model: Model
                              "probabilities": {c.value: round(float(p), 4) for c, p in f.probabilities.items()}}
                             for f in findings],
                   model_name=model.name, model_version=model.version, sr_sop_instance_uid=sr_uid,
-                  kind=ReportKind.DRAFT.value, synthetic_demo=model.synthetic_demo,
+                  kind=ReportKind.DRAFT.value, synthetic_demo=model.synthetic_demo, patient_is_child=patient_is_child,
                   sr_series_uid=series_uid, sr_path=str(Path(path)),
                   supersedes_id=None if previous is None else previous.id)
     session.add(draft)

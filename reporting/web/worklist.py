@@ -202,6 +202,8 @@ def _row(study: Study, draft: Draft | None, reviews: dict[int, tuple[Review, str
         flags.append(("metal", "Metal check disagrees"))
     if draft is not None and draft.synthetic_demo:
         flags.append(("demo", "Demo model"))
+    if draft is not None and draft.patient_is_child:
+        flags.append(("child", "Under 18"))
     if any(instance_state == "error" for _, _, instance_state in instances):
         flags.append(("error", "Instance error"))
     return {

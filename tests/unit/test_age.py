@@ -56,6 +56,7 @@ def test_a_childs_draft_carries_the_notice(task_env, demo_study, tmp_path, age: 
     tasks.draft.run(study_id, 1)
     with session_scope(task_env) as session:
         assert session.get(Study, study_id).state == StudyState.DRAFTED
-        text = session.scalars(select(Draft.text)).one()
+        text, recorded = session.execute(select(Draft.text, Draft.patient_is_child)).one()
     assert (CHILD_NOTICE in text) is noticed
+    assert recorded is noticed  # the worklist's flag
     assert text.rstrip().endswith("particular care." if noticed else "for the radiologist to assess.")

@@ -219,6 +219,15 @@ def test_worklist_rows_filters_search_and_sort(web):
     assert client.get("/?sort=password_hash").status_code == 400
 
 
+def test_a_childs_draft_is_flagged_on_the_worklist(web):
+    client = web.logged_in("alice")
+    assert "Under 18" not in client.get("/worklist/rows").json()["rows"]
+    with session_scope(web.settings.database_url) as session:
+        session.scalars(select(Draft)).one().patient_is_child = True  # as drafting records it (reporting.age)
+    rows = client.get("/worklist/rows").json()["rows"]
+    assert "flag-child" in rows and "Under 18" in rows
+
+
 def test_study_page_thumbnails_overlays_and_probability_bars(web):
     client = web.logged_in("alice")
     page = client.get(f"/studies/{web.drafted.study_uid}").text
