@@ -10,6 +10,7 @@ its text.
 
 from __future__ import annotations
 
+import logging
 import sysconfig
 import traceback
 import warnings
@@ -92,3 +93,22 @@ def traceback_without_messages(exc: BaseException) -> str:
         parts.append("".join(traceback.format_tb(current.__traceback__)) + type(current).__name__)
         current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return "\n(the above led to the following)\n".join(reversed(parts))
+
+
+#: Libraries that warn about the values they were given by quoting them: pydicom ("Invalid value for VR DA:
+#: '1980-02-03'", a birth date), highdicom ('The string "JOHN SMITH" is unlikely to represent the intended
+#: person name', and the same as a log record). Patient data: only their errors are logged, and their Python
+#: warnings are not shown.
+VALUE_QUOTING_LIBRARIES = ("pydicom", "highdicom")
+
+
+def quieten_value_quoting_libraries() -> None:
+    """No library warning carries patient data into the logs: the value-quoting libraries' warnings are
+    ignored and their loggers log errors only; any other library's warning is shown by its place and category
+    only (:func:`format_warning`), whether printed to stderr or logged as ``py.warnings``
+    (Celery turns ``logging.captureWarnings`` on in the worker; other processes print warnings to stderr).
+    Every predraft process runs it: :func:`predraft.bootstrap.configure_logging`, and the decode sandbox's child."""
+    for library in VALUE_QUOTING_LIBRARIES:
+        logging.getLogger(library).setLevel(max(logging.ERROR, logging.getLogger().level))
+        warnings.filterwarnings("ignore", module=rf"{library}(\.|$)")
+    warnings.formatwarning = format_warning

@@ -390,14 +390,14 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _quieten() -> None:
-    """The same quietening as predraft.bootstrap.configure_logging: pydicom quotes values (patient data)
-    in its warnings, so only its errors are logged and its Python warnings are dropped."""
+    """Log warnings and errors only, with every predraft process's hygiene: no library warning carries a value
+    (patient data) into the output (:func:`predraft.library_text.quieten_value_quoting_libraries`)."""
     import logging
-    import warnings
+
+    from predraft.library_text import quieten_value_quoting_libraries
 
     logging.basicConfig(level=logging.WARNING, force=True)
-    logging.getLogger("pydicom").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    quieten_value_quoting_libraries()
 
 
 def _bound_memory(memory_bytes: int) -> None:
