@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -96,19 +97,24 @@ class ExpectedViewsRule(BaseModel):
             raise ValueError(f"pattern {self.pattern!r} needs a group giving the number of views, or set views")
         return self
 
-    def matches(self, description: str) -> bool:
-        """Whether ``pattern`` is found in ``description`` (case-insensitive)."""
-        return re.search(self.pattern, description, flags=re.IGNORECASE) is not None
+    def search(self, description: str) -> re.Match[str] | None:
+        """Where ``pattern`` is found in ``description`` (case-insensitive), or None."""
+        return re.search(self.pattern, description, flags=re.IGNORECASE)
 
-    def expected(self, description: str) -> int | None:
-        """The number of views this rule expects for ``description``; None when it does not match, when it is a
-        minimum rule, or when its group spells no number."""
-        match = re.search(self.pattern, description, flags=re.IGNORECASE)
-        if match is None or self.minimum:
+    def count(self, match: re.Match[str]) -> int | None:
+        """The number of views a match of this rule gives: ``views``, else its first group's number; None for a
+        minimum rule or a group that spells no number."""
+        if self.minimum:
             return None
         if self.views is not None:
             return self.views
         return _view_count(match.group(1) or "")
+
+    def expected(self, description: str) -> int | None:
+        """The number of views this rule expects for ``description``; None when it does not match, when it is a
+        minimum rule, or when its group spells no number."""
+        match = self.search(description)
+        return None if match is None else self.count(match)
 
 
 def default_expected_views() -> list[ExpectedViewsRule]:
@@ -117,14 +123,15 @@ def default_expected_views() -> list[ExpectedViewsRule]:
             ExpectedViewsRule(pattern=DEFAULT_EXACT_VIEWS_PATTERN)]
 
 
-def expected_view_count(rules: list[ExpectedViewsRule], *descriptions: str | None) -> int | None:
+def expected_view_count(rules: Sequence[ExpectedViewsRule], *descriptions: str | None) -> int | None:
     """The number of images that make a study complete, by the first rule (in order) that matches one of its
     ``descriptions`` (StudyDescription, then RequestedProcedureDescription); None when no rule matches, or when
     the first that does gives no count (a minimum): then the study waits for its quiet time."""
     for rule in rules:
         for description in descriptions:
-            if rule.matches(description or ""):
-                return rule.expected(description or "")
+            match = rule.search(description or "")
+            if match is not None:
+                return rule.count(match)
     return None
 
 

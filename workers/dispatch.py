@@ -47,7 +47,7 @@ def claim_ready_studies(database_url: str, *, quiet_seconds: float,
             .where(Study.state == StudyState.RECEIVING)
         ).all()
         for study_id, last_instance_at, description, procedure, count in candidates:
-            expected = _expected_images(expected_views, description, procedure)
+            expected = expected_view_count(expected_views, description, procedure)
             if expected is not None and count >= expected:
                 reason = f"complete: {count} image(s), {expected} expected"
             elif as_utc(last_instance_at) < cutoff:
@@ -62,13 +62,6 @@ def claim_ready_studies(database_url: str, *, quiet_seconds: float,
                 record_event(session, "ready", reason, study_id=study_id)
                 claimed.append(study_id)
     return claimed
-
-
-def _expected_images(rules: Sequence[ExpectedViewsRule], *descriptions: str) -> int | None:
-    """The images that make the study complete: the first rule that matches decides (a minimum gives None)."""
-    return expected_view_count(list(rules), *descriptions)
-
-
 
 
 def start_study(app: Celery, database_url: str, study_id: int) -> int:
