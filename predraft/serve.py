@@ -137,10 +137,10 @@ class Supervisor:
     """Starts the children, waits until they answer, and stops them all when one dies or on a signal.
 
     ``stop`` is the stop request that the caller's :class:`StopSignals` sets (installed before anything else
-    runs); without one, :meth:`run_until_stopped` installs its own.
+    runs, so that no signal is lost while the parts start).
     """
 
-    def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
+    def __init__(self, settings: Settings, stop: threading.Event) -> None:
         from workers.app import QUEUES  # every queue: the embedded worker does all the work
 
         python = [sys.executable, "-m", "predraft"]
@@ -150,8 +150,7 @@ class Supervisor:
             Child("worker", [*python, "worker", "--queues", ",".join(QUEUES)]),
             Child("web", [*python, "web"]),
         ]
-        self._signals_installed = stop is not None
-        self._stop = stop if stop is not None else threading.Event()
+        self._stop = stop
 
     def start(self) -> None:
         """Start the children in order, none once a stop was requested; each dies with this process."""
@@ -190,8 +189,6 @@ class Supervisor:
 
     def run_until_stopped(self) -> int:
         """Wait for SIGINT/SIGTERM or a dead child; stop everything; return the exit code."""
-        if not self._signals_installed:
-            self._stop = StopSignals().install().requested
         code = 0
         while not self._stop.wait(0.5):
             try:
