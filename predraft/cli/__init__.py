@@ -10,12 +10,14 @@ import click
 import predraft
 from predraft.cli.db import db
 from predraft.cli.demo import demo
+from predraft.cli.evaluate_real import evaluate_real
 from predraft.cli.models import models
 from predraft.cli.phantoms import phantoms
 from predraft.cli.queue import queue
 from predraft.cli.services import listen, serve, web, worker
 from predraft.cli.studies import studies
 from predraft.cli.train import evaluate, train
+from predraft.cli.train_task import train_task
 from predraft.cli.users import users
 from predraft.cli.workers import workers
 
@@ -26,8 +28,8 @@ def cli() -> None:
     """predraft: drafts hip hardware reports from radiographs sent by a PACS."""
 
 
-for command in (db, serve, listen, worker, web, studies, demo, models, phantoms, train, evaluate, users,
-                queue, workers):
+for command in (db, serve, listen, worker, web, studies, demo, models, phantoms, train, train_task, evaluate,
+                evaluate_real, users, queue, workers):
     cli.add_command(command)
 
 

@@ -1,0 +1,329 @@
+"""Training an image task model with grouped cross-validation, then once more on every row.
+
+Protocol (one command, ``predraft train-task``):
+
+1. Groups (patients, or runs of one patient's images) are dealt into ``folds`` folds, stratified by the
+   rows' label combination (scikit-learn's StratifiedGroupKFold): no group is ever on both sides.
+2. For each fold, a network is trained from random weights on the other folds and predicts the held-out
+   fold: every row gets one out-of-fold prediction, made by a model that never saw its group.
+3. From the out-of-fold predictions: one softmax temperature per task, the decision thresholds
+   (:func:`fit_thresholds`), and every figure of the card with a 95 % CI from a bootstrap over groups.
+4. The shipped network is trained on every row with the same settings; the card carries the
+   thresholds and figures of step 3, which describe how models made this way do on groups they never saw.
+
+Training: from random weights, or the backbone of local weights of the same architecture (``init_weights``;
+the bundled gate starts from the demo hip model's, nothing is downloaded); AdamW with a one-cycle schedule,
+``samples_per_epoch`` rows drawn per epoch with weights 1/sqrt(size of the row's label combination), so rare
+combinations (hip with hardware) are seen more often without being repeated into memorisation; augmentation
+that makes a clean image look like another film (rotation, zoom, shift, flip, contrast and gamma curves, JPEG
+artefacts). Every epoch seeds its own draws from the run's seed, so a run is repeatable on the CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from safetensors.torch import load_file, save_file
+from sklearn.model_selection import StratifiedGroupKFold
+from torchvision.transforms import v2
+
+from models.calibration import fit_temperature, softmax
+from models.card import sha256_of
+from models.imagetask import TaskCard, TaskNetwork, to_network_input, write_task_card
+from models.taskdata import TaskRow, prepare_task_images, read_task_rows, task_classes
+from models.taskmetrics import task_metrics, task_targets
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "weights.safetensors"
+CARD = "card.json"
+FOLDS = "folds.csv"
+OUT_OF_FOLD = "out_of_fold.csv"
+REPORT = "cross_validation.json"
+#: A class of a gating task is acted on against the tags only when at most this share of the rows of the
+#: class it would overturn reach its threshold out of fold (see fit_thresholds).
+OVERRIDE_ERROR = 0.01
+
+
+class TaskTrainingConfig(BaseModel):
+    """Everything that decides a run's result."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tasks: dict[str, tuple[str, ...] | None] = Field(description="task -> class order (None: sorted as found)")
+    architecture: str = "regnetx_002"
+    input_size: int = Field(128, ge=32, le=1024)
+    epochs: int = Field(12, ge=1)
+    samples_per_epoch: int = Field(2048, ge=1)
+    lr: float = Field(3e-3, gt=0, lt=1)
+    batch_size: int = Field(32, ge=1)
+    weight_decay: float = Field(0.05, ge=0)
+    folds: int = Field(5, ge=2)
+    seed: int = 0
+    n_bootstrap: int = Field(1000, ge=10)
+    gate_task: str | None = Field(None, description="the task whose thresholds gate scope (see fit_thresholds)")
+    gate_class: str | None = Field(None, description="the gate task's class the service is for (e.g. hip)")
+    binary_task: str | None = Field(None, description="a two-class task thresholded for balanced sens/spec")
+    positive_class: str | None = None
+    init_weights: Path | None = Field(
+        None, description="local weights (safetensors) of the same timm architecture to start the backbone from")
+    synthetic_sources: tuple[str, ...] = Field(
+        (), description="row sources (the CSV's source column) left out of thresholds and headline figures")
+    name: str = Field("predraft-task", min_length=1)
+    version: str = Field("1.0.0", min_length=1)
+    training_data: str = ""
+    intended_use: str = ""
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> TaskTrainingConfig:
+        for task, name, rule in ((self.gate_task, self.gate_class, "gate"),
+                                 (self.binary_task, self.positive_class, "binary")):
+            if task is None:
+                continue
+            if task not in self.tasks:
+                raise ValueError(f"the {rule} task {task!r} is not among the tasks {list(self.tasks)}")
+            if not name:
+                raise ValueError(f"the {rule} task {task!r} needs its class (TASK=CLASS)")
+            order = self.tasks[task]
+            if order is not None and name not in order:
+                raise ValueError(f"the {rule} class {name!r} is not among {task}'s classes {list(order)}")
+        return self
+
+
+class JpegArtefacts(torch.nn.Module):
+    """A uint8 (1, S, S) image saved and read back as a JPEG of random quality (Pillow), as exports are."""
+
+    def __init__(self, quality: tuple[int, int]) -> None:
+        super().__init__()
+        self.quality = quality
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        quality = int(torch.randint(self.quality[0], self.quality[1] + 1, ()).item())
+        buffer = io.BytesIO()
+        Image.fromarray(image[0].numpy()).save(buffer, "JPEG", quality=quality)
+        buffer.seek(0)
+        with Image.open(buffer) as decoded:
+            return torch.from_numpy(np.array(decoded.convert("L"))).unsqueeze(0)
+
+
+def augmentation() -> v2.Transform:
+    """uint8 (1, S, S) -> uint8 (1, S, S): geometry, contrast curve, JPEG artefacts."""
+    return v2.Compose([
+        v2.RandomAffine(degrees=12, translate=(0.06, 0.06), scale=(0.85, 1.15)),
+        v2.RandomHorizontalFlip(),
+        v2.ColorJitter(brightness=0.3, contrast=0.35),
+        v2.RandomApply([JpegArtefacts((25, 90))], p=0.5),
+    ])
+
+
+def _gamma(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random gamma per image (0.6-1.6): the contrast curves of different exports."""
+    gammas = torch.exp(torch.empty(len(batch), 1, 1, 1).uniform_(math.log(0.6), math.log(1.6), generator=generator))
+    return ((batch.float() / 255.0) ** gammas * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+def _strata(rows: Sequence[TaskRow]) -> list[str]:
+    return ["|".join(f"{task}={label}" for task, label in sorted(row.labels.items())) + f"|{row.crop}"
+            for row in rows]
+
+
+def _fit_network(pixels: np.ndarray, targets: np.ndarray, strata: Sequence[str], classes: dict[str, tuple[str, ...]],
+                 config: TaskTrainingConfig, *, seed: int, progress: Callable[[str], None]) -> TaskNetwork:
+    torch.manual_seed(seed)
+    network = TaskNetwork(config.architecture, classes)
+    if config.init_weights is not None:
+        load_backbone_weights(network, config.init_weights)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(config.samples_per_epoch / config.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr,
+                                                   total_steps=steps_per_epoch * config.epochs)
+    counts: dict[str, int] = {}
+    for stratum in strata:
+        counts[stratum] = counts.get(stratum, 0) + 1
+    weights = np.array([1.0 / math.sqrt(counts[stratum]) for stratum in strata])
+    weights /= weights.sum()
+    images, labels = torch.from_numpy(pixels), torch.from_numpy(targets)
+    transform = augmentation()
+    for epoch in range(config.epochs):
+        generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+        torch.manual_seed(seed * 1000 + epoch)  # torchvision's random transforms draw from the global generator
+        rng = np.random.default_rng(seed * 1000 + epoch)
+        drawn = rng.choice(len(pixels), size=steps_per_epoch * config.batch_size, p=weights)
+        network.train()
+        started, total = time.monotonic(), 0.0
+        for step in range(steps_per_epoch):
+            index = torch.from_numpy(drawn[step * config.batch_size:(step + 1) * config.batch_size])
+            batch = torch.stack([transform(images[i].unsqueeze(0)) for i in index.tolist()])
+            outputs = network(to_network_input(_gamma(batch, generator)))
+            loss = sum(torch.nn.functional.cross_entropy(outputs[task], labels[index, column], ignore_index=-1)
+                       for column, task in enumerate(classes) if (labels[index, column] >= 0).any())
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += loss.item()
+        progress(f"epoch {epoch + 1}/{config.epochs}: loss {total / steps_per_epoch:.4f} "
+                 f"({time.monotonic() - started:.0f} s)")
+    return network.eval()
+
+
+def load_backbone_weights(network: TaskNetwork, path: Path) -> None:
+    """Every backbone weight from ``path`` (a classifier of the same architecture: its head is ignored)."""
+    own = network.backbone.state_dict()
+    state = {key: value for key, value in load_file(str(path)).items() if key in own}
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise ValueError(f"{path} lacks {len(missing)} backbone weights of {network.backbone.__class__.__name__} "
+                         f"(first: {missing[0]}): not weights of this architecture")
+    network.backbone.load_state_dict(state)
+
+
+def predict_logits(network: TaskNetwork, pixels: np.ndarray, batch_size: int = 128) -> dict[str, np.ndarray]:
+    outputs: dict[str, list[np.ndarray]] = {task: [] for task in network.heads}
+    with torch.inference_mode():
+        for start in range(0, len(pixels), batch_size):
+            batch = network(to_network_input(torch.from_numpy(pixels[start:start + batch_size])))
+            for task, value in batch.items():
+                outputs[task].append(value.double().numpy())
+    return {task: np.concatenate(values) for task, values in outputs.items()}
+
+
+def fit_thresholds(probabilities: dict[str, np.ndarray], targets: np.ndarray, classes: dict[str, tuple[str, ...]],
+                   config: TaskTrainingConfig) -> dict[str, dict[str, float]]:
+    """Decision thresholds from out-of-fold probabilities.
+
+    Gate task (``gate_task``, ``gate_class``, e.g. region and hip):
+    - each other class c gets the lowest threshold at which at most :data:`OVERRIDE_ERROR` of the rows
+      labelled ``gate_class`` reach p(c): the gate overturns tags that say hip only this sure;
+    - ``gate_class`` gets the lowest threshold at which at most that share of the rows of other classes
+      reach p(gate_class): an untagged image is drafted only this sure.
+    Thresholds are kept in [0.5, 0.995].
+    Binary task (``binary_task``, ``positive_class``): the threshold that maximises the smaller of
+    sensitivity and specificity (the balanced point), over the rows labelled for it.
+    """
+    thresholds: dict[str, dict[str, float]] = {}
+    if config.gate_task:
+        column = list(classes).index(config.gate_task)
+        names = classes[config.gate_task]
+        gate = names.index(config.gate_class)
+        labelled = targets[:, column] >= 0
+        probs, labels = probabilities[config.gate_task][labelled], targets[labelled, column]
+        found = {}
+        for index, name in enumerate(names):
+            others = probs[labels == gate, index] if index != gate else probs[labels != gate, gate]
+            value = float(np.quantile(others, 1 - OVERRIDE_ERROR, method="higher")) + 1e-4 if len(others) else 0.5
+            found[name] = round(min(0.995, max(0.5, value)), 4)
+        thresholds[config.gate_task] = found
+    if config.binary_task:
+        column = list(classes).index(config.binary_task)
+        positive = classes[config.binary_task].index(config.positive_class)
+        labelled = targets[:, column] >= 0
+        scores = probabilities[config.binary_task][labelled, positive]
+        is_positive = targets[labelled, column] == positive
+        best, best_value = 0.5, -1.0
+        for candidate in np.unique(np.floor(scores * 1e4) / 1e4):  # floored: every score reaches its own
+            predicted = scores >= candidate
+            sensitivity = (predicted & is_positive).sum() / max(1, is_positive.sum())
+            specificity = (~predicted & ~is_positive).sum() / max(1, (~is_positive).sum())
+            if min(sensitivity, specificity) > best_value:
+                best, best_value = float(candidate), min(sensitivity, specificity)
+        thresholds[config.binary_task] = {config.positive_class: min(0.995, max(0.005, best))}
+    return thresholds
+
+
+def train_task_model(csv_path: Path, images_dir: Path, out_dir: Path, config: TaskTrainingConfig, *,
+                     cache_dir: Path | None = None, progress: Callable[[str], None] = log.info) -> TaskCard:
+    """Cross-validate, fit thresholds and temperatures, train the shipped network; write card and report."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    rows = read_task_rows(csv_path, images_dir, list(config.tasks))
+    classes = {task: task_classes(rows, task, order) for task, order in config.tasks.items()}
+    progress(f"{len(rows)} rows, {len({row.group for row in rows})} groups; classes {classes}")
+    pixels = prepare_task_images(images_dir, rows, input_size=config.input_size,
+                                 cache_dir=cache_dir or out_dir / "cache")
+    targets = task_targets(rows, classes)
+    strata = _strata(rows)
+    groups = [row.group for row in rows]
+    splitter = StratifiedGroupKFold(n_splits=config.folds, shuffle=True, random_state=config.seed)
+    fold_of = np.full(len(rows), -1)
+    for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(rows)), strata, groups)):
+        fold_of[held_out] = fold
+    with (out_dir / FOLDS).open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["group", "fold"])
+        writer.writerows(sorted({(group, int(fold)) for group, fold in zip(groups, fold_of, strict=True)}))
+    logits = {task: np.zeros((len(rows), len(names))) for task, names in classes.items()}
+    for fold in range(config.folds):
+        train_mask = fold_of != fold
+        progress(f"fold {fold + 1}/{config.folds}: training on {train_mask.sum()} rows, "
+                 f"holding out {(~train_mask).sum()}")
+        network = _fit_network(pixels[train_mask], targets[train_mask], [s for s, k in zip(strata, train_mask,
+                               strict=True) if k], classes, config, seed=config.seed + fold, progress=progress)
+        for task, value in predict_logits(network, pixels[~train_mask]).items():
+            logits[task][~train_mask] = value
+    temperatures, probabilities = {}, {}
+    for column, task in enumerate(classes):
+        labelled = targets[:, column] >= 0
+        temperatures[task] = round(fit_temperature(logits[task][labelled], targets[labelled, column]), 4)
+        probabilities[task] = softmax(logits[task], temperatures[task])
+    real = np.array([row.source not in config.synthetic_sources for row in rows])
+    thresholds = fit_thresholds({task: value[real] for task, value in probabilities.items()}, targets[real], classes,
+                                config)
+
+    def figures(mask: np.ndarray) -> dict[str, Any]:
+        return task_metrics({task: value[mask] for task, value in probabilities.items()}, targets[mask],
+                            [row for row, keep in zip(rows, mask, strict=True) if keep], classes, thresholds,
+                            gate=(config.gate_task, config.gate_class) if config.gate_task else None,
+                            binary=(config.binary_task, config.positive_class) if config.binary_task else None,
+                            n_bootstrap=config.n_bootstrap, seed=config.seed)
+
+    metrics = figures(real)
+    sources = sorted({row.source for row in rows})
+    if len(sources) > 1:
+        metrics["by_source"] = {source or "(none)": figures(np.array([row.source == source for row in rows]))
+                                for source in sources}
+    _write_out_of_fold(out_dir / OUT_OF_FOLD, rows, fold_of, probabilities, classes)
+    cv_seconds = time.monotonic() - started
+    progress(f"cross-validation done in {cv_seconds / 60:.1f} min; training the shipped network on every row")
+    network = _fit_network(pixels, targets, strata, classes, config, seed=config.seed + 100, progress=progress)
+    save_file({key: value.contiguous() for key, value in network.state_dict().items()}, str(out_dir / WEIGHTS))
+    report = {"folds": config.folds, "rows": len(rows), "groups": len(set(groups)), "temperatures": temperatures,
+              "thresholds": thresholds, "metrics": metrics, "minutes_cross_validation": round(cv_seconds / 60, 1),
+              "minutes_total": round((time.monotonic() - started) / 60, 1)}
+    (out_dir / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    card = TaskCard(name=config.name, version=config.version, architecture=config.architecture,
+                    input_size=config.input_size, tasks=classes, temperatures=temperatures, thresholds=thresholds,
+                    trained=True, intended_use=config.intended_use, training_data=config.training_data,
+                    metrics={"cross_validation": metrics, "folds": config.folds, "rows": len(rows),
+                             "groups": len(set(groups))},
+                    training={**config.model_dump(mode="json"), "minutes": report["minutes_total"]},
+                    weights=WEIGHTS, weights_sha256=sha256_of(out_dir / WEIGHTS))
+    write_task_card(card, out_dir / CARD)
+    progress(f"done in {report['minutes_total']} min: {out_dir / CARD}")
+    return card
+
+
+def _write_out_of_fold(path: Path, rows: Sequence[TaskRow], fold_of: np.ndarray, probabilities: dict[str, np.ndarray],
+                       classes: dict[str, tuple[str, ...]]) -> None:
+    columns = [f"p_{task}_{name}" for task, names in classes.items() for name in names]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["image", "group", "crop", "fold", *[f"label_{task}" for task in classes], *columns])
+        for index, row in enumerate(rows):
+            writer.writerow([row.image, row.group, row.crop, int(fold_of[index]),
+                             *[row.labels.get(task, "") for task in classes],
+                             *[f"{probabilities[task][index, k]:.5f}" for task, names in classes.items()
+                               for k in range(len(names))]])
