@@ -1,6 +1,6 @@
 """Labelled hip images for training and evaluation: the labels CSV, the patient split, the prepared pixels.
 
-A data folder holds images (DICOM files, or PNG) and ``labels.csv`` with one row per image and visible
+A data folder holds images (DICOM files, or PNG or JPEG) and ``labels.csv`` with one row per image and visible
 hip: ``patient,study,image,side,class`` and optionally ``view``. ``image`` is the file's path relative
 to the folder, ``side`` is ``right`` or ``left`` (``unknown`` for a single hip whose side no tag
 states), ``class`` a hardware class key (``none``, ``tha``, ... see :mod:`models.taxonomy`).
@@ -226,9 +226,9 @@ def _prepare_one(job: tuple[Path, int, View | None]) -> dict[Side, np.ndarray] |
 
     path, input_size, view = job
     try:
-        if path.suffix.lower() == ".png":
+        if path.suffix.lower() in {".png", ".jpg", ".jpeg"}:
             return _prepare_png(path, input_size, view)
-        _, hips = prepare_file(path, input_size=input_size)
+        _, hips, _ = prepare_file(path, input_size=input_size)
     except Exception as exc:  # reported per image with its reason
         return f"{type(exc).__name__}: {exc}"
     return {hip.side: hip.pixels for hip in hips}

@@ -40,16 +40,20 @@ say which hip a one-hip image shows (both hips' APs read L\\F), so it is no side
 StudyDescription is shared by every image of a study ("XR PELVIS AND RIGHT HIP 3 VIEWS"), so it never
 decides an image's view or side; it only helps decide scope when no body part is coded.
 
-Scope (``scope_rule``): BodyPartExamined HIP, PELVIS or FEMUR is in scope, any other body part (chest,
-knee, hand...) out of scope; without it, the AnatomicRegionSequence code decides the same way; without
-either, any description (StudyDescription included) naming the hip, pelvis, femur or acetabulum is in
-scope. Out of scope never gets a hip draft.
+What the tags say about the body region (``tag_region``, ``scope_rule`` names the tag that said it):
+BodyPartExamined HIP, PELVIS or FEMUR -> ``hip``; another limb region (shoulder, arm, hand, knee, leg,
+foot...) -> ``limb``; any other body part (chest, abdomen, skull, spine...) -> ``outside``. Without it, the
+AnatomicRegionSequence code decides the same way (a code predraft does not know counts as ``outside``);
+without either, any description (StudyDescription included) naming the hip, pelvis, femur or acetabulum
+-> ``hip``; otherwise ``none``. The tags alone never decide scope: models.scope combines them with the
+body-part gate's reading of the pixels (``in_scope`` is only "the tags say hip").
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 
 from pydicom.dataset import Dataset
 
@@ -80,6 +84,22 @@ _ANATOMY = {
     ("SCT", "816092008"): "PELVIS",  # pelvis
 }
 _IN_SCOPE_BODY_PARTS = {"HIP", "PELVIS", "FEMUR"}
+#: Body parts (PS3.16 Annex L defined terms and common variants) of the limbs the gate knows.
+_LIMB_BODY_PARTS = {
+    "SHOULDER", "CLAVICLE", "SCAPULA", "ACJOINT", "HUMERUS", "ARM", "UPPER LIMB", "UPPERLIMB", "UPPER_LIMB", "ELBOW",
+    "FOREARM", "RADIUS", "ULNA", "WRIST", "HAND", "FINGER", "THUMB", "EXTREMITY", "KNEE", "PATELLA", "LEG",
+    "LOWER LIMB",
+    "LOWERLIMB", "LOWER_LIMB", "TIBIA", "FIBULA", "ANKLE", "FOOT", "HEEL", "CALCANEUS", "TOE",
+}
+
+
+class TagRegion(StrEnum):
+    """What an image's tags say about its body region."""
+
+    HIP = "hip"  # hip, pelvis or femur
+    LIMB = "limb"  # another limb region, one the body-part gate knows
+    OUTSIDE = "outside"  # a region outside the gate's skeleton (chest, abdomen, skull, spine...): never overridden
+    NONE = "none"  # no body-part tag and no description naming the hip
 _IMAGE_DESCRIPTION_TAGS = ("SeriesDescription", "ProtocolName")
 _ALL_DESCRIPTION_TAGS = (*_IMAGE_DESCRIPTION_TAGS, "StudyDescription")
 
@@ -92,6 +112,8 @@ class ViewResult:
     side_rule: str
     in_scope: bool
     scope_rule: str
+    tag_region: TagRegion = TagRegion.NONE
+    body_part: str = ""  # what the tags named (BodyPartExamined or the anatomic region code), for reasons
 
 
 def _code(item: Dataset) -> tuple[str, str]:
@@ -151,8 +173,9 @@ def classify_view(ds: Dataset) -> ViewResult:
     """Decide view, sides and scope of one image. Reads tags only, never pixels."""
     view, view_rule = _view(ds)
     sides, side_rule = _sides(ds, view)
-    in_scope, scope_rule = _scope(ds)
-    return ViewResult(view, view_rule, sides, side_rule, in_scope, scope_rule)
+    tag_region, scope_rule = _scope(ds)
+    return ViewResult(view, view_rule, sides, side_rule, tag_region is TagRegion.HIP, scope_rule, tag_region,
+                      _body_part(ds)[0])
 
 
 def _frontal(ds: Dataset, text: str, rule: str) -> tuple[View, str] | None:
@@ -221,10 +244,12 @@ def _sides(ds: Dataset, view: View) -> tuple[tuple[Side, ...], str]:
     return (Side.UNKNOWN,), "none"
 
 
-def _scope(ds: Dataset) -> tuple[bool, str]:
+def _scope(ds: Dataset) -> tuple[TagRegion, str]:
     body_part, rule = _body_part(ds)
     if body_part:
-        return body_part in _IN_SCOPE_BODY_PARTS, rule
+        if body_part in _IN_SCOPE_BODY_PARTS:
+            return TagRegion.HIP, rule
+        return (TagRegion.LIMB if body_part in _LIMB_BODY_PARTS else TagRegion.OUTSIDE), rule
     if _has_word(_descriptions(ds, _ALL_DESCRIPTION_TAGS), "HIP", "PELVIS", "FEMUR", "ACETAB"):
-        return True, "description"
-    return False, "none"
+        return TagRegion.HIP, "description"
+    return TagRegion.NONE, "none"

@@ -70,6 +70,7 @@ class ReadinessProbe:
 
     def _model(self) -> str:
         from models.card import load_card
+        from models.imagetask import load_task_card
 
         card_path = self.settings.model_card_path
         card, weights = load_card(card_path, verify_weights=False)
@@ -78,7 +79,8 @@ class ReadinessProbe:
             if self._model_verified != key:
                 load_card(card_path, verify_weights=True)  # hashes the weights: only when a file changed
                 self._model_verified = key
-        return f"{card.name} {card.version} ({card.architecture}), weights verified"
+        gate, _ = load_task_card(self.settings.gate_card_path, verify_weights=False)
+        return f"{card.name} {card.version} ({card.architecture}), weights verified; gate {gate.display_name}"
 
     def _spool(self) -> str:
         from listener.spool import Spool

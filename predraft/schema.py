@@ -79,6 +79,12 @@ class Instance(Base):
     view_rule: Mapped[str | None] = mapped_column(String(64), nullable=True)
     side: Mapped[str | None] = mapped_column(String(16), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: The body-part gate's top region and its probability (None: the gate did not run).
+    region_read: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    region_probability: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: A drafted image the radiologist should look at twice (models.scope.ScopeFlag), and why.
+    scope_flag: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    scope_note: Mapped[str | None] = mapped_column(Text, nullable=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     #: Last change of state; the sweeper re-sends work that has not moved for a while.
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

@@ -362,6 +362,11 @@ class Settings(BaseSettings):
         None,
         description="Model card (JSON) beside its safetensors weights; default the bundled demo model (phantoms only)",
     )
+    gate_model: Path | None = Field(
+        None,
+        description="Body-part gate and hardware check card (JSON, models.imagetask.TaskCard) beside its weights; "
+                    "default the bundled gate (trained on FracAtlas)",
+    )
     device: str = Field("cpu", description="Torch device for classification: cpu, cuda or cuda:N.")
     voi_window_index: int = Field(0, ge=0, description="Which of an image's VOI windows to apply (0: the first).")
     classify_batch_size: int = Field(64, ge=1, description="Largest batch the classifier's micro-batcher forms.")
@@ -539,6 +544,13 @@ class Settings(BaseSettings):
     def model_card_path(self) -> Path:
         """The model card in use: the configured one, or the embedded demo model's."""
         return self.model or self.demo_model_card_path
+
+    @property
+    def gate_card_path(self) -> Path:
+        """The gate card in use: the configured one, or the bundled gate's (``models/gate/card.json``)."""
+        from models.imagetask import GATE_CARD
+
+        return self.gate_model or GATE_CARD
 
     @property
     def demo_model_card_path(self) -> Path:

@@ -56,6 +56,8 @@ def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
         "instances": [
             {"sop_instance_uid": i.sop_instance_uid, "state": i.state, "view": i.view, "side": i.side,
              "view_rule": i.view_rule, "error": i.error,
+             "region_read": i.region_read, "region_probability": i.region_probability,
+             "scope_flag": i.scope_flag, "scope_note": i.scope_note,
              "predictions": [{"side": p.side, "top_class": p.top_class, "probability": round(p.top_probability, 3),
                               "metal": p.metal_present} for p in i.predictions]}
             for i in study.instances

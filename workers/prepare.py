@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from models.metal import MetalFinding, detect_metal
+from models.metal import MetalFinding
 from models.pixels import (
     PixelDataError,
     crop_collimation,
@@ -20,8 +21,9 @@ from models.pixels import (
     standard_orientation,
     to_unit_range,
 )
+from models.scope import decide_scope
 from models.taxonomy import CLASSIFIABLE_SOP_CLASSES, Side, View
-from models.views import ViewResult, classify_view
+from models.views import TagRegion, ViewResult, classify_view
 from workers.sandbox import DecodeFailure, Sandbox
 
 
@@ -31,7 +33,7 @@ class OutOfScopeError(Exception):
 
 @dataclass(frozen=True)
 class HipImage:
-    """One hip ready for the classifier, with the model-free metal check of the same hip."""
+    """One hip ready for the classifier; ``metal`` is the hardware check's finding on it (workers.gate), once made."""
 
     side: Side
     view: View
@@ -56,8 +58,24 @@ class HipImage:
         return cls(Side(str(message["side"])), View(str(message["view"])), pixels.reshape(size, size), metal)
 
 
-def prepare_file(path: Path, *, input_size: int, voi_window_index: int = 0) -> tuple[ViewResult, list[HipImage]]:
-    """Read, check scope, decode, window, crop, orient, split and letterbox; metal-check every hip.
+class PreparedInstance(NamedTuple):
+    """What prepare_file makes of one image: its tag labels, its hips, and the whole image for the gate."""
+
+    labels: ViewResult
+    hips: list[HipImage]
+    gate_pixels: np.ndarray | None  # uint8 (G, G), the whole image letterboxed; None when no gate size was asked
+
+
+def prepare_file(path: Path, *, input_size: int, gate_size: int | None = None,
+                 voi_window_index: int = 0) -> PreparedInstance:
+    """Read, check the SOP class and the tags' region, decode, window, crop, orient, split and letterbox.
+    (The hips' hardware check is the gate's, made by the caller: workers.gate.)
+
+    The tags decide the hips: an AP pelvis gives both halves, any other image one hip, the whole image, with
+    the tags' view and side (``unknown`` where they say none: an untagged image is one hip of unknown view
+    and side). Whether the image is in scope is decided afterwards, with the body-part gate's reading of
+    ``gate_pixels`` (:mod:`models.scope`); only tags naming a region outside the gate's skeleton (chest,
+    spine...) put it out of scope here, before anything is decoded.
 
     ``voi_window_index`` picks the image's VOI LUT or window (settings.voi_window_index; 0 is the first).
     Collimation borders are cropped before an AP pelvis is split at its midline, so the split follows the
@@ -71,9 +89,8 @@ def prepare_file(path: Path, *, input_size: int, voi_window_index: int = 0) -> t
     if str(ds.get("SOPClassUID", "")) not in CLASSIFIABLE_SOP_CLASSES:  # CR, DX and Secondary Capture
         raise OutOfScopeError(f"SOP class {ds.get('SOPClassUID', '')} is not an image predraft classifies")
     labels = classify_view(ds)
-    if not labels.in_scope:
-        raise OutOfScopeError(
-            f"body part {ds.get('BodyPartExamined', '') or 'unstated'} is not a hip or pelvis ({labels.scope_rule})")
+    if labels.tag_region is TagRegion.OUTSIDE:
+        raise OutOfScopeError(decide_scope(labels, None).reason)
     image = crop_collimation(to_unit_range(ds, decode(ds), window_index=voi_window_index, overwrite_input=True))
     orientation = ds.get("PatientOrientation")
     if labels.view is View.AP_PELVIS:
@@ -81,11 +98,12 @@ def prepare_file(path: Path, *, input_size: int, voi_window_index: int = 0) -> t
         hips = [_hip(side, labels.view, halves[side], input_size) for side in labels.sides]
     else:
         hips = [_hip(labels.sides[0], labels.view, standard_orientation(image, orientation), input_size)]
-    return labels, hips
+    gate_pixels = letterbox(standard_orientation(image, orientation), gate_size) if gate_size else None
+    return PreparedInstance(labels, hips, gate_pixels)
 
 
-def prepare_bounded(path: Path, *, input_size: int, voi_window_index: int = 0,
-                    sandbox: Sandbox) -> tuple[ViewResult, list[HipImage]]:
+def prepare_bounded(path: Path, *, input_size: int, gate_size: int | None = None, voi_window_index: int = 0,
+                    sandbox: Sandbox) -> PreparedInstance:
     """prepare_file run in ``sandbox``'s child, bounded in time and memory (the workers' entry point).
 
     Raises OutOfScopeError as prepare_file does; every other failure (an unreadable file, pixel data that
@@ -93,7 +111,8 @@ def prepare_bounded(path: Path, *, input_size: int, voi_window_index: int = 0,
     its reason, and ``sandbox`` is ready for the next image.
     """
     try:
-        return sandbox.call(prepare_file, path, input_size=input_size, voi_window_index=voi_window_index)
+        return sandbox.call(prepare_file, path, input_size=input_size, gate_size=gate_size,
+                            voi_window_index=voi_window_index)
     except DecodeFailure as failure:
         if failure.error_type == OutOfScopeError.__name__:
             raise OutOfScopeError(failure.detail) from None
@@ -101,7 +120,8 @@ def prepare_bounded(path: Path, *, input_size: int, voi_window_index: int = 0,
 
 
 def _hip(side: Side, view: View, image: np.ndarray, input_size: int) -> HipImage:
-    return HipImage(side, view, letterbox(image, input_size), detect_metal(image))
+    return HipImage(side, view, letterbox(image, input_size))
 
 
-__all__ = ["DecodeFailure", "HipImage", "OutOfScopeError", "PixelDataError", "prepare_bounded", "prepare_file"]
+__all__ = ["DecodeFailure", "HipImage", "OutOfScopeError", "PixelDataError", "PreparedInstance", "prepare_bounded",
+           "prepare_file"]

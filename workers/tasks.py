@@ -38,6 +38,7 @@ from workers.dispatch import finish_if_done, reclassify_stale_instances
 from workers.drafting import apply_outcome, draft_study
 from workers.export_service import queue_exports
 from workers.export_task import send_exports
+from workers.gate import GatedInstance, load_gate
 from workers.prepare import HipImage, OutOfScopeError, prepare_bounded
 from workers.sandbox import DecodeFailure, Sandbox, close_all, thread_sandbox
 
@@ -98,11 +99,12 @@ def _classifier_and_batcher(settings: Settings) -> tuple[Classifier, MicroBatche
         return _models[key]
 
 
-def _finish_instance(instance_id: int, state: InstanceState, error: str) -> int:
+def _finish_instance(instance_id: int, state: InstanceState, error: str, gated: GatedInstance | None = None) -> int:
     with session_scope(_settings().database_url) as session:
         instance = session.get(Instance, instance_id)
         instance.state = state
         instance.error = error
+        _record_gate(instance, gated)
         record_event(session, state.value, error, study_id=instance.study_id, instance_id=instance_id)
         return instance.study_id
 
@@ -145,24 +147,43 @@ def prepare(self: Task, instance_id: int) -> None:
             return
         path, study_id, syntax = Path(instance.spool_path), instance.study_id, instance.transfer_syntax_uid
     card = _card(settings.model_card_path)
+    gate = load_gate(settings.gate_card_path)
+    gated = None
     try:
-        labels, hips = prepare_bounded(path, input_size=card.input_size, voi_window_index=settings.voi_window_index,
-                                       sandbox=_prepare_sandbox(settings))
+        prepared = prepare_bounded(path, input_size=card.input_size, gate_size=gate.size,
+                                   voi_window_index=settings.voi_window_index, sandbox=_prepare_sandbox(settings))
+        gated = gate.apply(prepared)
+        if not gated.decision.in_scope:
+            raise OutOfScopeError(gated.decision.reason)
     except (OutOfScopeError, DecodeFailure) as exc:  # this instance only
         if isinstance(exc, OutOfScopeError):
             state, error = InstanceState.SKIPPED, str(exc)
         else:
             state, error = InstanceState.ERROR, _decode_failure_error(instance_id, syntax, exc)
-        _finish_instance(instance_id, state, error)
+        _finish_instance(instance_id, state, error, gated)
         finish_if_done(self.app, settings.database_url, study_id)
         return
+    labels = prepared.labels
     with session_scope(settings.database_url) as session:
         instance = session.get(Instance, instance_id)
         instance.state = InstanceState.PREPARED
         instance.view, instance.view_rule = labels.view.value, labels.view_rule
         instance.side = "+".join(side.value for side in labels.sides)
+        _record_gate(instance, gated)
         instance.study.prepared_at = utcnow()
-    self.app.send_task(CLASSIFY, args=[instance_id, [hip.to_message() for hip in hips]])
+        if gated.decision.flag is not None:
+            record_event(session, "scope_flag", gated.decision.reason, study_id=study_id, instance_id=instance_id)
+    self.app.send_task(CLASSIFY, args=[instance_id, [hip.to_message() for hip in gated.hips]])
+
+
+def _record_gate(instance: Instance, gated: GatedInstance | None) -> None:
+    """The gate's reading and the scope flag on the instance's row (nothing when the gate did not run)."""
+    if gated is None or gated.reading is None:
+        return
+    instance.region_read, probability = gated.reading.top
+    instance.region_probability = round(probability, 4)
+    instance.scope_flag = gated.decision.flag.value if gated.decision.flag else None
+    instance.scope_note = gated.decision.reason or None
 
 
 @shared_task(name=CLASSIFY, bind=True, **_RETRY)

@@ -139,9 +139,13 @@ def worker(queues: str, concurrency: int | None, metrics_port: int | None) -> No
         raise click.ClickException(f"unknown queue(s) {sorted(unknown)}; known: {', '.join(QUEUES)}")
     try:
         load_card(settings.model_card_path, verify_weights="classify" in queues)
+        if "prepare" in queues:
+            from workers.gate import load_gate
+
+            load_gate(settings.gate_card_path)  # the gate card, its weights and its tasks, checked here
         if "draft" in queues:
             check_templates(settings.template_dir)  # a broken site template stops the worker here, not a report
-    except (ModelCardError, TemplateCheckError) as exc:
+    except (ModelCardError, TemplateCheckError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     try:
         serve_metrics(settings.metrics_host, settings.worker_metrics_port if metrics_port is None else metrics_port)

@@ -67,10 +67,12 @@ def show_command(study_uid: str, as_json: bool) -> int:
     click.echo(f"Study {detail['study_uid']}  state: {detail['state']}  generation: {detail['generation']}")
     if detail["error"]:
         click.echo(f"Error: {detail['error']}")
-    print_table(("SOP Instance UID", "State", "View", "Side", "Predictions", "Error"),
+    print_table(("SOP Instance UID", "State", "View", "Side", "Reads as", "Predictions", "Error or flag"),
                 [(i["sop_instance_uid"], i["state"], i["view"], i["side"],
+                  f"{i['region_read']} {i['region_probability']:.2f}" if i["region_read"] else "",
                   ", ".join(f"{p['side']}={p['top_class']} {p['probability']:.2f}" for p in i["predictions"]),
-                  i["error"]) for i in detail["instances"]])
+                  i["error"] or (f"{i['scope_flag']}: {i['scope_note']}" if i["scope_flag"] else ""))
+                 for i in detail["instances"]])
     steps = detail["timings"]["seconds_from_last_instance"]
     if steps:
         click.echo("  timings after the last instance: " + ", ".join(f"{step} +{value:.1f} s"

@@ -94,7 +94,7 @@ class HipImages:
         from workers.prepare import prepare_file
 
         try:
-            _, hips = prepare_file(Path(spool_path), input_size=size,
+            _, hips, _ = prepare_file(Path(spool_path), input_size=size,
                                    voi_window_index=self.settings.voi_window_index)
         except Exception as exc:  # any pipeline failure means the same here: nothing to show
             raise ImageUnavailable(f"the image cannot be prepared: {type(exc).__name__}: {exc}") from exc

@@ -92,7 +92,7 @@ def _hips(instances: list[Instance], draft: Draft | None) -> list[dict[str, Any]
             hardware = classes.get(side) or top_class
             hips.append({"instance_id": instance.id, "side": side, "side_label": present.side_label(side),
                          "view_label": present.view_label(view, None), "state": instance.state,
-                         "overlay_class": hardware,
+                         "overlay_class": hardware, "scope_note": instance.scope_note if instance.scope_flag else None,
                          "overlay_label": present.hardware_label(hardware) if hardware else None})
     return hips
 

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
+from models.scope import ScopeFlag
 from models.taxonomy import STRUCTURED_REPORT_SOP_CLASSES
 from predraft.schema import Draft, Instance, Review, Study, User
 from predraft.states import ReportKind, StudyState
@@ -164,15 +165,19 @@ def _reviews(session: Session, draft_ids: list[int]) -> dict[int, tuple[Review, 
     return {review.draft_id: (review, username) for review, username in rows}
 
 
-def _instances(session: Session, study_ids: list[int]) -> dict[int, list[tuple[str | None, str | None, str]]]:
-    found: dict[int, list[tuple[str | None, str | None, str]]] = {}
+_InstanceRow = tuple[str | None, str | None, str, str | None, str | None]  # view, side, state, scope flag, error
+
+
+def _instances(session: Session, study_ids: list[int]) -> dict[int, list[_InstanceRow]]:
+    found: dict[int, list[_InstanceRow]] = {}
     if not study_ids:
         return found
-    for study_id, view, side, state in session.execute(
-            select(Instance.study_id, Instance.view, Instance.side, Instance.state)
+    for study_id, view, side, state, flag, error in session.execute(
+            select(Instance.study_id, Instance.view, Instance.side, Instance.state, Instance.scope_flag,
+                   Instance.error)
             .where(Instance.study_id.in_(study_ids), Instance.sop_class_uid.not_in(STRUCTURED_REPORT_SOP_CLASSES))
             .order_by(Instance.id)):
-        found.setdefault(study_id, []).append((view, side, state))
+        found.setdefault(study_id, []).append((view, side, state, flag, error))
     return found
 
 
@@ -191,7 +196,7 @@ def finding_summary(finding: dict[str, Any]) -> dict[str, Any]:
 
 
 def _row(study: Study, draft: Draft | None, reviews: dict[int, tuple[Review, str]],
-         instances: list[tuple[str | None, str | None, str]]) -> dict[str, Any]:
+         instances: list[_InstanceRow]) -> dict[str, Any]:
     findings = [finding_summary(f) for f in draft.findings] if draft is not None else []
     review = reviews.get(draft.id) if draft is not None else None
     state = present.worklist_state(study.state, study.prepared_at is not None)
@@ -204,11 +209,17 @@ def _row(study: Study, draft: Draft | None, reviews: dict[int, tuple[Review, str
         flags.append(("demo", "Demo model"))
     if draft is not None and draft.patient_is_child:
         flags.append(("child", "Under 18"))
-    if any(instance_state == "error" for _, _, instance_state in instances):
+    if any(instance_state == "error" for _, _, instance_state, _, _ in instances):
         flags.append(("error", "Instance error"))
+    if any(flag == ScopeFlag.TAGS_DISAGREE for *_, flag, _ in instances):
+        flags.append(("tags", "Tags disagree"))
+    if any(flag == ScopeFlag.UNTAGGED for *_, flag, _ in instances):
+        flags.append(("untagged", "No body-part tags"))
+    if any(state == "skipped" and error and error.startswith("tags say") for _, _, state, _, error in instances):
+        flags.append(("gate", "Image reads as another body part"))
     return {
         **present.study_identity(study),
-        "views": [present.view_label(view, side) if view else f"({state})" for view, side, state in instances],
+        "views": [present.view_label(view, side) if view else f"({state})" for view, side, state, _, _ in instances],
         "state": state.value,
         "findings": findings,
         "flags": flags,

@@ -67,17 +67,17 @@ def test_bounded_prepare_reports_the_panic_and_the_same_child_prepares_the_next_
     assert info.value.reason is FailureReason.ERROR
     pid = sandbox.pid
 
-    labels, hips = prepare_bounded(real_path("RG2_UNC.dcm"), input_size=64, sandbox=sandbox)
+    labels, hips, _ = prepare_bounded(real_path("RG2_UNC.dcm"), input_size=64, sandbox=sandbox)
     assert sandbox.pid == pid  # a panic is caught in the child: no restart
-    expected_labels, expected_hips = prepare_file(real_path("RG2_UNC.dcm"), input_size=64)
+    expected_labels, expected_hips, _ = prepare_file(real_path("RG2_UNC.dcm"), input_size=64)
     assert labels == expected_labels
     assert [(h.side, h.view, h.metal) for h in hips] == [(h.side, h.view, h.metal) for h in expected_hips]
     assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(hips, expected_hips, strict=True))
 
 
 def test_out_of_scope_and_undecodable_images_keep_their_errors(real_path, sandbox):
-    with pytest.raises(OutOfScopeError, match="body part EXTREMITY is not a hip or pelvis"):
-        prepare_bounded(real_path("RG3_UNC.dcm"), input_size=64, sandbox=sandbox)
+    with pytest.raises(OutOfScopeError, match="body part CHEST is not a hip or pelvis"):  # the gate never overrules
+        prepare_bounded(real_path("RG1_UNCR.dcm"), input_size=64, sandbox=sandbox)
     with pytest.raises(DecodeFailure, match="PixelDataError: .*could not be decoded") as info:
         prepare_bounded(real_path("RG2_JPLY.dcm"), input_size=64, sandbox=sandbox)
     assert info.value.reason is FailureReason.ERROR and info.value.error_type == "PixelDataError"

@@ -9,15 +9,18 @@ import pydicom
 import pytest
 from pydicom.errors import InvalidDicomError
 
+from models.imagetask import GATE_CARD
 from models.pixels import PixelDataError
 from models.taxonomy import Side, View
+from models.views import TagRegion
+from workers.gate import load_gate
 from workers.prepare import HipImage, OutOfScopeError, prepare_file
 
 
 def test_demo_ap_pelvis_gives_right_then_left_hip_of_the_requested_size(demo_study):
     pelvis = demo_study[0]
     assert pelvis.view is View.AP_PELVIS
-    labels, hips = prepare_file(pelvis.path, input_size=96)
+    labels, hips, _ = prepare_file(pelvis.path, input_size=96)
 
     assert labels.view is View.AP_PELVIS and labels.in_scope
     assert [hip.side for hip in hips] == [Side.RIGHT, Side.LEFT]
@@ -29,20 +32,20 @@ def test_demo_ap_pelvis_gives_right_then_left_hip_of_the_requested_size(demo_stu
 
 def test_the_right_hip_image_holds_the_phantoms_prosthesis(demo_study):
     # The phantom has a total hip arthroplasty (drawn at full scale) on the patient's right only.
-    _, hips = prepare_file(demo_study[0].path, input_size=128)
+    _, hips, _ = prepare_file(demo_study[0].path, input_size=128)
     bright = {hip.side: int((hip.pixels > 200).sum()) for hip in hips}
     assert bright[Side.RIGHT] > 3 * bright[Side.LEFT]
 
 
 def test_demo_frog_leg_gives_one_right_hip(demo_study):
     frog = demo_study[1]
-    labels, hips = prepare_file(frog.path, input_size=64)
+    labels, hips, _ = prepare_file(frog.path, input_size=64)
     assert labels.view is View.FROG_LEG
     assert [(hip.side, hip.view, hip.pixels.shape) for hip in hips] == [(Side.RIGHT, View.FROG_LEG, (64, 64))]
 
 
 def test_real_native_hip_gives_one_hip_of_unknown_side(real_path):
-    labels, hips = prepare_file(real_path("RG2_UNC.dcm"), input_size=64)
+    labels, hips, _ = prepare_file(real_path("RG2_UNC.dcm"), input_size=64)
     assert labels.in_scope and labels.view is View.UNKNOWN
     assert len(hips) == 1 and hips[0].side is Side.UNKNOWN
     pixels = hips[0].pixels
@@ -52,9 +55,17 @@ def test_real_native_hip_gives_one_hip_of_unknown_side(real_path):
     assert pixels[:, 8:56].std() > 10
 
 
-def test_real_tibia_is_out_of_scope(real_path):
-    with pytest.raises(OutOfScopeError, match="body part EXTREMITY is not a hip or pelvis"):
-        prepare_file(real_path("RG3_UNC.dcm"), input_size=64)
+@pytest.mark.parametrize("name, body_part",
+                         [("RG3_UNC.dcm", "EXTREMITY"), ("NM_Kakadu44_SOTmarkerincons.dcm", "HAND")])
+def test_other_limb_images_are_prepared_for_the_gate_to_decide(real_path, name, body_part):
+    labels, hips, gate_pixels = prepare_file(real_path(name), input_size=64, gate_size=48)
+    assert labels.tag_region is TagRegion.LIMB and labels.body_part == body_part and not labels.in_scope
+    assert [hip.view for hip in hips] == [View.UNKNOWN]  # one hip, the whole image, should the gate read a hip
+    assert gate_pixels.shape == (48, 48) and gate_pixels.dtype == np.uint8 and gate_pixels.std() > 10
+
+
+def test_no_gate_image_unless_asked(real_path):
+    assert prepare_file(real_path("RG2_UNC.dcm"), input_size=64).gate_pixels is None
 
 
 def test_real_chest_is_out_of_scope(real_path):
@@ -96,7 +107,9 @@ def test_hip_image_message_round_trip():
 
 
 def test_prepared_hips_round_trip_through_messages(demo_study):
-    _, hips = prepare_file(demo_study[0].path, input_size=64)
+    gate = load_gate(GATE_CARD)
+    hips = gate.apply(prepare_file(demo_study[0].path, input_size=64, gate_size=gate.size)).hips
+    assert all(hip.metal is not None for hip in hips)
     for hip in hips:
         back = HipImage.from_message(json.loads(json.dumps(hip.to_message())))
         assert (back.side, back.view) == (hip.side, hip.view)
@@ -104,12 +117,16 @@ def test_prepared_hips_round_trip_through_messages(demo_study):
         assert back.metal == hip.metal
 
 
-def test_every_prepared_hip_is_metal_checked(demo_study):
-    """The demo study: a right THA and a native left hip on the AP pelvis."""
-    _, hips = prepare_file(demo_study[0].path, input_size=64)
-    metal = {hip.side: hip.metal for hip in hips}
+def test_the_gate_checks_every_prepared_hip_for_hardware(demo_study):
+    """The demo study: a right THA and a native left hip on the AP pelvis, read by the bundled gate."""
+    gate = load_gate(GATE_CARD)
+    prepared = prepare_file(demo_study[0].path, input_size=192, gate_size=gate.size)  # the demo model's edge
+    assert all(hip.metal is None for hip in prepared.hips)  # the child decodes; the gate's network checks
+    gated = gate.apply(prepared)
+    assert gated.decision.in_scope and gated.reading.top[0] == "hip"
+    metal = {hip.side: hip.metal for hip in gated.hips}
     assert metal[Side.RIGHT].present and not metal[Side.LEFT].present
-    assert metal[Side.RIGHT].reason and metal[Side.LEFT].reason
+    assert metal[Side.RIGHT].reason.startswith("hardware check ")
 
 
 def test_message_with_the_wrong_size_is_refused():
@@ -131,18 +148,17 @@ def test_message_with_an_unknown_side_is_refused():
 
 @pytest.mark.parametrize("name, body_part", [
     ("RG1_UNCR.dcm", "CHEST"),  # CR chest PA
-    ("NM_Kakadu44_SOTmarkerincons.dcm", "HAND"),  # CR hand
     ("966_fixed.dcm", "CHEST"),  # DX chest
     ("dx_image.dcm", "THORAX"),  # DX thorax
 ])
-def test_chest_and_hand_images_never_get_a_hip_draft(real_path, name, body_part):
-    with pytest.raises(OutOfScopeError, match=f"body part {body_part} is not a hip or pelvis"):
-        prepare_file(real_path(name), input_size=64)
+def test_chest_images_never_get_a_hip_draft_nor_reach_the_gate(real_path, name, body_part):
+    with pytest.raises(OutOfScopeError, match=f"body part {body_part} is not a hip or pelvis .*does not overrule"):
+        prepare_file(real_path(name), input_size=64, gate_size=48)
 
 
 def test_12_bit_jpeg_extended_hip_is_prepared(real_path):
-    labels, hips = prepare_file(real_path("RG2_JPLY_fixed.dcm"), input_size=64)
-    _, reference = prepare_file(real_path("RG2_UNC.dcm"), input_size=64)
+    labels, hips, _ = prepare_file(real_path("RG2_JPLY_fixed.dcm"), input_size=64)
+    _, reference, _ = prepare_file(real_path("RG2_UNC.dcm"), input_size=64)
     assert labels.in_scope and len(hips) == 1
     assert np.abs(hips[0].pixels.astype(int) - reference[0].pixels.astype(int)).mean() < 1.0
 
@@ -203,7 +219,7 @@ def test_hardware_only_on_the_patients_left_is_in_the_left_hip(tmp_path, orienta
         columns = slice(60, 120)
     stored[100:220, columns] = 4095
     _write_pelvis(tmp_path / "pelvis.dcm", stored, orientation)
-    labels, hips = prepare_file(tmp_path / "pelvis.dcm", input_size=96)
+    labels, hips, _ = prepare_file(tmp_path / "pelvis.dcm", input_size=96)
     assert labels.view is View.AP_PELVIS and [hip.side for hip in hips] == [Side.RIGHT, Side.LEFT]
     metal = _metal_per_side(hips)
     assert metal[Side.LEFT] > 300 and metal[Side.RIGHT] == 0
@@ -214,7 +230,7 @@ def test_collimation_is_cropped_before_the_midline_split(tmp_path):
     stored[:, :120] = 0  # a shutter over the image's left 120 columns: the exposed field is columns 120-400
     stored[100:220, 215:250] = 4095  # left of the field's midline (260), right of the image's (200)
     _write_pelvis(tmp_path / "pelvis.dcm", stored, ["L", "F"])
-    _, hips = prepare_file(tmp_path / "pelvis.dcm", input_size=96)
+    _, hips, _ = prepare_file(tmp_path / "pelvis.dcm", input_size=96)
     metal = _metal_per_side(hips)
     assert metal[Side.RIGHT] > 100 and metal[Side.LEFT] == 0
     assert all((hip.pixels[:, 30:66] > 0).all() for hip in hips)  # no black shutter left inside either hip
@@ -223,9 +239,9 @@ def test_collimation_is_cropped_before_the_midline_split(tmp_path):
 def test_voi_window_index_chooses_the_window(tmp_path):
     _write_pelvis(tmp_path / "pelvis.dcm", _pelvis_stored(), ["L", "F"], WindowCenter=[2048, 500],
                   WindowWidth=[4096, 200])
-    _, first = prepare_file(tmp_path / "pelvis.dcm", input_size=64)
-    _, second = prepare_file(tmp_path / "pelvis.dcm", input_size=64, voi_window_index=1)
-    _, past_the_last = prepare_file(tmp_path / "pelvis.dcm", input_size=64, voi_window_index=9)
+    _, first, _ = prepare_file(tmp_path / "pelvis.dcm", input_size=64)
+    _, second, _ = prepare_file(tmp_path / "pelvis.dcm", input_size=64, voi_window_index=1)
+    _, past_the_last, _ = prepare_file(tmp_path / "pelvis.dcm", input_size=64, voi_window_index=9)
     middle = (slice(20, 44), slice(14, 50))  # inside the 43 x 64 hip image, clear of the padding
     assert 100 < first[0].pixels[middle].mean() < 160  # values 1100-2900 in a 0-4095 window
     assert (second[0].pixels[middle] == 255).all()  # the narrow window at 500 saturates them all

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from predraft.cli import main
 from predraft.db import session_scope
-from predraft.schema import Draft, Export, Review, Study, WebSession
+from predraft.schema import Draft, Export, Instance, Review, Study, WebSession
 from reporting.web.auth import SECRET_FILE_NAME, load_session_secret
 from tests.unit.webapp import PASSWORD, Client, WebApp, csrf_in, drafted_web_app
 from workers import export_task
@@ -226,6 +226,20 @@ def test_a_childs_draft_is_flagged_on_the_worklist(web):
         session.scalars(select(Draft)).one().patient_is_child = True  # as drafting records it (reporting.age)
     rows = client.get("/worklist/rows").json()["rows"]
     assert "flag-child" in rows and "Under 18" in rows
+
+
+def test_scope_flags_reach_the_worklist_and_the_study_page(web):
+    client = web.logged_in("alice")
+    rows = client.get("/worklist/rows").json()["rows"]
+    assert "Tags disagree" not in rows and "No body-part tags" not in rows
+    note = "tags say KNEE, the image reads as hip or pelvis, 0.99"
+    with session_scope(web.settings.database_url) as session:  # as the prepare task records the gate's decision
+        first = session.scalars(select(Instance).order_by(Instance.id)).first()
+        first.scope_flag, first.scope_note, first.region_read, first.region_probability = (
+            "tags disagree", note, "hip", 0.99)
+    rows = client.get("/worklist/rows").json()["rows"]
+    assert "flag-tags" in rows and "Tags disagree" in rows and "No body-part tags" not in rows
+    assert note in client.get(f"/studies/{web.drafted.study_uid}").text
 
 
 def test_study_page_thumbnails_overlays_and_probability_bars(web):

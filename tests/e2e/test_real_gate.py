@@ -1,0 +1,112 @@
+"""Real radiographs through a real ``predraft serve``: the body-part gate decides with the tags.
+
+- a real knee (a FracAtlas AP knee, and one with a tibial nail) and a real tibia (NEMA RG3, never trained
+  on) sent with BodyPartExamined PELVIS: out of scope, the reason naming the tags and the gate's reading;
+- a real native hip (NEMA RG2, never trained on) sent without any body-part tag or description: drafted,
+  its instance flagged "no body-part tags".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from tests.conftest import REPO_ROOT, real_file
+from tests.e2e.conftest import Deployment
+
+pytestmark = pytest.mark.slow
+
+FRACATLAS = REPO_ROOT.parent / "shared" / "data" / "fracatlas" / "images"
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+#: Tags that say what an image shows: gone from the "untagged" copy.
+BODY_PART_TAGS = ("BodyPartExamined", "AnatomicRegionSequence", "StudyDescription", "SeriesDescription",
+                  "ProtocolName", "ViewPosition", "ViewCodeSequence", "ImageLaterality", "Laterality")
+
+
+def fracatlas_file(name: str) -> Path:
+    path = FRACATLAS / name
+    if not path.is_file():
+        pytest.skip(f"FracAtlas image {path} is absent (../shared/data/fracatlas is not checked out)")
+    return path
+
+
+def jpeg_as_cr(jpeg: Path, target: Path, **tags: str) -> Path:
+    """A CR instance holding ``jpeg``'s grey levels, 8-bit MONOCHROME2, as a digitiser would send it."""
+    pixels = np.asarray(Image.open(jpeg).convert("L"))
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(target), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = CR_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID, ds.PatientName, ds.AccessionNumber = "CR", "GATE1", "Test^Gate", "ACC-GATE"
+    ds.StudyDate, ds.PatientBirthDate = "20260101", "19600101"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = pixels.tobytes()
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
+def retagged(source: Path, target: Path, *, body_part: str | None) -> Path:
+    """``source`` as a new study, with BodyPartExamined ``body_part`` (None: every body-part tag removed)."""
+    ds = pydicom.dcmread(source)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for keyword in BODY_PART_TAGS:
+        if keyword in ds:
+            delattr(ds, keyword)
+    if body_part is not None:
+        ds.BodyPartExamined = body_part
+    ds.save_as(target)
+    return target
+
+
+def test_real_knees_and_tibia_tagged_pelvis_are_out_of_scope_with_the_reason(embedded: Deployment,
+                                                                             tmp_path: Path) -> None:
+    files = [
+        jpeg_as_cr(fracatlas_file("IMG0000026.jpg"), tmp_path / "knee.dcm", BodyPartExamined="PELVIS"),
+        jpeg_as_cr(fracatlas_file("IMG0000092.jpg"), tmp_path / "knee-nail.dcm", BodyPartExamined="PELVIS"),
+        retagged(real_file("RG3_UNC.dcm"), tmp_path / "tibia.dcm", body_part="PELVIS"),
+    ]
+    embedded.storescu(*files)
+    for path in files:
+        study_uid = str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+        detail = embedded.wait_for_study(study_uid)
+        assert detail["state"] == "out_of_scope", (path.name, detail)
+        (instance,) = detail["instances"]
+        assert instance["state"] == "skipped"
+        assert instance["error"].startswith("tags say PELVIS, the image reads as "), instance
+        assert instance["region_read"] != "hip" and instance["region_probability"] >= 0.5
+        assert detail["draft"] is None
+        if path.name.startswith("knee"):
+            assert instance["error"].startswith("tags say PELVIS, the image reads as leg, knee or ankle, 0.9"), instance
+    # (The NEMA tibia, a CR of another era, reads as hand at 0.51 with this gate: the region is wrong, the
+    # decision right. The figures in the README say how often each happens.)
+
+
+def test_real_hip_without_tags_is_drafted_and_flagged(embedded: Deployment, tmp_path: Path) -> None:
+    path = retagged(real_file("RG2_UNC.dcm"), tmp_path / "hip.dcm", body_part=None)
+    embedded.storescu(path)
+    detail = embedded.wait_for_study(str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID))
+    assert detail["state"] == "drafted", detail
+    (instance,) = detail["instances"]
+    assert instance["region_read"] == "hip"
+    assert instance["scope_flag"] == "no body-part tags"
+    assert instance["scope_note"].startswith("no body-part tags; the image reads as hip or pelvis, ")
+    assert instance["view"] == "unknown"
+    (prediction,) = instance["predictions"]
+    assert prediction["top_class"] == "none"  # a native hip, by the hip model
+    # the draft names the hip without a side; "No orthopedic hardware", or indeterminate when the hardware check
+    # disagrees (it scores this film 0.21 against its threshold of 0.19)
+    assert "Hip (side not stated): " in detail["draft"]["text"]

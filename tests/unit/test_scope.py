@@ -1,0 +1,93 @@
+"""Scope from tags and the body-part gate together (models.scope), rule by rule."""
+
+from __future__ import annotations
+
+import pytest
+from pydicom.dataset import Dataset
+
+from models.scope import GateReading, ScopeFlag, decide_scope
+from models.taxonomy import View
+from models.views import TagRegion, classify_view
+
+THRESHOLDS = {"hip": 0.9, "shoulder": 0.8, "hand": 0.8, "leg": 0.85}
+
+
+def reading(**probabilities: float) -> GateReading:
+    full = {"hip": 0.0, "shoulder": 0.0, "hand": 0.0, "leg": 0.0, **probabilities}
+    return GateReading(full, THRESHOLDS)
+
+
+def tags(body_part: str | None = None, **extra: str) -> Dataset:
+    ds = Dataset()
+    if body_part is not None:
+        ds.BodyPartExamined = body_part
+    for keyword, value in extra.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+@pytest.mark.parametrize(("body_part", "region"), [
+    ("PELVIS", TagRegion.HIP), ("HIP", TagRegion.HIP), ("FEMUR", TagRegion.HIP), ("KNEE", TagRegion.LIMB),
+    ("SHOULDER", TagRegion.LIMB), ("HAND", TagRegion.LIMB), ("ANKLE", TagRegion.LIMB), ("CHEST", TagRegion.OUTSIDE),
+    ("LSPINE", TagRegion.OUTSIDE), ("SKULL", TagRegion.OUTSIDE), ("ABDOMEN", TagRegion.OUTSIDE),
+])
+def test_tag_region_of_body_parts(body_part: str, region: TagRegion) -> None:
+    labels = classify_view(tags(body_part))
+    assert labels.tag_region is region
+    assert labels.body_part == body_part
+    assert labels.in_scope is (region is TagRegion.HIP)
+
+
+def test_no_body_part_tag_and_descriptions() -> None:
+    assert classify_view(tags()).tag_region is TagRegion.NONE
+    assert classify_view(tags(StudyDescription="XR PELVIS AP")).tag_region is TagRegion.HIP
+    assert classify_view(tags(StudyDescription="XR KNEE 2 VIEWS")).tag_region is TagRegion.NONE
+
+
+def test_hip_tags_kept_unless_the_gate_is_confident_of_another_region() -> None:
+    labels = classify_view(tags("PELVIS"))
+    assert decide_scope(labels, reading(hip=0.6, leg=0.4)).in_scope
+    assert decide_scope(labels, reading(hip=0.2, leg=0.8)).in_scope  # leg below its 0.85: unsure, kept
+    decision = decide_scope(labels, reading(hip=0.03, leg=0.97))
+    assert not decision.in_scope
+    assert decision.reason == "tags say PELVIS, the image reads as leg, knee or ankle, 0.97"
+    assert decision.flag is None
+
+
+def test_untagged_image_is_decided_by_the_gate() -> None:
+    labels = classify_view(tags())
+    accepted = decide_scope(labels, reading(hip=0.95, leg=0.05))
+    assert accepted.in_scope and accepted.flag is ScopeFlag.UNTAGGED
+    assert "reads as hip or pelvis, 0.95" in accepted.reason
+    refused = decide_scope(labels, reading(hip=0.7, hand=0.3))  # hip below its 0.9
+    assert not refused.in_scope
+    assert refused.reason == ("no body-part tags, and the image does not read as a hip or pelvis "
+                              "(reads as hip or pelvis, 0.70)")
+
+
+def test_other_limb_tags_overturned_only_by_a_confident_hip() -> None:
+    labels = classify_view(tags("KNEE", ViewPosition="AP"))
+    assert labels.view is View.UNKNOWN
+    drafted = decide_scope(labels, reading(hip=0.99, leg=0.01))
+    assert drafted.in_scope and drafted.flag is ScopeFlag.TAGS_DISAGREE
+    assert drafted.reason == "tags say KNEE, the image reads as hip or pelvis, 0.99"
+    kept_out = decide_scope(labels, reading(hip=0.5, leg=0.5))
+    assert not kept_out.in_scope
+    assert kept_out.reason.startswith("body part KNEE is not a hip or pelvis (BodyPartExamined)")
+
+
+def test_regions_outside_the_gates_skeleton_are_never_overridden() -> None:
+    labels = classify_view(tags("CHEST"))
+    decision = decide_scope(labels, None)
+    assert not decision.in_scope
+    assert "does not overrule" in decision.reason
+    assert not decide_scope(labels, reading(hip=1.0)).in_scope
+
+
+def test_a_reading_without_a_needed_threshold_is_refused() -> None:
+    with pytest.raises(ValueError, match="no threshold"):
+        GateReading({"hip": 0.5, "knee": 0.5}, {"hip": 0.9})
+    with pytest.raises(ValueError, match="needs the class 'hip'"):
+        GateReading({"knee": 1.0}, {"knee": 0.9})
+    with pytest.raises(ValueError, match="needs the gate's reading"):
+        decide_scope(classify_view(tags("PELVIS")), None)
