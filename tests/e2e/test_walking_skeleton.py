@@ -91,7 +91,7 @@ def test_study_is_drafted_with_bad_instances_recorded(deployment: Deployment, tm
     assert referenced == {image.sop_instance_uid for image in demo}
     text = sr_text(sr)
     assert "Right hip" in text and "Left hip" in text
-    assert "demo model trained on synthetic phantoms only" in text
+    assert "demo model, not for clinical use: trained on synthetic phantoms and public radiographs" in text
     assert "Right hip" in detail["draft"]["text"] and "Left hip" in detail["draft"]["text"]
 
     if shutil.which("dciodvfy") is None:
@@ -155,7 +155,7 @@ def test_demo_command_prints_the_draft_and_logs_no_patient_data(embedded: Deploy
     # the bundled demo model reads its own demo study: a right THA and a native left hip. Its card asks
     # 0.95 of a THA call (THA with fixation is its weak pair), so the right hip may go to review instead.
     for phrase in ("Left hip: No orthopedic hardware.", "VIEWS USED: AP pelvis, frog-leg lateral, cross-table lateral",
-                   "demo model trained on synthetic phantoms only"):
+                   "demo model, not for clinical use: trained on synthetic phantoms and public radiographs"):
         assert phrase in result.stdout
     assert ("Right hip: Total hip arthroplasty." in result.stdout
             or "Right hip: Indeterminate, review. (confidence" in result.stdout), result.stdout
