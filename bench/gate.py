@@ -31,8 +31,8 @@ import pydicom
 import torch
 
 from models.card import DEMO_MODEL_CARD, load_card
-from models.imagetask import GATE_CARD
 from models.phantoms import write_demo_study
+from models.taskcard import GATE_CARD
 from workers.gate import load_gate
 from workers.prepare import prepare_file
 

@@ -21,10 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from models.taskcard import TaskCard
 from models.views import TagRegion, ViewResult
 
 GATE_TASK = "region"
 GATE_CLASS = "hip"
+HARDWARE_TASK = "hardware"
+HARDWARE_PRESENT = "present"
 
 #: How a region class reads in a reason; a class not named here reads as its own name.
 REGION_WORDS = {"hip": "hip or pelvis", "shoulder": "shoulder", "hand": "hand or wrist", "leg": "leg, knee or ankle"}
@@ -69,6 +72,15 @@ class GateReading:
     def describe(self, name: str | None = None) -> str:
         name = name or self.top[0]
         return f"{REGION_WORDS.get(name, name)}, {self.probabilities[name]:.2f}"
+
+
+def check_gate_card(card: TaskCard) -> None:
+    """Raise ValueError unless ``card`` has the tasks the service acts on: ``region`` with a ``hip`` class, and
+    ``hardware`` with a ``present`` class (the hardware check of every hip)."""
+    if GATE_CLASS not in card.tasks.get(GATE_TASK, ()):
+        raise ValueError(f"{card.display_name} has no {GATE_TASK!r} task with a {GATE_CLASS!r} class")
+    if HARDWARE_PRESENT not in card.tasks.get(HARDWARE_TASK, ()):
+        raise ValueError(f"{card.display_name} has no {HARDWARE_TASK!r} task with a {HARDWARE_PRESENT!r} class")
 
 
 @dataclass(frozen=True)

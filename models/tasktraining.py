@@ -41,7 +41,8 @@ from torchvision.transforms import v2
 
 from models.calibration import fit_temperature, softmax
 from models.card import sha256_of
-from models.imagetask import TaskCard, TaskNetwork, to_network_input, write_task_card
+from models.imagetask import TaskNetwork, to_network_input
+from models.taskcard import TaskCard, write_task_card
 from models.taskdata import TaskRow, prepare_task_images, read_task_rows, task_classes
 from models.taskmetrics import task_metrics, task_targets
 

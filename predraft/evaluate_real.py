@@ -6,7 +6,7 @@ over ``../shared/data`` is one. No DICOM tags are needed: every figure is about 
 (a whole image, or the left or right half of one as an AP pelvis is split) is prepared as the service
 prepares it and given to
 
-- the gate (a :class:`models.imagetask.TaskCard`, the bundled one by default): region accuracy, each
+- the gate (a :class:`models.taskcard.TaskCard`, the bundled one by default): region accuracy, each
   region's sensitivity and specificity at argmax, and the service rules at the card's region thresholds
   (hip-tagged kept, untagged hip accepted, untagged other rejected, other-tagged hip overturned); hardware
   present at the card's threshold, on whole images and on hip halves;
@@ -70,7 +70,7 @@ def evaluate_real(labels_csv: Path, images_dir: Path, out_dir: Path, *, gate_car
                   progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Evaluate and write ``real_metrics.json`` and ``predictions.csv`` into ``out_dir``; return the metrics.
 
-    ``gate_card`` defaults to :data:`models.imagetask.GATE_CARD`, ``model_card`` to the demo card. With
+    ``gate_card`` defaults to :data:`models.taskcard.GATE_CARD`, ``model_card`` to the demo card. With
     ``split_file``, only the rows whose ``group`` is in ``split_set`` are evaluated; with ``sources``, only the
     rows whose ``source`` column names one of them (e.g. the real ones of a CSV that also has phantoms). Raises
     :class:`EvaluateRealError` (or :class:`models.taskdata.TaskLabelsError`, :class:`models.card.ModelCardError`,
@@ -78,7 +78,8 @@ def evaluate_real(labels_csv: Path, images_dir: Path, out_dir: Path, *, gate_car
     """
     from models.card import DEMO_MODEL_CARD
     from models.factory import load_classifier
-    from models.imagetask import GATE_CARD, load_task_model
+    from models.imagetask import load_task_model
+    from models.taskcard import GATE_CARD
 
     labels_csv, images_dir, out_dir = Path(labels_csv), Path(images_dir), Path(out_dir)
     gate_card = Path(gate_card) if gate_card is not None else GATE_CARD

@@ -70,7 +70,7 @@ class ReadinessProbe:
 
     def _model(self) -> str:
         from models.card import load_card
-        from models.imagetask import load_task_card
+        from models.taskcard import load_task_card
 
         card_path = self.settings.model_card_path
         card, weights = load_card(card_path, verify_weights=False)

@@ -99,7 +99,8 @@ def prepare_environment(settings: Settings) -> None:
     """Apply migrations, declare the broker's queues, check the model and gate cards and their weights, check the
     templates."""
     from models.card import load_card
-    from models.imagetask import load_task_card
+    from models.scope import check_gate_card
+    from models.taskcard import load_task_card
     from predraft import db
     from reporting.text import check_templates
     from workers.app import QUEUES
@@ -109,7 +110,7 @@ def prepare_environment(settings: Settings) -> None:
     declare_queues(settings.broker_url, QUEUES)  # before the parts start: none of them races to create one
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
     load_card(settings.model_card_path)
-    load_task_card(settings.gate_card_path)
+    check_gate_card(load_task_card(settings.gate_card_path)[0])
     check_templates(settings.template_dir)
 
 

@@ -364,7 +364,7 @@ class Settings(BaseSettings):
     )
     gate_model: Path | None = Field(
         None,
-        description="Body-part gate and hardware check card (JSON, models.imagetask.TaskCard) beside its weights; "
+        description="Body-part gate and hardware check card (JSON, models.taskcard.TaskCard) beside its weights; "
                     "default the bundled gate (trained on FracAtlas)",
     )
     device: str = Field("cpu", description="Torch device for classification: cpu, cuda or cuda:N.")
@@ -548,7 +548,7 @@ class Settings(BaseSettings):
     @property
     def gate_card_path(self) -> Path:
         """The gate card in use: the configured one, or the bundled gate's (``models/gate/card.json``)."""
-        from models.imagetask import GATE_CARD
+        from models.taskcard import GATE_CARD
 
         return self.gate_model or GATE_CARD
 

@@ -17,7 +17,7 @@ PREDRAFT=${PREDRAFT:-.venv/bin/predraft}
 DEVICE=${DEVICE:-cpu}
 JOBS=${JOBS:-2}
 SHARED_DATA=${SHARED_DATA:-../shared/data}
-DATA2="1500 synthetic phantom studies (predraft phantoms --studies 1500 --seed 1) and the hip radiographs of FracAtlas (Abedeen et al., Scientific Data 10, 521, 2023; CC BY 4.0), hardware hips labelled by type and side by predraft (models/data/fracatlas_hip_hardware.csv), other hips as native halves; five runs, the last fine-tuning on both (scripts/train_demo.sh)"
+DATA2="1500 synthetic phantom studies (predraft phantoms --studies 1500 --seed 1) and the hip radiographs of FracAtlas (Abedeen et al., Scientific Data 10, 521, 2023; CC BY 4.0), hardware hips labelled by type and side by predraft (models/data/fracatlas_hip_hardware.csv), other hips as native halves; five runs, the last fine-tuning on both (scripts/train_demo.sh). A demo model: not for clinical use."
 DATA="1500 synthetic phantom studies (predraft phantoms --studies 1500 --seed 1); no real patient data; four runs, the last three fine-tuning at 192 px (scripts/train_demo.sh)"
 common=(--architecture regnetx_002 --batch-size 32 --seed 1 --device "$DEVICE" --workers 1 --synthetic-demo
         --name predraft-demo-phantoms --training-data "$DATA")

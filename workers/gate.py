@@ -1,6 +1,6 @@
 """The body-part gate and hardware check as the prepare task runs them: one forward pass per image.
 
-A gate card (:class:`models.imagetask.TaskCard`) must have a ``region`` task with a ``hip`` class and a
+A gate card (:class:`models.taskcard.TaskCard`) must have a ``region`` task with a ``hip`` class and a
 ``hardware`` task with a ``present`` class, each with the thresholds its training fitted. The whole image
 (for the region) and each hip crop (for hardware) go through the network together; the hip crops are
 resized from the classifier's input edge to the gate's (a classifier whose edge is smaller than the gate's,
@@ -18,11 +18,16 @@ from PIL import Image
 
 from models.imagetask import TaskModel, load_task_model
 from models.metal import MetalFinding
-from models.scope import GATE_CLASS, GATE_TASK, GateReading, ScopeDecision, decide_scope
+from models.scope import (
+    GATE_TASK,
+    HARDWARE_PRESENT,
+    HARDWARE_TASK,
+    GateReading,
+    ScopeDecision,
+    check_gate_card,
+    decide_scope,
+)
 from workers.prepare import HipImage, PreparedInstance
-
-HARDWARE_TASK = "hardware"
-HARDWARE_PRESENT = "present"
 
 
 @dataclass(frozen=True)
@@ -36,12 +41,8 @@ class Gate:
     """A loaded gate card, checked to have the tasks and classes the service acts on."""
 
     def __init__(self, model: TaskModel) -> None:
+        check_gate_card(model.card)
         tasks = model.card.tasks
-        if GATE_CLASS not in tasks.get(GATE_TASK, ()):
-            raise ValueError(f"{model.card.display_name} has no {GATE_TASK!r} task with a {GATE_CLASS!r} class")
-        if HARDWARE_PRESENT not in tasks.get(HARDWARE_TASK, ()):
-            raise ValueError(f"{model.card.display_name} has no {HARDWARE_TASK!r} task with a "
-                             f"{HARDWARE_PRESENT!r} class")
         self.model = model
         self.size = model.card.input_size
         self.region_thresholds = {name: model.card.threshold(GATE_TASK, name) for name in tasks[GATE_TASK]}

@@ -139,10 +139,11 @@ def worker(queues: str, concurrency: int | None, metrics_port: int | None) -> No
         raise click.ClickException(f"unknown queue(s) {sorted(unknown)}; known: {', '.join(QUEUES)}")
     try:
         load_card(settings.model_card_path, verify_weights="classify" in queues)
-        if "prepare" in queues:
-            from workers.gate import load_gate
+        if "prepare" in queues:  # the gate card, its weights and its tasks, checked here (without torch)
+            from models.scope import check_gate_card
+            from models.taskcard import load_task_card
 
-            load_gate(settings.gate_card_path)  # the gate card, its weights and its tasks, checked here
+            check_gate_card(load_task_card(settings.gate_card_path)[0])
         if "draft" in queues:
             check_templates(settings.template_dir)  # a broken site template stops the worker here, not a report
     except (ModelCardError, TemplateCheckError, ValueError) as exc:

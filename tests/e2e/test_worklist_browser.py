@@ -141,7 +141,7 @@ def test_review_in_the_browser(deployment: Deployment, storescp: tuple[int, Path
     banner = page.inner_text("#draft-banner")
     card = _model_card(deployment)
     assert "Unverified AI draft" in banner and card["name"] in banner
-    assert ("synthetic demo" in banner) == bool(card.get("synthetic_demo"))
+    assert ("demo model" in banner) == bool(card.get("synthetic_demo"))
     _screenshot(page, "worklist.png")
 
     # Open the first study: thumbnails, the overlay toggle, the draft in the editor.

@@ -249,8 +249,8 @@ def test_a_split_file_without_its_columns_is_refused(labelled, tmp_path):
 
 
 def test_a_missing_gate_card_is_named(labelled, tmp_path, monkeypatch):
-    import models.imagetask
+    import models.taskcard
 
-    monkeypatch.setattr(models.imagetask, "GATE_CARD", tmp_path / "no-gate" / "card.json")
+    monkeypatch.setattr(models.taskcard, "GATE_CARD", tmp_path / "no-gate" / "card.json")
     with pytest.raises(ValueError, match="no-gate/card.json does not exist"):
         evaluate_real(labelled["csv"], labelled["images"], tmp_path / "out", workers=1)

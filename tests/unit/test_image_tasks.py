@@ -17,7 +17,8 @@ from PIL import Image
 from pydantic import ValidationError
 
 from models.card import ModelCardError, sha256_of
-from models.imagetask import TaskCard, TaskNetwork, load_task_card, load_task_model, write_task_card
+from models.imagetask import TaskNetwork, load_task_model
+from models.taskcard import TaskCard, load_task_card, write_task_card
 from models.taskdata import TaskLabelsError, read_task_rows
 from models.taskmetrics import grouped_rate
 from models.tasktraining import TaskTrainingConfig, fit_thresholds

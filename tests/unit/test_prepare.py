@@ -9,8 +9,8 @@ import pydicom
 import pytest
 from pydicom.errors import InvalidDicomError
 
-from models.imagetask import GATE_CARD
 from models.pixels import PixelDataError
+from models.taskcard import GATE_CARD
 from models.taxonomy import Side, View
 from models.views import TagRegion
 from workers.gate import load_gate
