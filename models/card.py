@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -18,6 +18,9 @@ from models.taxonomy import CLASS_ORDER, HardwareClass, View
 
 #: The bundled demo model: a small network trained on phantoms only (see README, "The demo model").
 DEMO_MODEL_CARD = Path(__file__).resolve().parent / "demo" / "card.json"
+
+
+_Card = TypeVar("_Card", bound=BaseModel)
 
 
 class ModelCardError(ValueError):
@@ -106,13 +109,19 @@ def load_card(card_path: Path, *, verify_weights: bool = True) -> tuple[ModelCar
     Raises :class:`ModelCardError` when the card is missing or invalid, or when the weights' sha256
     differs from the card's.
     """
+    return read_card(ModelCard, "model card", card_path, verify_weights=verify_weights)
+
+
+def read_card(kind: type[_Card], name: str, card_path: Path, *, verify_weights: bool) -> tuple[_Card, Path]:
+    """A card of ``kind`` (any pydantic card with ``weights`` and ``weights_sha256``) read, validated and, with
+    ``verify_weights``, checked against its weights' sha256; ModelCardError naming it ``name`` otherwise."""
     card_path = Path(card_path)
     try:
-        card = ModelCard.model_validate(json.loads(card_path.read_text()))
+        card = kind.model_validate(json.loads(card_path.read_text()))
     except FileNotFoundError as exc:
-        raise ModelCardError(f"model card {card_path} does not exist") from exc
+        raise ModelCardError(f"{name} {card_path} does not exist") from exc
     except (json.JSONDecodeError, ValueError) as exc:
-        raise ModelCardError(f"model card {card_path} is invalid: {exc}") from exc
+        raise ModelCardError(f"{name} {card_path} is invalid: {exc}") from exc
     weights_path = (card_path.parent / card.weights).resolve()
     if verify_weights:
         if not weights_path.is_file():

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.card import ModelCardError, sha256_of
+from models.card import read_card
 
 #: The bundled gate: body region and hardware present, trained on FracAtlas (see its card).
 GATE_CARD = Path(__file__).resolve().parent / "gate" / "card.json"
@@ -84,20 +84,7 @@ class TaskCard(BaseModel):
 
 def load_task_card(card_path: Path, *, verify_weights: bool = True) -> tuple[TaskCard, Path]:
     """Read and validate a task card; return it with its weights' absolute path (sha256 checked)."""
-    card_path = Path(card_path)
-    try:
-        card = TaskCard.model_validate(json.loads(card_path.read_text()))
-    except FileNotFoundError as exc:
-        raise ModelCardError(f"task card {card_path} does not exist") from exc
-    except (json.JSONDecodeError, ValueError) as exc:
-        raise ModelCardError(f"task card {card_path} is invalid: {exc}") from exc
-    weights_path = (card_path.parent / card.weights).resolve()
-    if verify_weights:
-        if not weights_path.is_file():
-            raise ModelCardError(f"weights {weights_path} named by {card_path} do not exist")
-        if sha256_of(weights_path) != card.weights_sha256:
-            raise ModelCardError(f"weights {weights_path} are not the ones {card_path} describes (sha256 differs)")
-    return card, weights_path
+    return read_card(TaskCard, "task card", card_path, verify_weights=verify_weights)
 
 
 def write_task_card(card: TaskCard, card_path: Path) -> None:
