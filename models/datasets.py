@@ -21,16 +21,20 @@ import hashlib
 import multiprocessing
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
 from models.pixels import crop_collimation, letterbox, split_bilateral
 from models.taxonomy import CLASS_ORDER, HardwareClass, Side, View
+
+_Job = TypeVar("_Job")
+_Result = TypeVar("_Result")
 
 LABELS_FILE = "labels.csv"
 REQUIRED_COLUMNS = ("patient", "study", "image", "side", "class")
@@ -179,14 +183,7 @@ def prepare_images(data_dir: Path, rows: Sequence[LabelRow], *, input_size: int,
         by_image[row.image].append(row)
     images = list(by_image)
     jobs = [(data_dir / image, input_size, by_image[image][0].view) for image in images]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    if workers == 1:
-        results = [_prepare_one(job) for job in jobs]
-    else:
-        # forkserver, not fork: a fork of a process holding threads or broker connections (a worker, a test
-        # process) can hang in the child, e.g. in kombu's after-fork clean-up of a Redis connection.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
-            results = list(pool.map(_prepare_one, jobs, chunksize=8))
+    results = map_in_processes(_prepare_one, jobs, workers=workers, chunksize=8)
     hips: dict[tuple[str, Side], np.ndarray] = {}
     for image, found in zip(images, results, strict=True):
         if isinstance(found, str):
@@ -213,6 +210,27 @@ def prepare_images(data_dir: Path, rows: Sequence[LabelRow], *, input_size: int,
     return prepared
 
 
+def map_in_processes(function: Callable[[_Job], _Result], jobs: Sequence[_Job], *, workers: int | None,
+                     chunksize: int) -> list[_Result]:
+    """``function`` over ``jobs`` in order, in ``workers`` processes (default: the CPU count; one: in this one).
+
+    forkserver, not fork: a fork of a process holding threads or broker connections (a worker, a test process)
+    can hang in the child, e.g. in kombu's after-fork clean-up of a Redis connection.
+    """
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    if workers == 1:
+        return [function(job) for job in jobs]
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        return list(pool.map(function, jobs, chunksize=chunksize))
+
+
+def read_picture(path: Path) -> np.ndarray:
+    """A PNG or JPEG radiograph as float32 grey levels in [0, 1] (8 or 16 bits; colour as its luminance)."""
+    with Image.open(path) as opened:
+        grey = np.asarray(opened.convert("I;16") if opened.mode.startswith("I") else opened.convert("L"))
+    return grey.astype(np.float32) / (65535.0 if grey.dtype == np.uint16 else 255.0)
+
+
 def _cache_path(cache_dir: Path, rows: Sequence[LabelRow], input_size: int) -> Path:
     digest = hashlib.sha256(f"{input_size}".encode())
     for row in rows:
@@ -235,10 +253,7 @@ def _prepare_one(job: tuple[Path, int, View | None]) -> dict[Side, np.ndarray] |
 
 
 def _prepare_png(path: Path, input_size: int, view: View | None) -> dict[Side, np.ndarray]:
-    with Image.open(path) as opened:
-        grey = np.asarray(opened.convert("I;16") if opened.mode.startswith("I") else opened.convert("L"))
-    scale = 65535.0 if grey.dtype == np.uint16 else 255.0
-    image = crop_collimation(grey.astype(np.float32) / scale)
+    image = crop_collimation(read_picture(path))
     if view is View.AP_PELVIS:
         return {side: letterbox(half, input_size) for side, half in split_bilateral(image, None).items()}
     return {Side.UNKNOWN: letterbox(image, input_size)}

@@ -21,16 +21,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import multiprocessing
-import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from models.datasets import map_in_processes, read_picture
 from models.pixels import crop_collimation, letterbox, split_bilateral
 from models.taxonomy import Side
 
@@ -104,9 +101,7 @@ def read_grey(path: Path) -> np.ndarray:
     """A radiograph file as float32 grey levels in [0, 1]: JPEG or PNG by Pillow (colour as luminance),
     anything else as DICOM through the service's decode and window, in the standard orientation."""
     if path.suffix.lower() in {".jpg", ".jpeg", ".png"}:
-        with Image.open(path) as opened:
-            grey = np.asarray(opened.convert("I;16") if opened.mode.startswith("I") else opened.convert("L"))
-        return grey.astype(np.float32) / (65535.0 if grey.dtype == np.uint16 else 255.0)
+        return read_picture(path)
     import pydicom
 
     from models.pixels import decode, standard_orientation, to_unit_range
@@ -147,12 +142,7 @@ def prepare_task_images(images_dir: Path, rows: Sequence[TaskRow], *, input_size
     for row in rows:
         by_image.setdefault(row.image, []).append(row.crop)
     jobs = [(images_dir / image, tuple(crops), input_size) for image, crops in by_image.items()]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    if workers == 1:
-        results = [_prepare_one(job) for job in jobs]
-    else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
-            results = list(pool.map(_prepare_one, jobs, chunksize=16))
+    results = map_in_processes(_prepare_one, jobs, workers=workers, chunksize=16)
     prepared: dict[tuple[str, str], np.ndarray] = {}
     for (image, crops), result in zip(by_image.items(), results, strict=True):
         if isinstance(result, str):

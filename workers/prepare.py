@@ -92,13 +92,13 @@ def prepare_file(path: Path, *, input_size: int, gate_size: int | None = None,
     if labels.tag_region is TagRegion.OUTSIDE:
         raise OutOfScopeError(decide_scope(labels, None).reason)
     image = crop_collimation(to_unit_range(ds, decode(ds), window_index=voi_window_index, overwrite_input=True))
-    orientation = ds.get("PatientOrientation")
+    image = standard_orientation(image, ds.get("PatientOrientation"))  # the patient's right on the image's left
     if labels.view is View.AP_PELVIS:
-        halves = split_bilateral(image, orientation)
+        halves = split_bilateral(image, None)  # oriented already
         hips = [_hip(side, labels.view, halves[side], input_size) for side in labels.sides]
     else:
-        hips = [_hip(labels.sides[0], labels.view, standard_orientation(image, orientation), input_size)]
-    gate_pixels = letterbox(standard_orientation(image, orientation), gate_size) if gate_size else None
+        hips = [_hip(labels.sides[0], labels.view, image, input_size)]
+    gate_pixels = letterbox(image, gate_size) if gate_size else None
     return PreparedInstance(labels, hips, gate_pixels)
 
 
