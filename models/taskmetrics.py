@@ -8,7 +8,7 @@ ten times weighs in the interval as one patient seen ten times, not as ten patie
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -78,7 +78,7 @@ def _check_rule(rule: str, chosen: tuple[str, str] | None, classes: dict[str, tu
 
 def task_metrics(probabilities: dict[str, np.ndarray], targets: np.ndarray, rows: Sequence[_Row],
                  classes: dict[str, tuple[str, ...]], thresholds: dict[str, dict[str, float]], *,
-                 gate: tuple[str, str] | None = None, binary: tuple[str, str] | None = None, n_bootstrap: int,
+                 gate: tuple[str, str] | None = None, binary: Mapping[str, str] | None = None, n_bootstrap: int,
                  seed: int) -> dict[str, Any]:
     """Per task of ``classes``: accuracy and each class's sensitivity and specificity at argmax; for the gate
     and binary tasks also the figures of the service's thresholded rules. Every figure is a
@@ -89,12 +89,14 @@ def task_metrics(probabilities: dict[str, np.ndarray], targets: np.ndarray, rows
     ("region", "hip"): ``service_rules`` gives how often a row of that class keeps its tag (no other class
     reaches its threshold) and is accepted untagged (its class reaches its threshold), and how often a row
     of another class is rejected untagged and overturns a tag that says it is of that class; every class
-    of the task needs a threshold. ``binary`` = (task, positive class), e.g. ("hardware", "present"):
-    ``at_threshold`` gives sensitivity and specificity of p(positive) >= its threshold, separately on
-    whole images and on hip halves (crop other than ``whole``).
+    of the task needs a threshold. ``binary`` maps tasks to their positive class, e.g. {"hardware": "present"}:
+    each such task's ``at_threshold`` gives sensitivity and specificity of p(positive) >= its threshold,
+    separately on whole images and on hip halves (crop other than ``whole``).
     """
     _check_rule("gate", gate, classes, thresholds)
-    _check_rule("binary", binary, classes, thresholds)
+    binary = dict(binary or {})
+    for rule in binary.items():
+        _check_rule("binary", rule, classes, thresholds)
     groups = np.array([row.group for row in rows])
     crops = np.array([row.crop for row in rows])
 
@@ -127,9 +129,9 @@ def task_metrics(probabilities: dict[str, np.ndarray], targets: np.ndarray, rows
                 f"untagged_{gate_class}_accepted": rate(accepted, labelled & (truth == chosen)),
                 "untagged_other_rejected": rate(~accepted, labelled & (truth != chosen)),
             }
-        if binary is not None and task == binary[0]:
-            positive = names.index(binary[1])
-            called = probabilities[task][:, positive] >= thresholds[task][binary[1]]
+        if task in binary:
+            positive = names.index(binary[task])
+            called = probabilities[task][:, positive] >= thresholds[task][binary[task]]
             figures["at_threshold"] = sensitivity_specificity(called, truth == positive, labelled, crops, groups,
                                                               n_bootstrap=n_bootstrap, seed=seed)
         metrics[task] = figures

@@ -76,8 +76,8 @@ class TaskTrainingConfig(BaseModel):
     n_bootstrap: int = Field(1000, ge=10)
     gate_task: str | None = Field(None, description="the task whose thresholds gate scope (see fit_thresholds)")
     gate_class: str | None = Field(None, description="the gate task's class the service is for (e.g. hip)")
-    binary_task: str | None = Field(None, description="a two-class task thresholded for balanced sens/spec")
-    positive_class: str | None = None
+    binary: dict[str, str] = Field(
+        {}, description="two-class tasks -> their positive class, each thresholded for balanced sens/spec")
     init_weights: Path | None = Field(
         None, description="local weights (safetensors) of the same timm architecture to start the backbone from")
     synthetic_sources: tuple[str, ...] = Field(
@@ -90,7 +90,7 @@ class TaskTrainingConfig(BaseModel):
     @model_validator(mode="after")
     def _check_rules(self) -> TaskTrainingConfig:
         for task, name, rule in ((self.gate_task, self.gate_class, "gate"),
-                                 (self.binary_task, self.positive_class, "binary")):
+                                 *((task, positive, "binary") for task, positive in self.binary.items())):
             if task is None:
                 continue
             if task not in self.tasks:
@@ -211,7 +211,7 @@ def fit_thresholds(probabilities: dict[str, np.ndarray], targets: np.ndarray, cl
     - ``gate_class`` gets the lowest threshold at which at most that share of the rows of other classes
       reach p(gate_class): an untagged image is drafted only this sure.
     Thresholds are kept in [0.5, 0.995].
-    Binary task (``binary_task``, ``positive_class``): the threshold that maximises the smaller of
+    Binary tasks (``binary``: task -> positive class): each gets the threshold that maximises the smaller of
     sensitivity and specificity (the balanced point), over the rows labelled for it.
     """
     thresholds: dict[str, dict[str, float]] = {}
@@ -227,11 +227,11 @@ def fit_thresholds(probabilities: dict[str, np.ndarray], targets: np.ndarray, cl
             value = float(np.quantile(others, 1 - OVERRIDE_ERROR, method="higher")) + 1e-4 if len(others) else 0.5
             found[name] = round(min(0.995, max(0.5, value)), 4)
         thresholds[config.gate_task] = found
-    if config.binary_task:
-        column = list(classes).index(config.binary_task)
-        positive = classes[config.binary_task].index(config.positive_class)
+    for task, positive_class in config.binary.items():
+        column = list(classes).index(task)
+        positive = classes[task].index(positive_class)
         labelled = targets[:, column] >= 0
-        scores = probabilities[config.binary_task][labelled, positive]
+        scores = probabilities[task][labelled, positive]
         is_positive = targets[labelled, column] == positive
         best, best_value = 0.5, -1.0
         for candidate in np.unique(np.floor(scores * 1e4) / 1e4):  # floored: every score reaches its own
@@ -240,7 +240,7 @@ def fit_thresholds(probabilities: dict[str, np.ndarray], targets: np.ndarray, cl
             specificity = (~predicted & ~is_positive).sum() / max(1, (~is_positive).sum())
             if min(sensitivity, specificity) > best_value:
                 best, best_value = float(candidate), min(sensitivity, specificity)
-        thresholds[config.binary_task] = {config.positive_class: min(0.995, max(0.005, best))}
+        thresholds[task] = {positive_class: min(0.995, max(0.005, best))}
     return thresholds
 
 
@@ -288,7 +288,7 @@ def train_task_model(csv_path: Path, images_dir: Path, out_dir: Path, config: Ta
         return task_metrics({task: value[mask] for task, value in probabilities.items()}, targets[mask],
                             [row for row, keep in zip(rows, mask, strict=True) if keep], classes, thresholds,
                             gate=(config.gate_task, config.gate_class) if config.gate_task else None,
-                            binary=(config.binary_task, config.positive_class) if config.binary_task else None,
+                            binary=config.binary,
                             n_bootstrap=config.n_bootstrap, seed=config.seed)
 
     metrics = figures(real)

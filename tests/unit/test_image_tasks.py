@@ -281,8 +281,7 @@ def test_grouped_rate_resamples_groups_not_rows():
 # --- thresholds ---------------------------------------------------------------------------------------------------
 
 def _config() -> TaskTrainingConfig:
-    return TaskTrainingConfig(tasks=dict(TASKS), gate_task="region", gate_class="hip", binary_task="hardware",
-                              positive_class="present")
+    return TaskTrainingConfig(tasks=dict(TASKS), gate_task="region", gate_class="hip", binary={"hardware": "present"})
 
 
 def _binary_probabilities(scores: np.ndarray) -> np.ndarray:
@@ -312,17 +311,17 @@ def test_gate_thresholds_stay_in_their_bounds():
     region = np.array([[0.9, 0.1]] * 50 + [[0.2, 0.8]] * 50)  # perfectly apart: no row crosses one half
     targets = np.array([[0, -1]] * 50 + [[1, -1]] * 50)
     thresholds = fit_thresholds({"region": region}, targets, TASKS, _config().model_copy(
-        update={"binary_task": None, "positive_class": None}))
+        update={"binary": {}}))
     assert thresholds["region"] == {"hip": 0.5, "shoulder": 0.5}
     region[:50] = [[0.0, 1.0]]  # every hip row certain it is a shoulder
     assert fit_thresholds({"region": region}, targets, TASKS, _config().model_copy(
-        update={"binary_task": None, "positive_class": None}))["region"]["shoulder"] == 0.995
+        update={"binary": {}}))["region"]["shoulder"] == 0.995
 
 
 def test_binary_threshold_is_the_balanced_point():
     scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     targets = np.array([[-1, 0]] * 3 + [[-1, 1]] * 3)
-    config = TaskTrainingConfig(tasks=dict(TASKS), binary_task="hardware", positive_class="present")
+    config = TaskTrainingConfig(tasks=dict(TASKS), binary={"hardware": "present"})
     assert fit_thresholds({"hardware": _binary_probabilities(scores)}, targets, TASKS, config) == {
         "hardware": {"present": 0.4}}
     rng = np.random.default_rng(5)  # overlapping classes: no threshold does better on its worse side
@@ -374,6 +373,19 @@ def test_gate_labels_shoulder_implants_are_shoulders_with_hardware(gate_rows):
     assert len({row["group"] for row in shoulders}) == len(shoulders)
 
 
+def test_gate_labels_give_every_whole_hip_image_and_only_those_a_field(gate_rows):
+    field_of = {row["image"].rsplit("/", 1)[-1]: row["field"] for row in gate_rows if row["crop"] == "whole"}
+    hips = {row["image"].rsplit("/", 1)[-1] for row in gate_rows if row["crop"] == "whole" and row["region"] == "hip"}
+    assert len(hips) == 337 and {field_of[image] for image in hips} == {"pelvis", "other"}
+    assert all(field == "" for image, field in field_of.items() if image not in hips)
+    assert all(row["field"] == "" for row in gate_rows if row["crop"] != "whole")
+    # an AP pelvis with a left plate, a one-hip view of a plate, and a pelvis turned 90 degrees
+    assert (field_of["IMG0000822.jpg"], field_of["IMG0000453.jpg"], field_of["IMG0000315.jpg"]) == (
+        "pelvis", "other", "other")
+    # the hip-hardware labelling's field wins where both label an image
+    assert field_of["IMG0002510.jpg"] == "other" and field_of["IMG0002607.jpg"] == "pelvis"
+
+
 def test_gate_labels_name_no_image_and_crop_twice(gate_rows):
     keys = [(row["image"], row["crop"]) for row in gate_rows]
     assert len(keys) == len(set(keys))
@@ -389,7 +401,7 @@ def test_train_task_model_end_to_end_on_synthetic_images(tmp_path):
     csv_path, images_dir, rows = write_synthetic_set(tmp_path / "data")
     config = TaskTrainingConfig(tasks=dict(TASKS), architecture=TINY_ARCHITECTURE, input_size=32, epochs=1,
                                 samples_per_epoch=32, batch_size=16, folds=2, n_bootstrap=20, gate_task="region",
-                                gate_class="hip", binary_task="hardware", positive_class="present")
+                                gate_class="hip", binary={"hardware": "present"})
     out = tmp_path / "run"
     card = train_task_model(csv_path, images_dir, out, config, progress=lambda _: None)
 
