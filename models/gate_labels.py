@@ -13,6 +13,11 @@ Rules (the same every time, written down before any model was trained):
   first of shoulder, hand, leg that is flagged. Every shoulder-implant image is ``shoulder``.
 - hardware: FracAtlas' own hardware flag (``present``/``absent``); every shoulder-implant image is
   ``present`` (each shows an arthroplasty).
+- field (hip images only, whole): ``pelvis`` when the image shows both hips upright, one each side of the
+  image's midline (an AP pelvis, or a longer frontal film centred on the pelvis), so that splitting it at the
+  midline gives one hip per half; else ``other`` (one hip, a lateral or oblique, a pelvis turned 90 degrees or
+  off centre, a whole-body film). FracAtlas images from models/data/fracatlas_hip_field.csv (labelled by eye,
+  see FRACATLAS_LABELS.md); phantoms from their view (AP pelvis or not).
 - hip halves: each FracAtlas hip image whose hips predraft's labelling places (an AP pelvis) adds its two
   halves with that side's hardware; each hip image FracAtlas marks without hardware adds its two halves as
   ``absent`` (no region label: the gate reads whole images). So the hardware head also learns the hip crops
@@ -37,7 +42,8 @@ SAME_PATIENT = (
     ("IMG0000453.jpg", "IMG0002607.jpg", "IMG0002749.jpg", "IMG0004113.jpg"),
 )
 HIP_LABELS = Path(__file__).resolve().parent / "data" / "fracatlas_hip_hardware.csv"
-COLUMNS = ("image", "group", "source", "crop", "region", "hardware")
+FIELD_LABELS = Path(__file__).resolve().parent / "data" / "fracatlas_hip_field.csv"
+COLUMNS = ("image", "group", "source", "crop", "region", "hardware", "field")
 #: Phantom patients added (the first ones of ``predraft phantoms --studies 1500 --seed 1``), so the gate knows
 #: the demo's phantoms as hips and its hardware head their implants. Synthetic: no part in thresholds or figures.
 PHANTOM_PATIENTS = 250
@@ -75,12 +81,15 @@ def _region(record: dict[str, str]) -> str:
     return ""
 
 
-def build_rows(data_dir: Path, hip_labels: Path = HIP_LABELS, phantoms_dir: Path | None = None) -> list[dict[str, str]]:
+def build_rows(data_dir: Path, hip_labels: Path = HIP_LABELS, phantoms_dir: Path | None = None,
+               field_labels: Path = FIELD_LABELS) -> list[dict[str, str]]:
     data_dir = Path(data_dir)
     with (data_dir / "fracatlas" / "dataset.csv").open(newline="") as handle:
         records = sorted(csv.DictReader(handle), key=lambda record: _number(record["image_id"]))
     with Path(hip_labels).open(newline="") as handle:
         hips = {record["image_id"]: record for record in csv.DictReader(handle)}
+    with Path(field_labels).open(newline="") as handle:
+        fields = {record["image_id"]: record["field"] for record in csv.DictReader(handle)}
     group_of = fracatlas_groups([record["image_id"] for record in records])
     rows = []
     for record in records:
@@ -88,7 +97,7 @@ def build_rows(data_dir: Path, hip_labels: Path = HIP_LABELS, phantoms_dir: Path
         path = f"fracatlas/images/{image}"
         hardware = "present" if record["hardware"] == "1" else "absent"
         rows.append({"image": path, "group": group_of[image], "source": "fracatlas", "crop": "whole",
-                     "region": region, "hardware": hardware})
+                     "region": region, "hardware": hardware, "field": fields[image] if region == "hip" else ""})
         if region != "hip":
             continue
         placed = hips.get(image)
@@ -102,13 +111,13 @@ def build_rows(data_dir: Path, hip_labels: Path = HIP_LABELS, phantoms_dir: Path
             if hardware_class in {"not_visible", "unsure", ""}:
                 continue
             rows.append({"image": path, "group": group_of[image], "source": "fracatlas", "crop": crop, "region": "",
-                         "hardware": "absent" if hardware_class == "none" else "present"})
+                         "hardware": "absent" if hardware_class == "none" else "present", "field": ""})
     shoulder_dir = data_dir / "shoulder-implants"
     with (shoulder_dir / "labels.csv").open(newline="") as handle:
         for record in csv.DictReader(handle):
             rows.append({"image": f"shoulder-implants/images/{record['image']}",
                          "group": f"shoulder-implants-{record['image']}", "source": "shoulder-implants",
-                         "crop": "whole", "region": "shoulder", "hardware": "present"})
+                         "crop": "whole", "region": "shoulder", "hardware": "present", "field": ""})
     if phantoms_dir is not None:
         rows.extend(phantom_rows(Path(phantoms_dir)))
     return rows
@@ -117,8 +126,8 @@ def build_rows(data_dir: Path, hip_labels: Path = HIP_LABELS, phantoms_dir: Path
 def phantom_rows(phantoms_dir: Path, patients: int = PHANTOM_PATIENTS) -> list[dict[str, str]]:
     """Rows for the first ``patients`` phantom patients (paths ``phantoms/...``): each image whole as a hip,
     hardware present when any hip on it holds hardware (else unlabelled: phantoms may show lumbar hardware,
-    which does not count); an AP pelvis also as its two halves. A post-infectious hip (a spacer may hold no
-    metal) leaves hardware unlabelled."""
+    which does not count), field ``pelvis`` for an AP pelvis, else ``other``; an AP pelvis also as its two
+    halves. A post-infectious hip (a spacer may hold no metal) leaves hardware unlabelled."""
     with (phantoms_dir / "labels.csv").open(newline="") as handle:
         records = list(csv.DictReader(handle))
     chosen = set(sorted({record["patient"] for record in records})[:patients])
@@ -137,11 +146,13 @@ def phantom_rows(phantoms_dir: Path, patients: int = PHANTOM_PATIENTS) -> list[d
         common = {"image": f"phantoms/{image}", "group": f"phantoms-{hips[0]['patient']}", "source": "phantoms"}
         # Whole phantom images without hip hardware may still show lumbar hardware: hardware left unlabelled.
         whole = hardware([h["class"] for h in hips])
-        rows.append({**common, "crop": "whole", "region": "hip", "hardware": "" if whole == "absent" else whole})
-        if hips[0].get("view") == "ap_pelvis":
+        pelvis = hips[0].get("view") == "ap_pelvis"
+        rows.append({**common, "crop": "whole", "region": "hip", "hardware": "" if whole == "absent" else whole,
+                     "field": "pelvis" if pelvis else "other"})
+        if pelvis:
             for hip in hips:
                 crop = "image_left" if hip["side"] == "right" else "image_right"
-                rows.append({**common, "crop": crop, "region": "", "hardware": hardware([hip["class"]])})
+                rows.append({**common, "crop": crop, "region": "", "hardware": hardware([hip["class"]]), "field": ""})
     return rows
 
 
