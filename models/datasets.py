@@ -246,7 +246,7 @@ def _prepare_one(job: tuple[Path, int, View | None]) -> dict[Side, np.ndarray] |
     try:
         if path.suffix.lower() in {".png", ".jpg", ".jpeg"}:
             return _prepare_png(path, input_size, view)
-        _, hips, _ = prepare_file(path, input_size=input_size)
+        hips = prepare_file(path, input_size=input_size).hips
     except Exception as exc:  # reported per image with its reason
         return f"{type(exc).__name__}: {exc}"
     return {hip.side: hip.pixels for hip in hips}

@@ -28,6 +28,9 @@ GATE_TASK = "region"
 GATE_CLASS = "hip"
 HARDWARE_TASK = "hardware"
 HARDWARE_PRESENT = "present"
+#: The optional head that reads whether a hip image is an AP pelvis (both hips, one each side of the midline).
+FIELD_TASK = "field"
+FIELD_PELVIS = "pelvis"
 
 #: How a region class reads in a reason; a class not named here reads as its own name.
 REGION_WORDS = {"hip": "hip or pelvis", "shoulder": "shoulder", "hand": "hand or wrist", "leg": "leg, knee or ankle"}
@@ -38,6 +41,7 @@ class ScopeFlag(StrEnum):
 
     UNTAGGED = "no body-part tags"
     TAGS_DISAGREE = "tags disagree"
+    VIEW_FROM_IMAGE = "view read from the image"  # hip tags without a view; the gate read an AP pelvis
 
 
 @dataclass(frozen=True)

@@ -59,11 +59,13 @@ class HipImage:
 
 
 class PreparedInstance(NamedTuple):
-    """What prepare_file makes of one image: its tag labels, its hips, and the whole image for the gate."""
+    """What prepare_file makes of one image: its tag labels, its hips, the whole image for the gate, and the
+    image's two halves as the hips of an AP pelvis, for the gate to choose when the tags name no view."""
 
     labels: ViewResult
     hips: list[HipImage]
     gate_pixels: np.ndarray | None  # uint8 (G, G), the whole image letterboxed; None when no gate size was asked
+    halves: tuple[HipImage, ...] = ()  # (right, left) as an AP pelvis, or none
 
 
 def prepare_file(path: Path, *, input_size: int, gate_size: int | None = None,
@@ -73,9 +75,12 @@ def prepare_file(path: Path, *, input_size: int, gate_size: int | None = None,
 
     The tags decide the hips: an AP pelvis gives both halves, any other image one hip, the whole image, with
     the tags' view and side (``unknown`` where they say none: an untagged image is one hip of unknown view
-    and side). Whether the image is in scope is decided afterwards, with the body-part gate's reading of
-    ``gate_pixels`` (:mod:`models.scope`); only tags naming a region outside the gate's skeleton (chest,
-    spine...) put it out of scope here, before anything is decoded.
+    and side). When the tags name neither view nor side, ``halves`` also holds the image split at its
+    midline as an AP pelvis would be (the patient's right on the image's left, as AP films are shown): the
+    gate's field head decides which of the two readings the service uses (:mod:`workers.gate`). Whether the
+    image is in scope is decided afterwards, with the body-part gate's reading of ``gate_pixels``
+    (:mod:`models.scope`); only tags naming a region outside the gate's skeleton (chest, spine...) put it
+    out of scope here, before anything is decoded.
 
     ``voi_window_index`` picks the image's VOI LUT or window (settings.voi_window_index; 0 is the first).
     Collimation borders are cropped before an AP pelvis is split at its midline, so the split follows the
@@ -98,8 +103,12 @@ def prepare_file(path: Path, *, input_size: int, gate_size: int | None = None,
         hips = [_hip(side, labels.view, halves[side], input_size) for side in labels.sides]
     else:
         hips = [_hip(labels.sides[0], labels.view, image, input_size)]
+    halves: tuple[HipImage, ...] = ()
+    if labels.view is View.UNKNOWN and labels.sides == (Side.UNKNOWN,) and gate_size:
+        split = split_bilateral(image, None)  # oriented already
+        halves = tuple(_hip(side, View.AP_PELVIS, split[side], input_size) for side in (Side.RIGHT, Side.LEFT))
     gate_pixels = letterbox(image, gate_size) if gate_size else None
-    return PreparedInstance(labels, hips, gate_pixels)
+    return PreparedInstance(labels, hips, gate_pixels, halves)
 
 
 def prepare_bounded(path: Path, *, input_size: int, gate_size: int | None = None, voi_window_index: int = 0,

@@ -163,7 +163,7 @@ def prepare(self: Task, instance_id: int) -> None:
         _finish_instance(instance_id, state, error, gated)
         finish_if_done(self.app, settings.database_url, study_id)
         return
-    labels = prepared.labels
+    labels = gated.labels
     with session_scope(settings.database_url) as session:
         instance = session.get(Instance, instance_id)
         instance.state = InstanceState.PREPARED

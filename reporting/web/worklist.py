@@ -215,6 +215,8 @@ def _row(study: Study, draft: Draft | None, reviews: dict[int, tuple[Review, str
         flags.append(("tags", "Tags disagree"))
     if any(flag == ScopeFlag.UNTAGGED for *_, flag, _ in instances):
         flags.append(("untagged", "No body-part tags"))
+    if any(flag == ScopeFlag.VIEW_FROM_IMAGE for *_, flag, _ in instances):
+        flags.append(("view", "View read from image"))
     if any(state == "skipped" and error and error.startswith("tags say") for _, _, state, _, error in instances):
         flags.append(("gate", "Image reads as another body part"))
     return {

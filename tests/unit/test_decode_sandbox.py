@@ -67,9 +67,9 @@ def test_bounded_prepare_reports_the_panic_and_the_same_child_prepares_the_next_
     assert info.value.reason is FailureReason.ERROR
     pid = sandbox.pid
 
-    labels, hips, _ = prepare_bounded(real_path("RG2_UNC.dcm"), input_size=64, sandbox=sandbox)
+    labels, hips, *_ = prepare_bounded(real_path("RG2_UNC.dcm"), input_size=64, sandbox=sandbox)
     assert sandbox.pid == pid  # a panic is caught in the child: no restart
-    expected_labels, expected_hips, _ = prepare_file(real_path("RG2_UNC.dcm"), input_size=64)
+    expected_labels, expected_hips, *_ = prepare_file(real_path("RG2_UNC.dcm"), input_size=64)
     assert labels == expected_labels
     assert [(h.side, h.view, h.metal) for h in hips] == [(h.side, h.view, h.metal) for h in expected_hips]
     assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(hips, expected_hips, strict=True))

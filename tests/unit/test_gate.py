@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from models.imagetask import load_task_model
+from models.scope import ScopeFlag
 from models.taxonomy import Side, View
 from models.views import TagRegion, ViewResult
 from tests.unit.test_image_tasks import write_random_task_card
-from workers.gate import Gate
+from workers.gate import VIEW_FROM_IMAGE_RULE, Gate
 from workers.prepare import HipImage, PreparedInstance
 
 GATE_TASKS = {"region": ("hip", "shoulder", "hand", "leg"), "hardware": ("absent", "present")}
@@ -51,3 +52,70 @@ def test_the_gate_needs_its_image(tmp_path):
     gate = Gate(load_task_model(write_random_task_card(tmp_path, GATE_TASKS, input_size=32)))
     with pytest.raises(ValueError, match="no gate image"):
         gate.apply(PreparedInstance(labels(TagRegion.HIP, "HIP"), [], None))
+
+
+# --- the field head: an untagged AP pelvis read from its pixels -------------------------------------------------
+
+FIELD_TASKS = {**GATE_TASKS, "field": ("pelvis", "other")}
+HIP_ALWAYS = {"hip": 0.001, "shoulder": 0.999, "hand": 0.999, "leg": 0.999}  # random weights: always reads hip
+
+
+def field_gate(tmp_path, pelvis_threshold: float, region_thresholds: dict[str, float] | None = None) -> Gate:
+    return Gate(load_task_model(write_random_task_card(
+        tmp_path, FIELD_TASKS, input_size=32,
+        thresholds={"region": region_thresholds or HIP_ALWAYS, "field": {"pelvis": pelvis_threshold}})))
+
+
+def untagged(region: TagRegion = TagRegion.NONE, body_part: str = "") -> PreparedInstance:
+    rng = np.random.default_rng(1)
+    whole = HipImage(Side.UNKNOWN, View.UNKNOWN, rng.integers(0, 256, (64, 64), dtype=np.uint8))
+    halves = tuple(HipImage(side, View.AP_PELVIS, rng.integers(0, 256, (64, 64), dtype=np.uint8))
+                   for side in (Side.RIGHT, Side.LEFT))
+    return PreparedInstance(labels(region, body_part), [whole], rng.integers(0, 256, (32, 32), dtype=np.uint8),
+                            halves)
+
+
+def test_an_untagged_image_read_as_an_ap_pelvis_becomes_two_hips_with_sides_by_convention(tmp_path):
+    prepared = untagged()
+    gated = field_gate(tmp_path, pelvis_threshold=0.001).apply(prepared)
+    assert gated.decision.in_scope and gated.decision.flag is ScopeFlag.UNTAGGED  # still flagged as untagged
+    assert 0.0 < gated.pelvis_probability < 1.0
+    assert [(hip.side, hip.view) for hip in gated.hips] == [(Side.RIGHT, View.AP_PELVIS), (Side.LEFT, View.AP_PELVIS)]
+    assert [hip.pixels is half.pixels for hip, half in zip(gated.hips, prepared.halves, strict=True)] == [True, True]
+    assert all(hip.metal is not None for hip in gated.hips)  # each half has its own hardware check
+    assert gated.labels.view is View.AP_PELVIS and gated.labels.sides == (Side.RIGHT, Side.LEFT)
+    assert gated.labels.view_rule == VIEW_FROM_IMAGE_RULE and "no R/L marker read" in gated.labels.side_rule
+    assert gated.decision.reason.startswith("no body-part tags; the image reads as hip or pelvis, ")
+    assert f"reads as an AP pelvis ({gated.pelvis_probability:.2f})" in gated.decision.reason
+    assert "no R/L marker was read, check the sides" in gated.decision.reason
+
+
+def test_below_the_pelvis_threshold_the_image_stays_one_hip_of_unknown_view_and_side(tmp_path):
+    prepared = untagged()
+    gated = field_gate(tmp_path, pelvis_threshold=0.999).apply(prepared)
+    assert gated.decision.in_scope and gated.pelvis_probability < 0.999
+    assert [(hip.side, hip.view) for hip in gated.hips] == [(Side.UNKNOWN, View.UNKNOWN)]
+    assert gated.labels == prepared.labels and "AP pelvis" not in gated.decision.reason
+
+
+def test_hip_tags_without_a_view_read_as_a_pelvis_are_flagged_view_read_from_the_image(tmp_path):
+    gated = field_gate(tmp_path, pelvis_threshold=0.001).apply(untagged(TagRegion.HIP, "PELVIS"))
+    assert gated.decision.in_scope and gated.decision.flag is ScopeFlag.VIEW_FROM_IMAGE
+    assert gated.decision.reason.startswith("the image reads as an AP pelvis (")
+    assert [hip.side for hip in gated.hips] == [Side.RIGHT, Side.LEFT]
+
+
+def test_an_image_out_of_scope_is_never_split(tmp_path):
+    refusing = {"hip": 0.999, "shoulder": 0.001, "hand": 0.999, "leg": 0.999}  # always sure of a shoulder
+    prepared = untagged(TagRegion.HIP, "PELVIS")
+    gated = field_gate(tmp_path, pelvis_threshold=0.001, region_thresholds=refusing).apply(prepared)
+    assert not gated.decision.in_scope and gated.decision.reason.startswith("tags say PELVIS, the image reads as")
+    assert gated.labels == prepared.labels and len(gated.hips) == 1
+
+
+def test_a_gate_without_a_field_head_leaves_the_halves_unused(tmp_path):
+    gate = Gate(load_task_model(write_random_task_card(tmp_path, GATE_TASKS, input_size=32,
+                                                       thresholds={"region": HIP_ALWAYS})))
+    gated = gate.apply(untagged())
+    assert not gate.reads_field and gated.pelvis_probability is None
+    assert [(hip.side, hip.view) for hip in gated.hips] == [(Side.UNKNOWN, View.UNKNOWN)]

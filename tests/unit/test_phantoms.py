@@ -167,7 +167,7 @@ def test_every_image_passes_the_view_rules_and_the_pipeline_as_labelled(dataset)
         sides = tuple(Side(row["side"]) for row in rows)
         result = classify_view(pydicom.dcmread(dataset / image, stop_before_pixels=True))
         assert (result.view, result.sides, result.in_scope) == (View(rows[0]["view"]), sides, True), image
-        labels, hips, _ = prepare_file(dataset / image, input_size=INPUT_SIZE)
+        labels, hips, *_ = prepare_file(dataset / image, input_size=INPUT_SIZE)
         assert tuple(hip.side for hip in hips) == sides, image
         assert all(hip.pixels.shape == (INPUT_SIZE, INPUT_SIZE) and hip.pixels.std() > 10 for hip in hips), image
 
@@ -242,7 +242,7 @@ def hips_by_class(tmp_path_factory) -> dict[tuple[int, View, HardwareClass], np.
         folder = root / f"{patient}-{hardware.value}"
         files = dict.fromkeys(row[2] for row in write_study(folder, plan, seed=11))  # the AP pelvis has two rows
         for name, view in zip(files, _VIEWS, strict=True):
-            _, prepared, _ = prepare_file(folder / name, input_size=INPUT_SIZE)
+            _, prepared, *_ = prepare_file(folder / name, input_size=INPUT_SIZE)
             hips[(patient, view, hardware)] = next(hip.pixels for hip in prepared if hip.side is Side.RIGHT)
     _contact_sheets(hips)
     return hips
@@ -326,7 +326,7 @@ def test_demo_study_is_the_three_view_right_tha_study(tmp_path):
         result = classify_view(ds)
         assert (result.view, result.sides) == (image.view, image.sides)
     assert {i.sop_instance_uid for i in images}.isdisjoint(i.sop_instance_uid for i in again)  # sendable again
-    _, hips, _ = prepare_file(images[0].path, input_size=INPUT_SIZE)
+    _, hips, *_ = prepare_file(images[0].path, input_size=INPUT_SIZE)
     metal = {hip.side: int((hip.pixels == 255).sum()) for hip in hips}
     assert metal[Side.RIGHT] > 100 and metal[Side.LEFT] == 0
 

@@ -173,13 +173,13 @@ def test_an_rgb_image_is_read_as_its_luminance():
 def test_a_radiograph_exported_as_rgb_prepares_like_its_grayscale_original(real_path, tmp_path):
     """A real hip, exported as an 8-bit RGB Secondary Capture of what its window shows, gives the same hips."""
     original = real_path("RG2_UNC.dcm")
-    _, gray_hips, _ = prepare_file(original, input_size=128)
+    _, gray_hips, *_ = prepare_file(original, input_size=128)
     ds = pydicom.dcmread(original)
     shown = np.rint(to_unit_range(ds, decode(ds)) * 255).astype(np.uint8)[::4, ::4]  # as a viewer exports it
     exported = _rgb(ds, np.repeat(shown[..., None], 3, axis=2))
     exported.SOPClassUID = exported.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
     exported.save_as(tmp_path / "rgb.dcm", enforce_file_format=True)
-    _, rgb_hips, _ = prepare_file(tmp_path / "rgb.dcm", input_size=128)
+    _, rgb_hips, *_ = prepare_file(tmp_path / "rgb.dcm", input_size=128)
     assert [(h.side, h.view) for h in rgb_hips] == [(h.side, h.view) for h in gray_hips]
     for rgb_hip, gray_hip in zip(rgb_hips, gray_hips, strict=True):
         difference = np.abs(rgb_hip.pixels.astype(np.int16) - gray_hip.pixels.astype(np.int16))

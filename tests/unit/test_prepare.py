@@ -20,7 +20,7 @@ from workers.prepare import HipImage, OutOfScopeError, prepare_file
 def test_demo_ap_pelvis_gives_right_then_left_hip_of_the_requested_size(demo_study):
     pelvis = demo_study[0]
     assert pelvis.view is View.AP_PELVIS
-    labels, hips, _ = prepare_file(pelvis.path, input_size=96)
+    labels, hips, *_ = prepare_file(pelvis.path, input_size=96)
 
     assert labels.view is View.AP_PELVIS and labels.in_scope
     assert [hip.side for hip in hips] == [Side.RIGHT, Side.LEFT]
@@ -32,20 +32,20 @@ def test_demo_ap_pelvis_gives_right_then_left_hip_of_the_requested_size(demo_stu
 
 def test_the_right_hip_image_holds_the_phantoms_prosthesis(demo_study):
     # The phantom has a total hip arthroplasty (drawn at full scale) on the patient's right only.
-    _, hips, _ = prepare_file(demo_study[0].path, input_size=128)
+    _, hips, *_ = prepare_file(demo_study[0].path, input_size=128)
     bright = {hip.side: int((hip.pixels > 200).sum()) for hip in hips}
     assert bright[Side.RIGHT] > 3 * bright[Side.LEFT]
 
 
 def test_demo_frog_leg_gives_one_right_hip(demo_study):
     frog = demo_study[1]
-    labels, hips, _ = prepare_file(frog.path, input_size=64)
+    labels, hips, *_ = prepare_file(frog.path, input_size=64)
     assert labels.view is View.FROG_LEG
     assert [(hip.side, hip.view, hip.pixels.shape) for hip in hips] == [(Side.RIGHT, View.FROG_LEG, (64, 64))]
 
 
 def test_real_native_hip_gives_one_hip_of_unknown_side(real_path):
-    labels, hips, _ = prepare_file(real_path("RG2_UNC.dcm"), input_size=64)
+    labels, hips, *_ = prepare_file(real_path("RG2_UNC.dcm"), input_size=64)
     assert labels.in_scope and labels.view is View.UNKNOWN
     assert len(hips) == 1 and hips[0].side is Side.UNKNOWN
     pixels = hips[0].pixels
@@ -58,14 +58,31 @@ def test_real_native_hip_gives_one_hip_of_unknown_side(real_path):
 @pytest.mark.parametrize("name, body_part",
                          [("RG3_UNC.dcm", "EXTREMITY"), ("NM_Kakadu44_SOTmarkerincons.dcm", "HAND")])
 def test_other_limb_images_are_prepared_for_the_gate_to_decide(real_path, name, body_part):
-    labels, hips, gate_pixels = prepare_file(real_path(name), input_size=64, gate_size=48)
+    labels, hips, gate_pixels, halves = prepare_file(real_path(name), input_size=64, gate_size=48)
     assert labels.tag_region is TagRegion.LIMB and labels.body_part == body_part and not labels.in_scope
     assert [hip.view for hip in hips] == [View.UNKNOWN]  # one hip, the whole image, should the gate read a hip
     assert gate_pixels.shape == (48, 48) and gate_pixels.dtype == np.uint8 and gate_pixels.std() > 10
+    assert labels.sides == (Side.RIGHT,) and halves == ()  # a side in the tags: one limb, never split
 
 
 def test_no_gate_image_unless_asked(real_path):
     assert prepare_file(real_path("RG2_UNC.dcm"), input_size=64).gate_pixels is None
+
+
+def test_an_image_whose_tags_name_no_view_nor_side_also_gives_its_halves_as_an_ap_pelvis(real_path):
+    prepared = prepare_file(real_path("RG2_UNC.dcm"), input_size=64, gate_size=48)
+    assert prepared.labels.view is View.UNKNOWN and prepared.labels.sides == (Side.UNKNOWN,)
+    assert [hip.view for hip in prepared.hips] == [View.UNKNOWN]  # the tags' reading stays the default
+    right, left = prepared.halves  # the gate's field head chooses between the two (workers.gate)
+    assert (right.side, right.view, left.side, left.view) == (Side.RIGHT, View.AP_PELVIS, Side.LEFT, View.AP_PELVIS)
+    assert right.pixels.shape == left.pixels.shape == (64, 64)
+    assert right.pixels.std() > 10 and left.pixels.std() > 10 and not np.array_equal(right.pixels, left.pixels)
+    assert prepare_file(real_path("RG2_UNC.dcm"), input_size=64).halves == ()  # no gate, no choice
+
+
+def test_no_halves_when_the_tags_name_the_view(demo_study):
+    for image in demo_study:  # AP pelvis, frog-leg, cross-table lateral, all tagged
+        assert prepare_file(image.path, input_size=64, gate_size=48).halves == ()
 
 
 def test_real_chest_is_out_of_scope(real_path):
@@ -157,8 +174,8 @@ def test_chest_images_never_get_a_hip_draft_nor_reach_the_gate(real_path, name, 
 
 
 def test_12_bit_jpeg_extended_hip_is_prepared(real_path):
-    labels, hips, _ = prepare_file(real_path("RG2_JPLY_fixed.dcm"), input_size=64)
-    _, reference, _ = prepare_file(real_path("RG2_UNC.dcm"), input_size=64)
+    labels, hips, *_ = prepare_file(real_path("RG2_JPLY_fixed.dcm"), input_size=64)
+    _, reference, *_ = prepare_file(real_path("RG2_UNC.dcm"), input_size=64)
     assert labels.in_scope and len(hips) == 1
     assert np.abs(hips[0].pixels.astype(int) - reference[0].pixels.astype(int)).mean() < 1.0
 
@@ -219,7 +236,7 @@ def test_hardware_only_on_the_patients_left_is_in_the_left_hip(tmp_path, orienta
         columns = slice(60, 120)
     stored[100:220, columns] = 4095
     _write_pelvis(tmp_path / "pelvis.dcm", stored, orientation)
-    labels, hips, _ = prepare_file(tmp_path / "pelvis.dcm", input_size=96)
+    labels, hips, *_ = prepare_file(tmp_path / "pelvis.dcm", input_size=96)
     assert labels.view is View.AP_PELVIS and [hip.side for hip in hips] == [Side.RIGHT, Side.LEFT]
     metal = _metal_per_side(hips)
     assert metal[Side.LEFT] > 300 and metal[Side.RIGHT] == 0
@@ -230,7 +247,7 @@ def test_collimation_is_cropped_before_the_midline_split(tmp_path):
     stored[:, :120] = 0  # a shutter over the image's left 120 columns: the exposed field is columns 120-400
     stored[100:220, 215:250] = 4095  # left of the field's midline (260), right of the image's (200)
     _write_pelvis(tmp_path / "pelvis.dcm", stored, ["L", "F"])
-    _, hips, _ = prepare_file(tmp_path / "pelvis.dcm", input_size=96)
+    _, hips, *_ = prepare_file(tmp_path / "pelvis.dcm", input_size=96)
     metal = _metal_per_side(hips)
     assert metal[Side.RIGHT] > 100 and metal[Side.LEFT] == 0
     assert all((hip.pixels[:, 30:66] > 0).all() for hip in hips)  # no black shutter left inside either hip
@@ -239,9 +256,9 @@ def test_collimation_is_cropped_before_the_midline_split(tmp_path):
 def test_voi_window_index_chooses_the_window(tmp_path):
     _write_pelvis(tmp_path / "pelvis.dcm", _pelvis_stored(), ["L", "F"], WindowCenter=[2048, 500],
                   WindowWidth=[4096, 200])
-    _, first, _ = prepare_file(tmp_path / "pelvis.dcm", input_size=64)
-    _, second, _ = prepare_file(tmp_path / "pelvis.dcm", input_size=64, voi_window_index=1)
-    _, past_the_last, _ = prepare_file(tmp_path / "pelvis.dcm", input_size=64, voi_window_index=9)
+    _, first, *_ = prepare_file(tmp_path / "pelvis.dcm", input_size=64)
+    _, second, *_ = prepare_file(tmp_path / "pelvis.dcm", input_size=64, voi_window_index=1)
+    _, past_the_last, *_ = prepare_file(tmp_path / "pelvis.dcm", input_size=64, voi_window_index=9)
     middle = (slice(20, 44), slice(14, 50))  # inside the 43 x 64 hip image, clear of the padding
     assert 100 < first[0].pixels[middle].mean() < 160  # values 1100-2900 in a 0-4095 window
     assert (second[0].pixels[middle] == 255).all()  # the narrow window at 500 saturates them all

@@ -240,6 +240,15 @@ def test_scope_flags_reach_the_worklist_and_the_study_page(web):
     rows = client.get("/worklist/rows").json()["rows"]
     assert "flag-tags" in rows and "Tags disagree" in rows and "No body-part tags" not in rows
     assert note in client.get(f"/studies/{web.drafted.study_uid}").text
+    view_note = ("the image reads as an AP pelvis (0.97): two hips, the patient's right taken to be on the image's "
+                 "left; no R/L marker was read, check the sides")
+    with session_scope(web.settings.database_url) as session:  # hip tags without a view, split by the gate
+        first = session.scalars(select(Instance).order_by(Instance.id)).first()
+        first.scope_flag, first.scope_note = "view read from the image", view_note
+    rows = client.get("/worklist/rows").json()["rows"]
+    assert "flag-view" in rows and "View read from image" in rows and "Tags disagree" not in rows
+    page = client.get(f"/studies/{web.drafted.study_uid}").text
+    assert "the image reads as an AP pelvis (0.97): two hips" in page and "no R/L marker was read, check" in page
 
 
 def test_study_page_thumbnails_overlays_and_probability_bars(web):
