@@ -78,6 +78,8 @@ class TaskTrainingConfig(BaseModel):
     gate_class: str | None = Field(None, description="the gate task's class the service is for (e.g. hip)")
     binary: dict[str, str] = Field(
         {}, description="two-class tasks -> their positive class, each thresholded for balanced sens/spec")
+    min_specificity: dict[str, float] = Field(
+        {}, description="binary tasks thresholded for at least this specificity instead of the balanced point")
     init_weights: Path | None = Field(
         None, description="local weights (safetensors) of the same timm architecture to start the backbone from")
     synthetic_sources: tuple[str, ...] = Field(
@@ -100,6 +102,11 @@ class TaskTrainingConfig(BaseModel):
             order = self.tasks[task]
             if order is not None and name not in order:
                 raise ValueError(f"the {rule} class {name!r} is not among {task}'s classes {list(order)}")
+        for task, specificity in self.min_specificity.items():
+            if task not in self.binary:
+                raise ValueError(f"min_specificity names {task!r}, which is not a binary task ({list(self.binary)})")
+            if not 0 < specificity < 1:
+                raise ValueError(f"the minimum specificity of {task!r} must lie in (0, 1), got {specificity}")
         return self
 
 
@@ -212,7 +219,9 @@ def fit_thresholds(probabilities: dict[str, np.ndarray], targets: np.ndarray, cl
       reach p(gate_class): an untagged image is drafted only this sure.
     Thresholds are kept in [0.5, 0.995].
     Binary tasks (``binary``: task -> positive class): each gets the threshold that maximises the smaller of
-    sensitivity and specificity (the balanced point), over the rows labelled for it.
+    sensitivity and specificity (the balanced point), over the rows labelled for it; one named in
+    ``min_specificity`` gets instead the lowest threshold at which at least that share of its negative rows
+    stay below it (where a false positive costs more than a miss, as splitting a one-hip image in two).
     """
     thresholds: dict[str, dict[str, float]] = {}
     if config.gate_task:
@@ -233,6 +242,12 @@ def fit_thresholds(probabilities: dict[str, np.ndarray], targets: np.ndarray, cl
         labelled = targets[:, column] >= 0
         scores = probabilities[task][labelled, positive]
         is_positive = targets[labelled, column] == positive
+        if task in config.min_specificity:
+            negatives = scores[~is_positive]
+            value = (float(np.quantile(negatives, config.min_specificity[task], method="higher")) + 1e-4
+                     if len(negatives) else 0.5)
+            thresholds[task] = {positive_class: round(min(0.995, max(0.005, value)), 4)}
+            continue
         best, best_value = 0.5, -1.0
         for candidate in np.unique(np.floor(scores * 1e4) / 1e4):  # floored: every score reaches its own
             predicted = scores >= candidate

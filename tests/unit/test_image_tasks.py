@@ -339,6 +339,22 @@ def test_binary_threshold_is_the_balanced_point():
     assert balanced(threshold) == max(balanced(cut) for cut in np.unique(scores))
 
 
+def test_a_minimum_specificity_replaces_the_balanced_point():
+    negatives = np.linspace(0.0, 0.99, 100)  # p(positive) of 100 negative rows
+    scores = np.concatenate([negatives, [0.5, 0.97, 0.99]])
+    targets = np.stack([np.full(103, -1), np.r_[np.zeros(100, int), np.ones(3, int)]], axis=1)
+    config = TaskTrainingConfig(tasks=dict(TASKS), binary={"hardware": "present"},
+                                min_specificity={"hardware": 0.95})
+    threshold = fit_thresholds({"hardware": _binary_probabilities(scores)}, targets, TASKS, config)["hardware"][
+        "present"]
+    assert (negatives < threshold).mean() >= 0.95  # at least 95 % of the negatives stay below it
+    assert (negatives < threshold - 0.011).mean() < 0.95  # and no threshold a step lower would do
+    with pytest.raises(ValueError, match="not a binary task"):
+        TaskTrainingConfig(tasks=dict(TASKS), min_specificity={"hardware": 0.95})
+    with pytest.raises(ValueError, match=r"must lie in \(0, 1\)"):
+        TaskTrainingConfig(tasks=dict(TASKS), binary={"hardware": "present"}, min_specificity={"hardware": 1.5})
+
+
 # --- the gate's labels from ../shared/data ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
