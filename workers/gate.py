@@ -1,17 +1,18 @@
-"""The body-part gate and hardware check as the prepare task runs them: one forward pass per image.
+"""The body-part gate and hardware check as the prepare task runs them.
 
 A gate card (:class:`models.taskcard.TaskCard`) must have a ``region`` task with a ``hip`` class and a
 ``hardware`` task with a ``present`` class, each with the thresholds its training fitted. The whole image
-(for the region) and each hip crop (for hardware) go through the network together; the hip crops are
-resized from the classifier's input edge to the gate's (a classifier whose edge is smaller than the gate's,
-as tests' 64 px ones, gives the hardware check blurrier hips than it was trained on).
+(for the region) and each hip crop the tags gave (for hardware) go through the network together, in one
+pass; the hip crops are resized from the classifier's input edge to the gate's (a classifier whose edge is
+smaller than the gate's, as tests' 64 px ones, gives the hardware check blurrier hips than it was trained
+on).
 
 A card may also have a ``field`` task with a ``pelvis`` class: whether a hip image is an AP pelvis showing
 both hips, one each side of its midline. When the tags name neither view nor side (``prepared.halves``) and
 the image is in scope, p(pelvis) at or above the card's threshold makes the image an AP pelvis: its hips are
 the two halves, the patient's right on the image's left as AP films are shown (no burned-in R/L marker is
-read: the scope note says so, and the instance is flagged), each with its own hardware check. Below it, the
-image stays one hip of unlabelled view and unstated side.
+read: the scope note says so, and the instance is flagged), each with its own hardware check, in a second
+pass that only such an image costs. Below it, the image stays one hip of unlabelled view and unstated side.
 """
 
 from __future__ import annotations
@@ -74,20 +75,20 @@ class Gate:
         check's findings."""
         if prepared.gate_pixels is None:  # tags outside the gate's skeleton are refused before this
             raise ValueError("the prepared instance has no gate image")
-        halves = list(prepared.halves) if self.reads_field else []
-        crops = [*prepared.hips, *halves]
-        probabilities = self.model.predict(np.stack([prepared.gate_pixels, *[self._resize(c.pixels) for c in crops]]))
-        regions = probabilities[GATE_TASK][0]
-        reading = GateReading({name: float(p) for name, p in zip(self.model.card.tasks[GATE_TASK], regions,
-                                                                  strict=True)}, self.region_thresholds)
+        first = self.model.predict(np.stack([prepared.gate_pixels, *[self._resize(hip.pixels)
+                                                                      for hip in prepared.hips]]))
+        reading = GateReading({name: float(p) for name, p in zip(self.model.card.tasks[GATE_TASK],
+                                                                  first[GATE_TASK][0], strict=True)},
+                              self.region_thresholds)
         decision = decide_scope(prepared.labels, reading)
-        checked = [replace(crop, metal=self._finding(float(row[self._present])))
-                   for crop, row in zip(crops, probabilities[HARDWARE_TASK][1:], strict=True)]
-        hips, labels, pelvis = checked[:len(prepared.hips)], prepared.labels, None
-        if halves:
-            pelvis = float(probabilities[FIELD_TASK][0][self.model.card.tasks[FIELD_TASK].index(FIELD_PELVIS)])
+        hips = self._checked(prepared.hips, first[HARDWARE_TASK][1:])
+        labels, pelvis = prepared.labels, None
+        if self.reads_field and prepared.halves:
+            pelvis = float(first[FIELD_TASK][0][self.model.card.tasks[FIELD_TASK].index(FIELD_PELVIS)])
             if decision.in_scope and pelvis >= self.pelvis_threshold:
-                hips = checked[len(prepared.hips):]
+                halves = list(prepared.halves)
+                present = self.model.predict(np.stack([self._resize(hip.pixels) for hip in halves]))
+                hips = self._checked(halves, present[HARDWARE_TASK])
                 labels = replace(labels, view=View.AP_PELVIS, view_rule=VIEW_FROM_IMAGE_RULE,
                                  sides=(Side.RIGHT, Side.LEFT), side_rule=SIDES_BY_CONVENTION_RULE)
                 note = (f"the image reads as an AP pelvis ({pelvis:.2f}): two hips, the patient's right taken to "
@@ -95,6 +96,11 @@ class Gate:
                 decision = replace(decision, reason=f"{decision.reason}; {note}" if decision.reason else note,
                                    flag=decision.flag or ScopeFlag.VIEW_FROM_IMAGE)
         return GatedInstance(decision, reading, hips, labels, pelvis)
+
+    def _checked(self, hips: list[HipImage], hardware: np.ndarray) -> list[HipImage]:
+        """``hips`` with their hardware check's findings, from the hardware head's rows in the same order."""
+        return [replace(hip, metal=self._finding(float(row[self._present])))
+                for hip, row in zip(hips, hardware, strict=True)]
 
     def _finding(self, probability: float) -> MetalFinding:
         present = probability >= self.hardware_threshold

@@ -14,6 +14,7 @@ from workers.gate import VIEW_FROM_IMAGE_RULE, Gate
 from workers.prepare import HipImage, PreparedInstance
 
 GATE_TASKS = {"region": ("hip", "shoulder", "hand", "leg"), "hardware": ("absent", "present")}
+HIP_ALWAYS = {"hip": 0.001, "shoulder": 0.999, "hand": 0.999, "leg": 0.999}  # random weights: always reads hip
 
 
 def labels(region: TagRegion, body_part: str = "") -> ViewResult:
@@ -32,7 +33,8 @@ def test_a_gate_card_without_the_tasks_the_service_acts_on_is_refused(tmp_path, 
 
 
 def test_one_pass_reads_the_image_and_checks_every_hip(tmp_path):
-    gate = Gate(load_task_model(write_random_task_card(tmp_path, GATE_TASKS, input_size=32)))
+    gate = Gate(load_task_model(write_random_task_card(tmp_path, GATE_TASKS, input_size=32,
+                                                       thresholds={"region": HIP_ALWAYS})))
     rng = np.random.default_rng(0)
     hips = [HipImage(side, View.AP_PELVIS, rng.integers(0, 256, (64, 64), dtype=np.uint8))
             for side in (Side.RIGHT, Side.LEFT)]  # at the classifier's edge: resized to the gate's
@@ -40,12 +42,15 @@ def test_one_pass_reads_the_image_and_checks_every_hip(tmp_path):
     gated = gate.apply(prepared)
     assert sorted(gated.reading.probabilities) == sorted(GATE_TASKS["region"])
     assert sum(gated.reading.probabilities.values()) == pytest.approx(1.0)
-    assert gated.decision.in_scope is gated.reading.reads_hip
+    assert gated.decision.in_scope and gated.reading.reads_hip
     assert [hip.side for hip in gated.hips] == [Side.RIGHT, Side.LEFT]
     for hip, original in zip(gated.hips, hips, strict=True):
         assert hip.pixels is original.pixels  # the classifier's pixels are untouched
         assert hip.metal.present is (hip.metal.score >= gate.hardware_threshold)
         assert hip.metal.reason.startswith(f"hardware check {hip.metal.score:.2f} (")
+    # each hip's check is its own: the same hip alone gets the same score as beside the other
+    alone = gate.apply(prepared._replace(hips=hips[:1])).hips[0].metal.score
+    assert alone == pytest.approx(gated.hips[0].metal.score, abs=1e-3)
 
 
 def test_the_gate_needs_its_image(tmp_path):
@@ -57,7 +62,6 @@ def test_the_gate_needs_its_image(tmp_path):
 # --- the field head: an untagged AP pelvis read from its pixels -------------------------------------------------
 
 FIELD_TASKS = {**GATE_TASKS, "field": ("pelvis", "other")}
-HIP_ALWAYS = {"hip": 0.001, "shoulder": 0.999, "hand": 0.999, "leg": 0.999}  # random weights: always reads hip
 
 
 def field_gate(tmp_path, pelvis_threshold: float, region_thresholds: dict[str, float] | None = None) -> Gate:
