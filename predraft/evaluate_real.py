@@ -15,7 +15,10 @@ prepares it and given to
 - the hip model (a :class:`models.card.ModelCard`, the demo by default) on the native hips, the rows that
   are hips without hardware (whole images labelled ``region=hip, hardware=absent``, halves labelled
   ``hardware=absent``): the share whose top class is not ``none`` (read as hardware) and the share it would
-  draft as hardware (that top class at or above its card threshold), whole images and halves apart.
+  draft as hardware (that top class at or above its card threshold), whole images and halves apart; and,
+  where the gate has a ``field`` head, the same shares over the hips the service drafts from an untagged
+  native hip image: its two halves when the gate reads an AP pelvis (p(pelvis) at or above the card's
+  threshold, and the CSV holds both halves), else the whole image.
 
 Every figure is a share of rows with a 95 % CI from a bootstrap over the rows' groups
 (:func:`models.taskmetrics.grouped_rate`). Outputs in ``out_dir``: ``real_metrics.json`` (the figures, the
@@ -40,7 +43,7 @@ PREDICTIONS = "predictions.csv"
 #: The CSV columns this command evaluates; a CSV needs at least one.
 LABEL_TASKS = ("region", "hardware")
 HARDWARE_CLASSES = ("absent", "present")
-HIP, PRESENT, NONE = "hip", "present", "none"
+HIP, PRESENT, NONE, FIELD_PELVIS = "hip", "present", "none", "pelvis"
 CROP_SETS = (("whole images", "whole"), ("hip halves", "half"))
 #: Images per forward pass.
 BATCH_SIZE = 64
@@ -115,7 +118,7 @@ def evaluate_real(labels_csv: Path, images_dir: Path, out_dir: Path, *, gate_car
     groups = np.array([row.group for row in rows])
     crops = np.array([row.crop for row in rows])
     gate_rule = ("region", HIP) if HIP in gate_classes.get("region", ()) else None
-    binary = ("hardware", PRESENT) if PRESENT in gate_classes.get("hardware", ()) else None
+    binary = {"hardware": PRESENT} if PRESENT in gate_classes.get("hardware", ()) else None
     # the thresholds the service rules use (the card's, 0.5 where it is silent)
     thresholds: dict[str, dict[str, float]] = {}
     if gate_rule is not None:
@@ -158,8 +161,12 @@ def evaluate_real(labels_csv: Path, images_dir: Path, out_dir: Path, *, gate_car
             section = {"gate": metrics["gate"]["hardware"]["at_threshold"],
                        "gate_threshold": thresholds["hardware"][PRESENT], **section}
         metrics["hardware_present"] = section
+        pelvis = None
+        if FIELD_PELVIS in gate.card.tasks.get("field", ()):
+            pelvis = (gate_probabilities["field"][:, gate.card.tasks["field"].index(FIELD_PELVIS)],
+                      gate.card.threshold("field", FIELD_PELVIS))
         metrics["hip_model"] = _hip_model_figures(rows, hip_probabilities, hip_classifier.card, groups,
-                                                  n_bootstrap=n_bootstrap, seed=seed)
+                                                  pelvis=pelvis, n_bootstrap=n_bootstrap, seed=seed)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -210,7 +217,8 @@ def native_hips(rows: Sequence[TaskRow]) -> np.ndarray:
 
 
 def _hip_model_figures(rows: Sequence[TaskRow], probabilities: np.ndarray, card: Any, groups: np.ndarray, *,
-                       n_bootstrap: int, seed: int) -> dict[str, Any]:
+                       pelvis: tuple[np.ndarray, float] | None = None, n_bootstrap: int,
+                       seed: int) -> dict[str, Any]:
     names = [hardware.value for hardware in card.classes]
     top = probabilities.argmax(axis=1)
     top_names = [names[index] for index in top]
@@ -226,7 +234,39 @@ def _hip_model_figures(rows: Sequence[TaskRow], probabilities: np.ndarray, card:
             "read_as_hardware": grouped_rate(read[mask], groups[mask], n_bootstrap=n_bootstrap, seed=seed),
             "drafted_as_hardware": grouped_rate(drafted[mask], groups[mask], n_bootstrap=n_bootstrap, seed=seed),
         }
+    if pelvis is not None:
+        served, split = untagged_hips_as_served(rows, native, *pelvis)
+        served_rows = np.array(served, dtype=int)
+        whole = np.array([index for index, row in enumerate(rows) if native[index] and row.crop == "whole"], dtype=int)
+        figures["untagged whole images as served (split when read as an AP pelvis)"] = {
+            "read_as_ap_pelvis": grouped_rate(split, groups[whole], n_bootstrap=n_bootstrap, seed=seed),
+            "read_as_hardware": grouped_rate(read[served_rows], groups[served_rows], n_bootstrap=n_bootstrap,
+                                             seed=seed),
+            "drafted_as_hardware": grouped_rate(drafted[served_rows], groups[served_rows], n_bootstrap=n_bootstrap,
+                                                seed=seed),
+        }
     return figures
+
+
+def untagged_hips_as_served(rows: Sequence[TaskRow], native: np.ndarray, pelvis_probability: np.ndarray,
+                            threshold: float) -> tuple[list[int], np.ndarray]:
+    """The row indices of the hips the service drafts from each native whole hip image sent untagged (its
+    two half rows when p(pelvis) >= ``threshold`` and both are in ``rows``, else the whole row), and per such
+    image (in row order) whether it was split."""
+    halves: dict[str, dict[str, int]] = {}
+    for index, row in enumerate(rows):
+        if row.crop != "whole":
+            halves.setdefault(row.image, {})[row.crop] = index
+    served: list[int] = []
+    split: list[bool] = []
+    for index, row in enumerate(rows):
+        if not native[index] or row.crop != "whole":
+            continue
+        pair = halves.get(row.image, {})
+        as_pelvis = pelvis_probability[index] >= threshold and {"image_left", "image_right"} <= set(pair)
+        served.extend([pair["image_left"], pair["image_right"]] if as_pelvis else [index])
+        split.append(bool(as_pelvis))
+    return served, np.array(split, dtype=bool)
 
 
 def _write_predictions(path: Path, rows: Sequence[TaskRow], tasks: Sequence[str],
@@ -278,6 +318,8 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
         for label, figures in hip_model.items():
             lines.append(f"  {label}: read as hardware {_fmt(figures['read_as_hardware'])}  drafted as hardware "
                          f"{_fmt(figures['drafted_as_hardware'])}")
+            if "read_as_ap_pelvis" in figures:
+                lines.append(f"    images read as an AP pelvis {_fmt(figures['read_as_ap_pelvis'])}")
     return lines
 
 

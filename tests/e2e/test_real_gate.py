@@ -110,3 +110,21 @@ def test_real_hip_without_tags_is_drafted_and_flagged(embedded: Deployment, tmp_
     # the draft names the hip without a side; "No orthopedic hardware", or indeterminate when the hardware check
     # disagrees (it scores this film 0.21 against its threshold of 0.19)
     assert "Hip (side not stated): " in detail["draft"]["text"]
+
+
+def test_real_ap_pelvis_without_tags_is_drafted_as_two_hips_with_sides_by_convention(embedded: Deployment,
+                                                                                     tmp_path: Path) -> None:
+    # A FracAtlas AP pelvis without hardware (in the gate's training data: this checks the plumbing, the
+    # README gives the field head's cross-validated figures), sent as a CR with no tag that names a view or side.
+    path = jpeg_as_cr(fracatlas_file("IMG0000463.jpg"), tmp_path / "pelvis.dcm")
+    embedded.storescu(path)
+    detail = embedded.wait_for_study(str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID))
+    assert detail["state"] == "drafted", detail
+    (instance,) = detail["instances"]
+    assert instance["region_read"] == "hip" and instance["scope_flag"] == "no body-part tags"
+    assert (instance["view"], instance["view_rule"], instance["side"]) == ("ap_pelvis", "image (field head)",
+                                                                           "right+left")
+    assert "the image reads as an AP pelvis (" in instance["scope_note"]
+    assert "no R/L marker was read, check the sides" in instance["scope_note"]
+    assert sorted(prediction["side"] for prediction in instance["predictions"]) == ["left", "right"]
+    assert "Right hip: " in detail["draft"]["text"] and "Left hip: " in detail["draft"]["text"]

@@ -254,3 +254,24 @@ def test_a_missing_gate_card_is_named(labelled, tmp_path, monkeypatch):
     monkeypatch.setattr(models.taskcard, "GATE_CARD", tmp_path / "no-gate" / "card.json")
     with pytest.raises(ValueError, match="no-gate/card.json does not exist"):
         evaluate_real(labelled["csv"], labelled["images"], tmp_path / "out", workers=1)
+
+
+def test_an_untagged_native_image_read_as_a_pelvis_is_served_as_its_two_halves():
+    import numpy as np
+
+    from models.taskdata import TaskRow
+    from predraft.evaluate_real import native_hips, untagged_hips_as_served
+
+    def row(image: str, crop: str, **labels: str) -> TaskRow:
+        return TaskRow(image, image, crop, labels)
+
+    rows = [row("a", "whole", region="hip", hardware="absent"), row("a", "image_left", hardware="absent"),
+            row("a", "image_right", hardware="absent"),
+            row("b", "whole", region="hip", hardware="absent"),  # read as pelvis, but its halves are not labelled
+            row("c", "whole", region="hip", hardware="absent"), row("c", "image_left", hardware="absent"),
+            row("c", "image_right", hardware="absent"),  # not read as a pelvis
+            row("d", "whole", region="leg", hardware="absent")]  # not a hip
+    pelvis = np.array([0.9, 0.0, 0.0, 0.95, 0.2, 0.0, 0.0, 0.99])
+    served, split = untagged_hips_as_served(rows, native_hips(rows), pelvis, threshold=0.5)
+    assert served == [1, 2, 3, 4]
+    assert split.tolist() == [True, False, False]
