@@ -98,7 +98,7 @@ def main() -> int:
         if missing:
             sys.exit(f"missing images: {missing}")
         for path in images.values():  # warm-up: caches, torch's first pass
-            gate.apply(prepare_file(path, input_size=input_size, gate_size=gate.size))
+            gate.apply(prepare_file(path, input_size=input_size, gate_size=gate.size, with_halves=gate.reads_field))
         results = {}
         for name, path in images.items():
             without, with_gate = [], []
@@ -107,7 +107,8 @@ def main() -> int:
                 prepare_file(path, input_size=input_size)
                 without.append(time.perf_counter() - started)
                 started = time.perf_counter()
-                gated = gate.apply(prepare_file(path, input_size=input_size, gate_size=gate.size))
+                gated = gate.apply(prepare_file(path, input_size=input_size, gate_size=gate.size,
+                                                with_halves=gate.reads_field))
                 with_gate.append(time.perf_counter() - started)
             added = (statistics.median(with_gate) - statistics.median(without)) * 1000
             results[name] = {"without_ms": round(statistics.median(without) * 1000, 1),

@@ -68,16 +68,17 @@ class PreparedInstance(NamedTuple):
     halves: tuple[HipImage, ...] = ()  # (right, left) as an AP pelvis, or none
 
 
-def prepare_file(path: Path, *, input_size: int, gate_size: int | None = None,
-                 voi_window_index: int = 0) -> PreparedInstance:
+def prepare_file(path: Path, *, input_size: int, gate_size: int | None = None, voi_window_index: int = 0,
+                 with_halves: bool = False) -> PreparedInstance:
     """Read, check the SOP class and the tags' region, decode, window, crop, orient, split and letterbox.
     (The hips' hardware check is the gate's, made by the caller: workers.gate.)
 
     The tags decide the hips: an AP pelvis gives both halves, any other image one hip, the whole image, with
     the tags' view and side (``unknown`` where they say none: an untagged image is one hip of unknown view
-    and side). When the tags name neither view nor side, ``halves`` also holds the image split at its
-    midline as an AP pelvis would be (the patient's right on the image's left, as AP films are shown): the
-    gate's field head decides which of the two readings the service uses (:mod:`workers.gate`). Whether the
+    and side). With ``with_halves``, when the tags name neither view nor side, ``halves`` also holds the image
+    split at its midline as an AP pelvis would be (the patient's right on the image's left, as AP films are
+    shown): the gate's field head decides which of the two readings the service uses (:mod:`workers.gate`),
+    and the web app finds there the hips of an image the gate split. Whether the
     image is in scope is decided afterwards, with the body-part gate's reading of ``gate_pixels``
     (:mod:`models.scope`); only tags naming a region outside the gate's skeleton (chest, spine...) put it
     out of scope here, before anything is decoded.
@@ -104,7 +105,7 @@ def prepare_file(path: Path, *, input_size: int, gate_size: int | None = None,
     else:
         hips = [_hip(labels.sides[0], labels.view, image, input_size)]
     halves: tuple[HipImage, ...] = ()
-    if labels.view is View.UNKNOWN and labels.sides == (Side.UNKNOWN,) and gate_size:
+    if with_halves and labels.view is View.UNKNOWN and labels.sides == (Side.UNKNOWN,):
         split = split_bilateral(image, None)  # oriented already
         halves = tuple(_hip(side, View.AP_PELVIS, split[side], input_size) for side in (Side.RIGHT, Side.LEFT))
     gate_pixels = letterbox(image, gate_size) if gate_size else None
@@ -112,7 +113,7 @@ def prepare_file(path: Path, *, input_size: int, gate_size: int | None = None,
 
 
 def prepare_bounded(path: Path, *, input_size: int, gate_size: int | None = None, voi_window_index: int = 0,
-                    sandbox: Sandbox) -> PreparedInstance:
+                    with_halves: bool = False, sandbox: Sandbox) -> PreparedInstance:
     """prepare_file run in ``sandbox``'s child, bounded in time and memory (the workers' entry point).
 
     Raises OutOfScopeError as prepare_file does; every other failure (an unreadable file, pixel data that
@@ -121,7 +122,7 @@ def prepare_bounded(path: Path, *, input_size: int, gate_size: int | None = None
     """
     try:
         return sandbox.call(prepare_file, path, input_size=input_size, gate_size=gate_size,
-                            voi_window_index=voi_window_index)
+                            voi_window_index=voi_window_index, with_halves=with_halves)
     except DecodeFailure as failure:
         if failure.error_type == OutOfScopeError.__name__:
             raise OutOfScopeError(failure.detail) from None

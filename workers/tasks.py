@@ -151,7 +151,8 @@ def prepare(self: Task, instance_id: int) -> None:
     gated = None
     try:
         prepared = prepare_bounded(path, input_size=card.input_size, gate_size=gate.size,
-                                   voi_window_index=settings.voi_window_index, sandbox=_prepare_sandbox(settings))
+                                   voi_window_index=settings.voi_window_index, with_halves=gate.reads_field,
+                                   sandbox=_prepare_sandbox(settings))
         gated = gate.apply(prepared)
         if not gated.decision.in_scope:
             raise OutOfScopeError(gated.decision.reason)

@@ -58,7 +58,7 @@ def test_real_native_hip_gives_one_hip_of_unknown_side(real_path):
 @pytest.mark.parametrize("name, body_part",
                          [("RG3_UNC.dcm", "EXTREMITY"), ("NM_Kakadu44_SOTmarkerincons.dcm", "HAND")])
 def test_other_limb_images_are_prepared_for_the_gate_to_decide(real_path, name, body_part):
-    labels, hips, gate_pixels, halves = prepare_file(real_path(name), input_size=64, gate_size=48)
+    labels, hips, gate_pixels, halves = prepare_file(real_path(name), input_size=64, gate_size=48, with_halves=True)
     assert labels.tag_region is TagRegion.LIMB and labels.body_part == body_part and not labels.in_scope
     assert [hip.view for hip in hips] == [View.UNKNOWN]  # one hip, the whole image, should the gate read a hip
     assert gate_pixels.shape == (48, 48) and gate_pixels.dtype == np.uint8 and gate_pixels.std() > 10
@@ -70,19 +70,19 @@ def test_no_gate_image_unless_asked(real_path):
 
 
 def test_an_image_whose_tags_name_no_view_nor_side_also_gives_its_halves_as_an_ap_pelvis(real_path):
-    prepared = prepare_file(real_path("RG2_UNC.dcm"), input_size=64, gate_size=48)
+    prepared = prepare_file(real_path("RG2_UNC.dcm"), input_size=64, gate_size=48, with_halves=True)
     assert prepared.labels.view is View.UNKNOWN and prepared.labels.sides == (Side.UNKNOWN,)
     assert [hip.view for hip in prepared.hips] == [View.UNKNOWN]  # the tags' reading stays the default
     right, left = prepared.halves  # the gate's field head chooses between the two (workers.gate)
     assert (right.side, right.view, left.side, left.view) == (Side.RIGHT, View.AP_PELVIS, Side.LEFT, View.AP_PELVIS)
     assert right.pixels.shape == left.pixels.shape == (64, 64)
     assert right.pixels.std() > 10 and left.pixels.std() > 10 and not np.array_equal(right.pixels, left.pixels)
-    assert prepare_file(real_path("RG2_UNC.dcm"), input_size=64).halves == ()  # no gate, no choice
+    assert prepare_file(real_path("RG2_UNC.dcm"), input_size=64, gate_size=48).halves == ()  # only when asked
 
 
 def test_no_halves_when_the_tags_name_the_view(demo_study):
     for image in demo_study:  # AP pelvis, frog-leg, cross-table lateral, all tagged
-        assert prepare_file(image.path, input_size=64, gate_size=48).halves == ()
+        assert prepare_file(image.path, input_size=64, gate_size=48, with_halves=True).halves == ()
 
 
 def test_real_chest_is_out_of_scope(real_path):

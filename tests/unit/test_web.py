@@ -488,3 +488,31 @@ def test_parallel_guesses_cannot_all_pass_the_throttle(clean_settings_env, sqlit
         with ThreadPoolExecutor(max_workers=8) as pool:
             codes = sorted(pool.map(guess, range(8)))
     assert codes == [401, 401] + [429] * 6  # two wrong passwords tried; the other six refused unheard
+
+
+def test_thumbnails_of_an_untagged_pelvis_the_gate_split_are_its_halves(web, tmp_path):
+    """The worker drafted an untagged AP pelvis from its halves (workers.gate); the page shows those hips."""
+    client = web.logged_in("alice")
+    with session_scope(web.settings.database_url) as session:
+        instance = session.scalars(select(Instance).where(Instance.view == "ap_pelvis")).first()
+        instance_id, tagged = instance.id, instance.spool_path
+    ds = pydicom.dcmread(tagged)
+    for keyword in ("BodyPartExamined", "AnatomicRegionSequence", "StudyDescription", "SeriesDescription",
+                    "ProtocolName", "ViewPosition", "ViewCodeSequence", "ViewModifierCodeSequence", "ImageLaterality",
+                    "Laterality", "PatientOrientation"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    untagged = tmp_path / "untagged.dcm"
+    ds.save_as(untagged)  # the image as an untagged sender would have sent it
+    with session_scope(web.settings.database_url) as session:
+        session.get(Instance, instance_id).spool_path = str(untagged)
+    try:
+        shown = {}
+        for side in ("right", "left"):
+            image = client.get(f"/studies/{web.drafted.study_uid}/hips/{instance_id}/{side}.png")
+            assert image.status_code == 200 and image.content.startswith(b"\x89PNG"), image.text
+            shown[side] = image.content
+        assert shown["right"] != shown["left"]
+    finally:
+        with session_scope(web.settings.database_url) as session:
+            session.get(Instance, instance_id).spool_path = tagged
