@@ -20,7 +20,6 @@ bundled gate's ``field`` head was made this way (scripts/train_gate.sh):
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import time
@@ -34,17 +33,23 @@ from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 
-from models.calibration import fit_temperature, softmax
 from models.card import sha256_of
 from models.imagetask import load_task_model, to_network_input
 from models.taskcard import TaskCard, write_task_card
 from models.taskdata import prepare_task_images, read_task_rows, task_classes
-from models.taskmetrics import task_metrics, task_targets
-from models.tasktraining import TaskTrainingConfig, fit_thresholds
+from models.taskmetrics import task_targets
+from models.tasktraining import (
+    CARD,
+    OUT_OF_FOLD,
+    REPORT,
+    WEIGHTS,
+    TaskTrainingConfig,
+    calibrate_and_measure,
+    write_out_of_fold,
+)
 
 log = logging.getLogger(__name__)
 
-CARD, WEIGHTS, REPORT, OUT_OF_FOLD = "card.json", "weights.safetensors", "cross_validation.json", "out_of_fold.csv"
 METHOD = "logistic regression on the frozen backbone's pooled features (models.taskhead)"
 
 
@@ -124,22 +129,13 @@ def add_task_head(base_card: Path, csv_path: Path, images_dir: Path, out_dir: Pa
     for fold, (train, held_out) in enumerate(splitter.split(features, strata, groups)):
         head = _Head(len(names), seed).fit(features[train], labels[train])
         logits[held_out], fold_of[held_out] = head.logits(features[held_out]), fold
-    temperature = round(fit_temperature(logits, labels), 4)
-    probabilities = softmax(logits, temperature)
-    real = np.array([row.source not in config.synthetic_sources for row in rows])
-    thresholds = fit_thresholds({task: probabilities[real]}, targets[real], {task: names}, config)
-
-    def figures(mask: np.ndarray) -> dict[str, Any]:
-        return task_metrics({task: probabilities[mask]}, targets[mask], [r for r, k in zip(rows, mask, strict=True)
-                                                                          if k], {task: names}, thresholds,
-                            binary=config.binary, n_bootstrap=n_bootstrap, seed=seed)[task]
-
-    metrics: dict[str, Any] = figures(real)
-    sources = sorted({row.source for row in rows})
-    if len(sources) > 1:
-        metrics["by_source"] = {source or "(none)": figures(np.array([row.source == source for row in rows]))
-                                for source in sources}
-    _write_out_of_fold(out_dir / OUT_OF_FOLD, rows, fold_of, task, names, probabilities)
+    temperatures, probabilities, thresholds, measured = calibrate_and_measure({task: logits}, targets, rows,
+                                                                              {task: names}, config)
+    temperature = temperatures[task]
+    metrics: dict[str, Any] = measured[task]  # this head's figures, with its own by_source
+    if "by_source" in measured:
+        metrics["by_source"] = {source: figures[task] for source, figures in measured["by_source"].items()}
+    write_out_of_fold(out_dir / OUT_OF_FOLD, rows, fold_of, probabilities, {task: names})
     weight, bias = _Head(len(names), seed).fit(features, labels).weights()
     linear = torch.nn.Linear(weight.shape[1], len(names))
     with torch.no_grad():
@@ -171,16 +167,6 @@ def add_task_head(base_card: Path, csv_path: Path, images_dir: Path, out_dir: Pa
     write_task_card(card, out_dir / CARD)
     progress(f"{task}: out-of-fold accuracy {metrics['accuracy']['value']}; wrote {out_dir / CARD} in {minutes} min")
     return card
-
-
-def _write_out_of_fold(path: Path, rows: Sequence[Any], fold_of: np.ndarray, task: str, names: Sequence[str],
-                       probabilities: np.ndarray) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["image", "group", "crop", "fold", f"label_{task}", *[f"p_{task}_{name}" for name in names]])
-        for index, row in enumerate(rows):
-            writer.writerow([row.image, row.group, row.crop, int(fold_of[index]), row.labels.get(task, ""),
-                             *[f"{value:.5f}" for value in probabilities[index]]])
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -290,6 +290,38 @@ def train_task_model(csv_path: Path, images_dir: Path, out_dir: Path, config: Ta
                                strict=True) if k], classes, config, seed=config.seed + fold, progress=progress)
         for task, value in predict_logits(network, pixels[~train_mask]).items():
             logits[task][~train_mask] = value
+    temperatures, probabilities, thresholds, metrics = calibrate_and_measure(logits, targets, rows, classes, config)
+    write_out_of_fold(out_dir / OUT_OF_FOLD, rows, fold_of, probabilities, classes)
+    cv_seconds = time.monotonic() - started
+    progress(f"cross-validation done in {cv_seconds / 60:.1f} min; training the shipped network on every row")
+    network = _fit_network(pixels, targets, strata, classes, config, seed=config.seed + 100, progress=progress)
+    save_file({key: value.contiguous() for key, value in network.state_dict().items()}, str(out_dir / WEIGHTS))
+    report = {"folds": config.folds, "rows": len(rows), "groups": len(set(groups)), "temperatures": temperatures,
+              "thresholds": thresholds, "metrics": metrics, "minutes_cross_validation": round(cv_seconds / 60, 1),
+              "minutes_total": round((time.monotonic() - started) / 60, 1)}
+    (out_dir / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    card = TaskCard(name=config.name, version=config.version, architecture=config.architecture,
+                    input_size=config.input_size, tasks=classes, temperatures=temperatures, thresholds=thresholds,
+                    trained=True, intended_use=config.intended_use, training_data=config.training_data,
+                    metrics={"cross_validation": metrics, "folds": config.folds, "rows": len(rows),
+                             "groups": len(set(groups))},
+                    training={**config.model_dump(mode="json"), "minutes": report["minutes_total"]},
+                    weights=WEIGHTS, weights_sha256=sha256_of(out_dir / WEIGHTS))
+    write_task_card(card, out_dir / CARD)
+    progress(f"done in {report['minutes_total']} min: {out_dir / CARD}")
+    return card
+
+
+Calibrated = tuple[dict[str, float], dict[str, np.ndarray], dict[str, dict[str, float]], dict[str, Any]]
+
+
+def calibrate_and_measure(logits: dict[str, np.ndarray], targets: np.ndarray, rows: Sequence[TaskRow],
+                          classes: dict[str, tuple[str, ...]], config: TaskTrainingConfig) -> Calibrated:
+    """From out-of-fold ``logits`` (task -> (N, classes), aligned with ``rows`` and :func:`task_targets`'s
+    ``targets``): each task's temperature (fitted on its labelled rows), the probabilities, the thresholds
+    (:func:`fit_thresholds` on the rows of real sources) and the figures (:func:`task_metrics` on the real rows,
+    and per source, ``by_source``, when there are several). Returns (temperatures, probabilities, thresholds,
+    metrics)."""
     temperatures, probabilities = {}, {}
     for column, task in enumerate(classes):
         labelled = targets[:, column] >= 0
@@ -311,29 +343,12 @@ def train_task_model(csv_path: Path, images_dir: Path, out_dir: Path, config: Ta
     if len(sources) > 1:
         metrics["by_source"] = {source or "(none)": figures(np.array([row.source == source for row in rows]))
                                 for source in sources}
-    _write_out_of_fold(out_dir / OUT_OF_FOLD, rows, fold_of, probabilities, classes)
-    cv_seconds = time.monotonic() - started
-    progress(f"cross-validation done in {cv_seconds / 60:.1f} min; training the shipped network on every row")
-    network = _fit_network(pixels, targets, strata, classes, config, seed=config.seed + 100, progress=progress)
-    save_file({key: value.contiguous() for key, value in network.state_dict().items()}, str(out_dir / WEIGHTS))
-    report = {"folds": config.folds, "rows": len(rows), "groups": len(set(groups)), "temperatures": temperatures,
-              "thresholds": thresholds, "metrics": metrics, "minutes_cross_validation": round(cv_seconds / 60, 1),
-              "minutes_total": round((time.monotonic() - started) / 60, 1)}
-    (out_dir / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-    card = TaskCard(name=config.name, version=config.version, architecture=config.architecture,
-                    input_size=config.input_size, tasks=classes, temperatures=temperatures, thresholds=thresholds,
-                    trained=True, intended_use=config.intended_use, training_data=config.training_data,
-                    metrics={"cross_validation": metrics, "folds": config.folds, "rows": len(rows),
-                             "groups": len(set(groups))},
-                    training={**config.model_dump(mode="json"), "minutes": report["minutes_total"]},
-                    weights=WEIGHTS, weights_sha256=sha256_of(out_dir / WEIGHTS))
-    write_task_card(card, out_dir / CARD)
-    progress(f"done in {report['minutes_total']} min: {out_dir / CARD}")
-    return card
+    return temperatures, probabilities, thresholds, metrics
 
 
-def _write_out_of_fold(path: Path, rows: Sequence[TaskRow], fold_of: np.ndarray, probabilities: dict[str, np.ndarray],
-                       classes: dict[str, tuple[str, ...]]) -> None:
+def write_out_of_fold(path: Path, rows: Sequence[TaskRow], fold_of: np.ndarray, probabilities: dict[str, np.ndarray],
+                      classes: dict[str, tuple[str, ...]]) -> None:
+    """One line per row: image, group, crop, fold, each task's label and each class's out-of-fold probability."""
     columns = [f"p_{task}_{name}" for task, names in classes.items() for name in names]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
