@@ -165,6 +165,12 @@ def _reviews(session: Session, draft_ids: list[int]) -> dict[int, tuple[Review, 
     return {review.draft_id: (review, username) for review, username in rows}
 
 
+#: How each scope flag of an instance shows on its study's worklist row (CSS key, label), in this order.
+_SCOPE_FLAGS = {
+    ScopeFlag.TAGS_DISAGREE: ("tags", "Tags disagree"),
+    ScopeFlag.UNTAGGED: ("untagged", "No body-part tags"),
+    ScopeFlag.VIEW_FROM_IMAGE: ("view", "View read from image"),
+}
 _InstanceRow = tuple[str | None, str | None, str, str | None, str | None]  # view, side, state, scope flag, error
 
 
@@ -211,12 +217,8 @@ def _row(study: Study, draft: Draft | None, reviews: dict[int, tuple[Review, str
         flags.append(("child", "Under 18"))
     if any(instance_state == "error" for _, _, instance_state, _, _ in instances):
         flags.append(("error", "Instance error"))
-    if any(flag == ScopeFlag.TAGS_DISAGREE for *_, flag, _ in instances):
-        flags.append(("tags", "Tags disagree"))
-    if any(flag == ScopeFlag.UNTAGGED for *_, flag, _ in instances):
-        flags.append(("untagged", "No body-part tags"))
-    if any(flag == ScopeFlag.VIEW_FROM_IMAGE for *_, flag, _ in instances):
-        flags.append(("view", "View read from image"))
+    scope_flags = {flag for *_, flag, _ in instances}
+    flags.extend(shown for flag, shown in _SCOPE_FLAGS.items() if flag in scope_flags)
     if any(state == "skipped" and error and error.startswith("tags say") for _, _, state, _, error in instances):
         flags.append(("gate", "Image reads as another body part"))
     return {
