@@ -94,11 +94,11 @@ class HipImages:
         from workers.prepare import prepare_file
 
         try:
+            # a side asked of an image whose tags name none: the gate may have drafted it from its halves
             prepared = prepare_file(Path(spool_path), input_size=size, voi_window_index=self.settings.voi_window_index,
-                                    with_halves=True)
+                                    with_halves=side is not Side.UNKNOWN)
         except Exception as exc:  # any pipeline failure means the same here: nothing to show
             raise ImageUnavailable(f"the image cannot be prepared: {type(exc).__name__}: {exc}") from exc
-        # an untagged image the gate read as an AP pelvis was drafted from its halves (workers.gate)
         for hip in (*prepared.hips, *prepared.halves):
             if hip.side is side:
                 return hip.pixels
