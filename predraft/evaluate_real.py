@@ -235,17 +235,25 @@ def _hip_model_figures(rows: Sequence[TaskRow], probabilities: np.ndarray, card:
             "drafted_as_hardware": grouped_rate(drafted[mask], groups[mask], n_bootstrap=n_bootstrap, seed=seed),
         }
     if pelvis is not None:
-        served, split = untagged_hips_as_served(rows, native, *pelvis)
-        served_rows = np.array(served, dtype=int)
-        whole = np.array([index for index, row in enumerate(rows) if native[index] and row.crop == "whole"], dtype=int)
-        figures["untagged whole images as served (split when read as an AP pelvis)"] = {
-            "read_as_ap_pelvis": grouped_rate(split, groups[whole], n_bootstrap=n_bootstrap, seed=seed),
-            "read_as_hardware": grouped_rate(read[served_rows], groups[served_rows], n_bootstrap=n_bootstrap,
-                                             seed=seed),
-            "drafted_as_hardware": grouped_rate(drafted[served_rows], groups[served_rows], n_bootstrap=n_bootstrap,
-                                                seed=seed),
-        }
+        figures["untagged whole images as served (split when read as an AP pelvis)"] = served_figures(
+            rows, native, read, drafted, groups, *pelvis, n_bootstrap=n_bootstrap, seed=seed)
     return figures
+
+
+def served_figures(rows: Sequence[TaskRow], native: np.ndarray, read: np.ndarray, drafted: np.ndarray,
+                   groups: np.ndarray, pelvis_probability: np.ndarray, threshold: float, *, n_bootstrap: int,
+                   seed: int) -> dict[str, Any]:
+    """Over the native whole hip images sent untagged: the share read as an AP pelvis, and over the hips the
+    service drafts from them (:func:`untagged_hips_as_served`) the shares ``read`` and ``drafted`` as hardware."""
+    served, split = untagged_hips_as_served(rows, native, pelvis_probability, threshold)
+    served_rows = np.array(served, dtype=int)
+    whole = np.array([index for index, row in enumerate(rows) if native[index] and row.crop == "whole"], dtype=int)
+    return {
+        "read_as_ap_pelvis": grouped_rate(split, groups[whole], n_bootstrap=n_bootstrap, seed=seed),
+        "read_as_hardware": grouped_rate(read[served_rows], groups[served_rows], n_bootstrap=n_bootstrap, seed=seed),
+        "drafted_as_hardware": grouped_rate(drafted[served_rows], groups[served_rows], n_bootstrap=n_bootstrap,
+                                            seed=seed),
+    }
 
 
 def untagged_hips_as_served(rows: Sequence[TaskRow], native: np.ndarray, pelvis_probability: np.ndarray,

@@ -21,8 +21,7 @@ import numpy as np
 
 from models.taskcard import load_task_card
 from models.taskdata import TaskRow
-from models.taskmetrics import grouped_rate
-from predraft.evaluate_real import native_hips, untagged_hips_as_served
+from predraft.evaluate_real import native_hips, served_figures
 
 
 def main(predictions_csv: Path, out_of_fold_csv: Path, gate_card: Path) -> dict[str, object]:
@@ -39,18 +38,15 @@ def main(predictions_csv: Path, out_of_fold_csv: Path, gate_card: Path) -> dict[
     drafted = np.array([record["hip_drafted_as_hardware"] == "1" for record in records])
     read = np.array([record["hip_top_class"] != "none" for record in records])
     groups = np.array([row.group for row in rows])
-    native = native_hips(rows)
-    served, split = untagged_hips_as_served(rows, native, pelvis, threshold)
-    whole = np.array([index for index, row in enumerate(rows) if native[index] and row.crop == "whole"], dtype=int)
+    figures = served_figures(rows, native_hips(rows), read, drafted, groups, pelvis, threshold, n_bootstrap=1000,
+                             seed=0)
     return {
         "field_threshold": threshold,
-        "native whole images": int(len(whole)),
-        "served hips": len(served),
-        "read_as_ap_pelvis (out of fold)": grouped_rate(split, groups[whole], n_bootstrap=1000, seed=0),
-        "read_as_hardware": grouped_rate(read[served], groups[served], n_bootstrap=1000, seed=0),
-        "drafted_as_hardware": grouped_rate(drafted[served], groups[served], n_bootstrap=1000, seed=0),
+        "native whole images": figures["read_as_ap_pelvis"]["n"],
+        "served hips": figures["read_as_hardware"]["n"],
+        "read_as_ap_pelvis (out of fold)": figures.pop("read_as_ap_pelvis"),
+        **figures,
     }
-
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:
