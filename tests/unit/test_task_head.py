@@ -73,3 +73,26 @@ def test_a_head_the_card_has_already_is_refused(tmp_path):
     with pytest.raises(ValueError, match="has a 'region' head already"):
         add_task_head(base_card, labels, images, tmp_path / "run", task="region", classes=("hip", "shoulder"),
                       version="0.0.2", progress=lambda _: None)
+
+
+def test_malformed_command_lines_are_refused_with_a_clear_error(tmp_path, capsys):
+    from click.testing import CliRunner
+
+    from models.taskhead import main
+    from predraft.cli import cli
+
+    base_card = write_random_task_card(tmp_path / "base", TASKS)
+    labels, images, _ = write_field_set(tmp_path / "data")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(base_card), str(labels), "--images", str(images), "--out", str(tmp_path / "run"), "--task", "field",
+              "--version", "0.0.2"])
+    assert exit_info.value.code == 2 and "--task takes TASK=class,class,..." in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    result = CliRunner().invoke(cli, ["train-task", str(labels), "--images", str(images), "--out",
+                                      str(tmp_path / "run"), "--task", "field", "--binary", "field=pelvis",
+                                      "--min-specificity", "field=high"])
+    assert result.exit_code == 2 and "--min-specificity takes TASK=NUMBER" in result.output
+    result = CliRunner().invoke(cli, ["train-task", str(labels), "--images", str(images), "--out",
+                                      str(tmp_path / "run"), "--task", "field", "--min-specificity", "field=0.95"])
+    assert result.exit_code == 2 and "not a binary task" in result.output
+    assert not (tmp_path / "run").exists()
