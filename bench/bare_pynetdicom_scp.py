@@ -1,6 +1,6 @@
 """The pynetdicom ceiling for bench/ingest.py: predraft's own DIMSE set-up with nothing behind it.
 
-Same AE and server as ``predraft listen`` (``listener.dimse.make_server``: contexts, PDU size, timeouts,
+Same AE and server as ``predraft listen`` (``predraft.listener.dimse.make_server``: contexts, PDU size, timeouts,
 TCP_NODELAY and the connection bounds), same chunked receive into a file; but the C-STORE handler only
 renames the received file into OUTPUT_DIR and answers success: no parse, no fsync, no database. It
 stores the way storescp does (written and closed, not synced), so predraft's rate over this one is
@@ -22,9 +22,9 @@ from pathlib import Path
 
 from pynetdicom import evt
 
-from listener import status
-from listener.dimse import make_server
-from predraft.settings import Settings
+from predraft.core.settings import Settings
+from predraft.listener import status
+from predraft.listener.dimse import make_server
 
 
 def main(argv: list[str]) -> int:

@@ -40,8 +40,8 @@ import numpy as np
 import timm
 import torch
 
-from models.factory import Classifier, load_classifier, write_untrained_model
-from workers.batcher import MicroBatcher
+from predraft.models.factory import Classifier, load_classifier, write_untrained_model
+from predraft.workers.batcher import MicroBatcher
 
 ROOT = Path(__file__).resolve().parent
 

@@ -6,7 +6,7 @@ countdown, as a retry), then times, in the same run:
   messages searched for retries, the unacked hash, the workers' heartbeats, the dead letters);
 - ``predraft queue stats --json`` as a user runs it (a new Python process: the above plus start-up);
 - references: ``redis-cli LLEN prepare`` (one round trip from a fresh process), ``predraft --version`` (the
-  CLI's start-up alone), and reading every message (``workers.queues.queued_messages``, the sweeper's LRANGE
+  CLI's start-up alone), and reading every message (``predraft.workers.queues.queued_messages``, the sweeper's LRANGE
   way), which the admin commands avoid;
 - optionally the embedded broker (kombu SQLAlchemy over SQLite) with ``--embedded-messages`` messages.
 
@@ -33,11 +33,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from predraft import db  # noqa: E402
-from predraft.settings import get_settings  # noqa: E402
-from workers.app import PREPARE, QUEUES, create_celery  # noqa: E402
-from workers.queues import RETRY_SCAN_WINDOW, queued_messages  # noqa: E402
-from workers.stats import queue_stats  # noqa: E402
+from predraft.core import db  # noqa: E402
+from predraft.core.settings import get_settings  # noqa: E402
+from predraft.workers.app import PREPARE, QUEUES, create_celery  # noqa: E402
+from predraft.workers.queues import RETRY_SCAN_WINDOW, queued_messages  # noqa: E402
+from predraft.workers.stats import queue_stats  # noqa: E402
 
 PREDRAFT = str(Path(sys.executable).parent / "predraft")
 

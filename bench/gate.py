@@ -33,11 +33,11 @@ from pathlib import Path
 import pydicom
 import torch
 
-from models.card import DEMO_MODEL_CARD, load_card
-from models.phantoms import write_demo_study
-from models.taskcard import GATE_CARD
-from workers.gate import load_gate
-from workers.prepare import prepare_file
+from predraft.models.card import DEMO_MODEL_CARD, load_card
+from predraft.models.phantoms import write_demo_study
+from predraft.models.prepare import prepare_file
+from predraft.models.taskcard import GATE_CARD
+from predraft.workers.gate import load_gate
 
 ROOT = Path(__file__).resolve().parent
 REAL = ROOT.parent.parent / "shared" / "data" / "real"
@@ -46,9 +46,9 @@ TARGET_MS = 30.0
 
 def _metal_check_ms(path: Path, input_size: int, rounds: int) -> float:
     """Median time of the model-free metal check over the image's hips: what prepare no longer spends."""
-    from models.metal import detect_metal
-    from models.pixels import crop_collimation, decode, split_bilateral, standard_orientation, to_unit_range
-    from models.taxonomy import View
+    from predraft.models.metal import detect_metal
+    from predraft.models.pixels import crop_collimation, decode, split_bilateral, standard_orientation, to_unit_range
+    from predraft.models.taxonomy import View
 
     ds = pydicom.dcmread(path)
     labels = prepare_file(path, input_size=input_size).labels

@@ -4,9 +4,9 @@ For every ``RG2_*.dcm`` of ../shared/data/real, in the same run and interleaved,
 repeats of:
 
 * bare: ``ds.pixel_array`` on a freshly read dataset, pydicom choosing the plugin in its own order (with
-  models.decoders registered, so 12-bit JPEG Extended decodes; there the imagecodecs plugin is named,
+  predraft.models.decoders registered, so 12-bit JPEG Extended decodes; there the imagecodecs plugin is named,
   as nothing else reads it);
-* bare_same_plugin: ``ds.pixel_array`` through the plugin models.pixels.decode names (pyjpegls for
+* bare_same_plugin: ``ds.pixel_array`` through the plugin predraft.models.pixels.decode names (pyjpegls for
   JPEG-LS; otherwise the same as bare), so ``ours - bare_same_plugin`` is the cost of the preprocessing;
 * ours: ``decode`` + ``to_unit_range`` + ``crop_collimation`` + ``letterbox(.., 380)`` on a freshly read
   dataset, with the time of each stage.
@@ -36,8 +36,8 @@ import pydicom
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from models import decoders  # noqa: E402
-from models.pixels import PixelDataError, crop_collimation, decode, letterbox, to_unit_range  # noqa: E402
+from predraft.models import decoders  # noqa: E402
+from predraft.models.pixels import PixelDataError, crop_collimation, decode, letterbox, to_unit_range  # noqa: E402
 
 REAL = ROOT.parent.parent / "shared" / "data" / "real"
 TARGET_OVERHEAD = 0.5
@@ -60,7 +60,7 @@ def _ours(data: bytes, size: int) -> dict[str, float]:
     stored = decode(ds)
     times["decode"] = time.perf_counter() - start
     mark = time.perf_counter()
-    unit = to_unit_range(ds, stored, overwrite_input=True)  # as workers.prepare does
+    unit = to_unit_range(ds, stored, overwrite_input=True)  # as predraft.workers.prepare does
     times["to_unit_range"] = time.perf_counter() - mark
     mark = time.perf_counter()
     cropped = crop_collimation(unit)

@@ -46,7 +46,7 @@ from ingest_support import (  # noqa: E402
     free_port,
 )
 
-from models.phantoms import write_demo_study  # noqa: E402
+from predraft.models.phantoms import write_demo_study  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "time_to_draft.json"
 AE = "PREDRAFT"

@@ -2,7 +2,7 @@
 
 Makes a fresh PostgreSQL database (as the tests' ``postgres_url`` fixture does: ``CREATE DATABASE`` on the
 server of ``PREDRAFT_TEST_POSTGRES``, default ``postgresql://postgres@127.0.0.1:5432/postgres``, migrated
-with ``predraft.db.upgrade``, dropped at the end), fills it with N studies of three instances each; most are
+with ``predraft.core.db.upgrade``, dropped at the end), fills it with N studies of three instances each; most are
 drafted (findings on both sides), a fifth of those reviewed, the rest in the other worklist states. Starts
 ``predraft web`` (the real command, uvicorn, its own process) on it, logs in as a radiologist, and times,
 from this process over loopback, R round trips each of:
@@ -12,7 +12,7 @@ from this process over loopback, R round trips each of:
 * ``GET /?q=<an accession>`` and ``GET /?state=drafted&sort=patient&order=asc`` (a search and a filter),
 * ``GET /healthz`` (the reference: the same HTTP stack with no database work).
 
-It also times the worklist query alone in this process (:func:`reporting.web.worklist.worklist_page`).
+It also times the worklist query alone in this process (:func:`predraft.worklist.worklist.worklist_page`).
 Prints a table and writes JSON to bench/results/worklist.json. Target (the issue): the first page under
 300 ms.
 
@@ -40,7 +40,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from predraft import db  # noqa: E402
+from predraft.core import db  # noqa: E402
 
 PREDRAFT = str(Path(sys.executable).parent / "predraft")
 RESULTS = Path(__file__).resolve().parent / "results" / "worklist.json"
@@ -61,8 +61,8 @@ def fill(url: str, studies: int) -> None:
     """N studies with 3 instances each; 80 % drafted (a fifth of those reviewed), the rest in other states."""
     from sqlalchemy import insert
 
-    from predraft.schema import Draft, Instance, Review, Series, Study, User
-    from reporting.web.users import hash_password
+    from predraft.core.schema import Draft, Instance, Review, Series, Study, User
+    from predraft.worklist.users import hash_password
 
     now = datetime.now(UTC)
     states = ["receiving", "ready", "drafting", "error", "out_of_scope"]
@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         fill(url, args.studies)
         fill_s = time.perf_counter() - started
 
-        from predraft.db import session_scope
-        from reporting.web.worklist import WorklistQuery, worklist_page
+        from predraft.core.db import session_scope
+        from predraft.worklist.worklist import WorklistQuery, worklist_page
 
         query_times = []
         for _ in range(args.repeats + 1):

@@ -28,7 +28,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
-#: The ``bound`` label values of :data:`predraft.metrics.INPUTS_REFUSED` that these checks report.
+#: The ``bound`` label values of :data:`predraft.core.metrics.INPUTS_REFUSED` that these checks report.
 DATASET_BYTES = "dataset_bytes"
 INFLATED_BYTES = "inflated_bytes"
 SEQUENCE_DEPTH = "sequence_depth"

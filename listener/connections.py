@@ -19,7 +19,7 @@ replaces that with:
 - an established association whose peer has sent no whole PDU for dimse_idle_timeout_seconds is aborted
   by pynetdicom; if it is still there IDLE_GRACE_SECONDS later (its peer stalled or trickles mid-PDU, so
   pynetdicom's reader never returns) the sweep shuts its socket. The accepted socket's own timeout (set in
-  :mod:`listener.dimse`) ends a read that waits that long for a single byte first;
+  :mod:`predraft.listener.dimse`) ends a read that waits that long for a single byte first;
 - when an association's threads have ended, however it ended, the files pynetdicom was receiving its
   C-STOREs into and that no handler will take are deleted (:func:`remove_received_temp_files`).
 
@@ -49,8 +49,8 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import A_P_ABORT
 from pynetdicom.transport import AssociationSocket
 
-from predraft import metrics
-from predraft.settings import Settings
+from predraft.core import metrics
+from predraft.core.settings import Settings
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association

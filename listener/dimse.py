@@ -4,11 +4,11 @@ Accepted: CR, DX For Presentation, Secondary Capture and structured reports, in 
 pynetdicom knows, lossless compressed ones preferred (see PREFERRED_TRANSFER_SYNTAXES). DX For Processing is accepted at
 association and refused per instance with "SOP class not supported", so the sender sees why.
 
-The C-STORE handler is thin: it hands the encoded file to :class:`listener.receive.Receiver`, which
+The C-STORE handler is thin: it hands the encoded file to :class:`predraft.listener.receive.Receiver`, which
 spools (fsync, atomic rename) and records it, and maps the outcome to a named status. It never decodes
 pixels; an unexpected error becomes a failure status, not a dead association.
 
-No sender can lock the others out (:mod:`listener.connections`): connections are bounded per source
+No sender can lock the others out (:mod:`predraft.listener.connections`): connections are bounded per source
 address, must deliver their whole A-ASSOCIATE-RQ within a deadline, only established associations count
 against dimse_max_associations, an over-long PDU aborts its connection before it is read, so does a DIMSE
 message over its bound while it arrives, an association stalled mid-PDU is ended after the idle timeout, the
@@ -29,12 +29,12 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from listener import status
-from listener.connections import ConnectionLimits, ConnectionTable, abort_reason, note_protocol_error
-from listener.receive import Receiver, ReceiveStatus
-from models.taxonomy import DX_FOR_PROCESSING, STORABLE_SOP_CLASSES
-from predraft import metrics
-from predraft.settings import Settings
+from predraft.core import metrics
+from predraft.core.settings import Settings
+from predraft.listener import status
+from predraft.listener.connections import ConnectionLimits, ConnectionTable, abort_reason, note_protocol_error
+from predraft.listener.receive import Receiver, ReceiveStatus
+from predraft.models.taxonomy import DX_FOR_PROCESSING, STORABLE_SOP_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def count_closed(event: evt.Event) -> None:
 
 class ListenerServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, plus TCP_NODELAY on every connection, a source-address check and the
-    connection bounds of :class:`listener.connections.ConnectionTable` (per address, request deadline,
+    connection bounds of :class:`predraft.listener.connections.ConnectionTable` (per address, request deadline,
     established associations)."""
 
     allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -234,7 +234,7 @@ def make_ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def make_server(settings: Settings, store: Callable[[evt.Event], int]) -> ThreadedAssociationServer:
-    """The SCP's server, not yet serving: predraft's AE, its connection bounds (:mod:`listener.connections`),
+    """The SCP's server, not yet serving: predraft's AE, its connection bounds (:mod:`predraft.listener.connections`),
     source-address check, TLS and event handlers, with ``store`` answering each C-STORE."""
     ae = make_ae(settings)
     connections = ConnectionTable(ConnectionLimits.from_settings(settings))

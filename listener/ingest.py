@@ -8,12 +8,12 @@ from pydicom.dataset import Dataset
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from listener.spool import check_uid
-from models.taxonomy import CLASSIFIABLE_SOP_CLASSES
-from predraft.db import insert_ignoring_conflict
-from predraft.events import record_event
-from predraft.schema import Instance, Series, Study, utcnow
-from predraft.states import InstanceState, StudyState
+from predraft.core.db import insert_ignoring_conflict
+from predraft.core.events import record_event
+from predraft.core.schema import Instance, Series, Study, utcnow
+from predraft.core.states import InstanceState, StudyState
+from predraft.listener.spool import check_uid
+from predraft.models.taxonomy import CLASSIFIABLE_SOP_CLASSES
 
 
 class InvalidUidError(ValueError):
@@ -26,7 +26,7 @@ IDENTIFYING_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "
 
 
 def received_uid(ds: Dataset, keyword: str) -> str:
-    """The UID ``keyword`` of ``ds`` as it was received, checked by :func:`listener.spool.check_uid`.
+    """The UID ``keyword`` of ``ds`` as it was received, checked by :func:`predraft.listener.spool.check_uid`.
 
     pydicom strips trailing spaces and NULs from UI values and whitespace from UIDs when it converts
     them, so ``1.2.3\n`` would read as ``1.2.3``: the raw bytes of an element not yet converted are

@@ -8,10 +8,10 @@ pydicom reads a cut-short file without complaint, so before anything is written 
 walks the data set's elements (their headers only: no value is read, no pixel decoded) and a file
 whose data set ends inside an element is refused as ``CANNOT_UNDERSTAND``, whatever carried it.
 
-Before pydicom reads anything, the file is held to its bounds (:mod:`listener.bounds`): a data set larger
+Before pydicom reads anything, the file is held to its bounds (:mod:`predraft.listener.bounds`): a data set larger
 than ``max_dataset_bytes`` as received or once inflated (a deflate bomb), or with sequences nested deeper
 than ``max_sequence_depth`` (measured again on what pydicom read), or holding more than
-:data:`listener.bounds.MAX_ELEMENTS` elements, is refused as ``CANNOT_UNDERSTAND`` too, as is one whose
+:data:`predraft.listener.bounds.MAX_ELEMENTS` elements, is refused as ``CANNOT_UNDERSTAND`` too, as is one whose
 Study, Series or SOP Instance UID or SOP Class UID is not a UID as PS3.5 defines it. ``CANNOT_UNDERSTAND``
 (DIMSE 0xC000, STOW Failure Reason C000) rather than "out of resources" (A700): A7xx tells a sender to try
 again later, and such a file will never be stored. Each such refusal counts in
@@ -37,15 +37,15 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from listener.bounds import BoundCrossed, Bounds
-from listener.ingest import InstanceHeader, InvalidUidError, record_instance
-from listener.spool import Spool, SpoolFullError
-from models.taxonomy import DX_FOR_PROCESSING, STORABLE_SOP_CLASSES
-from predraft import metrics
-from predraft.db import session_scope
-from predraft.library_text import describe_exception
-from predraft.schema import Instance
-from predraft.settings import Settings
+from predraft.core import metrics
+from predraft.core.db import session_scope
+from predraft.core.library_text import describe_exception
+from predraft.core.schema import Instance
+from predraft.core.settings import Settings
+from predraft.listener.bounds import BoundCrossed, Bounds
+from predraft.listener.ingest import InstanceHeader, InvalidUidError, record_instance
+from predraft.listener.spool import Spool, SpoolFullError
+from predraft.models.taxonomy import DX_FOR_PROCESSING, STORABLE_SOP_CLASSES
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
-"""Alembic environment: runs migrations against the URL that predraft.db.upgrade passes in."""
+"""Alembic environment: runs migrations against the URL that predraft.core.db.upgrade passes in."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from predraft.schema import Base
+from predraft.core.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

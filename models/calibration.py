@@ -2,7 +2,7 @@
 
 Fit one temperature T on validation logits by minimising the negative log-likelihood of
 ``softmax(logits / T)``, measure the expected calibration error before and after, and store T in a new
-model card beside the same weights (:func:`write_calibrated_card`); :class:`models.factory.Classifier`
+model card beside the same weights (:func:`write_calibrated_card`); :class:`predraft.models.factory.Classifier`
 divides the logits by the card's temperature.
 
 The NLL is convex in the inverse temperature 1/T, so a golden-section search over log(1/T) within
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.card import ModelCard, load_card, write_card
+from predraft.models.card import ModelCard, load_card, write_card
 
 #: Temperatures searched by :func:`fit_temperature`.
 TEMPERATURE_BOUNDS = (0.05, 20.0)

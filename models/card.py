@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.taxonomy import CLASS_ORDER, HardwareClass, View
+from predraft.models.taxonomy import CLASS_ORDER, HardwareClass, View
 
 #: The bundled demo model: a small network trained on phantoms only (see README, "The demo model").
 DEMO_MODEL_CARD = Path(__file__).resolve().parent / "demo" / "card.json"

@@ -3,9 +3,9 @@
 A data folder holds images (DICOM files, or PNG or JPEG) and ``labels.csv`` with one row per image and visible
 hip: ``patient,study,image,side,class`` and optionally ``view``. ``image`` is the file's path relative
 to the folder, ``side`` is ``right`` or ``left`` (``unknown`` for a single hip whose side no tag
-states), ``class`` a hardware class key (``none``, ``tha``, ... see :mod:`models.taxonomy`).
+states), ``class`` a hardware class key (``none``, ``tha``, ... see :mod:`predraft.models.taxonomy`).
 
-Every image goes through the very code that prepares a received instance (:func:`workers.prepare.prepare_file`:
+Every image goes through the very code that prepares a received instance (:func:`predraft.models.prepare.prepare_file`:
 decode, window, crop, orient, split an AP pelvis, letterbox), so a model is trained and evaluated on
 what it will see in service. A PNG is one grey-level image: a single hip, or an AP pelvis (``view``
 ``ap_pelvis``) displayed as usual, the patient's right on the image's left.
@@ -30,8 +30,8 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from models.pixels import crop_collimation, letterbox, split_bilateral
-from models.taxonomy import CLASS_ORDER, HardwareClass, Side, View
+from predraft.models.pixels import crop_collimation, letterbox, split_bilateral
+from predraft.models.taxonomy import CLASS_ORDER, HardwareClass, Side, View
 
 _Job = TypeVar("_Job")
 _Result = TypeVar("_Result")
@@ -240,7 +240,7 @@ def _cache_path(cache_dir: Path, rows: Sequence[LabelRow], input_size: int) -> P
 
 def _prepare_one(job: tuple[Path, int, View | None]) -> dict[Side, np.ndarray] | str:
     """The letterboxed hips of one image by side, or the reason it cannot be prepared."""
-    from workers.prepare import prepare_file
+    from predraft.models.prepare import prepare_file
 
     path, input_size, view = job
     try:

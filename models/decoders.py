@@ -163,7 +163,7 @@ def preferred_plugin(ds: Dataset) -> str:
       set it gave the same array as GDCM in about 60 % of the time (see bench/pixels.py).
 
     Other syntaxes keep pydicom's order: for JPEG 2000 neither GDCM nor pylibjpeg-openjpeg was faster on
-    every file. models.pixels falls back to every plugin when the preferred one fails.
+    every file. predraft.models.pixels falls back to every plugin when the preferred one fails.
     """
     syntax = ds.file_meta.get("TransferSyntaxUID", "") if hasattr(ds, "file_meta") else ""
     if syntax == JPEGExtended12Bit:

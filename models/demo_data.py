@@ -1,6 +1,6 @@
-"""The demo hip model's training folder: phantoms and FracAtlas hips in one ``labels.csv`` (models.datasets).
+"""The demo hip model's training folder: phantoms and FracAtlas hips in one ``labels.csv`` (predraft.models.datasets).
 
-    python -m models.demo_data ../shared/data var/phantoms/train var/demo2-data
+    python -m predraft.models.demo_data ../shared/data var/phantoms/train var/demo2-data
 
 makes ``var/demo2-data`` with ``phantoms`` and ``fracatlas`` linked in and a ``labels.csv`` whose rows are the
 phantoms' own and, for FracAtlas, one row per hip:
@@ -11,7 +11,7 @@ phantoms' own and, for FracAtlas, one row per hip:
 - every other FracAtlas hip image (no hardware by FracAtlas' flag) as two ``none`` hips, split at the
   midline as an AP pelvis is: the model learns that real native hips read as no hardware.
 
-Patients are FracAtlas' groups (models.gate_labels.fracatlas_groups): one patient's runs never straddle
+Patients are FracAtlas' groups (predraft.models.gate_labels.fracatlas_groups): one patient's runs never straddle
 the split.
 """
 
@@ -21,8 +21,8 @@ import csv
 import sys
 from pathlib import Path
 
-from models.datasets import LABELS_FILE
-from models.gate_labels import HIP_LABELS, fracatlas_groups
+from predraft.models.datasets import LABELS_FILE
+from predraft.models.gate_labels import HIP_LABELS, fracatlas_groups
 
 COLUMNS = ("patient", "study", "image", "side", "class", "view")
 
@@ -71,5 +71,5 @@ def build_folder(data_dir: Path, phantoms_dir: Path, out_dir: Path) -> Path:
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:
-        sys.exit("usage: python -m models.demo_data DATA_DIR PHANTOMS_DIR OUT_DIR")
+        sys.exit("usage: python -m predraft.models.demo_data DATA_DIR PHANTOMS_DIR OUT_DIR")
     print(build_folder(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])))

@@ -22,8 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from timm.models import load_state_dict
 
-from models.card import ModelCard, load_card, sha256_of, write_card
-from models.taxonomy import CLASS_ORDER, HardwareClass
+from predraft.models.card import ModelCard, load_card, sha256_of, write_card
+from predraft.models.taxonomy import CLASS_ORDER, HardwareClass
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class Classifier:
     ``network`` must already be in eval mode on ``device`` (see :func:`load_classifier`). On CUDA the
     network is switched to channels_last and, with ``compile=True``, wrapped in ``torch.compile``
     (default mode); on CPU ``compile`` is ignored. :meth:`predict` may be called from several threads;
-    a compiled network is best driven from one (the worker's :class:`workers.batcher.MicroBatcher`), and
+    a compiled network is best driven from one (the worker's :class:`predraft.workers.batcher.MicroBatcher`), and
     sees varying batch sizes, which torch.compile handles by marking the batch dimension dynamic.
     """
 

@@ -1,7 +1,7 @@
 """The gate's training CSV, built from FracAtlas' labels, predraft's own hip-hardware labelling and the
 shoulder-implant set (see models/data/FRACATLAS_LABELS.md). Run as a module to rebuild the committed CSV:
 
-    python -m models.gate_labels ../shared/data models/data/gate_labels.csv [var/phantoms/train]
+    python -m predraft.models.gate_labels ../shared/data models/data/gate_labels.csv [var/phantoms/train]
 
 Paths in the CSV are relative to one images folder holding ``fracatlas/``, ``shoulder-implants/`` (from the
 data folder) and ``phantoms/`` (``predraft phantoms --studies 1500 --seed 1``); scripts/train_gate.sh
@@ -165,6 +165,6 @@ def write_rows(rows: list[dict[str, str]], path: Path) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) not in (3, 4):
-        sys.exit("usage: python -m models.gate_labels DATA_DIR OUT_CSV [PHANTOMS_DIR]")
+        sys.exit("usage: python -m predraft.models.gate_labels DATA_DIR OUT_CSV [PHANTOMS_DIR]")
     write_rows(build_rows(Path(sys.argv[1]), phantoms_dir=Path(sys.argv[3]) if len(sys.argv) == 4 else None),
                Path(sys.argv[2]))

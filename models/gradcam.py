@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from models.factory import Classifier
+    from predraft.models.factory import Classifier
 
 #: Largest edge of an overlay PNG: the worklist shows thumbnails.
 MAX_OVERLAY_SIZE = 1024

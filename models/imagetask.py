@@ -2,11 +2,11 @@
 
 The body-part gate is one: a shared backbone with a ``region`` head (hip, shoulder, hand, leg) and a
 ``hardware`` head (absent, present). Any site can train its own from a folder of images and a CSV
-(:mod:`models.tasktraining`, ``predraft train-task``); a card like the hip classifier's describes the
+(:mod:`predraft.models.tasktraining`, ``predraft train-task``); a card like the hip classifier's describes the
 result and the service loads whichever card its settings name.
 
-Its card is a :class:`models.taskcard.TaskCard`. Images go in as uint8 (N, S, S) letterboxed grey levels,
-exactly what :func:`models.pixels.letterbox` makes; probabilities come out per task.
+Its card is a :class:`predraft.models.taskcard.TaskCard`. Images go in as uint8 (N, S, S) letterboxed grey levels,
+exactly what :func:`predraft.models.pixels.letterbox` makes; probabilities come out per task.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from models.calibration import softmax
-from models.card import ModelCardError
-from models.taskcard import TaskCard, load_task_card
+from predraft.models.calibration import softmax
+from predraft.models.card import ModelCardError
+from predraft.models.taskcard import TaskCard, load_task_card
 
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)

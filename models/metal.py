@@ -4,7 +4,7 @@ Contract
 --------
 ``detect_metal(image)`` takes ONE hip as the pipeline holds it before letterboxing: a 2-D float array in
 [0, 1] with bright = dense (MONOCHROME1 already inverted), collimation cropped, in the standard
-orientation (``models.pixels``: ``to_unit_range`` -> ``crop_collimation`` -> ``split_bilateral(...)[side]``
+orientation (``predraft.models.pixels``: ``to_unit_range`` -> ``crop_collimation`` -> ``split_bilateral(...)[side]``
 for an AP pelvis, ``standard_orientation`` for one hip). It returns a :class:`MetalFinding`: whether
 hardware is present near the hip, a score in [0, 1] (0.5 is the decision boundary), the fraction of the
 hip field the metal covers and a short sentence saying why. It uses no model and no DICOM tags, so it can
@@ -27,7 +27,7 @@ finding unchanged):
 2. The *hip field*: the image without an outer margin (``EDGE_MARGIN``, where burned-in and lead R/L
    markers sit), without the two top corners (``SPINE_BOX``: on one half of an AP pelvis the lumbar spine
    and sacrum sit at the top of the medial edge, the iliac wing at the top of the lateral one; which edge
-   is medial is not known here, so both go; CLINICAL.md: lumbar and sacroiliac hardware does not count),
+   is medial is not known here, so both go; docs/clinical.md: lumbar and sacroiliac hardware does not count),
    and without *shutter bands*: bright bands along an edge (unexposed detector beside a collimator blade,
    as bright as metal) that ``crop_collimation`` left because they do not span a whole line.
 3. The background is the ``BACKGROUND_PERCENTILE``-th percentile of the image, the top the maximum of the

@@ -1,12 +1,12 @@
 """From DICOM pixel data to letterboxed uint8 hip images.
 
-Order of operations (see docs: CLINICAL.md):
+Order of operations (docs/clinical.md, "Views and sides"):
 
 1. ``decode``: stored values of one grayscale frame, as float32 (full bit depth); of a colour frame (an RGB
    or YBR Secondary Capture), its luminance. Every transfer syntax
    of the real test set decodes: RLE (pylibjpeg-rle), JPEG lossless (GDCM), JPEG-LS (pyjpegls, else
    GDCM), JPEG 2000 (GDCM, else pylibjpeg-openjpeg), 12-bit JPEG Extended (imagecodecs; see
-   models.decoders, which also refuses non-conformant JPEG Extended streams with their reason).
+   predraft.models.decoders, which also refuses non-conformant JPEG Extended streams with their reason).
 2. ``to_unit_range``: modality LUT or rescale -> VOI LUT, else the chosen window (VOILUTFunction LINEAR,
    LINEAR_EXACT or SIGMOID, PS3.3 C.11.2.1.2-3), else a robust percentile window -> [0, 1] -> inversion
    for MONOCHROME1 or PresentationLUTShape INVERSE. float32 throughout.
@@ -29,8 +29,8 @@ from pydicom.encaps import get_frame
 from pydicom.pixels import apply_modality_lut, apply_voi
 from pydicom.uid import UID, JPEGExtended12Bit
 
-from models import decoders
-from models.taxonomy import Side
+from predraft.models import decoders
+from predraft.models.taxonomy import Side
 
 decoders.register()
 
@@ -94,7 +94,7 @@ def decode(ds: Dataset) -> np.ndarray:
 
 
 def _pixel_array(ds: Dataset) -> np.ndarray:
-    """``ds.pixel_array`` through the preferred plugin (models.decoders), else through every plugin."""
+    """``ds.pixel_array`` through the preferred plugin (predraft.models.decoders), else through every plugin."""
     plugin = decoders.preferred_plugin(ds)
     if not plugin:
         return ds.pixel_array

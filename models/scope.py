@@ -1,6 +1,6 @@
 """Scope: whether an image is a hip or pelvis radiograph predraft drafts, from its tags and the gate's reading.
 
-The tags (:func:`models.views.classify_view`, ``tag_region``) and the body-part gate (a task model's
+The tags (:func:`predraft.models.views.classify_view`, ``tag_region``) and the body-part gate (a task model's
 ``region`` head, thresholds from its card) decide together:
 
 - tags say hip/pelvis/femur: in scope, unless the gate is confident of another region (its probability at
@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from models.taskcard import TaskCard
-from models.views import TagRegion, ViewResult
+from predraft.models.taskcard import TaskCard
+from predraft.models.views import TagRegion, ViewResult
 
 GATE_TASK = "region"
 GATE_CLASS = "hip"

@@ -1,4 +1,4 @@
-"""Task cards: the JSON beside an image task model's weights (models.imagetask), readable without torch.
+"""Task cards: the JSON beside an image task model's weights (predraft.models.imagetask), readable without torch.
 
 A :class:`TaskCard` names the architecture, the input edge, each task's ordered classes, each task's softmax
 temperature and its decision thresholds, the cross-validated figures they were fitted on, and the sha256 of
@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.card import read_card
+from predraft.models.card import read_card
 
 #: The bundled gate: body region and hardware present, trained on FracAtlas (see its card).
 GATE_CARD = Path(__file__).resolve().parent / "gate" / "card.json"

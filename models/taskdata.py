@@ -8,7 +8,7 @@ The CSV has one row per training example:
 - ``source`` (optional): where the row comes from (``fracatlas``, ``phantoms``...); figures are reported per
   source, and sources a run names as synthetic take no part in its thresholds or headline figures;
 - ``crop`` (optional): ``whole`` (default), ``image_left`` or ``image_right``: the left or right half of
-  the image as displayed, as :func:`models.pixels.split_bilateral` cuts an AP pelvis (the patient's right
+  the image as displayed, as :func:`predraft.models.pixels.split_bilateral` cuts an AP pelvis (the patient's right
   hip is on the image's left);
 - one column per task (e.g. ``region``, ``hardware``): the row's class for that task, or empty when the
   row says nothing about it.
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.datasets import map_in_processes, read_picture
-from models.pixels import crop_collimation, letterbox, split_bilateral
-from models.taxonomy import Side
+from predraft.models.datasets import map_in_processes, read_picture
+from predraft.models.pixels import crop_collimation, letterbox, split_bilateral
+from predraft.models.taxonomy import Side
 
 CROPS = ("whole", "image_left", "image_right")
 _RESERVED = ("image", "group", "crop", "source")
@@ -104,7 +104,7 @@ def read_grey(path: Path) -> np.ndarray:
         return read_picture(path)
     import pydicom
 
-    from models.pixels import decode, standard_orientation, to_unit_range
+    from predraft.models.pixels import decode, standard_orientation, to_unit_range
 
     ds = pydicom.dcmread(path)
     return standard_orientation(to_unit_range(ds, decode(ds), overwrite_input=True), ds.get("PatientOrientation"))

@@ -5,7 +5,7 @@ stand; only the new task is learned. It is a multinomial logistic regression (sc
 backbone's pooled features of the rows that label it, standardised, cross-validated by group first
 (StratifiedGroupKFold, as ``train-task``: no group on both sides of a fold). Its softmax temperature and
 thresholds are fitted on the out-of-fold predictions by ``train-task``'s rules
-(:func:`models.tasktraining.fit_thresholds`; synthetic sources left out), its figures come with 95 % CIs
+(:func:`predraft.models.tasktraining.fit_thresholds`; synthetic sources left out), its figures come with 95 % CIs
 from a bootstrap over groups; then it is fitted on every row and written into the network as one more
 ``torch.nn.Linear`` head.
 
@@ -13,7 +13,7 @@ Caveat, stated in the card: the backbone was trained on the same images for its 
 cross-validated figures may be somewhat optimistic (the backbone never saw the new task's labels). The
 bundled gate's ``field`` head was made this way (scripts/train_gate.sh):
 
-    python -m models.taskhead BASE_CARD LABELS.csv --images DIR --out RUN --task field=pelvis,other \\
+    python -m predraft.models.taskhead BASE_CARD LABELS.csv --images DIR --out RUN --task field=pelvis,other \\
         --binary pelvis --min-specificity 0.95 --synthetic-source phantoms --version 1.1.0
 """
 
@@ -33,12 +33,12 @@ from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 
-from models.card import sha256_of
-from models.imagetask import load_task_model, to_network_input
-from models.taskcard import TaskCard, write_task_card
-from models.taskdata import prepare_task_images, read_task_rows, task_classes
-from models.taskmetrics import task_targets
-from models.tasktraining import (
+from predraft.models.card import sha256_of
+from predraft.models.imagetask import load_task_model, to_network_input
+from predraft.models.taskcard import TaskCard, write_task_card
+from predraft.models.taskdata import prepare_task_images, read_task_rows, task_classes
+from predraft.models.taskmetrics import task_targets
+from predraft.models.tasktraining import (
     CARD,
     OUT_OF_FOLD,
     REPORT,
@@ -50,7 +50,7 @@ from models.tasktraining import (
 
 log = logging.getLogger(__name__)
 
-METHOD = "logistic regression on the frozen backbone's pooled features (models.taskhead)"
+METHOD = "logistic regression on the frozen backbone's pooled features (predraft.models.taskhead)"
 
 
 def backbone_features(network: torch.nn.Module, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:

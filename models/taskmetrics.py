@@ -1,6 +1,6 @@
 """Figures of an image task model's probabilities against labels, each with a 95 % CI from a bootstrap over groups.
 
-Training reports them on out-of-fold predictions (:mod:`models.tasktraining`); ``predraft evaluate-real``
+Training reports them on out-of-fold predictions (:mod:`predraft.models.tasktraining`); ``predraft evaluate-real``
 reports them on real labelled images. Every rate is a share of rows (images or hip halves) with the rows'
 groups (patients, or runs of one patient's images) as the unit the bootstrap resamples, so a patient seen
 ten times weighs in the interval as one patient seen ten times, not as ten patients.
@@ -15,7 +15,7 @@ import numpy as np
 
 
 class _Row(Protocol):
-    """What the figures need of a row (a :class:`models.taskdata.TaskRow` is one)."""
+    """What the figures need of a row (a :class:`predraft.models.taskdata.TaskRow` is one)."""
 
     group: str
     crop: str

@@ -39,12 +39,12 @@ from safetensors.torch import load_file, save_file
 from sklearn.model_selection import StratifiedGroupKFold
 from torchvision.transforms import v2
 
-from models.calibration import fit_temperature, softmax
-from models.card import sha256_of
-from models.imagetask import TaskNetwork, to_network_input
-from models.taskcard import TaskCard, write_task_card
-from models.taskdata import TaskRow, prepare_task_images, read_task_rows, task_classes
-from models.taskmetrics import task_metrics, task_targets
+from predraft.models.calibration import fit_temperature, softmax
+from predraft.models.card import sha256_of
+from predraft.models.imagetask import TaskNetwork, to_network_input
+from predraft.models.taskcard import TaskCard, write_task_card
+from predraft.models.taskdata import TaskRow, prepare_task_images, read_task_rows, task_classes
+from predraft.models.taskmetrics import task_metrics, task_targets
 
 log = logging.getLogger(__name__)
 

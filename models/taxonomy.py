@@ -9,7 +9,7 @@ from enum import StrEnum
 
 
 class HardwareClass(StrEnum):
-    """The nine hardware categories, in the model's output order (see docs: CLINICAL.md)."""
+    """The nine hardware categories, in the model's output order (docs/clinical.md)."""
 
     NONE = "none"
     THA = "tha"

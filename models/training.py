@@ -34,11 +34,18 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from models.calibration import expected_calibration_error, fit_temperature, negative_log_likelihood, softmax
-from models.card import ModelCard, sha256_of, write_card
-from models.datasets import PreparedImages, prepare_images, read_labels, read_split, split_patients, write_split
-from models.factory import classifier_head_keys, create_network
-from models.taxonomy import CLASS_ORDER, HardwareClass
+from predraft.models.calibration import expected_calibration_error, fit_temperature, negative_log_likelihood, softmax
+from predraft.models.card import ModelCard, sha256_of, write_card
+from predraft.models.datasets import (
+    PreparedImages,
+    prepare_images,
+    read_labels,
+    read_split,
+    split_patients,
+    write_split,
+)
+from predraft.models.factory import classifier_head_keys, create_network
+from predraft.models.taxonomy import CLASS_ORDER, HardwareClass
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +137,7 @@ class _HipDataset(Dataset):
 
 
 def normalise(batch: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 (N, 1, S, S) -> float (N, 3, S, S) normalised as :class:`models.factory.Classifier` does."""
+    """uint8 (N, 1, S, S) -> float (N, 3, S, S) normalised as :class:`predraft.models.factory.Classifier` does."""
     mean_t = torch.tensor(mean, device=batch.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, device=batch.device).view(1, 3, 1, 1)
     return (batch.float().expand(-1, 3, -1, -1) / 255.0 - mean_t) / std_t

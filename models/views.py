@@ -33,7 +33,7 @@ hip joint, femur, thigh -> HIP; pelvis -> PELVIS), else the image's own descript
 HIP.
 
 Sides (``side_rule``): an AP pelvis shows both hips ("bilateral view"; which half is which is decided by
-models.pixels.split_bilateral from PatientOrientation). Otherwise ImageLaterality, then Laterality, then
+predraft.models.pixels.split_bilateral from PatientOrientation). Otherwise ImageLaterality, then Laterality, then
 the image's own description saying RIGHT/RT or LEFT/LT; else ``unknown``. PatientOrientation does not
 say which hip a one-hip image shows (both hips' APs read L\\F), so it is no side rule.
 
@@ -45,7 +45,7 @@ BodyPartExamined HIP, PELVIS or FEMUR -> ``hip``; another limb region (shoulder,
 foot...) -> ``limb``; any other body part (chest, abdomen, skull, spine...) -> ``outside``. Without it, the
 AnatomicRegionSequence code decides the same way (a code predraft does not know counts as ``outside``);
 without either, any description (StudyDescription included) naming the hip, pelvis, femur or acetabulum
--> ``hip``; otherwise ``none``. The tags alone never decide scope: models.scope combines them with the
+-> ``hip``; otherwise ``none``. The tags alone never decide scope: predraft.models.scope combines them with the
 body-part gate's reading of the pixels (``in_scope`` is only "the tags say hip").
 """
 
@@ -57,7 +57,7 @@ from enum import StrEnum
 
 from pydicom.dataset import Dataset
 
-from models.taxonomy import Side, View
+from predraft.models.taxonomy import Side, View
 
 # CID 4011 DX View Modifier
 CROSSTABLE = ("DCM", "111069")

@@ -10,10 +10,10 @@ import pydicom
 from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
 
-from models.phantoms import write_demo_study
-from predraft.db import session_scope
-from predraft.settings import Settings
-from predraft.studies import study_detail
+from predraft.core.db import session_scope
+from predraft.core.settings import Settings
+from predraft.core.studies import study_detail
+from predraft.models.phantoms import write_demo_study
 
 DEMO_CALLING_AE = "PREDRAFT-DEMO"
 _DONE_STATES = {"drafted", "error", "out_of_scope"}

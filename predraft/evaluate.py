@@ -2,7 +2,7 @@
 
 Per image: every labelled hip is prepared as in service and classified with the card's calibrated
 probabilities. Per study: the hips of each study and side are combined with the aggregation rule the
-drafts use (:func:`reporting.aggregate.aggregate`, the card's thresholds), and the study-side is scored
+drafts use (:func:`predraft.reporting.aggregate.aggregate`, the card's thresholds), and the study-side is scored
 on its combined probabilities; how many study-sides the rule sent to review ("indeterminate") and the
 accuracy of those it decided are reported beside. Confidence intervals come from a bootstrap over
 patients. Outputs: ``image_metrics.json``, ``image_confusion.png``, ``image_roc.png`` and the same with
@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from models.datasets import LabelRow, prepare_images, read_labels, read_split
-from models.evaluation import evaluate_predictions, write_report
-from models.factory import load_classifier
-from models.taxonomy import CLASS_ORDER, View
-from reporting.aggregate import HipObservation, aggregate
+from predraft.models.datasets import LabelRow, prepare_images, read_labels, read_split
+from predraft.models.evaluation import evaluate_predictions, write_report
+from predraft.models.factory import load_classifier
+from predraft.models.taxonomy import CLASS_ORDER, View
+from predraft.reporting.aggregate import HipObservation, aggregate
 
 
 def evaluate_model(card_path: Path, data_dir: Path, out_dir: Path, *, device: str = "cpu", batch_size: int = 64,

@@ -1,18 +1,18 @@
 """``predraft evaluate-real``: the gate, the hip model and the model-free metal check on real labelled images.
 
-The labels are a task CSV (:mod:`models.taskdata`: ``image``, ``group``, optional ``crop``) with a
+The labels are a task CSV (:mod:`predraft.models.taskdata`: ``image``, ``group``, optional ``crop``) with a
 ``region`` column, a ``hardware`` column (``absent``/``present``) or both; ``models/data/gate_labels.csv``
 over ``../shared/data`` is one. No DICOM tags are needed: every figure is about pixels alone. Each CSV row
 (a whole image, or the left or right half of one as an AP pelvis is split) is prepared as the service
 prepares it and given to
 
-- the gate (a :class:`models.taskcard.TaskCard`, the bundled one by default): region accuracy, each
+- the gate (a :class:`predraft.models.taskcard.TaskCard`, the bundled one by default): region accuracy, each
   region's sensitivity and specificity at argmax, and the service rules at the card's region thresholds
   (hip-tagged kept, untagged hip accepted, untagged other rejected, other-tagged hip overturned); hardware
   present at the card's threshold, on whole images and on hip halves;
-- :func:`models.metal.detect_metal` on the same crops (its ``present``): the same hardware figures, the
+- :func:`predraft.models.metal.detect_metal` on the same crops (its ``present``): the same hardware figures, the
   baseline any learned hardware detector has to beat;
-- the hip model (a :class:`models.card.ModelCard`, the demo by default) on the native hips, the rows that
+- the hip model (a :class:`predraft.models.card.ModelCard`, the demo by default) on the native hips, the rows that
   are hips without hardware (whole images labelled ``region=hip, hardware=absent``, halves labelled
   ``hardware=absent``): the share whose top class is not ``none`` (read as hardware) and the share it would
   draft as hardware (that top class at or above its card threshold), whole images and halves apart; and,
@@ -21,7 +21,7 @@ prepares it and given to
   threshold, and the CSV holds both halves), else the whole image.
 
 Every figure is a share of rows with a 95 % CI from a bootstrap over the rows' groups
-(:func:`models.taskmetrics.grouped_rate`). Outputs in ``out_dir``: ``real_metrics.json`` (the figures, the
+(:func:`predraft.models.taskmetrics.grouped_rate`). Outputs in ``out_dir``: ``real_metrics.json`` (the figures, the
 models' names and versions, the row counts) and ``predictions.csv`` (one line per CSV row).
 """
 
@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from models.taskdata import TaskRow, crop_image, prepare_task_images, read_grey, read_task_rows, task_classes
-from models.taskmetrics import grouped_rate, sensitivity_specificity, task_metrics, task_targets
+from predraft.models.taskdata import TaskRow, crop_image, prepare_task_images, read_grey, read_task_rows, task_classes
+from predraft.models.taskmetrics import grouped_rate, sensitivity_specificity, task_metrics, task_targets
 
 METRICS = "real_metrics.json"
 PREDICTIONS = "predictions.csv"
@@ -73,16 +73,16 @@ def evaluate_real(labels_csv: Path, images_dir: Path, out_dir: Path, *, gate_car
                   progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Evaluate and write ``real_metrics.json`` and ``predictions.csv`` into ``out_dir``; return the metrics.
 
-    ``gate_card`` defaults to :data:`models.taskcard.GATE_CARD`, ``model_card`` to the demo card. With
+    ``gate_card`` defaults to :data:`predraft.models.taskcard.GATE_CARD`, ``model_card`` to the demo card. With
     ``split_file``, only the rows whose ``group`` is in ``split_set`` are evaluated; with ``sources``, only the
     rows whose ``source`` column names one of them (e.g. the real ones of a CSV that also has phantoms). Raises
-    :class:`EvaluateRealError` (or :class:`models.taskdata.TaskLabelsError`, :class:`models.card.ModelCardError`,
-    both ValueErrors) with a message that says what to fix.
+    :class:`EvaluateRealError` (or :class:`predraft.models.taskdata.TaskLabelsError`,
+    :class:`predraft.models.card.ModelCardError`, both ValueErrors) with a message that says what to fix.
     """
-    from models.card import DEMO_MODEL_CARD
-    from models.factory import load_classifier
-    from models.imagetask import load_task_model
-    from models.taskcard import GATE_CARD
+    from predraft.models.card import DEMO_MODEL_CARD
+    from predraft.models.factory import load_classifier
+    from predraft.models.imagetask import load_task_model
+    from predraft.models.taskcard import GATE_CARD
 
     labels_csv, images_dir, out_dir = Path(labels_csv), Path(images_dir), Path(out_dir)
     gate_card = Path(gate_card) if gate_card is not None else GATE_CARD
@@ -143,7 +143,7 @@ def evaluate_real(labels_csv: Path, images_dir: Path, out_dir: Path, *, gate_car
             "hip": {"name": hip_classifier.card.name, "version": hip_classifier.card.version,
                     "card": str(model_card), "trained": hip_classifier.card.trained,
                     "synthetic_demo": hip_classifier.card.synthetic_demo},
-            "metal": {"name": "models.metal.detect_metal", "version": "model-free"},
+            "metal": {"name": "predraft.models.metal.detect_metal", "version": "model-free"},
         },
         "gate": task_metrics(gate_probabilities, task_targets(rows, gate_classes), rows, gate_classes, thresholds,
                              gate=gate_rule, binary=binary, n_bootstrap=n_bootstrap, seed=seed),
@@ -195,8 +195,8 @@ def _predict_gate(gate: Any, images_dir: Path, rows: Sequence[TaskRow], workers:
 
 
 def _metal_findings(images_dir: Path, rows: Sequence[TaskRow]) -> list[Any]:
-    """:func:`models.metal.detect_metal` on each row's crop (collimation cropped, then split), in row order."""
-    from models.metal import detect_metal
+    """:func:`predraft.models.metal.detect_metal` on each row's crop (collimation cropped, then split), in row order."""
+    from predraft.models.metal import detect_metal
 
     findings: list[Any] = [None] * len(rows)
     by_image: dict[str, list[int]] = {}

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from predraft.settings import Settings, redact_url
+from predraft.core.settings import Settings, redact_url
 
 
 @dataclass(frozen=True)
@@ -57,20 +57,20 @@ class ReadinessProbe:
         return results
 
     def _database(self) -> str:
-        from workers.reach import probe_database
+        from predraft.workers.reach import probe_database
 
         probe_database(self.settings.database_url, timeout=self.timeout)
         return f"{redact_url(self.settings.database_url)} answers"
 
     def _broker(self) -> str:
-        from workers.queues import ping_broker
+        from predraft.workers.queues import ping_broker
 
         ping_broker(self.settings.broker_url, timeout=self.timeout)
         return f"{redact_url(self.settings.broker_url)} answers"
 
     def _model(self) -> str:
-        from models.card import load_card
-        from models.taskcard import load_task_card
+        from predraft.models.card import load_card
+        from predraft.models.taskcard import load_task_card
 
         card_path = self.settings.model_card_path
         card, weights = load_card(card_path, verify_weights=False)
@@ -83,7 +83,7 @@ class ReadinessProbe:
         return f"{card.name} {card.version} ({card.architecture}), weights verified; gate {gate.display_name}"
 
     def _spool(self) -> str:
-        from listener.spool import Spool
+        from predraft.listener.spool import Spool
 
         spool = Spool(self.settings.spool_dir, min_free_bytes=self.settings.spool_min_free_bytes)
         free = spool.check_ready()
@@ -96,7 +96,7 @@ def _stamp(path: Path) -> tuple[str, int, int]:
 
 
 def _scrub(text: str, settings: Settings) -> str:
-    from workers.reach import scrub
+    from predraft.workers.reach import scrub
 
     for url in (settings.database_url, settings.broker_url):
         text = scrub(text, url)

@@ -1,7 +1,7 @@
 """The HTTP app: one FastAPI application assembling the routers of the stages.
 
 ``/healthz``, ``/readyz`` and ``/metrics`` live here (open, no login: probes and Prometheus call them);
-DICOMweb comes from ``listener/``, the worklist from ``reporting/web/``.
+DICOMweb comes from ``listener/``, the worklist from ``predraft/worklist/``.
 
 There are no trailing-slash redirects (``/stats/`` is 404, not a redirect to ``/stats``): Starlette builds
 their Location from the request's Host header, so a forged Host made them redirect to any site. Every
@@ -19,16 +19,16 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 import predraft
-from listener.dicomweb import router as dicomweb_router
+from predraft.core.metrics import QueueDepthCollector
+from predraft.core.settings import Settings
 from predraft.health import ReadinessProbe
-from predraft.metrics import QueueDepthCollector
-from predraft.settings import Settings
+from predraft.listener.dicomweb import router as dicomweb_router
 
 
 def create_app(settings: Settings) -> FastAPI:
     """The app: ``/healthz``, ``/readyz`` and ``/metrics`` (open), DICOMweb under ``/dicomweb`` (its own
     bearer/basic auth), and the worklist (every other route; a login session)."""
-    from reporting.web.app import install
+    from predraft.worklist.app import install
 
     app = FastAPI(title="predraft", version=predraft.__version__, docs_url=None, redoc_url=None, openapi_url=None,
                   redirect_slashes=False)  # a slash redirect's Location is built from the Host header
@@ -65,8 +65,8 @@ def create_app(settings: Settings) -> FastAPI:
 
 def _queue_depths(settings: Settings) -> dict[str, int]:
     """Waiting messages per queue, counted by the broker (never read one by one); 2 s at most."""
-    from workers.names import QUEUES
-    from workers.queues import ping_broker, queue_counts
+    from predraft.workers.names import QUEUES
+    from predraft.workers.queues import ping_broker, queue_counts
 
     ping_broker(settings.broker_url, timeout=2.0)  # first: an embedded broker's file is never created by a scrape
     counts = queue_counts(settings.broker_url, QUEUES, now=datetime.now(UTC), timeout=2.0)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from predraft.settings import Settings
+from predraft.core.settings import Settings
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_SECONDS = 20.0
@@ -98,13 +98,13 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
 def prepare_environment(settings: Settings) -> None:
     """Apply migrations, declare the broker's queues, check the model and gate cards and their weights, check the
     templates."""
-    from models.card import load_card
-    from models.scope import check_gate_card
-    from models.taskcard import load_task_card
-    from predraft import db
-    from reporting.text import check_templates
-    from workers.app import QUEUES
-    from workers.queues import declare_queues
+    from predraft.core import db
+    from predraft.models.card import load_card
+    from predraft.models.scope import check_gate_card
+    from predraft.models.taskcard import load_task_card
+    from predraft.reporting.text import check_templates
+    from predraft.workers.app import QUEUES
+    from predraft.workers.queues import declare_queues
 
     db.upgrade(settings.database_url)
     declare_queues(settings.broker_url, QUEUES)  # before the parts start: none of them races to create one
@@ -145,7 +145,7 @@ class Supervisor:
     """
 
     def __init__(self, settings: Settings, stop: threading.Event) -> None:
-        from workers.app import QUEUES  # every queue: the embedded worker does all the work
+        from predraft.workers.app import QUEUES  # every queue: the embedded worker does all the work
 
         python = [sys.executable, "-m", "predraft"]
         self.settings = settings

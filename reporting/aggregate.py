@@ -10,12 +10,12 @@ unknown are reported as a hip of unstated side, never merged into a named side):
    combined class by more than the margin, makes the side indeterminate. The margin is
    :attr:`AggregationRule.disagreement_margin`, or the smaller :attr:`AggregationRule.hard_pair_margin`
    when the two classes are one of the known hard pairs (THA vs hemiarthroplasty, post-infectious hip vs
-   THA with additional fixation; see CLINICAL.md).
+   THA with additional fixation; docs/clinical.md).
 3. Threshold: the combined top-class probability below the model card's threshold for that class
    (``class_thresholds``, else the global ``threshold``) is indeterminate.
 4. Hard pair too close: when the combined top two classes are a hard pair, the top must lead by at
    least :attr:`AggregationRule.hard_pair_margin`.
-5. Metal check: the model-free metal check (:mod:`models.metal`) disagreeing with the classifier (metal
+5. Metal check: the model-free metal check (:mod:`predraft.models.metal`) disagreeing with the classifier (metal
    on any image of the side while the classifier says ``none``, or no metal on any checked image while
    it names hardware that always holds metal: not a post-infectious hip, whose spacer or beads may be
    cement only) is indeterminate. Images not metal-checked (``metal`` None) take no part.
@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from models.taxonomy import HardwareClass, Side, View
+from predraft.models.taxonomy import HardwareClass, Side, View
 
 _SIDE_ORDER = {Side.RIGHT: 0, Side.LEFT: 1, Side.UNKNOWN: 2}
 

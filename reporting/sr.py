@@ -1,4 +1,4 @@
-"""The draft as a DICOM Comprehensive SR (highdicom), per docs: CLINICAL.md.
+"""The draft as a DICOM Comprehensive SR (highdicom), as docs/clinical.md ("The SR") describes it.
 
 Content tree (TID 2000 style)::
 
@@ -42,11 +42,11 @@ from pydicom.sr.coding import Code
 from pydicom.valuerep import DT, TM, validate_value
 
 import predraft
-from models.card import ModelCard
-from models.taxonomy import Side
-from reporting.aggregate import SideFinding
-from reporting.text import DraftText
-from reporting.wording import CODES, INDETERMINATE_CODE, PRIVATE_SCHEME, PROBABILITY_CODE
+from predraft.models.card import ModelCard
+from predraft.models.taxonomy import Side
+from predraft.reporting.aggregate import SideFinding
+from predraft.reporting.text import DraftText
+from predraft.reporting.wording import CODES, INDETERMINATE_CODE, PRIVATE_SCHEME, PROBABILITY_CODE
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError
 
 import predraft
-from models.card import ModelCard
-from models.taxonomy import Side, View
-from reporting.aggregate import SideFinding
-from reporting.wording import INDETERMINATE_SENTENCE, SENTENCES
+from predraft.models.card import ModelCard
+from predraft.models.taxonomy import Side, View
+from predraft.reporting.aggregate import SideFinding
+from predraft.reporting.wording import INDETERMINATE_SENTENCE, SENTENCES
 
 PACKAGE_TEMPLATES = Path(__file__).resolve().parent / "templates"
 _HIP_LABELS = {Side.RIGHT: "Right hip", Side.LEFT: "Left hip", Side.UNKNOWN: "Hip (side not stated)"}
@@ -68,7 +68,7 @@ def _finding_context(finding: SideFinding) -> dict[str, object]:
 def render_draft(findings: list[SideFinding], *, model: ModelCard, study_description: str = "",
                  patient_is_child: bool = False, environment: Environment | None = None) -> DraftText:
     """Render findings, impression, disclaimer and the whole report. ``patient_is_child`` (the tags say the
-    patient was under 18: :func:`reporting.age.is_child`) adds the notice that no model here was trained on
+    patient was under 18: :func:`predraft.reporting.age.is_child`) adds the notice that no model here was trained on
     children (templates: ``patient_is_child``)."""
     if not findings:
         raise ValueError("render_draft needs at least one side finding")
@@ -114,8 +114,8 @@ def _source_of(env: Environment, name: str) -> str:
 def check_templates(template_dir: Path | None = None) -> None:
     """Render every template once with example findings (the site's from ``template_dir`` where it has
     them); raises :class:`TemplateCheckError` naming the template on any error."""
-    from models.card import ModelCard
-    from models.taxonomy import HardwareClass
+    from predraft.models.card import ModelCard
+    from predraft.models.taxonomy import HardwareClass
 
     example = ModelCard(name="check", version="0", architecture="check", input_size=224, trained=False,
                         weights="none", weights_sha256="0" * 64)

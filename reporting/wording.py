@@ -1,4 +1,4 @@
-"""Report wording and SR codes for each hardware class (see docs: CLINICAL.md).
+"""Report wording and SR codes for each hardware class (docs/clinical.md, "Hardware classes").
 
 Classes without a standard code use the private coding scheme ``99PREDRAFT``:
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pydicom.sr.coding import Code
 
-from models.taxonomy import HardwareClass
+from predraft.models.taxonomy import HardwareClass
 
 PRIVATE_SCHEME = "99PREDRAFT"
 

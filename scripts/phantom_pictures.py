@@ -3,7 +3,7 @@
 Usage: .venv/bin/python scripts/phantom_pictures.py [OUT_DIR]  (default docs/images/phantoms)
 
 Each picture is the right hip of the same phantom patient (so only the hardware differs), rendered by
-models.phantoms.render_picture without acquisition variation, cropped to the hip and reduced to 300 x 360
+predraft.models.phantoms.render_picture without acquisition variation, cropped to the hip and reduced to 300 x 360
 pixels, 8-bit grey.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.phantoms import render_picture
-from models.taxonomy import CLASS_ORDER, View
+from predraft.models.phantoms import render_picture
+from predraft.models.taxonomy import CLASS_ORDER, View
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (300, 360)

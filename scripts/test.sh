@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Sets up everything the tests need on a fresh machine, then runs them (lint + the whole pytest suite).
+# Sets up everything the tests need on a fresh machine, then runs them: the static checks (scripts/checks.sh:
+# ruff, the format, the import layers, mypy), then the whole pytest suite.
 #   - Debian packages: dcmtk (storescu/echoscu), dicom3tools (dciodvfy), orthanc + orthanc-dicomweb (Orthanc),
 #     chromium (the worklist's browser tests drive it with Playwright; never `playwright install`),
 #     docker-compose and systemd (tests/test_deploy.py: `docker-compose config`, `systemd-analyze verify`)
 #   - services: Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432, started if they are down
-#   - a virtual environment in .venv with predraft and its test extras
+#   - a virtual environment in .venv with predraft and its test extras, at the tested versions (constraints.txt)
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +50,8 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'
 
-.venv/bin/ruff check .
+bash scripts/checks.sh
+# Under CI a test that needs ../shared/data/ fails when it is missing, instead of skipping (tests/conftest.py).
 exec .venv/bin/python -m pytest "$@"

@@ -43,7 +43,7 @@ common=(--architecture regnetx_002 --batch-size 32 --seed 1 --device "$DEVICE" -
 # 5. Demo model 2.0: run 4's backbone, fine-tuned on the phantoms and FracAtlas' hips together
 # (models/demo_data.py: predraft's labelling of the hardware hips by type and side, every other FracAtlas hip
 # as two native halves), so that a real native hip reads as no hardware. FracAtlas' patients join the split.
-.venv/bin/python -m models.demo_data "$SHARED_DATA" var/phantoms/train var/demo2-data
+.venv/bin/python -m predraft.models.demo_data "$SHARED_DATA" var/phantoms/train var/demo2-data
 "$PREDRAFT" train var/demo2-data --out var/runs/demo-5 "${common[@]}" --input-size 192 \
     --init-weights var/runs/demo-4/weights.safetensors --head-epochs 1 --epochs 4 --lr 5e-4 --version 2.0.0 \
     --training-data "$DATA2"

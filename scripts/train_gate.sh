@@ -19,7 +19,7 @@ mkdir -p var/gate-images
 ln -sfn "$DATA/fracatlas" var/gate-images/fracatlas
 ln -sfn "$DATA/shoulder-implants" var/gate-images/shoulder-implants
 ln -sfn "$(realpath var/phantoms/train)" var/gate-images/phantoms
-.venv/bin/python -m models.gate_labels "$DATA" var/gate_labels.csv var/phantoms/train
+.venv/bin/python -m predraft.models.gate_labels "$DATA" var/gate_labels.csv var/phantoms/train
 cmp var/gate_labels.csv models/data/gate_labels.csv || echo "note: the rebuilt CSV differs from models/data/gate_labels.csv"
 "$PREDRAFT" train-task models/data/gate_labels.csv --images var/gate-images --out var/runs/gate-base \
     --task region=hip,shoulder,hand,leg --task hardware=absent,present --gate region=hip --binary hardware=present \
@@ -29,7 +29,7 @@ cmp var/gate_labels.csv models/data/gate_labels.csv || echo "note: the rebuilt C
     --name predraft-gate --version 1.0.0 \
     --training-data "FracAtlas (Abedeen et al., Scientific Data 10, 521, 2023; CC BY 4.0): 1,923 radiographs with the body part and hardware flags as published, plus predraft's hip-hardware side labels (models/data/fracatlas_hip_hardware.csv); 477 shoulder arthroplasty radiographs of the shoulder-implant set (see ../shared/data/shoulder-implants/README.md); 250 synthetic phantom patients (predraft phantoms --seed 1), so that the demo's phantoms read as hips. Adult radiographs, JPEG exports, no DICOM tags." \
     --intended-use "Reads which body region a radiograph shows (hip/pelvis, shoulder, hand/wrist, leg/knee/ankle) and whether it shows orthopedic hardware, so that predraft drafts hips only and checks the hip model's hardware call. Never trained on chest, spine, skull or abdomen, nor on children. Not for clinical use on its own."
-.venv/bin/python -m models.taskhead var/runs/gate-base/card.json models/data/gate_labels.csv --images var/gate-images \
+.venv/bin/python -m predraft.models.taskhead var/runs/gate-base/card.json models/data/gate_labels.csv --images var/gate-images \
     --out var/runs/gate --task field=pelvis,other --binary pelvis --min-specificity 0.95 --synthetic-source phantoms \
     --folds 5 --seed 0 --version 1.1.0 \
     --training-data "FracAtlas (Abedeen et al., Scientific Data 10, 521, 2023; CC BY 4.0): 1,923 radiographs with the body part and hardware flags as published, plus predraft's hip-hardware side labels (models/data/fracatlas_hip_hardware.csv) and hip field labels (models/data/fracatlas_hip_field.csv); 477 shoulder arthroplasty radiographs of the shoulder-implant set (see ../shared/data/shoulder-implants/README.md); 250 synthetic phantom patients (predraft phantoms --seed 1), so that the demo's phantoms read as hips. Adult radiographs, JPEG exports, no DICOM tags." \

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.taskcard import load_task_card
-from models.taskdata import TaskRow
 from predraft.evaluate_real import native_hips, served_figures
+from predraft.models.taskcard import load_task_card
+from predraft.models.taskdata import TaskRow
 
 
 def main(predictions_csv: Path, out_of_fold_csv: Path, gate_card: Path) -> dict[str, object]:

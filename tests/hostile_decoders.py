@@ -1,4 +1,4 @@
-"""Hostile stand-ins for pixel decoders, run through workers.sandbox by the tests (importable in its child).
+"""Hostile stand-ins for pixel decoders, run through predraft.workers.sandbox by the tests (importable in its child).
 
 Each misbehaves the way a broken decoder can: hangs, allocates without end, dies, or raises a
 BaseException that is not an Exception (as pyo3's PanicException does).

@@ -19,9 +19,9 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
-from predraft.settings import CONFIG_ENV_VAR, Settings
+from predraft.core.settings import CONFIG_ENV_VAR, Settings
+from predraft.workers.names import QUEUES
 from tests.conftest import REPO_ROOT
-from workers.names import QUEUES
 
 DEPLOY = REPO_ROOT / "deploy"
 ENV_EXAMPLE = DEPLOY / ".env.example"

@@ -23,10 +23,10 @@ from pynetdicom import AE, evt
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import SecondaryCaptureImageStorage, Verification
 
-from listener import status
-from listener.spool import Spool
-from models.phantoms.dataset import write_demo_study
-from predraft.settings import Settings
+from predraft.core.settings import Settings
+from predraft.listener import status
+from predraft.listener.spool import Spool
+from predraft.models.phantoms.dataset import write_demo_study
 from tests.conftest import running_listener
 
 ATTACKER = "127.0.0.2"
@@ -542,7 +542,7 @@ def test_pdus_a_little_over_the_negotiated_maximum_are_read(listen: Callable[...
 
 
 def test_message_tally_counts_each_set_until_its_last_fragment() -> None:
-    from listener.connections import MessageTally
+    from predraft.listener.connections import MessageTally
 
     def items(*pdvs: tuple[int, int]) -> bytes:
         """The body of a P-DATA-TF PDU: one PDV item per (control, fragment length)."""
@@ -560,7 +560,7 @@ def test_an_association_whose_thread_never_started_is_forgotten() -> None:
     table forgets the connection once it is closed: before, its entry stayed for ever, one per such connection."""
     from pynetdicom.association import Association
 
-    from listener.connections import ConnectionLimits, ConnectionTable
+    from predraft.listener.connections import ConnectionLimits, ConnectionTable
 
     now = [100.0]
     table = ConnectionTable(ConnectionLimits(max_associations=1, max_per_address=1, request_timeout=1.0,

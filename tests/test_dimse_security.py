@@ -20,9 +20,9 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from listener import status
-from models.phantoms import write_demo_study
-from predraft.settings import Settings
+from predraft.core.settings import Settings
+from predraft.listener import status
+from predraft.models.phantoms import write_demo_study
 from tests.conftest import running_listener
 
 
@@ -53,7 +53,7 @@ def test_unknown_calling_ae_is_rejected_at_association(listening: Settings,
     caplog.set_level(logging.INFO)
     assert _echo(listening, "INTRUDER") == (False, None)
     assert any("INTRUDER" in record.getMessage() and "reject" in record.getMessage().lower()
-               for record in caplog.records if record.name.startswith("listener"))
+               for record in caplog.records if record.name.startswith("predraft.listener"))
     assert _echo(listening, "PACS_AE") == (True, 0x0000)  # and it keeps serving
 
 
@@ -81,7 +81,7 @@ def test_dx_for_processing_is_refused_with_sop_class_not_supported(listening: Se
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForProcessing
     assert _store(listening, ds) == status.SOP_CLASS_NOT_SUPPORTED
     assert list((listening.spool_dir / "incoming").rglob("*.dcm")) == []
-    refusals = [r.getMessage() for r in caplog.records if r.name == "listener.receive"]
+    refusals = [r.getMessage() for r in caplog.records if r.name == "predraft.listener.receive"]
     assert any("For Processing" in message for message in refusals)
     assert not any(str(ds.PatientName) in message or str(ds.PatientID) in message for message in refusals)
 

@@ -1,4 +1,4 @@
-"""The Alembic migrations build exactly the schema in predraft/schema.py, on SQLite and PostgreSQL."""
+"""The Alembic migrations build exactly the schema in predraft/core/schema.py, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from alembic import command
 from sqlalchemy import inspect
 
-from predraft import db
+from predraft.core import db
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

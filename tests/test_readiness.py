@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from predraft import db
+from predraft.core import db
+from predraft.core.settings import get_settings
 from predraft.http import create_app
-from predraft.settings import get_settings
 from tests.conftest import free_port
 
 FILLER_BYTES = 96 * 1024 * 1024
@@ -114,7 +114,7 @@ def test_unready_below_the_spool_floor_and_ready_once_space_is_freed(tmp_path: P
 
 
 def test_a_broken_model_is_named(tmp_path: Path, redis_server: RedisServer) -> None:
-    from models.factory import write_untrained_model
+    from predraft.models.factory import write_untrained_model
 
     card = write_untrained_model(tmp_path / "model", architecture="resnet18", input_size=64)
     client = _client(tmp_path, broker_url=redis_server.url, model=card, spool_min_free_bytes=0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from predraft.settings import Settings
+from predraft.core.settings import Settings
 from tests.conftest import REPO_ROOT
 
 

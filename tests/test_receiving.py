@@ -11,11 +11,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from listener import spool as spool_module
-from listener.receive import Receiver, ReceiveStatus
-from listener.spool import Spool, SpoolFullError
-from models.phantoms import write_demo_study
-from predraft import db
+from predraft.core import db
+from predraft.listener import spool as spool_module
+from predraft.listener.receive import Receiver, ReceiveStatus
+from predraft.listener.spool import Spool, SpoolFullError
+from predraft.models.phantoms import write_demo_study
 
 STUDY, SOP = "1.2.3", "1.2.3.4"
 
@@ -107,7 +107,7 @@ def test_database_errors_carry_no_parameter_values(tmp_path: Path) -> None:
     from sqlalchemy import insert
     from sqlalchemy.exc import IntegrityError
 
-    from predraft.schema import Study
+    from predraft.core.schema import Study
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     db.upgrade(url)

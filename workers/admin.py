@@ -1,8 +1,8 @@
 """The admin view of the work items: listing and showing what waits, runs, failed or is dead; retrying
 and purging; the workers report (``predraft queue ls/show/retry/purge``, ``predraft workers``; the counts of
-``queue stats`` are :mod:`workers.stats`).
+``queue stats`` are :mod:`predraft.workers.stats`).
 
-Read from the broker (:mod:`workers.queues`), the workers (:mod:`workers.presence`)
+Read from the broker (:mod:`predraft.workers.queues`), the workers (:mod:`predraft.workers.presence`)
 and the database (dead letters, exports, and the studies and instances that work is about).
 
 A *work item* is one of:
@@ -28,14 +28,14 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
-from predraft.clock import as_utc
-from predraft.db import session_scope
-from predraft.schema import DeadLetter, Draft, Export, Instance, Study
-from predraft.settings import Settings, redact_url
-from predraft.states import ExportState
-from workers.names import CLASSIFY, DRAFT, EXPORT, PREPARE, QUEUE_OF_TASK, QUEUES
-from workers.presence import HeldTask, WorkerStatus, broadcasts, online_workers
-from workers.queues import (
+from predraft.core.clock import as_utc
+from predraft.core.db import session_scope
+from predraft.core.schema import DeadLetter, Draft, Export, Instance, Study
+from predraft.core.settings import Settings, redact_url
+from predraft.core.states import ExportState
+from predraft.workers.names import CLASSIFY, DRAFT, EXPORT, PREPARE, QUEUE_OF_TASK, QUEUES
+from predraft.workers.presence import HeldTask, WorkerStatus, broadcasts, online_workers
+from predraft.workers.queues import (
     QueuedMessage,
     delivered_messages,
     find_message,
@@ -253,7 +253,7 @@ def dead_item_ids(settings: Settings) -> list[str]:
 
 def retry_work(app: Celery, settings: Settings, item_id: str) -> str:
     """Send the work of dead item ``item_id`` again; returns what was sent. ``D<n>``: the dead letter's work
-    (:func:`workers.dead_letters.retry_dead_letter`: an instance is prepared again, a study drafted again).
+    (:func:`predraft.workers.dead_letters.retry_dead_letter`: an instance is prepared again, a study drafted again).
     ``E<n>``: a dead export of a study's newest SR is made pending afresh and sent (as ``predraft studies
     resend --destination`` would). Raises :class:`RetryRefused` for anything else."""
     row = _ROW_ID.match(item_id.strip())
@@ -261,14 +261,14 @@ def retry_work(app: Celery, settings: Settings, item_id: str) -> str:
         raise RetryRefused(f"{item_id!r} is not a dead item: retry takes D<n> (a dead letter) or E<n> (an export)")
     kind, number = row.group(1).upper(), int(row.group(2))
     if kind == "D":
-        from workers.dead_letters import DeadLetterError, retry_dead_letter
+        from predraft.workers.dead_letters import DeadLetterError, retry_dead_letter
 
         try:
             return retry_dead_letter(app, settings.database_url, number)
         except DeadLetterError as exc:
             raise RetryRefused(str(exc)) from None
-    from workers.export_service import requeue_latest_draft
-    from workers.export_task import send_exports
+    from predraft.workers.export_service import requeue_latest_draft
+    from predraft.workers.export_task import send_exports
 
     with session_scope(settings.database_url) as session:
         export = session.get(Export, number)

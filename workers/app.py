@@ -13,9 +13,9 @@ import time
 from celery import Celery
 from celery.signals import before_task_publish
 
-from predraft.settings import Settings
-from workers import task_metrics  # noqa: F401 - connects the per-task latency signals
-from workers.names import CLASSIFY, DRAFT, EXPORT, PREPARE, QUEUES, ROUTES  # noqa: F401 - re-exported
+from predraft.core.settings import Settings
+from predraft.workers import task_metrics  # noqa: F401 - connects the per-task latency signals
+from predraft.workers.names import CLASSIFY, DRAFT, EXPORT, PREPARE, QUEUES, ROUTES  # noqa: F401 - re-exported
 
 #: How often a worker polls the embedded (SQLite) broker for messages; Redis needs no polling.
 SQLA_POLL_SECONDS = 0.05
@@ -33,7 +33,7 @@ def _stamp_sent_at(headers: dict | None = None, **_: object) -> None:
 
 def create_celery(settings: Settings) -> Celery:
     app = Celery("predraft", broker=settings.broker_url,
-                 include=["workers.tasks", "workers.export_task", "workers.heartbeat"])
+                 include=["predraft.workers.tasks", "predraft.workers.export_task", "predraft.workers.heartbeat"])
     app.conf.update(
         task_routes=ROUTES,
         task_default_queue="prepare",

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import numpy as np
 
-from predraft import metrics
+from predraft.core import metrics
 
 log = logging.getLogger(__name__)
 

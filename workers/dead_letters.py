@@ -14,12 +14,12 @@ import logging
 from celery import Celery
 from sqlalchemy import select, update
 
-from predraft.db import session_scope
-from predraft.events import record_event
-from predraft.schema import DeadLetter, Instance, Study, utcnow
-from predraft.states import FINISHED_INSTANCE_STATES, InstanceState, StudyState
-from workers.app import CLASSIFY, DRAFT, PREPARE
-from workers.dispatch import finish_if_done
+from predraft.core.db import session_scope
+from predraft.core.events import record_event
+from predraft.core.schema import DeadLetter, Instance, Study, utcnow
+from predraft.core.states import FINISHED_INSTANCE_STATES, InstanceState, StudyState
+from predraft.workers.app import CLASSIFY, DRAFT, PREPARE
+from predraft.workers.dispatch import finish_if_done
 
 log = logging.getLogger(__name__)
 

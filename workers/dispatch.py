@@ -14,14 +14,14 @@ from celery import Celery
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
-from models.taxonomy import CLASSIFIABLE_SOP_CLASSES
-from predraft.clock import as_utc
-from predraft.db import session_scope
-from predraft.events import record_event
-from predraft.schema import Instance, Prediction, Study, utcnow
-from predraft.settings import ExpectedViewsRule, expected_view_count
-from predraft.states import FINISHED_INSTANCE_STATES, InstanceState, StudyState
-from workers.app import DRAFT, PREPARE
+from predraft.core.clock import as_utc
+from predraft.core.db import session_scope
+from predraft.core.events import record_event
+from predraft.core.schema import Instance, Prediction, Study, utcnow
+from predraft.core.settings import ExpectedViewsRule, expected_view_count
+from predraft.core.states import FINISHED_INSTANCE_STATES, InstanceState, StudyState
+from predraft.models.taxonomy import CLASSIFIABLE_SOP_CLASSES
+from predraft.workers.app import DRAFT, PREPARE
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def redraft_study(app: Celery, database_url: str, *, study_uid: str) -> int:
     """Draft a finished study (drafted, out of scope, in error, or any later state) again; return its new
     generation.
 
-    The study is re-opened as a late image re-opens it (:func:`listener.ingest.record_instance`): a new
+    The study is re-opened as a late image re-opens it (:func:`predraft.listener.ingest.record_instance`): a new
     generation, no error; then it is READY at once (no quiet wait: nothing new arrives) and
     :func:`start_study` prepares what waits and drafts it, so the new draft's SR supersedes the previous one.
     Every classified (or failed) instance is prepared and classified again, by the model configured now: a

@@ -13,15 +13,15 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from listener.spool import Spool
-from models.card import ModelCard
-from predraft.events import record_event
-from predraft.schema import Draft, Instance, Prediction, Study, utcnow
-from predraft.states import InstanceState, ReportKind, StudyState
-from reporting.age import is_child
-from reporting.aggregate import AggregationRule, HipObservation, aggregate
-from reporting.sr import build_draft_sr
-from reporting.text import render_draft, template_environment
+from predraft.core.events import record_event
+from predraft.core.schema import Draft, Instance, Prediction, Study, utcnow
+from predraft.core.states import InstanceState, ReportKind, StudyState
+from predraft.listener.spool import Spool
+from predraft.models.card import ModelCard
+from predraft.reporting.age import is_child
+from predraft.reporting.aggregate import AggregationRule, HipObservation, aggregate
+from predraft.reporting.sr import build_draft_sr
+from predraft.reporting.text import render_draft, template_environment
 
 
 @dataclass(frozen=True)

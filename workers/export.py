@@ -5,7 +5,7 @@ delivery with a note) or raises :class:`ExportError`, whose ``retryable`` says w
 later can help: network trouble (no connection, association rejected or aborted, no answer in time),
 a C-STORE "out of resources" refusal, and HTTP 408, 429 and 5xx are retryable; any other refusal
 (an unsupported SOP class, a data set the destination cannot understand, HTTP 4xx such as a wrong
-password) is not. The database is not touched here (see :mod:`workers.export_service`).
+password) is not. The database is not touched here (see :mod:`predraft.workers.export_service`).
 
 Messages name the destination, the status and the reason, never patient data or secrets.
 """
@@ -25,7 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.status import code_to_category
 
-from predraft.settings import DimseDestination, StowDestination
+from predraft.core.settings import DimseDestination, StowDestination
 
 # pynetdicom logs the identifiers of requests and responses (patient data) unless told not to.
 _config.LOG_REQUEST_IDENTIFIERS = False

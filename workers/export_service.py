@@ -20,10 +20,10 @@ from datetime import timedelta
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
-from predraft.db import insert_ignoring_conflict
-from predraft.events import record_event
-from predraft.schema import Draft, Export, Study, utcnow
-from predraft.states import EXPORTABLE_STATES, ExportState
+from predraft.core.db import insert_ignoring_conflict
+from predraft.core.events import record_event
+from predraft.core.schema import Draft, Export, Study, utcnow
+from predraft.core.states import EXPORTABLE_STATES, ExportState
 
 #: Longest error text kept on a row.
 MAX_ERROR_LENGTH = 2000

@@ -4,7 +4,7 @@ One task per (draft, destination), sent once the draft is committed (:func:`send
 the exports row is the record: each try claims it first (``sending``), and a task whose row is already
 ``sent`` or ``dead``, or claimed by another try, does nothing, so a redelivered message never sends an SR
 twice. A try that fails for a reason a retry can mend (see
-:mod:`workers.export`) is retried by Celery after ``export_retry_delay_seconds``, doubled each time up to
+:mod:`predraft.workers.export`) is retried by Celery after ``export_retry_delay_seconds``, doubled each time up to
 ``export_retry_max_delay_seconds``, at most ``export_max_retries`` times; then, or at once for a refusal no
 retry can mend, the row is ``dead`` with its error, until ``predraft studies resend`` queues it again.
 Every try is counted on the row with its error.
@@ -23,12 +23,12 @@ from pathlib import Path
 from celery import Celery, Task, shared_task
 from sqlalchemy.exc import OperationalError
 
-from predraft.db import session_scope
-from predraft.metrics import EXPORTS
-from predraft.settings import Settings, get_settings
-from workers.app import EXPORT
-from workers.export import Delivery, ExportError, send
-from workers.export_service import ExportJob, begin_attempt, record_failure, record_sent, retry_delay
+from predraft.core.db import session_scope
+from predraft.core.metrics import EXPORTS
+from predraft.core.settings import Settings, get_settings
+from predraft.workers.app import EXPORT
+from predraft.workers.export import Delivery, ExportError, send
+from predraft.workers.export_service import ExportJob, begin_attempt, record_failure, record_sent, retry_delay
 
 log = logging.getLogger(__name__)
 

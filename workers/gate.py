@@ -1,6 +1,6 @@
 """The body-part gate and hardware check as the prepare task runs them.
 
-A gate card (:class:`models.taskcard.TaskCard`) must have a ``region`` task with a ``hip`` class and a
+A gate card (:class:`predraft.models.taskcard.TaskCard`) must have a ``region`` task with a ``hip`` class and a
 ``hardware`` task with a ``present`` class, each with the thresholds its training fitted. The whole image
 (for the region) and each hip crop the tags gave (for hardware) go through the network together, in one
 pass; the hip crops are resized from the classifier's input edge to the gate's (a classifier whose edge is
@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.imagetask import TaskModel, load_task_model
-from models.metal import MetalFinding
-from models.scope import (
+from predraft.models.imagetask import TaskModel, load_task_model
+from predraft.models.metal import MetalFinding
+from predraft.models.prepare import HipImage, PreparedInstance
+from predraft.models.scope import (
     FIELD_PELVIS,
     FIELD_TASK,
     GATE_TASK,
@@ -38,9 +39,8 @@ from models.scope import (
     check_gate_card,
     decide_scope,
 )
-from models.taxonomy import Side, View
-from models.views import ViewResult
-from workers.prepare import HipImage, PreparedInstance
+from predraft.models.taxonomy import Side, View
+from predraft.models.views import ViewResult
 
 #: How an image read as an AP pelvis from its pixels is labelled (``view_rule``, ``side_rule``).
 VIEW_FROM_IMAGE_RULE = "image (field head)"

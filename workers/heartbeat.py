@@ -1,11 +1,11 @@
 """In the worker: its status, published as a heartbeat and as the ``predraft_status`` inspect command.
 
-Imported by every worker (``workers.app.create_celery`` includes it): once the worker is ready a thread
-writes :func:`worker_status` every :data:`workers.presence.HEARTBEAT_SECONDS` to a Redis key that expires
+Imported by every worker (``predraft.workers.app.create_celery`` includes it): once the worker is ready a thread
+writes :func:`worker_status` every :data:`predraft.workers.presence.HEARTBEAT_SECONDS` to a Redis key that expires
 (Redis broker) or to a file (the embedded broker), and removes it when the worker stops. The status names
 the worker, its queues, pool and concurrency, its device (the CPU model, or the CUDA device's name), its
 model card's name and version, and the tasks it holds (active, reserved, or scheduled for their ETA): ids,
-task names and scalar arguments only. :mod:`workers.presence` reads it.
+task names and scalar arguments only. :mod:`predraft.workers.presence` reads it.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 from celery.signals import worker_ready, worker_shutdown
 from celery.worker.control import inspect_command
 
-from predraft.settings import Settings, get_settings
-from workers.presence import (
+from predraft.core.settings import Settings, get_settings
+from predraft.workers.presence import (
     HEARTBEAT_SECONDS,
     OFFLINE_AFTER_SECONDS,
     REDIS_KEY_PREFIX,
@@ -59,7 +59,7 @@ def _static_description() -> dict[str, str]:
         except Exception as exc:  # a broken driver is worth seeing here, not a crash of the heartbeat
             device_name = f"unknown ({type(exc).__name__})"
     try:
-        from models.card import load_card
+        from predraft.models.card import load_card
 
         card = load_card(settings.model_card_path, verify_weights=False)[0]
         model_name, model_version = card.name, card.version

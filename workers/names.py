@@ -1,5 +1,5 @@
 """The task names and queues, without Celery: what admin commands that never talk Celery import
-(:mod:`workers.app` builds the app from them)."""
+(:mod:`predraft.workers.app` builds the app from them)."""
 
 from __future__ import annotations
 

@@ -1,115 +1,11 @@
-"""Preparing one instance: from a spooled DICOM file to letterboxed hip images and their labels."""
+"""Preparing one received instance in the workers: :func:`predraft.models.prepare.prepare_file` bounded by a sandbox."""
 
 from __future__ import annotations
 
-import base64
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
 
-import numpy as np
-import pydicom
-from pydicom.errors import InvalidDicomError
-
-from models.metal import MetalFinding
-from models.pixels import (
-    PixelDataError,
-    crop_collimation,
-    decode,
-    letterbox,
-    split_bilateral,
-    standard_orientation,
-    to_unit_range,
-)
-from models.scope import decide_scope
-from models.taxonomy import CLASSIFIABLE_SOP_CLASSES, Side, View
-from models.views import TagRegion, ViewResult, classify_view
-from workers.sandbox import DecodeFailure, Sandbox
-
-
-class OutOfScopeError(Exception):
-    """The instance is not a hip or pelvis radiograph predraft classifies."""
-
-
-@dataclass(frozen=True)
-class HipImage:
-    """One hip ready for the classifier; ``metal`` is the hardware check's finding on it (workers.gate), once made."""
-
-    side: Side
-    view: View
-    pixels: np.ndarray  # uint8 (S, S)
-    metal: MetalFinding | None = None
-
-    def to_message(self) -> dict[str, object]:
-        message: dict[str, object] = {"side": self.side.value, "view": self.view.value,
-                                      "size": int(self.pixels.shape[0]),
-                                      "pixels": base64.b64encode(self.pixels.tobytes()).decode("ascii")}
-        if self.metal is not None:
-            message["metal"] = asdict(self.metal)
-        return message
-
-    @classmethod
-    def from_message(cls, message: dict[str, object]) -> HipImage:
-        size = int(message["size"])  # type: ignore[arg-type]
-        pixels = np.frombuffer(base64.b64decode(str(message["pixels"])), dtype=np.uint8)
-        if pixels.size != size * size:
-            raise ValueError(f"hip image message holds {pixels.size} bytes, expected {size * size}")
-        metal = MetalFinding(**message["metal"]) if message.get("metal") else None  # type: ignore[arg-type]
-        return cls(Side(str(message["side"])), View(str(message["view"])), pixels.reshape(size, size), metal)
-
-
-class PreparedInstance(NamedTuple):
-    """What prepare_file makes of one image: its tag labels, its hips, the whole image for the gate, and the
-    image's two halves as the hips of an AP pelvis, for the gate to choose when the tags name no view."""
-
-    labels: ViewResult
-    hips: list[HipImage]
-    gate_pixels: np.ndarray | None  # uint8 (G, G), the whole image letterboxed; None when no gate size was asked
-    halves: tuple[HipImage, ...] = ()  # (right, left) as an AP pelvis, or none
-
-
-def prepare_file(path: Path, *, input_size: int, gate_size: int | None = None, voi_window_index: int = 0,
-                 with_halves: bool = False) -> PreparedInstance:
-    """Read, check the SOP class and the tags' region, decode, window, crop, orient, split and letterbox.
-    (The hips' hardware check is the gate's, made by the caller: workers.gate.)
-
-    The tags decide the hips: an AP pelvis gives both halves, any other image one hip, the whole image, with
-    the tags' view and side (``unknown`` where they say none: an untagged image is one hip of unknown view
-    and side). With ``with_halves``, when the tags name neither view nor side, ``halves`` also holds the image
-    split at its midline as an AP pelvis would be (the patient's right on the image's left, as AP films are
-    shown): the gate's field head decides which of the two readings the service uses (:mod:`workers.gate`),
-    and the web app finds there the hips of an image the gate split. Whether the
-    image is in scope is decided afterwards, with the body-part gate's reading of ``gate_pixels``
-    (:mod:`models.scope`); only tags naming a region outside the gate's skeleton (chest, spine...) put it
-    out of scope here, before anything is decoded.
-
-    ``voi_window_index`` picks the image's VOI LUT or window (settings.voi_window_index; 0 is the first).
-    Collimation borders are cropped before an AP pelvis is split at its midline, so the split follows the
-    exposed field. Raises OutOfScopeError, PixelDataError or InvalidDicomError with a message fit for
-    the event log.
-    """
-    try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, EOFError, ValueError) as exc:
-        raise InvalidDicomError(f"not a readable DICOM file: {exc}") from exc
-    if str(ds.get("SOPClassUID", "")) not in CLASSIFIABLE_SOP_CLASSES:  # CR, DX and Secondary Capture
-        raise OutOfScopeError(f"SOP class {ds.get('SOPClassUID', '')} is not an image predraft classifies")
-    labels = classify_view(ds)
-    if labels.tag_region is TagRegion.OUTSIDE:
-        raise OutOfScopeError(decide_scope(labels, None).reason)
-    image = crop_collimation(to_unit_range(ds, decode(ds), window_index=voi_window_index, overwrite_input=True))
-    image = standard_orientation(image, ds.get("PatientOrientation"))  # the patient's right on the image's left
-    if labels.view is View.AP_PELVIS:
-        halves = split_bilateral(image, None)  # oriented already
-        hips = [_hip(side, labels.view, halves[side], input_size) for side in labels.sides]
-    else:
-        hips = [_hip(labels.sides[0], labels.view, image, input_size)]
-    halves: tuple[HipImage, ...] = ()
-    if with_halves and labels.view is View.UNKNOWN and labels.sides == (Side.UNKNOWN,):
-        split = split_bilateral(image, None)  # oriented already
-        halves = tuple(_hip(side, View.AP_PELVIS, split[side], input_size) for side in (Side.RIGHT, Side.LEFT))
-    gate_pixels = letterbox(image, gate_size) if gate_size else None
-    return PreparedInstance(labels, hips, gate_pixels, halves)
+from predraft.models.prepare import OutOfScopeError, PreparedInstance, prepare_file
+from predraft.workers.sandbox import DecodeFailure, Sandbox
 
 
 def prepare_bounded(path: Path, *, input_size: int, gate_size: int | None = None, voi_window_index: int = 0,
@@ -127,11 +23,3 @@ def prepare_bounded(path: Path, *, input_size: int, gate_size: int | None = None
         if failure.error_type == OutOfScopeError.__name__:
             raise OutOfScopeError(failure.detail) from None
         raise
-
-
-def _hip(side: Side, view: View, image: np.ndarray, input_size: int) -> HipImage:
-    return HipImage(side, view, letterbox(image, input_size))
-
-
-__all__ = ["DecodeFailure", "HipImage", "OutOfScopeError", "PixelDataError", "PreparedInstance", "prepare_bounded",
-           "prepare_file"]

@@ -1,6 +1,6 @@
 """Which workers are online: their queues, pool, concurrency, device, model, and the tasks they hold.
 
-Every worker writes a *heartbeat*, its status (:func:`workers.heartbeat.worker_status`), every
+Every worker writes a *heartbeat*, its status (:func:`predraft.workers.heartbeat.worker_status`), every
 :data:`HEARTBEAT_SECONDS` where any admin command can read it at once:
 
 - on Redis, to the key ``predraft:worker:<hostname>`` of the broker's database, which expires after
@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from predraft.clock import as_utc
-from predraft.settings import Settings
+from predraft.core.clock import as_utc
+from predraft.core.settings import Settings
 
 STATUS_COMMAND = "predraft_status"
 HEARTBEAT_SECONDS = 2.0
@@ -105,7 +105,7 @@ def online_workers(settings: Settings, *, now: datetime | None = None, app: Any 
     """The workers online now, by hostname: those with a fresh heartbeat. With ``app`` and
     ``inspect_timeout`` on a broadcasting broker, each is also asked ``predraft_status`` (waiting that long
     for answers), which sets ``answers_inspect`` and adds a worker that answers without a heartbeat. The
-    caller checks first that the broker answers (:func:`workers.queues.ping_broker`)."""
+    caller checks first that the broker answers (:func:`predraft.workers.queues.ping_broker`)."""
     now = now or datetime.now(UTC)
     found = {status.hostname: status for status in read_heartbeats(settings, timeout=timeout)
              if is_alive(status, now)}
@@ -120,18 +120,18 @@ def online_workers(settings: Settings, *, now: datetime | None = None, app: Any 
 
 
 def read_heartbeats(settings: Settings, *, timeout: float = 3.0) -> list[WorkerStatus]:
-    """Every heartbeat stored, fresh or not (Redis raises :class:`workers.queues.BrokerUnreachable`)."""
+    """Every heartbeat stored, fresh or not (Redis raises :class:`predraft.workers.queues.BrokerUnreachable`)."""
     if broadcasts(settings.broker_url):
         import redis
 
-        from workers.queues import BrokerUnreachable
+        from predraft.workers.queues import BrokerUnreachable
 
         client = redis.Redis.from_url(settings.broker_url, socket_timeout=timeout, socket_connect_timeout=timeout)
         try:
             keys = list(client.scan_iter(match=f"{REDIS_KEY_PREFIX}*", count=1000))
             payloads = client.mget(keys) if keys else []
         except redis.RedisError as exc:
-            from predraft.settings import redact_url
+            from predraft.core.settings import redact_url
 
             raise BrokerUnreachable(f"broker {redact_url(settings.broker_url)} could not be read: {exc}") from exc
         finally:

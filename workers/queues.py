@@ -10,7 +10,7 @@ Read-only, straight from the broker's storage, for both transports predraft runs
   ``kombu_queue``; a waiting message is ``visible``, a delivered one ``visible = false``. kombu never
   deletes a delivered row (acknowledging does not touch the table), so this transport cannot tell a task
   that runs from one that finished long ago: what workers run is asked of the workers
-  (:mod:`workers.presence`).
+  (:mod:`predraft.workers.presence`).
 
 Only task names, ids, arguments and timing headers are decoded (arguments are database ids and, for
 ``classify``, small images, which are not kept). Nothing here holds patient data.
@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from predraft.clock import as_utc
+from predraft.core.clock import as_utc
 
 _REDIS_PRIORITY_SEPARATOR = "\x06\x16"
 _REDIS_PRIORITY_STEPS = (3, 6, 9)
@@ -80,7 +80,7 @@ class QueuedMessage:
     eta: datetime | None = None
     #: Tries of this task that failed before this message was sent (Celery's ``retries`` header).
     retries: int = 0
-    #: When the message was published (the ``predraft_sent_at`` header, :data:`workers.app.SENT_AT_HEADER`).
+    #: When the message was published (the ``predraft_sent_at`` header, :data:`predraft.workers.app.SENT_AT_HEADER`).
     sent_at: datetime | None = None
 
     def retry_pending(self, now: datetime) -> bool:
@@ -244,7 +244,7 @@ def waiting_messages(broker_url: str, queues: Iterable[str], *, limit: int, time
 
 def delivered_messages(broker_url: str, queues: Iterable[str], *, timeout: float = 3.0) -> list[QueuedMessage]:
     """Messages delivered to workers and not yet acknowledged (Redis). Empty for kombu's SQLAlchemy
-    transport, which cannot tell (ask the workers: :mod:`workers.presence`)."""
+    transport, which cannot tell (ask the workers: :mod:`predraft.workers.presence`)."""
     queues = list(queues)
     _check_supported(broker_url)
     if not is_redis(broker_url):
@@ -544,6 +544,6 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _redact(url: str) -> str:
-    from predraft.settings import redact_url
+    from predraft.core.settings import redact_url
 
     return redact_url(url) or ""

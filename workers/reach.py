@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from predraft.settings import Settings, redact_url
-from workers.queues import BrokerUnreachable, ping_broker
+from predraft.core.settings import Settings, redact_url
+from predraft.workers.queues import BrokerUnreachable, ping_broker
 
 
 class Unreachable(RuntimeError):

@@ -58,7 +58,7 @@ _OK, _RAISED, _READY = "ok", "raised", "ready"
 
 
 class FailureReason(StrEnum):
-    """Why a sandboxed call failed (the label values of predraft.metrics.DECODE_FAILURES)."""
+    """Why a sandboxed call failed (the label values of predraft.core.metrics.DECODE_FAILURES)."""
 
     ERROR = "error"  # the call raised: the decoder refused the data (a Rust panic included)
     CRASH = "crash"  # the child died: abort, segmentation fault, killed
@@ -313,7 +313,7 @@ atexit.register(close_all)
 
 #: The child's whole command: the parent's import path, then child_main with the remaining arguments.
 _CHILD_BOOTSTRAP = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
-                    "from workers.sandbox import child_main; child_main(sys.argv[2:])")
+                    "from predraft.workers.sandbox import child_main; child_main(sys.argv[2:])")
 
 
 def child_main(argv: list[str]) -> None:
@@ -391,10 +391,10 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _quieten() -> None:
     """Log warnings and errors only, with every predraft process's hygiene: no library warning carries a value
-    (patient data) into the output (:func:`predraft.library_text.quieten_value_quoting_libraries`)."""
+    (patient data) into the output (:func:`predraft.core.library_text.quieten_value_quoting_libraries`)."""
     import logging
 
-    from predraft.library_text import quieten_value_quoting_libraries
+    from predraft.core.library_text import quieten_value_quoting_libraries
 
     logging.basicConfig(level=logging.WARNING, force=True)
     quieten_value_quoting_libraries()

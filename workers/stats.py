@@ -1,9 +1,9 @@
 """``predraft queue stats``: per queue what waits, runs, waits for a retry and is dead, and the workers online.
 
 Fast whatever the backlog: the broker is counted, never read message by message
-(:func:`workers.queues.queue_counts`), the workers are their heartbeats (:mod:`workers.presence`: nobody
-is waited for), and the dead work is two counting queries. Imports neither Celery nor the ORM, so that
-the command itself starts quickly.
+(:func:`predraft.workers.queues.queue_counts`), the workers are their heartbeats
+(:mod:`predraft.workers.presence`: nobody is waited for), and the dead work is two counting queries. Imports
+neither Celery nor the ORM, so that the command itself starts quickly.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from predraft.settings import Settings, redact_url
-from workers.names import QUEUE_OF_TASK, QUEUES
-from workers.presence import online_workers
-from workers.queues import queue_counts
+from predraft.core.settings import Settings, redact_url
+from predraft.workers.names import QUEUE_OF_TASK, QUEUES
+from predraft.workers.presence import online_workers
+from predraft.workers.queues import queue_counts
 
 #: Dead letters not yet retried, by task.
 _DEAD_LETTERS = "SELECT task_name, COUNT(*) FROM dead_letters WHERE retried_at IS NULL GROUP BY task_name"
@@ -32,7 +32,7 @@ def queue_stats(settings: Settings, *, now: datetime | None = None, timeout: flo
 
     ``running`` is what the broker holds delivered and unacknowledged (Redis), or what the workers say they
     run (kombu's SQLAlchemy transport keeps no such state); ``retries_pending`` the messages whose ETA is
-    ahead (see :data:`workers.queues.RETRY_SCAN_WINDOW`), and on the embedded broker the retries workers hold.
+    ahead (see :data:`predraft.workers.queues.RETRY_SCAN_WINDOW`), and on the embedded broker the retries workers hold.
     """
     now = now or datetime.now(UTC)
     counts = queue_counts(settings.broker_url, QUEUES, now=now, timeout=timeout)

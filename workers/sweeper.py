@@ -3,7 +3,7 @@
 Messages can be lost: a Redis without persistence restarts, a worker is killed while it holds a
 message whose redelivery would wait for the broker's visibility timeout, the listener fails to send
 after committing. The database is the truth about what is due, so the sweeper compares it with the
-broker (:func:`workers.queues.queued_messages`) and re-sends, for rows that have not moved for
+broker (:func:`predraft.workers.queues.queued_messages`) and re-sends, for rows that have not moved for
 ``stale_seconds``:
 
 - an instance ``received`` in a ``ready`` study, with no ``prepare`` message -> ``prepare``;
@@ -29,14 +29,14 @@ from datetime import timedelta
 from celery import Celery
 from sqlalchemy import and_, exists, or_, select, update
 
-from predraft.db import session_scope
-from predraft.events import record_event
-from predraft.schema import DeadLetter, Draft, Export, Instance, Study, utcnow
-from predraft.states import FINISHED_INSTANCE_STATES, ExportState, InstanceState, StudyState
-from workers.app import CLASSIFY, DRAFT, EXPORT, PREPARE, QUEUES
-from workers.dispatch import finish_if_done
-from workers.export_service import abandoned_claim
-from workers.queues import queued_messages
+from predraft.core.db import session_scope
+from predraft.core.events import record_event
+from predraft.core.schema import DeadLetter, Draft, Export, Instance, Study, utcnow
+from predraft.core.states import FINISHED_INSTANCE_STATES, ExportState, InstanceState, StudyState
+from predraft.workers.app import CLASSIFY, DRAFT, EXPORT, PREPARE, QUEUES
+from predraft.workers.dispatch import finish_if_done
+from predraft.workers.export_service import abandoned_claim
+from predraft.workers.queues import queued_messages
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class SweepReport:
 
 def sweep(app: Celery, database_url: str, broker_url: str, *, stale_seconds: float,
           export_retry_max_delay_seconds: float = 600.0) -> SweepReport:
-    """One pass; see the module docstring. Raises :class:`workers.queues.BrokerUnreachable` if the broker
+    """One pass; see the module docstring. Raises :class:`predraft.workers.queues.BrokerUnreachable` if the broker
     cannot be read (nothing is sent then: a broker that cannot be read cannot be trusted to be empty)."""
     cutoff = utcnow() - timedelta(seconds=stale_seconds)
     messages = [message for message in queued_messages(broker_url, QUEUES)

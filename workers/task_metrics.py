@@ -1,6 +1,6 @@
 """Per-task latency for Prometheus: Celery's task_prerun/task_postrun signals in the worker's process.
 
-Connected when :mod:`workers.app` is imported; a process that runs no task never sees the signals.
+Connected when :mod:`predraft.workers.app` is imported; a process that runs no task never sees the signals.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 from celery.signals import task_postrun, task_prerun
 
-from predraft.metrics import TASK_SECONDS
+from predraft.core.metrics import TASK_SECONDS
 
 
 class Stopwatch:

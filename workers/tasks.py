@@ -20,27 +20,28 @@ from sqlalchemy import delete
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from listener.spool import Spool
-from models.card import ModelCard, load_card
-from models.factory import Classifier, load_classifier
-from predraft.clock import as_utc
-from predraft.db import session_scope
-from predraft.events import record_event
-from predraft.library_text import describe_exception, traceback_without_messages
-from predraft.metrics import DECODE_FAILURES, TIME_TO_DRAFT
-from predraft.schema import Instance, Prediction, Study, utcnow
-from predraft.settings import Settings, get_settings
-from predraft.states import FINISHED_INSTANCE_STATES, InstanceState, StudyState
-from workers.app import CLASSIFY, DRAFT, PREPARE
-from workers.batcher import MicroBatcher
-from workers.dead_letters import record_dead_letter
-from workers.dispatch import finish_if_done, reclassify_stale_instances
-from workers.drafting import apply_outcome, draft_study
-from workers.export_service import queue_exports
-from workers.export_task import send_exports
-from workers.gate import GatedInstance, load_gate
-from workers.prepare import HipImage, OutOfScopeError, prepare_bounded
-from workers.sandbox import DecodeFailure, Sandbox, close_all, thread_sandbox
+from predraft.core.clock import as_utc
+from predraft.core.db import session_scope
+from predraft.core.events import record_event
+from predraft.core.library_text import describe_exception, traceback_without_messages
+from predraft.core.metrics import DECODE_FAILURES, TIME_TO_DRAFT
+from predraft.core.schema import Instance, Prediction, Study, utcnow
+from predraft.core.settings import Settings, get_settings
+from predraft.core.states import FINISHED_INSTANCE_STATES, InstanceState, StudyState
+from predraft.listener.spool import Spool
+from predraft.models.card import ModelCard, load_card
+from predraft.models.factory import Classifier, load_classifier
+from predraft.models.prepare import HipImage, OutOfScopeError
+from predraft.workers.app import CLASSIFY, DRAFT, PREPARE
+from predraft.workers.batcher import MicroBatcher
+from predraft.workers.dead_letters import record_dead_letter
+from predraft.workers.dispatch import finish_if_done, reclassify_stale_instances
+from predraft.workers.drafting import apply_outcome, draft_study
+from predraft.workers.export_service import queue_exports
+from predraft.workers.export_task import send_exports
+from predraft.workers.gate import GatedInstance, load_gate
+from predraft.workers.prepare import prepare_bounded
+from predraft.workers.sandbox import DecodeFailure, Sandbox, close_all, thread_sandbox
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def _finish_instance(instance_id: int, state: InstanceState, error: str, gated: 
 
 
 #: Modules the prepare sandbox's child imports before its first image (so that no image pays for them).
-_PREPARE_PRELOAD = ("workers.prepare",)
+_PREPARE_PRELOAD = ("predraft.models.prepare",)
 
 # The prepare sandboxes' children end with the worker (atexit covers a plain exit; PR_SET_PDEATHSIG a kill).
 worker_shutdown.connect(close_all, weak=False)
@@ -202,7 +203,7 @@ def classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]]
     probabilities = batcher.predict(np.stack([hip.pixels for hip in hips])) if hips else []
     with session_scope(settings.database_url) as session:
         # Every earlier prediction goes, another model's too: an instance holds the predictions of the model
-        # that last classified it (see workers.dispatch.reclassify_stale_instances).
+        # that last classified it (see predraft.workers.dispatch.reclassify_stale_instances).
         session.execute(delete(Prediction).where(Prediction.instance_id == instance_id))
         for hip, row in zip(hips, probabilities, strict=True):
             scores = {cls.value: float(p) for cls, p in zip(card.classes, row, strict=True)}
@@ -227,7 +228,7 @@ def _write_draft(session: Session, *, study: Study, generation: int, settings: S
     draft); (None, [], None) when no draft was made. A drafting error leaves the study in ERROR, unless it
     was re-opened or drafted meanwhile. Neither its error text nor the log holds the message of an exception
     raised inside a library (pydicom, highdicom, jinja2... may quote a patient's values): only its type and
-    place (:func:`predraft.library_text.describe_exception`), and the traceback without messages.
+    place (:func:`predraft.core.library_text.describe_exception`), and the traceback without messages.
     """
     try:
         outcome = draft_study(session, study=study, generation=generation, model=card,

@@ -1,13 +1,13 @@
 """DICOMweb on the HTTP app (PS3.18): STOW-RS in, QIDO-RS and WADO-RS out. :data:`router` is what
 :mod:`predraft.http` includes.
 
-Every route needs a bearer token or basic auth (:mod:`listener.dicomweb.auth`).
+Every route needs a bearer token or basic auth (:mod:`predraft.listener.dicomweb.auth`).
 
 * STOW-RS ``POST /dicomweb/studies[/{study}]`` (:mod:`.stow`): a ``multipart/related;
   type="application/dicom"`` body whose parts are DICOM Part 10 files. The body is checked against
   ``dicomweb_max_upload_bytes`` (Content-Length first, then while it is read, chunked or not) and copied
   to an unlinked temporary file beside the spool, never held in memory whole (:mod:`.multipart`); then
-  each part goes to :class:`listener.receive.Receiver`, which checks it is whole, spools it (fsync,
+  each part goes to :class:`predraft.listener.receive.Receiver`, which checks it is whole, spools it (fsync,
   atomic rename) and records it before the response says it is stored. The response is a Store
   Instances Response Module (DICOM JSON) with ReferencedSOPSequence and FailedSOPSequence (failure
   reasons: :mod:`.status`); 200 when all were stored, 202 when some failed, 409 when none was stored,
@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from listener.dicomweb import qido, stow, wado
-from listener.dicomweb.auth import authenticate
-from listener.dicomweb.common import PREFIX
+from predraft.listener.dicomweb import qido, stow, wado
+from predraft.listener.dicomweb.auth import authenticate
+from predraft.listener.dicomweb.common import PREFIX
 
 router = APIRouter(prefix=PREFIX, tags=["dicomweb"], dependencies=[Depends(authenticate)])
 for _routes in (stow.router, qido.router, wado.router):

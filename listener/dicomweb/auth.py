@@ -22,7 +22,7 @@ from http import HTTPStatus
 from fastapi import HTTPException, Request
 from pydantic import SecretStr
 
-from predraft.settings import Settings
+from predraft.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

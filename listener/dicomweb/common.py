@@ -10,9 +10,9 @@ from typing import Any
 
 from fastapi import HTTPException, Request, Response
 
-from listener.dicomweb.auth import DicomwebUser
-from listener.spool import check_uid
-from predraft.settings import Settings
+from predraft.core.settings import Settings
+from predraft.listener.dicomweb.auth import DicomwebUser
+from predraft.listener.spool import check_uid
 
 log = logging.getLogger(__name__)
 

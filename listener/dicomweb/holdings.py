@@ -11,7 +11,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from predraft.schema import Draft, Instance, Series, Study
+from predraft.core.schema import Draft, Instance, Series, Study
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from listener.dicomweb.common import APPLICATION_DICOM, MULTIPART_RELATED, DicomwebError
+from predraft.listener.dicomweb.common import APPLICATION_DICOM, MULTIPART_RELATED, DicomwebError
 
 #: RFC 2046 (section 5.1.1) limits boundaries that senders *generate* to 70 characters; real senders
 #: exceed it (Orthanc's DICOMweb plugin sends "<uuid>-<uuid>", 73 characters), so a receiver accepts

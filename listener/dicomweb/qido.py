@@ -10,11 +10,11 @@ from fastapi import APIRouter, Request, Response
 from pydicom.dataset import Dataset
 from sqlalchemy import ColumnElement, exists, or_, select
 
-from listener.dicomweb.common import dicom_json, path_uid, settings_of, studies_url_of
-from listener.dicomweb.holdings import InstanceEntry, SeriesEntry, find_study, study_series
-from listener.dicomweb.query import Match, Query, parse_query
-from predraft.db import session_scope
-from predraft.schema import Draft, Series, Study
+from predraft.core.db import session_scope
+from predraft.core.schema import Draft, Series, Study
+from predraft.listener.dicomweb.common import dicom_json, path_uid, settings_of, studies_url_of
+from predraft.listener.dicomweb.holdings import InstanceEntry, SeriesEntry, find_study, study_series
+from predraft.listener.dicomweb.query import Match, Query, parse_query
 
 router = APIRouter()
 

@@ -17,7 +17,7 @@ from fastapi import HTTPException, Request
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from sqlalchemy import ColumnElement, and_
 
-from predraft import metrics
+from predraft.core import metrics
 
 #: Query parameters of PS3.18 that are no attribute match: paging, fields, fuzzy matching, and the accept and
 #: charset parameters (8.3.3.1-2) that stand for the request's headers (the response is DICOM JSON in UTF-8).

@@ -1,9 +1,9 @@
 """The Failure Reason (0008,1197) values of a STOW-RS Store Instances Response (PS3.18 Table I.2-2), and
-the one for each :class:`listener.receive.ReceiveStatus` that is a failure."""
+the one for each :class:`predraft.listener.receive.ReceiveStatus` that is a failure."""
 
 from __future__ import annotations
 
-from listener.receive import ReceiveStatus
+from predraft.listener.receive import ReceiveStatus
 
 FAILURE_OUT_OF_RESOURCES = 0xA700
 FAILURE_SOP_CLASS_MISMATCH = 0xA900

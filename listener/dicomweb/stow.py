@@ -1,4 +1,4 @@
-"""STOW-RS: ``POST /dicomweb/studies[/{study}]``, each part handed to :class:`listener.receive.Receiver`
+"""STOW-RS: ``POST /dicomweb/studies[/{study}]``, each part handed to :class:`predraft.listener.receive.Receiver`
 (which checks the data set, truncation included, then spools and records it), and the Store Instances
 Response Module (DICOM JSON) that answers: 200 when all were stored, 202 when some failed, 409 when
 none was."""
@@ -20,8 +20,11 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from listener.dicomweb.auth import DicomwebUser, authenticate
-from listener.dicomweb.common import (
+from predraft.core import metrics
+from predraft.core.db import session_scope
+from predraft.core.schema import Instance, Series
+from predraft.listener.dicomweb.auth import DicomwebUser, authenticate
+from predraft.listener.dicomweb.common import (
     APPLICATION_DICOM,
     DicomwebError,
     dicom_json,
@@ -30,13 +33,10 @@ from listener.dicomweb.common import (
     settings_of,
     studies_url_of,
 )
-from listener.dicomweb.multipart import Part, copy_body, declared_length, split_multipart, stow_boundary
-from listener.dicomweb.status import FAILURE_CANNOT_UNDERSTAND, FAILURE_REASON_OF, FAILURE_STUDY_UID_MISMATCH
-from listener.ingest import received_uid
-from listener.receive import STOW, Receiver
-from predraft import metrics
-from predraft.db import session_scope
-from predraft.schema import Instance, Series
+from predraft.listener.dicomweb.multipart import Part, copy_body, declared_length, split_multipart, stow_boundary
+from predraft.listener.dicomweb.status import FAILURE_CANNOT_UNDERSTAND, FAILURE_REASON_OF, FAILURE_STUDY_UID_MISMATCH
+from predraft.listener.ingest import received_uid
+from predraft.listener.receive import STOW, Receiver
 
 log = logging.getLogger(__name__)
 router = APIRouter()

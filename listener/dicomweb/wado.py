@@ -2,7 +2,7 @@
 transcoding: each part's Content-Type names its transfer syntax), and ``.../metadata``: their headers
 as DICOM JSON.
 
-``.../metadata`` holds each stored file to the bounds a received one is held to (:mod:`listener.bounds`)
+``.../metadata`` holds each stored file to the bounds a received one is held to (:mod:`predraft.listener.bounds`)
 before pydicom reads it (its size first, then a walk of the file mapped read-only, never read whole; pydicom
 then reads its header only, and what it read is measured again), and never fails for one file: an instance
 that crosses a bound (stored before the bounds existed) or cannot be read is left out and named in a
@@ -24,18 +24,18 @@ import pydicom
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 
-from listener.bounds import BoundCrossed, Bounds
-from listener.dicomweb.common import (
+from predraft.core import metrics
+from predraft.core.db import session_scope
+from predraft.listener.bounds import BoundCrossed, Bounds
+from predraft.listener.dicomweb.common import (
     APPLICATION_DICOM,
     MULTIPART_RELATED,
     dicom_json,
     path_uid,
     settings_of,
 )
-from listener.dicomweb.holdings import InstanceEntry, find_study, study_series
-from listener.dicomweb.multipart import stream_parts
-from predraft import metrics
-from predraft.db import session_scope
+from predraft.listener.dicomweb.holdings import InstanceEntry, find_study, study_series
+from predraft.listener.dicomweb.multipart import stream_parts
 
 log = logging.getLogger(__name__)
 router = APIRouter()

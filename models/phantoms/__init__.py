@@ -4,7 +4,7 @@ Public API:
 
 * ``write_phantom_dataset(out_dir, *, studies, seed, size=900, jobs=1) -> Path``: a data set of DICOM
   studies and its ``labels.csv`` (columns ``patient,study,image,side,class,view``); deterministic in
-  ``seed``. See models.phantoms.dataset for the plans, the class balance and the CSV's contract.
+  ``seed``. See predraft.models.phantoms.dataset for the plans, the class balance and the CSV's contract.
 * ``summarise_labels(labels) -> LabelsSummary``: patients, studies, images and hips per class of a CSV.
 * ``write_demo_study(out_dir, *, seed=0) -> list[PhantomImage]``: the three-view demo study (AP pelvis,
   right frog-leg, right cross-table lateral; right THA, native left hip) that ``predraft demo`` sends.
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.phantoms.anatomy import sample_anatomy
-from models.phantoms.dataset import (
+from predraft.models.phantoms.anatomy import sample_anatomy
+from predraft.models.phantoms.dataset import (
     DEFAULT_SIZE,
     LABEL_COLUMNS,
     LABELS_NAME,
@@ -34,9 +34,9 @@ from models.phantoms.dataset import (
     write_demo_study,
     write_phantom_dataset,
 )
-from models.phantoms.hardware import build_implant
-from models.phantoms.render import Acquisition, render
-from models.taxonomy import HardwareClass, Side, View
+from predraft.models.phantoms.hardware import build_implant
+from predraft.models.phantoms.render import Acquisition, render
+from predraft.models.taxonomy import HardwareClass, Side, View
 
 
 def render_picture(hardware: HardwareClass | str, *, view: View | str = View.AP_HIP, side: Side | str = Side.RIGHT,

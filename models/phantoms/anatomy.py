@@ -1,7 +1,7 @@
 """A patient's schematic anatomy: femurs as 3-D parts, pelvis, spine and soft tissue per view.
 
 Contract: ``sample_anatomy(rng)`` draws one patient's proportions (the same for every image of the
-patient). ``Femur`` holds one femur's landmarks in the patient frame (models.phantoms.parts: X to the
+patient). ``Femur`` holds one femur's landmarks in the patient frame (predraft.models.phantoms.parts: X to the
 patient's left, Y to the feet, Z anterior; millimetres, the midpoint of the femoral heads at the
 origin) and ``femur_parts`` turns them into bone parts, resected as an implant requires.
 ``draw_background`` paints the broad, smooth anatomy (soft tissue, the flat bones of the pelvis, the
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.phantoms import geometry
-from models.phantoms.camera import Camera, Pose
-from models.phantoms.parts import (
+from predraft.models.phantoms import geometry
+from predraft.models.phantoms.camera import Camera, Pose
+from predraft.models.phantoms.parts import (
     BONE,
     MU_CORTICAL,
     MU_TRABECULAR,
@@ -30,7 +30,7 @@ from models.phantoms.parts import (
     unit,
     vec,
 )
-from models.taxonomy import Side, View
+from predraft.models.taxonomy import Side, View
 
 #: How much of the femur an implant removed.
 INTACT, HEAD_RESECTED, GIRDLESTONE = "intact", "head_resected", "girdlestone"

@@ -1,12 +1,12 @@
-"""Orthographic projection of parts (models.phantoms.parts) onto the layers of one image.
+"""Orthographic projection of parts (predraft.models.phantoms.parts) onto the layers of one image.
 
 Contract: a ``Camera`` maps patient millimetres to pixels: image x along ``u``, image y along ``v``
 (both unit vectors in the patient's frame), the beam along ``w`` = u x v, ``centre`` landing on the
 image's centre, ``px_per_mm`` pixels per millimetre. A ``Pose`` turns the femur about the centre of
 its head (a frog-leg's abduction and rotation). ``Layers`` holds the four float32 layers an image is
 built from: tissue (superposed), bone, cement and metal (each max-composited, so one bone or implant
-shows no seams where its parts meet). Drawing is delegated to models.phantoms.geometry and stays inside each part's
-bounding box.
+shows no seams where its parts meet). Drawing is delegated to predraft.models.phantoms.geometry and stays
+inside each part's bounding box.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from functools import cached_property
 
 import numpy as np
 
-from models.phantoms import geometry
-from models.phantoms.parts import BONE, CEMENT, FEMUR, METAL, TISSUE, Part, Ring, Rod, Slab, Sphere, Vec, unit
+from predraft.models.phantoms import geometry
+from predraft.models.phantoms.parts import BONE, CEMENT, FEMUR, METAL, TISSUE, Part, Ring, Rod, Slab, Sphere, Vec, unit
 
 _LETTERS = (("R", "L"), ("H", "F"), ("P", "A"))  # negative and positive direction of X, Y, Z
 

@@ -6,7 +6,7 @@ Contract of ``write_phantom_dataset(out_dir, studies=N, seed=S)``:
   and ``out_dir/labels.csv`` with the columns ``patient,study,image,side,class,view``: one row per
   (image, hip it shows): an AP pelvis gives two rows (right, left), every other view one. ``image`` is
   the file's path relative to ``out_dir`` (POSIX separators), ``study`` the StudyInstanceUID, ``class``
-  a models.taxonomy.HardwareClass value, ``view`` a View value. Rows follow the study plan order.
+  a predraft.models.taxonomy.HardwareClass value, ``view`` a View value. Rows follow the study plan order.
 * Patients: most have one study, about a fifth two (same hardware, another date and plan), so a
   patient-level split is meaningful. Each patient has an operated side whose class is drawn uniformly
   over the nine classes; the other hip is ``none`` in 80 % of patients and otherwise has its own class.
@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 from pydicom.uid import generate_uid
 
-from models.phantoms.anatomy import Anatomy, sample_anatomy
-from models.phantoms.dicom import (
+from predraft.models.phantoms.anatomy import Anatomy, sample_anatomy
+from predraft.models.phantoms.dicom import (
     Encoding,
     Study,
     TagProfile,
@@ -45,9 +45,9 @@ from models.phantoms.dicom import (
     sample_profile,
     write_dataset,
 )
-from models.phantoms.hardware import Implant, build_implant
-from models.phantoms.render import Acquisition, render, sample_acquisition
-from models.taxonomy import CLASS_ORDER, HardwareClass, Side, View
+from predraft.models.phantoms.hardware import Implant, build_implant
+from predraft.models.phantoms.render import Acquisition, render, sample_acquisition
+from predraft.models.taxonomy import CLASS_ORDER, HardwareClass, Side, View
 
 LABEL_COLUMNS = ("patient", "study", "image", "side", "class", "view")
 LABELS_NAME = "labels.csv"

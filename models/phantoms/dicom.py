@@ -7,7 +7,7 @@ send), equipment, view (ViewPosition, codes of PS3.16 CID 4010/4011/4012, latera
 PatientOrientation), pixel spacing, VOI windows (one or two), rescale (DX always, CR sometimes),
 PresentationLUTShape, MONOCHROME1 or MONOCHROME2, BitsStored 10 to 16 in 16 allocated bits. Which
 tags are present varies as in real data: some view tags are dropped or are free text, yet what is left
-always lets models.views.classify_view decide the true view and side (every dataset is checked; a
+always lets predraft.models.views.classify_view decide the true view and side (every dataset is checked; a
 profile that would mislead it falls back to the full, canonical tag set, and ``TagProfile.fallback``
 says so). ``write_dataset`` writes explicit VR little endian with a conformant file meta header.
 
@@ -33,8 +33,8 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
 )
 
-from models.taxonomy import Side, View
-from models.views import ANTERO_POSTERIOR, CROSSTABLE, DANELIUS_MILLER, LAUENSTEIN, classify_view
+from predraft.models.taxonomy import Side, View
+from predraft.models.views import ANTERO_POSTERIOR, CROSSTABLE, DANELIUS_MILLER, LAUENSTEIN, classify_view
 
 SOP_CLASSES = {"CR": ComputedRadiographyImageStorage, "DX": DigitalXRayImageStorageForPresentation}
 _LATERAL_VIEW = ("SCT", "399067008")

@@ -1,6 +1,6 @@
 """Hip hardware, one builder per hardware class, as 3-D parts placed on a patient's femur.
 
-Contract: ``build_implant(hardware, femur, rng)`` returns an ``Implant``: its parts (models.phantoms.parts,
+Contract: ``build_implant(hardware, femur, rng)`` returns an ``Implant``: its parts (predraft.models.phantoms.parts,
 in the patient frame, femur-attached unless they sit in the pelvis) and how much of the femur it
 resected. The design (sizes, angles, screw counts) comes from ``rng`` alone, so a patient's implant is
 the same on every view and every study. Geometry follows the real devices; what tells the classes
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.phantoms.anatomy import GIRDLESTONE, HEAD_RESECTED, INTACT, Femur, rotation
-from models.phantoms.parts import (
+from predraft.models.phantoms.anatomy import GIRDLESTONE, HEAD_RESECTED, INTACT, Femur, rotation
+from predraft.models.phantoms.parts import (
     CEMENT,
     MU_BEAD,
     MU_CEMENT,
@@ -48,7 +48,7 @@ from models.phantoms.parts import (
     unit,
     vec,
 )
-from models.taxonomy import HardwareClass
+from predraft.models.taxonomy import HardwareClass
 
 
 @dataclass(frozen=True, eq=False)

@@ -3,7 +3,7 @@
 Contract: the frame is X toward the patient's left, Y toward the feet, Z anterior; every part is a
 frozen value with its attenuation per millimetre (``mu``) and the layer it belongs to. A part is
 ``attached`` to the femur (it moves with the femur's pose in a frog-leg) or to the pelvis (an
-acetabular cup, its screws). Parts know nothing of cameras or pixels; models.phantoms.camera projects
+acetabular cup, its screws). Parts know nothing of cameras or pixels; predraft.models.phantoms.camera projects
 them.
 
 Attenuation units (per mm of path; the renderer maps the sum A to a display value 1 - exp(-A / 2.2)):

@@ -21,13 +21,13 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from models.phantoms import camera as cameras
-from models.phantoms import geometry
-from models.phantoms.anatomy import INTACT, Anatomy, draw_background, draw_joint_lines, femur_parts, femur_pose
-from models.phantoms.camera import Camera, Layers, Pose
-from models.phantoms.hardware import Implant
-from models.phantoms.parts import MU_STEEL, MU_TITANIUM, PELVIS, Part, Rod, Thread, vec
-from models.taxonomy import Side, View
+from predraft.models.phantoms import camera as cameras
+from predraft.models.phantoms import geometry
+from predraft.models.phantoms.anatomy import INTACT, Anatomy, draw_background, draw_joint_lines, femur_parts, femur_pose
+from predraft.models.phantoms.camera import Camera, Layers, Pose
+from predraft.models.phantoms.hardware import Implant
+from predraft.models.phantoms.parts import MU_STEEL, MU_TITANIUM, PELVIS, Part, Rod, Thread, vec
+from predraft.models.taxonomy import Side, View
 
 #: Display value = 1 - exp(-attenuation / DISPLAY_SCALE) (before exposure variation).
 DISPLAY_SCALE = 2.2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from pydantic import ValidationError
 
-from predraft.settings import Settings, get_settings
+from predraft.core.settings import Settings, get_settings
 
 
 def load_settings() -> Settings:
@@ -20,7 +20,7 @@ def load_settings_with_schema() -> Settings:
     """Settings for a service command, after checking the database schema is current."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from predraft.db import SchemaError, check_schema
+    from predraft.core.db import SchemaError, check_schema
 
     settings = load_settings()
     try:

@@ -14,8 +14,8 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True, help="Alembic revision to upgrade to.")
 def upgrade(revision: str) -> None:
     """Apply the schema migrations."""
-    from predraft import db as database
-    from predraft.settings import redact_url
+    from predraft.core import db as database
+    from predraft.core.settings import redact_url
 
     settings = load_settings()
     database.upgrade(settings.database_url, revision)

@@ -36,10 +36,10 @@ def evaluate_real(labels: Path, images_dir: Path, out_dir: Path, gate_card: Path
     the same crops; hip model: how often it reads or drafts hardware on hips without any. 95 % CIs from a
     bootstrap over groups.
     """
-    from models.card import ModelCardError
-    from models.taskdata import TaskLabelsError
     from predraft.evaluate_real import EvaluateRealError, summary_lines
     from predraft.evaluate_real import evaluate_real as run_evaluation
+    from predraft.models.card import ModelCardError
+    from predraft.models.taskdata import TaskLabelsError
 
     try:
         metrics = run_evaluation(labels, images_dir, out_dir, gate_card=gate_card, model_card=model_card,

@@ -17,7 +17,7 @@ def models() -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 def make_untrained(out_dir: Path, architecture: str, input_size: int, seed: int) -> None:
     """Write random (untrained) weights and their card: a stand-in until trained weights exist."""
-    from models.factory import write_untrained_model
+    from predraft.models.factory import write_untrained_model
 
     try:
         card_path = write_untrained_model(out_dir, architecture=architecture, input_size=input_size, seed=seed)
@@ -30,7 +30,7 @@ def make_untrained(out_dir: Path, architecture: str, input_size: int, seed: int)
 @click.argument("card", type=click.Path(dir_okay=False, path_type=Path))
 def check(card: Path) -> None:
     """Validate a model card and the sha256 of its weights."""
-    from models.card import ModelCardError, load_card
+    from predraft.models.card import ModelCardError, load_card
 
     try:
         model, weights = load_card(card)

@@ -16,8 +16,8 @@ from typing import Any
 import click
 
 from predraft.cli.common import load_settings
-from predraft.clock import as_utc
-from predraft.settings import Settings
+from predraft.core.clock import as_utc
+from predraft.core.settings import Settings
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -37,7 +37,7 @@ class UnreachableError(click.ClickException):
 def reachable_settings() -> Settings:
     """The settings, once the broker and the database have both answered (else exit 2, naming which one
     by its URL without password)."""
-    from workers.reach import Unreachable, check_reachable
+    from predraft.workers.reach import Unreachable, check_reachable
 
     settings = load_settings()
     try:

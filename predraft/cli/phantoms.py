@@ -1,4 +1,4 @@
-"""``predraft phantoms``: write a synthetic, labelled data set of hip radiographs (models.phantoms)."""
+"""``predraft phantoms``: write a synthetic, labelled data set of hip radiographs (predraft.models.phantoms)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import click
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1), help="Processes to render with.")
 def phantoms(out_dir: Path, studies: int, seed: int, size: int, jobs: int) -> None:
     """Write STUDIES synthetic DICOM studies and their labels.csv into OUT_DIR."""
-    from models.phantoms import summarise_labels, write_phantom_dataset
+    from predraft.models.phantoms import summarise_labels, write_phantom_dataset
 
     try:
         labels = write_phantom_dataset(out_dir, studies=studies, seed=seed, size=size, jobs=jobs)

@@ -1,4 +1,4 @@
-"""``predraft queue ...``: what the task queues hold, and mending what is stuck (services in workers.admin).
+"""``predraft queue ...``: what the task queues hold, and mending what is stuck (services in predraft.workers.admin).
 
 Item IDs: ``D<n>`` a dead letter, ``E<n>`` an export (failed or dead), anything else a Celery task id.
 """
@@ -17,9 +17,9 @@ from predraft.cli.output import (
     print_workers,
     reachable_settings,
 )
-from workers.names import QUEUES as QUEUE_NAMES
+from predraft.workers.names import QUEUES as QUEUE_NAMES
 
-#: workers.admin.STATES, literal here so that the CLI starts without importing Celery and the ORM
+#: predraft.workers.admin.STATES, literal here so that the CLI starts without importing Celery and the ORM
 #: (tests/unit/test_admin_cli.py checks that they agree).
 STATE_NAMES = ("waiting", "running", "failed", "dead")
 
@@ -35,7 +35,7 @@ def stats_command(as_json: bool) -> int:
     """Per queue: waiting, running, retries pending, dead, oldest waiting; the workers online (heartbeats).
 
     Exit 1 when work is dead or a queue has no online worker."""
-    from workers.stats import queue_stats
+    from predraft.workers.stats import queue_stats
 
     settings = reachable_settings()
     stats = queue_stats(settings)
@@ -61,7 +61,7 @@ def stats_command(as_json: bool) -> int:
 @json_option
 def list_command(queue_name: str | None, state: str | None, limit: int, as_json: bool) -> int:
     """List work items: dead, failed (a retry is due), running, waiting. Exit 1 when some are dead."""
-    from workers.admin import list_work
+    from predraft.workers.admin import list_work
 
     settings = reachable_settings()
     items = list_work(settings, queue=queue_name, state=state, limit=limit)
@@ -90,7 +90,7 @@ def _first_line(text: str | None, width: int = 70) -> str:
 @json_option
 def show_command(item_id: str, as_json: bool) -> int:
     """Show one item: D<n> (dead letter), E<n> (export) or a task id. Exit 1 when it is dead or unknown."""
-    from workers.admin import show_work
+    from predraft.workers.admin import show_work
 
     settings = reachable_settings()
     item = show_work(settings, item_id)
@@ -117,8 +117,8 @@ def show_command(item_id: str, as_json: bool) -> int:
 @json_option
 def retry_command(item_id: str | None, all_dead: bool, as_json: bool) -> int:
     """Send dead work again: ID is D<n> (a dead letter) or E<n> (a dead export). Exit 1 if one is refused."""
-    from workers.admin import RetryRefused, dead_item_ids, retry_work
-    from workers.app import create_celery
+    from predraft.workers.admin import RetryRefused, dead_item_ids, retry_work
+    from predraft.workers.app import create_celery
 
     if (item_id is None) == (not all_dead):
         raise click.UsageError("give one ID, or --all-dead")
@@ -154,9 +154,9 @@ def retry_command(item_id: str | None, all_dead: bool, as_json: bool) -> int:
 def purge_command(queue_name: str, yes: bool, as_json: bool) -> int:
     """Delete the messages waiting in QUEUE from the broker. Spool files and database rows are kept; the
     sweeper sends again the work the database still says is pending."""
-    from predraft.settings import redact_url
-    from workers.admin import purge_queue, waiting_count
-    from workers.app import create_celery
+    from predraft.core.settings import redact_url
+    from predraft.workers.admin import purge_queue, waiting_count
+    from predraft.workers.app import create_celery
 
     settings = reachable_settings()
     note = (f"spool files and database rows are kept; the listener's sweeper sends pending work again once it "

@@ -9,8 +9,8 @@ import click
 from predraft.cli.common import load_settings, load_settings_with_schema
 
 if TYPE_CHECKING:
+    from predraft.core.settings import Settings
     from predraft.serve import StopSignals
-    from predraft.settings import Settings
 
 
 @click.command()
@@ -31,7 +31,7 @@ def serve(run_demo: bool) -> int:
 
 def _prepared_settings() -> Settings:
     """The settings, with logging configured and the environment prepared (migrations, queues, model)."""
-    from predraft.bootstrap import configure_logging
+    from predraft.core.bootstrap import configure_logging
     from predraft.serve import prepare_environment
 
     settings = load_settings()
@@ -68,7 +68,7 @@ def _supervise(settings: Settings, signals: StopSignals, run_demo: bool) -> int:
 
 
 def _announce(settings: Settings, run_demo: bool) -> None:
-    from predraft.settings import redact_url
+    from predraft.core.settings import redact_url
 
     click.echo(
         f"predraft is up: DICOM {settings.ae_title}@{settings.dimse_host}:{settings.dimse_port}, "
@@ -90,17 +90,17 @@ def listen() -> None:
     """Run the DIMSE listener and the study-stability monitor."""
     import tempfile
 
-    from listener.dimse import start_dimse_server
-    from listener.spool import Spool
-    from listener.stability import StabilityMonitor
-    from predraft.bootstrap import configure_logging, wait_for_stop_signal
-    from predraft.metrics import serve_metrics
-    from workers.app import QUEUES, create_celery
-    from workers.queues import declare_queues
+    from predraft.core.bootstrap import configure_logging, wait_for_stop_signal
+    from predraft.core.metrics import serve_metrics
+    from predraft.listener.dimse import start_dimse_server
+    from predraft.listener.spool import Spool
+    from predraft.workers.app import QUEUES, create_celery
+    from predraft.workers.queues import declare_queues
+    from predraft.workers.stability import StabilityMonitor
 
     settings = load_settings_with_schema()
     configure_logging(settings)
-    # C-STOREs are received into files (listener.dimse); keep those on the spool's file system so that
+    # C-STOREs are received into files (predraft.listener.dimse); keep those on the spool's file system so that
     # a finished instance is renamed into the spool, not copied.
     tempfile.tempdir = str(Spool(settings.spool_dir).receiving_dir())
     server = start_dimse_server(settings)
@@ -126,11 +126,11 @@ def listen() -> None:
               help="Port of this worker's Prometheus endpoint (default from settings; 0: none).")
 def worker(queues: str, concurrency: int | None, metrics_port: int | None) -> None:
     """Run a Celery worker on the given queues."""
-    from models.card import ModelCardError, load_card
-    from predraft.bootstrap import configure_logging
-    from predraft.metrics import serve_metrics
-    from reporting.text import TemplateCheckError, check_templates
-    from workers.app import QUEUES, create_celery
+    from predraft.core.bootstrap import configure_logging
+    from predraft.core.metrics import serve_metrics
+    from predraft.models.card import ModelCardError, load_card
+    from predraft.reporting.text import TemplateCheckError, check_templates
+    from predraft.workers.app import QUEUES, create_celery
 
     settings = load_settings_with_schema()
     configure_logging(settings)
@@ -140,8 +140,8 @@ def worker(queues: str, concurrency: int | None, metrics_port: int | None) -> No
     try:
         load_card(settings.model_card_path, verify_weights="classify" in queues)
         if "prepare" in queues:  # the gate card, its weights and its tasks, checked here (without torch)
-            from models.scope import check_gate_card
-            from models.taskcard import load_task_card
+            from predraft.models.scope import check_gate_card
+            from predraft.models.taskcard import load_task_card
 
             check_gate_card(load_task_card(settings.gate_card_path)[0])
         if "draft" in queues:
@@ -166,7 +166,7 @@ def web() -> None:
     """Run the HTTP app."""
     import uvicorn
 
-    from predraft.bootstrap import configure_logging
+    from predraft.core.bootstrap import configure_logging
     from predraft.http import create_app
 
     settings = load_settings_with_schema()

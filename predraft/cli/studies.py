@@ -1,5 +1,6 @@
-"""``predraft studies ...``: studies, their drafts and exports; redraft and resend (services in predraft.studies,
-workers.dispatch and workers.export_service). Exit codes as every admin command: predraft.cli.output."""
+"""``predraft studies ...``: studies, their drafts and exports; redraft and resend (services in
+predraft.core.studies, predraft.workers.dispatch and predraft.workers.export_service). Exit codes as every admin
+command: predraft.cli.output."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from datetime import datetime
 import click
 
 from predraft.cli.output import EXIT_OK, EXIT_PROBLEMS, SinceType, print_table, reachable_settings
-from predraft.states import StudyState
+from predraft.core.states import StudyState
 
 
 @click.group()
@@ -26,8 +27,8 @@ def studies() -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
 def list_command(state: str | None, since: datetime | None, limit: int, as_json: bool) -> int:
     """List studies, newest first. Exit 1 when one listed is in error."""
-    from predraft.db import session_scope
-    from predraft.studies import list_studies
+    from predraft.core.db import session_scope
+    from predraft.core.studies import list_studies
 
     settings = reachable_settings()
     with session_scope(settings.database_url) as session:
@@ -50,8 +51,8 @@ def list_command(state: str | None, since: datetime | None, limit: int, as_json:
 def show_command(study_uid: str, as_json: bool) -> int:
     """Show a study: its instances, their states and the draft text. Exit 1 when the study is in error or an
     export of its draft is dead."""
-    from predraft.db import session_scope
-    from predraft.studies import study_detail
+    from predraft.core.db import session_scope
+    from predraft.core.studies import study_detail
 
     settings = reachable_settings()
     with session_scope(settings.database_url) as session:
@@ -115,10 +116,10 @@ def _echo_exports(exports: list[dict]) -> None:
 def resend_command(study_uid: str, destination_name: str | None, as_json: bool) -> int:
     """Send the study's latest SR (its draft, or the report its review issued) again to every destination (or one)."""
     settings = reachable_settings()  # first: exit 2 at once when the broker or the database is away
-    from predraft.db import session_scope
-    from workers.app import create_celery
-    from workers.export_service import NothingToResend, requeue_latest_draft
-    from workers.export_task import send_exports
+    from predraft.core.db import session_scope
+    from predraft.workers.app import create_celery
+    from predraft.workers.export_service import NothingToResend, requeue_latest_draft
+    from predraft.workers.export_task import send_exports
 
     if destination_name is not None:
         try:
@@ -152,8 +153,8 @@ def resend_command(study_uid: str, destination_name: str | None, as_json: bool) 
 def redraft_command(study_uid: str, as_json: bool) -> int:
     """Draft a finished study again under a new generation: its new SR supersedes the previous draft (and is
     exported like any draft). Refused while the study is still on its way to a draft."""
-    from workers.app import create_celery
-    from workers.dispatch import CannotRedraft, redraft_study
+    from predraft.workers.app import create_celery
+    from predraft.workers.dispatch import CannotRedraft, redraft_study
 
     settings = reachable_settings()
     app = create_celery(settings)

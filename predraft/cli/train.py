@@ -42,9 +42,9 @@ def train(data: Path, out_dir: Path, architecture: str, input_size: int, head_ep
     """
     from pydantic import ValidationError
 
-    from models.datasets import LabelsError
-    from models.training import TrainingConfig, TrainingError
-    from models.training import train as run_training
+    from predraft.models.datasets import LabelsError
+    from predraft.models.training import TrainingConfig, TrainingError
+    from predraft.models.training import train as run_training
 
     try:
         config = TrainingConfig(
@@ -87,9 +87,9 @@ def evaluate(model: Path, data: Path, out_dir: Path, split_file: Path | None, sp
              seed: int, device: str, batch_size: int, cache_dir: Path | None) -> None:
     """Evaluate the model card MODEL on DATA: accuracy, kappa, per-class metrics and AUC with 95 % CIs,
     confusion matrix and ROC curves, per image and per study after aggregation across views."""
-    from models.card import ModelCardError
-    from models.datasets import LabelsError
     from predraft.evaluate import evaluate_model, summary_lines
+    from predraft.models.card import ModelCardError
+    from predraft.models.datasets import LabelsError
 
     try:
         result = evaluate_model(model, data, out_dir, device=device, batch_size=batch_size, n_bootstrap=n_bootstrap,

@@ -58,8 +58,8 @@ def train_task(labels: Path, images_dir: Path, out_dir: Path, tasks: tuple[str, 
     """
     from pydantic import ValidationError
 
-    from models.taskdata import TaskLabelsError
-    from models.tasktraining import TaskTrainingConfig, train_task_model
+    from predraft.models.taskdata import TaskLabelsError
+    from predraft.models.tasktraining import TaskTrainingConfig, train_task_model
 
     gate_task, _, gate_class = gate.partition("=") if gate else (None, "", None)
     binary = dict(value.partition("=")[::2] for value in binaries)

@@ -32,8 +32,8 @@ def users() -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input (for scripts).")
 def add_command(username: str, role: str, display_name: str | None, password_stdin: bool) -> None:
     """Add a user."""
-    from predraft.db import session_scope
-    from reporting.web.users import UserError, add_user
+    from predraft.core.db import session_scope
+    from predraft.worklist.users import UserError, add_user
 
     settings = load_settings_with_schema()
     password = _password(password_stdin)
@@ -50,8 +50,8 @@ def add_command(username: str, role: str, display_name: str | None, password_std
 @click.option("--password-stdin", is_flag=True, help="Read the new password from standard input (for scripts).")
 def passwd_command(username: str, password_stdin: bool) -> None:
     """Change a user's password (their sessions end)."""
-    from predraft.db import session_scope
-    from reporting.web.users import UserError, set_password
+    from predraft.core.db import session_scope
+    from predraft.worklist.users import UserError, set_password
 
     settings = load_settings_with_schema()
     password = _password(password_stdin)
@@ -68,8 +68,8 @@ def passwd_command(username: str, password_stdin: bool) -> None:
 @click.option("--enable", is_flag=True, help="Enable the user again instead.")
 def disable_command(username: str, enable: bool) -> None:
     """Disable a user (their sessions end), or enable them again."""
-    from predraft.db import session_scope
-    from reporting.web.users import UserError, set_active
+    from predraft.core.db import session_scope
+    from predraft.worklist.users import UserError, set_active
 
     settings = load_settings_with_schema()
     try:
@@ -84,8 +84,8 @@ def disable_command(username: str, enable: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
 def list_command(as_json: bool) -> None:
     """List users."""
-    from predraft.db import session_scope
-    from reporting.web.users import list_users
+    from predraft.core.db import session_scope
+    from predraft.worklist.users import list_users
 
     settings = load_settings_with_schema()
     with session_scope(settings.database_url) as session:

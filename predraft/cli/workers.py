@@ -15,8 +15,8 @@ def workers(timeout: float, as_json: bool) -> int:
     """Workers online: their heartbeats, and on Redis whether each answers Celery inspect within --timeout.
 
     Exit 1 when no worker is online, a queue has none, or a worker does not answer."""
-    from workers.admin import workers_report
-    from workers.app import create_celery
+    from predraft.workers.admin import workers_report
+    from predraft.workers.app import create_celery
 
     settings = reachable_settings()
     app = create_celery(settings)

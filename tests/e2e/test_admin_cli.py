@@ -27,16 +27,16 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
-from models.card import load_card
-from models.phantoms import write_demo_study
-from predraft.db import session_scope
-from predraft.schema import Instance, Study
+from predraft.core.db import session_scope
+from predraft.core.schema import Instance, Study
+from predraft.core.settings import Settings, get_settings
+from predraft.models.card import load_card
+from predraft.models.phantoms import write_demo_study
 from predraft.serve import prepare_environment
-from predraft.settings import Settings, get_settings
+from predraft.workers.app import DRAFT, EXPORT
+from predraft.workers.dead_letters import record_dead_letter
 from tests.conftest import free_port
 from tests.e2e.conftest import PREDRAFT
-from workers.app import DRAFT, EXPORT
-from workers.dead_letters import record_dead_letter
 
 pytestmark = pytest.mark.slow
 

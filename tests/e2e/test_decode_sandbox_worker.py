@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from predraft.db import session_scope, upgrade
-from predraft.schema import Instance
-from predraft.settings import Settings
-from predraft.states import InstanceState
+from predraft.core.db import session_scope, upgrade
+from predraft.core.schema import Instance
+from predraft.core.settings import Settings
+from predraft.core.states import InstanceState
+from predraft.workers.app import PREPARE, create_celery
 from tests import hostile_decoders as hostile
 from tests.conftest import embedded_broker, free_port, real_file, record_file
 from tests.e2e.conftest import PREDRAFT
-from workers.app import PREPARE, create_celery
 
 pytestmark = pytest.mark.slow
 

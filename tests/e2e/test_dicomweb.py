@@ -18,8 +18,8 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 
-from listener.dicomweb.status import FAILURE_CANNOT_UNDERSTAND, FAILURE_STUDY_UID_MISMATCH
-from models.phantoms import PhantomImage, write_demo_study
+from predraft.listener.dicomweb.status import FAILURE_CANNOT_UNDERSTAND, FAILURE_STUDY_UID_MISMATCH
+from predraft.models.phantoms import PhantomImage, write_demo_study
 from tests.e2e.conftest import Deployment, _start
 
 pytestmark = pytest.mark.slow

@@ -20,10 +20,10 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
 from sqlalchemy import select
 
-from listener import status
-from listener.spool import PARTIAL_SUFFIX
-from predraft.db import session_scope
-from predraft.schema import Instance
+from predraft.core.db import session_scope
+from predraft.core.schema import Instance
+from predraft.listener import status
+from predraft.listener.spool import PARTIAL_SUFFIX
 from tests.conftest import free_port, real_file, running_listener
 
 pytestmark = pytest.mark.slow

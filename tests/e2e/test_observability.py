@@ -24,7 +24,7 @@ import pydicom
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from models.phantoms import write_demo_study
+from predraft.models.phantoms import write_demo_study
 from tests.e2e.conftest import PREDRAFT, Deployment, _start
 from tests.unit.webapp import Client, csrf_in
 
@@ -150,8 +150,8 @@ def test_logs_are_json_lines_without_patient_data(site: Deployment, tmp_path: Pa
     records = [json.loads(line) for line in site.log_path.read_text().splitlines() if line.startswith("{")]
     assert {"time", "level", "process", "logger", "message"} <= set(records[0])
     loggers = {record["logger"] for record in records}
-    assert any(name.startswith("listener.") for name in loggers), loggers  # the listener's own lines
-    assert any(name.startswith("workers.") for name in loggers), loggers  # the worker's
+    assert any(name.startswith("predraft.listener.") for name in loggers), loggers  # the listener's own lines
+    assert any(name.startswith("predraft.workers.") for name in loggers), loggers  # the worker's
     assert any(name.startswith("uvicorn") for name in loggers), loggers  # the web server's, through ours
     text = site.log_path.read_text()
     assert "PHANTOM" not in text and "DEMO" not in text.replace("predraft-demo", "")  # no patient name or ID

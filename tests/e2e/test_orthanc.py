@@ -28,7 +28,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from models.phantoms import write_demo_study
+from predraft.models.phantoms import write_demo_study
 from tests.conftest import REPO_ROOT, free_port
 from tests.e2e.conftest import Deployment, _start
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from models.phantoms import write_demo_study
+from predraft.models.phantoms import write_demo_study
 from tests.conftest import free_port, sr_text
 from tests.e2e.conftest import Deployment, _start
 from tests.e2e.test_orthanc import Orthanc, _run_orthanc, _site_config, _skip_without_orthanc, _test_config

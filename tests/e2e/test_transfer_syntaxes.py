@@ -46,9 +46,9 @@ from pydicom.uid import (
 )
 from sqlalchemy import select
 
-from predraft import db
-from predraft.schema import Instance
-from predraft.settings import Settings
+from predraft.core import db
+from predraft.core.schema import Instance
+from predraft.core.settings import Settings
 from tests.conftest import REAL_DATA, real_file, running_listener
 
 pytestmark = pytest.mark.slow

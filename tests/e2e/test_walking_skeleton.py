@@ -13,8 +13,8 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
 
-from listener import status
-from models.phantoms import write_demo_study
+from predraft.listener import status
+from predraft.models.phantoms import write_demo_study
 from tests.conftest import real_file, sr_text
 from tests.e2e.conftest import Deployment
 

@@ -22,14 +22,14 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
-from models.phantoms import write_demo_study
-from predraft.db import session_scope
-from predraft.schema import Draft, Study
-from predraft.states import StudyState
+from predraft.core.db import session_scope
+from predraft.core.schema import Draft, Study
+from predraft.core.states import StudyState
+from predraft.models.phantoms import write_demo_study
+from predraft.workers.app import CLASSIFY, QUEUES
+from predraft.workers.queues import queued_messages
 from tests.conftest import free_port
 from tests.e2e.conftest import PREDRAFT
-from workers.app import CLASSIFY, QUEUES
-from workers.queues import queued_messages
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

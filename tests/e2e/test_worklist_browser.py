@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from sqlalchemy import create_engine, text
 
-from models.phantoms import write_demo_study
+from predraft.models.phantoms import write_demo_study
 from tests.conftest import REPO_ROOT
 from tests.e2e.conftest import PREDRAFT, Deployment, _start
 
@@ -105,7 +105,7 @@ def _wait_until(page, expression: str, timeout: float = 60.0) -> None:
 
 def _model_card(deployment: Deployment) -> dict:
     """The card of the model the deployment drafts with (its settings: the bundled demo model by default)."""
-    from predraft.settings import Settings
+    from predraft.core.settings import Settings
 
     env = {key.removeprefix("PREDRAFT_").lower(): value for key, value in deployment.env.items()
            if key in {"PREDRAFT_VAR_DIR", "PREDRAFT_MODEL"}}

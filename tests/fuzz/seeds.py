@@ -30,7 +30,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from models import decoders
+from predraft.models import decoders
 from tests.conftest import REAL_DATA, real_file
 
 #: Largest row or column count of a re-encoded seed.

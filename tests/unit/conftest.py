@@ -42,8 +42,8 @@ def clean_settings_env(monkeypatch, tmp_path):
 
 @pytest.fixture
 def sqlite_url(tmp_path) -> str:
-    """A fresh SQLite database migrated to head by predraft.db.upgrade."""
-    from predraft.db import upgrade
+    """A fresh SQLite database migrated to head by predraft.core.db.upgrade."""
+    from predraft.core.db import upgrade
 
     url = f"sqlite:///{tmp_path}/db.sqlite"
     upgrade(url)
@@ -53,7 +53,7 @@ def sqlite_url(tmp_path) -> str:
 @pytest.fixture(scope="session")
 def demo_study(tmp_path_factory):
     """The three-view demo phantom study: AP pelvis, right frog-leg, right cross-table lateral."""
-    from models.phantoms import write_demo_study
+    from predraft.models.phantoms import write_demo_study
 
     return write_demo_study(tmp_path_factory.mktemp("demo-study"))
 
@@ -61,7 +61,7 @@ def demo_study(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_card_path(tmp_path_factory) -> Path:
     """A tiny untrained timm model and its card."""
-    from models.factory import write_untrained_model
+    from predraft.models.factory import write_untrained_model
 
     return write_untrained_model(tmp_path_factory.mktemp("tiny-model"), architecture=TINY_ARCHITECTURE,
                                  input_size=TINY_INPUT_SIZE)
@@ -74,8 +74,8 @@ DRAFTED_PROBABILITIES = {"right": {"tha": 0.9, "none": 0.1}, "left": {"none": 0.
 @pytest.fixture
 def task_env(sqlite_url, tiny_card_path, tmp_path, monkeypatch):
     """The draft task's settings (SQLite, the tiny model, a spool under tmp_path) and a recording Celery app."""
+    from predraft.workers import tasks
     from tests.unit.test_workflow import FakeCelery
-    from workers import tasks
 
     for key, value in {"PREDRAFT_DATABASE_URL": sqlite_url, "PREDRAFT_MODEL": str(tiny_card_path),
                        "PREDRAFT_VAR_DIR": str(tmp_path / "var")}.items():
@@ -91,12 +91,12 @@ def drafting_study(url: str, demo_study, folder: Path, **attributes: str) -> int
     study DRAFTING."""
     import pydicom
 
-    from predraft.db import session_scope
-    from predraft.schema import Study, utcnow
-    from predraft.settings import get_settings
-    from predraft.states import StudyState
+    from predraft.core.db import session_scope
+    from predraft.core.schema import Study, utcnow
+    from predraft.core.settings import get_settings
+    from predraft.core.states import StudyState
+    from predraft.workers import tasks
     from tests.unit.test_workflow import _classify_all, _ingest
-    from workers import tasks
 
     folder.mkdir()
     paths = []

@@ -14,16 +14,16 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from listener.ingest import InstanceHeader, record_instance
-from listener.spool import Spool
-from models.card import load_card
-from predraft.db import session_scope
-from predraft.schema import Event, Export, Instance, Prediction, Study
-from predraft.states import InstanceState, StudyState
+from predraft.core.db import session_scope
+from predraft.core.schema import Event, Export, Instance, Prediction, Study
+from predraft.core.states import InstanceState, StudyState
+from predraft.listener.ingest import InstanceHeader, record_instance
+from predraft.listener.spool import Spool
+from predraft.models.card import load_card
+from predraft.workers import export_task
+from predraft.workers.drafting import apply_outcome, draft_study
+from predraft.workers.export_service import queue_exports
 from tests.conftest import embedded_broker
-from workers import export_task
-from workers.drafting import apply_outcome, draft_study
-from workers.export_service import queue_exports
 
 
 @dataclass(frozen=True)

@@ -27,19 +27,19 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-from listener.ingest import InstanceHeader, record_instance
 from predraft.cli import main
 from predraft.cli.output import parse_since
 from predraft.cli.queue import QUEUE_NAMES, STATE_NAMES
-from predraft.db import session_scope, upgrade
-from predraft.schema import Draft, Export, Instance, Study
-from predraft.settings import Settings, get_settings
-from predraft.states import ExportState, InstanceState, StudyState
+from predraft.core.db import session_scope, upgrade
+from predraft.core.schema import Draft, Export, Instance, Study
+from predraft.core.settings import Settings, get_settings
+from predraft.core.states import ExportState, InstanceState, StudyState
+from predraft.listener.ingest import InstanceHeader, record_instance
+from predraft.workers.admin import STATES
+from predraft.workers.app import DRAFT, EXPORT, PREPARE, QUEUES, create_celery
+from predraft.workers.dead_letters import record_dead_letter
+from predraft.workers.presence import REDIS_KEY_PREFIX, heartbeat_dir, write_heartbeat_file
 from tests.conftest import embedded_broker, free_port
-from workers.admin import STATES
-from workers.app import DRAFT, EXPORT, PREPARE, QUEUES, create_celery
-from workers.dead_letters import record_dead_letter
-from workers.presence import REDIS_KEY_PREFIX, heartbeat_dir, write_heartbeat_file
 
 REDIS_DB_URL = "redis://127.0.0.1:6379/12"
 
@@ -180,7 +180,7 @@ def _seed(site: Site, demo_study, stack: list) -> Seeded:
 
 def _fake_worker(site: Site, tasks: list[dict], queues: tuple[str, ...] = ("draft",), *,
                  heartbeat_age: float = 0.0) -> dict:
-    """The heartbeat a worker of this process would write (workers.heartbeat): a key on Redis, else a file."""
+    """The heartbeat a worker of this process would write (predraft.workers.heartbeat): a key on Redis, else a file."""
     now = datetime.now(UTC)
     status = {"hostname": f"predraft-draft@{socket.gethostname()}", "pid": os.getpid(), "queues": list(queues),
               "pool": "threads", "concurrency": 2, "device": "cpu", "device_name": "CPU: test",
@@ -480,7 +480,7 @@ def test_studies_redraft_reopens_a_finished_study_under_a_new_generation(site, s
         # every image is prepared and classified again, by the model configured now
         instances = sorted(instance.id for instance in study.instances)
         assert {instance.state for instance in study.instances} == {"received"}
-    from workers.queues import waiting_messages
+    from predraft.workers.queues import waiting_messages
 
     sent = waiting_messages(site.settings.broker_url, ["prepare"], limit=100)
     assert sorted(message.args[0] for message in sent if message.task == PREPARE and message.args[0] in instances

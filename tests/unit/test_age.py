@@ -6,12 +6,12 @@ import pytest
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
-from predraft.db import session_scope
-from predraft.schema import Draft, Study
-from predraft.states import StudyState
-from reporting.age import age_in_years, is_child
+from predraft.core.db import session_scope
+from predraft.core.schema import Draft, Study
+from predraft.core.states import StudyState
+from predraft.reporting.age import age_in_years, is_child
+from predraft.workers import tasks
 from tests.unit.conftest import drafting_study
-from workers import tasks
 
 CHILD_NOTICE = "The tags say the patient is under 18"
 

@@ -1,12 +1,12 @@
-"""reporting.aggregate: per-side averaging, indeterminate findings and ordering."""
+"""predraft.reporting.aggregate: per-side averaging, indeterminate findings and ordering."""
 
 from __future__ import annotations
 
 import pytest
 
-from models.taxonomy import HardwareClass as H
-from models.taxonomy import Side, View
-from reporting.aggregate import AggregationRule, HipObservation, aggregate
+from predraft.models.taxonomy import HardwareClass as H
+from predraft.models.taxonomy import Side, View
+from predraft.reporting.aggregate import AggregationRule, HipObservation, aggregate
 
 
 def _obs(uid: str, side: Side, view: View, **probabilities: float) -> HipObservation:

@@ -1,4 +1,4 @@
-"""workers.batcher: the micro-batcher that shares forward passes between concurrent classify tasks."""
+"""predraft.workers.batcher: the micro-batcher that shares forward passes between concurrent classify tasks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from workers.batcher import BatcherClosedError, MicroBatcher
+from predraft.workers.batcher import BatcherClosedError, MicroBatcher
 
 POISON = 255  # FakeClassifier fails a batch holding an image with this value
 
@@ -288,7 +288,7 @@ def test_context_manager_closes_the_thread():
 
 
 def test_real_classifier_through_the_batcher_matches_direct_predictions(tiny_card_path, batcher_factory):
-    from models.factory import load_classifier
+    from predraft.models.factory import load_classifier
 
     classifier = load_classifier(tiny_card_path)
     batcher = batcher_factory(classifier, batch_size=4, wait_ms=5.0)
@@ -301,8 +301,8 @@ def test_real_classifier_through_the_batcher_matches_direct_predictions(tiny_car
 
 
 def test_classify_workers_share_one_classifier_and_batcher(tiny_card_path, clean_settings_env, monkeypatch):
-    from predraft.settings import get_settings
-    from workers import tasks
+    from predraft.core.settings import get_settings
+    from predraft.workers import tasks
 
     loads = []
     real_load = tasks.load_classifier

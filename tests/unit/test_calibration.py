@@ -1,4 +1,4 @@
-"""models.calibration: temperature scaling, the expected calibration error, and calibrated cards."""
+"""predraft.models.calibration: temperature scaling, the expected calibration error, and calibrated cards."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from models.calibration import (
+from predraft.models.calibration import (
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
     softmax,
     write_calibrated_card,
 )
-from models.card import ModelCardError, load_card
-from models.factory import load_classifier, write_untrained_model
+from predraft.models.card import ModelCardError, load_card
+from predraft.models.factory import load_classifier, write_untrained_model
 
 
 def _calibrated(samples: int = 20_000, classes: int = 9, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.datasets import (
+from predraft.models.datasets import (
     LabelRow,
     LabelsError,
     patient_stratum,
@@ -20,7 +20,7 @@ from models.datasets import (
     split_patients,
     write_split,
 )
-from models.taxonomy import CLASS_ORDER, HardwareClass, Side, View
+from predraft.models.taxonomy import CLASS_ORDER, HardwareClass, Side, View
 
 HEADER = ["patient", "study", "image", "side", "class", "view"]
 

@@ -1,4 +1,4 @@
-"""workers.sandbox and the bounded prepare: a decoder that panics, hangs, allocates without end or dies costs
+"""predraft.workers.sandbox and the bounded prepare: a decoder that panics, hangs, allocates without end or dies costs
 its own instance only, never the worker (issue 14, item 1)."""
 
 from __future__ import annotations
@@ -17,17 +17,18 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from models.pixels import decode
-from predraft.db import session_scope
-from predraft.metrics import DECODE_FAILURES
-from predraft.schema import Event, Instance
-from predraft.states import InstanceState
+from predraft.core.db import session_scope
+from predraft.core.metrics import DECODE_FAILURES
+from predraft.core.schema import Event, Instance
+from predraft.core.states import InstanceState
+from predraft.models.pixels import decode
+from predraft.models.prepare import OutOfScopeError, prepare_file
+from predraft.workers import tasks
+from predraft.workers.app import CLASSIFY
+from predraft.workers.prepare import prepare_bounded
+from predraft.workers.sandbox import DecodeFailure, FailureReason, Sandbox, SandboxStartError, close_all, thread_sandbox
 from tests import hostile_decoders as hostile
 from tests.conftest import record_file
-from workers import tasks
-from workers.app import CLASSIFY
-from workers.prepare import OutOfScopeError, prepare_bounded, prepare_file
-from workers.sandbox import DecodeFailure, FailureReason, Sandbox, SandboxStartError, close_all, thread_sandbox
 
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 MiB = 1024 * 1024
@@ -153,11 +154,11 @@ def test_the_child_has_the_memory_bound_and_no_torch(sandbox, real_path):
     import resource
 
     assert sandbox.call(resource.getrlimit, resource.RLIMIT_AS) == (3 * 1024 * MiB, 3 * 1024 * MiB)
-    assert sandbox.call(hostile.loaded_modules, "torch", "workers.prepare") == {"torch": False,
-                                                                                "workers.prepare": False}
+    assert sandbox.call(hostile.loaded_modules, "torch", "predraft.models.prepare") == {"torch": False,
+                                                                                "predraft.models.prepare": False}
     prepare_bounded(real_path("RG2_J2KR.dcm"), input_size=64, sandbox=sandbox)
-    assert sandbox.call(hostile.loaded_modules, "torch", "workers.prepare") == {"torch": False,
-                                                                                "workers.prepare": True}
+    assert sandbox.call(hostile.loaded_modules, "torch", "predraft.models.prepare") == {"torch": False,
+                                                                                "predraft.models.prepare": True}
 
 
 def _alive(pid: int) -> bool:
@@ -182,7 +183,7 @@ def _wait_until_dead(pid: int, seconds: float) -> bool:
 
 @pytest.mark.timeout(60)
 def test_a_bound_too_small_for_the_decoders_to_load_is_a_start_error_not_an_images_failure():
-    with Sandbox(timeout_seconds=30, memory_bytes=256 * MiB, preload=("workers.prepare",)) as box:
+    with Sandbox(timeout_seconds=30, memory_bytes=256 * MiB, preload=("predraft.models.prepare",)) as box:
         with pytest.raises(SandboxStartError, match="the decode sandbox exited .* under a memory bound of 256 MiB"):
             box.call(hostile.echo, 1)
 
@@ -214,7 +215,7 @@ def test_closing_ends_the_child_and_a_killed_parent_leaves_no_orphan(tmp_path):
     script = textwrap.dedent("""
         import sys, time
         from tests import hostile_decoders
-        from workers.sandbox import Sandbox
+        from predraft.workers.sandbox import Sandbox
         box = Sandbox(timeout_seconds=30, memory_bytes=1024 * 1024 * 1024)
         print(box.call(hostile_decoders.child_pid), flush=True)
         time.sleep(60)

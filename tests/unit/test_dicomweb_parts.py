@@ -15,17 +15,17 @@ from fastapi import HTTPException, Request
 from pydantic import SecretStr
 from sqlalchemy import column
 
-from listener.dicomweb.auth import authenticate, check_basic, check_bearer
-from listener.dicomweb.common import DicomwebError
-from listener.dicomweb.multipart import Part, declared_length, split_multipart, stow_boundary
-from listener.dicomweb.query import Match
-from listener.dicomweb.status import FAILURE_CANNOT_UNDERSTAND, FAILURE_STUDY_UID_MISMATCH
-from listener.dicomweb.stow import PartResult, inspect_part, store_part, store_response
-from listener.dicomweb.wado import accepts_multipart_dicom
-from listener.receive import Receiver
-from listener.spool import Spool
-from models.phantoms import write_demo_study
-from predraft.settings import Settings, get_settings
+from predraft.core.settings import Settings, get_settings
+from predraft.listener.dicomweb.auth import authenticate, check_basic, check_bearer
+from predraft.listener.dicomweb.common import DicomwebError
+from predraft.listener.dicomweb.multipart import Part, declared_length, split_multipart, stow_boundary
+from predraft.listener.dicomweb.query import Match
+from predraft.listener.dicomweb.status import FAILURE_CANNOT_UNDERSTAND, FAILURE_STUDY_UID_MISMATCH
+from predraft.listener.dicomweb.stow import PartResult, inspect_part, store_part, store_response
+from predraft.listener.dicomweb.wado import accepts_multipart_dicom
+from predraft.listener.receive import Receiver
+from predraft.listener.spool import Spool
+from predraft.models.phantoms import write_demo_study
 
 STUDIES_URL = "http://pacs.example/dicomweb/studies"
 

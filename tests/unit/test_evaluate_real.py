@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from models.card import DEMO_MODEL_CARD, load_card
-from models.taskdata import TaskLabelsError
 from predraft.cli import cli
 from predraft.evaluate_real import METRICS, PREDICTIONS, EvaluateRealError, evaluate_real, summary_lines
+from predraft.models.card import DEMO_MODEL_CARD, load_card
+from predraft.models.taskdata import TaskLabelsError
 from tests.unit.test_image_tasks import TASKS, torch_threads, write_csv, write_random_task_card, write_synthetic_set
 
 THRESHOLDS = {"region": {"hip": 0.6, "shoulder": 0.7}, "hardware": {"present": 0.55}}
@@ -111,7 +111,7 @@ def test_the_models_are_named_with_their_versions(result, labelled):
     assert (models["gate"]["name"], models["gate"]["version"]) == ("tiny-gate", "0.0.1")
     assert models["gate"]["thresholds"] == THRESHOLDS
     assert (models["hip"]["name"], models["hip"]["version"]) == (demo.name, demo.version)
-    assert models["metal"]["name"] == "models.metal.detect_metal"
+    assert models["metal"]["name"] == "predraft.models.metal.detect_metal"
 
 
 def test_predictions_have_one_line_per_row_agreeing_with_the_figures(result, labelled):
@@ -249,9 +249,9 @@ def test_a_split_file_without_its_columns_is_refused(labelled, tmp_path):
 
 
 def test_a_missing_gate_card_is_named(labelled, tmp_path, monkeypatch):
-    import models.taskcard
+    import predraft.models.taskcard
 
-    monkeypatch.setattr(models.taskcard, "GATE_CARD", tmp_path / "no-gate" / "card.json")
+    monkeypatch.setattr(predraft.models.taskcard, "GATE_CARD", tmp_path / "no-gate" / "card.json")
     with pytest.raises(ValueError, match="no-gate/card.json does not exist"):
         evaluate_real(labelled["csv"], labelled["images"], tmp_path / "out", workers=1)
 
@@ -259,8 +259,8 @@ def test_a_missing_gate_card_is_named(labelled, tmp_path, monkeypatch):
 def test_an_untagged_native_image_read_as_a_pelvis_is_served_as_its_two_halves():
     import numpy as np
 
-    from models.taskdata import TaskRow
     from predraft.evaluate_real import native_hips, untagged_hips_as_served
+    from predraft.models.taskdata import TaskRow
 
     def row(image: str, crop: str, **labels: str) -> TaskRow:
         return TaskRow(image, image, crop, labels)

@@ -1,4 +1,4 @@
-"""models.evaluation: metrics checked against hand arithmetic, bootstrap intervals, edge cases, plots, files."""
+"""predraft.models.evaluation: metrics checked against hand arithmetic, bootstrap intervals, edge cases, plots."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.evaluation import evaluate_predictions, plot_confusion_matrix, plot_roc_curves, write_report
-from models.taxonomy import CLASS_ORDER
+from predraft.models.evaluation import evaluate_predictions, plot_confusion_matrix, plot_roc_curves, write_report
+from predraft.models.taxonomy import CLASS_ORDER
 
 CLASSES = ["a", "b", "c"]
 

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from predraft.settings import ExpectedViewsRule, expected_view_count, get_settings
-from workers.dispatch import claim_ready_studies
+from predraft.core.settings import ExpectedViewsRule, expected_view_count, get_settings
+from predraft.workers.dispatch import claim_ready_studies
 
 EXACT = [
     ("XR PELVIS 3 VIEWS", 3),

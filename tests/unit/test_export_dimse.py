@@ -16,13 +16,13 @@ from pynetdicom.sop_class import ComprehensiveSRStorage, Verification
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
-from predraft.db import session_scope
-from predraft.schema import Export, Instance, utcnow
+from predraft.core.db import session_scope
+from predraft.core.schema import Export, Instance, utcnow
+from predraft.workers import export_task
+from predraft.workers.export import OUT_OF_RESOURCES
+from predraft.workers.export_service import SENDING_CLAIM_SECONDS, begin_attempt
 from tests.conftest import free_port, running_listener
 from tests.unit.exporting import Drafted, configure, event_kinds, export_row, make_draft, queue, run_export
-from workers import export_task
-from workers.export import OUT_OF_RESOURCES
-from workers.export_service import SENDING_CLAIM_SECONDS, begin_attempt
 
 
 @pytest.fixture

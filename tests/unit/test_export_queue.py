@@ -8,16 +8,16 @@ from collections.abc import Iterator
 import pytest
 
 from predraft.cli import main
-from predraft.db import session_scope
-from predraft.schema import Draft, Study
-from predraft.states import StudyState
+from predraft.core.db import session_scope
+from predraft.core.schema import Draft, Study
+from predraft.core.states import StudyState
+
+# predraft.workers.tasks at collection: its shared tasks are then registered in every Celery app a test makes, whichever
+# test made the current one (a task module imported later reaches only the apps still active).
+from predraft.workers import export_task, tasks
+from predraft.workers.export_service import begin_attempt, retry_delay
 from tests.conftest import free_port
 from tests.unit.exporting import Drafted, configure, export_row, make_draft, queue, run_export
-
-# workers.tasks at collection: its shared tasks are then registered in every Celery app a test makes, whichever
-# test made the current one (a task module imported later reaches only the apps still active).
-from workers import export_task, tasks
-from workers.export_service import begin_attempt, retry_delay
 
 DOWN = {"kind": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "timeout": 5}
 
@@ -29,7 +29,7 @@ def drafted(clean_settings_env, sqlite_url, demo_study, tiny_card_path, tmp_path
 
 
 class Sent:
-    """Stands in for workers.export_task.send_exports: records (draft id, destinations) instead of sending."""
+    """Stands in for predraft.workers.export_task.send_exports: records (draft id, destinations) instead of sending."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, list[str]]] = []

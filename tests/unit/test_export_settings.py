@@ -7,7 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from predraft.settings import DimseDestination, StowDestination, get_settings
+from predraft.core.settings import DimseDestination, StowDestination, get_settings
 
 DIMSE = {"kind": "dimse", "name": "pacs", "ae_title": "PACS", "host": "pacs.example.org", "port": 104}
 STOW = {"kind": "stow", "name": "vna", "url": "https://vna.example.org/dicom-web/", "auth": "bearer",

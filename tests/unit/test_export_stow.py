@@ -13,13 +13,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from sqlalchemy import select
 
-from predraft import db
-from predraft.db import session_scope
-from predraft.schema import Instance
-from predraft.settings import Settings, get_settings
+from predraft.core import db
+from predraft.core.db import session_scope
+from predraft.core.schema import Instance
+from predraft.core.settings import Settings, get_settings
+from predraft.workers import export_task
 from tests.unit.exporting import Drafted, configure, event_kinds, export_row, make_draft, queue, run_export
 from tests.unit.webapp import serving
-from workers import export_task
 
 TOKEN = "export-test-token"
 PASSWORD = "export-test-password"

@@ -1,17 +1,17 @@
-"""workers.gate: a gate card is checked for the tasks the service acts on; one pass reads image and hips."""
+"""predraft.workers.gate: a gate card is checked for the tasks the service acts on; one pass reads image and hips."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from models.imagetask import load_task_model
-from models.scope import ScopeFlag
-from models.taxonomy import Side, View
-from models.views import TagRegion, ViewResult
+from predraft.models.imagetask import load_task_model
+from predraft.models.prepare import HipImage, PreparedInstance
+from predraft.models.scope import ScopeFlag
+from predraft.models.taxonomy import Side, View
+from predraft.models.views import TagRegion, ViewResult
+from predraft.workers.gate import VIEW_FROM_IMAGE_RULE, Gate
 from tests.unit.test_image_tasks import write_random_task_card
-from workers.gate import VIEW_FROM_IMAGE_RULE, Gate
-from workers.prepare import HipImage, PreparedInstance
 
 GATE_TASKS = {"region": ("hip", "shoulder", "hand", "leg"), "hardware": ("absent", "present")}
 HIP_ALWAYS = {"hip": 0.001, "shoulder": 0.999, "hand": 0.999, "leg": 0.999}  # random weights: always reads hip

@@ -24,14 +24,14 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from listener.ingest import InstanceHeader, record_instance
-from models.phantoms.dataset import write_phantom_dataset
-from predraft.db import session_scope
-from predraft.schema import Instance, Study
+from predraft.core.db import session_scope
+from predraft.core.schema import Instance, Study
+from predraft.listener.ingest import InstanceHeader, record_instance
+from predraft.models.phantoms.dataset import write_phantom_dataset
+from predraft.workers import tasks
+from predraft.workers.app import CLASSIFY, DRAFT, PREPARE
+from predraft.workers.dispatch import claim_ready_studies, start_study
 from tests.conftest import real_file
-from workers import tasks
-from workers.app import CLASSIFY, DRAFT, PREPARE
-from workers.dispatch import claim_ready_studies, start_study
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 UPDATE = os.environ.get("PREDRAFT_UPDATE_GOLDEN") == "1"
@@ -158,7 +158,7 @@ def drafted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
     monkeypatch.setenv("PREDRAFT_VAR_DIR", str(folder / "var"))
     monkeypatch.setenv("PREDRAFT_CLASSIFY_BATCH_WAIT_MS", "0")
     monkeypatch.chdir(folder)
-    from predraft.db import upgrade
+    from predraft.core.db import upgrade
 
     upgrade(url)
     queue = Queue()

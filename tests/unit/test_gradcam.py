@@ -1,4 +1,4 @@
-"""models.gradcam: target layers per family, a known-answer CAM, PNG overlays and a clean network after."""
+"""predraft.models.gradcam: target layers per family, a known-answer CAM, PNG overlays and a clean network after."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import timm
 import torch
 from PIL import Image
 
-from models.card import ModelCard
-from models.factory import Classifier, create_network, load_classifier, write_untrained_model
-from models.gradcam import _input_batch, cam_map, gradcam_overlay, network_lock, target_layers
+from predraft.models.card import ModelCard
+from predraft.models.factory import Classifier, create_network, load_classifier, write_untrained_model
+from predraft.models.gradcam import _input_batch, cam_map, gradcam_overlay, network_lock, target_layers
 
 SIZE = 64
 QUADRANTS = {"top_left": (0, 0), "top_right": (0, 1), "bottom_left": (1, 0), "bottom_right": (1, 1)}

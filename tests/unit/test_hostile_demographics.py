@@ -13,13 +13,13 @@ import pytest
 from pydicom.valuerep import DA
 from sqlalchemy import select
 
-from predraft.bootstrap import configure_logging
-from predraft.db import session_scope
-from predraft.schema import Draft, Event, Study
-from predraft.settings import get_settings
-from predraft.states import StudyState
+from predraft.core.bootstrap import configure_logging
+from predraft.core.db import session_scope
+from predraft.core.schema import Draft, Event, Study
+from predraft.core.settings import get_settings
+from predraft.core.states import StudyState
+from predraft.workers import tasks
 from tests.unit.conftest import drafting_study
-from workers import tasks
 
 BAD_BIRTH_DATE = "1975-03-02"
 
@@ -113,7 +113,7 @@ def test_a_library_error_quoting_a_value_leaves_no_value_in_the_error_text_or_th
 def test_a_dead_letter_keeps_no_library_message(process_logging, task_env, capfd) -> None:
     """A task that fails for good is recorded and logged without the message of an exception raised in a
     library (pydicom quotes the value it could not read), in its error and its traceback alike."""
-    from predraft.schema import DeadLetter
+    from predraft.core.schema import DeadLetter
 
     try:
         DA(BAD_BIRTH_DATE)

@@ -16,12 +16,12 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from models.card import ModelCardError, sha256_of
-from models.imagetask import TaskNetwork, load_task_model
-from models.taskcard import TaskCard, load_task_card, write_task_card
-from models.taskdata import TaskLabelsError, read_task_rows
-from models.taskmetrics import grouped_rate
-from models.tasktraining import TaskTrainingConfig, fit_thresholds
+from predraft.models.card import ModelCardError, sha256_of
+from predraft.models.imagetask import TaskNetwork, load_task_model
+from predraft.models.taskcard import TaskCard, load_task_card, write_task_card
+from predraft.models.taskdata import TaskLabelsError, read_task_rows
+from predraft.models.taskmetrics import grouped_rate
+from predraft.models.tasktraining import TaskTrainingConfig, fit_thresholds
 
 #: FracAtlas and the shoulder-implant set, shared beside the repository (see its README.md).
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -359,7 +359,7 @@ def test_a_minimum_specificity_replaces_the_balanced_point():
 
 @pytest.fixture(scope="module")
 def gate_rows() -> list[dict[str, str]]:
-    from models.gate_labels import build_rows
+    from predraft.models.gate_labels import build_rows
 
     if not (SHARED_DATA / "fracatlas" / "dataset.csv").is_file() or not (
             SHARED_DATA / "shoulder-implants" / "labels.csv").is_file():
@@ -411,8 +411,8 @@ def test_gate_labels_name_no_image_and_crop_twice(gate_rows):
 # --- a tiny training run ----------------------------------------------------------------------------------------
 
 def test_train_task_model_end_to_end_on_synthetic_images(tmp_path):
-    from models.taskdata import prepare_task_images
-    from models.tasktraining import CARD, FOLDS, OUT_OF_FOLD, REPORT, train_task_model
+    from predraft.models.taskdata import prepare_task_images
+    from predraft.models.tasktraining import CARD, FOLDS, OUT_OF_FOLD, REPORT, train_task_model
 
     csv_path, images_dir, rows = write_synthetic_set(tmp_path / "data")
     config = TaskTrainingConfig(tasks=dict(TASKS), architecture=TINY_ARCHITECTURE, input_size=32, epochs=1,

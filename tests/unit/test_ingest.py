@@ -1,4 +1,4 @@
-"""listener.ingest (recording instances) and listener.receive.Receiver (spool + record + outcome)."""
+"""predraft.listener.ingest (recording instances) and predraft.listener.receive.Receiver (spool + record + outcome)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from pydicom.uid import (
 )
 from sqlalchemy import func, select
 
-from listener import status
-from listener.dimse import STATUS_OF
-from listener.ingest import InstanceHeader, record_instance
-from listener.receive import Receiver, ReceiveStatus
-from listener.spool import Spool
-from predraft.db import session_scope
-from predraft.schema import Event, Instance, Series, Study
-from predraft.states import InstanceState, StudyState
+from predraft.core.db import session_scope
+from predraft.core.schema import Event, Instance, Series, Study
+from predraft.core.states import InstanceState, StudyState
+from predraft.listener import status
+from predraft.listener.dimse import STATUS_OF
+from predraft.listener.ingest import InstanceHeader, record_instance
+from predraft.listener.receive import Receiver, ReceiveStatus
+from predraft.listener.spool import Spool
 from tests.conftest import real_file
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
@@ -137,11 +137,11 @@ def test_concurrent_first_instances_of_a_new_study_are_both_recorded(database, r
     """Two associations store the first instances of one new study at the same moment: both are
     recorded under one study row. The barrier holds both just before the study insert, so on
     PostgreSQL both really race for it (on SQLite, BEGIN IMMEDIATE serialises them instead)."""
-    import listener.ingest
+    import predraft.listener.ingest
 
     url = request.getfixturevalue("sqlite_url" if database == "sqlite" else "postgres_url")
     barrier = threading.Barrier(2)
-    real_insert = listener.ingest.insert_ignoring_conflict
+    real_insert = predraft.listener.ingest.insert_ignoring_conflict
 
     def insert_after_both_looked(session, table, values, key):
         if table is Study:
@@ -151,7 +151,7 @@ def test_concurrent_first_instances_of_a_new_study_are_both_recorded(database, r
                 pass
         return real_insert(session, table, values, key)
 
-    monkeypatch.setattr(listener.ingest, "insert_ignoring_conflict", insert_after_both_looked)
+    monkeypatch.setattr(predraft.listener.ingest, "insert_ignoring_conflict", insert_after_both_looked)
     errors: list[BaseException] = []
 
     def store(sop: str) -> None:

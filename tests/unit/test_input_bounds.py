@@ -28,17 +28,17 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
-from listener import bounds, status
-from listener.dicomweb.auth import authenticate
-from listener.dicomweb.status import FAILURE_CANNOT_UNDERSTAND
-from listener.ingest import InstanceHeader, record_instance
-from listener.receive import Receiver, ReceiveStatus
-from listener.spool import Spool, check_uid
-from predraft import metrics
-from predraft.db import session_scope, upgrade
-from predraft.library_text import OWN_PACKAGES
-from predraft.schema import Instance
-from predraft.settings import Settings, get_settings
+from predraft.core import metrics
+from predraft.core.db import session_scope, upgrade
+from predraft.core.library_text import OWN_PACKAGES
+from predraft.core.schema import Instance
+from predraft.core.settings import Settings, get_settings
+from predraft.listener import bounds, status
+from predraft.listener.dicomweb.auth import authenticate
+from predraft.listener.dicomweb.status import FAILURE_CANNOT_UNDERSTAND
+from predraft.listener.ingest import InstanceHeader, record_instance
+from predraft.listener.receive import Receiver, ReceiveStatus
+from predraft.listener.spool import Spool, check_uid
 from tests.conftest import real_file, running_listener
 from tests.unit.test_dicomweb_parts import _request
 from tests.unit.webapp import SECRET, serving

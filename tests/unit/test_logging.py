@@ -11,8 +11,8 @@ import pytest
 from pydicom import config as pydicom_config
 from pydicom.valuerep import validate_value
 
-from predraft.bootstrap import configure_logging
-from predraft.settings import get_settings
+from predraft.core.bootstrap import configure_logging
+from predraft.core.settings import get_settings
 
 
 @pytest.fixture(autouse=True)
@@ -27,10 +27,10 @@ def _restore_logging():
 
 def test_json_lines_carry_the_record_fields(clean_settings_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging(get_settings(var_dir=clean_settings_env, log_format="json"))
-    logging.getLogger("workers.tasks").warning("study row %d: %s", 7, "drafted")
+    logging.getLogger("predraft.workers.tasks").warning("study row %d: %s", 7, "drafted")
     (line,) = capsys.readouterr().err.splitlines()
     record = json.loads(line)
-    assert (record["level"], record["logger"]) == ("WARNING", "workers.tasks")
+    assert (record["level"], record["logger"]) == ("WARNING", "predraft.workers.tasks")
     assert record["message"] == "study row 7: drafted"
     assert {"time", "process"} <= set(record)
 
@@ -40,7 +40,7 @@ def test_pydicom_never_logs_the_invalid_values_it_quotes(clean_settings_env: Pat
     configure_logging(get_settings(var_dir=clean_settings_env))
     with warnings.catch_warnings(record=True) as caught:  # pydicom sends it as a Python warning too
         validate_value("DA", "1980-02-03", pydicom_config.WARN)  # a birth date written with dashes: pydicom warns
-    logging.getLogger("listener.receive").warning("still logged")
+    logging.getLogger("predraft.listener.receive").warning("still logged")
     err = capsys.readouterr().err
     assert "still logged" in err and "1980-02-03" not in err
     assert not [warning for warning in caught if "1980-02-03" in str(warning.message)]

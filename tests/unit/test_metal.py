@@ -1,6 +1,6 @@
-"""models.metal: the model-free metal detector on real radiographs, pasted metal and phantoms of every class.
+"""predraft.models.metal: the model-free metal detector on real radiographs, pasted metal and phantoms of every class.
 
-Every image reaches ``detect_metal`` as it does in workers.prepare: ``to_unit_range(ds, decode(ds))`` ->
+Every image reaches ``detect_metal`` as it does in predraft.workers.prepare: ``to_unit_range(ds, decode(ds))`` ->
 ``crop_collimation`` -> ``split_bilateral(...)[side]`` (AP pelvis) or ``standard_orientation`` (one hip).
 """
 
@@ -15,11 +15,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from models import metal
-from models.metal import MetalFinding, detect_metal
-from models.pixels import crop_collimation, decode, split_bilateral, standard_orientation, to_unit_range
-from models.taxonomy import HardwareClass, Side, View
-from models.views import classify_view
+from predraft.models import metal
+from predraft.models.metal import MetalFinding, detect_metal
+from predraft.models.pixels import crop_collimation, decode, split_bilateral, standard_orientation, to_unit_range
+from predraft.models.taxonomy import HardwareClass, Side, View
+from predraft.models.views import classify_view
 from tests.conftest import real_file
 
 # Every decodable transfer syntax of RG2 and RG3 (RG2_JPLY and RG3_JPLY hold a known-bad stream).
@@ -287,7 +287,7 @@ ALLOWED_MISS_SHARE = 0.10
 @pytest.fixture(scope="session")
 def phantom_hips(tmp_path_factory) -> list[tuple[dict[str, str], np.ndarray]]:
     """(labels row, hip image as the pipeline holds it) for every row of a small phantom data set."""
-    from models.phantoms import write_phantom_dataset
+    from predraft.models.phantoms import write_phantom_dataset
 
     out_dir = tmp_path_factory.mktemp("metal-phantoms")
     labels = write_phantom_dataset(out_dir, studies=PHANTOM_STUDIES, seed=PHANTOM_SEED)

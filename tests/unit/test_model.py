@@ -1,4 +1,4 @@
-"""models.card and models.factory: cards, the sha256 check, networks and predictions."""
+"""predraft.models.card and predraft.models.factory: cards, the sha256 check, networks and predictions."""
 
 from __future__ import annotations
 
@@ -12,9 +12,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.card import ModelCard, ModelCardError, load_card, sha256_of, write_card
-from models.factory import Classifier, classifier_head_keys, create_network, load_classifier, write_untrained_model
-from models.taxonomy import CLASS_ORDER, HardwareClass, View
+from predraft.models.card import ModelCard, ModelCardError, load_card, sha256_of, write_card
+from predraft.models.factory import (
+    Classifier,
+    classifier_head_keys,
+    create_network,
+    load_classifier,
+    write_untrained_model,
+)
+from predraft.models.taxonomy import CLASS_ORDER, HardwareClass, View
 
 TINY = {"architecture": "test_efficientnet", "input_size": 64}
 

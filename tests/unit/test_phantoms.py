@@ -1,4 +1,4 @@
-"""models.phantoms: deterministic data sets whose every image the view rules and the pixel pipeline read as
+"""predraft.models.phantoms: deterministic data sets whose every image the view rules and the pixel pipeline read as
 labelled, realistic DICOM, hardware of every class visible and distinct at 160 px, and the CLI.
 
 Contact sheets (letterboxed pipeline outputs per class, each view x two patients) go to
@@ -21,7 +21,8 @@ import pytest
 from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian
 
-from models.phantoms import (
+from predraft.cli import main
+from predraft.models.phantoms import (
     LABEL_COLUMNS,
     plan_studies,
     render_picture,
@@ -29,15 +30,14 @@ from models.phantoms import (
     write_demo_study,
     write_phantom_dataset,
 )
-from models.phantoms.anatomy import sample_anatomy
-from models.phantoms.dataset import ImagePlan, StudyPlan, write_study
-from models.phantoms.dicom import Encoding
-from models.phantoms.hardware import build_implant
-from models.phantoms.render import Acquisition, render
-from models.taxonomy import CLASS_ORDER, RADIOGRAPH_SOP_CLASSES, HardwareClass, Side, View
-from models.views import classify_view
-from predraft.cli import main
-from workers.prepare import prepare_file
+from predraft.models.phantoms.anatomy import sample_anatomy
+from predraft.models.phantoms.dataset import ImagePlan, StudyPlan, write_study
+from predraft.models.phantoms.dicom import Encoding
+from predraft.models.phantoms.hardware import build_implant
+from predraft.models.phantoms.render import Acquisition, render
+from predraft.models.prepare import prepare_file
+from predraft.models.taxonomy import CLASS_ORDER, RADIOGRAPH_SOP_CLASSES, HardwareClass, Side, View
+from predraft.models.views import classify_view
 
 INPUT_SIZE = 160
 OUTPUT_DIR = Path(os.environ.get("PREDRAFT_TEST_OUTPUT", Path(__file__).resolve().parents[1] / "output"))

@@ -1,4 +1,4 @@
-"""models.pixels: decoding every transfer syntax, LUTs, windows and inversion, collimation crop,
+"""predraft.models.pixels: decoding every transfer syntax, LUTs, windows and inversion, collimation crop,
 orientation and splitting, letterboxing."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pydicom.pixels.decoders import JPEGExtended12BitDecoder
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
-from models import decoders
-from models.pixels import (
+from predraft.models import decoders
+from predraft.models.pixels import (
     PixelDataError,
     collimation_box,
     crop_collimation,
@@ -28,8 +28,8 @@ from models.pixels import (
     standard_orientation,
     to_unit_range,
 )
-from models.taxonomy import Side
-from workers.prepare import prepare_file
+from predraft.models.prepare import prepare_file
+from predraft.models.taxonomy import Side
 
 JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
 

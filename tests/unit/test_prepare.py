@@ -1,4 +1,4 @@
-"""workers.prepare: from a spooled DICOM file to letterboxed hip images, and their task messages."""
+"""predraft.models.prepare (from a DICOM file to letterboxed hip images) and the hip images' task messages."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pydicom
 import pytest
 from pydicom.errors import InvalidDicomError
 
-from models.pixels import PixelDataError
-from models.taskcard import GATE_CARD
-from models.taxonomy import Side, View
-from models.views import TagRegion
-from workers.gate import load_gate
-from workers.prepare import HipImage, OutOfScopeError, prepare_file
+from predraft.models.pixels import PixelDataError
+from predraft.models.prepare import HipImage, OutOfScopeError, prepare_file
+from predraft.models.taskcard import GATE_CARD
+from predraft.models.taxonomy import Side, View
+from predraft.models.views import TagRegion
+from predraft.workers.gate import load_gate
 
 
 def test_demo_ap_pelvis_gives_right_then_left_hip_of_the_requested_size(demo_study):
@@ -73,7 +73,7 @@ def test_an_image_whose_tags_name_no_view_nor_side_also_gives_its_halves_as_an_a
     prepared = prepare_file(real_path("RG2_UNC.dcm"), input_size=64, gate_size=48, with_halves=True)
     assert prepared.labels.view is View.UNKNOWN and prepared.labels.sides == (Side.UNKNOWN,)
     assert [hip.view for hip in prepared.hips] == [View.UNKNOWN]  # the tags' reading stays the default
-    right, left = prepared.halves  # the gate's field head chooses between the two (workers.gate)
+    right, left = prepared.halves  # the gate's field head chooses between the two (predraft.workers.gate)
     assert (right.side, right.view, left.side, left.view) == (Side.RIGHT, View.AP_PELVIS, Side.LEFT, View.AP_PELVIS)
     assert right.pixels.shape == left.pixels.shape == (64, 64)
     assert right.pixels.std() > 10 and left.pixels.std() > 10 and not np.array_equal(right.pixels, left.pixels)

@@ -1,13 +1,13 @@
-"""Scope from tags and the body-part gate together (models.scope), rule by rule."""
+"""Scope from tags and the body-part gate together (predraft.models.scope), rule by rule."""
 
 from __future__ import annotations
 
 import pytest
 from pydicom.dataset import Dataset
 
-from models.scope import GateReading, ScopeFlag, decide_scope
-from models.taxonomy import View
-from models.views import TagRegion, classify_view
+from predraft.models.scope import GateReading, ScopeFlag, decide_scope
+from predraft.models.taxonomy import View
+from predraft.models.views import TagRegion, classify_view
 
 THRESHOLDS = {"hip": 0.9, "shoulder": 0.8, "hand": 0.8, "leg": 0.85}
 

@@ -1,4 +1,4 @@
-"""predraft.settings: defaults, environment, TOML file, validation and URL redaction."""
+"""predraft.core.settings: defaults, environment, TOML file, validation and URL redaction."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from models.card import DEMO_MODEL_CARD
-from predraft.settings import get_settings, redact_url
+from predraft.core.settings import get_settings, redact_url
+from predraft.models.card import DEMO_MODEL_CARD
 
 
 def test_defaults_put_everything_under_var_dir(clean_settings_env):

@@ -1,4 +1,4 @@
-"""listener.spool: UID checks, layout, atomic writes and the free-space floor."""
+"""predraft.listener.spool: UID checks, layout, atomic writes and the free-space floor."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-import listener.spool as spool_module
-from listener.spool import Spool, SpoolFullError, check_uid
+import predraft.listener.spool as spool_module
+from predraft.listener.spool import Spool, SpoolFullError, check_uid
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 SOP = "1.2.826.0.1.3680043.8.498.1.1.1"

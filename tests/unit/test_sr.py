@@ -1,4 +1,4 @@
-"""reporting.sr.build_draft_sr: the unverified draft as a Comprehensive SR in the evidence's study."""
+"""predraft.reporting.sr.build_draft_sr: the unverified draft as a Comprehensive SR in the evidence's study."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.uid import generate_uid
 
-from models.card import ModelCard
-from models.taxonomy import HardwareClass as H
-from models.taxonomy import Side, View
-from reporting.aggregate import SideFinding
-from reporting.sr import build_draft_sr, device_uid
-from reporting.text import render_draft
-from reporting.wording import CODES, INDETERMINATE_CODE
+from predraft.models.card import ModelCard
+from predraft.models.taxonomy import HardwareClass as H
+from predraft.models.taxonomy import Side, View
+from predraft.reporting.aggregate import SideFinding
+from predraft.reporting.sr import build_draft_sr, device_uid
+from predraft.reporting.text import render_draft
+from predraft.reporting.wording import CODES, INDETERMINATE_CODE
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
@@ -172,7 +172,7 @@ def test_dciodvfy_finds_no_error(evidence, findings, tmp_path):
 
 
 def test_finding_sentences_keep_their_side_with_a_site_findings_template(evidence, findings, tmp_path):
-    from reporting.text import make_environment
+    from predraft.reporting.text import make_environment
 
     (tmp_path / "findings.txt.j2").write_text(
         "Hardware by hip:\n{% for finding in findings %}{{ finding.hip_label }}: {{ finding.sentence }}\n{% endfor %}")

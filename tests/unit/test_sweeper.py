@@ -1,4 +1,4 @@
-"""What the broker holds (workers.queues), the sweeper and dead letters, on real brokers: kombu's
+"""What the broker holds (predraft.workers.queues), the sweeper and dead letters, on real brokers: kombu's
 SQLAlchemy transport over SQLite (the embedded default) and Redis."""
 
 from __future__ import annotations
@@ -9,16 +9,16 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from listener.ingest import InstanceHeader, record_instance
-from predraft.db import session_scope
-from predraft.schema import DeadLetter, Draft, Event, Export, Instance, Study, utcnow
-from predraft.settings import get_settings
-from predraft.states import ExportState, InstanceState, StudyState
-from workers.app import CLASSIFY, DRAFT, PREPARE, QUEUES, create_celery
-from workers.dead_letters import DeadLetterError, record_dead_letter, retry_dead_letter
-from workers.export_service import SENDING_CLAIM_SECONDS
-from workers.queues import BrokerUnreachable, declare_queues, queued_messages
-from workers.sweeper import sweep
+from predraft.core.db import session_scope
+from predraft.core.schema import DeadLetter, Draft, Event, Export, Instance, Study, utcnow
+from predraft.core.settings import get_settings
+from predraft.core.states import ExportState, InstanceState, StudyState
+from predraft.listener.ingest import InstanceHeader, record_instance
+from predraft.workers.app import CLASSIFY, DRAFT, PREPARE, QUEUES, create_celery
+from predraft.workers.dead_letters import DeadLetterError, record_dead_letter, retry_dead_letter
+from predraft.workers.export_service import SENDING_CLAIM_SECONDS
+from predraft.workers.queues import BrokerUnreachable, declare_queues, queued_messages
+from predraft.workers.sweeper import sweep
 
 REDIS_TEST_DB = "redis://127.0.0.1:6379/13"
 

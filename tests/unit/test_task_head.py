@@ -1,4 +1,4 @@
-"""models.taskhead: one more head on a trained task network, the backbone and the other heads untouched."""
+"""predraft.models.taskhead: one more head on a trained task network, the backbone and the other heads untouched."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.imagetask import load_task_model
-from models.taskhead import OUT_OF_FOLD, REPORT, add_task_head
+from predraft.models.imagetask import load_task_model
+from predraft.models.taskhead import OUT_OF_FOLD, REPORT, add_task_head
 from tests.unit.test_image_tasks import TASKS, torch_threads, write_csv, write_random_task_card
 
 
@@ -78,8 +78,8 @@ def test_a_head_the_card_has_already_is_refused(tmp_path):
 def test_malformed_command_lines_are_refused_with_a_clear_error(tmp_path, capsys):
     from click.testing import CliRunner
 
-    from models.taskhead import main
     from predraft.cli import cli
+    from predraft.models.taskhead import main
 
     base_card = write_random_task_card(tmp_path / "base", TASKS)
     labels, images, _ = write_field_set(tmp_path / "data")

@@ -1,4 +1,4 @@
-"""reporting.text: the draft's prose from Jinja templates, site overrides and the start-up check."""
+"""predraft.reporting.text: the draft's prose from Jinja templates, site overrides and the start-up check."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import jinja2
 import pytest
 
 import predraft
-from models.card import ModelCard
-from models.taxonomy import HardwareClass as H
-from models.taxonomy import Side, View
-from reporting.aggregate import SideFinding
-from reporting.text import TemplateCheckError, check_templates, make_environment, render_draft
-from reporting.wording import SENTENCES
+from predraft.models.card import ModelCard
+from predraft.models.taxonomy import HardwareClass as H
+from predraft.models.taxonomy import Side, View
+from predraft.reporting.aggregate import SideFinding
+from predraft.reporting.text import TemplateCheckError, check_templates, make_environment, render_draft
+from predraft.reporting.wording import SENTENCES
 
 
 def _card(**changes) -> ModelCard:
@@ -107,7 +107,7 @@ def test_check_templates_finds_a_syntax_error(tmp_path):
     assert str(tmp_path) in str(caught.value)
 
 
-# Words that would comment on complications: the model describes hardware only (CLINICAL.md).
+# Words that would comment on complications: the model describes hardware only (docs/clinical.md).
 COMPLICATION_WORDS = ("loosening", "loose", "dislocat", "fracture", "infection", "infected", "failure", "fail",
                       "subsidence", "osteolysis", "malposition", "periprosthetic", "normal alignment")
 
@@ -130,7 +130,7 @@ def test_every_class_and_side_renders(hardware, side):
 def test_a_broken_site_template_stops_a_draft_worker_at_start(tmp_path, clean_settings_env, monkeypatch, capsys,
                                                                tiny_card_path):
     from predraft.cli import main
-    from predraft.db import upgrade
+    from predraft.core.db import upgrade
 
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "impression.txt.j2").write_text("{% for finding in findings %}{{ finding.no_such }}{% endfor")

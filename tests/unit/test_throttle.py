@@ -1,4 +1,4 @@
-"""reporting.web.throttle: failed logins counted per user name and per address in a moving window."""
+"""predraft.worklist.throttle: failed logins counted per user name and per address in a moving window."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from reporting.web.throttle import LoginThrottle
+from predraft.worklist.throttle import LoginThrottle
 
 
 def test_each_limit_holds_on_its_own_and_lapses_with_the_window():

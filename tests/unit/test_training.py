@@ -11,24 +11,24 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.card import load_card
-from models.factory import load_classifier
-from models.taxonomy import CLASS_ORDER, HardwareClass
-from models.training import (
+from predraft.cli import main
+from predraft.models.card import load_card
+from predraft.models.factory import load_classifier
+from predraft.models.taxonomy import CLASS_ORDER, HardwareClass
+from predraft.models.training import (
     TrainingConfig,
     TrainingError,
     choose_class_thresholds,
     class_balanced_weights,
     train,
 )
-from predraft.cli import main
 
 TINY = {"architecture": "test_efficientnet", "input_size": 64, "batch_size": 8, "max_steps_per_epoch": 3}
 
 
 @pytest.fixture(scope="module")
 def phantom_data(tmp_path_factory) -> Path:
-    from models.phantoms import write_phantom_dataset
+    from predraft.models.phantoms import write_phantom_dataset
 
     folder = tmp_path_factory.mktemp("phantoms")
     write_phantom_dataset(folder, studies=30, seed=101)
@@ -93,7 +93,7 @@ def test_head_stage_leaves_the_backbone_alone(phantom_data: Path, tmp_path: Path
     card_path = train(phantom_data, tmp_path / "head", config, device="cpu", progress=False)
     trained = load_file(str(card_path.parent / "weights.safetensors"))
     torch.manual_seed(5)
-    from models.factory import classifier_head_keys, create_network
+    from predraft.models.factory import classifier_head_keys, create_network
 
     fresh = create_network("test_efficientnet", 9)
     head = classifier_head_keys(fresh)
@@ -134,7 +134,7 @@ def test_resume_without_checkpoint_is_refused(phantom_data: Path, tmp_path: Path
 def test_evaluate_writes_reports_per_image_and_per_study(phantom_data: Path, tmp_path: Path) -> None:
     import csv
 
-    from models.datasets import read_labels
+    from predraft.models.datasets import read_labels
 
     card_path = train(phantom_data, tmp_path / "run", TrainingConfig(**TINY, head_epochs=0, epochs=1),
                       device="cpu", progress=False)

@@ -1,4 +1,4 @@
-"""models.views.classify_view: the documented rules for view, sides and scope."""
+"""predraft.models.views.classify_view: the documented rules for view, sides and scope."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from models.taxonomy import Side, View
-from models.views import classify_view
+from predraft.models.taxonomy import Side, View
+from predraft.models.views import classify_view
 
 
 def _code(value: str, scheme: str, meaning: str = "") -> Dataset:

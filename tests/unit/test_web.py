@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy import select
 
 from predraft.cli import main
-from predraft.db import session_scope
-from predraft.schema import Draft, Export, Instance, Review, Study, WebSession
-from reporting.web.auth import SECRET_FILE_NAME, load_session_secret
+from predraft.core.db import session_scope
+from predraft.core.schema import Draft, Export, Instance, Review, Study, WebSession
+from predraft.workers import export_task
+from predraft.worklist.auth import SECRET_FILE_NAME, load_session_secret
 from tests.unit.webapp import PASSWORD, Client, WebApp, csrf_in, drafted_web_app
-from workers import export_task
 
 EVIL_NAME = "<script>alert(1)</script>^<b>bold</b>"
 EVIL_DESCRIPTION = '<img src=x onerror="alert(2)">'
@@ -29,7 +29,7 @@ DESTINATIONS = [{"kind": "stow", "name": "vna", "url": "http://127.0.0.1:9/dicom
 
 
 class Sent:
-    """Stands in for workers.export_task.send_exports: records what would be sent."""
+    """Stands in for predraft.workers.export_task.send_exports: records what would be sent."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, list[str]]] = []
@@ -65,7 +65,7 @@ def _study_form(client: Client, study_uid: str) -> dict[str, str]:
 
 def _page_routes(web: WebApp) -> list[tuple[str, str]]:
     """Every route of the worklist (method, path with sample values), from its router."""
-    from reporting.web.routes import router
+    from predraft.worklist.routes import router
 
     routes = []
     for route in router.routes:
@@ -137,7 +137,7 @@ def test_an_open_redirect_after_login_is_refused(web):
 
 
 def test_the_secure_flag_is_on_by_default(clean_settings_env, sqlite_url, tiny_card_path, tmp_path):
-    from predraft.settings import get_settings
+    from predraft.core.settings import get_settings
     from tests.unit.webapp import serving
 
     settings = get_settings(var_dir=tmp_path / "var", database_url=sqlite_url, model=tiny_card_path)
@@ -223,7 +223,7 @@ def test_a_childs_draft_is_flagged_on_the_worklist(web):
     client = web.logged_in("alice")
     assert "Under 18" not in client.get("/worklist/rows").json()["rows"]
     with session_scope(web.settings.database_url) as session:
-        session.scalars(select(Draft)).one().patient_is_child = True  # as drafting records it (reporting.age)
+        session.scalars(select(Draft)).one().patient_is_child = True  # as drafting records it (predraft.reporting.age)
     rows = client.get("/worklist/rows").json()["rows"]
     assert "flag-child" in rows and "Under 18" in rows
 
@@ -386,7 +386,7 @@ def test_statistics_count_reviews_per_class_and_model(web):
     client = web.logged_in("alice")
     form = _study_form(client, web.drafted.study_uid)
     client.post(f"/studies/{web.drafted.study_uid}/review", form | {"action": "reject", "reason": "wrong side"})
-    from reporting.web.stats import percentile, statistics
+    from predraft.worklist.stats import percentile, statistics
 
     with session_scope(web.settings.database_url) as session:
         figures = statistics(session)
@@ -407,7 +407,7 @@ def test_statistics_count_reviews_per_class_and_model(web):
 
 
 def test_the_session_secret_is_generated_once_with_mode_0600(clean_settings_env, tmp_path):
-    from predraft.settings import get_settings
+    from predraft.core.settings import get_settings
 
     settings = get_settings(var_dir=tmp_path / "var")
     first = load_session_secret(settings)
@@ -425,7 +425,7 @@ def test_users_cli_add_passwd_ls(clean_settings_env, sqlite_url, monkeypatch, ca
     import io
     import json
 
-    from reporting.web.users import authenticate
+    from predraft.worklist.users import authenticate
 
     monkeypatch.setenv("PREDRAFT_DATABASE_URL", sqlite_url)
     monkeypatch.setattr("sys.stdin", io.StringIO("first password\n"))
@@ -459,7 +459,7 @@ def test_repeated_failed_logins_are_throttled_per_user_name(clean_settings_env, 
         web.add_user("alice", "radiologist")
         web.add_user("bob", "radiologist")
         client = web.client()
-        with caplog.at_level("INFO", logger="reporting.web.routes"):
+        with caplog.at_level("INFO", logger="predraft.worklist.routes"):
             assert [client.login("alice", "wrong password!").status_code for _ in range(2)] == [401, 401]
             refused = client.login("alice", PASSWORD)  # the right password, but too late
         assert refused.status_code == 429 and "Too many failed logins. Try again in 5 minutes." in refused.text
@@ -491,7 +491,7 @@ def test_parallel_guesses_cannot_all_pass_the_throttle(clean_settings_env, sqlit
 
 
 def test_thumbnails_of_an_untagged_pelvis_the_gate_split_are_its_halves(web, tmp_path):
-    """The worker drafted an untagged AP pelvis from its halves (workers.gate); the page shows those hips."""
+    """The worker drafted an untagged AP pelvis from its halves (predraft.workers.gate); the page shows those hips."""
     client = web.logged_in("alice")
     with session_scope(web.settings.database_url) as session:
         instance = session.scalars(select(Instance).where(Instance.view == "ap_pelvis")).first()

@@ -1,4 +1,4 @@
-"""workers.dispatch and workers.drafting against SQLite: claiming quiet studies, finishing, drafting."""
+"""predraft.workers.dispatch and .drafting against SQLite: claiming quiet studies, finishing, drafting."""
 
 from __future__ import annotations
 
@@ -8,20 +8,20 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from listener.ingest import InstanceHeader, record_instance
-from listener.spool import Spool
-from models.card import load_card
-from predraft.db import session_scope
-from predraft.schema import Draft, Event, Instance, Prediction, Study, utcnow
-from predraft.settings import ExpectedViewsRule
-from predraft.states import InstanceState, StudyState
+from predraft.core.db import session_scope
+from predraft.core.schema import Draft, Event, Instance, Prediction, Study, utcnow
+from predraft.core.settings import ExpectedViewsRule
+from predraft.core.states import InstanceState, StudyState
+from predraft.listener.ingest import InstanceHeader, record_instance
+from predraft.listener.spool import Spool
+from predraft.models.card import load_card
 
-# workers.tasks at collection: its shared tasks are then registered in every Celery app a test makes, whichever
+# predraft.workers.tasks at collection: its shared tasks are then registered in every Celery app a test makes, whichever
 # test made the current one (a task module imported later reaches only the apps still active).
-from workers import tasks
-from workers.app import CLASSIFY, DRAFT, PREPARE
-from workers.dispatch import claim_ready_studies, finish_if_done, reclassify_stale_instances, start_study
-from workers.drafting import DraftOutcome, apply_outcome, draft_study
+from predraft.workers import tasks
+from predraft.workers.app import CLASSIFY, DRAFT, PREPARE
+from predraft.workers.dispatch import claim_ready_studies, finish_if_done, reclassify_stale_instances, start_study
+from predraft.workers.drafting import DraftOutcome, apply_outcome, draft_study
 
 
 class FakeCelery:
@@ -233,8 +233,8 @@ def test_apply_outcome_leaves_a_reopened_study_alone(sqlite_url, drafting_study)
 def test_study_timings_count_from_the_last_instance():
     from datetime import UTC, datetime
 
-    from predraft.schema import Export
-    from predraft.studies import study_timings
+    from predraft.core.schema import Export
+    from predraft.core.studies import study_timings
 
     t0 = datetime(2026, 11, 22, 12, 0, 0)  # naive, as SQLite returns them: UTC
     study = Study(received_at=t0, last_instance_at=t0 + timedelta(seconds=2), ready_at=t0 + timedelta(seconds=2.5),

@@ -6,10 +6,10 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from predraft.db import session_scope
-from predraft.schema import Study
-from reporting.web.present import WorklistState, person_name, view_label
-from reporting.web.worklist import PAGE_SIZE, QueryError, WorklistQuery, worklist_page
+from predraft.core.db import session_scope
+from predraft.core.schema import Study
+from predraft.worklist.present import WorklistState, person_name, view_label
+from predraft.worklist.worklist import PAGE_SIZE, QueryError, WorklistQuery, worklist_page
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ import requests
 import uvicorn
 from sqlalchemy import select
 
-from predraft.db import session_scope
-from predraft.schema import Instance
-from predraft.settings import Settings, get_settings
+from predraft.core.db import session_scope
+from predraft.core.schema import Instance
+from predraft.core.settings import Settings, get_settings
 from tests.conftest import free_port
 from tests.unit.exporting import Drafted, make_draft
 
@@ -39,7 +39,7 @@ class WebApp:
         return Client(self.url)
 
     def add_user(self, username: str, role: str, display_name: str | None = None) -> None:
-        from reporting.web.users import add_user
+        from predraft.worklist.users import add_user
 
         with session_scope(self.settings.database_url) as session:
             add_user(session, username=username, password=PASSWORD, role=role, display_name=display_name)

@@ -6,8 +6,8 @@ import logging
 import signal
 import threading
 
-from predraft.library_text import quieten_value_quoting_libraries
-from predraft.settings import Settings
+from predraft.core.library_text import quieten_value_quoting_libraries
+from predraft.core.settings import Settings
 
 _FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
@@ -28,7 +28,7 @@ def configure_logging(settings: Settings) -> None:
     for noisy in ("pynetdicom", "celery.worker.strategy"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     # Celery logs a failed task's exception message and traceback, which may quote a received value;
-    # workers.tasks.RecordedTask logs and records each failure itself, without library messages.
+    # predraft.workers.tasks.RecordedTask logs and records each failure itself, without library messages.
     logging.getLogger("celery.app.trace").setLevel(logging.CRITICAL)
     quieten_value_quoting_libraries()
 

@@ -82,7 +82,7 @@ class Instance(Base):
     #: The body-part gate's top region and its probability (None: the gate did not run).
     region_read: Mapped[str | None] = mapped_column(String(32), nullable=True)
     region_probability: Mapped[float | None] = mapped_column(Float, nullable=True)
-    #: A drafted image the radiologist should look at twice (models.scope.ScopeFlag), and why.
+    #: A drafted image the radiologist should look at twice (predraft.models.scope.ScopeFlag), and why.
     scope_flag: Mapped[str | None] = mapped_column(String(32), nullable=True)
     scope_note: Mapped[str | None] = mapped_column(Text, nullable=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -109,7 +109,7 @@ class Prediction(Base):
     probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
     top_class: Mapped[str] = mapped_column(String(32))
     top_probability: Mapped[float] = mapped_column(Float)
-    #: The model-free metal check of this hip (models.metal): None when it was not run.
+    #: The model-free metal check of this hip (predraft.models.metal): None when it was not run.
     metal_present: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     metal_score: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -120,7 +120,7 @@ class Prediction(Base):
 class Draft(Base):
     """An SR predraft issued for a study, with its text: the unverified AI draft (``kind`` "draft"), or the
     verified report or rejection notice a radiologist's review of that draft produced (``kind`` "verified" or
-    "rejection", :class:`predraft.states.ReportKind`), which supersedes it (``supersedes_id``). Every kind is
+    "rejection", :class:`predraft.core.states.ReportKind`), which supersedes it (``supersedes_id``). Every kind is
     exported the same way (the exports table)."""
 
     __tablename__ = "drafts"
@@ -141,7 +141,7 @@ class Draft(Base):
     kind: Mapped[str] = mapped_column(String(16), default="draft", server_default="draft", index=True)
     #: The model card's ``synthetic_demo`` when it was drafted (None: drafted before this was recorded).
     synthetic_demo: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
-    #: The tags said the patient was under 18 (reporting.age): the draft carries a notice, the worklist a flag.
+    #: The tags said the patient was under 18 (predraft.reporting.age): the draft carries a notice, the worklist a flag.
     patient_is_child: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     study: Mapped[Study] = relationship(back_populates="drafts")
@@ -151,7 +151,7 @@ class Draft(Base):
 class Export(Base):
     """The export of one draft's SR to one configured destination (settings ``export_destinations``).
 
-    ``state`` is a :class:`predraft.states.ExportState`; ``attempts`` counts the tries since the row was
+    ``state`` is a :class:`predraft.core.states.ExportState`; ``attempts`` counts the tries since the row was
     (re)queued, ``last_error`` holds the last failure (or the warning a destination stored it with), and
     ``exported_at`` when the destination stored it.
     """
@@ -175,7 +175,7 @@ class Export(Base):
 class DeadLetter(Base):
     """A task that failed for good (its retries spent): what it was, for what, and why.
 
-    ``predraft queue retry`` (or :func:`workers.dead_letters.retry_dead_letter`) sends its work again.
+    ``predraft queue retry`` (or :func:`predraft.workers.dead_letters.retry_dead_letter`) sends its work again.
     """
 
     __tablename__ = "dead_letters"
@@ -207,7 +207,7 @@ class Event(Base):
 
 
 class User(Base):
-    """A web user: ``role`` is a :class:`predraft.states.Role`; the password is an argon2id hash."""
+    """A web user: ``role`` is a :class:`predraft.core.states.Role`; the password is an argon2id hash."""
 
     __tablename__ = "users"
 
@@ -238,7 +238,7 @@ class WebSession(Base):
 
 
 class Review(Base):
-    """A radiologist's decision on one AI draft: who, when, what (:class:`predraft.states.ReviewAction`), the
+    """A radiologist's decision on one AI draft: who, when, what (:class:`predraft.core.states.ReviewAction`), the
     final text and its unified diff from the draft's text, the reason of a rejection, and the SR it issued
     (``report_id``: a drafts row of kind "verified" or "rejection"). One review per draft."""
 

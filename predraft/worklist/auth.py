@@ -28,9 +28,9 @@ from fastapi import Request
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from predraft.schema import User, WebSession, utcnow
-from predraft.settings import Settings
-from predraft.states import Role
+from predraft.core.schema import User, WebSession, utcnow
+from predraft.core.settings import Settings
+from predraft.core.states import Role
 
 log = logging.getLogger(__name__)
 

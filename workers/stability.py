@@ -1,9 +1,9 @@
 """Study stability: a study is ready when its expected views are in, or when it has been quiet for the
-configured time (see :func:`workers.dispatch.claim_ready_studies`).
+configured time (see :func:`predraft.workers.dispatch.claim_ready_studies`).
 
 A background thread in the listener process polls the database; claiming is a conditional UPDATE,
 so several listeners on one database never start a study twice. Every ``sweep_interval_seconds`` the
-same thread runs the sweeper (:mod:`workers.sweeper`), which sends again work whose messages were lost.
+same thread runs the sweeper (:mod:`predraft.workers.sweeper`), which sends again work whose messages were lost.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import time
 
 from celery import Celery
 
-from predraft.settings import Settings
-from workers.dispatch import claim_ready_studies, start_study
-from workers.sweeper import sweep
+from predraft.core.settings import Settings
+from predraft.workers.dispatch import claim_ready_studies, start_study
+from predraft.workers.sweeper import sweep
 
 log = logging.getLogger(__name__)
 

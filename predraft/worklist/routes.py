@@ -29,14 +29,14 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from listener.spool import Spool
-from predraft.db import session_scope
-from predraft.metrics import REVIEWS
-from predraft.schema import Instance, Study, User
-from predraft.states import Role
-from reporting.web import auth
-from reporting.web.app import WebContext
-from reporting.web.auth import CSRF_FIELD, LOGIN_COOKIE, SESSION_COOKIE, CurrentUser, LoginRequired, WebError
+from predraft.core.db import session_scope
+from predraft.core.metrics import REVIEWS
+from predraft.core.schema import Instance, Study, User
+from predraft.core.states import Role
+from predraft.listener.spool import Spool
+from predraft.worklist import auth
+from predraft.worklist.auth import CSRF_FIELD, LOGIN_COOKIE, SESSION_COOKIE, CurrentUser, LoginRequired, WebError
+from predraft.worklist.context import WebContext
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -116,7 +116,7 @@ async def login(request: Request) -> Response:
         """(session token, None) on success; (None, seconds to wait) when throttled; (None, None) when wrong.
         Checked, tried and counted under the throttle's locks of this user name and address, so that
         parallel guesses cannot all pass the check before any of them is counted."""
-        from reporting.web.users import authenticate
+        from predraft.worklist.users import authenticate
 
         with context.throttle.attempt(username=username, address=address) as wait:
             if wait is not None:
@@ -173,7 +173,7 @@ async def logout(request: Request, _form: dict[str, str] = Depends(checked_form)
 
 
 def _worklist(request: Request) -> Any:
-    from reporting.web.worklist import QueryError, WorklistQuery, worklist_page
+    from predraft.worklist.worklist import QueryError, WorklistQuery, worklist_page
 
     try:
         query = WorklistQuery.from_params(dict(request.query_params))
@@ -190,8 +190,8 @@ def _models_shown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @router.get("/", response_class=HTMLResponse)
 def worklist(request: Request, user: CurrentUser = Depends(current_user)) -> Response:  # noqa: B008
-    from reporting.web.present import WorklistState
-    from reporting.web.worklist import SORTS
+    from predraft.worklist.present import WorklistState
+    from predraft.worklist.worklist import SORTS
 
     page = _worklist(request)
     return web(request).render("worklist.html.j2", user=user, page=page, states=list(WorklistState),
@@ -215,7 +215,7 @@ def worklist_rows(request: Request, user: CurrentUser = Depends(current_user)) -
 
 @router.get("/studies/{study_uid}", response_class=HTMLResponse)
 def study(request: Request, study_uid: str, user: CurrentUser = Depends(current_user)) -> Response:  # noqa: B008
-    from reporting.web.study import study_page
+    from predraft.worklist.study import study_page
 
     with session_scope(web(request).settings.database_url) as session:
         detail = study_page(session, study_uid)
@@ -243,7 +243,7 @@ def _png(path: Any) -> FileResponse:
 @router.get("/studies/{study_uid}/hips/{instance_id}/{side}.png")
 def thumbnail(request: Request, study_uid: str, instance_id: int, side: str,
               _user: CurrentUser = Depends(current_user)) -> Response:  # noqa: B008
-    from reporting.web.images import ImageUnavailable
+    from predraft.worklist.images import ImageUnavailable
 
     instance = _instance(request, study_uid, instance_id)
     try:
@@ -256,7 +256,7 @@ def thumbnail(request: Request, study_uid: str, instance_id: int, side: str,
 @router.get("/studies/{study_uid}/hips/{instance_id}/{side}/gradcam.png")
 def gradcam(request: Request, study_uid: str, instance_id: int, side: str,
             _user: CurrentUser = Depends(current_user)) -> Response:  # noqa: B008
-    from reporting.web.images import ImageUnavailable
+    from predraft.worklist.images import ImageUnavailable
 
     instance = _instance(request, study_uid, instance_id)
     hardware = request.query_params.get("class", "")
@@ -271,8 +271,8 @@ def gradcam(request: Request, study_uid: str, instance_id: int, side: str,
 @router.post("/studies/{study_uid}/review")
 async def review(request: Request, study_uid: str, user: CurrentUser = Depends(current_user),  # noqa: B008
                  form: dict[str, str] = Depends(checked_form)) -> Response:  # noqa: B008
-    from reporting.web.review import ReviewConflict, ReviewError, review_draft
-    from workers.export_task import send_exports
+    from predraft.workers.export_task import send_exports
+    from predraft.worklist.review import ReviewConflict, ReviewError, review_draft
 
     if not user.can_review:
         raise WebError(HTTPStatus.FORBIDDEN, "only radiologists review drafts")
@@ -312,7 +312,7 @@ async def review(request: Request, study_uid: str, user: CurrentUser = Depends(c
 
 @router.get("/stats", response_class=HTMLResponse)
 def stats(request: Request, user: CurrentUser = Depends(admin)) -> Response:  # noqa: B008
-    from reporting.web.stats import statistics
+    from predraft.worklist.stats import statistics
 
     with session_scope(web(request).settings.database_url) as session:
         figures = statistics(session)

@@ -1,11 +1,11 @@
 """Reviewing a draft: accept it as drafted, accept it with edits, or reject it with a reason.
 
-A service, like :mod:`workers.drafting`: :func:`review_draft` takes an open session and never commits. The
+A service, like :mod:`predraft.workers.drafting`: :func:`review_draft` takes an open session and never commits. The
 caller (the route) owns the transaction and, once it has committed, sends one export task per destination
-(``workers.export_task.send_exports``), exactly as the draft task does for the draft.
+(``predraft.workers.export_task.send_exports``), exactly as the draft task does for the draft.
 
 A review
-* writes the superseding SR (:func:`reporting.sr.build_review_sr`) into the spool beside the draft's, and
+* writes the superseding SR (:func:`predraft.reporting.sr.build_review_sr`) into the spool beside the draft's, and
   records it as a drafts row of kind ``verified`` or ``rejection`` with the draft as ``supersedes_id``;
 * records who did what and when, the final text and its unified diff from the draft's text (``reviews``);
 * marks the study ``reviewed`` and queues the new SR's exports to every configured destination.
@@ -27,14 +27,14 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from listener.spool import Spool
-from predraft.events import record_event
-from predraft.schema import Draft, Instance, Review, Study, User, utcnow
-from predraft.states import ReportKind, ReviewAction, Role, StudyState
-from predraft.studies import latest_draft
-from reporting.sr import build_review_sr
-from reporting.web.present import person_name
-from workers.export_service import queue_exports
+from predraft.core.events import record_event
+from predraft.core.schema import Draft, Instance, Review, Study, User, utcnow
+from predraft.core.states import ReportKind, ReviewAction, Role, StudyState
+from predraft.core.studies import latest_draft
+from predraft.listener.spool import Spool
+from predraft.reporting.sr import build_review_sr
+from predraft.workers.export_service import queue_exports
+from predraft.worklist.present import person_name
 
 #: Longest reason of a rejection, and longest report text.
 MAX_REASON_LENGTH = 2000

@@ -16,8 +16,8 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from predraft.schema import User, WebSession, utcnow
-from predraft.states import Role
+from predraft.core.schema import User, WebSession, utcnow
+from predraft.core.states import Role
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 #: Shortest password accepted.

@@ -26,8 +26,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from models.taxonomy import View
-from reporting.aggregate import DEFAULT_VIEW_WEIGHTS, AggregationRule
+from predraft.models.taxonomy import View
+from predraft.reporting.aggregate import DEFAULT_VIEW_WEIGHTS, AggregationRule
 
 CONFIG_ENV_VAR = "PREDRAFT_CONFIG"
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash
@@ -135,7 +135,7 @@ def expected_view_count(rules: Sequence[ExpectedViewsRule], *descriptions: str |
     return None
 
 
-# --- Export destinations: where drafted SRs are sent (workers.export) ---------------------------------------
+# --- Export destinations: where drafted SRs are sent (predraft.workers.export) ---------------------------------------
 
 _DESTINATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -325,7 +325,7 @@ class Settings(BaseSettings):
         2_000_000_000, ge=1, description="Largest STOW-RS request body, in bytes (larger: 413)."
     )
 
-    # The worklist (reporting.web): sessions and the SRs a review issues.
+    # The worklist (predraft.worklist): sessions and the SRs a review issues.
     session_secret: SecretStr | None = Field(
         None, description="Key of the web sessions' token hashes and CSRF tokens (at least 32 characters); "
         "default: generated once into <var_dir>/session_secret (mode 0600).")
@@ -364,7 +364,8 @@ class Settings(BaseSettings):
     )
     gate_model: Path | None = Field(
         None,
-        description="Body-part gate and hardware check card (JSON, models.taskcard.TaskCard) beside its weights; "
+        description="Body-part gate and hardware check card (JSON, predraft.models.taskcard.TaskCard) beside its "
+                    "weights; "
                     "default the bundled gate (trained on FracAtlas)",
     )
     device: str = Field("cpu", description="Torch device for classification: cpu, cuda or cuda:N.")
@@ -388,7 +389,7 @@ class Settings(BaseSettings):
         description="The same margin for the hard pairs (THA/hemi, post-infectious/THA+fixation), and the lead "
         "the top class of a hard pair needs over the other.")
 
-    # Export of drafted SRs to the PACS (workers.export): one task per draft and destination.
+    # Export of drafted SRs to the PACS (predraft.workers.export): one task per draft and destination.
     export_destinations: list[ExportDestination] = Field(
         default_factory=list,
         description="Where every drafted SR is sent: C-STORE SCPs (kind dimse) and STOW-RS servers (kind stow); "
@@ -548,14 +549,14 @@ class Settings(BaseSettings):
     @property
     def gate_card_path(self) -> Path:
         """The gate card in use: the configured one, or the bundled gate's (``models/gate/card.json``)."""
-        from models.taskcard import GATE_CARD
+        from predraft.models.taskcard import GATE_CARD
 
         return self.gate_model or GATE_CARD
 
     @property
     def demo_model_card_path(self) -> Path:
         """The bundled demo model's card (``models/demo/card.json``): trained on phantoms, never clinical."""
-        from models.card import DEMO_MODEL_CARD
+        from predraft.models.card import DEMO_MODEL_CARD
 
         return DEMO_MODEL_CARD
 

@@ -1,8 +1,8 @@
 """The radiologist worklist: a FastAPI router with Jinja pages, mounted on the HTTP app by
-:func:`reporting.web.app.install`.
+:func:`predraft.worklist.app.install`.
 
-Here rather than in a top-level ``web/``: the layout puts the worklist with the rest of the reporting stage
-(``reporting/web/``, docs ARCHITECTURE.md), beside the SR writer whose verified SRs it issues.
+A layer of its own, above the workers (it queues the exports of verified SRs) and below the shell that
+mounts it (docs/architecture.md, "Layers").
 
 Modules: ``auth`` (sessions, CSRF, the session secret), ``users`` (argon2 accounts, used by ``predraft
 users``), ``worklist``, ``study``, ``review`` (the review service), ``stats``, ``images`` (thumbnails and

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from predraft.schema import Event
+from predraft.core.schema import Event
 
 
 def record_event(session: Session, kind: str, message: str = "", *, study_id: int | None = None,

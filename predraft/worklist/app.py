@@ -1,27 +1,21 @@
-"""The worklist's application context, security headers and error pages; :func:`install` mounts it all."""
+"""The worklist's security headers and error pages; :func:`install` mounts them with its routes and context."""
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
 from http import HTTPStatus
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from predraft.settings import Settings
-from reporting.web.auth import LoginRequired, WebError, load_session_secret
-from reporting.web.images import HipImages
-from reporting.web.throttle import LoginThrottle
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-TEMPLATES_DIR = PACKAGE_DIR / "templates"
-STATIC_DIR = PACKAGE_DIR / "static"
+from predraft.core.settings import Settings
+from predraft.worklist.auth import LoginRequired, WebError, load_session_secret
+from predraft.worklist.context import STATIC_DIR, WebContext, template_environment
+from predraft.worklist.images import HipImages
+from predraft.worklist.routes import router
+from predraft.worklist.throttle import LoginThrottle
 
 #: Headers of every response outside DICOMweb: no inline script or style, no framing, no sniffing.
 SECURITY_HEADERS = [
@@ -31,36 +25,6 @@ SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"same-origin"),
 ]
-
-
-def template_environment() -> Environment:
-    """Autoescaping on for every template (they are all HTML), undefined names an error."""
-    return Environment(loader=FileSystemLoader(str(TEMPLATES_DIR)), autoescape=True, undefined=StrictUndefined,
-                       trim_blocks=True, lstrip_blocks=True)
-
-
-@dataclass
-class WebContext:
-    settings: Settings
-    secret: bytes
-    templates: Environment
-    images: HipImages
-    throttle: LoginThrottle
-    _celery: Any = field(default=None, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def celery(self) -> Any:
-        """The Celery app the review's export tasks are sent with (made on first use)."""
-        with self._lock:
-            if self._celery is None:
-                from workers.app import create_celery
-
-                self._celery = create_celery(self.settings)
-            return self._celery
-
-    def render(self, name: str, status: int = HTTPStatus.OK, **context: Any) -> HTMLResponse:
-        html = self.templates.get_template(name).render(**context)
-        return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
 
 class SecurityHeaders:
@@ -88,8 +52,6 @@ def _wants_html(request: Request) -> bool:
 
 def install(app: FastAPI, settings: Settings) -> None:
     """Mount the worklist on ``app``: its routes, static files, security headers and error pages."""
-    from reporting.web.routes import router
-
     context = WebContext(settings=settings, secret=load_session_secret(settings),
                          templates=template_environment(), images=HipImages(settings),
                          throttle=LoginThrottle(per_user=settings.login_failures_per_user,

@@ -17,9 +17,11 @@ import warnings
 from functools import lru_cache
 from pathlib import Path
 
-#: predraft's own top-level packages, wherever they are installed (a checkout, or site-packages in an image).
-OWN_PACKAGES = frozenset({"predraft", "listener", "workers", "reporting", "models"})
-_OWN_ROOT = Path(__file__).resolve().parents[1]
+#: The folders that hold predraft's own code, under the root it is imported from: in a checkout, ``predraft/`` and
+#: the stage folders installed into its namespace (``listener/`` is ``predraft.listener``); in site-packages,
+#: ``predraft/`` alone. Its loggers' names all start with ``predraft``.
+OWN_PACKAGES = frozenset({"predraft", "listener", "workers", "reporting", "models", "migrations"})
+_OWN_ROOT = Path(__file__).resolve().parents[2]
 _ORIGINAL_FORMATWARNING = warnings.formatwarning
 WITHHELD = "message withheld: raised in a library, it may quote patient data"
 
@@ -107,7 +109,8 @@ def quieten_value_quoting_libraries() -> None:
     ignored and their loggers log errors only; any other library's warning is shown by its place and category
     only (:func:`format_warning`), whether printed to stderr or logged as ``py.warnings``
     (Celery turns ``logging.captureWarnings`` on in the worker; other processes print warnings to stderr).
-    Every predraft process runs it: :func:`predraft.bootstrap.configure_logging`, and the decode sandbox's child."""
+    Every predraft process runs it: :func:`predraft.core.bootstrap.configure_logging`, and the decode
+    sandbox's child."""
     for library in VALUE_QUOTING_LIBRARIES:
         logging.getLogger(library).setLevel(max(logging.ERROR, logging.getLogger().level))
         warnings.filterwarnings("ignore", module=rf"{library}(\.|$)")

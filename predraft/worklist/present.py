@@ -6,12 +6,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from models.taxonomy import HardwareClass, Side, View
-from predraft.clock import as_utc
-from predraft.states import StudyState
+from predraft.core.clock import as_utc
+from predraft.core.states import StudyState
+from predraft.models.taxonomy import HardwareClass, Side, View
 
 if TYPE_CHECKING:
-    from predraft.schema import Study
+    from predraft.core.schema import Study
 
 
 class WorklistState(StrEnum):

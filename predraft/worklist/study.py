@@ -8,12 +8,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.taxonomy import STRUCTURED_REPORT_SOP_CLASSES, HardwareClass, Side
-from predraft.schema import Draft, Instance, Review, Study, User
-from predraft.states import ReportKind, StudyState
-from predraft.studies import export_detail, latest_draft
-from reporting.web import present
-from reporting.web.worklist import finding_summary
+from predraft.core.schema import Draft, Instance, Review, Study, User
+from predraft.core.states import ReportKind, StudyState
+from predraft.core.studies import export_detail, latest_draft
+from predraft.models.taxonomy import STRUCTURED_REPORT_SOP_CLASSES, HardwareClass, Side
+from predraft.worklist import present
+from predraft.worklist.worklist import finding_summary
 
 
 def study_page(session: Session, study_uid: str) -> dict[str, Any] | None:

@@ -16,12 +16,12 @@ from typing import Any
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from models.scope import ScopeFlag
-from models.taxonomy import STRUCTURED_REPORT_SOP_CLASSES
-from predraft.schema import Draft, Instance, Review, Study, User
-from predraft.states import ReportKind, StudyState
-from reporting.web import present
-from reporting.web.present import WorklistState
+from predraft.core.schema import Draft, Instance, Review, Study, User
+from predraft.core.states import ReportKind, StudyState
+from predraft.models.scope import ScopeFlag
+from predraft.models.taxonomy import STRUCTURED_REPORT_SOP_CLASSES
+from predraft.worklist import present
+from predraft.worklist.present import WorklistState
 
 PAGE_SIZE = 50
 SORTS = {

@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from predraft.clock import as_utc
-from predraft.schema import Draft, Export, Instance, Review, Study
-from predraft.states import ReportKind
+from predraft.core.clock import as_utc
+from predraft.core.schema import Draft, Export, Instance, Review, Study
+from predraft.core.states import ReportKind
 
 
 def list_studies(session: Session, *, state: str | None = None, since: datetime | None = None,

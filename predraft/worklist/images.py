@@ -1,9 +1,9 @@
 """Thumbnails and Grad-CAM overlays of the hips of a study, cached as PNG files under the var dir.
 
 A thumbnail is the hip exactly as the classifier saw it, through the same pixel pipeline
-(:func:`workers.prepare.prepare_file`: VOI, MONOCHROME1 inversion, collimation crop, the AP pelvis split,
+(:func:`predraft.models.prepare.prepare_file`: VOI, MONOCHROME1 inversion, collimation crop, the AP pelvis split,
 letterbox), letterboxed to :data:`THUMBNAIL_SIZE` instead of the model's input size. An overlay is
-:func:`models.gradcam.gradcam_overlay` of the configured model on the hip at the model's input size, drawn at
+:func:`predraft.models.gradcam.gradcam_overlay` of the configured model on the hip at the model's input size, drawn at
 the thumbnail's size, so the two line up when the page toggles between them.
 
 Files: ``<var_dir>/cache/web/thumbnails/<SOP Instance UID>/<side>-w<VOI index>-<size>.png`` and
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.card import ModelCard, load_card
-from models.taxonomy import Side
-from predraft.settings import Settings
+from predraft.core.settings import Settings
+from predraft.models.card import ModelCard, load_card
+from predraft.models.taxonomy import Side
 
 THUMBNAIL_SIZE = 256
 
@@ -67,7 +67,7 @@ class HipImages:
                     f"-{THUMBNAIL_SIZE}.png")
         if target.is_file():
             return target
-        from models.gradcam import gradcam_overlay
+        from predraft.models.gradcam import gradcam_overlay
 
         pixels = self._hip(spool_path, side_value, card.input_size)
         data = gradcam_overlay(self.classifier(), pixels, classes.index(hardware), size=THUMBNAIL_SIZE)
@@ -80,10 +80,10 @@ class HipImages:
 
     def classifier(self):  # type: ignore[no-untyped-def]
         """The configured model, loaded on the first overlay (Grad-CAM calls on it are serialised by
-        models.gradcam.network_lock)."""
+        predraft.models.gradcam.network_lock)."""
         with self._classifier_lock:
             if self._classifier is None:
-                from models.factory import load_classifier
+                from predraft.models.factory import load_classifier
 
                 self._classifier = load_classifier(self.settings.model_card_path, self.settings.device)
             return self._classifier
@@ -91,7 +91,7 @@ class HipImages:
     # --- helpers -----------------------------------------------------------------------------------------
 
     def _hip(self, spool_path: str, side: Side, size: int) -> np.ndarray:
-        from workers.prepare import prepare_file
+        from predraft.models.prepare import prepare_file
 
         try:
             # a side asked of an image whose tags name none: the gate may have drafted it from its halves

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -10,7 +11,9 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+#: Alembic's scripts, as a package resource: ``predraft.migrations`` (the repository's ``migrations/``) sits above
+#: this layer (its scripts import the schema), so it is named, never imported, here.
+MIGRATIONS_PACKAGE = "predraft.migrations"
 
 
 @lru_cache(maxsize=8)
@@ -94,7 +97,7 @@ def alembic_config(database_url: str):  # type: ignore[no-untyped-def]
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(importlib.resources.files(MIGRATIONS_PACKAGE)))
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     config.attributes["configure_logging"] = False
     return config
@@ -113,7 +116,7 @@ def check_schema(database_url: str) -> None:
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
-    from predraft.settings import redact_url
+    from predraft.core.settings import redact_url
 
     head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
     with get_engine(database_url).connect() as connection:

@@ -5,7 +5,7 @@ The rates are the measure of the system's value the reference paper asks for: of
 share accepted as drafted, accepted with edits, and rejected. A draft counts once for each class it names
 on any side (``indeterminate`` for a side it left to the radiologist). Time to draft is the seconds from a
 study's last instance to its latest draft, as ``predraft studies show`` reports it
-(:func:`predraft.studies.study_timings`).
+(:func:`predraft.core.studies.study_timings`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
-from predraft.schema import Draft, Review, Study, utcnow
-from predraft.states import ReportKind, ReviewAction
-from reporting.web import present
+from predraft.core.schema import Draft, Review, Study, utcnow
+from predraft.core.states import ReportKind, ReviewAction
+from predraft.worklist import present
 
 DAYS = 30
 PERCENTILES = (50, 90, 95, 99)
