@@ -28,8 +28,13 @@ ROOT = Path(__file__).resolve().parent
 
 def _app(broker: str, transport_options: dict) -> Celery:
     app = Celery("bench", broker=broker, include=["broker_tasks"])
-    app.conf.update(task_ignore_result=True, task_acks_late=True, worker_prefetch_multiplier=1,
-                    broker_transport_options=transport_options, broker_connection_retry_on_startup=True)
+    app.conf.update(
+        task_ignore_result=True,
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+    )
     return app
 
 
@@ -70,10 +75,14 @@ def measure(name: str, broker: str, transport_options: dict, tasks: int, singles
     finally:
         worker.terminate()
         worker.wait(30)
-    return {"transport": name, "tasks": tasks, "batch_seconds": round(batch, 3),
-            "tasks_per_second": round(tasks / batch, 1),
-            "single_task_latency_median_s": round(statistics.median(single_latencies), 3),
-            "single_task_latency_max_s": round(max(single_latencies), 3)}
+    return {
+        "transport": name,
+        "tasks": tasks,
+        "batch_seconds": round(batch, 3),
+        "tasks_per_second": round(tasks / batch, 1),
+        "single_task_latency_median_s": round(statistics.median(single_latencies), 3),
+        "single_task_latency_max_s": round(max(single_latencies), 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,14 +97,23 @@ def main(argv: list[str] | None = None) -> int:
         for sub in ("out", "processed", "control"):
             (folder / sub).mkdir(parents=True)
         results = [
-            measure("sqlalchemy-sqlite", f"sqla+sqlite:///{work / 'broker.sqlite'}", {}, args.tasks, args.singles,
-                    work),
-            measure("filesystem", "filesystem://", {"data_folder_in": str(folder / "out"),
-                                                      "data_folder_out": str(folder / "out"),
-                                                      "processed_folder": str(folder / "processed"),
-                                                      "control_folder": str(folder / "control"),
-                                                      "store_processed": False},
-                    args.tasks, args.singles, work),
+            measure(
+                "sqlalchemy-sqlite", f"sqla+sqlite:///{work / 'broker.sqlite'}", {}, args.tasks, args.singles, work
+            ),
+            measure(
+                "filesystem",
+                "filesystem://",
+                {
+                    "data_folder_in": str(folder / "out"),
+                    "data_folder_out": str(folder / "out"),
+                    "processed_folder": str(folder / "processed"),
+                    "control_folder": str(folder / "control"),
+                    "store_processed": False,
+                },
+                args.tasks,
+                args.singles,
+                work,
+            ),
         ]
     reference = results[0]["batch_seconds"]
     for row in results:

@@ -88,7 +88,7 @@ def measure_bare(classifier: Classifier, images: np.ndarray, batch: int) -> floa
 def measure_batcher(batcher: MicroBatcher, images: np.ndarray, submitters: int) -> tuple[float, float]:
     """Images per second and mean batch size through the batcher, fed two images per request by
     ``submitters`` threads that each wait for their rows."""
-    requests = [images[start:start + 2] for start in range(0, len(images), 2)]
+    requests = [images[start : start + 2] for start in range(0, len(images), 2)]
     before = batcher.stats
     barrier = threading.Barrier(submitters + 1)
     chunks = [requests[i::submitters] for i in range(submitters)]
@@ -140,7 +140,7 @@ def run_network(architecture: str, args: argparse.Namespace, work: Path) -> dict
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(args.images, size, size), dtype=np.uint8)
     warm = time.perf_counter()
-    classifier.predict(images[:args.batch])  # warm-up (and compilation) at the full batch size
+    classifier.predict(images[: args.batch])  # warm-up (and compilation) at the full batch size
     warm = time.perf_counter() - warm
 
     submitters = args.submitters or max(1, min(args.batch, math.ceil(len(images) / 2)))
@@ -159,25 +159,43 @@ def run_network(architecture: str, args: argparse.Namespace, work: Path) -> dict
     study = statistics.median(latencies)
     target = TARGET_IMAGES_PER_SECOND[architecture]
     return {
-        "architecture": architecture, "input_size": size, "images": args.images, "batch": args.batch,
-        "wait_ms": args.wait_ms, "submitters": submitters, "compiled": classifier.compiled,
-        "load_seconds": round(loaded, 2), "warmup_seconds": round(warm, 2),
-        "rounds": args.rounds, "bare_rounds": [round(rate, 2) for rate in bare_rounds],
+        "architecture": architecture,
+        "input_size": size,
+        "images": args.images,
+        "batch": args.batch,
+        "wait_ms": args.wait_ms,
+        "submitters": submitters,
+        "compiled": classifier.compiled,
+        "load_seconds": round(loaded, 2),
+        "warmup_seconds": round(warm, 2),
+        "rounds": args.rounds,
+        "bare_rounds": [round(rate, 2) for rate in bare_rounds],
         "batcher_rounds": [round(rate, 2) for rate in batcher_rounds],
-        "bare_images_per_second": round(bare, 2), "batcher_images_per_second": round(batched, 2),
-        "batcher_share_of_bare": round(share, 3), "batcher_mean_batch": round(mean_batch, 2),
-        "study_latency_median_ms": round(study * 1000, 1), "study_latency_max_ms": round(max(latencies) * 1000, 1),
+        "bare_images_per_second": round(bare, 2),
+        "batcher_images_per_second": round(batched, 2),
+        "batcher_share_of_bare": round(share, 3),
+        "batcher_mean_batch": round(mean_batch, 2),
+        "study_latency_median_ms": round(study * 1000, 1),
+        "study_latency_max_ms": round(max(latencies) * 1000, 1),
         "study_repeats": args.study_repeats,
-        "targets": {"batcher_images_per_second": target, "share_of_bare": TARGET_SHARE_OF_BARE,
-                    "study_latency_ms": TARGET_STUDY_SECONDS * 1000},
-        "met": {"batcher_images_per_second": batched >= target, "share_of_bare": share >= TARGET_SHARE_OF_BARE,
-                "study_latency": study < TARGET_STUDY_SECONDS},
+        "targets": {
+            "batcher_images_per_second": target,
+            "share_of_bare": TARGET_SHARE_OF_BARE,
+            "study_latency_ms": TARGET_STUDY_SECONDS * 1000,
+        },
+        "met": {
+            "batcher_images_per_second": batched >= target,
+            "share_of_bare": share >= TARGET_SHARE_OF_BARE,
+            "study_latency": study < TARGET_STUDY_SECONDS,
+        },
     }
 
 
 def _table(rows: list[dict]) -> str:
-    header = (f"{'network':<20} {'bare img/s':>11} {'batcher img/s':>14} {'share':>6} {'mean batch':>10} "
-              f"{'study ms (med/max)':>19}  targets met (img/s, share, study)")
+    header = (
+        f"{'network':<20} {'bare img/s':>11} {'batcher img/s':>14} {'share':>6} {'mean batch':>10} "
+        f"{'study ms (med/max)':>19}  targets met (img/s, share, study)"
+    )
     lines = [header, "-" * len(header)]
     for row in rows:
         met = row["met"]
@@ -198,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=256, help="batch size of the bare forward and the batcher")
     parser.add_argument("--images", type=int, default=8192, help="images per measurement")
     parser.add_argument("--wait-ms", type=float, default=20.0, help="the batcher's deadline (settings default 20)")
-    parser.add_argument("--submitters", type=int, default=0, help="feeding threads (default: --batch, at most "
-                        "one per request)")
+    parser.add_argument(
+        "--submitters", type=int, default=0, help="feeding threads (default: --batch, at most one per request)"
+    )
     parser.add_argument("--study-repeats", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3, help="bare and batcher measured alternately; medians")
     parser.add_argument("--compile", action="store_true", help="torch.compile (default mode; CUDA only)")
@@ -218,8 +237,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run_network(architecture, args, Path(tmp)))
             print(f"{architecture}: done", file=sys.stderr, flush=True)
     report = {
-        "device": args.device, "device_name": device_name(device), "machine": platform.node(),
-        "torch": torch.__version__, "timm": timm.__version__,
+        "device": args.device,
+        "device_name": device_name(device),
+        "machine": platform.node(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
         "precision": "bf16 autocast, channels_last" if device.type == "cuda" else "float32",
         "note": "random weights; targets are for a GPU" if device.type == "cpu" else "random weights",
         "results": rows,

@@ -47,8 +47,7 @@ def fill(app, count: int) -> float:  # type: ignore[no-untyped-def]
     started = time.perf_counter()
     with app.producer_or_acquire() as producer, producer.batch(1000):
         for number in range(count):
-            app.send_task(PREPARE, args=[number], producer=producer,
-                          countdown=600 if number % 1000 == 0 else None)
+            app.send_task(PREPARE, args=[number], producer=producer, countdown=600 if number % 1000 == 0 else None)
     return time.perf_counter() - started
 
 
@@ -58,8 +57,11 @@ def timed(function: Callable[[], object], repeat: int) -> dict[str, float]:
         started = time.perf_counter()
         function()
         times.append(time.perf_counter() - started)
-    return {"median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
-            "max_s": round(max(times), 4)}
+    return {
+        "median_s": round(statistics.median(times), 4),
+        "min_s": round(min(times), 4),
+        "max_s": round(max(times), 4),
+    }
 
 
 def run_cli(env: dict[str, str], *argv: str) -> None:
@@ -78,8 +80,12 @@ def timed_cli(env: dict[str, str], argv: list[str], repeat: int) -> dict[str, fl
         wall.append(time.perf_counter() - started)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-    return {"median_s": round(statistics.median(wall), 4), "min_s": round(min(wall), 4),
-            "max_s": round(max(wall), 4), "cpu_median_s": round(statistics.median(cpu), 4)}
+    return {
+        "median_s": round(statistics.median(wall), 4),
+        "min_s": round(min(wall), 4),
+        "max_s": round(max(wall), 4),
+        "cpu_median_s": round(statistics.median(cpu), 4),
+    }
 
 
 def measure(name: str, broker_url: str, work: Path, messages: int, repeat: int, *, full_read: bool) -> dict:
@@ -97,19 +103,26 @@ def measure(name: str, broker_url: str, work: Path, messages: int, repeat: int, 
     seen = sum(1 for number in range(max(0, messages - RETRY_SCAN_WINDOW), messages) if number % 1000 == 0)
     assert (prepare["waiting"], prepare["retries_pending"]) == (messages - seen, seen), stats
     result = {
-        "messages": messages, "fill_s": round(fill_s, 1),
+        "messages": messages,
+        "fill_s": round(fill_s, 1),
         "stats_in_process": timed(lambda: queue_stats(settings), repeat),
         "stats_cli": timed_cli(env, ["queue", "stats", "--json"], repeat),
         "cli_startup_reference": timed_cli(env, ["--version"], repeat),
-        "counted": {"waiting": prepare["waiting"], "retries_pending": prepare["retries_pending"],
-                    "oldest_waiting_seconds": prepare["oldest_waiting_seconds"]},
+        "counted": {
+            "waiting": prepare["waiting"],
+            "retries_pending": prepare["retries_pending"],
+            "oldest_waiting_seconds": prepare["oldest_waiting_seconds"],
+        },
     }
     if broker_url.startswith("redis") and shutil.which("redis-cli"):
         number = broker_url.rsplit("/", 1)[-1]
         host, port = broker_url.split("//", 1)[1].split("/", 1)[0].split(":")
-        result["redis_cli_llen_reference"] = timed(lambda: subprocess.run(
-            ["redis-cli", "-h", host, "-p", port, "-n", number, "LLEN", "prepare"], capture_output=True, check=True),
-            repeat)
+        result["redis_cli_llen_reference"] = timed(
+            lambda: subprocess.run(
+                ["redis-cli", "-h", host, "-p", port, "-n", number, "LLEN", "prepare"], capture_output=True, check=True
+            ),
+            repeat,
+        )
     if full_read:
         result["read_every_message_reference"] = timed(lambda: queued_messages(broker_url, QUEUES), 1)
     app.close()
@@ -128,8 +141,7 @@ def main() -> None:
 
     client = redis.Redis.from_url(args.redis)
     client.flushdb()
-    results: dict[str, object] = {"host": os.uname().nodename, "cpus": os.cpu_count(),
-                                  "load_average": os.getloadavg()}
+    results: dict[str, object] = {"host": os.uname().nodename, "cpus": os.cpu_count(), "load_average": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="predraft-bench-cli-") as folder:
         work = Path(folder)
         try:
@@ -138,22 +150,34 @@ def main() -> None:
             client.flushdb()
         if args.embedded_messages:
             (work / "embedded").mkdir()
-            results["embedded"] = measure("embedded", f"sqla+sqlite:///{work / 'embedded' / 'broker.sqlite'}", work,
-                                          args.embedded_messages, args.repeat, full_read=True)
+            results["embedded"] = measure(
+                "embedded",
+                f"sqla+sqlite:///{work / 'embedded' / 'broker.sqlite'}",
+                work,
+                args.embedded_messages,
+                args.repeat,
+                full_read=True,
+            )
 
-    print(f"load average {results['load_average'][0]:.1f} on {results['cpus']} CPUs; medians of {args.repeat} "
-          "(CPU: user + system time of the process)")
-    print(f"{'broker':<10} {'messages':>9} {'stats in process':>17} {'predraft queue stats':>21} {'(CPU)':>7} "
-          f"{'CLI start-up':>13} {'redis-cli LLEN':>15} {'read every message':>19}")
+    print(
+        f"load average {results['load_average'][0]:.1f} on {results['cpus']} CPUs; medians of {args.repeat} "
+        "(CPU: user + system time of the process)"
+    )
+    print(
+        f"{'broker':<10} {'messages':>9} {'stats in process':>17} {'predraft queue stats':>21} {'(CPU)':>7} "
+        f"{'CLI start-up':>13} {'redis-cli LLEN':>15} {'read every message':>19}"
+    )
     for name in ("redis", "embedded"):
         row = results.get(name)
         if not isinstance(row, dict):
             continue
         llen = row.get("redis_cli_llen_reference", {}).get("median_s", float("nan"))
-        print(f"{name:<10} {row['messages']:>9} {row['stats_in_process']['median_s']:>16.3f}s "
-              f"{row['stats_cli']['median_s']:>20.3f}s {row['stats_cli']['cpu_median_s']:>6.3f}s "
-              f"{row['cli_startup_reference']['median_s']:>12.3f}s "
-              f"{llen:>14.3f}s {row['read_every_message_reference']['median_s']:>18.3f}s")
+        print(
+            f"{name:<10} {row['messages']:>9} {row['stats_in_process']['median_s']:>16.3f}s "
+            f"{row['stats_cli']['median_s']:>20.3f}s {row['stats_cli']['cpu_median_s']:>6.3f}s "
+            f"{row['cli_startup_reference']['median_s']:>12.3f}s "
+            f"{llen:>14.3f}s {row['read_every_message_reference']['median_s']:>18.3f}s"
+        )
     out = ROOT / "results" / "cli.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -96,8 +96,13 @@ class Measurement:
     notes: str
 
 
-def measure(receiver_factory: Callable[[Path], AbstractContextManager[Receiver]], files: list[Path],
-            associations: int, work: Path, warm_up: Path) -> Measurement:
+def measure(
+    receiver_factory: Callable[[Path], AbstractContextManager[Receiver]],
+    files: list[Path],
+    associations: int,
+    work: Path,
+    warm_up: Path,
+) -> Measurement:
     """Send ``files`` over ``associations`` concurrent storescu processes to a fresh receiver and check
     every instance arrived. ``warm_up`` goes first, untimed (the first C-STORE after start pays for lazy
     imports and first connections). The page cache is synced before the timed send, so the final sync
@@ -121,8 +126,11 @@ def measure(receiver_factory: Callable[[Path], AbstractContextManager[Receiver]]
 
 def _receivers(associations: int) -> list[tuple[str, Callable[[Path], AbstractContextManager[Receiver]]]]:
     """storescp, predraft, then bare pynetdicom (the order rotates across repeats in :func:`run_scenario`)."""
-    return [("storescp", lambda work: dcmtk_storescp(work, fork=associations > 1)),
-            ("predraft", predraft_listener), ("pynetdicom_bare", bare_pynetdicom)]
+    return [
+        ("storescp", lambda work: dcmtk_storescp(work, fork=associations > 1)),
+        ("predraft", predraft_listener),
+        ("pynetdicom_bare", bare_pynetdicom),
+    ]
 
 
 def run_scenario(scenario: Scenario, files: list[Path], repeats: int, work: Path, warm_up: Path) -> dict:
@@ -133,28 +141,48 @@ def run_scenario(scenario: Scenario, files: list[Path], repeats: int, work: Path
     for repeat in range(repeats):
         shift = repeat % len(receivers)
         for name, factory in receivers[shift:] + receivers[:shift]:
-            run = measure(factory, files, scenario.associations,
-                          work / f"{scenario.size}-{scenario.associations}-{name}-{repeat}", warm_up)
+            run = measure(
+                factory,
+                files,
+                scenario.associations,
+                work / f"{scenario.size}-{scenario.associations}-{name}-{repeat}",
+                warm_up,
+            )
             runs[name].append(run)
-            print(f"  {scenario.name}: {name} run {repeat + 1}: {len(files)} instances in {run.seconds:.2f} s "
-                  f"({run.seconds_until_synced:.2f} s until synced)", file=sys.stderr, flush=True)
+            print(
+                f"  {scenario.name}: {name} run {repeat + 1}: {len(files)} instances in {run.seconds:.2f} s "
+                f"({run.seconds_until_synced:.2f} s until synced)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def rates(seconds: list[float]) -> dict:
         median = statistics.median(seconds)
-        return {"seconds_median": round(median, 3), "seconds_all": [round(s, 3) for s in seconds],
-                "instances_per_s": round(len(files) / median, 1),
-                "mb_per_s": round(total_bytes / median / BYTES_PER_MB, 1)}
+        return {
+            "seconds_median": round(median, 3),
+            "seconds_all": [round(s, 3) for s in seconds],
+            "instances_per_s": round(len(files) / median, 1),
+            "mb_per_s": round(total_bytes / median / BYTES_PER_MB, 1),
+        }
 
     def ratio(faster: str, slower: str, figure: str = "") -> float:
         """``slower``'s rate over ``faster``'s (the ratio of their median times)."""
         seconds = {name: (row[name][figure] if figure else row[name])["seconds_median"] for name in (faster, slower)}
         return round(seconds[faster] / seconds[slower], 2)
 
-    row: dict = {"scenario": scenario.name, "size": scenario.size, "associations": scenario.associations,
-                 "instances": len(files), "bytes_per_instance": total_bytes // len(files)}
+    row: dict = {
+        "scenario": scenario.name,
+        "size": scenario.size,
+        "associations": scenario.associations,
+        "instances": len(files),
+        "bytes_per_instance": total_bytes // len(files),
+    }
     for name, _ in receivers:
-        row[name] = {**rates([run.seconds for run in runs[name]]), "receiver": runs[name][0].notes,
-                     "until_synced": rates([run.seconds_until_synced for run in runs[name]])}
+        row[name] = {
+            **rates([run.seconds for run in runs[name]]),
+            "receiver": runs[name][0].notes,
+            "until_synced": rates([run.seconds_until_synced for run in runs[name]]),
+        }
     row["predraft_over_storescp"] = ratio("storescp", "predraft")
     row["target_ratio"] = TARGET_RATIO[scenario.size]
     row["target_met"] = row["predraft_over_storescp"] >= TARGET_RATIO[scenario.size]
@@ -191,8 +219,10 @@ def disk_figures(folder: Path) -> dict:
     large_seconds = time.perf_counter() - start
     for probe in folder.glob("probe-*"):
         probe.unlink()
-    return {"small_file_write_fsync_ms_median": round(statistics.median(small_latencies) * 1000, 2),
-            "durable_write_mb_per_s": round(DISK_PROBE_LARGE_BYTES / large_seconds / BYTES_PER_MB, 1)}
+    return {
+        "small_file_write_fsync_ms_median": round(statistics.median(small_latencies) * 1000, 2),
+        "durable_write_mb_per_s": round(DISK_PROBE_LARGE_BYTES / large_seconds / BYTES_PER_MB, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,23 +230,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", type=int, default=None, help=f"large instances (default {DEFAULT_LARGE})")
     parser.add_argument("--small", type=int, default=None, help=f"small instances (default {DEFAULT_SMALL})")
     parser.add_argument("--repeats", type=int, default=None, help=f"runs per receiver (default {DEFAULT_REPEATS})")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_LARGE} large, {QUICK_SMALL} small, {QUICK_REPEATS} repeat (unless given)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_LARGE} large, {QUICK_SMALL} small, {QUICK_REPEATS} repeat (unless given)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
     args = parser.parse_args(argv)
     large = args.large or (QUICK_LARGE if args.quick else DEFAULT_LARGE)
     small = args.small or (QUICK_SMALL if args.quick else DEFAULT_SMALL)
     repeats = args.repeats or (QUICK_REPEATS if args.quick else DEFAULT_REPEATS)
-    for option, value, least in (("--large", large, CONCURRENT_ASSOCIATIONS),
-                                 ("--small", small, CONCURRENT_ASSOCIATIONS), ("--repeats", repeats, 1)):
+    for option, value, least in (
+        ("--large", large, CONCURRENT_ASSOCIATIONS),
+        ("--small", small, CONCURRENT_ASSOCIATIONS),
+        ("--repeats", repeats, 1),
+    ):
         if value < least:
             parser.error(f"{option} {value} is too small: at least {least}")
     require_tools()
 
     with tempfile.TemporaryDirectory(prefix="predraft-bench-ingest-") as tmp:
         work = Path(tmp)
-        files = {"large": write_copies(large_template(), large, work / "send" / "large", "large"),
-                 "small": write_copies(small_template(), small, work / "send" / "small", "small")}
+        files = {
+            "large": write_copies(large_template(), large, work / "send" / "large", "large"),
+            "small": write_copies(small_template(), small, work / "send" / "small", "small"),
+        }
         disk = disk_figures(work)
         warm_up = write_copies(small_template(), 1, work / "send" / "warm-up", "warm-up")[0]
         small_size = files["small"][0].stat().st_size
@@ -225,24 +263,35 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for size in ("large", "small"):
             for associations in (1, CONCURRENT_ASSOCIATIONS):
-                rows.append(run_scenario(Scenario(size, associations), files[size], repeats, work / "runs",
-                                         warm_up))
+                rows.append(run_scenario(Scenario(size, associations), files[size], repeats, work / "runs", warm_up))
 
     report = {
-        "machine": {"node": platform.node(), "cpus": os.cpu_count(), "processor": platform.processor(),
-                    "python": platform.python_version(), "pynetdicom": pynetdicom.__version__,
-                    "pydicom": pydicom.__version__, "dcmtk": dcmtk_version(), "work_folder": tempfile.gettempdir(),
-                    "disk": disk},
-        "method": {"large_instances": large, "small_instances": small, "repeats": repeats,
-                   "statistic": "median of the repeats", "warm_up": "one small instance, untimed, per receiver start",
-                   "clock": "first storescu start to last storescu exit",
-                   "sender": "dcmtk storescu, TCP_NODELAY=1, uncompressed (Explicit VR LE), "
-                             f"PDUs of up to {DCMTK_MAX_PDU} bytes",
-                   "concurrency": f"{CONCURRENT_ASSOCIATIONS} storescu processes started together, files dealt "
-                                  "round-robin; storescp with --fork in that case, plain storescp for one",
-                   "mb": "10^6 bytes of the sent files",
-                   "until_synced": "the clock stopped after an os.sync() that follows the last storescu exit: "
-                                   "every receiver timed until the data is on disk (storescp does not fsync)"},
+        "machine": {
+            "node": platform.node(),
+            "cpus": os.cpu_count(),
+            "processor": platform.processor(),
+            "python": platform.python_version(),
+            "pynetdicom": pynetdicom.__version__,
+            "pydicom": pydicom.__version__,
+            "dcmtk": dcmtk_version(),
+            "work_folder": tempfile.gettempdir(),
+            "disk": disk,
+        },
+        "method": {
+            "large_instances": large,
+            "small_instances": small,
+            "repeats": repeats,
+            "statistic": "median of the repeats",
+            "warm_up": "one small instance, untimed, per receiver start",
+            "clock": "first storescu start to last storescu exit",
+            "sender": "dcmtk storescu, TCP_NODELAY=1, uncompressed (Explicit VR LE), "
+            f"PDUs of up to {DCMTK_MAX_PDU} bytes",
+            "concurrency": f"{CONCURRENT_ASSOCIATIONS} storescu processes started together, files dealt "
+            "round-robin; storescp with --fork in that case, plain storescp for one",
+            "mb": "10^6 bytes of the sent files",
+            "until_synced": "the clock stopped after an os.sync() that follows the last storescu exit: "
+            "every receiver timed until the data is on disk (storescp does not fsync)",
+        },
         "results": rows,
         "all_targets_met": all(row["target_met"] for row in rows),
     }

@@ -108,8 +108,14 @@ def small_template() -> pydicom.Dataset:
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         if keyword in ds:
             spacing = [float(value) for value in ds[keyword].value]
-            setattr(ds, keyword, [round(spacing[0] * pixels.shape[0] / SMALL_SIDE, 6),
-                                  round(spacing[1] * pixels.shape[1] / SMALL_SIDE, 6)])
+            setattr(
+                ds,
+                keyword,
+                [
+                    round(spacing[0] * pixels.shape[0] / SMALL_SIDE, 6),
+                    round(spacing[1] * pixels.shape[1] / SMALL_SIDE, 6),
+                ],
+            )
     ds.Rows, ds.Columns = small.shape
     ds.PixelData = small.tobytes()
     return ds
@@ -134,8 +140,14 @@ class Receiver:
 
 
 def _echo_ok(ae_title: str, port: int) -> bool:
-    result = subprocess.run(["echoscu", "-aet", CALLING_AE, "-aec", ae_title, "127.0.0.1", str(port)],
-                            capture_output=True, text=True, timeout=STOP_TIMEOUT_S, env=DCMTK_ENV, check=False)
+    result = subprocess.run(
+        ["echoscu", "-aet", CALLING_AE, "-aec", ae_title, "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=STOP_TIMEOUT_S,
+        env=DCMTK_ENV,
+        check=False,
+    )
     return result.returncode == 0
 
 
@@ -174,14 +186,16 @@ def environment_without_settings() -> dict[str, str]:
 def predraft_env(var_dir: Path, port: int) -> dict[str, str]:
     """The environment of ``predraft listen``: its own var dir, no drafting (an hour of quiet), quiet logs."""
     env = environment_without_settings()
-    env.update({
-        "PREDRAFT_VAR_DIR": str(var_dir),
-        "PREDRAFT_DIMSE_PORT": str(port),
-        "PREDRAFT_AE_TITLE": PREDRAFT_AE,
-        "PREDRAFT_SPOOL_MIN_FREE_BYTES": "0",
-        "PREDRAFT_QUIET_SECONDS": "3600",
-        "PREDRAFT_LOG_LEVEL": "WARNING",
-    })
+    env.update(
+        {
+            "PREDRAFT_VAR_DIR": str(var_dir),
+            "PREDRAFT_DIMSE_PORT": str(port),
+            "PREDRAFT_AE_TITLE": PREDRAFT_AE,
+            "PREDRAFT_SPOOL_MIN_FREE_BYTES": "0",
+            "PREDRAFT_QUIET_SECONDS": "3600",
+            "PREDRAFT_LOG_LEVEL": "WARNING",
+        }
+    )
     return env
 
 
@@ -190,15 +204,22 @@ def predraft_listener(work: Path) -> Iterator[Receiver]:
     """``predraft db upgrade`` then ``predraft listen``, the real commands, on a fresh var dir and free port."""
     var_dir, port, log = work / "predraft-var", free_port(), work / "predraft.log"
     env = predraft_env(var_dir, port)
-    subprocess.run([PREDRAFT, "db", "upgrade"], env=env, cwd=work, check=True, capture_output=True,
-                   timeout=STARTUP_TIMEOUT_S)
+    subprocess.run(
+        [PREDRAFT, "db", "upgrade"], env=env, cwd=work, check=True, capture_output=True, timeout=STARTUP_TIMEOUT_S
+    )
     with log.open("wb") as stream:
         process = subprocess.Popen([PREDRAFT, "listen"], env=env, cwd=work, stdout=stream, stderr=subprocess.STDOUT)
     try:
         _wait_until_echo(process, PREDRAFT_AE, port, log)
-        yield Receiver("predraft", PREDRAFT_AE, port, var_dir / "spool" / "incoming", "*/*.dcm",
-                       "predraft listen: fsync of each file and its folder, then a SQLite commit "
-                       "(WAL, synchronous=FULL), before the success status")
+        yield Receiver(
+            "predraft",
+            PREDRAFT_AE,
+            port,
+            var_dir / "spool" / "incoming",
+            "*/*.dcm",
+            "predraft listen: fsync of each file and its folder, then a SQLite commit "
+            "(WAL, synchronous=FULL), before the success status",
+        )
     finally:
         _stop(process, signal.SIGINT, group=False)
 
@@ -209,15 +230,26 @@ def bare_pynetdicom(work: Path) -> Iterator[Receiver]:
     out_dir, port, log = work / "bare-out", free_port(), work / "bare.log"
     env = environment_without_settings()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
-    command = [sys.executable, str(Path(__file__).resolve().parent / "bare_pynetdicom_scp.py"), str(port),
-               BARE_AE, str(out_dir)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve().parent / "bare_pynetdicom_scp.py"),
+        str(port),
+        BARE_AE,
+        str(out_dir),
+    ]
     with log.open("wb") as stream:
         process = subprocess.Popen(command, env=env, cwd=work, stdout=stream, stderr=subprocess.STDOUT)
     try:
         _wait_until_echo(process, BARE_AE, port, log)
-        yield Receiver("pynetdicom_bare", BARE_AE, port, out_dir, "*.dcm",
-                       "pynetdicom with predraft's AE, server class and chunked receive; the handler renames "
-                       "the file and answers success: no parse, no fsync, no database")
+        yield Receiver(
+            "pynetdicom_bare",
+            BARE_AE,
+            port,
+            out_dir,
+            "*.dcm",
+            "pynetdicom with predraft's AE, server class and chunked receive; the handler renames "
+            "the file and answers success: no parse, no fsync, no database",
+        )
     finally:
         _stop(process, signal.SIGINT, group=False)
 
@@ -227,17 +259,34 @@ def dcmtk_storescp(work: Path, *, fork: bool) -> Iterator[Receiver]:
     """dcmtk's storescp writing into a fresh folder; ``fork``: one child process per association."""
     out_dir, port, log = work / "storescp-out", free_port(), work / "storescp.log"
     out_dir.mkdir()
-    command = ["storescp", "-aet", STORESCP_AE, "-pdu", str(DCMTK_MAX_PDU), "-dhl", "-od", str(out_dir),
-               *(["--fork"] if fork else []), str(port)]
+    command = [
+        "storescp",
+        "-aet",
+        STORESCP_AE,
+        "-pdu",
+        str(DCMTK_MAX_PDU),
+        "-dhl",
+        "-od",
+        str(out_dir),
+        *(["--fork"] if fork else []),
+        str(port),
+    ]
     with log.open("wb") as stream:
         # its own process group, so the children of --fork stop with it
-        process = subprocess.Popen(command, env=DCMTK_ENV, cwd=work, stdout=stream, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, env=DCMTK_ENV, cwd=work, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         _wait_until_echo(process, STORESCP_AE, port, log)
-        yield Receiver("storescp", STORESCP_AE, port, out_dir, "*",
-                       f"dcmtk storescp -pdu {DCMTK_MAX_PDU}{' --fork' if fork else ''}: no fsync "
-                       "(the file is written and closed, not synced)")
+        yield Receiver(
+            "storescp",
+            STORESCP_AE,
+            port,
+            out_dir,
+            "*",
+            f"dcmtk storescp -pdu {DCMTK_MAX_PDU}{' --fork' if fork else ''}: no fsync "
+            "(the file is written and closed, not synced)",
+        )
     finally:
         _stop(process, signal.SIGTERM, group=True)
 
@@ -256,11 +305,15 @@ def send_concurrently(receiver: Receiver, batches: Sequence[Sequence[Path]]) -> 
     """One storescu process per batch, all started together; seconds from the first start to the last exit.
 
     Raises RuntimeError when a storescu fails or reports a failed store."""
-    commands = [["storescu", "-aet", CALLING_AE, "-aec", receiver.ae_title, "127.0.0.1", str(receiver.port),
-                 *map(str, batch)] for batch in batches]
+    commands = [
+        ["storescu", "-aet", CALLING_AE, "-aec", receiver.ae_title, "127.0.0.1", str(receiver.port), *map(str, batch)]
+        for batch in batches
+    ]
     start = time.perf_counter()
-    processes = [subprocess.Popen(command, env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  text=True) for command in commands]
+    processes = [
+        subprocess.Popen(command, env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for command in commands
+    ]
     errors = [process.communicate(timeout=SEND_TIMEOUT_S)[1] for process in processes]
     elapsed = time.perf_counter() - start
     for process, error in zip(processes, errors, strict=True):

@@ -83,8 +83,11 @@ def measure(path: Path, repeats: int, size: int) -> dict:
     except PixelDataError as exc:
         return {**row, "decodes": False, "error": str(exc)}
     bare, same, ours = [], [], []
-    runs = [lambda: bare.append(_bare(data)), lambda: same.append(_bare(data, same_plugin=True)),
-            lambda: ours.append(_ours(data, size))]
+    runs = [
+        lambda: bare.append(_bare(data)),
+        lambda: same.append(_bare(data, same_plugin=True)),
+        lambda: ours.append(_ours(data, size)),
+    ]
     order = random.Random(path.name)
     for _ in range(repeats):
         order.shuffle(runs)  # no measurement always follows the same one (allocator and cache state)
@@ -94,11 +97,18 @@ def measure(path: Path, repeats: int, size: int) -> dict:
     same_ms = statistics.median(same) * 1000
     stages = {stage: round(statistics.median(t[stage] for t in ours) * 1000, 2) for stage in ours[0]}
     overhead = (stages["total"] - bare_ms) / bare_ms
-    return {**row, "decodes": True, "plugin": decoders.preferred_plugin(ds) or "pydicom's order",
-            "bare_ms": round(bare_ms, 2), "bare_same_plugin_ms": round(same_ms, 2), "ours_ms": stages["total"],
-            "stages_ms": stages, "overhead_ratio": round(overhead, 3),
-            "preprocessing_overhead_ratio": round((stages["total"] - same_ms) / same_ms, 3),
-            "target_met": overhead <= TARGET_OVERHEAD}
+    return {
+        **row,
+        "decodes": True,
+        "plugin": decoders.preferred_plugin(ds) or "pydicom's order",
+        "bare_ms": round(bare_ms, 2),
+        "bare_same_plugin_ms": round(same_ms, 2),
+        "ours_ms": stages["total"],
+        "stages_ms": stages,
+        "overhead_ratio": round(overhead, 3),
+        "preprocessing_overhead_ratio": round((stages["total"] - same_ms) / same_ms, 3),
+        "target_met": overhead <= TARGET_OVERHEAD,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,21 +121,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no RG2_*.dcm under {REAL}", file=sys.stderr)
         return 1
     results = [measure(path, args.repeats, args.size) for path in files]
-    print(f"{'file':20s} {'bare ms':>8s} {'same ms':>8s} {'ours ms':>8s} {'overhead':>9s} {'pre-only':>9s}  "
-          f"target  {'decode':>7s} {'unit':>6s} {'crop':>6s} {'letterbox':>9s}")
+    print(
+        f"{'file':20s} {'bare ms':>8s} {'same ms':>8s} {'ours ms':>8s} {'overhead':>9s} {'pre-only':>9s}  "
+        f"target  {'decode':>7s} {'unit':>6s} {'crop':>6s} {'letterbox':>9s}"
+    )
     for row in results:
         if not row["decodes"]:
             print(f"{row['file']:20s} does not decode: {row['error'][:90]}")
             continue
         stages = row["stages_ms"]
-        print(f"{row['file']:20s} {row['bare_ms']:8.1f} {row['bare_same_plugin_ms']:8.1f} {row['ours_ms']:8.1f} "
-              f"{row['overhead_ratio']:9.1%} {row['preprocessing_overhead_ratio']:9.1%}  "
-              f"{'yes' if row['target_met'] else 'NO':6s}  {stages['decode']:7.1f} {stages['to_unit_range']:6.1f} "
-              f"{stages['crop']:6.1f} {stages['letterbox']:9.1f}")
+        print(
+            f"{row['file']:20s} {row['bare_ms']:8.1f} {row['bare_same_plugin_ms']:8.1f} {row['ours_ms']:8.1f} "
+            f"{row['overhead_ratio']:9.1%} {row['preprocessing_overhead_ratio']:9.1%}  "
+            f"{'yes' if row['target_met'] else 'NO':6s}  {stages['decode']:7.1f} {stages['to_unit_range']:6.1f} "
+            f"{stages['crop']:6.1f} {stages['letterbox']:9.1f}"
+        )
     decoded = [row for row in results if row["decodes"]]
-    report = {"machine": os.uname().nodename, "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-              "repeats": args.repeats, "size": args.size, "target_overhead": TARGET_OVERHEAD,
-              "all_targets_met": all(row["target_met"] for row in decoded), "results": results}
+    report = {
+        "machine": os.uname().nodename,
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "repeats": args.repeats,
+        "size": args.size,
+        "target_overhead": TARGET_OVERHEAD,
+        "all_targets_met": all(row["target_met"] for row in decoded),
+        "results": results,
+    }
     out = ROOT / "results" / "pixels.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

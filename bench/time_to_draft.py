@@ -65,9 +65,12 @@ def _drafted_at(database: Path, study_uids: list[str]) -> dict[str, float]:
     engine = create_engine(f"sqlite:///{database}")
     try:
         with engine.connect() as connection:
-            rows = connection.execute(text(
-                "SELECT s.study_uid, MIN(d.created_at) FROM drafts d JOIN studies s ON s.id = d.study_id "
-                "GROUP BY s.study_uid")).all()
+            rows = connection.execute(
+                text(
+                    "SELECT s.study_uid, MIN(d.created_at) FROM drafts d JOIN studies s ON s.id = d.study_id "
+                    "GROUP BY s.study_uid"
+                )
+            ).all()
     finally:
         engine.dispose()
     found = {}
@@ -90,17 +93,27 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="predraft-ttd-"))
     port, http_port = free_port(), free_port()
     env = environment_without_settings()
-    env.update({"PREDRAFT_VAR_DIR": str(work / "var"), "PREDRAFT_DIMSE_PORT": str(port), "PREDRAFT_AE_TITLE": AE,
-                "PREDRAFT_HTTP_PORT": str(http_port), "PREDRAFT_QUIET_SECONDS": "3600",
-                "PREDRAFT_STABILITY_POLL_SECONDS": "0.1", "PREDRAFT_LOG_LEVEL": "WARNING",
-                "PREDRAFT_DEVICE": args.device, "PREDRAFT_SPOOL_MIN_FREE_BYTES": "0"})
+    env.update(
+        {
+            "PREDRAFT_VAR_DIR": str(work / "var"),
+            "PREDRAFT_DIMSE_PORT": str(port),
+            "PREDRAFT_AE_TITLE": AE,
+            "PREDRAFT_HTTP_PORT": str(http_port),
+            "PREDRAFT_QUIET_SECONDS": "3600",
+            "PREDRAFT_STABILITY_POLL_SECONDS": "0.1",
+            "PREDRAFT_LOG_LEVEL": "WARNING",
+            "PREDRAFT_DEVICE": args.device,
+            "PREDRAFT_SPOOL_MIN_FREE_BYTES": "0",
+        }
+    )
     if args.model:
         env["PREDRAFT_MODEL"] = str(args.model.resolve())
     studies = [write_demo_study(work / "studies" / f"{index:03d}", seed=index) for index in range(args.studies + 1)]
     log = work / "serve.log"
     with log.open("wb") as stream:
-        serve = subprocess.Popen([PREDRAFT, "serve"], env=env, cwd=work, stdout=stream, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        serve = subprocess.Popen(
+            [PREDRAFT, "serve"], env=env, cwd=work, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         _wait_until_echo(serve, AE, port, log)
         acked: dict[str, float] = {}
@@ -109,8 +122,21 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             uid = str(pydicom.dcmread(images[0].path, stop_before_pixels=True).StudyInstanceUID)
             uids.append(uid)
-            subprocess.run(["storescu", "-aet", CALLING_AE, "-aec", AE, "127.0.0.1", str(port),
-                            *(str(image.path) for image in images)], env=DCMTK_ENV, check=True, capture_output=True)
+            subprocess.run(
+                [
+                    "storescu",
+                    "-aet",
+                    CALLING_AE,
+                    "-aec",
+                    AE,
+                    "127.0.0.1",
+                    str(port),
+                    *(str(image.path) for image in images),
+                ],
+                env=DCMTK_ENV,
+                check=True,
+                capture_output=True,
+            )
             acked[uid] = time.time()
             if index == 0:  # the warm-up study is drafted before the timed ones start
                 _wait_for(work / "var" / "predraft.sqlite", [uid], args.timeout)
@@ -122,16 +148,25 @@ def main(argv: list[str] | None = None) -> int:
     seconds = {uid: drafted[uid] - acked[uid] for uid in uids if uid in drafted}
     timed = [seconds[uid] for uid in uids[1:] if uid in seconds]
     result = {
-        "bench": "time_to_draft", "studies": args.studies, "interval_s": args.interval, "device": args.device,
-        "model": str(args.model) if args.model else "bundled demo model", "machine": platform.node(),
-        "cpus": os.cpu_count(), "warm_up_s": seconds.get(uids[0]), "drafted": len(timed),
+        "bench": "time_to_draft",
+        "studies": args.studies,
+        "interval_s": args.interval,
+        "device": args.device,
+        "model": str(args.model) if args.model else "bundled demo model",
+        "machine": platform.node(),
+        "cpus": os.cpu_count(),
+        "warm_up_s": seconds.get(uids[0]),
+        "drafted": len(timed),
         "missing": args.studies - len(timed),
-        "p50_s": statistics.median(timed) if timed else None, "p95_s": _percentile(timed, 0.95) if timed else None,
-        "max_s": max(timed) if timed else None, "per_study_s": [round(value, 3) for value in timed],
+        "p50_s": statistics.median(timed) if timed else None,
+        "p95_s": _percentile(timed, 0.95) if timed else None,
+        "max_s": max(timed) if timed else None,
+        "per_study_s": [round(value, 3) for value in timed],
         "target_p95_s": 1.0 if args.device.startswith("cuda") else 3.0,
     }
-    result["meets_target"] = result["p95_s"] is not None and result["missing"] == 0 and \
-        result["p95_s"] < result["target_p95_s"]
+    result["meets_target"] = (
+        result["p95_s"] is not None and result["missing"] == 0 and result["p95_s"] < result["target_p95_s"]
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({key: value for key, value in result.items() if key != "per_study_s"}, indent=2))

@@ -66,49 +66,129 @@ def fill(url: str, studies: int) -> None:
 
     now = datetime.now(UTC)
     states = ["receiving", "ready", "drafting", "error", "out_of_scope"]
-    findings = [{"side": "right", "hardware": "tha", "top_class": "tha", "probability": 0.93,
-                 "views": ["ap_pelvis"], "reason": "weighted mean probability 0.93", "metal": True,
-                 "probabilities": {"tha": 0.93, "hemi": 0.05, "none": 0.02}},
-                {"side": "left", "hardware": None, "top_class": "none", "probability": 0.41,
-                 "views": ["ap_pelvis"], "reason": "confidence 0.41 below the model's threshold 0.50", "metal": False,
-                 "probabilities": {"none": 0.41, "tha": 0.39, "hemi": 0.2}}]
+    findings = [
+        {
+            "side": "right",
+            "hardware": "tha",
+            "top_class": "tha",
+            "probability": 0.93,
+            "views": ["ap_pelvis"],
+            "reason": "weighted mean probability 0.93",
+            "metal": True,
+            "probabilities": {"tha": 0.93, "hemi": 0.05, "none": 0.02},
+        },
+        {
+            "side": "left",
+            "hardware": None,
+            "top_class": "none",
+            "probability": 0.41,
+            "views": ["ap_pelvis"],
+            "reason": "confidence 0.41 below the model's threshold 0.50",
+            "metal": False,
+            "probabilities": {"none": 0.41, "tha": 0.39, "hemi": 0.2},
+        },
+    ]
     engine = db.get_engine(url)
     with engine.begin() as connection:
-        user_id = connection.execute(insert(User).values(
-            username="bench", display_name="Bench^Radiologist", role="radiologist",
-            password_hash=hash_password(PASSWORD), active=True, created_at=now, password_changed_at=now)
-            .returning(User.id)).scalar_one()
+        user_id = connection.execute(
+            insert(User)
+            .values(
+                username="bench",
+                display_name="Bench^Radiologist",
+                role="radiologist",
+                password_hash=hash_password(PASSWORD),
+                active=True,
+                created_at=now,
+                password_changed_at=now,
+            )
+            .returning(User.id)
+        ).scalar_one()
         study_rows, series_rows, instance_rows, draft_rows, review_rows = [], [], [], [], []
         for n in range(1, studies + 1):
             drafted = n % 5 != 0
             reviewed = drafted and n % 4 == 0
             received = now - timedelta(minutes=studies - n)
-            study_rows.append({
-                "id": n, "study_uid": f"2.25.{n}", "patient_id": f"P{n:07d}", "patient_name": f"PATIENT^NUMBER{n}",
-                "accession_number": f"A{n:08d}", "study_date": (received.date()).strftime("%Y%m%d"),
-                "study_description": "XR PELVIS AND RIGHT HIP 3 VIEWS", "requested_procedure": "",
-                "state": ("reviewed" if reviewed else "drafted") if drafted else states[n % len(states)],
-                "generation": 1, "received_at": received, "last_instance_at": received,
-                "prepared_at": received if drafted else None, "drafted_at": received if drafted else None})
-            series_rows.append({"id": n, "study_id": n, "series_uid": f"2.25.{n}.1", "modality": "CR",
-                                "series_description": "", "body_part": "PELVIS"})
-            for k, (view, side) in enumerate((("ap_pelvis", "right+left"), ("frog_leg", "right"),
-                                              ("cross_table_lateral", "right"))):
-                instance_rows.append({
-                    "study_id": n, "series_id": n, "sop_instance_uid": f"2.25.{n}.1.{k}",
-                    "sop_class_uid": "1.2.840.10008.5.1.4.1.1.1", "transfer_syntax_uid": "1.2.840.10008.1.2.1",
-                    "spool_path": "/nonexistent", "size_bytes": 1, "calling_ae": "BENCH", "state": "classified",
-                    "view": view, "view_rule": "bench", "side": side, "received_at": received, "updated_at": received})
+            study_rows.append(
+                {
+                    "id": n,
+                    "study_uid": f"2.25.{n}",
+                    "patient_id": f"P{n:07d}",
+                    "patient_name": f"PATIENT^NUMBER{n}",
+                    "accession_number": f"A{n:08d}",
+                    "study_date": (received.date()).strftime("%Y%m%d"),
+                    "study_description": "XR PELVIS AND RIGHT HIP 3 VIEWS",
+                    "requested_procedure": "",
+                    "state": ("reviewed" if reviewed else "drafted") if drafted else states[n % len(states)],
+                    "generation": 1,
+                    "received_at": received,
+                    "last_instance_at": received,
+                    "prepared_at": received if drafted else None,
+                    "drafted_at": received if drafted else None,
+                }
+            )
+            series_rows.append(
+                {
+                    "id": n,
+                    "study_id": n,
+                    "series_uid": f"2.25.{n}.1",
+                    "modality": "CR",
+                    "series_description": "",
+                    "body_part": "PELVIS",
+                }
+            )
+            for k, (view, side) in enumerate(
+                (("ap_pelvis", "right+left"), ("frog_leg", "right"), ("cross_table_lateral", "right"))
+            ):
+                instance_rows.append(
+                    {
+                        "study_id": n,
+                        "series_id": n,
+                        "sop_instance_uid": f"2.25.{n}.1.{k}",
+                        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.1",
+                        "transfer_syntax_uid": "1.2.840.10008.1.2.1",
+                        "spool_path": "/nonexistent",
+                        "size_bytes": 1,
+                        "calling_ae": "BENCH",
+                        "state": "classified",
+                        "view": view,
+                        "view_rule": "bench",
+                        "side": side,
+                        "received_at": received,
+                        "updated_at": received,
+                    }
+                )
             if drafted:
-                draft_rows.append({"id": n, "study_id": n, "generation": 1, "kind": "draft", "text": "draft\n",
-                                   "findings": findings, "model_name": "predraft-demo-phantoms",
-                                   "model_version": "1.0.0", "synthetic_demo": True,
-                                   "sr_sop_instance_uid": f"2.25.{n}.9", "sr_series_uid": f"2.25.{n}.9",
-                                   "sr_path": "/nonexistent", "created_at": received + timedelta(seconds=2)})
+                draft_rows.append(
+                    {
+                        "id": n,
+                        "study_id": n,
+                        "generation": 1,
+                        "kind": "draft",
+                        "text": "draft\n",
+                        "findings": findings,
+                        "model_name": "predraft-demo-phantoms",
+                        "model_version": "1.0.0",
+                        "synthetic_demo": True,
+                        "sr_sop_instance_uid": f"2.25.{n}.9",
+                        "sr_series_uid": f"2.25.{n}.9",
+                        "sr_path": "/nonexistent",
+                        "created_at": received + timedelta(seconds=2),
+                    }
+                )
             if reviewed:
-                review_rows.append({"draft_id": n, "study_id": n, "user_id": user_id, "action": "accepted",
-                                    "final_text": "draft\n", "diff": "", "reason": "", "report_id": None,
-                                    "created_at": received + timedelta(minutes=5)})
+                review_rows.append(
+                    {
+                        "draft_id": n,
+                        "study_id": n,
+                        "user_id": user_id,
+                        "action": "accepted",
+                        "final_text": "draft\n",
+                        "diff": "",
+                        "reason": "",
+                        "report_id": None,
+                        "created_at": received + timedelta(minutes=5),
+                    }
+                )
         connection.execute(insert(Study), study_rows)
         connection.execute(insert(Series), series_rows)
         connection.execute(insert(Instance), instance_rows)
@@ -125,8 +205,12 @@ def _time(session: requests.Session, url: str, repeats: int) -> dict[str, float]
         response = session.get(url, timeout=60)
         times.append((time.perf_counter() - start) * 1000.0)
         response.raise_for_status()
-    return {"median_ms": round(statistics.median(times), 2), "min_ms": round(min(times), 2),
-            "p90_ms": round(sorted(times)[int(0.9 * (len(times) - 1))], 2), "max_ms": round(max(times), 2)}
+    return {
+        "median_ms": round(statistics.median(times), 2),
+        "min_ms": round(min(times), 2),
+        "p90_ms": round(sorted(times)[int(0.9 * (len(times) - 1))], 2),
+        "max_ms": round(max(times), 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,8 +246,15 @@ def main(argv: list[str] | None = None) -> int:
         port = _free_port()
         var_dir = Path(tempfile.mkdtemp(prefix="predraft-bench-worklist-"))
         env = {key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")}
-        env.update({"PREDRAFT_DATABASE_URL": url, "PREDRAFT_VAR_DIR": str(var_dir), "PREDRAFT_HTTP_PORT": str(port),
-                    "PREDRAFT_COOKIE_SECURE": "false", "PREDRAFT_LOG_LEVEL": "WARNING"})
+        env.update(
+            {
+                "PREDRAFT_DATABASE_URL": url,
+                "PREDRAFT_VAR_DIR": str(var_dir),
+                "PREDRAFT_HTTP_PORT": str(port),
+                "PREDRAFT_COOKIE_SECURE": "false",
+                "PREDRAFT_LOG_LEVEL": "WARNING",
+            }
+        )
         process = subprocess.Popen([PREDRAFT, "web"], env=env, start_new_session=True)
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -181,26 +272,33 @@ def main(argv: list[str] | None = None) -> int:
         http.headers["Accept"] = "text/html"
         login = http.get(base + "/login", timeout=30).text
         token = re.search(r'name="csrf_token" value="([^"]+)"', login).group(1)  # type: ignore[union-attr]
-        response = http.post(base + "/login", data={"csrf_token": token, "username": "bench",
-                                                    "password": PASSWORD, "next": "/"}, timeout=30)
+        response = http.post(
+            base + "/login",
+            data={"csrf_token": token, "username": "bench", "password": PASSWORD, "next": "/"},
+            timeout=30,
+        )
         assert response.status_code == 200 and "worklist" in response.text, response.status_code
         first = http.get(base + "/", timeout=60)
         assert first.text.count("data-study-uid=") == 50 and f"{args.studies} studies" in first.text.replace(
-            '<span id="total">', "").replace("</span>", "")
+            '<span id="total">', ""
+        ).replace("</span>", "")
 
         results = {
             "worklist_first_page": _time(http, base + "/", args.repeats),
             "worklist_rows_fragment": _time(http, base + "/worklist/rows", args.repeats),
             "search_by_accession": _time(http, base + f"/?q=A{args.studies // 2:08d}", args.repeats),
-            "filter_drafted_sorted_by_patient": _time(http, base + "/?state=drafted&sort=patient&order=asc",
-                                                      args.repeats),
+            "filter_drafted_sorted_by_patient": _time(
+                http, base + "/?state=drafted&sort=patient&order=asc", args.repeats
+            ),
             "healthz_reference": _time(http, base + "/healthz", args.repeats),
         }
         report = {
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
             "database": "PostgreSQL " + admin.execute("SHOW server_version").fetchone()[0],
-            "studies": args.studies, "instances": 3 * args.studies, "repeats": args.repeats,
+            "studies": args.studies,
+            "instances": 3 * args.studies,
+            "repeats": args.repeats,
             "fill_seconds": round(fill_s, 1),
             "query_in_process": {"median_ms": round(statistics.median(query_times[1:]), 2)},
             "http_round_trips": results,
@@ -209,14 +307,18 @@ def main(argv: list[str] | None = None) -> int:
         }
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"{args.studies} studies ({3 * args.studies} instances) in {report['database']}, "
-              f"median of {args.repeats} round trips over loopback:")
+        print(
+            f"{args.studies} studies ({3 * args.studies} instances) in {report['database']}, "
+            f"median of {args.repeats} round trips over loopback:"
+        )
         print(f"{'request':<36} {'median ms':>10} {'p90 ms':>8} {'max ms':>8}")
         for key, value in results.items():
             print(f"{key:<36} {value['median_ms']:>10.1f} {value['p90_ms']:>8.1f} {value['max_ms']:>8.1f}")
         print(f"{'worklist query alone (in process)':<36} {report['query_in_process']['median_ms']:>10.1f}")
-        print(f"target: first page under {TARGET_MS:.0f} ms: {'met' if report['first_page_under_target'] else 'MISSED'}"
-              f"; written to {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}")
+        print(
+            f"target: first page under {TARGET_MS:.0f} ms: {'met' if report['first_page_under_target'] else 'MISSED'}"
+            f"; written to {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}"
+        )
         return 0 if report["first_page_under_target"] else 1
     finally:
         if process is not None and process.poll() is None:

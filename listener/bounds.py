@@ -82,8 +82,9 @@ class Bounds:
         """A refusal when a file of ``size`` bytes is larger than :attr:`max_bytes`."""
         if size <= self.max_bytes:
             return None
-        return BoundCrossed(DATASET_BYTES, f"the data set of {size} bytes is larger than the limit of "
-                                           f"{self.max_bytes} bytes")
+        return BoundCrossed(
+            DATASET_BYTES, f"the data set of {size} bytes is larger than the limit of {self.max_bytes} bytes"
+        )
 
     def check(self, data: bytes | bytearray | memoryview) -> BoundCrossed | None:
         """The first bound the Part 10 file ``data`` (any buffer: bytes, an mmap) crosses, or None; a Deflated
@@ -103,11 +104,17 @@ class Bounds:
             except zlib.error:
                 return BoundCrossed(INFLATED_BYTES, NOT_INFLATABLE)
             if too_large:
-                return BoundCrossed(INFLATED_BYTES, f"the deflated data set inflates to more than {self.max_bytes} "
-                                                    "bytes")
+                return BoundCrossed(
+                    INFLATED_BYTES, f"the deflated data set inflates to more than {self.max_bytes} bytes"
+                )
             body = _inflated(body)
-        bound = structure_crossed(body, self.max_depth, self.max_elements, little=syntax != ExplicitVRBigEndian,
-                                  implicit=_implicit(body, syntax))
+        bound = structure_crossed(
+            body,
+            self.max_depth,
+            self.max_elements,
+            little=syntax != ExplicitVRBigEndian,
+            implicit=_implicit(body, syntax),
+        )
         return None if bound is None else self._crossed(bound)
 
     def parsed_crossed(self, ds: Dataset) -> BoundCrossed | None:
@@ -135,8 +142,9 @@ class Bounds:
 
     def _crossed(self, bound: str) -> BoundCrossed:
         if bound == SEQUENCE_DEPTH:
-            return BoundCrossed(SEQUENCE_DEPTH, f"the data set has sequences nested deeper than {self.max_depth} "
-                                                "levels")
+            return BoundCrossed(
+                SEQUENCE_DEPTH, f"the data set has sequences nested deeper than {self.max_depth} levels"
+            )
         return BoundCrossed(ELEMENT_COUNT, f"the data set holds more than {self.max_elements} elements")
 
 
@@ -184,7 +192,7 @@ class _BufferReader:
 
     def read(self, size: int | None = -1) -> bytes:
         end = len(self._view) if size is None or size < 0 else self._position + size
-        chunk = bytes(self._view[self._position:end])
+        chunk = bytes(self._view[self._position : end])
         self._position += len(chunk)
         return chunk
 
@@ -225,7 +233,7 @@ def _implicit(body: bytes | memoryview, syntax: str) -> bool:
 def _looks_implicit(data: bytes | memoryview, position: int, otherwise: bool) -> bool:
     """pydicom's test of a data set's first element at ``position``: implicit VR unless its bytes 4-5 are
     two capital letters; ``otherwise`` when there are no such bytes."""
-    vr = bytes(data[position + 4:position + 6])
+    vr = bytes(data[position + 4 : position + 6])
     if len(vr) == 2:
         return not all(0x40 < char < 0x5B for char in vr)
     return otherwise
@@ -238,7 +246,7 @@ def _switched_to_implicit(vr: bytes) -> bool:
 
 def _explicit_header(data: bytes | memoryview, position: int, endian: str) -> tuple[bytes, int, int]:
     """The VR, value length and header size of the explicit VR element at ``position``."""
-    vr = bytes(data[position + 4:position + 6])
+    vr = bytes(data[position + 4 : position + 6])
     if vr in LONG_VRS:
         return vr, struct.unpack_from(endian + "L", data, position + 8)[0], 12
     return vr, struct.unpack_from(endian + "H", data, position + 6)[0], 8
@@ -259,8 +267,9 @@ class _Frame:
     implicit: bool  # how the elements inside are encoded
 
 
-def structure_crossed(data: bytes | memoryview, max_depth: int, max_elements: int, *, little: bool,
-                      implicit: bool) -> str | None:
+def structure_crossed(
+    data: bytes | memoryview, max_depth: int, max_elements: int, *, little: bool, implicit: bool
+) -> str | None:
     """:data:`SEQUENCE_DEPTH` when sequences in the data set ``data`` nest deeper than ``max_depth`` (a
     top-level sequence is 1), :data:`ELEMENT_COUNT` when it holds more than ``max_elements`` data elements
     (top-level and nested; Items, delimiters and fragments not counted), else None.
@@ -285,8 +294,13 @@ def structure_crossed(data: bytes | memoryview, max_depth: int, max_elements: in
                 if tag == ITEM and frame is not None and frame.kind == _FRAGMENTS and length != UNDEFINED_LENGTH:
                     position += length
                 elif tag == ITEM and frame is not None and frame.kind == _SEQUENCE:
-                    stack.append(_Frame(_ITEM, None if length == UNDEFINED_LENGTH else position + length,
-                                        frame.implicit or _looks_implicit(data, position, frame.implicit)))
+                    stack.append(
+                        _Frame(
+                            _ITEM,
+                            None if length == UNDEFINED_LENGTH else position + length,
+                            frame.implicit or _looks_implicit(data, position, frame.implicit),
+                        )
+                    )
                 elif tag in (ITEM_DELIMITER, SEQUENCE_DELIMITER):
                     depth -= _close(stack, _ITEM if tag == ITEM_DELIMITER else _SEQUENCE)
                 else:
@@ -309,10 +323,11 @@ def structure_crossed(data: bytes | memoryview, max_depth: int, max_elements: in
     return None
 
 
-def _opened(data: bytes | memoryview, position: int, endian: str, implicit: bool,
-            tag: int) -> tuple[int, _Frame | None]:
+def _opened(
+    data: bytes | memoryview, position: int, endian: str, implicit: bool, tag: int
+) -> tuple[int, _Frame | None]:
     """Read the element at ``position``: where the walk goes on, and the sequence or fragments it opens."""
-    if implicit or _switched_to_implicit(bytes(data[position + 4:position + 6])):
+    if implicit or _switched_to_implicit(bytes(data[position + 4 : position + 6])):
         vr, length, header = None, struct.unpack_from(endian + "L", data, position + 4)[0], 8
     else:
         vr, length, header = _explicit_header(data, position, endian)

@@ -104,11 +104,13 @@ class ConnectionLimits:
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
         max_pdu = settings.dimse_max_pdu or settings.max_dataset_bytes + UNLIMITED_PDU_OVERHEAD_BYTES
-        return cls(max_associations=settings.dimse_max_associations,
-                   max_per_address=settings.dimse_max_connections_per_address,
-                   request_timeout=settings.dimse_association_request_timeout_seconds,
-                   max_pdu_bytes=max(max_pdu, ESTABLISHED_PDU_CEILING_BYTES),
-                   max_data_set_bytes=settings.max_dataset_bytes + DATASET_SLACK_BYTES)
+        return cls(
+            max_associations=settings.dimse_max_associations,
+            max_per_address=settings.dimse_max_connections_per_address,
+            request_timeout=settings.dimse_association_request_timeout_seconds,
+            max_pdu_bytes=max(max_pdu, ESTABLISHED_PDU_CEILING_BYTES),
+            max_data_set_bytes=settings.max_dataset_bytes + DATASET_SLACK_BYTES,
+        )
 
 
 @dataclass(eq=False)
@@ -150,14 +152,21 @@ class ConnectionTable:
                 self._connections[sock] = Connection(address, sock, self._clock() + self.limits.request_timeout)
         if not admitted:
             metrics.CONNECTIONS_REFUSED.labels(reason="too_many_from_address").inc()
-            log.warning("refused a DIMSE connection from %s: it has %d open (dimse_max_connections_per_address)",
-                        address, self.limits.max_per_address)
+            log.warning(
+                "refused a DIMSE connection from %s: it has %d open (dimse_max_connections_per_address)",
+                address,
+                self.limits.max_per_address,
+            )
         return admitted
 
     def event_handlers(self) -> list[tuple[evt.EventType, Callable[[evt.Event], None]]]:
         """The pynetdicom event handlers that feed this table, for ``AE.make_server(evt_handlers=...)``."""
-        return [(evt.EVT_CONN_OPEN, self.on_connection_open), (evt.EVT_REQUESTED, self.on_requested),
-                (evt.EVT_REJECTED, self.on_rejected), (evt.EVT_CONN_CLOSE, self.on_connection_close)]
+        return [
+            (evt.EVT_CONN_OPEN, self.on_connection_open),
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_REJECTED, self.on_rejected),
+            (evt.EVT_CONN_CLOSE, self.on_connection_close),
+        ]
 
     def on_connection_open(self, event: evt.Event) -> None:
         """EVT_CONN_OPEN (before the association's threads start): link the association to its connection
@@ -189,8 +198,12 @@ class ConnectionTable:
         """Reject an association request over max_associations, as pynetdicom's own rejections do
         (A-ASSOCIATE-RJ, then wait until the connection is closed)."""
         metrics.ASSOCIATIONS.labels(outcome="rejected").inc()
-        log.warning("rejected an association from %s at %s: %d associations are open (dimse_max_associations)",
-                    str(assoc.requestor.ae_title).strip(), connection.address, self.limits.max_associations)
+        log.warning(
+            "rejected an association from %s at %s: %d associations are open (dimse_max_associations)",
+            str(assoc.requestor.ae_title).strip(),
+            connection.address,
+            self.limits.max_associations,
+        )
         assoc.acse.send_reject(*REJECT_LOCAL_LIMIT)
         assoc.kill()
 
@@ -236,8 +249,11 @@ class ConnectionTable:
                 self._finish(connection)
 
     def _expire(self, connection: Connection) -> None:
-        log.warning("closed a DIMSE connection from %s: no whole A-ASSOCIATE-RQ within %.1f s",
-                    connection.address, self.limits.request_timeout)
+        log.warning(
+            "closed a DIMSE connection from %s: no whole A-ASSOCIATE-RQ within %.1f s",
+            connection.address,
+            self.limits.request_timeout,
+        )
         shut_socket(connection.sock)
         self._close(connection)
 
@@ -245,8 +261,11 @@ class ConnectionTable:
         """Shut the socket of an association aborted for idleness whose reader is still blocked mid-PDU:
         the read ends, and pynetdicom finishes the abort (EVT_CONN_CLOSE then frees the slot)."""
         connection.idle_shut = True
-        log.warning("shut a DIMSE association from %s: aborted for idleness, it was still reading a PDU "
-                    "%.1f s later", connection.address, IDLE_GRACE_SECONDS)
+        log.warning(
+            "shut a DIMSE association from %s: aborted for idleness, it was still reading a PDU %.1f s later",
+            connection.address,
+            IDLE_GRACE_SECONDS,
+        )
         shut_socket(connection.sock)
 
     def _finish(self, connection: Connection) -> None:
@@ -254,8 +273,11 @@ class ConnectionTable:
         if connection.assoc is not None:
             removed = remove_received_temp_files(connection.assoc)
             if removed:
-                log.warning("removed %d partly received file(s) of an association from %s that ended mid-C-STORE",
-                            removed, connection.address)
+                log.warning(
+                    "removed %d partly received file(s) of an association from %s that ended mid-C-STORE",
+                    removed,
+                    connection.address,
+                )
         with self._lock:
             self._connections.pop(connection.sock, None)
 
@@ -404,8 +426,11 @@ class BoundedAssociationSocket(AssociationSocket):
             assoc = self.assoc
             if assoc.is_established and not getattr(assoc, "predraft_abort_reason", None):
                 assoc.predraft_abort_reason = "idle_timeout"
-            log.warning("a DIMSE connection from %s sent nothing for %s s in the middle of a PDU",
-                        self.connection.address, assoc.network_timeout)
+            log.warning(
+                "a DIMSE connection from %s sent nothing for %s s in the middle of a PDU",
+                self.connection.address,
+                assoc.network_timeout,
+            )
             raise
 
     def _note_header(self, header: bytearray) -> None:
@@ -415,8 +440,12 @@ class BoundedAssociationSocket(AssociationSocket):
 
     def _refuse_pdu(self, declared: int, bound: int) -> None:
         """Count and log an over-long PDU, then send an A-ABORT and shut the connection."""
-        log.warning("aborted a DIMSE connection from %s: a PDU declared %d bytes, over the %d accepted",
-                    self.connection.address, declared, bound)
+        log.warning(
+            "aborted a DIMSE connection from %s: a PDU declared %d bytes, over the %d accepted",
+            self.connection.address,
+            declared,
+            bound,
+        )
         self._abort("pdu_too_large")
 
     def _refuse_message(self, command_bytes: int, data_bytes: int) -> None:
@@ -427,8 +456,14 @@ class BoundedAssociationSocket(AssociationSocket):
             part, size, bound = "command set", command_bytes, limits.max_command_set_bytes
         else:
             part, size, bound = "data set", data_bytes, limits.max_data_set_bytes
-        log.warning("aborted a DIMSE association from %s: a message's %s reached %d bytes while it arrived, "
-                    "over the %d accepted", self.connection.address, part, size, bound)
+        log.warning(
+            "aborted a DIMSE association from %s: a message's %s reached %d bytes while it arrived, "
+            "over the %d accepted",
+            self.connection.address,
+            part,
+            size,
+            bound,
+        )
         self._abort("message_too_large")
 
     def _abort(self, reason: str) -> None:
@@ -467,8 +502,11 @@ def note_protocol_error(event: evt.Event) -> None:
     """EVT_ACSE_RECV: pynetdicom delivers an A-P-ABORT with a provider reason when the peer sent an
     invalid or unexpected PDU (0: the connection was dropped); :func:`abort_reason` then says protocol_error."""
     primitive = event.primitive
-    if isinstance(primitive, A_P_ABORT) and primitive.provider_reason and not getattr(
-            event.assoc, "predraft_abort_reason", None):
+    if (
+        isinstance(primitive, A_P_ABORT)
+        and primitive.provider_reason
+        and not getattr(event.assoc, "predraft_abort_reason", None)
+    ):
         event.assoc.predraft_abort_reason = "protocol_error"
 
 

@@ -96,8 +96,9 @@ class StoreHandler:
 
     def __call__(self, event: evt.Event) -> int:
         calling_ae = str(event.assoc.requestor.ae_title).strip()
-        outcome = self.receiver.receive_file(event.dataset_path, source=calling_ae,
-                                             expected_sop_class=str(event.request.AffectedSOPClassUID))
+        outcome = self.receiver.receive_file(
+            event.dataset_path, source=calling_ae, expected_sop_class=str(event.request.AffectedSOPClassUID)
+        )
         metrics.record_received("dimse", outcome.status.value, outcome.size)
         return STATUS_OF[outcome.status]
 
@@ -106,9 +107,12 @@ def log_rejected(event: evt.Event) -> None:
     """EVT_REJECTED: name the caller (AE title and address; no patient data) and why."""
     metrics.ASSOCIATIONS.labels(outcome="rejected").inc()
     requestor = event.assoc.requestor
-    log.warning("rejected an association from %s at %s: calling AE title not in allowed_calling_aes or "
-                "called AE title not %s", str(requestor.ae_title).strip(), requestor.address,
-                str(event.assoc.acceptor.ae_title).strip())
+    log.warning(
+        "rejected an association from %s at %s: calling AE title not in allowed_calling_aes or called AE title not %s",
+        str(requestor.ae_title).strip(),
+        requestor.address,
+        str(event.assoc.acceptor.ae_title).strip(),
+    )
 
 
 def log_aborted(event: evt.Event) -> None:
@@ -117,8 +121,7 @@ def log_aborted(event: evt.Event) -> None:
     metrics.ASSOCIATIONS.labels(outcome="aborted").inc()
     metrics.ASSOCIATIONS_ABORTED.labels(reason=reason).inc()
     requestor = event.assoc.requestor
-    log.warning("association from %s at %s aborted (%s)", str(requestor.ae_title).strip(), requestor.address,
-                reason)
+    log.warning("association from %s at %s aborted (%s)", str(requestor.ae_title).strip(), requestor.address, reason)
 
 
 def count_established(event: evt.Event) -> None:
@@ -190,8 +193,10 @@ def tune_accepted_socket(connection: socket.socket, idle_timeout: float | None) 
     options = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1), (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
     if idle_timeout is not None and hasattr(socket, "TCP_KEEPIDLE"):
         probe_after = max(1, int(idle_timeout))
-        options += [(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, probe_after),
-                    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, probe_after)]
+        options += [
+            (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, probe_after),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, probe_after),
+        ]
     for level, option, value in options:
         try:
             connection.setsockopt(level, option, value)
@@ -238,16 +243,28 @@ def make_server(settings: Settings, store: Callable[[evt.Event], int]) -> Thread
     source-address check, TLS and event handlers, with ``store`` answering each C-STORE."""
     ae = make_ae(settings)
     connections = ConnectionTable(ConnectionLimits.from_settings(settings))
-    server_class = type("ConfiguredListenerServer", (ListenerServer,), {
-        "allowed_networks": tuple(ipaddress.ip_network(a, strict=False) for a in settings.allowed_addresses),
-        "connections": connections})
-    server = ae.make_server((settings.dimse_host, settings.dimse_port),
-                            evt_handlers=[(evt.EVT_C_STORE, store),
-                                          (evt.EVT_REJECTED, log_rejected), (evt.EVT_ABORTED, log_aborted),
-                                          (evt.EVT_ACSE_RECV, note_protocol_error),
-                                          (evt.EVT_ESTABLISHED, count_established), (evt.EVT_CONN_CLOSE, count_closed),
-                                          *connections.event_handlers()],
-                            ssl_context=make_ssl_context(settings), server_class=server_class)
+    server_class = type(
+        "ConfiguredListenerServer",
+        (ListenerServer,),
+        {
+            "allowed_networks": tuple(ipaddress.ip_network(a, strict=False) for a in settings.allowed_addresses),
+            "connections": connections,
+        },
+    )
+    server = ae.make_server(
+        (settings.dimse_host, settings.dimse_port),
+        evt_handlers=[
+            (evt.EVT_C_STORE, store),
+            (evt.EVT_REJECTED, log_rejected),
+            (evt.EVT_ABORTED, log_aborted),
+            (evt.EVT_ACSE_RECV, note_protocol_error),
+            (evt.EVT_ESTABLISHED, count_established),
+            (evt.EVT_CONN_CLOSE, count_closed),
+            *connections.event_handlers(),
+        ],
+        ssl_context=make_ssl_context(settings),
+        server_class=server_class,
+    )
     ae._servers.append(server)  # as AE.start_server does, so server.shutdown() can deregister it
     return server
 

@@ -67,6 +67,7 @@ class InstanceHeader:
         """Raises InvalidUidError (a ValueError) naming the attribute when one of :data:`IDENTIFYING_UIDS` is
         missing, not of VR UI or malformed (see :func:`received_uid`), ValueError for a malformed
         ``transfer_syntax_uid``."""
+
         def text(keyword: str, limit: int) -> str:
             return str(ds.get(keyword, "") or "")[:limit]
 
@@ -107,8 +108,9 @@ class IngestResult:
     duplicate: bool
 
 
-def record_instance(session: Session, *, header: InstanceHeader, spool_path: str, size_bytes: int,
-                    calling_ae: str) -> IngestResult:
+def record_instance(
+    session: Session, *, header: InstanceHeader, spool_path: str, size_bytes: int, calling_ae: str
+) -> IngestResult:
     """Record a durably spooled instance. A SOP Instance UID seen before is a duplicate and changes
     nothing. A new image in a study that is past receiving re-opens it under a new generation; a
     structured report is filed as skipped and leaves the study's state alone.
@@ -116,23 +118,42 @@ def record_instance(session: Session, *, header: InstanceHeader, spool_path: str
     This runs once per received instance, inside the sender's wait for its status: it uses a handful
     of Core statements, and the instance row itself (received_at, calling_ae) is the receipt record.
     """
-    existing = session.execute(select(Instance.id, Instance.study_id)
-                               .where(Instance.sop_instance_uid == header.sop_instance_uid)).first()
+    existing = session.execute(
+        select(Instance.id, Instance.study_id).where(Instance.sop_instance_uid == header.sop_instance_uid)
+    ).first()
     if existing is not None:
-        record_event(session, "duplicate", f"instance {header.sop_instance_uid} received again",
-                     study_id=existing.study_id, instance_id=existing.id)
+        record_event(
+            session,
+            "duplicate",
+            f"instance {header.sop_instance_uid} received again",
+            study_id=existing.study_id,
+            instance_id=existing.id,
+        )
         return IngestResult(existing.study_id, existing.id, duplicate=True)
 
     now = utcnow()
     classifiable = header.sop_class_uid in CLASSIFIABLE_SOP_CLASSES
-    opened = insert_ignoring_conflict(session, Study, dict(
-        study_uid=header.study_uid, patient_id=header.patient_id, patient_name=header.patient_name,
-        accession_number=header.accession_number, study_date=header.study_date,
-        study_description=header.study_description, requested_procedure=header.requested_procedure,
-        state=StudyState.RECEIVING, generation=1,
-        received_at=now, last_instance_at=now), key="study_uid")
-    study = session.execute(select(Study.id, Study.state, Study.generation)
-                            .where(Study.study_uid == header.study_uid)).one()
+    opened = insert_ignoring_conflict(
+        session,
+        Study,
+        dict(
+            study_uid=header.study_uid,
+            patient_id=header.patient_id,
+            patient_name=header.patient_name,
+            accession_number=header.accession_number,
+            study_date=header.study_date,
+            study_description=header.study_description,
+            requested_procedure=header.requested_procedure,
+            state=StudyState.RECEIVING,
+            generation=1,
+            received_at=now,
+            last_instance_at=now,
+        ),
+        key="study_uid",
+    )
+    study = session.execute(
+        select(Study.id, Study.state, Study.generation).where(Study.study_uid == header.study_uid)
+    ).one()
     if opened:
         record_event(session, "study_opened", f"study {header.study_uid}", study_id=study.id)
     elif classifiable:
@@ -141,30 +162,55 @@ def record_instance(session: Session, *, header: InstanceHeader, spool_path: str
         changes: dict[str, object] = {"last_instance_at": now}
         if study.state != StudyState.RECEIVING:
             changes.update(state=StudyState.RECEIVING, generation=study.generation + 1, error=None)
-            record_event(session, "study_reopened",
-                         f"new instance while {study.state}; generation {study.generation + 1}", study_id=study.id)
+            record_event(
+                session,
+                "study_reopened",
+                f"new instance while {study.state}; generation {study.generation + 1}",
+                study_id=study.id,
+            )
         session.execute(update(Study).where(Study.id == study.id).values(**changes))
         if header.study_description or header.requested_procedure:
             _fill_blank_descriptions(session, study.id, header)
 
-    insert_ignoring_conflict(session, Series, dict(
-        study_id=study.id, series_uid=header.series_uid, modality=header.modality,
-        series_description=header.series_description, body_part=header.body_part), key="series_uid")
+    insert_ignoring_conflict(
+        session,
+        Series,
+        dict(
+            study_id=study.id,
+            series_uid=header.series_uid,
+            modality=header.modality,
+            series_description=header.series_description,
+            body_part=header.body_part,
+        ),
+        key="series_uid",
+    )
     series_id = session.scalar(select(Series.id).where(Series.series_uid == header.series_uid))
 
-    instance_id = session.scalar(insert(Instance).values(
-        study_id=study.id, series_id=series_id, sop_instance_uid=header.sop_instance_uid,
-        sop_class_uid=header.sop_class_uid, transfer_syntax_uid=header.transfer_syntax_uid,
-        spool_path=spool_path, size_bytes=size_bytes, calling_ae=calling_ae[:64],
-        state=InstanceState.RECEIVED if classifiable else InstanceState.SKIPPED,
-        error=None if classifiable else "structured report: stored with its study, not classified",
-        received_at=now).returning(Instance.id))
+    instance_id = session.scalar(
+        insert(Instance)
+        .values(
+            study_id=study.id,
+            series_id=series_id,
+            sop_instance_uid=header.sop_instance_uid,
+            sop_class_uid=header.sop_class_uid,
+            transfer_syntax_uid=header.transfer_syntax_uid,
+            spool_path=spool_path,
+            size_bytes=size_bytes,
+            calling_ae=calling_ae[:64],
+            state=InstanceState.RECEIVED if classifiable else InstanceState.SKIPPED,
+            error=None if classifiable else "structured report: stored with its study, not classified",
+            received_at=now,
+        )
+        .returning(Instance.id)
+    )
     return IngestResult(study.id, instance_id, duplicate=False)
 
 
 def _fill_blank_descriptions(session: Session, study_id: int, header: InstanceHeader) -> None:
     """A study opened by an instance without descriptions takes them from a later one."""
-    for column, value in ((Study.study_description, header.study_description),
-                          (Study.requested_procedure, header.requested_procedure)):
+    for column, value in (
+        (Study.study_description, header.study_description),
+        (Study.requested_procedure, header.requested_procedure),
+    ):
         if value:
             session.execute(update(Study).where(Study.id == study_id, column == "").values({column: value}))

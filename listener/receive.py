@@ -91,8 +91,14 @@ class ReceiveOutcome:
 class Receiver:
     """Spool and record instances. One per process; safe to call from many threads."""
 
-    def __init__(self, spool: Spool, database_url: str, *, max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES,
-                 max_sequence_depth: int = DEFAULT_MAX_SEQUENCE_DEPTH) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        database_url: str,
+        *,
+        max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES,
+        max_sequence_depth: int = DEFAULT_MAX_SEQUENCE_DEPTH,
+    ) -> None:
         """Raises TypeError for a spool that is not a :class:`Spool`, ValueError for an empty database URL
         or a bound that is not positive."""
         if not isinstance(spool, Spool):
@@ -115,19 +121,30 @@ class Receiver:
     def from_settings(cls, settings: Settings) -> Receiver:
         """The Receiver every transport uses: the configured spool, its free-space floor, database and the
         bounds of a data set (max_dataset_bytes, max_sequence_depth)."""
-        return cls(Spool(settings.spool_dir, min_free_bytes=settings.spool_min_free_bytes), settings.database_url,
-                   max_dataset_bytes=settings.max_dataset_bytes, max_sequence_depth=settings.max_sequence_depth)
+        return cls(
+            Spool(settings.spool_dir, min_free_bytes=settings.spool_min_free_bytes),
+            settings.database_url,
+            max_dataset_bytes=settings.max_dataset_bytes,
+            max_sequence_depth=settings.max_sequence_depth,
+        )
 
-    def receive(self, data: bytes, *, source: str, expected_sop_class: str | None = None,
-                transport: str = STOW) -> ReceiveOutcome:
+    def receive(
+        self, data: bytes, *, source: str, expected_sop_class: str | None = None, transport: str = STOW
+    ) -> ReceiveOutcome:
         """Receive one DICOM Part 10 file (preamble, file meta and data set) sent by ``source``
         (a calling AE title or a DICOMweb user; stored, never logged with patient data) over ``transport``
         (the label a refusal for a bound is counted under)."""
-        return self._receive(data, lambda path: self.spool.write(path, data), source=source,
-                             expected_sop_class=expected_sop_class, transport=transport)
+        return self._receive(
+            data,
+            lambda path: self.spool.write(path, data),
+            source=source,
+            expected_sop_class=expected_sop_class,
+            transport=transport,
+        )
 
-    def receive_file(self, received: Path, *, source: str, expected_sop_class: str | None = None,
-                     transport: str = DIMSE) -> ReceiveOutcome:
+    def receive_file(
+        self, received: Path, *, source: str, expected_sop_class: str | None = None, transport: str = DIMSE
+    ) -> ReceiveOutcome:
         """Receive a Part 10 file already written to disk (pynetdicom's chunked C-STORE): checked like
         :meth:`receive`, then moved into the spool instead of written again. A file larger than
         ``max_dataset_bytes`` is refused before it is read. ``received`` is gone afterwards, whatever the
@@ -136,8 +153,13 @@ class Receiver:
             if (crossed := self.bounds.size_crossed(received.stat().st_size)) is not None:
                 return self._refuse_crossed(crossed, source, transport)
             data = received.read_bytes()  # the header and the truncation check; the file is adopted as it is
-            return self._receive(data, lambda path: self.spool.adopt(received, path), source=source,
-                                 expected_sop_class=expected_sop_class, transport=transport)
+            return self._receive(
+                data,
+                lambda path: self.spool.adopt(received, path),
+                source=source,
+                expected_sop_class=expected_sop_class,
+                transport=transport,
+            )
         finally:
             received.unlink(missing_ok=True)
 
@@ -147,8 +169,9 @@ class Receiver:
         crossed = self.bounds.check(data)
         return None if crossed is None else self._refuse_crossed(crossed, source, transport)
 
-    def _receive(self, data: bytes, store: Callable[[Path], Path], *, source: str,
-                 expected_sop_class: str | None, transport: str) -> ReceiveOutcome:
+    def _receive(
+        self, data: bytes, store: Callable[[Path], Path], *, source: str, expected_sop_class: str | None, transport: str
+    ) -> ReceiveOutcome:
         if (refused := self.bounds_refusal(data, source=source, transport=transport)) is not None:
             return refused
         try:
@@ -157,42 +180,66 @@ class Receiver:
                 return self._refuse_crossed(crossed, source, transport)
             header = InstanceHeader.from_dataset(ds, str(ds.file_meta.get("TransferSyntaxUID", "")))
         except InvalidUidError as exc:
-            return self._refuse(ReceiveStatus.CANNOT_UNDERSTAND, truncation(data) or str(exc), source,
-                                transport=transport, bound=INVALID_UID)
+            return self._refuse(
+                ReceiveStatus.CANNOT_UNDERSTAND,
+                truncation(data) or str(exc),
+                source,
+                transport=transport,
+                bound=INVALID_UID,
+            )
         except Exception as exc:  # any parse failure means the same: not an instance we can file
-            return self._refuse(ReceiveStatus.CANNOT_UNDERSTAND,
-                                truncation(data) or f"cannot understand the data set: {describe_exception(exc)}",
-                                source)
-        ids = {"sop_class_uid": header.sop_class_uid, "sop_instance_uid": header.sop_instance_uid,
-               "study_uid": header.study_uid}
+            return self._refuse(
+                ReceiveStatus.CANNOT_UNDERSTAND,
+                truncation(data) or f"cannot understand the data set: {describe_exception(exc)}",
+                source,
+            )
+        ids = {
+            "sop_class_uid": header.sop_class_uid,
+            "sop_instance_uid": header.sop_instance_uid,
+            "study_uid": header.study_uid,
+        }
         if (cut := truncation(data)) is not None:
             return self._refuse(ReceiveStatus.CANNOT_UNDERSTAND, cut, source, **ids)
         if expected_sop_class is not None and header.sop_class_uid != expected_sop_class:
-            return self._refuse(ReceiveStatus.SOP_CLASS_MISMATCH, f"data set of SOP class {header.sop_class_uid} "
-                                f"sent as {expected_sop_class}", source, **ids)
+            return self._refuse(
+                ReceiveStatus.SOP_CLASS_MISMATCH,
+                f"data set of SOP class {header.sop_class_uid} sent as {expected_sop_class}",
+                source,
+                **ids,
+            )
         if header.sop_class_uid not in STORABLE_SOP_CLASSES:
-            reason = ("DX For Processing is raw detector data; send the For Presentation image"
-                      if header.sop_class_uid == DX_FOR_PROCESSING else "predraft does not store this SOP class")
-            return self._refuse(ReceiveStatus.SOP_CLASS_NOT_SUPPORTED,
-                                f"SOP class {header.sop_class_uid}: {reason}", source, **ids)
+            reason = (
+                "DX For Processing is raw detector data; send the For Presentation image"
+                if header.sop_class_uid == DX_FOR_PROCESSING
+                else "predraft does not store this SOP class"
+            )
+            return self._refuse(
+                ReceiveStatus.SOP_CLASS_NOT_SUPPORTED, f"SOP class {header.sop_class_uid}: {reason}", source, **ids
+            )
         try:
             if self._held(header.sop_instance_uid):
-                log.info("duplicate instance %s from %s: already held, nothing written", header.sop_instance_uid,
-                         source)
+                log.info(
+                    "duplicate instance %s from %s: already held, nothing written", header.sop_instance_uid, source
+                )
                 return ReceiveOutcome(ReceiveStatus.DUPLICATE, ReceiveStatus.DUPLICATE.value, **ids)
             path = store(self.spool.instance_path(header.study_uid, header.sop_instance_uid))
             result = self._record(header, str(path), len(data), source)
         except SpoolFullError as exc:
             return self._refuse(ReceiveStatus.OUT_OF_RESOURCES, str(exc), source, **ids)
         except OSError as exc:
-            return self._refuse(ReceiveStatus.OUT_OF_RESOURCES,
-                                f"writing the spool failed: {exc.strerror or type(exc).__name__}", source, **ids)
+            return self._refuse(
+                ReceiveStatus.OUT_OF_RESOURCES,
+                f"writing the spool failed: {exc.strerror or type(exc).__name__}",
+                source,
+                **ids,
+            )
         except Exception as exc:
             log.exception("instance %s from %s could not be recorded", header.sop_instance_uid, source)
             return ReceiveOutcome(ReceiveStatus.PROCESSING_FAILURE, f"{type(exc).__name__}", **ids)
         status = ReceiveStatus.DUPLICATE if result.duplicate else ReceiveStatus.STORED
-        log.info("%s instance %s from %s (study row %d)", status.value, header.sop_instance_uid, source,
-                 result.study_id)
+        log.info(
+            "%s instance %s from %s (study row %d)", status.value, header.sop_instance_uid, source, result.study_id
+        )
         return ReceiveOutcome(status, status.value, **ids, size=len(data) if status is ReceiveStatus.STORED else 0)
 
     def _held(self, sop_instance_uid: str) -> bool:
@@ -204,20 +251,21 @@ class Receiver:
         for attempt in range(3):
             try:
                 with session_scope(self.database_url) as session:
-                    return record_instance(session, header=header, spool_path=path, size_bytes=size,
-                                           calling_ae=source)
+                    return record_instance(session, header=header, spool_path=path, size_bytes=size, calling_ae=source)
             except (IntegrityError, OperationalError):
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
     def _refuse_crossed(self, crossed: BoundCrossed, source: str, transport: str) -> ReceiveOutcome:
-        return self._refuse(ReceiveStatus.CANNOT_UNDERSTAND, crossed.message, source, transport=transport,
-                            bound=crossed.bound)
+        return self._refuse(
+            ReceiveStatus.CANNOT_UNDERSTAND, crossed.message, source, transport=transport, bound=crossed.bound
+        )
 
     @staticmethod
-    def _refuse(status: ReceiveStatus, message: str, source: str, *, transport: str = "", bound: str = "",
-                **ids: str) -> ReceiveOutcome:
+    def _refuse(
+        status: ReceiveStatus, message: str, source: str, *, transport: str = "", bound: str = "", **ids: str
+    ) -> ReceiveOutcome:
         """Log the refusal (``message`` holds no patient data) and, for a crossed ``bound``, count it."""
         log.warning("refused an instance from %s: %s", source, message)
         if bound:
@@ -233,7 +281,7 @@ def truncation(data: bytes) -> str | None:
     Item, and the last element ends where the file does. Values are skipped, not read: the cost is one
     seek per element and per fragment of encapsulated pixel data. Never raises.
     """
-    if data[PREAMBLE_LENGTH - 4:PREAMBLE_LENGTH] != b"DICM":
+    if data[PREAMBLE_LENGTH - 4 : PREAMBLE_LENGTH] != b"DICM":
         return None
     fp = BytesIO(data)  # shares the bytes, copies nothing
     fp.seek(PREAMBLE_LENGTH)
@@ -245,7 +293,7 @@ def truncation(data: bytes) -> str | None:
         syntax = _transfer_syntax(next((e for e in meta if e.tag == TRANSFER_SYNTAX_UID), None))
         if syntax == DeflatedExplicitVRLittleEndian:
             inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            data = inflater.decompress(data[fp.tell():])
+            data = inflater.decompress(data[fp.tell() :])
             if not inflater.eof:
                 return "the deflated data set ends inside its compressed stream (truncated)"
             fp = BytesIO(data)
@@ -277,18 +325,20 @@ def _cut_element(fp: BytesIO, data: bytes, little: bool) -> str | None:
     """The first element of the data set at ``fp`` (in ``data``) that the end of ``data`` cuts, if any."""
     end = fp.tell()
     # Like pydicom, let the first element decide implicit or explicit VR, whatever the transfer syntax says.
-    vr = data[end + 4:end + 6]
+    vr = data[end + 4 : end + 6]
     implicit = len(vr) == 2 and not all(0x40 < char < 0x5B for char in vr)
     for element in data_element_generator(fp, implicit, little, defer_size=0):
         if _undefined_length(element):
             end = fp.tell()
-            if end > len(data) or data[end - 8:end] != SEQUENCE_DELIMITER[little]:
+            if end > len(data) or data[end - 8 : end] != SEQUENCE_DELIMITER[little]:
                 return f"element {element.tag} of undefined length ends without its delimiter (truncated)"
         else:
             end = element.value_tell + element.length
             if end > len(data):
-                return (f"element {element.tag} holds {len(data) - element.value_tell} of its {element.length} "
-                        "bytes (truncated)")
+                return (
+                    f"element {element.tag} holds {len(data) - element.value_tell} of its {element.length} "
+                    "bytes (truncated)"
+                )
     if end != len(data):
         return f"the data set ends inside the header of an element, {len(data) - end} bytes after the last (truncated)"
     return None

@@ -71,12 +71,20 @@ class Spool:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
 
     def instance_path(self, study_uid: str, sop_instance_uid: str) -> Path:
-        return self.root / "incoming" / check_uid(study_uid, "StudyInstanceUID") / (
-            check_uid(sop_instance_uid, "SOPInstanceUID") + ".dcm")
+        return (
+            self.root
+            / "incoming"
+            / check_uid(study_uid, "StudyInstanceUID")
+            / (check_uid(sop_instance_uid, "SOPInstanceUID") + ".dcm")
+        )
 
     def sr_path(self, study_uid: str, sop_instance_uid: str) -> Path:
-        return self.root / "sr" / check_uid(study_uid, "StudyInstanceUID") / (
-            check_uid(sop_instance_uid, "SOPInstanceUID") + ".dcm")
+        return (
+            self.root
+            / "sr"
+            / check_uid(study_uid, "StudyInstanceUID")
+            / (check_uid(sop_instance_uid, "SOPInstanceUID") + ".dcm")
+        )
 
     def write(self, path: Path, data: bytes) -> Path:
         """Write ``data`` to ``path`` atomically and durably; refuse when below the free-space floor."""

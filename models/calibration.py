@@ -30,16 +30,19 @@ def _check_logits_labels(logits: object, labels: object, *, scores: str = "logit
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{scores} must be an array of numbers: {exc}") from exc
     if values.ndim != 2 or values.shape[0] < 1 or values.shape[1] < 2:
-        raise ValueError(f"{scores} must be a 2-D array (samples, classes) with at least two classes, "
-                         f"got shape {values.shape}")
+        raise ValueError(
+            f"{scores} must be a 2-D array (samples, classes) with at least two classes, got shape {values.shape}"
+        )
     if not np.isfinite(values).all():
         raise ValueError(f"{scores} hold {int((~np.isfinite(values)).sum())} non-finite value(s)")
     targets = np.asarray(labels)
     if targets.dtype == np.bool_ or not np.issubdtype(targets.dtype, np.integer):
         raise TypeError(f"labels must be integer class indices, not {targets.dtype}")
     if targets.shape != (values.shape[0],):
-        raise ValueError(f"labels of shape {targets.shape} do not match {scores} of shape {values.shape}: "
-                         f"expected ({values.shape[0]},)")
+        raise ValueError(
+            f"labels of shape {targets.shape} do not match {scores} of shape {values.shape}: "
+            f"expected ({values.shape[0]},)"
+        )
     if targets.min() < 0 or targets.max() >= values.shape[1]:
         raise ValueError(f"labels must lie in [0, {values.shape[1] - 1}], got {targets.min()}..{targets.max()}")
     return values, targets.astype(np.intp)
@@ -68,8 +71,9 @@ def _nll(values: np.ndarray, targets: np.ndarray, inverse_temperature: float) ->
     return float(-log_probs[np.arange(len(targets)), targets].mean())
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, *,
-                    bounds: tuple[float, float] = TEMPERATURE_BOUNDS, tolerance: float = 1e-5) -> float:
+def fit_temperature(
+    logits: np.ndarray, labels: np.ndarray, *, bounds: tuple[float, float] = TEMPERATURE_BOUNDS, tolerance: float = 1e-5
+) -> float:
     """The temperature T in ``bounds`` that minimises the NLL of ``labels`` under ``softmax(logits / T)``.
 
     ``logits``: (N, C) validation logits (not probabilities); ``labels``: (N,) integer class indices.

@@ -48,7 +48,8 @@ class ModelCard(BaseModel):
     )
     temperature: float = Field(1.0, gt=0, description="softmax temperature fitted on validation data")
     validation_metrics: dict[str, float | int | None] = Field(
-        default_factory=dict, description="accuracy, kappa, NLL and ECE on the validation set, at the end of training")
+        default_factory=dict, description="accuracy, kappa, NLL and ECE on the validation set, at the end of training"
+    )
     training: dict[str, Any] = Field(default_factory=dict, description="the training run's settings")
     weights: str = Field(description="weights file name, relative to the card")
     weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")

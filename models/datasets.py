@@ -74,8 +74,10 @@ def read_labels(data_dir: Path) -> list[LabelRow]:
         for line, record in enumerate(reader, start=2):
             try:
                 row = LabelRow(
-                    patient=_required(record, "patient"), study=_required(record, "study"),
-                    image=_required(record, "image"), side=Side(record["side"].strip().lower()),
+                    patient=_required(record, "patient"),
+                    study=_required(record, "study"),
+                    image=_required(record, "image"),
+                    side=Side(record["side"].strip().lower()),
                     hardware=HardwareClass(record["class"].strip().lower()),
                     view=View(record["view"].strip().lower()) if (record.get("view") or "").strip() else None,
                 )
@@ -106,8 +108,9 @@ def patient_stratum(rows: Iterable[LabelRow]) -> HardwareClass:
     return hardware[0] if hardware else HardwareClass.NONE
 
 
-def split_patients(rows: Sequence[LabelRow], *, fractions: Sequence[float] = PAPER_FRACTIONS,
-                   seed: int = 0) -> dict[str, str]:
+def split_patients(
+    rows: Sequence[LabelRow], *, fractions: Sequence[float] = PAPER_FRACTIONS, seed: int = 0
+) -> dict[str, str]:
     """Patient -> ``train``/``validation``/``test``, stratified by :func:`patient_stratum`.
 
     Within each stratum the patients are shuffled with ``seed`` and cut at the cumulative fractions
@@ -165,8 +168,14 @@ class PreparedImages:
         return PreparedImages(self.pixels[mask], tuple(row for row, k in zip(self.rows, mask, strict=True) if k))
 
 
-def prepare_images(data_dir: Path, rows: Sequence[LabelRow], *, input_size: int, workers: int | None = None,
-                   cache_dir: Path | None = None) -> PreparedImages:
+def prepare_images(
+    data_dir: Path,
+    rows: Sequence[LabelRow],
+    *,
+    input_size: int,
+    workers: int | None = None,
+    cache_dir: Path | None = None,
+) -> PreparedImages:
     """Prepare every labelled hip at ``input_size``; rows whose image yields no such hip raise LabelsError.
 
     Images are prepared in ``workers`` processes (default: the CPU count). With ``cache_dir``, the result
@@ -198,8 +207,10 @@ def prepare_images(data_dir: Path, rows: Sequence[LabelRow], *, input_size: int,
             if len(single) == 1 and row.side is not Side.UNKNOWN and single[0] is Side.UNKNOWN:
                 key = (row.image, Side.UNKNOWN)  # the label knows a side that the tags do not state
             else:
-                raise LabelsError(f"image {row.image} shows no {row.side.value} hip (it shows "
-                                  f"{', '.join(side.value for (image, side) in hips if image == row.image)})")
+                raise LabelsError(
+                    f"image {row.image} shows no {row.side.value} hip (it shows "
+                    f"{', '.join(side.value for (image, side) in hips if image == row.image)})"
+                )
         pixels[index] = hips[key]
     prepared = PreparedImages(pixels, tuple(rows))
     if cache is not None:
@@ -210,8 +221,9 @@ def prepare_images(data_dir: Path, rows: Sequence[LabelRow], *, input_size: int,
     return prepared
 
 
-def map_in_processes(function: Callable[[_Job], _Result], jobs: Sequence[_Job], *, workers: int | None,
-                     chunksize: int) -> list[_Result]:
+def map_in_processes(
+    function: Callable[[_Job], _Result], jobs: Sequence[_Job], *, workers: int | None, chunksize: int
+) -> list[_Result]:
     """``function`` over ``jobs`` in order, in ``workers`` processes (default: the CPU count; one: in this one).
 
     forkserver, not fork: a fork of a process holding threads or broker connections (a worker, a test process)

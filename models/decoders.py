@@ -39,9 +39,19 @@ DECODER_DEPENDENCIES = {JPEGExtended12Bit: ("imagecodecs>=2024.1",)}
 # ISO/IEC 10918-1 Table B.1: start-of-frame markers of the sequential DCT processes, which DICOM's JPEG
 # Extended (Process 2 and 4) transfer syntax allows: SOF0 baseline and SOF1 extended, Huffman coded.
 _SEQUENTIAL_DCT_SOF = {0xC0: "SOF0 (baseline)", 0xC1: "SOF1 (extended sequential)"}
-_OTHER_SOF = {0xC2: "SOF2 (progressive)", 0xC3: "SOF3 (lossless)", 0xC5: "SOF5", 0xC6: "SOF6", 0xC7: "SOF7",
-              0xC9: "SOF9 (arithmetic)", 0xCA: "SOF10", 0xCB: "SOF11", 0xCD: "SOF13", 0xCE: "SOF14",
-              0xCF: "SOF15"}
+_OTHER_SOF = {
+    0xC2: "SOF2 (progressive)",
+    0xC3: "SOF3 (lossless)",
+    0xC5: "SOF5",
+    0xC6: "SOF6",
+    0xC7: "SOF7",
+    0xC9: "SOF9 (arithmetic)",
+    0xCA: "SOF10",
+    0xCB: "SOF11",
+    0xCD: "SOF13",
+    0xCE: "SOF14",
+    0xCF: "SOF15",
+}
 _SOS, _EOI, _SOI = 0xDA, 0xD9, 0xD8
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RST0-7 carry no length field
 
@@ -104,7 +114,8 @@ def check_sequential_dct(src: bytes) -> tuple[int, int]:
             if (ss, se, ah_al) != (0, 63, 0):
                 raise JpegStreamError(
                     f"scan header has Ss={ss}, Se={se}, Ah={ah_al >> 4}, Al={ah_al & 0x0F}; a sequential DCT "
-                    "scan requires Ss=0, Se=63, Ah=Al=0 (ISO/IEC 10918-1 B.2.3)")
+                    "scan requires Ss=0, Se=63, Ah=Al=0 (ISO/IEC 10918-1 B.2.3)"
+                )
             scans += 1
             position = _skip_entropy_coded(src, position + 2 + length)
             continue

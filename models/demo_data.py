@@ -44,8 +44,11 @@ def fracatlas_hip_rows(data_dir: Path, hip_labels: Path = HIP_LABELS) -> list[di
                 continue  # FracAtlas says hardware, but predraft's labelling has not placed it: not guessed
             rows += [{**common, "side": side, "class": "none", "view": "ap_pelvis"} for side in ("right", "left")]
         elif placed["field"] == "pelvis":
-            rows += [{**common, "side": side, "class": placed[side], "view": "ap_pelvis"} for side in ("right", "left")
-                     if placed[side] not in {"not_visible", "unsure"}]
+            rows += [
+                {**common, "side": side, "class": placed[side], "view": "ap_pelvis"}
+                for side in ("right", "left")
+                if placed[side] not in {"not_visible", "unsure"}
+            ]
         else:
             sides = [side for side in ("right", "left") if placed[side] not in {"not_visible", "unsure"}]
             side = sides[0] if len(sides) == 1 else "unknown"

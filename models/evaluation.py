@@ -110,33 +110,39 @@ def _check_probabilities(probabilities: object, n_classes: int) -> np.ndarray:
     except (TypeError, ValueError) as exc:
         raise TypeError(f"probabilities must be an array of numbers: {exc}") from exc
     if values.ndim != 2 or values.shape[0] < 1:
-        raise ValueError(f"probabilities must be a 2-D array (rows, classes) with at least one row, "
-                         f"got shape {values.shape}")
+        raise ValueError(
+            f"probabilities must be a 2-D array (rows, classes) with at least one row, got shape {values.shape}"
+        )
     if values.shape[1] != n_classes:
         raise ValueError(f"probabilities have {values.shape[1]} columns but {n_classes} classes are named")
     finite = np.isfinite(values)
     if not finite.all():
         rows = np.flatnonzero(~finite.all(axis=1))
-        raise ValueError(f"probabilities hold {int((~finite).sum())} NaN or infinite value(s), "
-                         f"first in row {int(rows[0])}")
+        raise ValueError(
+            f"probabilities hold {int((~finite).sum())} NaN or infinite value(s), first in row {int(rows[0])}"
+        )
     if values.min() < 0.0 or values.max() > 1.0:
         raise ValueError(f"probabilities must lie in [0, 1], got {values.min():g}..{values.max():g}")
     sums = values.sum(axis=1)
     off = np.flatnonzero(np.abs(sums - 1.0) > ROW_SUM_TOLERANCE)
     if off.size:
-        raise ValueError(f"probability rows must sum to 1 (within {ROW_SUM_TOLERANCE:g}): {off.size} do not, "
-                         f"first row {int(off[0])} sums to {sums[off[0]]:.6g}")
+        raise ValueError(
+            f"probability rows must sum to 1 (within {ROW_SUM_TOLERANCE:g}): {off.size} do not, "
+            f"first row {int(off[0])} sums to {sums[off[0]]:.6g}"
+        )
     return values
 
 
 def _check_labels(labels: object, n_rows: int, n_classes: int) -> np.ndarray:
     targets = np.asarray(labels)
-    if targets.dtype == np.bool_ or not (np.issubdtype(targets.dtype, np.integer)
-                                         or np.issubdtype(targets.dtype, np.floating)):
+    if targets.dtype == np.bool_ or not (
+        np.issubdtype(targets.dtype, np.integer) or np.issubdtype(targets.dtype, np.floating)
+    ):
         raise TypeError(f"labels must be integer class indices, not {targets.dtype}")
     if targets.shape != (n_rows,):
-        raise ValueError(f"labels of shape {targets.shape} do not match probabilities with {n_rows} rows: "
-                         f"expected ({n_rows},)")
+        raise ValueError(
+            f"labels of shape {targets.shape} do not match probabilities with {n_rows} rows: expected ({n_rows},)"
+        )
     if np.issubdtype(targets.dtype, np.floating):
         # A float column (e.g. read from a table that once held missing values) is accepted when whole.
         if not np.isfinite(targets).all():
@@ -155,8 +161,9 @@ def _check_groups(groups: object, n_rows: int) -> np.ndarray:
         raise TypeError("groups must be a sequence with one group id per row, not a string")
     items = list(np.asarray(groups, dtype=object).ravel()) if np.ndim(groups) == 1 else None
     if items is None or len(items) != n_rows:
-        raise ValueError(f"groups of shape {np.shape(groups)} do not match probabilities with {n_rows} rows: "
-                         f"expected ({n_rows},)")
+        raise ValueError(
+            f"groups of shape {np.shape(groups)} do not match probabilities with {n_rows} rows: expected ({n_rows},)"
+        )
     codes: dict[object, int] = {}
     out = np.empty(n_rows, dtype=np.intp)
     for row, item in enumerate(items):
@@ -206,7 +213,7 @@ class _Table:
             self.auc_parts.append((positive, ranks[positive], negative, ranks[negative], len(distinct)))
 
     def confusion(self, weights: np.ndarray) -> np.ndarray:
-        counts = np.bincount(self.cell, weights=weights, minlength=self.n_classes ** 2)
+        counts = np.bincount(self.cell, weights=weights, minlength=self.n_classes**2)
         return counts.reshape(self.n_classes, self.n_classes)
 
     def auc(self, k: int, weights: np.ndarray) -> float | None:
@@ -233,7 +240,7 @@ def _metrics(table: _Table, weights: np.ndarray) -> dict[str, float | None]:
         out["cohen_kappa"] = None
     else:
         p_o = tp.sum() / total
-        p_e = float((true * pred).sum()) / total ** 2
+        p_e = float((true * pred).sum()) / total**2
         out["cohen_kappa"] = float((p_o - p_e) / (1.0 - p_e))
     for k in range(table.n_classes):
         fp, fn = pred[k] - tp[k], true[k] - tp[k]
@@ -267,8 +274,16 @@ def _null_reason(metric: str, support: int) -> str:
 # --- the public API -----------------------------------------------------------------------------------
 
 
-def evaluate_predictions(labels: Any, probabilities: Any, classes: Sequence[str], *, groups: Any = None,
-                         n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+def evaluate_predictions(
+    labels: Any,
+    probabilities: Any,
+    classes: Sequence[str],
+    *,
+    groups: Any = None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Metrics of a prediction table with percentile-bootstrap intervals, as a JSON-serialisable dict.
 
     ``labels``: (N,) integer class indices (whole-valued floats are accepted); ``probabilities``: (N, C)
@@ -288,8 +303,9 @@ def evaluate_predictions(labels: Any, probabilities: Any, classes: Sequence[str]
     table = _Table(targets, values, len(names))
     point = _metrics(table, np.ones(n))
     support = np.bincount(targets, minlength=len(names))
-    averaged = {metric: [k for k in range(len(names)) if point[f"{metric}/{k}"] is not None]
-                for metric in _PER_CLASS_METRICS}
+    averaged = {
+        metric: [k for k in range(len(names)) if point[f"{metric}/{k}"] is not None] for metric in _PER_CLASS_METRICS
+    }
     for metric in _PER_CLASS_METRICS:
         point[f"macro/{metric}"] = _macro(point, metric, averaged[metric])
 
@@ -313,8 +329,13 @@ def evaluate_predictions(labels: Any, probabilities: Any, classes: Sequence[str]
         low = high = None
         if value is not None and valid:
             low, high = (float(x) for x in np.percentile(valid, [tail, 100.0 - tail]))
-        return {"value": value, "ci_low": low, "ci_high": high, "n_resamples": len(valid),
-                "reason": None if value is not None else reason}
+        return {
+            "value": value,
+            "ci_low": low,
+            "ci_high": high,
+            "n_resamples": len(valid),
+            "reason": None if value is not None else reason,
+        }
 
     per_class: dict[str, dict[str, Any]] = {}
     roc: dict[str, dict[str, list[float]] | None] = {}
@@ -331,13 +352,18 @@ def evaluate_predictions(labels: Any, probabilities: Any, classes: Sequence[str]
         "n_groups": n_units if groups is not None else None,
         "classes": names,
         "prediction_rule": PREDICTION_RULE,
-        "bootstrap": {"n_bootstrap": n_bootstrap, "confidence": confidence, "seed": seed,
-                      "unit": "group" if groups is not None else "row"},
+        "bootstrap": {
+            "n_bootstrap": n_bootstrap,
+            "confidence": confidence,
+            "seed": seed,
+            "unit": "group" if groups is not None else "row",
+        },
         "accuracy": summary("accuracy", "never null"),
         "cohen_kappa": summary("cohen_kappa", _FEW_CLASSES),
         "per_class": per_class,
-        "macro": {metric: summary(f"macro/{metric}", f"no class has a defined {metric}")
-                  for metric in _PER_CLASS_METRICS},
+        "macro": {
+            metric: summary(f"macro/{metric}", f"no class has a defined {metric}") for metric in _PER_CLASS_METRICS
+        },
         "macro_classes": {metric: [names[k] for k in averaged[metric]] for metric in _PER_CLASS_METRICS},
         "confusion_matrix": table.confusion(np.ones(n)).astype(int).tolist(),
         "roc": roc,
@@ -453,8 +479,9 @@ def plot_roc_curves(report: dict[str, Any], path: str | Path) -> Path:
         if points is None or auc is None:
             axes.plot([], [], linestyle="none", label=f"{name} (AUC n/a)")
             continue
-        axes.plot(points["fpr"], points["tpr"], color=color, linestyle=style, linewidth=1.6,
-                  label=f"{name} (AUC {auc:.3f})")
+        axes.plot(
+            points["fpr"], points["tpr"], color=color, linestyle=style, linewidth=1.6, label=f"{name} (AUC {auc:.3f})"
+        )
     axes.set_xlim(-0.01, 1.01)
     axes.set_ylim(-0.01, 1.01)
     axes.set_aspect("equal")

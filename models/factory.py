@@ -80,15 +80,21 @@ def load_backbone(network: torch.nn.Module, init_weights: Path) -> set[str]:
     head = classifier_head_keys(network)
     own = network.state_dict()
     backbone = {key: value for key, value in state.items() if key not in head}
-    missing = [key for key in own if key not in head and key not in backbone
-               and not key.endswith("num_batches_tracked")]
+    missing = [
+        key for key in own if key not in head and key not in backbone and not key.endswith("num_batches_tracked")
+    ]
     unexpected = [key for key in backbone if key not in own]
-    mismatched = [f"{key} {tuple(backbone[key].shape)} != {tuple(own[key].shape)}"
-                  for key in backbone if key in own and backbone[key].shape != own[key].shape]
+    mismatched = [
+        f"{key} {tuple(backbone[key].shape)} != {tuple(own[key].shape)}"
+        for key in backbone
+        if key in own and backbone[key].shape != own[key].shape
+    ]
     if missing or unexpected or mismatched:
-        problems = [f"{label} {len(keys)} (first: {', '.join(keys[:3])})"
-                    for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                        ("mis-shaped", mismatched)) if keys]
+        problems = [
+            f"{label} {len(keys)} (first: {', '.join(keys[:3])})"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched))
+            if keys
+        ]
         raise ValueError(f"init_weights {init_weights} do not fit {type(network).__name__}: {'; '.join(problems)}")
     network.load_state_dict(backbone, strict=False)
     return head
@@ -110,8 +116,9 @@ class Classifier:
     sees varying batch sizes, which torch.compile handles by marking the batch dimension dynamic.
     """
 
-    def __init__(self, card: ModelCard, network: torch.nn.Module, device: torch.device | str = "cpu", *,
-                 compile: bool = False) -> None:
+    def __init__(
+        self, card: ModelCard, network: torch.nn.Module, device: torch.device | str = "cpu", *, compile: bool = False
+    ) -> None:
         if not isinstance(card, ModelCard):
             raise TypeError(f"card must be a ModelCard, not {type(card).__name__}")
         if not isinstance(network, torch.nn.Module):
@@ -151,7 +158,7 @@ class Classifier:
         while start < total:
             step = min(total - start, self.batch_limit or total)
             try:
-                out[start:start + step] = self._probabilities(images[start:start + step])
+                out[start : start + step] = self._probabilities(images[start : start + step])
             except RuntimeError as exc:
                 if step == 1 or not _is_out_of_memory(exc):
                     raise

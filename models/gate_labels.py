@@ -38,9 +38,7 @@ from pathlib import Path
 #: Ids at most this far apart belong to one run (one patient's images come in sequence).
 RUN_GAP = 2
 #: Runs that the hip labelling found to be one patient although their ids lie far apart.
-SAME_PATIENT = (
-    ("IMG0000453.jpg", "IMG0002607.jpg", "IMG0002749.jpg", "IMG0004113.jpg"),
-)
+SAME_PATIENT = (("IMG0000453.jpg", "IMG0002607.jpg", "IMG0002749.jpg", "IMG0004113.jpg"),)
 HIP_LABELS = Path(__file__).resolve().parent / "data" / "fracatlas_hip_hardware.csv"
 FIELD_LABELS = Path(__file__).resolve().parent / "data" / "fracatlas_hip_field.csv"
 COLUMNS = ("image", "group", "source", "crop", "region", "hardware", "field")
@@ -81,8 +79,9 @@ def _region(record: dict[str, str]) -> str:
     return ""
 
 
-def build_rows(data_dir: Path, hip_labels: Path = HIP_LABELS, phantoms_dir: Path | None = None,
-               field_labels: Path = FIELD_LABELS) -> list[dict[str, str]]:
+def build_rows(
+    data_dir: Path, hip_labels: Path = HIP_LABELS, phantoms_dir: Path | None = None, field_labels: Path = FIELD_LABELS
+) -> list[dict[str, str]]:
     data_dir = Path(data_dir)
     with (data_dir / "fracatlas" / "dataset.csv").open(newline="") as handle:
         records = sorted(csv.DictReader(handle), key=lambda record: _number(record["image_id"]))
@@ -96,8 +95,17 @@ def build_rows(data_dir: Path, hip_labels: Path = HIP_LABELS, phantoms_dir: Path
         image, region = record["image_id"], _region(record)
         path = f"fracatlas/images/{image}"
         hardware = "present" if record["hardware"] == "1" else "absent"
-        rows.append({"image": path, "group": group_of[image], "source": "fracatlas", "crop": "whole",
-                     "region": region, "hardware": hardware, "field": fields[image] if region == "hip" else ""})
+        rows.append(
+            {
+                "image": path,
+                "group": group_of[image],
+                "source": "fracatlas",
+                "crop": "whole",
+                "region": region,
+                "hardware": hardware,
+                "field": fields[image] if region == "hip" else "",
+            }
+        )
         if region != "hip":
             continue
         placed = hips.get(image)
@@ -110,14 +118,31 @@ def build_rows(data_dir: Path, hip_labels: Path = HIP_LABELS, phantoms_dir: Path
         for crop, hardware_class in sides.items():
             if hardware_class in {"not_visible", "unsure", ""}:
                 continue
-            rows.append({"image": path, "group": group_of[image], "source": "fracatlas", "crop": crop, "region": "",
-                         "hardware": "absent" if hardware_class == "none" else "present", "field": ""})
+            rows.append(
+                {
+                    "image": path,
+                    "group": group_of[image],
+                    "source": "fracatlas",
+                    "crop": crop,
+                    "region": "",
+                    "hardware": "absent" if hardware_class == "none" else "present",
+                    "field": "",
+                }
+            )
     shoulder_dir = data_dir / "shoulder-implants"
     with (shoulder_dir / "labels.csv").open(newline="") as handle:
         for record in csv.DictReader(handle):
-            rows.append({"image": f"shoulder-implants/images/{record['image']}",
-                         "group": f"shoulder-implants-{record['image']}", "source": "shoulder-implants",
-                         "crop": "whole", "region": "shoulder", "hardware": "present", "field": ""})
+            rows.append(
+                {
+                    "image": f"shoulder-implants/images/{record['image']}",
+                    "group": f"shoulder-implants-{record['image']}",
+                    "source": "shoulder-implants",
+                    "crop": "whole",
+                    "region": "shoulder",
+                    "hardware": "present",
+                    "field": "",
+                }
+            )
     if phantoms_dir is not None:
         rows.extend(phantom_rows(Path(phantoms_dir)))
     return rows
@@ -147,8 +172,15 @@ def phantom_rows(phantoms_dir: Path, patients: int = PHANTOM_PATIENTS) -> list[d
         # Whole phantom images without hip hardware may still show lumbar hardware: hardware left unlabelled.
         whole = hardware([h["class"] for h in hips])
         pelvis = hips[0].get("view") == "ap_pelvis"
-        rows.append({**common, "crop": "whole", "region": "hip", "hardware": "" if whole == "absent" else whole,
-                     "field": "pelvis" if pelvis else "other"})
+        rows.append(
+            {
+                **common,
+                "crop": "whole",
+                "region": "hip",
+                "hardware": "" if whole == "absent" else whole,
+                "field": "pelvis" if pelvis else "other",
+            }
+        )
         if pelvis:
             for hip in hips:
                 crop = "image_left" if hip["side"] == "right" else "image_right"
@@ -166,5 +198,6 @@ def write_rows(rows: list[dict[str, str]], path: Path) -> None:
 if __name__ == "__main__":
     if len(sys.argv) not in (3, 4):
         sys.exit("usage: python -m predraft.models.gate_labels DATA_DIR OUT_CSV [PHANTOMS_DIR]")
-    write_rows(build_rows(Path(sys.argv[1]), phantoms_dir=Path(sys.argv[3]) if len(sys.argv) == 4 else None),
-               Path(sys.argv[2]))
+    write_rows(
+        build_rows(Path(sys.argv[1]), phantoms_dir=Path(sys.argv[3]) if len(sys.argv) == 4 else None), Path(sys.argv[2])
+    )

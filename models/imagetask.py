@@ -36,7 +36,8 @@ class TaskNetwork(torch.nn.Module):
             raise ValueError(f"architecture {architecture!r} is not a timm model name")
         self.backbone = timm.create_model(architecture, pretrained=False, num_classes=0, in_chans=3)
         self.heads = torch.nn.ModuleDict(
-            {task: torch.nn.Linear(self.backbone.num_features, len(classes)) for task, classes in tasks.items()})
+            {task: torch.nn.Linear(self.backbone.num_features, len(classes)) for task, classes in tasks.items()}
+        )
 
     def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.backbone(batch)
@@ -66,14 +67,18 @@ class TaskModel:
         """Probabilities per task, (N, classes) float64, for uint8 images (N, S, S) at the card's input size."""
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (self.card.input_size,) * 2:
-            raise ValueError(f"{self.card.display_name} takes uint8 images of shape (N, {self.card.input_size}, "
-                             f"{self.card.input_size}), got {images.dtype} {images.shape}")
+            raise ValueError(
+                f"{self.card.display_name} takes uint8 images of shape (N, {self.card.input_size}, "
+                f"{self.card.input_size}), got {images.dtype} {images.shape}"
+            )
         if len(images) == 0:
             return {task: np.zeros((0, len(classes))) for task, classes in self.card.tasks.items()}
         with self._lock, torch.inference_mode():
             logits = self.network(to_network_input(torch.from_numpy(images)))
-        return {task: softmax(value.double().numpy(), self.card.temperatures.get(task, 1.0))
-                for task, value in logits.items()}
+        return {
+            task: softmax(value.double().numpy(), self.card.temperatures.get(task, 1.0))
+            for task, value in logits.items()
+        }
 
 
 def load_task_model(card_path: Path) -> TaskModel:
@@ -83,6 +88,7 @@ def load_task_model(card_path: Path) -> TaskModel:
     try:
         network.load_state_dict(load_file(str(weights_path)))
     except (RuntimeError, ValueError) as exc:
-        raise ModelCardError(f"weights {weights_path} do not fit {card.architecture} with the tasks of "
-                             f"{card_path}: {exc}") from exc
+        raise ModelCardError(
+            f"weights {weights_path} do not fit {card.architecture} with the tasks of {card_path}: {exc}"
+        ) from exc
     return TaskModel(card, network)

@@ -211,8 +211,12 @@ def detect_metal(image: np.ndarray) -> MetalFinding:
     if best.score < 0.5:
         return MetalFinding(False, round(best.score, 3), 0.0, _REASONS[best.weakest])
     area = float((metal & field).sum()) / field_pixels
-    return MetalFinding(True, round(best.score, 3), round(area, 4),
-                        f"dense sharply bounded region of {100 * area:.1f} % of the hip field")
+    return MetalFinding(
+        True,
+        round(best.score, 3),
+        round(area, 4),
+        f"dense sharply bounded region of {100 * area:.1f} % of the hip field",
+    )
 
 
 _REASONS = {
@@ -299,8 +303,14 @@ def _percentile(values: np.ndarray, q: float) -> float:
     return float(np.partition(flat, rank)[rank])
 
 
-def _edge_steps(values: np.ndarray, inside: np.ndarray, free: np.ndarray, depth: np.ndarray, outside: np.ndarray,
-                height_above: float) -> tuple[np.ndarray, np.ndarray] | None:
+def _edge_steps(
+    values: np.ndarray,
+    inside: np.ndarray,
+    free: np.ndarray,
+    depth: np.ndarray,
+    outside: np.ndarray,
+    height_above: float,
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Per pixel of the ring just outside a region: the step down from the region, and whether it is sharp.
 
     The step at a ring pixel is the brightest value of the region's inner layers within
@@ -329,8 +339,9 @@ def _edge_steps(values: np.ndarray, inside: np.ndarray, free: np.ndarray, depth:
     return step, sharp
 
 
-def _regions(work: np.ndarray, mask: np.ndarray, field: np.ndarray, field_pixels: int,
-             background: float) -> list[_Region]:
+def _regions(
+    work: np.ndarray, mask: np.ndarray, field: np.ndarray, field_pixels: int, background: float
+) -> list[_Region]:
     """The connected regions of ``mask`` that reach into the hip field, each judged as metal or not."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if count <= 1:

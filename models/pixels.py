@@ -69,8 +69,9 @@ def decode(ds: Dataset) -> np.ndarray:
         raise PixelDataError("the dataset has no Pixel Data")
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric not in GRAYSCALE | COLOUR:
-        raise PixelDataError(f"PhotometricInterpretation {photometric!r} is neither a grayscale nor an RGB/YBR "
-                             "colour image")
+        raise PixelDataError(
+            f"PhotometricInterpretation {photometric!r} is neither a grayscale nor an RGB/YBR colour image"
+        )
     syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", ""))) if hasattr(ds, "file_meta") else UID("")
     try:
         if syntax == JPEGExtended12Bit:
@@ -81,7 +82,8 @@ def decode(ds: Dataset) -> np.ndarray:
     except Exception as exc:  # decoders raise many types; all mean the same thing here
         name = f" ({syntax.name})" if syntax and syntax.name != syntax else ""
         raise PixelDataError(
-            f"pixel data in transfer syntax {syntax or 'unknown'}{name} could not be decoded: {exc}") from exc
+            f"pixel data in transfer syntax {syntax or 'unknown'}{name} could not be decoded: {exc}"
+        ) from exc
     if photometric in COLOUR:
         if pixels.ndim != 3 or pixels.shape[-1] != 3:
             raise PixelDataError(f"expected one RGB frame, got an array of shape {pixels.shape}")
@@ -109,8 +111,9 @@ def _pixel_array(ds: Dataset) -> np.ndarray:
         return ds.pixel_array
 
 
-def to_unit_range(ds: Dataset, stored: np.ndarray, window_index: int = 0, *,
-                  overwrite_input: bool = False) -> np.ndarray:
+def to_unit_range(
+    ds: Dataset, stored: np.ndarray, window_index: int = 0, *, overwrite_input: bool = False
+) -> np.ndarray:
     """Modality LUT, VOI LUT or window, inversion; float32 in [0, 1] with bone and metal bright.
 
     ``window_index`` picks the VOI LUT Sequence item or the WindowCenter/WindowWidth pair (0: the first);
@@ -217,8 +220,9 @@ def _window(ds: Dataset, values: np.ndarray, index: int, out: np.ndarray | None 
         return _linear(values, center - 0.5 - (width - 1) / 2.0, center - 0.5 + (width - 1) / 2.0, out=out)
     if function == "LINEAR" and width == 1:  # a threshold: x <= c - 0.5 -> 0, else 1
         return (values > center - 0.5).astype(np.float32)
-    log.info("window %d (center %s, width %s, %s) is not valid; using a percentile window",
-             chosen, center, width, function)
+    log.info(
+        "window %d (center %s, width %s, %s) is not valid; using a percentile window", chosen, center, width, function
+    )
     return None
 
 
@@ -281,28 +285,32 @@ def collimation_box(image: np.ndarray) -> tuple[int, int, int, int]:
     while check_columns or check_rows:
         if check_columns:  # left and right edges, judged over the rows that remain
             region = image[top:bottom, left:right]
-            depth_left, bands["left"] = _border_depth(region, axis=1, from_end=False, limit=max_cols - left,
-                                                      reference=bands["left"])
-            depth_right, bands["right"] = _border_depth(region, axis=1, from_end=True,
-                                                        limit=max_cols - (width - right), reference=bands["right"])
+            depth_left, bands["left"] = _border_depth(
+                region, axis=1, from_end=False, limit=max_cols - left, reference=bands["left"]
+            )
+            depth_right, bands["right"] = _border_depth(
+                region, axis=1, from_end=True, limit=max_cols - (width - right), reference=bands["right"]
+            )
             left, right = left + depth_left, right - depth_right
             check_columns = False
             check_rows = check_rows or bool(depth_left or depth_right)
         else:  # top and bottom edges, judged over the columns that remain
             region = image[top:bottom, left:right]
-            depth_top, bands["top"] = _border_depth(region, axis=0, from_end=False, limit=max_rows - top,
-                                                    reference=bands["top"])
-            depth_bottom, bands["bottom"] = _border_depth(region, axis=0, from_end=True,
-                                                          limit=max_rows - (height - bottom),
-                                                          reference=bands["bottom"])
+            depth_top, bands["top"] = _border_depth(
+                region, axis=0, from_end=False, limit=max_rows - top, reference=bands["top"]
+            )
+            depth_bottom, bands["bottom"] = _border_depth(
+                region, axis=0, from_end=True, limit=max_rows - (height - bottom), reference=bands["bottom"]
+            )
             top, bottom = top + depth_top, bottom - depth_bottom
             check_rows = False
             check_columns = bool(depth_top or depth_bottom)
     return top, bottom, left, right
 
 
-def _border_depth(region: np.ndarray, *, axis: int, from_end: bool, limit: int,
-                  reference: float | None) -> tuple[int, float | None]:
+def _border_depth(
+    region: np.ndarray, *, axis: int, from_end: bool, limit: int, reference: float | None
+) -> tuple[int, float | None]:
     """How many lines at one edge of ``region`` are border (see ``collimation_box``), and the band's value.
 
     ``axis=0`` examines rows (top or bottom edge), ``axis=1`` columns (left or right edge). ``reference``

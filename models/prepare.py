@@ -44,9 +44,12 @@ class HipImage:
     metal: MetalFinding | None = None
 
     def to_message(self) -> dict[str, object]:
-        message: dict[str, object] = {"side": self.side.value, "view": self.view.value,
-                                      "size": int(self.pixels.shape[0]),
-                                      "pixels": base64.b64encode(self.pixels.tobytes()).decode("ascii")}
+        message: dict[str, object] = {
+            "side": self.side.value,
+            "view": self.view.value,
+            "size": int(self.pixels.shape[0]),
+            "pixels": base64.b64encode(self.pixels.tobytes()).decode("ascii"),
+        }
         if self.metal is not None:
             message["metal"] = asdict(self.metal)
         return message
@@ -71,8 +74,9 @@ class PreparedInstance(NamedTuple):
     halves: tuple[HipImage, ...] = ()  # (right, left) as an AP pelvis, or none
 
 
-def prepare_file(path: Path, *, input_size: int, gate_size: int | None = None, voi_window_index: int = 0,
-                 with_halves: bool = False) -> PreparedInstance:
+def prepare_file(
+    path: Path, *, input_size: int, gate_size: int | None = None, voi_window_index: int = 0, with_halves: bool = False
+) -> PreparedInstance:
     """Read, check the SOP class and the tags' region, decode, window, crop, orient, split and letterbox.
     (The hips' hardware check is the gate's, made by the caller: predraft.workers.gate.)
 

@@ -65,8 +65,9 @@ class GateReading:
 
     def confident_other(self) -> tuple[str, float] | None:
         """The most probable non-hip region at or above its threshold, if any."""
-        sure = [(p, name) for name, p in self.probabilities.items()
-                if name != GATE_CLASS and p >= self.thresholds[name]]
+        sure = [
+            (p, name) for name, p in self.probabilities.items() if name != GATE_CLASS and p >= self.thresholds[name]
+        ]
         return (max(sure)[1], max(sure)[0]) if sure else None
 
     @property
@@ -98,8 +99,11 @@ def decide_scope(tags: ViewResult, reading: GateReading | None) -> ScopeDecision
     """Scope of one image by the rules above. ``reading`` may be None only when the tags say ``outside``."""
     body_part = tags.body_part or "unstated"
     if tags.tag_region is TagRegion.OUTSIDE:
-        return ScopeDecision(False, f"body part {body_part} is not a hip or pelvis ({tags.scope_rule}); "
-                                    "the body-part gate does not overrule it")
+        return ScopeDecision(
+            False,
+            f"body part {body_part} is not a hip or pelvis ({tags.scope_rule}); "
+            "the body-part gate does not overrule it",
+        )
     if reading is None:
         raise ValueError(f"tags say {tags.tag_region.value}: scope needs the gate's reading")
     if tags.tag_region is TagRegion.HIP:
@@ -110,12 +114,17 @@ def decide_scope(tags: ViewResult, reading: GateReading | None) -> ScopeDecision
         return ScopeDecision(True, "")
     if tags.tag_region is TagRegion.NONE:
         if reading.reads_hip:
-            return ScopeDecision(True, f"no body-part tags; the image reads as {reading.describe(GATE_CLASS)}",
-                                 ScopeFlag.UNTAGGED)
-        return ScopeDecision(False, f"no body-part tags, and the image does not read as a hip or pelvis "
-                                    f"(reads as {reading.describe()})")
+            return ScopeDecision(
+                True, f"no body-part tags; the image reads as {reading.describe(GATE_CLASS)}", ScopeFlag.UNTAGGED
+            )
+        return ScopeDecision(
+            False, f"no body-part tags, and the image does not read as a hip or pelvis (reads as {reading.describe()})"
+        )
     if reading.reads_hip:  # another limb region by the tags
-        return ScopeDecision(True, f"tags say {body_part}, the image reads as {reading.describe(GATE_CLASS)}",
-                             ScopeFlag.TAGS_DISAGREE)
-    return ScopeDecision(False, f"body part {body_part} is not a hip or pelvis ({tags.scope_rule}); the image reads "
-                                f"as {reading.describe()}")
+        return ScopeDecision(
+            True, f"tags say {body_part}, the image reads as {reading.describe(GATE_CLASS)}", ScopeFlag.TAGS_DISAGREE
+        )
+    return ScopeDecision(
+        False,
+        f"body part {body_part} is not a hip or pelvis ({tags.scope_rule}); the image reads as {reading.describe()}",
+    )

@@ -19,6 +19,7 @@ from predraft.models.card import read_card
 #: The bundled gate: body region and hardware present, trained on FracAtlas (see its card).
 GATE_CARD = Path(__file__).resolve().parent / "gate" / "card.json"
 
+
 class TaskCard(BaseModel):
     """What a task model's weights are, and the thresholds that turn its probabilities into decisions."""
 

@@ -48,8 +48,9 @@ class TaskRow:
     source: str = ""
 
 
-def read_task_rows(csv_path: Path, images_dir: Path, tasks: Sequence[str],
-                   sources: Sequence[str] = ()) -> list[TaskRow]:
+def read_task_rows(
+    csv_path: Path, images_dir: Path, tasks: Sequence[str], sources: Sequence[str] = ()
+) -> list[TaskRow]:
     """The CSV's rows for ``tasks``, validated: columns present, crops known, files present, no duplicates.
 
     A row that labels none of ``tasks`` is left out, and so is, when ``sources`` are named, a row of another
@@ -81,8 +82,10 @@ def read_task_rows(csv_path: Path, images_dir: Path, tasks: Sequence[str],
                 raise TaskLabelsError(f"{csv_path} line {line}: image {images_dir / image} does not exist")
             rows.append(TaskRow(image, group, crop, labels, source))
     if not rows:
-        raise TaskLabelsError(f"{csv_path} has no row labelled for {list(tasks)}"
-                              + (f" among the sources {list(sources)}" if sources else ""))
+        raise TaskLabelsError(
+            f"{csv_path} has no row labelled for {list(tasks)}"
+            + (f" among the sources {list(sources)}" if sources else "")
+        )
     return rows
 
 
@@ -128,8 +131,14 @@ def _prepare_one(job: tuple[Path, tuple[str, ...], int]) -> list[np.ndarray] | s
         return f"{type(exc).__name__}: {exc}"
 
 
-def prepare_task_images(images_dir: Path, rows: Sequence[TaskRow], *, input_size: int, workers: int | None = None,
-                        cache_dir: Path | None = None) -> np.ndarray:
+def prepare_task_images(
+    images_dir: Path,
+    rows: Sequence[TaskRow],
+    *,
+    input_size: int,
+    workers: int | None = None,
+    cache_dir: Path | None = None,
+) -> np.ndarray:
     """uint8 (N, S, S) pixels of ``rows``, in order; cached under ``cache_dir`` by rows and size."""
     images_dir = Path(images_dir)
     digest = hashlib.sha256(str(input_size).encode())

@@ -58,7 +58,7 @@ def backbone_features(network: torch.nn.Module, pixels: np.ndarray, batch_size: 
     parts = []
     with torch.inference_mode():
         for start in range(0, len(pixels), batch_size):
-            batch = to_network_input(torch.from_numpy(pixels[start:start + batch_size]))
+            batch = to_network_input(torch.from_numpy(pixels[start : start + batch_size]))
             parts.append(network.backbone(batch).double().numpy())
     return np.concatenate(parts) if parts else np.zeros((0, 0))
 
@@ -92,11 +92,25 @@ class _Head:
         return features @ weight.T + bias
 
 
-def add_task_head(base_card: Path, csv_path: Path, images_dir: Path, out_dir: Path, *, task: str,
-                  classes: Sequence[str], binary: str | None = None, min_specificity: float | None = None,
-                  synthetic_sources: Sequence[str] = (), folds: int = 5, seed: int = 0, n_bootstrap: int = 1000,
-                  version: str, training_data: str | None = None, intended_use: str | None = None,
-                  progress: Callable[[str], None] = log.info) -> TaskCard:
+def add_task_head(
+    base_card: Path,
+    csv_path: Path,
+    images_dir: Path,
+    out_dir: Path,
+    *,
+    task: str,
+    classes: Sequence[str],
+    binary: str | None = None,
+    min_specificity: float | None = None,
+    synthetic_sources: Sequence[str] = (),
+    folds: int = 5,
+    seed: int = 0,
+    n_bootstrap: int = 1000,
+    version: str,
+    training_data: str | None = None,
+    intended_use: str | None = None,
+    progress: Callable[[str], None] = log.info,
+) -> TaskCard:
     """Write ``out_dir/card.json`` and ``weights.safetensors``: the base network with a ``task`` head added.
 
     ``binary`` names the positive class of a two-class task (its threshold by the balanced point, or by
@@ -111,10 +125,15 @@ def add_task_head(base_card: Path, csv_path: Path, images_dir: Path, out_dir: Pa
     if task in base.tasks:
         raise ValueError(f"{base.display_name} has a {task!r} head already")
     names = tuple(classes)
-    config = TaskTrainingConfig(tasks={task: names}, folds=folds, seed=seed, n_bootstrap=n_bootstrap,
-                                binary={task: binary} if binary else {},
-                                min_specificity={task: min_specificity} if min_specificity else {},
-                                synthetic_sources=tuple(synthetic_sources))
+    config = TaskTrainingConfig(
+        tasks={task: names},
+        folds=folds,
+        seed=seed,
+        n_bootstrap=n_bootstrap,
+        binary={task: binary} if binary else {},
+        min_specificity={task: min_specificity} if min_specificity else {},
+        synthetic_sources=tuple(synthetic_sources),
+    )
     rows = read_task_rows(csv_path, images_dir, [task])
     task_classes(rows, task, names)  # every label must be one of the classes
     targets = task_targets(rows, {task: names})
@@ -129,8 +148,9 @@ def add_task_head(base_card: Path, csv_path: Path, images_dir: Path, out_dir: Pa
     for fold, (train, held_out) in enumerate(splitter.split(features, strata, groups)):
         head = _Head(len(names), seed).fit(features[train], labels[train])
         logits[held_out], fold_of[held_out] = head.logits(features[held_out]), fold
-    temperatures, probabilities, thresholds, measured = calibrate_and_measure({task: logits}, targets, rows,
-                                                                              {task: names}, config)
+    temperatures, probabilities, thresholds, measured = calibrate_and_measure(
+        {task: logits}, targets, rows, {task: names}, config
+    )
     temperature = temperatures[task]
     metrics: dict[str, Any] = measured[task]  # this head's figures, with its own by_source
     if "by_source" in measured:
@@ -144,25 +164,49 @@ def add_task_head(base_card: Path, csv_path: Path, images_dir: Path, out_dir: Pa
     network.heads[task] = linear
     save_file({key: value.contiguous() for key, value in network.state_dict().items()}, str(out_dir / WEIGHTS))
     minutes = round((time.monotonic() - started) / 60, 1)
-    added = {"task": task, "method": METHOD, "rows": len(rows), "groups": len(set(groups.tolist())), "folds": folds,
-             "seed": seed, "base": f"{base.name} {base.version}", "minutes": minutes,
-             "caveat": "the backbone was trained on these images for its own tasks (not on these labels): the "
-                       "cross-validated figures may be somewhat optimistic"}
+    added = {
+        "task": task,
+        "method": METHOD,
+        "rows": len(rows),
+        "groups": len(set(groups.tolist())),
+        "folds": folds,
+        "seed": seed,
+        "base": f"{base.name} {base.version}",
+        "minutes": minutes,
+        "caveat": "the backbone was trained on these images for its own tasks (not on these labels): the "
+        "cross-validated figures may be somewhat optimistic",
+    }
     report = {**added, "temperature": temperature, "thresholds": thresholds.get(task, {}), "metrics": metrics}
     (out_dir / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     base_metrics = dict(base.metrics)
     base_metrics["cross_validation"] = {**base_metrics.get("cross_validation", {}), task: metrics}
     base_metrics["added_heads"] = {**base_metrics.get("added_heads", {}), task: added}
-    card = base.model_copy(update={
-        "version": version, "tasks": {**base.tasks, task: names},
-        "training_data": base.training_data if training_data is None else training_data,
-        "intended_use": base.intended_use if intended_use is None else intended_use,
-        "temperatures": {**base.temperatures, task: temperature},
-        "thresholds": {**base.thresholds, **thresholds}, "metrics": base_metrics,
-        "training": {**base.training, "added_heads": {**base.training.get("added_heads", {}), task: {
-            **config.model_dump(mode="json", include={"binary", "min_specificity", "synthetic_sources", "folds",
-                                                       "seed", "n_bootstrap"}), "minutes": minutes}}},
-        "weights": WEIGHTS, "weights_sha256": sha256_of(out_dir / WEIGHTS)})
+    card = base.model_copy(
+        update={
+            "version": version,
+            "tasks": {**base.tasks, task: names},
+            "training_data": base.training_data if training_data is None else training_data,
+            "intended_use": base.intended_use if intended_use is None else intended_use,
+            "temperatures": {**base.temperatures, task: temperature},
+            "thresholds": {**base.thresholds, **thresholds},
+            "metrics": base_metrics,
+            "training": {
+                **base.training,
+                "added_heads": {
+                    **base.training.get("added_heads", {}),
+                    task: {
+                        **config.model_dump(
+                            mode="json",
+                            include={"binary", "min_specificity", "synthetic_sources", "folds", "seed", "n_bootstrap"},
+                        ),
+                        "minutes": minutes,
+                    },
+                },
+            },
+            "weights": WEIGHTS,
+            "weights_sha256": sha256_of(out_dir / WEIGHTS),
+        }
+    )
     card = TaskCard.model_validate(card.model_dump())
     write_task_card(card, out_dir / CARD)
     progress(f"{task}: out-of-fold accuracy {metrics['accuracy']['value']}; wrote {out_dir / CARD} in {minutes} min")
@@ -188,10 +232,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     task, _, classes = args.task.partition("=")
     if not classes:
         parser.error("--task takes TASK=class,class,...")
-    add_task_head(args.base_card, args.labels, args.images, args.out, task=task, classes=classes.split(","),
-                  binary=args.binary, min_specificity=args.min_specificity, synthetic_sources=args.synthetic_source,
-                  folds=args.folds, seed=args.seed, version=args.version, training_data=args.training_data,
-                  intended_use=args.intended_use, progress=print)
+    add_task_head(
+        args.base_card,
+        args.labels,
+        args.images,
+        args.out,
+        task=task,
+        classes=classes.split(","),
+        binary=args.binary,
+        min_specificity=args.min_specificity,
+        synthetic_sources=args.synthetic_source,
+        folds=args.folds,
+        seed=args.seed,
+        version=args.version,
+        training_data=args.training_data,
+        intended_use=args.intended_use,
+        progress=print,
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,12 @@ def grouped_rate(hits: np.ndarray, groups: np.ndarray, *, n_bootstrap: int, seed
     draws = rng.integers(0, len(per_group_n), size=(n_bootstrap, len(per_group_n)))
     shares = per_group_hits[draws].sum(axis=1) / np.maximum(1, per_group_n[draws].sum(axis=1))
     low, high = np.percentile(shares, [2.5, 97.5])
-    return {"value": round(float(hits.mean()), 4), "ci95": [round(float(low), 4), round(float(high), 4)],
-            "n": int(len(hits)), "hits": int(hits.sum())}
+    return {
+        "value": round(float(hits.mean()), 4),
+        "ci95": [round(float(low), 4), round(float(high), 4)],
+        "n": int(len(hits)),
+        "hits": int(hits.sum()),
+    }
 
 
 def task_targets(rows: Sequence[_Row], classes: dict[str, tuple[str, ...]]) -> np.ndarray:
@@ -55,14 +59,19 @@ def task_targets(rows: Sequence[_Row], classes: dict[str, tuple[str, ...]]) -> n
             if label is None:
                 continue
             if label not in names:
-                raise ValueError(f"label {label!r} of task {task!r} (group {row.group}) is not among its classes "
-                                 f"{list(names)}")
+                raise ValueError(
+                    f"label {label!r} of task {task!r} (group {row.group}) is not among its classes {list(names)}"
+                )
             targets[index, column] = names.index(label)
     return targets
 
 
-def _check_rule(rule: str, chosen: tuple[str, str] | None, classes: dict[str, tuple[str, ...]],
-                thresholds: dict[str, dict[str, float]]) -> None:
+def _check_rule(
+    rule: str,
+    chosen: tuple[str, str] | None,
+    classes: dict[str, tuple[str, ...]],
+    thresholds: dict[str, dict[str, float]],
+) -> None:
     if chosen is None:
         return
     task, name = chosen
@@ -76,10 +85,18 @@ def _check_rule(rule: str, chosen: tuple[str, str] | None, classes: dict[str, tu
         raise ValueError(f"the {rule} task {task!r} has no threshold for {missing}")
 
 
-def task_metrics(probabilities: dict[str, np.ndarray], targets: np.ndarray, rows: Sequence[_Row],
-                 classes: dict[str, tuple[str, ...]], thresholds: dict[str, dict[str, float]], *,
-                 gate: tuple[str, str] | None = None, binary: Mapping[str, str] | None = None, n_bootstrap: int,
-                 seed: int) -> dict[str, Any]:
+def task_metrics(
+    probabilities: dict[str, np.ndarray],
+    targets: np.ndarray,
+    rows: Sequence[_Row],
+    classes: dict[str, tuple[str, ...]],
+    thresholds: dict[str, dict[str, float]],
+    *,
+    gate: tuple[str, str] | None = None,
+    binary: Mapping[str, str] | None = None,
+    n_bootstrap: int,
+    seed: int,
+) -> dict[str, Any]:
     """Per task of ``classes``: accuracy and each class's sensitivity and specificity at argmax; for the gate
     and binary tasks also the figures of the service's thresholded rules. Every figure is a
     :func:`grouped_rate` over the rows labelled for the task.
@@ -132,14 +149,23 @@ def task_metrics(probabilities: dict[str, np.ndarray], targets: np.ndarray, rows
         if task in binary:
             positive = names.index(binary[task])
             called = probabilities[task][:, positive] >= thresholds[task][binary[task]]
-            figures["at_threshold"] = sensitivity_specificity(called, truth == positive, labelled, crops, groups,
-                                                              n_bootstrap=n_bootstrap, seed=seed)
+            figures["at_threshold"] = sensitivity_specificity(
+                called, truth == positive, labelled, crops, groups, n_bootstrap=n_bootstrap, seed=seed
+            )
         metrics[task] = figures
     return metrics
 
 
-def sensitivity_specificity(called: np.ndarray, positive: np.ndarray, labelled: np.ndarray, crops: np.ndarray,
-                            groups: np.ndarray, *, n_bootstrap: int, seed: int) -> dict[str, dict[str, Any]]:
+def sensitivity_specificity(
+    called: np.ndarray,
+    positive: np.ndarray,
+    labelled: np.ndarray,
+    crops: np.ndarray,
+    groups: np.ndarray,
+    *,
+    n_bootstrap: int,
+    seed: int,
+) -> dict[str, dict[str, Any]]:
     """Sensitivity and specificity of the calls ``called`` against ``positive`` over the ``labelled`` rows,
     ``{"whole images": {...}, "hip halves": {...}}`` by ``crops`` (``whole`` or not), as grouped rates."""
     called, positive = np.asarray(called, dtype=bool), np.asarray(positive, dtype=bool)
@@ -148,9 +174,11 @@ def sensitivity_specificity(called: np.ndarray, positive: np.ndarray, labelled: 
     for crop_name, crop_mask in (("whole images", crops == "whole"), ("hip halves", crops != "whole")):
         mask = labelled & crop_mask
         figures[crop_name] = {
-            "sensitivity": grouped_rate(called[mask & positive], groups[mask & positive], n_bootstrap=n_bootstrap,
-                                        seed=seed),
-            "specificity": grouped_rate(~called[mask & ~positive], groups[mask & ~positive],
-                                        n_bootstrap=n_bootstrap, seed=seed),
+            "sensitivity": grouped_rate(
+                called[mask & positive], groups[mask & positive], n_bootstrap=n_bootstrap, seed=seed
+            ),
+            "specificity": grouped_rate(
+                ~called[mask & ~positive], groups[mask & ~positive], n_bootstrap=n_bootstrap, seed=seed
+            ),
         }
     return figures

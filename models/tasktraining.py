@@ -77,13 +77,17 @@ class TaskTrainingConfig(BaseModel):
     gate_task: str | None = Field(None, description="the task whose thresholds gate scope (see fit_thresholds)")
     gate_class: str | None = Field(None, description="the gate task's class the service is for (e.g. hip)")
     binary: dict[str, str] = Field(
-        {}, description="two-class tasks -> their positive class, each thresholded for balanced sens/spec")
+        {}, description="two-class tasks -> their positive class, each thresholded for balanced sens/spec"
+    )
     min_specificity: dict[str, float] = Field(
-        {}, description="binary tasks thresholded for at least this specificity instead of the balanced point")
+        {}, description="binary tasks thresholded for at least this specificity instead of the balanced point"
+    )
     init_weights: Path | None = Field(
-        None, description="local weights (safetensors) of the same timm architecture to start the backbone from")
+        None, description="local weights (safetensors) of the same timm architecture to start the backbone from"
+    )
     synthetic_sources: tuple[str, ...] = Field(
-        (), description="row sources (the CSV's source column) left out of thresholds and headline figures")
+        (), description="row sources (the CSV's source column) left out of thresholds and headline figures"
+    )
     name: str = Field("predraft-task", min_length=1)
     version: str = Field("1.0.0", min_length=1)
     training_data: str = ""
@@ -91,8 +95,10 @@ class TaskTrainingConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_rules(self) -> TaskTrainingConfig:
-        for task, name, rule in ((self.gate_task, self.gate_class, "gate"),
-                                 *((task, positive, "binary") for task, positive in self.binary.items())):
+        for task, name, rule in (
+            (self.gate_task, self.gate_class, "gate"),
+            *((task, positive, "binary") for task, positive in self.binary.items()),
+        ):
             if task is None:
                 continue
             if task not in self.tasks:
@@ -128,12 +134,14 @@ class JpegArtefacts(torch.nn.Module):
 
 def augmentation() -> v2.Transform:
     """uint8 (1, S, S) -> uint8 (1, S, S): geometry, contrast curve, JPEG artefacts."""
-    return v2.Compose([
-        v2.RandomAffine(degrees=12, translate=(0.06, 0.06), scale=(0.85, 1.15)),
-        v2.RandomHorizontalFlip(),
-        v2.ColorJitter(brightness=0.3, contrast=0.35),
-        v2.RandomApply([JpegArtefacts((25, 90))], p=0.5),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomAffine(degrees=12, translate=(0.06, 0.06), scale=(0.85, 1.15)),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.3, contrast=0.35),
+            v2.RandomApply([JpegArtefacts((25, 90))], p=0.5),
+        ]
+    )
 
 
 def _gamma(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -143,20 +151,28 @@ def _gamma(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def _strata(rows: Sequence[TaskRow]) -> list[str]:
-    return ["|".join(f"{task}={label}" for task, label in sorted(row.labels.items())) + f"|{row.crop}"
-            for row in rows]
+    return ["|".join(f"{task}={label}" for task, label in sorted(row.labels.items())) + f"|{row.crop}" for row in rows]
 
 
-def _fit_network(pixels: np.ndarray, targets: np.ndarray, strata: Sequence[str], classes: dict[str, tuple[str, ...]],
-                 config: TaskTrainingConfig, *, seed: int, progress: Callable[[str], None]) -> TaskNetwork:
+def _fit_network(
+    pixels: np.ndarray,
+    targets: np.ndarray,
+    strata: Sequence[str],
+    classes: dict[str, tuple[str, ...]],
+    config: TaskTrainingConfig,
+    *,
+    seed: int,
+    progress: Callable[[str], None],
+) -> TaskNetwork:
     torch.manual_seed(seed)
     network = TaskNetwork(config.architecture, classes)
     if config.init_weights is not None:
         load_backbone_weights(network, config.init_weights)
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(config.samples_per_epoch / config.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr,
-                                                   total_steps=steps_per_epoch * config.epochs)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=config.lr, total_steps=steps_per_epoch * config.epochs
+    )
     counts: dict[str, int] = {}
     for stratum in strata:
         counts[stratum] = counts.get(stratum, 0) + 1
@@ -172,18 +188,23 @@ def _fit_network(pixels: np.ndarray, targets: np.ndarray, strata: Sequence[str],
         network.train()
         started, total = time.monotonic(), 0.0
         for step in range(steps_per_epoch):
-            index = torch.from_numpy(drawn[step * config.batch_size:(step + 1) * config.batch_size])
+            index = torch.from_numpy(drawn[step * config.batch_size : (step + 1) * config.batch_size])
             batch = torch.stack([transform(images[i].unsqueeze(0)) for i in index.tolist()])
             outputs = network(to_network_input(_gamma(batch, generator)))
-            loss = sum(torch.nn.functional.cross_entropy(outputs[task], labels[index, column], ignore_index=-1)
-                       for column, task in enumerate(classes) if (labels[index, column] >= 0).any())
+            loss = sum(
+                torch.nn.functional.cross_entropy(outputs[task], labels[index, column], ignore_index=-1)
+                for column, task in enumerate(classes)
+                if (labels[index, column] >= 0).any()
+            )
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             schedule.step()
             total += loss.item()
-        progress(f"epoch {epoch + 1}/{config.epochs}: loss {total / steps_per_epoch:.4f} "
-                 f"({time.monotonic() - started:.0f} s)")
+        progress(
+            f"epoch {epoch + 1}/{config.epochs}: loss {total / steps_per_epoch:.4f} "
+            f"({time.monotonic() - started:.0f} s)"
+        )
     return network.eval()
 
 
@@ -193,8 +214,10 @@ def load_backbone_weights(network: TaskNetwork, path: Path) -> None:
     state = {key: value for key, value in load_file(str(path)).items() if key in own}
     missing = sorted(set(own) - set(state))
     if missing:
-        raise ValueError(f"{path} lacks {len(missing)} backbone weights of {network.backbone.__class__.__name__} "
-                         f"(first: {missing[0]}): not weights of this architecture")
+        raise ValueError(
+            f"{path} lacks {len(missing)} backbone weights of {network.backbone.__class__.__name__} "
+            f"(first: {missing[0]}): not weights of this architecture"
+        )
     network.backbone.load_state_dict(state)
 
 
@@ -202,14 +225,18 @@ def predict_logits(network: TaskNetwork, pixels: np.ndarray, batch_size: int = 1
     outputs: dict[str, list[np.ndarray]] = {task: [] for task in network.heads}
     with torch.inference_mode():
         for start in range(0, len(pixels), batch_size):
-            batch = network(to_network_input(torch.from_numpy(pixels[start:start + batch_size])))
+            batch = network(to_network_input(torch.from_numpy(pixels[start : start + batch_size])))
             for task, value in batch.items():
                 outputs[task].append(value.double().numpy())
     return {task: np.concatenate(values) for task, values in outputs.items()}
 
 
-def fit_thresholds(probabilities: dict[str, np.ndarray], targets: np.ndarray, classes: dict[str, tuple[str, ...]],
-                   config: TaskTrainingConfig) -> dict[str, dict[str, float]]:
+def fit_thresholds(
+    probabilities: dict[str, np.ndarray],
+    targets: np.ndarray,
+    classes: dict[str, tuple[str, ...]],
+    config: TaskTrainingConfig,
+) -> dict[str, dict[str, float]]:
     """Decision thresholds from out-of-fold probabilities.
 
     Gate task (``gate_task``, ``gate_class``, e.g. region and hip):
@@ -244,8 +271,11 @@ def fit_thresholds(probabilities: dict[str, np.ndarray], targets: np.ndarray, cl
         is_positive = targets[labelled, column] == positive
         if task in config.min_specificity:
             negatives = scores[~is_positive]
-            value = (float(np.quantile(negatives, config.min_specificity[task], method="higher")) + 1e-4
-                     if len(negatives) else 0.5)
+            value = (
+                float(np.quantile(negatives, config.min_specificity[task], method="higher")) + 1e-4
+                if len(negatives)
+                else 0.5
+            )
             thresholds[task] = {positive_class: round(min(0.995, max(0.005, value)), 4)}
             continue
         best, best_value = 0.5, -1.0
@@ -259,8 +289,15 @@ def fit_thresholds(probabilities: dict[str, np.ndarray], targets: np.ndarray, cl
     return thresholds
 
 
-def train_task_model(csv_path: Path, images_dir: Path, out_dir: Path, config: TaskTrainingConfig, *,
-                     cache_dir: Path | None = None, progress: Callable[[str], None] = log.info) -> TaskCard:
+def train_task_model(
+    csv_path: Path,
+    images_dir: Path,
+    out_dir: Path,
+    config: TaskTrainingConfig,
+    *,
+    cache_dir: Path | None = None,
+    progress: Callable[[str], None] = log.info,
+) -> TaskCard:
     """Cross-validate, fit thresholds and temperatures, train the shipped network; write card and report."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -268,8 +305,9 @@ def train_task_model(csv_path: Path, images_dir: Path, out_dir: Path, config: Ta
     rows = read_task_rows(csv_path, images_dir, list(config.tasks))
     classes = {task: task_classes(rows, task, order) for task, order in config.tasks.items()}
     progress(f"{len(rows)} rows, {len({row.group for row in rows})} groups; classes {classes}")
-    pixels = prepare_task_images(images_dir, rows, input_size=config.input_size,
-                                 cache_dir=cache_dir or out_dir / "cache")
+    pixels = prepare_task_images(
+        images_dir, rows, input_size=config.input_size, cache_dir=cache_dir or out_dir / "cache"
+    )
     targets = task_targets(rows, classes)
     strata = _strata(rows)
     groups = [row.group for row in rows]
@@ -284,10 +322,18 @@ def train_task_model(csv_path: Path, images_dir: Path, out_dir: Path, config: Ta
     logits = {task: np.zeros((len(rows), len(names))) for task, names in classes.items()}
     for fold in range(config.folds):
         train_mask = fold_of != fold
-        progress(f"fold {fold + 1}/{config.folds}: training on {train_mask.sum()} rows, "
-                 f"holding out {(~train_mask).sum()}")
-        network = _fit_network(pixels[train_mask], targets[train_mask], [s for s, k in zip(strata, train_mask,
-                               strict=True) if k], classes, config, seed=config.seed + fold, progress=progress)
+        progress(
+            f"fold {fold + 1}/{config.folds}: training on {train_mask.sum()} rows, holding out {(~train_mask).sum()}"
+        )
+        network = _fit_network(
+            pixels[train_mask],
+            targets[train_mask],
+            [s for s, k in zip(strata, train_mask, strict=True) if k],
+            classes,
+            config,
+            seed=config.seed + fold,
+            progress=progress,
+        )
         for task, value in predict_logits(network, pixels[~train_mask]).items():
             logits[task][~train_mask] = value
     temperatures, probabilities, thresholds, metrics = calibrate_and_measure(logits, targets, rows, classes, config)
@@ -296,17 +342,33 @@ def train_task_model(csv_path: Path, images_dir: Path, out_dir: Path, config: Ta
     progress(f"cross-validation done in {cv_seconds / 60:.1f} min; training the shipped network on every row")
     network = _fit_network(pixels, targets, strata, classes, config, seed=config.seed + 100, progress=progress)
     save_file({key: value.contiguous() for key, value in network.state_dict().items()}, str(out_dir / WEIGHTS))
-    report = {"folds": config.folds, "rows": len(rows), "groups": len(set(groups)), "temperatures": temperatures,
-              "thresholds": thresholds, "metrics": metrics, "minutes_cross_validation": round(cv_seconds / 60, 1),
-              "minutes_total": round((time.monotonic() - started) / 60, 1)}
+    report = {
+        "folds": config.folds,
+        "rows": len(rows),
+        "groups": len(set(groups)),
+        "temperatures": temperatures,
+        "thresholds": thresholds,
+        "metrics": metrics,
+        "minutes_cross_validation": round(cv_seconds / 60, 1),
+        "minutes_total": round((time.monotonic() - started) / 60, 1),
+    }
     (out_dir / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-    card = TaskCard(name=config.name, version=config.version, architecture=config.architecture,
-                    input_size=config.input_size, tasks=classes, temperatures=temperatures, thresholds=thresholds,
-                    trained=True, intended_use=config.intended_use, training_data=config.training_data,
-                    metrics={"cross_validation": metrics, "folds": config.folds, "rows": len(rows),
-                             "groups": len(set(groups))},
-                    training={**config.model_dump(mode="json"), "minutes": report["minutes_total"]},
-                    weights=WEIGHTS, weights_sha256=sha256_of(out_dir / WEIGHTS))
+    card = TaskCard(
+        name=config.name,
+        version=config.version,
+        architecture=config.architecture,
+        input_size=config.input_size,
+        tasks=classes,
+        temperatures=temperatures,
+        thresholds=thresholds,
+        trained=True,
+        intended_use=config.intended_use,
+        training_data=config.training_data,
+        metrics={"cross_validation": metrics, "folds": config.folds, "rows": len(rows), "groups": len(set(groups))},
+        training={**config.model_dump(mode="json"), "minutes": report["minutes_total"]},
+        weights=WEIGHTS,
+        weights_sha256=sha256_of(out_dir / WEIGHTS),
+    )
     write_task_card(card, out_dir / CARD)
     progress(f"done in {report['minutes_total']} min: {out_dir / CARD}")
     return card
@@ -315,8 +377,13 @@ def train_task_model(csv_path: Path, images_dir: Path, out_dir: Path, config: Ta
 Calibrated = tuple[dict[str, float], dict[str, np.ndarray], dict[str, dict[str, float]], dict[str, Any]]
 
 
-def calibrate_and_measure(logits: dict[str, np.ndarray], targets: np.ndarray, rows: Sequence[TaskRow],
-                          classes: dict[str, tuple[str, ...]], config: TaskTrainingConfig) -> Calibrated:
+def calibrate_and_measure(
+    logits: dict[str, np.ndarray],
+    targets: np.ndarray,
+    rows: Sequence[TaskRow],
+    classes: dict[str, tuple[str, ...]],
+    config: TaskTrainingConfig,
+) -> Calibrated:
     """From out-of-fold ``logits`` (task -> (N, classes), aligned with ``rows`` and :func:`task_targets`'s
     ``targets``): each task's temperature (fitted on its labelled rows), the probabilities, the thresholds
     (:func:`fit_thresholds` on the rows of real sources) and the figures (:func:`task_metrics` on the real rows,
@@ -328,33 +395,56 @@ def calibrate_and_measure(logits: dict[str, np.ndarray], targets: np.ndarray, ro
         temperatures[task] = round(fit_temperature(logits[task][labelled], targets[labelled, column]), 4)
         probabilities[task] = softmax(logits[task], temperatures[task])
     real = np.array([row.source not in config.synthetic_sources for row in rows])
-    thresholds = fit_thresholds({task: value[real] for task, value in probabilities.items()}, targets[real], classes,
-                                config)
+    thresholds = fit_thresholds(
+        {task: value[real] for task, value in probabilities.items()}, targets[real], classes, config
+    )
 
     def figures(mask: np.ndarray) -> dict[str, Any]:
-        return task_metrics({task: value[mask] for task, value in probabilities.items()}, targets[mask],
-                            [row for row, keep in zip(rows, mask, strict=True) if keep], classes, thresholds,
-                            gate=(config.gate_task, config.gate_class) if config.gate_task else None,
-                            binary=config.binary,
-                            n_bootstrap=config.n_bootstrap, seed=config.seed)
+        return task_metrics(
+            {task: value[mask] for task, value in probabilities.items()},
+            targets[mask],
+            [row for row, keep in zip(rows, mask, strict=True) if keep],
+            classes,
+            thresholds,
+            gate=(config.gate_task, config.gate_class) if config.gate_task else None,
+            binary=config.binary,
+            n_bootstrap=config.n_bootstrap,
+            seed=config.seed,
+        )
 
     metrics = figures(real)
     sources = sorted({row.source for row in rows})
     if len(sources) > 1:
-        metrics["by_source"] = {source or "(none)": figures(np.array([row.source == source for row in rows]))
-                                for source in sources}
+        metrics["by_source"] = {
+            source or "(none)": figures(np.array([row.source == source for row in rows])) for source in sources
+        }
     return temperatures, probabilities, thresholds, metrics
 
 
-def write_out_of_fold(path: Path, rows: Sequence[TaskRow], fold_of: np.ndarray, probabilities: dict[str, np.ndarray],
-                      classes: dict[str, tuple[str, ...]]) -> None:
+def write_out_of_fold(
+    path: Path,
+    rows: Sequence[TaskRow],
+    fold_of: np.ndarray,
+    probabilities: dict[str, np.ndarray],
+    classes: dict[str, tuple[str, ...]],
+) -> None:
     """One line per row: image, group, crop, fold, each task's label and each class's out-of-fold probability."""
     columns = [f"p_{task}_{name}" for task, names in classes.items() for name in names]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["image", "group", "crop", "fold", *[f"label_{task}" for task in classes], *columns])
         for index, row in enumerate(rows):
-            writer.writerow([row.image, row.group, row.crop, int(fold_of[index]),
-                             *[row.labels.get(task, "") for task in classes],
-                             *[f"{probabilities[task][index, k]:.5f}" for task, names in classes.items()
-                               for k in range(len(names))]])
+            writer.writerow(
+                [
+                    row.image,
+                    row.group,
+                    row.crop,
+                    int(fold_of[index]),
+                    *[row.labels.get(task, "") for task in classes],
+                    *[
+                        f"{probabilities[task][index, k]:.5f}"
+                        for task, names in classes.items()
+                        for k in range(len(names))
+                    ],
+                ]
+            )

@@ -63,7 +63,9 @@ RADIOGRAPH_SOP_CLASSES: tuple[str, ...] = ("1.2.840.10008.5.1.4.1.1.1", "1.2.840
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 #: Structured reports (Basic Text, Enhanced, Comprehensive): stored with their study, never classified.
 STRUCTURED_REPORT_SOP_CLASSES: tuple[str, ...] = (
-    "1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33",
+    "1.2.840.10008.5.1.4.1.1.88.11",
+    "1.2.840.10008.5.1.4.1.1.88.22",
+    "1.2.840.10008.5.1.4.1.1.88.33",
 )
 #: Digital X-Ray Image Storage - For Processing: raw detector data, refused.
 DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"

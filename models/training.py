@@ -115,11 +115,13 @@ class TrainingConfig(BaseModel):
 
 def augmentation() -> v2.Transform:
     """The paper's augmentations on a uint8 (1, S, S) tensor: rotation and zoom, warp, brightness, contrast."""
-    return v2.Compose([
-        v2.RandomAffine(degrees=10, translate=(0.04, 0.04), scale=(0.9, 1.15)),
-        v2.RandomPerspective(distortion_scale=0.15, p=0.5),
-        v2.ColorJitter(brightness=0.25, contrast=0.25),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomAffine(degrees=10, translate=(0.04, 0.04), scale=(0.9, 1.15)),
+            v2.RandomPerspective(distortion_scale=0.15, p=0.5),
+            v2.ColorJitter(brightness=0.25, contrast=0.25),
+        ]
+    )
 
 
 class _HipDataset(Dataset):
@@ -149,8 +151,9 @@ def class_balanced_weights(targets: np.ndarray) -> np.ndarray:
     return 1.0 / counts[targets]
 
 
-def choose_class_thresholds(probs: np.ndarray, labels: np.ndarray, *, target_precision: float = 0.95,
-                            floor: float = 0.5, ceiling: float = 0.95) -> dict[HardwareClass, float]:
+def choose_class_thresholds(
+    probs: np.ndarray, labels: np.ndarray, *, target_precision: float = 0.95, floor: float = 0.5, ceiling: float = 0.95
+) -> dict[HardwareClass, float]:
     """Per class, the lowest threshold in [floor, ceiling] at which the validation hips whose top class it
     is, kept when their top probability reaches it, are right at least ``target_precision`` of the time.
 
@@ -181,9 +184,18 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def train(data_dir: Path, out_dir: Path, config: TrainingConfig, *, resume: bool = False, device: str = "auto",
-          workers: int = 0, progress: bool | None = None, stop_after_epochs: int | None = None,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> Path | None:
+def train(
+    data_dir: Path,
+    out_dir: Path,
+    config: TrainingConfig,
+    *,
+    resume: bool = False,
+    device: str = "auto",
+    workers: int = 0,
+    progress: bool | None = None,
+    stop_after_epochs: int | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> Path | None:
     """Run (or resume) training; return the card's path, or None when ``stop_after_epochs`` ended it early.
 
     ``workers`` is the DataLoader's process count (0: augment in the training process). ``progress``
@@ -207,8 +219,10 @@ def train(data_dir: Path, out_dir: Path, config: TrainingConfig, *, resume: bool
         write_split(assignment, split_path)
     rows = [row for row in rows if row.patient in assignment]
     images = prepare_images(data_dir, rows, input_size=config.input_size, cache_dir=out_dir / "cache")
-    sets = {name: images.subset([assignment[row.patient] == name for row in images.rows])
-            for name in ("train", "validation")}
+    sets = {
+        name: images.subset([assignment[row.patient] == name for row in images.rows])
+        for name in ("train", "validation")
+    }
     for name, subset in sets.items():
         if not subset.rows:
             raise TrainingError(f"the {name} set is empty: {len(rows)} labelled hips are too few for the split")
@@ -251,10 +265,12 @@ def train(data_dir: Path, out_dir: Path, config: TrainingConfig, *, resume: bool
                 return None
             generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch_number)
             torch.manual_seed(config.seed * 7_919 + epoch_number)
-            sampler = WeightedRandomSampler(weights, num_samples=steps * config.batch_size, replacement=True,
-                                            generator=generator)
-            loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=workers,
-                                drop_last=False)
+            sampler = WeightedRandomSampler(
+                weights, num_samples=steps * config.batch_size, replacement=True, generator=generator
+            )
+            loader = DataLoader(
+                dataset, batch_size=config.batch_size, sampler=sampler, num_workers=workers, drop_last=False
+            )
             network.train()
             losses = []
             bar = tqdm(loader, total=steps, desc=f"{stage} epoch {epoch_number + 1}", disable=not show, leave=False)
@@ -271,33 +287,53 @@ def train(data_dir: Path, out_dir: Path, config: TrainingConfig, *, resume: bool
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
             logits = predict_logits(network, sets["validation"], mean, std, torch_device, config.batch_size)
             labels = sets["validation"].targets
-            entry = {"epoch": epoch_number + 1, "stage": stage, "train_loss": float(np.mean(losses)),
-                     "validation_loss": negative_log_likelihood(logits, labels),
-                     "validation_accuracy": float((logits.argmax(axis=1) == labels).mean()),
-                     "lr_peak": peak_lr}
+            entry = {
+                "epoch": epoch_number + 1,
+                "stage": stage,
+                "train_loss": float(np.mean(losses)),
+                "validation_loss": negative_log_likelihood(logits, labels),
+                "validation_accuracy": float((logits.argmax(axis=1) == labels).mean()),
+                "lr_peak": peak_lr,
+            }
             history.append(entry)
-            log.info("epoch %(epoch)d (%(stage)s): train loss %(train_loss).4f, validation loss "
-                     "%(validation_loss).4f, accuracy %(validation_accuracy).4f", entry)
+            log.info(
+                "epoch %(epoch)d (%(stage)s): train loss %(train_loss).4f, validation loss "
+                "%(validation_loss).4f, accuracy %(validation_accuracy).4f",
+                entry,
+            )
             if on_epoch:
                 on_epoch(entry)
             epoch_number += 1
             ran += 1
-            _save_checkpoint(checkpoint_path, config=config, stage_index=stage_index, network=network,
-                             optimizer=optimizer, scheduler=scheduler, history=history)
+            _save_checkpoint(
+                checkpoint_path,
+                config=config,
+                stage_index=stage_index,
+                network=network,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                history=history,
+            )
     if checkpoint is not None:  # every epoch had already run: the weights are the checkpoint's
         network.load_state_dict(checkpoint["network"])
     (out_dir / HISTORY).write_text(json.dumps(history, indent=2) + "\n")
     return _finish(network, sets["validation"], out_dir, config, mean, std, torch_device, history)
 
 
-def predict_logits(network: torch.nn.Module, images: PreparedImages, mean: tuple[float, ...], std: tuple[float, ...],
-                   device: torch.device, batch_size: int = 64) -> np.ndarray:
+def predict_logits(
+    network: torch.nn.Module,
+    images: PreparedImages,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
+    batch_size: int = 64,
+) -> np.ndarray:
     """Logits (N, classes) of prepared images, in eval mode (bf16 autocast on CUDA)."""
     network.eval()
     out = []
     with torch.inference_mode():
         for start in range(0, len(images.pixels), batch_size):
-            chunk = torch.from_numpy(images.pixels[start:start + batch_size]).unsqueeze(1).to(device)
+            chunk = torch.from_numpy(images.pixels[start : start + batch_size]).unsqueeze(1).to(device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 out.append(network(normalise(chunk, mean, std)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, len(CLASS_ORDER)), dtype=np.float32)
@@ -310,9 +346,16 @@ def _normalisation(network: torch.nn.Module) -> tuple[tuple[float, ...], tuple[f
     return mean, std
 
 
-def _finish(network: torch.nn.Module, validation: PreparedImages, out_dir: Path, config: TrainingConfig,
-            mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
-            history: list[dict[str, Any]]) -> Path:
+def _finish(
+    network: torch.nn.Module,
+    validation: PreparedImages,
+    out_dir: Path,
+    config: TrainingConfig,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
+    history: list[dict[str, Any]],
+) -> Path:
     """Fit the temperature and thresholds on validation, write the weights and the card."""
     logits = predict_logits(network, validation, mean, std, device, config.batch_size)
     labels = validation.targets
@@ -330,28 +373,57 @@ def _finish(network: torch.nn.Module, validation: PreparedImages, out_dir: Path,
         "ece": expected_calibration_error(calibrated, labels),
     }
     weights_path = out_dir / WEIGHTS
-    state = {key: value.detach().to("cpu", torch.float32 if value.is_floating_point() else value.dtype).contiguous()
-             for key, value in network.state_dict().items()}
+    state = {
+        key: value.detach().to("cpu", torch.float32 if value.is_floating_point() else value.dtype).contiguous()
+        for key, value in network.state_dict().items()
+    }
     save_file(state, str(weights_path))
     card = ModelCard(
-        name=config.name, version=config.version, architecture=config.architecture, input_size=config.input_size,
-        mean=mean, std=std, classes=CLASS_ORDER, trained=True, synthetic_demo=config.synthetic_demo,
-        training_data=config.training_data, threshold=0.5, class_thresholds=thresholds, temperature=temperature,
+        name=config.name,
+        version=config.version,
+        architecture=config.architecture,
+        input_size=config.input_size,
+        mean=mean,
+        std=std,
+        classes=CLASS_ORDER,
+        trained=True,
+        synthetic_demo=config.synthetic_demo,
+        training_data=config.training_data,
+        threshold=0.5,
+        class_thresholds=thresholds,
+        temperature=temperature,
         validation_metrics=metrics,
         training=config.model_dump(mode="json") | {"epochs_run": len(history)},
-        weights=weights_path.name, weights_sha256=sha256_of(weights_path),
+        weights=weights_path.name,
+        weights_sha256=sha256_of(weights_path),
     )
     card_path = out_dir / CARD
     write_card(card, card_path)
     return card_path
 
 
-def _save_checkpoint(path: Path, *, config: TrainingConfig, stage_index: int, network: torch.nn.Module,
-                     optimizer: torch.optim.Optimizer, scheduler: Any, history: list[dict[str, Any]]) -> None:
+def _save_checkpoint(
+    path: Path,
+    *,
+    config: TrainingConfig,
+    stage_index: int,
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    history: list[dict[str, Any]],
+) -> None:
     partial = path.with_suffix(".partial")
-    torch.save({"config": config.model_dump(mode="json"), "stage_index": stage_index,
-                "network": network.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "history": history}, partial)
+    torch.save(
+        {
+            "config": config.model_dump(mode="json"),
+            "stage_index": stage_index,
+            "network": network.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "history": history,
+        },
+        partial,
+    )
     partial.replace(path)
 
 
@@ -362,6 +434,8 @@ def _load_checkpoint(path: Path, config: TrainingConfig) -> dict[str, Any]:
     saved, wanted = checkpoint["config"], config.model_dump(mode="json")
     differ = sorted(key for key in set(saved) | set(wanted) if saved.get(key) != wanted.get(key))
     if differ:
-        raise TrainingError(f"{path} belongs to a run with other settings ({', '.join(differ)}); "
-                            "resume with the same options, or train into a new folder")
+        raise TrainingError(
+            f"{path} belongs to a run with other settings ({', '.join(differ)}); "
+            "resume with the same options, or train into a new folder"
+        )
     return checkpoint

@@ -86,10 +86,37 @@ _ANATOMY = {
 _IN_SCOPE_BODY_PARTS = {"HIP", "PELVIS", "FEMUR"}
 #: Body parts (PS3.16 Annex L defined terms and common variants) of the limbs the gate knows.
 _LIMB_BODY_PARTS = {
-    "SHOULDER", "CLAVICLE", "SCAPULA", "ACJOINT", "HUMERUS", "ARM", "UPPER LIMB", "UPPERLIMB", "UPPER_LIMB", "ELBOW",
-    "FOREARM", "RADIUS", "ULNA", "WRIST", "HAND", "FINGER", "THUMB", "EXTREMITY", "KNEE", "PATELLA", "LEG",
+    "SHOULDER",
+    "CLAVICLE",
+    "SCAPULA",
+    "ACJOINT",
+    "HUMERUS",
+    "ARM",
+    "UPPER LIMB",
+    "UPPERLIMB",
+    "UPPER_LIMB",
+    "ELBOW",
+    "FOREARM",
+    "RADIUS",
+    "ULNA",
+    "WRIST",
+    "HAND",
+    "FINGER",
+    "THUMB",
+    "EXTREMITY",
+    "KNEE",
+    "PATELLA",
+    "LEG",
     "LOWER LIMB",
-    "LOWERLIMB", "LOWER_LIMB", "TIBIA", "FIBULA", "ANKLE", "FOOT", "HEEL", "CALCANEUS", "TOE",
+    "LOWERLIMB",
+    "LOWER_LIMB",
+    "TIBIA",
+    "FIBULA",
+    "ANKLE",
+    "FOOT",
+    "HEEL",
+    "CALCANEUS",
+    "TOE",
 }
 
 
@@ -100,6 +127,8 @@ class TagRegion(StrEnum):
     LIMB = "limb"  # another limb region, one the body-part gate knows
     OUTSIDE = "outside"  # a region outside the gate's skeleton (chest, abdomen, skull, spine...): never overridden
     NONE = "none"  # no body-part tag and no description naming the hip
+
+
 _IMAGE_DESCRIPTION_TAGS = ("SeriesDescription", "ProtocolName")
 _ALL_DESCRIPTION_TAGS = (*_IMAGE_DESCRIPTION_TAGS, "StudyDescription")
 
@@ -174,8 +203,9 @@ def classify_view(ds: Dataset) -> ViewResult:
     view, view_rule = _view(ds)
     sides, side_rule = _sides(ds, view)
     tag_region, scope_rule = _scope(ds)
-    return ViewResult(view, view_rule, sides, side_rule, tag_region is TagRegion.HIP, scope_rule, tag_region,
-                      _body_part(ds)[0])
+    return ViewResult(
+        view, view_rule, sides, side_rule, tag_region is TagRegion.HIP, scope_rule, tag_region, _body_part(ds)[0]
+    )
 
 
 def _frontal(ds: Dataset, text: str, rule: str) -> tuple[View, str] | None:

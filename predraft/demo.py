@@ -45,8 +45,13 @@ def run_demo(settings: Settings, *, timeout: float = 180.0) -> str:
     folder = settings.var_dir / "demo" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     images = write_demo_study(folder)
     study_uid = str(pydicom.dcmread(images[0].path, stop_before_pixels=True).StudyInstanceUID)
-    send_files([image.path for image in images], host=settings.dimse_host, port=settings.dimse_port,
-               called_ae=settings.ae_title, calling_ae=DEMO_CALLING_AE)
+    send_files(
+        [image.path for image in images],
+        host=settings.dimse_host,
+        port=settings.dimse_port,
+        called_ae=settings.ae_title,
+        calling_ae=DEMO_CALLING_AE,
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with session_scope(settings.database_url) as session:

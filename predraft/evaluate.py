@@ -25,9 +25,19 @@ from predraft.models.taxonomy import CLASS_ORDER, View
 from predraft.reporting.aggregate import HipObservation, aggregate
 
 
-def evaluate_model(card_path: Path, data_dir: Path, out_dir: Path, *, device: str = "cpu", batch_size: int = 64,
-                   n_bootstrap: int = 1000, seed: int = 0, split_file: Path | None = None,
-                   split: str = "test", cache_dir: Path | None = None) -> dict[str, Any]:
+def evaluate_model(
+    card_path: Path,
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    device: str = "cpu",
+    batch_size: int = 64,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    split_file: Path | None = None,
+    split: str = "test",
+    cache_dir: Path | None = None,
+) -> dict[str, Any]:
     """Evaluate and write the reports into ``out_dir``; return ``{"image": report, "study": report}``.
 
     With ``split_file`` (a training run's ``split.csv``), only the patients of ``split`` are evaluated.
@@ -44,14 +54,16 @@ def evaluate_model(card_path: Path, data_dir: Path, out_dir: Path, *, device: st
         if not rows:
             raise ValueError(f"no labelled hip of {data_dir} belongs to the {split} set of {split_file}")
     images = prepare_images(Path(data_dir), rows, input_size=card.input_size, cache_dir=cache_dir)
-    probabilities = np.concatenate([classifier.predict(images.pixels[start:start + batch_size])
-                                    for start in range(0, len(rows), batch_size)])
+    probabilities = np.concatenate(
+        [classifier.predict(images.pixels[start : start + batch_size]) for start in range(0, len(rows), batch_size)]
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_predictions(out_dir / "predictions.csv", images.rows, probabilities)
     groups = [row.patient for row in images.rows]
-    image_report = evaluate_predictions(images.targets, probabilities, [c.value for c in CLASS_ORDER],
-                                        groups=groups, n_bootstrap=n_bootstrap, seed=seed)
+    image_report = evaluate_predictions(
+        images.targets, probabilities, [c.value for c in CLASS_ORDER], groups=groups, n_bootstrap=n_bootstrap, seed=seed
+    )
     image_report["model"] = {"name": card.name, "version": card.version, "synthetic_demo": card.synthetic_demo}
     write_report(image_report, out_dir, prefix="image")
     study_report = _study_report(images.rows, probabilities, card, n_bootstrap=n_bootstrap, seed=seed)
@@ -59,17 +71,21 @@ def evaluate_model(card_path: Path, data_dir: Path, out_dir: Path, *, device: st
     return {"image": image_report, "study": study_report}
 
 
-def _study_report(rows: tuple[LabelRow, ...], probabilities: np.ndarray, card: Any, *, n_bootstrap: int,
-                  seed: int) -> dict[str, Any]:
+def _study_report(
+    rows: tuple[LabelRow, ...], probabilities: np.ndarray, card: Any, *, n_bootstrap: int, seed: int
+) -> dict[str, Any]:
     by_study: dict[str, list[tuple[LabelRow, np.ndarray]]] = defaultdict(list)
     for row, probs in zip(rows, probabilities, strict=True):
         by_study[row.study].append((row, probs))
     labels, combined, groups, decided, correct_decided = [], [], [], 0, 0
     for items in by_study.values():
         truth = {row.side: row.hardware for row, _ in items}
-        observations = [HipObservation(row.image, row.side, row.view or View.UNKNOWN,
-                                       dict(zip(CLASS_ORDER, map(float, probs), strict=True)))
-                        for row, probs in items]
+        observations = [
+            HipObservation(
+                row.image, row.side, row.view or View.UNKNOWN, dict(zip(CLASS_ORDER, map(float, probs), strict=True))
+            )
+            for row, probs in items
+        ]
         for finding in aggregate(observations, threshold=card.threshold, class_thresholds=card.class_thresholds):
             label = CLASS_ORDER.index(truth[finding.side])
             labels.append(label)
@@ -80,8 +96,9 @@ def _study_report(rows: tuple[LabelRow, ...], probabilities: np.ndarray, card: A
                 correct_decided += int(CLASS_ORDER.index(finding.hardware) == label)
     probs = np.asarray(combined, dtype=np.float64)
     probs /= probs.sum(axis=1, keepdims=True)
-    report = evaluate_predictions(np.asarray(labels), probs, [c.value for c in CLASS_ORDER], groups=groups,
-                                  n_bootstrap=n_bootstrap, seed=seed)
+    report = evaluate_predictions(
+        np.asarray(labels), probs, [c.value for c in CLASS_ORDER], groups=groups, n_bootstrap=n_bootstrap, seed=seed
+    )
     report["abstention"] = {
         "study_sides": len(labels),
         "indeterminate": len(labels) - decided,
@@ -94,12 +111,22 @@ def _study_report(rows: tuple[LabelRow, ...], probabilities: np.ndarray, card: A
 def _write_predictions(path: Path, rows: tuple[LabelRow, ...], probabilities: np.ndarray) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["patient", "study", "image", "side", "view", "class", "predicted",
-                         *(f"p_{c.value}" for c in CLASS_ORDER)])
+        writer.writerow(
+            ["patient", "study", "image", "side", "view", "class", "predicted", *(f"p_{c.value}" for c in CLASS_ORDER)]
+        )
         for row, probs in zip(rows, probabilities, strict=True):
-            writer.writerow([row.patient, row.study, row.image, row.side.value, row.view.value if row.view else "",
-                             row.hardware.value, CLASS_ORDER[int(np.argmax(probs))].value,
-                             *(f"{p:.6f}" for p in probs)])
+            writer.writerow(
+                [
+                    row.patient,
+                    row.study,
+                    row.image,
+                    row.side.value,
+                    row.view.value if row.view else "",
+                    row.hardware.value,
+                    CLASS_ORDER[int(np.argmax(probs))].value,
+                    *(f"{p:.6f}" for p in probs),
+                ]
+            )
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
@@ -108,7 +135,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     for level in ("image", "study"):
         report = result[level]
         accuracy, kappa = report["accuracy"], report["cohen_kappa"]
-        line = (f"{level:>5}: n={report['n']}  accuracy {_fmt(accuracy)}  kappa {_fmt(kappa)}")
+        line = f"{level:>5}: n={report['n']}  accuracy {_fmt(accuracy)}  kappa {_fmt(kappa)}"
         if "abstention" in report:
             a = report["abstention"]
             line += f"  indeterminate {a['indeterminate']}/{a['study_sides']}"
@@ -122,4 +149,3 @@ def _fmt(metric: dict[str, Any] | None) -> str:
     if metric.get("ci_low") is None:
         return f"{metric['value']:.4f}"
     return f"{metric['value']:.4f} [{metric['ci_low']:.4f}, {metric['ci_high']:.4f}]"
-

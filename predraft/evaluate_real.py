@@ -62,15 +62,27 @@ def read_split_sets(split_file: Path) -> dict[str, str]:
         columns = reader.fieldnames or []
         column = "set" if "set" in columns else "split" if "split" in columns else None
         if "patient" not in columns or column is None:
-            raise EvaluateRealError(f"split file {split_file} needs the columns patient and set (or split); "
-                                    f"it has {columns}")
+            raise EvaluateRealError(
+                f"split file {split_file} needs the columns patient and set (or split); it has {columns}"
+            )
         return {record["patient"].strip(): (record[column] or "").strip() for record in reader}
 
 
-def evaluate_real(labels_csv: Path, images_dir: Path, out_dir: Path, *, gate_card: Path | None = None,
-                  model_card: Path | None = None, split_file: Path | None = None, split_set: str = "test",
-                  sources: Sequence[str] = (), n_bootstrap: int = 1000, seed: int = 0, workers: int | None = None,
-                  progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+def evaluate_real(
+    labels_csv: Path,
+    images_dir: Path,
+    out_dir: Path,
+    *,
+    gate_card: Path | None = None,
+    model_card: Path | None = None,
+    split_file: Path | None = None,
+    split_set: str = "test",
+    sources: Sequence[str] = (),
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
     """Evaluate and write ``real_metrics.json`` and ``predictions.csv`` into ``out_dir``; return the metrics.
 
     ``gate_card`` defaults to :data:`predraft.models.taskcard.GATE_CARD`, ``model_card`` to the demo card. With
@@ -98,8 +110,9 @@ def evaluate_real(labels_csv: Path, images_dir: Path, out_dir: Path, *, gate_car
         sets = read_split_sets(split_file)
         rows = [row for row in rows if sets.get(row.group) == split_set]
         if not rows:
-            raise EvaluateRealError(f"no labelled row of {labels_csv} has its group in the {split_set!r} set of "
-                                    f"{split_file}")
+            raise EvaluateRealError(
+                f"no labelled row of {labels_csv} has its group in the {split_set!r} set of {split_file}"
+            )
     if "hardware" in tasks:
         task_classes(rows, "hardware", HARDWARE_CLASSES)
     gate_classes = {task: gate.card.tasks[task] for task in LABEL_TASKS if task in tasks and task in gate.card.tasks}
@@ -111,8 +124,12 @@ def evaluate_real(labels_csv: Path, images_dir: Path, out_dir: Path, *, gate_car
     findings = _metal_findings(images_dir, rows)
     hip_classifier = load_classifier(model_card)
     hip_pixels = prepare_task_images(images_dir, rows, input_size=hip_classifier.card.input_size, workers=workers)
-    hip_probabilities = np.concatenate([hip_classifier.predict(hip_pixels[start:start + BATCH_SIZE])
-                                        for start in range(0, len(hip_pixels), BATCH_SIZE)]).astype(np.float64)
+    hip_probabilities = np.concatenate(
+        [
+            hip_classifier.predict(hip_pixels[start : start + BATCH_SIZE])
+            for start in range(0, len(hip_pixels), BATCH_SIZE)
+        ]
+    ).astype(np.float64)
     progress(f"predicted with {gate.card.display_name}, the metal check and {hip_classifier.card.display_name}")
 
     groups = np.array([row.group for row in rows])
@@ -133,20 +150,39 @@ def evaluate_real(labels_csv: Path, images_dir: Path, out_dir: Path, *, gate_car
         "rows": len(rows),
         "groups": len(set(groups.tolist())),
         "rows_by_crop": {crop: int((crops == crop).sum()) for crop in sorted(set(crops.tolist()))},
-        "rows_by_source": {source or "(none)": sum(row.source == source for row in rows)
-                           for source in sorted({row.source for row in rows})},
+        "rows_by_source": {
+            source or "(none)": sum(row.source == source for row in rows)
+            for source in sorted({row.source for row in rows})
+        },
         "n_bootstrap": n_bootstrap,
         "seed": seed,
         "models": {
-            "gate": {"name": gate.card.name, "version": gate.card.version, "card": str(gate_card),
-                     "thresholds": thresholds},
-            "hip": {"name": hip_classifier.card.name, "version": hip_classifier.card.version,
-                    "card": str(model_card), "trained": hip_classifier.card.trained,
-                    "synthetic_demo": hip_classifier.card.synthetic_demo},
+            "gate": {
+                "name": gate.card.name,
+                "version": gate.card.version,
+                "card": str(gate_card),
+                "thresholds": thresholds,
+            },
+            "hip": {
+                "name": hip_classifier.card.name,
+                "version": hip_classifier.card.version,
+                "card": str(model_card),
+                "trained": hip_classifier.card.trained,
+                "synthetic_demo": hip_classifier.card.synthetic_demo,
+            },
             "metal": {"name": "predraft.models.metal.detect_metal", "version": "model-free"},
         },
-        "gate": task_metrics(gate_probabilities, task_targets(rows, gate_classes), rows, gate_classes, thresholds,
-                             gate=gate_rule, binary=binary, n_bootstrap=n_bootstrap, seed=seed),
+        "gate": task_metrics(
+            gate_probabilities,
+            task_targets(rows, gate_classes),
+            rows,
+            gate_classes,
+            thresholds,
+            gate=gate_rule,
+            binary=binary,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+        ),
         "hardware_present": None,
         "hip_model": None,
     }
@@ -155,23 +191,40 @@ def evaluate_real(labels_csv: Path, images_dir: Path, out_dir: Path, *, gate_car
         labelled = hardware != ""
         present = hardware == PRESENT
         metal_called = np.array([finding.present for finding in findings])
-        section: dict[str, Any] = {"metal": sensitivity_specificity(metal_called, present, labelled, crops, groups,
-                                                                    n_bootstrap=n_bootstrap, seed=seed)}
+        section: dict[str, Any] = {
+            "metal": sensitivity_specificity(
+                metal_called, present, labelled, crops, groups, n_bootstrap=n_bootstrap, seed=seed
+            )
+        }
         if binary is not None:
-            section = {"gate": metrics["gate"]["hardware"]["at_threshold"],
-                       "gate_threshold": thresholds["hardware"][PRESENT], **section}
+            section = {
+                "gate": metrics["gate"]["hardware"]["at_threshold"],
+                "gate_threshold": thresholds["hardware"][PRESENT],
+                **section,
+            }
         metrics["hardware_present"] = section
         pelvis = None
         if FIELD_PELVIS in gate.card.tasks.get("field", ()):
-            pelvis = (gate_probabilities["field"][:, gate.card.tasks["field"].index(FIELD_PELVIS)],
-                      gate.card.threshold("field", FIELD_PELVIS))
-        metrics["hip_model"] = _hip_model_figures(rows, hip_probabilities, hip_classifier.card, groups,
-                                                  pelvis=pelvis, n_bootstrap=n_bootstrap, seed=seed)
+            pelvis = (
+                gate_probabilities["field"][:, gate.card.tasks["field"].index(FIELD_PELVIS)],
+                gate.card.threshold("field", FIELD_PELVIS),
+            )
+        metrics["hip_model"] = _hip_model_figures(
+            rows, hip_probabilities, hip_classifier.card, groups, pelvis=pelvis, n_bootstrap=n_bootstrap, seed=seed
+        )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
-    _write_predictions(out_dir / PREDICTIONS, rows, tasks, gate.card.tasks, gate_probabilities, findings,
-                       hip_probabilities, hip_classifier.card)
+    _write_predictions(
+        out_dir / PREDICTIONS,
+        rows,
+        tasks,
+        gate.card.tasks,
+        gate_probabilities,
+        findings,
+        hip_probabilities,
+        hip_classifier.card,
+    )
     return metrics
 
 
@@ -187,10 +240,11 @@ def _label_tasks(labels_csv: Path) -> list[str]:
     return tasks
 
 
-def _predict_gate(gate: Any, images_dir: Path, rows: Sequence[TaskRow], workers: int | None,
-                  batch_size: int = BATCH_SIZE) -> dict[str, np.ndarray]:
+def _predict_gate(
+    gate: Any, images_dir: Path, rows: Sequence[TaskRow], workers: int | None, batch_size: int = BATCH_SIZE
+) -> dict[str, np.ndarray]:
     pixels = prepare_task_images(images_dir, rows, input_size=gate.card.input_size, workers=workers)
-    batches = [gate.predict(pixels[start:start + batch_size]) for start in range(0, len(pixels), batch_size)]
+    batches = [gate.predict(pixels[start : start + batch_size]) for start in range(0, len(pixels), batch_size)]
     return {task: np.concatenate([batch[task] for batch in batches]) for task in gate.card.tasks}
 
 
@@ -212,19 +266,32 @@ def _metal_findings(images_dir: Path, rows: Sequence[TaskRow]) -> list[Any]:
 def native_hips(rows: Sequence[TaskRow]) -> np.ndarray:
     """The rows that are hips without hardware: whole images labelled region hip and hardware absent, and
     halves labelled hardware absent."""
-    return np.array([row.labels.get("hardware") == "absent" and (row.crop != "whole" or row.labels.get("region") == HIP)
-                     for row in rows], dtype=bool)
+    return np.array(
+        [
+            row.labels.get("hardware") == "absent" and (row.crop != "whole" or row.labels.get("region") == HIP)
+            for row in rows
+        ],
+        dtype=bool,
+    )
 
 
-def _hip_model_figures(rows: Sequence[TaskRow], probabilities: np.ndarray, card: Any, groups: np.ndarray, *,
-                       pelvis: tuple[np.ndarray, float] | None = None, n_bootstrap: int,
-                       seed: int) -> dict[str, Any]:
+def _hip_model_figures(
+    rows: Sequence[TaskRow],
+    probabilities: np.ndarray,
+    card: Any,
+    groups: np.ndarray,
+    *,
+    pelvis: tuple[np.ndarray, float] | None = None,
+    n_bootstrap: int,
+    seed: int,
+) -> dict[str, Any]:
     names = [hardware.value for hardware in card.classes]
     top = probabilities.argmax(axis=1)
     top_names = [names[index] for index in top]
     read = np.array([name != NONE for name in top_names])
-    drafted = read & np.array([probabilities[index, top[index]] >= card.threshold_for(name)
-                               for index, name in enumerate(top_names)])
+    drafted = read & np.array(
+        [probabilities[index, top[index]] >= card.threshold_for(name) for index, name in enumerate(top_names)]
+    )
     native = native_hips(rows)
     crops = np.array([row.crop for row in rows])
     figures: dict[str, Any] = {}
@@ -236,13 +303,23 @@ def _hip_model_figures(rows: Sequence[TaskRow], probabilities: np.ndarray, card:
         }
     if pelvis is not None:
         figures["untagged whole images as served (split when read as an AP pelvis)"] = served_figures(
-            rows, native, read, drafted, groups, *pelvis, n_bootstrap=n_bootstrap, seed=seed)
+            rows, native, read, drafted, groups, *pelvis, n_bootstrap=n_bootstrap, seed=seed
+        )
     return figures
 
 
-def served_figures(rows: Sequence[TaskRow], native: np.ndarray, read: np.ndarray, drafted: np.ndarray,
-                   groups: np.ndarray, pelvis_probability: np.ndarray, threshold: float, *, n_bootstrap: int,
-                   seed: int) -> dict[str, Any]:
+def served_figures(
+    rows: Sequence[TaskRow],
+    native: np.ndarray,
+    read: np.ndarray,
+    drafted: np.ndarray,
+    groups: np.ndarray,
+    pelvis_probability: np.ndarray,
+    threshold: float,
+    *,
+    n_bootstrap: int,
+    seed: int,
+) -> dict[str, Any]:
     """Over the native whole hip images sent untagged: the share read as an AP pelvis, and over the hips the
     service drafts from them (:func:`untagged_hips_as_served`) the shares ``read`` and ``drafted`` as hardware."""
     served, split = untagged_hips_as_served(rows, native, pelvis_probability, threshold)
@@ -251,13 +328,15 @@ def served_figures(rows: Sequence[TaskRow], native: np.ndarray, read: np.ndarray
     return {
         "read_as_ap_pelvis": grouped_rate(split, groups[whole], n_bootstrap=n_bootstrap, seed=seed),
         "read_as_hardware": grouped_rate(read[served_rows], groups[served_rows], n_bootstrap=n_bootstrap, seed=seed),
-        "drafted_as_hardware": grouped_rate(drafted[served_rows], groups[served_rows], n_bootstrap=n_bootstrap,
-                                            seed=seed),
+        "drafted_as_hardware": grouped_rate(
+            drafted[served_rows], groups[served_rows], n_bootstrap=n_bootstrap, seed=seed
+        ),
     }
 
 
-def untagged_hips_as_served(rows: Sequence[TaskRow], native: np.ndarray, pelvis_probability: np.ndarray,
-                            threshold: float) -> tuple[list[int], np.ndarray]:
+def untagged_hips_as_served(
+    rows: Sequence[TaskRow], native: np.ndarray, pelvis_probability: np.ndarray, threshold: float
+) -> tuple[list[int], np.ndarray]:
     """The row indices of the hips the service drafts from each native whole hip image sent untagged (its
     two half rows when p(pelvis) >= ``threshold`` and both are in ``rows``, else the whole row), and per such
     image (in row order) whether it was split."""
@@ -277,36 +356,70 @@ def untagged_hips_as_served(rows: Sequence[TaskRow], native: np.ndarray, pelvis_
     return served, np.array(split, dtype=bool)
 
 
-def _write_predictions(path: Path, rows: Sequence[TaskRow], tasks: Sequence[str],
-                       gate_tasks: dict[str, tuple[str, ...]], gate_probabilities: dict[str, np.ndarray],
-                       findings: Sequence[Any], hip_probabilities: np.ndarray, hip_card: Any) -> None:
+def _write_predictions(
+    path: Path,
+    rows: Sequence[TaskRow],
+    tasks: Sequence[str],
+    gate_tasks: dict[str, tuple[str, ...]],
+    gate_probabilities: dict[str, np.ndarray],
+    findings: Sequence[Any],
+    hip_probabilities: np.ndarray,
+    hip_card: Any,
+) -> None:
     names = [hardware.value for hardware in hip_card.classes]
-    gate_columns = [(task, index, f"gate_p_{task}_{name}") for task, classes in gate_tasks.items()
-                    for index, name in enumerate(classes)]
+    gate_columns = [
+        (task, index, f"gate_p_{task}_{name}")
+        for task, classes in gate_tasks.items()
+        for index, name in enumerate(classes)
+    ]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["image", "group", "crop", *[f"label_{task}" for task in tasks],
-                         *[column for _, _, column in gate_columns], "metal_present", "metal_score",
-                         "hip_top_class", "hip_top_probability", "hip_drafted_as_hardware"])
+        writer.writerow(
+            [
+                "image",
+                "group",
+                "crop",
+                *[f"label_{task}" for task in tasks],
+                *[column for _, _, column in gate_columns],
+                "metal_present",
+                "metal_score",
+                "hip_top_class",
+                "hip_top_probability",
+                "hip_drafted_as_hardware",
+            ]
+        )
         for index, row in enumerate(rows):
             top = int(hip_probabilities[index].argmax())
             probability = float(hip_probabilities[index, top])
             drafted = names[top] != NONE and probability >= hip_card.threshold_for(names[top])
-            writer.writerow([row.image, row.group, row.crop, *[row.labels.get(task, "") for task in tasks],
-                             *[f"{gate_probabilities[task][index, k]:.5f}" for task, k, _ in gate_columns],
-                             int(findings[index].present), f"{findings[index].score:.3f}", names[top],
-                             f"{probability:.5f}", int(drafted)])
+            writer.writerow(
+                [
+                    row.image,
+                    row.group,
+                    row.crop,
+                    *[row.labels.get(task, "") for task in tasks],
+                    *[f"{gate_probabilities[task][index, k]:.5f}" for task, k, _ in gate_columns],
+                    int(findings[index].present),
+                    f"{findings[index].score:.3f}",
+                    names[top],
+                    f"{probability:.5f}",
+                    int(drafted),
+                ]
+            )
 
 
 def summary_lines(metrics: dict[str, Any]) -> list[str]:
     """A few lines for the terminal: the main figures with their 95 % CIs."""
     models = metrics["models"]
-    lines = [f"{metrics['rows']} rows ({', '.join(f'{n} {crop}' for crop, n in metrics['rows_by_crop'].items())}), "
-             f"{metrics['groups']} groups"]
+    lines = [
+        f"{metrics['rows']} rows ({', '.join(f'{n} {crop}' for crop, n in metrics['rows_by_crop'].items())}), "
+        f"{metrics['groups']} groups"
+    ]
     region = metrics["gate"].get("region")
     if region is not None:
-        lines.append(f"gate {models['gate']['name']} {models['gate']['version']}: region accuracy "
-                     f"{_fmt(region['accuracy'])}")
+        lines.append(
+            f"gate {models['gate']['name']} {models['gate']['version']}: region accuracy {_fmt(region['accuracy'])}"
+        )
         if HIP in region["classes"]:
             hip = region["classes"][HIP]
             lines.append(f"  hip sensitivity {_fmt(hip['sensitivity'])}  specificity {_fmt(hip['specificity'])}")
@@ -318,14 +431,18 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
             for source in ("gate", "metal"):
                 if source in hardware:
                     figures = hardware[source][label]
-                    lines.append(f"hardware present, {label}, {source}: sensitivity {_fmt(figures['sensitivity'])}  "
-                                 f"specificity {_fmt(figures['specificity'])}")
+                    lines.append(
+                        f"hardware present, {label}, {source}: sensitivity {_fmt(figures['sensitivity'])}  "
+                        f"specificity {_fmt(figures['specificity'])}"
+                    )
     hip_model = metrics.get("hip_model")
     if hip_model:
         lines.append(f"hip model {models['hip']['name']} {models['hip']['version']} on hips without hardware:")
         for label, figures in hip_model.items():
-            lines.append(f"  {label}: read as hardware {_fmt(figures['read_as_hardware'])}  drafted as hardware "
-                         f"{_fmt(figures['drafted_as_hardware'])}")
+            lines.append(
+                f"  {label}: read as hardware {_fmt(figures['read_as_hardware'])}  drafted as hardware "
+                f"{_fmt(figures['drafted_as_hardware'])}"
+            )
             if "read_as_ap_pelvis" in figures:
                 lines.append(f"    images read as an AP pelvis {_fmt(figures['read_as_ap_pelvis'])}")
     return lines

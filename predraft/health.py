@@ -46,7 +46,11 @@ class ReadinessProbe:
     def run(self) -> list[Check]:
         """Every check, in a fixed order; one failing does not stop the others."""
         checks: list[tuple[str, Callable[[], str]]] = [
-            ("database", self._database), ("broker", self._broker), ("model", self._model), ("spool", self._spool)]
+            ("database", self._database),
+            ("broker", self._broker),
+            ("model", self._model),
+            ("spool", self._spool),
+        ]
         results = []
         for name, check in checks:
             try:

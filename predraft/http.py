@@ -30,8 +30,14 @@ def create_app(settings: Settings) -> FastAPI:
     bearer/basic auth), and the worklist (every other route; a login session)."""
     from predraft.worklist.app import install
 
-    app = FastAPI(title="predraft", version=predraft.__version__, docs_url=None, redoc_url=None, openapi_url=None,
-                  redirect_slashes=False)  # a slash redirect's Location is built from the Host header
+    app = FastAPI(
+        title="predraft",
+        version=predraft.__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,
+    )  # a slash redirect's Location is built from the Host header
     app.state.settings = settings
     app.include_router(dicomweb_router)
     install(app, settings)
@@ -50,8 +56,11 @@ def create_app(settings: Settings) -> FastAPI:
         is not (``failing``), each check with its reason."""
         checks = await run_in_threadpool(probe.run)
         failing = [check.name for check in checks if not check.ok]
-        body = {"status": "unready" if failing else "ready", "failing": failing,
-                "checks": {check.name: {"ok": check.ok, "detail": check.detail} for check in checks}}
+        body = {
+            "status": "unready" if failing else "ready",
+            "failing": failing,
+            "checks": {check.name: {"ok": check.ok, "detail": check.detail} for check in checks},
+        }
         return JSONResponse(body, status_code=HTTPStatus.SERVICE_UNAVAILABLE if failing else HTTPStatus.OK)
 
     @app.get("/metrics")

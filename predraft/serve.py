@@ -163,8 +163,9 @@ class Supervisor:
             if self._stop.is_set():
                 return
             # A session of its own: Ctrl-C reaches the supervisor, which stops the children in order.
-            child.process = subprocess.Popen(child.argv, start_new_session=True, env=os.environ.copy(),
-                                             preexec_fn=preexec)  # in the child: a prctl and a getppid only
+            child.process = subprocess.Popen(
+                child.argv, start_new_session=True, env=os.environ.copy(), preexec_fn=preexec
+            )  # in the child: a prctl and a getppid only
             log.info("started %s (pid %d)", child.name, child.process.pid)
 
     def wait_ready(self, timeout: float = 120.0) -> None:

@@ -34,17 +34,23 @@ from predraft.models.taxonomy import HardwareClass, Side, View
 _SIDE_ORDER = {Side.RIGHT: 0, Side.LEFT: 1, Side.UNKNOWN: 2}
 
 #: The paper's failure analysis: pairs the model confuses most; they get their own, smaller margin.
-HARD_PAIRS: frozenset[frozenset[HardwareClass]] = frozenset({
-    frozenset({HardwareClass.THA, HardwareClass.HEMI}),
-    frozenset({HardwareClass.POST_INFECTIOUS, HardwareClass.THA_PLUS_FIXATION}),
-})
+HARD_PAIRS: frozenset[frozenset[HardwareClass]] = frozenset(
+    {
+        frozenset({HardwareClass.THA, HardwareClass.HEMI}),
+        frozenset({HardwareClass.POST_INFECTIOUS, HardwareClass.THA_PLUS_FIXATION}),
+    }
+)
 
 #: Classes whose hardware may hold no metal at all: a post-infectious hip with a cement spacer or antibiotic
 #: beads only. "No metal" does not contradict them.
 HARDWARE_WITHOUT_METAL: frozenset[HardwareClass] = frozenset({HardwareClass.POST_INFECTIOUS})
 
 DEFAULT_VIEW_WEIGHTS: Mapping[View, float] = {
-    View.AP_PELVIS: 1.0, View.AP_HIP: 1.0, View.FROG_LEG: 1.0, View.CROSS_TABLE_LATERAL: 0.75, View.UNKNOWN: 0.5,
+    View.AP_PELVIS: 1.0,
+    View.AP_HIP: 1.0,
+    View.FROG_LEG: 1.0,
+    View.CROSS_TABLE_LATERAL: 0.75,
+    View.UNKNOWN: 0.5,
 }
 
 
@@ -86,8 +92,9 @@ class HipObservation:
             raise ValueError(f"observation of {self.sop_instance_uid} has no probabilities")
         object.__setattr__(self, "side", Side(self.side))
         object.__setattr__(self, "view", View(self.view))
-        object.__setattr__(self, "probabilities",
-                           {HardwareClass(key): float(value) for key, value in self.probabilities.items()})
+        object.__setattr__(
+            self, "probabilities", {HardwareClass(key): float(value) for key, value in self.probabilities.items()}
+        )
 
     @property
     def top_class(self) -> HardwareClass:
@@ -117,9 +124,13 @@ class SideFinding:
         return max(self.probabilities, key=lambda key: self.probabilities[key])
 
 
-def aggregate(observations: Iterable[HipObservation], *, threshold: float,
-              class_thresholds: Mapping[HardwareClass, float] | None = None,
-              rule: AggregationRule | None = None) -> list[SideFinding]:
+def aggregate(
+    observations: Iterable[HipObservation],
+    *,
+    threshold: float,
+    class_thresholds: Mapping[HardwareClass, float] | None = None,
+    rule: AggregationRule | None = None,
+) -> list[SideFinding]:
     """One finding per side seen, right before left before unstated. ``class_thresholds`` overrides
     ``threshold`` for the classes it names; ``rule`` defaults to :class:`AggregationRule()`."""
     rule = rule or AggregationRule()
@@ -130,23 +141,34 @@ def aggregate(observations: Iterable[HipObservation], *, threshold: float,
     by_side: dict[Side, list[HipObservation]] = defaultdict(list)
     for observation in observations:
         by_side[observation.side].append(observation)
-    return [_side_finding(side, by_side[side], threshold, thresholds, rule)
-            for side in sorted(by_side, key=_SIDE_ORDER.get)]
+    return [
+        _side_finding(side, by_side[side], threshold, thresholds, rule) for side in sorted(by_side, key=_SIDE_ORDER.get)
+    ]
 
 
-def _side_finding(side: Side, observations: Sequence[HipObservation], default_threshold: float,
-                  class_thresholds: Mapping[HardwareClass, float], rule: AggregationRule) -> SideFinding:
+def _side_finding(
+    side: Side,
+    observations: Sequence[HipObservation],
+    default_threshold: float,
+    class_thresholds: Mapping[HardwareClass, float],
+    rule: AggregationRule,
+) -> SideFinding:
     classes = list(dict.fromkeys(key for o in observations for key in o.probabilities))
     weights = [rule.view_weights[o.view] for o in observations]
     total = sum(weights)
-    mean = {key: sum(w * o.probabilities.get(key, 0.0) for w, o in zip(weights, observations, strict=True)) / total
-            for key in classes}
+    mean = {
+        key: sum(w * o.probabilities.get(key, 0.0) for w, o in zip(weights, observations, strict=True)) / total
+        for key in classes
+    }
     ranked = sorted(classes, key=lambda key: mean[key], reverse=True)
     top = ranked[0]
     runner_up = ranked[1] if len(ranked) > 1 else None
-    dissent = [o for o in observations
-               if o.top_class is not top
-               and o.probabilities[o.top_class] - o.probabilities.get(top, 0.0) > rule.margin(o.top_class, top)]
+    dissent = [
+        o
+        for o in observations
+        if o.top_class is not top
+        and o.probabilities[o.top_class] - o.probabilities.get(top, 0.0) > rule.margin(o.top_class, top)
+    ]
     checked = [o.metal for o in observations if o.metal is not None]
     metal = any(checked) if checked else None
     if dissent:
@@ -154,10 +176,18 @@ def _side_finding(side: Side, observations: Sequence[HipObservation], default_th
         hardware, reason = None, f"views disagree ({', '.join(tops)})"
     elif mean[top] < (threshold := class_thresholds.get(top, default_threshold)):
         hardware, reason = None, f"confidence {mean[top]:.2f} below the model's threshold {threshold:.2f}"
-    elif (runner_up is not None and frozenset({top, runner_up}) in HARD_PAIRS
-          and mean[top] - mean[runner_up] < rule.hard_pair_margin):
-        hardware, reason = None, (f"{top.value} ({mean[top]:.2f}) and {runner_up.value} ({mean[runner_up]:.2f}) "
-                                  "are too close to tell apart")
+    elif (
+        runner_up is not None
+        and frozenset({top, runner_up}) in HARD_PAIRS
+        and mean[top] - mean[runner_up] < rule.hard_pair_margin
+    ):
+        hardware, reason = (
+            None,
+            (
+                f"{top.value} ({mean[top]:.2f}) and {runner_up.value} ({mean[runner_up]:.2f}) "
+                "are too close to tell apart"
+            ),
+        )
     elif metal is True and top is HardwareClass.NONE:
         hardware, reason = None, "the metal check sees metal where the model sees no hardware"
     elif metal is False and top not in (HardwareClass.NONE, *HARDWARE_WITHOUT_METAL):

@@ -55,8 +55,17 @@ SERIES_DESCRIPTION = "UNVERIFIED AI DRAFT (predraft)"
 PROCESSING_ALGORITHM = Code("Newcode1", "99IHE", "Processing Algorithm")
 _LATERALITY = {Side.RIGHT: codes.SCT.Right, Side.LEFT: codes.SCT.Left}
 #: Attributes highdicom needs on each evidence dataset; an empty value is allowed.
-_REQUIRED_EVIDENCE_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber",
-                           "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
+_REQUIRED_EVIDENCE_TAGS = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 
 
 def device_uid(model: ModelCard) -> str:
@@ -155,8 +164,11 @@ def _checked_demographics(ds: Dataset) -> Dataset:
             emptied.append(element.keyword or str(element.tag))
     emptied.extend(_checked_character_set(checked))
     if emptied:
-        log.info("evidence %s: %s emptied in the SR (not valid for the VR)", ds.get("SOPInstanceUID", "?"),
-                 ", ".join(emptied))
+        log.info(
+            "evidence %s: %s emptied in the SR (not valid for the VR)",
+            ds.get("SOPInstanceUID", "?"),
+            ", ".join(emptied),
+        )
     return checked
 
 
@@ -217,14 +229,18 @@ def _prepared_evidence(evidence: Sequence[Dataset]) -> list[Dataset]:
 def _laterality(side: Side) -> hd.sr.CodeContentItem | None:
     if side not in _LATERALITY:
         return None
-    return hd.sr.CodeContentItem(name=codes.SCT.Laterality, value=_LATERALITY[side],
-                                 relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD)
+    return hd.sr.CodeContentItem(
+        name=codes.SCT.Laterality,
+        value=_LATERALITY[side],
+        relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
+    )
 
 
 def _finding_items(finding: SideFinding, sentence: str, sop_classes: dict[str, str]) -> list[Dataset]:
     laterality = _laterality(finding.side)
-    text = hd.sr.TextContentItem(name=codes.DCM.Finding, value=sentence,
-                                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    text = hd.sr.TextContentItem(
+        name=codes.DCM.Finding, value=sentence, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
     if laterality is not None:
         text.ContentSequence = hd.sr.ContentSequence([laterality])
     coded = hd.sr.CodeContentItem(
@@ -233,13 +249,21 @@ def _finding_items(finding: SideFinding, sentence: str, sop_classes: dict[str, s
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
     children: list[Dataset] = [] if laterality is None else [_laterality(finding.side)]
-    children.append(hd.sr.NumContentItem(
-        name=PROBABILITY_CODE, value=round(finding.probability, 4), unit=codes.UCUM.NoUnits,
-        relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES))
+    children.append(
+        hd.sr.NumContentItem(
+            name=PROBABILITY_CODE,
+            value=round(finding.probability, 4),
+            unit=codes.UCUM.NoUnits,
+            relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
+        )
+    )
     children.extend(
-        hd.sr.ImageContentItem(name=codes.DCM.SourceImage, referenced_sop_class_uid=sop_classes[uid],
-                               referenced_sop_instance_uid=uid,
-                               relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM)
+        hd.sr.ImageContentItem(
+            name=codes.DCM.SourceImage,
+            referenced_sop_class_uid=sop_classes[uid],
+            referenced_sop_instance_uid=uid,
+            relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM,
+        )
         for uid in finding.sop_instance_uids
     )
     coded.ContentSequence = hd.sr.ContentSequence(children)
@@ -279,21 +303,33 @@ def build_draft_sr(
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=device_uid(model), name=model.name, manufacturer_name=MANUFACTURER, model_name=model.display_name),
+            uid=device_uid(model), name=model.name, manufacturer_name=MANUFACTURER, model_name=model.display_name
+        ),
     )
     finding_items: list[Dataset] = []
     for finding in findings:
         finding_items.extend(_finding_items(finding, text.side_sentences[finding.side], sop_classes))
     findings_container = hd.sr.ContainerContentItem(
-        name=codes.DCM.Findings, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        name=codes.DCM.Findings, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
     findings_container.ContentSequence = hd.sr.ContentSequence(finding_items)
     impressions = hd.sr.ContainerContentItem(
-        name=codes.DCM.Impressions, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-    impressions.ContentSequence = hd.sr.ContentSequence([
-        hd.sr.TextContentItem(name=codes.DCM.Impression, value=text.impression,
-                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)])
-    comment = hd.sr.TextContentItem(name=Code("121106", "DCM", "Comment"), value=text.disclaimer,
-                                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        name=codes.DCM.Impressions, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    impressions.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=codes.DCM.Impression,
+                value=text.impression,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        ]
+    )
+    comment = hd.sr.TextContentItem(
+        name=Code("121106", "DCM", "Comment"),
+        value=text.disclaimer,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
     root = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport, template_id="2000")
     root.ContentSequence = hd.sr.ContentSequence([*observer, findings_container, impressions, comment])
 
@@ -348,11 +384,14 @@ _CONTAINERS_KEPT = {"121070", "121072"}  # Findings, Impressions (DCM)
 
 
 def _person_observer(name: str, login_name: str, organization: str) -> list[Dataset]:
-    return list(hd.sr.ObserverContext(
-        observer_type=codes.DCM.Person,
-        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
-            name=name, login_name=login_name, organization_name=organization or None),
-    ))
+    return list(
+        hd.sr.ObserverContext(
+            observer_type=codes.DCM.Person,
+            observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
+                name=name, login_name=login_name, organization_name=organization or None
+            ),
+        )
+    )
 
 
 def _draft_containers(draft_sr: Dataset) -> list[Dataset]:
@@ -400,8 +439,10 @@ def build_review_sr(
     if not organization.strip():
         raise ValueError("organization must not be empty: Verifying Organization is DICOM type 1")
     if str(draft_sr.get("VerificationFlag", "")) != "UNVERIFIED":
-        raise ValueError(f"draft_sr {draft_sr.get('SOPInstanceUID', '?')} is not an unverified draft "
-                         f"(VerificationFlag {draft_sr.get('VerificationFlag', 'absent')!r})")
+        raise ValueError(
+            f"draft_sr {draft_sr.get('SOPInstanceUID', '?')} is not an unverified draft "
+            f"(VerificationFlag {draft_sr.get('VerificationFlag', 'absent')!r})"
+        )
     study_uids = {str(ds.StudyInstanceUID) for ds in evidence} | {str(draft_sr.StudyInstanceUID)}
     if len(study_uids) != 1:
         raise ValueError(f"evidence and draft span {len(study_uids)} studies; a report belongs to exactly one")
@@ -411,16 +452,32 @@ def build_review_sr(
     if verified and not edited:
         content.extend(_draft_containers(draft_sr))
     elif verified:
-        findings = hd.sr.ContainerContentItem(name=codes.DCM.Findings,
-                                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-        findings.ContentSequence = hd.sr.ContentSequence([hd.sr.TextContentItem(
-            name=codes.DCM.Finding, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)])
+        findings = hd.sr.ContainerContentItem(
+            name=codes.DCM.Findings, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+        findings.ContentSequence = hd.sr.ContentSequence(
+            [
+                hd.sr.TextContentItem(
+                    name=codes.DCM.Finding, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+                )
+            ]
+        )
         content.append(findings)
     else:
-        content.append(hd.sr.TextContentItem(name=Code("121106", "DCM", "Comment"), value=text,
-                                             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
-    content.append(hd.sr.TextContentItem(name=Code("121106", "DCM", "Comment"), value=statement,
-                                         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+        content.append(
+            hd.sr.TextContentItem(
+                name=Code("121106", "DCM", "Comment"),
+                value=text,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    content.append(
+        hd.sr.TextContentItem(
+            name=Code("121106", "DCM", "Comment"),
+            value=statement,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+    )
     root = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport, template_id="2000")
     root.ContentSequence = hd.sr.ContentSequence(content)
 

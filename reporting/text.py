@@ -49,8 +49,9 @@ def template_environment(template_dir: Path | None = None) -> Environment:
 def make_environment(template_dir: Path | None = None) -> Environment:
     search_path = [str(template_dir)] if template_dir else []
     search_path.append(str(PACKAGE_TEMPLATES))
-    return Environment(loader=FileSystemLoader(search_path), undefined=StrictUndefined, autoescape=False,
-                       keep_trailing_newline=True)
+    return Environment(
+        loader=FileSystemLoader(search_path), undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+    )
 
 
 def _finding_context(finding: SideFinding) -> dict[str, object]:
@@ -65,8 +66,14 @@ def _finding_context(finding: SideFinding) -> dict[str, object]:
     }
 
 
-def render_draft(findings: list[SideFinding], *, model: ModelCard, study_description: str = "",
-                 patient_is_child: bool = False, environment: Environment | None = None) -> DraftText:
+def render_draft(
+    findings: list[SideFinding],
+    *,
+    model: ModelCard,
+    study_description: str = "",
+    patient_is_child: bool = False,
+    environment: Environment | None = None,
+) -> DraftText:
     """Render findings, impression, disclaimer and the whole report. ``patient_is_child`` (the tags say the
     patient was under 18: :func:`predraft.reporting.age.is_child`) adds the notice that no model here was trained on
     children (templates: ``patient_is_child``)."""
@@ -89,8 +96,14 @@ def render_draft(findings: list[SideFinding], *, model: ModelCard, study_descrip
     findings_text = _render(env, "findings.txt.j2", context).strip()
     impression_text = _render(env, "impression.txt.j2", context).strip()
     disclaimer_text = _render(env, "disclaimer.txt.j2", context).strip()
-    full = _render(env, "draft.txt.j2", context, findings_text=findings_text, impression_text=impression_text,
-                   disclaimer_text=disclaimer_text)
+    full = _render(
+        env,
+        "draft.txt.j2",
+        context,
+        findings_text=findings_text,
+        impression_text=impression_text,
+        disclaimer_text=disclaimer_text,
+    )
     return DraftText(findings_text, impression_text, disclaimer_text, full.strip() + "\n", side_sentences)
 
 
@@ -117,8 +130,15 @@ def check_templates(template_dir: Path | None = None) -> None:
     from predraft.models.card import ModelCard
     from predraft.models.taxonomy import HardwareClass
 
-    example = ModelCard(name="check", version="0", architecture="check", input_size=224, trained=False,
-                        weights="none", weights_sha256="0" * 64)
+    example = ModelCard(
+        name="check",
+        version="0",
+        architecture="check",
+        input_size=224,
+        trained=False,
+        weights="none",
+        weights_sha256="0" * 64,
+    )
     findings = [
         SideFinding(Side.RIGHT, HardwareClass.THA, 0.9, {HardwareClass.THA: 0.9}, (View.AP_PELVIS,), ("1",), "ok"),
         SideFinding(Side.LEFT, None, 0.4, {HardwareClass.NONE: 0.4}, (View.AP_PELVIS,), ("1",), "low confidence"),

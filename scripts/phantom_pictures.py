@@ -27,7 +27,7 @@ def picture(hardware: str) -> Image.Image:
     image = render_picture(hardware, view=View.AP_HIP, seed=SEED, size=900)
     height, width = image.shape
     # the hip and proximal femur: drop the top of the iliac wing and the distal shaft
-    crop = image[int(0.08 * height): int(0.08 * height) + int(width * SIZE[1] / SIZE[0]), :]
+    crop = image[int(0.08 * height) : int(0.08 * height) + int(width * SIZE[1] / SIZE[0]), :]
     pixels = np.rint(np.clip(crop, 0.0, 1.0) * 255.0).astype(np.uint8)
     return Image.fromarray(pixels).resize(SIZE, Image.Resampling.LANCZOS)
 

@@ -27,19 +27,27 @@ from predraft.models.taskdata import TaskRow
 def main(predictions_csv: Path, out_of_fold_csv: Path, gate_card: Path) -> dict[str, object]:
     threshold = load_task_card(gate_card)[0].threshold("field", "pelvis")
     with out_of_fold_csv.open(newline="") as handle:
-        pelvis_of = {(record["image"], record["crop"]): float(record["p_field_pelvis"])
-                     for record in csv.DictReader(handle)}
+        pelvis_of = {
+            (record["image"], record["crop"]): float(record["p_field_pelvis"]) for record in csv.DictReader(handle)
+        }
     with predictions_csv.open(newline="") as handle:
         records = list(csv.DictReader(handle))
-    rows = [TaskRow(record["image"], record["group"], record["crop"],
-                    {task: record[f"label_{task}"] for task in ("region", "hardware") if record.get(f"label_{task}")})
-            for record in records]
+    rows = [
+        TaskRow(
+            record["image"],
+            record["group"],
+            record["crop"],
+            {task: record[f"label_{task}"] for task in ("region", "hardware") if record.get(f"label_{task}")},
+        )
+        for record in records
+    ]
     pelvis = np.array([pelvis_of.get((row.image, row.crop), 0.0) for row in rows])
     drafted = np.array([record["hip_drafted_as_hardware"] == "1" for record in records])
     read = np.array([record["hip_top_class"] != "none" for record in records])
     groups = np.array([row.group for row in rows])
-    figures = served_figures(rows, native_hips(rows), read, drafted, groups, pelvis, threshold, n_bootstrap=1000,
-                             seed=0)
+    figures = served_figures(
+        rows, native_hips(rows), read, drafted, groups, pelvis, threshold, n_bootstrap=1000, seed=0
+    )
     return {
         "field_threshold": threshold,
         "native whole images": figures["read_as_ap_pelvis"]["n"],
@@ -47,6 +55,7 @@ def main(predictions_csv: Path, out_of_fold_csv: Path, gate_card: Path) -> dict[
         "read_as_ap_pelvis (out of fold)": figures.pop("read_as_ap_pelvis"),
         **figures,
     }
+
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:

@@ -87,8 +87,9 @@ def write_patient_data_to_stderr() -> str:
     """Warns and logs through pydicom's channels, and prints, each quoting a value as pydicom does."""
     import logging
 
-    warnings.warn_explicit(f"Invalid value for VR PN: '{SECRET}'", UserWarning, "pydicom/valuerep.py", 1,
-                           module="pydicom.valuerep")
+    warnings.warn_explicit(
+        f"Invalid value for VR PN: '{SECRET}'", UserWarning, "pydicom/valuerep.py", 1, module="pydicom.valuerep"
+    )
     logging.getLogger("pydicom").warning("Invalid value for VR PN: '%s'", SECRET)
     print(SECRET)
     return "done"

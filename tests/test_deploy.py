@@ -51,6 +51,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 # --- .env.example ---------------------------------------------------------------------------------------------------
 
+
 def example_lines() -> list[str]:
     return ENV_EXAMPLE.read_text().splitlines()
 
@@ -91,8 +92,12 @@ def test_env_example_values_read_alike_by_compose_systemd_and_sh(monkeypatch: py
             continue
         if any(char in raw for char in ' "{}[]'):
             assert raw.startswith("'") and raw.endswith("'") and raw.count("'") == 2, line
-    sourced = subprocess.run(["bash", "-c", f"set -a; . {ENV_EXAMPLE}; env -0"], env={"PATH": os.environ["PATH"]},
-                             capture_output=True, check=True).stdout.decode()
+    sourced = subprocess.run(
+        ["bash", "-c", f"set -a; . {ENV_EXAMPLE}; env -0"],
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     shell = dict(item.split("=", 1) for item in sourced.split("\0") if "=" in item)
     assert {key: shell.get(key) for key in values} == values
 
@@ -114,6 +119,7 @@ def test_env_example_holds_placeholders_not_secrets() -> None:
 
 # --- compose.yaml -----------------------------------------------------------------------------------------------------
 
+
 def needs_docker_compose() -> str:
     tool = shutil.which("docker-compose")
     if tool is None:
@@ -133,8 +139,14 @@ def site_copy(tmp_path: Path, env_text: str | None = None) -> Path:
 
 
 def compose(tool: str, root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([tool, "-f", "deploy/compose.yaml", "--env-file", "deploy/.env", *args], cwd=root,
-                          env=clean_env(), capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [tool, "-f", "deploy/compose.yaml", "--env-file", "deploy/.env", *args],
+        cwd=root,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_compose_file_validates(tmp_path: Path) -> None:
@@ -217,8 +229,10 @@ def test_compose_health_checks_probe_the_ports_the_services_use(resolved: dict) 
         # the probe must compile: a typo in it would mark a healthy service unhealthy forever
         compile(test[3], f"{name} healthcheck", "exec")
     # published as "address:host port:container port/tcp"
-    published = {name: {tuple(port.rsplit("/", 1)[0].split(":")[-2:]) for port in services[name].get("ports", [])}
-                 for name in services}
+    published = {
+        name: {tuple(port.rsplit("/", 1)[0].split(":")[-2:]) for port in services[name].get("ports", [])}
+        for name in services
+    }
     assert ("11112", env["listener"]["PREDRAFT_DIMSE_PORT"]) in published["listener"]
     assert ("8080", env["web"]["PREDRAFT_HTTP_PORT"]) in published["web"]
 
@@ -240,8 +254,11 @@ def test_compose_volumes_share_the_spool_and_mount_the_models_read_only(resolved
     def mounts(name: str) -> dict[str, tuple[str, str]]:
         out = {}
         for volume in services[name].get("volumes", []):
-            source, target, mode = volume.split(":") if isinstance(volume, str) else (
-                volume["source"], volume["target"], "ro" if volume.get("read_only") else "rw")
+            source, target, mode = (
+                volume.split(":")
+                if isinstance(volume, str)
+                else (volume["source"], volume["target"], "ro" if volume.get("read_only") else "rw")
+            )
             out[target] = (source, mode)
         return out
 
@@ -266,6 +283,7 @@ def test_compose_container_settings_validate(resolved: dict, monkeypatch: pytest
 
 
 # --- Dockerfiles and .dockerignore -------------------------------------------------------------------------------
+
 
 def project_packages() -> list[str]:
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
@@ -294,8 +312,11 @@ def test_dockerfile_builds_the_project_as_a_user(dockerfile: str) -> None:
 
 
 def test_dockerignore_keeps_the_checkout_out_but_not_the_project() -> None:
-    patterns = [line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     for needed in (".venv", "var", ".git", "tests/output", "bench/results", "**/__pycache__", "deploy/.env"):
         assert needed in patterns
     for kept in ["pyproject.toml", "README.md", *project_packages()]:
@@ -304,23 +325,33 @@ def test_dockerignore_keeps_the_checkout_out_but_not_the_project() -> None:
 
 # --- prometheus.yml -------------------------------------------------------------------------------------------------
 
+
 def test_prometheus_scrapes_every_process(resolved: dict) -> None:
     config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
-    jobs = {job["job_name"]: [t for group in job["static_configs"] for t in group["targets"]]
-            for job in config["scrape_configs"]}
+    jobs = {
+        job["job_name"]: [t for group in job["static_configs"] for t in group["targets"]]
+        for job in config["scrape_configs"]
+    }
     env = {name: resolved["services"][name]["environment"] for name in PREDRAFT_SERVICES}
     assert jobs == {
         "predraft-web": [f"web:{env['web']['PREDRAFT_HTTP_PORT']}"],
         "predraft-listener": [f"listener:{env['listener']['PREDRAFT_LISTENER_METRICS_PORT']}"],
-        "predraft-worker": [f"worker-cpu:{env['worker-cpu']['PREDRAFT_WORKER_METRICS_PORT']}",
-                            f"worker-gpu:{env['worker-gpu']['PREDRAFT_WORKER_METRICS_PORT']}"],
+        "predraft-worker": [
+            f"worker-cpu:{env['worker-cpu']['PREDRAFT_WORKER_METRICS_PORT']}",
+            f"worker-gpu:{env['worker-gpu']['PREDRAFT_WORKER_METRICS_PORT']}",
+        ],
     }
 
 
 # --- systemd units --------------------------------------------------------------------------------------------------
 
-UNITS = ["predraft-migrate.service", "predraft-listener.service", "predraft-web.service",
-         "predraft-worker@cpu.service", "predraft-worker@gpu.service"]
+UNITS = [
+    "predraft-migrate.service",
+    "predraft-listener.service",
+    "predraft-web.service",
+    "predraft-worker@cpu.service",
+    "predraft-worker@gpu.service",
+]
 
 
 def needs_systemd_analyze() -> str:
@@ -346,8 +377,14 @@ def units_here(tmp_path: Path) -> Path:
 
 
 def verify(tool: str, folder: Path, unit: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([tool, "verify", "--man=no", f"./{unit}"], cwd=folder, env=clean_env(),
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [tool, "verify", "--man=no", f"./{unit}"],
+        cwd=folder,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("unit", UNITS)
@@ -357,8 +394,9 @@ def test_systemd_unit_verifies(units_here: Path, unit: str) -> None:
     README's steps make them; the next tests check the files the units name are shipped)."""
     tool = needs_systemd_analyze()
     result = verify(tool, units_here, unit)
-    ours = [line for line in (result.stdout + result.stderr).splitlines()
-            if str(units_here) in line or "predraft" in line]
+    ours = [
+        line for line in (result.stdout + result.stderr).splitlines() if str(units_here) in line or "predraft" in line
+    ]
     assert (result.returncode, ours) == (0, [])
 
 
@@ -374,8 +412,14 @@ def test_systemd_verify_would_catch_a_mistake(units_here: Path) -> None:
 def test_systemd_unit_is_hardened(units_here: Path, unit: str) -> None:
     """systemd's own exposure score (0 safest, 10 worst) stays at or below 2.0 ("OK")."""
     tool = needs_systemd_analyze()
-    result = subprocess.run([tool, "security", "--offline=yes", "--threshold=20", f"./{unit}"], cwd=units_here,
-                            env=clean_env(), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [tool, "security", "--offline=yes", "--threshold=20", f"./{unit}"],
+        cwd=units_here,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout[-400:] + result.stderr
 
 
@@ -389,14 +433,27 @@ def unit_settings(path: Path) -> dict[str, list[str]]:
 
 
 def test_systemd_units_run_as_predraft_with_the_shipped_files() -> None:
-    for name in ["predraft-migrate.service", "predraft-listener.service", "predraft-web.service",
-                 "predraft-worker@.service"]:
+    for name in [
+        "predraft-migrate.service",
+        "predraft-listener.service",
+        "predraft-web.service",
+        "predraft-worker@.service",
+    ]:
         unit = unit_settings(SYSTEMD / name)
-        for key, value in {"User": "predraft", "Group": "predraft", "WorkingDirectory": "/var/lib/predraft",
-                           "StateDirectory": "predraft", "Restart": "on-failure", "NoNewPrivileges": "yes",
-                           "ProtectSystem": "strict", "PrivateTmp": "yes", "ProtectHome": "yes",
-                           "PrivateDevices": "yes", "CapabilityBoundingSet": "",
-                           "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX"}.items():
+        for key, value in {
+            "User": "predraft",
+            "Group": "predraft",
+            "WorkingDirectory": "/var/lib/predraft",
+            "StateDirectory": "predraft",
+            "Restart": "on-failure",
+            "NoNewPrivileges": "yes",
+            "ProtectSystem": "strict",
+            "PrivateTmp": "yes",
+            "ProtectHome": "yes",
+            "PrivateDevices": "yes",
+            "CapabilityBoundingSet": "",
+            "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+        }.items():
             assert unit.get(key) == [value], (name, key)
         assert unit["EnvironmentFile"][0] == "/etc/predraft/predraft.env", name
         assert unit["ExecStart"][0].startswith(UNIT_VENV_PREDRAFT + " "), name

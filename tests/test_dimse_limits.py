@@ -151,9 +151,11 @@ def _associate(port: int, source: str = ATTACKER, **timeouts: float):  # type: i
 
 # --- defect 1: connections counted as associations before any A-ASSOCIATE-RQ -----------------------------------
 
+
 def test_idle_sockets_of_one_address_leave_others_their_associations(listen: Callable[..., Settings]) -> None:
-    settings = listen(dimse_max_associations=4, dimse_max_connections_per_address=3,
-                      dimse_association_request_timeout_seconds=3.0)
+    settings = listen(
+        dimse_max_associations=4, dimse_max_connections_per_address=3, dimse_association_request_timeout_seconds=3.0
+    )
     too_many, timed_out = _refused("too_many_from_address"), _refused("request_timeout")
     idle = [_connect(settings.dimse_port) for _ in range(8)]
     try:
@@ -225,6 +227,7 @@ def test_max_associations_counts_established_associations_only(listen: Callable[
 
 # --- defect 2: a PDU header declaring 4 GiB ------------------------------------------------------------------
 
+
 def test_huge_pdu_header_before_association_is_refused_at_once(listen: Callable[..., Settings]) -> None:
     settings = listen(dimse_association_request_timeout_seconds=5.0)
     too_large = _refused("pdu_too_large")
@@ -253,6 +256,7 @@ def test_huge_pdu_header_in_an_association_aborts_it(listen: Callable[..., Setti
 
 # --- defect 3: the temp file of a C-STORE cut mid-way --------------------------------------------------------
 
+
 def _large_image(tmp_path: Path) -> pydicom.Dataset:
     """A Secondary Capture of 4 MB of pixels (16 P-DATA-TF PDUs at the default maximum PDU)."""
     ds = pydicom.dcmread(write_demo_study(tmp_path / "demo")[1].path)
@@ -275,8 +279,9 @@ def test_pdus_of_the_largest_accepted_length_are_read(listen: Callable[..., Sett
     assert _aborted("pdu_too_large") == too_large
 
 
-def test_temp_file_of_a_cut_c_store_is_removed(listen: Callable[..., Settings], tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_temp_file_of_a_cut_c_store_is_removed(
+    listen: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = listen()
     receiving = Spool(settings.spool_dir).receiving_dir()
     monkeypatch.setattr(tempfile, "tempdir", str(receiving))  # as `predraft listen` does
@@ -305,6 +310,7 @@ def test_temp_file_of_a_cut_c_store_is_removed(listen: Callable[..., Settings], 
 
 
 # --- the metrics and the remaining settings ---------------------------------------------------------------
+
 
 def test_address_not_allowed_is_counted(listen: Callable[..., Settings]) -> None:
     settings = listen(allowed_addresses=["127.0.0.1/32"])
@@ -338,8 +344,10 @@ def test_peer_abort_is_counted(listen: Callable[..., Settings]) -> None:
 
 # --- TLS: the handshake of a silent connection must not hold the acceptor -------------------------------------
 
-def test_silent_connection_to_tls_listener_does_not_block_the_acceptor(listen: Callable[..., Settings],
-                                                                      tmp_path: Path) -> None:
+
+def test_silent_connection_to_tls_listener_does_not_block_the_acceptor(
+    listen: Callable[..., Settings], tmp_path: Path
+) -> None:
     from tests.test_dimse_security import _certificate
 
     ca = _certificate(tmp_path, "test-ca")
@@ -484,9 +492,9 @@ def test_association_trickling_a_pdu_is_aborted_after_the_idle_timeout(listen: C
     assert _poll(lambda: _echo(settings.dimse_port)[0] == status.SUCCESS, 3.0), "its slot was not freed"
 
 
-def test_data_set_past_max_dataset_bytes_is_aborted_while_it_arrives(listen: Callable[..., Settings],
-                                                                    tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_data_set_past_max_dataset_bytes_is_aborted_while_it_arrives(
+    listen: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = listen(max_dataset_bytes=MIN_DATASET_BYTES)
     receiving = Spool(settings.spool_dir).receiving_dir()
     monkeypatch.setattr(tempfile, "tempdir", str(receiving))  # as `predraft listen` does
@@ -496,8 +504,9 @@ def test_data_set_past_max_dataset_bytes_is_aborted_while_it_arrives(listen: Cal
     context_id = _context_id(assoc, SecondaryCaptureImageStorage)
     raw = assoc.dul.socket.socket
     raw.sendall(_p_data_tf(context_id, PDV_COMMAND | PDV_LAST, _store_command(SecondaryCaptureImageStorage)))
-    sent = _send_until_closed(raw, _p_data_tf(context_id, PDV_DATA, b"\x00" * FRAGMENT_BYTES),
-                              4 * SENT_BEFORE_ABORT_BOUND_BYTES)
+    sent = _send_until_closed(
+        raw, _p_data_tf(context_id, PDV_DATA, b"\x00" * FRAGMENT_BYTES), 4 * SENT_BEFORE_ABORT_BOUND_BYTES
+    )
     assert sent < SENT_BEFORE_ABORT_BOUND_BYTES, f"a data set went on for {sent} bytes without an abort"
     assert _poll(lambda: _aborted("message_too_large") - too_large == 1, AT_ONCE_SECONDS)
     assert _poll(lambda: not any(receiving.iterdir()), 3.0), f"left behind: {list(receiving.iterdir())}"
@@ -521,8 +530,7 @@ def test_command_set_over_64_kib_is_aborted(listen: Callable[..., Settings]) -> 
     _assert_echo_in_time(settings.dimse_port)
 
 
-def test_pdus_a_little_over_the_negotiated_maximum_are_read(listen: Callable[..., Settings],
-                                                            tmp_path: Path) -> None:
+def test_pdus_a_little_over_the_negotiated_maximum_are_read(listen: Callable[..., Settings], tmp_path: Path) -> None:
     from pynetdicom.pdu_primitives import MaximumLengthNotification
 
     settings = listen()
@@ -563,8 +571,12 @@ def test_an_association_whose_thread_never_started_is_forgotten() -> None:
     from predraft.listener.connections import ConnectionLimits, ConnectionTable
 
     now = [100.0]
-    table = ConnectionTable(ConnectionLimits(max_associations=1, max_per_address=1, request_timeout=1.0,
-                                             max_pdu_bytes=65536, max_data_set_bytes=1 << 20), clock=lambda: now[0])
+    table = ConnectionTable(
+        ConnectionLimits(
+            max_associations=1, max_per_address=1, request_timeout=1.0, max_pdu_bytes=65536, max_data_set_bytes=1 << 20
+        ),
+        clock=lambda: now[0],
+    )
     first, second = socket.socket(), socket.socket()
     try:
         assert table.open(first, "127.0.0.9")

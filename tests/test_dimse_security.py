@@ -48,17 +48,20 @@ def test_allowed_calling_ae_can_echo(listening: Settings) -> None:
     assert _echo(listening, "PACS_AE") == (True, 0x0000)
 
 
-def test_unknown_calling_ae_is_rejected_at_association(listening: Settings,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_unknown_calling_ae_is_rejected_at_association(listening: Settings, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     assert _echo(listening, "INTRUDER") == (False, None)
-    assert any("INTRUDER" in record.getMessage() and "reject" in record.getMessage().lower()
-               for record in caplog.records if record.name.startswith("predraft.listener"))
+    assert any(
+        "INTRUDER" in record.getMessage() and "reject" in record.getMessage().lower()
+        for record in caplog.records
+        if record.name.startswith("predraft.listener")
+    )
     assert _echo(listening, "PACS_AE") == (True, 0x0000)  # and it keeps serving
 
 
-def _store(settings: Settings, ds: pydicom.Dataset, calling_ae: str = "PACS_AE",
-           ssl_context: ssl.SSLContext | None = None) -> int | None:
+def _store(
+    settings: Settings, ds: pydicom.Dataset, calling_ae: str = "PACS_AE", ssl_context: ssl.SSLContext | None = None
+) -> int | None:
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(ds.SOPClassUID)
     tls_args = (ssl_context, None) if ssl_context else None
@@ -75,8 +78,9 @@ def _demo_image(tmp_path: Path) -> pydicom.Dataset:
     return pydicom.dcmread(write_demo_study(tmp_path / "demo")[1].path)
 
 
-def test_dx_for_processing_is_refused_with_sop_class_not_supported(listening: Settings, tmp_path: Path,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_dx_for_processing_is_refused_with_sop_class_not_supported(
+    listening: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     ds = _demo_image(tmp_path)
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForProcessing
     assert _store(listening, ds) == status.SOP_CLASS_NOT_SUPPORTED
@@ -102,8 +106,9 @@ def test_secondary_capture_and_sr_are_stored(listening: Settings, tmp_path: Path
 @pytest.fixture
 def listening_from_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """A listener that only admits connections from 10.0.0.0/8 (this test connects from 127.0.0.1)."""
-    with running_listener(tmp_path, monkeypatch, allowed_calling_aes=["PACS_AE"],
-                          allowed_addresses=["10.0.0.0/8"]) as settings:
+    with running_listener(
+        tmp_path, monkeypatch, allowed_calling_aes=["PACS_AE"], allowed_addresses=["10.0.0.0/8"]
+    ) as settings:
         yield settings
 
 
@@ -118,22 +123,77 @@ def _certificate(tmp_path: Path, name: str, ca: tuple[Path, Path] | None = None)
     key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
     subject = ["-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1"]
     if ca is None:
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", str(key),
-                        "-out", str(cert), *subject], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+                *subject,
+            ],
+            check=True,
+            capture_output=True,
+        )
     else:
         request = tmp_path / f"{name}.csr"
-        subprocess.run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-                        "-out", str(request), "-subj", f"/CN={name}"], check=True, capture_output=True)
-        subprocess.run(["openssl", "x509", "-req", "-in", str(request), "-CA", str(ca[1]), "-CAkey", str(ca[0]),
-                        "-CAcreateserial", "-days", "2", "-out", str(cert)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-new",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                str(key),
+                "-out",
+                str(request),
+                "-subj",
+                f"/CN={name}",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                str(request),
+                "-CA",
+                str(ca[1]),
+                "-CAkey",
+                str(ca[0]),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                str(cert),
+            ],
+            check=True,
+            capture_output=True,
+        )
     return key, cert
 
 
 @pytest.fixture
 def tls_material(tmp_path: Path) -> dict[str, tuple[Path, Path]]:
     ca = _certificate(tmp_path, "test-ca")
-    return {"ca": ca, "server": _certificate(tmp_path, "server", ca), "client": _certificate(tmp_path, "client", ca),
-            "stranger": _certificate(tmp_path, "stranger")}
+    return {
+        "ca": ca,
+        "server": _certificate(tmp_path, "server", ca),
+        "client": _certificate(tmp_path, "client", ca),
+        "stranger": _certificate(tmp_path, "stranger"),
+    }
 
 
 def _client_context(material: dict[str, tuple[Path, Path]], who: str | None) -> ssl.SSLContext:
@@ -144,11 +204,18 @@ def _client_context(material: dict[str, tuple[Path, Path]], who: str | None) -> 
     return context
 
 
-def test_tls_with_client_certificates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                      tls_material: dict[str, tuple[Path, Path]]) -> None:
+def test_tls_with_client_certificates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tls_material: dict[str, tuple[Path, Path]]
+) -> None:
     key, cert = tls_material["server"]
-    with running_listener(tmp_path, monkeypatch, allowed_calling_aes=["PACS_AE"], tls_certificate=cert,
-                          tls_private_key=key, tls_client_ca=tls_material["ca"][1]) as settings:
+    with running_listener(
+        tmp_path,
+        monkeypatch,
+        allowed_calling_aes=["PACS_AE"],
+        tls_certificate=cert,
+        tls_private_key=key,
+        tls_client_ca=tls_material["ca"][1],
+    ) as settings:
         image = _demo_image(tmp_path)
         assert _store(settings, image, ssl_context=_client_context(tls_material, "client")) == status.SUCCESS
         assert _store(settings, image, ssl_context=_client_context(tls_material, "stranger")) is None

@@ -32,4 +32,5 @@ def test_downgrade_to_base_and_up_again(database_url: str) -> None:
         db.check_schema(database_url)
     db.upgrade(database_url)
     assert {"studies", "series", "instances", "predictions", "drafts", "events"} <= set(
-        inspect(db.get_engine(database_url)).get_table_names())
+        inspect(db.get_engine(database_url)).get_table_names()
+    )

@@ -35,12 +35,28 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        self.process = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                         "--save", "", "--appendonly", "no", "--dir", str(self.work)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.work),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
-        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True,
-                             text=True).stdout.strip() != "PONG":
+        while (
+            subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True).stdout.strip()
+            != "PONG"
+        ):
             assert time.monotonic() < deadline, "redis-server did not start"
             time.sleep(0.05)
 
@@ -66,8 +82,9 @@ def _client(tmp_path: Path, **overrides: object) -> TestClient:
     return TestClient(create_app(settings))
 
 
-def test_ready_then_unready_while_the_broker_is_stopped_then_ready_again(tmp_path: Path,
-                                                                          redis_server: RedisServer) -> None:
+def test_ready_then_unready_while_the_broker_is_stopped_then_ready_again(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
     client = _client(tmp_path, broker_url=redis_server.url, spool_min_free_bytes=0)
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
@@ -90,8 +107,7 @@ def test_ready_then_unready_while_the_broker_is_stopped_then_ready_again(tmp_pat
     assert client.get("/readyz").status_code == 200
 
 
-def test_unready_below_the_spool_floor_and_ready_once_space_is_freed(tmp_path: Path,
-                                                                     redis_server: RedisServer) -> None:
+def test_unready_below_the_spool_floor_and_ready_once_space_is_freed(tmp_path: Path, redis_server: RedisServer) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
     filler = tmp_path / "filler.bin"

@@ -8,8 +8,9 @@ from tests.conftest import REPO_ROOT
 
 def test_readme_configuration_table_lists_every_setting() -> None:
     readme = (REPO_ROOT / "README.md").read_text()
-    missing = [f"PREDRAFT_{name.upper()}" for name in Settings.model_fields
-               if f"`PREDRAFT_{name.upper()}`" not in readme]
+    missing = [
+        f"PREDRAFT_{name.upper()}" for name in Settings.model_fields if f"`PREDRAFT_{name.upper()}`" not in readme
+    ]
     assert missing == []
 
 

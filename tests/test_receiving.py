@@ -75,8 +75,9 @@ def test_receive_file_consumes_the_received_file_whatever_the_outcome(tmp_path: 
 
 def test_receiving_folders_of_dead_processes_are_removed(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     (spool.root / "receiving" / dead).mkdir(parents=True)
     (spool.root / "receiving" / dead / "half.dcm").write_bytes(b"half")
     mine = spool.receiving_dir()

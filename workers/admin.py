@@ -45,8 +45,19 @@ from predraft.workers.queues import (
 )
 
 STATES = ("waiting", "running", "failed", "dead")
-ITEM_KEYS = ("id", "state", "queue", "task", "study_uid", "instance_uid", "destination", "attempts", "since",
-             "retry_at", "error")
+ITEM_KEYS = (
+    "id",
+    "state",
+    "queue",
+    "task",
+    "study_uid",
+    "instance_uid",
+    "destination",
+    "attempts",
+    "since",
+    "retry_at",
+    "error",
+)
 _TASK_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z-]{7,63}$")
 _ROW_ID = re.compile(r"^([DE])(\d+)$", re.IGNORECASE)
 
@@ -63,15 +74,26 @@ def _newest_sr() -> Any:
     """A correlated subquery: the id of the newest SR row (draft, or the report its review issued) of the
     study of ``Draft`` (the same row ``predraft studies resend`` sends)."""
     newer = aliased(Draft)
-    return (select(newer.id).where(newer.study_id == Draft.study_id)
-            .order_by(newer.generation.desc(), newer.id.desc()).limit(1).scalar_subquery())
+    return (
+        select(newer.id)
+        .where(newer.study_id == Draft.study_id)
+        .order_by(newer.generation.desc(), newer.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
 
 
 # --- listing --------------------------------------------------------------------------------------------------------
 
 
-def list_work(settings: Settings, *, queue: str | None = None, state: str | None = None, limit: int = 100,
-              now: datetime | None = None) -> list[dict[str, Any]]:
+def list_work(
+    settings: Settings,
+    *,
+    queue: str | None = None,
+    state: str | None = None,
+    limit: int = 100,
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
     """Work items in ``state`` (default: every state) of ``queue`` (default: every queue), dead first, then
     failed, running and waiting, each oldest first. Waiting messages: the ``limit`` oldest of each queue."""
     if queue is not None and queue not in QUEUES:
@@ -83,21 +105,36 @@ def list_work(settings: Settings, *, queue: str | None = None, state: str | None
     wanted = [state] if state else list(STATES)
     messages: list[tuple[str, QueuedMessage | HeldTask, str | None]] = []  # (state, message, worker)
     if "waiting" in wanted:
-        messages += [("waiting", m, None) for m in waiting_messages(settings.broker_url, queues, limit=limit)
-                     if not m.retry_pending(now)]
+        messages += [
+            ("waiting", m, None)
+            for m in waiting_messages(settings.broker_url, queues, limit=limit)
+            if not m.retry_pending(now)
+        ]
     if {"running", "failed"} & set(wanted):
         # what runs: on Redis the broker says (unacked); the embedded broker cannot, so the workers say
         workers = [] if broadcasts(settings.broker_url) else online_workers(settings, now=now)
         if "running" in wanted:
-            messages += [("running", m, None) for m in delivered_messages(settings.broker_url, queues)
-                         if not m.retry_pending(now)]
-            messages += [("running", task, worker.hostname) for worker in workers for task in worker.tasks
-                         if task.queue in queues and task.state != "scheduled" and not _pending(task.eta, now)]
+            messages += [
+                ("running", m, None)
+                for m in delivered_messages(settings.broker_url, queues)
+                if not m.retry_pending(now)
+            ]
+            messages += [
+                ("running", task, worker.hostname)
+                for worker in workers
+                for task in worker.tasks
+                if task.queue in queues and task.state != "scheduled" and not _pending(task.eta, now)
+            ]
         if "failed" in wanted:
-            messages += [("failed", m, None) for m in messages_with_eta(settings.broker_url, queues)
-                         if m.retry_pending(now)]
-            messages += [("failed", task, worker.hostname) for worker in workers for task in worker.tasks
-                         if task.queue in queues and _pending(task.eta, now)]
+            messages += [
+                ("failed", m, None) for m in messages_with_eta(settings.broker_url, queues) if m.retry_pending(now)
+            ]
+            messages += [
+                ("failed", task, worker.hostname)
+                for worker in workers
+                for task in worker.tasks
+                if task.queue in queues and _pending(task.eta, now)
+            ]
     with session_scope(settings.database_url) as session:
         rows: list[dict[str, Any]] = []
         if "dead" in wanted:
@@ -112,8 +149,9 @@ def list_work(settings: Settings, *, queue: str | None = None, state: str | None
     return rows
 
 
-def _fold_export_retries(exports: list[Export], messages: list[tuple[str, QueuedMessage | HeldTask, str | None]],
-                         session: Session) -> list[dict[str, Any]]:
+def _fold_export_retries(
+    exports: list[Export], messages: list[tuple[str, QueuedMessage | HeldTask, str | None]], session: Session
+) -> list[dict[str, Any]]:
     """The items of failed exports. A failed export's retry message belongs to its ``E<n>`` item: its ETA
     becomes the item's ``retry_at`` and the message is dropped from ``messages``."""
     items = {(export.draft_id, export.destination): _export_item(export, session) for export in exports}
@@ -128,15 +166,24 @@ def _fold_export_retries(exports: list[Export], messages: list[tuple[str, Queued
 
 def _dead_letters(session: Session, queues: Iterable[str]) -> list[DeadLetter]:
     names = [task for task, queue in QUEUE_OF_TASK.items() if queue in set(queues)]
-    return list(session.scalars(select(DeadLetter).where(DeadLetter.retried_at.is_(None),
-                                                         DeadLetter.task_name.in_(names))
-                                .order_by(DeadLetter.created_at, DeadLetter.id)))
+    return list(
+        session.scalars(
+            select(DeadLetter)
+            .where(DeadLetter.retried_at.is_(None), DeadLetter.task_name.in_(names))
+            .order_by(DeadLetter.created_at, DeadLetter.id)
+        )
+    )
 
 
 def _exports(session: Session, state: ExportState) -> list[Export]:
-    return list(session.scalars(select(Export).join(Draft, Draft.id == Export.draft_id)
-                                .where(Export.state == state, Draft.id == _newest_sr())
-                                .order_by(Export.updated_at, Export.id)))
+    return list(
+        session.scalars(
+            select(Export)
+            .join(Draft, Draft.id == Export.draft_id)
+            .where(Export.state == state, Draft.id == _newest_sr())
+            .order_by(Export.updated_at, Export.id)
+        )
+    )
 
 
 def _item(**values: Any) -> dict[str, Any]:
@@ -145,26 +192,58 @@ def _item(**values: Any) -> dict[str, Any]:
 
 def _dead_letter_item(letter: DeadLetter, session: Session, *, detail: bool = False) -> dict[str, Any]:
     study_uid, instance_uid = _uids(session, study_id=letter.study_id, instance_id=letter.instance_id)
-    extra = {"task_id": letter.task_id, "traceback": letter.traceback, "retried_at": _iso(letter.retried_at)} \
-        if detail else {}
-    return _item(id=f"D{letter.id}", state="dead" if letter.retried_at is None else "retried",
-                 queue=QUEUE_OF_TASK.get(letter.task_name, ""), task=letter.task_name, study_uid=study_uid,
-                 instance_uid=instance_uid, attempts=letter.attempts, since=_iso(letter.created_at),
-                 error=letter.error, **extra)
+    extra = (
+        {"task_id": letter.task_id, "traceback": letter.traceback, "retried_at": _iso(letter.retried_at)}
+        if detail
+        else {}
+    )
+    return _item(
+        id=f"D{letter.id}",
+        state="dead" if letter.retried_at is None else "retried",
+        queue=QUEUE_OF_TASK.get(letter.task_name, ""),
+        task=letter.task_name,
+        study_uid=study_uid,
+        instance_uid=instance_uid,
+        attempts=letter.attempts,
+        since=_iso(letter.created_at),
+        error=letter.error,
+        **extra,
+    )
 
 
 def _export_item(export: Export, session: Session, *, detail: bool = False) -> dict[str, Any]:
     draft = export.draft
     study_uid = session.scalar(select(Study.study_uid).where(Study.id == draft.study_id))
-    extra = {"draft_generation": draft.generation, "sr_sop_instance_uid": draft.sr_sop_instance_uid,
-             "export_state": export.state, "exported_at": _iso(export.exported_at)} if detail else {}
-    return _item(id=f"E{export.id}", state=export.state, queue="export", task=EXPORT, study_uid=study_uid,
-                 destination=export.destination, attempts=export.attempts, since=_iso(export.updated_at),
-                 error=export.last_error, **extra)
+    extra = (
+        {
+            "draft_generation": draft.generation,
+            "sr_sop_instance_uid": draft.sr_sop_instance_uid,
+            "export_state": export.state,
+            "exported_at": _iso(export.exported_at),
+        }
+        if detail
+        else {}
+    )
+    return _item(
+        id=f"E{export.id}",
+        state=export.state,
+        queue="export",
+        task=EXPORT,
+        study_uid=study_uid,
+        destination=export.destination,
+        attempts=export.attempts,
+        since=_iso(export.updated_at),
+        error=export.last_error,
+        **extra,
+    )
 
 
-def _message_item(state: str, message: QueuedMessage | HeldTask, worker: str | None, session: Session,
-                  ) -> dict[str, Any]:
+def _message_item(
+    state: str,
+    message: QueuedMessage | HeldTask,
+    worker: str | None,
+    session: Session,
+) -> dict[str, Any]:
     if isinstance(message, QueuedMessage):
         since = message.since if message.delivered else (message.sent_at or message.since)
         task_id, attempts = message.task_id, message.retries
@@ -181,18 +260,29 @@ def _message_item(state: str, message: QueuedMessage | HeldTask, worker: str | N
         study_uid, _ = _uids(session, study_id=study_id)
         destination = message.args[1] if len(message.args) > 1 else None
     extra = {"worker": worker} if worker else {}
-    return _item(id=task_id, state=state, queue=message.queue or QUEUE_OF_TASK.get(message.task, ""),
-                 task=message.task, study_uid=study_uid, instance_uid=instance_uid, destination=destination,
-                 attempts=attempts, since=_iso(since), retry_at=_iso(message.eta) if state == "failed" else None,
-                 **extra)
+    return _item(
+        id=task_id,
+        state=state,
+        queue=message.queue or QUEUE_OF_TASK.get(message.task, ""),
+        task=message.task,
+        study_uid=study_uid,
+        instance_uid=instance_uid,
+        destination=destination,
+        attempts=attempts,
+        since=_iso(since),
+        retry_at=_iso(message.eta) if state == "failed" else None,
+        **extra,
+    )
 
 
-def _uids(session: Session, *, study_id: int | None = None, instance_id: int | None = None
-          ) -> tuple[str | None, str | None]:
+def _uids(
+    session: Session, *, study_id: int | None = None, instance_id: int | None = None
+) -> tuple[str | None, str | None]:
     instance_uid = None
     if instance_id is not None:
-        row = session.execute(select(Instance.sop_instance_uid, Instance.study_id)
-                              .where(Instance.id == instance_id)).first()
+        row = session.execute(
+            select(Instance.sop_instance_uid, Instance.study_id).where(Instance.id == instance_id)
+        ).first()
         if row is not None:
             instance_uid, study_id = row.sop_instance_uid, row.study_id
     study_uid = session.scalar(select(Study.study_uid).where(Study.id == study_id)) if study_id is not None else None
@@ -236,8 +326,9 @@ def show_work(settings: Settings, item_id: str, *, now: datetime | None = None) 
                     if task.task_id == item_id:
                         state = "failed" if _pending(task.eta, now) else "running"
                         return _message_item(state, task, worker.hostname, session)
-        letter = session.scalar(select(DeadLetter).where(DeadLetter.task_id == item_id)
-                                .order_by(DeadLetter.id.desc()).limit(1))
+        letter = session.scalar(
+            select(DeadLetter).where(DeadLetter.task_id == item_id).order_by(DeadLetter.id.desc()).limit(1)
+        )
         return None if letter is None else _dead_letter_item(letter, session, detail=True)
 
 
@@ -247,8 +338,9 @@ def show_work(settings: Settings, item_id: str, *, now: datetime | None = None) 
 def dead_item_ids(settings: Settings) -> list[str]:
     """The ids of every dead item: dead letters not yet retried, then dead exports of newest SRs."""
     with session_scope(settings.database_url) as session:
-        return ([f"D{letter.id}" for letter in _dead_letters(session, QUEUES)]
-                + [f"E{export.id}" for export in _exports(session, ExportState.DEAD)])
+        return [f"D{letter.id}" for letter in _dead_letters(session, QUEUES)] + [
+            f"E{export.id}" for export in _exports(session, ExportState.DEAD)
+        ]
 
 
 def retry_work(app: Celery, settings: Settings, item_id: str) -> str:
@@ -276,11 +368,16 @@ def retry_work(app: Celery, settings: Settings, item_id: str) -> str:
             raise RetryRefused(f"no export E{number}")
         if export.state != ExportState.DEAD:
             raise RetryRefused(f"export E{number} is {export.state}, not dead: nothing to retry")
-        newest = session.scalar(select(Draft.id).where(Draft.study_id == export.draft.study_id)
-                                .order_by(Draft.generation.desc(), Draft.id.desc()).limit(1))
+        newest = session.scalar(
+            select(Draft.id)
+            .where(Draft.study_id == export.draft.study_id)
+            .order_by(Draft.generation.desc(), Draft.id.desc())
+            .limit(1)
+        )
         if newest != export.draft_id:
-            raise RetryRefused(f"export E{number} is of an SR that a newer one superseded: "
-                               "`predraft studies resend` sends the newest")
+            raise RetryRefused(
+                f"export E{number} is of an SR that a newer one superseded: `predraft studies resend` sends the newest"
+            )
         study_uid = session.scalar(select(Study.study_uid).where(Study.id == export.draft.study_id))
         draft, queued = requeue_latest_draft(session, study_uid=study_uid, destinations=[export.destination])
         draft_id = draft.id
@@ -304,8 +401,7 @@ def waiting_count(settings: Settings, queue: str) -> int:
     return count.waiting
 
 
-def workers_report(app: Celery, settings: Settings, *, timeout: float, now: datetime | None = None
-                   ) -> dict[str, Any]:
+def workers_report(app: Celery, settings: Settings, *, timeout: float, now: datetime | None = None) -> dict[str, Any]:
     """The online workers (their heartbeats; on Redis each also asked, by Celery inspect waiting ``timeout``
     seconds, whether it answers its broker), the queues that none of them consumes, and ``problems``: no
     worker online, a queue without one, a worker that did not answer."""
@@ -313,9 +409,17 @@ def workers_report(app: Celery, settings: Settings, *, timeout: float, now: date
     workers: list[WorkerStatus] = online_workers(settings, now=now, app=app, inspect_timeout=timeout)
     consumed = {queue for worker in workers for queue in worker.queues}
     missing = [queue for queue in QUEUES if queue not in consumed]
-    problems = ([] if workers else ["no worker online"]) + [f"no online worker consumes queue {queue}"
-                                                            for queue in missing]
-    problems += [f"worker {worker.hostname} sends heartbeats but did not answer inspect within {timeout:g} s"
-                 for worker in workers if worker.answers_inspect is False]
-    return {"broker": redact_url(settings.broker_url), "workers": [worker.as_json(now) for worker in workers],
-            "queues_without_workers": missing, "problems": problems}
+    problems = ([] if workers else ["no worker online"]) + [
+        f"no online worker consumes queue {queue}" for queue in missing
+    ]
+    problems += [
+        f"worker {worker.hostname} sends heartbeats but did not answer inspect within {timeout:g} s"
+        for worker in workers
+        if worker.answers_inspect is False
+    ]
+    return {
+        "broker": redact_url(settings.broker_url),
+        "workers": [worker.as_json(now) for worker in workers],
+        "queues_without_workers": missing,
+        "problems": problems,
+    }

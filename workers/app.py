@@ -32,8 +32,11 @@ def _stamp_sent_at(headers: dict | None = None, **_: object) -> None:
 
 
 def create_celery(settings: Settings) -> Celery:
-    app = Celery("predraft", broker=settings.broker_url,
-                 include=["predraft.workers.tasks", "predraft.workers.export_task", "predraft.workers.heartbeat"])
+    app = Celery(
+        "predraft",
+        broker=settings.broker_url,
+        include=["predraft.workers.tasks", "predraft.workers.export_task", "predraft.workers.heartbeat"],
+    )
     app.conf.update(
         task_routes=ROUTES,
         task_default_queue="prepare",

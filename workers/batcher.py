@@ -87,8 +87,7 @@ class MicroBatcher:
     oldest pending image, before a partial batch runs (0: run whatever is pending at once).
     """
 
-    def __init__(self, classifier: Predictor, *, batch_size: int, wait_ms: float,
-                 name: str = "micro-batcher") -> None:
+    def __init__(self, classifier: Predictor, *, batch_size: int, wait_ms: float, name: str = "micro-batcher") -> None:
         if not callable(getattr(classifier, "predict", None)):
             raise TypeError(f"classifier must have a predict method, {type(classifier).__name__} has none")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int):
@@ -116,8 +115,10 @@ class MicroBatcher:
         self._thread.start()
 
     def __repr__(self) -> str:
-        return (f"MicroBatcher({self.classifier!r}, batch_size={self.batch_size}, wait_ms={self.wait_ms}, "
-                f"closed={self._closed})")
+        return (
+            f"MicroBatcher({self.classifier!r}, batch_size={self.batch_size}, wait_ms={self.wait_ms}, "
+            f"closed={self._closed})"
+        )
 
     def __enter__(self) -> MicroBatcher:
         return self
@@ -178,8 +179,9 @@ class MicroBatcher:
             log.exception("%s stopped", self._thread.name)
             with self._condition:
                 self._closed = True
-                stranded = {id(request): request for request in
-                            [piece.request for piece in self._running] + list(self._pending)}
+                stranded = {
+                    id(request): request for request in [piece.request for piece in self._running] + list(self._pending)
+                }
                 self._pending.clear()
             for request in stranded.values():
                 self._fail(request, BatcherClosedError(f"{self._thread.name} stopped: {exc!r}"))
@@ -232,7 +234,7 @@ class MicroBatcher:
         return pieces
 
     def _execute(self, pieces: list[_Piece]) -> None:
-        images = np.concatenate([piece.request.images[piece.start:piece.stop] for piece in pieces])
+        images = np.concatenate([piece.request.images[piece.start : piece.stop] for piece in pieces])
         started = time.perf_counter()
         try:
             rows = self._predict(images)
@@ -241,8 +243,12 @@ class MicroBatcher:
             if len({id(piece.request) for piece in pieces}) == 1:
                 self._fail(pieces[0].request, exc)
                 return
-            log.warning("a batch of %d images from %d requests failed (%s); running each request alone",
-                        len(images), len(pieces), type(exc).__name__)
+            log.warning(
+                "a batch of %d images from %d requests failed (%s); running each request alone",
+                len(images),
+                len(pieces),
+                type(exc).__name__,
+            )
             for piece in pieces:
                 self._execute([piece])
             return
@@ -252,7 +258,7 @@ class MicroBatcher:
         offset = 0
         for piece in pieces:
             count = piece.stop - piece.start
-            self._deliver(piece, rows[offset:offset + count])
+            self._deliver(piece, rows[offset : offset + count])
             offset += count
 
     def _predict(self, images: np.ndarray) -> np.ndarray:
@@ -278,7 +284,7 @@ class MicroBatcher:
             return
         if request.result is None:
             request.result = np.empty((len(request.images), *rows.shape[1:]), dtype=rows.dtype)
-        request.result[piece.start:piece.stop] = rows
+        request.result[piece.start : piece.stop] = rows
         request.done_rows += len(rows)
         if request.done_rows == len(request.images):
             request.future.set_result(request.result)

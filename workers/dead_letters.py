@@ -32,8 +32,9 @@ class DeadLetterError(LookupError):
     """No such dead letter, or one whose work cannot be sent again."""
 
 
-def record_dead_letter(database_url: str, *, task_name: str, task_id: str, first_arg: object, attempts: int,
-                       error: str, traceback: str) -> int | None:
+def record_dead_letter(
+    database_url: str, *, task_name: str, task_id: str, first_arg: object, attempts: int, error: str, traceback: str
+) -> int | None:
     """Record a task that failed for good; returns the row id (None when the database refused it too)."""
     try:
         with session_scope(database_url) as session:
@@ -44,12 +45,24 @@ def record_dead_letter(database_url: str, *, task_name: str, task_id: str, first
                     instance_id, study_id = instance.id, instance.study_id
             elif task_name in STUDY_TASKS and isinstance(first_arg, int) and session.get(Study, first_arg):
                 study_id = first_arg
-            letter = DeadLetter(task_name=task_name, task_id=task_id, study_id=study_id, instance_id=instance_id,
-                                attempts=attempts, error=error[:4000], traceback=traceback[-20000:])
+            letter = DeadLetter(
+                task_name=task_name,
+                task_id=task_id,
+                study_id=study_id,
+                instance_id=instance_id,
+                attempts=attempts,
+                error=error[:4000],
+                traceback=traceback[-20000:],
+            )
             session.add(letter)
             session.flush()
-            record_event(session, "dead_letter", f"{task_name} failed after {attempts} attempt(s): {error[:500]}",
-                         study_id=study_id, instance_id=instance_id)
+            record_event(
+                session,
+                "dead_letter",
+                f"{task_name} failed after {attempts} attempt(s): {error[:500]}",
+                study_id=study_id,
+                instance_id=instance_id,
+            )
             return letter.id
     except Exception:  # the database itself may be why the task failed: say so in the log at least
         log.exception("could not record the dead letter of task %s (%s)", task_name, task_id)
@@ -70,19 +83,30 @@ def retry_dead_letter(app: Celery, database_url: str, dead_letter_id: int) -> st
             instance = session.get(Instance, instance_id)
             if instance.state not in FINISHED_INSTANCE_STATES:
                 instance.state, instance.error = InstanceState.RECEIVED, None
-            record_event(session, "retry", f"dead letter {dead_letter_id}: prepare again", study_id=study_id,
-                         instance_id=instance_id)
+            record_event(
+                session,
+                "retry",
+                f"dead letter {dead_letter_id}: prepare again",
+                study_id=study_id,
+                instance_id=instance_id,
+            )
         elif task_name in STUDY_TASKS and study_id is not None:
             # Only a study still waiting for that draft (or left in error by it): one drafted, reviewed or
             # re-opened since has moved on, and sending it back to READY would undo that (a review's state, a
             # new generation's quiet time).
             moved = session.execute(
-                update(Study).where(Study.id == study_id, Study.state.in_([StudyState.DRAFTING, StudyState.ERROR]))
-                .values(state=StudyState.READY, error=None)).rowcount
+                update(Study)
+                .where(Study.id == study_id, Study.state.in_([StudyState.DRAFTING, StudyState.ERROR]))
+                .values(state=StudyState.READY, error=None)
+            ).rowcount
             if not moved:
                 state = session.scalar(select(Study.state).where(Study.id == study_id))
-                record_event(session, "retry", f"dead letter {dead_letter_id}: nothing to send, the study is "
-                             f"{state} now", study_id=study_id)
+                record_event(
+                    session,
+                    "retry",
+                    f"dead letter {dead_letter_id}: nothing to send, the study is {state} now",
+                    study_id=study_id,
+                )
                 return f"nothing: study row {study_id} is {state} now, no longer waiting for that draft"
             record_event(session, "retry", f"dead letter {dead_letter_id}: draft again", study_id=study_id)
         else:

@@ -26,8 +26,9 @@ from predraft.workers.app import DRAFT, PREPARE
 log = logging.getLogger(__name__)
 
 
-def claim_ready_studies(database_url: str, *, quiet_seconds: float,
-                        expected_views: Sequence[ExpectedViewsRule] = ()) -> list[int]:
+def claim_ready_studies(
+    database_url: str, *, quiet_seconds: float, expected_views: Sequence[ExpectedViewsRule] = ()
+) -> list[int]:
     """Mark READY every receiving study that is complete or quiet; return their ids.
 
     Complete: the first rule of ``expected_views`` that matches its StudyDescription or
@@ -37,14 +38,17 @@ def claim_ready_studies(database_url: str, *, quiet_seconds: float,
     """
     now = utcnow()
     cutoff = now - timedelta(seconds=quiet_seconds)
-    images = (select(func.count(Instance.id)).where(Instance.study_id == Study.id,
-                                                    Instance.sop_class_uid.in_(CLASSIFIABLE_SOP_CLASSES))
-              .scalar_subquery())
+    images = (
+        select(func.count(Instance.id))
+        .where(Instance.study_id == Study.id, Instance.sop_class_uid.in_(CLASSIFIABLE_SOP_CLASSES))
+        .scalar_subquery()
+    )
     claimed: list[int] = []
     with session_scope(database_url) as session:
         candidates = session.execute(
-            select(Study.id, Study.last_instance_at, Study.study_description, Study.requested_procedure, images)
-            .where(Study.state == StudyState.RECEIVING)
+            select(Study.id, Study.last_instance_at, Study.study_description, Study.requested_procedure, images).where(
+                Study.state == StudyState.RECEIVING
+            )
         ).all()
         for study_id, last_instance_at, description, procedure, count in candidates:
             expected = expected_view_count(expected_views, description, procedure)
@@ -55,7 +59,8 @@ def claim_ready_studies(database_url: str, *, quiet_seconds: float,
             else:
                 continue
             result = session.execute(
-                update(Study).where(Study.id == study_id, Study.state == StudyState.RECEIVING)
+                update(Study)
+                .where(Study.id == study_id, Study.state == StudyState.RECEIVING)
                 .values(state=StudyState.READY, ready_at=now)
             )
             if result.rowcount == 1:
@@ -112,18 +117,30 @@ def reclassify_stale_instances(session: Session, *, study: Study, model_name: st
     """
     if study.ready_at is None:  # never made ready (not a study the listener or a redraft moved on)
         return []
-    current = exists().where(Prediction.instance_id == Instance.id, Prediction.model_name == model_name,
-                             Prediction.model_version == model_version)
+    current = exists().where(
+        Prediction.instance_id == Instance.id,
+        Prediction.model_name == model_name,
+        Prediction.model_version == model_version,
+    )
     other = exists().where(Prediction.instance_id == Instance.id)
     fresh = exists().where(Prediction.instance_id == Instance.id, Prediction.created_at >= study.ready_at)
-    stale = list(session.scalars(select(Instance.id).where(
-        Instance.study_id == study.id, Instance.state == InstanceState.CLASSIFIED, other, ~current, ~fresh)
-        .order_by(Instance.id)))
+    stale = list(
+        session.scalars(
+            select(Instance.id)
+            .where(Instance.study_id == study.id, Instance.state == InstanceState.CLASSIFIED, other, ~current, ~fresh)
+            .order_by(Instance.id)
+        )
+    )
     if stale:
         session.execute(update(Instance).where(Instance.id.in_(stale)).values(state=InstanceState.RECEIVED))
         study.state = StudyState.READY
-        record_event(session, "reclassifying", f"{len(stale)} image(s) classified by another model than "
-                     f"{model_name} {model_version}: prepared and classified again before drafting", study_id=study.id)
+        record_event(
+            session,
+            "reclassifying",
+            f"{len(stale)} image(s) classified by another model than "
+            f"{model_name} {model_version}: prepared and classified again before drafting",
+            study_id=study.id,
+        )
     return stale
 
 
@@ -148,23 +165,31 @@ def redraft_study(app: Celery, database_url: str, *, study_uid: str) -> int:
     twice.
     """
     with session_scope(database_url) as session:
-        study = session.execute(select(Study.id, Study.state, Study.generation)
-                                .where(Study.study_uid == study_uid)).first()
+        study = session.execute(
+            select(Study.id, Study.state, Study.generation).where(Study.study_uid == study_uid)
+        ).first()
         if study is None:
             raise CannotRedraft(f"no study with StudyInstanceUID {study_uid}")
         if study.state in _IN_PROGRESS:
             raise CannotRedraft(f"study {study_uid} is {study.state}: it is on its way to a draft already")
         generation = study.generation + 1
         claimed = session.execute(
-            update(Study).where(Study.id == study.id, Study.state == study.state,
-                                Study.generation == study.generation)
-            .values(state=StudyState.READY, generation=generation, error=None, ready_at=utcnow()))
+            update(Study)
+            .where(Study.id == study.id, Study.state == study.state, Study.generation == study.generation)
+            .values(state=StudyState.READY, generation=generation, error=None, ready_at=utcnow())
+        )
         if claimed.rowcount != 1:
             raise CannotRedraft(f"study {study_uid} changed meanwhile; try again")
-        session.execute(update(Instance).where(
-            Instance.study_id == study.id, Instance.state.in_([InstanceState.CLASSIFIED, InstanceState.ERROR]))
-            .values(state=InstanceState.RECEIVED, error=None))
-        record_event(session, "study_reopened", f"redraft requested while {study.state}; generation {generation}",
-                     study_id=study.id)
+        session.execute(
+            update(Instance)
+            .where(Instance.study_id == study.id, Instance.state.in_([InstanceState.CLASSIFIED, InstanceState.ERROR]))
+            .values(state=InstanceState.RECEIVED, error=None)
+        )
+        record_event(
+            session,
+            "study_reopened",
+            f"redraft requested while {study.state}; generation {generation}",
+            study_id=study.id,
+        )
     start_study(app, database_url, study.id)
     return generation

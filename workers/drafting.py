@@ -31,8 +31,16 @@ class DraftOutcome:
     message: str
 
 
-def draft_study(session: Session, *, study: Study, generation: int, model: ModelCard, spool: Spool,
-                rule: AggregationRule | None = None, template_dir: Path | None = None) -> DraftOutcome:
+def draft_study(
+    session: Session,
+    *,
+    study: Study,
+    generation: int,
+    model: ModelCard,
+    spool: Spool,
+    rule: AggregationRule | None = None,
+    template_dir: Path | None = None,
+) -> DraftOutcome:
     """Draft ``study`` for ``generation`` with predictions of ``model``, combined by ``rule``, worded by the
     templates (the site's ``template_dir`` first).
 
@@ -40,64 +48,108 @@ def draft_study(session: Session, *, study: Study, generation: int, model: Model
     classified image ends OUT_OF_SCOPE (nothing was a hip or pelvis radiograph) or ERROR. A draft of a
     later generation supersedes the previous one: its SR lists it in the Predecessor Documents Sequence.
     """
-    existing = session.scalar(select(Draft).where(Draft.study_id == study.id, Draft.generation == generation,
-                                                  Draft.kind == ReportKind.DRAFT))
+    existing = session.scalar(
+        select(Draft).where(Draft.study_id == study.id, Draft.generation == generation, Draft.kind == ReportKind.DRAFT)
+    )
     if existing is not None:
         return DraftOutcome(StudyState.DRAFTED, existing.id, "already drafted")
 
     rows = session.execute(
         select(Prediction, Instance)
         .join(Instance, Prediction.instance_id == Instance.id)
-        .where(Instance.study_id == study.id, Instance.state == InstanceState.CLASSIFIED,
-               Prediction.model_version == model.version, Prediction.model_name == model.name)
+        .where(
+            Instance.study_id == study.id,
+            Instance.state == InstanceState.CLASSIFIED,
+            Prediction.model_version == model.version,
+            Prediction.model_name == model.name,
+        )
         .order_by(Instance.id, Prediction.id)
     ).all()
     if not rows:
-        states = [state for (state,) in session.execute(
-            select(Instance.state).where(Instance.study_id == study.id)).all()]
+        states = [
+            state for (state,) in session.execute(select(Instance.state).where(Instance.study_id == study.id)).all()
+        ]
         errors = states.count(InstanceState.ERROR)
         if errors:
-            return DraftOutcome(StudyState.ERROR, None,
-                                f"no image could be classified: {errors} of {len(states)} instance(s) failed")
+            return DraftOutcome(
+                StudyState.ERROR, None, f"no image could be classified: {errors} of {len(states)} instance(s) failed"
+            )
         return DraftOutcome(StudyState.OUT_OF_SCOPE, None, "no hip or pelvis radiograph in this study")
 
     observations = [
-        HipObservation(instance.sop_instance_uid, prediction.side, prediction.view, prediction.probabilities,
-                       prediction.metal_present)
+        HipObservation(
+            instance.sop_instance_uid,
+            prediction.side,
+            prediction.view,
+            prediction.probabilities,
+            prediction.metal_present,
+        )
         for prediction, instance in rows
     ]
     findings = aggregate(observations, threshold=model.threshold, class_thresholds=model.class_thresholds, rule=rule)
     instances = list(dict.fromkeys(instance for _, instance in rows))
     evidence = [pydicom.dcmread(instance.spool_path, stop_before_pixels=True) for instance in instances]
     patient_is_child = any(is_child(ds) for ds in evidence)
-    text = render_draft(findings, model=model, study_description=study.study_description,
-                        patient_is_child=patient_is_child, environment=template_environment(template_dir))
+    text = render_draft(
+        findings,
+        model=model,
+        study_description=study.study_description,
+        patient_is_child=patient_is_child,
+        environment=template_environment(template_dir),
+    )
 
-    previous = session.scalar(select(Draft).where(Draft.study_id == study.id, Draft.generation < generation,
-                                                  Draft.kind == ReportKind.DRAFT)
-                              .order_by(Draft.generation.desc()).limit(1))
+    previous = session.scalar(
+        select(Draft)
+        .where(Draft.study_id == study.id, Draft.generation < generation, Draft.kind == ReportKind.DRAFT)
+        .order_by(Draft.generation.desc())
+        .limit(1)
+    )
     predecessors = [] if previous is None else [pydicom.dcmread(previous.sr_path, stop_before_pixels=True)]
 
     entropy = [study.study_uid, str(generation), model.weights_sha256]
     sr_uid = generate_uid(entropy_srcs=[*entropy, "sr"])
     series_uid = generate_uid(entropy_srcs=[*entropy, "series"])
-    sr = build_draft_sr(evidence=evidence, findings=findings, text=text, model=model,
-                        series_instance_uid=series_uid, sop_instance_uid=sr_uid, previous_versions=predecessors)
+    sr = build_draft_sr(
+        evidence=evidence,
+        findings=findings,
+        text=text,
+        model=model,
+        series_instance_uid=series_uid,
+        sop_instance_uid=sr_uid,
+        previous_versions=predecessors,
+    )
     path = spool.sr_path(study.study_uid, sr_uid)
     with pydicom.filebase.DicomBytesIO() as buffer:
         sr.save_as(buffer, enforce_file_format=True)
         spool.write(path, buffer.getvalue())
 
-    draft = Draft(study_id=study.id, generation=generation, text=text.full,
-                  findings=[{"side": f.side.value, "hardware": f.hardware.value if f.hardware else None,
-                             "top_class": f.top_class.value, "probability": round(f.probability, 4),
-                             "views": [v.value for v in f.views], "reason": f.reason, "metal": f.metal,
-                             "probabilities": {c.value: round(float(p), 4) for c, p in f.probabilities.items()}}
-                            for f in findings],
-                  model_name=model.name, model_version=model.version, sr_sop_instance_uid=sr_uid,
-                  kind=ReportKind.DRAFT.value, synthetic_demo=model.synthetic_demo, patient_is_child=patient_is_child,
-                  sr_series_uid=series_uid, sr_path=str(Path(path)),
-                  supersedes_id=None if previous is None else previous.id)
+    draft = Draft(
+        study_id=study.id,
+        generation=generation,
+        text=text.full,
+        findings=[
+            {
+                "side": f.side.value,
+                "hardware": f.hardware.value if f.hardware else None,
+                "top_class": f.top_class.value,
+                "probability": round(f.probability, 4),
+                "views": [v.value for v in f.views],
+                "reason": f.reason,
+                "metal": f.metal,
+                "probabilities": {c.value: round(float(p), 4) for c, p in f.probabilities.items()},
+            }
+            for f in findings
+        ],
+        model_name=model.name,
+        model_version=model.version,
+        sr_sop_instance_uid=sr_uid,
+        kind=ReportKind.DRAFT.value,
+        synthetic_demo=model.synthetic_demo,
+        patient_is_child=patient_is_child,
+        sr_series_uid=series_uid,
+        sr_path=str(Path(path)),
+        supersedes_id=None if previous is None else previous.id,
+    )
     session.add(draft)
     session.flush()
     record_event(session, "drafted", f"generation {generation}, SR {sr_uid}", study_id=study.id)

@@ -97,13 +97,15 @@ def client_ssl_context(destination: DimseDestination) -> ssl.SSLContext:
     the settings cannot be loaded."""
     try:
         context = ssl.create_default_context(
-            ssl.Purpose.SERVER_AUTH, cafile=str(destination.tls_ca) if destination.tls_ca else None)
+            ssl.Purpose.SERVER_AUTH, cafile=str(destination.tls_ca) if destination.tls_ca else None
+        )
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         if destination.tls_certificate is not None:
             context.load_cert_chain(str(destination.tls_certificate), str(destination.tls_private_key))
     except (OSError, ssl.SSLError) as exc:
-        raise ExportError(f"TLS files of destination {destination.name!r} cannot be loaded: {exc}",
-                          retryable=False) from exc
+        raise ExportError(
+            f"TLS files of destination {destination.name!r} cannot be loaded: {exc}", retryable=False
+        ) from exc
     return context
 
 
@@ -116,8 +118,9 @@ def send_dimse(destination: DimseDestination, sr_path: Path) -> Delivery:
     uncompressed little-endian ones."""
     ds = _read(sr_path)
     sop_class = str(ds.SOPClassUID)
-    syntaxes = list(dict.fromkeys([str(ds.file_meta.TransferSyntaxUID), ExplicitVRLittleEndian,
-                                   ImplicitVRLittleEndian]))
+    syntaxes = list(
+        dict.fromkeys([str(ds.file_meta.TransferSyntaxUID), ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    )
     ae = AE(ae_title=destination.calling_ae or "PREDRAFT")
     ae.add_requested_context(sop_class, syntaxes)
     ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = destination.timeout
@@ -133,11 +136,16 @@ def send_dimse(destination: DimseDestination, sr_path: Path) -> Delivery:
     def _accepted(_event: evt.Event) -> None:
         seen["accepted"] = True
 
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, _connected), (evt.EVT_ACSE_RECV, _received),
-                                       (evt.EVT_ACCEPTED, _accepted)])
-    no_context = ExportError(f"{_where(destination)} accepted no presentation context for SOP class {sop_class}",
-                             retryable=False)
+    assoc = ae.associate(
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        tls_args=tls_args,
+        evt_handlers=[(evt.EVT_CONN_OPEN, _connected), (evt.EVT_ACSE_RECV, _received), (evt.EVT_ACCEPTED, _accepted)],
+    )
+    no_context = ExportError(
+        f"{_where(destination)} accepted no presentation context for SOP class {sop_class}", retryable=False
+    )
     if not assoc.is_established:
         # pynetdicom aborts an association in which the SCP accepted none of the proposed contexts.
         if seen.get("accepted") and not assoc.accepted_contexts:
@@ -151,8 +159,9 @@ def send_dimse(destination: DimseDestination, sr_path: Path) -> Delivery:
         if assoc.is_established:
             assoc.release()
     if "Status" not in response:
-        raise ExportError(f"no C-STORE response from {_where(destination)} (timed out or the association "
-                          "was aborted)", retryable=True)
+        raise ExportError(
+            f"no C-STORE response from {_where(destination)} (timed out or the association was aborted)", retryable=True
+        )
     return _store_outcome(destination, int(response.Status), str(response.get("ErrorComment", "")))
 
 
@@ -161,15 +170,20 @@ def _association_failure(destination: DimseDestination, rejected: bool, seen: di
     primitive = seen.get("primitive")
     if rejected and primitive is not None:
         kind = {REJECTED_PERMANENT: "permanent", REJECTED_TRANSIENT: "transient"}.get(
-            getattr(primitive, "result", None), "unknown")
-        return (f"association rejected by {where} ({kind}): {getattr(primitive, 'source_str', '?')}, "
-                f"{getattr(primitive, 'reason_str', '?')}")
+            getattr(primitive, "result", None), "unknown"
+        )
+        return (
+            f"association rejected by {where} ({kind}): {getattr(primitive, 'source_str', '?')}, "
+            f"{getattr(primitive, 'reason_str', '?')}"
+        )
     if rejected:
         return f"association rejected by {where}"
     if not seen.get("connected"):
         return f"cannot connect to {where} (refused, unreachable, timed out or TLS handshake failed)"
-    return (f"association with {where} aborted before it was established (the peer closed the connection: "
-            "a TLS mismatch, such as a missing client certificate, or a protocol error)")
+    return (
+        f"association with {where} aborted before it was established (the peer closed the connection: "
+        "a TLS mismatch, such as a missing client certificate, or a protocol error)"
+    )
 
 
 def _store_outcome(destination: DimseDestination, code: int, comment: str) -> Delivery:
@@ -190,8 +204,13 @@ def _store_outcome(destination: DimseDestination, code: int, comment: str) -> De
 def multipart_body(data: bytes) -> tuple[bytes, str]:
     """One Part 10 file as a ``multipart/related; type="application/dicom"`` body; returns (body, content type)."""
     boundary = uuid.uuid4().hex
-    body = b"".join([f"--{boundary}\r\nContent-Type: {APPLICATION_DICOM}\r\n\r\n".encode(), data,
-                     f"\r\n--{boundary}--\r\n".encode()])
+    body = b"".join(
+        [
+            f"--{boundary}\r\nContent-Type: {APPLICATION_DICOM}\r\n\r\n".encode(),
+            data,
+            f"\r\n--{boundary}--\r\n".encode(),
+        ]
+    )
     return body, f'multipart/related; type="{APPLICATION_DICOM}"; boundary={boundary}'
 
 
@@ -213,8 +232,14 @@ def send_stow(destination: StowDestination, sr_path: Path) -> Delivery:
         auth = (destination.username, destination.password.get_secret_value())
     url = f"{destination.url}/studies"
     try:
-        response = requests.post(url, data=body, headers=headers, auth=auth, timeout=destination.timeout,
-                                 verify=str(destination.ca_bundle) if destination.ca_bundle else True)
+        response = requests.post(
+            url,
+            data=body,
+            headers=headers,
+            auth=auth,
+            timeout=destination.timeout,
+            verify=str(destination.ca_bundle) if destination.ca_bundle else True,
+        )
     except requests.Timeout as exc:
         raise ExportError(f"STOW-RS to {url}: no answer within {destination.timeout:g} s", retryable=True) from exc
     except requests.ConnectionError as exc:
@@ -251,10 +276,16 @@ def _value(item: dict[str, object], tag: str) -> object:
 
 def _stow_outcome(url: str, code: int, reason: str, payload: dict[str, object], sop_instance_uid: str) -> Delivery:
     status = f"HTTP {code} {reason}".strip()
-    failed = [item for item in _items(payload, _FAILED_SOP_SEQUENCE)
-              if _value(item, _REFERENCED_SOP_INSTANCE_UID) == sop_instance_uid]
-    stored = [item for item in _items(payload, _REFERENCED_SOP_SEQUENCE)
-              if _value(item, _REFERENCED_SOP_INSTANCE_UID) == sop_instance_uid]
+    failed = [
+        item
+        for item in _items(payload, _FAILED_SOP_SEQUENCE)
+        if _value(item, _REFERENCED_SOP_INSTANCE_UID) == sop_instance_uid
+    ]
+    stored = [
+        item
+        for item in _items(payload, _REFERENCED_SOP_SEQUENCE)
+        if _value(item, _REFERENCED_SOP_INSTANCE_UID) == sop_instance_uid
+    ]
     warnings = [_value(item, _WARNING_REASON) for item in stored] + [_value(payload, _WARNING_REASON)]
     warnings = [w for w in warnings if isinstance(w, int)]
     if code in (STOW_STORED, STOW_PARTIAL) and not failed:

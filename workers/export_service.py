@@ -51,12 +51,17 @@ def queue_exports(session: Session, *, draft_id: int, destinations: Sequence[str
     the caller sends an export task after committing. Safe to call again for the same draft.
     """
     for name in destinations:
-        insert_ignoring_conflict(session, Export, {"draft_id": draft_id, "destination": name,
-                                                   "state": ExportState.PENDING.value},
-                                 key=("draft_id", "destination"))
-    pending = session.scalars(select(Export.destination).where(
-        Export.draft_id == draft_id, Export.destination.in_(list(destinations)),
-        Export.state == ExportState.PENDING)).all()
+        insert_ignoring_conflict(
+            session,
+            Export,
+            {"draft_id": draft_id, "destination": name, "state": ExportState.PENDING.value},
+            key=("draft_id", "destination"),
+        )
+    pending = session.scalars(
+        select(Export.destination).where(
+            Export.draft_id == draft_id, Export.destination.in_(list(destinations)), Export.state == ExportState.PENDING
+        )
+    ).all()
     return [name for name in destinations if name in set(pending)]
 
 
@@ -68,7 +73,8 @@ def abandoned_claim() -> ColumnElement[bool]:
     """SQL condition: the row is ``sending`` under a claim older than :data:`SENDING_CLAIM_SECONDS` (its
     worker died mid-try), so a new try may take it over."""
     return (Export.state == ExportState.SENDING.value) & (
-        Export.updated_at < utcnow() - timedelta(seconds=SENDING_CLAIM_SECONDS))
+        Export.updated_at < utcnow() - timedelta(seconds=SENDING_CLAIM_SECONDS)
+    )
 
 
 def begin_attempt(session: Session, *, draft_id: int, destination: str) -> ExportJob | None:
@@ -85,16 +91,24 @@ def begin_attempt(session: Session, *, draft_id: int, destination: str) -> Expor
         return None
     claimed = session.execute(
         update(Export)
-        .where(Export.id == row.id,
-               or_(Export.state.in_([state.value for state in EXPORTABLE_STATES]), abandoned_claim()))
+        .where(
+            Export.id == row.id, or_(Export.state.in_([state.value for state in EXPORTABLE_STATES]), abandoned_claim())
+        )
         .values(state=ExportState.SENDING.value, attempts=Export.attempts + 1, updated_at=utcnow())
-        .execution_options(synchronize_session=False))
+        .execution_options(synchronize_session=False)
+    )
     if claimed.rowcount != 1:
         return None
     session.refresh(row)
     draft = row.draft
-    return ExportJob(export_id=row.id, draft_id=draft.id, study_id=draft.study_id, destination=destination,
-                     sr_path=draft.sr_path, attempt=row.attempts)
+    return ExportJob(
+        export_id=row.id,
+        draft_id=draft.id,
+        study_id=draft.study_id,
+        destination=destination,
+        sr_path=draft.sr_path,
+        attempt=row.attempts,
+    )
 
 
 def record_sent(session: Session, *, export_id: int, note: str | None = None) -> None:
@@ -111,8 +125,12 @@ def record_failure(session: Session, *, export_id: int, error: str, dead: bool) 
     row.state = (ExportState.DEAD if dead else ExportState.FAILED).value
     row.last_error = error[:MAX_ERROR_LENGTH]
     kind = "export_dead" if dead else "export_failed"
-    record_event(session, kind, f"SR of draft {row.draft_id} to {row.destination}, try {row.attempts}: "
-                 f"{error}"[:MAX_ERROR_LENGTH], study_id=row.draft.study_id)
+    record_event(
+        session,
+        kind,
+        f"SR of draft {row.draft_id} to {row.destination}, try {row.attempts}: {error}"[:MAX_ERROR_LENGTH],
+        study_id=row.draft.study_id,
+    )
 
 
 class NothingToResend(LookupError):
@@ -128,8 +146,9 @@ def requeue_latest_draft(session: Session, *, study_uid: str, destinations: Sequ
     study = session.scalar(select(Study).where(Study.study_uid == study_uid))
     if study is None:
         raise NothingToResend(f"no study with StudyInstanceUID {study_uid}")
-    draft = session.scalar(select(Draft).where(Draft.study_id == study.id)
-                           .order_by(Draft.generation.desc(), Draft.id.desc()).limit(1))
+    draft = session.scalar(
+        select(Draft).where(Draft.study_id == study.id).order_by(Draft.generation.desc(), Draft.id.desc()).limit(1)
+    )
     if draft is None:
         raise NothingToResend(f"study {study_uid} has no draft (state {study.state})")
     queued = []

@@ -75,12 +75,19 @@ def _record(settings: Settings, service: Callable[..., None], **values: object) 
         except OperationalError:
             if attempt == RECORD_RETRIES:
                 raise  # the row stays claimed; the sweeper takes the abandoned claim over
-            log.warning("recording an export try met a database error; again in %.1f s", 0.5 * 2 ** attempt)
-            time.sleep(min(0.5 * 2 ** attempt, 30.0))
+            log.warning("recording an export try met a database error; again in %.1f s", 0.5 * 2**attempt)
+            time.sleep(min(0.5 * 2**attempt, 30.0))
 
 
-@shared_task(name=EXPORT, bind=True, autoretry_for=(OperationalError,), retry_backoff=True, retry_backoff_max=300,
-             retry_jitter=True, max_retries=DATABASE_RETRIES)
+@shared_task(
+    name=EXPORT,
+    bind=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=DATABASE_RETRIES,
+)
 def export(self: Task, draft_id: int, destination: str) -> str:
     """Send the SR of ``draft_id`` to the destination named ``destination``; returns the row's new state
     (or "nothing to do")."""
@@ -95,8 +102,14 @@ def export(self: Task, draft_id: int, destination: str) -> str:
     if isinstance(outcome, Delivery):
         _record(settings, record_sent, export_id=job.export_id, note=outcome.note)
         EXPORTS.labels(destination=destination, outcome="sent").inc()
-        log.info("export %d of draft %d to %s: sent (try %d)%s", job.export_id, draft_id, destination, job.attempt,
-                 f"; {outcome.note}" if outcome.note else "")
+        log.info(
+            "export %d of draft %d to %s: sent (try %d)%s",
+            job.export_id,
+            draft_id,
+            destination,
+            job.attempt,
+            f"; {outcome.note}" if outcome.note else "",
+        )
         return "sent"
 
     retries = self.request.retries or 0
@@ -105,11 +118,18 @@ def export(self: Task, draft_id: int, destination: str) -> str:
     EXPORTS.labels(destination=destination, outcome="dead" if dead else "failed").inc()
     if dead:
         why = "no retry can mend it" if not outcome.retryable else f"{retries} retries spent"
-        log.warning("export %d of draft %d to %s is dead (%s): %s", job.export_id, draft_id, destination, why,
-                    outcome)
+        log.warning("export %d of draft %d to %s is dead (%s): %s", job.export_id, draft_id, destination, why, outcome)
         return "dead"
-    delay = retry_delay(retries, first=settings.export_retry_delay_seconds,
-                        longest=settings.export_retry_max_delay_seconds)
-    log.warning("export %d of draft %d to %s failed (try %d), retry in %.0f s: %s", job.export_id, draft_id,
-                destination, job.attempt, delay, outcome)
+    delay = retry_delay(
+        retries, first=settings.export_retry_delay_seconds, longest=settings.export_retry_max_delay_seconds
+    )
+    log.warning(
+        "export %d of draft %d to %s failed (try %d), retry in %.0f s: %s",
+        job.export_id,
+        draft_id,
+        destination,
+        job.attempt,
+        delay,
+        outcome,
+    )
     raise self.retry(countdown=delay, max_retries=settings.export_max_retries)

@@ -75,11 +75,13 @@ class Gate:
         check's findings."""
         if prepared.gate_pixels is None:  # tags outside the gate's skeleton are refused before this
             raise ValueError("the prepared instance has no gate image")
-        first = self.model.predict(np.stack([prepared.gate_pixels, *[self._resize(hip.pixels)
-                                                                      for hip in prepared.hips]]))
-        reading = GateReading({name: float(p) for name, p in zip(self.model.card.tasks[GATE_TASK],
-                                                                  first[GATE_TASK][0], strict=True)},
-                              self.region_thresholds)
+        first = self.model.predict(
+            np.stack([prepared.gate_pixels, *[self._resize(hip.pixels) for hip in prepared.hips]])
+        )
+        reading = GateReading(
+            {name: float(p) for name, p in zip(self.model.card.tasks[GATE_TASK], first[GATE_TASK][0], strict=True)},
+            self.region_thresholds,
+        )
         decision = decide_scope(prepared.labels, reading)
         hips = self._checked(prepared.hips, first[HARDWARE_TASK][1:])
         labels, pelvis = prepared.labels, None
@@ -89,24 +91,40 @@ class Gate:
                 halves = list(prepared.halves)
                 present = self.model.predict(np.stack([self._resize(hip.pixels) for hip in halves]))
                 hips = self._checked(halves, present[HARDWARE_TASK])
-                labels = replace(labels, view=View.AP_PELVIS, view_rule=VIEW_FROM_IMAGE_RULE,
-                                 sides=(Side.RIGHT, Side.LEFT), side_rule=SIDES_BY_CONVENTION_RULE)
-                note = (f"the image reads as an AP pelvis ({pelvis:.2f}): two hips, the patient's right taken to "
-                        "be on the image's left; no R/L marker was read, check the sides")
-                decision = replace(decision, reason=f"{decision.reason}; {note}" if decision.reason else note,
-                                   flag=decision.flag or ScopeFlag.VIEW_FROM_IMAGE)
+                labels = replace(
+                    labels,
+                    view=View.AP_PELVIS,
+                    view_rule=VIEW_FROM_IMAGE_RULE,
+                    sides=(Side.RIGHT, Side.LEFT),
+                    side_rule=SIDES_BY_CONVENTION_RULE,
+                )
+                note = (
+                    f"the image reads as an AP pelvis ({pelvis:.2f}): two hips, the patient's right taken to "
+                    "be on the image's left; no R/L marker was read, check the sides"
+                )
+                decision = replace(
+                    decision,
+                    reason=f"{decision.reason}; {note}" if decision.reason else note,
+                    flag=decision.flag or ScopeFlag.VIEW_FROM_IMAGE,
+                )
         return GatedInstance(decision, reading, hips, labels, pelvis)
 
     def _checked(self, hips: list[HipImage], hardware: np.ndarray) -> list[HipImage]:
         """``hips`` with their hardware check's findings, from the hardware head's rows in the same order."""
-        return [replace(hip, metal=self._finding(float(row[self._present])))
-                for hip, row in zip(hips, hardware, strict=True)]
+        return [
+            replace(hip, metal=self._finding(float(row[self._present])))
+            for hip, row in zip(hips, hardware, strict=True)
+        ]
 
     def _finding(self, probability: float) -> MetalFinding:
         present = probability >= self.hardware_threshold
-        return MetalFinding(present=present, score=round(probability, 4), area_fraction=0.0,
-                            reason=f"hardware check {probability:.2f} "
-                                   f"({'at or above' if present else 'below'} {self.hardware_threshold:.2f})")
+        return MetalFinding(
+            present=present,
+            score=round(probability, 4),
+            area_fraction=0.0,
+            reason=f"hardware check {probability:.2f} "
+            f"({'at or above' if present else 'below'} {self.hardware_threshold:.2f})",
+        )
 
     def _resize(self, pixels: np.ndarray) -> np.ndarray:
         if pixels.shape[0] == self.size:

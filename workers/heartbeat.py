@@ -54,8 +54,9 @@ def _static_description() -> dict[str, str]:
         try:
             import torch
 
-            device_name = (torch.cuda.get_device_name(torch.device(device)) if torch.cuda.is_available()
-                           else "CUDA not available")
+            device_name = (
+                torch.cuda.get_device_name(torch.device(device)) if torch.cuda.is_available() else "CUDA not available"
+            )
         except Exception as exc:  # a broken driver is worth seeing here, not a crash of the heartbeat
             device_name = f"unknown ({type(exc).__name__})"
     try:
@@ -98,8 +99,11 @@ def worker_status(consumer: Any) -> dict[str, Any]:
     queues = sorted(queue.name for queue in (consumer.task_consumer.queues if consumer.task_consumer else []))
     pool = getattr(controller.pool_cls, "__module__", str(controller.pool_cls)).rsplit(".", 1)[-1]
     return {
-        "hostname": controller.hostname, "pid": os.getpid(), "queues": queues,
-        "pool": {"thread": "threads"}.get(pool, pool), "concurrency": controller.concurrency,
+        "hostname": controller.hostname,
+        "pid": os.getpid(),
+        "queues": queues,
+        "pool": {"thread": "threads"}.get(pool, pool),
+        "concurrency": controller.concurrency,
         **_static_description(),
         "started_at": _started_at.isoformat(timespec="seconds") if _started_at else None,
         "heartbeat_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
@@ -121,12 +125,17 @@ def _held(request: Any, state: str) -> dict[str, Any]:
     """A held request as data: ids and scalar arguments only (``classify``'s images are dropped)."""
     args = list(request.args or [])
     eta, started = request.eta, request.time_start
-    return {"id": request.id, "task": request.name, "queue": (request.delivery_info or {}).get("routing_key", ""),
-            "first_arg": args[0] if args and not isinstance(args[0], list | dict) else None,
-            "args": [arg for arg in args if not isinstance(arg, list | dict)], "state": state,
-            "retries": int((getattr(request, "request_dict", None) or {}).get("retries") or 0),
-            "eta": eta if isinstance(eta, str) or eta is None else eta.isoformat(),
-            "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds") if started else None}
+    return {
+        "id": request.id,
+        "task": request.name,
+        "queue": (request.delivery_info or {}).get("routing_key", ""),
+        "first_arg": args[0] if args and not isinstance(args[0], list | dict) else None,
+        "args": [arg for arg in args if not isinstance(arg, list | dict)],
+        "state": state,
+        "retries": int((getattr(request, "request_dict", None) or {}).get("retries") or 0),
+        "eta": eta if isinstance(eta, str) or eta is None else eta.isoformat(),
+        "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds") if started else None,
+    }
 
 
 @inspect_command(name=STATUS_COMMAND)
@@ -146,8 +155,9 @@ def _on_ready(sender: Any = None, **_: object) -> None:
     if broadcasts(settings.broker_url):
         import redis
 
-        client = redis.Redis.from_url(settings.broker_url, socket_timeout=HEARTBEAT_SECONDS,
-                                      socket_connect_timeout=HEARTBEAT_SECONDS)
+        client = redis.Redis.from_url(
+            settings.broker_url, socket_timeout=HEARTBEAT_SECONDS, socket_connect_timeout=HEARTBEAT_SECONDS
+        )
         key = f"{REDIS_KEY_PREFIX}{hostname}"
 
         def write(status: dict[str, Any]) -> None:

@@ -8,7 +8,11 @@ CLASSIFY = "predraft.classify"
 DRAFT = "predraft.draft"
 EXPORT = "predraft.export"
 QUEUES = ("prepare", "classify", "draft", "export")
-ROUTES = {PREPARE: {"queue": "prepare"}, CLASSIFY: {"queue": "classify"}, DRAFT: {"queue": "draft"},
-          EXPORT: {"queue": "export"}}
+ROUTES = {
+    PREPARE: {"queue": "prepare"},
+    CLASSIFY: {"queue": "classify"},
+    DRAFT: {"queue": "draft"},
+    EXPORT: {"queue": "export"},
+}
 #: The queue of each task.
 QUEUE_OF_TASK = {task: route["queue"] for task, route in ROUTES.items()}

@@ -75,18 +75,26 @@ class WorkerStatus:
 
     def as_json(self, now: datetime) -> dict[str, Any]:
         return {
-            "hostname": self.hostname, "pid": self.pid, "queues": list(self.queues), "pool": self.pool,
-            "concurrency": self.concurrency, "device": self.device, "device_name": self.device_name,
-            "model_name": self.model_name, "model_version": self.model_version,
+            "hostname": self.hostname,
+            "pid": self.pid,
+            "queues": list(self.queues),
+            "pool": self.pool,
+            "concurrency": self.concurrency,
+            "device": self.device,
+            "device_name": self.device_name,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
             "started_at": _iso(self.started_at),
             "uptime_seconds": round((now - self.started_at).total_seconds(), 1) if self.started_at else None,
             "heartbeat_at": _iso(self.heartbeat_at),
-            "heartbeat_age_seconds": (round(max(0.0, (now - self.heartbeat_at).total_seconds()), 1)
-                                      if self.heartbeat_at else None),
+            "heartbeat_age_seconds": (
+                round(max(0.0, (now - self.heartbeat_at).total_seconds()), 1) if self.heartbeat_at else None
+            ),
             "active": sum(task.state == "active" for task in self.tasks),
             "reserved": sum(task.state == "reserved" for task in self.tasks),
             "scheduled": sum(task.state == "scheduled" for task in self.tasks),
-            "source": self.source, "answers_inspect": self.answers_inspect,
+            "source": self.source,
+            "answers_inspect": self.answers_inspect,
         }
 
 
@@ -100,15 +108,20 @@ def heartbeat_dir(settings: Settings) -> Path:
     return settings.var_dir / "run" / "workers"
 
 
-def online_workers(settings: Settings, *, now: datetime | None = None, app: Any = None,
-                   inspect_timeout: float | None = None, timeout: float = 3.0) -> list[WorkerStatus]:
+def online_workers(
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+    app: Any = None,
+    inspect_timeout: float | None = None,
+    timeout: float = 3.0,
+) -> list[WorkerStatus]:
     """The workers online now, by hostname: those with a fresh heartbeat. With ``app`` and
     ``inspect_timeout`` on a broadcasting broker, each is also asked ``predraft_status`` (waiting that long
     for answers), which sets ``answers_inspect`` and adds a worker that answers without a heartbeat. The
     caller checks first that the broker answers (:func:`predraft.workers.queues.ping_broker`)."""
     now = now or datetime.now(UTC)
-    found = {status.hostname: status for status in read_heartbeats(settings, timeout=timeout)
-             if is_alive(status, now)}
+    found = {status.hostname: status for status in read_heartbeats(settings, timeout=timeout) if is_alive(status, now)}
     if app is not None and inspect_timeout and broadcasts(settings.broker_url):
         replies = app.control.broadcast(STATUS_COMMAND, reply=True, timeout=inspect_timeout) or []
         answered = {name: data for reply in replies for name, data in reply.items() if isinstance(data, dict)}
@@ -170,16 +183,31 @@ def is_alive(status: WorkerStatus, now: datetime) -> bool:
 
 def status_from_json(data: dict[str, Any], *, source: str) -> WorkerStatus:
     return WorkerStatus(
-        hostname=str(data["hostname"]), pid=int(data.get("pid") or 0), queues=tuple(data.get("queues") or ()),
-        pool=str(data.get("pool") or ""), concurrency=int(data.get("concurrency") or 0),
-        device=str(data.get("device") or ""), device_name=str(data.get("device_name") or ""),
-        model_name=str(data.get("model_name") or ""), model_version=str(data.get("model_version") or ""),
-        started_at=_parse(data.get("started_at")), heartbeat_at=_parse(data.get("heartbeat_at")),
-        tasks=tuple(HeldTask(task_id=str(task["id"]), task=str(task["task"]), queue=str(task.get("queue") or ""),
-                             first_arg=task.get("first_arg"), args=tuple(task.get("args") or ()),
-                             state=str(task["state"]), eta=_parse(task.get("eta")),
-                             started_at=_parse(task.get("started_at")), retries=int(task.get("retries") or 0))
-                    for task in data.get("tasks") or ()),
+        hostname=str(data["hostname"]),
+        pid=int(data.get("pid") or 0),
+        queues=tuple(data.get("queues") or ()),
+        pool=str(data.get("pool") or ""),
+        concurrency=int(data.get("concurrency") or 0),
+        device=str(data.get("device") or ""),
+        device_name=str(data.get("device_name") or ""),
+        model_name=str(data.get("model_name") or ""),
+        model_version=str(data.get("model_version") or ""),
+        started_at=_parse(data.get("started_at")),
+        heartbeat_at=_parse(data.get("heartbeat_at")),
+        tasks=tuple(
+            HeldTask(
+                task_id=str(task["id"]),
+                task=str(task["task"]),
+                queue=str(task.get("queue") or ""),
+                first_arg=task.get("first_arg"),
+                args=tuple(task.get("args") or ()),
+                state=str(task["state"]),
+                eta=_parse(task.get("eta")),
+                started_at=_parse(task.get("started_at")),
+                retries=int(task.get("retries") or 0),
+            )
+            for task in data.get("tasks") or ()
+        ),
         source=source,
     )
 

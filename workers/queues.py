@@ -114,8 +114,9 @@ def is_redis(broker_url: str) -> bool:
 
 def _check_supported(broker_url: str) -> None:
     if not is_redis(broker_url) and not broker_url.startswith("sqla+"):
-        raise ValueError(f"cannot read the queues of broker {_redact(broker_url)}: only redis:// and sqla+ are "
-                         "supported")
+        raise ValueError(
+            f"cannot read the queues of broker {_redact(broker_url)}: only redis:// and sqla+ are supported"
+        )
 
 
 def queued_messages(broker_url: str, queues: Iterable[str], *, timeout: float = 3.0) -> list[QueuedMessage]:
@@ -174,8 +175,10 @@ def ping_broker(broker_url: str, *, timeout: float = 2.0) -> None:
     database_url = broker_url.removeprefix("sqla+")
     path = _sqlite_path(database_url)
     if path is not None and not path.is_file():
-        raise BrokerUnreachable(f"cannot reach the broker {_redact(broker_url)}: {path} is not a file (has "
-                                "`predraft serve` or a worker run with these settings?)")
+        raise BrokerUnreachable(
+            f"cannot reach the broker {_redact(broker_url)}: {path} is not a file (has "
+            "`predraft serve` or a worker run with these settings?)"
+        )
     from sqlalchemy import text
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -190,8 +193,9 @@ def ping_broker(broker_url: str, *, timeout: float = 2.0) -> None:
         engine.dispose()
 
 
-def queue_counts(broker_url: str, queues: Iterable[str], *, now: datetime, timeout: float = 3.0,
-                 scan_window: int = RETRY_SCAN_WINDOW) -> dict[str, QueueCounts]:
+def queue_counts(
+    broker_url: str, queues: Iterable[str], *, now: datetime, timeout: float = 3.0, scan_window: int = RETRY_SCAN_WINDOW
+) -> dict[str, QueueCounts]:
     """Per queue: waiting, delivered and retry counts and the oldest waiting message, in a few round trips
     whatever the backlog (Redis: LLEN and the last element of each list; SQL: COUNT and MIN)."""
     queues = list(queues)
@@ -212,13 +216,21 @@ def queue_counts(broker_url: str, queues: Iterable[str], *, now: datetime, timeo
     else:
         sizes, oldest = _sqla_sizes(broker_url.removeprefix("sqla+"), queues, timeout)
         delivered = {queue: None for queue in queues}
-    return {queue: QueueCounts(queue=queue, waiting=max(0, sizes[queue] - waiting_retries[queue]),
-                               delivered=delivered[queue], retries=retries[queue], oldest_sent_at=oldest[queue])
-            for queue in queues}
+    return {
+        queue: QueueCounts(
+            queue=queue,
+            waiting=max(0, sizes[queue] - waiting_retries[queue]),
+            delivered=delivered[queue],
+            retries=retries[queue],
+            oldest_sent_at=oldest[queue],
+        )
+        for queue in queues
+    }
 
 
-def waiting_messages(broker_url: str, queues: Iterable[str], *, limit: int, timeout: float = 3.0
-                     ) -> list[QueuedMessage]:
+def waiting_messages(
+    broker_url: str, queues: Iterable[str], *, limit: int, timeout: float = 3.0
+) -> list[QueuedMessage]:
     """The ``limit`` oldest waiting messages of each queue, oldest first."""
     queues = list(queues)
     _check_supported(broker_url)
@@ -229,9 +241,12 @@ def waiting_messages(broker_url: str, queues: Iterable[str], *, limit: int, time
         found: list[QueuedMessage] = []
         try:
             for queue in queues:
-                messages = [message for key in _redis_keys(queue)
-                            for payload in reversed(client.lrange(key, -limit, -1))
-                            if (message := _decode(payload, queue, delivered=False, since=None)) is not None]
+                messages = [
+                    message
+                    for key in _redis_keys(queue)
+                    for payload in reversed(client.lrange(key, -limit, -1))
+                    if (message := _decode(payload, queue, delivered=False, since=None)) is not None
+                ]
                 found.extend(messages[:limit])
         except redis.RedisError as exc:
             raise _unreachable(broker_url, exc) from exc
@@ -260,24 +275,37 @@ def delivered_messages(broker_url: str, queues: Iterable[str], *, timeout: float
         client.close()
 
 
-def messages_with_eta(broker_url: str, queues: Iterable[str], *, timeout: float = 3.0,
-                      scan_window: int = RETRY_SCAN_WINDOW) -> list[QueuedMessage]:
+def messages_with_eta(
+    broker_url: str, queues: Iterable[str], *, timeout: float = 3.0, scan_window: int = RETRY_SCAN_WINDOW
+) -> list[QueuedMessage]:
     """Messages that carry an ETA (past or future): among the newest ``scan_window`` waiting messages of
     each list, and (Redis) the delivered ones."""
-    return _search(broker_url, list(queues), _ETA_MARK, timeout=timeout, scan_window=scan_window,
-                   keep=lambda message: message.eta is not None)
+    return _search(
+        broker_url,
+        list(queues),
+        _ETA_MARK,
+        timeout=timeout,
+        scan_window=scan_window,
+        keep=lambda message: message.eta is not None,
+    )
 
 
-def find_message(broker_url: str, queues: Iterable[str], task_id: str, *, timeout: float = 3.0
-                 ) -> QueuedMessage | None:
+def find_message(broker_url: str, queues: Iterable[str], task_id: str, *, timeout: float = 3.0) -> QueuedMessage | None:
     """The waiting or (Redis) delivered message of task ``task_id``, searching whole queues; None if absent."""
-    found = _search(broker_url, list(queues), f'"id": "{task_id}"', timeout=timeout, scan_window=0,
-                    keep=lambda message: message.task_id == task_id)
+    found = _search(
+        broker_url,
+        list(queues),
+        f'"id": "{task_id}"',
+        timeout=timeout,
+        scan_window=0,
+        keep=lambda message: message.task_id == task_id,
+    )
     return found[0] if found else None
 
 
-def _search(broker_url: str, queues: list[str], mark: str, *, timeout: float, scan_window: int,
-            keep: Any) -> list[QueuedMessage]:
+def _search(
+    broker_url: str, queues: list[str], mark: str, *, timeout: float, scan_window: int, keep: Any
+) -> list[QueuedMessage]:
     _check_supported(broker_url)
     if is_redis(broker_url):
         import redis
@@ -297,8 +325,9 @@ def _search(broker_url: str, queues: list[str], mark: str, *, timeout: float, sc
         finally:
             client.close()
         return found
-    rows = _sqla_rows(broker_url.removeprefix("sqla+"), queues, timeout, visible_only=True, contains=mark,
-                      newest=scan_window or None)
+    rows = _sqla_rows(
+        broker_url.removeprefix("sqla+"), queues, timeout, visible_only=True, contains=mark, newest=scan_window or None
+    )
     return [message for message in _sqla_decode(rows) if message is not None and keep(message)]
 
 
@@ -316,10 +345,18 @@ def _decode(payload: bytes | str, queue: str, *, delivered: bool, since: datetim
     if not task:
         return None
     kept = tuple(arg for arg in args if not isinstance(arg, list | dict))
-    return QueuedMessage(queue=queue, task=str(task), task_id=str(headers.get("id", "")),
-                         first_arg=args[0] if args else None, args=kept, delivered=delivered, since=since,
-                         eta=_iso(headers.get("eta")), retries=_int(headers.get("retries")),
-                         sent_at=_epoch(headers.get("predraft_sent_at")))
+    return QueuedMessage(
+        queue=queue,
+        task=str(task),
+        task_id=str(headers.get("id", "")),
+        first_arg=args[0] if args else None,
+        args=kept,
+        delivered=delivered,
+        since=since,
+        eta=_iso(headers.get("eta")),
+        retries=_int(headers.get("retries")),
+        sent_at=_epoch(headers.get("predraft_sent_at")),
+    )
 
 
 def _iso(value: object) -> datetime | None:
@@ -356,8 +393,9 @@ def _redis_keys(queue: str) -> list[str]:
     return [queue, *(f"{queue}{_REDIS_PRIORITY_SEPARATOR}{step}" for step in _REDIS_PRIORITY_STEPS)]
 
 
-def _redis_sizes(broker_url: str, queues: list[str], timeout: float
-                 ) -> tuple[dict[str, int], dict[str, datetime | None]]:
+def _redis_sizes(
+    broker_url: str, queues: list[str], timeout: float
+) -> tuple[dict[str, int], dict[str, datetime | None]]:
     import redis
 
     client = _redis_client(broker_url, timeout)
@@ -376,18 +414,24 @@ def _redis_sizes(broker_url: str, queues: list[str], timeout: float
     oldest: dict[str, datetime | None] = {}
     per_queue = 2 * len(_redis_keys(""))
     for index, queue in enumerate(queues):
-        chunk = replies[index * per_queue:(index + 1) * per_queue]
+        chunk = replies[index * per_queue : (index + 1) * per_queue]
         sizes[queue] = sum(int(size) for size in chunk[0::2])
-        sent = [message.sent_at for payload in chunk[1::2] if payload is not None
-                and (message := _decode(payload, queue, delivered=False, since=None)) is not None
-                and message.sent_at is not None]
+        sent = [
+            message.sent_at
+            for payload in chunk[1::2]
+            if payload is not None
+            and (message := _decode(payload, queue, delivered=False, since=None)) is not None
+            and message.sent_at is not None
+        ]
         oldest[queue] = min(sent) if sent else None
     return sizes, oldest
 
 
 def _redis_unacked(client: Any, queues: list[str]) -> list[QueuedMessage]:
-    delivered_at = {tag.decode() if isinstance(tag, bytes) else tag: score
-                    for tag, score in client.zrange("unacked_index", 0, -1, withscores=True)}
+    delivered_at = {
+        tag.decode() if isinstance(tag, bytes) else tag: score
+        for tag, score in client.zrange("unacked_index", 0, -1, withscores=True)
+    }
     found = []
     for tag, entry in client.hgetall("unacked").items():
         try:
@@ -473,14 +517,18 @@ def _local_to_utc(moment: object) -> datetime | None:
     return moment.astimezone(UTC) if isinstance(moment, datetime) else None
 
 
-def _sqla_sizes(database_url: str, queues: list[str], timeout: float
-                ) -> tuple[dict[str, int], dict[str, datetime | None]]:
+def _sqla_sizes(
+    database_url: str, queues: list[str], timeout: float
+) -> tuple[dict[str, int], dict[str, datetime | None]]:
     """Waiting rows per queue, and when the oldest was published. kombu stamps a row only when it is
     delivered, so the publication time comes from the oldest row's header."""
-    rows = _sqla_select(database_url, timeout,
-                        "SELECT q.name, COUNT(m.id), MIN(m.id) FROM kombu_message m "
-                        "JOIN kombu_queue q ON q.id = m.queue_id WHERE m.visible = :visible GROUP BY q.name",
-                        visible=True)
+    rows = _sqla_select(
+        database_url,
+        timeout,
+        "SELECT q.name, COUNT(m.id), MIN(m.id) FROM kombu_message m "
+        "JOIN kombu_queue q ON q.id = m.queue_id WHERE m.visible = :visible GROUP BY q.name",
+        visible=True,
+    )
     sizes = {queue: 0 for queue in queues}
     oldest: dict[str, datetime | None] = {queue: None for queue in queues}
     first_ids = {}
@@ -489,32 +537,47 @@ def _sqla_sizes(database_url: str, queues: list[str], timeout: float
             sizes[name], first_ids[int(first_id)] = int(count), name
     if first_ids:
         marks = ", ".join(str(message_id) for message_id in first_ids)  # integers from the database
-        for message_id, payload in _sqla_select(database_url, timeout,
-                                                f"SELECT id, payload FROM kombu_message WHERE id IN ({marks})"):
+        for message_id, payload in _sqla_select(
+            database_url, timeout, f"SELECT id, payload FROM kombu_message WHERE id IN ({marks})"
+        ):
             message = _decode(payload, first_ids[int(message_id)], delivered=False, since=None)
             oldest[first_ids[int(message_id)]] = message.sent_at if message is not None else None
     return sizes, oldest
 
 
-def _sqla_rows(database_url: str, queues: list[str], timeout: float, *, visible_only: bool,
-               limit_per_queue: int | None = None, contains: str | None = None, newest: int | None = None
-               ) -> list[Any]:
+def _sqla_rows(
+    database_url: str,
+    queues: list[str],
+    timeout: float,
+    *,
+    visible_only: bool,
+    limit_per_queue: int | None = None,
+    contains: str | None = None,
+    newest: int | None = None,
+) -> list[Any]:
     """(queue, visible, timestamp, payload) rows: oldest first (``limit_per_queue`` each), or among the
     ``newest`` of each queue those whose payload contains ``contains``."""
     rows = []
     for queue in queues:
         where = "q.name = :queue" + (" AND m.visible = :visible" if visible_only else "")
         if newest is not None:
-            inner = (f"SELECT m.id FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id WHERE {where} "
-                     "ORDER BY m.id DESC LIMIT :newest")
-            sql = ("SELECT q.name, m.visible, m.timestamp, m.payload FROM kombu_message m "
-                   f"JOIN kombu_queue q ON q.id = m.queue_id WHERE m.id IN ({inner}) AND m.payload LIKE :pattern "
-                   "ORDER BY m.id")
+            inner = (
+                f"SELECT m.id FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id WHERE {where} "
+                "ORDER BY m.id DESC LIMIT :newest"
+            )
+            sql = (
+                "SELECT q.name, m.visible, m.timestamp, m.payload FROM kombu_message m "
+                f"JOIN kombu_queue q ON q.id = m.queue_id WHERE m.id IN ({inner}) AND m.payload LIKE :pattern "
+                "ORDER BY m.id"
+            )
         else:
-            sql = ("SELECT q.name, m.visible, m.timestamp, m.payload FROM kombu_message m "
-                   f"JOIN kombu_queue q ON q.id = m.queue_id WHERE {where}"
-                   + (" AND m.payload LIKE :pattern" if contains is not None else "")
-                   + " ORDER BY m.id" + (" LIMIT :limit" if limit_per_queue is not None else ""))
+            sql = (
+                "SELECT q.name, m.visible, m.timestamp, m.payload FROM kombu_message m "
+                f"JOIN kombu_queue q ON q.id = m.queue_id WHERE {where}"
+                + (" AND m.payload LIKE :pattern" if contains is not None else "")
+                + " ORDER BY m.id"
+                + (" LIMIT :limit" if limit_per_queue is not None else "")
+            )
         params: dict[str, object] = {"queue": queue}
         if visible_only:
             params["visible"] = True
@@ -529,13 +592,18 @@ def _sqla_rows(database_url: str, queues: list[str], timeout: float, *, visible_
 
 
 def _sqla_decode(rows: list[Any]) -> list[QueuedMessage | None]:
-    return [_decode(payload, queue, delivered=not visible, since=_local_to_utc(sent_at))
-            for queue, visible, sent_at, payload in rows]
+    return [
+        _decode(payload, queue, delivered=not visible, since=_local_to_utc(sent_at))
+        for queue, visible, sent_at, payload in rows
+    ]
 
 
 def _sqla_messages(database_url: str, queues: list[str], timeout: float) -> list[QueuedMessage]:
-    rows = _sqla_select(database_url, timeout, "SELECT q.name, m.visible, m.timestamp, m.payload FROM kombu_message m "
-                        "JOIN kombu_queue q ON q.id = m.queue_id")
+    rows = _sqla_select(
+        database_url,
+        timeout,
+        "SELECT q.name, m.visible, m.timestamp, m.payload FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id",
+    )
     return [message for message in _sqla_decode([row for row in rows if row[0] in queues]) if message is not None]
 
 

@@ -44,15 +44,26 @@ MAX_MESSAGE_CHARS = 2000
 #: Bytes at the end of a crashed child's output searched for the sign of an allocation failure.
 CRASH_OUTPUT_TAIL_BYTES = 8192
 #: What native runtimes print when an allocation fails before they abort (Rust, C++, glibc).
-ALLOCATION_FAILURE_SIGNS = (b"memory allocation of", b"std::bad_alloc", b"Cannot allocate memory",
-                            b"out of memory", b"MemoryError", b"failed to map segment")
+ALLOCATION_FAILURE_SIGNS = (
+    b"memory allocation of",
+    b"std::bad_alloc",
+    b"Cannot allocate memory",
+    b"out of memory",
+    b"MemoryError",
+    b"failed to map segment",
+)
 #: Linux prctl option: the signal the child gets when the thread that started it ends.
 PR_SET_PDEATHSIG = 1
 #: Thread pools of numerical libraries reserve address space per thread: one thread each in the child.
 #: One thread for every numeric library, and two malloc arenas: RLIMIT_AS counts reserved address space, and
 #: on a many-core host glibc's per-thread arenas (64 MiB each) and OpenCV's thread pool would take the bound.
-_CHILD_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                      "MALLOC_ARENA_MAX": "2", "OPENCV_FOR_THREADS_NUM": "1"}
+_CHILD_ENVIRONMENT = {
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "MALLOC_ARENA_MAX": "2",
+    "OPENCV_FOR_THREADS_NUM": "1",
+}
 
 _OK, _RAISED, _READY = "ok", "raised", "ready"
 
@@ -95,8 +106,11 @@ class Sandbox:
     """
 
     def __init__(self, *, timeout_seconds: float, memory_bytes: int, preload: Iterable[str] = ()) -> None:
-        self.timeout_seconds, self.memory_bytes, self.preload = float(timeout_seconds), int(memory_bytes), \
-            tuple(preload)
+        self.timeout_seconds, self.memory_bytes, self.preload = (
+            float(timeout_seconds),
+            int(memory_bytes),
+            tuple(preload),
+        )
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._requests: Connection | None = None
@@ -168,14 +182,29 @@ class Sandbox:
         os.close(handle)
         self._output = open(output, "rb")  # noqa: SIM115 -- kept open until the child is discarded
         paths = [str(Path(entry or ".").resolve()) for entry in sys.path]
-        argv = [sys.executable, "-c", _CHILD_BOOTSTRAP, json.dumps(paths), str(request_read), str(reply_write),
-                str(self.memory_bytes), json.dumps(self.preload), str(os.getpid())]
+        argv = [
+            sys.executable,
+            "-c",
+            _CHILD_BOOTSTRAP,
+            json.dumps(paths),
+            str(request_read),
+            str(reply_write),
+            str(self.memory_bytes),
+            json.dumps(self.preload),
+            str(os.getpid()),
+        ]
         environment = {**os.environ, **{key: os.environ.get(key, value) for key, value in _CHILD_ENVIRONMENT.items()}}
         try:
             with open(output, "ab") as sink:  # append mode: writes follow the child's truncations
-                self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
-                                                 pass_fds=(request_read, reply_write), env=environment,
-                                                 start_new_session=True)
+                self._process = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=sink,
+                    stderr=sink,
+                    pass_fds=(request_read, reply_write),
+                    env=environment,
+                    start_new_session=True,
+                )
         except BaseException:
             os.close(request_write)
             os.close(reply_read)
@@ -201,16 +230,19 @@ class Sandbox:
         else:
             how = f"did not start within {STARTUP_TIMEOUT_SECONDS:g} s"
         self._discard()
-        raise SandboxStartError(f"the decode sandbox {how} under a memory bound of {self.memory_bytes // MiB} MiB "
-                                "(decode_memory_bytes)")
+        raise SandboxStartError(
+            f"the decode sandbox {how} under a memory bound of {self.memory_bytes // MiB} MiB (decode_memory_bytes)"
+        )
 
     def _crash_failure(self) -> DecodeFailure:
         """The failure of a child that died: its exit status, and memory when its output says so."""
         how, out_of_memory = self._ended()
         self._discard()
         if out_of_memory:
-            return DecodeFailure(FailureReason.MEMORY, f"the decoding process {how} on an allocation failure "
-                                 f"(bound {self.memory_bytes // MiB} MiB)")
+            return DecodeFailure(
+                FailureReason.MEMORY,
+                f"the decoding process {how} on an allocation failure (bound {self.memory_bytes // MiB} MiB)",
+            )
         return DecodeFailure(FailureReason.CRASH, f"the decoding process {how}")
 
     def _ended(self) -> tuple[str, bool]:
@@ -247,8 +279,9 @@ def _result(reply: tuple[Any, ...], memory_bytes: int) -> Any:
         return reply[1]
     _, error_type, message, out_of_memory = reply
     if out_of_memory:
-        raise DecodeFailure(FailureReason.MEMORY,
-                            message or f"the decode needed more than its {memory_bytes // MiB} MiB", error_type)
+        raise DecodeFailure(
+            FailureReason.MEMORY, message or f"the decode needed more than its {memory_bytes // MiB} MiB", error_type
+        )
     raise DecodeFailure(FailureReason.ERROR, message, error_type)
 
 
@@ -292,8 +325,7 @@ def thread_sandbox(*, timeout_seconds: float, memory_bytes: int, preload: Iterab
         sandbox.close()
         sandbox = None
     if sandbox is None:
-        sandbox = _local.sandbox = Sandbox(timeout_seconds=timeout_seconds, memory_bytes=memory_bytes,
-                                           preload=preload)
+        sandbox = _local.sandbox = Sandbox(timeout_seconds=timeout_seconds, memory_bytes=memory_bytes, preload=preload)
     return sandbox
 
 
@@ -312,8 +344,10 @@ atexit.register(close_all)
 # --- the child's side ---------------------------------------------------------------------------------------
 
 #: The child's whole command: the parent's import path, then child_main with the remaining arguments.
-_CHILD_BOOTSTRAP = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
-                    "from predraft.workers.sandbox import child_main; child_main(sys.argv[2:])")
+_CHILD_BOOTSTRAP = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+    "from predraft.workers.sandbox import child_main; child_main(sys.argv[2:])"
+)
 
 
 def child_main(argv: list[str]) -> None:
@@ -349,8 +383,14 @@ def _serve(request: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) 
     try:  # pickled here, so that a result that cannot be pickled fails this call, not the parent's read
         return pickle.dumps(reply)
     except BaseException as exc:  # noqa: BLE001
-        return pickle.dumps((_RAISED, type(exc).__name__, f"the result could not be returned: {_message(exc)}",
-                             isinstance(exc, MemoryError)))
+        return pickle.dumps(
+            (
+                _RAISED,
+                type(exc).__name__,
+                f"the result could not be returned: {_message(exc)}",
+                isinstance(exc, MemoryError),
+            )
+        )
 
 
 def _raised(exc: BaseException) -> tuple[str, str, str, bool]:

@@ -38,16 +38,23 @@ class StabilityMonitor(threading.Thread):
 
     def tick(self) -> list[int]:
         """One pass: claim quiet studies and start them. Returns the ids started."""
-        claimed = claim_ready_studies(self.settings.database_url, quiet_seconds=self.settings.quiet_seconds,
-                                      expected_views=self.settings.expected_views)
+        claimed = claim_ready_studies(
+            self.settings.database_url,
+            quiet_seconds=self.settings.quiet_seconds,
+            expected_views=self.settings.expected_views,
+        )
         for study_id in claimed:
             sent = start_study(self.app, self.settings.database_url, study_id)
             log.info("study row %d is ready; %d instance(s) sent to prepare", study_id, sent)
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + self.settings.sweep_interval_seconds
-            sweep(self.app, self.settings.database_url, self.settings.broker_url,
-                  stale_seconds=self.settings.sweep_stale_seconds,
-                  export_retry_max_delay_seconds=self.settings.export_retry_max_delay_seconds)
+            sweep(
+                self.app,
+                self.settings.database_url,
+                self.settings.broker_url,
+                stale_seconds=self.settings.sweep_stale_seconds,
+                export_retry_max_delay_seconds=self.settings.export_retry_max_delay_seconds,
+            )
         return claimed
 
     def stop(self) -> None:

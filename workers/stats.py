@@ -20,9 +20,11 @@ from predraft.workers.queues import queue_counts
 _DEAD_LETTERS = "SELECT task_name, COUNT(*) FROM dead_letters WHERE retried_at IS NULL GROUP BY task_name"
 #: Dead exports of each study's newest SR (a draft, or the report its review issued): the exports of an SR
 #: that a newer one superseded do not count (the newer SR is what the PACS needs).
-_DEAD_EXPORTS = ("SELECT COUNT(*) FROM exports e JOIN drafts d ON d.id = e.draft_id WHERE e.state = 'dead' AND "
-                 "d.id = (SELECT n.id FROM drafts n WHERE n.study_id = d.study_id "
-                 "ORDER BY n.generation DESC, n.id DESC LIMIT 1)")
+_DEAD_EXPORTS = (
+    "SELECT COUNT(*) FROM exports e JOIN drafts d ON d.id = e.draft_id WHERE e.state = 'dead' AND "
+    "d.id = (SELECT n.id FROM drafts n WHERE n.study_id = d.study_id "
+    "ORDER BY n.generation DESC, n.id DESC LIMIT 1)"
+)
 
 
 def queue_stats(settings: Settings, *, now: datetime | None = None, timeout: float = 3.0) -> dict[str, Any]:
@@ -47,23 +49,36 @@ def queue_stats(settings: Settings, *, now: datetime | None = None, timeout: flo
             mine = [task for task in held if task.queue == queue]
             retries += sum(1 for task in mine if _pending(task.eta, now))
             running = sum(1 for task in mine if task.state != "scheduled" and not _pending(task.eta, now))
-        queues.append({
-            "queue": queue, "waiting": count.waiting, "running": running, "retries_pending": retries,
-            "dead": dead.get(queue, 0),
-            "oldest_waiting_seconds": (round(max(0.0, (now - count.oldest_sent_at).total_seconds()), 1)
-                                       if count.oldest_sent_at and count.waiting else None),
-            "workers": sum(1 for worker in workers if queue in worker.queues),
-        })
-    return {"broker": redact_url(settings.broker_url), "queues": queues,
-            "workers": [worker.as_json(now) for worker in workers], "problems": _problems(queues)}
+        queues.append(
+            {
+                "queue": queue,
+                "waiting": count.waiting,
+                "running": running,
+                "retries_pending": retries,
+                "dead": dead.get(queue, 0),
+                "oldest_waiting_seconds": (
+                    round(max(0.0, (now - count.oldest_sent_at).total_seconds()), 1)
+                    if count.oldest_sent_at and count.waiting
+                    else None
+                ),
+                "workers": sum(1 for worker in workers if queue in worker.queues),
+            }
+        )
+    return {
+        "broker": redact_url(settings.broker_url),
+        "queues": queues,
+        "workers": [worker.as_json(now) for worker in workers],
+        "problems": _problems(queues),
+    }
 
 
 def dead_counts(database_url: str, *, timeout: float = 3.0) -> dict[str, int]:
     """Dead work by queue: dead letters not yet retried, and (queue ``export``) dead exports of newest SRs."""
     from sqlalchemy import create_engine, text
 
-    connect_args = ({"timeout": timeout} if database_url.startswith("sqlite")
-                    else {"connect_timeout": max(1, int(timeout))})
+    connect_args = (
+        {"timeout": timeout} if database_url.startswith("sqlite") else {"connect_timeout": max(1, int(timeout))}
+    )
     engine = create_engine(database_url, connect_args=connect_args)
     try:
         with engine.connect() as connection:
@@ -88,8 +103,10 @@ def _problems(queues: list[dict[str, Any]]) -> list[str]:
             problems.append(f"{row['dead']} dead in queue {row['queue']} (predraft queue ls --state dead)")
         if not row["workers"]:
             backlog = row["waiting"] + row["retries_pending"]
-            problems.append(f"no online worker consumes queue {row['queue']}"
-                            + (f" ({backlog} message(s) waiting)" if backlog else ""))
+            problems.append(
+                f"no online worker consumes queue {row['queue']}"
+                + (f" ({backlog} message(s) waiting)" if backlog else "")
+            )
     return problems
 
 

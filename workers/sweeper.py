@@ -53,17 +53,25 @@ class SweepReport:
 
     @property
     def total(self) -> int:
-        return len(self.prepared) + len(self.reclassified) + len(self.finished) + len(self.drafted) + \
-            len(self.exported)
+        return len(self.prepared) + len(self.reclassified) + len(self.finished) + len(self.drafted) + len(self.exported)
 
 
-def sweep(app: Celery, database_url: str, broker_url: str, *, stale_seconds: float,
-          export_retry_max_delay_seconds: float = 600.0) -> SweepReport:
+def sweep(
+    app: Celery,
+    database_url: str,
+    broker_url: str,
+    *,
+    stale_seconds: float,
+    export_retry_max_delay_seconds: float = 600.0,
+) -> SweepReport:
     """One pass; see the module docstring. Raises :class:`predraft.workers.queues.BrokerUnreachable` if the broker
     cannot be read (nothing is sent then: a broker that cannot be read cannot be trusted to be empty)."""
     cutoff = utcnow() - timedelta(seconds=stale_seconds)
-    messages = [message for message in queued_messages(broker_url, QUEUES)
-                if not message.delivered or message.since is None or message.since > cutoff]
+    messages = [
+        message
+        for message in queued_messages(broker_url, QUEUES)
+        if not message.delivered or message.since is None or message.since > cutoff
+    ]
     held = {(message.task, message.first_arg) for message in messages}
     held_exports: dict[str, set[tuple[str, object]]] = {}
     for message in messages:
@@ -71,36 +79,54 @@ def sweep(app: Celery, database_url: str, broker_url: str, *, stale_seconds: flo
             held_exports.setdefault(str(message.args[1]), set()).add((EXPORT, message.first_arg))
     report = SweepReport()
     undead_instance = ~exists().where(DeadLetter.instance_id == Instance.id, DeadLetter.retried_at.is_(None))
-    undead_study = ~exists().where(DeadLetter.study_id == Study.id, DeadLetter.retried_at.is_(None),
-                                   DeadLetter.instance_id.is_(None))
+    undead_study = ~exists().where(
+        DeadLetter.study_id == Study.id, DeadLetter.retried_at.is_(None), DeadLetter.instance_id.is_(None)
+    )
     with session_scope(database_url) as session:
         stale_instances = session.execute(
-            select(Instance.id, Instance.state, Instance.study_id).join(Study, Study.id == Instance.study_id)
-            .where(Study.state == StudyState.READY, Instance.updated_at < cutoff, undead_instance,
-                   Instance.state.in_([InstanceState.RECEIVED, InstanceState.PREPARED]))
+            select(Instance.id, Instance.state, Instance.study_id)
+            .join(Study, Study.id == Instance.study_id)
+            .where(
+                Study.state == StudyState.READY,
+                Instance.updated_at < cutoff,
+                undead_instance,
+                Instance.state.in_([InstanceState.RECEIVED, InstanceState.PREPARED]),
+            )
         ).all()
         for instance_id, state, study_id in stale_instances:
             if (PREPARE, instance_id) in held or (CLASSIFY, instance_id) in held:
                 continue
             if state == InstanceState.PREPARED:
-                changed = session.execute(update(Instance).where(Instance.id == instance_id,
-                                                                 Instance.state == InstanceState.PREPARED)
-                                          .values(state=InstanceState.RECEIVED, updated_at=utcnow()))
+                changed = session.execute(
+                    update(Instance)
+                    .where(Instance.id == instance_id, Instance.state == InstanceState.PREPARED)
+                    .values(state=InstanceState.RECEIVED, updated_at=utcnow())
+                )
                 if changed.rowcount != 1:
                     continue
                 report.reclassified.append(instance_id)
             else:
                 report.prepared.append(instance_id)
-            record_event(session, "swept", f"{state}: no queued task; prepare sent again", study_id=study_id,
-                         instance_id=instance_id)
-        unfinished = exists().where(Instance.study_id == Study.id,
-                                    Instance.state.not_in([s.value for s in FINISHED_INSTANCE_STATES]))
-        report.finished = list(session.scalars(
-            select(Study.id).where(Study.state == StudyState.READY, Study.ready_at < cutoff, ~unfinished)).all())
+            record_event(
+                session,
+                "swept",
+                f"{state}: no queued task; prepare sent again",
+                study_id=study_id,
+                instance_id=instance_id,
+            )
+        unfinished = exists().where(
+            Instance.study_id == Study.id, Instance.state.not_in([s.value for s in FINISHED_INSTANCE_STATES])
+        )
+        report.finished = list(
+            session.scalars(
+                select(Study.id).where(Study.state == StudyState.READY, Study.ready_at < cutoff, ~unfinished)
+            ).all()
+        )
         has_draft = exists().where(Draft.study_id == Study.id, Draft.generation == Study.generation)
         drafting = session.execute(
-            select(Study.id, Study.generation).where(Study.state == StudyState.DRAFTING, ~has_draft, undead_study,
-                                                     Study.ready_at < cutoff)
+            select(Study.id, Study.generation).where(
+                Study.state == StudyState.DRAFTING, ~has_draft, undead_study, Study.ready_at < cutoff
+            )
         ).all()
         report.drafted = [study_id for study_id, _ in drafting if (DRAFT, study_id) not in held]
         generations = dict(drafting)
@@ -109,14 +135,21 @@ def sweep(app: Celery, database_url: str, broker_url: str, *, stale_seconds: flo
         failed_cutoff = cutoff - timedelta(seconds=export_retry_max_delay_seconds)
         exports = session.execute(
             select(Export.id, Export.draft_id, Export.destination).where(
-                or_(and_(Export.state == ExportState.PENDING, Export.updated_at < cutoff),
+                or_(
+                    and_(Export.state == ExportState.PENDING, Export.updated_at < cutoff),
                     and_(Export.state == ExportState.FAILED, Export.updated_at < failed_cutoff),
-                    abandoned_claim()))
+                    abandoned_claim(),
+                )
+            )
         ).all()
-        lost_exports = [(draft_id, destination) for export_id, draft_id, destination in exports
-                        if (EXPORT, draft_id) not in held_exports.get(destination, set())]
-        report.exported = [export_id for export_id, draft_id, destination in exports
-                           if (draft_id, destination) in lost_exports]
+        lost_exports = [
+            (draft_id, destination)
+            for export_id, draft_id, destination in exports
+            if (EXPORT, draft_id) not in held_exports.get(destination, set())
+        ]
+        report.exported = [
+            export_id for export_id, draft_id, destination in exports if (draft_id, destination) in lost_exports
+        ]
     for instance_id in report.prepared + report.reclassified:
         app.send_task(PREPARE, args=[instance_id])
     for study_id in report.finished:
@@ -126,7 +159,12 @@ def sweep(app: Celery, database_url: str, broker_url: str, *, stale_seconds: flo
     for draft_id, destination in lost_exports:
         app.send_task(EXPORT, args=[draft_id, destination])
     if report.total:
-        log.warning("sweeper sent again: %d prepare, %d re-prepare, %d finish, %d draft, %d export",
-                    len(report.prepared), len(report.reclassified), len(report.finished), len(report.drafted),
-                    len(report.exported))
+        log.warning(
+            "sweeper sent again: %d prepare, %d re-prepare, %d finish, %d draft, %d export",
+            len(report.prepared),
+            len(report.reclassified),
+            len(report.finished),
+            len(report.drafted),
+            len(report.exported),
+        )
     return report

@@ -54,15 +54,27 @@ class RecordedTask(Task):
         only, and the traceback without any exception's message: they may quote a received value."""
         error = describe_exception(exc)
         log.error("task %s[%s] failed for good: %s", self.name, task_id, error)
-        record_dead_letter(_settings().database_url, task_name=self.name, task_id=task_id,
-                           first_arg=args[0] if args else None, attempts=self.request.retries + 1,
-                           error=error, traceback=traceback_without_messages(exc))
+        record_dead_letter(
+            _settings().database_url,
+            task_name=self.name,
+            task_id=task_id,
+            first_arg=args[0] if args else None,
+            attempts=self.request.retries + 1,
+            error=error,
+            traceback=traceback_without_messages(exc),
+        )
 
 
 #: Passing trouble (the database or the broker briefly away) is retried with exponential backoff and
 #: jitter, at most 5 times (about a minute in all); then the task is a dead letter.
-_RETRY = {"base": RecordedTask, "autoretry_for": (OperationalError, KombuOperationalError, ConnectionError),
-          "retry_backoff": 2, "retry_backoff_max": 30, "retry_jitter": True, "max_retries": 5}
+_RETRY = {
+    "base": RecordedTask,
+    "autoretry_for": (OperationalError, KombuOperationalError, ConnectionError),
+    "retry_backoff": 2,
+    "retry_backoff_max": 30,
+    "retry_jitter": True,
+    "max_retries": 5,
+}
 
 
 @lru_cache(maxsize=1)
@@ -86,16 +98,25 @@ def _classifier_and_batcher(settings: Settings) -> tuple[Classifier, MicroBatche
     model once and share its batches. A batcher that stopped (or whose thread did not survive a fork) is
     replaced, and so is one of another configuration.
     """
-    key = (settings.model_card_path, settings.device, settings.torch_compile, settings.classify_batch_size,
-           settings.classify_batch_wait_ms)
+    key = (
+        settings.model_card_path,
+        settings.device,
+        settings.torch_compile,
+        settings.classify_batch_size,
+        settings.classify_batch_wait_ms,
+    )
     with _model_lock:
         if key not in _models or _models[key][1].closed:
             for _, old in _models.values():
                 old.close()
             _models.clear()
             classifier = load_classifier(settings.model_card_path, settings.device, compile=settings.torch_compile)
-            batcher = MicroBatcher(classifier, batch_size=settings.classify_batch_size,
-                                   wait_ms=settings.classify_batch_wait_ms, name="classify-batcher")
+            batcher = MicroBatcher(
+                classifier,
+                batch_size=settings.classify_batch_size,
+                wait_ms=settings.classify_batch_wait_ms,
+                name="classify-batcher",
+            )
             _models[key] = (classifier, batcher)
         return _models[key]
 
@@ -120,8 +141,11 @@ worker_process_shutdown.connect(close_all, weak=False)
 
 def _prepare_sandbox(settings: Settings) -> Sandbox:
     """This worker thread's decode sandbox, bounded by decode_timeout_seconds and decode_memory_bytes."""
-    return thread_sandbox(timeout_seconds=settings.decode_timeout_seconds, memory_bytes=settings.decode_memory_bytes,
-                          preload=_PREPARE_PRELOAD)
+    return thread_sandbox(
+        timeout_seconds=settings.decode_timeout_seconds,
+        memory_bytes=settings.decode_memory_bytes,
+        preload=_PREPARE_PRELOAD,
+    )
 
 
 def _decode_failure_error(instance_id: int, transfer_syntax: str, failure: DecodeFailure) -> str:
@@ -131,8 +155,13 @@ def _decode_failure_error(instance_id: int, transfer_syntax: str, failure: Decod
     # senders cannot make new series without end.
     label = syntax if UID_dictionary.get(syntax, ("", ""))[1] == "Transfer Syntax" else "other"
     DECODE_FAILURES.labels(transfer_syntax=label, reason=failure.reason.value).inc()
-    log.warning("instance row %d could not be prepared (%s, transfer syntax %s): %s", instance_id,
-                failure.reason.value, syntax, failure.error_type or failure.reason.value)
+    log.warning(
+        "instance row %d could not be prepared (%s, transfer syntax %s): %s",
+        instance_id,
+        failure.reason.value,
+        syntax,
+        failure.error_type or failure.reason.value,
+    )
     return f"could not be prepared ({failure.reason.value}) in transfer syntax {syntax}: {failure.cause}"[:2000]
 
 
@@ -151,9 +180,14 @@ def prepare(self: Task, instance_id: int) -> None:
     gate = load_gate(settings.gate_card_path)
     gated = None
     try:
-        prepared = prepare_bounded(path, input_size=card.input_size, gate_size=gate.size,
-                                   voi_window_index=settings.voi_window_index, with_halves=gate.reads_field,
-                                   sandbox=_prepare_sandbox(settings))
+        prepared = prepare_bounded(
+            path,
+            input_size=card.input_size,
+            gate_size=gate.size,
+            voi_window_index=settings.voi_window_index,
+            with_halves=gate.reads_field,
+            sandbox=_prepare_sandbox(settings),
+        )
         gated = gate.apply(prepared)
         if not gated.decision.in_scope:
             raise OutOfScopeError(gated.decision.reason)
@@ -208,11 +242,20 @@ def classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]]
         for hip, row in zip(hips, probabilities, strict=True):
             scores = {cls.value: float(p) for cls, p in zip(card.classes, row, strict=True)}
             top = max(scores, key=lambda key: scores[key])
-            session.add(Prediction(instance_id=instance_id, side=hip.side.value, view=hip.view.value,
-                                   model_name=card.name, model_version=card.version, probabilities=scores,
-                                   top_class=top, top_probability=scores[top],
-                                   metal_present=hip.metal.present if hip.metal else None,
-                                   metal_score=hip.metal.score if hip.metal else None))
+            session.add(
+                Prediction(
+                    instance_id=instance_id,
+                    side=hip.side.value,
+                    view=hip.view.value,
+                    model_name=card.name,
+                    model_version=card.version,
+                    probabilities=scores,
+                    top_class=top,
+                    top_probability=scores[top],
+                    metal_present=hip.metal.present if hip.metal else None,
+                    metal_score=hip.metal.score if hip.metal else None,
+                )
+            )
         instance = session.get(Instance, instance_id)
         instance.state = InstanceState.CLASSIFIED
         instance.study.classified_at = utcnow()
@@ -220,8 +263,9 @@ def classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]]
     finish_if_done(self.app, settings.database_url, study_id)
 
 
-def _write_draft(session: Session, *, study: Study, generation: int, settings: Settings,
-                 card: ModelCard) -> tuple[int | None, list[str], float | None]:
+def _write_draft(
+    session: Session, *, study: Study, generation: int, settings: Settings, card: ModelCard
+) -> tuple[int | None, list[str], float | None]:
     """Draft the locked ``study`` for ``generation`` and queue its exports, in the caller's transaction.
 
     Returns (draft id, destinations to send an export task for, seconds from the last instance to the
@@ -231,9 +275,15 @@ def _write_draft(session: Session, *, study: Study, generation: int, settings: S
     place (:func:`predraft.core.library_text.describe_exception`), and the traceback without messages.
     """
     try:
-        outcome = draft_study(session, study=study, generation=generation, model=card,
-                              spool=Spool(settings.spool_dir), rule=settings.aggregation_rule,
-                              template_dir=settings.template_dir)
+        outcome = draft_study(
+            session,
+            study=study,
+            generation=generation,
+            model=card,
+            spool=Spool(settings.spool_dir),
+            rule=settings.aggregation_rule,
+            template_dir=settings.template_dir,
+        )
     except OperationalError:
         raise
     except Exception as exc:
@@ -251,8 +301,9 @@ def _write_draft(session: Session, *, study: Study, generation: int, settings: S
     log.info("study row %d: %s", study.id, outcome.state.value)
     if study.state != StudyState.DRAFTED or outcome.draft_id is None:
         return None, [], None
-    exports = queue_exports(session, draft_id=outcome.draft_id,
-                            destinations=[d.name for d in settings.export_destinations])
+    exports = queue_exports(
+        session, draft_id=outcome.draft_id, destinations=[d.name for d in settings.export_destinations]
+    )
     return outcome.draft_id, exports, (as_utc(study.drafted_at) - as_utc(study.last_instance_at)).total_seconds()
 
 
@@ -270,11 +321,17 @@ def draft(self: Task, study_id: int, generation: int) -> None:
             return
         stale = reclassify_stale_instances(session, study=study, model_name=card.name, model_version=card.version)
         if not stale:
-            draft_id, exports, time_to_draft = _write_draft(session, study=study, generation=generation,
-                                                            settings=settings, card=card)
+            draft_id, exports, time_to_draft = _write_draft(
+                session, study=study, generation=generation, settings=settings, card=card
+            )
     if stale:  # committed: the study is READY again, and drafts once these are classified by this model
-        log.info("study row %d: %d image(s) classified again by %s %s before drafting", study_id, len(stale),
-                 card.name, card.version)
+        log.info(
+            "study row %d: %d image(s) classified again by %s %s before drafting",
+            study_id,
+            len(stale),
+            card.name,
+            card.version,
+        )
         for instance_id in stale:
             self.app.send_task(PREPARE, args=[instance_id])
         return

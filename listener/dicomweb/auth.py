@@ -29,8 +29,7 @@ log = logging.getLogger(__name__)
 REALM = "predraft DICOMweb"
 #: The challenges sent with every 401: either scheme is accepted.
 CHALLENGE = f'Bearer realm="{REALM}", Basic realm="{REALM}", charset="UTF-8"'
-NOT_CONFIGURED = ("DICOMweb is not configured: set PREDRAFT_DICOMWEB_TOKENS or PREDRAFT_DICOMWEB_USERS "
-                  "to allow access")
+NOT_CONFIGURED = "DICOMweb is not configured: set PREDRAFT_DICOMWEB_TOKENS or PREDRAFT_DICOMWEB_USERS to allow access"
 _DUMMY_SECRET = b"predraft-no-such-user"  # compared against when the user is unknown, so timing is alike
 
 
@@ -106,5 +105,8 @@ def authenticate(request: Request) -> DicomwebUser:
             return DicomwebUser(user)
         raise _refuse(request, "wrong user name or password", detail="invalid credentials")
     # The scheme is not logged: a client that sends a bare secret would find it in the log.
-    raise _refuse(request, "an authorization scheme that is not configured (Bearer: tokens, Basic: users)",
-                  detail="invalid credentials")
+    raise _refuse(
+        request,
+        "an authorization scheme that is not configured (Bearer: tokens, Basic: users)",
+        detail="invalid credentials",
+    )

@@ -30,21 +30,29 @@ def stow_boundary(content_type: str | None) -> bytes:
     """The multipart boundary of a STOW-RS request's Content-Type, or DicomwebError: 415 for another
     media type (or a ``type`` other than application/dicom), 400 for a missing or malformed boundary."""
     if not content_type:
-        raise DicomwebError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "no Content-Type: send multipart/related; "
-                            'type="application/dicom"')
+        raise DicomwebError(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE, 'no Content-Type: send multipart/related; type="application/dicom"'
+        )
     header = Message()
     header["Content-Type"] = content_type
     if header.get_content_type() != MULTIPART_RELATED:
-        raise DicomwebError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"Content-Type {header.get_content_type()!r} is "
-                            'not supported: send multipart/related; type="application/dicom"')
+        raise DicomwebError(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            f"Content-Type {header.get_content_type()!r} is "
+            'not supported: send multipart/related; type="application/dicom"',
+        )
     part_type = str(header.get_param("type") or APPLICATION_DICOM).strip().lower()
     if part_type != APPLICATION_DICOM:
-        raise DicomwebError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"multipart/related of type {part_type[:64]!r} is "
-                            "not supported: only application/dicom parts (DICOM Part 10 files)")
+        raise DicomwebError(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            f"multipart/related of type {part_type[:64]!r} is "
+            "not supported: only application/dicom parts (DICOM Part 10 files)",
+        )
     boundary = header.get_param("boundary")
     if not isinstance(boundary, str) or not 1 <= len(boundary) <= MAX_BOUNDARY_LENGTH:
-        raise DicomwebError(HTTPStatus.BAD_REQUEST, "Content-Type has no boundary parameter of 1 to "
-                            f"{MAX_BOUNDARY_LENGTH} characters")
+        raise DicomwebError(
+            HTTPStatus.BAD_REQUEST, f"Content-Type has no boundary parameter of 1 to {MAX_BOUNDARY_LENGTH} characters"
+        )
     try:
         return boundary.encode("ascii")
     except UnicodeEncodeError:
@@ -59,8 +67,11 @@ def declared_length(content_length: str | None, limit: int) -> int | None:
         raise DicomwebError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number")
     length = int(content_length)
     if length > limit:
-        raise DicomwebError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                            f"the request body of {length} bytes exceeds the limit of {limit} bytes", close=True)
+        raise DicomwebError(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            f"the request body of {length} bytes exceeds the limit of {limit} bytes",
+            close=True,
+        )
     return length
 
 
@@ -73,8 +84,11 @@ async def copy_body(request: Request, target: IO[bytes], limit: int) -> int:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise DicomwebError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                    f"the request body exceeds the limit of {limit} bytes", close=True)
+                raise DicomwebError(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    f"the request body exceeds the limit of {limit} bytes",
+                    close=True,
+                )
             pending += chunk
             if len(pending) >= WRITE_BATCH_BYTES:
                 await run_in_threadpool(target.write, bytes(pending))
@@ -108,7 +122,7 @@ def _parse_headers(block: bytes) -> dict[str, str]:
 
 def _first_delimiter(body: bytes | mmap.mmap, delimiter: bytes) -> int:
     """Where the first boundary line starts (at the very start or after a preamble's CRLF)."""
-    if body[:len(delimiter)] == delimiter:
+    if body[: len(delimiter)] == delimiter:
         return 0
     position = body.find(CRLF + delimiter)
     if position < 0:
@@ -126,18 +140,24 @@ def split_multipart(body: bytes | mmap.mmap, boundary: bytes) -> Iterator[Part]:
     position = _first_delimiter(body, delimiter) + len(delimiter)
     index = 0
     while True:
-        if body[position:position + 2] == b"--":
+        if body[position : position + 2] == b"--":
             return  # the close delimiter
         line_end = body.find(CRLF, position)
         if line_end < 0 or body[position:line_end].strip(b" \t"):
-            yield Part(index, {}, b"", "the body ends without its closing boundary" if line_end < 0
-                       else "a boundary line is followed by other characters")
+            yield Part(
+                index,
+                {},
+                b"",
+                "the body ends without its closing boundary"
+                if line_end < 0
+                else "a boundary line is followed by other characters",
+            )
             return
         headers_end = body.find(CRLF + CRLF, line_end)
         if headers_end < 0:
             yield Part(index, {}, b"", "the body ends inside the headers of a part")
             return
-        headers = _parse_headers(body[line_end + len(CRLF):headers_end])
+        headers = _parse_headers(body[line_end + len(CRLF) : headers_end])
         start = headers_end + 2 * len(CRLF)
         end = body.find(CRLF + delimiter, start)
         if end < 0:

@@ -18,9 +18,14 @@ from predraft.listener.dicomweb.query import Match, Query, parse_query
 
 router = APIRouter()
 
-STUDY_KEYS = {"StudyInstanceUID": Study.study_uid, "PatientID": Study.patient_id, "PatientName": Study.patient_name,
-              "AccessionNumber": Study.accession_number, "StudyDate": Study.study_date,
-              "StudyDescription": Study.study_description}
+STUDY_KEYS = {
+    "StudyInstanceUID": Study.study_uid,
+    "PatientID": Study.patient_id,
+    "PatientName": Study.patient_name,
+    "AccessionNumber": Study.accession_number,
+    "StudyDate": Study.study_date,
+    "StudyDescription": Study.study_description,
+}
 SERIES_KEYS = frozenset({"SeriesInstanceUID", "Modality", "SeriesDescription", "BodyPartExamined"})
 INSTANCE_KEYS = frozenset({"SOPInstanceUID", "SOPClassUID"})
 
@@ -79,8 +84,9 @@ def _search_answer(results: list[dict[str, Any]], query: Query) -> Response:
 @router.get("/studies", summary="QIDO-RS: search for studies")
 def search_studies(request: Request) -> Response:
     query = parse_query(request, frozenset({*STUDY_KEYS, "ModalitiesInStudy"}))
-    conditions = [match.condition(STUDY_KEYS[keyword]) for keyword, match in query.matches.items()
-                  if keyword in STUDY_KEYS]
+    conditions = [
+        match.condition(STUDY_KEYS[keyword]) for keyword, match in query.matches.items() if keyword in STUDY_KEYS
+    ]
     if (modality := query.matches.get("ModalitiesInStudy")) is not None:
         conditions.append(_modality_condition(modality))
     statement = select(Study).where(*conditions).order_by(Study.id).offset(query.offset)
@@ -88,8 +94,9 @@ def search_studies(request: Request) -> Response:
         statement = statement.limit(query.limit)
     studies_url = studies_url_of(request)
     with session_scope(settings_of(request).database_url) as session:
-        results = [_study_json(study, study_series(session, study), studies_url)
-                   for study in session.scalars(statement).all()]
+        results = [
+            _study_json(study, study_series(session, study), studies_url) for study in session.scalars(statement).all()
+        ]
     return _search_answer(results, query)
 
 
@@ -100,8 +107,12 @@ def search_series(study: str, request: Request) -> Response:
     with session_scope(settings_of(request).database_url) as session:
         row = find_study(session, study_uid)
         series = study_series(session, row) if row is not None else []
-    attributes = {"SeriesInstanceUID": lambda s: s.series_uid, "Modality": lambda s: s.modality,
-                  "SeriesDescription": lambda s: s.description, "BodyPartExamined": lambda s: s.body_part}
+    attributes = {
+        "SeriesInstanceUID": lambda s: s.series_uid,
+        "Modality": lambda s: s.modality,
+        "SeriesDescription": lambda s: s.description,
+        "BodyPartExamined": lambda s: s.body_part,
+    }
     matching = [s for s in series if all(m.test(attributes[k](s)) for k, m in query.matches.items())]
     studies_url = studies_url_of(request)
     return _search_answer([_series_json(study_uid, s, studies_url) for s in query.page(matching)], query)
@@ -118,5 +129,4 @@ def search_instances(study: str, series: str, request: Request) -> Response:
     attributes = {"SOPInstanceUID": lambda i: i.sop_instance_uid, "SOPClassUID": lambda i: i.sop_class_uid}
     matching = [i for i in instances if all(m.test(attributes[k](i)) for k, m in query.matches.items())]
     studies_url = studies_url_of(request)
-    return _search_answer([_instance_json(study_uid, series_uid, i, studies_url) for i in query.page(matching)],
-                          query)
+    return _search_answer([_instance_json(study_uid, series_uid, i, studies_url) for i in query.page(matching)], query)

@@ -51,8 +51,9 @@ class Match:
         return cls(keyword, (value,), "single")
 
     def _pattern(self) -> re.Pattern[str]:
-        return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in self.values[0]),
-                          re.DOTALL)
+        return re.compile(
+            "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in self.values[0]), re.DOTALL
+        )
 
     def test(self, actual: str) -> bool:
         """Whether the attribute value ``actual`` matches."""
@@ -118,13 +119,12 @@ class Query:
         if not self.ignored:
             return {}
         keys = ", ".join(sorted(set(self.ignored)))[:200]
-        return {"Warning": f'299 predraft "The following query parameters are not supported and were ignored: '
-                           f'{keys}"'}
+        return {"Warning": f'299 predraft "The following query parameters are not supported and were ignored: {keys}"'}
 
     def page(self, items: list[Any]) -> list[Any]:
         """The ``offset``/``limit`` window of ``items``."""
         end = None if self.limit is None else self.offset + self.limit
-        return items[self.offset:end]
+        return items[self.offset : end]
 
 
 def _count(name: str, value: str | None, default: int | None) -> int | None:
@@ -154,5 +154,6 @@ def parse_query(request: Request, supported: frozenset[str]) -> Query:
         elif value not in ("", "*"):  # an empty value or a lone * is universal matching
             matches[keyword] = Match.parse(keyword, value)
     params = request.query_params
-    return Query(matches, _count("limit", params.get("limit"), None), _count("offset", params.get("offset"), 0) or 0,
-                 ignored)
+    return Query(
+        matches, _count("limit", params.get("limit"), None), _count("offset", params.get("offset"), 0) or 0, ignored
+    )

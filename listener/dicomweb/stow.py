@@ -71,8 +71,9 @@ def inspect_part(data: bytes) -> PartHeader:
     a Deflated data set whole."""
     try:
         header = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
-        return PartHeader(*(_valid_uid(header, keyword) for keyword in ("SOPClassUID", "SOPInstanceUID",
-                                                                         "StudyInstanceUID")))
+        return PartHeader(
+            *(_valid_uid(header, keyword) for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"))
+        )
     except Exception:  # whatever pydicom trips on, the part's UIDs are unknown
         return PartHeader()
 
@@ -96,8 +97,14 @@ class PartResult:
 
 
 def _failed(part: Part, header: PartHeader, reason: int, message: str, source: str) -> PartResult:
-    log.warning("STOW-RS part %d from %s (instance %s) refused with 0x%04X: %s", part.index + 1, source,
-                header.sop_instance_uid or "unknown", reason, message)
+    log.warning(
+        "STOW-RS part %d from %s (instance %s) refused with 0x%04X: %s",
+        part.index + 1,
+        source,
+        header.sop_instance_uid or "unknown",
+        reason,
+        message,
+    )
     outcome = "study_uid_mismatch" if reason == FAILURE_STUDY_UID_MISMATCH else "cannot_understand"
     metrics.record_received("stow", outcome, 0)
     return PartResult(header.sop_class_uid, header.sop_instance_uid, header.study_uid, reason, message)
@@ -112,27 +119,42 @@ def store_part(part: Part, receiver: Receiver, *, source: str, study_uid: str | 
     if part.problem is not None:
         return _failed(part, inspect_part(part.content), FAILURE_CANNOT_UNDERSTAND, part.problem, source)
     if media_type != APPLICATION_DICOM:
-        return _failed(part, PartHeader(), FAILURE_CANNOT_UNDERSTAND,
-                       f"part of type {media_type[:64]!r}, not application/dicom", source)
+        return _failed(
+            part,
+            PartHeader(),
+            FAILURE_CANNOT_UNDERSTAND,
+            f"part of type {media_type[:64]!r}, not application/dicom",
+            source,
+        )
     header = inspect_part(part.content)
     if study_uid is not None and header.study_uid and header.study_uid != study_uid:
-        return _failed(part, header, FAILURE_STUDY_UID_MISMATCH,
-                       f"study UID mismatch: the instance is of study {header.study_uid}, not {study_uid}", source)
+        return _failed(
+            part,
+            header,
+            FAILURE_STUDY_UID_MISMATCH,
+            f"study UID mismatch: the instance is of study {header.study_uid}, not {study_uid}",
+            source,
+        )
     outcome = receiver.receive(part.content, source=source, transport=STOW)  # refuses what it cannot read
     metrics.record_received("stow", outcome.status.value, outcome.size)
-    ids = (outcome.sop_class_uid or header.sop_class_uid, outcome.sop_instance_uid or header.sop_instance_uid,
-           outcome.study_uid or header.study_uid)
+    ids = (
+        outcome.sop_class_uid or header.sop_class_uid,
+        outcome.sop_instance_uid or header.sop_instance_uid,
+        outcome.study_uid or header.study_uid,
+    )
     if outcome.status.succeeded:
         return PartResult(*ids)
     return PartResult(*ids, failure_reason=FAILURE_REASON_OF[outcome.status], message=outcome.message)
 
 
-def store_body(body: IO[bytes], boundary: bytes, receiver: Receiver, *, source: str,
-               study_uid: str | None) -> list[PartResult]:
+def store_body(
+    body: IO[bytes], boundary: bytes, receiver: Receiver, *, source: str, study_uid: str | None
+) -> list[PartResult]:
     """Store every part of the multipart ``body`` (a file) in order. Blocking: run it in a thread."""
     with mmap.mmap(body.fileno(), 0, access=mmap.ACCESS_READ) as view:
-        results = [store_part(part, receiver, source=source, study_uid=study_uid)
-                   for part in split_multipart(view, boundary)]
+        results = [
+            store_part(part, receiver, source=source, study_uid=study_uid) for part in split_multipart(view, boundary)
+        ]
     if not results:
         raise DicomwebError(HTTPStatus.BAD_REQUEST, "the body holds no parts")
     return results
@@ -149,8 +171,9 @@ def _reference(result: PartResult, studies_url: str, series_url: dict[str, str])
     return item
 
 
-def store_response(results: list[PartResult], studies_url: str,
-                   series_of: dict[str, str] | None = None) -> tuple[HTTPStatus, dict[str, Any]]:
+def store_response(
+    results: list[PartResult], studies_url: str, series_of: dict[str, str] | None = None
+) -> tuple[HTTPStatus, dict[str, Any]]:
     """The HTTP status and Store Instances Response Module (DICOM JSON) for ``results``: 200 when all
     were stored, 202 when some failed, 409 when none was stored. ``series_of`` maps stored SOP Instance
     UIDs to their Series Instance UIDs, for instance-level RetrieveURLs."""
@@ -173,8 +196,11 @@ def _series_of(database_url: str, sop_instance_uids: list[str]) -> dict[str, str
     if not sop_instance_uids:
         return {}
     with session_scope(database_url) as session:
-        rows = session.execute(select(Instance.sop_instance_uid, Series.series_uid).join(Series)
-                               .where(Instance.sop_instance_uid.in_(sop_instance_uids))).all()
+        rows = session.execute(
+            select(Instance.sop_instance_uid, Series.series_uid)
+            .join(Series)
+            .where(Instance.sop_instance_uid.in_(sop_instance_uids))
+        ).all()
     return {sop: series for sop, series in rows}
 
 
@@ -188,8 +214,7 @@ async def _store(request: Request, user: DicomwebUser, study_uid: str | None) ->
         with tempfile.TemporaryFile(dir=settings.spool_dir, prefix=".stow-") as body:
             if await copy_body(request, body, settings.dicomweb_max_upload_bytes) == 0:
                 raise DicomwebError(HTTPStatus.BAD_REQUEST, "the body is empty")
-            results = await run_in_threadpool(store_body, body, boundary, receiver, source=source,
-                                              study_uid=study_uid)
+            results = await run_in_threadpool(store_body, body, boundary, receiver, source=source, study_uid=study_uid)
     except DicomwebError as error:
         if error.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
             metrics.INPUTS_REFUSED.labels(transport=STOW, bound=UPLOAD_BYTES).inc()
@@ -197,8 +222,13 @@ async def _store(request: Request, user: DicomwebUser, study_uid: str | None) ->
     stored = [r.sop_instance_uid for r in results if r.failure_reason is None]
     series_of = await run_in_threadpool(_series_of, settings.database_url, stored)
     status, payload = store_response(results, studies_url_of(request), series_of)
-    log.info("STOW-RS from %s: %d instance(s) stored, %d failed (HTTP %d)", user.name, len(stored),
-             len(results) - len(stored), status)
+    log.info(
+        "STOW-RS from %s: %d instance(s) stored, %d failed (HTTP %d)",
+        user.name,
+        len(stored),
+        len(results) - len(stored),
+        status,
+    )
     return dicom_json(payload, status)
 
 

@@ -66,8 +66,13 @@ def _selected(request: Request, study: str, series: str | None, sop: str | None)
     with session_scope(settings_of(request).database_url) as session:
         row = find_study(session, study_uid)
         entries = study_series(session, row) if row is not None else []
-    selected = [i for s in entries if series_uid in (None, s.series_uid) for i in s.instances
-                if sop_uid in (None, i.sop_instance_uid)]
+    selected = [
+        i
+        for s in entries
+        if series_uid in (None, s.series_uid)
+        for i in s.instances
+        if sop_uid in (None, i.sop_instance_uid)
+    ]
     present = [i for i in selected if Path(i.path).is_file()]
     for missing in (i for i in selected if i not in present):
         log.error("instance %s is recorded but its file is missing from the spool", missing.sop_instance_uid)
@@ -78,13 +83,16 @@ def _selected(request: Request, study: str, series: str | None, sop: str | None)
 
 def _retrieve(request: Request, study: str, series: str | None = None, sop: str | None = None) -> Response:
     if not accepts_multipart_dicom(request.headers.get("accept")):
-        raise HTTPException(HTTPStatus.NOT_ACCEPTABLE,
-                            detail='only multipart/related; type="application/dicom" is offered')
+        raise HTTPException(
+            HTTPStatus.NOT_ACCEPTABLE, detail='only multipart/related; type="application/dicom" is offered'
+        )
     instances = _selected(request, study, series, sop)
     boundary = uuid.uuid4().hex
     parts = ((f"{APPLICATION_DICOM}; transfer-syntax={i.transfer_syntax_uid}", i.path) for i in instances)
-    return StreamingResponse(stream_parts(parts, boundary),
-                             media_type=f'{MULTIPART_RELATED}; type="{APPLICATION_DICOM}"; boundary={boundary}')
+    return StreamingResponse(
+        stream_parts(parts, boundary),
+        media_type=f'{MULTIPART_RELATED}; type="{APPLICATION_DICOM}"; boundary={boundary}',
+    )
 
 
 class LeftOut(Exception):
@@ -137,8 +145,7 @@ def _header_json(stream: BinaryIO, sop_instance_uid: str, bounds: Bounds) -> dic
 
 def _left_out_warning(left_out: list[LeftOut]) -> dict[str, str]:
     uids = ", ".join(item.sop_instance_uid for item in left_out)[:400]
-    return {"Warning": f'299 predraft "{len(left_out)} instance(s) left out, their metadata cannot be given: '
-                       f'{uids}"'}
+    return {"Warning": f'299 predraft "{len(left_out)} instance(s) left out, their metadata cannot be given: {uids}"'}
 
 
 def _metadata(request: Request, study: str, series: str | None = None, sop: str | None = None) -> Response:
@@ -183,7 +190,6 @@ def series_metadata(study: str, series: str, request: Request) -> Response:
     return _metadata(request, study, series)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{sop}/metadata",
-            summary="WADO-RS: the metadata of an instance")
+@router.get("/studies/{study}/series/{series}/instances/{sop}/metadata", summary="WADO-RS: the metadata of an instance")
 def instance_metadata(study: str, series: str, sop: str, request: Request) -> Response:
     return _metadata(request, study, series, sop)

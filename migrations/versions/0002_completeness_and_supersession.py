@@ -24,14 +24,16 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("supersedes_id", sa.Integer(), nullable=True))
         batch_op.create_foreign_key("fk_drafts_supersedes_id", "drafts", ["supersedes_id"], ["id"])
     with op.batch_alter_table("instances") as batch_op:
-        batch_op.alter_column("calling_ae", type_=sa.String(length=64), existing_type=sa.String(length=16),
-                              existing_nullable=False)
+        batch_op.alter_column(
+            "calling_ae", type_=sa.String(length=64), existing_type=sa.String(length=16), existing_nullable=False
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("instances") as batch_op:
-        batch_op.alter_column("calling_ae", type_=sa.String(length=16), existing_type=sa.String(length=64),
-                              existing_nullable=False)
+        batch_op.alter_column(
+            "calling_ae", type_=sa.String(length=16), existing_type=sa.String(length=64), existing_nullable=False
+        )
     with op.batch_alter_table("drafts") as batch_op:
         batch_op.drop_constraint("fk_drafts_supersedes_id", type_="foreignkey")
         batch_op.drop_column("supersedes_id")

@@ -21,8 +21,11 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("prepared_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("classified_at", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("instances") as batch_op:
-        batch_op.add_column(sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False,
-                                      server_default=sa.func.current_timestamp()))
+        batch_op.add_column(
+            sa.Column(
+                "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.current_timestamp()
+            )
+        )
     op.create_table(
         "dead_letters",
         sa.Column("id", sa.Integer(), nullable=False),

@@ -39,9 +39,15 @@ from predraft.models.phantoms.render import Acquisition, render
 from predraft.models.taxonomy import HardwareClass, Side, View
 
 
-def render_picture(hardware: HardwareClass | str, *, view: View | str = View.AP_HIP, side: Side | str = Side.RIGHT,
-                   seed: int = 0, size: int = DEFAULT_SIZE, other: HardwareClass | str = HardwareClass.NONE
-                   ) -> np.ndarray:
+def render_picture(
+    hardware: HardwareClass | str,
+    *,
+    view: View | str = View.AP_HIP,
+    side: Side | str = Side.RIGHT,
+    seed: int = 0,
+    size: int = DEFAULT_SIZE,
+    other: HardwareClass | str = HardwareClass.NONE,
+) -> np.ndarray:
     """A plain rendering of a patient whose ``side`` hip has ``hardware`` (the other hip ``other``).
 
     ``view`` AP pelvis shows both hips; the others show ``side``. Display values in [0, 1], float32, in
@@ -53,12 +59,31 @@ def render_picture(hardware: HardwareClass | str, *, view: View | str = View.AP_
     rng = np.random.default_rng([seed, 2])
     anatomy = sample_anatomy(rng)
     opposite = Side.LEFT if side is Side.RIGHT else Side.RIGHT
-    implants = {side: build_implant(hardware, anatomy.femurs[side], rng),
-                opposite: build_implant(other, anatomy.femurs[opposite], rng)}
-    image, _ = render(anatomy, implants, view, None if view is View.AP_PELVIS else side, size=size,
-                      acquisition=Acquisition(noise=0.0), rng=np.random.default_rng([seed, 3]))
+    implants = {
+        side: build_implant(hardware, anatomy.femurs[side], rng),
+        opposite: build_implant(other, anatomy.femurs[opposite], rng),
+    }
+    image, _ = render(
+        anatomy,
+        implants,
+        view,
+        None if view is View.AP_PELVIS else side,
+        size=size,
+        acquisition=Acquisition(noise=0.0),
+        rng=np.random.default_rng([seed, 3]),
+    )
     return image
 
 
-__all__ = ["DEFAULT_SIZE", "LABEL_COLUMNS", "LABELS_NAME", "LabelsSummary", "PhantomImage", "plan_studies",
-           "render_picture", "summarise_labels", "write_demo_study", "write_phantom_dataset"]
+__all__ = [
+    "DEFAULT_SIZE",
+    "LABEL_COLUMNS",
+    "LABELS_NAME",
+    "LabelsSummary",
+    "PhantomImage",
+    "plan_studies",
+    "render_picture",
+    "summarise_labels",
+    "write_demo_study",
+    "write_phantom_dataset",
+]

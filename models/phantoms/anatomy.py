@@ -126,20 +126,31 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     for side, sigma in ((Side.RIGHT, -1.0), (Side.LEFT, 1.0)):
         psi = math.pi - neck_shaft + math.radians(rng.normal(0, 1.0))
         anteversion = math.radians(rng.uniform(5.0, 20.0))
-        neck_dir = unit(vec(sigma * math.sin(psi) * math.cos(anteversion), math.cos(psi),
-                            -math.sin(psi) * math.sin(anteversion)))
+        neck_dir = unit(
+            vec(sigma * math.sin(psi) * math.cos(anteversion), math.cos(psi), -math.sin(psi) * math.sin(anteversion))
+        )
         tilt = math.radians(rng.uniform(4.0, 8.0))
         shaft_radius = rng.uniform(13.0, 15.5)
-        femurs[side] = Femur(side=side, head=vec(sigma * half, 0.0, 0.0),
-                             head_radius=head_radius + rng.normal(0, 0.3), neck_dir=neck_dir,
-                             neck_length=head_radius * rng.uniform(1.9, 2.2),
-                             shaft_dir=unit(vec(-sigma * math.sin(tilt), math.cos(tilt), 0.0)),
-                             shaft_radius=shaft_radius, canal_radius=shaft_radius * rng.uniform(0.5, 0.62))
-    return Anatomy(femurs=femurs, pelvis_half_width=rng.uniform(165.0, 200.0),
-                   thigh_radius=rng.uniform(70.0, 95.0), iliac_height=rng.uniform(160.0, 185.0),
-                   iliac_spread=rng.uniform(35.0, 50.0),
-                   obturator=(rng.uniform(15.0, 20.0), rng.uniform(22.0, 28.0)),
-                   sacrum_width=rng.uniform(45.0, 55.0), soft=rng.uniform(0.55, 0.85))
+        femurs[side] = Femur(
+            side=side,
+            head=vec(sigma * half, 0.0, 0.0),
+            head_radius=head_radius + rng.normal(0, 0.3),
+            neck_dir=neck_dir,
+            neck_length=head_radius * rng.uniform(1.9, 2.2),
+            shaft_dir=unit(vec(-sigma * math.sin(tilt), math.cos(tilt), 0.0)),
+            shaft_radius=shaft_radius,
+            canal_radius=shaft_radius * rng.uniform(0.5, 0.62),
+        )
+    return Anatomy(
+        femurs=femurs,
+        pelvis_half_width=rng.uniform(165.0, 200.0),
+        thigh_radius=rng.uniform(70.0, 95.0),
+        iliac_height=rng.uniform(160.0, 185.0),
+        iliac_spread=rng.uniform(35.0, 50.0),
+        obturator=(rng.uniform(15.0, 20.0), rng.uniform(22.0, 28.0)),
+        sacrum_width=rng.uniform(45.0, 55.0),
+        soft=rng.uniform(0.55, 0.85),
+    )
 
 
 def femur_parts(femur: Femur, resection: str = INTACT) -> list[Part]:
@@ -163,21 +174,54 @@ def femur_parts(femur: Femur, resection: str = INTACT) -> list[Part]:
         neck_start, caps = h + n * (femur.neck_length * 0.9), False
     neck_end = femur.base - n * 2.0
     if resection != GIRDLESTONE:
-        parts.append(Rod(neck_start, neck_end, neck_r, neck_r * 1.45, MU_CORTICAL, BONE, wall=1.8, core=trabecular,
-                         caps=caps))
+        parts.append(
+            Rod(neck_start, neck_end, neck_r, neck_r * 1.45, MU_CORTICAL, BONE, wall=1.8, core=trabecular, caps=caps)
+        )
     lateral, shaft_r = femur.lateral, femur.shaft_radius
     parts += [
         # intertrochanteric region, flaring from the shaft up to the trochanters
-        Rod(femur.shaft(-4.0) + lateral * 6.0, femur.shaft(60.0), shaft_r * 1.45, shaft_r * 1.02, MU_CORTICAL, BONE,
-            wall=2.2, core=trabecular, caps=(True, False)),
+        Rod(
+            femur.shaft(-4.0) + lateral * 6.0,
+            femur.shaft(60.0),
+            shaft_r * 1.45,
+            shaft_r * 1.02,
+            MU_CORTICAL,
+            BONE,
+            wall=2.2,
+            core=trabecular,
+            caps=(True, False),
+        ),
         # greater trochanter, its tip about level with the head centre
-        Rod(femur.shaft(-22.0) + lateral * (shaft_r * 0.7), femur.shaft(12.0) + lateral * (shaft_r * 0.55),
-            shaft_r * 0.85, shaft_r * 0.9, MU_CORTICAL, BONE, wall=1.8, core=trabecular),
+        Rod(
+            femur.shaft(-22.0) + lateral * (shaft_r * 0.7),
+            femur.shaft(12.0) + lateral * (shaft_r * 0.55),
+            shaft_r * 0.85,
+            shaft_r * 0.9,
+            MU_CORTICAL,
+            BONE,
+            wall=1.8,
+            core=trabecular,
+        ),
         # lesser trochanter, posteromedial
-        Sphere(femur.shaft(34.0) - lateral * (shaft_r + 1.0) - femur.anterior * 5.0, 7.5, MU_CORTICAL, BONE,
-               r_in=6.0, core=trabecular),
-        Rod(femur.shaft(60.0), femur.shaft(520.0), shaft_r * 1.02, shaft_r * 0.95, MU_CORTICAL, BONE,
-            inner=femur.canal_radius, core=0.05, caps=False),
+        Sphere(
+            femur.shaft(34.0) - lateral * (shaft_r + 1.0) - femur.anterior * 5.0,
+            7.5,
+            MU_CORTICAL,
+            BONE,
+            r_in=6.0,
+            core=trabecular,
+        ),
+        Rod(
+            femur.shaft(60.0),
+            femur.shaft(520.0),
+            shaft_r * 1.02,
+            shaft_r * 0.95,
+            MU_CORTICAL,
+            BONE,
+            inner=femur.canal_radius,
+            core=0.05,
+            caps=False,
+        ),
     ]
     return parts
 
@@ -220,8 +264,9 @@ def _capsule_profile(camera: Camera, start: Vec, end: Vec, radius: float) -> np.
     return np.sqrt(np.clip(1.0 - dist_sq * scale, 0.0, 1.0))
 
 
-def draw_background(camera: Camera, layer: np.ndarray, anatomy: Anatomy, view: View, poses: dict[Side, Pose],
-                    rng: np.random.Generator) -> None:
+def draw_background(
+    camera: Camera, layer: np.ndarray, anatomy: Anatomy, view: View, poses: dict[Side, Pose], rng: np.random.Generator
+) -> None:
     """Soft tissue and the flat bones on a coarse grid (``camera`` and ``layer`` at the coarse scale)."""
     if view is View.CROSS_TABLE_LATERAL:
         _lateral_background(camera, layer, anatomy, poses)
@@ -229,8 +274,9 @@ def draw_background(camera: Camera, layer: np.ndarray, anatomy: Anatomy, view: V
         _frontal_background(camera, layer, anatomy, poses, rng)
 
 
-def _frontal_background(camera: Camera, layer: np.ndarray, anatomy: Anatomy, poses: dict[Side, Pose],
-                        rng: np.random.Generator) -> None:
+def _frontal_background(
+    camera: Camera, layer: np.ndarray, anatomy: Anatomy, poses: dict[Side, Pose], rng: np.random.Generator
+) -> None:
     x, y, _ = _world_grid(camera)
     # trunk: an elliptic cross-section, narrowing to the waist above the iliac crests, fading out below
     # the crotch, where the thighs take over
@@ -258,9 +304,19 @@ def _pelvis_bones(camera: Camera, layer: np.ndarray, anatomy: Anatomy, rng: np.r
     crest, spread = anatomy.iliac_height, anatomy.iliac_spread
     for femur in anatomy.femurs.values():
         sg, hx = femur.sigma, abs(float(femur.head[0]))
-        wing = [(hx - 35, -22), (hx + 16, -30), (hx + 30, -50), (hx + spread, -85), (hx + spread + 5, -125),
-                (hx + spread - 10, -0.9 * crest), (hx + 5, -crest), (hx - 35, -0.97 * crest), (hx - 55, -0.8 * crest),
-                (hx - 62, -100), (hx - 55, -55)]
+        wing = [
+            (hx - 35, -22),
+            (hx + 16, -30),
+            (hx + 30, -50),
+            (hx + spread, -85),
+            (hx + spread + 5, -125),
+            (hx + spread - 10, -0.9 * crest),
+            (hx + 5, -crest),
+            (hx - 35, -0.97 * crest),
+            (hx - 55, -0.8 * crest),
+            (hx - 62, -100),
+            (hx - 55, -55),
+        ]
         outline = [_p(camera, sg * a, b) for a, b in wing]
         geometry.polygon(layer, outline, 0.62)
         cx = sum(a for a, _ in wing) / len(wing)
@@ -284,8 +340,16 @@ def _pelvis_bones(camera: Camera, layer: np.ndarray, anatomy: Anatomy, rng: np.r
         start, stop = (math.radians(15), math.radians(85)) if sg > 0 else (math.radians(95), math.radians(165))
         geometry.arc(layer, bx, by, 72 * s, start, stop, 1.5 * s, 0.35)
     w = anatomy.sacrum_width
-    sacrum = [(-w, -0.92 * crest), (w, -0.92 * crest), (0.8 * w, -105), (0.5 * w, -62), (0.18 * w, -38),
-              (-0.18 * w, -38), (-0.5 * w, -62), (-0.8 * w, -105)]
+    sacrum = [
+        (-w, -0.92 * crest),
+        (w, -0.92 * crest),
+        (0.8 * w, -105),
+        (0.5 * w, -62),
+        (0.18 * w, -38),
+        (-0.18 * w, -38),
+        (-0.5 * w, -62),
+        (-0.8 * w, -105),
+    ]
     geometry.polygon(layer, [_p(camera, a, b) for a, b in sacrum], 0.55)
     for level in range(4):
         for sg in (-1.0, 1.0):
@@ -316,8 +380,7 @@ def _lateral_background(camera: Camera, layer: np.ndarray, anatomy: Anatomy, pos
     s = camera.px_per_mm
     femur = _imaged_femur(camera, anatomy)
     pose = poses[femur.side]
-    thigh = _capsule_profile(camera, pose.point(femur.head), pose.point(femur.shaft(600.0)),
-                             anatomy.thigh_radius * 1.1)
+    thigh = _capsule_profile(camera, pose.point(femur.head), pose.point(femur.shaft(600.0)), anatomy.thigh_radius * 1.1)
     hx, hy = camera.project(femur.head)
     xs = np.arange(camera.width, dtype=np.float32)[None, :]
     ys = np.arange(camera.height, dtype=np.float32)[:, None]
@@ -329,22 +392,24 @@ def _lateral_background(camera: Camera, layer: np.ndarray, anatomy: Anatomy, pos
     layer += thigh * np.float32(anatomy.soft)
     # pelvic bone behind the joint: ischium (posterior, below in the image), pubic ramus (anterior), ilium
     geometry.plateau(layer, hx + toward_head * 45 * s, hy + 8 * s, 55 * s, 60 * s, 0.45, soft=12 * s)
-    geometry.plateau(layer, hx + toward_head * 22 * s, hy + 48 * s, 17 * s, 30 * s, 0.6,
-                     angle=toward_head * 0.5, soft=4 * s)
+    geometry.plateau(
+        layer, hx + toward_head * 22 * s, hy + 48 * s, 17 * s, 30 * s, 0.6, angle=toward_head * 0.5, soft=4 * s
+    )
     ax, ay = hx + toward_head * 15 * s, hy - 30 * s
     geometry.band(layer, ax, ay, ax + toward_head * 80 * s, ay - 12 * s, 9 * s, 0.4, soft=3 * s)
 
 
 def _imaged_femur(camera: Camera, anatomy: Anatomy) -> Femur:
     """The femur nearest the image centre (a lateral view shows one hip)."""
+
     def offset(femur: Femur) -> float:
         x, y = camera.project(femur.head)
         return (x - camera.width / 2) ** 2 + (y - camera.height / 2) ** 2
+
     return min(anatomy.femurs.values(), key=offset)
 
 
-def draw_joint_lines(camera: Camera, layer: np.ndarray, anatomy: Anatomy, view: View, sides: tuple[Side, ...]
-                     ) -> None:
+def draw_joint_lines(camera: Camera, layer: np.ndarray, anatomy: Anatomy, view: View, sides: tuple[Side, ...]) -> None:
     """The acetabulum's cortical outlines at full resolution: roof (sourcil), medial wall, teardrop; on a
     cross-table lateral its anterior and posterior walls."""
     s = camera.px_per_mm

@@ -52,8 +52,10 @@ class Camera:
 
     def project(self, p: Vec) -> tuple[float, float]:
         d = np.asarray(p, dtype=np.float64) - self.centre
-        return (float(d @ self.u) * self.px_per_mm + (self.width - 1) / 2.0,
-                float(d @ self.v) * self.px_per_mm + (self.height - 1) / 2.0)
+        return (
+            float(d @ self.u) * self.px_per_mm + (self.width - 1) / 2.0,
+            float(d @ self.v) * self.px_per_mm + (self.height - 1) / 2.0,
+        )
 
     def point(self, a: float, b: float, origin: Vec) -> Vec:
         """The patient point ``a`` mm along u and ``b`` mm along v from ``origin`` (a 2-D shape's vertex)."""
@@ -63,8 +65,9 @@ class Camera:
         """The same view on a grid ``factor`` times coarser (width and height must divide by it)."""
         if self.width % factor or self.height % factor:
             raise ValueError(f"image {self.width} x {self.height} does not divide by {factor}")
-        return replace(self, px_per_mm=self.px_per_mm / factor, width=self.width // factor,
-                       height=self.height // factor)
+        return replace(
+            self, px_per_mm=self.px_per_mm / factor, width=self.width // factor, height=self.height // factor
+        )
 
     def rotated(self, angle: float) -> Camera:
         """The view turned in its own plane by ``angle`` radians."""
@@ -150,8 +153,23 @@ def _rod(camera: Camera, layer: np.ndarray, mode: str, rod: Rod, pose: Pose | No
         foreshortening = s * max(sin, 1e-3)
         thread = (t.start * foreshortening, t.end * foreshortening, t.pitch * foreshortening, t.height * s)
     (x0, y0), (x1, y1) = camera.project(start), camera.project(end)
-    geometry.rod(layer, x0, y0, x1, y1, rod.r_start * s, rod.r_end * s, rod.mu / s, depth=depth,
-                 inner=rod.inner * s, wall=rod.wall * s, core=rod.core, thread=thread, caps=rod.caps, mode=mode)
+    geometry.rod(
+        layer,
+        x0,
+        y0,
+        x1,
+        y1,
+        rod.r_start * s,
+        rod.r_end * s,
+        rod.mu / s,
+        depth=depth,
+        inner=rod.inner * s,
+        wall=rod.wall * s,
+        core=rod.core,
+        thread=thread,
+        caps=rod.caps,
+        mode=mode,
+    )
 
 
 def _sphere(camera: Camera, layer: np.ndarray, mode: str, sphere: Sphere, pose: Pose | None) -> None:
@@ -159,8 +177,18 @@ def _sphere(camera: Camera, layer: np.ndarray, mode: str, sphere: Sphere, pose: 
     cx, cy = camera.project(_at(pose, sphere.centre))
     axis = _along(pose, sphere.axis)
     components = (float(axis @ camera.u), float(axis @ camera.v), float(axis @ camera.w))
-    geometry.shell(layer, cx, cy, sphere.radius * s, sphere.r_in * s, components, sphere.mu / s,
-                   coverage=sphere.coverage, core=sphere.core, mode=mode)
+    geometry.shell(
+        layer,
+        cx,
+        cy,
+        sphere.radius * s,
+        sphere.r_in * s,
+        components,
+        sphere.mu / s,
+        coverage=sphere.coverage,
+        core=sphere.core,
+        mode=mode,
+    )
 
 
 def _slab(camera: Camera, layer: np.ndarray, mode: str, slab: Slab, pose: Pose | None) -> None:
@@ -176,8 +204,9 @@ def _slab(camera: Camera, layer: np.ndarray, mode: str, slab: Slab, pose: Pose |
     across_2d = np.array([across @ camera.u, across @ camera.v])
     normal_2d = np.array([normal @ camera.u, normal @ camera.v])
     half_width = 0.5 * s * (slab.width * abs(across_2d @ perp) + slab.thickness * abs(normal_2d @ perp))
-    path = min(slab.thickness / max(abs(float(normal @ camera.w)), 1e-3),
-               slab.width / max(abs(float(across @ camera.w)), 1e-3))
+    path = min(
+        slab.thickness / max(abs(float(normal @ camera.w)), 1e-3), slab.width / max(abs(float(across @ camera.w)), 1e-3)
+    )
     geometry.band(layer, x0, y0, x1, y1, half_width, slab.mu * path, mode=mode)
 
 

@@ -58,22 +58,71 @@ _OPERATED = "operated"
 DEMO_ENCODING = Encoding(bits_stored=12, window=(0.04, 0.85))
 # (name, weight, [(view, which hip)]): the plans a study follows
 _PLANS: tuple[tuple[str, float, tuple[tuple[View, str | None], ...]], ...] = (
-    ("pelvis_frog_cross", 0.25,
-     ((View.AP_PELVIS, None), (View.FROG_LEG, _OPERATED), (View.CROSS_TABLE_LATERAL, _OPERATED))),
+    (
+        "pelvis_frog_cross",
+        0.25,
+        ((View.AP_PELVIS, None), (View.FROG_LEG, _OPERATED), (View.CROSS_TABLE_LATERAL, _OPERATED)),
+    ),
     ("pelvis", 0.18, ((View.AP_PELVIS, None),)),
     ("hip_cross", 0.15, ((View.AP_HIP, _OPERATED), (View.CROSS_TABLE_LATERAL, _OPERATED))),
-    ("pelvis_hip_cross", 0.15,
-     ((View.AP_PELVIS, None), (View.AP_HIP, _OPERATED), (View.CROSS_TABLE_LATERAL, _OPERATED))),
+    (
+        "pelvis_hip_cross",
+        0.15,
+        ((View.AP_PELVIS, None), (View.AP_HIP, _OPERATED), (View.CROSS_TABLE_LATERAL, _OPERATED)),
+    ),
     ("pelvis_frog", 0.12, ((View.AP_PELVIS, None), (View.FROG_LEG, _OPERATED))),
-    ("hip_frog_cross", 0.10,
-     ((View.AP_HIP, _OPERATED), (View.FROG_LEG, _OPERATED), (View.CROSS_TABLE_LATERAL, _OPERATED))),
+    (
+        "hip_frog_cross",
+        0.10,
+        ((View.AP_HIP, _OPERATED), (View.FROG_LEG, _OPERATED), (View.CROSS_TABLE_LATERAL, _OPERATED)),
+    ),
     ("bilateral_pelvis", 0.05, ((View.AP_PELVIS, None),)),
 )
 _LAYOUTS = {name: views for name, _, views in _PLANS}
-_SURNAMES = ("SMITH", "GARCIA", "MULLER", "ROSSI", "NGUYEN", "KOWALSKI", "SILVA", "OKAFOR", "TANAKA", "JANSEN",
-             "DUBOIS", "HANSEN", "MURPHY", "COHEN", "PETROV", "LINDQVIST", "MORALES", "NAKAMURA", "BRAUN", "KHAN")
-_GIVEN = ("ANNA", "JOHN", "MARIA", "PETER", "ELENA", "JAMES", "SOFIA", "DAVID", "LINA", "OMAR", "GRACE", "LUCAS",
-          "ROSA", "HENRY", "YUKI", "AMIR", "IRENE", "PAUL", "NORA", "FELIX")
+_SURNAMES = (
+    "SMITH",
+    "GARCIA",
+    "MULLER",
+    "ROSSI",
+    "NGUYEN",
+    "KOWALSKI",
+    "SILVA",
+    "OKAFOR",
+    "TANAKA",
+    "JANSEN",
+    "DUBOIS",
+    "HANSEN",
+    "MURPHY",
+    "COHEN",
+    "PETROV",
+    "LINDQVIST",
+    "MORALES",
+    "NAKAMURA",
+    "BRAUN",
+    "KHAN",
+)
+_GIVEN = (
+    "ANNA",
+    "JOHN",
+    "MARIA",
+    "PETER",
+    "ELENA",
+    "JAMES",
+    "SOFIA",
+    "DAVID",
+    "LINA",
+    "OMAR",
+    "GRACE",
+    "LUCAS",
+    "ROSA",
+    "HENRY",
+    "YUKI",
+    "AMIR",
+    "IRENE",
+    "PAUL",
+    "NORA",
+    "FELIX",
+)
 
 
 @dataclass(frozen=True)
@@ -124,8 +173,10 @@ def plan_studies(studies: int, seed: int) -> list[StudyPlan]:
         visits = min(2 if rng.random() < 0.22 else 1, studies - len(plans))
         operated = Side.RIGHT if rng.random() < 0.5 else Side.LEFT
         other = Side.LEFT if operated is Side.RIGHT else Side.RIGHT
-        hardware = {operated: CLASS_ORDER[int(rng.integers(0, len(CLASS_ORDER)))],
-                    other: HardwareClass.NONE if rng.random() < 0.8 else CLASS_ORDER[int(rng.integers(0, 9))]}
+        hardware = {
+            operated: CLASS_ORDER[int(rng.integers(0, len(CLASS_ORDER)))],
+            other: HardwareClass.NONE if rng.random() < 0.8 else CLASS_ORDER[int(rng.integers(0, 9))],
+        }
         allowed = weights.copy()
         if hardware[other] is HardwareClass.NONE:  # the bilateral plan is for hardware on both sides
             allowed[names.index("bilateral_pelvis")] = 0.0
@@ -153,8 +204,11 @@ def _study_description(plan: StudyPlan, rng: np.random.Generator) -> str:
     side = next(iter(hips)).value.upper() if hips else ""
     pelvis = any(image.view is View.AP_PELVIS for image in plan.images)
     if pelvis and hips:
-        options = [f"XR PELVIS AND {side} HIP {views} VIEWS", f"XR HIP {side} WITH PELVIS {views}V",
-                   f"Pelvis + {side.lower()} hip"]
+        options = [
+            f"XR PELVIS AND {side} HIP {views} VIEWS",
+            f"XR HIP {side} WITH PELVIS {views}V",
+            f"Pelvis + {side.lower()} hip",
+        ]
     elif pelvis:
         options = ["XR PELVIS 1 VIEW", "XR PELVIS AP ONLY", "Pelvis"]
     else:
@@ -172,11 +226,19 @@ def _study(seed: int, plan: StudyPlan) -> Study:
     first_visit = date(2019, 1, 1) + timedelta(days=int(name_rng.integers(0, 365 * 5)))
     day = first_visit + timedelta(days=int(plan.visit * name_rng.integers(30, 700)))
     seconds = int(rng.integers(7 * 3600, 19 * 3600))
-    return Study(patient_name=f"{surname}^{given}", patient_id=f"PH{seed}-{plan.patient + 1:05d}",
-                 birth_date=birth.strftime("%Y%m%d"), sex=sex, study_uid=_uid(seed, "study", plan.index),
-                 accession=f"A{seed % 1000:03d}{plan.index + 1:06d}", study_id=str(plan.index + 1),
-                 date=day.strftime("%Y%m%d"), time=f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}",
-                 description=_study_description(plan, rng), modality=plan.modality)
+    return Study(
+        patient_name=f"{surname}^{given}",
+        patient_id=f"PH{seed}-{plan.patient + 1:05d}",
+        birth_date=birth.strftime("%Y%m%d"),
+        sex=sex,
+        study_uid=_uid(seed, "study", plan.index),
+        accession=f"A{seed % 1000:03d}{plan.index + 1:06d}",
+        study_id=str(plan.index + 1),
+        date=day.strftime("%Y%m%d"),
+        time=f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}",
+        description=_study_description(plan, rng),
+        modality=plan.modality,
+    )
 
 
 def _file_name(number: int, image: ImagePlan) -> str:
@@ -193,8 +255,7 @@ def write_study(out_dir: Path, plan: StudyPlan, *, seed: int, size: int = DEFAUL
     for number, image in enumerate(plan.images, start=1):
         rng = _rng(seed, 3, plan.index, number)
         acquisition = sample_acquisition(image.view, image.side, rng)
-        pixels, camera = render(anatomy, implants, image.view, image.side, size=size, acquisition=acquisition,
-                                rng=rng)
+        pixels, camera = render(anatomy, implants, image.view, image.side, size=size, acquisition=acquisition, rng=rng)
         orientation = camera.patient_orientation()
         if image.view is not View.CROSS_TABLE_LATERAL and rng.random() < 0.05:  # stored mirrored, and says so
             pixels, orientation = pixels[:, ::-1], ["R", orientation[1]]
@@ -204,17 +265,33 @@ def write_study(out_dir: Path, plan: StudyPlan, *, seed: int, size: int = DEFAUL
         at = start + 60 * number
         relative = Path(study.patient_id) / study.accession / _file_name(number, image)
         ds, _ = image_dataset(
-            pixels, study=study, view=image.view, side=image.side, orientation=orientation,
-            pixel_spacing=1.0 / camera.px_per_mm, series_number=number, series_uid=_uid(seed, "series", plan.index,
-                                                                                          number),
-            sop_uid=_uid(seed, "image", plan.index, number), encoding=sample_encoding(study.modality, rng),
-            profile=profile, acquisition_time=f"{at // 3600:02d}{at // 60 % 60:02d}{at % 60:02d}",
-            exposure=(float(rng.integers(65, 90)), float(rng.integers(8, 40)), float(rng.integers(50, 400))))
+            pixels,
+            study=study,
+            view=image.view,
+            side=image.side,
+            orientation=orientation,
+            pixel_spacing=1.0 / camera.px_per_mm,
+            series_number=number,
+            series_uid=_uid(seed, "series", plan.index, number),
+            sop_uid=_uid(seed, "image", plan.index, number),
+            encoding=sample_encoding(study.modality, rng),
+            profile=profile,
+            acquisition_time=f"{at // 3600:02d}{at // 60 % 60:02d}{at % 60:02d}",
+            exposure=(float(rng.integers(65, 90)), float(rng.integers(8, 40)), float(rng.integers(50, 400))),
+        )
         write_dataset(ds, out_dir / relative)
         sides = (Side.RIGHT, Side.LEFT) if image.side is None else (image.side,)
         for side in sides:
-            rows.append((study.patient_id, study.study_uid, relative.as_posix(), side.value,
-                         plan.hardware[side].value, image.view.value))
+            rows.append(
+                (
+                    study.patient_id,
+                    study.study_uid,
+                    relative.as_posix(),
+                    side.value,
+                    plan.hardware[side].value,
+                    image.view.value,
+                )
+            )
     return rows
 
 
@@ -257,13 +334,24 @@ def write_demo_study(out_dir: Path, *, seed: int = 0) -> list[PhantomImage]:
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
     anatomy = sample_anatomy(rng)
-    implants = {Side.RIGHT: build_implant(HardwareClass.THA, anatomy.femurs[Side.RIGHT], rng),
-                Side.LEFT: build_implant(HardwareClass.NONE, anatomy.femurs[Side.LEFT], rng)}
+    implants = {
+        Side.RIGHT: build_implant(HardwareClass.THA, anatomy.femurs[Side.RIGHT], rng),
+        Side.LEFT: build_implant(HardwareClass.NONE, anatomy.femurs[Side.LEFT], rng),
+    }
     now = datetime.now()
-    study = Study(patient_name="PHANTOM^DEMO", patient_id=f"PHANTOM-{seed:04d}", birth_date="19500101", sex="O",
-                  study_uid=str(generate_uid()), accession=f"DEMO{now:%H%M%S}", study_id="1",
-                  date=now.strftime("%Y%m%d"), time=now.strftime("%H%M%S"),
-                  description="XR PELVIS AND RIGHT HIP 3 VIEWS", modality="CR")
+    study = Study(
+        patient_name="PHANTOM^DEMO",
+        patient_id=f"PHANTOM-{seed:04d}",
+        birth_date="19500101",
+        sex="O",
+        study_uid=str(generate_uid()),
+        accession=f"DEMO{now:%H%M%S}",
+        study_id="1",
+        date=now.strftime("%Y%m%d"),
+        time=now.strftime("%H%M%S"),
+        description="XR PELVIS AND RIGHT HIP 3 VIEWS",
+        modality="CR",
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     images = []
     plan = ((View.AP_PELVIS, None), (View.FROG_LEG, Side.RIGHT), (View.CROSS_TABLE_LATERAL, Side.RIGHT))
@@ -271,10 +359,20 @@ def write_demo_study(out_dir: Path, *, seed: int = 0) -> list[PhantomImage]:
         acquisition = Acquisition(noise=0.008, markers=("R",))
         pixels, camera = render(anatomy, implants, view, side, size=640, acquisition=acquisition, rng=rng)
         sop_uid = str(generate_uid())
-        ds, _ = image_dataset(pixels, study=study, view=view, side=side, orientation=camera.patient_orientation(),
-                              pixel_spacing=1.0 / camera.px_per_mm, series_number=number,
-                              series_uid=str(generate_uid()), sop_uid=sop_uid, encoding=DEMO_ENCODING,
-                              profile=TagProfile.canonical(), acquisition_time=study.time)
+        ds, _ = image_dataset(
+            pixels,
+            study=study,
+            view=view,
+            side=side,
+            orientation=camera.patient_orientation(),
+            pixel_spacing=1.0 / camera.px_per_mm,
+            series_number=number,
+            series_uid=str(generate_uid()),
+            sop_uid=sop_uid,
+            encoding=DEMO_ENCODING,
+            profile=TagProfile.canonical(),
+            acquisition_time=study.time,
+        )
         path = out_dir / f"{number:02d}_{view.value}.dcm"
         write_dataset(ds, path)
         sides: tuple[Side, ...] = (Side.RIGHT, Side.LEFT) if side is None else (side,)
@@ -303,5 +401,13 @@ def summarise_labels(labels: Path) -> LabelsSummary:
     return LabelsSummary(len(patients), len(studies), len(images), hips)
 
 
-__all__ = ["LABEL_COLUMNS", "LabelsSummary", "PhantomImage", "plan_studies", "summarise_labels", "write_demo_study",
-           "write_phantom_dataset", "write_study"]
+__all__ = [
+    "LABEL_COLUMNS",
+    "LabelsSummary",
+    "PhantomImage",
+    "plan_studies",
+    "summarise_labels",
+    "write_demo_study",
+    "write_phantom_dataset",
+    "write_study",
+]

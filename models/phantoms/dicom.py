@@ -110,10 +110,17 @@ def sample_encoding(modality: str, rng: np.random.Generator) -> Encoding:
         windows = int(rng.choice([0, 1, 1, 1, 1, 1, 2, 2]))
     roll = rng.random()
     function = None if roll < 0.85 else "LINEAR_EXACT" if roll < 0.95 else "SIGMOID"
-    return Encoding(bits_stored=bits, photometric=photometric, low=float(rng.uniform(0.0, 0.06)),
-                    high=float(rng.uniform(0.85, 1.0)), rescale=rescale, windows=windows,
-                    window=(float(rng.uniform(0.0, 0.08)), float(rng.uniform(0.92, 1.02))),
-                    voi_function=function if windows else None, presentation_lut=presentation)
+    return Encoding(
+        bits_stored=bits,
+        photometric=photometric,
+        low=float(rng.uniform(0.0, 0.06)),
+        high=float(rng.uniform(0.85, 1.0)),
+        rescale=rescale,
+        windows=windows,
+        window=(float(rng.uniform(0.0, 0.08)), float(rng.uniform(0.92, 1.02))),
+        voi_function=function if windows else None,
+        presentation_lut=presentation,
+    )
 
 
 @dataclass(frozen=True)
@@ -138,11 +145,18 @@ class TagProfile:
 
 
 def sample_profile(rng: np.random.Generator) -> TagProfile:
-    return TagProfile(body_part=rng.random() > 0.15, view_position=rng.random() > 0.15,
-                      series_description=rng.random() > 0.1, orientation=rng.random() > 0.3,
-                      codes=rng.random() > 0.3, laterality=rng.random() > 0.15, protocol=rng.random() < 0.4,
-                      blank=rng.random() < 0.7,
-                      side_word=int(rng.integers(0, 5)), wording=int(rng.integers(0, 6)))
+    return TagProfile(
+        body_part=rng.random() > 0.15,
+        view_position=rng.random() > 0.15,
+        series_description=rng.random() > 0.1,
+        orientation=rng.random() > 0.3,
+        codes=rng.random() > 0.3,
+        laterality=rng.random() > 0.15,
+        protocol=rng.random() < 0.4,
+        blank=rng.random() < 0.7,
+        side_word=int(rng.integers(0, 5)),
+        wording=int(rng.integers(0, 6)),
+    )
 
 
 def _code(scheme: str, value: str, meaning: str) -> Dataset:
@@ -161,21 +175,43 @@ def _description(view: View, side: Side | None, profile: TagProfile) -> tuple[st
     w = _SIDE_WORDS[side][profile.side_word]
     patterns = {
         View.AP_HIP: (f"{w} HIP AP", f"AP {w} HIP", f"Hip {w} AP", f"HIP AP {w}", f"{w} hip ap", f"AP HIP {w}"),
-        View.FROG_LEG: (f"{w} HIP FROG LATERAL", f"{w} hip frog lat", f"FROG LEG LAT {w}", f"Hip Lauenstein {w}",
-                        f"{w} HIP FROGLEG", f"Frog lateral {w} hip"),
-        View.CROSS_TABLE_LATERAL: (f"{w} HIP CROSS-TABLE LATERAL", f"{w} hip cross table lat",
-                                   f"CROSS TABLE LAT {w} HIP", f"Hip Danelius-Miller {w}", f"XTABLE LAT HIP {w}",
-                                   f"{w} HIP LATERAL"),
+        View.FROG_LEG: (
+            f"{w} HIP FROG LATERAL",
+            f"{w} hip frog lat",
+            f"FROG LEG LAT {w}",
+            f"Hip Lauenstein {w}",
+            f"{w} HIP FROGLEG",
+            f"Frog lateral {w} hip",
+        ),
+        View.CROSS_TABLE_LATERAL: (
+            f"{w} HIP CROSS-TABLE LATERAL",
+            f"{w} hip cross table lat",
+            f"CROSS TABLE LAT {w} HIP",
+            f"Hip Danelius-Miller {w}",
+            f"XTABLE LAT HIP {w}",
+            f"{w} HIP LATERAL",
+        ),
     }[view]
     return patterns[profile.wording % len(patterns)], "HIP 2+ VIEWS"
 
 
-def _view_tags(ds: Dataset, view: View, side: Side | None, modality: str, orientation: list[str],
-               profile: TagProfile) -> None:
+def _view_tags(
+    ds: Dataset, view: View, side: Side | None, modality: str, orientation: list[str], profile: TagProfile
+) -> None:
     """The view, side and body-part tags of ``profile`` (removes the ones it drops)."""
-    for keyword in ("BodyPartExamined", "ViewPosition", "SeriesDescription", "ProtocolName", "PatientOrientation",
-                    "ViewCodeSequence", "ViewModifierCodeSequence", "ProjectionEponymousNameCodeSequence",
-                    "AnatomicRegionSequence", "Laterality", "ImageLaterality"):
+    for keyword in (
+        "BodyPartExamined",
+        "ViewPosition",
+        "SeriesDescription",
+        "ProtocolName",
+        "PatientOrientation",
+        "ViewCodeSequence",
+        "ViewModifierCodeSequence",
+        "ProjectionEponymousNameCodeSequence",
+        "AnatomicRegionSequence",
+        "Laterality",
+        "ImageLaterality",
+    ):
         if keyword in ds:
             delattr(ds, keyword)
     body_part = "PELVIS" if view is View.AP_PELVIS else "HIP"
@@ -227,10 +263,22 @@ def _decides(ds: Dataset, view: View, sides: tuple[Side, ...]) -> bool:
     return (result.view, result.sides, result.in_scope) == (view, sides, True)
 
 
-def image_dataset(image: np.ndarray, *, study: Study, view: View, side: Side | None, orientation: list[str],
-                  pixel_spacing: float, series_number: int, series_uid: str, sop_uid: str, encoding: Encoding,
-                  profile: TagProfile, acquisition_time: str, exposure: tuple[float, float, float] = (75.0, 20.0, 250.0)
-                  ) -> tuple[Dataset, TagProfile]:
+def image_dataset(
+    image: np.ndarray,
+    *,
+    study: Study,
+    view: View,
+    side: Side | None,
+    orientation: list[str],
+    pixel_spacing: float,
+    series_number: int,
+    series_uid: str,
+    sop_uid: str,
+    encoding: Encoding,
+    profile: TagProfile,
+    acquisition_time: str,
+    exposure: tuple[float, float, float] = (75.0, 20.0, 250.0),
+) -> tuple[Dataset, TagProfile]:
     """One radiograph instance of ``image`` (display values in [0, 1], standard orientation).
 
     ``orientation`` is the true PatientOrientation of ``image`` as stored (["L", "F"] for a frontal image
@@ -316,8 +364,12 @@ def _pixels(ds: Dataset, image: np.ndarray, encoding: Encoding) -> None:
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = encoding.photometric
     ds.Rows, ds.Columns = image.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, encoding.bits_stored, \
-        encoding.bits_stored - 1, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (
+        16,
+        encoding.bits_stored,
+        encoding.bits_stored - 1,
+        0,
+    )
     slope, intercept = encoding.rescale or (1.0, 0.0)
     if encoding.rescale is not None:
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = f"{intercept:g}", f"{slope:g}", "US"

@@ -23,8 +23,9 @@ MIN_RADIUS = 0.8
 _F32 = np.float32
 
 
-def _box(layer: np.ndarray, x0: float, x1: float, y0: float, y1: float
-         ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
+def _box(
+    layer: np.ndarray, x0: float, x1: float, y0: float, y1: float
+) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
     """The layer region covering [x0, x1] x [y0, y1] and its coordinate vectors (row, column), or None."""
     height, width = layer.shape
     ix0, ix1 = max(int(math.floor(x0)), 0), min(int(math.ceil(x1)) + 1, width)
@@ -55,10 +56,24 @@ def _chord(radius_sq: np.ndarray | float, dist_sq: np.ndarray) -> np.ndarray:
     return chord
 
 
-def rod(layer: np.ndarray, x0: float, y0: float, x1: float, y1: float, r0: float, r1: float, mu: float, *,
-        depth: float = 1.0, inner: float = 0.0, wall: float = 0.0, core: float = 0.0,
-        thread: tuple[float, float, float, float] | None = None, caps: bool | tuple[bool, bool] = True,
-        mode: str = "add") -> None:
+def rod(
+    layer: np.ndarray,
+    x0: float,
+    y0: float,
+    x1: float,
+    y1: float,
+    r0: float,
+    r1: float,
+    mu: float,
+    *,
+    depth: float = 1.0,
+    inner: float = 0.0,
+    wall: float = 0.0,
+    core: float = 0.0,
+    thread: tuple[float, float, float, float] | None = None,
+    caps: bool | tuple[bool, bool] = True,
+    mode: str = "add",
+) -> None:
     """A (tapered) cylinder from (x0, y0) to (x1, y1), radius r0 to r1, projected: chord x ``depth`` x ``mu``.
 
     ``depth`` (>= 1) lengthens every chord for a cylinder tilted out of the image plane. ``inner``
@@ -112,8 +127,9 @@ def rod(layer: np.ndarray, x0: float, y0: float, x1: float, y1: float, r0: float
     _put(layer, region, values, mode)
 
 
-def _ellipse_frame(layer: np.ndarray, cx: float, cy: float, rx: float, ry: float, angle: float, *, reach: float
-                   ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
+def _ellipse_frame(
+    layer: np.ndarray, cx: float, cy: float, rx: float, ry: float, angle: float, *, reach: float
+) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
     """The box ``reach`` pixels round an ellipse's centre and, on it, each pixel's coordinates in the ellipse's
     own frame, scaled so that u^2 + v^2 = 1 on its edge; None if the box is off the layer."""
     found = _box(layer, cx - reach, cx + reach, cy - reach, cy + reach)
@@ -127,8 +143,17 @@ def _ellipse_frame(layer: np.ndarray, cx: float, cy: float, rx: float, ry: float
     return region, u, v
 
 
-def ellipsoid(layer: np.ndarray, cx: float, cy: float, rx: float, ry: float, mu_depth: float, *,
-              angle: float = 0.0, mode: str = "add") -> None:
+def ellipsoid(
+    layer: np.ndarray,
+    cx: float,
+    cy: float,
+    rx: float,
+    ry: float,
+    mu_depth: float,
+    *,
+    angle: float = 0.0,
+    mode: str = "add",
+) -> None:
     """An ellipsoid's projection: ``mu_depth`` x 2 sqrt(1 - q), q the normalised squared radius.
 
     For a sphere of radius r (pixels) pass rx = ry = r and ``mu_depth`` = mu x r. ``angle`` (radians)
@@ -144,8 +169,18 @@ def ellipsoid(layer: np.ndarray, cx: float, cy: float, rx: float, ry: float, mu_
     _put(layer, region, values, mode)
 
 
-def plateau(layer: np.ndarray, cx: float, cy: float, rx: float, ry: float, value: float, *, angle: float = 0.0,
-            soft: float = 1.5, mode: str = "add") -> None:
+def plateau(
+    layer: np.ndarray,
+    cx: float,
+    cy: float,
+    rx: float,
+    ry: float,
+    value: float,
+    *,
+    angle: float = 0.0,
+    soft: float = 1.5,
+    mode: str = "add",
+) -> None:
     """A flat-topped ellipse of ``value`` with a linear edge ``soft`` pixels wide (negative values carve)."""
     found = _ellipse_frame(layer, cx, cy, rx, ry, angle, reach=max(rx, ry) + soft + 1.0)
     if found is None:
@@ -157,8 +192,19 @@ def plateau(layer: np.ndarray, cx: float, cy: float, rx: float, ry: float, value
     _put(layer, region, values, mode)
 
 
-def shell(layer: np.ndarray, cx: float, cy: float, r_out: float, r_in: float, axis: Sequence[float], mu: float, *,
-          coverage: float = 0.0, core: float = 0.0, mode: str = "add") -> None:
+def shell(
+    layer: np.ndarray,
+    cx: float,
+    cy: float,
+    r_out: float,
+    r_in: float,
+    axis: Sequence[float],
+    mu: float,
+    *,
+    coverage: float = 0.0,
+    core: float = 0.0,
+    mode: str = "add",
+) -> None:
     """A spherical shell (radii in pixels) cut by a plane, integrated exactly along the view direction.
 
     ``axis`` = (a_x, a_y, a_w): the unit vector from the centre toward the pole of the part that is kept,
@@ -198,8 +244,18 @@ def _interval_part(lo: np.ndarray, hi: np.ndarray, offset: np.ndarray, aw: float
     return np.maximum(hi - lo, _F32(0.0))
 
 
-def band(layer: np.ndarray, x0: float, y0: float, x1: float, y1: float, half_width: float, value: float, *,
-         soft: float = 0.8, mode: str = "add") -> None:
+def band(
+    layer: np.ndarray,
+    x0: float,
+    y0: float,
+    x1: float,
+    y1: float,
+    half_width: float,
+    value: float,
+    *,
+    soft: float = 0.8,
+    mode: str = "add",
+) -> None:
     """A straight band (a plate seen from any side) from (x0, y0) to (x1, y1), flat ends, of uniform ``value``."""
     half_width = max(half_width, 0.5)
     pad = half_width + soft + 1.0
@@ -218,8 +274,18 @@ def band(layer: np.ndarray, x0: float, y0: float, x1: float, y1: float, half_wid
     _put(layer, region, values, mode)
 
 
-def arc(layer: np.ndarray, cx: float, cy: float, radius: float, start: float, stop: float, half_width: float,
-        value: float, *, mode: str = "add") -> None:
+def arc(
+    layer: np.ndarray,
+    cx: float,
+    cy: float,
+    radius: float,
+    start: float,
+    stop: float,
+    half_width: float,
+    value: float,
+    *,
+    mode: str = "add",
+) -> None:
     """A curved line (a cortical outline) of peak ``value`` along a circle, from angle ``start`` to ``stop``.
 
     Angles are radians from the image's x axis toward its y axis (down), going the short way up if
@@ -270,8 +336,9 @@ _GLYPHS = {
 }
 
 
-def glyph(layer: np.ndarray, letter: str, x: float, y: float, cell: float, value: float, *,
-          mirror: bool = False) -> None:
+def glyph(
+    layer: np.ndarray, letter: str, x: float, y: float, cell: float, value: float, *, mirror: bool = False
+) -> None:
     """A marker letter (R or L) with its top-left corner at (x, y), each bitmap cell ``cell`` pixels."""
     if letter not in _GLYPHS:
         raise ValueError(f"no glyph for {letter!r}; known: {sorted(_GLYPHS)}")

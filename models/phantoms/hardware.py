@@ -58,13 +58,24 @@ class Implant:
     resection: str = INTACT
 
 
-def _screw(start: Vec, end: Vec, radius: float, mu: float, *, threaded: float | None = None, pitch: float = 1.75,
-           height: float = 0.5, inner: float = 0.0, head: float = 0.0) -> list[Part]:
+def _screw(
+    start: Vec,
+    end: Vec,
+    radius: float,
+    mu: float,
+    *,
+    threaded: float | None = None,
+    pitch: float = 1.75,
+    height: float = 0.5,
+    inner: float = 0.0,
+    head: float = 0.0,
+) -> list[Part]:
     """A screw from its head (``start``) to its tip; threads over the last ``threaded`` mm (None: all)."""
     length = float(np.linalg.norm(end - start))
     threaded = length if threaded is None else min(threaded, length)
-    parts: list[Part] = [Rod(start, end, radius, radius * 0.85, mu, inner=inner,
-                             thread=Thread(length - threaded, length, pitch, height))]
+    parts: list[Part] = [
+        Rod(start, end, radius, radius * 0.85, mu, inner=inner, thread=Thread(length - threaded, length, pitch, height))
+    ]
     if head > 0:
         axis = unit(end - start)
         parts.append(Rod(start - axis * 2.5, start + axis * 1.0, head, head, mu, caps=False))
@@ -94,8 +105,10 @@ def _stem(femur: Femur, head_centre: Vec, rng: np.random.Generator, *, length: f
         Rod(waist, femur.shaft(length), width, width * 0.5, mu),
     ]
     if rng.random() < 0.4:  # cemented: a mantle round the body and a plug below the tip
-        parts += [Rod(neck_end, waist, width * 1.35 + 3.0, width + 3.0, MU_CEMENT, CEMENT),
-                  Rod(waist, femur.shaft(length + 12.0), width + 3.0, width * 0.5 + 3.0, MU_CEMENT, CEMENT)]
+        parts += [
+            Rod(neck_end, waist, width * 1.35 + 3.0, width + 3.0, MU_CEMENT, CEMENT),
+            Rod(waist, femur.shaft(length + 12.0), width + 3.0, width * 0.5 + 3.0, MU_CEMENT, CEMENT),
+        ]
     if rng.random() < 0.5:  # a collar resting on the calcar
         collar = head_centre + n * (femur.neck_length * 0.55)
         parts.append(Rod(collar - n * 1.5, collar + n * 1.5, width * 1.6, width * 1.6, mu, caps=False))
@@ -107,19 +120,34 @@ def _cup(femur: Femur, rng: np.random.Generator) -> tuple[Vec, list[Part]]:
     sigma = femur.sigma
     inclination = math.radians(rng.uniform(35.0, 52.0))
     anteversion = math.radians(rng.uniform(5.0, 25.0))
-    opening = unit(vec(sigma * math.sin(inclination) * math.cos(anteversion),
-                       math.cos(inclination) * math.cos(anteversion), math.sin(anteversion)))
+    opening = unit(
+        vec(
+            sigma * math.sin(inclination) * math.cos(anteversion),
+            math.cos(inclination) * math.cos(anteversion),
+            math.sin(anteversion),
+        )
+    )
     dome = -opening
     radius = femur.head_radius + rng.uniform(1.5, 4.0)
     centre = femur.head + vec(-sigma * rng.uniform(0.0, 3.0), rng.uniform(-2.0, 1.0), 0.0)
     shell = rng.uniform(3.0, 4.5)
-    parts: list[Part] = [Sphere(centre, radius, MU_TITANIUM, attached=PELVIS, r_in=radius - shell, axis=dome,
-                                coverage=0.0)]
+    parts: list[Part] = [
+        Sphere(centre, radius, MU_TITANIUM, attached=PELVIS, r_in=radius - shell, axis=dome, coverage=0.0)
+    ]
     for _ in range(int(rng.choice([0, 1, 2, 2, 3]))):  # dome screws up into the ilium
         direction = unit(dome + vec(rng.normal(0, 0.3), -0.5, rng.normal(0, 0.3)))
         start = centre + direction * (radius - shell - 1.0)
-        parts += [Rod(start, start + direction * rng.uniform(22.0, 38.0), 3.25, 2.8, MU_TITANIUM * 1.6,
-                      attached=PELVIS, thread=Thread(4.0, 60.0, 2.5, 0.6))]
+        parts += [
+            Rod(
+                start,
+                start + direction * rng.uniform(22.0, 38.0),
+                3.25,
+                2.8,
+                MU_TITANIUM * 1.6,
+                attached=PELVIS,
+                thread=Thread(4.0, 60.0, 2.5, 0.6),
+            )
+        ]
     return centre, parts
 
 
@@ -132,8 +160,9 @@ def _tha_parts(femur: Femur, rng: np.random.Generator, *, stem_length: float | N
     return parts + _stem(femur, head, rng, length=stem_length)
 
 
-def _shaft_screws(femur: Femur, ts: list[float], rng: np.random.Generator, *, offset: float = 6.0,
-                  unicortical: bool = False) -> list[Part]:
+def _shaft_screws(
+    femur: Femur, ts: list[float], rng: np.random.Generator, *, offset: float = 6.0, unicortical: bool = False
+) -> list[Part]:
     """Cortical screws across the shaft from a lateral plate at the levels ``ts`` (mm down the shaft)."""
     parts: list[Part] = []
     lateral = femur.lateral
@@ -175,9 +204,12 @@ def build_hemi(femur: Femur, rng: np.random.Generator) -> Implant:
         # head, polyethylene between; its outline is a whole circle (a THA cup's is a half-moon)
         inner = float(rng.choice([11.0, 12.0, 14.0]))
         shell = rng.uniform(2.5, 3.5)
-        parts = [Sphere(femur.head, radius, MU_COCR, r_in=radius - shell, axis=-femur.neck_dir,
-                        coverage=rng.uniform(0.6, 0.8)),
-                 Sphere(femur.head + femur.neck_dir * rng.uniform(0.0, 2.0), inner, MU_COCR)]
+        parts = [
+            Sphere(
+                femur.head, radius, MU_COCR, r_in=radius - shell, axis=-femur.neck_dir, coverage=rng.uniform(0.6, 0.8)
+            ),
+            Sphere(femur.head + femur.neck_dir * rng.uniform(0.0, 2.0), inner, MU_COCR),
+        ]
         head = femur.head
     else:  # unipolar (monoblock or modular): one large head
         parts = [Sphere(femur.head, radius, MU_COCR)]
@@ -196,8 +228,14 @@ def build_imn(femur: Femur, rng: np.random.Generator) -> Implant:
     parts: list[Part] = [
         Rod(entry, junction, proximal_r, proximal_r, MU_TITANIUM * 1.6, inner=2.0, caps=False),
         Rod(junction, femur.shaft(tip_t), proximal_r, distal_r, MU_TITANIUM * 1.6, inner=2.0),
-        Rod(entry - femur.shaft_dir * 2.0, entry + femur.shaft_dir * 2.0, proximal_r, proximal_r, MU_TITANIUM * 1.6,
-            caps=False),  # end cap
+        Rod(
+            entry - femur.shaft_dir * 2.0,
+            entry + femur.shaft_dir * 2.0,
+            proximal_r,
+            proximal_r,
+            MU_TITANIUM * 1.6,
+            caps=False,
+        ),  # end cap
     ]
     superior, _ = femur.neck_frame()
     offset = -superior * rng.uniform(0.0, 4.0)
@@ -211,8 +249,9 @@ def build_imn(femur: Femur, rng: np.random.Generator) -> Implant:
         t = tip_t - rng.uniform(20.0, 30.0) - 28.0 * index
         cross = _rotate_about(-lateral, femur.shaft_dir, math.radians(rng.normal(0.0, 8.0)))
         screw_start = femur.shaft(t) + lateral * (femur.shaft_radius + 4.0)
-        parts += _screw(screw_start, screw_start + cross * (2 * femur.shaft_radius + 7.0), 2.5, MU_TITANIUM * 1.6,
-                        head=4.0)
+        parts += _screw(
+            screw_start, screw_start + cross * (2 * femur.shaft_radius + 7.0), 2.5, MU_TITANIUM * 1.6, head=4.0
+        )
     return Implant(HardwareClass.IMN, tuple(parts))
 
 
@@ -246,8 +285,9 @@ def build_dhs(femur: Femur, rng: np.random.Generator) -> Implant:
     tip = femur.head - n * (femur.head_radius - rng.uniform(7.0, 11.0)) + offset
     barrel_out = femur.head + n * (exit_at + 3.0) + offset
     barrel_in = femur.head + n * (exit_at - 36.0) + offset
-    parts: list[Part] = _screw(femur.head + n * (exit_at - 30.0) + offset, tip, 6.25, MU_STEEL, threaded=22.0,
-                               pitch=3.0, height=2.2)
+    parts: list[Part] = _screw(
+        femur.head + n * (exit_at - 30.0) + offset, tip, 6.25, MU_STEEL, threaded=22.0, pitch=3.0, height=2.2
+    )
     parts.append(Rod(barrel_out, barrel_in, 6.5, 6.5, MU_STEEL, caps=False))
     parts.append(Rod(femur.head + n * (exit_at - 30.0) + offset, barrel_in, 4.0, 4.0, MU_STEEL))  # shank
     exit_t = float((barrel_out - femur.base) @ femur.shaft_dir)
@@ -265,25 +305,43 @@ def build_plate(femur: Femur, rng: np.random.Generator) -> Implant:
     top = -36.0
     bottom = rng.uniform(130.0, 230.0)
     parts: list[Part] = _side_plate(femur, top, bottom, width=rng.uniform(16.0, 18.0), thickness=5.0)
-    parts.append(Slab(femur.lateral_cortex(top) + lateral * 3.0, femur.lateral_cortex(8.0) + lateral * 3.0,
-                      femur.anterior, rng.uniform(24.0, 30.0), 5.0, MU_STEEL))  # the proximal, trochanteric part
+    parts.append(
+        Slab(
+            femur.lateral_cortex(top) + lateral * 3.0,
+            femur.lateral_cortex(8.0) + lateral * 3.0,
+            femur.anterior,
+            rng.uniform(24.0, 30.0),
+            5.0,
+            MU_STEEL,
+        )
+    )  # the proximal, trochanteric part
     # proximal locking screws fanned from the plate into the neck and head (5 mm, no barrel)
     count = int(rng.integers(3, 5))
     for index in range(count):
         t = top + 10.0 + index * rng.uniform(9.0, 12.0)
         start = femur.lateral_cortex(t) + lateral * 5.5
-        target = (femur.head - n * (femur.head_radius * 0.35) + superior * (9.0 - index * 6.0)
-                  + anterior * rng.normal(0.0, 5.0))
-        parts += _screw(start, start + unit(target - start) * (float(np.linalg.norm(target - start))
-                        + femur.head_radius * 0.3), 2.6, MU_STEEL, pitch=2.0, height=0.6, head=4.2)
+        target = (
+            femur.head
+            - n * (femur.head_radius * 0.35)
+            + superior * (9.0 - index * 6.0)
+            + anterior * rng.normal(0.0, 5.0)
+        )
+        parts += _screw(
+            start,
+            start + unit(target - start) * (float(np.linalg.norm(target - start)) + femur.head_radius * 0.3),
+            2.6,
+            MU_STEEL,
+            pitch=2.0,
+            height=0.6,
+            head=4.2,
+        )
     shaft_levels = [45.0 + 14.0 * k for k in range(int((bottom - 55.0) // 14.0))]
     shaft_levels = [t for t in shaft_levels if rng.random() < 0.75] or shaft_levels[-1:]
     parts += _shaft_screws(femur, shaft_levels, rng, offset=5.5)
     return Implant(HardwareClass.PLATE, tuple(parts))
 
 
-def _cerclage(femur: Femur, t: float, rng: np.random.Generator, *, arc: tuple[float, float] = (0.0, 1.0)
-              ) -> list[Part]:
+def _cerclage(femur: Femur, t: float, rng: np.random.Generator, *, arc: tuple[float, float] = (0.0, 1.0)) -> list[Part]:
     normal = _rotate_about(femur.shaft_dir, femur.anterior, math.radians(rng.normal(0.0, 6.0)))
     centre = femur.shaft(t)
     parts: list[Part] = [Ring(centre, normal, femur.outer_radius(t) + 1.2, 1.0, MU_STEEL, arc=arc)]
@@ -318,17 +376,28 @@ def _spacer(femur: Femur, rng: np.random.Generator) -> list[Part]:
     parts: list[Part] = [Sphere(head, radius, MU_CEMENT, CEMENT)]
     for _ in range(int(rng.integers(3, 7))):  # hand-moulded: lumps bulge out of the sphere
         direction = unit(rng.normal(0.0, 1.0, 3) * vec(1.0, 1.0, 0.3))
-        parts.append(Sphere(head + direction * radius * rng.uniform(0.8, 1.0), radius * rng.uniform(0.3, 0.45),
-                            MU_CEMENT, CEMENT))
+        parts.append(
+            Sphere(
+                head + direction * radius * rng.uniform(0.8, 1.0), radius * rng.uniform(0.3, 0.45), MU_CEMENT, CEMENT
+            )
+        )
     length = rng.uniform(90.0, 160.0)
     neck = head + femur.neck_dir * (femur.neck_length * 0.7)
     thick = femur.canal_radius * rng.uniform(1.1, 1.4)
-    parts += [Rod(head, neck, radius * 0.55, thick * 1.3, MU_CEMENT, CEMENT),
-              Rod(neck, femur.shaft(35.0), thick * 1.3, thick, MU_CEMENT, CEMENT),
-              Rod(femur.shaft(35.0), femur.shaft(length), thick, thick * 0.75, MU_CEMENT, CEMENT)]
+    parts += [
+        Rod(head, neck, radius * 0.55, thick * 1.3, MU_CEMENT, CEMENT),
+        Rod(neck, femur.shaft(35.0), thick * 1.3, thick, MU_CEMENT, CEMENT),
+        Rod(femur.shaft(35.0), femur.shaft(length), thick, thick * 0.75, MU_CEMENT, CEMENT),
+    ]
     for t in rng.uniform(30.0, length, int(rng.integers(2, 5))):  # irregular moulding along the stem
-        parts.append(Sphere(femur.shaft(float(t)) + femur.lateral * rng.normal(0.0, 3.0), thick * rng.uniform(1.0, 1.3),
-                            MU_CEMENT, CEMENT))
+        parts.append(
+            Sphere(
+                femur.shaft(float(t)) + femur.lateral * rng.normal(0.0, 3.0),
+                thick * rng.uniform(1.0, 1.3),
+                MU_CEMENT,
+                CEMENT,
+            )
+        )
     if rng.random() < 0.6:  # a thin metal core (a pin or rod moulded into the cement)
         core = rng.uniform(1.4, 2.4)
         parts.append(Rod(head - femur.neck_dir * radius * 0.3, neck, core, core, MU_STEEL))
@@ -344,9 +413,13 @@ def _beads(femur: Femur, rng: np.random.Generator) -> list[Part]:
     phase = rng.uniform(0.0, 2 * math.pi)
     step = rng.uniform(0.28, 0.4)
     drift = femur.shaft_dir * rng.uniform(1.0, 4.0)
-    points = [centre + radius * (math.cos(phase + k * step) * femur.lateral + math.sin(phase + k * step)
-                                 * vec(0.0, -1.0, 0.0) * 0.8) + drift * k + femur.anterior * rng.normal(0.0, 3.0)
-              for k in range(count)]
+    points = [
+        centre
+        + radius * (math.cos(phase + k * step) * femur.lateral + math.sin(phase + k * step) * vec(0.0, -1.0, 0.0) * 0.8)
+        + drift * k
+        + femur.anterior * rng.normal(0.0, 3.0)
+        for k in range(count)
+    ]
     parts: list[Part] = [Sphere(p, 3.5, MU_BEAD, CEMENT) for p in points]
     parts += [Rod(a, b, 0.3, 0.3, MU_STEEL) for a, b in zip(points[:-1], points[1:], strict=True)]
     return parts
@@ -359,8 +432,17 @@ def _residual(femur: Femur, rng: np.random.Generator) -> list[Part]:
         direction = _rotate_about(-femur.lateral, femur.anterior, math.radians(rng.uniform(-40.0, 40.0)))
         start = femur.shaft(t) + femur.lateral * rng.uniform(-5.0, 10.0)
         length = rng.uniform(14.0, 30.0)
-        return [Rod(start, start + direction * length, rng.uniform(2.2, 3.6), 2.0, MU_STEEL, caps=False,
-                    thread=Thread(0.0, length, 2.0, 0.6))]
+        return [
+            Rod(
+                start,
+                start + direction * length,
+                rng.uniform(2.2, 3.6),
+                2.0,
+                MU_STEEL,
+                caps=False,
+                thread=Thread(0.0, length, 2.0, 0.6),
+            )
+        ]
     first = rng.uniform(0.0, 0.5)
     return _cerclage(femur, rng.uniform(40.0, 140.0), rng, arc=(first, first + rng.uniform(0.35, 0.7)))
 

@@ -91,14 +91,18 @@ def sample_acquisition(view: View, side: Side | None, rng: np.random.Generator) 
         low=float(rng.uniform(0.0, 0.08)),
         high=float(rng.uniform(0.92, 1.0)),
         noise=float(rng.uniform(0.004, 0.025)),
-        borders=borders, border_value=border_value, border_noisy=bool(noisy), markers=markers,
+        borders=borders,
+        border_value=border_value,
+        border_noisy=bool(noisy),
+        markers=markers,
         spine_hardware=view is View.AP_PELVIS and rng.random() < 0.2,
         offset=(float(rng.uniform(-max_shift, max_shift)), float(rng.uniform(-12.0, 12.0))),
     )
 
 
-def view_camera(view: View, anatomy: Anatomy, side: Side | None, size: int, acquisition: Acquisition,
-                rng: np.random.Generator) -> Camera:
+def view_camera(
+    view: View, anatomy: Anatomy, side: Side | None, size: int, acquisition: Acquisition, rng: np.random.Generator
+) -> Camera:
     """The camera of ``view`` (``side``: the hip of a one-hip view), ``size`` pixels on the long side."""
     if view is View.UNKNOWN:
         raise ValueError("cannot render the unknown view")
@@ -133,8 +137,16 @@ def _multiple(value: float) -> int:
     return max(COARSE * 8, int(round(value / COARSE)) * COARSE)
 
 
-def render(anatomy: Anatomy, implants: dict[Side, Implant], view: View, side: Side | None, *, size: int,
-           acquisition: Acquisition, rng: np.random.Generator) -> tuple[np.ndarray, Camera]:
+def render(
+    anatomy: Anatomy,
+    implants: dict[Side, Implant],
+    view: View,
+    side: Side | None,
+    *,
+    size: int,
+    acquisition: Acquisition,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, Camera]:
     """Display values in [0, 1] (float32, standard orientation) of one radiograph and its camera."""
     camera = view_camera(view, anatomy, side, size, acquisition, rng)
     sides = (Side.RIGHT, Side.LEFT) if view is View.AP_PELVIS or side is None else (side,)
@@ -159,8 +171,9 @@ def render(anatomy: Anatomy, implants: dict[Side, Implant], view: View, side: Si
     return image, camera
 
 
-def _background(camera: Camera, layers: Layers, anatomy: Anatomy, view: View, poses: dict[Side, Pose],
-                rng: np.random.Generator) -> None:
+def _background(
+    camera: Camera, layers: Layers, anatomy: Anatomy, view: View, poses: dict[Side, Pose], rng: np.random.Generator
+) -> None:
     coarse = camera.scaled(COARSE)
     field = np.zeros((coarse.height, coarse.width), dtype=np.float32)
     draw_background(coarse, field, anatomy, view, poses, rng)
@@ -169,16 +182,18 @@ def _background(camera: Camera, layers: Layers, anatomy: Anatomy, view: View, po
     texture += np.float32(1.0)
     field *= texture  # mottle of bone and bowel gas
     field = _smooth(field)
-    layers.tissue = np.asarray(Image.fromarray(field).resize((camera.width, camera.height),
-                                                             Image.Resampling.BILINEAR), dtype=np.float32).copy()
+    layers.tissue = np.asarray(
+        Image.fromarray(field).resize((camera.width, camera.height), Image.Resampling.BILINEAR), dtype=np.float32
+    ).copy()
 
 
 def _trabecular(bone: np.ndarray, rng: np.random.Generator) -> None:
     """Modulate bone by a grain of a few millimetres (trabecular pattern): bone is never a flat plateau."""
     height, width = bone.shape
     coarse = rng.standard_normal((height // COARSE + 1, width // COARSE + 1), dtype=np.float32)
-    grain = np.asarray(Image.fromarray(coarse).resize((width + COARSE, height + COARSE), Image.Resampling.BILINEAR),
-                       dtype=np.float32)[:height, :width].copy()
+    grain = np.asarray(
+        Image.fromarray(coarse).resize((width + COARSE, height + COARSE), Image.Resampling.BILINEAR), dtype=np.float32
+    )[:height, :width].copy()
     grain *= np.float32(0.12)
     grain += np.float32(1.0)
     bone *= grain
@@ -199,11 +214,22 @@ def spine_hardware(anatomy: Anatomy) -> list[Part]:
     for sigma in (-1.0, 1.0):
         for y in levels:
             tulip, tip = vec(sigma * 33.0, y, 28.0), vec(sigma * 13.0, y + 3.0, -22.0)
-            parts += [Rod(tulip, tip, 3.2, 2.4, MU_TITANIUM * 1.6, attached=PELVIS, thread=Thread(8.0, 60.0, 2.5, 0.7)),
-                      Rod(tulip - vec(0.0, 5.5, 0.0), tulip + vec(0.0, 5.5, 0.0), 5.5, 5.5, MU_TITANIUM * 1.6,
-                          attached=PELVIS)]
-        parts.append(Rod(vec(sigma * 33.0, levels[0] - 14.0, 28.0), vec(sigma * 33.0, levels[-1] + 10.0, 28.0), 2.75,
-                         2.75, MU_STEEL, attached=PELVIS))
+            parts += [
+                Rod(tulip, tip, 3.2, 2.4, MU_TITANIUM * 1.6, attached=PELVIS, thread=Thread(8.0, 60.0, 2.5, 0.7)),
+                Rod(
+                    tulip - vec(0.0, 5.5, 0.0), tulip + vec(0.0, 5.5, 0.0), 5.5, 5.5, MU_TITANIUM * 1.6, attached=PELVIS
+                ),
+            ]
+        parts.append(
+            Rod(
+                vec(sigma * 33.0, levels[0] - 14.0, 28.0),
+                vec(sigma * 33.0, levels[-1] + 10.0, 28.0),
+                2.75,
+                2.75,
+                MU_STEEL,
+                attached=PELVIS,
+            )
+        )
     return parts
 
 
@@ -216,8 +242,7 @@ def _markers(camera: Camera, metal: np.ndarray, acquisition: Acquisition, view: 
         on_left = letter == "R"
         if view is View.CROSS_TABLE_LATERAL:
             on_left = side is not Side.RIGHT  # the right hip's thigh runs to the image's right
-        x = (left_border * camera.width + margin if on_left
-             else camera.width * (1.0 - right_border) - margin - letter_w)
+        x = left_border * camera.width + margin if on_left else camera.width * (1.0 - right_border) - margin - letter_w
         y = top_border * camera.height + margin
         geometry.glyph(metal, letter, x, y, cell, 6.0)
 
@@ -249,7 +274,7 @@ def _noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> None:
     period = tile.shape[0] // 2
     oy, ox = (int(v) for v in rng.integers(0, period, 2))
     if height <= period and width <= period:
-        noise = tile[oy:oy + height, ox:ox + width]
+        noise = tile[oy : oy + height, ox : ox + width]
     else:
         noise = tile[np.ix_((np.arange(height) + oy) % period, (np.arange(width) + ox) % period)]
     if rng.random() < 0.5:
@@ -264,8 +289,12 @@ def _collimate(image: np.ndarray, acquisition: Acquisition, rng: np.random.Gener
     top, bottom, left, right = acquisition.borders
     height, width = image.shape
     value = np.float32(acquisition.border_value)
-    regions = [(slice(0, int(top * height)), slice(None)), (slice(height - int(bottom * height), height), slice(None)),
-               (slice(None), slice(0, int(left * width))), (slice(None), slice(width - int(right * width), width))]
+    regions = [
+        (slice(0, int(top * height)), slice(None)),
+        (slice(height - int(bottom * height), height), slice(None)),
+        (slice(None), slice(0, int(left * width))),
+        (slice(None), slice(width - int(right * width), width)),
+    ]
     for region in regions:
         block = image[region]
         if block.size == 0:

@@ -28,16 +28,31 @@ def cli() -> None:
     """predraft: drafts hip hardware reports from radiographs sent by a PACS."""
 
 
-for command in (db, serve, listen, worker, web, studies, demo, models, phantoms, train, train_task, evaluate,
-                evaluate_real, users, queue, workers):
+for command in (
+    db,
+    serve,
+    listen,
+    worker,
+    web,
+    studies,
+    demo,
+    models,
+    phantoms,
+    train,
+    train_task,
+    evaluate,
+    evaluate_real,
+    users,
+    queue,
+    workers,
+):
     cli.add_command(command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default: the process arguments); return the exit code."""
     try:
-        result = cli.main(args=list(argv) if argv is not None else None, prog_name="predraft",
-                          standalone_mode=False)
+        result = cli.main(args=list(argv) if argv is not None else None, prog_name="predraft", standalone_mode=False)
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

@@ -72,14 +72,31 @@ def print_workers(workers: Sequence[dict[str, Any]]) -> None:
     if not workers:
         click.echo("no worker online")
         return
-    print_table(("Worker", "Queues", "Pool", "Device", "Model", "Uptime", "Heartbeat", "Active", "Scheduled"),
-                [(w["hostname"], ",".join(w["queues"]), f"{w['pool']} x{w['concurrency']}",
-                  f"{w['device']} ({w['device_name']})", f"{w['model_name']} {w['model_version']}",
-                  age(w["uptime_seconds"]), f"{age(w['heartbeat_age_seconds'])} ago" + (
-                      "" if w["answers_inspect"] is None else
-                      ", answers inspect" if w["answers_inspect"] else ", NO answer to inspect"),
-                  w["active"], w["scheduled"]) for w in workers],
-                title="Workers online")
+    print_table(
+        ("Worker", "Queues", "Pool", "Device", "Model", "Uptime", "Heartbeat", "Active", "Scheduled"),
+        [
+            (
+                w["hostname"],
+                ",".join(w["queues"]),
+                f"{w['pool']} x{w['concurrency']}",
+                f"{w['device']} ({w['device_name']})",
+                f"{w['model_name']} {w['model_version']}",
+                age(w["uptime_seconds"]),
+                f"{age(w['heartbeat_age_seconds'])} ago"
+                + (
+                    ""
+                    if w["answers_inspect"] is None
+                    else ", answers inspect"
+                    if w["answers_inspect"]
+                    else ", NO answer to inspect"
+                ),
+                w["active"],
+                w["scheduled"],
+            )
+            for w in workers
+        ],
+        title="Workers online",
+    )
 
 
 def age(seconds: float | None) -> str:
@@ -110,8 +127,7 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(f"--since {text!r}: give a span such as 30m, 2h or 3d, or a date such as 2026-11-22") \
-            from None
+        raise ValueError(f"--since {text!r}: give a span such as 30m, 2h or 3d, or a date such as 2026-11-22") from None
     return as_utc(moment).astimezone(UTC)
 
 

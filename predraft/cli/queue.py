@@ -41,10 +41,22 @@ def stats_command(as_json: bool) -> int:
     stats = queue_stats(settings)
 
     def render() -> None:
-        print_table(("Queue", "Waiting", "Running", "Retries pending", "Dead", "Oldest waiting", "Workers"),
-                    [(q["queue"], q["waiting"], q["running"], q["retries_pending"], q["dead"],
-                      age(q["oldest_waiting_seconds"]), q["workers"]) for q in stats["queues"]],
-                    title=f"Queues on {stats['broker']}")
+        print_table(
+            ("Queue", "Waiting", "Running", "Retries pending", "Dead", "Oldest waiting", "Workers"),
+            [
+                (
+                    q["queue"],
+                    q["waiting"],
+                    q["running"],
+                    q["retries_pending"],
+                    q["dead"],
+                    age(q["oldest_waiting_seconds"]),
+                    q["workers"],
+                )
+                for q in stats["queues"]
+            ],
+            title=f"Queues on {stats['broker']}",
+        )
         print_workers(stats["workers"])
         for problem in stats["problems"]:
             click.echo(f"problem: {problem}")
@@ -56,8 +68,13 @@ def stats_command(as_json: bool) -> int:
 @queue.command("ls")
 @click.option("--queue", "queue_name", type=click.Choice(QUEUE_NAMES), default=None, help="Only this queue.")
 @click.option("--state", type=click.Choice(STATE_NAMES), default=None, help="Only items in this state.")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1),
-              help="Waiting messages listed per queue (the oldest).")
+@click.option(
+    "--limit",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Waiting messages listed per queue (the oldest).",
+)
 @json_option
 def list_command(queue_name: str | None, state: str | None, limit: int, as_json: bool) -> int:
     """List work items: dead, failed (a retry is due), running, waiting. Exit 1 when some are dead."""
@@ -68,13 +85,27 @@ def list_command(queue_name: str | None, state: str | None, limit: int, as_json:
 
     def render() -> None:
         if not items:
-            click.echo("nothing " + (state or "queued, failed or dead") + (f" in queue {queue_name}" if queue_name
-                                                                            else ""))
+            click.echo(
+                "nothing " + (state or "queued, failed or dead") + (f" in queue {queue_name}" if queue_name else "")
+            )
             return
-        print_table(("ID", "State", "Queue", "Study", "Instance / destination", "Attempts", "Since", "Retry at",
-                     "Error"),
-                    [(i["id"], i["state"], i["queue"], i["study_uid"], i["instance_uid"] or i["destination"],
-                      i["attempts"], i["since"], i["retry_at"], _first_line(i["error"])) for i in items])
+        print_table(
+            ("ID", "State", "Queue", "Study", "Instance / destination", "Attempts", "Since", "Retry at", "Error"),
+            [
+                (
+                    i["id"],
+                    i["state"],
+                    i["queue"],
+                    i["study_uid"],
+                    i["instance_uid"] or i["destination"],
+                    i["attempts"],
+                    i["since"],
+                    i["retry_at"],
+                    _first_line(i["error"]),
+                )
+                for i in items
+            ],
+        )
 
     emit(items, as_json=as_json, render=render)
     return EXIT_PROBLEMS if any(item["state"] == "dead" for item in items) else EXIT_OK
@@ -82,7 +113,7 @@ def list_command(queue_name: str | None, state: str | None, limit: int, as_json:
 
 def _first_line(text: str | None, width: int = 70) -> str:
     line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
-    return line if len(line) <= width else line[:width - 1] + "…"
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 @queue.command("show")
@@ -95,8 +126,10 @@ def show_command(item_id: str, as_json: bool) -> int:
     settings = reachable_settings()
     item = show_work(settings, item_id)
     if item is None:
-        raise click.ClickException(f"no queued, failed or dead item {item_id!r} (a finished task leaves the "
-                                   "broker: see `predraft studies show`)")
+        raise click.ClickException(
+            f"no queued, failed or dead item {item_id!r} (a finished task leaves the "
+            "broker: see `predraft studies show`)"
+        )
 
     def render() -> None:
         for key, value in item.items():
@@ -159,17 +192,26 @@ def purge_command(queue_name: str, yes: bool, as_json: bool) -> int:
     from predraft.workers.app import create_celery
 
     settings = reachable_settings()
-    note = (f"spool files and database rows are kept; the listener's sweeper sends pending work again once it "
-            f"has sat unqueued for {settings.sweep_stale_seconds:g} s")
+    note = (
+        f"spool files and database rows are kept; the listener's sweeper sends pending work again once it "
+        f"has sat unqueued for {settings.sweep_stale_seconds:g} s"
+    )
     if not yes:
-        click.confirm(f"Delete the {waiting_count(settings, queue_name)} message(s) waiting in queue {queue_name} "
-                      f"of broker {redact_url(settings.broker_url)}? ({note})", abort=True, err=True)
+        click.confirm(
+            f"Delete the {waiting_count(settings, queue_name)} message(s) waiting in queue {queue_name} "
+            f"of broker {redact_url(settings.broker_url)}? ({note})",
+            abort=True,
+            err=True,
+        )
     app = create_celery(settings)
     try:
         purged = purge_queue(app, queue_name)
     finally:
         app.close()
     result = {"queue": queue_name, "purged": purged, "broker": redact_url(settings.broker_url), "note": note}
-    emit(result, as_json=as_json, render=lambda: click.echo(f"purged {purged} message(s) from queue {queue_name}; "
-                                                            f"{note}"))
+    emit(
+        result,
+        as_json=as_json,
+        render=lambda: click.echo(f"purged {purged} message(s) from queue {queue_name}; {note}"),
+    )
     return EXIT_OK

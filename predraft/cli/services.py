@@ -119,11 +119,20 @@ def listen() -> None:
 
 
 @click.command()
-@click.option("--queues", "-Q", default="prepare,classify,draft,export", show_default=True,
-              help="Comma-separated queues to consume.")
+@click.option(
+    "--queues",
+    "-Q",
+    default="prepare,classify,draft,export",
+    show_default=True,
+    help="Comma-separated queues to consume.",
+)
 @click.option("--concurrency", "-c", type=int, default=None, help="Worker threads (default from settings).")
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
-              help="Port of this worker's Prometheus endpoint (default from settings; 0: none).")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Port of this worker's Prometheus endpoint (default from settings; 0: none).",
+)
 def worker(queues: str, concurrency: int | None, metrics_port: int | None) -> None:
     """Run a Celery worker on the given queues."""
     from predraft.core.bootstrap import configure_logging
@@ -153,12 +162,23 @@ def worker(queues: str, concurrency: int | None, metrics_port: int | None) -> No
     except OSError as exc:
         raise click.ClickException(str(exc)) from exc
     app = create_celery(settings)
-    app.worker_main([
-        "worker", "--queues", queues, "--pool", settings.worker_pool,
-        "--concurrency", str(concurrency or settings.worker_concurrency),
-        "--loglevel", settings.log_level, "--hostname", f"predraft-{queues.replace(',', '-')}@%h",
-        "--without-gossip", "--without-mingle",
-    ])
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            queues,
+            "--pool",
+            settings.worker_pool,
+            "--concurrency",
+            str(concurrency or settings.worker_concurrency),
+            "--loglevel",
+            settings.log_level,
+            "--hostname",
+            f"predraft-{queues.replace(',', '-')}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
 
 
 @click.command()
@@ -171,5 +191,11 @@ def web() -> None:
 
     settings = load_settings_with_schema()
     configure_logging(settings)
-    uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port,
-                log_level=settings.log_level.lower(), access_log=False, log_config=None)  # our handlers: text or JSON
+    uvicorn.run(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        log_config=None,
+    )  # our handlers: text or JSON

@@ -19,10 +19,18 @@ def studies() -> None:
 
 
 @studies.command("ls")
-@click.option("--state", type=click.Choice([state.value for state in StudyState]), default=None,
-              help="Only studies in this state.")
-@click.option("--since", type=SinceType(), default=None,
-              help="Only studies with an image received since then: 30m, 2h, 3d, or a date/time (UTC).")
+@click.option(
+    "--state",
+    type=click.Choice([state.value for state in StudyState]),
+    default=None,
+    help="Only studies in this state.",
+)
+@click.option(
+    "--since",
+    type=SinceType(),
+    default=None,
+    help="Only studies with an image received since then: 30m, 2h, 3d, or a date/time (UTC).",
+)
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
 def list_command(state: str | None, since: datetime | None, limit: int, as_json: bool) -> int:
@@ -39,9 +47,22 @@ def list_command(state: str | None, since: datetime | None, limit: int, as_json:
     elif not rows:
         click.echo("no studies")
     else:
-        print_table(("Study UID", "State", "Gen", "Instances", "Accession", "Received", "Last image", "Drafted"),
-                    [(row["study_uid"], row["state"], row["generation"], row["instances"], row["accession_number"],
-                      row["received_at"], row["last_instance_at"], row["drafted_at"]) for row in rows])
+        print_table(
+            ("Study UID", "State", "Gen", "Instances", "Accession", "Received", "Last image", "Drafted"),
+            [
+                (
+                    row["study_uid"],
+                    row["state"],
+                    row["generation"],
+                    row["instances"],
+                    row["accession_number"],
+                    row["received_at"],
+                    row["last_instance_at"],
+                    row["drafted_at"],
+                )
+                for row in rows
+            ],
+        )
     return code
 
 
@@ -60,37 +81,52 @@ def show_command(study_uid: str, as_json: bool) -> int:
     if detail is None:
         raise click.ClickException(f"no study with StudyInstanceUID {study_uid}")
     exports = (detail["draft"] or {}).get("exports") or []
-    code = EXIT_PROBLEMS if detail["state"] == StudyState.ERROR or any(e["state"] == "dead" for e in exports) \
-        else EXIT_OK
+    code = (
+        EXIT_PROBLEMS if detail["state"] == StudyState.ERROR or any(e["state"] == "dead" for e in exports) else EXIT_OK
+    )
     if as_json:
         click.echo(json.dumps(detail, indent=2))
         return code
     click.echo(f"Study {detail['study_uid']}  state: {detail['state']}  generation: {detail['generation']}")
     if detail["error"]:
         click.echo(f"Error: {detail['error']}")
-    print_table(("SOP Instance UID", "State", "View", "Side", "Reads as", "Predictions", "Error or flag"),
-                [(i["sop_instance_uid"], i["state"], i["view"], i["side"],
-                  f"{i['region_read']} {i['region_probability']:.2f}" if i["region_read"] else "",
-                  ", ".join(f"{p['side']}={p['top_class']} {p['probability']:.2f}" for p in i["predictions"]),
-                  i["error"] or (f"{i['scope_flag']}: {i['scope_note']}" if i["scope_flag"] else ""))
-                 for i in detail["instances"]])
+    print_table(
+        ("SOP Instance UID", "State", "View", "Side", "Reads as", "Predictions", "Error or flag"),
+        [
+            (
+                i["sop_instance_uid"],
+                i["state"],
+                i["view"],
+                i["side"],
+                f"{i['region_read']} {i['region_probability']:.2f}" if i["region_read"] else "",
+                ", ".join(f"{p['side']}={p['top_class']} {p['probability']:.2f}" for p in i["predictions"]),
+                i["error"] or (f"{i['scope_flag']}: {i['scope_note']}" if i["scope_flag"] else ""),
+            )
+            for i in detail["instances"]
+        ],
+    )
     steps = detail["timings"]["seconds_from_last_instance"]
     if steps:
-        click.echo("  timings after the last instance: " + ", ".join(f"{step} +{value:.1f} s"
-                                                                     for step, value in steps.items()))
+        click.echo(
+            "  timings after the last instance: " + ", ".join(f"{step} +{value:.1f} s" for step, value in steps.items())
+        )
     draft = detail["draft"]
     if draft is None:
         click.echo("No draft.")
     else:
-        click.echo(f"\nDraft (generation {draft['generation']}, {draft['model']}), SR {draft['sr_sop_instance_uid']}"
-                   f"\n  stored at {draft['sr_path']}\n")
+        click.echo(
+            f"\nDraft (generation {draft['generation']}, {draft['model']}), SR {draft['sr_sop_instance_uid']}"
+            f"\n  stored at {draft['sr_path']}\n"
+        )
         click.echo(draft["text"])
         _echo_exports(draft["exports"])
         review = detail.get("review")
         if review is not None:
             why = f" ({review['reason']})" if review["reason"] else ""
-            click.echo(f"\nReviewed: {review['action']} by {review['user']} at {review['at']}{why}; "
-                       f"SR {review['sr_sop_instance_uid']}")
+            click.echo(
+                f"\nReviewed: {review['action']} by {review['user']} at {review['at']}{why}; "
+                f"SR {review['sr_sop_instance_uid']}"
+            )
             _echo_exports(review["exports"])
     return code
 
@@ -102,16 +138,22 @@ def _echo_exports(exports: list[dict]) -> None:
     click.echo("\nExports:")
     for export in exports:
         when = f" at {export['exported_at']}" if export["exported_at"] else ""
-        click.echo(f"  {export['destination']:<20} {export['state']:<8} {export['attempts']} tr"
-                   f"{'y' if export['attempts'] == 1 else 'ies'}{when}")
+        click.echo(
+            f"  {export['destination']:<20} {export['state']:<8} {export['attempts']} tr"
+            f"{'y' if export['attempts'] == 1 else 'ies'}{when}"
+        )
         if export["last_error"]:
             click.echo(f"      {'note' if export['state'] == 'sent' else 'error'}: {export['last_error']}")
 
 
 @studies.command("resend")
 @click.argument("study_uid")
-@click.option("--destination", "destination_name", default=None,
-              help="Only this export destination (default: every configured one).")
+@click.option(
+    "--destination",
+    "destination_name",
+    default=None,
+    help="Only this export destination (default: every configured one).",
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
 def resend_command(study_uid: str, destination_name: str | None, as_json: bool) -> int:
     """Send the study's latest SR (its draft, or the report its review issued) again to every destination (or one)."""
@@ -138,8 +180,17 @@ def resend_command(study_uid: str, destination_name: str | None, as_json: bool) 
         raise click.ClickException(str(exc)) from None
     send_exports(create_celery(settings), draft_id, queued)
     if as_json:
-        click.echo(json.dumps({"study_uid": study_uid, "draft_generation": generation, "sr_sop_instance_uid": sr_uid,
-                               "queued": queued}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "study_uid": study_uid,
+                    "draft_generation": generation,
+                    "sr_sop_instance_uid": sr_uid,
+                    "queued": queued,
+                },
+                indent=2,
+            )
+        )
     for name in [] if as_json else queued:
         click.echo(f"queued SR {sr_uid} (draft generation {generation}) for {name}")
     for name in [] if as_json else [name for name in names if name not in queued]:
@@ -167,6 +218,8 @@ def redraft_command(study_uid: str, as_json: bool) -> int:
     if as_json:
         click.echo(json.dumps({"study_uid": study_uid, "generation": generation}, indent=2))
     else:
-        click.echo(f"study {study_uid} re-opened as generation {generation}: it is drafted again, and the new SR "
-                   "supersedes the previous one")
+        click.echo(
+            f"study {study_uid} re-opened as generation {generation}: it is drafted again, and the new SR "
+            "supersedes the previous one"
+        )
     return EXIT_OK

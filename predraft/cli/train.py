@@ -9,8 +9,13 @@ import click
 
 @click.command()
 @click.argument("data", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder: split, checkpoint, history, then weights.safetensors and card.json.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run folder: split, checkpoint, history, then weights.safetensors and card.json.",
+)
 @click.option("--architecture", default="tf_efficientnet_b4", show_default=True, help="timm model name.")
 @click.option("--input-size", default=380, show_default=True, type=int, help="Square input edge in pixels.")
 @click.option("--head-epochs", default=4, show_default=True, type=int, help="Epochs on the classifier head alone.")
@@ -21,8 +26,11 @@ import click
 @click.option("--max-steps-per-epoch", default=None, type=int, help="Cap on steps per epoch (smoke runs).")
 @click.option("--no-augment", is_flag=True, help="Train without augmentation.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds the split, sampling and augmentation.")
-@click.option("--init-weights", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Local timm checkpoint (ImageNet weights) for the backbone; nothing is downloaded.")
+@click.option(
+    "--init-weights",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Local timm checkpoint (ImageNet weights) for the backbone; nothing is downloaded.",
+)
 @click.option("--name", default="predraft-hip-hardware", show_default=True, help="Model name for the card.")
 @click.option("--version", "model_version", default="1.0.0", show_default=True, help="Model version for the card.")
 @click.option("--synthetic-demo", is_flag=True, help="Mark the card as trained on phantoms only (never clinical).")
@@ -30,10 +38,28 @@ import click
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--workers", default=0, show_default=True, type=int, help="DataLoader processes for augmentation.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
-def train(data: Path, out_dir: Path, architecture: str, input_size: int, head_epochs: int, epochs: int, lr: float,
-          head_lr: float | None, batch_size: int, max_steps_per_epoch: int | None, no_augment: bool, seed: int,
-          init_weights: Path | None, name: str, model_version: str, synthetic_demo: bool, training_data: str,
-          device: str, workers: int, resume: bool) -> None:
+def train(
+    data: Path,
+    out_dir: Path,
+    architecture: str,
+    input_size: int,
+    head_epochs: int,
+    epochs: int,
+    lr: float,
+    head_lr: float | None,
+    batch_size: int,
+    max_steps_per_epoch: int | None,
+    no_augment: bool,
+    seed: int,
+    init_weights: Path | None,
+    name: str,
+    model_version: str,
+    synthetic_demo: bool,
+    training_data: str,
+    device: str,
+    workers: int,
+    resume: bool,
+) -> None:
     """Train a classifier on DATA (DICOM or PNG files and labels.csv: patient, study, image, side, class).
 
     Patient-level 70/10/20 split stratified by class, head-only then whole-network fine-tuning with
@@ -48,14 +74,25 @@ def train(data: Path, out_dir: Path, architecture: str, input_size: int, head_ep
 
     try:
         config = TrainingConfig(
-            architecture=architecture, input_size=input_size, head_epochs=head_epochs, epochs=epochs, lr=lr,
-            head_lr=head_lr, batch_size=batch_size, max_steps_per_epoch=max_steps_per_epoch,
-            augment=not no_augment, seed=seed, init_weights=init_weights.resolve() if init_weights else None,
-            name=name, version=model_version, synthetic_demo=synthetic_demo,
+            architecture=architecture,
+            input_size=input_size,
+            head_epochs=head_epochs,
+            epochs=epochs,
+            lr=lr,
+            head_lr=head_lr,
+            batch_size=batch_size,
+            max_steps_per_epoch=max_steps_per_epoch,
+            augment=not no_augment,
+            seed=seed,
+            init_weights=init_weights.resolve() if init_weights else None,
+            name=name,
+            version=model_version,
+            synthetic_demo=synthetic_demo,
             training_data=training_data or f"labelled data folder {data.name}",
         )
-        card_path = run_training(data, out_dir, config, resume=resume, device=device, workers=workers,
-                                 on_epoch=_echo_epoch)
+        card_path = run_training(
+            data, out_dir, config, resume=resume, device=device, workers=workers, on_epoch=_echo_epoch
+        )
     except ValidationError as exc:
         raise click.BadParameter(str(exc)) from exc
     except (LabelsError, TrainingError, ValueError) as exc:
@@ -64,27 +101,56 @@ def train(data: Path, out_dir: Path, architecture: str, input_size: int, head_ep
 
 
 def _echo_epoch(entry: dict[str, object]) -> None:
-    click.echo("epoch {epoch:>3} {stage:<4}  train loss {train_loss:.4f}  validation loss {validation_loss:.4f}  "
-               "accuracy {validation_accuracy:.4f}".format(**entry))
+    click.echo(
+        "epoch {epoch:>3} {stage:<4}  train loss {train_loss:.4f}  validation loss {validation_loss:.4f}  "
+        "accuracy {validation_accuracy:.4f}".format(**entry)
+    )
 
 
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.argument("data", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the JSON reports, PNG plots and predictions.csv.")
-@click.option("--split-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="A training run's split.csv: evaluate only the patients of --split.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the JSON reports, PNG plots and predictions.csv.",
+)
+@click.option(
+    "--split-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A training run's split.csv: evaluate only the patients of --split.",
+)
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "validation", "test"]))
-@click.option("--bootstrap", "n_bootstrap", default=1000, show_default=True, type=int,
-              help="Bootstrap resamples (over patients) for the 95 % confidence intervals.")
+@click.option(
+    "--bootstrap",
+    "n_bootstrap",
+    default=1000,
+    show_default=True,
+    type=int,
+    help="Bootstrap resamples (over patients) for the 95 % confidence intervals.",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds the bootstrap.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--batch-size", default=64, show_default=True, type=int)
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Keep the prepared images here for the next evaluation of the same data.")
-def evaluate(model: Path, data: Path, out_dir: Path, split_file: Path | None, split: str, n_bootstrap: int,
-             seed: int, device: str, batch_size: int, cache_dir: Path | None) -> None:
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the prepared images here for the next evaluation of the same data.",
+)
+def evaluate(
+    model: Path,
+    data: Path,
+    out_dir: Path,
+    split_file: Path | None,
+    split: str,
+    n_bootstrap: int,
+    seed: int,
+    device: str,
+    batch_size: int,
+    cache_dir: Path | None,
+) -> None:
     """Evaluate the model card MODEL on DATA: accuracy, kappa, per-class metrics and AUC with 95 % CIs,
     confusion matrix and ROC curves, per image and per study after aggregation across views."""
     from predraft.evaluate import evaluate_model, summary_lines
@@ -92,8 +158,18 @@ def evaluate(model: Path, data: Path, out_dir: Path, split_file: Path | None, sp
     from predraft.models.datasets import LabelsError
 
     try:
-        result = evaluate_model(model, data, out_dir, device=device, batch_size=batch_size, n_bootstrap=n_bootstrap,
-                                seed=seed, split_file=split_file, split=split, cache_dir=cache_dir)
+        result = evaluate_model(
+            model,
+            data,
+            out_dir,
+            device=device,
+            batch_size=batch_size,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+            split_file=split_file,
+            split=split,
+            cache_dir=cache_dir,
+        )
     except (ModelCardError, LabelsError, ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
     for line in summary_lines(result):

@@ -14,25 +14,54 @@ def _task(value: str) -> tuple[str, tuple[str, ...] | None]:
 
 @click.command("train-task")
 @click.argument("labels", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--images", "images_dir", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Folder the CSV's image paths are relative to.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder: folds.csv, out_of_fold.csv, cross_validation.json, weights.safetensors, card.json.")
-@click.option("--task", "tasks", multiple=True, required=True,
-              help="A CSV column to learn, optionally with its class order: region=hip,shoulder,hand,leg. Repeat "
-                   "for several heads on one backbone.")
+@click.option(
+    "--images",
+    "images_dir",
+    required=True,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Folder the CSV's image paths are relative to.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run folder: folds.csv, out_of_fold.csv, cross_validation.json, weights.safetensors, card.json.",
+)
+@click.option(
+    "--task",
+    "tasks",
+    multiple=True,
+    required=True,
+    help="A CSV column to learn, optionally with its class order: region=hip,shoulder,hand,leg. Repeat "
+    "for several heads on one backbone.",
+)
 @click.option("--gate", default=None, help="TASK=CLASS whose thresholds gate scope, e.g. region=hip.")
-@click.option("--binary", "binaries", multiple=True,
-              help="TASK=POSITIVE thresholded for balanced sensitivity and specificity, e.g. hardware=present. "
-                   "Repeatable.")
-@click.option("--min-specificity", "min_specificities", multiple=True,
-              help="TASK=SPECIFICITY: threshold a --binary task for at least this out-of-fold specificity instead "
-                   "of the balanced point, e.g. field=0.95. Repeatable.")
-@click.option("--synthetic-source", "synthetic_sources", multiple=True,
-              help="A value of the CSV's source column whose rows are synthetic: trained on, but left out of the "
-                   "thresholds and the headline figures (reported apart). Repeatable.")
-@click.option("--init-weights", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Local weights (safetensors) of the same architecture to start the backbone from.")
+@click.option(
+    "--binary",
+    "binaries",
+    multiple=True,
+    help="TASK=POSITIVE thresholded for balanced sensitivity and specificity, e.g. hardware=present. Repeatable.",
+)
+@click.option(
+    "--min-specificity",
+    "min_specificities",
+    multiple=True,
+    help="TASK=SPECIFICITY: threshold a --binary task for at least this out-of-fold specificity instead "
+    "of the balanced point, e.g. field=0.95. Repeatable.",
+)
+@click.option(
+    "--synthetic-source",
+    "synthetic_sources",
+    multiple=True,
+    help="A value of the CSV's source column whose rows are synthetic: trained on, but left out of the "
+    "thresholds and the headline figures (reported apart). Repeatable.",
+)
+@click.option(
+    "--init-weights",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Local weights (safetensors) of the same architecture to start the backbone from.",
+)
 @click.option("--architecture", default="regnetx_002", show_default=True, help="timm model name.")
 @click.option("--input-size", default=128, show_default=True, type=int)
 @click.option("--epochs", default=12, show_default=True, type=int)
@@ -45,11 +74,29 @@ def _task(value: str) -> tuple[str, tuple[str, ...] | None]:
 @click.option("--version", "model_version", default="1.0.0", show_default=True)
 @click.option("--training-data", default="", help="What the model was trained on (and its attribution), for the card.")
 @click.option("--intended-use", default="", help="What the model is for, and what not, for the card.")
-def train_task(labels: Path, images_dir: Path, out_dir: Path, tasks: tuple[str, ...], gate: str | None,
-               binaries: tuple[str, ...], min_specificities: tuple[str, ...], synthetic_sources: tuple[str, ...],
-               init_weights: Path | None, architecture: str, input_size: int, epochs: int, samples_per_epoch: int,
-               lr: float, batch_size: int, folds: int, seed: int, name: str, model_version: str, training_data: str,
-               intended_use: str) -> None:
+def train_task(
+    labels: Path,
+    images_dir: Path,
+    out_dir: Path,
+    tasks: tuple[str, ...],
+    gate: str | None,
+    binaries: tuple[str, ...],
+    min_specificities: tuple[str, ...],
+    synthetic_sources: tuple[str, ...],
+    init_weights: Path | None,
+    architecture: str,
+    input_size: int,
+    epochs: int,
+    samples_per_epoch: int,
+    lr: float,
+    batch_size: int,
+    folds: int,
+    seed: int,
+    name: str,
+    model_version: str,
+    training_data: str,
+    intended_use: str,
+) -> None:
     """Train an image task model on LABELS (CSV: image, group, optional crop, one column per task).
 
     Grouped cross-validation first (no group on both sides of a fold), thresholds and temperatures fitted on
@@ -69,12 +116,26 @@ def train_task(labels: Path, images_dir: Path, out_dir: Path, tasks: tuple[str, 
         raise click.BadParameter(f"--min-specificity takes TASK=NUMBER, e.g. field=0.95 ({exc})") from exc
     try:
         config = TaskTrainingConfig(
-            tasks=dict(_task(task) for task in tasks), architecture=architecture, input_size=input_size,
-            epochs=epochs, samples_per_epoch=samples_per_epoch, lr=lr, batch_size=batch_size, folds=folds, seed=seed,
-            gate_task=gate_task, gate_class=gate_class or None, binary=binary,
-            min_specificity=min_specificity, synthetic_sources=synthetic_sources, init_weights=init_weights,
-            name=name, version=model_version,
-            training_data=training_data or f"{labels.name} over {images_dir}", intended_use=intended_use)
+            tasks=dict(_task(task) for task in tasks),
+            architecture=architecture,
+            input_size=input_size,
+            epochs=epochs,
+            samples_per_epoch=samples_per_epoch,
+            lr=lr,
+            batch_size=batch_size,
+            folds=folds,
+            seed=seed,
+            gate_task=gate_task,
+            gate_class=gate_class or None,
+            binary=binary,
+            min_specificity=min_specificity,
+            synthetic_sources=synthetic_sources,
+            init_weights=init_weights,
+            name=name,
+            version=model_version,
+            training_data=training_data or f"{labels.name} over {images_dir}",
+            intended_use=intended_use,
+        )
         train_task_model(labels, images_dir, out_dir, config, progress=click.echo)
     except ValidationError as exc:
         raise click.BadParameter(str(exc)) from exc

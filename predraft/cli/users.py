@@ -27,8 +27,12 @@ def users() -> None:
 @users.command("add")
 @click.argument("username")
 @click.option("--role", type=click.Choice(["radiologist", "admin"]), required=True)
-@click.option("--name", "display_name", default=None,
-              help="Name as DICOM writes it, Family^Given (signs verified SRs); default the user name.")
+@click.option(
+    "--name",
+    "display_name",
+    default=None,
+    help="Name as DICOM writes it, Family^Given (signs verified SRs); default the user name.",
+)
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input (for scripts).")
 def add_command(username: str, role: str, display_name: str | None, password_stdin: bool) -> None:
     """Add a user."""
@@ -90,9 +94,17 @@ def list_command(as_json: bool) -> None:
     settings = load_settings_with_schema()
     with session_scope(settings.database_url) as session:
         found = list_users(session)
-    rows = [{"username": u.username, "role": u.role.value, "name": u.display_name, "active": u.active,
-             "created_at": u.created_at.isoformat(timespec="seconds"),
-             "password_changed_at": u.password_changed_at.isoformat(timespec="seconds")} for u in found]
+    rows = [
+        {
+            "username": u.username,
+            "role": u.role.value,
+            "name": u.display_name,
+            "active": u.active,
+            "created_at": u.created_at.isoformat(timespec="seconds"),
+            "password_changed_at": u.password_changed_at.isoformat(timespec="seconds"),
+        }
+        for u in found
+    ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -100,5 +112,6 @@ def list_command(as_json: bool) -> None:
         click.echo("no users (add one: predraft users add NAME --role radiologist)")
         return
     for row in rows:
-        click.echo(f"{row['username']:<24} {row['role']:<12} {'active' if row['active'] else 'disabled':<9} "
-                   f"{row['name']}")
+        click.echo(
+            f"{row['username']:<24} {row['role']:<12} {'active' if row['active'] else 'disabled':<9} {row['name']}"
+        )

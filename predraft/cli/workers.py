@@ -8,8 +8,13 @@ from predraft.cli.output import EXIT_OK, EXIT_PROBLEMS, emit, json_option, print
 
 
 @click.command()
-@click.option("--timeout", default=1.0, show_default=True, type=click.FloatRange(0.05, 4.0),
-              help="Seconds to wait for workers to answer Celery inspect (Redis broker).")
+@click.option(
+    "--timeout",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.05, 4.0),
+    help="Seconds to wait for workers to answer Celery inspect (Redis broker).",
+)
 @json_option
 def workers(timeout: float, as_json: bool) -> int:
     """Workers online: their heartbeats, and on Redis whether each answers Celery inspect within --timeout.

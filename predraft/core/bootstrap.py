@@ -19,9 +19,12 @@ def configure_logging(settings: Settings) -> None:
     if settings.log_format == "json":
         from pythonjsonlogger.json import JsonFormatter
 
-        handler.setFormatter(JsonFormatter(
-            "%(asctime)s %(levelname)s %(processName)s %(name)s %(message)s",
-            rename_fields={"asctime": "time", "levelname": "level", "processName": "process", "name": "logger"}))
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(processName)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "processName": "process", "name": "logger"},
+            )
+        )
     else:
         handler.setFormatter(logging.Formatter(_FORMAT))
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)

@@ -27,8 +27,9 @@ def get_engine(database_url: str) -> Engine:
     """
     if database_url.startswith("sqlite:///"):
         Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(database_url, connect_args={"timeout": 30, "check_same_thread": False},
-                               hide_parameters=True)
+        engine = create_engine(
+            database_url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -48,8 +49,9 @@ def get_engine(database_url: str) -> Engine:
     return create_engine(database_url, pool_pre_ping=True, hide_parameters=True)
 
 
-def insert_ignoring_conflict(session: Session, table: type, values: dict[str, object],
-                             key: str | Sequence[str]) -> bool:
+def insert_ignoring_conflict(
+    session: Session, table: type, values: dict[str, object], key: str | Sequence[str]
+) -> bool:
     """INSERT ``values`` into ``table`` unless a row with the same unique ``key`` (a column, or the columns
     of a unique constraint) exists.
 
@@ -65,8 +67,12 @@ def insert_ignoring_conflict(session: Session, table: type, values: dict[str, ob
         raise NotImplementedError(f"database dialect {dialect!r} is not supported (PostgreSQL or SQLite)")
     columns = [key] if isinstance(key, str) else list(key)
     # RETURNING, not rowcount: on PostgreSQL an ORM insert's rowcount is -1 whether or not a row went in.
-    statement = (insert(table).values(**values).on_conflict_do_nothing(index_elements=columns)
-                 .returning(*table.__table__.primary_key.columns))
+    statement = (
+        insert(table)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=columns)
+        .returning(*table.__table__.primary_key.columns)
+    )
     return session.execute(statement).first() is not None
 
 
@@ -122,5 +128,7 @@ def check_schema(database_url: str) -> None:
     with get_engine(database_url).connect() as connection:
         current = MigrationContext.configure(connection).get_current_revision()
     if current != head:
-        raise SchemaError(f"database {redact_url(database_url)} is at schema revision {current or 'none'}, "
-                          f"this predraft needs {head}: run `predraft db upgrade`")
+        raise SchemaError(
+            f"database {redact_url(database_url)} is at schema revision {current or 'none'}, "
+            f"this predraft needs {head}: run `predraft db upgrade`"
+        )

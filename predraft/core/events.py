@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 from predraft.core.schema import Event
 
 
-def record_event(session: Session, kind: str, message: str = "", *, study_id: int | None = None,
-                 instance_id: int | None = None) -> None:
+def record_event(
+    session: Session, kind: str, message: str = "", *, study_id: int | None = None, instance_id: int | None = None
+) -> None:
     session.add(Event(kind=kind, message=message, study_id=study_id, instance_id=instance_id))

@@ -61,8 +61,9 @@ def _library_place(filename: str, lineno: int) -> str:
     return f"{path.name}:{lineno}"
 
 
-def format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                   line: str | None = None) -> str:
+def format_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
     """A drop-in for :func:`warnings.formatwarning`: a library's warning as its place and category only;
     predraft's own warnings as Python formats them. Both the printed warnings and, with
     ``logging.captureWarnings`` on (Celery turns it on), those logged as ``py.warnings`` go through it."""

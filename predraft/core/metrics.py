@@ -32,50 +32,81 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 # --- listener (and STOW-RS in the web app) -------------------------------------------------------------------
 INSTANCES_RECEIVED = Counter(
-    "predraft_instances_received", "Instances received, by transport (dimse, stow) and outcome (a ReceiveStatus "
-    "value: stored, duplicate, cannot_understand, out_of_resources, ...).", ["transport", "outcome"])
+    "predraft_instances_received",
+    "Instances received, by transport (dimse, stow) and outcome (a ReceiveStatus "
+    "value: stored, duplicate, cannot_understand, out_of_resources, ...).",
+    ["transport", "outcome"],
+)
 BYTES_RECEIVED = Counter(
-    "predraft_received_bytes", "Bytes of the instances stored (duplicates and refusals not counted).", ["transport"])
+    "predraft_received_bytes", "Bytes of the instances stored (duplicates and refusals not counted).", ["transport"]
+)
 ASSOCIATIONS_OPEN = Gauge("predraft_dimse_associations_open", "DIMSE associations established and not yet closed.")
 ASSOCIATIONS = Counter(
-    "predraft_dimse_associations", "DIMSE associations, by outcome: established, rejected, aborted.", ["outcome"])
+    "predraft_dimse_associations", "DIMSE associations, by outcome: established, rejected, aborted.", ["outcome"]
+)
 CONNECTIONS_REFUSED = Counter(
-    "predraft_dimse_connections_refused", "DIMSE connections closed before an association, by reason: "
+    "predraft_dimse_connections_refused",
+    "DIMSE connections closed before an association, by reason: "
     "address_not_allowed, too_many_from_address, request_timeout (no whole A-ASSOCIATE-RQ in time), "
-    "pdu_too_large.", ["reason"])
+    "pdu_too_large.",
+    ["reason"],
+)
 ASSOCIATIONS_ABORTED = Counter(
-    "predraft_dimse_associations_aborted", "DIMSE associations aborted, by reason: peer (the caller aborted or "
+    "predraft_dimse_associations_aborted",
+    "DIMSE associations aborted, by reason: peer (the caller aborted or "
     "dropped the connection), idle_timeout, pdu_too_large, message_too_large (a data set past max_dataset_bytes or "
-    "a command set past 64 KiB, counted while it arrives), protocol_error.", ["reason"])
+    "a command set past 64 KiB, counted while it arrives), protocol_error.",
+    ["reason"],
+)
 INPUTS_REFUSED = Counter(
-    "predraft_inputs_refused", "Inputs refused for crossing a bound, by transport (dimse, stow, wado, qido) and "
+    "predraft_inputs_refused",
+    "Inputs refused for crossing a bound, by transport (dimse, stow, wado, qido) and "
     "bound: dataset_bytes, inflated_bytes (also a Deflated data set that cannot be inflated), sequence_depth, "
-    "element_count, upload_bytes, invalid_uid, query.", ["transport", "bound"])
+    "element_count, upload_bytes, invalid_uid, query.",
+    ["transport", "bound"],
+)
 
 # --- workers -------------------------------------------------------------------------------------------------
 TASK_SECONDS = Histogram(
-    "predraft_task_duration_seconds", "Run time of each task, by task name and state (SUCCESS, RETRY, FAILURE).",
-    ["task", "state"], buckets=_LATENCY_BUCKETS)
+    "predraft_task_duration_seconds",
+    "Run time of each task, by task name and state (SUCCESS, RETRY, FAILURE).",
+    ["task", "state"],
+    buckets=_LATENCY_BUCKETS,
+)
 TIME_TO_DRAFT = Histogram(
-    "predraft_time_to_draft_seconds", "Seconds from a study's last instance received to its draft SR stored.",
-    buckets=_TIME_TO_DRAFT_BUCKETS)
+    "predraft_time_to_draft_seconds",
+    "Seconds from a study's last instance received to its draft SR stored.",
+    buckets=_TIME_TO_DRAFT_BUCKETS,
+)
 BATCH_SIZE = Histogram(
-    "predraft_classify_batch_size", "Images per forward pass of the classifier's micro-batcher.", ["device"],
-    buckets=_BATCH_BUCKETS)
+    "predraft_classify_batch_size",
+    "Images per forward pass of the classifier's micro-batcher.",
+    ["device"],
+    buckets=_BATCH_BUCKETS,
+)
 INFERENCE_SECONDS = Histogram(
-    "predraft_classify_inference_seconds", "Seconds per forward pass (upload, network, softmax) of one batch.",
-    ["device"], buckets=_LATENCY_BUCKETS)
+    "predraft_classify_inference_seconds",
+    "Seconds per forward pass (upload, network, softmax) of one batch.",
+    ["device"],
+    buckets=_LATENCY_BUCKETS,
+)
 DECODE_FAILURES = Counter(
-    "predraft_decode_failures", "Instances whose pixels could not be decoded and prepared, by transfer syntax "
+    "predraft_decode_failures",
+    "Instances whose pixels could not be decoded and prepared, by transfer syntax "
     "(its UID) and reason: error (the decoder refused), crash (the decoder died), timeout, memory.",
-    ["transfer_syntax", "reason"])
+    ["transfer_syntax", "reason"],
+)
 EXPORTS = Counter(
-    "predraft_exports", "Tries to send an SR to a destination, by destination and outcome: sent, failed (will be "
-    "retried), dead (given up).", ["destination", "outcome"])
+    "predraft_exports",
+    "Tries to send an SR to a destination, by destination and outcome: sent, failed (will be "
+    "retried), dead (given up).",
+    ["destination", "outcome"],
+)
 
 # --- web app -------------------------------------------------------------------------------------------------
 REVIEWS = Counter(
-    "predraft_reviews", "Drafts reviewed by a radiologist, by action: accepted, edited, rejected.", ["action"])
+    "predraft_reviews", "Drafts reviewed by a radiologist, by action: accepted, edited, rejected.", ["action"]
+)
 
 
 def record_received(transport: str, outcome: str, size: int) -> None:
@@ -98,8 +129,9 @@ class QueueDepthCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         up = GaugeMetricFamily("predraft_queue_depth_up", "1 if the broker answered the queue-depth read, else 0.")
-        depth = GaugeMetricFamily("predraft_queue_messages_waiting", "Messages waiting in each queue of the broker.",
-                                  labels=["queue"])
+        depth = GaugeMetricFamily(
+            "predraft_queue_messages_waiting", "Messages waiting in each queue of the broker.", labels=["queue"]
+        )
         try:
             depths = self._read_depths()
         except Exception as exc:  # an unreachable broker must not break the scrape of everything else
@@ -124,6 +156,7 @@ def serve_metrics(host: str, port: int) -> int | None:
     try:
         start_http_server(port, addr=host, registry=REGISTRY)
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror} (set another port, or 0 "
-                                 "for none)") from exc
+        raise OSError(
+            exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror} (set another port, or 0 for none)"
+        ) from exc
     return port

@@ -43,16 +43,36 @@ def _is_loopback(host: str) -> bool:
 
 
 #: Number words a description may spell a view count with ("THREE VIEWS").
-_NUMBER_WORDS = {"ONE": 1, "TWO": 2, "THREE": 3, "FOUR": 4, "FIVE": 5, "SIX": 6, "SEVEN": 7, "EIGHT": 8, "NINE": 9,
-                 "TEN": 10}
+_NUMBER_WORDS = {
+    "ONE": 1,
+    "TWO": 2,
+    "THREE": 3,
+    "FOUR": 4,
+    "FIVE": 5,
+    "SIX": 6,
+    "SEVEN": 7,
+    "EIGHT": 8,
+    "NINE": 9,
+    "TEN": 10,
+}
 _COUNT = r"(?<![\w.+-])(\d+|" + "|".join(_NUMBER_WORDS) + r")"
 _VIEW_WORD = r"(?:VIEWS|VIEW\(S\)|VIEW|VWS|VW|V)(?![\w(])"
 #: A minimum ("2+ VIEWS", "MIN 3 VIEWS", "MINIMUM OF 3 VIEWS", "3 OR MORE VIEWS", "AT LEAST 2 VIEWS") or a count
 #: per side ("2 VIEWS EACH"): no number of images makes such a study complete.
 DEFAULT_MINIMUM_VIEWS_PATTERN = (
-    r"(?:\bMIN(?:IMUM|\.)?\s*(?:OF\s+)?|\bAT\s+LEAST\s+)" + _COUNT + r"[\s-]*" + _VIEW_WORD
-    + r"|" + _COUNT + r"\s*(?:\+|OR\s+MORE)\s*" + _VIEW_WORD
-    + r"|" + _COUNT + r"[\s-]*" + _VIEW_WORD + r"\s*(?:\+|(?:OR\s+MORE|MIN(?:IMUM)?|EACH|PER\s+SIDE)\b)"
+    r"(?:\bMIN(?:IMUM|\.)?\s*(?:OF\s+)?|\bAT\s+LEAST\s+)"
+    + _COUNT
+    + r"[\s-]*"
+    + _VIEW_WORD
+    + r"|"
+    + _COUNT
+    + r"\s*(?:\+|OR\s+MORE)\s*"
+    + _VIEW_WORD
+    + r"|"
+    + _COUNT
+    + r"[\s-]*"
+    + _VIEW_WORD
+    + r"\s*(?:\+|(?:OR\s+MORE|MIN(?:IMUM)?|EACH|PER\s+SIDE)\b)"
 )
 #: An exact count in its usual spellings: "3 VIEWS", "3V", "3 VW", "3 VWS", "3VIEWS", "THREE VIEWS", "2-VIEW",
 #: "3 VIEW(S)".
@@ -119,8 +139,10 @@ class ExpectedViewsRule(BaseModel):
 
 def default_expected_views() -> list[ExpectedViewsRule]:
     """The default rules: a minimum first (no count), then an exact count in its usual spellings."""
-    return [ExpectedViewsRule(pattern=DEFAULT_MINIMUM_VIEWS_PATTERN, minimum=True),
-            ExpectedViewsRule(pattern=DEFAULT_EXACT_VIEWS_PATTERN)]
+    return [
+        ExpectedViewsRule(pattern=DEFAULT_MINIMUM_VIEWS_PATTERN, minimum=True),
+        ExpectedViewsRule(pattern=DEFAULT_EXACT_VIEWS_PATTERN),
+    ]
 
 
 def expected_view_count(rules: Sequence[ExpectedViewsRule], *descriptions: str | None) -> int | None:
@@ -142,8 +164,9 @@ _DESTINATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 def _check_destination_name(value: str) -> str:
     if not _DESTINATION_NAME.match(value):
-        raise ValueError(f"destination name {value!r} is not 1-64 letters, digits, '.', '_' or '-' "
-                         "(starting with a letter or digit)")
+        raise ValueError(
+            f"destination name {value!r} is not 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit)"
+        )
     return value
 
 
@@ -180,8 +203,9 @@ class DimseDestination(BaseModel):
         if value is None:
             return None
         if not _AE_TITLE.match(value) or not value.strip():
-            raise ValueError(f"{info.field_name} {value!r} is not a DICOM AE title (1-16 printable characters, "
-                             "no backslash)")
+            raise ValueError(
+                f"{info.field_name} {value!r} is not a DICOM AE title (1-16 printable characters, no backslash)"
+            )
         return value.strip()
 
     @model_validator(mode="after")
@@ -240,8 +264,9 @@ class StowDestination(BaseModel):
         if wanted - given:
             raise ValueError(f"destination {self.name!r}: auth {self.auth!r} needs {', '.join(sorted(wanted - given))}")
         if given - wanted:
-            raise ValueError(f"destination {self.name!r}: {', '.join(sorted(given - wanted))} given, "
-                             f"but auth is {self.auth!r}")
+            raise ValueError(
+                f"destination {self.name!r}: {', '.join(sorted(given - wanted))} given, but auth is {self.auth!r}"
+            )
         if self.ca_bundle is not None:
             if urlsplit(self.url).scheme != "https":
                 raise ValueError(f"destination {self.name!r}: ca_bundle needs an https:// url")
@@ -278,19 +303,25 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Source addresses or networks (CIDR) allowed to connect to DIMSE; empty allows any.",
     )
-    dimse_max_pdu: int = Field(
-        262144, ge=0, description="Largest PDU predraft accepts, in bytes (0: unlimited)."
-    )
+    dimse_max_pdu: int = Field(262144, ge=0, description="Largest PDU predraft accepts, in bytes (0: unlimited).")
     dimse_max_associations: int = Field(
-        16, ge=1, description="Concurrent DIMSE associations established, from all callers together.")
+        16, ge=1, description="Concurrent DIMSE associations established, from all callers together."
+    )
     dimse_max_connections_per_address: int = Field(
-        8, ge=1, description="Open DIMSE connections from one source address, associated or not; more are closed "
-        "at once, so one sender cannot take the others' places.")
+        8,
+        ge=1,
+        description="Open DIMSE connections from one source address, associated or not; more are closed "
+        "at once, so one sender cannot take the others' places.",
+    )
     dimse_association_request_timeout_seconds: float = Field(
-        10.0, gt=0, description="Seconds from a DIMSE connection's opening until its whole A-ASSOCIATE-RQ is in; "
-        "a silent or trickling connection is closed then.")
+        10.0,
+        gt=0,
+        description="Seconds from a DIMSE connection's opening until its whole A-ASSOCIATE-RQ is in; "
+        "a silent or trickling connection is closed then.",
+    )
     dimse_idle_timeout_seconds: float = Field(
-        60.0, gt=0, description="Seconds an association may wait for its peer's next PDU before it is aborted.")
+        60.0, gt=0, description="Seconds an association may wait for its peer's next PDU before it is aborted."
+    )
     tls_certificate: Path | None = Field(
         None, description="PEM server certificate; with tls_private_key enables DICOM TLS."
     )
@@ -299,15 +330,23 @@ class Settings(BaseSettings):
         None, description="PEM CA bundle; when set, DICOM TLS clients must present a certificate it signed."
     )
     max_dataset_bytes: int = Field(
-        128 * 1024 * 1024, ge=1024 * 1024, description="Largest data set predraft stores or reads, as received or "
-        "after inflating a Deflated transfer syntax (a deflate bomb is refused before it is inflated further).")
+        128 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Largest data set predraft stores or reads, as received or "
+        "after inflating a Deflated transfer syntax (a deflate bomb is refused before it is inflated further).",
+    )
     max_sequence_depth: int = Field(
-        16, ge=2, le=64, description="Deepest nesting of sequences in a data set predraft stores.")
+        16, ge=2, le=64, description="Deepest nesting of sequences in a data set predraft stores."
+    )
     decode_timeout_seconds: float = Field(
-        60.0, gt=0, description="Longest a pixel decode and preparation may run; then that instance fails.")
+        60.0, gt=0, description="Longest a pixel decode and preparation may run; then that instance fails."
+    )
     decode_memory_bytes: int = Field(
-        3 * 1024 * 1024 * 1024, ge=1024 * 1024 * 1024, description="Memory (address space) a pixel decode and "
-        "preparation may use; beyond it that instance fails. The decoding process itself takes about 0.7 GiB.")
+        3 * 1024 * 1024 * 1024,
+        ge=1024 * 1024 * 1024,
+        description="Memory (address space) a pixel decode and "
+        "preparation may use; beyond it that instance fails. The decoding process itself takes about 0.7 GiB.",
+    )
     spool_min_free_bytes: int = Field(
         200_000_000, ge=0, description="Refuse new instances (out of resources) below this much free spool space."
     )
@@ -327,23 +366,36 @@ class Settings(BaseSettings):
 
     # The worklist (predraft.worklist): sessions and the SRs a review issues.
     session_secret: SecretStr | None = Field(
-        None, description="Key of the web sessions' token hashes and CSRF tokens (at least 32 characters); "
-        "default: generated once into <var_dir>/session_secret (mode 0600).")
+        None,
+        description="Key of the web sessions' token hashes and CSRF tokens (at least 32 characters); "
+        "default: generated once into <var_dir>/session_secret (mode 0600).",
+    )
     cookie_secure: bool = Field(
-        True, description="Send the session cookie over HTTPS only. Browsers treat http://127.0.0.1 and "
-        "http://localhost as secure, so the embedded default keeps it on.")
+        True,
+        description="Send the session cookie over HTTPS only. Browsers treat http://127.0.0.1 and "
+        "http://localhost as secure, so the embedded default keeps it on.",
+    )
     session_lifetime_minutes: int = Field(
-        720, ge=1, le=7 * 24 * 60, description="How long a login lasts before the user must log in again.")
+        720, ge=1, le=7 * 24 * 60, description="How long a login lasts before the user must log in again."
+    )
     login_failures_per_user: int = Field(
-        5, ge=1, description="Failed logins for one user name within login_failure_window_seconds before "
-        "further tries are refused (HTTP 429) until the oldest leaves the window.")
+        5,
+        ge=1,
+        description="Failed logins for one user name within login_failure_window_seconds before "
+        "further tries are refused (HTTP 429) until the oldest leaves the window.",
+    )
     login_failures_per_address: int = Field(
-        20, ge=1, description="The same for one client address (behind a reverse proxy: the proxy's).")
+        20, ge=1, description="The same for one client address (behind a reverse proxy: the proxy's)."
+    )
     login_failure_window_seconds: int = Field(
-        300, ge=1, le=24 * 3600, description="The moving window in which failed logins are counted.")
+        300, ge=1, le=24 * 3600, description="The moving window in which failed logins are counted."
+    )
     verifying_organization: str = Field(
-        "Unspecified", min_length=1, max_length=64,
-        description="Verifying Organization (DICOM type 1) of the SRs a radiologist's review issues: the site's name.")
+        "Unspecified",
+        min_length=1,
+        max_length=64,
+        description="Verifying Organization (DICOM type 1) of the SRs a radiologist's review issues: the site's name.",
+    )
 
     quiet_seconds: float = Field(10.0, gt=0, description="A study is ready after this long without a new instance.")
     expected_views: list[ExpectedViewsRule] = Field(
@@ -354,9 +406,11 @@ class Settings(BaseSettings):
     )
     stability_poll_seconds: float = Field(1.0, gt=0, description="How often the listener looks for ready studies.")
     sweep_interval_seconds: float = Field(
-        30.0, gt=0, description="How often the listener's sweeper looks for pending work that no queue holds.")
+        30.0, gt=0, description="How often the listener's sweeper looks for pending work that no queue holds."
+    )
     sweep_stale_seconds: float = Field(
-        120.0, gt=0, description="How long pending work must sit unmoved (and unqueued) before it is sent again.")
+        120.0, gt=0, description="How long pending work must sit unmoved (and unqueued) before it is sent again."
+    )
 
     model: Path | None = Field(
         None,
@@ -365,8 +419,8 @@ class Settings(BaseSettings):
     gate_model: Path | None = Field(
         None,
         description="Body-part gate and hardware check card (JSON, predraft.models.taskcard.TaskCard) beside its "
-                    "weights; "
-                    "default the bundled gate (trained on FracAtlas)",
+        "weights; "
+        "default the bundled gate (trained on FracAtlas)",
     )
     device: str = Field("cpu", description="Torch device for classification: cpu, cuda or cuda:N.")
     voi_window_index: int = Field(0, ge=0, description="Which of an image's VOI windows to apply (0: the first).")
@@ -377,17 +431,22 @@ class Settings(BaseSettings):
     torch_compile: bool = Field(False, description="torch.compile the network (CUDA only).")
 
     template_dir: Path | None = Field(
-        None, description="Site folder of report templates; a file there replaces the packaged one of that name.")
+        None, description="Site folder of report templates; a file there replaces the packaged one of that name."
+    )
     aggregation_view_weights: dict[View, float] = Field(
         default_factory=lambda: dict(DEFAULT_VIEW_WEIGHTS),
         description="Weight of each view when a hip's images are combined (views not named keep their default).",
     )
     aggregation_disagreement_margin: float = Field(
-        0.25, ge=0, lt=1, description="How much more an image may prefer its own class before the views disagree.")
+        0.25, ge=0, lt=1, description="How much more an image may prefer its own class before the views disagree."
+    )
     aggregation_hard_pair_margin: float = Field(
-        0.15, ge=0, lt=1,
+        0.15,
+        ge=0,
+        lt=1,
         description="The same margin for the hard pairs (THA/hemi, post-infectious/THA+fixation), and the lead "
-        "the top class of a hard pair needs over the other.")
+        "the top class of a hard pair needs over the other.",
+    )
 
     # Export of drafted SRs to the PACS (predraft.workers.export): one task per draft and destination.
     export_destinations: list[ExportDestination] = Field(
@@ -396,24 +455,35 @@ class Settings(BaseSettings):
         "empty keeps SRs in the spool only.",
     )
     export_max_retries: int = Field(
-        8, ge=0, description="Retries of an export after a network error or a temporary refusal; then it is dead.")
+        8, ge=0, description="Retries of an export after a network error or a temporary refusal; then it is dead."
+    )
     export_retry_delay_seconds: float = Field(
-        10.0, ge=0, description="Wait before the first retry of an export; doubled for each further retry.")
+        10.0, ge=0, description="Wait before the first retry of an export; doubled for each further retry."
+    )
     export_retry_max_delay_seconds: float = Field(600.0, ge=0, description="Longest wait between two retries.")
 
     worker_concurrency: int = Field(2, ge=1, description="Threads of the embedded Celery worker.")
     worker_pool: str = Field("threads", description="Celery pool: threads, prefork or solo.")
     log_level: str = Field("INFO", description="Python logging level.")
     log_format: Literal["text", "json"] = Field(
-        "text", description="text: one readable line per record; json: one JSON object per line (for log shippers).")
+        "text", description="text: one readable line per record; json: one JSON object per line (for log shippers)."
+    )
     metrics_host: str = Field(
-        "127.0.0.1", description="Address the listener's and the worker's Prometheus endpoints bind to.")
+        "127.0.0.1", description="Address the listener's and the worker's Prometheus endpoints bind to."
+    )
     listener_metrics_port: int = Field(
-        0, ge=0, le=65535, description="Port of the DIMSE listener's Prometheus endpoint (/metrics; deploy/ uses "
-        "9110); 0: none.")
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the DIMSE listener's Prometheus endpoint (/metrics; deploy/ uses 9110); 0: none.",
+    )
     worker_metrics_port: int = Field(
-        0, ge=0, le=65535, description="Port of a worker's Prometheus endpoint (/metrics; deploy/ uses 9111); 0: "
-        "none. Each worker on one host needs its own (predraft worker --metrics-port).")
+        0,
+        ge=0,
+        le=65535,
+        description="Port of a worker's Prometheus endpoint (/metrics; deploy/ uses 9111); 0: "
+        "none. Each worker on one host needs its own (predraft worker --metrics-port).",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -452,8 +522,10 @@ class Settings(BaseSettings):
     @classmethod
     def _check_dicomweb_tokens(cls, value: list[SecretStr]) -> list[SecretStr]:
         if any(not token.get_secret_value().strip() for token in value):
-            raise ValueError("dicomweb_tokens holds an empty token (an unset variable in the JSON list?): an empty "
-                             "bearer token would open DICOMweb to anyone")
+            raise ValueError(
+                "dicomweb_tokens holds an empty token (an unset variable in the JSON list?): an empty "
+                "bearer token would open DICOMweb to anyone"
+            )
         return value
 
     @field_validator("dicomweb_users")
@@ -468,8 +540,9 @@ class Settings(BaseSettings):
     @classmethod
     def _check_session_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 32:
-            raise ValueError("session_secret must be at least 32 characters (or unset: one is generated into "
-                             "the var dir)")
+            raise ValueError(
+                "session_secret must be at least 32 characters (or unset: one is generated into the var dir)"
+            )
         return value
 
     @field_validator("device")
@@ -562,9 +635,11 @@ class Settings(BaseSettings):
 
     @property
     def aggregation_rule(self) -> AggregationRule:
-        return AggregationRule(view_weights=self.aggregation_view_weights,
-                               disagreement_margin=self.aggregation_disagreement_margin,
-                               hard_pair_margin=self.aggregation_hard_pair_margin)
+        return AggregationRule(
+            view_weights=self.aggregation_view_weights,
+            disagreement_margin=self.aggregation_disagreement_margin,
+            hard_pair_margin=self.aggregation_hard_pair_margin,
+        )
 
     @property
     def uses_demo_model(self) -> bool:

@@ -19,8 +19,11 @@ from predraft.worklist.throttle import LoginThrottle
 
 #: Headers of every response outside DICOMweb: no inline script or style, no framing, no sniffing.
 SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; "
-                                 b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; "
+        b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
+    ),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"same-origin"),
@@ -52,11 +55,17 @@ def _wants_html(request: Request) -> bool:
 
 def install(app: FastAPI, settings: Settings) -> None:
     """Mount the worklist on ``app``: its routes, static files, security headers and error pages."""
-    context = WebContext(settings=settings, secret=load_session_secret(settings),
-                         templates=template_environment(), images=HipImages(settings),
-                         throttle=LoginThrottle(per_user=settings.login_failures_per_user,
-                                                per_address=settings.login_failures_per_address,
-                                                window_seconds=settings.login_failure_window_seconds))
+    context = WebContext(
+        settings=settings,
+        secret=load_session_secret(settings),
+        templates=template_environment(),
+        images=HipImages(settings),
+        throttle=LoginThrottle(
+            per_user=settings.login_failures_per_user,
+            per_address=settings.login_failures_per_address,
+            window_seconds=settings.login_failure_window_seconds,
+        ),
+    )
     app.state.web = context
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
@@ -69,12 +78,18 @@ def install(app: FastAPI, settings: Settings) -> None:
             if request.method != "GET":  # a form posted after the session ended: back to the worklist
                 target = "/"
             return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=HTTPStatus.SEE_OTHER)
-        return PlainTextResponse("login required", status_code=HTTPStatus.UNAUTHORIZED,
-                                 headers={"Cache-Control": "no-store"})
+        return PlainTextResponse(
+            "login required", status_code=HTTPStatus.UNAUTHORIZED, headers={"Cache-Control": "no-store"}
+        )
 
     @app.exception_handler(WebError)
     async def _web_error(request: Request, exc: WebError) -> Response:
         if "text/html" in request.headers.get("accept", "") or request.method == "POST":
-            return context.render("error.html.j2", status=exc.status, message=exc.message, status_code=exc.status,
-                                  user=getattr(request.state, "user", None))
+            return context.render(
+                "error.html.j2",
+                status=exc.status,
+                message=exc.message,
+                status_code=exc.status,
+                user=getattr(request.state, "user", None),
+            )
         return PlainTextResponse(exc.message, status_code=exc.status, headers={"Cache-Control": "no-store"})

@@ -93,8 +93,10 @@ def load_session_secret(settings: Settings) -> bytes:
 def _read_secret(path: Path) -> bytes:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        raise PermissionError(f"session secret {path} has mode {mode:04o}: others may read it; "
-                              f"run `chmod 600 {path}` (or set PREDRAFT_SESSION_SECRET)")
+        raise PermissionError(
+            f"session secret {path} has mode {mode:04o}: others may read it; "
+            f"run `chmod 600 {path}` (or set PREDRAFT_SESSION_SECRET)"
+        )
     value = path.read_text().strip()
     if len(value) < 32:
         raise ValueError(f"session secret {path} holds fewer than 32 characters: delete it to have one generated")
@@ -124,8 +126,14 @@ def start_session(session: Session, *, user: User, secret: bytes, lifetime_minut
     now = utcnow()
     session.execute(delete(WebSession).where(WebSession.expires_at < now))
     token = secrets.token_urlsafe(32)
-    session.add(WebSession(token_hash=token_hash(secret, token), user_id=user.id, created_at=now,
-                           expires_at=now + timedelta(minutes=lifetime_minutes)))
+    session.add(
+        WebSession(
+            token_hash=token_hash(secret, token),
+            user_id=user.id,
+            created_at=now,
+            expires_at=now + timedelta(minutes=lifetime_minutes),
+        )
+    )
     return token
 
 
@@ -136,9 +144,11 @@ def end_session(session: Session, *, secret: bytes, token: str) -> None:
 def user_for_token(session: Session, *, secret: bytes, token: str) -> User | None:
     """The active user of an unexpired session with this token, else None."""
     row = session.execute(
-        select(User).join(WebSession, WebSession.user_id == User.id)
-        .where(WebSession.token_hash == token_hash(secret, token), WebSession.expires_at > utcnow(),
-               User.active.is_(True))
+        select(User)
+        .join(WebSession, WebSession.user_id == User.id)
+        .where(
+            WebSession.token_hash == token_hash(secret, token), WebSession.expires_at > utcnow(), User.active.is_(True)
+        )
     ).scalar_one_or_none()
     return row
 

@@ -23,8 +23,13 @@ STATIC_DIR = PACKAGE_DIR / "static"
 
 def template_environment() -> Environment:
     """Autoescaping on for every template (they are all HTML), undefined names an error."""
-    return Environment(loader=FileSystemLoader(str(TEMPLATES_DIR)), autoescape=True, undefined=StrictUndefined,
-                       trim_blocks=True, lstrip_blocks=True)
+    return Environment(
+        loader=FileSystemLoader(str(TEMPLATES_DIR)),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 @dataclass

@@ -48,8 +48,12 @@ class HipImages:
     def thumbnail(self, *, spool_path: str, sop_instance_uid: str, side: str) -> Path:
         """The PNG file of the hip ``side`` of the instance, made on first request."""
         side_value = _side(side)
-        target = (self.root / "thumbnails" / _safe(sop_instance_uid)
-                  / f"{side_value.value}-w{self.settings.voi_window_index}-{THUMBNAIL_SIZE}.png")
+        target = (
+            self.root
+            / "thumbnails"
+            / _safe(sop_instance_uid)
+            / f"{side_value.value}-w{self.settings.voi_window_index}-{THUMBNAIL_SIZE}.png"
+        )
         if target.is_file():
             return target
         pixels = self._hip(spool_path, side_value, THUMBNAIL_SIZE)
@@ -62,9 +66,13 @@ class HipImages:
         classes = [c.value for c in card.classes]
         if hardware not in classes:
             raise ImageUnavailable(f"class {hardware!r} is not among the classes of {card.display_name}")
-        target = (self.root / "gradcam" / _safe(sop_instance_uid)
-                  / f"{side_value.value}-{hardware}-{card.weights_sha256[:16]}-w{self.settings.voi_window_index}"
-                    f"-{THUMBNAIL_SIZE}.png")
+        target = (
+            self.root
+            / "gradcam"
+            / _safe(sop_instance_uid)
+            / f"{side_value.value}-{hardware}-{card.weights_sha256[:16]}-w{self.settings.voi_window_index}"
+            f"-{THUMBNAIL_SIZE}.png"
+        )
         if target.is_file():
             return target
         from predraft.models.gradcam import gradcam_overlay
@@ -95,8 +103,12 @@ class HipImages:
 
         try:
             # a side asked of an image whose tags name none: the gate may have drafted it from its halves
-            prepared = prepare_file(Path(spool_path), input_size=size, voi_window_index=self.settings.voi_window_index,
-                                    with_halves=side is not Side.UNKNOWN)
+            prepared = prepare_file(
+                Path(spool_path),
+                input_size=size,
+                voi_window_index=self.settings.voi_window_index,
+                with_halves=side is not Side.UNKNOWN,
+            )
         except Exception as exc:  # any pipeline failure means the same here: nothing to show
             raise ImageUnavailable(f"the image cannot be prepared: {type(exc).__name__}: {exc}") from exc
         for hip in (*prepared.hips, *prepared.halves):

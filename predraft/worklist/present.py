@@ -47,8 +47,13 @@ HARDWARE_LABELS: dict[str, str] = {
 }
 SIDE_LABELS = {Side.RIGHT: "Right", Side.LEFT: "Left", Side.UNKNOWN: "Side?"}
 SIDE_SHORT = {Side.RIGHT: "R", Side.LEFT: "L", Side.UNKNOWN: "?"}
-VIEW_SHORT = {View.AP_PELVIS: "AP pelvis", View.AP_HIP: "AP hip", View.FROG_LEG: "Frog-leg",
-              View.CROSS_TABLE_LATERAL: "X-table lat", View.UNKNOWN: "Unlabelled"}
+VIEW_SHORT = {
+    View.AP_PELVIS: "AP pelvis",
+    View.AP_HIP: "AP hip",
+    View.FROG_LEG: "Frog-leg",
+    View.CROSS_TABLE_LATERAL: "X-table lat",
+    View.UNKNOWN: "Unlabelled",
+}
 
 
 def hardware_label(value: str | None) -> str:

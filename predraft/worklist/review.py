@@ -66,14 +66,29 @@ def normalise_text(text: str) -> str:
 
 def text_diff(draft_text: str, final_text: str) -> str:
     """The unified diff from the draft's text to the final text ("" when they are the same)."""
-    return "".join(difflib.unified_diff(normalise_text(draft_text).splitlines(keepends=True),
-                                        normalise_text(final_text).splitlines(keepends=True),
-                                        fromfile="draft", tofile="final"))
+    return "".join(
+        difflib.unified_diff(
+            normalise_text(draft_text).splitlines(keepends=True),
+            normalise_text(final_text).splitlines(keepends=True),
+            fromfile="draft",
+            tofile="final",
+        )
+    )
 
 
-def review_draft(session: Session, *, study_uid: str, draft_id: int, user: User, action: str,
-                 text: str | None, reason: str, spool: Spool, destinations: Sequence[str],
-                 organization: str = "Unspecified") -> ReviewOutcome:
+def review_draft(
+    session: Session,
+    *,
+    study_uid: str,
+    draft_id: int,
+    user: User,
+    action: str,
+    text: str | None,
+    reason: str,
+    spool: Spool,
+    destinations: Sequence[str],
+    organization: str = "Unspecified",
+) -> ReviewOutcome:
     """Review draft ``draft_id`` of study ``study_uid`` as ``user``.
 
     ``action``: ``accept`` (as drafted; ``text``, when given, must be the draft's text), ``edit`` (accept
@@ -128,55 +143,92 @@ def review_draft(session: Session, *, study_uid: str, draft_id: int, user: User,
     when = now.strftime("%Y-%m-%d %H:%M UTC")
     who = f"{person_name(user.display_name)} ({user.username})"
     if review_action is ReviewAction.REJECTED:
-        sr_text = (f"The AI draft of this study (SR {draft.sr_sop_instance_uid}) was rejected by a radiologist "
-                   f"and must not be used. Reason: {reason}")
+        sr_text = (
+            f"The AI draft of this study (SR {draft.sr_sop_instance_uid}) was rejected by a radiologist "
+            f"and must not be used. Reason: {reason}"
+        )
         statement = f"AI draft rejected by {who} on {when}."
     else:
         sr_text = final_text.strip()
         how = "edited and verified" if review_action is ReviewAction.EDITED else "verified as drafted"
-        statement = (f"Report {how} by {who} on {when}; drafted by "
-                     f"{draft.model_name} {draft.model_version} (AI, SR {draft.sr_sop_instance_uid}).")
+        statement = (
+            f"Report {how} by {who} on {when}; drafted by "
+            f"{draft.model_name} {draft.model_version} (AI, SR {draft.sr_sop_instance_uid})."
+        )
 
     draft_sr = pydicom.dcmread(draft.sr_path)
     evidence = _evidence(session, draft_sr)
     kind = ReportKind.REJECTION if review_action is ReviewAction.REJECTED else ReportKind.VERIFIED
     sr_uid, series_uid = generate_uid(), generate_uid()
-    sr = build_review_sr(evidence=evidence, draft_sr=draft_sr, verified=kind is ReportKind.VERIFIED, text=sr_text,
-                         statement=statement, verifier_name=user.display_name, verifier_login=user.username,
-                         organization=organization, edited=review_action is ReviewAction.EDITED,
-                         series_instance_uid=series_uid, sop_instance_uid=sr_uid)
+    sr = build_review_sr(
+        evidence=evidence,
+        draft_sr=draft_sr,
+        verified=kind is ReportKind.VERIFIED,
+        text=sr_text,
+        statement=statement,
+        verifier_name=user.display_name,
+        verifier_login=user.username,
+        organization=organization,
+        edited=review_action is ReviewAction.EDITED,
+        series_instance_uid=series_uid,
+        sop_instance_uid=sr_uid,
+    )
     path = spool.sr_path(study.study_uid, sr_uid)
     with pydicom.filebase.DicomBytesIO() as buffer:
         sr.save_as(buffer, enforce_file_format=True)
         spool.write(path, buffer.getvalue())
 
-    report = Draft(study_id=study.id, generation=draft.generation, kind=kind.value,
-                   text=final_text if kind is ReportKind.VERIFIED else sr_text + "\n", findings=draft.findings,
-                   model_name=draft.model_name, model_version=draft.model_version,
-                   synthetic_demo=draft.synthetic_demo, sr_sop_instance_uid=sr_uid, sr_series_uid=series_uid,
-                   sr_path=str(Path(path)), supersedes_id=draft.id, created_at=now)
+    report = Draft(
+        study_id=study.id,
+        generation=draft.generation,
+        kind=kind.value,
+        text=final_text if kind is ReportKind.VERIFIED else sr_text + "\n",
+        findings=draft.findings,
+        model_name=draft.model_name,
+        model_version=draft.model_version,
+        synthetic_demo=draft.synthetic_demo,
+        sr_sop_instance_uid=sr_uid,
+        sr_series_uid=series_uid,
+        sr_path=str(Path(path)),
+        supersedes_id=draft.id,
+        created_at=now,
+    )
     session.add(report)
     session.flush()
-    review = Review(draft_id=draft.id, study_id=study.id, user_id=user.id, action=review_action.value,
-                    final_text=final_text, diff=text_diff(draft_text, final_text) if final_text else "",
-                    reason=reason, report_id=report.id, created_at=now)
+    review = Review(
+        draft_id=draft.id,
+        study_id=study.id,
+        user_id=user.id,
+        action=review_action.value,
+        final_text=final_text,
+        diff=text_diff(draft_text, final_text) if final_text else "",
+        reason=reason,
+        report_id=report.id,
+        created_at=now,
+    )
     session.add(review)
     study.state = StudyState.REVIEWED
     session.flush()
-    record_event(session, "reviewed", f"draft {draft.id} {review_action.value} by user {user.id}; SR {sr_uid}",
-                 study_id=study.id)
+    record_event(
+        session, "reviewed", f"draft {draft.id} {review_action.value} by user {user.id}; SR {sr_uid}", study_id=study.id
+    )
     exports = queue_exports(session, draft_id=report.id, destinations=list(destinations))
     return ReviewOutcome(review.id, review_action, report.id, sr_uid, exports)
 
 
 def _evidence(session: Session, draft_sr: pydicom.Dataset) -> list[pydicom.Dataset]:
     """Headers of the images the draft references (its Current Requested Procedure Evidence), from the spool."""
-    uids = [str(sop.ReferencedSOPInstanceUID)
-            for study in draft_sr.get("CurrentRequestedProcedureEvidenceSequence", [])
-            for series in study.get("ReferencedSeriesSequence", [])
-            for sop in series.get("ReferencedSOPSequence", [])]
-    paths = dict(session.execute(select(Instance.sop_instance_uid, Instance.spool_path)
-                                 .where(Instance.sop_instance_uid.in_(uids))).all())
+    uids = [
+        str(sop.ReferencedSOPInstanceUID)
+        for study in draft_sr.get("CurrentRequestedProcedureEvidenceSequence", [])
+        for series in study.get("ReferencedSeriesSequence", [])
+        for sop in series.get("ReferencedSOPSequence", [])
+    ]
+    paths = dict(
+        session.execute(
+            select(Instance.sop_instance_uid, Instance.spool_path).where(Instance.sop_instance_uid.in_(uids))
+        ).all()
+    )
     missing = [uid for uid in uids if uid not in paths]
     if missing or not uids:
         raise ReviewError(f"the draft's source images are not all recorded ({len(missing)} of {len(uids)} missing)")

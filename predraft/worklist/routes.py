@@ -47,8 +47,9 @@ def web(request: Request) -> WebContext:
 
 
 def _set_cookie(response: Response, context: WebContext, name: str, value: str, max_age: int | None) -> None:
-    response.set_cookie(name, value, max_age=max_age, path="/", secure=context.settings.cookie_secure,
-                        httponly=True, samesite="lax")
+    response.set_cookie(
+        name, value, max_age=max_age, path="/", secure=context.settings.cookie_secure, httponly=True, samesite="lax"
+    )
 
 
 def current_user(request: Request) -> CurrentUser:
@@ -61,19 +62,20 @@ def current_user(request: Request) -> CurrentUser:
         user = auth.user_for_token(session, secret=context.secret, token=token)
         if user is None:
             raise LoginRequired()
-        found = CurrentUser(user.id, user.username, user.display_name, Role(user.role),
-                            auth.csrf_token(context.secret, token))
+        found = CurrentUser(
+            user.id, user.username, user.display_name, Role(user.role), auth.csrf_token(context.secret, token)
+        )
     request.state.user = found
     return found
 
 
-def admin(user: CurrentUser = Depends(current_user)) -> CurrentUser:  # noqa: B008 - FastAPI's idiom
+def admin(user: CurrentUser = Depends(current_user)) -> CurrentUser:
     if not user.is_admin:
         raise WebError(HTTPStatus.FORBIDDEN, "this page is for admins")
     return user
 
 
-async def checked_form(request: Request, user: CurrentUser = Depends(current_user)) -> dict[str, str]:  # noqa: B008
+async def checked_form(request: Request, user: CurrentUser = Depends(current_user)) -> dict[str, str]:
     """The posted form, once its CSRF token matches the session's (403 otherwise)."""
     form = await auth.read_form(request)
     if not auth.csrf_ok(web(request).secret, request.cookies.get(SESSION_COOKIE), form.get(CSRF_FIELD)):
@@ -83,8 +85,13 @@ async def checked_form(request: Request, user: CurrentUser = Depends(current_use
 
 def _safe_next(target: str | None) -> str:
     """Only a path of this site (no scheme, no host, no ``//``) may be returned to after login."""
-    if (not target or not target.startswith("/") or target.startswith("//") or "\\" in target
-            or any(ord(char) < 32 for char in target)):
+    if (
+        not target
+        or not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+        or any(ord(char) < 32 for char in target)
+    ):
         return "/"
     return target
 
@@ -96,8 +103,9 @@ def _safe_next(target: str | None) -> str:
 def login_page(request: Request, next: str = "/") -> Response:  # noqa: A002 - the query parameter's name
     context = web(request)
     seed = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
-    response = context.render("login.html.j2", user=None, next=_safe_next(next), error=None,
-                              csrf_token=auth.csrf_token(context.secret, seed))
+    response = context.render(
+        "login.html.j2", user=None, next=_safe_next(next), error=None, csrf_token=auth.csrf_token(context.secret, seed)
+    )
     _set_cookie(response, context, LOGIN_COOKIE, seed, max_age=3600)
     return response
 
@@ -126,27 +134,39 @@ async def login(request: Request) -> Response:
                 if user is None:
                     context.throttle.failed(username=username, address=address)
                     return None, None
-                token = auth.start_session(session, user=user, secret=context.secret,
-                                           lifetime_minutes=context.settings.session_lifetime_minutes)
+                token = auth.start_session(
+                    session,
+                    user=user,
+                    secret=context.secret,
+                    lifetime_minutes=context.settings.session_lifetime_minutes,
+                )
             context.throttle.succeeded(username=username)
             return token, None
 
     token, wait = await run_in_threadpool(_login)
     if wait is not None:
-        log.warning("login refused: too many failed logins for that user name or from %s; %d s to wait",
-                    address, wait)
+        log.warning("login refused: too many failed logins for that user name or from %s; %d s to wait", address, wait)
         minutes = math.ceil(wait / 60)
-        response = context.render("login.html.j2", status=HTTPStatus.TOO_MANY_REQUESTS, user=None, next=target,
-                                  error=f"Too many failed logins. Try again in {minutes} minute"
-                                        f"{'s' if minutes > 1 else ''}.",
-                                  csrf_token=auth.csrf_token(context.secret, seed or ""))
+        response = context.render(
+            "login.html.j2",
+            status=HTTPStatus.TOO_MANY_REQUESTS,
+            user=None,
+            next=target,
+            error=f"Too many failed logins. Try again in {minutes} minute{'s' if minutes > 1 else ''}.",
+            csrf_token=auth.csrf_token(context.secret, seed or ""),
+        )
         response.headers["Retry-After"] = str(wait)
         return response
     if token is None:
         log.info("failed login from %s", address)
-        return context.render("login.html.j2", status=HTTPStatus.UNAUTHORIZED, user=None, next=target,
-                              error="Wrong user name or password.",
-                              csrf_token=auth.csrf_token(context.secret, seed or ""))
+        return context.render(
+            "login.html.j2",
+            status=HTTPStatus.UNAUTHORIZED,
+            user=None,
+            next=target,
+            error="Wrong user name or password.",
+            csrf_token=auth.csrf_token(context.secret, seed or ""),
+        )
     response = RedirectResponse(target, status_code=HTTPStatus.SEE_OTHER)
     _set_cookie(response, context, SESSION_COOKIE, token, max_age=context.settings.session_lifetime_minutes * 60)
     response.delete_cookie(LOGIN_COOKIE, path="/")
@@ -154,7 +174,7 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/logout")
-async def logout(request: Request, _form: dict[str, str] = Depends(checked_form)) -> Response:  # noqa: B008
+async def logout(request: Request, _form: dict[str, str] = Depends(checked_form)) -> Response:
     context = web(request)
     token = request.cookies.get(SESSION_COOKIE, "")
 
@@ -164,8 +184,9 @@ async def logout(request: Request, _form: dict[str, str] = Depends(checked_form)
 
     await run_in_threadpool(_logout)
     response = RedirectResponse("/login", status_code=HTTPStatus.SEE_OTHER)
-    response.delete_cookie(SESSION_COOKIE, path="/", secure=context.settings.cookie_secure, httponly=True,
-                           samesite="lax")
+    response.delete_cookie(
+        SESSION_COOKIE, path="/", secure=context.settings.cookie_secure, httponly=True, samesite="lax"
+    )
     return response
 
 
@@ -184,37 +205,50 @@ def _worklist(request: Request) -> Any:
 
 
 def _models_shown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return list({(row["model"], row["synthetic_demo"]): {"name": row["model"], "synthetic_demo": row["synthetic_demo"]}
-                 for row in rows if row.get("model")}.values())
+    return list(
+        {
+            (row["model"], row["synthetic_demo"]): {"name": row["model"], "synthetic_demo": row["synthetic_demo"]}
+            for row in rows
+            if row.get("model")
+        }.values()
+    )
 
 
 @router.get("/", response_class=HTMLResponse)
-def worklist(request: Request, user: CurrentUser = Depends(current_user)) -> Response:  # noqa: B008
+def worklist(request: Request, user: CurrentUser = Depends(current_user)) -> Response:
     from predraft.worklist.present import WorklistState
     from predraft.worklist.worklist import SORTS
 
     page = _worklist(request)
-    return web(request).render("worklist.html.j2", user=user, page=page, states=list(WorklistState),
-                               sorts=list(SORTS), models=_models_shown(page.rows))
+    return web(request).render(
+        "worklist.html.j2",
+        user=user,
+        page=page,
+        states=list(WorklistState),
+        sorts=list(SORTS),
+        models=_models_shown(page.rows),
+    )
 
 
 @router.get("/worklist/rows")
-def worklist_rows(request: Request, user: CurrentUser = Depends(current_user)) -> Response:  # noqa: B008
+def worklist_rows(request: Request, user: CurrentUser = Depends(current_user)) -> Response:
     """What the worklist page polls: the rows and the draft banner as HTML (rendered and escaped here), and
     the count, as JSON."""
     context = web(request)
     page = _worklist(request)
     rows = context.templates.get_template("worklist_rows.html.j2").render(user=user, page=page)
     banner = context.templates.get_template("_banner.html.j2").render(models=_models_shown(page.rows))
-    return JSONResponse({"total": page.total, "pages": page.pages, "rows": rows, "banner": banner},
-                        headers={"Cache-Control": "no-store"})
+    return JSONResponse(
+        {"total": page.total, "pages": page.pages, "rows": rows, "banner": banner},
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 # --- a study -----------------------------------------------------------------------------------------------
 
 
 @router.get("/studies/{study_uid}", response_class=HTMLResponse)
-def study(request: Request, study_uid: str, user: CurrentUser = Depends(current_user)) -> Response:  # noqa: B008
+def study(request: Request, study_uid: str, user: CurrentUser = Depends(current_user)) -> Response:
     from predraft.worklist.study import study_page
 
     with session_scope(web(request).settings.database_url) as session:
@@ -229,8 +263,11 @@ def study(request: Request, study_uid: str, user: CurrentUser = Depends(current_
 
 def _instance(request: Request, study_uid: str, instance_id: int) -> Instance:
     with session_scope(web(request).settings.database_url) as session:
-        instance = session.scalar(select(Instance).join(Study, Study.id == Instance.study_id)
-                                  .where(Instance.id == instance_id, Study.study_uid == study_uid))
+        instance = session.scalar(
+            select(Instance)
+            .join(Study, Study.id == Instance.study_id)
+            .where(Instance.id == instance_id, Study.study_uid == study_uid)
+        )
     if instance is None:
         raise WebError(HTTPStatus.NOT_FOUND, "no such image in this study")
     return instance
@@ -241,36 +278,47 @@ def _png(path: Any) -> FileResponse:
 
 
 @router.get("/studies/{study_uid}/hips/{instance_id}/{side}.png")
-def thumbnail(request: Request, study_uid: str, instance_id: int, side: str,
-              _user: CurrentUser = Depends(current_user)) -> Response:  # noqa: B008
+def thumbnail(
+    request: Request, study_uid: str, instance_id: int, side: str, _user: CurrentUser = Depends(current_user)
+) -> Response:
     from predraft.worklist.images import ImageUnavailable
 
     instance = _instance(request, study_uid, instance_id)
     try:
-        return _png(web(request).images.thumbnail(spool_path=instance.spool_path,
-                                                  sop_instance_uid=instance.sop_instance_uid, side=side))
+        return _png(
+            web(request).images.thumbnail(
+                spool_path=instance.spool_path, sop_instance_uid=instance.sop_instance_uid, side=side
+            )
+        )
     except ImageUnavailable as exc:
         raise WebError(HTTPStatus.NOT_FOUND, str(exc)) from exc
 
 
 @router.get("/studies/{study_uid}/hips/{instance_id}/{side}/gradcam.png")
-def gradcam(request: Request, study_uid: str, instance_id: int, side: str,
-            _user: CurrentUser = Depends(current_user)) -> Response:  # noqa: B008
+def gradcam(
+    request: Request, study_uid: str, instance_id: int, side: str, _user: CurrentUser = Depends(current_user)
+) -> Response:
     from predraft.worklist.images import ImageUnavailable
 
     instance = _instance(request, study_uid, instance_id)
     hardware = request.query_params.get("class", "")
     try:
-        return _png(web(request).images.overlay(spool_path=instance.spool_path,
-                                                sop_instance_uid=instance.sop_instance_uid, side=side,
-                                                hardware=hardware))
+        return _png(
+            web(request).images.overlay(
+                spool_path=instance.spool_path, sop_instance_uid=instance.sop_instance_uid, side=side, hardware=hardware
+            )
+        )
     except ImageUnavailable as exc:
         raise WebError(HTTPStatus.NOT_FOUND, str(exc)) from exc
 
 
 @router.post("/studies/{study_uid}/review")
-async def review(request: Request, study_uid: str, user: CurrentUser = Depends(current_user),  # noqa: B008
-                 form: dict[str, str] = Depends(checked_form)) -> Response:  # noqa: B008
+async def review(
+    request: Request,
+    study_uid: str,
+    user: CurrentUser = Depends(current_user),
+    form: dict[str, str] = Depends(checked_form),
+) -> Response:
     from predraft.workers.export_task import send_exports
     from predraft.worklist.review import ReviewConflict, ReviewError, review_draft
 
@@ -286,11 +334,18 @@ async def review(request: Request, study_uid: str, user: CurrentUser = Depends(c
     def _review() -> Any:
         with session_scope(settings.database_url) as session:
             reviewer = session.get_one(User, user.id)
-            return review_draft(session, study_uid=study_uid, draft_id=draft_id, user=reviewer,
-                                action=form.get("action", ""), text=form.get("text"), reason=form.get("reason", ""),
-                                spool=Spool(settings.spool_dir),
-                                destinations=[d.name for d in settings.export_destinations],
-                                organization=settings.verifying_organization)
+            return review_draft(
+                session,
+                study_uid=study_uid,
+                draft_id=draft_id,
+                user=reviewer,
+                action=form.get("action", ""),
+                text=form.get("text"),
+                reason=form.get("reason", ""),
+                spool=Spool(settings.spool_dir),
+                destinations=[d.name for d in settings.export_destinations],
+                organization=settings.verifying_organization,
+            )
 
     try:
         outcome = await run_in_threadpool(_review)
@@ -311,7 +366,7 @@ async def review(request: Request, study_uid: str, user: CurrentUser = Depends(c
 
 
 @router.get("/stats", response_class=HTMLResponse)
-def stats(request: Request, user: CurrentUser = Depends(admin)) -> Response:  # noqa: B008
+def stats(request: Request, user: CurrentUser = Depends(admin)) -> Response:
     from predraft.worklist.stats import statistics
 
     with session_scope(web(request).settings.database_url) as session:

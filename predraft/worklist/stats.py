@@ -28,9 +28,16 @@ PERCENTILES = (50, 90, 95, 99)
 def _rates(counter: Counter[str], drafts: int) -> dict[str, Any]:
     reviewed = sum(counter[action] for action in ReviewAction)
     share = {action.value: (counter[action] / reviewed if reviewed else None) for action in ReviewAction}
-    return {"drafts": drafts, "reviewed": reviewed, "accepted": counter[ReviewAction.ACCEPTED],
-            "edited": counter[ReviewAction.EDITED], "rejected": counter[ReviewAction.REJECTED],
-            "acceptance_rate": share["accepted"], "edit_rate": share["edited"], "rejection_rate": share["rejected"]}
+    return {
+        "drafts": drafts,
+        "reviewed": reviewed,
+        "accepted": counter[ReviewAction.ACCEPTED],
+        "edited": counter[ReviewAction.EDITED],
+        "rejected": counter[ReviewAction.REJECTED],
+        "acceptance_rate": share["accepted"],
+        "edit_rate": share["edited"],
+        "rejection_rate": share["rejected"],
+    }
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -56,7 +63,9 @@ def statistics(session: Session, *, today: date | None = None) -> dict[str, Any]
     total = 0
     rows = session.execute(
         select(Draft.created_at, Draft.findings, Draft.model_name, Draft.model_version, Review.action)
-        .outerjoin(Review, Review.draft_id == Draft.id).where(Draft.kind == ReportKind.DRAFT))
+        .outerjoin(Review, Review.draft_id == Draft.id)
+        .where(Draft.kind == ReportKind.DRAFT)
+    )
     for created_at, findings, model_name, model_version, action in rows:
         total += 1
         day = present.utc(created_at).date()
@@ -77,21 +86,36 @@ def statistics(session: Session, *, today: date | None = None) -> dict[str, Any]
         (present.utc(drafted) - present.utc(last)).total_seconds()
         for last, drafted in session.execute(
             select(Study.last_instance_at, Draft.created_at).join(
-                Draft, and_(Draft.study_id == Study.id, Draft.generation == Study.generation,
-                            Draft.kind == ReportKind.DRAFT)))
+                Draft,
+                and_(Draft.study_id == Study.id, Draft.generation == Study.generation, Draft.kind == ReportKind.DRAFT),
+            )
+        )
     ]
     days = [first_day + timedelta(days=offset) for offset in range(DAYS)]
     busiest = max(per_day.values(), default=0)
     return {
-        "drafts_per_day": [{"day": day.isoformat(), "drafts": per_day[day],
-                            "percent": round(100 * per_day[day] / busiest) if busiest else 0} for day in days],
+        "drafts_per_day": [
+            {
+                "day": day.isoformat(),
+                "drafts": per_day[day],
+                "percent": round(100 * per_day[day] / busiest) if busiest else 0,
+            }
+            for day in days
+        ],
         "overall": _rates(overall, total),
-        "per_class": [{"class": hardware, "label": present.hardware_label(None if hardware == "indeterminate"
-                                                                          else hardware),
-                       **_rates(per_class[hardware], per_class_drafts[hardware])}
-                      for hardware in sorted(per_class_drafts, key=lambda h: -per_class_drafts[h])],
-        "per_model": [{"model": model, **_rates(per_model[model], per_model_drafts[model])}
-                      for model in sorted(per_model_drafts)],
-        "time_to_draft": {"studies": len(seconds),
-                          "percentiles": {f"p{q}": percentile(seconds, q) for q in PERCENTILES}},
+        "per_class": [
+            {
+                "class": hardware,
+                "label": present.hardware_label(None if hardware == "indeterminate" else hardware),
+                **_rates(per_class[hardware], per_class_drafts[hardware]),
+            }
+            for hardware in sorted(per_class_drafts, key=lambda h: -per_class_drafts[h])
+        ],
+        "per_model": [
+            {"model": model, **_rates(per_model[model], per_model_drafts[model])} for model in sorted(per_model_drafts)
+        ],
+        "time_to_draft": {
+            "studies": len(seconds),
+            "percentiles": {f"p{q}": percentile(seconds, q) for q in PERCENTILES},
+        },
     }

@@ -23,8 +23,9 @@ def study_page(session: Session, study_uid: str) -> dict[str, Any] | None:
     draft = latest_draft(session, study.id)
     review = None
     if draft is not None:
-        row = session.execute(select(Review, User).join(User, User.id == Review.user_id)
-                              .where(Review.draft_id == draft.id)).first()
+        row = session.execute(
+            select(Review, User).join(User, User.id == Review.user_id).where(Review.draft_id == draft.id)
+        ).first()
         if row is not None:
             review = _review(row[0], row[1])
     instances = [i for i in study.instances if i.sop_class_uid not in STRUCTURED_REPORT_SOP_CLASSES]
@@ -35,11 +36,16 @@ def study_page(session: Session, study_uid: str) -> dict[str, Any] | None:
         "error": study.error,
         "generation": study.generation,
         "hips": _hips(instances, draft),
-        "problems": [{"view": present.view_label(i.view, i.side), "state": i.state, "error": i.error}
-                     for i in instances if i.state in {"error", "skipped"}],
+        "problems": [
+            {"view": present.view_label(i.view, i.side), "state": i.state, "error": i.error}
+            for i in instances
+            if i.state in {"error", "skipped"}
+        ],
         "draft": None if draft is None else _draft(draft),
         "review": review,
-        "reviewable": draft is not None and review is None and study.state == StudyState.DRAFTED
+        "reviewable": draft is not None
+        and review is None
+        and study.state == StudyState.DRAFTED
         and study.generation == draft.generation,
         "history": _history(session, study.id),
     }
@@ -51,14 +57,23 @@ def _draft(draft: Draft) -> dict[str, Any]:
         summary = finding_summary(finding)
         probabilities = finding.get("probabilities") or {finding.get("top_class"): finding.get("probability", 0.0)}
         summary["bars"] = sorted(
-            ({"label": present.hardware_label(key), "value": float(value), "percent": round(100 * float(value))}
-             for key, value in probabilities.items() if key in set(HardwareClass)),
-            key=lambda bar: -bar["value"])
+            (
+                {"label": present.hardware_label(key), "value": float(value), "percent": round(100 * float(value))}
+                for key, value in probabilities.items()
+                if key in set(HardwareClass)
+            ),
+            key=lambda bar: -bar["value"],
+        )
         sides.append(summary)
     return {
-        "id": draft.id, "generation": draft.generation, "text": draft.text, "model_name": draft.model_name,
-        "model_version": draft.model_version, "synthetic_demo": bool(draft.synthetic_demo),
-        "sr_sop_instance_uid": draft.sr_sop_instance_uid, "created_at": present.timestamp(draft.created_at),
+        "id": draft.id,
+        "generation": draft.generation,
+        "text": draft.text,
+        "model_name": draft.model_name,
+        "model_version": draft.model_version,
+        "synthetic_demo": bool(draft.synthetic_demo),
+        "sr_sop_instance_uid": draft.sr_sop_instance_uid,
+        "created_at": present.timestamp(draft.created_at),
         "sides": sides,
         "exports": [export_detail(export) for export in draft.exports],
     }
@@ -67,20 +82,27 @@ def _draft(draft: Draft) -> dict[str, Any]:
 def _review(review: Review, user: User) -> dict[str, Any]:
     report = review.report
     return {
-        "action": review.action, "user": user.username, "display_name": present.person_name(user.display_name),
-        "at": present.timestamp(review.created_at), "final_text": review.final_text, "diff": review.diff,
+        "action": review.action,
+        "user": user.username,
+        "display_name": present.person_name(user.display_name),
+        "at": present.timestamp(review.created_at),
+        "final_text": review.final_text,
+        "diff": review.diff,
         "reason": review.reason,
-        "report": None if report is None else {
-            "kind": report.kind, "sr_sop_instance_uid": report.sr_sop_instance_uid,
-            "exports": [export_detail(export) for export in report.exports]},
+        "report": None
+        if report is None
+        else {
+            "kind": report.kind,
+            "sr_sop_instance_uid": report.sr_sop_instance_uid,
+            "exports": [export_detail(export) for export in report.exports],
+        },
     }
 
 
 def _hips(instances: list[Instance], draft: Draft | None) -> list[dict[str, Any]]:
     """One entry per hip seen on an image: from its predictions (an AP pelvis gives right and left), else, for
     an image prepared but not classified yet, from its view and sides."""
-    classes = {} if draft is None else {f.get("side"): f.get("hardware") or f.get("top_class")
-                                        for f in draft.findings}
+    classes = {} if draft is None else {f.get("side"): f.get("hardware") or f.get("top_class") for f in draft.findings}
     hips = []
     for instance in instances:
         if instance.state in {"error", "skipped"}:
@@ -90,21 +112,37 @@ def _hips(instances: list[Instance], draft: Draft | None) -> list[dict[str, Any]
             seen = [(instance.view, side, None) for side in (instance.side or Side.UNKNOWN.value).split("+")]
         for view, side, top_class in dict.fromkeys(seen):
             hardware = classes.get(side) or top_class
-            hips.append({"instance_id": instance.id, "side": side, "side_label": present.side_label(side),
-                         "view_label": present.view_label(view, None), "state": instance.state,
-                         "overlay_class": hardware, "scope_note": instance.scope_note if instance.scope_flag else None,
-                         "overlay_label": present.hardware_label(hardware) if hardware else None})
+            hips.append(
+                {
+                    "instance_id": instance.id,
+                    "side": side,
+                    "side_label": present.side_label(side),
+                    "view_label": present.view_label(view, None),
+                    "state": instance.state,
+                    "overlay_class": hardware,
+                    "scope_note": instance.scope_note if instance.scope_flag else None,
+                    "overlay_label": present.hardware_label(hardware) if hardware else None,
+                }
+            )
     return hips
 
 
 def _history(session: Session, study_id: int) -> list[dict[str, Any]]:
     """Every SR issued for the study, oldest first."""
-    kinds = {ReportKind.DRAFT: "Unverified AI draft", ReportKind.VERIFIED: "Verified report",
-             ReportKind.REJECTION: "Rejection notice"}
+    kinds = {
+        ReportKind.DRAFT: "Unverified AI draft",
+        ReportKind.VERIFIED: "Verified report",
+        ReportKind.REJECTION: "Rejection notice",
+    }
     by_generation: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for report in session.scalars(select(Draft).where(Draft.study_id == study_id).order_by(Draft.id)):
-        by_generation[report.generation].append({
-            "kind": kinds.get(ReportKind(report.kind), report.kind), "generation": report.generation,
-            "sr_sop_instance_uid": report.sr_sop_instance_uid, "at": present.timestamp(report.created_at),
-            "exports": [export_detail(export) for export in report.exports]})
+        by_generation[report.generation].append(
+            {
+                "kind": kinds.get(ReportKind(report.kind), report.kind),
+                "generation": report.generation,
+                "sr_sop_instance_uid": report.sr_sop_instance_uid,
+                "at": present.timestamp(report.created_at),
+                "exports": [export_detail(export) for export in report.exports],
+            }
+        )
     return [entry for generation in sorted(by_generation) for entry in by_generation[generation]]

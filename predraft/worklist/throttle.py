@@ -36,8 +36,10 @@ class LoginThrottle:
             if value < 1:
                 raise ValueError(f"{name} {value} must be at least 1")
         self.window_seconds = window_seconds
-        self._limits = {"user": RateLimitItemPerSecond(per_user, window_seconds),
-                        "address": RateLimitItemPerSecond(per_address, window_seconds)}
+        self._limits = {
+            "user": RateLimitItemPerSecond(per_user, window_seconds),
+            "address": RateLimitItemPerSecond(per_address, window_seconds),
+        }
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
         self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
 
@@ -65,8 +67,9 @@ class LoginThrottle:
         or from the same address waits, then sees this one counted. Logins of other names and addresses run
         on (each key's lock is one of :data:`LOCK_STRIPES`, taken in a fixed order).
         """
-        stripes = sorted({hash((kind, key)) % LOCK_STRIPES for kind, key in self._keys(username=username,
-                                                                                      address=address)})
+        stripes = sorted(
+            {hash((kind, key)) % LOCK_STRIPES for kind, key in self._keys(username=username, address=address)}
+        )
         for stripe in stripes:
             self._locks[stripe].acquire()
         try:

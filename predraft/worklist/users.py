@@ -43,14 +43,23 @@ class UserInfo:
 
 
 def _info(user: User) -> UserInfo:
-    return UserInfo(user.id, user.username, user.display_name, Role(user.role), user.active, user.created_at,
-                    user.password_changed_at)
+    return UserInfo(
+        user.id,
+        user.username,
+        user.display_name,
+        Role(user.role),
+        user.active,
+        user.created_at,
+        user.password_changed_at,
+    )
 
 
 def check_username(username: str) -> str:
     if not isinstance(username, str) or not _USERNAME.match(username):
-        raise UserError(f"user name {username!r} is not 1-64 letters, digits, '.', '_', '@' or '-' "
-                        "(starting with a letter or digit)")
+        raise UserError(
+            f"user name {username!r} is not 1-64 letters, digits, '.', '_', '@' or '-' "
+            "(starting with a letter or digit)"
+        )
     return username
 
 
@@ -76,8 +85,9 @@ def hash_password(password: str) -> str:
     return _HASHER.hash(check_password(password))
 
 
-def add_user(session: Session, *, username: str, password: str, role: Role | str,
-             display_name: str | None = None) -> UserInfo:
+def add_user(
+    session: Session, *, username: str, password: str, role: Role | str, display_name: str | None = None
+) -> UserInfo:
     """Add a user; UserError if the name is taken or a value is invalid."""
     username = check_username(username)
     try:
@@ -86,8 +96,13 @@ def add_user(session: Session, *, username: str, password: str, role: Role | str
         raise UserError(f"role {role!r} is not one of {', '.join(r.value for r in Role)}") from exc
     if session.scalar(select(User.id).where(User.username == username)) is not None:
         raise UserError(f"user {username!r} exists already (use `predraft users passwd` to change the password)")
-    user = User(username=username, display_name=dicom_person_name(display_name, username), role=role.value,
-                password_hash=hash_password(password), active=True)
+    user = User(
+        username=username,
+        display_name=dicom_person_name(display_name, username),
+        role=role.value,
+        password_hash=hash_password(password),
+        active=True,
+    )
     session.add(user)
     session.flush()
     return _info(user)

@@ -72,15 +72,27 @@ class WorklistQuery:
             raise QueryError(f"page {params.get('page')!r} is not a number") from exc
         if page < 1:
             raise QueryError(f"page {page} is not 1 or more")
-        return cls(state=state_value, date_from=_date(params, "from"), date_to=_date(params, "to"),
-                   search=(params.get("q") or "").strip()[:64], sort=sort, descending=order == "desc", page=page)
+        return cls(
+            state=state_value,
+            date_from=_date(params, "from"),
+            date_to=_date(params, "to"),
+            search=(params.get("q") or "").strip()[:64],
+            sort=sort,
+            descending=order == "desc",
+            page=page,
+        )
 
     def params(self, **changes: Any) -> dict[str, str]:
         """Query parameters giving this query (with ``changes``), defaults left out."""
-        values = {"state": self.state.value if self.state else "",
-                  "from": self.date_from.isoformat() if self.date_from else "",
-                  "to": self.date_to.isoformat() if self.date_to else "", "q": self.search,
-                  "sort": self.sort, "order": "desc" if self.descending else "asc", "page": str(self.page)}
+        values = {
+            "state": self.state.value if self.state else "",
+            "from": self.date_from.isoformat() if self.date_from else "",
+            "to": self.date_to.isoformat() if self.date_to else "",
+            "q": self.search,
+            "sort": self.sort,
+            "order": "desc" if self.descending else "asc",
+            "page": str(self.page),
+        }
         values.update({key: str(value) for key, value in changes.items()})
         defaults = {"sort": "received", "order": "desc", "page": "1"}
         return {key: value for key, value in values.items() if value and defaults.get(key) != value}
@@ -109,8 +121,9 @@ def _state_condition(state: WorklistState):  # type: ignore[no-untyped-def]
     if state is WorklistState.WAITING:
         return and_(Study.state == StudyState.READY, Study.prepared_at.is_(None))
     if state is WorklistState.CLASSIFYING:
-        return or_(and_(Study.state == StudyState.READY, Study.prepared_at.is_not(None)),
-                   Study.state == StudyState.DRAFTING)
+        return or_(
+            and_(Study.state == StudyState.READY, Study.prepared_at.is_not(None)), Study.state == StudyState.DRAFTING
+        )
     return Study.state == state.value
 
 
@@ -127,8 +140,12 @@ def _filtered(query: WorklistQuery, statement: Select) -> Select:  # type: ignor
         statement = statement.where(Study.study_date <= query.date_to.strftime("%Y%m%d"))
     if query.search:
         pattern = _escape_like(query.search.lower()) + "%"
-        statement = statement.where(or_(func.lower(Study.accession_number).like(pattern, escape="\\"),
-                                        func.lower(Study.patient_id).like(pattern, escape="\\")))
+        statement = statement.where(
+            or_(
+                func.lower(Study.accession_number).like(pattern, escape="\\"),
+                func.lower(Study.patient_id).like(pattern, escape="\\"),
+            )
+        )
     return statement
 
 
@@ -137,8 +154,12 @@ def worklist_page(session: Session, query: WorklistQuery) -> WorklistPage:
     pages = max(1, -(-total // query.page_size))
     column = SORTS[query.sort]
     order = [column.desc() if query.descending else column.asc(), Study.id.desc() if query.descending else Study.id]
-    studies = session.scalars(_filtered(query, select(Study)).order_by(*order)
-                              .limit(query.page_size).offset((query.page - 1) * query.page_size)).all()
+    studies = session.scalars(
+        _filtered(query, select(Study))
+        .order_by(*order)
+        .limit(query.page_size)
+        .offset((query.page - 1) * query.page_size)
+    ).all()
     ids = [study.id for study in studies]
     drafts = _latest_drafts(session, ids)
     reviews = _reviews(session, [draft.id for draft in drafts.values()])
@@ -151,8 +172,11 @@ def _latest_drafts(session: Session, study_ids: list[int]) -> dict[int, Draft]:
     if not study_ids:
         return {}
     latest: dict[int, Draft] = {}
-    for draft in session.scalars(select(Draft).where(Draft.study_id.in_(study_ids), Draft.kind == ReportKind.DRAFT)
-                                 .order_by(Draft.study_id, Draft.generation)):
+    for draft in session.scalars(
+        select(Draft)
+        .where(Draft.study_id.in_(study_ids), Draft.kind == ReportKind.DRAFT)
+        .order_by(Draft.study_id, Draft.generation)
+    ):
         latest[draft.study_id] = draft
     return latest
 
@@ -160,8 +184,9 @@ def _latest_drafts(session: Session, study_ids: list[int]) -> dict[int, Draft]:
 def _reviews(session: Session, draft_ids: list[int]) -> dict[int, tuple[Review, str]]:
     if not draft_ids:
         return {}
-    rows = session.execute(select(Review, User.username).join(User, User.id == Review.user_id)
-                           .where(Review.draft_id.in_(draft_ids))).all()
+    rows = session.execute(
+        select(Review, User.username).join(User, User.id == Review.user_id).where(Review.draft_id.in_(draft_ids))
+    ).all()
     return {review.draft_id: (review, username) for review, username in rows}
 
 
@@ -179,10 +204,10 @@ def _instances(session: Session, study_ids: list[int]) -> dict[int, list[_Instan
     if not study_ids:
         return found
     for study_id, view, side, state, flag, error in session.execute(
-            select(Instance.study_id, Instance.view, Instance.side, Instance.state, Instance.scope_flag,
-                   Instance.error)
-            .where(Instance.study_id.in_(study_ids), Instance.sop_class_uid.not_in(STRUCTURED_REPORT_SOP_CLASSES))
-            .order_by(Instance.id)):
+        select(Instance.study_id, Instance.view, Instance.side, Instance.state, Instance.scope_flag, Instance.error)
+        .where(Instance.study_id.in_(study_ids), Instance.sop_class_uid.not_in(STRUCTURED_REPORT_SOP_CLASSES))
+        .order_by(Instance.id)
+    ):
         found.setdefault(study_id, []).append((view, side, state, flag, error))
     return found
 
@@ -201,8 +226,9 @@ def finding_summary(finding: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _row(study: Study, draft: Draft | None, reviews: dict[int, tuple[Review, str]],
-         instances: list[_InstanceRow]) -> dict[str, Any]:
+def _row(
+    study: Study, draft: Draft | None, reviews: dict[int, tuple[Review, str]], instances: list[_InstanceRow]
+) -> dict[str, Any]:
     findings = [finding_summary(f) for f in draft.findings] if draft is not None else []
     review = reviews.get(draft.id) if draft is not None else None
     state = present.worklist_state(study.state, study.prepared_at is not None)

@@ -59,17 +59,32 @@ class Deployment:
                 return detail
             assert self.process.poll() is None, f"predraft serve died:\n{self.log_path.read_text()[-4000:]}"
             time.sleep(0.5)
-        raise AssertionError(f"study {study_uid} not done after {timeout} s: {detail}\n"
-                             f"{self.log_path.read_text()[-4000:]}")
+        raise AssertionError(
+            f"study {study_uid} not done after {timeout} s: {detail}\n{self.log_path.read_text()[-4000:]}"
+        )
 
     def storescu(self, *files: Path, extra: tuple[str, ...] = ()) -> None:
         """Send ``files`` with dcmtk's storescu (``extra``: e.g. -xv to propose JPEG 2000 as the file has it)."""
         if shutil.which("storescu") is None:
             pytest.skip("dcmtk's storescu is not installed (apt-get install dcmtk)")
         result = subprocess.run(
-            ["storescu", "-R", "-nh", "-aet", "STORESCU", "-aec", "PREDRAFT", *extra, "127.0.0.1",
-             str(self.dimse_port), *map(str, files)],
-            env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True, timeout=120,
+            [
+                "storescu",
+                "-R",
+                "-nh",
+                "-aet",
+                "STORESCU",
+                "-aec",
+                "PREDRAFT",
+                *extra,
+                "127.0.0.1",
+                str(self.dimse_port),
+                *map(str, files),
+            ],
+            env={**os.environ, "TCP_NODELAY": "1"},
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert result.returncode == 0 and "Store Failed" not in result.stderr, result.stderr
 
@@ -106,22 +121,26 @@ def _start(tmp_path: Path, extra_env: dict[str, str]) -> Iterator[Deployment]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")}
     dimse_port, http_port = free_port(), free_port()
     listener_metrics_port, worker_metrics_port = free_port(), free_port()
-    env.update({
-        "PREDRAFT_VAR_DIR": str(var_dir),
-        "PREDRAFT_DIMSE_PORT": str(dimse_port),
-        "PREDRAFT_HTTP_PORT": str(http_port),
-        "PREDRAFT_LISTENER_METRICS_PORT": str(listener_metrics_port),
-        "PREDRAFT_WORKER_METRICS_PORT": str(worker_metrics_port),
-        "PREDRAFT_QUIET_SECONDS": "4",
-        "PREDRAFT_STABILITY_POLL_SECONDS": "0.5",
-        **extra_env,
-    })
+    env.update(
+        {
+            "PREDRAFT_VAR_DIR": str(var_dir),
+            "PREDRAFT_DIMSE_PORT": str(dimse_port),
+            "PREDRAFT_HTTP_PORT": str(http_port),
+            "PREDRAFT_LISTENER_METRICS_PORT": str(listener_metrics_port),
+            "PREDRAFT_WORKER_METRICS_PORT": str(worker_metrics_port),
+            "PREDRAFT_QUIET_SECONDS": "4",
+            "PREDRAFT_STABILITY_POLL_SECONDS": "0.5",
+            **extra_env,
+        }
+    )
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log:
-        process = subprocess.Popen([PREDRAFT, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-                                   cwd=tmp_path)
-    deployment = Deployment(env, var_dir, dimse_port, http_port, process, log_path, listener_metrics_port,
-                            worker_metrics_port)
+        process = subprocess.Popen(
+            [PREDRAFT, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=tmp_path
+        )
+    deployment = Deployment(
+        env, var_dir, dimse_port, http_port, process, log_path, listener_metrics_port, worker_metrics_port
+    )
     try:
         _ready(deployment)
         yield deployment

@@ -85,15 +85,17 @@ class Site:
         self.work = work
         self.env = {key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")} | env
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        overrides = {key.removeprefix("PREDRAFT_").lower(): value for key, value in env.items()
-                     if key in {"PREDRAFT_VAR_DIR", "PREDRAFT_DATABASE_URL", "PREDRAFT_BROKER_URL"}}
+        overrides = {
+            key.removeprefix("PREDRAFT_").lower(): value
+            for key, value in env.items()
+            if key in {"PREDRAFT_VAR_DIR", "PREDRAFT_DATABASE_URL", "PREDRAFT_BROKER_URL"}
+        }
         self.settings: Settings = get_settings(**overrides)
         prepare_environment(self.settings)  # migrations and the untrained demo model, as `serve` does
 
     def start(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
         log = (self.work / f"{name}.log").open("ab")
-        process = subprocess.Popen([PREDRAFT, *argv], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=self.work)
+        process = subprocess.Popen([PREDRAFT, *argv], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.work)
         self.processes[name] = process
         return process
 
@@ -111,8 +113,7 @@ class Site:
 
     def cli(self, *args: str, codes: tuple[int, ...] = (0, 1)) -> tuple[int, object]:
         """``predraft args`` (with ``--json``): its exit code (one of ``codes``) and its JSON."""
-        result = subprocess.run([PREDRAFT, *args, "--json"], env=self.env, capture_output=True, text=True,
-                                timeout=60)
+        result = subprocess.run([PREDRAFT, *args, "--json"], env=self.env, capture_output=True, text=True, timeout=60)
         assert result.returncode in codes, f"predraft {' '.join(args)}: {result.returncode} {result.stderr}"
         return result.returncode, json.loads(result.stdout) if result.stdout.strip() else None
 
@@ -129,10 +130,17 @@ class Site:
 
     def send(self, files: list[Path]) -> str:
         port = self.env["PREDRAFT_DIMSE_PORT"]
-        self.wait("listener up", lambda: subprocess.run(["echoscu", "-aec", AE, "127.0.0.1", port],
-                                                        capture_output=True).returncode == 0, timeout=60)
-        result = subprocess.run(["storescu", "-aet", "STORESCU", "-aec", AE, "127.0.0.1", port, *map(str, files)],
-                                capture_output=True, text=True, timeout=120)
+        self.wait(
+            "listener up",
+            lambda: subprocess.run(["echoscu", "-aec", AE, "127.0.0.1", port], capture_output=True).returncode == 0,
+            timeout=60,
+        )
+        result = subprocess.run(
+            ["storescu", "-aet", "STORESCU", "-aec", AE, "127.0.0.1", port, *map(str, files)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stderr
         return str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
 
@@ -157,18 +165,28 @@ def site(request, tmp_path: Path) -> Iterator[Site]:
     refusing = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
     threading.Thread(target=refusing.serve_forever, daemon=True).start()
     destinations = [
-        {"kind": "dimse", "name": "hang", "ae_title": "HANG", "host": "127.0.0.1", "port": silent.port,
-         "timeout": 120},
-        {"kind": "dimse", "name": "refused", "ae_title": "NOBODY", "host": "127.0.0.1", "port": free_port(),
-         "timeout": 5},
+        {"kind": "dimse", "name": "hang", "ae_title": "HANG", "host": "127.0.0.1", "port": silent.port, "timeout": 120},
+        {
+            "kind": "dimse",
+            "name": "refused",
+            "ae_title": "NOBODY",
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "timeout": 5,
+        },
         {"kind": "stow", "name": "reject", "url": f"http://127.0.0.1:{refusing.server_address[1]}/dicom-web"},
     ]
     env = {
-        "PREDRAFT_VAR_DIR": str(tmp_path / "var"), "PREDRAFT_DIMSE_PORT": str(free_port()),
-        "PREDRAFT_QUIET_SECONDS": "3600", "PREDRAFT_STABILITY_POLL_SECONDS": "0.3",
-        "PREDRAFT_SWEEP_INTERVAL_SECONDS": "3600", "PREDRAFT_SWEEP_STALE_SECONDS": "3600",
-        "PREDRAFT_SPOOL_MIN_FREE_BYTES": "0", "PREDRAFT_EXPORT_DESTINATIONS": json.dumps(destinations),
-        "PREDRAFT_EXPORT_RETRY_DELAY_SECONDS": "600", "PREDRAFT_EXPORT_RETRY_MAX_DELAY_SECONDS": "600",
+        "PREDRAFT_VAR_DIR": str(tmp_path / "var"),
+        "PREDRAFT_DIMSE_PORT": str(free_port()),
+        "PREDRAFT_QUIET_SECONDS": "3600",
+        "PREDRAFT_STABILITY_POLL_SECONDS": "0.3",
+        "PREDRAFT_SWEEP_INTERVAL_SECONDS": "3600",
+        "PREDRAFT_SWEEP_STALE_SECONDS": "3600",
+        "PREDRAFT_SPOOL_MIN_FREE_BYTES": "0",
+        "PREDRAFT_EXPORT_DESTINATIONS": json.dumps(destinations),
+        "PREDRAFT_EXPORT_RETRY_DELAY_SECONDS": "600",
+        "PREDRAFT_EXPORT_RETRY_MAX_DELAY_SECONDS": "600",
     }
     if request.param == "redis_postgres":
         env.update(request.getfixturevalue("postgres_and_redis"))
@@ -198,16 +216,22 @@ def test_admin_commands_against_running_workers(site: Site, tmp_path: Path) -> N
 
     def exports_settled() -> list[dict] | None:
         items = site.items("--queue", "export")
-        settled = (_by(items, state="dead", destination="reject") and _by(items, state="failed", destination="refused")
-                   and _by(items, state="running", destination="hang"))
+        settled = (
+            _by(items, state="dead", destination="reject")
+            and _by(items, state="failed", destination="refused")
+            and _by(items, state="running", destination="hang")
+        )
         return items if settled else None
 
     site.wait("exports running, failed and dead", exports_settled, timeout=120)
 
     site.stop("worker-draft")  # a second study's draft now waits in its queue
     second = site.send([image.path for image in write_demo_study(tmp_path / "second", seed=12)])
-    site.wait("second study's draft waiting", lambda: _by(site.items("--queue", "draft", "--state", "waiting"),
-                                                          study_uid=second), timeout=180)
+    site.wait(
+        "second study's draft waiting",
+        lambda: _by(site.items("--queue", "draft", "--state", "waiting"), study_uid=second),
+        timeout=180,
+    )
 
     # queue stats: every state, and the workers with their device and model. The draft message is sent by the
     # second study's last classify task before that task returns: wait until the worker holds only the export.
@@ -220,21 +244,35 @@ def test_admin_commands_against_running_workers(site: Site, tmp_path: Path) -> N
     rows = {row["queue"]: row for row in stats["queues"]}
     assert (rows["draft"]["waiting"], rows["draft"]["running"], rows["draft"]["workers"]) == (1, 0, 0)
     assert rows["draft"]["oldest_waiting_seconds"] is not None and rows["draft"]["oldest_waiting_seconds"] < 300
-    assert (rows["export"]["waiting"], rows["export"]["running"], rows["export"]["retries_pending"],
-            rows["export"]["dead"], rows["export"]["workers"]) == (0, 1, 1, 1, 1)
+    assert (
+        rows["export"]["waiting"],
+        rows["export"]["running"],
+        rows["export"]["retries_pending"],
+        rows["export"]["dead"],
+        rows["export"]["workers"],
+    ) == (0, 1, 1, 1, 1)
     assert (rows["prepare"]["waiting"], rows["prepare"]["dead"], rows["classify"]["waiting"]) == (0, 0, 0)
     assert "1 dead in queue export (predraft queue ls --state dead)" in stats["problems"]
     assert "no online worker consumes queue draft (1 message(s) waiting)" in stats["problems"]
     card = load_card(site.settings.model_card_path, verify_weights=False)[0]
     (worker,) = stats["workers"]
-    assert (worker["queues"], worker["concurrency"], worker["pool"], worker["device"], worker["model_name"],
-            worker["model_version"], worker["active"]) == (["classify", "export", "prepare"], 3, "threads", "cpu",
-                                                           card.name, card.version, 1)
+    assert (
+        worker["queues"],
+        worker["concurrency"],
+        worker["pool"],
+        worker["device"],
+        worker["model_name"],
+        worker["model_version"],
+        worker["active"],
+    ) == (["classify", "export", "prepare"], 3, "threads", "cpu", card.name, card.version, 1)
     assert worker["device_name"].startswith("CPU: ") and worker["heartbeat_age_seconds"] < 10
     assert worker["hostname"].startswith("predraft-prepare-classify-export@")
     code, report = site.cli("workers", "--timeout", "2")
     assert (code, [w["hostname"] for w in report["workers"]], report["queues_without_workers"]) == (
-        1, [worker["hostname"]], ["draft"])
+        1,
+        [worker["hostname"]],
+        ["draft"],
+    )
     redis_broker = site.settings.broker_url.startswith("redis")
     assert report["workers"][0]["answers_inspect"] is (True if redis_broker else None)  # Celery inspect on Redis
     assert report["workers"][0]["source"] == ("heartbeat key" if redis_broker else "heartbeat file")
@@ -244,20 +282,38 @@ def test_admin_commands_against_running_workers(site: Site, tmp_path: Path) -> N
     assert code == 1
     (dead,) = _by(items, state="dead")
     assert (dead["id"][0], dead["queue"], dead["task"], dead["study_uid"], dead["destination"], dead["attempts"]) == (
-        "E", "export", EXPORT, first, "reject", 1)
+        "E",
+        "export",
+        EXPORT,
+        first,
+        "reject",
+        1,
+    )
     assert "401" in dead["error"]
     (failed,) = _by(items, state="failed")
     assert (failed["id"][0], failed["study_uid"], failed["destination"], failed["attempts"]) == (
-        "E", first, "refused", 1)
+        "E",
+        first,
+        "refused",
+        1,
+    )
     assert "cannot connect" in failed["error"]
     now = datetime.now(UTC)
     assert now + timedelta(seconds=400) < datetime.fromisoformat(failed["retry_at"]) < now + timedelta(seconds=610)
     (running,) = _by(items, state="running")
     assert (running["task"], running["study_uid"], running["destination"], running["error"]) == (
-        EXPORT, first, "hang", None)
+        EXPORT,
+        first,
+        "hang",
+        None,
+    )
     (waiting,) = _by(items, state="waiting")
     assert (waiting["task"], waiting["queue"], waiting["study_uid"], waiting["instance_uid"]) == (
-        DRAFT, "draft", second, None)
+        DRAFT,
+        "draft",
+        second,
+        None,
+    )
     code, shown = site.cli("queue", "show", dead["id"])
     assert (code, shown["export_state"], shown["draft_generation"]) == (1, "dead", 1)
     code, shown = site.cli("queue", "show", running["id"])
@@ -278,9 +334,15 @@ def test_admin_commands_against_running_workers(site: Site, tmp_path: Path) -> N
     assert all(Path(path).is_file() for path in files)
 
     # its draft task fails for good (as the worker records it once its retries are spent) ...
-    letter = record_dead_letter(url, task_name=DRAFT, task_id="lost-draft-task", first_arg=second_id, attempts=6,
-                                error="OperationalError: the database went away",
-                                traceback="Traceback (most recent call last):\nOperationalError")
+    letter = record_dead_letter(
+        url,
+        task_name=DRAFT,
+        task_id="lost-draft-task",
+        first_arg=second_id,
+        attempts=6,
+        error="OperationalError: the database went away",
+        traceback="Traceback (most recent call last):\nOperationalError",
+    )
     dead_items = site.items("--state", "dead")
     assert {(item["id"], item["study_uid"]) for item in dead_items} >= {(f"D{letter}", second)}
     # ... and `queue retry` with the draft worker back ends with the study drafted
@@ -295,7 +357,8 @@ def test_admin_commands_against_running_workers(site: Site, tmp_path: Path) -> N
     # studies redraft: the first study again, as generation 2
     code, result = site.cli("studies", "redraft", first)
     assert (code, result) == (0, {"study_uid": first, "generation": 2})
-    detail = site.wait("first study drafted again",
-                       lambda: (d := site.study(first)) and d["draft"]["generation"] == 2 and d["state"] == "drafted"
-                       and d)
+    detail = site.wait(
+        "first study drafted again",
+        lambda: (d := site.study(first)) and d["draft"]["generation"] == 2 and d["state"] == "drafted" and d,
+    )
     assert detail["generation"] == 2

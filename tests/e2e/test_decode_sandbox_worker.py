@@ -46,8 +46,11 @@ def _children(pid: int) -> set[int]:
 def _gone(pids: set[int], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not [pid for pid in pids if Path(f"/proc/{pid}").exists()
-                and Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"]:
+        if not [
+            pid
+            for pid in pids
+            if Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+        ]:
             return True
         time.sleep(0.1)
     return False
@@ -58,12 +61,22 @@ def worker(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, 
     database_url = f"sqlite:///{tmp_path}/db.sqlite"
     upgrade(database_url)
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")}
-    env.update({"PREDRAFT_VAR_DIR": str(tmp_path / "var"), "PREDRAFT_DATABASE_URL": database_url,
-                "PREDRAFT_BROKER_URL": embedded_broker(tmp_path / "broker.sqlite"),
-                "PREDRAFT_WORKER_METRICS_PORT": str(free_port())})
+    env.update(
+        {
+            "PREDRAFT_VAR_DIR": str(tmp_path / "var"),
+            "PREDRAFT_DATABASE_URL": database_url,
+            "PREDRAFT_BROKER_URL": embedded_broker(tmp_path / "broker.sqlite"),
+            "PREDRAFT_WORKER_METRICS_PORT": str(free_port()),
+        }
+    )
     with (tmp_path / "worker.log").open("ab") as log:
-        process = subprocess.Popen([PREDRAFT, "worker", "--queues", "prepare", "--concurrency", "2"], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        process = subprocess.Popen(
+            [PREDRAFT, "worker", "--queues", "prepare", "--concurrency", "2"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
     try:
         yield process, env
     finally:
@@ -84,7 +97,8 @@ def test_panicking_images_end_in_error_and_the_worker_prepares_the_rest(worker, 
 
     deadline = time.monotonic() + PREPARED_WITHIN_SECONDS
     while time.monotonic() < deadline and any(
-            state == InstanceState.RECEIVED for state, _ in _states(url, [*bad, good]).values()):
+        state == InstanceState.RECEIVED for state, _ in _states(url, [*bad, good]).values()
+    ):
         time.sleep(0.3)
     states = _states(url, [*bad, good])
     log = (tmp_path / "worker.log").read_text()
@@ -94,10 +108,14 @@ def test_panicking_images_end_in_error_and_the_worker_prepares_the_rest(worker, 
         assert state == InstanceState.ERROR
         assert error.startswith(f"could not be prepared (error) in transfer syntax {RLE_LOSSLESS}: PanicException")
     assert process.poll() is None, log[-3000:]
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{env['PREDRAFT_WORKER_METRICS_PORT']}/metrics",
-                                     timeout=10).read().decode()
+    metrics = (
+        urllib.request.urlopen(f"http://127.0.0.1:{env['PREDRAFT_WORKER_METRICS_PORT']}/metrics", timeout=10)
+        .read()
+        .decode()
+    )
     assert f'predraft_decode_failures_total{{reason="error",transfer_syntax="{RLE_LOSSLESS}"}} 2.0' in metrics, [
-        line for line in metrics.splitlines() if "decode" in line]
+        line for line in metrics.splitlines() if "decode" in line
+    ]
 
     children = _children(process.pid)
     assert children, "the worker runs no decode process"

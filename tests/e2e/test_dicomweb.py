@@ -36,11 +36,14 @@ TIMEOUT = 60
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    yield from _start(tmp_path_factory.mktemp("dicomweb"), {
-        "PREDRAFT_DICOMWEB_TOKENS": f'["{TOKEN}"]',
-        "PREDRAFT_DICOMWEB_USERS": f'{{"{USER}": "{PASSWORD}"}}',
-        "PREDRAFT_DICOMWEB_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
-    })
+    yield from _start(
+        tmp_path_factory.mktemp("dicomweb"),
+        {
+            "PREDRAFT_DICOMWEB_TOKENS": f'["{TOKEN}"]',
+            "PREDRAFT_DICOMWEB_USERS": f'{{"{USER}": "{PASSWORD}"}}',
+            "PREDRAFT_DICOMWEB_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+        },
+    )
 
 
 def _url(server: Deployment, path: str = "") -> str:
@@ -52,15 +55,25 @@ def _client(server: Deployment, authorization: str = f"Bearer {TOKEN}") -> DICOM
 
 
 def _multipart(*parts: bytes, boundary: str = BOUNDARY) -> bytes:
-    body = b"".join(b"--%s\r\nContent-Type: application/dicom\r\n\r\n%s\r\n" % (boundary.encode(), part)
-                    for part in parts)
+    body = b"".join(
+        b"--%s\r\nContent-Type: application/dicom\r\n\r\n%s\r\n" % (boundary.encode(), part) for part in parts
+    )
     return body + b"--%s--\r\n" % boundary.encode()
 
 
-def _post(server: Deployment, body: bytes | Iterator[bytes], content_type: str = MULTIPART, path: str = "/studies",
-          headers: dict[str, str] | None = None) -> requests.Response:
-    return requests.post(_url(server, path), data=body, timeout=TIMEOUT,
-                         headers={**BEARER, "Content-Type": content_type, **(headers or {})})
+def _post(
+    server: Deployment,
+    body: bytes | Iterator[bytes],
+    content_type: str = MULTIPART,
+    path: str = "/studies",
+    headers: dict[str, str] | None = None,
+) -> requests.Response:
+    return requests.post(
+        _url(server, path),
+        data=body,
+        timeout=TIMEOUT,
+        headers={**BEARER, "Content-Type": content_type, **(headers or {})},
+    )
 
 
 def _retrieved_parts(response: requests.Response) -> list[bytes]:
@@ -142,20 +155,24 @@ def test_retrieved_files_are_byte_identical_to_the_received_ones(server: Deploym
 
 def test_basic_auth_is_accepted(server: Deployment) -> None:
     credentials = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-    response = requests.get(_url(server, "/studies"), headers={"Authorization": f"Basic {credentials}"},
-                            timeout=TIMEOUT)
+    response = requests.get(
+        _url(server, "/studies"), headers={"Authorization": f"Basic {credentials}"}, timeout=TIMEOUT
+    )
     assert response.status_code in (200, 204)
     assert isinstance(_client(server, f"Basic {credentials}").search_for_studies(limit=1), list)
 
 
-@pytest.mark.parametrize("authorization", [
-    None,
-    "Bearer wrong-token",
-    "Basic " + base64.b64encode(f"{USER}:wrong".encode()).decode(),
-    "Basic " + base64.b64encode(f"nobody:{PASSWORD}".encode()).decode(),
-    "Basic not-base64!",
-    TOKEN,  # a bare token, with no scheme
-])
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "Bearer wrong-token",
+        "Basic " + base64.b64encode(f"{USER}:wrong".encode()).decode(),
+        "Basic " + base64.b64encode(f"nobody:{PASSWORD}".encode()).decode(),
+        "Basic not-base64!",
+        TOKEN,  # a bare token, with no scheme
+    ],
+)
 def test_missing_or_wrong_credentials_get_401(server: Deployment, authorization: str | None) -> None:
     headers = {} if authorization is None else {"Authorization": authorization}
     for method, path in (("GET", "/studies"), ("POST", "/studies"), ("GET", f"/studies/{generate_uid()}")):
@@ -172,7 +189,7 @@ def test_oversized_upload_gets_413_declared_or_chunked(server: Deployment) -> No
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: requests sends it chunked
         for start in range(0, len(oversized), 256 * 1024):
-            yield oversized[start:start + 256 * 1024]
+            yield oversized[start : start + 256 * 1024]
 
     chunked = _post(server, chunks())
     assert chunked.status_code == 413, chunked.text
@@ -182,10 +199,12 @@ def test_oversized_upload_gets_413_declared_or_chunked(server: Deployment) -> No
 def test_unreadable_requests_get_400_or_415(server: Deployment, tmp_path: Path) -> None:
     body = _multipart(_fresh_image(tmp_path, seed=3).path.read_bytes())
     assert _post(server, body, content_type=MULTIPART.replace(BOUNDARY, "another-boundary")).status_code == 400
-    assert _post(server, body, content_type="multipart/related; type=\"application/dicom\"").status_code == 400
+    assert _post(server, body, content_type='multipart/related; type="application/dicom"').status_code == 400
     assert _post(server, body, content_type="application/dicom").status_code == 415
-    assert _post(server, body, content_type=MULTIPART.replace("application/dicom", "application/dicom+json")
-                 ).status_code == 415
+    assert (
+        _post(server, body, content_type=MULTIPART.replace("application/dicom", "application/dicom+json")).status_code
+        == 415
+    )
     assert _post(server, b"", content_type=MULTIPART).status_code == 400
     _assert_serving(server)
 
@@ -206,14 +225,15 @@ def test_one_good_and_one_non_dicom_part_get_202(server: Deployment, tmp_path: P
 def test_truncated_parts_fail_and_nothing_is_stored(server: Deployment, tmp_path: Path) -> None:
     image = _fresh_image(tmp_path, seed=5)
     data = image.path.read_bytes()
-    cut_inside_the_part = _multipart(data[:len(data) // 2])
-    body_cut_short = _multipart(data)[:len(data) // 2]
+    cut_inside_the_part = _multipart(data[: len(data) // 2])
+    body_cut_short = _multipart(data)[: len(data) // 2]
     for body in (cut_inside_the_part, body_cut_short):
         response = _post(server, body)
         assert response.status_code == 409, response.text
         failed = pydicom.Dataset.from_json(response.json()).FailedSOPSequence
         assert [(item.ReferencedSOPInstanceUID, item.FailureReason) for item in failed] == [
-            (image.sop_instance_uid, FAILURE_CANNOT_UNDERSTAND)]
+            (image.sop_instance_uid, FAILURE_CANNOT_UNDERSTAND)
+        ]
     assert list((server.var_dir / "spool").rglob(f"{image.sop_instance_uid}.dcm")) == []
     _assert_serving(server)
 

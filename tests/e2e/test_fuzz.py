@@ -65,12 +65,15 @@ ECHOSCU = "/usr/bin/echoscu"
 @pytest.fixture
 def fuzz_server(tmp_path: Path) -> Iterator[Deployment]:
     """``predraft serve`` with short quiet and decode times, a 32 MiB data set bound and a STOW token."""
-    yield from _start(tmp_path, {
-        "PREDRAFT_QUIET_SECONDS": "2",
-        "PREDRAFT_MAX_DATASET_BYTES": str(MAX_DATASET_BYTES),
-        "PREDRAFT_DECODE_TIMEOUT_SECONDS": "10",
-        "PREDRAFT_DICOMWEB_TOKENS": f'["{TOKEN}"]',
-    })
+    yield from _start(
+        tmp_path,
+        {
+            "PREDRAFT_QUIET_SECONDS": "2",
+            "PREDRAFT_MAX_DATASET_BYTES": str(MAX_DATASET_BYTES),
+            "PREDRAFT_DECODE_TIMEOUT_SECONDS": "10",
+            "PREDRAFT_DICOMWEB_TOKENS": f'["{TOKEN}"]',
+        },
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ DIMSE
@@ -127,8 +130,9 @@ def send_dimse(port: int, batch: Iterable[Mutant], folder: Path) -> dict[str, st
 
 
 def _multipart(parts: Iterable[bytes]) -> bytes:
-    body = b"".join(b"--%s\r\nContent-Type: application/dicom\r\n\r\n%s\r\n" % (BOUNDARY.encode(), part)
-                    for part in parts)
+    body = b"".join(
+        b"--%s\r\nContent-Type: application/dicom\r\n\r\n%s\r\n" % (BOUNDARY.encode(), part) for part in parts
+    )
     return body + b"--%s--\r\n" % BOUNDARY.encode()
 
 
@@ -143,8 +147,9 @@ def _listed_uids(response: requests.Response, sequence: str) -> set[str]:
 
 def _stow_outcome(response: requests.Response, mutant: Mutant, stored: set[str], failed: set[str]) -> str:
     """``<HTTP status>:stored``, ``:failed`` or ``:unlisted`` (its UID not in the response) for one part."""
-    listed = "stored" if mutant.sop_instance_uid in stored else "failed" if mutant.sop_instance_uid in failed \
-        else "unlisted"
+    listed = (
+        "stored" if mutant.sop_instance_uid in stored else "failed" if mutant.sop_instance_uid in failed else "unlisted"
+    )
     return f"{response.status_code}:{listed}"
 
 
@@ -154,11 +159,12 @@ def send_stow(http_port: int, batch: list[Mutant], seed: int) -> dict[str, str]:
     url = f"http://127.0.0.1:{http_port}/dicomweb/studies"
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": MULTIPART}
     while index < len(batch):
-        request = batch[index:index + rng.randint(1, STOW_BATCH)]
+        request = batch[index : index + rng.randint(1, STOW_BATCH)]
         index += len(request)
         try:
-            response = requests.post(url, data=_multipart(m.data for m in request), headers=headers,
-                                     timeout=HTTP_TIMEOUT)
+            response = requests.post(
+                url, data=_multipart(m.data for m in request), headers=headers, timeout=HTTP_TIMEOUT
+            )
         except requests.RequestException as exc:
             outcomes.update((mutant.name, f"no-answer:{type(exc).__name__}") for mutant in request)
             continue
@@ -210,8 +216,9 @@ def wait_until_settled(server: Deployment, clean_sent: bool, timeout: float = SE
 
 def echo(port: int) -> subprocess.CompletedProcess[str]:
     assert shutil.which(ECHOSCU), f"dcmtk's echoscu is not at {ECHOSCU} (scripts/test.sh installs dcmtk)"
-    return subprocess.run([ECHOSCU, "-aec", "PREDRAFT", "-to", "20", "127.0.0.1", str(port)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [ECHOSCU, "-aec", "PREDRAFT", "-to", "20", "127.0.0.1", str(port)], capture_output=True, text=True, timeout=60
+    )
 
 
 def canaries_of(batch: Iterable[Mutant]) -> dict[str, str]:
@@ -227,30 +234,47 @@ def canaries_of(batch: Iterable[Mutant]) -> dict[str, str]:
 
 def logs(server: Deployment) -> dict[str, str]:
     """The serve log and every log file under var/, by path, lower-cased."""
-    paths = [server.log_path, *(path for path in server.var_dir.rglob("*")
-                                if path.is_file() and (path.suffix == ".log" or "log" in path.parent.name))]
+    paths = [
+        server.log_path,
+        *(
+            path
+            for path in server.var_dir.rglob("*")
+            if path.is_file() and (path.suffix == ".log" or "log" in path.parent.name)
+        ),
+    ]
     return {str(path): path.read_text(errors="replace").lower() for path in paths}
 
 
 def leaks(server: Deployment, canaries: dict[str, str]) -> list[str]:
     """``path: canary (mutant)`` for each canary found in a log."""
     pattern = re.compile("|".join(map(re.escape, canaries)))
-    return [f"{path}: {match.group()} ({canaries[match.group()]})"
-            for path, text in logs(server).items() for match in pattern.finditer(text)]
+    return [
+        f"{path}: {match.group()} ({canaries[match.group()]})"
+        for path, text in logs(server).items()
+        for match in pattern.finditer(text)
+    ]
 
 
 #: Where predraft stores the text of what went wrong: no received value may be quoted there either.
-ERROR_TEXTS = {"studies": ("error",), "instances": ("error",), "events": ("message",),
-               "dead_letters": ("error", "traceback"), "exports": ("last_error",)}
+ERROR_TEXTS = {
+    "studies": ("error",),
+    "instances": ("error",),
+    "events": ("message",),
+    "dead_letters": ("error", "traceback"),
+    "exports": ("last_error",),
+}
 
 
 def stored_leaks(server: Deployment, canaries: dict[str, str]) -> list[str]:
     """``table.column: canary (mutant)`` for each canary found in a stored error text or event."""
     pattern = re.compile("|".join(map(re.escape, canaries)))
-    return [f"{table}.{column}: {match.group()} ({canaries[match.group()]})"
-            for table, columns in ERROR_TEXTS.items() for column in columns
-            for (text,) in _database_rows(server, f"SELECT {column} FROM {table}")  # noqa: S608 -- names above
-            for match in pattern.finditer(text or "")]
+    return [
+        f"{table}.{column}: {match.group()} ({canaries[match.group()]})"
+        for table, columns in ERROR_TEXTS.items()
+        for column in columns
+        for (text,) in _database_rows(server, f"SELECT {column} FROM {table}")  # noqa: S608 -- names above
+        for match in pattern.finditer(text or "")
+    ]
 
 
 def _database_rows(server: Deployment, query: str) -> list[tuple]:
@@ -266,19 +290,28 @@ def _error_head(error: str | None) -> str:
 def diagnostics(server: Deployment, batch: Iterable[Mutant]) -> str:
     """Instance states and errors by mutation kind, and every study in error with the kinds stored in it."""
     by_uid = {mutant.sop_instance_uid: mutant for mutant in batch}
-    instances = _database_rows(server, "SELECT i.sop_instance_uid, i.state, i.error, s.study_uid FROM instances i "
-                                       "JOIN studies s ON s.id = i.study_id")
-    states = Counter((state, kind) for uid, state, _, _ in instances
-                     for kind in (by_uid[uid].kinds or ("clean",) if uid in by_uid else ("unknown-uid",)))
+    instances = _database_rows(
+        server,
+        "SELECT i.sop_instance_uid, i.state, i.error, s.study_uid FROM instances i JOIN studies s ON s.id = i.study_id",
+    )
+    states = Counter(
+        (state, kind)
+        for uid, state, _, _ in instances
+        for kind in (by_uid[uid].kinds or ("clean",) if uid in by_uid else ("unknown-uid",))
+    )
     errors = Counter(_error_head(error) for _, state, error, _ in instances if state == "error")
-    lines = [f"instances by (state, kind): {dict(sorted(states.items()))}",
-             f"instance errors: {dict(errors.most_common(15))}"]
+    lines = [
+        f"instances by (state, kind): {dict(sorted(states.items()))}",
+        f"instance errors: {dict(errors.most_common(15))}",
+    ]
     kinds_in_study: dict[str, Counter] = {}
     for uid, _, _, study_uid in instances:
         kinds_in_study.setdefault(study_uid, Counter()).update(by_uid[uid].kinds if uid in by_uid else ("?",))
     for study_uid, error in _database_rows(server, "SELECT study_uid, error FROM studies WHERE state = 'error'"):
-        lines.append(f"study {study_uid} in error: {_error_head(error)!r}; kinds stored in it: "
-                     f"{dict(kinds_in_study.get(study_uid, Counter()))}")
+        lines.append(
+            f"study {study_uid} in error: {_error_head(error)!r}; kinds stored in it: "
+            f"{dict(kinds_in_study.get(study_uid, Counter()))}"
+        )
     return "\n".join(lines)
 
 
@@ -295,33 +328,49 @@ def summary(outcomes: dict[str, dict[str, str]], rows: list[dict], kinds_of: dic
     return "\n".join(lines)
 
 
-def checks(server: Deployment, outcomes: dict[str, dict[str, str]], rows: list[dict], clean_status: str,
-           echoed: subprocess.CompletedProcess[str], workers: subprocess.CompletedProcess[str],
-           batch: Iterable[Mutant]) -> list[str]:
+def checks(
+    server: Deployment,
+    outcomes: dict[str, dict[str, str]],
+    rows: list[dict],
+    clean_status: str,
+    echoed: subprocess.CompletedProcess[str],
+    workers: subprocess.CompletedProcess[str],
+    batch: Iterable[Mutant],
+) -> list[str]:
     """Every acceptance check that failed, each with what was seen: all of them, not just the first."""
     failures = []
     if server.process.poll() is not None:
-        failures.append(f"predraft serve exited with code {server.process.returncode}: "
-                        f"{[line for line in server.log_path.read_text().splitlines() if 'ERROR' in line][-5:]}")
+        failures.append(
+            f"predraft serve exited with code {server.process.returncode}: "
+            f"{[line for line in server.log_path.read_text().splitlines() if 'ERROR' in line][-5:]}"
+        )
     if echoed.returncode != 0:
         failures.append(f"C-ECHO failed (exit {echoed.returncode}): {echoed.stderr.strip()[-300:]}")
     if workers.returncode != 0:
         failures.append(f"predraft workers reports problems: {workers.stdout[-1500:]}")
     clean = server.study(CLEAN_STUDY_UID)
     if clean_status != "0x0000" or not clean or clean["state"] != "drafted":
-        failures.append(f"the clean study sent last is not drafted: C-STORE {clean_status}, "
-                        f"state {clean and clean['state']}, error {clean and clean['error']}")
+        failures.append(
+            f"the clean study sent last is not drafted: C-STORE {clean_status}, "
+            f"state {clean and clean['state']}, error {clean and clean['error']}"
+        )
     stuck = [(row["study_uid"], row["state"]) for row in rows if row["state"] in STUCK_STATES]
     if stuck:
         failures.append(f"studies stuck after {SETTLE_SECONDS} s: {stuck}")
     # A study may end in error when none of its images could be read ("no image could be classified"), never
     # because drafting failed: one image's odd header must not cost the others their draft.
-    failed_drafts = [(row["study_uid"], detail["error"]) for row in rows if row["state"] == "error"
-                     and (detail := server.study(row["study_uid"])) and str(detail["error"]).startswith("drafting")]
+    failed_drafts = [
+        (row["study_uid"], detail["error"])
+        for row in rows
+        if row["state"] == "error"
+        and (detail := server.study(row["study_uid"]))
+        and str(detail["error"]).startswith("drafting")
+    ]
     if failed_drafts:
         failures.append(f"studies whose drafting failed: {failed_drafts}")
-    server_errors = Counter(status for status in outcomes["stow"].values()
-                            if not status[:3].isdigit() or int(status[:3]) >= SERVER_ERROR)
+    server_errors = Counter(
+        status for status in outcomes["stow"].values() if not status[:3].isdigit() or int(status[:3]) >= SERVER_ERROR
+    )
     if server_errors:
         failures.append(f"STOW-RS answered 5xx or not at all: {dict(server_errors)}")
     leaked = leaks(server, canaries_of(batch))
@@ -333,21 +382,26 @@ def checks(server: Deployment, outcomes: dict[str, dict[str, str]], rows: list[d
     return failures
 
 
-def test_fuzzed_inputs_never_stop_the_site(fuzz_server: Deployment, tmp_path: Path,
-                                           tmp_path_factory: pytest.TempPathFactory,
-                                           monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_fuzzed_inputs_never_stop_the_site(
+    fuzz_server: Deployment,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     for logger in ("pynetdicom", "pydicom"):  # a refused context, an abort, a seed's decoder trials: no news here
         caplog.set_level(logging.CRITICAL, logger=logger)
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # send each file's data set as it is
     started = time.monotonic()
     seeds = cached_seeds(tmp_path_factory.getbasetemp())
     dimse = list(mutants(seeds, DIMSE_SEED, DIMSE_MUTANTS, studies=DIMSE_STUDIES, bomb_bytes=BOMB_BYTES))
-    stow = list(mutants(seeds, STOW_SEED, STOW_MUTANTS, transport="stow", studies=STOW_STUDIES,
-                        bomb_bytes=BOMB_BYTES))
+    stow = list(mutants(seeds, STOW_SEED, STOW_MUTANTS, transport="stow", studies=STOW_STUDIES, bomb_bytes=BOMB_BYTES))
     generated = time.monotonic()
 
-    outcomes = {"dimse": send_dimse(fuzz_server.dimse_port, dimse, tmp_path / "outbox"),
-                "stow": send_stow(fuzz_server.http_port, stow, STOW_SEED)}
+    outcomes = {
+        "dimse": send_dimse(fuzz_server.dimse_port, dimse, tmp_path / "outbox"),
+        "stow": send_stow(fuzz_server.http_port, stow, STOW_SEED),
+    }
     clean_status = send_clean_study(fuzz_server.dimse_port, seeds, tmp_path)
     sent = time.monotonic()
     rows = wait_until_settled(fuzz_server, clean_sent=clean_status == "0x0000")

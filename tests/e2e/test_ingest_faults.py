@@ -66,15 +66,24 @@ def test_sigkill_mid_association_keeps_every_acknowledged_instance_intact(tmp_pa
     sent = _copies(real_file("RG2_UNC.dcm"), tmp_path / "send", INSTANCES)
     var = tmp_path / "var"
     port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREDRAFT_")},
-           "PREDRAFT_VAR_DIR": str(var), "PREDRAFT_DIMSE_PORT": str(port), "PREDRAFT_SPOOL_MIN_FREE_BYTES": "0",
-           "PREDRAFT_QUIET_SECONDS": "3600", "PREDRAFT_LOG_LEVEL": "WARNING"}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREDRAFT_")},
+        "PREDRAFT_VAR_DIR": str(var),
+        "PREDRAFT_DIMSE_PORT": str(port),
+        "PREDRAFT_SPOOL_MIN_FREE_BYTES": "0",
+        "PREDRAFT_QUIET_SECONDS": "3600",
+        "PREDRAFT_LOG_LEVEL": "WARNING",
+    }
     subprocess.run([PREDRAFT, "db", "upgrade"], env=env, check=True, capture_output=True)
     spool = var / "spool" / "incoming"
     with _listener(env, tmp_path / "listener.log") as listener:
         sender = subprocess.Popen(
             ["storescu", "-v", "-aec", "PREDRAFT", "127.0.0.1", str(port), *map(str, sent.values())],
-            env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            env={**os.environ, "TCP_NODELAY": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + 60
         while len(list(spool.rglob("*.dcm"))) < INSTANCES // 4:  # a quarter in: kill it mid-association
             assert time.monotonic() < deadline and sender.poll() is None, "storescu finished before the kill"
@@ -98,8 +107,13 @@ def test_sigkill_mid_association_keeps_every_acknowledged_instance_intact(tmp_pa
             ds = pydicom.dcmread(path)
             assert len(ds.PixelData) == ds.Rows * ds.Columns * 2
         # The sender retries what was not acknowledged; everything ends stored exactly once.
-        retry = subprocess.run(["storescu", "-aec", "PREDRAFT", "127.0.0.1", str(port), *map(str, sent.values())],
-                               env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True, timeout=120)
+        retry = subprocess.run(
+            ["storescu", "-aec", "PREDRAFT", "127.0.0.1", str(port), *map(str, sent.values())],
+            env={**os.environ, "TCP_NODELAY": "1"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert retry.returncode == 0, retry.stderr
         with session_scope(env_database_url(var)) as session:
             assert sorted(session.scalars(select(Instance.sop_instance_uid))) == sorted(sent)
@@ -122,8 +136,9 @@ def _acknowledged(storescu_output: str, sent: dict[str, Path]) -> list[str]:
     return acknowledged
 
 
-def test_spool_floor_refuses_with_out_of_resources_then_ingest_resumes(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_spool_floor_refuses_with_out_of_resources_then_ingest_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     source = real_file("RG2_UNC.dcm")
     instance_bytes = source.stat().st_size
     filler = tmp_path / "filler.bin"
@@ -138,8 +153,9 @@ def test_spool_floor_refuses_with_out_of_resources_then_ingest_resumes(tmp_path:
         statuses = _send_all(settings.dimse_port, list(copies.values()))
         assert status.SUCCESS in statuses
         assert status.OUT_OF_RESOURCES in statuses
-        refused = [path for path, code in zip(copies.values(), statuses, strict=True)
-                   if code == status.OUT_OF_RESOURCES]
+        refused = [
+            path for path, code in zip(copies.values(), statuses, strict=True) if code == status.OUT_OF_RESOURCES
+        ]
         filler.unlink()  # free the disk
         assert set(_send_all(settings.dimse_port, refused)) == {status.SUCCESS}
         with session_scope(settings.database_url) as session:
@@ -157,16 +173,20 @@ def _send_all(port: int, paths: list[Path]) -> list[int]:
         assoc.release()
 
 
-def test_a_sender_killed_mid_association_leaves_whole_instances_only(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_sender_killed_mid_association_leaves_whole_instances_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if shutil.which("storescu") is None:
         pytest.skip("dcmtk's storescu is not installed")
     sent = _copies(real_file("RG2_UNC.dcm"), tmp_path / "send", 30)
     with running_listener(tmp_path, monkeypatch) as settings:
         spool = settings.spool_dir / "incoming"
-        sender = subprocess.Popen(["storescu", "-aec", "PREDRAFT", "127.0.0.1", str(settings.dimse_port),
-                                   *map(str, sent.values())], env={**os.environ, "TCP_NODELAY": "1"},
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sender = subprocess.Popen(
+            ["storescu", "-aec", "PREDRAFT", "127.0.0.1", str(settings.dimse_port), *map(str, sent.values())],
+            env={**os.environ, "TCP_NODELAY": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
         while len(list(spool.rglob("*.dcm"))) < 5:
             assert time.monotonic() < deadline and sender.poll() is None

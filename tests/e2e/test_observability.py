@@ -38,16 +38,20 @@ def scrape(port: int) -> Samples:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         assert response.status == 200
         text = response.read().decode()
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def wait_for(read: Callable[[], Samples], predicate: Callable[[Samples], bool], what: str,
-             timeout: float = 20.0) -> Samples:
+def wait_for(
+    read: Callable[[], Samples], predicate: Callable[[Samples], bool], what: str, timeout: float = 20.0
+) -> Samples:
     deadline = time.monotonic() + timeout
     while True:
         samples = read()
@@ -68,10 +72,20 @@ def closed_port() -> Iterator[int]:
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Deployment]:
     with closed_port() as refusing:
-        destination = {"kind": "dimse", "name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": refusing,
-                       "timeout": 3}
-        env = {"PREDRAFT_LOG_FORMAT": "json", "PREDRAFT_EXPORT_DESTINATIONS": json.dumps([destination]),
-               "PREDRAFT_EXPORT_RETRY_DELAY_SECONDS": "600", "PREDRAFT_COOKIE_SECURE": "false"}
+        destination = {
+            "kind": "dimse",
+            "name": "pacs",
+            "ae_title": "PACS",
+            "host": "127.0.0.1",
+            "port": refusing,
+            "timeout": 3,
+        }
+        env = {
+            "PREDRAFT_LOG_FORMAT": "json",
+            "PREDRAFT_EXPORT_DESTINATIONS": json.dumps([destination]),
+            "PREDRAFT_EXPORT_RETRY_DELAY_SECONDS": "600",
+            "PREDRAFT_COOKIE_SECURE": "false",
+        }
         yield from _start(tmp_path, env)
 
 
@@ -85,12 +99,20 @@ def test_metrics_move_by_what_one_study_did(site: Deployment, tmp_path: Path) ->
     detail = site.wait_for_study(study_uid)
     assert detail["state"] == "drafted", detail
 
-    worker = wait_for(lambda: scrape(site.worker_metrics_port),
-                      lambda s: value(s, "predraft_exports_total", destination="pacs", outcome="failed")
-                      - value(before["worker"], "predraft_exports_total", destination="pacs", outcome="failed") >= 1,
-                      "the failed export")
-    listener = wait_for(lambda: scrape(site.listener_metrics_port),
-                        lambda s: value(s, "predraft_dimse_associations_open") == 0, "the association closed")
+    worker = wait_for(
+        lambda: scrape(site.worker_metrics_port),
+        lambda s: (
+            value(s, "predraft_exports_total", destination="pacs", outcome="failed")
+            - value(before["worker"], "predraft_exports_total", destination="pacs", outcome="failed")
+            >= 1
+        ),
+        "the failed export",
+    )
+    listener = wait_for(
+        lambda: scrape(site.listener_metrics_port),
+        lambda s: value(s, "predraft_dimse_associations_open") == 0,
+        "the association closed",
+    )
     web = scrape(site.http_port)
 
     def delta(part: str, after: Samples, name: str, **labels: str) -> float:
@@ -101,7 +123,8 @@ def test_metrics_move_by_what_one_study_did(site: Deployment, tmp_path: Path) ->
     assert len(spooled) == 3
     assert delta("listener", listener, "predraft_instances_received_total", transport="dimse", outcome="stored") == 3
     assert delta("listener", listener, "predraft_received_bytes_total", transport="dimse") == sum(
-        path.stat().st_size for path in spooled)
+        path.stat().st_size for path in spooled
+    )
     assert delta("listener", listener, "predraft_dimse_associations_total", outcome="established") == 1
 
     # worker: each task's latency histogram counted its runs; the batcher saw every hip image
@@ -124,19 +147,28 @@ def test_metrics_move_by_what_one_study_did(site: Deployment, tmp_path: Path) ->
     # web: the queue depths read from the broker; nothing left waiting but the export's retry
     assert value(web, "predraft_queue_depth_up") == 1
     for queue in ("prepare", "classify", "draft"):
-        assert (("predraft_queue_messages_waiting", frozenset({("queue", queue)})) in web
-                and value(web, "predraft_queue_messages_waiting", queue=queue) == 0)
+        assert ("predraft_queue_messages_waiting", frozenset({("queue", queue)})) in web and value(
+            web, "predraft_queue_messages_waiting", queue=queue
+        ) == 0
 
     # a radiologist accepts the draft: the web app counts the review
-    added = subprocess.run([PREDRAFT, "users", "add", "rita", "--role", "radiologist", "--password-stdin"],
-                           input=PASSWORD + "\n", env=site.env, capture_output=True, text=True, timeout=60)
+    added = subprocess.run(
+        [PREDRAFT, "users", "add", "rita", "--role", "radiologist", "--password-stdin"],
+        input=PASSWORD + "\n",
+        env=site.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert added.returncode == 0, added.stderr
     client = Client(f"http://127.0.0.1:{site.http_port}")
     assert client.login("rita", PASSWORD).status_code == 200
     page = client.get(f"/studies/{study_uid}").text
     draft_id = page.split('name="draft_id" value="', 1)[1].split('"', 1)[0]
-    done = client.post(f"/studies/{study_uid}/review", {"csrf_token": csrf_in(page), "draft_id": draft_id,
-                                                         "action": "accept", "text": detail["draft"]["text"]})
+    done = client.post(
+        f"/studies/{study_uid}/review",
+        {"csrf_token": csrf_in(page), "draft_id": draft_id, "action": "accept", "text": detail["draft"]["text"]},
+    )
     assert done.status_code == 200 and "Review recorded: accepted" in done.text, done.text[:500]
     assert delta("web", scrape(site.http_port), "predraft_reviews_total", action="accepted") == 1
 
@@ -162,11 +194,14 @@ def test_a_taken_metrics_port_is_a_clear_error(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {**{key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")},
-               "PREDRAFT_VAR_DIR": str(tmp_path / "var"), "PREDRAFT_WORKER_METRICS_PORT": str(port)}
+        env = {
+            **{key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")},
+            "PREDRAFT_VAR_DIR": str(tmp_path / "var"),
+            "PREDRAFT_WORKER_METRICS_PORT": str(port),
+        }
         subprocess.run([PREDRAFT, "db", "upgrade"], env=env, check=True, capture_output=True, timeout=60)
-        result = subprocess.run([PREDRAFT, "worker", "-Q", "draft"], env=env, capture_output=True, text=True,
-                                timeout=60)
+        result = subprocess.run(
+            [PREDRAFT, "worker", "-Q", "draft"], env=env, capture_output=True, text=True, timeout=60
+        )
     assert result.returncode == 1
     assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr, result.stderr
-

@@ -49,8 +49,9 @@ class Orthanc:
 
     def request(self, method: str, path: str, body: bytes | dict | None = None) -> dict | list | str:
         data = json.dumps(body).encode() if isinstance(body, dict) else body
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Authorization": self.auth})
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Authorization": self.auth}
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             text = response.read().decode()
         try:
@@ -68,8 +69,11 @@ class Orthanc:
         return self.log_path.read_text(errors="replace")
 
     def routing_lines(self, study_id: str) -> list[str]:
-        return [line.split("predraft routing: ", 1)[1] for line in self.log().splitlines()
-                if f"predraft routing: study {study_id}:" in line]
+        return [
+            line.split("predraft routing: ", 1)[1]
+            for line in self.log().splitlines()
+            if f"predraft routing: study {study_id}:" in line
+        ]
 
     def wait_for_routing(self, study_id: str, count: int, timeout: float = 30.0) -> list[str]:
         """The route-hips.lua log lines of a study, once there are ``count`` of them (one per stable event)."""
@@ -80,8 +84,10 @@ class Orthanc:
                 return lines
             assert self.process.poll() is None, f"Orthanc died:\n{self.log()[-4000:]}"
             time.sleep(0.2)
-        raise AssertionError(f"route-hips.lua said {self.routing_lines(study_id)} of study {study_id} after "
-                             f"{timeout} s (wanted {count} lines):\n{self.log()[-4000:]}")
+        raise AssertionError(
+            f"route-hips.lua said {self.routing_lines(study_id)} of study {study_id} after "
+            f"{timeout} s (wanted {count} lines):\n{self.log()[-4000:]}"
+        )
 
     def wait_for_jobs(self, timeout: float = 30.0) -> list[dict]:
         deadline = time.monotonic() + timeout
@@ -97,16 +103,23 @@ def _site_config() -> dict:
     return json.loads((DEPLOY / "orthanc.json").read_text())
 
 
-def _test_config(tmp_path: Path, predraft: Deployment, http_port: int | None = None,
-                 dicom_port: int | None = None) -> tuple[dict, int, int]:
+def _test_config(
+    tmp_path: Path, predraft: Deployment, http_port: int | None = None, dicom_port: int | None = None
+) -> tuple[dict, int, int]:
     """deploy/orthanc/orthanc.json with this test's ports (free ones unless given), storage and predraft;
     nothing else changed."""
     config = _site_config()
     http_port, dicom_port = http_port or free_port(), dicom_port or free_port()
     storage = tmp_path / "orthanc-storage"
-    config.update(StorageDirectory=str(storage), IndexDirectory=str(storage), HttpPort=http_port,
-                  DicomPort=dicom_port, StableAge=STABLE_AGE, RemoteAccessAllowed=False,
-                  LuaScripts=[str(DEPLOY / "route-hips.lua")])
+    config.update(
+        StorageDirectory=str(storage),
+        IndexDirectory=str(storage),
+        HttpPort=http_port,
+        DicomPort=dicom_port,
+        StableAge=STABLE_AGE,
+        RemoteAccessAllowed=False,
+        LuaScripts=[str(DEPLOY / "route-hips.lua")],
+    )
     config["DicomModalities"]["predraft"].update(Host="127.0.0.1", Port=predraft.dimse_port)
     config["DicomWeb"]["Servers"]["predraft"]["Url"] = f"http://127.0.0.1:{predraft.http_port}/dicomweb/"
     return config, http_port, dicom_port
@@ -160,10 +173,12 @@ def orthanc(embedded: Deployment, tmp_path: Path) -> Iterator[Orthanc]:
 
 def _referenced(sr_path: str) -> set[str]:
     sr = pydicom.dcmread(sr_path)
-    return {ref.ReferencedSOPInstanceUID
-            for study in sr.CurrentRequestedProcedureEvidenceSequence
-            for series in study.ReferencedSeriesSequence
-            for ref in series.ReferencedSOPSequence}
+    return {
+        ref.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
 
 
 def _sr_in_new_study(sr_path: str, target: Path) -> tuple[str, str]:
@@ -179,9 +194,13 @@ def _sr_in_new_study(sr_path: str, target: Path) -> tuple[str, str]:
 def _storescu(orthanc: Orthanc, path: Path, calling_ae: str) -> subprocess.CompletedProcess[str]:
     if shutil.which("storescu") is None:
         pytest.skip("dcmtk's storescu is not installed (apt-get install dcmtk)")
-    return subprocess.run(["storescu", "-aet", calling_ae, "-aec", "ORTHANC", "127.0.0.1", str(orthanc.dicom_port),
-                           str(path)], env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        ["storescu", "-aet", calling_ae, "-aec", "ORTHANC", "127.0.0.1", str(orthanc.dicom_port), str(path)],
+        env={**os.environ, "TCP_NODELAY": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_orthanc_routes_hip_studies_to_predraft_and_never_srs(
@@ -214,8 +233,11 @@ def test_orthanc_routes_hip_studies_to_predraft_and_never_srs(
     assert _referenced(detail["draft"]["sr_path"]) == {image.sop_instance_uid for image in routed}
     assert "Right hip" in detail["draft"]["text"]
     [line] = orthanc.wait_for_routing(routed_id, 1)
-    assert re.fullmatch(rf"study {routed_id}: sending 3 instance\(s\) via dimse in job \S+ "
-                        r"\(0 already sent, 0 not routable\)", line), line
+    assert re.fullmatch(
+        rf"study {routed_id}: sending 3 instance\(s\) via dimse in job \S+ "
+        r"\(0 already sent, 0 not routable\)",
+        line,
+    ), line
     for instance_id in orthanc.request("GET", f"/studies/{routed_id}/instances"):
         assert orthanc.request("GET", f"/instances/{instance_id['ID']}/metadata/PredraftRouted")
 
@@ -233,7 +255,8 @@ def test_orthanc_routes_hip_studies_to_predraft_and_never_srs(
     sr_study_uid, lone_sr_uid = _sr_in_new_study(str(sr_path), tmp_path / "lone-sr.dcm")
     sr_study_id = orthanc.upload(tmp_path / "lone-sr.dcm")
     assert orthanc.wait_for_routing(sr_study_id, 1) == [
-        f"study {sr_study_id}: nothing to send (0 already sent, 1 not routable)"]
+        f"study {sr_study_id}: nothing to send (0 already sent, 1 not routable)"
+    ]
     # The pushed study was stable once before the SR came (3 images: not marked, as a REST push is not the
     # rule's); it becomes stable again with the SR, and the rule sends nothing new.
     lines = orthanc.wait_for_routing(pushed_id, 2)
@@ -289,8 +312,12 @@ def _senders(predraft: Deployment, sop_instance_uids: set[str]) -> dict[str, str
     embedded database, as ``predraft studies show`` does not say."""
     marks = ",".join("?" * len(sop_instance_uids))
     with closing(sqlite3.connect(predraft.var_dir / "predraft.sqlite")) as db:
-        return dict(db.execute(f"SELECT sop_instance_uid, calling_ae FROM instances WHERE sop_instance_uid IN "
-                               f"({marks})", sorted(sop_instance_uids)).fetchall())
+        return dict(
+            db.execute(
+                f"SELECT sop_instance_uid, calling_ae FROM instances WHERE sop_instance_uid IN ({marks})",
+                sorted(sop_instance_uids),
+            ).fetchall()
+        )
 
 
 def _stow(orthanc: Orthanc, predraft: Deployment, study_id: str) -> dict:
@@ -302,8 +329,9 @@ def _stow(orthanc: Orthanc, predraft: Deployment, study_id: str) -> dict:
         errors = [line for line in orthanc.log().splitlines() if line.startswith("E")]
         refusals = [line for line in predraft.log_path.read_text().splitlines() if "refused" in line]
         refused = BoundaryRefused if any("no boundary parameter" in line for line in refusals) else AssertionError
-        raise refused(f"STOW-RS from Orthanc failed with HTTP {exc.code}.\nOrthanc: {errors[-6:]}\n"
-                      f"predraft: {refusals[-4:]}") from None
+        raise refused(
+            f"STOW-RS from Orthanc failed with HTTP {exc.code}.\nOrthanc: {errors[-6:]}\npredraft: {refusals[-4:]}"
+        ) from None
     assert isinstance(answer, dict), answer
     return answer
 
@@ -334,8 +362,11 @@ def test_orthanc_routes_hip_studies_to_predraft_over_stow_rs(
     assert _referenced(detail["draft"]["sr_path"]) == pushed_sops
 
     [line] = orthanc.wait_for_routing(routed_id, 1)
-    assert re.fullmatch(rf"study {routed_id}: sending 3 instance\(s\) via dicomweb in job \S+ "
-                        r"\(0 already sent, 0 not routable\)", line), line
+    assert re.fullmatch(
+        rf"study {routed_id}: sending 3 instance\(s\) via dicomweb in job \S+ "
+        r"\(0 already sent, 0 not routable\)",
+        line,
+    ), line
     detail = predraft.wait_for_study(routed_uid)
     assert detail["state"] == "drafted", detail
     assert {i["sop_instance_uid"] for i in detail["instances"]} == routed_sops

@@ -43,12 +43,23 @@ def exporting_predraft(tmp_path: Path, orthanc_ports: tuple[int, int]) -> Iterat
     password = site["RegisteredUsers"]["predraft"]  # the site template's user for predraft's STOW-RS
     destinations = [
         {"kind": "dimse", "name": "orthanc", "ae_title": site["DicomAet"], "host": "127.0.0.1", "port": dicom_port},
-        {"kind": "stow", "name": "orthanc-dicomweb", "url": f"http://127.0.0.1:{http_port}{site['DicomWeb']['Root']}",
-         "auth": "basic", "username": "predraft", "password": password},
+        {
+            "kind": "stow",
+            "name": "orthanc-dicomweb",
+            "url": f"http://127.0.0.1:{http_port}{site['DicomWeb']['Root']}",
+            "auth": "basic",
+            "username": "predraft",
+            "password": password,
+        },
     ]
-    yield from _start(tmp_path, {"PREDRAFT_EXPORT_DESTINATIONS": json.dumps(destinations),
-                                 "PREDRAFT_ALLOWED_CALLING_AES": json.dumps([site["DicomAet"]]),
-                                 "PREDRAFT_EXPORT_RETRY_DELAY_SECONDS": "1"})
+    yield from _start(
+        tmp_path,
+        {
+            "PREDRAFT_EXPORT_DESTINATIONS": json.dumps(destinations),
+            "PREDRAFT_ALLOWED_CALLING_AES": json.dumps([site["DicomAet"]]),
+            "PREDRAFT_EXPORT_RETRY_DELAY_SECONDS": "1",
+        },
+    )
 
 
 @pytest.fixture
@@ -68,8 +79,9 @@ def _wait_for_exports(predraft: Deployment, study_uid: str, timeout: float = 90.
         if exports and all(export["state"] == "sent" for export in exports):
             return detail
         time.sleep(0.5)
-    raise AssertionError(f"exports of {study_uid} not sent after {timeout} s: {detail}\n"
-                         f"{predraft.log_path.read_text()[-4000:]}")
+    raise AssertionError(
+        f"exports of {study_uid} not sent after {timeout} s: {detail}\n{predraft.log_path.read_text()[-4000:]}"
+    )
 
 
 def _download(orthanc: Orthanc, path: str) -> bytes:

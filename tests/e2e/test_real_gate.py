@@ -25,8 +25,17 @@ pytestmark = pytest.mark.slow
 FRACATLAS = REPO_ROOT.parent / "shared" / "data" / "fracatlas" / "images"
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 #: Tags that say what an image shows: gone from the "untagged" copy.
-BODY_PART_TAGS = ("BodyPartExamined", "AnatomicRegionSequence", "StudyDescription", "SeriesDescription",
-                  "ProtocolName", "ViewPosition", "ViewCodeSequence", "ImageLaterality", "Laterality")
+BODY_PART_TAGS = (
+    "BodyPartExamined",
+    "AnatomicRegionSequence",
+    "StudyDescription",
+    "SeriesDescription",
+    "ProtocolName",
+    "ViewPosition",
+    "ViewCodeSequence",
+    "ImageLaterality",
+    "Laterality",
+)
 
 
 def fracatlas_file(name: str) -> Path:
@@ -72,8 +81,9 @@ def retagged(source: Path, target: Path, *, body_part: str | None) -> Path:
     return target
 
 
-def test_real_knees_and_tibia_tagged_pelvis_are_out_of_scope_with_the_reason(embedded: Deployment,
-                                                                             tmp_path: Path) -> None:
+def test_real_knees_and_tibia_tagged_pelvis_are_out_of_scope_with_the_reason(
+    embedded: Deployment, tmp_path: Path
+) -> None:
     files = [
         jpeg_as_cr(fracatlas_file("IMG0000026.jpg"), tmp_path / "knee.dcm", BodyPartExamined="PELVIS"),
         jpeg_as_cr(fracatlas_file("IMG0000092.jpg"), tmp_path / "knee-nail.dcm", BodyPartExamined="PELVIS"),
@@ -112,8 +122,9 @@ def test_real_hip_without_tags_is_drafted_and_flagged(embedded: Deployment, tmp_
     assert "Hip (side not stated): " in detail["draft"]["text"]
 
 
-def test_real_ap_pelvis_without_tags_is_drafted_as_two_hips_with_sides_by_convention(embedded: Deployment,
-                                                                                     tmp_path: Path) -> None:
+def test_real_ap_pelvis_without_tags_is_drafted_as_two_hips_with_sides_by_convention(
+    embedded: Deployment, tmp_path: Path
+) -> None:
     # A FracAtlas AP pelvis without hardware (in the gate's training data: this checks the plumbing, the
     # README gives the field head's cross-validated figures), sent as a CR with no tag that names a view or side.
     path = jpeg_as_cr(fracatlas_file("IMG0000463.jpg"), tmp_path / "pelvis.dcm")
@@ -122,8 +133,11 @@ def test_real_ap_pelvis_without_tags_is_drafted_as_two_hips_with_sides_by_conven
     assert detail["state"] == "drafted", detail
     (instance,) = detail["instances"]
     assert instance["region_read"] == "hip" and instance["scope_flag"] == "no body-part tags"
-    assert (instance["view"], instance["view_rule"], instance["side"]) == ("ap_pelvis", "image (field head)",
-                                                                           "right+left")
+    assert (instance["view"], instance["view_rule"], instance["side"]) == (
+        "ap_pelvis",
+        "image (field head)",
+        "right+left",
+    )
     assert "the image reads as an AP pelvis (" in instance["scope_note"]
     assert "no R/L marker was read, check the sides" in instance["scope_note"]
     assert sorted(prediction["side"] for prediction in instance["predictions"]) == ["left", "right"]

@@ -41,15 +41,21 @@ class Serve:
 def _launch(tmp_path: Path, name: str, ports: dict[str, str] | None = None) -> Serve:
     """Start ``predraft serve`` as a user would (the console script), on free ports unless ``ports``."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")}
-    env.update(ports or {
-        "PREDRAFT_DIMSE_PORT": str(free_port()), "PREDRAFT_HTTP_PORT": str(free_port()),
-        "PREDRAFT_LISTENER_METRICS_PORT": str(free_port()), "PREDRAFT_WORKER_METRICS_PORT": str(free_port()),
-    })
+    env.update(
+        ports
+        or {
+            "PREDRAFT_DIMSE_PORT": str(free_port()),
+            "PREDRAFT_HTTP_PORT": str(free_port()),
+            "PREDRAFT_LISTENER_METRICS_PORT": str(free_port()),
+            "PREDRAFT_WORKER_METRICS_PORT": str(free_port()),
+        }
+    )
     env["PREDRAFT_VAR_DIR"] = str(tmp_path / "var")
     log_path = tmp_path / f"{name}.log"
     with log_path.open("w") as log:
-        process = subprocess.Popen([PREDRAFT, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-                                   cwd=tmp_path)
+        process = subprocess.Popen(
+            [PREDRAFT, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=tmp_path
+        )
     return Serve(process, env, log_path, int(env["PREDRAFT_HTTP_PORT"]))
 
 
@@ -63,7 +69,7 @@ def _stat(pid: int) -> tuple[int, str, int] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    fields = text[text.rindex(")") + 2:].split()
+    fields = text[text.rindex(")") + 2 :].split()
     return int(fields[1]), fields[0], int(fields[19])
 
 
@@ -83,8 +89,11 @@ def _descendants(pid: int) -> set[tuple[int, int]]:
 
 
 def _alive(processes: set[tuple[int, int]]) -> set[tuple[int, int]]:
-    return {(pid, start) for pid, start in processes
-            if (stat := _stat(pid)) is not None and stat[2] == start and stat[1] != "Z"}
+    return {
+        (pid, start)
+        for pid, start in processes
+        if (stat := _stat(pid)) is not None and stat[2] == start and stat[1] != "Z"
+    }
 
 
 def _wait_gone(processes: set[tuple[int, int]], timeout: float) -> set[tuple[int, int]]:

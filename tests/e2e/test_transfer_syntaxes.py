@@ -114,16 +114,33 @@ def listening(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setti
 def storescu(settings: Settings, path: Path, *options: str) -> subprocess.CompletedProcess[str]:
     """Send ``path`` with storescu (``-R``: propose only what the file needs, in ``options``' syntaxes)."""
     return subprocess.run(
-        ["storescu", "-R", "-aet", CALLING_AE, "-aec", settings.ae_title, *options, "127.0.0.1",
-         str(settings.dimse_port), str(path)],
-        env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True, timeout=SEND_TIMEOUT_SECONDS,
+        [
+            "storescu",
+            "-R",
+            "-aet",
+            CALLING_AE,
+            "-aec",
+            settings.ae_title,
+            *options,
+            "127.0.0.1",
+            str(settings.dimse_port),
+            str(path),
+        ],
+        env={**os.environ, "TCP_NODELAY": "1"},
+        capture_output=True,
+        text=True,
+        timeout=SEND_TIMEOUT_SECONDS,
     )
 
 
 def echo_succeeds(settings: Settings) -> bool:
     """Whether dcmtk's echoscu gets a successful C-ECHO from the listener."""
-    result = subprocess.run(["echoscu", "-aet", CALLING_AE, "-aec", settings.ae_title, "127.0.0.1",
-                             str(settings.dimse_port)], capture_output=True, text=True, timeout=SEND_TIMEOUT_SECONDS)
+    result = subprocess.run(
+        ["echoscu", "-aet", CALLING_AE, "-aec", settings.ae_title, "127.0.0.1", str(settings.dimse_port)],
+        capture_output=True,
+        text=True,
+        timeout=SEND_TIMEOUT_SECONDS,
+    )
     return result.returncode == 0
 
 
@@ -135,7 +152,7 @@ def even_padded(pixel_data: bytes, *, encapsulated: bool) -> bytes:
     items, offset = [], 0
     while offset < len(pixel_data):
         group, element, length = _ITEM_HEADER.unpack_from(pixel_data, offset)
-        value = pixel_data[offset + _ITEM_HEADER.size:offset + _ITEM_HEADER.size + length]
+        value = pixel_data[offset + _ITEM_HEADER.size : offset + _ITEM_HEADER.size + length]
         padded = value + _PAD * (length % 2)
         items.append(_ITEM_HEADER.pack(group, element, len(padded)) + padded)
         offset += _ITEM_HEADER.size + length
@@ -164,7 +181,10 @@ def _check_sent_as_is(settings: Settings, source: Path) -> None:
     with db.session_scope(settings.database_url) as session:
         row = session.scalars(select(Instance)).one()
         assert (row.sop_instance_uid, row.transfer_syntax_uid, row.spool_path) == (
-            str(original.SOPInstanceUID), syntax, str(expected))
+            str(original.SOPInstanceUID),
+            syntax,
+            str(expected),
+        )
 
 
 @pytest.mark.parametrize("name", _file_params())
@@ -195,8 +215,9 @@ def test_uncompressed_only_proposal_of_a_jpeg2000_file_fails_in_storescu(listeni
     source = real_file("RG2_J2KR.dcm")
     result = storescu(listening, source)
     assert result.returncode == STORESCU_FAILED, result.stderr
-    assert ("unable to convert dataset from 'JPEG 2000 (Lossless only)' transfer syntax to "
-            "'Little Endian Explicit'") in result.stderr
+    assert (
+        "unable to convert dataset from 'JPEG 2000 (Lossless only)' transfer syntax to 'Little Endian Explicit'"
+    ) in result.stderr
     assert "Store Failed" in result.stderr and "0006:020e DIMSE Failed to send message" in result.stderr
     assert spooled(listening) == []
     assert echo_succeeds(listening)
@@ -205,15 +226,27 @@ def test_uncompressed_only_proposal_of_a_jpeg2000_file_fails_in_storescu(listeni
 @pytest.mark.parametrize("kept_bytes", [1000, 4_000_000], ids=["cut-in-the-header", "cut-in-the-pixel-data"])
 @pytest.mark.parametrize("proposal", ["required", "default"])
 def test_truncated_file_is_refused_by_storescu_and_the_listener_keeps_serving(
-        listening: Settings, tmp_path: Path, kept_bytes: int, proposal: str) -> None:
+    listening: Settings, tmp_path: Path, kept_bytes: int, proposal: str
+) -> None:
     """A copy of RG2_UNC cut short: storescu never sends a C-STORE request for it (see the module's
     docstring for how it fails with and without ``-R``), nothing is spooled, the listener keeps serving."""
     truncated = tmp_path / "truncated.dcm"
     truncated.write_bytes(real_file("RG2_UNC.dcm").read_bytes()[:kept_bytes])
-    command = ["storescu", "-v", *(["-R"] if proposal == "required" else []), "-aet", CALLING_AE,
-               "-aec", listening.ae_title, "127.0.0.1", str(listening.dimse_port), str(truncated)]
-    result = subprocess.run(command, env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True,
-                            timeout=SEND_TIMEOUT_SECONDS)
+    command = [
+        "storescu",
+        "-v",
+        *(["-R"] if proposal == "required" else []),
+        "-aet",
+        CALLING_AE,
+        "-aec",
+        listening.ae_title,
+        "127.0.0.1",
+        str(listening.dimse_port),
+        str(truncated),
+    ]
+    result = subprocess.run(
+        command, env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True, timeout=SEND_TIMEOUT_SECONDS
+    )
     assert result.returncode == STORESCU_FAILED, result.stderr
     assert "Sending Store Request" not in result.stderr
     if proposal == "required":

@@ -45,8 +45,12 @@ def _not_an_image(template: Path, target: Path) -> str:
 def test_echo(embedded: Deployment) -> None:
     if shutil.which("echoscu") is None:
         pytest.skip("dcmtk's echoscu is not installed")
-    result = subprocess.run(["echoscu", "-aec", "PREDRAFT", "127.0.0.1", str(embedded.dimse_port)],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        ["echoscu", "-aec", "PREDRAFT", "127.0.0.1", str(embedded.dimse_port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -154,11 +158,16 @@ def test_demo_command_prints_the_draft_and_logs_no_patient_data(embedded: Deploy
     assert "drafted; SR at" in result.stdout
     # the bundled demo model reads its own demo study: a right THA and a native left hip. Its card asks
     # 0.95 of a THA call (THA with fixation is its weak pair), so the right hip may go to review instead.
-    for phrase in ("Left hip: No orthopedic hardware.", "VIEWS USED: AP pelvis, frog-leg lateral, cross-table lateral",
-                   "demo model, not for clinical use: trained on synthetic phantoms and public radiographs"):
+    for phrase in (
+        "Left hip: No orthopedic hardware.",
+        "VIEWS USED: AP pelvis, frog-leg lateral, cross-table lateral",
+        "demo model, not for clinical use: trained on synthetic phantoms and public radiographs",
+    ):
         assert phrase in result.stdout
-    assert ("Right hip: Total hip arthroplasty." in result.stdout
-            or "Right hip: Indeterminate, review. (confidence" in result.stdout), result.stdout
+    assert (
+        "Right hip: Total hip arthroplasty." in result.stdout
+        or "Right hip: Indeterminate, review. (confidence" in result.stdout
+    ), result.stdout
     sr_path = Path(result.stdout.split("SR at ", 1)[1].split()[0])
     assert pydicom.dcmread(sr_path).VerificationFlag == "UNVERIFIED"
     log = embedded.log_path.read_text()
@@ -181,10 +190,12 @@ def test_complete_study_is_drafted_before_its_quiet_time_and_a_late_view_superse
     second = _wait_for_generation(embedded, study_uid, 2)
     assert "cross-table lateral" in second["draft"]["text"]
     sr = pydicom.dcmread(second["draft"]["sr_path"])
-    predecessors = [ref.ReferencedSOPInstanceUID
-                    for study in sr.PredecessorDocumentsSequence
-                    for series in study.ReferencedSeriesSequence
-                    for ref in series.ReferencedSOPSequence]
+    predecessors = [
+        ref.ReferencedSOPInstanceUID
+        for study in sr.PredecessorDocumentsSequence
+        for series in study.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    ]
     assert predecessors == [first["draft"]["sr_sop_instance_uid"]]
     assert second["draft"]["sr_sop_instance_uid"] != first["draft"]["sr_sop_instance_uid"]
 
@@ -193,8 +204,13 @@ def _wait_for_generation(deployment: Deployment, study_uid: str, generation: int
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         detail = deployment.study(study_uid)
-        if detail and detail["generation"] == generation and detail["state"] == "drafted" and detail["draft"] \
-                and detail["draft"]["generation"] == generation:
+        if (
+            detail
+            and detail["generation"] == generation
+            and detail["state"] == "drafted"
+            and detail["draft"]
+            and detail["draft"]["generation"] == generation
+        ):
             return detail
         time.sleep(0.3)
     raise AssertionError(f"study {study_uid} has no drafted generation {generation}: {deployment.study(study_uid)}")

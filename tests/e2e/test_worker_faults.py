@@ -40,9 +40,23 @@ AE = "PREDRAFT"
 def _redis(port: int, work: Path) -> Iterator[subprocess.Popen[bytes]]:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no", "--dir", str(work)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(work),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     import redis
 
@@ -68,40 +82,59 @@ class Cluster:
         self.broker_url = f"redis://127.0.0.1:{redis_port}/0"
         self.dimse_port = free_port()
         self.env = {key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")}
-        self.env.update({
-            "PREDRAFT_VAR_DIR": str(work / "var"), "PREDRAFT_DATABASE_URL": database_url,
-            "PREDRAFT_BROKER_URL": self.broker_url, "PREDRAFT_DIMSE_PORT": str(self.dimse_port),
-            "PREDRAFT_HTTP_PORT": str(free_port()), "PREDRAFT_QUIET_SECONDS": "3600",
-            "PREDRAFT_STABILITY_POLL_SECONDS": "0.3", "PREDRAFT_SWEEP_INTERVAL_SECONDS": "1",
-            "PREDRAFT_SWEEP_STALE_SECONDS": "6", "PREDRAFT_SPOOL_MIN_FREE_BYTES": "0",
-        })
+        self.env.update(
+            {
+                "PREDRAFT_VAR_DIR": str(work / "var"),
+                "PREDRAFT_DATABASE_URL": database_url,
+                "PREDRAFT_BROKER_URL": self.broker_url,
+                "PREDRAFT_DIMSE_PORT": str(self.dimse_port),
+                "PREDRAFT_HTTP_PORT": str(free_port()),
+                "PREDRAFT_QUIET_SECONDS": "3600",
+                "PREDRAFT_STABILITY_POLL_SECONDS": "0.3",
+                "PREDRAFT_SWEEP_INTERVAL_SECONDS": "1",
+                "PREDRAFT_SWEEP_STALE_SECONDS": "6",
+                "PREDRAFT_SPOOL_MIN_FREE_BYTES": "0",
+            }
+        )
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, *argv: str, **env: str) -> subprocess.Popen[bytes]:
         log = (self.work / f"{name}.log").open("ab")
-        process = subprocess.Popen([PREDRAFT, *argv], env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=self.work)
+        process = subprocess.Popen(
+            [PREDRAFT, *argv], env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=self.work
+        )
         self.processes[name] = process
         return process
 
     def wait_for_listener(self) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if subprocess.run(["echoscu", "-aec", AE, "127.0.0.1", str(self.dimse_port)],
-                              capture_output=True).returncode == 0:
+            if (
+                subprocess.run(
+                    ["echoscu", "-aec", AE, "127.0.0.1", str(self.dimse_port)], capture_output=True
+                ).returncode
+                == 0
+            ):
                 return
             time.sleep(0.3)
         raise AssertionError("listener not up:\n" + (self.work / "listener.log").read_text()[-3000:])
 
     def send(self, files: list[Path]) -> None:
-        result = subprocess.run(["storescu", "-aet", "STORESCU", "-aec", AE, "127.0.0.1", str(self.dimse_port),
-                                 *map(str, files)], capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            ["storescu", "-aet", "STORESCU", "-aec", AE, "127.0.0.1", str(self.dimse_port), *map(str, files)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stderr
 
     def drafts_per_study(self, study_uids: list[str]) -> dict[str, int]:
         with session_scope(self.database_url) as session:
-            rows = session.execute(select(Study.study_uid, Study.state, func.count(Draft.id))
-                                   .outerjoin(Draft, Draft.study_id == Study.id).group_by(Study.id)).all()
+            rows = session.execute(
+                select(Study.study_uid, Study.state, func.count(Draft.id))
+                .outerjoin(Draft, Draft.study_id == Study.id)
+                .group_by(Study.id)
+            ).all()
         return {uid: count for uid, state, count in rows if uid in study_uids and state == StudyState.DRAFTED}
 
     def wait_all_drafted(self, study_uids: list[str], timeout: float) -> dict[str, int]:
@@ -140,8 +173,9 @@ def cluster(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Cluster, int]]:
 
 
 def _studies(tmp_path: Path, count: int, first_seed: int) -> tuple[list[list[Path]], list[str]]:
-    studies = [write_demo_study(tmp_path / f"study-{seed}", seed=seed) for seed in range(first_seed,
-                                                                                          first_seed + count)]
+    studies = [
+        write_demo_study(tmp_path / f"study-{seed}", seed=seed) for seed in range(first_seed, first_seed + count)
+    ]
     files = [[image.path for image in images] for images in studies]
     uids = [str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID) for paths in files]
     return files, uids
@@ -151,8 +185,14 @@ def test_a_worker_killed_while_it_classifies_loses_no_study(cluster, tmp_path):
     cluster, _ = cluster
     cluster.start("listener", "listen")
     # A long batching wait keeps each classify task running (delivered, unacknowledged) for seconds.
-    worker = cluster.start("worker-1", "worker", "--queues", ",".join(QUEUES),
-                           PREDRAFT_CLASSIFY_BATCH_WAIT_MS="4000", PREDRAFT_CLASSIFY_BATCH_SIZE="64")
+    worker = cluster.start(
+        "worker-1",
+        "worker",
+        "--queues",
+        ",".join(QUEUES),
+        PREDRAFT_CLASSIFY_BATCH_WAIT_MS="4000",
+        PREDRAFT_CLASSIFY_BATCH_SIZE="64",
+    )
     cluster.wait_for_listener()
     files, uids = _studies(tmp_path, 3, first_seed=40)
     for paths in files:

@@ -24,8 +24,14 @@ from tests.e2e.conftest import PREDRAFT, Deployment, _start
 pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 PASSWORD = "a long radiologist password"
 SCREENSHOTS = REPO_ROOT / "docs" / "images"
 DRAFT_TIMEOUT_MS = 240_000
@@ -53,8 +59,14 @@ def browser() -> Iterator[object]:
 
 
 def _add_user(deployment: Deployment, username: str, role: str, name: str) -> None:
-    result = subprocess.run([PREDRAFT, "users", "add", username, "--role", role, "--name", name, "--password-stdin"],
-                            env=deployment.env, input=PASSWORD + "\n", capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [PREDRAFT, "users", "add", username, "--role", role, "--name", name, "--password-stdin"],
+        env=deployment.env,
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -107,8 +119,11 @@ def _model_card(deployment: Deployment) -> dict:
     """The card of the model the deployment drafts with (its settings: the bundled demo model by default)."""
     from predraft.core.settings import Settings
 
-    env = {key.removeprefix("PREDRAFT_").lower(): value for key, value in deployment.env.items()
-           if key in {"PREDRAFT_VAR_DIR", "PREDRAFT_MODEL"}}
+    env = {
+        key.removeprefix("PREDRAFT_").lower(): value
+        for key, value in deployment.env.items()
+        if key in {"PREDRAFT_VAR_DIR", "PREDRAFT_MODEL"}
+    }
     return json.loads(Settings(**env).model_card_path.read_text())
 
 
@@ -152,8 +167,12 @@ def test_review_in_the_browser(deployment: Deployment, storescp: tuple[int, Path
     _wait_until(page, "[...document.querySelectorAll('figure.hip img')].every(i => i.complete && i.naturalWidth > 0)")
     assert page.locator("figure.hip img").count() == 4
     page.click("#overlay-toggle")
-    _wait_until(page, "[...document.querySelectorAll('figure.hip img')].every(i => i.src.includes('gradcam.png') "
-                "&& i.complete && i.naturalWidth > 0)", timeout=120)
+    _wait_until(
+        page,
+        "[...document.querySelectorAll('figure.hip img')].every(i => i.src.includes('gradcam.png') "
+        "&& i.complete && i.naturalWidth > 0)",
+        timeout=120,
+    )
     assert page.get_attribute("#overlay-toggle", "aria-pressed") == "true"
     _screenshot(page, "study.png", full_page=True)
 
@@ -166,19 +185,29 @@ def test_review_in_the_browser(deployment: Deployment, storescp: tuple[int, Path
     assert "edited" in page.inner_text("#done")
     assert "Addendum: reviewed with the prior study." in page.inner_text("#final-text")
 
-    verified = _rows(deployment, "SELECT d.sr_sop_instance_uid, d.text, r.action, r.diff, u.username FROM drafts d "
-                     "JOIN reviews r ON r.report_id = d.id JOIN users u ON u.id = r.user_id JOIN studies s "
-                     "ON s.id = d.study_id WHERE s.study_uid = :uid AND d.kind = 'verified'", uid=first_uid)
+    verified = _rows(
+        deployment,
+        "SELECT d.sr_sop_instance_uid, d.text, r.action, r.diff, u.username FROM drafts d "
+        "JOIN reviews r ON r.report_id = d.id JOIN users u ON u.id = r.user_id JOIN studies s "
+        "ON s.id = d.study_id WHERE s.study_uid = :uid AND d.kind = 'verified'",
+        uid=first_uid,
+    )
     assert len(verified) == 1
     sr_uid, final_text, action, diff, username = verified[0]
     assert (action, username) == ("edited", "jdoe") and "+Addendum: reviewed with the prior study." in diff
-    (draft_sr_uid,) = _rows(deployment, "SELECT d.sr_sop_instance_uid FROM drafts d JOIN studies s ON s.id = "
-                            "d.study_id WHERE s.study_uid = :uid AND d.kind = 'draft'", uid=first_uid)[0]
+    (draft_sr_uid,) = _rows(
+        deployment,
+        "SELECT d.sr_sop_instance_uid FROM drafts d JOIN studies s ON s.id = "
+        "d.study_id WHERE s.study_uid = :uid AND d.kind = 'draft'",
+        uid=first_uid,
+    )[0]
     sr = _received_by_pacs(pacs, sr_uid)
     assert (sr.CompletionFlag, sr.VerificationFlag, sr.PreliminaryFlag) == ("COMPLETE", "VERIFIED", "FINAL")
     assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "Doe^Jane"
-    assert sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0] \
-        .ReferencedSOPInstanceUID == draft_sr_uid
+    assert (
+        sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        == draft_sr_uid
+    )
     assert _received_by_pacs(pacs, draft_sr_uid).VerificationFlag == "UNVERIFIED"  # the draft went there first
     shown = deployment.study(first_uid)  # predraft studies show --json
     assert shown["state"] == "reviewed" and shown["review"]["action"] == "edited"
@@ -190,14 +219,19 @@ def test_review_in_the_browser(deployment: Deployment, storescp: tuple[int, Path
     page.click("#reject")
     page.wait_for_selector("#done")
     assert "rejected" in page.inner_text("#done")
-    rejection = _rows(deployment, "SELECT d.sr_sop_instance_uid, r.reason FROM drafts d JOIN reviews r ON "
-                      "r.report_id = d.id JOIN studies s ON s.id = d.study_id WHERE s.study_uid = :uid AND "
-                      "d.kind = 'rejection'", uid=second_uid)
+    rejection = _rows(
+        deployment,
+        "SELECT d.sr_sop_instance_uid, r.reason FROM drafts d JOIN reviews r ON "
+        "r.report_id = d.id JOIN studies s ON s.id = d.study_id WHERE s.study_uid = :uid AND "
+        "d.kind = 'rejection'",
+        uid=second_uid,
+    )
     assert [reason for _, reason in rejection] == ["Plate on the left hip missed"]
     notice = _received_by_pacs(pacs, rejection[0][0])
     assert notice.SeriesDescription == "AI DRAFT REJECTED (predraft)"
-    assert any("Plate on the left hip missed" in item.TextValue for item in notice.ContentSequence
-               if item.ValueType == "TEXT")
+    assert any(
+        "Plate on the left hip missed" in item.TextValue for item in notice.ContentSequence if item.ValueType == "TEXT"
+    )
     page.goto(base + "/?state=reviewed")
     assert page.locator("tbody#rows tr[data-study-uid]").count() == 2
 

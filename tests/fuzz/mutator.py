@@ -52,13 +52,30 @@ COMPREHENSIVE_SR = UID("1.2.840.10008.5.1.4.1.1.88.33")
 CT_IMAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 #: SOP classes a DIMSE fuzz client proposes (the listener accepts them at association; DX For Processing is
 #: then refused per instance).
-PROPOSED_SOP_CLASSES = (CR_IMAGE, DX_PRESENTATION, DX_PROCESSING, SECONDARY_CAPTURE, BASIC_TEXT_SR, ENHANCED_SR,
-                        COMPREHENSIVE_SR)
+PROPOSED_SOP_CLASSES = (
+    CR_IMAGE,
+    DX_PRESENTATION,
+    DX_PROCESSING,
+    SECONDARY_CAPTURE,
+    BASIC_TEXT_SR,
+    ENHANCED_SR,
+    COMPREHENSIVE_SR,
+)
 IMAGE_SOP_CLASSES = (CR_IMAGE, DX_PRESENTATION, SECONDARY_CAPTURE)
 SR_SOP_CLASSES = (BASIC_TEXT_SR, ENHANCED_SR, COMPREHENSIVE_SR)
 #: Transfer syntaxes a mutant's file meta may name (the seeds' own, and those the mutations switch to).
-SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, RLELossless,
-            JPEGLosslessSV1, JPEGExtended12Bit, JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000)
+SYNTAXES = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    RLELossless,
+    JPEGLosslessSV1,
+    JPEGExtended12Bit,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+)
 NATIVE = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
 
 #: Mutations per mutant: 0 to 3, this likely each.
@@ -75,8 +92,9 @@ DEFAULT_BOMB_BYTES = 64 * 1024 * 1024
 _BOMB_CHUNK = 1024 * 1024
 _DEFLATE_WBITS = -15  # raw deflate, as PS3.5 A.5 has it
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
-_LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT",
-                              b"UV"})
+_LONG_LENGTH_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _NUMBER_STRING_VRS = frozenset({"DS", "IS"})
 
@@ -136,13 +154,36 @@ def _set(ds: Dataset, keyword: str, vr: str, value: object) -> None:
 def bad_date(work: Work) -> None:
     for keyword in work.rng.sample(("StudyDate", "SeriesDate", "ContentDate", "PatientBirthDate", "StudyTime"), 2):
         vr = "TM" if keyword.endswith("Time") else "DA"
-        _set(work.ds, keyword, vr, work.rng.choice(("1975-03-02", "19751302", "2025", "yesterday", "00000000",
-                                                    "99999999999", "19750302-", "25:61:61.9999999")))
+        _set(
+            work.ds,
+            keyword,
+            vr,
+            work.rng.choice(
+                (
+                    "1975-03-02",
+                    "19751302",
+                    "2025",
+                    "yesterday",
+                    "00000000",
+                    "99999999999",
+                    "19750302-",
+                    "25:61:61.9999999",
+                )
+            ),
+        )
 
 
 def overlong(work: Work) -> None:
-    keyword, vr = work.rng.choice((("StudyDescription", "LO"), ("AccessionNumber", "SH"), ("InstitutionName", "LO"),
-                                   ("BodyPartExamined", "CS"), ("ViewPosition", "CS"), ("SeriesDescription", "LO")))
+    keyword, vr = work.rng.choice(
+        (
+            ("StudyDescription", "LO"),
+            ("AccessionNumber", "SH"),
+            ("InstitutionName", "LO"),
+            ("BodyPartExamined", "CS"),
+            ("ViewPosition", "CS"),
+            ("SeriesDescription", "LO"),
+        )
+    )
     _set(work.ds, keyword, vr, "HIP 3 VIEWS " * work.rng.randint(6, 6000))
     if work.rng.random() < 0.5:  # the canary stays, with more after it
         _set(work.ds, "PatientName", "PN", f"{work.ds.PatientName}^{'Y' * work.rng.randint(65, 5000)}")
@@ -155,9 +196,24 @@ def uid_control(work: Work) -> None:
 
 
 def delete_element(work: Work) -> None:
-    choices = ["Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PhotometricInterpretation",
-               "SamplesPerPixel", "PixelRepresentation", "PixelData", "StudyInstanceUID", "SeriesInstanceUID",
-               "SOPInstanceUID", "SOPClassUID", "Modality", "PatientID", "PatientName"]
+    choices = [
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "PhotometricInterpretation",
+        "SamplesPerPixel",
+        "PixelRepresentation",
+        "PixelData",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "SOPClassUID",
+        "Modality",
+        "PatientID",
+        "PatientName",
+    ]
     if work.transport == "stow":
         choices += ["meta:TransferSyntaxUID", "meta:MediaStorageSOPClassUID"]
     for choice in work.rng.sample(choices, work.rng.randint(1, 2)):
@@ -172,8 +228,12 @@ def delete_element(work: Work) -> None:
 
 def rgb_claim(work: Work) -> None:
     work.ds.SamplesPerPixel = work.rng.choice((3, 3, 4, 0))
-    _set(work.ds, "PhotometricInterpretation", "CS",
-         work.rng.choice(("RGB", "YBR_FULL", "YBR_FULL_422", "PALETTE COLOR", "MONOCHROME3", "")))
+    _set(
+        work.ds,
+        "PhotometricInterpretation",
+        "CS",
+        work.rng.choice(("RGB", "YBR_FULL", "YBR_FULL_422", "PALETTE COLOR", "MONOCHROME3", "")),
+    )
     work.ds.PlanarConfiguration = work.rng.choice((0, 1, 7))
 
 
@@ -208,8 +268,11 @@ def lut_chaos(work: Work) -> None:
         _set(work.ds, "VOILUTFunction", "CS", work.rng.choice(("SIGMOID", "WEIRD", "")))
     else:
         item = Dataset()
-        item.LUTDescriptor = [work.rng.choice((0, 1, 65535)), work.rng.choice((0, 70000 % 65536)),
-                              work.rng.choice((8, 16, 0))]
+        item.LUTDescriptor = [
+            work.rng.choice((0, 1, 65535)),
+            work.rng.choice((0, 70000 % 65536)),
+            work.rng.choice((8, 16, 0)),
+        ]
         item.add_new(0x00283006, "US", [work.rng.randrange(65536) for _ in range(work.rng.randint(0, 5))])
         work.ds.VOILUTSequence = Sequence([item])
         _set(work.ds, "PresentationLUTShape", "CS", work.rng.choice(("INVERSE", "XX", "")))
@@ -217,15 +280,25 @@ def lut_chaos(work: Work) -> None:
 
 def view_chaos(work: Work) -> None:
     junk = ("HIP\\PELVIS", "", "L\\R\\X", "\x00", "AP\\LAT\\LL", "R" * 17, "LEFT HIP", "\x1b[31mHIP")
-    for keyword in work.rng.sample(("ViewPosition", "ImageLaterality", "Laterality", "BodyPartExamined",
-                                    "PatientOrientation", "SeriesDescription"), 3):
+    for keyword in work.rng.sample(
+        (
+            "ViewPosition",
+            "ImageLaterality",
+            "Laterality",
+            "BodyPartExamined",
+            "PatientOrientation",
+            "SeriesDescription",
+        ),
+        3,
+    ):
         _set(work.ds, keyword, "LO" if keyword == "SeriesDescription" else "CS", work.rng.choice(junk))
 
 
 def charset(work: Work) -> None:
     """A Specific Character Set that pydicom cannot write: its element goes in front of the encoded data set."""
-    value = work.rng.choice(("ISO_IR 192", "ISO 2022 IR 87", "ISO_IR 999", "GB18030", "\x00",
-                             "ISO_IR 100\\ISO 2022 IR 149")).encode("latin-1")
+    value = work.rng.choice(
+        ("ISO_IR 192", "ISO 2022 IR 87", "ISO_IR 999", "GB18030", "\x00", "ISO_IR 100\\ISO 2022 IR 149")
+    ).encode("latin-1")
     value += b" " * (len(value) % 2)
     if "SpecificCharacterSet" in work.ds:
         del work.ds.SpecificCharacterSet
@@ -234,8 +307,14 @@ def charset(work: Work) -> None:
 
 
 def expected_views(work: Work) -> None:
-    _set(work.ds, "StudyDescription", "LO", work.rng.choice(
-        ("HIP 3 VIEWS", "HIP 0 VIEWS", "HIP 99999999999999999999 VIEWS", "1 VIEW", "-1 VIEWS", "HIP 1 VIEW")))
+    _set(
+        work.ds,
+        "StudyDescription",
+        "LO",
+        work.rng.choice(
+            ("HIP 3 VIEWS", "HIP 0 VIEWS", "HIP 99999999999999999999 VIEWS", "1 VIEW", "-1 VIEWS", "HIP 1 VIEW")
+        ),
+    )
 
 
 def pixel_length(work: Work) -> None:
@@ -267,8 +346,17 @@ def wrong_sop_request(work: Work) -> None:
 def sr_class(work: Work) -> None:
     work.ds.SOPClassUID = work.meta.MediaStorageSOPClassUID = work.rng.choice(SR_SOP_CLASSES)
     work.ds.Modality = "SR"
-    for keyword in ("PixelData", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "SamplesPerPixel",
-                    "PhotometricInterpretation", "PixelRepresentation"):
+    for keyword in (
+        "PixelData",
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+        "PixelRepresentation",
+    ):
         if keyword in work.ds:
             delattr(work.ds, keyword)
     if work.syntax not in NATIVE:
@@ -318,11 +406,11 @@ def _top_level_headers(data: bytes, implicit: bool) -> list[tuple[int, bytes, in
         if implicit:
             vr, length_at, size = b"", offset + 4, 4
         else:
-            vr = data[offset + 4:offset + 6]
+            vr = data[offset + 4 : offset + 6]
             length_at, size = (offset + 8, 4) if vr in _LONG_LENGTH_VRS else (offset + 6, 2)
         if length_at + size > len(data):
             break
-        length = int.from_bytes(data[length_at:length_at + size], "little")
+        length = int.from_bytes(data[length_at : length_at + size], "little")
         headers.append((offset, vr, length_at, size))
         if length == _UNDEFINED_LENGTH:
             break
@@ -335,10 +423,11 @@ def length_corrupt(work: Work) -> None:
     if not headers:
         return
     _, _, length_at, size = work.rng.choice(headers)
-    old = int.from_bytes(work.encoded[length_at:length_at + size], "little")
-    new = work.rng.choice((0xFFFFFFFF, 0xFFFFFFFE, 0x7FFFFFFF, old + 1, old + work.rng.randint(2, 5000),
-                           max(old - 1, 0), 0)) % (1 << (8 * size))
-    work.encoded = work.encoded[:length_at] + new.to_bytes(size, "little") + work.encoded[length_at + size:]
+    old = int.from_bytes(work.encoded[length_at : length_at + size], "little")
+    new = work.rng.choice(
+        (0xFFFFFFFF, 0xFFFFFFFE, 0x7FFFFFFF, old + 1, old + work.rng.randint(2, 5000), max(old - 1, 0), 0)
+    ) % (1 << (8 * size))
+    work.encoded = work.encoded[:length_at] + new.to_bytes(size, "little") + work.encoded[length_at + size :]
 
 
 def wrong_vr(work: Work) -> None:
@@ -350,7 +439,7 @@ def wrong_vr(work: Work) -> None:
     at = work.encoded.find(target)
     if at >= 0:
         vr = work.rng.choice((b"UM", b"UN", b"SQ", b"\x00\x00", b"zz", b"OB"))
-        work.encoded = work.encoded[:at + 4] + vr + work.encoded[at + 6:]
+        work.encoded = work.encoded[: at + 4] + vr + work.encoded[at + 6 :]
 
 
 def _pixel_value_start(work: Work) -> int:
@@ -382,7 +471,7 @@ def flip_fragment(work: Work) -> None:
 
 
 def truncate(work: Work) -> None:
-    work.encoded = work.encoded[:work.rng.randrange(max(len(work.encoded), 1))]
+    work.encoded = work.encoded[: work.rng.randrange(max(len(work.encoded), 1))]
 
 
 def random_bytes(work: Work) -> None:
@@ -407,27 +496,54 @@ def deflate_bomb(work: Work) -> None:
 Mutation = Callable[[Work], None]
 #: Mutations applied to the data set before it is written, by name.
 DATASET_MUTATIONS: dict[str, Mutation] = {
-    "bad_date": bad_date, "overlong": overlong, "uid_control": uid_control, "delete_element": delete_element,
-    "rgb_claim": rgb_claim, "multiframe_claim": multiframe_claim, "huge_dims": huge_dims, "bits_chaos": bits_chaos,
-    "lut_chaos": lut_chaos, "view_chaos": view_chaos, "charset": charset, "expected_views": expected_views,
-    "pixel_length": pixel_length, "deep_sequence": deep_sequence, "wrong_sop_request": wrong_sop_request,
-    "sr_class": sr_class, "other_class": other_class, "implicit_vr": implicit_vr, "deflate": deflate,
+    "bad_date": bad_date,
+    "overlong": overlong,
+    "uid_control": uid_control,
+    "delete_element": delete_element,
+    "rgb_claim": rgb_claim,
+    "multiframe_claim": multiframe_claim,
+    "huge_dims": huge_dims,
+    "bits_chaos": bits_chaos,
+    "lut_chaos": lut_chaos,
+    "view_chaos": view_chaos,
+    "charset": charset,
+    "expected_views": expected_views,
+    "pixel_length": pixel_length,
+    "deep_sequence": deep_sequence,
+    "wrong_sop_request": wrong_sop_request,
+    "sr_class": sr_class,
+    "other_class": other_class,
+    "implicit_vr": implicit_vr,
+    "deflate": deflate,
     "syntax_lie": syntax_lie,
 }
 #: Mutations of the written data set's bytes (before deflating), by name.
 BYTE_MUTATIONS: dict[str, Mutation] = {
-    "length_corrupt": length_corrupt, "wrong_vr": wrong_vr, "flip_pixels": flip_pixels,
-    "flip_fragment": flip_fragment, "truncate": truncate, "random_bytes": random_bytes,
+    "length_corrupt": length_corrupt,
+    "wrong_vr": wrong_vr,
+    "flip_pixels": flip_pixels,
+    "flip_fragment": flip_fragment,
+    "truncate": truncate,
+    "random_bytes": random_bytes,
 }
 #: Mutations that replace the whole data set, by name.
 REPLACING_MUTATIONS: dict[str, Mutation] = {"deflate_bomb": deflate_bomb}
 MUTATIONS: dict[str, Mutation] = {**DATASET_MUTATIONS, **BYTE_MUTATIONS, **REPLACING_MUTATIONS}
 #: Relative weights (the rest weigh 1): the cheap pixel and header damage often, the costly bomb rarely.
-WEIGHTS = {"flip_pixels": 3, "flip_fragment": 3, "truncate": 2, "length_corrupt": 2, "delete_element": 2,
-           "deflate_bomb": 0.25, "random_bytes": 0.5, "deep_sequence": 0.5}
+WEIGHTS = {
+    "flip_pixels": 3,
+    "flip_fragment": 3,
+    "truncate": 2,
+    "length_corrupt": 2,
+    "delete_element": 2,
+    "deflate_bomb": 0.25,
+    "random_bytes": 0.5,
+    "deep_sequence": 0.5,
+}
 #: Mutations after which the canaries need not be in the bytes (cut off, replaced or deflated).
-HIDING_CANARIES = frozenset({"truncate", "random_bytes", "deflate", "deflate_bomb", "delete_element",
-                             "length_corrupt", "charset"})
+HIDING_CANARIES = frozenset(
+    {"truncate", "random_bytes", "deflate", "deflate_bomb", "delete_element", "length_corrupt", "charset"}
+)
 
 
 # ---------------------------------------------------------------------------------------------- the generator
@@ -514,8 +630,9 @@ def _choose_kinds(rng: random.Random) -> list[str]:
     return kinds
 
 
-def _mutant(rng: random.Random, seed: bytes, series_uid: str, identity: tuple[str, str, str], transport: str,
-            bomb_bytes: int) -> tuple[bytes, list[str], str]:
+def _mutant(
+    rng: random.Random, seed: bytes, series_uid: str, identity: tuple[str, str, str], transport: str, bomb_bytes: int
+) -> tuple[bytes, list[str], str]:
     """One mutant's bytes, the mutations applied (in order) and the SOP Instance UID it was given."""
     patient_name, patient_id, study_uid = identity
     ds = pydicom.dcmread(io.BytesIO(seed))
@@ -526,8 +643,11 @@ def _mutant(rng: random.Random, seed: bytes, series_uid: str, identity: tuple[st
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     work = Work(rng, ds, meta, UID(meta.TransferSyntaxUID), transport, bomb_bytes)
     kinds = _choose_kinds(rng)
-    ordered = [kind for kind in kinds if kind in DATASET_MUTATIONS] + \
-        [kind for kind in kinds if kind in REPLACING_MUTATIONS] + [kind for kind in kinds if kind in BYTE_MUTATIONS]
+    ordered = (
+        [kind for kind in kinds if kind in DATASET_MUTATIONS]
+        + [kind for kind in kinds if kind in REPLACING_MUTATIONS]
+        + [kind for kind in kinds if kind in BYTE_MUTATIONS]
+    )
     for kind in ordered:
         if kind in DATASET_MUTATIONS:
             DATASET_MUTATIONS[kind](work)
@@ -550,8 +670,15 @@ def _mutant(rng: random.Random, seed: bytes, series_uid: str, identity: tuple[st
     return _file_bytes(work, body), ordered, str(meta.MediaStorageSOPInstanceUID)
 
 
-def mutants(seeds: dict[str, bytes], seed: int, count: int, *, transport: str = "dimse", studies: int = 40,
-            bomb_bytes: int = DEFAULT_BOMB_BYTES) -> Iterator[Mutant]:
+def mutants(
+    seeds: dict[str, bytes],
+    seed: int,
+    count: int,
+    *,
+    transport: str = "dimse",
+    studies: int = 40,
+    bomb_bytes: int = DEFAULT_BOMB_BYTES,
+) -> Iterator[Mutant]:
     """``count`` mutants of ``seeds`` (name -> file bytes), reproducible from ``seed``.
 
     Seeds are taken in turn (sorted by name), so every seed is used once ``count`` reaches their number.
@@ -570,5 +697,11 @@ def mutants(seeds: dict[str, bytes], seed: int, count: int, *, transport: str = 
         with _lenient_pydicom(DEEP_SEQUENCE_LEVELS[1]):
             data, kinds, instance_uid = _mutant(rng, seeds[seed_name], series_uid, identity, transport, bomb_bytes)
         label = "+".join(kinds) or "clean"
-        yield Mutant(f"{transport[0]}{index:05d}-{seed_name.removesuffix('.dcm')}-{label}", data, seed_name,
-                     tuple(kinds), *identity, instance_uid)
+        yield Mutant(
+            f"{transport[0]}{index:05d}-{seed_name.removesuffix('.dcm')}-{label}",
+            data,
+            seed_name,
+            tuple(kinds),
+            *identity,
+            instance_uid,
+        )

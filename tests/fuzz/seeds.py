@@ -79,8 +79,12 @@ def _imagecodecs_frame(syntax: UID, pixels: np.ndarray, bits_stored: int) -> byt
 def _set_pixels(ds: Dataset, syntax: UID, pixels: np.ndarray) -> None:
     """Write ``pixels`` into ``ds`` in ``syntax``; raises NotImplementedError for a syntax without an encoder."""
     ds.Rows, ds.Columns = (int(side) for side in pixels.shape[:2])
-    for keyword in ("NumberOfFrames", "LossyImageCompression", "LossyImageCompressionRatio",
-                    "LossyImageCompressionMethod"):
+    for keyword in (
+        "NumberOfFrames",
+        "LossyImageCompression",
+        "LossyImageCompressionRatio",
+        "LossyImageCompressionMethod",
+    ):
         if keyword in ds:
             delattr(ds, keyword)
     if syntax in NATIVE_SYNTAXES:

@@ -63,8 +63,9 @@ def tiny_card_path(tmp_path_factory) -> Path:
     """A tiny untrained timm model and its card."""
     from predraft.models.factory import write_untrained_model
 
-    return write_untrained_model(tmp_path_factory.mktemp("tiny-model"), architecture=TINY_ARCHITECTURE,
-                                 input_size=TINY_INPUT_SIZE)
+    return write_untrained_model(
+        tmp_path_factory.mktemp("tiny-model"), architecture=TINY_ARCHITECTURE, input_size=TINY_INPUT_SIZE
+    )
 
 
 #: Predictions of the hips of :func:`drafting_study`'s images.
@@ -77,8 +78,11 @@ def task_env(sqlite_url, tiny_card_path, tmp_path, monkeypatch):
     from predraft.workers import tasks
     from tests.unit.test_workflow import FakeCelery
 
-    for key, value in {"PREDRAFT_DATABASE_URL": sqlite_url, "PREDRAFT_MODEL": str(tiny_card_path),
-                       "PREDRAFT_VAR_DIR": str(tmp_path / "var")}.items():
+    for key, value in {
+        "PREDRAFT_DATABASE_URL": sqlite_url,
+        "PREDRAFT_MODEL": str(tiny_card_path),
+        "PREDRAFT_VAR_DIR": str(tmp_path / "var"),
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(tasks.draft, "app", FakeCelery())
     tasks._settings.cache_clear()

@@ -51,9 +51,18 @@ def make_draft(database_url: str, image_paths: list[Path], card_path: Path, spoo
             for side in ("right", "left") if pelvis else ("right",):
                 scores = {"tha": 0.9, "none": 0.1} if side == "right" else {"none": 0.9, "tha": 0.1}
                 top = max(scores, key=scores.__getitem__)
-                session.add(Prediction(instance_id=instance.id, side=side, view=view, model_name=card.name,
-                                       model_version=card.version, probabilities=scores, top_class=top,
-                                       top_probability=scores[top]))
+                session.add(
+                    Prediction(
+                        instance_id=instance.id,
+                        side=side,
+                        view=view,
+                        model_name=card.name,
+                        model_version=card.version,
+                        probabilities=scores,
+                        top_class=top,
+                        top_probability=scores[top],
+                    )
+                )
             instance.state = InstanceState.CLASSIFIED
         study = session.scalars(select(Study)).one()
         study.state = StudyState.DRAFTING
@@ -65,8 +74,9 @@ def make_draft(database_url: str, image_paths: list[Path], card_path: Path, spoo
         return Drafted(database_url, study.study_uid, draft.id, draft.sr_sop_instance_uid, Path(draft.sr_path))
 
 
-def configure(monkeypatch: pytest.MonkeyPatch, drafted: Drafted, destinations: list[dict], *,
-              max_retries: int = 2) -> None:
+def configure(
+    monkeypatch: pytest.MonkeyPatch, drafted: Drafted, destinations: list[dict], *, max_retries: int = 2
+) -> None:
     """Settings of the export task (from the environment, as a worker reads them), with no backoff wait."""
     broker = Path(drafted.database_url.removeprefix("sqlite:///")).with_name("broker.sqlite")
     for key, value in {
@@ -92,8 +102,9 @@ def run_export(drafted: Drafted, name: str) -> str:
 
 def export_row(drafted: Drafted, name: str) -> Export:
     with session_scope(drafted.database_url) as session:
-        return session.scalars(select(Export).where(Export.draft_id == drafted.draft_id,
-                                                    Export.destination == name)).one()
+        return session.scalars(
+            select(Export).where(Export.draft_id == drafted.draft_id, Export.destination == name)
+        ).one()
 
 
 def event_kinds(drafted: Drafted) -> list[str]:

@@ -81,8 +81,12 @@ def _study(site: Site, paths: list[Path], *, state: StudyState, instance_state: 
     study_uid = generate_uid()
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        header = replace(InstanceHeader.from_dataset(ds, ds.file_meta.TransferSyntaxUID), study_uid=study_uid,
-                         series_uid=generate_uid(), sop_instance_uid=generate_uid())
+        header = replace(
+            InstanceHeader.from_dataset(ds, ds.file_meta.TransferSyntaxUID),
+            study_uid=study_uid,
+            series_uid=generate_uid(),
+            sop_instance_uid=generate_uid(),
+        )
         with session_scope(site.settings.database_url) as session:
             record_instance(session, header=header, spool_path=str(path), size_bytes=1, calling_ae="PACS")
     with session_scope(site.settings.database_url) as session:
@@ -93,18 +97,26 @@ def _study(site: Site, paths: list[Path], *, state: StudyState, instance_state: 
         return study.id, study_uid
 
 
-def _draft(site: Site, study_id: int, generation: int, exports: dict[str, tuple[ExportState, int, str | None]]
-           ) -> tuple[int, dict[str, int]]:
+def _draft(
+    site: Site, study_id: int, generation: int, exports: dict[str, tuple[ExportState, int, str | None]]
+) -> tuple[int, dict[str, int]]:
     with session_scope(site.settings.database_url) as session:
-        draft = Draft(study_id=study_id, generation=generation, text="t", findings=[], model_name="m",
-                      model_version="v", sr_sop_instance_uid=generate_uid(), sr_series_uid=generate_uid(),
-                      sr_path="/nowhere/sr.dcm")
+        draft = Draft(
+            study_id=study_id,
+            generation=generation,
+            text="t",
+            findings=[],
+            model_name="m",
+            model_version="v",
+            sr_sop_instance_uid=generate_uid(),
+            sr_series_uid=generate_uid(),
+            sr_path="/nowhere/sr.dcm",
+        )
         session.add(draft)
         session.flush()
         rows = {}
         for destination, (state, attempts, error) in exports.items():
-            row = Export(draft_id=draft.id, destination=destination, state=state, attempts=attempts,
-                         last_error=error)
+            row = Export(draft_id=draft.id, destination=destination, state=state, attempts=attempts, last_error=error)
             session.add(row)
             session.flush()
             rows[destination] = row.id
@@ -139,13 +151,14 @@ def _seed(site: Site, demo_study, stack: list) -> Seeded:
     ready_id, ready_uid = _study(site, paths[:2], state=StudyState.READY, instance_state=InstanceState.RECEIVED)
     with session_scope(url) as session:
         (first, first_uid), (second, second_uid) = session.execute(
-            select(Instance.id, Instance.sop_instance_uid).where(Instance.study_id == ready_id)
-            .order_by(Instance.id)).all()
+            select(Instance.id, Instance.sop_instance_uid).where(Instance.study_id == ready_id).order_by(Instance.id)
+        ).all()
     waiting = app.send_task(PREPARE, args=[first])
     retry = app.send_task(PREPARE, args=[second], countdown=300, retries=3)
     # running: a draft task a worker holds
-    running_id, running_uid = _study(site, paths[:1], state=StudyState.DRAFTING,
-                                     instance_state=InstanceState.CLASSIFIED)
+    running_id, running_uid = _study(
+        site, paths[:1], state=StudyState.DRAFTING, instance_state=InstanceState.CLASSIFIED
+    )
     running = app.send_task(DRAFT, args=[running_id, 1])
     connection = app.connection_for_read()  # delivered to a consumer that has not acknowledged it
     stack.append(connection)
@@ -153,47 +166,93 @@ def _seed(site: Site, demo_study, stack: list) -> Seeded:
     stack.append(queue)
     assert queue.get(timeout=5).headers["id"] == running.id
     # its worker's heartbeat (on the embedded broker, the only way to tell what runs)
-    _fake_worker(site, [{"id": running.id, "task": DRAFT, "queue": "draft", "first_arg": running_id,
-                         "args": [running_id, 1], "state": "active", "eta": None, "retries": 0,
-                         "started_at": datetime.now(UTC).isoformat()}])
+    _fake_worker(
+        site,
+        [
+            {
+                "id": running.id,
+                "task": DRAFT,
+                "queue": "draft",
+                "first_arg": running_id,
+                "args": [running_id, 1],
+                "state": "active",
+                "eta": None,
+                "retries": 0,
+                "started_at": datetime.now(UTC).isoformat(),
+            }
+        ],
+    )
     # exports of a drafted study: the newest draft's failed (retry due) and dead; the superseded draft's dead
-    drafted_id, drafted_uid = _study(site, paths[:1], state=StudyState.DRAFTED,
-                                     instance_state=InstanceState.CLASSIFIED)
+    drafted_id, drafted_uid = _study(site, paths[:1], state=StudyState.DRAFTED, instance_state=InstanceState.CLASSIFIED)
     with session_scope(url) as session:  # a late image re-opened it once: generation 2 was drafted too
         session.get_one(Study, drafted_id).generation = 2
     _, old = _draft(site, drafted_id, 1, {"vna": (ExportState.DEAD, 1, "HTTP 401 from the VNA")})
-    draft_id, rows = _draft(site, drafted_id, 2, {
-        "pacs": (ExportState.FAILED, 2, "cannot connect to PACS@10.0.0.9:104"),
-        "vna": (ExportState.DEAD, 1, "HTTP 401 from the VNA: not retried")})
+    draft_id, rows = _draft(
+        site,
+        drafted_id,
+        2,
+        {
+            "pacs": (ExportState.FAILED, 2, "cannot connect to PACS@10.0.0.9:104"),
+            "vna": (ExportState.DEAD, 1, "HTTP 401 from the VNA: not retried"),
+        },
+    )
     app.send_task(EXPORT, args=[draft_id, "pacs"], countdown=600, retries=1)
     # dead: a draft task whose retries were spent
     dead_id, dead_uid = _study(site, paths[:1], state=StudyState.DRAFTING, instance_state=InstanceState.CLASSIFIED)
-    letter = record_dead_letter(url, task_name=DRAFT, task_id="task-dead-0001", first_arg=dead_id, attempts=6,
-                                error="OperationalError: database is locked",
-                                traceback="Traceback (most recent call last):\n  File \"workers/tasks.py\"\n"
-                                          "OperationalError: database is locked")
-    return Seeded(waiting_task=waiting.id, waiting_study=ready_uid, waiting_instance=first_uid, retry_task=retry.id,
-                  retry_instance=second_uid, running_task=running.id, running_study=running_uid,
-                  failed_export=f"E{rows['pacs']}", dead_export=f"E{rows['vna']}", superseded_export=f"E{old['vna']}",
-                  drafted_study=drafted_uid, dead_letter=f"D{letter}", dead_study=dead_uid, dead_study_id=dead_id)
+    letter = record_dead_letter(
+        url,
+        task_name=DRAFT,
+        task_id="task-dead-0001",
+        first_arg=dead_id,
+        attempts=6,
+        error="OperationalError: database is locked",
+        traceback='Traceback (most recent call last):\n  File "workers/tasks.py"\nOperationalError: database is locked',
+    )
+    return Seeded(
+        waiting_task=waiting.id,
+        waiting_study=ready_uid,
+        waiting_instance=first_uid,
+        retry_task=retry.id,
+        retry_instance=second_uid,
+        running_task=running.id,
+        running_study=running_uid,
+        failed_export=f"E{rows['pacs']}",
+        dead_export=f"E{rows['vna']}",
+        superseded_export=f"E{old['vna']}",
+        drafted_study=drafted_uid,
+        dead_letter=f"D{letter}",
+        dead_study=dead_uid,
+        dead_study_id=dead_id,
+    )
 
 
-def _fake_worker(site: Site, tasks: list[dict], queues: tuple[str, ...] = ("draft",), *,
-                 heartbeat_age: float = 0.0) -> dict:
+def _fake_worker(
+    site: Site, tasks: list[dict], queues: tuple[str, ...] = ("draft",), *, heartbeat_age: float = 0.0
+) -> dict:
     """The heartbeat a worker of this process would write (predraft.workers.heartbeat): a key on Redis, else a file."""
     now = datetime.now(UTC)
-    status = {"hostname": f"predraft-draft@{socket.gethostname()}", "pid": os.getpid(), "queues": list(queues),
-              "pool": "threads", "concurrency": 2, "device": "cpu", "device_name": "CPU: test",
-              "model_name": "predraft-test", "model_version": "9.9.9",
-              "started_at": (now - timedelta(seconds=90)).isoformat(),
-              "heartbeat_at": (now - timedelta(seconds=heartbeat_age)).isoformat(), "tasks": tasks}
+    status = {
+        "hostname": f"predraft-draft@{socket.gethostname()}",
+        "pid": os.getpid(),
+        "queues": list(queues),
+        "pool": "threads",
+        "concurrency": 2,
+        "device": "cpu",
+        "device_name": "CPU: test",
+        "model_name": "predraft-test",
+        "model_version": "9.9.9",
+        "started_at": (now - timedelta(seconds=90)).isoformat(),
+        "heartbeat_at": (now - timedelta(seconds=heartbeat_age)).isoformat(),
+        "tasks": tasks,
+    }
     if site.kind == "embedded":
         write_heartbeat_file(heartbeat_dir(site.settings) / f"{status['hostname']}.json", status)
     else:
         import redis
 
-        redis.Redis.from_url(site.settings.broker_url).set(f"{REDIS_KEY_PREFIX}{status['hostname']}",
-                                                          json.dumps(status), ex=10)
+        redis.Redis.from_url(site.settings.broker_url).set(
+            f"{REDIS_KEY_PREFIX}{status['hostname']}", json.dumps(status), ex=10
+        )
     return status
 
 
@@ -232,31 +291,78 @@ def test_queue_stats_counts_every_state(site, seeded, capsys):
     assert list(rows) == list(QUEUES)
     workers = 1  # the draft worker's heartbeat
     prepare, draft, export = rows["prepare"], rows["draft"], rows["export"]
-    assert (prepare["waiting"], prepare["running"], prepare["retries_pending"], prepare["dead"],
-            prepare["workers"]) == (1, 0, 1, 0, 0)
+    assert (
+        prepare["waiting"],
+        prepare["running"],
+        prepare["retries_pending"],
+        prepare["dead"],
+        prepare["workers"],
+    ) == (1, 0, 1, 0, 0)
     assert 0 <= prepare["oldest_waiting_seconds"] < 120
-    assert (draft["waiting"], draft["running"], draft["retries_pending"], draft["dead"],
-            draft["oldest_waiting_seconds"], draft["workers"]) == (0, 1, 0, 1, None, workers)
-    assert (export["waiting"], export["running"], export["retries_pending"], export["dead"],
-            export["oldest_waiting_seconds"], export["workers"]) == (0, 0, 1, 1, None, 0)
-    assert rows["classify"] == {"queue": "classify", "waiting": 0, "running": 0, "retries_pending": 0, "dead": 0,
-                                "oldest_waiting_seconds": None, "workers": 0}
+    assert (
+        draft["waiting"],
+        draft["running"],
+        draft["retries_pending"],
+        draft["dead"],
+        draft["oldest_waiting_seconds"],
+        draft["workers"],
+    ) == (0, 1, 0, 1, None, workers)
+    assert (
+        export["waiting"],
+        export["running"],
+        export["retries_pending"],
+        export["dead"],
+        export["oldest_waiting_seconds"],
+        export["workers"],
+    ) == (0, 0, 1, 1, None, 0)
+    assert rows["classify"] == {
+        "queue": "classify",
+        "waiting": 0,
+        "running": 0,
+        "retries_pending": 0,
+        "dead": 0,
+        "oldest_waiting_seconds": None,
+        "workers": 0,
+    }
     assert "1 dead in queue draft (predraft queue ls --state dead)" in stats["problems"]
     assert "1 dead in queue export (predraft queue ls --state dead)" in stats["problems"]
     assert "no online worker consumes queue prepare (2 message(s) waiting)" in stats["problems"]
     assert "no online worker consumes queue draft" not in stats["problems"]
     (worker,) = stats["workers"]
-    assert {key: worker[key] for key in ("queues", "pool", "concurrency", "device", "device_name", "model_name",
-                                          "model_version", "active", "reserved", "scheduled", "source",
-                                          "answers_inspect")} == {
-        "queues": ["draft"], "pool": "threads", "concurrency": 2, "device": "cpu", "device_name": "CPU: test",
-        "model_name": "predraft-test", "model_version": "9.9.9", "active": 1, "reserved": 0, "scheduled": 0,
-        "source": "heartbeat file" if site.kind == "embedded" else "heartbeat key", "answers_inspect": None}
+    assert {
+        key: worker[key]
+        for key in (
+            "queues",
+            "pool",
+            "concurrency",
+            "device",
+            "device_name",
+            "model_name",
+            "model_version",
+            "active",
+            "reserved",
+            "scheduled",
+            "source",
+            "answers_inspect",
+        )
+    } == {
+        "queues": ["draft"],
+        "pool": "threads",
+        "concurrency": 2,
+        "device": "cpu",
+        "device_name": "CPU: test",
+        "model_name": "predraft-test",
+        "model_version": "9.9.9",
+        "active": 1,
+        "reserved": 0,
+        "scheduled": 0,
+        "source": "heartbeat file" if site.kind == "embedded" else "heartbeat key",
+        "answers_inspect": None,
+    }
     assert 89 <= worker["uptime_seconds"] < 200 and 0 <= worker["heartbeat_age_seconds"] < 5
 
 
-def test_queue_stats_is_fine_when_every_queue_has_a_worker_and_nothing_is_dead(capsys, clean_settings_env,
-                                                                             monkeypatch):
+def test_queue_stats_is_fine_when_every_queue_has_a_worker_and_nothing_is_dead(capsys, clean_settings_env, monkeypatch):
     var = clean_settings_env / "var"
     var.mkdir()
     monkeypatch.setenv("PREDRAFT_VAR_DIR", str(var))
@@ -284,10 +390,28 @@ def test_queue_ls_lists_every_state_field_by_field(site, seeded, capsys):
     s = seeded
     expected = [
         (s.dead_letter, "dead", "draft", DRAFT, s.dead_study, None, None, 6, "OperationalError: database is locked"),
-        (s.dead_export, "dead", "export", EXPORT, s.drafted_study, None, "vna", 1,
-         "HTTP 401 from the VNA: not retried"),
-        (s.failed_export, "failed", "export", EXPORT, s.drafted_study, None, "pacs", 2,
-         "cannot connect to PACS@10.0.0.9:104"),
+        (
+            s.dead_export,
+            "dead",
+            "export",
+            EXPORT,
+            s.drafted_study,
+            None,
+            "vna",
+            1,
+            "HTTP 401 from the VNA: not retried",
+        ),
+        (
+            s.failed_export,
+            "failed",
+            "export",
+            EXPORT,
+            s.drafted_study,
+            None,
+            "pacs",
+            2,
+            "cannot connect to PACS@10.0.0.9:104",
+        ),
         (s.retry_task, "failed", "prepare", PREPARE, s.waiting_study, s.retry_instance, None, 3, None),
         (s.running_task, "running", "draft", DRAFT, s.running_study, None, None, 0, None),
         (s.waiting_task, "waiting", "prepare", PREPARE, s.waiting_study, s.waiting_instance, None, 0, None),
@@ -324,22 +448,43 @@ def test_queue_show_gives_the_details_of_each_kind_of_item(site, seeded, capsys)
     code, item, _ = _run(capsys, "queue", "show", s.dead_letter, "--json")
     assert code == 1
     assert {key: item[key] for key in (*_FIELDS, "task_id", "retried_at")} == {
-        "id": s.dead_letter, "state": "dead", "queue": "draft", "task": DRAFT, "study_uid": s.dead_study,
-        "instance_uid": None, "destination": None, "attempts": 6, "error": "OperationalError: database is locked",
-        "task_id": "task-dead-0001", "retried_at": None}
+        "id": s.dead_letter,
+        "state": "dead",
+        "queue": "draft",
+        "task": DRAFT,
+        "study_uid": s.dead_study,
+        "instance_uid": None,
+        "destination": None,
+        "attempts": 6,
+        "error": "OperationalError: database is locked",
+        "task_id": "task-dead-0001",
+        "retried_at": None,
+    }
     assert item["traceback"].startswith("Traceback (most recent call last):")
 
     code, item, _ = _run(capsys, "queue", "show", s.failed_export, "--json")
     assert code == 0
     assert (item["state"], item["destination"], item["draft_generation"], item["export_state"], item["attempts"]) == (
-        "failed", "pacs", 2, "failed", 2)
+        "failed",
+        "pacs",
+        2,
+        "failed",
+        2,
+    )
 
     code, item, _ = _run(capsys, "queue", "show", s.waiting_task, "--json")
     assert code == 0
     assert {key: item[key] for key in _FIELDS} == {
-        "id": s.waiting_task, "state": "waiting", "queue": "prepare", "task": PREPARE,
-        "study_uid": s.waiting_study, "instance_uid": s.waiting_instance, "destination": None, "attempts": 0,
-        "error": None}
+        "id": s.waiting_task,
+        "state": "waiting",
+        "queue": "prepare",
+        "task": PREPARE,
+        "study_uid": s.waiting_study,
+        "instance_uid": s.waiting_instance,
+        "destination": None,
+        "attempts": 0,
+        "error": None,
+    }
     code, item, _ = _run(capsys, "queue", "show", s.running_task, "--json")
     assert (code, item["state"], item["study_uid"]) == (0, "running", s.running_study)
     code, item, _ = _run(capsys, "queue", "show", s.retry_task, "--json")
@@ -359,8 +504,10 @@ def test_queue_show_gives_the_details_of_each_kind_of_item(site, seeded, capsys)
 def test_retry_sends_dead_work_again_and_refuses_the_rest(site, seeded, capsys):
     s = seeded
     code, result, _ = _run(capsys, "queue", "retry", s.dead_letter, "--json")
-    assert (code, result) == (0, {"retried": [{"id": s.dead_letter, "sent": f"draft study row {s.dead_study_id}"}],
-                                  "refused": []})
+    assert (code, result) == (
+        0,
+        {"retried": [{"id": s.dead_letter, "sent": f"draft study row {s.dead_study_id}"}], "refused": []},
+    )
     with session_scope(site.settings.database_url) as session:
         assert session.scalars(select(Study.state).where(Study.study_uid == s.dead_study)).one() == "drafting"
     code, items, _ = _run(capsys, "queue", "ls", "--queue", "draft", "--state", "waiting", "--json")
@@ -374,9 +521,13 @@ def test_retry_sends_dead_work_again_and_refuses_the_rest(site, seeded, capsys):
     code, items, _ = _run(capsys, "queue", "ls", "--queue", "export", "--state", "waiting", "--json")
     assert [(item["destination"], item["study_uid"]) for item in items] == [("vna", s.drafted_study)]
 
-    for item_id, reason in [(s.dead_letter, "was already retried"), (s.failed_export, "is failed, not dead"),
-                            (s.superseded_export, "a newer one superseded"), ("E999", "no export E999"),
-                            (s.waiting_task, "is not a dead item")]:
+    for item_id, reason in [
+        (s.dead_letter, "was already retried"),
+        (s.failed_export, "is failed, not dead"),
+        (s.superseded_export, "a newer one superseded"),
+        ("E999", "no export E999"),
+        (s.waiting_task, "is not a dead item"),
+    ]:
         code, result, _ = _run(capsys, "queue", "retry", item_id, "--json")
         assert code == 1 and reason in result["refused"][0]["reason"], (item_id, result)
     code, text, _ = _run(capsys, "queue", "retry", "--all-dead")
@@ -426,12 +577,10 @@ def test_workers_lists_the_online_workers(site, capsys):
     hostname = report["workers"][0]["hostname"]
     if site.kind == "embedded":  # no broadcast on this broker: nobody is asked
         assert report["workers"][0]["answers_inspect"] is None
-        assert report["problems"] == ["no online worker consumes queue draft",
-                                      "no online worker consumes queue export"]
+        assert report["problems"] == ["no online worker consumes queue draft", "no online worker consumes queue export"]
     else:  # a heartbeat without a worker behind it to answer Celery's inspect
         assert report["workers"][0]["answers_inspect"] is False
-        assert report["problems"][-1] == (f"worker {hostname} sends heartbeats but did not answer inspect "
-                                          "within 0.2 s")
+        assert report["problems"][-1] == (f"worker {hostname} sends heartbeats but did not answer inspect within 0.2 s")
     code, text, _ = _run(capsys, "workers", "--timeout", "0.2")
     assert code == 1 and "problem: no online worker consumes queue draft" in text and hostname in text
     # a heartbeat older than ten seconds is a worker offline
@@ -449,9 +598,18 @@ def test_studies_ls_filters_by_state_and_since(site, seeded, capsys):
     code, rows, _ = _run(capsys, "studies", "ls", "--state", "drafted", "--since", "1h", "--json")
     assert code == 0
     assert [(row["study_uid"], row["state"], row["generation"], row["instances"]) for row in rows] == [
-        (seeded.drafted_study, "drafted", 2, 1)]
-    assert set(rows[0]) == {"study_uid", "state", "generation", "instances", "accession_number", "received_at",
-                            "last_instance_at", "drafted_at"}
+        (seeded.drafted_study, "drafted", 2, 1)
+    ]
+    assert set(rows[0]) == {
+        "study_uid",
+        "state",
+        "generation",
+        "instances",
+        "accession_number",
+        "received_at",
+        "last_instance_at",
+        "drafted_at",
+    }
     code, rows, _ = _run(capsys, "studies", "ls", "--since", "2099-01-01", "--json")
     assert (code, rows) == (0, [])
     with session_scope(site.settings.database_url) as session:
@@ -466,7 +624,9 @@ def test_studies_ls_filters_by_state_and_since(site, seeded, capsys):
 def test_studies_show_exit_code_says_whether_an_export_is_dead(site, seeded, capsys):
     code, detail, _ = _run(capsys, "studies", "show", seeded.drafted_study, "--json")
     assert code == 1 and [(e["destination"], e["state"]) for e in detail["draft"]["exports"]] == [
-        ("pacs", "failed"), ("vna", "dead")]
+        ("pacs", "failed"),
+        ("vna", "dead"),
+    ]
     code, detail, _ = _run(capsys, "studies", "show", seeded.running_study, "--json")
     assert (code, detail["state"], detail["draft"]) == (0, "drafting", None)
 
@@ -483,8 +643,10 @@ def test_studies_redraft_reopens_a_finished_study_under_a_new_generation(site, s
     from predraft.workers.queues import waiting_messages
 
     sent = waiting_messages(site.settings.broker_url, ["prepare"], limit=100)
-    assert sorted(message.args[0] for message in sent if message.task == PREPARE and message.args[0] in instances
-                  ) == instances
+    assert (
+        sorted(message.args[0] for message in sent if message.task == PREPARE and message.args[0] in instances)
+        == instances
+    )
     assert not [m for m in waiting_messages(site.settings.broker_url, ["draft"], limit=10) if m.args[0] == study.id]
     code, _, err = _run(capsys, "studies", "redraft", seeded.running_study)
     assert code == 1 and "is drafting: it is on its way to a draft already" in err
@@ -494,17 +656,30 @@ def test_studies_redraft_reopens_a_finished_study_under_a_new_generation(site, s
 
 # --- unreachable ----------------------------------------------------------------------------------------------------
 
-COMMANDS = [["queue", "stats"], ["queue", "ls"], ["queue", "show", "D1"], ["queue", "retry", "--all-dead"],
-            ["queue", "purge", "draft", "--yes"], ["studies", "ls"], ["studies", "show", "1.2.3"],
-            ["studies", "redraft", "1.2.3"], ["studies", "resend", "1.2.3"], ["workers"]]
+COMMANDS = [
+    ["queue", "stats"],
+    ["queue", "ls"],
+    ["queue", "show", "D1"],
+    ["queue", "retry", "--all-dead"],
+    ["queue", "purge", "draft", "--yes"],
+    ["studies", "ls"],
+    ["studies", "show", "1.2.3"],
+    ["studies", "redraft", "1.2.3"],
+    ["studies", "resend", "1.2.3"],
+    ["workers"],
+]
 
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=" ".join)
 @pytest.mark.parametrize("broker", ["redis", "embedded"])
 def test_every_command_exits_2_quickly_naming_a_stopped_broker_without_its_password(
-        argv, broker, capsys, clean_settings_env, monkeypatch, sqlite_url):
-    url = (f"redis://:s3cret@127.0.0.1:{free_port()}/0" if broker == "redis"
-           else f"sqla+sqlite:///{clean_settings_env}/no-such-folder/broker.sqlite")
+    argv, broker, capsys, clean_settings_env, monkeypatch, sqlite_url
+):
+    url = (
+        f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+        if broker == "redis"
+        else f"sqla+sqlite:///{clean_settings_env}/no-such-folder/broker.sqlite"
+    )
     monkeypatch.setenv("PREDRAFT_BROKER_URL", url)
     monkeypatch.setenv("PREDRAFT_DATABASE_URL", sqlite_url)
     started = time.monotonic()
@@ -516,8 +691,7 @@ def test_every_command_exits_2_quickly_naming_a_stopped_broker_without_its_passw
 
 
 @pytest.mark.parametrize("argv", [["queue", "stats", "--json"], ["studies", "ls", "--json"]], ids=" ".join)
-def test_an_unreachable_database_exits_2_naming_it_without_its_password(argv, capsys, clean_settings_env,
-                                                                        monkeypatch):
+def test_an_unreachable_database_exits_2_naming_it_without_its_password(argv, capsys, clean_settings_env, monkeypatch):
     var = clean_settings_env / "var"
     var.mkdir()
     monkeypatch.setenv("PREDRAFT_BROKER_URL", embedded_broker(var / "broker.sqlite"))
@@ -537,11 +711,15 @@ def test_a_stopped_broker_exits_2_from_the_console_script_too(tmp_path):
     import sys
 
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")}
-    env.update(PREDRAFT_VAR_DIR=str(tmp_path / "var"),
-               PREDRAFT_BROKER_URL=f"redis://:s3cret@127.0.0.1:{free_port()}/3")
+    env.update(PREDRAFT_VAR_DIR=str(tmp_path / "var"), PREDRAFT_BROKER_URL=f"redis://:s3cret@127.0.0.1:{free_port()}/3")
     started = time.monotonic()
-    result = subprocess.run([str(Path(sys.executable).parent / "predraft"), "queue", "stats"], env=env,
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "predraft"), "queue", "stats"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2 and time.monotonic() - started < 5, result
     assert "cannot reach the broker redis://:***@127.0.0.1:" in result.stderr and "s3cret" not in result.stderr
 

@@ -23,24 +23,33 @@ def _tags(**values: str) -> Dataset:
     return ds
 
 
-@pytest.mark.parametrize(("tags", "years"), [
-    ({"PatientAge": "010Y"}, 10.0),
-    ({"PatientAge": "018Y"}, 18.0),
-    ({"PatientAge": "006M"}, 0.5),
-    ({"PatientAge": "052W"}, 52 * 7 / 365.25),
-    ({"PatientAge": "003D"}, 3 / 365.25),
-    ({"PatientBirthDate": "20100615", "StudyDate": "20261205"}, (16 * 365.25 + 173) / 365.25),
-    ({"PatientAge": "45 years", "PatientBirthDate": "20200101", "StudyDate": "20261205"}, 6.93),  # AS invalid
-])
+@pytest.mark.parametrize(
+    ("tags", "years"),
+    [
+        ({"PatientAge": "010Y"}, 10.0),
+        ({"PatientAge": "018Y"}, 18.0),
+        ({"PatientAge": "006M"}, 0.5),
+        ({"PatientAge": "052W"}, 52 * 7 / 365.25),
+        ({"PatientAge": "003D"}, 3 / 365.25),
+        ({"PatientBirthDate": "20100615", "StudyDate": "20261205"}, (16 * 365.25 + 173) / 365.25),
+        ({"PatientAge": "45 years", "PatientBirthDate": "20200101", "StudyDate": "20261205"}, 6.93),  # AS invalid
+    ],
+)
 def test_age_from_patient_age_else_the_dates(tags: dict[str, str], years: float) -> None:
     assert age_in_years(_tags(**tags)) == pytest.approx(years, abs=0.01)
 
 
-@pytest.mark.parametrize("tags", [
-    {}, {"PatientAge": "10Y"}, {"PatientBirthDate": "2010-06-15", "StudyDate": "20261205"},
-    {"PatientBirthDate": "20101315", "StudyDate": "20261205"}, {"PatientBirthDate": "20100615"},
-    {"PatientBirthDate": "20300101", "StudyDate": "20261205"},  # born after the study
-])
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {},
+        {"PatientAge": "10Y"},
+        {"PatientBirthDate": "2010-06-15", "StudyDate": "20261205"},
+        {"PatientBirthDate": "20101315", "StudyDate": "20261205"},
+        {"PatientBirthDate": "20100615"},
+        {"PatientBirthDate": "20300101", "StudyDate": "20261205"},  # born after the study
+    ],
+)
 def test_a_missing_or_malformed_age_is_unknown_not_a_child(tags: dict[str, str]) -> None:
     assert age_in_years(_tags(**tags)) is None
     assert not is_child(_tags(**tags))

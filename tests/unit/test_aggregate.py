@@ -14,10 +14,13 @@ def _obs(uid: str, side: Side, view: View, **probabilities: float) -> HipObserva
 
 
 def test_mean_over_views_of_one_side():
-    findings = aggregate([
-        _obs("1.1", Side.RIGHT, View.AP_PELVIS, tha=0.8, none=0.2),
-        _obs("1.2", Side.RIGHT, View.FROG_LEG, tha=0.6, none=0.4),
-    ], threshold=0.5)
+    findings = aggregate(
+        [
+            _obs("1.1", Side.RIGHT, View.AP_PELVIS, tha=0.8, none=0.2),
+            _obs("1.2", Side.RIGHT, View.FROG_LEG, tha=0.6, none=0.4),
+        ],
+        threshold=0.5,
+    )
 
     assert len(findings) == 1
     finding = findings[0]
@@ -31,18 +34,21 @@ def test_mean_over_views_of_one_side():
 
 
 def test_views_and_uids_are_listed_once_each():
-    findings = aggregate([
-        _obs("1.1", Side.LEFT, View.AP_PELVIS, none=0.9, tha=0.1),
-        _obs("1.1", Side.LEFT, View.AP_PELVIS, none=0.7, tha=0.3),
-        _obs("1.2", Side.LEFT, View.AP_PELVIS, none=0.8, tha=0.2),
-    ], threshold=0.5)
+    findings = aggregate(
+        [
+            _obs("1.1", Side.LEFT, View.AP_PELVIS, none=0.9, tha=0.1),
+            _obs("1.1", Side.LEFT, View.AP_PELVIS, none=0.7, tha=0.3),
+            _obs("1.2", Side.LEFT, View.AP_PELVIS, none=0.8, tha=0.2),
+        ],
+        threshold=0.5,
+    )
     assert findings[0].views == (View.AP_PELVIS,)
     assert findings[0].sop_instance_uids == ("1.1", "1.2")
     assert findings[0].probability == pytest.approx(0.8)
 
 
 def test_below_threshold_is_indeterminate():
-    finding, = aggregate([_obs("1.1", Side.LEFT, View.AP_HIP, tha=0.45, hemi=0.30, none=0.25)], threshold=0.5)
+    (finding,) = aggregate([_obs("1.1", Side.LEFT, View.AP_HIP, tha=0.45, hemi=0.30, none=0.25)], threshold=0.5)
     assert finding.indeterminate and finding.hardware is None
     assert finding.top_class is H.THA
     assert finding.probability == pytest.approx(0.45)
@@ -56,15 +62,18 @@ def test_threshold_is_the_cards_not_a_fixed_one():
 
 
 def test_exactly_at_threshold_is_determinate():
-    finding, = aggregate([_obs("1.1", Side.RIGHT, View.AP_HIP, tha=0.5, none=0.3, hemi=0.2)], threshold=0.5)
+    (finding,) = aggregate([_obs("1.1", Side.RIGHT, View.AP_HIP, tha=0.5, none=0.3, hemi=0.2)], threshold=0.5)
     assert finding.hardware is H.THA
 
 
 def test_views_that_disagree_make_the_side_indeterminate():
-    finding, = aggregate([
-        _obs("1.1", Side.RIGHT, View.AP_PELVIS, tha=0.9, hemi=0.1),
-        _obs("1.2", Side.RIGHT, View.FROG_LEG, tha=0.4, hemi=0.6),
-    ], threshold=0.5)
+    (finding,) = aggregate(
+        [
+            _obs("1.1", Side.RIGHT, View.AP_PELVIS, tha=0.9, hemi=0.1),
+            _obs("1.2", Side.RIGHT, View.FROG_LEG, tha=0.4, hemi=0.6),
+        ],
+        threshold=0.5,
+    )
     assert finding.indeterminate
     assert "disagree" in finding.reason
     assert "tha" in finding.reason and "hemi" in finding.reason
@@ -72,20 +81,26 @@ def test_views_that_disagree_make_the_side_indeterminate():
 
 
 def test_sides_are_ordered_right_left_unknown():
-    findings = aggregate([
-        _obs("1.3", Side.UNKNOWN, View.UNKNOWN, none=0.9, tha=0.1),
-        _obs("1.2", Side.LEFT, View.AP_PELVIS, none=0.9, tha=0.1),
-        _obs("1.1", Side.RIGHT, View.AP_PELVIS, tha=0.9, none=0.1),
-    ], threshold=0.5)
+    findings = aggregate(
+        [
+            _obs("1.3", Side.UNKNOWN, View.UNKNOWN, none=0.9, tha=0.1),
+            _obs("1.2", Side.LEFT, View.AP_PELVIS, none=0.9, tha=0.1),
+            _obs("1.1", Side.RIGHT, View.AP_PELVIS, tha=0.9, none=0.1),
+        ],
+        threshold=0.5,
+    )
     assert [f.side for f in findings] == [Side.RIGHT, Side.LEFT, Side.UNKNOWN]
     assert [f.hardware for f in findings] == [H.THA, H.NONE, H.NONE]
 
 
 def test_unknown_side_is_never_merged_into_a_named_side():
-    findings = aggregate([
-        _obs("1.1", Side.RIGHT, View.AP_HIP, tha=0.9, none=0.1),
-        _obs("1.2", Side.UNKNOWN, View.AP_HIP, none=0.9, tha=0.1),
-    ], threshold=0.5)
+    findings = aggregate(
+        [
+            _obs("1.1", Side.RIGHT, View.AP_HIP, tha=0.9, none=0.1),
+            _obs("1.2", Side.UNKNOWN, View.AP_HIP, none=0.9, tha=0.1),
+        ],
+        threshold=0.5,
+    )
     assert [(f.side, f.sop_instance_uids) for f in findings] == [(Side.RIGHT, ("1.1",)), (Side.UNKNOWN, ("1.2",))]
 
 
@@ -131,18 +146,26 @@ def _metal_obs(uid: str, view: View, metal: bool | None, **probabilities: float)
     return HipObservation(uid, Side.RIGHT, view, {H(key): value for key, value in probabilities.items()}, metal)
 
 
-@pytest.mark.parametrize(("metal", "probabilities", "hardware", "reason"), [
-    ((True, False), {"none": 0.9, "tha": 0.1}, None, "metal check sees metal where the model sees no hardware"),
-    ((False, False), {"tha": 0.9, "none": 0.1}, None, "model sees tha but the metal check sees no metal"),
-    ((True, True), {"tha": 0.9, "none": 0.1}, H.THA, "mean probability"),
-    ((False, None), {"none": 0.9, "tha": 0.1}, H.NONE, "mean probability"),
-    ((None, None), {"none": 0.9, "tha": 0.1}, H.NONE, "mean probability"),
-    ((None, None), {"dhs": 0.9, "none": 0.1}, H.DHS, "mean probability"),
-    ((False, False), {"post_infectious": 0.9, "none": 0.1}, H.POST_INFECTIOUS, "mean probability"),
-])
+@pytest.mark.parametrize(
+    ("metal", "probabilities", "hardware", "reason"),
+    [
+        ((True, False), {"none": 0.9, "tha": 0.1}, None, "metal check sees metal where the model sees no hardware"),
+        ((False, False), {"tha": 0.9, "none": 0.1}, None, "model sees tha but the metal check sees no metal"),
+        ((True, True), {"tha": 0.9, "none": 0.1}, H.THA, "mean probability"),
+        ((False, None), {"none": 0.9, "tha": 0.1}, H.NONE, "mean probability"),
+        ((None, None), {"none": 0.9, "tha": 0.1}, H.NONE, "mean probability"),
+        ((None, None), {"dhs": 0.9, "none": 0.1}, H.DHS, "mean probability"),
+        ((False, False), {"post_infectious": 0.9, "none": 0.1}, H.POST_INFECTIOUS, "mean probability"),
+    ],
+)
 def test_metal_check_disagreement_makes_the_side_indeterminate(metal, probabilities, hardware, reason):
-    finding, = aggregate([_metal_obs("1.1", View.AP_PELVIS, metal[0], **probabilities),
-                          _metal_obs("1.2", View.FROG_LEG, metal[1], **probabilities)], threshold=0.5)
+    (finding,) = aggregate(
+        [
+            _metal_obs("1.1", View.AP_PELVIS, metal[0], **probabilities),
+            _metal_obs("1.2", View.FROG_LEG, metal[1], **probabilities),
+        ],
+        threshold=0.5,
+    )
     assert finding.hardware is hardware
     assert reason in finding.reason
     checked = [m for m in metal if m is not None]
@@ -155,31 +178,66 @@ R, L = Side.RIGHT, Side.LEFT
 
 RULE_TABLE = [
     # (case, [(side, view, probabilities)], {side: expected hardware or None}, reason fragment per side)
-    ("three views agree", [(R, AP, {"tha": 0.9, "hemi": 0.1}), (R, FROG, {"tha": 0.8, "hemi": 0.2}),
-                           (R, XTL, {"tha": 0.7, "hemi": 0.3})], {R: H.THA}, {R: "3 image(s)"}),
-    ("a dissenting view within the margin", [(R, AP, {"dhs": 0.9, "imn": 0.1}), (R, XTL, {"imn": 0.55, "dhs": 0.45})],
-     {R: H.DHS}, {R: "weighted mean"}),
-    ("a dissenting view beyond the margin", [(R, AP, {"dhs": 0.9, "imn": 0.1}), (R, XTL, {"imn": 0.8, "dhs": 0.2})],
-     {R: None}, {R: "views disagree (dhs, imn)"}),
-    ("a hard pair dissents sooner", [(R, AP, {"tha": 0.9, "hemi": 0.1}), (R, XTL, {"hemi": 0.6, "tha": 0.4})],
-     {R: None}, {R: "views disagree (hemi, tha)"}),
-    ("abstention below threshold", [(L, HIP, {"plate": 0.45, "dhs": 0.35, "none": 0.2})], {L: None},
-     {L: "below the model's threshold"}),
-    ("a hard pair too close", [(R, AP, {"post_infectious": 0.55, "tha_plus_fixation": 0.45})], {R: None},
-     {R: "too close to tell apart"}),
-    ("a missing view is no finding", [(R, AP, {"cannulated_screws": 0.95, "none": 0.05}),
-                                      (R, FROG, {"cannulated_screws": 0.9, "none": 0.1})],
-     {R: H.CANNULATED_SCREWS}, {R: "2 image(s)"}),
-    ("bilateral with different classes", [(R, AP, {"tha": 0.9, "none": 0.1}), (L, AP, {"none": 0.95, "tha": 0.05}),
-                                          (R, FROG, {"tha": 0.85, "none": 0.15})],
-     {R: H.THA, L: H.NONE}, {R: "2 image(s)", L: "1 image(s)"}),
+    (
+        "three views agree",
+        [(R, AP, {"tha": 0.9, "hemi": 0.1}), (R, FROG, {"tha": 0.8, "hemi": 0.2}), (R, XTL, {"tha": 0.7, "hemi": 0.3})],
+        {R: H.THA},
+        {R: "3 image(s)"},
+    ),
+    (
+        "a dissenting view within the margin",
+        [(R, AP, {"dhs": 0.9, "imn": 0.1}), (R, XTL, {"imn": 0.55, "dhs": 0.45})],
+        {R: H.DHS},
+        {R: "weighted mean"},
+    ),
+    (
+        "a dissenting view beyond the margin",
+        [(R, AP, {"dhs": 0.9, "imn": 0.1}), (R, XTL, {"imn": 0.8, "dhs": 0.2})],
+        {R: None},
+        {R: "views disagree (dhs, imn)"},
+    ),
+    (
+        "a hard pair dissents sooner",
+        [(R, AP, {"tha": 0.9, "hemi": 0.1}), (R, XTL, {"hemi": 0.6, "tha": 0.4})],
+        {R: None},
+        {R: "views disagree (hemi, tha)"},
+    ),
+    (
+        "abstention below threshold",
+        [(L, HIP, {"plate": 0.45, "dhs": 0.35, "none": 0.2})],
+        {L: None},
+        {L: "below the model's threshold"},
+    ),
+    (
+        "a hard pair too close",
+        [(R, AP, {"post_infectious": 0.55, "tha_plus_fixation": 0.45})],
+        {R: None},
+        {R: "too close to tell apart"},
+    ),
+    (
+        "a missing view is no finding",
+        [(R, AP, {"cannulated_screws": 0.95, "none": 0.05}), (R, FROG, {"cannulated_screws": 0.9, "none": 0.1})],
+        {R: H.CANNULATED_SCREWS},
+        {R: "2 image(s)"},
+    ),
+    (
+        "bilateral with different classes",
+        [
+            (R, AP, {"tha": 0.9, "none": 0.1}),
+            (L, AP, {"none": 0.95, "tha": 0.05}),
+            (R, FROG, {"tha": 0.85, "none": 0.15}),
+        ],
+        {R: H.THA, L: H.NONE},
+        {R: "2 image(s)", L: "1 image(s)"},
+    ),
 ]
 
 
 @pytest.mark.parametrize(("case", "images", "expected", "reasons"), RULE_TABLE, ids=[row[0] for row in RULE_TABLE])
 def test_rule_table(case, images, expected, reasons):
-    observations = [HipObservation(f"1.{i}", side, view, probabilities)
-                    for i, (side, view, probabilities) in enumerate(images)]
+    observations = [
+        HipObservation(f"1.{i}", side, view, probabilities) for i, (side, view, probabilities) in enumerate(images)
+    ]
     findings = {finding.side: finding for finding in aggregate(observations, threshold=0.5)}
     assert {side: finding.hardware for side, finding in findings.items()} == expected
     for side, fragment in reasons.items():
@@ -187,11 +245,13 @@ def test_rule_table(case, images, expected, reasons):
 
 
 def test_view_weights_change_the_combined_probability():
-    observations = [_obs("1.1", Side.RIGHT, View.AP_PELVIS, tha=0.9, hemi=0.1),
-                    _obs("1.2", Side.RIGHT, View.CROSS_TABLE_LATERAL, tha=0.6, hemi=0.4)]
-    default, = aggregate(observations, threshold=0.5)
+    observations = [
+        _obs("1.1", Side.RIGHT, View.AP_PELVIS, tha=0.9, hemi=0.1),
+        _obs("1.2", Side.RIGHT, View.CROSS_TABLE_LATERAL, tha=0.6, hemi=0.4),
+    ]
+    (default,) = aggregate(observations, threshold=0.5)
     assert default.probability == pytest.approx((0.9 + 0.75 * 0.6) / 1.75)
-    equal, = aggregate(observations, threshold=0.5, rule=AggregationRule(view_weights={View.CROSS_TABLE_LATERAL: 1}))
+    (equal,) = aggregate(observations, threshold=0.5, rule=AggregationRule(view_weights={View.CROSS_TABLE_LATERAL: 1}))
     assert equal.probability == pytest.approx(0.75)
 
 

@@ -80,16 +80,19 @@ def _queue_behind_a_running_batch(make, classifier: FakeClassifier, **kwargs):
     return batcher, first
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    ({"classifier": object()}, TypeError, "classifier must have a predict method"),
-    ({"batch_size": 0}, ValueError, "batch_size 0"),
-    ({"batch_size": 2.5}, TypeError, "batch_size must be an int"),
-    ({"batch_size": True}, TypeError, "batch_size must be an int"),
-    ({"wait_ms": -1}, ValueError, "wait_ms -1"),
-    ({"wait_ms": math.inf}, ValueError, "wait_ms inf"),
-    ({"wait_ms": "5"}, TypeError, "wait_ms must be a number"),
-    ({"name": 3}, TypeError, "name must be a str"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"classifier": object()}, TypeError, "classifier must have a predict method"),
+        ({"batch_size": 0}, ValueError, "batch_size 0"),
+        ({"batch_size": 2.5}, TypeError, "batch_size must be an int"),
+        ({"batch_size": True}, TypeError, "batch_size must be an int"),
+        ({"wait_ms": -1}, ValueError, "wait_ms -1"),
+        ({"wait_ms": math.inf}, ValueError, "wait_ms inf"),
+        ({"wait_ms": "5"}, TypeError, "wait_ms must be a number"),
+        ({"name": 3}, TypeError, "name must be a str"),
+    ],
+)
 def test_constructor_checks_its_arguments(kwargs, error, match):
     arguments = {"classifier": FakeClassifier(), "batch_size": 4, "wait_ms": 1.0, **kwargs}
     with pytest.raises(error, match=match):

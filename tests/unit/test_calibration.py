@@ -64,38 +64,47 @@ def test_a_temperature_outside_the_bounds_stops_at_the_bound():
     assert fit_temperature(10.0 * logits, labels, bounds=(0.5, 2.0)) == pytest.approx(2.0, rel=1e-3)
 
 
-@pytest.mark.parametrize("probs, labels, expected", [
-    ([[1.0, 0.0], [0.0, 1.0]], [0, 1], 0.0),  # sure and right
-    ([[1.0, 0.0], [0.0, 1.0]], [1, 0], 1.0),  # sure and wrong
-    ([[0.6, 0.4], [0.6, 0.4], [0.9, 0.1], [0.9, 0.1]], [0, 1, 0, 0], 0.5 * 0.1 + 0.5 * 0.1),
-])
+@pytest.mark.parametrize(
+    "probs, labels, expected",
+    [
+        ([[1.0, 0.0], [0.0, 1.0]], [0, 1], 0.0),  # sure and right
+        ([[1.0, 0.0], [0.0, 1.0]], [1, 0], 1.0),  # sure and wrong
+        ([[0.6, 0.4], [0.6, 0.4], [0.9, 0.1], [0.9, 0.1]], [0, 1, 0, 0], 0.5 * 0.1 + 0.5 * 0.1),
+    ],
+)
 def test_expected_calibration_error_of_known_cases(probs, labels, expected):
     assert expected_calibration_error(np.array(probs), np.array(labels), bins=10) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("logits, labels, error, match", [
-    (np.zeros(5), np.zeros(5, int), ValueError, r"logits must be a 2-D array .* shape \(5,\)"),
-    (np.zeros((5, 1)), np.zeros(5, int), ValueError, "logits must be a 2-D array"),
-    (np.zeros((0, 3)), np.zeros(0, int), ValueError, "logits must be a 2-D array"),
-    (np.full((2, 3), np.nan), np.zeros(2, int), ValueError, "logits hold 6 non-finite"),
-    ([["a", "b"]], np.zeros(1, int), TypeError, "logits must be an array of numbers"),
-    (np.zeros((5, 3)), np.zeros(4, int), ValueError, r"labels of shape \(4,\) do not match logits"),
-    (np.zeros((5, 3)), np.zeros((5, 1), int), ValueError, r"labels of shape \(5, 1\)"),
-    (np.zeros((5, 3)), np.zeros(5), TypeError, "labels must be integer class indices, not float64"),
-    (np.zeros((2, 3)), np.array([0, 3]), ValueError, r"labels must lie in \[0, 2\], got 0..3"),
-])
+@pytest.mark.parametrize(
+    "logits, labels, error, match",
+    [
+        (np.zeros(5), np.zeros(5, int), ValueError, r"logits must be a 2-D array .* shape \(5,\)"),
+        (np.zeros((5, 1)), np.zeros(5, int), ValueError, "logits must be a 2-D array"),
+        (np.zeros((0, 3)), np.zeros(0, int), ValueError, "logits must be a 2-D array"),
+        (np.full((2, 3), np.nan), np.zeros(2, int), ValueError, "logits hold 6 non-finite"),
+        ([["a", "b"]], np.zeros(1, int), TypeError, "logits must be an array of numbers"),
+        (np.zeros((5, 3)), np.zeros(4, int), ValueError, r"labels of shape \(4,\) do not match logits"),
+        (np.zeros((5, 3)), np.zeros((5, 1), int), ValueError, r"labels of shape \(5, 1\)"),
+        (np.zeros((5, 3)), np.zeros(5), TypeError, "labels must be integer class indices, not float64"),
+        (np.zeros((2, 3)), np.array([0, 3]), ValueError, r"labels must lie in \[0, 2\], got 0..3"),
+    ],
+)
 def test_fit_temperature_refuses_bad_input(logits, labels, error, match):
     with pytest.raises(error, match=match):
         fit_temperature(logits, labels)
 
 
-@pytest.mark.parametrize("probs, labels, bins, error, match", [
-    (np.full((2, 3), 0.5), np.zeros(2, int), 15, ValueError, "probs must be probabilities"),
-    (np.zeros(3), np.zeros(3, int), 15, ValueError, "probs must be a 2-D array"),
-    (np.full((2, 2), 0.5), np.zeros(3, int), 15, ValueError, "labels of shape"),
-    (np.full((2, 2), 0.5), np.zeros(2, int), 0, ValueError, "bins 0 must be at least 1"),
-    (np.full((2, 2), 0.5), np.zeros(2, int), 2.0, TypeError, "bins must be an int"),
-])
+@pytest.mark.parametrize(
+    "probs, labels, bins, error, match",
+    [
+        (np.full((2, 3), 0.5), np.zeros(2, int), 15, ValueError, "probs must be probabilities"),
+        (np.zeros(3), np.zeros(3, int), 15, ValueError, "probs must be a 2-D array"),
+        (np.full((2, 2), 0.5), np.zeros(3, int), 15, ValueError, "labels of shape"),
+        (np.full((2, 2), 0.5), np.zeros(2, int), 0, ValueError, "bins 0 must be at least 1"),
+        (np.full((2, 2), 0.5), np.zeros(2, int), 2.0, TypeError, "bins must be an int"),
+    ],
+)
 def test_expected_calibration_error_refuses_bad_input(probs, labels, bins, error, match):
     with pytest.raises(error, match=match):
         expected_calibration_error(probs, labels, bins=bins)
@@ -123,7 +132,8 @@ def test_calibrated_card_keeps_the_weights_and_changes_the_temperature(tiny_mode
     assert calibrated.version == f"{original.version}+T2.500"
     assert json.loads(out.read_text())["weights"] == "../model/weights.safetensors"
     assert calibrated.model_dump(exclude={"temperature", "version", "weights"}) == original.model_dump(
-        exclude={"temperature", "version", "weights"})
+        exclude={"temperature", "version", "weights"}
+    )
 
     images = np.random.default_rng(0).integers(0, 256, size=(2, 64, 64), dtype=np.uint8)
     plain = load_classifier(tiny_model).predict(images).astype(np.float64)
@@ -132,8 +142,9 @@ def test_calibrated_card_keeps_the_weights_and_changes_the_temperature(tiny_mode
 
 
 def test_calibrated_card_beside_the_weights_and_with_a_version(tiny_model):
-    out = write_calibrated_card(tiny_model, tiny_model.with_name("card-calibrated.json"), temperature=1.7,
-                                version="1.0.0")
+    out = write_calibrated_card(
+        tiny_model, tiny_model.with_name("card-calibrated.json"), temperature=1.7, version="1.0.0"
+    )
     card, _ = load_card(out)
     assert (card.temperature, card.version, card.weights) == (1.7, "1.0.0", "weights.safetensors")
 

@@ -39,23 +39,32 @@ def _png(path: Path, pixels: np.ndarray) -> None:
 
 def test_read_labels_parses_rows(tmp_path: Path) -> None:
     _png(tmp_path / "a.png", np.zeros((20, 20), np.uint8))
-    _write_labels(tmp_path, [["p1", "s1", "a.png", "Right", "THA", "ap_hip"],
-                             ["p1", "s1", "a.png", "left", "none", ""]])
+    _write_labels(
+        tmp_path, [["p1", "s1", "a.png", "Right", "THA", "ap_hip"], ["p1", "s1", "a.png", "left", "none", ""]]
+    )
     rows = read_labels(tmp_path)
-    assert rows == [LabelRow("p1", "s1", "a.png", Side.RIGHT, HardwareClass.THA, View.AP_HIP),
-                    LabelRow("p1", "s1", "a.png", Side.LEFT, HardwareClass.NONE, None)]
+    assert rows == [
+        LabelRow("p1", "s1", "a.png", Side.RIGHT, HardwareClass.THA, View.AP_HIP),
+        LabelRow("p1", "s1", "a.png", Side.LEFT, HardwareClass.NONE, None),
+    ]
 
 
-@pytest.mark.parametrize(("rows", "header", "message"), [
-    ([["p1", "s1", "a.png", "right", "tha", ""]], ["patient", "study", "image", "side"], "lacks the column"),
-    ([["p1", "s1", "a.png", "middle", "tha", ""]], HEADER, "line 2"),
-    ([["p1", "s1", "a.png", "right", "screws", ""]], HEADER, "'screws' is not a valid HardwareClass"),
-    ([["p1", "s1", "missing.png", "right", "tha", ""]], HEADER, "missing.png does not exist"),
-    ([["p1", "s1", "a.png", "right", "tha", ""], ["p1", "s1", "a.png", "right", "none", ""]], HEADER,
-     "labelled twice"),
-    ([["", "s1", "a.png", "right", "tha", ""]], HEADER, "'patient' is empty"),
-    ([], HEADER, "holds no rows"),
-])
+@pytest.mark.parametrize(
+    ("rows", "header", "message"),
+    [
+        ([["p1", "s1", "a.png", "right", "tha", ""]], ["patient", "study", "image", "side"], "lacks the column"),
+        ([["p1", "s1", "a.png", "middle", "tha", ""]], HEADER, "line 2"),
+        ([["p1", "s1", "a.png", "right", "screws", ""]], HEADER, "'screws' is not a valid HardwareClass"),
+        ([["p1", "s1", "missing.png", "right", "tha", ""]], HEADER, "missing.png does not exist"),
+        (
+            [["p1", "s1", "a.png", "right", "tha", ""], ["p1", "s1", "a.png", "right", "none", ""]],
+            HEADER,
+            "labelled twice",
+        ),
+        ([["", "s1", "a.png", "right", "tha", ""]], HEADER, "'patient' is empty"),
+        ([], HEADER, "holds no rows"),
+    ],
+)
 def test_read_labels_refuses_bad_csv(tmp_path: Path, rows: list[list[str]], header: list[str], message: str) -> None:
     _png(tmp_path / "a.png", np.zeros((20, 20), np.uint8))
     _write_labels(tmp_path, rows, header)
@@ -69,8 +78,10 @@ def test_missing_labels_file_is_named(tmp_path: Path) -> None:
 
 
 def test_patient_stratum_is_the_hardware_not_the_native_side() -> None:
-    rows = [LabelRow("p", "s", "a", Side.RIGHT, HardwareClass.NONE), LabelRow("p", "s", "a", Side.LEFT,
-                                                                               HardwareClass.DHS)]
+    rows = [
+        LabelRow("p", "s", "a", Side.RIGHT, HardwareClass.NONE),
+        LabelRow("p", "s", "a", Side.LEFT, HardwareClass.DHS),
+    ]
     assert patient_stratum(rows) is HardwareClass.DHS
     assert patient_stratum(rows[:1]) is HardwareClass.NONE
 
@@ -82,8 +93,9 @@ def _synthetic_rows(per_class: int) -> list[LabelRow]:
             patient = f"{hardware.value}-{index}"
             for study in range(1 + index % 2):  # some patients have two studies
                 rows.append(LabelRow(patient, f"{patient}-s{study}", f"{patient}-{study}.dcm", Side.RIGHT, hardware))
-                rows.append(LabelRow(patient, f"{patient}-s{study}", f"{patient}-{study}.dcm", Side.LEFT,
-                                     HardwareClass.NONE))
+                rows.append(
+                    LabelRow(patient, f"{patient}-s{study}", f"{patient}-{study}.dcm", Side.LEFT, HardwareClass.NONE)
+                )
     return rows
 
 
@@ -121,9 +133,14 @@ def test_prepare_png_single_hip_and_pelvis(tmp_path: Path) -> None:
     hip = np.full((80, 40), 128, np.uint8)
     _png(tmp_path / "pelvis.png", pelvis)
     _png(tmp_path / "hip.png", hip)
-    _write_labels(tmp_path, [["p", "s", "pelvis.png", "right", "tha", "ap_pelvis"],
-                             ["p", "s", "pelvis.png", "left", "none", "ap_pelvis"],
-                             ["p", "s", "hip.png", "left", "hemi", "ap_hip"]])
+    _write_labels(
+        tmp_path,
+        [
+            ["p", "s", "pelvis.png", "right", "tha", "ap_pelvis"],
+            ["p", "s", "pelvis.png", "left", "none", "ap_pelvis"],
+            ["p", "s", "hip.png", "left", "hemi", "ap_hip"],
+        ],
+    )
     rows = read_labels(tmp_path)
     prepared = prepare_images(tmp_path, rows, input_size=32, workers=1, cache_dir=tmp_path / "cache")
     assert prepared.pixels.shape == (3, 32, 32) and prepared.pixels.dtype == np.uint8

@@ -62,7 +62,8 @@ def test_the_corrupt_rle_stream_panics_in_process_past_except_exception(panickin
 
 @pytest.mark.timeout(60)
 def test_bounded_prepare_reports_the_panic_and_the_same_child_prepares_the_next_image(
-        panicking_rle, real_path, sandbox):
+    panicking_rle, real_path, sandbox
+):
     with pytest.raises(DecodeFailure, match="PanicException: index out of bounds") as info:
         prepare_bounded(panicking_rle, input_size=64, sandbox=sandbox)
     assert info.value.reason is FailureReason.ERROR
@@ -140,7 +141,10 @@ def test_a_base_exception_or_an_unpicklable_exception_crosses_as_plain_data(sand
     assert failure.detail == "index out of bounds: the len is 7532800 but the index is 7532800"
     failure = _failure(sandbox, hostile.raise_unpicklable)
     assert (failure.reason, failure.error_type, failure.detail) == (
-        FailureReason.ERROR, "UnpicklableError", "decoder refused the stream")
+        FailureReason.ERROR,
+        "UnpicklableError",
+        "decoder refused the stream",
+    )
     assert sandbox.call(hostile.echo, [1, 2]) == [1, 2]
 
 
@@ -154,11 +158,15 @@ def test_the_child_has_the_memory_bound_and_no_torch(sandbox, real_path):
     import resource
 
     assert sandbox.call(resource.getrlimit, resource.RLIMIT_AS) == (3 * 1024 * MiB, 3 * 1024 * MiB)
-    assert sandbox.call(hostile.loaded_modules, "torch", "predraft.models.prepare") == {"torch": False,
-                                                                                "predraft.models.prepare": False}
+    assert sandbox.call(hostile.loaded_modules, "torch", "predraft.models.prepare") == {
+        "torch": False,
+        "predraft.models.prepare": False,
+    }
     prepare_bounded(real_path("RG2_J2KR.dcm"), input_size=64, sandbox=sandbox)
-    assert sandbox.call(hostile.loaded_modules, "torch", "predraft.models.prepare") == {"torch": False,
-                                                                                "predraft.models.prepare": True}
+    assert sandbox.call(hostile.loaded_modules, "torch", "predraft.models.prepare") == {
+        "torch": False,
+        "predraft.models.prepare": True,
+    }
 
 
 def _alive(pid: int) -> bool:
@@ -220,8 +228,9 @@ def test_closing_ends_the_child_and_a_killed_parent_leaves_no_orphan(tmp_path):
         print(box.call(hostile_decoders.child_pid), flush=True)
         time.sleep(60)
     """)
-    parent = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2],
-                              stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True
+    )
     try:
         child = int(parent.stdout.readline())
         assert _alive(child)
@@ -239,7 +248,8 @@ def test_every_real_file_prepares_bounded_as_in_process(sandbox):
     assert len(files) >= 20, f"the real test set at {real_dir} is missing"
     for path in files:
         assert _outcome(prepare_bounded, path, input_size=64, sandbox=sandbox) == _outcome(
-            prepare_file, path, input_size=64), path.name
+            prepare_file, path, input_size=64
+        ), path.name
 
 
 def _outcome(prepare, *args, **kwargs) -> object:
@@ -255,6 +265,7 @@ def _outcome(prepare, *args, **kwargs) -> object:
 
 # --- the prepare task ----------------------------------------------------------------------------------------
 
+
 class FakeCelery:
     """Records send_task calls instead of talking to a broker."""
 
@@ -267,10 +278,14 @@ class FakeCelery:
 
 @pytest.mark.timeout(120)
 def test_the_prepare_task_records_the_panicking_image_as_error_and_prepares_the_rest(
-        sqlite_url, panicking_rle, real_path, clean_settings_env, tiny_card_path, tmp_path, monkeypatch):
+    sqlite_url, panicking_rle, real_path, clean_settings_env, tiny_card_path, tmp_path, monkeypatch
+):
     bad, good = record_file(sqlite_url, panicking_rle), record_file(sqlite_url, real_path("RG2_UNC.dcm"))
-    for key, value in {"PREDRAFT_DATABASE_URL": sqlite_url, "PREDRAFT_MODEL": str(tiny_card_path),
-                       "PREDRAFT_VAR_DIR": str(tmp_path / "var")}.items():
+    for key, value in {
+        "PREDRAFT_DATABASE_URL": sqlite_url,
+        "PREDRAFT_MODEL": str(tiny_card_path),
+        "PREDRAFT_VAR_DIR": str(tmp_path / "var"),
+    }.items():
         monkeypatch.setenv(key, value)
     tasks._settings.cache_clear()
     app = FakeCelery()
@@ -286,8 +301,9 @@ def test_the_prepare_task_records_the_panicking_image_as_error_and_prepares_the_
     with session_scope(sqlite_url) as session:
         failed, prepared = session.get(Instance, bad), session.get(Instance, good)
         assert failed.state == InstanceState.ERROR
-        assert failed.error.startswith(f"could not be prepared (error) in transfer syntax {RLE_LOSSLESS}: "
-                                       "PanicException: index out of bounds")
+        assert failed.error.startswith(
+            f"could not be prepared (error) in transfer syntax {RLE_LOSSLESS}: PanicException: index out of bounds"
+        )
         assert prepared.state == InstanceState.PREPARED
         kinds = session.scalars(select(Event.kind).where(Event.instance_id == bad)).all()
         assert "error" in kinds

@@ -35,29 +35,40 @@ def part10(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return write_demo_study(tmp_path_factory.mktemp("demo"))[0].path.read_bytes()
 
 
-@pytest.mark.parametrize("content_type", [
-    'multipart/related; type="application/dicom"; boundary="abc 123"',
-    'Multipart/Related; boundary="abc 123"; type=application/dicom',
-    'multipart/related; boundary="abc 123"',  # no type: application/dicom is assumed
-])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        'multipart/related; type="application/dicom"; boundary="abc 123"',
+        'Multipart/Related; boundary="abc 123"; type=application/dicom',
+        'multipart/related; boundary="abc 123"',  # no type: application/dicom is assumed
+    ],
+)
 def test_boundary_is_read_quoted_or_not(content_type: str) -> None:
     assert stow_boundary(content_type) == b"abc 123"
 
 
 def test_a_boundary_longer_than_rfc_2046_generates_is_accepted() -> None:
     orthanc_style = "0f0e2c58-6b1c-4d5e-9a8b-7c6d5e4f3a2b-0f0e2c58-6b1c-4d5e-9a8b-7c6d5e4f3a2b"  # 73 characters
-    assert stow_boundary(f'multipart/related; type="application/dicom"; boundary={orthanc_style}') == \
-        orthanc_style.encode()
+    assert (
+        stow_boundary(f'multipart/related; type="application/dicom"; boundary={orthanc_style}')
+        == orthanc_style.encode()
+    )
 
 
-@pytest.mark.parametrize(("content_type", "status", "message"), [
-    (None, HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "no Content-Type"),
-    ("application/dicom", HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "'application/dicom' is not supported"),
-    ('multipart/related; type="application/dicom+json"; boundary=x', HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-     "type 'application/dicom\\+json'"),
-    ('multipart/related; type="application/dicom"', HTTPStatus.BAD_REQUEST, "no boundary"),
-    (f'multipart/related; boundary={"x" * 201}', HTTPStatus.BAD_REQUEST, "no boundary parameter of 1 to 200"),
-])
+@pytest.mark.parametrize(
+    ("content_type", "status", "message"),
+    [
+        (None, HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "no Content-Type"),
+        ("application/dicom", HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "'application/dicom' is not supported"),
+        (
+            'multipart/related; type="application/dicom+json"; boundary=x',
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            "type 'application/dicom\\+json'",
+        ),
+        ('multipart/related; type="application/dicom"', HTTPStatus.BAD_REQUEST, "no boundary"),
+        (f"multipart/related; boundary={'x' * 201}", HTTPStatus.BAD_REQUEST, "no boundary parameter of 1 to 200"),
+    ],
+)
 def test_unusable_content_types_are_refused(content_type: str | None, status: HTTPStatus, message: str) -> None:
     with pytest.raises(DicomwebError, match=message) as caught:
         stow_boundary(content_type)
@@ -75,8 +86,10 @@ def test_declared_length_over_the_limit_is_413() -> None:
 
 
 def test_parts_are_split_with_their_headers() -> None:
-    body = (b"preamble\r\n--b\r\nContent-Type: application/dicom\r\n\r\nfirst\r\n--b\r\n\r\n"
-            b"second\r\n--x\r\n--b--\r\nepilogue")
+    body = (
+        b"preamble\r\n--b\r\nContent-Type: application/dicom\r\n\r\nfirst\r\n--b\r\n\r\n"
+        b"second\r\n--x\r\n--b--\r\nepilogue"
+    )
     parts = list(split_multipart(body, b"b"))
     assert [(p.index, p.content, p.problem) for p in parts] == [(0, b"first", None), (1, b"second\r\n--x", None)]
     assert parts[0].headers == {"content-type": "application/dicom"}
@@ -88,12 +101,15 @@ def test_a_body_without_the_boundary_is_400() -> None:
     assert caught.value.status == HTTPStatus.BAD_REQUEST
 
 
-@pytest.mark.parametrize(("body", "problem"), [
-    (b"--b\r\n\r\nfirst\r\n--b\r\n\r\nsecond and no end", "ends inside this part"),
-    (b"--b\r\n\r\nfirst\r\n--b\r\nContent-Type: appl", "ends inside the headers"),
-    (b"--b\r\n\r\nfirst\r\n--b", "ends without its closing boundary"),
-    (b"--b\r\n\r\nfirst\r\n--bogus\r\n\r\nsecond\r\n--b--", "followed by other characters"),
-])
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"--b\r\n\r\nfirst\r\n--b\r\n\r\nsecond and no end", "ends inside this part"),
+        (b"--b\r\n\r\nfirst\r\n--b\r\nContent-Type: appl", "ends inside the headers"),
+        (b"--b\r\n\r\nfirst\r\n--b", "ends without its closing boundary"),
+        (b"--b\r\n\r\nfirst\r\n--bogus\r\n\r\nsecond\r\n--b--", "followed by other characters"),
+    ],
+)
 def test_a_body_that_breaks_off_ends_with_a_part_that_says_why(body: bytes, problem: str) -> None:
     first, last = split_multipart(body, b"b")
     assert (first.content, first.problem) == (b"first", None)
@@ -122,7 +138,7 @@ def _spooled(receiver: Receiver) -> list[Path]:
 
 @pytest.mark.parametrize("keep", [-1, 0.5])
 def test_a_cut_part_is_refused_by_the_receiver_with_its_uids(part10: bytes, receiver: Receiver, keep: float) -> None:
-    data = part10[:-1] if keep == -1 else part10[:int(len(part10) * keep)]
+    data = part10[:-1] if keep == -1 else part10[: int(len(part10) * keep)]
     result = store_part(Part(0, {}, data), receiver, source="STOW:test", study_uid=None)
     assert result.failure_reason == FAILURE_CANNOT_UNDERSTAND
     assert "(7FE0,0010)" in result.message and "truncated" in result.message
@@ -159,11 +175,14 @@ def _failed(sop: str) -> PartResult:
     return PartResult("", sop, "", FAILURE_CANNOT_UNDERSTAND, "not DICOM")
 
 
-@pytest.mark.parametrize(("results", "status"), [
-    ([_stored("1.1"), _stored("1.2")], HTTPStatus.OK),
-    ([_stored("1.1"), _failed("1.2")], HTTPStatus.ACCEPTED),
-    ([_failed("1.1"), _failed("1.2")], HTTPStatus.CONFLICT),
-])
+@pytest.mark.parametrize(
+    ("results", "status"),
+    [
+        ([_stored("1.1"), _stored("1.2")], HTTPStatus.OK),
+        ([_stored("1.1"), _failed("1.2")], HTTPStatus.ACCEPTED),
+        ([_failed("1.1"), _failed("1.2")], HTTPStatus.CONFLICT),
+    ],
+)
 def test_store_response_status_follows_ps3_18(results: list[PartResult], status: HTTPStatus) -> None:
     assert store_response(results, STUDIES_URL)[0] == status
 
@@ -184,16 +203,19 @@ def test_store_response_of_two_studies_has_no_study_url() -> None:
     assert "RetrieveURL" not in pydicom.Dataset.from_json(payload)
 
 
-@pytest.mark.parametrize(("keyword", "value", "matching", "other"), [
-    ("StudyInstanceUID", "1.2.3,1.2.4", "1.2.4", "1.2.5"),
-    ("StudyInstanceUID", "1.2.3\\1.2.4", "1.2.3", "1.2.34"),
-    ("StudyDate", "20240101-20240131", "20240115", "20240201"),
-    ("StudyDate", "-20240131", "20231231", ""),
-    ("StudyDate", "20240101", "20240101", "20240102"),
-    ("PatientName", "DOE^J*", "DOE^JANE", "DOE"),
-    ("PatientID", "A?C", "ABC", "ABBC"),
-    ("AccessionNumber", "A1", "A1", "A10"),
-])
+@pytest.mark.parametrize(
+    ("keyword", "value", "matching", "other"),
+    [
+        ("StudyInstanceUID", "1.2.3,1.2.4", "1.2.4", "1.2.5"),
+        ("StudyInstanceUID", "1.2.3\\1.2.4", "1.2.3", "1.2.34"),
+        ("StudyDate", "20240101-20240131", "20240115", "20240201"),
+        ("StudyDate", "-20240131", "20231231", ""),
+        ("StudyDate", "20240101", "20240101", "20240102"),
+        ("PatientName", "DOE^J*", "DOE^JANE", "DOE"),
+        ("PatientID", "A?C", "ABC", "ABBC"),
+        ("AccessionNumber", "A1", "A1", "A10"),
+    ],
+)
 def test_qido_matching(keyword: str, value: str, matching: str, other: str) -> None:
     match = Match.parse(keyword, value)
     assert match.test(matching)
@@ -207,14 +229,17 @@ def test_qido_wildcards_quote_sql_like_characters() -> None:
     assert "LIKE '100\\%\\_%'" in compiled
 
 
-@pytest.mark.parametrize(("accept", "accepted"), [
-    (None, True),
-    ("*/*", True),
-    ('multipart/related; type="application/dicom"', True),
-    ('multipart/related; type="application/dicom"; transfer-syntax=*', True),
-    ("application/dicom+json", False),
-    ('multipart/related; type="image/jpeg"', False),
-])
+@pytest.mark.parametrize(
+    ("accept", "accepted"),
+    [
+        (None, True),
+        ("*/*", True),
+        ('multipart/related; type="application/dicom"', True),
+        ('multipart/related; type="application/dicom"; transfer-syntax=*', True),
+        ("application/dicom+json", False),
+        ('multipart/related; type="image/jpeg"', False),
+    ],
+)
 def test_wado_accept_header(accept: str | None, accepted: bool) -> None:
     assert accepts_multipart_dicom(accept) is accepted
 
@@ -226,13 +251,16 @@ def test_bearer_tokens_are_matched_by_position() -> None:
     assert check_bearer("", tokens) is None
 
 
-@pytest.mark.parametrize(("credentials", "user"), [
-    (base64.b64encode(b"pacs:pw:with:colons").decode(), "pacs"),
-    (base64.b64encode(b"pacs:wrong").decode(), None),
-    (base64.b64encode(b"nobody:pw:with:colons").decode(), None),
-    (base64.b64encode(b"no colon").decode(), None),
-    ("not base64!", None),
-])
+@pytest.mark.parametrize(
+    ("credentials", "user"),
+    [
+        (base64.b64encode(b"pacs:pw:with:colons").decode(), "pacs"),
+        (base64.b64encode(b"pacs:wrong").decode(), None),
+        (base64.b64encode(b"nobody:pw:with:colons").decode(), None),
+        (base64.b64encode(b"no colon").decode(), None),
+        ("not base64!", None),
+    ],
+)
 def test_basic_credentials(credentials: str, user: str | None) -> None:
     assert check_basic(credentials, {"pacs": SecretStr("pw:with:colons")}) == user
 
@@ -240,9 +268,19 @@ def test_basic_credentials(credentials: str, user: str | None) -> None:
 def _request(settings: Settings, authorization: str | None) -> Request:
     headers = [] if authorization is None else [(b"authorization", authorization.encode())]
     app = SimpleNamespace(state=SimpleNamespace(settings=settings))
-    return Request({"type": "http", "method": "GET", "path": "/dicomweb/studies", "query_string": b"",
-                    "headers": headers, "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8080),
-                    "scheme": "http", "app": app})
+    return Request(
+        {
+            "type": "http",
+            "method": "GET",
+            "path": "/dicomweb/studies",
+            "query_string": b"",
+            "headers": headers,
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8080),
+            "scheme": "http",
+            "app": app,
+        }
+    )
 
 
 def test_dicomweb_without_tokens_or_users_refuses_everyone(clean_settings_env: Path) -> None:
@@ -253,10 +291,12 @@ def test_dicomweb_without_tokens_or_users_refuses_everyone(clean_settings_env: P
     assert "Bearer" in caught.value.headers["WWW-Authenticate"]
 
 
-def test_authenticate_names_the_user_never_the_secret(clean_settings_env: Path,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
-    settings = get_settings(var_dir=clean_settings_env, dicomweb_tokens=["tok-1", "tok-2"],
-                            dicomweb_users={"pacs": "pw-9"})
+def test_authenticate_names_the_user_never_the_secret(
+    clean_settings_env: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = get_settings(
+        var_dir=clean_settings_env, dicomweb_tokens=["tok-1", "tok-2"], dicomweb_users={"pacs": "pw-9"}
+    )
     assert authenticate(_request(settings, "Bearer tok-2")).name == "token#2"
     basic = base64.b64encode(b"pacs:pw-9").decode()
     assert authenticate(_request(settings, f"Basic {basic}")).name == "pacs"
@@ -268,8 +308,9 @@ def test_authenticate_names_the_user_never_the_secret(clean_settings_env: Path,
 
 
 @pytest.mark.parametrize("tokens, users", [(["tok-1", ""], {}), (["  "], {}), ([], {"pacs": ""}), ([], {"": "pw"})])
-def test_empty_dicomweb_credentials_are_refused_in_the_settings(clean_settings_env: Path, tokens: list[str],
-                                                                users: dict[str, str]) -> None:
+def test_empty_dicomweb_credentials_are_refused_in_the_settings(
+    clean_settings_env: Path, tokens: list[str], users: dict[str, str]
+) -> None:
     with pytest.raises(ValueError, match="empty"):
         get_settings(var_dir=clean_settings_env, dicomweb_tokens=tokens, dicomweb_users=users)
 

@@ -35,8 +35,9 @@ def labelled(tmp_path_factory) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def result(labelled) -> dict[str, Any]:
     out = labelled["folder"] / "out"
-    metrics = evaluate_real(labelled["csv"], labelled["images"], out, gate_card=labelled["gate"], n_bootstrap=20,
-                            workers=1)
+    metrics = evaluate_real(
+        labelled["csv"], labelled["images"], out, gate_card=labelled["gate"], n_bootstrap=20, workers=1
+    )
     with (out / PREDICTIONS).open(newline="") as handle:
         predictions = list(csv.DictReader(handle))
     return {"metrics": metrics, "written": json.loads((out / METRICS).read_text()), "predictions": predictions}
@@ -84,10 +85,16 @@ def test_counts_follow_the_csv(result, labelled):
         assert region["classes"][name]["sensitivity"]["n"] == _count(rows, region=name)
         assert region["classes"][name]["specificity"]["n"] == _count(rows, region=lambda v, n=name: v not in ("", n))
     rules = region["service_rules"]
-    assert rules["hip_tagged_kept (not overturned)"]["n"] == rules["untagged_hip_accepted"]["n"] == _count(
-        rows, region="hip")
-    assert rules["other_tagged_hip_overturned"]["n"] == rules["untagged_other_rejected"]["n"] == _count(
-        rows, region="shoulder")
+    assert (
+        rules["hip_tagged_kept (not overturned)"]["n"]
+        == rules["untagged_hip_accepted"]["n"]
+        == _count(rows, region="hip")
+    )
+    assert (
+        rules["other_tagged_hip_overturned"]["n"]
+        == rules["untagged_other_rejected"]["n"]
+        == _count(rows, region="shoulder")
+    )
 
     hardware = metrics["hardware_present"]
     assert hardware["gate_threshold"] == THRESHOLDS["hardware"]["present"]
@@ -99,10 +106,12 @@ def test_counts_follow_the_csv(result, labelled):
             assert figures["specificity"]["n"] == _count(rows, crop=crop, hardware="absent")
 
     hip_model = metrics["hip_model"]
-    assert hip_model["whole images"]["read_as_hardware"]["n"] == _count(rows, crop="whole", region="hip",
-                                                                       hardware="absent")
-    assert hip_model["hip halves"]["drafted_as_hardware"]["n"] == _count(rows, crop=lambda v: v != "whole",
-                                                                        hardware="absent")
+    assert hip_model["whole images"]["read_as_hardware"]["n"] == _count(
+        rows, crop="whole", region="hip", hardware="absent"
+    )
+    assert hip_model["hip halves"]["drafted_as_hardware"]["n"] == _count(
+        rows, crop=lambda v: v != "whole", hardware="absent"
+    )
 
 
 def test_the_models_are_named_with_their_versions(result, labelled):
@@ -117,9 +126,11 @@ def test_the_models_are_named_with_their_versions(result, labelled):
 def test_predictions_have_one_line_per_row_agreeing_with_the_figures(result, labelled):
     rows, predictions, metrics = labelled["rows"], result["predictions"], result["metrics"]
     assert [(p["image"], p["group"], p["crop"]) for p in predictions] == [
-        (r["image"], r["group"], r["crop"]) for r in rows]
+        (r["image"], r["group"], r["crop"]) for r in rows
+    ]
     assert [(p["label_region"], p["label_hardware"]) for p in predictions] == [
-        (r["region"], r["hardware"]) for r in rows]
+        (r["region"], r["hardware"]) for r in rows
+    ]
     demo, _ = load_card(DEMO_MODEL_CARD, verify_weights=False)
     for line in predictions:
         assert abs(float(line["gate_p_region_hip"]) + float(line["gate_p_region_shoulder"]) - 1) < 1e-4
@@ -130,25 +141,50 @@ def test_predictions_have_one_line_per_row_agreeing_with_the_figures(result, lab
     metal_whole = metrics["hardware_present"]["metal"]["whole images"]["sensitivity"]
     assert metal_whole["hits"] == _count(predictions, crop="whole", label_hardware="present", metal_present="1")
     gate_halves = metrics["hardware_present"]["gate"]["hip halves"]["specificity"]
-    assert gate_halves["hits"] == sum(line["crop"] != "whole" and line["label_hardware"] == "absent"
-                                      and float(line["gate_p_hardware_present"]) < 0.55 for line in predictions)
+    assert gate_halves["hits"] == sum(
+        line["crop"] != "whole" and line["label_hardware"] == "absent" and float(line["gate_p_hardware_present"]) < 0.55
+        for line in predictions
+    )
     drafted = metrics["hip_model"]["hip halves"]["drafted_as_hardware"]
-    assert drafted["hits"] == _count(predictions, crop=lambda v: v != "whole", label_hardware="absent",
-                                     hip_drafted_as_hardware="1")
+    assert drafted["hits"] == _count(
+        predictions, crop=lambda v: v != "whole", label_hardware="absent", hip_drafted_as_hardware="1"
+    )
 
 
 def test_summary_names_each_section(result):
     text = "\n".join(summary_lines(result["metrics"]))
-    for expected in ("48 rows", "region accuracy", "untagged_hip_accepted", "hardware present, hip halves, metal",
-                     "hardware present, whole images, gate", "on hips without hardware"):
+    for expected in (
+        "48 rows",
+        "region accuracy",
+        "untagged_hip_accepted",
+        "hardware present, hip halves, metal",
+        "hardware present, whole images, gate",
+        "on hips without hardware",
+    ):
         assert expected in text
 
 
 def test_command_prints_the_summary_and_writes_the_reports(labelled, tmp_path):
     out = tmp_path / "out"
-    outcome = CliRunner().invoke(cli, ["evaluate-real", str(labelled["csv"]), "--images", str(labelled["images"]),
-                                       "--out", str(out), "--gate-card", str(labelled["gate"]),
-                                       "--model-card", str(DEMO_MODEL_CARD), "--n-bootstrap", "10", "--seed", "3"])
+    outcome = CliRunner().invoke(
+        cli,
+        [
+            "evaluate-real",
+            str(labelled["csv"]),
+            "--images",
+            str(labelled["images"]),
+            "--out",
+            str(out),
+            "--gate-card",
+            str(labelled["gate"]),
+            "--model-card",
+            str(DEMO_MODEL_CARD),
+            "--n-bootstrap",
+            "10",
+            "--seed",
+            "3",
+        ],
+    )
     assert outcome.exit_code == 0, outcome.output
     assert "region accuracy" in outcome.output and "metal: sensitivity" in outcome.output
     assert f"reports in {out}" in outcome.output
@@ -160,10 +196,18 @@ def test_command_prints_the_summary_and_writes_the_reports(labelled, tmp_path):
 def test_split_keeps_the_groups_of_the_chosen_set(labelled, tmp_path, column):
     groups = sorted({row["group"] for row in labelled["rows"]})
     chosen = [group for group in groups if group.endswith("-0")]
-    split = write_csv(tmp_path / "split.csv", [{"patient": group, column: "test" if group in chosen else "train"}
-                                               for group in groups])
-    metrics = evaluate_real(labelled["csv"], labelled["images"], tmp_path / "out", gate_card=labelled["gate"],
-                            split_file=split, n_bootstrap=10, workers=1)
+    split = write_csv(
+        tmp_path / "split.csv", [{"patient": group, column: "test" if group in chosen else "train"} for group in groups]
+    )
+    metrics = evaluate_real(
+        labelled["csv"],
+        labelled["images"],
+        tmp_path / "out",
+        gate_card=labelled["gate"],
+        split_file=split,
+        n_bootstrap=10,
+        workers=1,
+    )
     assert metrics["rows"] == _count(labelled["rows"], group=lambda g: g in chosen)
     assert metrics["groups"] == len(chosen)
     assert metrics["split"] == {"file": str(split), "set": "test"}
@@ -172,28 +216,41 @@ def test_split_keeps_the_groups_of_the_chosen_set(labelled, tmp_path, column):
 def test_source_keeps_the_rows_of_the_named_sources(labelled, tmp_path):
     rows = [{**row, "source": "phantoms" if row["group"].endswith("-0") else "fracatlas"} for row in labelled["rows"]]
     csv_path = write_csv(tmp_path / "labels.csv", rows)
-    metrics = evaluate_real(csv_path, labelled["images"], tmp_path / "out", gate_card=labelled["gate"],
-                            sources=("fracatlas",), n_bootstrap=10, workers=1)
+    metrics = evaluate_real(
+        csv_path,
+        labelled["images"],
+        tmp_path / "out",
+        gate_card=labelled["gate"],
+        sources=("fracatlas",),
+        n_bootstrap=10,
+        workers=1,
+    )
     assert metrics["rows"] == _count(rows, source="fracatlas") < len(rows)
     assert metrics["rows_by_source"] == {"fracatlas": metrics["rows"]} and metrics["sources"] == ["fracatlas"]
-    outcome = _invoke(labelled, tmp_path, "--gate-card", str(labelled["gate"]), "--source", "shoulder-implants",
-                      labels=csv_path)
+    outcome = _invoke(
+        labelled, tmp_path, "--gate-card", str(labelled["gate"]), "--source", "shoulder-implants", labels=csv_path
+    )
     assert outcome.exit_code == 1 and "among the sources ['shoulder-implants']" in outcome.output
 
 
 def test_region_only_labels_give_the_gate_figures_alone(labelled, tmp_path):
-    csv_path = write_csv(tmp_path / "labels.csv", [row for row in labelled["rows"] if row["region"]],
-                         ("image", "group", "crop", "region"))
-    metrics = evaluate_real(csv_path, labelled["images"], tmp_path / "out", gate_card=labelled["gate"],
-                            n_bootstrap=10, workers=1)
+    csv_path = write_csv(
+        tmp_path / "labels.csv",
+        [row for row in labelled["rows"] if row["region"]],
+        ("image", "group", "crop", "region"),
+    )
+    metrics = evaluate_real(
+        csv_path, labelled["images"], tmp_path / "out", gate_card=labelled["gate"], n_bootstrap=10, workers=1
+    )
     assert set(metrics["gate"]) == {"region"}
     assert metrics["hardware_present"] is None and metrics["hip_model"] is None
 
 
 def test_a_gate_without_hardware_leaves_the_metal_baseline(labelled, tmp_path):
     gate = write_random_task_card(tmp_path / "gate", {"region": TASKS["region"]})
-    metrics = evaluate_real(labelled["csv"], labelled["images"], tmp_path / "out", gate_card=gate, n_bootstrap=10,
-                            workers=1)
+    metrics = evaluate_real(
+        labelled["csv"], labelled["images"], tmp_path / "out", gate_card=gate, n_bootstrap=10, workers=1
+    )
     assert set(metrics["hardware_present"]) == {"metal"}
     assert "service_rules" in metrics["gate"]["region"]
     assert metrics["hip_model"]["whole images"]["read_as_hardware"]["n"] > 0
@@ -201,10 +258,22 @@ def test_a_gate_without_hardware_leaves_the_metal_baseline(labelled, tmp_path):
 
 # --- errors ---------------------------------------------------------------------------------------------------
 
+
 def _invoke(labelled: dict[str, Any], tmp_path: Path, *extra: str, labels: Path | None = None):
-    return CliRunner().invoke(cli, ["evaluate-real", str(labels or labelled["csv"]), "--images",
-                                    str(labelled["images"]), "--out", str(tmp_path / "out"), "--n-bootstrap", "10",
-                                    *extra])
+    return CliRunner().invoke(
+        cli,
+        [
+            "evaluate-real",
+            str(labels or labelled["csv"]),
+            "--images",
+            str(labelled["images"]),
+            "--out",
+            str(tmp_path / "out"),
+            "--n-bootstrap",
+            "10",
+            *extra,
+        ],
+    )
 
 
 def test_labels_without_region_or_hardware_are_refused(labelled, tmp_path):
@@ -244,8 +313,14 @@ def test_a_split_that_leaves_no_row_is_refused(labelled, tmp_path):
 def test_a_split_file_without_its_columns_is_refused(labelled, tmp_path):
     split = write_csv(tmp_path / "split.csv", [{"group": "x", "fold": "0"}])
     with pytest.raises(EvaluateRealError, match="needs the columns patient and set"):
-        evaluate_real(labelled["csv"], labelled["images"], tmp_path / "out", gate_card=labelled["gate"],
-                      split_file=split, workers=1)
+        evaluate_real(
+            labelled["csv"],
+            labelled["images"],
+            tmp_path / "out",
+            gate_card=labelled["gate"],
+            split_file=split,
+            workers=1,
+        )
 
 
 def test_a_missing_gate_card_is_named(labelled, tmp_path, monkeypatch):
@@ -265,12 +340,16 @@ def test_an_untagged_native_image_read_as_a_pelvis_is_served_as_its_two_halves()
     def row(image: str, crop: str, **labels: str) -> TaskRow:
         return TaskRow(image, image, crop, labels)
 
-    rows = [row("a", "whole", region="hip", hardware="absent"), row("a", "image_left", hardware="absent"),
-            row("a", "image_right", hardware="absent"),
-            row("b", "whole", region="hip", hardware="absent"),  # read as pelvis, but its halves are not labelled
-            row("c", "whole", region="hip", hardware="absent"), row("c", "image_left", hardware="absent"),
-            row("c", "image_right", hardware="absent"),  # not read as a pelvis
-            row("d", "whole", region="leg", hardware="absent")]  # not a hip
+    rows = [
+        row("a", "whole", region="hip", hardware="absent"),
+        row("a", "image_left", hardware="absent"),
+        row("a", "image_right", hardware="absent"),
+        row("b", "whole", region="hip", hardware="absent"),  # read as pelvis, but its halves are not labelled
+        row("c", "whole", region="hip", hardware="absent"),
+        row("c", "image_left", hardware="absent"),
+        row("c", "image_right", hardware="absent"),  # not read as a pelvis
+        row("d", "whole", region="leg", hardware="absent"),
+    ]  # not a hip
     pelvis = np.array([0.9, 0.0, 0.0, 0.95, 0.2, 0.0, 0.0, 0.99])
     served, split = untagged_hips_as_served(rows, native_hips(rows), pelvis, threshold=0.5)
     assert served == [1, 2, 3, 4]

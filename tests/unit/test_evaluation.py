@@ -125,8 +125,10 @@ def test_intervals_contain_the_estimate_and_repeat_for_a_seed():
     narrow = evaluate_predictions(LABELS, PROBS, CLASSES, n_bootstrap=300, seed=7, confidence=0.5)
     assert first["accuracy"]["ci_low"] <= narrow["accuracy"]["ci_low"]
     assert narrow["accuracy"]["ci_high"] <= first["accuracy"]["ci_high"]
-    assert (narrow["accuracy"]["ci_high"] - narrow["accuracy"]["ci_low"]
-            < first["accuracy"]["ci_high"] - first["accuracy"]["ci_low"])
+    assert (
+        narrow["accuracy"]["ci_high"] - narrow["accuracy"]["ci_low"]
+        < first["accuracy"]["ci_high"] - first["accuracy"]["ci_low"]
+    )
 
 
 def test_resamples_where_a_metric_is_undefined_are_skipped_and_counted():
@@ -279,9 +281,11 @@ def test_write_report_writes_json_and_valid_pngs(tmp_path):
     report = evaluate_predictions(LABELS, probs, [*CLASSES, "d"], n_bootstrap=50, seed=2)
     paths = write_report(report, tmp_path / "out", prefix="study")
 
-    assert paths == {"metrics": tmp_path / "out" / "study_metrics.json",
-                     "confusion": tmp_path / "out" / "study_confusion.png",
-                     "roc": tmp_path / "out" / "study_roc.png"}
+    assert paths == {
+        "metrics": tmp_path / "out" / "study_metrics.json",
+        "confusion": tmp_path / "out" / "study_confusion.png",
+        "roc": tmp_path / "out" / "study_roc.png",
+    }
     assert json.loads(paths["metrics"].read_text(encoding="utf-8")) == report
     for key in ("confusion", "roc"):
         assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

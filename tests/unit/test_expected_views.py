@@ -55,8 +55,7 @@ def test_default_rules_give_no_count_for_minimums_or_no_count(clean_settings_env
 
 
 def test_the_first_matching_rule_wins_and_a_minimum_rule_means_no_count():
-    rules = [ExpectedViewsRule(pattern=r"\bSCREENING\b", minimum=True),
-             ExpectedViewsRule(pattern=r"\bHIP\b", views=2)]
+    rules = [ExpectedViewsRule(pattern=r"\bSCREENING\b", minimum=True), ExpectedViewsRule(pattern=r"\bHIP\b", views=2)]
     assert expected_view_count(rules, "HIP SCREENING") is None
     assert expected_view_count(rules, "XR HIP") == 2
     assert expected_view_count(rules, "XR KNEE") is None
@@ -76,11 +75,16 @@ def test_rules_validate_the_minimum_flag():
 
 
 def test_a_site_rule_list_from_the_environment_replaces_the_defaults(clean_settings_env, monkeypatch):
-    monkeypatch.setenv("PREDRAFT_EXPECTED_VIEWS", json.dumps([
-        {"pattern": r"\bPORTABLE\b", "minimum": True},
-        {"pattern": r"\b(\d+)\s*VIEWS?\b"},
-        {"pattern": "^HIP SERIES$", "views": 2},
-    ]))
+    monkeypatch.setenv(
+        "PREDRAFT_EXPECTED_VIEWS",
+        json.dumps(
+            [
+                {"pattern": r"\bPORTABLE\b", "minimum": True},
+                {"pattern": r"\b(\d+)\s*VIEWS?\b"},
+                {"pattern": "^HIP SERIES$", "views": 2},
+            ]
+        ),
+    )
     rules = get_settings().expected_views
     assert expected_view_count(rules, "PORTABLE PELVIS 3 VIEWS") is None
     assert expected_view_count(rules, "XR PELVIS 3 VIEWS") == 3
@@ -89,7 +93,7 @@ def test_a_site_rule_list_from_the_environment_replaces_the_defaults(clean_setti
 
 
 def test_a_3v_study_is_claimed_at_its_third_image(clean_settings_env, sqlite_url, demo_study, tmp_path):
-    """"XR HIP RIGHT WITH PELVIS 3V" is complete at its third image, long before its quiet time."""
+    """ "XR HIP RIGHT WITH PELVIS 3V" is complete at its third image, long before its quiet time."""
     import pydicom
 
     from tests.unit.test_workflow import _ingest

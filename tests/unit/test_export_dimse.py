@@ -37,8 +37,11 @@ def _received(folder: Path) -> list[str]:
 
 def test_sr_is_stored_by_storescp_once_however_often_the_task_runs(drafted, storescp, monkeypatch):
     port, folder = storescp
-    configure(monkeypatch, drafted, [{"kind": "dimse", "name": "storescp", "ae_title": "STORESCP",
-                                      "host": "127.0.0.1", "port": port}])
+    configure(
+        monkeypatch,
+        drafted,
+        [{"kind": "dimse", "name": "storescp", "ae_title": "STORESCP", "host": "127.0.0.1", "port": port}],
+    )
     assert queue(drafted, "storescp") == ["storescp"]
 
     assert run_export(drafted, "storescp") == "sent"
@@ -57,8 +60,11 @@ def test_sr_is_stored_by_storescp_once_however_often_the_task_runs(drafted, stor
 
 def test_a_try_claims_its_row_so_a_second_delivery_does_not_send_while_it_runs(drafted, storescp, monkeypatch):
     port, folder = storescp
-    configure(monkeypatch, drafted, [{"kind": "dimse", "name": "storescp", "ae_title": "STORESCP",
-                                      "host": "127.0.0.1", "port": port}])
+    configure(
+        monkeypatch,
+        drafted,
+        [{"kind": "dimse", "name": "storescp", "ae_title": "STORESCP", "host": "127.0.0.1", "port": port}],
+    )
     queue(drafted, "storescp")
     with session_scope(drafted.database_url) as session:  # a first delivery, still sending
         job = begin_attempt(session, draft_id=drafted.draft_id, destination="storescp")
@@ -73,8 +79,11 @@ def test_a_try_claims_its_row_so_a_second_delivery_does_not_send_while_it_runs(d
 
     # The first worker died mid-try: once its claim is old, the next delivery takes the row over.
     with session_scope(drafted.database_url) as session:
-        session.execute(update(Export).where(Export.id == job.export_id).values(
-            updated_at=utcnow() - timedelta(seconds=SENDING_CLAIM_SECONDS + 1)))
+        session.execute(
+            update(Export)
+            .where(Export.id == job.export_id)
+            .values(updated_at=utcnow() - timedelta(seconds=SENDING_CLAIM_SECONDS + 1))
+        )
     assert run_export(drafted, "storescp") == "sent"
     assert _received(folder) == [drafted.sr_sop_instance_uid]
     row = export_row(drafted, "storescp")
@@ -82,8 +91,12 @@ def test_a_try_claims_its_row_so_a_second_delivery_does_not_send_while_it_runs(d
 
 
 def test_a_database_error_while_recording_a_try_is_retried_there_not_left_claimed(drafted, monkeypatch):
-    configure(monkeypatch, drafted, [{"kind": "dimse", "name": "down", "ae_title": "PACS", "host": "127.0.0.1",
-                                      "port": free_port(), "timeout": 5}], max_retries=0)
+    configure(
+        monkeypatch,
+        drafted,
+        [{"kind": "dimse", "name": "down", "ae_title": "PACS", "host": "127.0.0.1", "port": free_port(), "timeout": 5}],
+        max_retries=0,
+    )
     queue(drafted, "down")
     real, calls = export_task.record_failure, []
 
@@ -103,8 +116,12 @@ def test_a_database_error_while_recording_a_try_is_retried_there_not_left_claime
 
 def test_a_destination_that_refuses_connections_is_retried_then_dead(drafted, monkeypatch):
     port = free_port()  # nothing listens there
-    configure(monkeypatch, drafted, [{"kind": "dimse", "name": "down", "ae_title": "PACS", "host": "127.0.0.1",
-                                      "port": port, "timeout": 5}], max_retries=2)
+    configure(
+        monkeypatch,
+        drafted,
+        [{"kind": "dimse", "name": "down", "ae_title": "PACS", "host": "127.0.0.1", "port": port, "timeout": 5}],
+        max_retries=2,
+    )
     queue(drafted, "down")
 
     assert run_export(drafted, "down") == "dead"
@@ -126,8 +143,7 @@ class StatusScp:
         ae.add_supported_context(ComprehensiveSRStorage if accept_sr else Verification)
         if calling_aes:
             ae.require_calling_aet = calling_aes
-        self.server = ae.start_server(("127.0.0.1", 0), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
         self.port = self.server.server_address[1]
 
     def _store(self, event: evt.Event) -> int:
@@ -146,13 +162,16 @@ def scp() -> Iterator[StatusScp]:
     server.server.shutdown()
 
 
-@pytest.mark.parametrize("statuses, state, tries, error", [
-    ([0xB000], "sent", 1, "stored it with warning status 0xB000"),  # coercion of data elements
-    ([0xA700, 0x0000], "sent", 2, None),  # out of resources, then stored
-    ([0xA7FF, 0xA700, 0xA701], "dead", 3, "refused it, out of resources: status 0xA701"),
-    ([0xC000], "dead", 1, "refused it: failure status 0xC000"),  # cannot understand: not retried
-    ([0xA900], "dead", 1, "refused it: failure status 0xA900"),  # data set does not match the SOP class
-])
+@pytest.mark.parametrize(
+    "statuses, state, tries, error",
+    [
+        ([0xB000], "sent", 1, "stored it with warning status 0xB000"),  # coercion of data elements
+        ([0xA700, 0x0000], "sent", 2, None),  # out of resources, then stored
+        ([0xA7FF, 0xA700, 0xA701], "dead", 3, "refused it, out of resources: status 0xA701"),
+        ([0xC000], "dead", 1, "refused it: failure status 0xC000"),  # cannot understand: not retried
+        ([0xA900], "dead", 1, "refused it: failure status 0xA900"),  # data set does not match the SOP class
+    ],
+)
 def test_store_statuses(drafted, scp, monkeypatch, statuses, state, tries, error):
     scp.statuses = list(statuses)
     configure(monkeypatch, drafted, [scp.destination()], max_retries=2)
@@ -165,7 +184,7 @@ def test_store_statuses(drafted, scp, monkeypatch, statuses, state, tries, error
     assert (row.exported_at is not None) == (state == "sent")
     assert scp.received == [drafted.sr_sop_instance_uid] * tries
     assert scp.calling_aes == ["PREDRAFT"] * tries  # the default calling AE: predraft's own AE title
-    assert all(code in OUT_OF_RESOURCES for code in statuses[:tries - 1])
+    assert all(code in OUT_OF_RESOURCES for code in statuses[: tries - 1])
 
 
 def test_a_destination_that_does_not_take_srs_is_dead_at_once(drafted, monkeypatch):
@@ -191,8 +210,10 @@ def test_a_rejected_association_is_retried_then_dead(drafted, monkeypatch):
         scp.server.shutdown()
     row = export_row(drafted, "scp")
     assert row.attempts == 2 and scp.received == []
-    assert row.last_error == (f"association rejected by STATUS_SCP@127.0.0.1:{scp.port} (permanent): "
-                              "Service User, Calling AE title not recognised"), row.last_error
+    assert row.last_error == (
+        f"association rejected by STATUS_SCP@127.0.0.1:{scp.port} (permanent): "
+        "Service User, Calling AE title not recognised"
+    ), row.last_error
 
 
 def _certificate(folder: Path, name: str, ca: tuple[Path, Path] | None = None) -> tuple[Path, Path]:
@@ -201,16 +222,69 @@ def _certificate(folder: Path, name: str, ca: tuple[Path, Path] | None = None) -
         pytest.skip("the openssl command is needed to make test certificates")
     key, cert = folder / f"{name}.key", folder / f"{name}.pem"
     if ca is None:
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", str(key),
-                        "-out", str(cert), "-subj", f"/CN={name}"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+                "-subj",
+                f"/CN={name}",
+            ],
+            check=True,
+            capture_output=True,
+        )
         return key, cert
     request, extensions = folder / f"{name}.csr", folder / f"{name}.ext"
     extensions.write_text("subjectAltName=IP:127.0.0.1\n")
-    subprocess.run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(request), "-subj", f"/CN={name}"], check=True, capture_output=True)
-    subprocess.run(["openssl", "x509", "-req", "-in", str(request), "-CA", str(ca[1]), "-CAkey", str(ca[0]),
-                    "-CAcreateserial", "-days", "2", "-out", str(cert), "-extfile", str(extensions)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(request),
+            "-subj",
+            f"/CN={name}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            str(request),
+            "-CA",
+            str(ca[1]),
+            "-CAkey",
+            str(ca[0]),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            str(cert),
+            "-extfile",
+            str(extensions),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return key, cert
 
 
@@ -218,25 +292,44 @@ def test_export_over_tls_to_a_listener_that_wants_client_certificates(drafted, m
     folder = tmp_path / "tls"
     folder.mkdir()
     ca = _certificate(folder, "ca")
-    (server_key, server_cert), (client_key, client_cert) = _certificate(folder, "server", ca), \
-        _certificate(folder, "client", ca)
-    with running_listener(tmp_path / "listener", monkeypatch, allowed_calling_aes=["PREDRAFT"],
-                          tls_certificate=server_cert, tls_private_key=server_key,
-                          tls_client_ca=ca[1]) as listener:
-        tls = {"kind": "dimse", "ae_title": listener.ae_title, "host": "127.0.0.1", "port": listener.dimse_port,
-               "tls": True, "tls_ca": str(ca[1])}
-        configure(monkeypatch, drafted, [
-            {**tls, "name": "with-cert", "tls_certificate": str(client_cert), "tls_private_key": str(client_key)},
-            {**tls, "name": "without-cert"},
-            {**tls, "name": "plain", "tls": False, "tls_ca": None},
-        ], max_retries=0)
+    (server_key, server_cert), (client_key, client_cert) = (
+        _certificate(folder, "server", ca),
+        _certificate(folder, "client", ca),
+    )
+    with running_listener(
+        tmp_path / "listener",
+        monkeypatch,
+        allowed_calling_aes=["PREDRAFT"],
+        tls_certificate=server_cert,
+        tls_private_key=server_key,
+        tls_client_ca=ca[1],
+    ) as listener:
+        tls = {
+            "kind": "dimse",
+            "ae_title": listener.ae_title,
+            "host": "127.0.0.1",
+            "port": listener.dimse_port,
+            "tls": True,
+            "tls_ca": str(ca[1]),
+        }
+        configure(
+            monkeypatch,
+            drafted,
+            [
+                {**tls, "name": "with-cert", "tls_certificate": str(client_cert), "tls_private_key": str(client_key)},
+                {**tls, "name": "without-cert"},
+                {**tls, "name": "plain", "tls": False, "tls_ca": None},
+            ],
+            max_retries=0,
+        )
         queue(drafted, "with-cert", "without-cert", "plain")
         assert run_export(drafted, "with-cert") == "sent"
         assert run_export(drafted, "without-cert") == "dead"
         assert run_export(drafted, "plain") == "dead"
         with session_scope(listener.database_url) as session:
-            stored = session.scalars(select(Instance).where(
-                Instance.sop_instance_uid == drafted.sr_sop_instance_uid)).one()
+            stored = session.scalars(
+                select(Instance).where(Instance.sop_instance_uid == drafted.sr_sop_instance_uid)
+            ).one()
             assert stored.calling_ae == "PREDRAFT"
     # TLS 1.3: the listener refuses the missing client certificate after the client's side of the handshake.
     assert "aborted before it was established" in export_row(drafted, "without-cert").last_error

@@ -39,13 +39,17 @@ class Sent:
 
 
 def test_the_draft_task_queues_one_export_per_destination_after_its_commit(
-        clean_settings_env, sqlite_url, demo_study, tiny_card_path, tmp_path, monkeypatch):
+    clean_settings_env, sqlite_url, demo_study, tiny_card_path, tmp_path, monkeypatch
+):
     drafted = make_draft(sqlite_url, [image.path for image in demo_study[:2]], tiny_card_path, tmp_path / "spool")
     with session_scope(sqlite_url) as session:  # a late third view re-opened the study: generation 2 is due
         study = session.get_one(Study, 1)
         study.state, study.generation = StudyState.DRAFTING, 2
-    configure(monkeypatch, drafted, [{**DOWN, "name": "pacs", "port": 104},
-                                     {"kind": "stow", "name": "vna", "url": "http://127.0.0.1:9/dicom-web"}])
+    configure(
+        monkeypatch,
+        drafted,
+        [{**DOWN, "name": "pacs", "port": 104}, {"kind": "stow", "name": "vna", "url": "http://127.0.0.1:9/dicom-web"}],
+    )
     monkeypatch.setenv("PREDRAFT_MODEL", str(tiny_card_path))
     monkeypatch.setenv("PREDRAFT_VAR_DIR", str(tmp_path / "var"))
     tasks._settings.cache_clear()
@@ -61,15 +65,21 @@ def test_the_draft_task_queues_one_export_per_destination_after_its_commit(
         assert study.state == StudyState.DRAFTED
         second = study.drafts[-1]
         assert second.generation == 2
-        assert [(e.destination, e.state, e.attempts) for e in second.exports] == [("pacs", "pending", 0),
-                                                                                 ("vna", "pending", 0)]
+        assert [(e.destination, e.state, e.attempts) for e in second.exports] == [
+            ("pacs", "pending", 0),
+            ("vna", "pending", 0),
+        ]
         assert study.drafts[0].exports == []  # generation 1 was drafted before any destination was configured
     assert sent.calls == [(second.id, ["pacs", "vna"])]
 
 
 def test_resend_queues_the_latest_draft_again_and_show_lists_the_exports(drafted, monkeypatch, capsys):
-    configure(monkeypatch, drafted, [{**DOWN, "name": "pacs", "port": free_port()},
-                                     {**DOWN, "name": "other", "port": free_port()}], max_retries=0)
+    configure(
+        monkeypatch,
+        drafted,
+        [{**DOWN, "name": "pacs", "port": free_port()}, {**DOWN, "name": "other", "port": free_port()}],
+        max_retries=0,
+    )
     queue(drafted, "pacs", "other")
     assert run_export(drafted, "pacs") == "dead"
     sent = Sent()
@@ -78,8 +88,9 @@ def test_resend_queues_the_latest_draft_again_and_show_lists_the_exports(drafted
     assert main(["studies", "show", drafted.study_uid]) == 1  # exit 1: an export is dead
     shown = capsys.readouterr().out
     assert "Exports:" in shown and "cannot connect to PACS@127.0.0.1" in shown
-    assert [line.split()[:3] for line in shown.splitlines() if line.startswith("  pacs") or
-            line.startswith("  other")] == [["other", "pending", "0"], ["pacs", "dead", "1"]]
+    assert [
+        line.split()[:3] for line in shown.splitlines() if line.startswith("  pacs") or line.startswith("  other")
+    ] == [["other", "pending", "0"], ["pacs", "dead", "1"]]
 
     assert main(["studies", "resend", drafted.study_uid, "--destination", "pacs"]) == 0
     assert capsys.readouterr().out == (f"queued SR {drafted.sr_sop_instance_uid} (draft generation 1) for pacs\n")
@@ -101,10 +112,13 @@ def test_resend_queues_the_latest_draft_again_and_show_lists_the_exports(drafted
     assert export_row(drafted, "other").state == "sending"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--destination", "nope"], "no export destination 'nope' (configured: pacs)"),
-    (["--study", "1.2.3"], "no study with StudyInstanceUID 1.2.3"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--destination", "nope"], "no export destination 'nope' (configured: pacs)"),
+        (["--study", "1.2.3"], "no study with StudyInstanceUID 1.2.3"),
+    ],
+)
 def test_resend_refuses_what_it_cannot_do(drafted, monkeypatch, capsys, argv, message):
     configure(monkeypatch, drafted, [{**DOWN, "name": "pacs", "port": 104}])
     monkeypatch.setattr(export_task, "send_exports", Sent())
@@ -129,12 +143,14 @@ def test_retry_delays_double_up_to_the_longest():
 
 
 @pytest.mark.postgres
-def test_queueing_twice_makes_one_row_per_destination_on_postgresql(postgres_url, demo_study, tiny_card_path,
-                                                                     tmp_path):
+def test_queueing_twice_makes_one_row_per_destination_on_postgresql(postgres_url, demo_study, tiny_card_path, tmp_path):
     drafted = make_draft(postgres_url, [image.path for image in demo_study], tiny_card_path, tmp_path / "spool")
     assert queue(drafted, "pacs", "vna") == ["pacs", "vna"]
     assert queue(drafted, "pacs", "vna", "new") == ["pacs", "vna", "new"]  # still pending: sent again, harmless
     with session_scope(postgres_url) as session:
         draft = session.get_one(Draft, drafted.draft_id)
         assert [(e.destination, e.state, e.attempts) for e in draft.exports] == [
-            ("new", "pending", 0), ("pacs", "pending", 0), ("vna", "pending", 0)]
+            ("new", "pending", 0),
+            ("pacs", "pending", 0),
+            ("vna", "pending", 0),
+        ]

@@ -10,8 +10,13 @@ from pydantic import ValidationError
 from predraft.core.settings import DimseDestination, StowDestination, get_settings
 
 DIMSE = {"kind": "dimse", "name": "pacs", "ae_title": "PACS", "host": "pacs.example.org", "port": 104}
-STOW = {"kind": "stow", "name": "vna", "url": "https://vna.example.org/dicom-web/", "auth": "bearer",
-        "token": "s3cret-token"}
+STOW = {
+    "kind": "stow",
+    "name": "vna",
+    "url": "https://vna.example.org/dicom-web/",
+    "auth": "bearer",
+    "token": "s3cret-token",
+}
 
 
 def test_no_destinations_by_default(clean_settings_env):
@@ -54,34 +59,44 @@ def test_destinations_from_the_toml_file(clean_settings_env, monkeypatch):
     pacs, orthanc = get_settings().export_destinations
     assert (pacs.calling_ae, pacs.tls, pacs.tls_ca) == ("PREDRAFT_OUT", True, clean_settings_env / "ca.pem")
     assert (orthanc.auth, orthanc.username, orthanc.password.get_secret_value(), orthanc.timeout) == (
-        "basic", "predraft", "pw", 5.0)
+        "basic",
+        "predraft",
+        "pw",
+        5.0,
+    )
 
 
-@pytest.mark.parametrize("changes, match", [
-    ({"name": "no spaces"}, "destination name 'no spaces' is not"),
-    ({"ae_title": "A" * 17}, "ae_title 'AAAAAAAAAAAAAAAAA' is not a DICOM AE title"),
-    ({"calling_ae": "BACK\\SLASH"}, "calling_ae 'BACK\\\\\\\\SLASH' is not a DICOM AE title"),
-    ({"port": 0}, "greater than or equal to 1"),
-    ({"tls_ca": "ca.pem"}, "tls_ca set but tls is false"),
-    ({"tls": True, "tls_certificate": "client.pem"}, "tls_certificate and tls_private_key must be set together"),
-    ({"timeout": 0}, "greater than 0"),
-    ({"colour": "blue"}, "Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"name": "no spaces"}, "destination name 'no spaces' is not"),
+        ({"ae_title": "A" * 17}, "ae_title 'AAAAAAAAAAAAAAAAA' is not a DICOM AE title"),
+        ({"calling_ae": "BACK\\SLASH"}, "calling_ae 'BACK\\\\\\\\SLASH' is not a DICOM AE title"),
+        ({"port": 0}, "greater than or equal to 1"),
+        ({"tls_ca": "ca.pem"}, "tls_ca set but tls is false"),
+        ({"tls": True, "tls_certificate": "client.pem"}, "tls_certificate and tls_private_key must be set together"),
+        ({"timeout": 0}, "greater than 0"),
+        ({"colour": "blue"}, "Extra inputs are not permitted"),
+    ],
+)
 def test_dimse_destination_refuses_bad_values(changes, match):
     with pytest.raises(ValidationError, match=match):
         DimseDestination(**{**DIMSE, **changes})
 
 
-@pytest.mark.parametrize("changes, match", [
-    ({"url": "ftp://vna/dicom-web"}, "is not an http:// or https:// URL"),
-    ({"url": "https://user:pw@vna/dicom-web"}, "url holds credentials"),
-    ({"url": "https://vna/dicom-web?x=1"}, "has a query or fragment"),
-    ({"token": None}, "auth 'bearer' needs token"),
-    ({"auth": "basic", "token": None, "username": "u"}, "auth 'basic' needs password"),
-    ({"auth": "none"}, "token given, but auth is 'none'"),
-    ({"auth": "digest"}, "Input should be 'none', 'basic' or 'bearer'"),
-    ({"url": "http://vna/dicom-web", "ca_bundle": "ca.pem"}, "ca_bundle needs an https:// url"),
-])
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"url": "ftp://vna/dicom-web"}, "is not an http:// or https:// URL"),
+        ({"url": "https://user:pw@vna/dicom-web"}, "url holds credentials"),
+        ({"url": "https://vna/dicom-web?x=1"}, "has a query or fragment"),
+        ({"token": None}, "auth 'bearer' needs token"),
+        ({"auth": "basic", "token": None, "username": "u"}, "auth 'basic' needs password"),
+        ({"auth": "none"}, "token given, but auth is 'none'"),
+        ({"auth": "digest"}, "Input should be 'none', 'basic' or 'bearer'"),
+        ({"url": "http://vna/dicom-web", "ca_bundle": "ca.pem"}, "ca_bundle needs an https:// url"),
+    ],
+)
 def test_stow_destination_refuses_bad_values(changes, match):
     with pytest.raises(ValidationError, match=match):
         StowDestination(**{**STOW, **changes})

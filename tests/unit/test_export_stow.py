@@ -35,9 +35,14 @@ def drafted(clean_settings_env, sqlite_url, demo_study, tiny_card_path, tmp_path
 def receiving_predraft(tmp_path) -> Iterator[tuple[str, Settings]]:
     """predraft's HTTP app (uvicorn, in a thread) with its own database and spool: (DICOMweb root, settings)."""
     var_dir = tmp_path / "receiver"
-    settings = get_settings(var_dir=var_dir, database_url=f"sqlite:///{var_dir / 'predraft.sqlite'}",
-                            dicomweb_tokens=[TOKEN], dicomweb_users={"pacs": PASSWORD},
-                            spool_min_free_bytes=0, export_destinations=[])
+    settings = get_settings(
+        var_dir=var_dir,
+        database_url=f"sqlite:///{var_dir / 'predraft.sqlite'}",
+        dicomweb_tokens=[TOKEN],
+        dicomweb_users={"pacs": PASSWORD},
+        spool_min_free_bytes=0,
+        export_destinations=[],
+    )
     db.upgrade(settings.database_url)
     settings.spool_dir.mkdir(parents=True)
     try:
@@ -55,14 +60,22 @@ def _stored_by(settings: Settings, sop_instance_uid: str) -> list[str]:
 def test_stow_rs_to_predraft_with_bearer_and_basic_auth(drafted, receiving_predraft, monkeypatch):
     url, receiver = receiving_predraft
     stow = {"kind": "stow", "url": url, "timeout": 20}
-    configure(monkeypatch, drafted, [
-        {**stow, "name": "bearer", "auth": "bearer", "token": TOKEN},
-        {**stow, "name": "basic", "auth": "basic", "username": "pacs", "password": PASSWORD},
-        {**stow, "name": "wrong-token", "auth": "bearer", "token": "not-the-token"},
-        {**stow, "name": "anonymous"},
-    ])
-    assert queue(drafted, "bearer", "basic", "wrong-token", "anonymous") == ["bearer", "basic", "wrong-token",
-                                                                              "anonymous"]
+    configure(
+        monkeypatch,
+        drafted,
+        [
+            {**stow, "name": "bearer", "auth": "bearer", "token": TOKEN},
+            {**stow, "name": "basic", "auth": "basic", "username": "pacs", "password": PASSWORD},
+            {**stow, "name": "wrong-token", "auth": "bearer", "token": "not-the-token"},
+            {**stow, "name": "anonymous"},
+        ],
+    )
+    assert queue(drafted, "bearer", "basic", "wrong-token", "anonymous") == [
+        "bearer",
+        "basic",
+        "wrong-token",
+        "anonymous",
+    ]
 
     assert run_export(drafted, "bearer") == "sent"
     assert _stored_by(receiver, drafted.sr_sop_instance_uid) == ["STOW:token#1"]  # stored before the answer
@@ -84,8 +97,7 @@ class StubStow(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.requests.append((self.path, self.headers["Content-Type"], self.headers.get("Authorization"),
-                                     body))
+        self.server.requests.append((self.path, self.headers["Content-Type"], self.headers.get("Authorization"), body))
         status, payload = self.server.answers.pop(0) if self.server.answers else (HTTPStatus.OK, {})
         data = json.dumps(payload).encode()
         self.send_response(status)
@@ -110,8 +122,12 @@ def stub() -> Iterator[ThreadingHTTPServer]:
 
 
 def _failed(uid: str, reason: int) -> dict:
-    return {"00081198": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": [uid]},
-                                                "00081197": {"vr": "US", "Value": [reason]}}]}}
+    return {
+        "00081198": {
+            "vr": "SQ",
+            "Value": [{"00081155": {"vr": "UI", "Value": [uid]}, "00081197": {"vr": "US", "Value": [reason]}}],
+        }
+    }
 
 
 def _stored(uid: str, warning: int | None = None) -> dict:
@@ -121,23 +137,34 @@ def _stored(uid: str, warning: int | None = None) -> dict:
     return {"00081199": {"vr": "SQ", "Value": [item]}}
 
 
-@pytest.mark.parametrize("answers, state, tries, error", [
-    ([(503, {}), (502, {})], "sent", 3, None),
-    ([(503, {})] * 3, "dead", 3, "HTTP 503 Service Unavailable"),
-    ([(409, "failed:0xA700"), (200, "stored")], "sent", 2, None),  # out of resources: retried
-    ([(409, "failed:0xC000")], "dead", 1, "HTTP 409 Conflict, failure reason 0xC000"),
-    ([(202, "warning:0xB000")], "sent", 1, "warning reason 0xB000"),
-    ([(403, {})], "dead", 1, "HTTP 403 Forbidden"),
-    ([(429, {}), (200, {})], "sent", 2, None),
-])
+@pytest.mark.parametrize(
+    "answers, state, tries, error",
+    [
+        ([(503, {}), (502, {})], "sent", 3, None),
+        ([(503, {})] * 3, "dead", 3, "HTTP 503 Service Unavailable"),
+        ([(409, "failed:0xA700"), (200, "stored")], "sent", 2, None),  # out of resources: retried
+        ([(409, "failed:0xC000")], "dead", 1, "HTTP 409 Conflict, failure reason 0xC000"),
+        ([(202, "warning:0xB000")], "sent", 1, "warning reason 0xB000"),
+        ([(403, {})], "dead", 1, "HTTP 403 Forbidden"),
+        ([(429, {}), (200, {})], "sent", 2, None),
+    ],
+)
 def test_stow_rs_statuses(drafted, stub, monkeypatch, answers, state, tries, error):
     uid = drafted.sr_sop_instance_uid
-    made = {"stored": _stored(uid), "failed:0xA700": _failed(uid, 0xA700), "failed:0xC000": _failed(uid, 0xC000),
-            "warning:0xB000": _stored(uid, 0xB000)}
+    made = {
+        "stored": _stored(uid),
+        "failed:0xA700": _failed(uid, 0xA700),
+        "failed:0xC000": _failed(uid, 0xC000),
+        "warning:0xB000": _stored(uid, 0xB000),
+    }
     stub.answers = [(status, made[payload] if isinstance(payload, str) else payload) for status, payload in answers]
     url = f"http://127.0.0.1:{stub.server_address[1]}/dicom-web"
-    configure(monkeypatch, drafted, [{"kind": "stow", "name": "stub", "url": url, "auth": "bearer",
-                                      "token": "t0ken"}], max_retries=2)
+    configure(
+        monkeypatch,
+        drafted,
+        [{"kind": "stow", "name": "stub", "url": url, "auth": "bearer", "token": "t0ken"}],
+        max_retries=2,
+    )
     queue(drafted, "stub")
 
     assert run_export(drafted, "stub") == state

@@ -59,8 +59,7 @@ def test_a_thousand_mutants_of_every_seed_with_unique_canaries(batch: list[Mutan
     assert 0 < sum("^" in m.patient_name for m in batch) < COUNT  # names with and without a "^"
     visible = [m for m in batch if not HIDING_CANARIES.intersection(m.kinds)]
     assert len(visible) > COUNT // 4
-    hidden = [m.name for m in visible
-              if m.patient_name.encode() not in m.data or m.patient_id.encode() not in m.data]
+    hidden = [m.name for m in visible if m.patient_name.encode() not in m.data or m.patient_id.encode() not in m.data]
     assert not hidden, f"mutants without their canaries: {hidden[:5]}"
     assert len({m.study_uid for m in batch}) == 40
 

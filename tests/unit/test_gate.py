@@ -18,26 +18,33 @@ HIP_ALWAYS = {"hip": 0.001, "shoulder": 0.999, "hand": 0.999, "leg": 0.999}  # r
 
 
 def labels(region: TagRegion, body_part: str = "") -> ViewResult:
-    return ViewResult(View.UNKNOWN, "none", (Side.UNKNOWN,), "none", region is TagRegion.HIP, "BodyPartExamined",
-                      region, body_part)
+    return ViewResult(
+        View.UNKNOWN, "none", (Side.UNKNOWN,), "none", region is TagRegion.HIP, "BodyPartExamined", region, body_part
+    )
 
 
-@pytest.mark.parametrize(("tasks", "message"), [
-    ({"region": ("knee", "shoulder"), "hardware": ("absent", "present")}, "no 'region' task with a 'hip' class"),
-    ({"region": ("hip", "leg")}, "no 'hardware' task with a 'present' class"),
-    ({"body": ("hip", "leg"), "hardware": ("absent", "present")}, "no 'region' task"),
-])
+@pytest.mark.parametrize(
+    ("tasks", "message"),
+    [
+        ({"region": ("knee", "shoulder"), "hardware": ("absent", "present")}, "no 'region' task with a 'hip' class"),
+        ({"region": ("hip", "leg")}, "no 'hardware' task with a 'present' class"),
+        ({"body": ("hip", "leg"), "hardware": ("absent", "present")}, "no 'region' task"),
+    ],
+)
 def test_a_gate_card_without_the_tasks_the_service_acts_on_is_refused(tmp_path, tasks, message):
     with pytest.raises(ValueError, match=message):
         Gate(load_task_model(write_random_task_card(tmp_path, tasks)))
 
 
 def test_one_pass_reads_the_image_and_checks_every_hip(tmp_path):
-    gate = Gate(load_task_model(write_random_task_card(tmp_path, GATE_TASKS, input_size=32,
-                                                       thresholds={"region": HIP_ALWAYS})))
+    gate = Gate(
+        load_task_model(write_random_task_card(tmp_path, GATE_TASKS, input_size=32, thresholds={"region": HIP_ALWAYS}))
+    )
     rng = np.random.default_rng(0)
-    hips = [HipImage(side, View.AP_PELVIS, rng.integers(0, 256, (64, 64), dtype=np.uint8))
-            for side in (Side.RIGHT, Side.LEFT)]  # at the classifier's edge: resized to the gate's
+    hips = [
+        HipImage(side, View.AP_PELVIS, rng.integers(0, 256, (64, 64), dtype=np.uint8))
+        for side in (Side.RIGHT, Side.LEFT)
+    ]  # at the classifier's edge: resized to the gate's
     prepared = PreparedInstance(labels(TagRegion.NONE), hips, rng.integers(0, 256, (32, 32), dtype=np.uint8))
     gated = gate.apply(prepared)
     assert sorted(gated.reading.probabilities) == sorted(GATE_TASKS["region"])
@@ -65,18 +72,26 @@ FIELD_TASKS = {**GATE_TASKS, "field": ("pelvis", "other")}
 
 
 def field_gate(tmp_path, pelvis_threshold: float, region_thresholds: dict[str, float] | None = None) -> Gate:
-    return Gate(load_task_model(write_random_task_card(
-        tmp_path, FIELD_TASKS, input_size=32,
-        thresholds={"region": region_thresholds or HIP_ALWAYS, "field": {"pelvis": pelvis_threshold}})))
+    return Gate(
+        load_task_model(
+            write_random_task_card(
+                tmp_path,
+                FIELD_TASKS,
+                input_size=32,
+                thresholds={"region": region_thresholds or HIP_ALWAYS, "field": {"pelvis": pelvis_threshold}},
+            )
+        )
+    )
 
 
 def untagged(region: TagRegion = TagRegion.NONE, body_part: str = "") -> PreparedInstance:
     rng = np.random.default_rng(1)
     whole = HipImage(Side.UNKNOWN, View.UNKNOWN, rng.integers(0, 256, (64, 64), dtype=np.uint8))
-    halves = tuple(HipImage(side, View.AP_PELVIS, rng.integers(0, 256, (64, 64), dtype=np.uint8))
-                   for side in (Side.RIGHT, Side.LEFT))
-    return PreparedInstance(labels(region, body_part), [whole], rng.integers(0, 256, (32, 32), dtype=np.uint8),
-                            halves)
+    halves = tuple(
+        HipImage(side, View.AP_PELVIS, rng.integers(0, 256, (64, 64), dtype=np.uint8))
+        for side in (Side.RIGHT, Side.LEFT)
+    )
+    return PreparedInstance(labels(region, body_part), [whole], rng.integers(0, 256, (32, 32), dtype=np.uint8), halves)
 
 
 def test_an_untagged_image_read_as_an_ap_pelvis_becomes_two_hips_with_sides_by_convention(tmp_path):
@@ -118,8 +133,9 @@ def test_an_image_out_of_scope_is_never_split(tmp_path):
 
 
 def test_a_gate_without_a_field_head_leaves_the_halves_unused(tmp_path):
-    gate = Gate(load_task_model(write_random_task_card(tmp_path, GATE_TASKS, input_size=32,
-                                                       thresholds={"region": HIP_ALWAYS})))
+    gate = Gate(
+        load_task_model(write_random_task_card(tmp_path, GATE_TASKS, input_size=32, thresholds={"region": HIP_ALWAYS}))
+    )
     gated = gate.apply(untagged())
     assert not gate.reads_field and gated.pelvis_probability is None
     assert [(hip.side, hip.view) for hip in gated.hips] == [(Side.UNKNOWN, View.UNKNOWN)]

@@ -50,8 +50,17 @@ REAL_CASES = {
 PHANTOM_STUDIES, PHANTOM_SEED = 8, 11
 #: Content item values that change from run to run.
 VOLATILE_VALUE_TYPES = {"UIDREF", "DATETIME", "DATE", "TIME"}
-SR_HEADER = ("SOPClassUID", "Modality", "SeriesDescription", "CompletionFlag", "VerificationFlag",
-             "PreliminaryFlag", "Manufacturer", "ManufacturerModelName", "SoftwareVersions")
+SR_HEADER = (
+    "SOPClassUID",
+    "Modality",
+    "SeriesDescription",
+    "CompletionFlag",
+    "VerificationFlag",
+    "PreliminaryFlag",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "SoftwareVersions",
+)
 
 
 class Queue:
@@ -125,23 +134,37 @@ def _study_record(session: Any, study: Study) -> dict[str, Any]:
     record: dict[str, Any] = {
         "study": {"state": study.state, "error": study.error, "description": study.study_description},
         "images": sorted(
-            ({"series": instance.series.series_description, "state": instance.state, "error": instance.error,
-              "view": instance.view, "view_rule": instance.view_rule, "side": instance.side,
-              "region_read": instance.region_read, "scope_flag": instance.scope_flag,
-              "scope_note": instance.scope_note,
-              "predictions": sorted((p.side, p.view, p.top_class) for p in instance.predictions)}
-             for instance in instances),
-            key=lambda image: json.dumps(image, sort_keys=True)),
+            (
+                {
+                    "series": instance.series.series_description,
+                    "state": instance.state,
+                    "error": instance.error,
+                    "view": instance.view,
+                    "view_rule": instance.view_rule,
+                    "side": instance.side,
+                    "region_read": instance.region_read,
+                    "scope_flag": instance.scope_flag,
+                    "scope_note": instance.scope_note,
+                    "predictions": sorted((p.side, p.view, p.top_class) for p in instance.predictions),
+                }
+                for instance in instances
+            ),
+            key=lambda image: json.dumps(image, sort_keys=True),
+        ),
         "drafts": [],
     }
     for draft in study.drafts:
         sr = pydicom.dcmread(draft.sr_path)
-        record["drafts"].append({
-            "kind": draft.kind, "model": [draft.model_name, draft.model_version], "text": draft.text,
-            "sr_header": {keyword: str(sr.get(keyword, "")) for keyword in SR_HEADER},
-            "sr_title": sr.ConceptNameCodeSequence[0].CodeMeaning,
-            "sr_content": _sr_content(sr.ContentSequence),
-        })
+        record["drafts"].append(
+            {
+                "kind": draft.kind,
+                "model": [draft.model_name, draft.model_version],
+                "text": draft.text,
+                "sr_header": {keyword: str(sr.get(keyword, "")) for keyword in SR_HEADER},
+                "sr_title": sr.ConceptNameCodeSequence[0].CodeMeaning,
+                "sr_content": _sr_content(sr.ContentSequence),
+            }
+        )
     return json.loads(json.dumps(record))  # as read back from the file: tuples become lists
 
 
@@ -180,14 +203,17 @@ def drafted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             header = InstanceHeader.from_dataset(ds, ds.file_meta.TransferSyntaxUID)
             with session_scope(url) as session:
-                record_instance(session, header=header, spool_path=str(path), size_bytes=path.stat().st_size,
-                                calling_ae="GOLDEN")
+                record_instance(
+                    session, header=header, spool_path=str(path), size_bytes=path.stat().st_size, calling_ae="GOLDEN"
+                )
         for study_id in claim_ready_studies(url, quiet_seconds=0):
             start_study(queue, url, study_id)
         queue.run()
         with session_scope(url) as session:
-            return {names[study.study_uid]: _study_record(session, study)
-                    for study in session.scalars(select(Study).order_by(Study.id))}
+            return {
+                names[study.study_uid]: _study_record(session, study)
+                for study in session.scalars(select(Study).order_by(Study.id))
+            }
     finally:
         tasks._settings.cache_clear()
         for _, batcher in tasks._models.values():

@@ -46,8 +46,15 @@ class QuadrantNet(torch.nn.Module):
 
 
 def quadrant_classifier() -> Classifier:
-    card = ModelCard(name="quadrant", version="1", architecture="quadrant_net", input_size=SIZE, trained=False,
-                     weights="none.safetensors", weights_sha256="0" * 64)
+    card = ModelCard(
+        name="quadrant",
+        version="1",
+        architecture="quadrant_net",
+        input_size=SIZE,
+        trained=False,
+        weights="none.safetensors",
+        weights_sha256="0" * 64,
+    )
     return Classifier(card=card, network=QuadrantNet(card).eval(), device=torch.device("cpu"))
 
 

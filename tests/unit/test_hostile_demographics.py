@@ -51,8 +51,9 @@ def _everything_written(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureF
     return "\n".join([records, caplog.text, out, err])
 
 
-def test_a_name_without_caret_is_kept_in_the_sr_and_never_logged(process_logging, task_env, demo_study, tmp_path,
-                                                                 capfd):
+def test_a_name_without_caret_is_kept_in_the_sr_and_never_logged(
+    process_logging, task_env, demo_study, tmp_path, capfd
+):
     canary = f"CANARY {uuid.uuid4().hex[:12].upper()}"  # no "^": highdicom warns about it, quoting it
     study_id = drafting_study(task_env, demo_study, tmp_path / "images", PatientName=canary)
 
@@ -68,11 +69,13 @@ def test_a_name_without_caret_is_kept_in_the_sr_and_never_logged(process_logging
     assert canary not in written
 
 
-def test_a_malformed_birth_date_is_emptied_and_the_study_drafted(process_logging, task_env, demo_study, tmp_path,
-                                                                 capfd):
+def test_a_malformed_birth_date_is_emptied_and_the_study_drafted(
+    process_logging, task_env, demo_study, tmp_path, capfd
+):
     canary = f"CANARY^{uuid.uuid4().hex[:12].upper()}"
-    study_id = drafting_study(task_env, demo_study, tmp_path / "images", PatientName=canary,
-                               PatientBirthDate=BAD_BIRTH_DATE)
+    study_id = drafting_study(
+        task_env, demo_study, tmp_path / "images", PatientName=canary, PatientBirthDate=BAD_BIRTH_DATE
+    )
 
     tasks.draft.run(study_id, 1)
 
@@ -88,7 +91,8 @@ def test_a_malformed_birth_date_is_emptied_and_the_study_drafted(process_logging
 
 
 def test_a_library_error_quoting_a_value_leaves_no_value_in_the_error_text_or_the_log(
-        process_logging, task_env, demo_study, tmp_path, monkeypatch, capfd):
+    process_logging, task_env, demo_study, tmp_path, monkeypatch, capfd
+):
     study_id = drafting_study(task_env, demo_study, tmp_path / "images")
 
     def quoting(*_args, **_kwargs):

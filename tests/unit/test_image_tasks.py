@@ -51,6 +51,7 @@ def torch_threads(count: int):
 
 # --- helpers shared with test_evaluate_real ---------------------------------------------------------------------
 
+
 def _synthetic_image(region: str, present: bool, rng: np.random.Generator) -> np.ndarray:
     """A 64 x 96 grey radiograph-like image: textured soft tissue, two round 'heads' (hip) or one (shoulder),
     and with ``present`` a bright sharply bounded plate on the image's left half."""
@@ -59,14 +60,15 @@ def _synthetic_image(region: str, present: bool, rng: np.random.Generator) -> np
     yy, xx = np.mgrid[:height, :width]
     centres = ((32, 24), (32, 72)) if region == "hip" else ((24, 48),)
     for cy, cx in centres:
-        image += 0.3 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 9.0 ** 2))
+        image += 0.3 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 9.0**2))
     if present:
         image[20:44, 14:30] = 1.0
     return np.clip(image, 0, 1)
 
 
-def write_synthetic_set(folder: Path, *, images_per_group: int = 2, groups_per_class: int = 3,
-                        seed: int = 0) -> tuple[Path, Path, list[dict[str, str]]]:
+def write_synthetic_set(
+    folder: Path, *, images_per_group: int = 2, groups_per_class: int = 3, seed: int = 0
+) -> tuple[Path, Path, list[dict[str, str]]]:
     """PNGs under ``folder/images`` and ``folder/labels.csv`` in the task CSV format.
 
     Two regions (hip, shoulder) x hardware (absent, present) x ``groups_per_class`` groups x
@@ -86,13 +88,16 @@ def write_synthetic_set(folder: Path, *, images_per_group: int = 2, groups_per_c
                     name = f"{group}-{image_index}.png"
                     pixels = _synthetic_image(region, hardware == "present", rng)
                     Image.fromarray((pixels * 255).round().astype(np.uint8)).save(images_dir / name)
-                    rows.append({"image": name, "group": group, "crop": "whole", "region": region,
-                                 "hardware": hardware})
+                    rows.append(
+                        {"image": name, "group": group, "crop": "whole", "region": region, "hardware": hardware}
+                    )
                     if region == "hip":
-                        rows.append({"image": name, "group": group, "crop": "image_left", "region": "",
-                                     "hardware": hardware})
-                        rows.append({"image": name, "group": group, "crop": "image_right", "region": "",
-                                     "hardware": "absent"})
+                        rows.append(
+                            {"image": name, "group": group, "crop": "image_left", "region": "", "hardware": hardware}
+                        )
+                        rows.append(
+                            {"image": name, "group": group, "crop": "image_right", "region": "", "hardware": "absent"}
+                        )
     csv_path = folder / "labels.csv"
     write_csv(csv_path, rows)
     return csv_path, images_dir, rows
@@ -107,8 +112,14 @@ def write_csv(path: Path, rows: list[dict[str, str]], columns: tuple[str, ...] |
     return path
 
 
-def write_random_task_card(folder: Path, tasks: dict[str, tuple[str, ...]] | None = None, *, input_size: int = 32,
-                           thresholds: dict[str, dict[str, float]] | None = None, seed: int = 0) -> Path:
+def write_random_task_card(
+    folder: Path,
+    tasks: dict[str, tuple[str, ...]] | None = None,
+    *,
+    input_size: int = 32,
+    thresholds: dict[str, dict[str, float]] | None = None,
+    seed: int = 0,
+) -> Path:
     """An untrained (random-weight) task network of :data:`TINY_ARCHITECTURE` and its card; the card's path."""
     import torch
     from safetensors.torch import save_file
@@ -117,24 +128,40 @@ def write_random_task_card(folder: Path, tasks: dict[str, tuple[str, ...]] | Non
     torch.manual_seed(seed)
     network = TaskNetwork(TINY_ARCHITECTURE, tasks)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({key: value.contiguous() for key, value in network.state_dict().items()},
-              str(folder / "weights.safetensors"))
-    card = TaskCard(name="tiny-gate", version="0.0.1", architecture=TINY_ARCHITECTURE, input_size=input_size,
-                    tasks=tasks, thresholds=thresholds or {}, trained=False, weights="weights.safetensors",
-                    weights_sha256=sha256_of(folder / "weights.safetensors"))
+    save_file(
+        {key: value.contiguous() for key, value in network.state_dict().items()}, str(folder / "weights.safetensors")
+    )
+    card = TaskCard(
+        name="tiny-gate",
+        version="0.0.1",
+        architecture=TINY_ARCHITECTURE,
+        input_size=input_size,
+        tasks=tasks,
+        thresholds=thresholds or {},
+        trained=False,
+        weights="weights.safetensors",
+        weights_sha256=sha256_of(folder / "weights.safetensors"),
+    )
     write_task_card(card, folder / "card.json")
     return folder / "card.json"
 
 
 def _card(**changes: object) -> dict[str, object]:
-    fields: dict[str, object] = {"name": "t", "version": "1", "architecture": TINY_ARCHITECTURE, "input_size": 32,
-                                 "tasks": {"region": ["hip", "shoulder"]}, "weights": "w.safetensors",
-                                 "weights_sha256": "0" * 64}
+    fields: dict[str, object] = {
+        "name": "t",
+        "version": "1",
+        "architecture": TINY_ARCHITECTURE,
+        "input_size": 32,
+        "tasks": {"region": ["hip", "shoulder"]},
+        "weights": "w.safetensors",
+        "weights_sha256": "0" * 64,
+    }
     fields.update(changes)
     return fields
 
 
 # --- the task card ------------------------------------------------------------------------------------------------
+
 
 def test_a_valid_card_reads_its_thresholds_and_defaults_to_one_half():
     card = TaskCard.model_validate(_card(thresholds={"region": {"hip": 0.8}}))
@@ -144,25 +171,31 @@ def test_a_valid_card_reads_its_thresholds_and_defaults_to_one_half():
         card.threshold("region", "knee")
 
 
-@pytest.mark.parametrize("tasks, message", [
-    ({"body part": ["hip", "shoulder"]}, "must be an identifier"),
-    ({"1region": ["hip", "shoulder"]}, "must be an identifier"),
-    ({"region": ["hip"]}, "at least two distinct classes"),
-    ({"region": ["hip", "hip"]}, "at least two distinct classes"),
-    ({}, "at least one task"),
-])
+@pytest.mark.parametrize(
+    "tasks, message",
+    [
+        ({"body part": ["hip", "shoulder"]}, "must be an identifier"),
+        ({"1region": ["hip", "shoulder"]}, "must be an identifier"),
+        ({"region": ["hip"]}, "at least two distinct classes"),
+        ({"region": ["hip", "hip"]}, "at least two distinct classes"),
+        ({}, "at least one task"),
+    ],
+)
 def test_card_rejects_bad_tasks(tasks, message):
     with pytest.raises(ValidationError, match=message):
         TaskCard.model_validate(_card(tasks=tasks))
 
 
-@pytest.mark.parametrize("thresholds, message", [
-    ({"region": {"knee": 0.7}}, "class 'knee'"),
-    ({"hardware": {"present": 0.7}}, "task 'hardware'"),
-    ({"region": {"hip": 0.0}}, r"must lie in \(0, 1\)"),
-    ({"region": {"hip": 1.0}}, r"must lie in \(0, 1\)"),
-    ({"region": {"hip": 1.5}}, r"must lie in \(0, 1\)"),
-])
+@pytest.mark.parametrize(
+    "thresholds, message",
+    [
+        ({"region": {"knee": 0.7}}, "class 'knee'"),
+        ({"hardware": {"present": 0.7}}, "task 'hardware'"),
+        ({"region": {"hip": 0.0}}, r"must lie in \(0, 1\)"),
+        ({"region": {"hip": 1.0}}, r"must lie in \(0, 1\)"),
+        ({"region": {"hip": 1.5}}, r"must lie in \(0, 1\)"),
+    ],
+)
 def test_card_rejects_thresholds_of_unknown_classes_or_out_of_range(thresholds, message):
     with pytest.raises(ValidationError, match=message):
         TaskCard.model_validate(_card(thresholds=thresholds))
@@ -198,6 +231,7 @@ def test_load_task_card_names_a_missing_or_invalid_card(tmp_path):
 
 # --- the task CSV -----------------------------------------------------------------------------------------------
 
+
 def _labels_folder(tmp_path: Path, rows: list[dict[str, str]], columns: tuple[str, ...] | None = None) -> Path:
     (tmp_path / "images").mkdir(exist_ok=True)
     for name in ("a.png", "b.png"):
@@ -206,14 +240,19 @@ def _labels_folder(tmp_path: Path, rows: list[dict[str, str]], columns: tuple[st
 
 
 def test_read_task_rows_reads_crops_and_leaves_out_unlabelled_rows(tmp_path):
-    csv_path = _labels_folder(tmp_path, [
-        {"image": "a.png", "group": "g1", "crop": "", "region": "hip", "hardware": ""},
-        {"image": "a.png", "group": "g1", "crop": "image_left", "region": "", "hardware": "present"},
-        {"image": "b.png", "group": "g2", "crop": "whole", "region": "", "hardware": ""},
-    ])
+    csv_path = _labels_folder(
+        tmp_path,
+        [
+            {"image": "a.png", "group": "g1", "crop": "", "region": "hip", "hardware": ""},
+            {"image": "a.png", "group": "g1", "crop": "image_left", "region": "", "hardware": "present"},
+            {"image": "b.png", "group": "g2", "crop": "whole", "region": "", "hardware": ""},
+        ],
+    )
     rows = read_task_rows(csv_path, tmp_path / "images", ["region", "hardware"])
     assert [(row.image, row.group, row.crop, row.labels) for row in rows] == [
-        ("a.png", "g1", "whole", {"region": "hip"}), ("a.png", "g1", "image_left", {"hardware": "present"})]
+        ("a.png", "g1", "whole", {"region": "hip"}),
+        ("a.png", "g1", "image_left", {"hardware": "present"}),
+    ]
 
 
 def test_read_task_rows_names_a_missing_column(tmp_path):
@@ -229,18 +268,23 @@ def test_read_task_rows_rejects_an_unknown_crop(tmp_path):
 
 
 def test_read_task_rows_rejects_an_image_and_crop_twice(tmp_path):
-    csv_path = _labels_folder(tmp_path, [
-        {"image": "a.png", "group": "g1", "crop": "whole", "region": "hip"},
-        {"image": "a.png", "group": "g1", "crop": "image_left", "region": "hip"},
-        {"image": "a.png", "group": "g1", "crop": "", "region": "shoulder"},
-    ])
+    csv_path = _labels_folder(
+        tmp_path,
+        [
+            {"image": "a.png", "group": "g1", "crop": "whole", "region": "hip"},
+            {"image": "a.png", "group": "g1", "crop": "image_left", "region": "hip"},
+            {"image": "a.png", "group": "g1", "crop": "", "region": "shoulder"},
+        ],
+    )
     with pytest.raises(TaskLabelsError, match=r"line 4: a.png \(whole\) appears twice"):
         read_task_rows(csv_path, tmp_path / "images", ["region"])
 
 
 def test_read_task_rows_names_a_missing_image_file(tmp_path):
-    csv_path = _labels_folder(tmp_path, [{"image": "a.png", "group": "g1", "region": "hip"},
-                                         {"image": "gone.png", "group": "g2", "region": "hip"}])
+    csv_path = _labels_folder(
+        tmp_path,
+        [{"image": "a.png", "group": "g1", "region": "hip"}, {"image": "gone.png", "group": "g2", "region": "hip"}],
+    )
     with pytest.raises(TaskLabelsError, match="line 3: image .*gone.png does not exist"):
         read_task_rows(csv_path, tmp_path / "images", ["region"])
 
@@ -252,6 +296,7 @@ def test_read_task_rows_refuses_a_csv_without_a_labelled_row(tmp_path):
 
 
 # --- grouped rates ----------------------------------------------------------------------------------------------
+
 
 def test_grouped_rate_gives_the_share_and_a_ci_around_it():
     hits = np.array([True] * 30 + [False] * 10)
@@ -265,7 +310,10 @@ def test_grouped_rate_gives_the_share_and_a_ci_around_it():
 
 def test_grouped_rate_of_no_rows_has_no_value():
     assert grouped_rate(np.array([], dtype=bool), np.array([]), n_bootstrap=100, seed=0) == {
-        "value": None, "ci95": None, "n": 0}
+        "value": None,
+        "ci95": None,
+        "n": 0,
+    }
 
 
 def test_grouped_rate_resamples_groups_not_rows():
@@ -279,6 +327,7 @@ def test_grouped_rate_resamples_groups_not_rows():
 
 
 # --- thresholds ---------------------------------------------------------------------------------------------------
+
 
 def _config() -> TaskTrainingConfig:
     return TaskTrainingConfig(tasks=dict(TASKS), gate_task="region", gate_class="hip", binary={"hardware": "present"})
@@ -296,8 +345,12 @@ def test_gate_thresholds_let_at_most_one_percent_of_the_other_side_through():
     region[:200, 1], region[200:, 0] = hip_says_shoulder, shoulder_says_hip
     region[:200, 0], region[200:, 1] = 1 - region[:200, 1], 1 - region[200:, 0]
     targets = np.array([[0, -1]] * 200 + [[1, -1]] * 100)
-    thresholds = fit_thresholds({"region": region, "hardware": np.full((300, 2), 0.5)}, targets, TASKS,
-                                TaskTrainingConfig(tasks=dict(TASKS), gate_task="region", gate_class="hip"))
+    thresholds = fit_thresholds(
+        {"region": region, "hardware": np.full((300, 2), 0.5)},
+        targets,
+        TASKS,
+        TaskTrainingConfig(tasks=dict(TASKS), gate_task="region", gate_class="hip"),
+    )
     assert set(thresholds) == {"region"}
     shoulder, hip = thresholds["region"]["shoulder"], thresholds["region"]["hip"]
     # the 99th percentile (higher) of the hip rows' p(shoulder), just above it
@@ -310,12 +363,15 @@ def test_gate_thresholds_let_at_most_one_percent_of_the_other_side_through():
 def test_gate_thresholds_stay_in_their_bounds():
     region = np.array([[0.9, 0.1]] * 50 + [[0.2, 0.8]] * 50)  # perfectly apart: no row crosses one half
     targets = np.array([[0, -1]] * 50 + [[1, -1]] * 50)
-    thresholds = fit_thresholds({"region": region}, targets, TASKS, _config().model_copy(
-        update={"binary": {}}))
+    thresholds = fit_thresholds({"region": region}, targets, TASKS, _config().model_copy(update={"binary": {}}))
     assert thresholds["region"] == {"hip": 0.5, "shoulder": 0.5}
     region[:50] = [[0.0, 1.0]]  # every hip row certain it is a shoulder
-    assert fit_thresholds({"region": region}, targets, TASKS, _config().model_copy(
-        update={"binary": {}}))["region"]["shoulder"] == 0.995
+    assert (
+        fit_thresholds({"region": region}, targets, TASKS, _config().model_copy(update={"binary": {}}))["region"][
+            "shoulder"
+        ]
+        == 0.995
+    )
 
 
 def test_binary_threshold_is_the_balanced_point():
@@ -323,13 +379,15 @@ def test_binary_threshold_is_the_balanced_point():
     targets = np.array([[-1, 0]] * 3 + [[-1, 1]] * 3)
     config = TaskTrainingConfig(tasks=dict(TASKS), binary={"hardware": "present"})
     assert fit_thresholds({"hardware": _binary_probabilities(scores)}, targets, TASKS, config) == {
-        "hardware": {"present": 0.4}}
+        "hardware": {"present": 0.4}
+    }
     rng = np.random.default_rng(5)  # overlapping classes: no threshold does better on its worse side
     positive = rng.random(80) < 0.4
     scores = np.round(np.clip(rng.normal(np.where(positive, 0.65, 0.4), 0.15), 0, 1), 4)
     targets = np.stack([np.full(80, -1), positive.astype(int)], axis=1)
     threshold = fit_thresholds({"hardware": _binary_probabilities(scores)}, targets, TASKS, config)["hardware"][
-        "present"]
+        "present"
+    ]
 
     def balanced(cut: float) -> float:
         called = scores >= cut
@@ -343,10 +401,10 @@ def test_a_minimum_specificity_replaces_the_balanced_point():
     negatives = np.linspace(0.0, 0.99, 100)  # p(positive) of 100 negative rows
     scores = np.concatenate([negatives, [0.5, 0.97, 0.99]])
     targets = np.stack([np.full(103, -1), np.r_[np.zeros(100, int), np.ones(3, int)]], axis=1)
-    config = TaskTrainingConfig(tasks=dict(TASKS), binary={"hardware": "present"},
-                                min_specificity={"hardware": 0.95})
+    config = TaskTrainingConfig(tasks=dict(TASKS), binary={"hardware": "present"}, min_specificity={"hardware": 0.95})
     threshold = fit_thresholds({"hardware": _binary_probabilities(scores)}, targets, TASKS, config)["hardware"][
-        "present"]
+        "present"
+    ]
     assert (negatives < threshold).mean() >= 0.95  # at least 95 % of the negatives stay below it
     assert (negatives < threshold - 0.011).mean() < 0.95  # and no threshold a step lower would do
     with pytest.raises(ValueError, match="not a binary task"):
@@ -357,12 +415,15 @@ def test_a_minimum_specificity_replaces_the_balanced_point():
 
 # --- the gate's labels from ../shared/data ----------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def gate_rows() -> list[dict[str, str]]:
     from predraft.models.gate_labels import build_rows
 
-    if not (SHARED_DATA / "fracatlas" / "dataset.csv").is_file() or not (
-            SHARED_DATA / "shoulder-implants" / "labels.csv").is_file():
+    if (
+        not (SHARED_DATA / "fracatlas" / "dataset.csv").is_file()
+        or not (SHARED_DATA / "shoulder-implants" / "labels.csv").is_file()
+    ):
         pytest.skip(f"FracAtlas or the shoulder-implant set is absent ({SHARED_DATA} is not checked out)")
     return build_rows(SHARED_DATA)
 
@@ -397,7 +458,10 @@ def test_gate_labels_give_every_whole_hip_image_and_only_those_a_field(gate_rows
     assert all(row["field"] == "" for row in gate_rows if row["crop"] != "whole")
     # an AP pelvis with a left plate, a one-hip view of a plate, and a pelvis turned 90 degrees
     assert (field_of["IMG0000822.jpg"], field_of["IMG0000453.jpg"], field_of["IMG0000315.jpg"]) == (
-        "pelvis", "other", "other")
+        "pelvis",
+        "other",
+        "other",
+    )
     # the hip-hardware labelling's field wins where both label an image
     assert field_of["IMG0002510.jpg"] == "other" and field_of["IMG0002607.jpg"] == "pelvis"
 
@@ -410,14 +474,25 @@ def test_gate_labels_name_no_image_and_crop_twice(gate_rows):
 
 # --- a tiny training run ----------------------------------------------------------------------------------------
 
+
 def test_train_task_model_end_to_end_on_synthetic_images(tmp_path):
     from predraft.models.taskdata import prepare_task_images
     from predraft.models.tasktraining import CARD, FOLDS, OUT_OF_FOLD, REPORT, train_task_model
 
     csv_path, images_dir, rows = write_synthetic_set(tmp_path / "data")
-    config = TaskTrainingConfig(tasks=dict(TASKS), architecture=TINY_ARCHITECTURE, input_size=32, epochs=1,
-                                samples_per_epoch=32, batch_size=16, folds=2, n_bootstrap=20, gate_task="region",
-                                gate_class="hip", binary={"hardware": "present"})
+    config = TaskTrainingConfig(
+        tasks=dict(TASKS),
+        architecture=TINY_ARCHITECTURE,
+        input_size=32,
+        epochs=1,
+        samples_per_epoch=32,
+        batch_size=16,
+        folds=2,
+        n_bootstrap=20,
+        gate_task="region",
+        gate_class="hip",
+        binary={"hardware": "present"},
+    )
     out = tmp_path / "run"
     card = train_task_model(csv_path, images_dir, out, config, progress=lambda _: None)
 

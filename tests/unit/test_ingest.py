@@ -33,15 +33,28 @@ STUDY = "1.2.826.0.1.3680043.8.498.10"
 
 
 def _header(sop: str, *, study: str = STUDY, series: str = STUDY + ".1") -> InstanceHeader:
-    return InstanceHeader(study_uid=study, series_uid=series, sop_instance_uid=sop, sop_class_uid=CR,
-                          transfer_syntax_uid=ExplicitVRLittleEndian, modality="CR", patient_id="P1",
-                          study_description="XR PELVIS", body_part="PELVIS")
+    return InstanceHeader(
+        study_uid=study,
+        series_uid=series,
+        sop_instance_uid=sop,
+        sop_class_uid=CR,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        modality="CR",
+        patient_id="P1",
+        study_description="XR PELVIS",
+        body_part="PELVIS",
+    )
 
 
 def _record(url: str, header: InstanceHeader, calling_ae: str = "PACS"):
     with session_scope(url) as session:
-        return record_instance(session, header=header, spool_path=f"/spool/{header.sop_instance_uid}.dcm",
-                               size_bytes=1234, calling_ae=calling_ae)
+        return record_instance(
+            session,
+            header=header,
+            spool_path=f"/spool/{header.sop_instance_uid}.dcm",
+            size_bytes=1234,
+            calling_ae=calling_ae,
+        )
 
 
 def _count(url: str, model) -> int:
@@ -292,8 +305,12 @@ def test_a_structured_report_is_filed_without_reopening_its_drafted_study(sqlite
     assert _receive(receiver, _dataset()) == status.SUCCESS
     with session_scope(sqlite_url) as session:
         session.scalar(select(Study)).state = StudyState.DRAFTED
-    sr = _dataset(SOPClassUID="1.2.840.10008.5.1.4.1.1.88.33", SOPInstanceUID=STUDY + ".9.1",
-                  SeriesInstanceUID=STUDY + ".9", Modality="SR")
+    sr = _dataset(
+        SOPClassUID="1.2.840.10008.5.1.4.1.1.88.33",
+        SOPInstanceUID=STUDY + ".9.1",
+        SeriesInstanceUID=STUDY + ".9",
+        Modality="SR",
+    )
     assert _receive(receiver, sr) == status.SUCCESS
     with session_scope(sqlite_url) as session:
         study = session.scalar(select(Study))
@@ -328,17 +345,20 @@ def _pixel_data_cut(name: str) -> tuple[bytes, bytes]:
     data = real_file(name).read_bytes()
     ds = pydicom.dcmread(BytesIO(data), defer_size=1024)
     start = ds.get_item(0x7FE00010, keep_deferred=True).value_tell
-    return data, data[:start + (len(data) - start) // 2]
+    return data, data[: start + (len(data) - start) // 2]
 
 
 def _spooled(spool: Spool) -> list[str]:
     return [path.name for path in spool.root.rglob("*") if path.is_file()]
 
 
-@pytest.mark.parametrize(("name", "where"), [
-    ("RG2_UNC.dcm", "element (7FE0,0010) holds"),  # native: a defined length beyond the end
-    ("RG2_J2KR.dcm", "undefined length, before its delimiter"),  # JPEG 2000 fragments: no Sequence Delimiter
-])
+@pytest.mark.parametrize(
+    ("name", "where"),
+    [
+        ("RG2_UNC.dcm", "element (7FE0,0010) holds"),  # native: a defined length beyond the end
+        ("RG2_J2KR.dcm", "undefined length, before its delimiter"),  # JPEG 2000 fragments: no Sequence Delimiter
+    ],
+)
 def test_receiver_refuses_a_file_cut_inside_its_pixel_data(sqlite_url, tmp_path, name, where):
     spool = Spool(tmp_path / "spool")
     whole, cut = _pixel_data_cut(name)
@@ -371,20 +391,33 @@ def _encoded(ds: Dataset, syntax: str) -> bytes:
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = syntax
     with DicomBytesIO() as buffer:
-        pydicom.dcmwrite(buffer, ds, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian,
-                         little_endian=syntax != ExplicitVRBigEndian)
+        pydicom.dcmwrite(
+            buffer,
+            ds,
+            enforce_file_format=True,
+            implicit_vr=syntax == ImplicitVRLittleEndian,
+            little_endian=syntax != ExplicitVRBigEndian,
+        )
         return buffer.getvalue()
 
 
 @pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian])
 def test_receiver_finds_a_cut_in_every_uncompressed_transfer_syntax(sqlite_url, tmp_path, syntax):
-    ds = _dataset(Rows=64, Columns=64, SamplesPerPixel=1, PhotometricInterpretation="MONOCHROME2",
-                  BitsAllocated=16, BitsStored=12, HighBit=11, PixelRepresentation=0)
+    ds = _dataset(
+        Rows=64,
+        Columns=64,
+        SamplesPerPixel=1,
+        PhotometricInterpretation="MONOCHROME2",
+        BitsAllocated=16,
+        BitsStored=12,
+        HighBit=11,
+        PixelRepresentation=0,
+    )
     ds.PixelData = bytes(range(256)) * 32
     whole = _encoded(ds, syntax)
     receiver = Receiver(Spool(tmp_path / "spool"), sqlite_url)
 
-    outcome = receiver.receive(whole[:len(whole) * 3 // 4], source="PACS_AE")
+    outcome = receiver.receive(whole[: len(whole) * 3 // 4], source="PACS_AE")
 
     assert outcome.status is ReceiveStatus.CANNOT_UNDERSTAND and "truncated" in outcome.message
     assert _spooled(receiver.spool) == []
@@ -402,7 +435,7 @@ def test_receiver_finds_a_cut_inside_a_sequence_of_undefined_length(sqlite_url, 
 
     start = whole.index(b"\x08\x00\x40\x11")  # (0008,1140), before the UIDs: pydicom cannot read the cut file
     end = whole.index(b"\xfe\xff\xdd\xe0", start)  # its Sequence Delimitation Item
-    outcome = receiver.receive(whole[:(start + end) // 2], source="PACS_AE")
+    outcome = receiver.receive(whole[: (start + end) // 2], source="PACS_AE")
 
     assert outcome.status is ReceiveStatus.CANNOT_UNDERSTAND
     assert "undefined length, before its delimiter (truncated)" in outcome.message

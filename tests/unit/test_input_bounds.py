@@ -89,10 +89,10 @@ def deflate_bomb(inflated_bytes: int = BOMB_INFLATED_BYTES, sop: str = STUDY + "
     """A Deflated Explicit VR Little Endian file whose data set inflates to ``inflated_bytes``: a handful of
     UIDs, then an OB element (Encapsulated Document) of zeros. Built a MiB at a time, never held inflated."""
     plain = _part10(_dataset(sop), ExplicitVRLittleEndian)
-    head = plain[_meta_end(plain):]
+    head = plain[_meta_end(plain) :]
     zeros = inflated_bytes - len(head) - 12
     deflated = _part10(_dataset(sop), DeflatedExplicitVRLittleEndian)
-    meta = deflated[:_meta_end(deflated)]
+    meta = deflated[: _meta_end(deflated)]
     packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     chunks = [packer.compress(head + struct.pack("<HH2sHL", 0x0042, 0x0011, b"OB", 0, zeros))]
     block = bytes(MIB)
@@ -120,8 +120,11 @@ def bomb() -> bytes:
 
 @pytest.fixture
 def receiver(sqlite_url: str, tmp_path: Path) -> Receiver:
-    return Receiver.from_settings(get_settings(var_dir=tmp_path / "var", database_url=sqlite_url,
-                                               spool_dir=tmp_path / "spool", spool_min_free_bytes=0))
+    return Receiver.from_settings(
+        get_settings(
+            var_dir=tmp_path / "var", database_url=sqlite_url, spool_dir=tmp_path / "spool", spool_min_free_bytes=0
+        )
+    )
 
 
 def _spooled(receiver: Receiver) -> list[Path]:
@@ -129,6 +132,7 @@ def _spooled(receiver: Receiver) -> list[Path]:
 
 
 # --- A: deflate bombs ------------------------------------------------------------------------------------------
+
 
 def test_a_deflate_bomb_is_refused_before_it_is_inflated(receiver: Receiver, bomb: bytes) -> None:
     assert len(bomb) < 400_000
@@ -186,6 +190,7 @@ def test_a_deflate_bomb_over_dimse_gets_cannot_understand(tmp_path: Path, monkey
 
 # --- B: sequences nested too deep ------------------------------------------------------------------------------
 
+
 def test_a_data_set_nested_too_deep_is_refused(receiver: Receiver) -> None:
     before = _refused("stow", "sequence_depth")
     outcome = receiver.receive(nested(1000), source="PACS_AE")
@@ -213,8 +218,11 @@ def test_nesting_of_defined_length_counts_too(receiver: Receiver) -> None:
 
 # --- D: UIDs ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value", ["1.2.3\n", "1.2.34 ", "1.2.3  ", " 1.2.3", "1.2.3\x00\x00", "1.2.3\t", "1.2.3\r\n",
-                                   "1..2", "1.2.3\\1.2.4"])
+
+@pytest.mark.parametrize(
+    "value",
+    ["1.2.3\n", "1.2.34 ", "1.2.3  ", " 1.2.3", "1.2.3\x00\x00", "1.2.3\t", "1.2.3\r\n", "1..2", "1.2.3\\1.2.4"],
+)
 def test_a_uid_padded_with_anything_but_one_pad_character_is_refused(value: str) -> None:
     with pytest.raises(ValueError, match="SOPInstanceUID .* is not a valid DICOM UID"):
         check_uid(value, "SOPInstanceUID")
@@ -230,13 +238,17 @@ def with_newline(data: bytes, tag: tuple[int, int]) -> bytes:
     """``data`` (explicit VR little endian) with a newline after the UID of data set element ``tag``."""
     at = data.index(struct.pack("<HH", *tag) + b"UI", _meta_end(data))
     (length,) = struct.unpack_from("<H", data, at + 6)
-    value = data[at + 8:at + 8 + length].rstrip(b"\x00") + b"\n"
+    value = data[at + 8 : at + 8 + length].rstrip(b"\x00") + b"\n"
     value += b"\x00" * (len(value) % 2)
-    return data[:at + 6] + struct.pack("<H", len(value)) + value + data[at + 8 + length:]
+    return data[: at + 6] + struct.pack("<H", len(value)) + value + data[at + 8 + length :]
 
 
-UID_TAGS = {"StudyInstanceUID": (0x0020, 0x000D), "SeriesInstanceUID": (0x0020, 0x000E),
-            "SOPInstanceUID": (0x0008, 0x0018), "SOPClassUID": (0x0008, 0x0016)}
+UID_TAGS = {
+    "StudyInstanceUID": (0x0020, 0x000D),
+    "SeriesInstanceUID": (0x0020, 0x000E),
+    "SOPInstanceUID": (0x0008, 0x0018),
+    "SOPClassUID": (0x0008, 0x0016),
+}
 
 
 @pytest.mark.parametrize("keyword", list(UID_TAGS))
@@ -257,13 +269,14 @@ def test_instances_whose_uids_differ_by_a_control_character_are_refused(receiver
 def test_a_sop_class_uid_of_vr_um_is_not_understood(receiver: Receiver) -> None:
     raw = bytearray(real_file("RG2_UNC.dcm").read_bytes())
     at = raw.index(b"\x08\x00\x16\x00UI")
-    raw[at + 5:at + 6] = b"M"
+    raw[at + 5 : at + 6] = b"M"
     outcome = receiver.receive(bytes(raw), source="PACS_AE")
     assert outcome.status is ReceiveStatus.CANNOT_UNDERSTAND
     assert "SOPClassUID has VR UM, not UI" in outcome.message
 
 
 # --- E: bearer tokens ------------------------------------------------------------------------------------------
+
 
 def test_a_bearer_token_is_compared_exactly_its_scheme_in_any_case(clean_settings_env: Path) -> None:
     settings = get_settings(var_dir=clean_settings_env, dicomweb_tokens=[TOKEN])
@@ -283,6 +296,7 @@ def test_a_configured_token_with_a_space_needs_that_space(clean_settings_env: Pa
 
 # --- HTTP: STOW, QIDO, WADO and redirects through the app ---------------------------------------------------
 
+
 class App:
     def __init__(self, url: str, settings: Settings) -> None:
         self.url = url
@@ -292,10 +306,15 @@ class App:
         return requests.get(self.url + path, timeout=TIMEOUT, allow_redirects=False, **kwargs)  # type: ignore[arg-type]
 
     def stow(self, *parts: bytes) -> requests.Response:
-        body = b"".join(b"--%s\r\nContent-Type: application/dicom\r\n\r\n%s\r\n" % (BOUNDARY.encode(), part)
-                        for part in parts) + b"--%s--\r\n" % BOUNDARY.encode()
-        return requests.post(self.url + "/dicomweb/studies", data=body, timeout=TIMEOUT,
-                             headers={**BEARER, "Content-Type": MULTIPART})
+        body = (
+            b"".join(
+                b"--%s\r\nContent-Type: application/dicom\r\n\r\n%s\r\n" % (BOUNDARY.encode(), part) for part in parts
+            )
+            + b"--%s--\r\n" % BOUNDARY.encode()
+        )
+        return requests.post(
+            self.url + "/dicomweb/studies", data=body, timeout=TIMEOUT, headers={**BEARER, "Content-Type": MULTIPART}
+        )
 
 
 @pytest.fixture(scope="module")
@@ -303,9 +322,17 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     folder = tmp_path_factory.mktemp("bounds-app")
     url = f"sqlite:///{folder}/db.sqlite"
     upgrade(url)
-    settings = get_settings(var_dir=folder / "var", database_url=url, spool_dir=folder / "spool",
-                            session_secret=SECRET, cookie_secure=False, dicomweb_tokens=[TOKEN],
-                            spool_min_free_bytes=0, dicomweb_max_upload_bytes=3 * MIB, max_dataset_bytes=MIB)
+    settings = get_settings(
+        var_dir=folder / "var",
+        database_url=url,
+        spool_dir=folder / "spool",
+        session_secret=SECRET,
+        cookie_secure=False,
+        dicomweb_tokens=[TOKEN],
+        spool_min_free_bytes=0,
+        dicomweb_max_upload_bytes=3 * MIB,
+        max_dataset_bytes=MIB,
+    )
     with serving(settings) as (base, _app):
         yield App(base, settings)
 
@@ -329,7 +356,7 @@ def test_stow_refuses_a_deflate_bomb_with_cannot_understand(app: App) -> None:
 def test_stow_refuses_a_sop_class_uid_of_vr_um_without_a_500(app: App) -> None:
     raw = bytearray(_part10(_dataset(STUDY + ".4.2")))
     at = raw.index(b"\x08\x00\x16\x00UI")
-    raw[at + 5:at + 6] = b"M"
+    raw[at + 5 : at + 6] = b"M"
     response = app.stow(bytes(raw))
     assert response.status_code == 409, response.text[:300]
     assert _failure_of(response) == FAILURE_CANNOT_UNDERSTAND
@@ -351,8 +378,19 @@ def test_an_oversized_upload_is_counted(app: App) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("query", ["foo=1", "%ZZ=1", "%ZZ", "limit=18446744073709551616",
-                                   "offset=18446744073709551616", "limit=%C2%B2", "limit=-1", "PatientID=a%00b"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "foo=1",
+        "%ZZ=1",
+        "%ZZ",
+        "limit=18446744073709551616",
+        "offset=18446744073709551616",
+        "limit=%C2%B2",
+        "limit=-1",
+        "PatientID=a%00b",
+    ],
+)
 def test_qido_refuses_unknown_keys_and_huge_numbers_with_400(app: App, query: str) -> None:
     before = _refused("qido", "query")
     response = app.get(f"/dicomweb/studies?{query}", headers=BEARER)
@@ -369,8 +407,9 @@ def test_qido_still_ignores_a_known_but_unsupported_key(app: App) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("query", ["accept=application/dicom%2Bjson", "charset=utf-8", "includefield=all",
-                                   "fuzzymatching=false"])
+@pytest.mark.parametrize(
+    "query", ["accept=application/dicom%2Bjson", "charset=utf-8", "includefield=all", "fuzzymatching=false"]
+)
 def test_qido_takes_the_query_parameters_of_ps3_18(app: App, query: str) -> None:
     response = app.get(f"/dicomweb/studies?{query}", headers=BEARER)
     assert response.status_code in (200, 204), response.text[:300]
@@ -379,8 +418,14 @@ def test_qido_takes_the_query_parameters_of_ps3_18(app: App, query: str) -> None
 def _store_as_is(settings: Settings, data: bytes, ds: Dataset) -> tuple[str, str, str]:
     """File ``data``, an instance with the UIDs of ``ds``, without the Receiver's checks (as predraft before
     the fix did)."""
-    header = InstanceHeader(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID),
-                            str(ds.SOPClassUID), ExplicitVRLittleEndian, modality="CR")
+    header = InstanceHeader(
+        str(ds.StudyInstanceUID),
+        str(ds.SeriesInstanceUID),
+        str(ds.SOPInstanceUID),
+        str(ds.SOPClassUID),
+        ExplicitVRLittleEndian,
+        modality="CR",
+    )
     spool = Spool(settings.spool_dir)
     path = spool.write(spool.instance_path(header.study_uid, header.sop_instance_uid), data)
     with session_scope(settings.database_url) as session:
@@ -439,7 +484,7 @@ CANARY = "CANARYPATIENTNAME"
 def _raw_deflate_bomb(inflated_bytes: int, sop: str) -> bytes:
     """A raw deflate stream of a data set (UIDs, then an OB of zeros) that inflates to ``inflated_bytes``."""
     head = _part10(_dataset(sop))
-    head = head[_meta_end(head):]
+    head = head[_meta_end(head) :]
     zeros = inflated_bytes - len(head) - 12
     packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     chunks = [packer.compress(head + struct.pack("<HH2sHL", 0x0042, 0x0011, b"OB", 0, zeros))]
@@ -449,16 +494,22 @@ def _raw_deflate_bomb(inflated_bytes: int, sop: str) -> bytes:
 
 def _deflated_meta(sop: str) -> bytes:
     deflated = _part10(_dataset(sop), DeflatedExplicitVRLittleEndian)
-    return deflated[:_meta_end(deflated)]
+    return deflated[: _meta_end(deflated)]
 
 
 def _implicit_meta(sop: str) -> bytes:
     """A preamble and File Meta Information written in implicit VR (as some old writers did), Deflated."""
+
     def element(element: int, value: bytes) -> bytes:
         value += b"\0" * (len(value) % 2)
         return struct.pack("<HHL", 0x0002, element, len(value)) + value
-    body = (element(0x0001, b"\0\1") + element(0x0002, CR.encode()) + element(0x0003, sop.encode())
-            + element(0x0010, DeflatedExplicitVRLittleEndian.encode()))
+
+    body = (
+        element(0x0001, b"\0\1")
+        + element(0x0002, CR.encode())
+        + element(0x0003, sop.encode())
+        + element(0x0010, DeflatedExplicitVRLittleEndian.encode())
+    )
     return bytes(128) + b"DICM" + element(0x0000, struct.pack("<L", len(body))) + body
 
 
@@ -508,8 +559,9 @@ def test_a_deflated_data_set_that_cannot_be_inflated_is_refused(small_receiver: 
 
 
 def test_normal_deflated_files_pass_the_bounds(small_receiver: Receiver) -> None:
-    deflated = _part10(_dataset(STUDY + ".6.4", ContentSequence=[_dataset(STUDY + ".6.5")]),
-                       DeflatedExplicitVRLittleEndian)
+    deflated = _part10(
+        _dataset(STUDY + ".6.4", ContentSequence=[_dataset(STUDY + ".6.5")]), DeflatedExplicitVRLittleEndian
+    )
     with_command = _deflated_meta(STUDY + ".6.6") + COMMAND_GROUP_LENGTH + _raw_deflate_bomb(MIB // 2, STUDY + ".6.6")
     assert small_receiver.bounds.check(deflated) is None
     assert small_receiver.bounds.check(with_command) is None
@@ -521,8 +573,13 @@ def implicit_items(depth: int, sop: str = STUDY + ".3.79") -> bytes:
     """An explicit VR file whose top-level Content Sequence holds items encoded in implicit VR, nested
     ``depth`` levels in all (pydicom switches an item to implicit VR when its first element looks implicit)."""
     implicit_sequence = struct.pack("<HHL", 0x0040, 0xA730, 0xFFFFFFFF)
-    return (_part10(_dataset(sop)) + SEQUENCE_START + ITEM_START + (implicit_sequence + ITEM_START) * (depth - 1)
-            + (ITEM_END + SEQUENCE_END) * depth)
+    return (
+        _part10(_dataset(sop))
+        + SEQUENCE_START
+        + ITEM_START
+        + (implicit_sequence + ITEM_START) * (depth - 1)
+        + (ITEM_END + SEQUENCE_END) * depth
+    )
 
 
 def test_items_in_implicit_vr_nested_too_deep_are_refused(receiver: Receiver) -> None:
@@ -597,8 +654,9 @@ def _own_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [record for record in caplog.records if record.name.split(".")[0] in OWN_PACKAGES]
 
 
-def test_a_library_error_reading_the_data_set_is_not_quoted(receiver: Receiver, caplog: pytest.LogCaptureFixture,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_library_error_reading_the_data_set_is_not_quoted(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def read_failing(*args: object, **kwargs: object) -> None:
         ipaddress.ip_address(CANARY)  # a library's message that quotes the value it was given
 

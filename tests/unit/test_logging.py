@@ -35,8 +35,9 @@ def test_json_lines_carry_the_record_fields(clean_settings_env: Path, capsys: py
     assert {"time", "process"} <= set(record)
 
 
-def test_pydicom_never_logs_the_invalid_values_it_quotes(clean_settings_env: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_pydicom_never_logs_the_invalid_values_it_quotes(
+    clean_settings_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     configure_logging(get_settings(var_dir=clean_settings_env))
     with warnings.catch_warnings(record=True) as caught:  # pydicom sends it as a Python warning too
         validate_value("DA", "1980-02-03", pydicom_config.WARN)  # a birth date written with dashes: pydicom warns

@@ -23,10 +23,25 @@ from predraft.models.views import classify_view
 from tests.conftest import real_file
 
 # Every decodable transfer syntax of RG2 and RG3 (RG2_JPLY and RG3_JPLY hold a known-bad stream).
-RG2_FILES = ["RG2_UNC.dcm", "RG2_RLE.dcm", "RG2_JPLL.dcm", "RG2_JLSL.dcm", "RG2_J2KR.dcm", "RG2_JLSN.dcm",
-             "RG2_J2KI.dcm", "RG2_JPLY_fixed.dcm"]
-RG3_FILES = ["RG3_UNC.dcm", "RG3_RLE.dcm", "RG3_JPLL.dcm", "RG3_JLSL.dcm", "RG3_J2KR.dcm", "RG3_JLSN.dcm",
-             "RG3_J2KI.dcm"]
+RG2_FILES = [
+    "RG2_UNC.dcm",
+    "RG2_RLE.dcm",
+    "RG2_JPLL.dcm",
+    "RG2_JLSL.dcm",
+    "RG2_J2KR.dcm",
+    "RG2_JLSN.dcm",
+    "RG2_J2KI.dcm",
+    "RG2_JPLY_fixed.dcm",
+]
+RG3_FILES = [
+    "RG3_UNC.dcm",
+    "RG3_RLE.dcm",
+    "RG3_JPLL.dcm",
+    "RG3_JLSL.dcm",
+    "RG3_J2KR.dcm",
+    "RG3_JLSN.dcm",
+    "RG3_J2KI.dcm",
+]
 OTHER_FILES = ["RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm", "RG1_JLSN.dcm", "966_fixed.dcm", "dx_image.dcm"]
 
 
@@ -66,14 +81,22 @@ def _rod(shape: tuple[int, ...], start: tuple[float, float], end: tuple[float, f
     return mask.astype(np.float32)
 
 
-def _stem(shape: tuple[int, ...], head: tuple[float, float], top: tuple[float, float], tip: tuple[float, float],
-          ) -> np.ndarray:
+def _stem(
+    shape: tuple[int, ...],
+    head: tuple[float, float],
+    top: tuple[float, float],
+    tip: tuple[float, float],
+) -> np.ndarray:
     """A femoral stem tapering from 18 to 9 mm, its neck and a 28 mm head, at 0.2 mm per pixel (RG2)."""
     mask = np.zeros(shape, np.uint8)
     axis = np.subtract(tip, top) / np.hypot(*np.subtract(tip, top))
     normal = np.array([-axis[1], axis[0]])
-    corners = [np.add(top, normal * 45), np.subtract(top, normal * 45), np.subtract(tip, normal * 22),
-               np.add(tip, normal * 22)]
+    corners = [
+        np.add(top, normal * 45),
+        np.subtract(top, normal * 45),
+        np.subtract(tip, normal * 22),
+        np.add(tip, normal * 22),
+    ]
     cv2.fillConvexPoly(mask, np.array([[round(c[1]), round(c[0])] for c in corners], np.int32), 1)
     cv2.line(mask, (round(top[1]), round(top[0])), (round(head[1]), round(head[0])), 1, thickness=50)
     cv2.circle(mask, (round(head[1]), round(head[0])), 70, 1, thickness=-1)
@@ -83,8 +106,15 @@ def _stem(shape: tuple[int, ...], head: tuple[float, float], top: tuple[float, f
 def _letter(shape: tuple[int, ...], text: str, bottom_left: tuple[float, float], height: float) -> np.ndarray:
     mask = np.zeros(shape, np.uint8)
     scale = height / 22.0
-    cv2.putText(mask, text, (round(bottom_left[1]), round(bottom_left[0])), cv2.FONT_HERSHEY_SIMPLEX, scale, 1,
-                thickness=max(1, round(2.5 * scale)))
+    cv2.putText(
+        mask,
+        text,
+        (round(bottom_left[1]), round(bottom_left[0])),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        1,
+        thickness=max(1, round(2.5 * scale)),
+    )
     return mask.astype(np.float32)
 
 
@@ -166,8 +196,11 @@ def test_without_the_paste_the_same_half_has_no_metal():
 def test_pedicle_screws_and_a_rod_on_the_lumbar_spine_do_not_count(monkeypatch):
     image = _one_hip("RG2_UNC.dcm")
     # two pedicle screws and a rod in the top-medial corner (L4-L5 on RG2), at full white
-    hardware = (_rod(image.shape, (300, 150), (330, 330), 16) + _rod(image.shape, (560, 150), (590, 330), 16)
-                + _rod(image.shape, (250, 340), (650, 340), 11))
+    hardware = (
+        _rod(image.shape, (300, 150), (330, 330), 16)
+        + _rod(image.shape, (560, 150), (590, 330), 16)
+        + _rod(image.shape, (250, 340), (650, 340), 11)
+    )
     spine = _paste(image, np.clip(hardware, 0, 1), 1.0)
     finding = detect_metal(spine)
     assert finding.present is False, finding
@@ -255,14 +288,17 @@ def test_small_and_non_contiguous_inputs_are_accepted():
     assert detect_metal(image.astype(np.float64)).present is False
 
 
-@pytest.mark.parametrize(("image", "error", "message"), [
-    ([[0.0, 1.0], [1.0, 0.0]], TypeError, "image must be a numpy array, got list"),
-    (np.zeros((4, 4, 3), np.float32), ValueError, r"image must be a 2-D array .* got shape \(4, 4, 3\)"),
-    (np.zeros((1, 40), np.float32), ValueError, r"at least 2 x 2 pixels, got shape \(1, 40\)"),
-    (np.zeros((40, 40), bool), TypeError, "image must hold real numbers, got dtype bool"),
-    (np.full((40, 40), np.nan, np.float32), ValueError, "image holds NaN or infinite values"),
-    (np.full((40, 40), 4095.0, np.float32), ValueError, r"image values must lie in \[0, 1\].*4095"),
-])
+@pytest.mark.parametrize(
+    ("image", "error", "message"),
+    [
+        ([[0.0, 1.0], [1.0, 0.0]], TypeError, "image must be a numpy array, got list"),
+        (np.zeros((4, 4, 3), np.float32), ValueError, r"image must be a 2-D array .* got shape \(4, 4, 3\)"),
+        (np.zeros((1, 40), np.float32), ValueError, r"at least 2 x 2 pixels, got shape \(1, 40\)"),
+        (np.zeros((40, 40), bool), TypeError, "image must hold real numbers, got dtype bool"),
+        (np.full((40, 40), np.nan, np.float32), ValueError, "image holds NaN or infinite values"),
+        (np.full((40, 40), 4095.0, np.float32), ValueError, r"image values must lie in \[0, 1\].*4095"),
+    ],
+)
 def test_bad_input_is_refused_with_its_reason(image, error, message):
     with pytest.raises(error, match=message):
         detect_metal(image)
@@ -325,8 +361,9 @@ def test_phantoms_metal_present_for_hardware_and_absent_for_native_hips(phantom_
         if finding.present is not (hardware is not HardwareClass.NONE):
             wrong.setdefault(hardware, []).append(f"{row['image']} {row['side']}: {finding}")
     native = sum(row["class"] == HardwareClass.NONE for row, _ in phantom_hips)
-    with_hardware = sum(row["class"] not in (HardwareClass.NONE, HardwareClass.POST_INFECTIOUS)
-                        for row, _ in phantom_hips)
+    with_hardware = sum(
+        row["class"] not in (HardwareClass.NONE, HardwareClass.POST_INFECTIOUS) for row, _ in phantom_hips
+    )
     assert native >= 20 and with_hardware >= 40
     false_positives = wrong.pop(HardwareClass.NONE, [])
     misses = [line for lines in wrong.values() for line in lines]

@@ -84,20 +84,25 @@ def test_card_that_is_not_json_is_invalid(tmp_path):
         load_card(card_path)
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"threshold": 1.0}, "threshold"),
-    ({"input_size": 8}, "input_size"),
-    ({"weights_sha256": "not-a-digest"}, "weights_sha256"),
-    ({"classes": ["tha", "tha"]}, "distinct"),
-    ({"classes": ["tha", "screws"]}, "classes"),
-    ({"accepted_views": ["oblique"]}, "accepted_views"),
-    ({"class_thresholds": {"tha": 1.0}}, re.escape("class_thresholds['tha'] = 1.0 must lie in (0, 1)")),
-    ({"class_thresholds": {"tha": 0}}, "class_thresholds"),
-    ({"class_thresholds": {"rod": 0.5}}, "class_thresholds"),
-    ({"classes": ["none", "tha"], "class_thresholds": {"dhs": 0.5}},
-     re.escape("class_thresholds names ['dhs'], which are not among the card's classes")),
-    ({"unexpected": 1}, "unexpected"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"threshold": 1.0}, "threshold"),
+        ({"input_size": 8}, "input_size"),
+        ({"weights_sha256": "not-a-digest"}, "weights_sha256"),
+        ({"classes": ["tha", "tha"]}, "distinct"),
+        ({"classes": ["tha", "screws"]}, "classes"),
+        ({"accepted_views": ["oblique"]}, "accepted_views"),
+        ({"class_thresholds": {"tha": 1.0}}, re.escape("class_thresholds['tha'] = 1.0 must lie in (0, 1)")),
+        ({"class_thresholds": {"tha": 0}}, "class_thresholds"),
+        ({"class_thresholds": {"rod": 0.5}}, "class_thresholds"),
+        (
+            {"classes": ["none", "tha"], "class_thresholds": {"dhs": 0.5}},
+            re.escape("class_thresholds names ['dhs'], which are not among the card's classes"),
+        ),
+        ({"unexpected": 1}, "unexpected"),
+    ],
+)
 def test_invalid_card_fields(tmp_path, change, match):
     card_path = write_untrained_model(tmp_path, **TINY)
     data = json.loads(card_path.read_text())
@@ -117,9 +122,19 @@ def test_card_without_required_field_is_invalid(tmp_path):
 
 
 def test_write_card_round_trips(tmp_path):
-    card = ModelCard(name="site", version="1.2.0", architecture="test_efficientnet", input_size=64, trained=True,
-                     classes=(HardwareClass.NONE, HardwareClass.THA), accepted_views=(View.AP_PELVIS,),
-                     threshold=0.7, temperature=1.5, weights="w.safetensors", weights_sha256="a" * 64)
+    card = ModelCard(
+        name="site",
+        version="1.2.0",
+        architecture="test_efficientnet",
+        input_size=64,
+        trained=True,
+        classes=(HardwareClass.NONE, HardwareClass.THA),
+        accepted_views=(View.AP_PELVIS,),
+        threshold=0.7,
+        temperature=1.5,
+        weights="w.safetensors",
+        weights_sha256="a" * 64,
+    )
     write_card(card, tmp_path / "sub" / "card.json")
     loaded, weights = load_card(tmp_path / "sub" / "card.json", verify_weights=False)
     assert loaded == card
@@ -153,8 +168,11 @@ def test_predict_returns_probabilities_per_class(tiny_classifier):
 def test_predict_applies_the_card_temperature(tiny_classifier):
     images = np.random.default_rng(1).integers(0, 256, size=(2, 64, 64), dtype=np.uint8)
     plain = tiny_classifier.predict(images)
-    sharp = type(tiny_classifier)(card=tiny_classifier.card.model_copy(update={"temperature": 0.01}),
-                                  network=tiny_classifier.network, device=tiny_classifier.device).predict(images)
+    sharp = type(tiny_classifier)(
+        card=tiny_classifier.card.model_copy(update={"temperature": 0.01}),
+        network=tiny_classifier.network,
+        device=tiny_classifier.device,
+    ).predict(images)
     # softmax(logits / T) == softmax(log(softmax(logits)) / T)
     scaled = np.log(plain.astype(np.float64)) / 0.01
     expected = np.exp(scaled - scaled.max(axis=1, keepdims=True))
@@ -170,8 +188,16 @@ def test_predict_refuses_the_wrong_input_shape(tiny_classifier, shape):
 
 
 def _card(**changes) -> ModelCard:
-    fields = {"name": "site", "version": "1", "architecture": "test_efficientnet", "input_size": 64,
-              "trained": True, "weights": "w.safetensors", "weights_sha256": "a" * 64, **changes}
+    fields = {
+        "name": "site",
+        "version": "1",
+        "architecture": "test_efficientnet",
+        "input_size": 64,
+        "trained": True,
+        "weights": "w.safetensors",
+        "weights_sha256": "a" * 64,
+        **changes,
+    }
     return ModelCard(**fields)
 
 
@@ -203,11 +229,14 @@ def test_class_thresholds_round_trip_and_old_cards_still_load(tmp_path):
     assert old.class_thresholds == {} and old.threshold_for("tha") == 0.5
 
 
-@pytest.mark.parametrize("architecture, input_size", [
-    ("tf_efficientnet_b4", 380),
-    # 1 GB of weights and 136 GFLOP: 10-20 s on two CPU cores, the heaviest unit test by far.
-    pytest.param("dm_nfnet_f3", 320, marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "architecture, input_size",
+    [
+        ("tf_efficientnet_b4", 380),
+        # 1 GB of weights and 136 GFLOP: 10-20 s on two CPU cores, the heaviest unit test by far.
+        pytest.param("dm_nfnet_f3", 320, marks=pytest.mark.slow),
+    ],
+)
 def test_the_papers_networks_load_by_name_and_predict(tmp_path, architecture, input_size):
     card_path = write_untrained_model(tmp_path, architecture=architecture, input_size=input_size)
     classifier = load_classifier(card_path)
@@ -275,8 +304,9 @@ def test_nfnet_head_keys_are_found():
 
 def test_init_weights_of_another_architecture_are_refused(tmp_path):
     path = tmp_path / "other.safetensors"
-    save_file({k: v.contiguous() for k, v in create_network("mobilenetv3_small_050", 1000).state_dict().items()},
-              str(path))
+    save_file(
+        {k: v.contiguous() for k, v in create_network("mobilenetv3_small_050", 1000).state_dict().items()}, str(path)
+    )
     with pytest.raises(ValueError, match=f"init_weights {re.escape(str(path))} do not fit EfficientNet: missing"):
         create_network("test_efficientnet", 9, init_weights=path)
 
@@ -290,10 +320,13 @@ def test_init_weights_missing_or_unreadable(tmp_path):
         create_network("test_efficientnet", 9, init_weights=junk)
 
 
-@pytest.mark.parametrize("num_classes, error, match", [
-    (0, ValueError, "num_classes 0 must be at least 1"),
-    (2.0, TypeError, "num_classes must be an int"),
-])
+@pytest.mark.parametrize(
+    "num_classes, error, match",
+    [
+        (0, ValueError, "num_classes 0 must be at least 1"),
+        (2.0, TypeError, "num_classes must be an int"),
+    ],
+)
 def test_create_network_checks_num_classes(num_classes, error, match):
     with pytest.raises(error, match=match):
         create_network("test_efficientnet", num_classes)
@@ -305,8 +338,12 @@ class OutOfMemoryAbove(torch.nn.Module):
     Its logits encode its input: logit k of an image is k times the image's mean.
     """
 
-    def __init__(self, limit: int, error: type[Exception] = torch.cuda.OutOfMemoryError,
-                 message: str = "CUDA out of memory. Tried to allocate 2.00 GiB") -> None:
+    def __init__(
+        self,
+        limit: int,
+        error: type[Exception] = torch.cuda.OutOfMemoryError,
+        message: str = "CUDA out of memory. Tried to allocate 2.00 GiB",
+    ) -> None:
         super().__init__()
         self.limit, self.error, self.message = limit, error, message
         self.calls: list[int] = []
@@ -324,7 +361,7 @@ def _oom_classifier(network) -> Classifier:
 
 def _expected_from_means(images: np.ndarray) -> np.ndarray:
     reference = _oom_classifier(OutOfMemoryAbove(limit=10_000))
-    return np.concatenate([reference.predict(images[i:i + 1]) for i in range(len(images))])
+    return np.concatenate([reference.predict(images[i : i + 1]) for i in range(len(images))])
 
 
 def test_out_of_memory_halves_the_batch_and_remembers(caplog):

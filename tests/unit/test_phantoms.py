@@ -50,8 +50,11 @@ def _labels(folder: Path) -> list[dict[str, str]]:
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -135,10 +138,13 @@ def test_plans_refuse_no_studies():
         plan_studies(0, seed=1)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"size": 64}, "size must be at least 128 pixels, got 64"),
-    ({"jobs": 0}, "jobs must be at least 1, got 0"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"size": 64}, "size must be at least 128 pixels, got 64"),
+        ({"jobs": 0}, "jobs must be at least 1, got 0"),
+    ],
+)
 def test_bad_dataset_arguments_are_refused(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         write_phantom_dataset(tmp_path, studies=1, seed=0, **kwargs)
@@ -198,8 +204,16 @@ def test_headers_are_those_of_cr_and_dx_for_presentation(dataset):
         assert ds.preamble is not None and ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
         assert ds.SOPClassUID == ds.file_meta.MediaStorageSOPClassUID
         assert ds.SOPClassUID == RADIOGRAPH_SOP_CLASSES[ds.Modality == "DX"]
-        for keyword in ("PatientName", "PatientID", "AccessionNumber", "StudyDate", "StudyDescription",
-                        "PixelSpacing", "SeriesInstanceUID", "Manufacturer"):
+        for keyword in (
+            "PatientName",
+            "PatientID",
+            "AccessionNumber",
+            "StudyDate",
+            "StudyDescription",
+            "PixelSpacing",
+            "SeriesInstanceUID",
+            "Manufacturer",
+        ):
             assert ds.get(keyword), (path, keyword)
         assert 0.2 < float(ds.PixelSpacing[0]) < 2.0
         assert int(ds.pixel_array.max()) < 2 ** int(ds.BitsStored)
@@ -237,8 +251,15 @@ def hips_by_class(tmp_path_factory) -> dict[tuple[int, View, HardwareClass], np.
     images = tuple(ImagePlan(view, None if view is View.AP_PELVIS else Side.RIGHT) for view in _VIEWS)
     hips = {}
     for patient, hardware in itertools.product((0, 1), CLASS_ORDER):
-        plan = StudyPlan(index=patient, patient=patient, visit=0, modality="CR", plan="per_class", images=images,
-                         hardware={Side.RIGHT: hardware, Side.LEFT: HardwareClass.NONE})
+        plan = StudyPlan(
+            index=patient,
+            patient=patient,
+            visit=0,
+            modality="CR",
+            plan="per_class",
+            images=images,
+            hardware={Side.RIGHT: hardware, Side.LEFT: HardwareClass.NONE},
+        )
         folder = root / f"{patient}-{hardware.value}"
         files = dict.fromkeys(row[2] for row in write_study(folder, plan, seed=11))  # the AP pelvis has two rows
         for name, view in zip(files, _VIEWS, strict=True):
@@ -254,8 +275,9 @@ def _contact_sheets(hips: dict[tuple[int, View, HardwareClass], np.ndarray]) -> 
         sheet = Image.new("L", (len(_VIEWS) * (INPUT_SIZE + 4), 2 * (INPUT_SIZE + 4)), 96)
         for (patient, view, cls), pixels in hips.items():
             if cls is hardware:
-                sheet.paste(Image.fromarray(pixels), (_VIEWS.index(view) * (INPUT_SIZE + 4) + 2,
-                                                      patient * (INPUT_SIZE + 4) + 2))
+                sheet.paste(
+                    Image.fromarray(pixels), (_VIEWS.index(view) * (INPUT_SIZE + 4) + 2, patient * (INPUT_SIZE + 4) + 2)
+                )
         sheet.save(OUTPUT_DIR / f"phantoms_{hardware.value}.png")
 
 
@@ -285,8 +307,12 @@ def test_tha_has_a_cup_that_hemiarthroplasty_and_post_infectious_lack():
     """The hard pairs: a cup (metal above the head, lateral to the native acetabular roof) only on THA."""
     anatomy = sample_anatomy(np.random.default_rng(5))
     femur = anatomy.femurs[Side.RIGHT]
-    for hardware, has_cup in ((HardwareClass.THA, True), (HardwareClass.THA_PLUS_FIXATION, True),
-                              (HardwareClass.HEMI, False), (HardwareClass.POST_INFECTIOUS, False)):
+    for hardware, has_cup in (
+        (HardwareClass.THA, True),
+        (HardwareClass.THA_PLUS_FIXATION, True),
+        (HardwareClass.HEMI, False),
+        (HardwareClass.POST_INFECTIOUS, False),
+    ):
         for seed in range(8):
             implant = build_implant(hardware, femur, np.random.default_rng(seed))
             cups = [part for part in implant.parts if part.attached == "pelvis" and type(part).__name__ == "Sphere"]
@@ -300,15 +326,24 @@ def test_tha_has_a_cup_that_hemiarthroplasty_and_post_infectious_lack():
 
 def test_rendering_takes_about_a_tenth_of_a_second_per_image():
     anatomy = sample_anatomy(np.random.default_rng(1))
-    implants = {Side.RIGHT: build_implant(HardwareClass.THA_PLUS_FIXATION, anatomy.femurs[Side.RIGHT],
-                                          np.random.default_rng(1)),
-                Side.LEFT: build_implant(HardwareClass.DHS, anatomy.femurs[Side.LEFT], np.random.default_rng(2))}
+    implants = {
+        Side.RIGHT: build_implant(
+            HardwareClass.THA_PLUS_FIXATION, anatomy.femurs[Side.RIGHT], np.random.default_rng(1)
+        ),
+        Side.LEFT: build_implant(HardwareClass.DHS, anatomy.femurs[Side.LEFT], np.random.default_rng(2)),
+    }
     render(anatomy, implants, View.AP_PELVIS, None, size=900, acquisition=Acquisition(), rng=np.random.default_rng(0))
     start = time.perf_counter()
     for index, view in enumerate(_VIEWS * 2):
-        render(anatomy, implants, view, None if view is View.AP_PELVIS else Side.RIGHT, size=900,
-               acquisition=Acquisition(spine_hardware=view is View.AP_PELVIS, markers=("R",)),
-               rng=np.random.default_rng(index))
+        render(
+            anatomy,
+            implants,
+            view,
+            None if view is View.AP_PELVIS else Side.RIGHT,
+            size=900,
+            acquisition=Acquisition(spine_hardware=view is View.AP_PELVIS, markers=("R",)),
+            rng=np.random.default_rng(index),
+        )
     per_image = (time.perf_counter() - start) / 8
     assert per_image < 0.3, f"{per_image:.3f} s per image"  # about 0.06 s on one core of the dev machine
 
@@ -317,8 +352,10 @@ def test_demo_study_is_the_three_view_right_tha_study(tmp_path):
     images = write_demo_study(tmp_path / "a")
     again = write_demo_study(tmp_path / "b")
     assert [(image.view, image.sides) for image in images] == [
-        (View.AP_PELVIS, (Side.RIGHT, Side.LEFT)), (View.FROG_LEG, (Side.RIGHT,)),
-        (View.CROSS_TABLE_LATERAL, (Side.RIGHT,))]
+        (View.AP_PELVIS, (Side.RIGHT, Side.LEFT)),
+        (View.FROG_LEG, (Side.RIGHT,)),
+        (View.CROSS_TABLE_LATERAL, (Side.RIGHT,)),
+    ]
     for image in images:
         ds = pydicom.dcmread(image.path)
         assert (ds.Modality, ds.BitsStored, ds.PhotometricInterpretation) == ("CR", 12, "MONOCHROME2")

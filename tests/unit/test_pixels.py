@@ -42,17 +42,20 @@ def _decoded(path: Path) -> np.ndarray:
 # --- decoding ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("compressed, uncompressed", [
-    ("RG2_RLE.dcm", "RG2_UNC.dcm"),
-    ("RG2_JPLL.dcm", "RG2_UNC.dcm"),
-    ("RG2_JLSL.dcm", "RG2_UNC.dcm"),
-    ("RG2_J2KR.dcm", "RG2_UNC.dcm"),
-    ("RG3_RLE.dcm", "RG3_UNC.dcm"),
-    ("RG3_JPLL.dcm", "RG3_UNC.dcm"),
-    ("RG3_JLSL.dcm", "RG3_UNC.dcm"),
-    ("RG3_J2KR.dcm", "RG3_UNC.dcm"),
-    ("RG1_J2KR.dcm", "RG1_UNCR.dcm"),
-])
+@pytest.mark.parametrize(
+    "compressed, uncompressed",
+    [
+        ("RG2_RLE.dcm", "RG2_UNC.dcm"),
+        ("RG2_JPLL.dcm", "RG2_UNC.dcm"),
+        ("RG2_JLSL.dcm", "RG2_UNC.dcm"),
+        ("RG2_J2KR.dcm", "RG2_UNC.dcm"),
+        ("RG3_RLE.dcm", "RG3_UNC.dcm"),
+        ("RG3_JPLL.dcm", "RG3_UNC.dcm"),
+        ("RG3_JLSL.dcm", "RG3_UNC.dcm"),
+        ("RG3_J2KR.dcm", "RG3_UNC.dcm"),
+        ("RG1_J2KR.dcm", "RG1_UNCR.dcm"),
+    ],
+)
 def test_lossless_syntaxes_decode_identical_to_uncompressed(real_path, compressed, uncompressed):
     reference = _decoded(real_path(uncompressed))
     ds = pydicom.dcmread(real_path(compressed))
@@ -64,11 +67,14 @@ def test_lossless_syntaxes_decode_identical_to_uncompressed(real_path, compresse
     np.testing.assert_array_equal(pixels, reference)
 
 
-@pytest.mark.parametrize("lossy, uncompressed, bound", [
-    # JPEG-LS near-lossless promises at most 4 (its NEAR parameter) on every pixel.
-    ("RG2_JLSN.dcm", "RG2_UNC.dcm", 4.0),
-    ("RG3_JLSN.dcm", "RG3_UNC.dcm", 4.0),
-])
+@pytest.mark.parametrize(
+    "lossy, uncompressed, bound",
+    [
+        # JPEG-LS near-lossless promises at most 4 (its NEAR parameter) on every pixel.
+        ("RG2_JLSN.dcm", "RG2_UNC.dcm", 4.0),
+        ("RG3_JLSN.dcm", "RG3_UNC.dcm", 4.0),
+    ],
+)
 def test_near_lossless_stays_within_its_error_bound(real_path, lossy, uncompressed, bound):
     difference = np.abs(decode(pydicom.dcmread(real_path(lossy))) - _decoded(real_path(uncompressed)))
     assert 0 < difference.max() <= bound
@@ -108,8 +114,17 @@ def _jpeg(sof: int = 0xC1, precision: int = 12, scan: tuple[int, int, int] = (0,
     """Marker segments of a one-component JPEG (no tables, a token of entropy-coded data)."""
     frame = bytes([precision, 0, 8, 0, 8, 1, 1, 0x11, 0])
     sos = bytes([1, 1, 0x00, *scan])
-    return (b"\xff\xd8" + bytes([0xFF, sof]) + (len(frame) + 2).to_bytes(2, "big") + frame
-            + b"\xff\xda" + (len(sos) + 2).to_bytes(2, "big") + sos + b"\x12\xff\x00\x34\xff\xd0\x56" + b"\xff\xd9")
+    return (
+        b"\xff\xd8"
+        + bytes([0xFF, sof])
+        + (len(frame) + 2).to_bytes(2, "big")
+        + frame
+        + b"\xff\xda"
+        + (len(sos) + 2).to_bytes(2, "big")
+        + sos
+        + b"\x12\xff\x00\x34\xff\xd0\x56"
+        + b"\xff\xd9"
+    )
 
 
 def test_sequential_dct_check_accepts_a_conformant_header():
@@ -117,16 +132,19 @@ def test_sequential_dct_check_accepts_a_conformant_header():
     assert decoders.check_sequential_dct(_jpeg(sof=0xC0, precision=8)) == (8, 1)
 
 
-@pytest.mark.parametrize("stream, message", [
-    (b"\x00\x00" + _jpeg()[2:], "does not start with an SOI marker"),
-    (_jpeg(sof=0xC3), r"SOF3 \(lossless\) frame"),
-    (_jpeg(sof=0xC2), r"SOF2 \(progressive\) frame"),
-    (_jpeg(precision=16), "sample precision 16 bits"),
-    (_jpeg(scan=(0, 0, 0)), "Ss=0, Se=0, Ah=0, Al=0"),
-    (_jpeg(scan=(1, 63, 0)), "Ss=1, Se=63"),
-    (_jpeg(scan=(0, 63, 0x01)), "Ah=0, Al=1"),
-    (b"\xff\xd8\xff\xd9", "no SOF0/SOF1 frame header"),
-])
+@pytest.mark.parametrize(
+    "stream, message",
+    [
+        (b"\x00\x00" + _jpeg()[2:], "does not start with an SOI marker"),
+        (_jpeg(sof=0xC3), r"SOF3 \(lossless\) frame"),
+        (_jpeg(sof=0xC2), r"SOF2 \(progressive\) frame"),
+        (_jpeg(precision=16), "sample precision 16 bits"),
+        (_jpeg(scan=(0, 0, 0)), "Ss=0, Se=0, Ah=0, Al=0"),
+        (_jpeg(scan=(1, 63, 0)), "Ss=1, Se=63"),
+        (_jpeg(scan=(0, 63, 0x01)), "Ah=0, Al=1"),
+        (b"\xff\xd8\xff\xd9", "no SOF0/SOF1 frame header"),
+    ],
+)
 def test_sequential_dct_check_refuses_non_conformant_streams(stream, message):
     with pytest.raises(decoders.JpegStreamError, match=message):
         decoders.check_sequential_dct(stream)
@@ -229,14 +247,17 @@ def test_monochrome1_is_inverted_exactly_once(real_path):
     np.testing.assert_allclose(as_stored, 1.0 - plain, atol=1e-6)
 
 
-@pytest.mark.parametrize("photometric, shape, expected", [
-    ("MONOCHROME2", None, False),
-    ("MONOCHROME1", None, True),
-    ("MONOCHROME2", "IDENTITY", False),
-    ("MONOCHROME2", "INVERSE", True),
-    ("MONOCHROME1", "INVERSE", True),  # the same inversion, described twice: applied once
-    ("MONOCHROME1", "IDENTITY", True),  # what the stored values mean wins
-])
+@pytest.mark.parametrize(
+    "photometric, shape, expected",
+    [
+        ("MONOCHROME2", None, False),
+        ("MONOCHROME1", None, True),
+        ("MONOCHROME2", "IDENTITY", False),
+        ("MONOCHROME2", "INVERSE", True),
+        ("MONOCHROME1", "INVERSE", True),  # the same inversion, described twice: applied once
+        ("MONOCHROME1", "IDENTITY", True),  # what the stored values mean wins
+    ],
+)
 def test_needs_inversion(photometric, shape, expected):
     ds = Dataset()
     ds.PhotometricInterpretation = photometric
@@ -307,8 +328,9 @@ def test_invalid_linear_window_falls_back_to_the_percentile_window():
 
 def test_modality_rescale_is_applied_before_the_window():
     stored = np.array([[0, 50, 100]], dtype=np.float32)
-    ds = _synthetic(RescaleSlope=2, RescaleIntercept=-100, WindowCenter=0, WindowWidth=200,
-                    VOILUTFunction="LINEAR_EXACT")
+    ds = _synthetic(
+        RescaleSlope=2, RescaleIntercept=-100, WindowCenter=0, WindowWidth=200, VOILUTFunction="LINEAR_EXACT"
+    )
     np.testing.assert_allclose(to_unit_range(ds, stored), [[0.0, 0.5, 1.0]], atol=1e-6)
 
 
@@ -321,21 +343,26 @@ def _lut_item(first: int, data: list[int], bits: int = 16) -> Dataset:
 
 def test_modality_lut_sequence_is_applied():
     stored = np.array([[0, 1, 2, 3]], dtype=np.float32)
-    ds = _synthetic(ModalityLUTSequence=Sequence([_lut_item(0, [10, 20, 30, 40])]),
-                    WindowCenter=25, WindowWidth=20, VOILUTFunction="LINEAR_EXACT")
+    ds = _synthetic(
+        ModalityLUTSequence=Sequence([_lut_item(0, [10, 20, 30, 40])]),
+        WindowCenter=25,
+        WindowWidth=20,
+        VOILUTFunction="LINEAR_EXACT",
+    )
     np.testing.assert_allclose(to_unit_range(ds, stored), [[0.0, 0.25, 0.75, 1.0]], atol=1e-6)
 
 
 def test_voi_lut_item_is_chosen_by_index_and_wins_over_the_window():
     stored = np.array([[-5, 10, 11, 12, 13, 99]], dtype=np.float32)
-    ds = _synthetic(VOILUTSequence=Sequence([_lut_item(10, [100, 200, 300, 500]), _lut_item(10, [9, 7, 5, 1])]),
-                    WindowCenter=0, WindowWidth=2)
+    ds = _synthetic(
+        VOILUTSequence=Sequence([_lut_item(10, [100, 200, 300, 500]), _lut_item(10, [9, 7, 5, 1])]),
+        WindowCenter=0,
+        WindowWidth=2,
+    )
     # Item 0 scaled by its entries' range 100..500; below the first mapped value -> first entry, above -> last.
     np.testing.assert_allclose(to_unit_range(ds, stored), [[0.0, 0.0, 0.25, 0.5, 1.0, 1.0]], atol=1e-6)
-    np.testing.assert_allclose(to_unit_range(ds, stored, window_index=1), [[1.0, 1.0, 0.75, 0.5, 0.0, 0.0]],
-                               atol=1e-6)
-    np.testing.assert_allclose(to_unit_range(ds, stored, window_index=5), [[1.0, 1.0, 0.75, 0.5, 0.0, 0.0]],
-                               atol=1e-6)
+    np.testing.assert_allclose(to_unit_range(ds, stored, window_index=1), [[1.0, 1.0, 0.75, 0.5, 0.0, 0.0]], atol=1e-6)
+    np.testing.assert_allclose(to_unit_range(ds, stored, window_index=5), [[1.0, 1.0, 0.75, 0.5, 0.0, 0.0]], atol=1e-6)
 
 
 def test_presentation_lut_inverse_inverts_monochrome2():
@@ -373,8 +400,7 @@ def _anatomy(height: int = 200, width: int = 160, seed: int = 0) -> np.ndarray:
     """Textured 'anatomy': values 0.2-0.8 varying along every row and column."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width]
-    return (0.5 + 0.2 * np.sin(x / 7.0) * np.cos(y / 11.0) + rng.uniform(-0.1, 0.1, (height, width))).astype(
-        np.float32)
+    return (0.5 + 0.2 * np.sin(x / 7.0) * np.cos(y / 11.0) + rng.uniform(-0.1, 0.1, (height, width))).astype(np.float32)
 
 
 def test_uniform_borders_are_cropped():
@@ -483,17 +509,20 @@ def test_split_bilateral_odd_width_gives_equal_halves_without_the_midline():
 _MARKED = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.float32)
 
 
-@pytest.mark.parametrize("orientation, expected", [
-    (["L", "F"], _MARKED),
-    (["R", "F"], _MARKED[:, ::-1]),
-    (["L", "H"], _MARKED[::-1, :]),
-    (["R", "H"], _MARKED[::-1, ::-1]),
-    (["F", "L"], _MARKED.T),
-    (["H", "R"], _MARKED.T[::-1, ::-1]),
-    (["F", "R"], _MARKED.T[:, ::-1]),
-    (["A", "F"], _MARKED),  # a lateral: no left-right axis, left as it is
-    (None, _MARKED),
-])
+@pytest.mark.parametrize(
+    "orientation, expected",
+    [
+        (["L", "F"], _MARKED),
+        (["R", "F"], _MARKED[:, ::-1]),
+        (["L", "H"], _MARKED[::-1, :]),
+        (["R", "H"], _MARKED[::-1, ::-1]),
+        (["F", "L"], _MARKED.T),
+        (["H", "R"], _MARKED.T[::-1, ::-1]),
+        (["F", "R"], _MARKED.T[:, ::-1]),
+        (["A", "F"], _MARKED),  # a lateral: no left-right axis, left as it is
+        (None, _MARKED),
+    ],
+)
 def test_standard_orientation(orientation, expected):
     np.testing.assert_array_equal(standard_orientation(_MARKED, orientation), expected)
 
@@ -538,12 +567,15 @@ def test_letterbox_refuses_a_size_below_one():
         letterbox(np.ones((4, 4), dtype=np.float32), 0)
 
 
-@pytest.mark.parametrize("attributes", [
-    dict(WindowCenter=2048, WindowWidth=1000),
-    dict(WindowCenter=2048, WindowWidth=1000, VOILUTFunction="SIGMOID"),
-    dict(RescaleSlope=2, RescaleIntercept=-10, WindowCenter=4000, WindowWidth=3000),
-    dict(),
-])
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        dict(WindowCenter=2048, WindowWidth=1000),
+        dict(WindowCenter=2048, WindowWidth=1000, VOILUTFunction="SIGMOID"),
+        dict(RescaleSlope=2, RescaleIntercept=-10, WindowCenter=4000, WindowWidth=3000),
+        dict(),
+    ],
+)
 def test_the_input_is_kept_unless_overwriting_is_allowed(attributes):
     stored = np.random.default_rng(2).integers(0, 4096, size=(40, 30)).astype(np.float32)
     original = stored.copy()

@@ -55,8 +55,7 @@ def test_real_native_hip_gives_one_hip_of_unknown_side(real_path):
     assert pixels[:, 8:56].std() > 10
 
 
-@pytest.mark.parametrize("name, body_part",
-                         [("RG3_UNC.dcm", "EXTREMITY"), ("NM_Kakadu44_SOTmarkerincons.dcm", "HAND")])
+@pytest.mark.parametrize("name, body_part", [("RG3_UNC.dcm", "EXTREMITY"), ("NM_Kakadu44_SOTmarkerincons.dcm", "HAND")])
 def test_other_limb_images_are_prepared_for_the_gate_to_decide(real_path, name, body_part):
     labels, hips, gate_pixels, halves = prepare_file(real_path(name), input_size=64, gate_size=48, with_halves=True)
     assert labels.tag_region is TagRegion.LIMB and labels.body_part == body_part and not labels.in_scope
@@ -163,11 +162,14 @@ def test_message_with_an_unknown_side_is_refused():
 # --- scope, decoding, windows, crop and sides through prepare_file --------------------------------------
 
 
-@pytest.mark.parametrize("name, body_part", [
-    ("RG1_UNCR.dcm", "CHEST"),  # CR chest PA
-    ("966_fixed.dcm", "CHEST"),  # DX chest
-    ("dx_image.dcm", "THORAX"),  # DX thorax
-])
+@pytest.mark.parametrize(
+    "name, body_part",
+    [
+        ("RG1_UNCR.dcm", "CHEST"),  # CR chest PA
+        ("966_fixed.dcm", "CHEST"),  # DX chest
+        ("dx_image.dcm", "THORAX"),  # DX thorax
+    ],
+)
 def test_chest_images_never_get_a_hip_draft_nor_reach_the_gate(real_path, name, body_part):
     with pytest.raises(OutOfScopeError, match=f"body part {body_part} is not a hip or pelvis .*does not overrule"):
         prepare_file(real_path(name), input_size=64, gate_size=48)
@@ -220,7 +222,8 @@ def _pelvis_stored(height: int = 300, width: int = 400, seed: int = 0) -> np.nda
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width]
     return (2000 + 600 * np.sin(x / 9.0) * np.cos(y / 13.0) + rng.integers(-300, 300, (height, width))).astype(
-        np.uint16)
+        np.uint16
+    )
 
 
 def _metal_per_side(hips) -> dict[Side, int]:
@@ -254,8 +257,9 @@ def test_collimation_is_cropped_before_the_midline_split(tmp_path):
 
 
 def test_voi_window_index_chooses_the_window(tmp_path):
-    _write_pelvis(tmp_path / "pelvis.dcm", _pelvis_stored(), ["L", "F"], WindowCenter=[2048, 500],
-                  WindowWidth=[4096, 200])
+    _write_pelvis(
+        tmp_path / "pelvis.dcm", _pelvis_stored(), ["L", "F"], WindowCenter=[2048, 500], WindowWidth=[4096, 200]
+    )
     _, first, *_ = prepare_file(tmp_path / "pelvis.dcm", input_size=64)
     _, second, *_ = prepare_file(tmp_path / "pelvis.dcm", input_size=64, voi_window_index=1)
     _, past_the_last, *_ = prepare_file(tmp_path / "pelvis.dcm", input_size=64, voi_window_index=9)

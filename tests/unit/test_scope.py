@@ -26,11 +26,22 @@ def tags(body_part: str | None = None, **extra: str) -> Dataset:
     return ds
 
 
-@pytest.mark.parametrize(("body_part", "region"), [
-    ("PELVIS", TagRegion.HIP), ("HIP", TagRegion.HIP), ("FEMUR", TagRegion.HIP), ("KNEE", TagRegion.LIMB),
-    ("SHOULDER", TagRegion.LIMB), ("HAND", TagRegion.LIMB), ("ANKLE", TagRegion.LIMB), ("CHEST", TagRegion.OUTSIDE),
-    ("LSPINE", TagRegion.OUTSIDE), ("SKULL", TagRegion.OUTSIDE), ("ABDOMEN", TagRegion.OUTSIDE),
-])
+@pytest.mark.parametrize(
+    ("body_part", "region"),
+    [
+        ("PELVIS", TagRegion.HIP),
+        ("HIP", TagRegion.HIP),
+        ("FEMUR", TagRegion.HIP),
+        ("KNEE", TagRegion.LIMB),
+        ("SHOULDER", TagRegion.LIMB),
+        ("HAND", TagRegion.LIMB),
+        ("ANKLE", TagRegion.LIMB),
+        ("CHEST", TagRegion.OUTSIDE),
+        ("LSPINE", TagRegion.OUTSIDE),
+        ("SKULL", TagRegion.OUTSIDE),
+        ("ABDOMEN", TagRegion.OUTSIDE),
+    ],
+)
 def test_tag_region_of_body_parts(body_part: str, region: TagRegion) -> None:
     labels = classify_view(tags(body_part))
     assert labels.tag_region is region
@@ -61,8 +72,9 @@ def test_untagged_image_is_decided_by_the_gate() -> None:
     assert "reads as hip or pelvis, 0.95" in accepted.reason
     refused = decide_scope(labels, reading(hip=0.7, hand=0.3))  # hip below its 0.9
     assert not refused.in_scope
-    assert refused.reason == ("no body-part tags, and the image does not read as a hip or pelvis "
-                              "(reads as hip or pelvis, 0.70)")
+    assert refused.reason == (
+        "no body-part tags, and the image does not read as a hip or pelvis (reads as hip or pelvis, 0.70)"
+    )
 
 
 def test_other_limb_tags_overturned_only_by_a_confident_hip() -> None:

@@ -117,35 +117,42 @@ def test_non_loopback_host_from_environment_is_refused(clean_settings_env, monke
         get_settings()
 
 
-@pytest.mark.parametrize("field, value, match", [
-    ("device", "gpu", "device"),
-    ("worker_pool", "eventlet", "worker_pool"),
-    ("dimse_port", 70000, "dimse_port"),
-    ("quiet_seconds", 0, "quiet_seconds"),
-    ("log_format", "xml", "log_format"),
-    ("listener_metrics_port", -1, "listener_metrics_port"),
-    ("worker_metrics_port", 70000, "worker_metrics_port"),
-])
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("device", "gpu", "device"),
+        ("worker_pool", "eventlet", "worker_pool"),
+        ("dimse_port", 70000, "dimse_port"),
+        ("quiet_seconds", 0, "quiet_seconds"),
+        ("log_format", "xml", "log_format"),
+        ("listener_metrics_port", -1, "listener_metrics_port"),
+        ("worker_metrics_port", 70000, "worker_metrics_port"),
+    ],
+)
 def test_other_fields_are_validated(clean_settings_env, field, value, match):
     with pytest.raises(ValueError, match=match):
         get_settings(**{field: value})
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("postgresql+psycopg://predraft:s3cret@db:5432/predraft", "postgresql+psycopg://predraft:***@db:5432/predraft"),
-    ("redis://:s3cret@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
-    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
-    ("postgresql://predraft@db:5432/predraft", "postgresql://predraft@db:5432/predraft"),
-    ("sqlite:////var/lib/predraft/predraft.sqlite", "sqlite:////var/lib/predraft/predraft.sqlite"),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("postgresql+psycopg://predraft:s3cret@db:5432/predraft", "postgresql+psycopg://predraft:***@db:5432/predraft"),
+        ("redis://:s3cret@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("postgresql://predraft@db:5432/predraft", "postgresql://predraft@db:5432/predraft"),
+        ("sqlite:////var/lib/predraft/predraft.sqlite", "sqlite:////var/lib/predraft/predraft.sqlite"),
+        (None, None),
+    ],
+)
 def test_redact_url_masks_only_passwords(url, expected):
     assert redact_url(url) == expected
 
 
 def test_redacted_settings_hide_database_and_broker_passwords(clean_settings_env):
-    settings = get_settings(database_url="postgresql+psycopg://predraft:dbpass@db/predraft",
-                            broker_url="redis://:brokerpass@cache:6379/0")
+    settings = get_settings(
+        database_url="postgresql+psycopg://predraft:dbpass@db/predraft", broker_url="redis://:brokerpass@cache:6379/0"
+    )
     dumped = repr(settings.redacted())
     assert "dbpass" not in dumped and "brokerpass" not in dumped
     assert settings.redacted()["database_url"] == "postgresql+psycopg://predraft:***@db/predraft"

@@ -58,21 +58,24 @@ def test_failed_write_leaves_neither_target_nor_temporary_file(tmp_path, monkeyp
     assert os.listdir(path.parent) == []
 
 
-@pytest.mark.parametrize("value", [
-    "../../etc",
-    "..",
-    "1.2.3/../../../etc/passwd",
-    "1.2.3\\..\\x",
-    "/etc/passwd",
-    "",
-    "1.2.a",
-    "1..2",
-    ".1.2",
-    "1.2.",
-    "1.2 3",
-    "1" * 65,
-    "1." * 32 + "12",  # 66 characters
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "../../etc",
+        "..",
+        "1.2.3/../../../etc/passwd",
+        "1.2.3\\..\\x",
+        "/etc/passwd",
+        "",
+        "1.2.a",
+        "1..2",
+        ".1.2",
+        "1.2.",
+        "1.2 3",
+        "1" * 65,
+        "1." * 32 + "12",  # 66 characters
+    ],
+)
 def test_check_uid_rejects_what_is_not_a_uid(value):
     with pytest.raises(ValueError, match="StudyInstanceUID .* is not a valid DICOM UID"):
         check_uid(value, "StudyInstanceUID")

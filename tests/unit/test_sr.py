@@ -24,8 +24,15 @@ COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
 
 def _card(sha: str = "ab" * 32) -> ModelCard:
-    return ModelCard(name="hiphw", version="2.1.0", architecture="test_efficientnet", input_size=64, trained=False,
-                     weights="weights.safetensors", weights_sha256=sha)
+    return ModelCard(
+        name="hiphw",
+        version="2.1.0",
+        architecture="test_efficientnet",
+        input_size=64,
+        trained=False,
+        weights="weights.safetensors",
+        weights_sha256=sha,
+    )
 
 
 @pytest.fixture
@@ -37,18 +44,38 @@ def evidence(demo_study):
 def findings(demo_study):
     pelvis, frog, cross = (image.sop_instance_uid for image in demo_study)
     return [
-        SideFinding(Side.RIGHT, H.THA, 0.91, {H.THA: 0.91, H.NONE: 0.09},
-                    (View.AP_PELVIS, View.FROG_LEG, View.CROSS_TABLE_LATERAL), (pelvis, frog, cross), "ok"),
-        SideFinding(Side.LEFT, None, 0.41, {H.NONE: 0.41, H.HEMI: 0.39}, (View.AP_PELVIS,), (pelvis,),
-                    "confidence 0.41 below the model's threshold 0.50"),
+        SideFinding(
+            Side.RIGHT,
+            H.THA,
+            0.91,
+            {H.THA: 0.91, H.NONE: 0.09},
+            (View.AP_PELVIS, View.FROG_LEG, View.CROSS_TABLE_LATERAL),
+            (pelvis, frog, cross),
+            "ok",
+        ),
+        SideFinding(
+            Side.LEFT,
+            None,
+            0.41,
+            {H.NONE: 0.41, H.HEMI: 0.39},
+            (View.AP_PELVIS,),
+            (pelvis,),
+            "confidence 0.41 below the model's threshold 0.50",
+        ),
     ]
 
 
 def _build(evidence, findings, card=None, **kwargs):
     card = card or _card()
     text = render_draft(findings, model=card, study_description="XR PELVIS AND RIGHT HIP 3 VIEWS")
-    arguments = dict(evidence=evidence, findings=findings, text=text, model=card,
-                     series_instance_uid=generate_uid(), sop_instance_uid=generate_uid())
+    arguments = dict(
+        evidence=evidence,
+        findings=findings,
+        text=text,
+        model=card,
+        series_instance_uid=generate_uid(),
+        sop_instance_uid=generate_uid(),
+    )
     arguments.update(kwargs)
     return build_draft_sr(**arguments)
 
@@ -88,7 +115,8 @@ def test_evidence_sequence_references_every_image(evidence, findings):
     }
     assert referenced == {(ds.SOPClassUID, ds.SOPInstanceUID) for ds in evidence}
     assert {study.StudyInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence} == {
-        evidence[0].StudyInstanceUID}
+        evidence[0].StudyInstanceUID
+    }
 
 
 def test_device_uid_is_derived_from_the_weights(evidence, findings):
@@ -115,8 +143,12 @@ def test_content_holds_the_text_and_the_coded_findings(evidence, findings, demo_
     assert "Left hip: Indeterminate, review." in text
     assert "UNTRAINED" in text
 
-    codes = {(c.CodeValue, c.CodingSchemeDesignator)
-             for item in items if item.ValueType == "CODE" for c in item.ConceptCodeSequence}
+    codes = {
+        (c.CodeValue, c.CodingSchemeDesignator)
+        for item in items
+        if item.ValueType == "CODE"
+        for c in item.ConceptCodeSequence
+    }
     assert (CODES[H.THA].value, CODES[H.THA].scheme_designator) in codes
     assert (INDETERMINATE_CODE.value, INDETERMINATE_CODE.scheme_designator) in codes
 
@@ -151,11 +183,23 @@ def test_findings_must_reference_evidence_images(evidence, findings):
 def test_empty_evidence_or_findings_is_refused(evidence, findings):
     text = render_draft(findings, model=_card())
     with pytest.raises(ValueError, match="at least one evidence"):
-        build_draft_sr(evidence=[], findings=findings, text=text, model=_card(),
-                       series_instance_uid=generate_uid(), sop_instance_uid=generate_uid())
+        build_draft_sr(
+            evidence=[],
+            findings=findings,
+            text=text,
+            model=_card(),
+            series_instance_uid=generate_uid(),
+            sop_instance_uid=generate_uid(),
+        )
     with pytest.raises(ValueError, match="at least one finding"):
-        build_draft_sr(evidence=evidence, findings=[], text=text, model=_card(),
-                       series_instance_uid=generate_uid(), sop_instance_uid=generate_uid())
+        build_draft_sr(
+            evidence=evidence,
+            findings=[],
+            text=text,
+            model=_card(),
+            series_instance_uid=generate_uid(),
+            sop_instance_uid=generate_uid(),
+        )
 
 
 def test_dciodvfy_finds_no_error(evidence, findings, tmp_path):
@@ -175,16 +219,26 @@ def test_finding_sentences_keep_their_side_with_a_site_findings_template(evidenc
     from predraft.reporting.text import make_environment
 
     (tmp_path / "findings.txt.j2").write_text(
-        "Hardware by hip:\n{% for finding in findings %}{{ finding.hip_label }}: {{ finding.sentence }}\n{% endfor %}")
+        "Hardware by hip:\n{% for finding in findings %}{{ finding.hip_label }}: {{ finding.sentence }}\n{% endfor %}"
+    )
     card = _card()
     text = render_draft(findings, model=card, environment=make_environment(tmp_path))
-    sr = build_draft_sr(evidence=evidence, findings=findings, text=text, model=card,
-                        series_instance_uid=generate_uid(), sop_instance_uid=generate_uid())
+    sr = build_draft_sr(
+        evidence=evidence,
+        findings=findings,
+        text=text,
+        model=card,
+        series_instance_uid=generate_uid(),
+        sop_instance_uid=generate_uid(),
+    )
     right_texts = [
-        item.TextValue for item in _walk(sr.ContentSequence)
-        if item.ValueType == "TEXT" and any(
+        item.TextValue
+        for item in _walk(sr.ContentSequence)
+        if item.ValueType == "TEXT"
+        and any(
             child.ValueType == "CODE" and child.ConceptCodeSequence[0].CodeMeaning == "Right"
-            for child in item.get("ContentSequence", []))
+            for child in item.get("ContentSequence", [])
+        )
     ]
     assert right_texts and all(value.startswith("Right hip") for value in right_texts)
 
@@ -210,8 +264,18 @@ MALFORMED = [
 
 def _demographics(ds) -> dict[str, bytes]:
     """The raw value bytes of the patient and study attributes of ``ds`` (after a file round trip)."""
-    keywords = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-                "StudyDate", "StudyTime", "ReferringPhysicianName", "PatientAge")
+    keywords = (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "AccessionNumber",
+        "StudyID",
+        "StudyDate",
+        "StudyTime",
+        "ReferringPhysicianName",
+        "PatientAge",
+    )
     return {keyword: _raw_value(ds, keyword) for keyword in keywords if keyword in ds}
 
 
@@ -252,14 +316,23 @@ def test_valid_but_unusual_demographics_are_kept_byte_for_byte(evidence, finding
     assert _demographics(pydicom.dcmread(path)) == _demographics(unusual[0])
 
 
-@pytest.mark.parametrize(("charset", "name", "sr_charset", "sr_name"), [
-    ("ISO_IR 100", "MÜLLER^HANS", "ISO_IR 100", "MÜLLER^HANS"),  # highdicom takes it: kept
-    (["", "ISO 2022 IR 87"], "YAMADA^TARO", "ISO_IR 192", "YAMADA^TARO"),  # pydicom reads it: UTF-8, same characters
-    ("ISO_IR 999", "SMITH^JOHN", None, "SMITH^JOHN"),  # unknown set: removed, ASCII values kept
-    ("ISO_IR 999", "MÜLLER^HANS", None, ""),  # unknown set: what a non-ASCII value says cannot be known
-])
-def test_a_character_set_the_sr_cannot_carry_still_gives_a_draft(evidence, findings, tmp_path, charset, name,
-                                                                 sr_charset, sr_name):
+@pytest.mark.parametrize(
+    ("charset", "name", "sr_charset", "sr_name"),
+    [
+        ("ISO_IR 100", "MÜLLER^HANS", "ISO_IR 100", "MÜLLER^HANS"),  # highdicom takes it: kept
+        (
+            ["", "ISO 2022 IR 87"],
+            "YAMADA^TARO",
+            "ISO_IR 192",
+            "YAMADA^TARO",
+        ),  # pydicom reads it: UTF-8, same characters
+        ("ISO_IR 999", "SMITH^JOHN", None, "SMITH^JOHN"),  # unknown set: removed, ASCII values kept
+        ("ISO_IR 999", "MÜLLER^HANS", None, ""),  # unknown set: what a non-ASCII value says cannot be known
+    ],
+)
+def test_a_character_set_the_sr_cannot_carry_still_gives_a_draft(
+    evidence, findings, tmp_path, charset, name, sr_charset, sr_name
+):
     """A bogus SpecificCharacterSet in one image made highdicom refuse the SR, and the study lost its draft."""
     odd = copy.deepcopy(evidence)
     for ds in odd:

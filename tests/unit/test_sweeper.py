@@ -46,8 +46,9 @@ def _study(url: str, demo_study, *, state: StudyState, instance_states: list[Ins
         ds = pydicom.dcmread(image.path, stop_before_pixels=True)
         header = InstanceHeader.from_dataset(ds, ds.file_meta.TransferSyntaxUID)
         with session_scope(url) as session:
-            result = record_instance(session, header=header, spool_path=str(image.path), size_bytes=1,
-                                     calling_ae="PACS")
+            result = record_instance(
+                session, header=header, spool_path=str(image.path), size_bytes=1, calling_ae="PACS"
+            )
             session.flush()
             session.get(Instance, result.instance_id).state = instance_state
             study_id = result.study_id
@@ -111,7 +112,9 @@ def test_queued_messages_reads_redis(clean_settings_env):
         application.send_task(PREPARE, args=[11])
         application.send_task(DRAFT, args=[5, 1])
         assert sorted((m.queue, m.task, m.first_arg) for m in queued_messages(REDIS_TEST_DB, QUEUES)) == [
-            ("draft", DRAFT, 5), ("prepare", PREPARE, 11)]
+            ("draft", DRAFT, 5),
+            ("prepare", PREPARE, 11),
+        ]
         # a delivered, unacknowledged message: kombu keeps it in the unacked hash with its delivery time
         with application.connection_for_read() as connection:
             queue = connection.SimpleQueue("prepare", no_ack=False)
@@ -134,8 +137,12 @@ def test_an_unreachable_broker_is_named_without_its_password():
 
 
 def test_sweeper_resends_lost_prepare_and_reprepares_lost_classify(app, sqla_broker, sqlite_url, demo_study):
-    study_id = _study(sqlite_url, demo_study, state=StudyState.READY,
-                      instance_states=[InstanceState.RECEIVED, InstanceState.PREPARED, InstanceState.CLASSIFIED])
+    study_id = _study(
+        sqlite_url,
+        demo_study,
+        state=StudyState.READY,
+        instance_states=[InstanceState.RECEIVED, InstanceState.PREPARED, InstanceState.CLASSIFIED],
+    )
     (first, _), (second, _), (third, _) = _instances(sqlite_url, study_id)
     report = sweep(app, sqlite_url, sqla_broker, stale_seconds=60)
     assert (report.prepared, report.reclassified, report.finished, report.drafted) == ([first], [second], [], [])
@@ -160,8 +167,12 @@ def test_sweeper_leaves_fresh_work_alone(app, sqla_broker, sqlite_url, demo_stud
 
 
 def test_sweeper_drafts_a_study_whose_draft_message_was_lost(app, sqla_broker, sqlite_url, demo_study):
-    study_id = _study(sqlite_url, demo_study, state=StudyState.DRAFTING,
-                      instance_states=[InstanceState.CLASSIFIED, InstanceState.SKIPPED])
+    study_id = _study(
+        sqlite_url,
+        demo_study,
+        state=StudyState.DRAFTING,
+        instance_states=[InstanceState.CLASSIFIED, InstanceState.SKIPPED],
+    )
     report = sweep(app, sqlite_url, sqla_broker, stale_seconds=60)
     assert report.drafted == [study_id]
     assert _sent(sqla_broker) == [(DRAFT, study_id)]
@@ -169,8 +180,9 @@ def test_sweeper_drafts_a_study_whose_draft_message_was_lost(app, sqla_broker, s
 
 
 def test_sweeper_finishes_a_ready_study_whose_instances_are_all_done(app, sqla_broker, sqlite_url, demo_study):
-    study_id = _study(sqlite_url, demo_study, state=StudyState.READY,
-                      instance_states=[InstanceState.CLASSIFIED, InstanceState.ERROR])
+    study_id = _study(
+        sqlite_url, demo_study, state=StudyState.READY, instance_states=[InstanceState.CLASSIFIED, InstanceState.ERROR]
+    )
     assert sweep(app, sqlite_url, sqla_broker, stale_seconds=60).finished == [study_id]
     with session_scope(sqlite_url) as session:
         assert session.get(Study, study_id).state == StudyState.DRAFTING
@@ -180,16 +192,34 @@ def test_sweeper_finishes_a_ready_study_whose_instances_are_all_done(app, sqla_b
 def test_sweeper_ignores_drafted_studies(app, sqla_broker, sqlite_url, demo_study):
     drafted = _study(sqlite_url, demo_study[:1], state=StudyState.DRAFTED, instance_states=[InstanceState.RECEIVED])
     with session_scope(sqlite_url) as session:
-        session.add(Draft(study_id=drafted, generation=1, text="t", findings=[], model_name="m", model_version="v",
-                          sr_sop_instance_uid="1.2.3", sr_series_uid="1.2.4", sr_path="/x"))
+        session.add(
+            Draft(
+                study_id=drafted,
+                generation=1,
+                text="t",
+                findings=[],
+                model_name="m",
+                model_version="v",
+                sr_sop_instance_uid="1.2.3",
+                sr_series_uid="1.2.4",
+                sr_path="/x",
+            )
+        )
     assert sweep(app, sqlite_url, sqla_broker, stale_seconds=60).total == 0
 
 
 def test_sweeper_leaves_dead_letters_until_they_are_retried(app, sqla_broker, sqlite_url, demo_study):
     waiting = _study(sqlite_url, demo_study[:1], state=StudyState.READY, instance_states=[InstanceState.RECEIVED])
-    (instance_id, _), = _instances(sqlite_url, waiting)
-    letter = record_dead_letter(sqlite_url, task_name=PREPARE, task_id="t-1", first_arg=instance_id, attempts=6,
-                                error="OperationalError: database is locked", traceback="Traceback ...")
+    ((instance_id, _),) = _instances(sqlite_url, waiting)
+    letter = record_dead_letter(
+        sqlite_url,
+        task_name=PREPARE,
+        task_id="t-1",
+        first_arg=instance_id,
+        attempts=6,
+        error="OperationalError: database is locked",
+        traceback="Traceback ...",
+    )
     assert sweep(app, sqlite_url, sqla_broker, stale_seconds=60).total == 0
     with session_scope(sqlite_url) as session:
         row = session.get(DeadLetter, letter)
@@ -203,10 +233,21 @@ def test_sweeper_leaves_dead_letters_until_they_are_retried(app, sqla_broker, sq
 
 
 def test_a_dead_draft_is_drafted_again_on_retry(app, sqla_broker, sqlite_url, demo_study):
-    study_id = _study(sqlite_url, demo_study, state=StudyState.ERROR,
-                      instance_states=[InstanceState.CLASSIFIED, InstanceState.CLASSIFIED])
-    letter = record_dead_letter(sqlite_url, task_name=DRAFT, task_id="t-2", first_arg=study_id, attempts=6,
-                                error="OperationalError", traceback="")
+    study_id = _study(
+        sqlite_url,
+        demo_study,
+        state=StudyState.ERROR,
+        instance_states=[InstanceState.CLASSIFIED, InstanceState.CLASSIFIED],
+    )
+    letter = record_dead_letter(
+        sqlite_url,
+        task_name=DRAFT,
+        task_id="t-2",
+        first_arg=study_id,
+        attempts=6,
+        error="OperationalError",
+        traceback="",
+    )
     assert retry_dead_letter(app, sqlite_url, letter) == f"draft study row {study_id}"
     with session_scope(sqlite_url) as session:
         assert session.get(Study, study_id).state == StudyState.DRAFTING
@@ -214,10 +255,21 @@ def test_a_dead_draft_is_drafted_again_on_retry(app, sqla_broker, sqlite_url, de
 
 
 def test_a_stale_dead_draft_leaves_a_study_that_moved_on_alone(app, sqla_broker, sqlite_url, demo_study):
-    study_id = _study(sqlite_url, demo_study, state=StudyState.REVIEWED,
-                      instance_states=[InstanceState.CLASSIFIED, InstanceState.CLASSIFIED])
-    letter = record_dead_letter(sqlite_url, task_name=DRAFT, task_id="t-3", first_arg=study_id, attempts=6,
-                                error="OperationalError", traceback="")
+    study_id = _study(
+        sqlite_url,
+        demo_study,
+        state=StudyState.REVIEWED,
+        instance_states=[InstanceState.CLASSIFIED, InstanceState.CLASSIFIED],
+    )
+    letter = record_dead_letter(
+        sqlite_url,
+        task_name=DRAFT,
+        task_id="t-3",
+        first_arg=study_id,
+        attempts=6,
+        error="OperationalError",
+        traceback="",
+    )
     assert retry_dead_letter(app, sqlite_url, letter).startswith(f"nothing: study row {study_id} is reviewed")
     with session_scope(sqlite_url) as session:
         assert session.get(Study, study_id).state == StudyState.REVIEWED
@@ -246,20 +298,36 @@ def test_sweeper_resends_lost_exports(app, sqla_broker, sqlite_url, demo_study):
     study_id = _study(sqlite_url, demo_study[:1], state=StudyState.DRAFTED, instance_states=[InstanceState.CLASSIFIED])
     old = utcnow() - timedelta(seconds=600)
     with session_scope(sqlite_url) as session:
-        draft = Draft(study_id=study_id, generation=1, text="t", findings=[], model_name="m", model_version="v",
-                      sr_sop_instance_uid="1.2.3", sr_series_uid="1.2.4", sr_path="/x")
+        draft = Draft(
+            study_id=study_id,
+            generation=1,
+            text="t",
+            findings=[],
+            model_name="m",
+            model_version="v",
+            sr_sop_instance_uid="1.2.3",
+            sr_series_uid="1.2.4",
+            sr_path="/x",
+        )
         session.add(draft)
         session.flush()
         draft_id = draft.id
         abandoned = utcnow() - timedelta(seconds=SENDING_CLAIM_SECONDS + 1)
-        for destination, state, updated in [("pacs", ExportState.PENDING, old), ("archive", ExportState.FAILED, old),
-                                            ("viewer", ExportState.SENT, old), ("late", ExportState.PENDING, utcnow()),
-                                            ("orphaned", ExportState.SENDING, abandoned),
-                                            ("busy", ExportState.SENDING, old)]:
+        for destination, state, updated in [
+            ("pacs", ExportState.PENDING, old),
+            ("archive", ExportState.FAILED, old),
+            ("viewer", ExportState.SENT, old),
+            ("late", ExportState.PENDING, utcnow()),
+            ("orphaned", ExportState.SENDING, abandoned),
+            ("busy", ExportState.SENDING, old),
+        ]:
             session.add(Export(draft_id=draft_id, destination=destination, state=state, updated_at=updated))
     report = sweep(app, sqlite_url, sqla_broker, stale_seconds=60, export_retry_max_delay_seconds=300)
     assert len(report.exported) == 3
     assert sorted(m.args for m in queued_messages(sqla_broker, QUEUES)) == [
-        (draft_id, "archive"), (draft_id, "orphaned"), (draft_id, "pacs")]
+        (draft_id, "archive"),
+        (draft_id, "orphaned"),
+        (draft_id, "pacs"),
+    ]
     # a failed export whose retry may still be waiting is left alone
     assert sweep(app, sqlite_url, sqla_broker, stale_seconds=60, export_retry_max_delay_seconds=3600).exported == []

@@ -31,21 +31,40 @@ def write_field_set(folder: Path, groups: int = 12, per_group: int = 3) -> tuple
         field = ("pelvis", "other")[group % 2]
         for index in range(per_group):
             pixels = rng.integers(0, 60, (64, 64)).astype(np.uint8)
-            for x in ((12, 40) if field == "pelvis" else (26,)):
-                pixels[24:40, x:x + 12] = 230
+            for x in (12, 40) if field == "pelvis" else (26,):
+                pixels[24:40, x : x + 12] = 230
             name = f"g{group}-{index}.png"
             Image.fromarray(pixels).save(images / name)
-            rows.append({"image": name, "group": f"g{group}", "source": "phantoms" if group % 4 >= 2 else "real",
-                         "crop": "whole", "field": field})
+            rows.append(
+                {
+                    "image": name,
+                    "group": f"g{group}",
+                    "source": "phantoms" if group % 4 >= 2 else "real",
+                    "crop": "whole",
+                    "field": field,
+                }
+            )
     return write_csv(folder / "labels.csv", rows), images, rows
 
 
 def test_a_field_head_is_added_and_nothing_else_changes(tmp_path):
     base_card = write_random_task_card(tmp_path / "base", TASKS)
     labels, images, rows = write_field_set(tmp_path / "data")
-    card = add_task_head(base_card, labels, images, tmp_path / "run", task="field", classes=("pelvis", "other"),
-                         binary="pelvis", min_specificity=0.9, synthetic_sources=("phantoms",), folds=3,
-                         n_bootstrap=20, version="0.0.2", progress=lambda _: None)
+    card = add_task_head(
+        base_card,
+        labels,
+        images,
+        tmp_path / "run",
+        task="field",
+        classes=("pelvis", "other"),
+        binary="pelvis",
+        min_specificity=0.9,
+        synthetic_sources=("phantoms",),
+        folds=3,
+        n_bootstrap=20,
+        version="0.0.2",
+        progress=lambda _: None,
+    )
     assert card.version == "0.0.2" and card.tasks == {**TASKS, "field": ("pelvis", "other")}
     assert 0.005 <= card.thresholds["field"]["pelvis"] <= 0.995 and card.temperatures["field"] > 0
     assert card.training["added_heads"]["field"]["min_specificity"] == {"field": 0.9}
@@ -71,8 +90,16 @@ def test_a_head_the_card_has_already_is_refused(tmp_path):
     base_card = write_random_task_card(tmp_path / "base", TASKS)
     labels, images, _ = write_field_set(tmp_path / "data")
     with pytest.raises(ValueError, match="has a 'region' head already"):
-        add_task_head(base_card, labels, images, tmp_path / "run", task="region", classes=("hip", "shoulder"),
-                      version="0.0.2", progress=lambda _: None)
+        add_task_head(
+            base_card,
+            labels,
+            images,
+            tmp_path / "run",
+            task="region",
+            classes=("hip", "shoulder"),
+            version="0.0.2",
+            progress=lambda _: None,
+        )
 
 
 def test_malformed_command_lines_are_refused_with_a_clear_error(tmp_path, capsys):
@@ -84,15 +111,54 @@ def test_malformed_command_lines_are_refused_with_a_clear_error(tmp_path, capsys
     base_card = write_random_task_card(tmp_path / "base", TASKS)
     labels, images, _ = write_field_set(tmp_path / "data")
     with pytest.raises(SystemExit) as exit_info:
-        main([str(base_card), str(labels), "--images", str(images), "--out", str(tmp_path / "run"), "--task", "field",
-              "--version", "0.0.2"])
+        main(
+            [
+                str(base_card),
+                str(labels),
+                "--images",
+                str(images),
+                "--out",
+                str(tmp_path / "run"),
+                "--task",
+                "field",
+                "--version",
+                "0.0.2",
+            ]
+        )
     assert exit_info.value.code == 2 and "--task takes TASK=class,class,..." in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
-    result = CliRunner().invoke(cli, ["train-task", str(labels), "--images", str(images), "--out",
-                                      str(tmp_path / "run"), "--task", "field", "--binary", "field=pelvis",
-                                      "--min-specificity", "field=high"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train-task",
+            str(labels),
+            "--images",
+            str(images),
+            "--out",
+            str(tmp_path / "run"),
+            "--task",
+            "field",
+            "--binary",
+            "field=pelvis",
+            "--min-specificity",
+            "field=high",
+        ],
+    )
     assert result.exit_code == 2 and "--min-specificity takes TASK=NUMBER" in result.output
-    result = CliRunner().invoke(cli, ["train-task", str(labels), "--images", str(images), "--out",
-                                      str(tmp_path / "run"), "--task", "field", "--min-specificity", "field=0.95"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train-task",
+            str(labels),
+            "--images",
+            str(images),
+            "--out",
+            str(tmp_path / "run"),
+            "--task",
+            "field",
+            "--min-specificity",
+            "field=0.95",
+        ],
+    )
     assert result.exit_code == 2 and "not a binary task" in result.output
     assert not (tmp_path / "run").exists()

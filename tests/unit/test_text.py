@@ -15,17 +15,38 @@ from predraft.reporting.wording import SENTENCES
 
 
 def _card(**changes) -> ModelCard:
-    fields = dict(name="hiphw", version="2.1.0", architecture="test_efficientnet", input_size=64, trained=False,
-                  weights="weights.safetensors", weights_sha256="ab" * 32)
+    fields = dict(
+        name="hiphw",
+        version="2.1.0",
+        architecture="test_efficientnet",
+        input_size=64,
+        trained=False,
+        weights="weights.safetensors",
+        weights_sha256="ab" * 32,
+    )
     fields.update(changes)
     return ModelCard(**fields)
 
 
 FINDINGS = [
-    SideFinding(Side.RIGHT, H.THA, 0.91, {H.THA: 0.91, H.NONE: 0.09}, (View.AP_PELVIS, View.FROG_LEG),
-                ("1.2.3.1", "1.2.3.2"), "mean probability 0.91 over 2 image(s)"),
-    SideFinding(Side.LEFT, None, 0.41, {H.NONE: 0.41, H.HEMI: 0.39}, (View.AP_PELVIS,), ("1.2.3.1",),
-                "confidence 0.41 below the model's threshold 0.50"),
+    SideFinding(
+        Side.RIGHT,
+        H.THA,
+        0.91,
+        {H.THA: 0.91, H.NONE: 0.09},
+        (View.AP_PELVIS, View.FROG_LEG),
+        ("1.2.3.1", "1.2.3.2"),
+        "mean probability 0.91 over 2 image(s)",
+    ),
+    SideFinding(
+        Side.LEFT,
+        None,
+        0.41,
+        {H.NONE: 0.41, H.HEMI: 0.39},
+        (View.AP_PELVIS,),
+        ("1.2.3.1",),
+        "confidence 0.41 below the model's threshold 0.50",
+    ),
 ]
 
 
@@ -36,8 +57,10 @@ def test_draft_names_each_hip_with_findings_and_impression():
         "Right hip: Total hip arthroplasty. Seen on: AP pelvis, frog-leg lateral.",
         "Left hip: Indeterminate, review. (confidence 0.41 below the model's threshold 0.50) Seen on: AP pelvis.",
     ]
-    assert draft.impression.splitlines() == ["1. Right hip: Total hip arthroplasty.",
-                                             "2. Left hip: Indeterminate, review."]
+    assert draft.impression.splitlines() == [
+        "1. Right hip: Total hip arthroplasty.",
+        "2. Left hip: Indeterminate, review.",
+    ]
     full = draft.full
     assert full.startswith("PRELIMINARY REPORT - UNVERIFIED AI DRAFT\n")
     assert "EXAMINATION: XR PELVIS AND RIGHT HIP" in full
@@ -79,10 +102,13 @@ def test_no_findings_is_refused():
 
 def test_site_template_overrides_the_packaged_one(tmp_path):
     (tmp_path / "impression.txt.j2").write_text(
-        "{% for finding in findings %}SITE {{ finding.hip_label | upper }}: {{ finding.sentence }}\n{% endfor %}")
+        "{% for finding in findings %}SITE {{ finding.hip_label | upper }}: {{ finding.sentence }}\n{% endfor %}"
+    )
     draft = render_draft(FINDINGS, model=_card(), environment=make_environment(tmp_path))
-    assert draft.impression.splitlines() == ["SITE RIGHT HIP: Total hip arthroplasty.",
-                                             "SITE LEFT HIP: Indeterminate, review."]
+    assert draft.impression.splitlines() == [
+        "SITE RIGHT HIP: Total hip arthroplasty.",
+        "SITE LEFT HIP: Indeterminate, review.",
+    ]
     assert "SITE RIGHT HIP" in draft.full
     assert draft.findings == render_draft(FINDINGS, model=_card()).findings  # the rest stays packaged
     check_templates(tmp_path)
@@ -108,15 +134,29 @@ def test_check_templates_finds_a_syntax_error(tmp_path):
 
 
 # Words that would comment on complications: the model describes hardware only (docs/clinical.md).
-COMPLICATION_WORDS = ("loosening", "loose", "dislocat", "fracture", "infection", "infected", "failure", "fail",
-                      "subsidence", "osteolysis", "malposition", "periprosthetic", "normal alignment")
+COMPLICATION_WORDS = (
+    "loosening",
+    "loose",
+    "dislocat",
+    "fracture",
+    "infection",
+    "infected",
+    "failure",
+    "fail",
+    "subsidence",
+    "osteolysis",
+    "malposition",
+    "periprosthetic",
+    "normal alignment",
+)
 
 
 @pytest.mark.parametrize("hardware", [*H, None], ids=[*(h.value for h in H), "indeterminate"])
 @pytest.mark.parametrize("side", list(Side), ids=[s.value for s in Side])
 def test_every_class_and_side_renders(hardware, side):
-    finding = SideFinding(side, hardware, 0.93, {hardware or H.NONE: 0.93, H.PLATE: 0.07}, (View.AP_HIP,),
-                          ("1.2.3.1",), "reason given")
+    finding = SideFinding(
+        side, hardware, 0.93, {hardware or H.NONE: 0.93, H.PLATE: 0.07}, (View.AP_HIP,), ("1.2.3.1",), "reason given"
+    )
     draft = render_draft([finding], model=_card(trained=True))
     label = {Side.RIGHT: "Right hip", Side.LEFT: "Left hip", Side.UNKNOWN: "Hip (side not stated)"}[side]
     sentence = "Indeterminate, review." if hardware is None else SENTENCES[hardware]
@@ -127,8 +167,9 @@ def test_every_class_and_side_renders(hardware, side):
     assert not [word for word in COMPLICATION_WORDS if word in prose]
 
 
-def test_a_broken_site_template_stops_a_draft_worker_at_start(tmp_path, clean_settings_env, monkeypatch, capsys,
-                                                               tiny_card_path):
+def test_a_broken_site_template_stops_a_draft_worker_at_start(
+    tmp_path, clean_settings_env, monkeypatch, capsys, tiny_card_path
+):
     from predraft.cli import main
     from predraft.core.db import upgrade
 

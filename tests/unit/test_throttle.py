@@ -33,11 +33,14 @@ def test_a_good_password_clears_the_user_names_failures_but_not_the_addresss():
     assert throttle.retry_after(username="dave", address="10.0.0.1") is not None
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    ({"per_user": 0}, ValueError, "per_user 0 must be at least 1"),
-    ({"per_address": 2.5}, TypeError, "per_address must be an int"),
-    ({"window_seconds": True}, TypeError, "window_seconds must be an int"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"per_user": 0}, ValueError, "per_user 0 must be at least 1"),
+        ({"per_address": 2.5}, TypeError, "per_address must be an int"),
+        ({"window_seconds": True}, TypeError, "window_seconds must be an int"),
+    ],
+)
 def test_the_constructor_checks_its_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         LoginThrottle(**{"per_user": 5, "per_address": 20, "window_seconds": 300, **kwargs})

@@ -68,9 +68,31 @@ def test_config_validates() -> None:
 
 def test_train_writes_a_card_that_loads(phantom_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    code = main(["train", str(phantom_data), "--out", str(out), "--architecture", "test_efficientnet",
-                 "--input-size", "64", "--head-epochs", "1", "--epochs", "1", "--batch-size", "8",
-                 "--max-steps-per-epoch", "2", "--device", "cpu", "--synthetic-demo", "--version", "0.1.0-test"])
+    code = main(
+        [
+            "train",
+            str(phantom_data),
+            "--out",
+            str(out),
+            "--architecture",
+            "test_efficientnet",
+            "--input-size",
+            "64",
+            "--head-epochs",
+            "1",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--max-steps-per-epoch",
+            "2",
+            "--device",
+            "cpu",
+            "--synthetic-demo",
+            "--version",
+            "0.1.0-test",
+        ]
+    )
     assert code == 0
     card, weights = load_card(out / "card.json")
     assert card.trained and card.synthetic_demo and card.version == "0.1.0-test"
@@ -117,13 +139,16 @@ def test_resume_continues_the_same_run(phantom_data: Path, tmp_path: Path) -> No
     with pytest.raises(TrainingError, match="batch_size"):
         train(phantom_data, interrupted, other, device="cpu", progress=False, resume=True)
     resumed = train(phantom_data, interrupted, config, device="cpu", progress=False, resume=True)
-    first, second = load_file(str(whole.parent / "weights.safetensors")), load_file(str(resumed.parent /
-                                                                                           "weights.safetensors"))
+    first, second = (
+        load_file(str(whole.parent / "weights.safetensors")),
+        load_file(str(resumed.parent / "weights.safetensors")),
+    )
     assert first.keys() == second.keys()
     for key in first:
         assert torch.equal(first[key], second[key]), key
     assert json.loads((whole.parent / "history.json").read_text()) == json.loads(
-        (resumed.parent / "history.json").read_text())
+        (resumed.parent / "history.json").read_text()
+    )
 
 
 def test_resume_without_checkpoint_is_refused(phantom_data: Path, tmp_path: Path) -> None:
@@ -136,13 +161,37 @@ def test_evaluate_writes_reports_per_image_and_per_study(phantom_data: Path, tmp
 
     from predraft.models.datasets import read_labels
 
-    card_path = train(phantom_data, tmp_path / "run", TrainingConfig(**TINY, head_epochs=0, epochs=1),
-                      device="cpu", progress=False)
+    card_path = train(
+        phantom_data, tmp_path / "run", TrainingConfig(**TINY, head_epochs=0, epochs=1), device="cpu", progress=False
+    )
     out = tmp_path / "evaluation"
-    assert main(["evaluate", str(card_path), str(phantom_data), "--out", str(out), "--bootstrap", "20",
-                 "--split-file", str(card_path.parent / "split.csv"), "--split", "test"]) == 0
-    for name in ("image_metrics.json", "image_confusion.png", "image_roc.png", "study_metrics.json",
-                 "study_confusion.png", "study_roc.png", "predictions.csv"):
+    assert (
+        main(
+            [
+                "evaluate",
+                str(card_path),
+                str(phantom_data),
+                "--out",
+                str(out),
+                "--bootstrap",
+                "20",
+                "--split-file",
+                str(card_path.parent / "split.csv"),
+                "--split",
+                "test",
+            ]
+        )
+        == 0
+    )
+    for name in (
+        "image_metrics.json",
+        "image_confusion.png",
+        "image_roc.png",
+        "study_metrics.json",
+        "study_confusion.png",
+        "study_roc.png",
+        "predictions.csv",
+    ):
         assert (out / name).is_file(), name
     split = dict(line.split(",") for line in (card_path.parent / "split.csv").read_text().splitlines()[1:])
     rows = [row for row in read_labels(phantom_data) if split[row.patient] == "test"]

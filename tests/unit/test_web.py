@@ -47,8 +47,9 @@ def sent(monkeypatch) -> Sent:
 
 @pytest.fixture
 def web(clean_settings_env, sqlite_url, demo_study, tiny_card_path, tmp_path, sent) -> Iterator[WebApp]:
-    with drafted_web_app(tmp_path, sqlite_url, [image.path for image in demo_study], tiny_card_path,
-                         export_destinations=DESTINATIONS) as app:
+    with drafted_web_app(
+        tmp_path, sqlite_url, [image.path for image in demo_study], tiny_card_path, export_destinations=DESTINATIONS
+    ) as app:
         yield app
 
 
@@ -56,7 +57,7 @@ def _study_form(client: Client, study_uid: str) -> dict[str, str]:
     page = client.get(f"/studies/{study_uid}").text
     draft_id = re.search(r'name="draft_id" value="(\d+)"', page)
     assert draft_id, page[:2000]
-    text = re.search(r'<textarea[^>]*>(.*?)</textarea>', page, re.S)
+    text = re.search(r"<textarea[^>]*>(.*?)</textarea>", page, re.S)
     return {"csrf_token": csrf_in(page), "draft_id": draft_id.group(1), "text": html.unescape(text.group(1))}
 
 
@@ -72,8 +73,9 @@ def _page_routes(web: WebApp) -> list[tuple[str, str]]:
         path = getattr(route, "path", "")
         if path.startswith(("/dicomweb", "/static", "/login")) or path in {"/healthz"}:
             continue
-        sample = (path.replace("{study_uid}", web.drafted.study_uid).replace("{instance_id}", "1")
-                  .replace("{side}", "right"))
+        sample = (
+            path.replace("{study_uid}", web.drafted.study_uid).replace("{instance_id}", "1").replace("{side}", "right")
+        )
         for method in sorted(getattr(route, "methods", None) or {"GET"}):
             if method != "HEAD":
                 routes.append((method, sample))
@@ -82,12 +84,18 @@ def _page_routes(web: WebApp) -> list[tuple[str, str]]:
 
 def test_no_page_or_api_without_login(web):
     routes = _page_routes(web)
-    assert {("GET", "/"), ("GET", "/worklist/rows"), ("GET", "/stats"),
-            ("POST", f"/studies/{web.drafted.study_uid}/review"), ("POST", "/logout")} <= set(routes)
+    assert {
+        ("GET", "/"),
+        ("GET", "/worklist/rows"),
+        ("GET", "/stats"),
+        ("POST", f"/studies/{web.drafted.study_uid}/review"),
+        ("POST", "/logout"),
+    } <= set(routes)
     client = web.client()
     for method, path in routes:
-        response = client.http.request(method, web.url + path, allow_redirects=False, timeout=30,
-                                       headers={"Accept": "application/json"})
+        response = client.http.request(
+            method, web.url + path, allow_redirects=False, timeout=30, headers={"Accept": "application/json"}
+        )
         assert response.status_code == 401, (method, path, response.status_code)
         page = client.http.request(method, web.url + path, allow_redirects=False, timeout=30)
         # A browser is sent to the login form (and back to the page it asked for afterwards).
@@ -104,9 +112,12 @@ def test_login_sets_a_hardened_cookie_and_logout_ends_the_session(web):
     assert "predraft_session" not in client.http.cookies
 
     token = client.csrf("/login")
-    response = client.http.post(web.url + "/login", data={"csrf_token": token, "username": "alice",
-                                                          "password": PASSWORD, "next": "/stats"},
-                                allow_redirects=False, timeout=30)
+    response = client.http.post(
+        web.url + "/login",
+        data={"csrf_token": token, "username": "alice", "password": PASSWORD, "next": "/stats"},
+        allow_redirects=False,
+        timeout=30,
+    )
     assert response.status_code == 303 and response.headers["location"] == "/stats"
     cookie = response.headers["set-cookie"]
     assert "predraft_session=" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie
@@ -130,9 +141,12 @@ def test_an_open_redirect_after_login_is_refused(web):
     web.add_user("alice", "radiologist")
     client = web.client()
     token = client.csrf("/login")
-    response = client.http.post(web.url + "/login", data={"csrf_token": token, "username": "alice",
-                                                          "password": PASSWORD, "next": "//evil.example/"},
-                                allow_redirects=False, timeout=30)
+    response = client.http.post(
+        web.url + "/login",
+        data={"csrf_token": token, "username": "alice", "password": PASSWORD, "next": "//evil.example/"},
+        allow_redirects=False,
+        timeout=30,
+    )
     assert response.headers["location"] == "/"
 
 
@@ -211,9 +225,16 @@ def test_worklist_rows_filters_search_and_sort(web):
     assert answer["total"] == 1 and "THA" in answer["rows"] and "90%" in answer["rows"]
     assert "AP pelvis" in answer["rows"] and "Frog-leg R" in answer["rows"]
     assert "Unverified AI draft" in answer["banner"] and "predraft-untrained" in answer["banner"]
-    for query, expected in [("state=drafted", 1), ("state=reviewed", 0), (f"q={patient_id[:4].lower()}", 1),
-                            (f"q={accession}", 1), ("q=nobody", 0), ("from=2000-01-01&to=2000-12-31", 0),
-                            ("sort=patient&order=asc", 1), ("q=%25", 0)]:
+    for query, expected in [
+        ("state=drafted", 1),
+        ("state=reviewed", 0),
+        (f"q={patient_id[:4].lower()}", 1),
+        (f"q={accession}", 1),
+        ("q=nobody", 0),
+        ("from=2000-01-01&to=2000-12-31", 0),
+        ("sort=patient&order=asc", 1),
+        ("q=%25", 0),
+    ]:
         assert client.get(f"/worklist/rows?{query}").json()["total"] == expected, query
     assert client.get("/?state=bogus").status_code == 400
     assert client.get("/?sort=password_hash").status_code == 400
@@ -236,12 +257,18 @@ def test_scope_flags_reach_the_worklist_and_the_study_page(web):
     with session_scope(web.settings.database_url) as session:  # as the prepare task records the gate's decision
         first = session.scalars(select(Instance).order_by(Instance.id)).first()
         first.scope_flag, first.scope_note, first.region_read, first.region_probability = (
-            "tags disagree", note, "hip", 0.99)
+            "tags disagree",
+            note,
+            "hip",
+            0.99,
+        )
     rows = client.get("/worklist/rows").json()["rows"]
     assert "flag-tags" in rows and "Tags disagree" in rows and "No body-part tags" not in rows
     assert note in client.get(f"/studies/{web.drafted.study_uid}").text
-    view_note = ("the image reads as an AP pelvis (0.97): two hips, the patient's right taken to be on the image's "
-                 "left; no R/L marker was read, check the sides")
+    view_note = (
+        "the image reads as an AP pelvis (0.97): two hips, the patient's right taken to be on the image's "
+        "left; no R/L marker was read, check the sides"
+    )
     with session_scope(web.settings.database_url) as session:  # hip tags without a view, split by the gate
         first = session.scalars(select(Instance).order_by(Instance.id)).first()
         first.scope_flag, first.scope_note = "view read from the image", view_note
@@ -303,8 +330,12 @@ def test_accepting_as_drafted_issues_a_verified_sr_superseding_the_draft(web, se
     assert sent.calls == [(report.id, ["vna"])]
     with session_scope(web.settings.database_url) as session:
         review = session.scalars(select(Review)).one()
-        assert (review.action, review.diff, review.report_id, review.user.username) == ("accepted", "", report.id,
-                                                                                         "alice")
+        assert (review.action, review.diff, review.report_id, review.user.username) == (
+            "accepted",
+            "",
+            report.id,
+            "alice",
+        )
         assert session.scalars(select(Study)).one().state == "reviewed"
         export = session.scalars(select(Export).where(Export.draft_id == report.id)).one()
         assert (export.destination, export.state) == ("vna", "pending")
@@ -314,8 +345,10 @@ def test_accepting_as_drafted_issues_a_verified_sr_superseding_the_draft(web, se
     observer = sr.VerifyingObserverSequence[0]
     assert str(observer.VerifyingObserverName) == "Alice^Test"
     assert observer.VerifyingObserverIdentificationCodeSequence[0].CodeValue == "alice"
-    assert sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0] \
-        .ReferencedSOPInstanceUID == draft.sr_sop_instance_uid
+    assert (
+        sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        == draft.sr_sop_instance_uid
+    )
     assert sr.StudyInstanceUID == web.drafted.study_uid and sr.SeriesInstanceUID != draft.sr_series_uid
     concepts = [item.ConceptNameCodeSequence[0].CodeValue for item in sr.ContentSequence]
     assert "121070" in concepts and "121072" in concepts  # the draft's coded findings and impressions, kept
@@ -330,8 +363,10 @@ def test_save_edits_and_accept_records_the_diff(web):
     client = web.logged_in("alice")
     form = _study_form(client, web.drafted.study_uid)
     edited = form["text"].replace("Total hip arthroplasty.", "Total hip arthroplasty, cemented.", 1)
-    assert client.post(f"/studies/{web.drafted.study_uid}/review",
-                       form | {"action": "accept", "text": edited}).status_code == 400  # accept signs the draft's text
+    assert (
+        client.post(f"/studies/{web.drafted.study_uid}/review", form | {"action": "accept", "text": edited}).status_code
+        == 400
+    )  # accept signs the draft's text
     page = client.post(f"/studies/{web.drafted.study_uid}/review", form | {"action": "edit", "text": edited})
     assert page.status_code == 200 and "cemented" in page.text
 
@@ -340,8 +375,10 @@ def test_save_edits_and_accept_records_the_diff(web):
     with session_scope(web.settings.database_url) as session:
         review = session.scalars(select(Review)).one()
     assert review.action == "edited" and review.final_text == report.text
-    assert "-Right hip: Total hip arthroplasty." in review.diff and "+Right hip: Total hip arthroplasty, cemented." \
-        in review.diff
+    assert (
+        "-Right hip: Total hip arthroplasty." in review.diff
+        and "+Right hip: Total hip arthroplasty, cemented." in review.diff
+    )
     sr = pydicom.dcmread(report.sr_path)
     assert sr.VerificationFlag == "VERIFIED"
     findings = next(item for item in sr.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "121070")
@@ -362,8 +399,11 @@ def test_rejecting_needs_a_reason_and_issues_a_rejection_sr(web, sent):
         review = session.scalars(select(Review)).one()
     assert (review.action, review.reason, review.final_text) == ("rejected", "Left hip has a <b>plate</b>", "")
     sr = pydicom.dcmread(report.sr_path)
-    assert (sr.CompletionFlag, sr.VerificationFlag, sr.SeriesDescription) == ("COMPLETE", "VERIFIED",
-                                                                              "AI DRAFT REJECTED (predraft)")
+    assert (sr.CompletionFlag, sr.VerificationFlag, sr.SeriesDescription) == (
+        "COMPLETE",
+        "VERIFIED",
+        "AI DRAFT REJECTED (predraft)",
+    )
     texts = [item.TextValue for item in sr.ContentSequence if item.ValueType == "TEXT"]
     assert any("was rejected" in text and "Left hip has a <b>plate</b>" in text for text in texts)
     assert any(text.startswith("AI draft rejected by Alice, Test (alice) on ") for text in texts)
@@ -442,7 +482,8 @@ def test_users_cli_add_passwd_ls(clean_settings_env, sqlite_url, monkeypatch, ca
     assert main(["users", "ls", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(u["username"], u["role"], u["name"], u["active"]) for u in listed] == [
-        ("alice", "radiologist", "Doe^Alice", True)]
+        ("alice", "radiologist", "Doe^Alice", True)
+    ]
     with session_scope(sqlite_url) as session:
         assert authenticate(session, username="alice", password="first password") is None
         user = authenticate(session, username="alice", password="second password")
@@ -452,10 +493,12 @@ def test_users_cli_add_passwd_ls(clean_settings_env, sqlite_url, monkeypatch, ca
         assert authenticate(session, username="alice", password="second password") is None
 
 
-def test_repeated_failed_logins_are_throttled_per_user_name(clean_settings_env, sqlite_url, demo_study, tiny_card_path,
-                                                            tmp_path, sent, caplog):
-    with drafted_web_app(tmp_path, sqlite_url, [image.path for image in demo_study], tiny_card_path,
-                         login_failures_per_user=2) as web:
+def test_repeated_failed_logins_are_throttled_per_user_name(
+    clean_settings_env, sqlite_url, demo_study, tiny_card_path, tmp_path, sent, caplog
+):
+    with drafted_web_app(
+        tmp_path, sqlite_url, [image.path for image in demo_study], tiny_card_path, login_failures_per_user=2
+    ) as web:
         web.add_user("alice", "radiologist")
         web.add_user("bob", "radiologist")
         client = web.client()
@@ -471,19 +514,27 @@ def test_repeated_failed_logins_are_throttled_per_user_name(clean_settings_env, 
         assert client.login("bob", PASSWORD).url.endswith("/")
 
 
-def test_parallel_guesses_cannot_all_pass_the_throttle(clean_settings_env, sqlite_url, demo_study, tiny_card_path,
-                                                       tmp_path, sent):
+def test_parallel_guesses_cannot_all_pass_the_throttle(
+    clean_settings_env, sqlite_url, demo_study, tiny_card_path, tmp_path, sent
+):
     from concurrent.futures import ThreadPoolExecutor
 
-    with drafted_web_app(tmp_path, sqlite_url, [image.path for image in demo_study], tiny_card_path,
-                         login_failures_per_user=2) as web:
+    with drafted_web_app(
+        tmp_path, sqlite_url, [image.path for image in demo_study], tiny_card_path, login_failures_per_user=2
+    ) as web:
         web.add_user("alice", "radiologist")
         clients = [web.client() for _ in range(8)]
         tokens = [client.csrf("/login") for client in clients]  # each its own login form first
 
         def guess(index: int) -> int:
-            return clients[index].post("/login", {"csrf_token": tokens[index], "username": "alice",
-                                                  "password": f"guess {index}!", "next": "/"}).status_code
+            return (
+                clients[index]
+                .post(
+                    "/login",
+                    {"csrf_token": tokens[index], "username": "alice", "password": f"guess {index}!", "next": "/"},
+                )
+                .status_code
+            )
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             codes = sorted(pool.map(guess, range(8)))
@@ -497,9 +548,19 @@ def test_thumbnails_of_an_untagged_pelvis_the_gate_split_are_its_halves(web, tmp
         instance = session.scalars(select(Instance).where(Instance.view == "ap_pelvis")).first()
         instance_id, tagged = instance.id, instance.spool_path
     ds = pydicom.dcmread(tagged)
-    for keyword in ("BodyPartExamined", "AnatomicRegionSequence", "StudyDescription", "SeriesDescription",
-                    "ProtocolName", "ViewPosition", "ViewCodeSequence", "ViewModifierCodeSequence", "ImageLaterality",
-                    "Laterality", "PatientOrientation"):
+    for keyword in (
+        "BodyPartExamined",
+        "AnatomicRegionSequence",
+        "StudyDescription",
+        "SeriesDescription",
+        "ProtocolName",
+        "ViewPosition",
+        "ViewCodeSequence",
+        "ViewModifierCodeSequence",
+        "ImageLaterality",
+        "Laterality",
+        "PatientOrientation",
+    ):
         if keyword in ds:
             delattr(ds, keyword)
     untagged = tmp_path / "untagged.dcm"

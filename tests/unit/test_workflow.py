@@ -40,8 +40,9 @@ def _ingest(url: str, paths) -> int:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         header = InstanceHeader.from_dataset(ds, ds.file_meta.TransferSyntaxUID)
         with session_scope(url) as session:
-            study_id = record_instance(session, header=header, spool_path=str(path), size_bytes=1,
-                                       calling_ae="PACS").study_id
+            study_id = record_instance(
+                session, header=header, spool_path=str(path), size_bytes=1, calling_ae="PACS"
+            ).study_id
     return study_id
 
 
@@ -141,14 +142,24 @@ def _classify_all(url: str, card, probabilities: dict[str, dict[str, float]]) ->
         for instance in session.scalars(select(Instance)):
             ds = pydicom.dcmread(instance.spool_path, stop_before_pixels=True)
             sides = ["right", "left"] if ds.ViewPosition == "AP" and ds.BodyPartExamined == "PELVIS" else ["right"]
-            view = {"PELVIS": "ap_pelvis"}.get(ds.BodyPartExamined, "frog_leg" if ds.ViewPosition == "AP"
-                                               else "cross_table_lateral")
+            view = {"PELVIS": "ap_pelvis"}.get(
+                ds.BodyPartExamined, "frog_leg" if ds.ViewPosition == "AP" else "cross_table_lateral"
+            )
             for side in sides:
                 scores = probabilities[side]
                 top = max(scores, key=scores.get)
-                session.add(Prediction(instance_id=instance.id, side=side, view=view, model_name=card.name,
-                                       model_version=card.version, probabilities=scores, top_class=top,
-                                       top_probability=scores[top]))
+                session.add(
+                    Prediction(
+                        instance_id=instance.id,
+                        side=side,
+                        view=view,
+                        model_name=card.name,
+                        model_version=card.version,
+                        probabilities=scores,
+                        top_class=top,
+                        top_probability=scores[top],
+                    )
+                )
             instance.state = InstanceState.CLASSIFIED
 
 
@@ -190,18 +201,25 @@ def test_draft_study_writes_and_records_the_sr(sqlite_url, drafting_study, demo_
 
 def test_draft_study_ignores_predictions_of_another_model(sqlite_url, drafting_study, tmp_path):
     study_id, card = drafting_study
-    _classify_all(sqlite_url, card.model_copy(update={"version": "old"}),
-                  {"right": {"tha": 0.9, "none": 0.1}, "left": {"none": 0.8, "tha": 0.2}})
+    _classify_all(
+        sqlite_url,
+        card.model_copy(update={"version": "old"}),
+        {"right": {"tha": 0.9, "none": 0.1}, "left": {"none": 0.8, "tha": 0.2}},
+    )
     with session_scope(sqlite_url) as session:
-        outcome = draft_study(session, study=session.get(Study, study_id), generation=1, model=card,
-                              spool=Spool(tmp_path / "spool"))
+        outcome = draft_study(
+            session, study=session.get(Study, study_id), generation=1, model=card, spool=Spool(tmp_path / "spool")
+        )
     assert outcome.state is StudyState.OUT_OF_SCOPE and outcome.draft_id is None
 
 
-@pytest.mark.parametrize("states, expected, match", [
-    ([InstanceState.SKIPPED] * 3, StudyState.OUT_OF_SCOPE, "no hip or pelvis"),
-    ([InstanceState.SKIPPED, InstanceState.ERROR, InstanceState.ERROR], StudyState.ERROR, "2 of 3 instance"),
-])
+@pytest.mark.parametrize(
+    "states, expected, match",
+    [
+        ([InstanceState.SKIPPED] * 3, StudyState.OUT_OF_SCOPE, "no hip or pelvis"),
+        ([InstanceState.SKIPPED, InstanceState.ERROR, InstanceState.ERROR], StudyState.ERROR, "2 of 3 instance"),
+    ],
+)
 def test_study_without_classified_images(sqlite_url, drafting_study, tmp_path, states, expected, match):
     study_id, card = drafting_study
     with session_scope(sqlite_url) as session:
@@ -223,8 +241,9 @@ def test_apply_outcome_leaves_a_reopened_study_alone(sqlite_url, drafting_study)
     with session_scope(sqlite_url) as session:
         study = session.get(Study, study_id)
         study.state, study.generation = StudyState.RECEIVING, 2
-        apply_outcome(session, study=study, generation=1,
-                      outcome=DraftOutcome(StudyState.DRAFTED, 1, "SR of generation 1"))
+        apply_outcome(
+            session, study=study, generation=1, outcome=DraftOutcome(StudyState.DRAFTED, 1, "SR of generation 1")
+        )
     with session_scope(sqlite_url) as session:
         study = session.get(Study, study_id)
         assert (study.state, study.generation, study.drafted_at) == (StudyState.RECEIVING, 2, None)
@@ -237,23 +256,39 @@ def test_study_timings_count_from_the_last_instance():
     from predraft.core.studies import study_timings
 
     t0 = datetime(2026, 11, 22, 12, 0, 0)  # naive, as SQLite returns them: UTC
-    study = Study(received_at=t0, last_instance_at=t0 + timedelta(seconds=2), ready_at=t0 + timedelta(seconds=2.5),
-                  prepared_at=t0 + timedelta(seconds=3), classified_at=t0 + timedelta(seconds=3.5))
-    draft = Draft(created_at=t0 + timedelta(seconds=4.25),
-                  exports=[Export(exported_at=t0 + timedelta(seconds=5)), Export(exported_at=None)])
+    study = Study(
+        received_at=t0,
+        last_instance_at=t0 + timedelta(seconds=2),
+        ready_at=t0 + timedelta(seconds=2.5),
+        prepared_at=t0 + timedelta(seconds=3),
+        classified_at=t0 + timedelta(seconds=3.5),
+    )
+    draft = Draft(
+        created_at=t0 + timedelta(seconds=4.25),
+        exports=[Export(exported_at=t0 + timedelta(seconds=5)), Export(exported_at=None)],
+    )
     timings = study_timings(study, draft)
-    assert timings["seconds_from_last_instance"] == {"ready": 0.5, "prepared": 1.0, "classified": 1.5,
-                                                     "drafted": 2.25, "exported": 3.0}
+    assert timings["seconds_from_last_instance"] == {
+        "ready": 0.5,
+        "prepared": 1.0,
+        "classified": 1.5,
+        "drafted": 2.25,
+        "exported": 3.0,
+    }
     assert timings["at"]["received"] == datetime(2026, 11, 22, 12, 0, tzinfo=UTC).isoformat(timespec="milliseconds")
     assert study_timings(Study(received_at=t0, last_instance_at=t0), None)["seconds_from_last_instance"] == {}
 
 
 def test_images_another_model_classified_are_classified_again_before_drafting(
-        sqlite_url, drafting_study, clean_settings_env, tiny_card_path, tmp_path, monkeypatch):
+    sqlite_url, drafting_study, clean_settings_env, tiny_card_path, tmp_path, monkeypatch
+):
     """A late image after a model upgrade: the first two images hold the old model's predictions only."""
     study_id, card = drafting_study
-    _classify_all(sqlite_url, card.model_copy(update={"version": "old"}),
-                  {"right": {"tha": 0.9, "none": 0.1}, "left": {"none": 0.8, "tha": 0.2}})
+    _classify_all(
+        sqlite_url,
+        card.model_copy(update={"version": "old"}),
+        {"right": {"tha": 0.9, "none": 0.1}, "left": {"none": 0.8, "tha": 0.2}},
+    )
     with session_scope(sqlite_url) as session:
         instances = session.scalars(select(Instance).order_by(Instance.id)).all()
         late = instances[-1]
@@ -291,17 +326,32 @@ def test_images_another_model_classified_are_classified_again_before_drafting(
 
 
 def test_classifying_replaces_the_predictions_of_every_earlier_model(
-        sqlite_url, demo_study, clean_settings_env, tiny_card_path, tmp_path, monkeypatch):
+    sqlite_url, demo_study, clean_settings_env, tiny_card_path, tmp_path, monkeypatch
+):
     card, _ = load_card(tiny_card_path)
     study_id = _ingest(sqlite_url, [demo_study[0].path])  # the AP pelvis: two hips
     with session_scope(sqlite_url) as session:
         instance = session.scalars(select(Instance)).one()
         instance_id = instance.id
-        session.add(Prediction(instance_id=instance_id, side="right", view="ap_pelvis", model_name=card.name,
-                               model_version="old", probabilities={"tha": 1.0}, top_class="tha", top_probability=1.0))
+        session.add(
+            Prediction(
+                instance_id=instance_id,
+                side="right",
+                view="ap_pelvis",
+                model_name=card.name,
+                model_version="old",
+                probabilities={"tha": 1.0},
+                top_class="tha",
+                top_probability=1.0,
+            )
+        )
         session.get(Study, study_id).state = StudyState.READY
-    for key, value in {"PREDRAFT_DATABASE_URL": sqlite_url, "PREDRAFT_MODEL": str(tiny_card_path),
-                       "PREDRAFT_VAR_DIR": str(tmp_path / "var"), "PREDRAFT_CLASSIFY_BATCH_WAIT_MS": "0"}.items():
+    for key, value in {
+        "PREDRAFT_DATABASE_URL": sqlite_url,
+        "PREDRAFT_MODEL": str(tiny_card_path),
+        "PREDRAFT_VAR_DIR": str(tmp_path / "var"),
+        "PREDRAFT_CLASSIFY_BATCH_WAIT_MS": "0",
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(tasks, "_models", {})
     tasks._settings.cache_clear()
@@ -326,13 +376,17 @@ def test_classifying_replaces_the_predictions_of_every_earlier_model(
 
 
 def test_a_drafting_error_leaves_the_study_in_error_with_the_reason(
-        sqlite_url, drafting_study, clean_settings_env, tiny_card_path, tmp_path, monkeypatch):
+    sqlite_url, drafting_study, clean_settings_env, tiny_card_path, tmp_path, monkeypatch
+):
     study_id, card = drafting_study
     _classify_all(sqlite_url, card, {"right": {"tha": 0.9, "none": 0.1}, "left": {"none": 0.8, "tha": 0.2}})
     with session_scope(sqlite_url) as session:
         session.get(Study, study_id).ready_at = utcnow()
-    for key, value in {"PREDRAFT_DATABASE_URL": sqlite_url, "PREDRAFT_MODEL": str(tiny_card_path),
-                       "PREDRAFT_VAR_DIR": str(tmp_path / "var")}.items():
+    for key, value in {
+        "PREDRAFT_DATABASE_URL": sqlite_url,
+        "PREDRAFT_MODEL": str(tiny_card_path),
+        "PREDRAFT_VAR_DIR": str(tmp_path / "var"),
+    }.items():
         monkeypatch.setenv(key, value)
 
     def broken(*_args, **_kwargs):

@@ -20,10 +20,19 @@ def studies(sqlite_url: str) -> str:
         for n in range(120):
             state = states[n % len(states)]
             prepared = start if state == "ready" and n % 16 == 2 else None  # the second "ready" of each 16
-            session.add(Study(study_uid=f"2.25.{n}", patient_id=f"PID{n:04d}", patient_name=f"NAME{n:03d}^X",
-                              accession_number=f"ACC_{n:04d}", study_date=(date(2026, 1, 1) + timedelta(days=n))
-                              .strftime("%Y%m%d"), state=state, received_at=start + timedelta(minutes=n),
-                              last_instance_at=start + timedelta(minutes=n), prepared_at=prepared))
+            session.add(
+                Study(
+                    study_uid=f"2.25.{n}",
+                    patient_id=f"PID{n:04d}",
+                    patient_name=f"NAME{n:03d}^X",
+                    accession_number=f"ACC_{n:04d}",
+                    study_date=(date(2026, 1, 1) + timedelta(days=n)).strftime("%Y%m%d"),
+                    state=state,
+                    received_at=start + timedelta(minutes=n),
+                    last_instance_at=start + timedelta(minutes=n),
+                    prepared_at=prepared,
+                )
+            )
     return sqlite_url
 
 
@@ -50,9 +59,15 @@ def test_worklist_states_map_onto_study_states(studies):
     counts = {state: _page(studies, state=state.value).total for state in WorklistState}
     # 120 studies, 8 states round robin: 15 each; "ready" splits into waiting and classifying (prepared ones),
     # and "drafting" counts as classifying.
-    assert counts == {WorklistState.RECEIVING: 15, WorklistState.WAITING: 22, WorklistState.CLASSIFYING: 23,
-                      WorklistState.DRAFTED: 15, WorklistState.REVIEWED: 15, WorklistState.ERROR: 15,
-                      WorklistState.OUT_OF_SCOPE: 15}
+    assert counts == {
+        WorklistState.RECEIVING: 15,
+        WorklistState.WAITING: 22,
+        WorklistState.CLASSIFYING: 23,
+        WorklistState.DRAFTED: 15,
+        WorklistState.REVIEWED: 15,
+        WorklistState.ERROR: 15,
+        WorklistState.OUT_OF_SCOPE: 15,
+    }
     assert {row["state"] for row in _page(studies, state="classifying").rows} == {"classifying"}
 
 
@@ -65,11 +80,17 @@ def test_search_by_leading_part_of_accession_or_patient_id_and_dates(studies):
     assert _page(studies, **{"from": "2026-01-01", "to": "2026-01-10"}).total == 10
 
 
-@pytest.mark.parametrize(("params", "message"), [
-    ({"state": "signed"}, "state 'signed' is not one of"), ({"sort": "password"}, "sort 'password'"),
-    ({"order": "up"}, "order 'up'"), ({"page": "0"}, "page 0"), ({"page": "x"}, "page 'x'"),
-    ({"from": "yesterday"}, "from 'yesterday' is not a date"),
-])
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"state": "signed"}, "state 'signed' is not one of"),
+        ({"sort": "password"}, "sort 'password'"),
+        ({"order": "up"}, "order 'up'"),
+        ({"page": "0"}, "page 0"),
+        ({"page": "x"}, "page 'x'"),
+        ({"from": "yesterday"}, "from 'yesterday' is not a date"),
+    ],
+)
 def test_bad_parameters_are_refused_by_name(params, message):
     with pytest.raises(QueryError, match=message):
         WorklistQuery.from_params(params)

@@ -102,15 +102,22 @@ def serving(settings: Settings) -> Iterator[tuple[str, Any]]:
 
 
 def web_settings(tmp_path: Path, database_url: str, card_path: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"var_dir": tmp_path / "var", "database_url": database_url,
-                              "spool_dir": tmp_path / "spool", "model": card_path, "cookie_secure": False,
-                              "session_secret": SECRET, **overrides}
+    values: dict[str, Any] = {
+        "var_dir": tmp_path / "var",
+        "database_url": database_url,
+        "spool_dir": tmp_path / "spool",
+        "model": card_path,
+        "cookie_secure": False,
+        "session_secret": SECRET,
+        **overrides,
+    }
     return get_settings(**values)
 
 
 @contextmanager
-def drafted_web_app(tmp_path: Path, database_url: str, image_paths: list[Path], card_path: Path,
-                    **overrides: Any) -> Iterator[WebApp]:
+def drafted_web_app(
+    tmp_path: Path, database_url: str, image_paths: list[Path], card_path: Path, **overrides: Any
+) -> Iterator[WebApp]:
     drafted = make_draft(database_url, image_paths, card_path, tmp_path / "spool")
     with session_scope(database_url) as session:  # as the prepare task records them
         for instance in session.scalars(select(Instance)):
