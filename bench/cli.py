@@ -8,7 +8,10 @@ countdown, as a retry), then times, in the same run:
 - references: ``redis-cli LLEN prepare`` (one round trip from a fresh process), ``predraft --version`` (the
   CLI's start-up alone), and reading every message (``predraft.workers.queues.queued_messages``, the sweeper's LRANGE
   way), which the admin commands avoid;
-- optionally the embedded broker (kombu SQLAlchemy over SQLite) with ``--embedded-messages`` messages.
+- optionally the embedded broker (kombu SQLAlchemy over SQLite) with ``--embedded-messages`` messages;
+- outages: ``predraft queue stats`` and ``predraft studies ls`` against a stopped Redis and an unreachable
+  PostgreSQL exit 2 at once (no retry loop), as a ratio to the CLI's start-up (target: under 5 s each; the
+  unit tests check the exit status and the message, this the time).
 
 Prints a table and writes JSON (bench/results/cli.json).
 
@@ -88,6 +91,50 @@ def timed_cli(env: dict[str, str], argv: list[str], repeat: int) -> dict[str, fl
     }
 
 
+def timed_outage(env: dict[str, str], argv: list[str], repeat: int) -> dict[str, float]:
+    """Wall time of a command that must fail at once with exit status 2 (a service it needs is down)."""
+    wall = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = subprocess.run([PREDRAFT, *argv], env=env, capture_output=True, text=True, timeout=60)
+        wall.append(time.perf_counter() - started)
+        if result.returncode != 2:
+            raise RuntimeError(f"predraft {' '.join(argv)} exited {result.returncode}, not 2: {result.stderr}")
+    return {"median_s": round(statistics.median(wall), 4), "max_s": round(max(wall), 4)}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def measure_outages(work: Path, repeat: int) -> dict[str, object]:
+    """The admin commands against services that are down: a stopped Redis, an unreachable PostgreSQL."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")}
+    env["PREDRAFT_VAR_DIR"] = str(work / "outage")
+    startup = timed_cli(env, ["--version"], repeat)
+    cases = {
+        "queue_stats_redis_stopped": (
+            {"PREDRAFT_BROKER_URL": f"redis://:s3cret@127.0.0.1:{free_port()}/0"},
+            ["queue", "stats", "--json"],
+        ),
+        "studies_ls_postgres_unreachable": (
+            {"PREDRAFT_DATABASE_URL": f"postgresql+psycopg://predraft:s3cret@127.0.0.1:{free_port()}/predraft"},
+            ["studies", "ls", "--json"],
+        ),
+    }
+    result: dict[str, object] = {"cli_startup_reference": startup, "target_s": 5.0}
+    for name, (extra, argv) in cases.items():
+        timing = timed_outage({**env, **extra}, argv, repeat)
+        timing["ratio_to_startup"] = round(timing["median_s"] / startup["median_s"], 2)
+        timing["met"] = timing["max_s"] < 5.0
+        result[name] = timing
+    return result
+
+
 def measure(name: str, broker_url: str, work: Path, messages: int, repeat: int, *, full_read: bool) -> dict:
     var = work / name
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")}
@@ -159,6 +206,8 @@ def main() -> None:
                 full_read=True,
             )
 
+        results["outages"] = measure_outages(work, args.repeat)
+
     print(
         f"load average {results['load_average'][0]:.1f} on {results['cpus']} CPUs; medians of {args.repeat} "
         "(CPU: user + system time of the process)"
@@ -177,6 +226,14 @@ def main() -> None:
             f"{row['stats_cli']['median_s']:>20.3f}s {row['stats_cli']['cpu_median_s']:>6.3f}s "
             f"{row['cli_startup_reference']['median_s']:>12.3f}s "
             f"{llen:>14.3f}s {row['read_every_message_reference']['median_s']:>18.3f}s"
+        )
+    outages = results["outages"]
+    assert isinstance(outages, dict)
+    for name in ("queue_stats_redis_stopped", "studies_ls_postgres_unreachable"):
+        row = outages[name]
+        print(
+            f"{name:<32} exit 2 in {row['median_s']:.3f}s (max {row['max_s']:.3f}s, {row['ratio_to_startup']}x "
+            f"start-up): {'met' if row['met'] else 'MISSED'} (target < 5 s)"
         )
     out = ROOT / "results" / "cli.json"
     out.parent.mkdir(exist_ok=True)

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
-ingest_support = pytest.importorskip("ingest_support")
+import ingest_support  # noqa: E402  (bench/ is scripts, not a package: found through the path set above)
 
 pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk's storescu is not installed")
 
@@ -23,8 +23,10 @@ def test_the_bare_pynetdicom_receiver_files_every_instance_it_acknowledges(tmp_p
     with ingest_support.bare_pynetdicom(tmp_path / "work") as receiver:
         seconds = ingest_support.send_concurrently(receiver, [sent[:2], sent[2:]])
         assert receiver.stored() == 3
-        received = {pydicom.dcmread(path).SOPInstanceUID: pydicom.dcmread(path).PixelData
-                    for path in receiver.store_dir.glob(receiver.pattern)}
+        received = {
+            pydicom.dcmread(path).SOPInstanceUID: pydicom.dcmread(path).PixelData
+            for path in receiver.store_dir.glob(receiver.pattern)
+        }
     assert seconds > 0
     assert received == {pydicom.dcmread(path).SOPInstanceUID: pydicom.dcmread(path).PixelData for path in sent}
     # Nothing half-received is left beside the output.

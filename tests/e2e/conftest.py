@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 
 PREDRAFT = str(Path(sys.executable).parent / "predraft")
 REDIS_URL = os.environ.get("PREDRAFT_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -48,6 +48,19 @@ class Deployment:
         result = self.cli("studies", "show", study_uid, "--json", check=False)
         # exit 1: shown, with a problem (the study in error, a dead export); else an unknown study (or exit 2)
         return json.loads(result.stdout) if result.returncode in (0, 1) and result.stdout.strip() else None
+
+    def associations_open(self) -> float:
+        """The listener's gauge of DIMSE associations established and not yet closed (its /metrics)."""
+        url = f"http://127.0.0.1:{self.listener_metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("predraft_dimse_associations_open "):
+                    return float(line.split()[1])
+        raise AssertionError(f"{url} has no predraft_dimse_associations_open")
+
+    def wait_until_no_association_is_open(self, timeout: float = 30.0) -> None:
+        """Every association a sender opened has ended: whatever it sent has been answered."""
+        wait_until(lambda: self.associations_open() == 0, timeout=timeout, what="DIMSE associations still open")
 
     def wait_for_study(self, study_uid: str, timeout: float = 120.0) -> dict:
         """Poll ``predraft studies show --json`` until the study is drafted, out of scope or in error."""

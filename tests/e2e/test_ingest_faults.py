@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from prometheus_client import REGISTRY
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
@@ -24,7 +25,7 @@ from predraft.core.db import session_scope
 from predraft.core.schema import Instance
 from predraft.listener import status
 from predraft.listener.spool import PARTIAL_SUFFIX
-from tests.conftest import free_port, real_file, running_listener
+from tests.conftest import free_port, real_file, running_listener, wait_until
 
 pytestmark = pytest.mark.slow
 PREDRAFT = str(Path(sys.executable).parent / "predraft")
@@ -181,6 +182,7 @@ def test_a_sender_killed_mid_association_leaves_whole_instances_only(
     sent = _copies(real_file("RG2_UNC.dcm"), tmp_path / "send", 30)
     with running_listener(tmp_path, monkeypatch) as settings:
         spool = settings.spool_dir / "incoming"
+        open_before = REGISTRY.get_sample_value("predraft_dimse_associations_open")  # other tests' in this process
         sender = subprocess.Popen(
             ["storescu", "-aec", "PREDRAFT", "127.0.0.1", str(settings.dimse_port), *map(str, sent.values())],
             env={**os.environ, "TCP_NODELAY": "1"},
@@ -193,7 +195,12 @@ def test_a_sender_killed_mid_association_leaves_whole_instances_only(
             time.sleep(0.01)
         sender.send_signal(signal.SIGKILL)  # the association drops without release or abort
         sender.wait(10)
-        time.sleep(1.0)  # let the listener notice the dropped connection
+        # The listener has noticed the dropped connection once it counts no association open.
+        wait_until(
+            lambda: REGISTRY.get_sample_value("predraft_dimse_associations_open") == open_before,
+            timeout=30,
+            what="the killed sender's association still open",
+        )
         files = list(spool.rglob("*.dcm"))
         assert 5 <= len(files) < len(sent)
         for path in files:

@@ -264,7 +264,7 @@ def test_orthanc_routes_hip_studies_to_predraft_and_never_srs(
 
     jobs = orthanc.wait_for_jobs()
     assert all(job["State"] == "Success" for job in jobs), jobs
-    time.sleep(1.0)  # a margin for an association predraft might still be answering
+    embedded.wait_until_no_association_is_open()  # Orthanc's jobs are done: nothing is still being answered
     assert embedded.study(sr_study_uid) is None
     after = embedded.study(pushed_uid)
     assert after is not None and after["state"] == "drafted" and after["generation"] == 1, after

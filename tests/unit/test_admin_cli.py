@@ -15,7 +15,6 @@ import io
 import json
 import os
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -682,9 +681,7 @@ def test_every_command_exits_2_quickly_naming_a_stopped_broker_without_its_passw
     )
     monkeypatch.setenv("PREDRAFT_BROKER_URL", url)
     monkeypatch.setenv("PREDRAFT_DATABASE_URL", sqlite_url)
-    started = time.monotonic()
-    assert main(argv) == 2
-    assert time.monotonic() - started < 5
+    assert main(argv) == 2  # at once: bench/cli.py times it (outages)
     err = capsys.readouterr().err
     shown = url.replace("s3cret", "***")
     assert f"cannot reach the broker {shown}" in err and "s3cret" not in err
@@ -697,9 +694,7 @@ def test_an_unreachable_database_exits_2_naming_it_without_its_password(argv, ca
     monkeypatch.setenv("PREDRAFT_BROKER_URL", embedded_broker(var / "broker.sqlite"))
     url = f"postgresql+psycopg://predraft:s3cret@127.0.0.1:{free_port()}/predraft"
     monkeypatch.setenv("PREDRAFT_DATABASE_URL", url)
-    started = time.monotonic()
-    assert main(argv) == 2
-    assert time.monotonic() - started < 5
+    assert main(argv) == 2  # at once: bench/cli.py times it (outages)
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "cannot reach the database postgresql+psycopg://predraft:***@127.0.0.1" in captured.err
@@ -712,7 +707,6 @@ def test_a_stopped_broker_exits_2_from_the_console_script_too(tmp_path):
 
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")}
     env.update(PREDRAFT_VAR_DIR=str(tmp_path / "var"), PREDRAFT_BROKER_URL=f"redis://:s3cret@127.0.0.1:{free_port()}/3")
-    started = time.monotonic()
     result = subprocess.run(
         [str(Path(sys.executable).parent / "predraft"), "queue", "stats"],
         env=env,
@@ -720,7 +714,7 @@ def test_a_stopped_broker_exits_2_from_the_console_script_too(tmp_path):
         text=True,
         timeout=30,
     )
-    assert result.returncode == 2 and time.monotonic() - started < 5, result
+    assert result.returncode == 2, result
     assert "cannot reach the broker redis://:***@127.0.0.1:" in result.stderr and "s3cret" not in result.stderr
 
 
