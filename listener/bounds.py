@@ -16,6 +16,7 @@ has read as well; only a crossed bound, or a Deflated data set that cannot be in
 
 from __future__ import annotations
 
+import mmap
 import struct
 import zlib
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ class Bounds:
             DATASET_BYTES, f"the data set of {size} bytes is larger than the limit of {self.max_bytes} bytes"
         )
 
-    def check(self, data: bytes | bytearray | memoryview) -> BoundCrossed | None:
+    def check(self, data: bytes | bytearray | memoryview | mmap.mmap) -> BoundCrossed | None:
         """The first bound the Part 10 file ``data`` (any buffer: bytes, an mmap) crosses, or None; a Deflated
         data set that cannot be inflated is refused too (:data:`NOT_INFLATABLE`, bound ``inflated_bytes``).
         Never raises; memory: at most one inflate step beyond ``data``, plus the inflated data set when it is
@@ -151,7 +152,7 @@ class Bounds:
 def _parsed_sequence(dataset: Dataset, tag: int) -> Sequence | None:
     """The items of element ``tag`` of ``dataset`` when pydicom reads it as a sequence (converting a raw one
     of VR SQ, or of VR UN or unknown that the dictionary calls SQ), else None; other values are not converted."""
-    vr = dataset.get_item(tag).VR  # type: ignore[union-attr]
+    vr = dataset.get_item(tag).VR
     if vr != VR.SQ and not (vr in (None, VR.UN) and _dictionary_sequence(tag)):
         return None
     value = dataset[tag].value
@@ -186,7 +187,7 @@ def _inflated(compressed: bytes | memoryview) -> bytes:
 class _BufferReader:
     """A read-only file over a buffer (bytes, an mmap) for pydicom's readers: copies only what is read."""
 
-    def __init__(self, buffer: bytes | bytearray | memoryview) -> None:
+    def __init__(self, buffer: bytes | bytearray | memoryview | mmap.mmap) -> None:
         self._view = memoryview(buffer)
         self._position = 0
 
@@ -208,16 +209,16 @@ class _BufferReader:
         self._view.release()
 
 
-def data_set_start(data: bytes | bytearray | memoryview) -> tuple[int, str] | None:
+def data_set_start(data: bytes | bytearray | memoryview | mmap.mmap) -> tuple[int, str] | None:
     """Where the data set of the Part 10 file ``data`` starts and its transfer syntax UID ("" when it names
     none), found as pydicom's ``read_partial`` finds them: the preamble, the File Meta Information (re-read in
     implicit VR when pydicom finds it so), then any group 0000 (command) elements skipped. None when pydicom
     cannot read that far: no "DICM", or a File Meta Information it fails on (pydicom refuses such a file)."""
     reader = _BufferReader(data)
     try:
-        read_preamble(reader, False)  # type: ignore[arg-type]
-        meta = _read_file_meta_info(reader)  # type: ignore[arg-type]
-        _read_command_set_elements(reader)  # type: ignore[arg-type]
+        read_preamble(reader, False)  # type: ignore[arg-type]  # duck-typed BinaryIO: pydicom only reads
+        meta = _read_file_meta_info(reader)  # type: ignore[arg-type]  # duck-typed BinaryIO: pydicom only reads
+        _read_command_set_elements(reader)  # type: ignore[arg-type]  # duck-typed BinaryIO: pydicom only reads
         return reader.tell(), str(meta.get("TransferSyntaxUID", "") or "")
     except Exception:
         return None

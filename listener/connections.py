@@ -42,7 +42,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pynetdicom import evt
 from pynetdicom.pdu import A_ABORT_RQ
@@ -172,12 +172,14 @@ class ConnectionTable:
         """EVT_CONN_OPEN (before the association's threads start): link the association to its connection
         and bound the PDUs its socket reads."""
         association_socket = event.assoc.dul.socket
+        assert association_socket is not None  # the acceptor's DUL gets its socket before EVT_CONN_OPEN
+        raw = association_socket.socket
         with self._lock:
-            connection = self._connections.get(association_socket.socket)
+            connection = None if raw is None else self._connections.get(raw)
         if connection is None:
             return
         connection.assoc = event.assoc
-        event.assoc.predraft_connection = connection
+        event.assoc.predraft_connection = connection  # type: ignore[attr-defined]  # predraft's own attribute
         BoundedAssociationSocket.install(association_socket, connection, self)
 
     def on_requested(self, event: evt.Event) -> None:
@@ -395,10 +397,11 @@ class BoundedAssociationSocket(AssociationSocket):
         """Turn the (not yet read) ``association_socket`` into a bounded one. It is created by pynetdicom's
         request handler, so its class is swapped rather than the object replaced."""
         association_socket.__class__ = cls
-        association_socket.connection = connection  # type: ignore[attr-defined]
-        association_socket.table = table  # type: ignore[attr-defined]
-        association_socket.pending_pdu_type = None  # type: ignore[attr-defined]
-        association_socket.tally = MessageTally()  # type: ignore[attr-defined]
+        bounded = cast(BoundedAssociationSocket, association_socket)  # it is one now, its class swapped
+        bounded.connection = connection
+        bounded.table = table
+        bounded.pending_pdu_type = None
+        bounded.tally = MessageTally()
 
     def recv(self, nr_bytes: int) -> bytearray:
         pdu_type, self.pending_pdu_type = self.pending_pdu_type, None
@@ -425,7 +428,7 @@ class BoundedAssociationSocket(AssociationSocket):
         except TimeoutError:
             assoc = self.assoc
             if assoc.is_established and not getattr(assoc, "predraft_abort_reason", None):
-                assoc.predraft_abort_reason = "idle_timeout"
+                assoc.predraft_abort_reason = "idle_timeout"  # type: ignore[attr-defined]  # predraft's own
             log.warning(
                 "a DIMSE connection from %s sent nothing for %s s in the middle of a PDU",
                 self.connection.address,
@@ -471,7 +474,7 @@ class BoundedAssociationSocket(AssociationSocket):
         EVT_ABORTED follows) if associated, else in CONNECTIONS_REFUSED."""
         assoc = self.assoc
         if assoc.is_established:
-            assoc.predraft_abort_reason = reason
+            assoc.predraft_abort_reason = reason  # type: ignore[attr-defined]  # predraft's own attribute
         else:
             self.table.count_refused(self.connection, reason)
         abort = A_ABORT_RQ()
@@ -501,13 +504,13 @@ def abort_reason(assoc: Association) -> str:
 def note_protocol_error(event: evt.Event) -> None:
     """EVT_ACSE_RECV: pynetdicom delivers an A-P-ABORT with a provider reason when the peer sent an
     invalid or unexpected PDU (0: the connection was dropped); :func:`abort_reason` then says protocol_error."""
-    primitive = event.primitive
+    primitive = event.primitive  # type: ignore[attr-defined]  # set from the event's attrs, undeclared
     if (
         isinstance(primitive, A_P_ABORT)
         and primitive.provider_reason
         and not getattr(event.assoc, "predraft_abort_reason", None)
     ):
-        event.assoc.predraft_abort_reason = "protocol_error"
+        event.assoc.predraft_abort_reason = "protocol_error"  # type: ignore[attr-defined]  # predraft's own
 
 
 def remove_received_temp_files(assoc: Association) -> int:

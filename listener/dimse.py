@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes it at import
 from pynetdicom.transport import ThreadedAssociationServer
 
 from predraft.core import metrics
@@ -128,13 +128,14 @@ def count_established(event: evt.Event) -> None:
     """EVT_ESTABLISHED: one more open association (closed again by :func:`count_closed`)."""
     metrics.ASSOCIATIONS.labels(outcome="established").inc()
     metrics.ASSOCIATIONS_OPEN.inc()
-    event.assoc.predraft_counted_open = True  # so that only established associations are counted closed
+    # So that only established associations are counted closed.
+    event.assoc.predraft_counted_open = True  # type: ignore[attr-defined]  # predraft's own attribute
 
 
 def count_closed(event: evt.Event) -> None:
     """EVT_CONN_CLOSE: the connection of an association is gone, however it ended (release, abort, drop)."""
     if getattr(event.assoc, "predraft_counted_open", False):
-        event.assoc.predraft_counted_open = False
+        event.assoc.predraft_counted_open = False  # type: ignore[attr-defined]  # predraft's own attribute
         metrics.ASSOCIATIONS_OPEN.dec()
 
 
@@ -149,14 +150,14 @@ class ListenerServer(ThreadedAssociationServer):
     #: SYNs of everyone else, who then waited a second or more for a retry).
     request_queue_size = LISTEN_BACKLOG
 
-    def verify_request(self, request: socket.socket | tuple, client_address: tuple) -> bool:  # type: ignore[override]
+    def verify_request(self, request: socket.socket | tuple, client_address: tuple) -> bool:
         """Admit a connection (False: the server closes it at once): its address must be allowed and
         have fewer than dimse_max_connections_per_address open."""
         if not self._address_allowed(client_address[0]):
             metrics.CONNECTIONS_REFUSED.labels(reason="address_not_allowed").inc()
             log.warning("refused a DIMSE connection from %s: not in allowed_addresses", client_address[0])
             return False
-        return self.connections.open(request, client_address[0])  # type: ignore[arg-type]
+        return self.connections.open(request, client_address[0])  # type: ignore[arg-type]  # TCP: a socket
 
     def _address_allowed(self, host: str) -> bool:
         if not self.allowed_networks:
@@ -169,14 +170,15 @@ class ListenerServer(ThreadedAssociationServer):
         super().service_actions()
         self.connections.sweep()
 
-    def shutdown_request(self, request: socket.socket | tuple) -> None:  # type: ignore[override]
-        self.connections.forget_socket(request)  # type: ignore[arg-type]
+    def shutdown_request(self, request: socket.socket | tuple) -> None:
+        self.connections.forget_socket(request)  # type: ignore[arg-type]  # TCP: a socket, never UDP's tuple
         super().shutdown_request(request)
 
-    def get_request(self) -> tuple[socket.socket, tuple]:  # type: ignore[override]
+    def get_request(self) -> tuple[socket.socket, tuple]:
         """Accept a connection, as pynetdicom's get_request does, but never wait on the peer here: the TLS
         handshake is left to the connection's first read, on its own thread and within its request
         deadline (pynetdicom's handshakes in this, the one acceptor thread, so a silent peer stopped all)."""
+        assert self.socket is not None  # socketserver binds it in __init__
         connection, address = self.socket.accept()
         tune_accepted_socket(connection, self.ae.network_timeout)
         if self.ssl_context:

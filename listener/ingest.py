@@ -203,6 +203,7 @@ def record_instance(
         )
         .returning(Instance.id)
     )
+    assert instance_id is not None  # a plain INSERT ... RETURNING gives back the new row's id
     return IngestResult(study.id, instance_id, duplicate=False)
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from enum import Enum
 from io import BytesIO
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
@@ -43,7 +44,7 @@ from predraft.core.library_text import describe_exception
 from predraft.core.schema import Instance
 from predraft.core.settings import Settings
 from predraft.listener.bounds import BoundCrossed, Bounds
-from predraft.listener.ingest import InstanceHeader, InvalidUidError, record_instance
+from predraft.listener.ingest import IngestResult, InstanceHeader, InvalidUidError, record_instance
 from predraft.listener.spool import Spool, SpoolFullError
 from predraft.models.taxonomy import DX_FOR_PROCESSING, STORABLE_SOP_CLASSES
 
@@ -73,6 +74,14 @@ class ReceiveStatus(Enum):
     @property
     def succeeded(self) -> bool:
         return self in (ReceiveStatus.STORED, ReceiveStatus.DUPLICATE)
+
+
+class _InstanceIds(TypedDict, total=False):
+    """The UIDs a :class:`ReceiveOutcome` names, as keyword arguments."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
 
 
 @dataclass(frozen=True)
@@ -193,7 +202,7 @@ class Receiver:
                 truncation(data) or f"cannot understand the data set: {describe_exception(exc)}",
                 source,
             )
-        ids = {
+        ids: _InstanceIds = {
             "sop_class_uid": header.sop_class_uid,
             "sop_instance_uid": header.sop_instance_uid,
             "study_uid": header.study_uid,
@@ -247,7 +256,7 @@ class Receiver:
         with session_scope(self.database_url) as session:
             return session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)) is not None
 
-    def _record(self, header: InstanceHeader, path: str, size: int, source: str):  # type: ignore[no-untyped-def]
+    def _record(self, header: InstanceHeader, path: str, size: int, source: str) -> IngestResult:
         for attempt in range(3):
             try:
                 with session_scope(self.database_url) as session:
@@ -264,7 +273,13 @@ class Receiver:
 
     @staticmethod
     def _refuse(
-        status: ReceiveStatus, message: str, source: str, *, transport: str = "", bound: str = "", **ids: str
+        status: ReceiveStatus,
+        message: str,
+        source: str,
+        *,
+        transport: str = "",
+        bound: str = "",
+        **ids: Unpack[_InstanceIds],
     ) -> ReceiveOutcome:
         """Log the refusal (``message`` holds no patient data) and, for a crossed ``bound``, count it."""
         log.warning("refused an instance from %s: %s", source, message)
@@ -287,7 +302,11 @@ def truncation(data: bytes) -> str | None:
     fp.seek(PREAMBLE_LENGTH)
     try:
         meta = list(data_element_generator(fp, False, True, _past_file_meta))  # stops at the data set's start
-        if (meta[-1].value_tell + meta[-1].length if meta else PREAMBLE_LENGTH) != fp.tell():
+        last = meta[-1] if meta else None
+        if last is not None and not isinstance(last, RawDataElement):
+            # pydicom read it as a sequence of undefined length, which has no value_tell: unreadable (below)
+            raise AttributeError(f"File Meta Information element {last.tag} of undefined length")
+        if (last.value_tell + last.length if last is not None else PREAMBLE_LENGTH) != fp.tell():
             return "the file ends inside its File Meta Information (truncated)"
         _read_command_set_elements(fp)  # skipped, as pydicom does before the data set (and before inflating)
         syntax = _transfer_syntax(next((e for e in meta if e.tag == TRANSFER_SYNTAX_UID), None))
@@ -310,7 +329,7 @@ def _past_file_meta(tag: BaseTag, vr: str | None, length: int) -> bool:
     return tag.group != 0x0002
 
 
-def _transfer_syntax(element: RawDataElement | None) -> str:
+def _transfer_syntax(element: RawDataElement | DataElement | None) -> str:
     value = element.value if element is not None else None
     return value.decode("ascii", "replace").strip("\0 ") if isinstance(value, bytes) else ""
 
@@ -333,6 +352,7 @@ def _cut_element(fp: BytesIO, data: bytes, little: bool) -> str | None:
             if end > len(data) or data[end - 8 : end] != SEQUENCE_DELIMITER[little]:
                 return f"element {element.tag} of undefined length ends without its delimiter (truncated)"
         else:
+            assert isinstance(element, RawDataElement)  # pydicom parses only a sequence of undefined length
             end = element.value_tell + element.length
             if end > len(data):
                 return (

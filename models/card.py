@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,7 +20,20 @@ from predraft.models.taxonomy import CLASS_ORDER, HardwareClass, View
 DEMO_MODEL_CARD = Path(__file__).resolve().parent / "demo" / "card.json"
 
 
-_Card = TypeVar("_Card", bound=BaseModel)
+class _WeightedCard(Protocol):
+    """What :func:`read_card` reads: a (pydantic) card that names its weights and their sha256."""
+
+    @property
+    def weights(self) -> str: ...
+
+    @property
+    def weights_sha256(self) -> str: ...
+
+    @classmethod
+    def model_validate(cls, obj: Any) -> Self: ...
+
+
+_Card = TypeVar("_Card", bound=_WeightedCard)
 
 
 class ModelCardError(ValueError):

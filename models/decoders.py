@@ -31,7 +31,7 @@ from pydicom.uid import JPEGExtended12Bit, JPEGLSLossless, JPEGLSNearLossless
 try:
     import imagecodecs
 except ImportError:  # pragma: no cover - imagecodecs is a dependency; keep pydicom usable without it
-    imagecodecs = None
+    imagecodecs = None  # type: ignore[assignment]  # None marks the optional module absent (is_available)
 
 PLUGIN_LABEL = "imagecodecs"
 DECODER_DEPENDENCIES = {JPEGExtended12Bit: ("imagecodecs>=2024.1",)}
@@ -56,7 +56,7 @@ _SOS, _EOI, _SOI = 0xDA, 0xD9, 0xD8
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RST0-7 carry no length field
 
 #: Plugins named first for other syntaxes (see ``preferred_plugin``).
-_PREFERRED = {JPEGLSLossless: "pyjpegls", JPEGLSNearLossless: "pyjpegls"}
+_PREFERRED: dict[str, str] = {JPEGLSLossless: "pyjpegls", JPEGLSNearLossless: "pyjpegls"}
 
 _lock = threading.Lock()
 _registered = False

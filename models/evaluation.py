@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 #: How far a row of probabilities may sum from 1 (float32 softmax outputs, averaged probabilities).
 ROW_SUM_TOLERANCE = 1e-3
@@ -155,7 +156,7 @@ def _check_labels(labels: object, n_rows: int, n_classes: int) -> np.ndarray:
     return targets.astype(np.intp)
 
 
-def _check_groups(groups: object, n_rows: int) -> np.ndarray:
+def _check_groups(groups: npt.ArrayLike, n_rows: int) -> np.ndarray:
     """Integer codes 0..G-1 for the groups, in order of first appearance."""
     if isinstance(groups, str | bytes):
         raise TypeError("groups must be a sequence with one group id per row, not a string")

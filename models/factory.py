@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import timm
@@ -47,9 +49,13 @@ def create_network(architecture: str, num_classes: int, init_weights: Path | Non
     return network
 
 
+_GetClassifier = Callable[[], torch.nn.Module | tuple[torch.nn.Module, ...]]
+
+
 def classifier_head_keys(network: torch.nn.Module) -> set[str]:
     """The state-dict keys of a timm network's classifier head (``classifier.*``, ``head.fc.*``, ...)."""
-    heads = network.get_classifier() if hasattr(network, "get_classifier") else ()
+    # timm's get_classifier() gives the head module (a tuple of them for some networks); Module types it loosely.
+    heads = cast(_GetClassifier, network.get_classifier)() if hasattr(network, "get_classifier") else ()
     heads = heads if isinstance(heads, tuple) else (heads,)
     names = [name for name, module in network.named_modules() if any(module is head for head in heads)]
     if not names:
@@ -133,7 +139,7 @@ class Classifier:
         std = torch.tensor(card.std, dtype=torch.float32, device=self.device)
         self._scale = 1.0 / (255.0 * std)  # (x / 255 - mean) / std == x * scale + shift, per channel
         self._shift = -torch.tensor(card.mean, dtype=torch.float32, device=self.device) / std
-        self._forward = network
+        self._forward: Callable[[torch.Tensor], torch.Tensor] = network
         if self.accelerated:
             network.to(memory_format=torch.channels_last)
             if compile:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import timm
@@ -35,8 +36,9 @@ class TaskNetwork(torch.nn.Module):
         if not timm.is_model(architecture):
             raise ValueError(f"architecture {architecture!r} is not a timm model name")
         self.backbone = timm.create_model(architecture, pretrained=False, num_classes=0, in_chans=3)
+        num_features = cast(int, self.backbone.num_features)  # every timm model sets it; Module types it loosely
         self.heads = torch.nn.ModuleDict(
-            {task: torch.nn.Linear(self.backbone.num_features, len(classes)) for task, classes in tasks.items()}
+            {task: torch.nn.Linear(num_features, len(classes)) for task, classes in tasks.items()}
         )
 
     def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -243,7 +243,7 @@ def _working_image(image: np.ndarray) -> np.ndarray:
         raise ValueError(f"image must be a 2-D array of at least 2 x 2 pixels, got shape {image.shape}")
     if not (np.issubdtype(image.dtype, np.floating) or np.issubdtype(image.dtype, np.integer)):
         raise TypeError(f"image must hold real numbers, got dtype {image.dtype}")
-    work = np.asarray(image, dtype=np.float32)
+    work: np.ndarray = np.asarray(image, dtype=np.float32)  # cv2.resize below types its result loosely
     if work.strides[1] != work.itemsize or work.strides[0] < 0:  # OpenCV takes rows of contiguous pixels
         work = np.ascontiguousarray(work)
     height, width = work.shape

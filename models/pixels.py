@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -226,7 +227,7 @@ def _window(ds: Dataset, values: np.ndarray, index: int, out: np.ndarray | None 
     return None
 
 
-def _values(value: object) -> list[float]:
+def _values(value: Any) -> list[float]:  # an element's value: pydicom types them as Any
     """The numbers of a single- or multi-valued element such as WindowCenter."""
     items = value if isinstance(value, Sequence) and not isinstance(value, str | bytes) else [value]
     return [float(item) for item in items if item is not None and str(item).strip() != ""]

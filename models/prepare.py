@@ -6,9 +6,10 @@ sets (:mod:`predraft.models.datasets`) and the worklist's thumbnails call it dir
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, SupportsIndex, SupportsInt
 
 import numpy as np
 import pydicom
@@ -56,11 +57,20 @@ class HipImage:
 
     @classmethod
     def from_message(cls, message: dict[str, object]) -> HipImage:
-        size = int(message["size"])  # type: ignore[arg-type]
+        raw_size = message["size"]
+        if not isinstance(raw_size, SupportsInt | SupportsIndex | str | bytes | bytearray):
+            raise TypeError(f"hip image message size must be a number, not {type(raw_size).__name__}")
+        size = int(raw_size)
         pixels = np.frombuffer(base64.b64decode(str(message["pixels"])), dtype=np.uint8)
         if pixels.size != size * size:
             raise ValueError(f"hip image message holds {pixels.size} bytes, expected {size * size}")
-        metal = MetalFinding(**message["metal"]) if message.get("metal") else None  # type: ignore[arg-type]
+        metal_fields = message.get("metal")
+        if not metal_fields:
+            metal = None
+        elif isinstance(metal_fields, Mapping):
+            metal = MetalFinding(**metal_fields)
+        else:
+            raise TypeError(f"hip image message metal must be a mapping, not {type(metal_fields).__name__}")
         return cls(Side(str(message["side"])), View(str(message["view"])), pixels.reshape(size, size), metal)
 
 
@@ -107,8 +117,8 @@ def prepare_file(
     image = crop_collimation(to_unit_range(ds, decode(ds), window_index=voi_window_index, overwrite_input=True))
     image = standard_orientation(image, ds.get("PatientOrientation"))  # the patient's right on the image's left
     if labels.view is View.AP_PELVIS:
-        halves = split_bilateral(image, None)  # oriented already
-        hips = [_hip(side, labels.view, halves[side], input_size) for side in labels.sides]
+        pelvis_halves = split_bilateral(image, None)  # oriented already
+        hips = [_hip(side, labels.view, pelvis_halves[side], input_size) for side in labels.sides]
     else:
         hips = [_hip(labels.sides[0], labels.view, image, input_size)]
     halves: tuple[HipImage, ...] = ()

@@ -34,7 +34,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 
 from predraft.models.card import sha256_of
-from predraft.models.imagetask import load_task_model, to_network_input
+from predraft.models.imagetask import TaskNetwork, load_task_model, to_network_input
 from predraft.models.taskcard import TaskCard, write_task_card
 from predraft.models.taskdata import prepare_task_images, read_task_rows, task_classes
 from predraft.models.taskmetrics import task_targets
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 METHOD = "logistic regression on the frozen backbone's pooled features (predraft.models.taskhead)"
 
 
-def backbone_features(network: torch.nn.Module, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def backbone_features(network: TaskNetwork, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """(N, F) float64 pooled features of uint8 (N, S, S) ``pixels``."""
     parts = []
     with torch.inference_mode():

@@ -17,9 +17,12 @@ import numpy as np
 class _Row(Protocol):
     """What the figures need of a row (a :class:`predraft.models.taskdata.TaskRow` is one)."""
 
-    group: str
-    crop: str
-    labels: dict[str, str]
+    @property
+    def group(self) -> str: ...
+    @property
+    def crop(self) -> str: ...
+    @property
+    def labels(self) -> dict[str, str]: ...
 
 
 def grouped_rate(hits: np.ndarray, groups: np.ndarray, *, n_bootstrap: int, seed: int) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -191,10 +191,14 @@ def _fit_network(
             index = torch.from_numpy(drawn[step * config.batch_size : (step + 1) * config.batch_size])
             batch = torch.stack([transform(images[i].unsqueeze(0)) for i in index.tolist()])
             outputs = network(to_network_input(_gamma(batch, generator)))
-            loss = sum(
-                torch.nn.functional.cross_entropy(outputs[task], labels[index, column], ignore_index=-1)
-                for column, task in enumerate(classes)
-                if (labels[index, column] >= 0).any()
+            # A tensor, never sum()'s 0: every row labels at least one task (read_task_rows leaves out the others).
+            loss = cast(
+                torch.Tensor,
+                sum(
+                    torch.nn.functional.cross_entropy(outputs[task], labels[index, column], ignore_index=-1)
+                    for column, task in enumerate(classes)
+                    if (labels[index, column] >= 0).any()
+                ),
             )
             optimiser.zero_grad()
             loss.backward()
@@ -406,7 +410,7 @@ def calibrate_and_measure(
             [row for row, keep in zip(rows, mask, strict=True) if keep],
             classes,
             thresholds,
-            gate=(config.gate_task, config.gate_class) if config.gate_task else None,
+            gate=(config.gate_task, config.gate_class) if config.gate_task and config.gate_class else None,
             binary=config.binary,
             n_bootstrap=config.n_bootstrap,
             seed=config.seed,

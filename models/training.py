@@ -236,7 +236,8 @@ def train(
     done_epochs = len(history)
     show = progress if progress is not None else sys.stderr.isatty()
     dataset = _HipDataset(sets["train"], augmentation() if config.augment else None)
-    weights = torch.from_numpy(class_balanced_weights(sets["train"].targets))
+    # A list, as WeightedRandomSampler types its weights; the same float64 values.
+    weights: list[float] = class_balanced_weights(sets["train"].targets).tolist()
     steps = math.ceil(len(dataset) / config.batch_size)
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pydicom
 from pynetdicom import AE
-from pynetdicom.sop_class import ComputedRadiographyImageStorage
+from pynetdicom.sop_class import ComputedRadiographyImageStorage  # type: ignore[attr-defined]  # made at import
 
 from predraft.core.db import session_scope
 from predraft.core.settings import Settings

@@ -208,15 +208,15 @@ class Supervisor:
         return code
 
     def stop(self) -> None:
-        running = [c for c in self.children if c.process is not None and c.process.poll() is None]
-        for child in running:
-            child.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        running = [(c, c.process) for c in self.children if c.process is not None and c.process.poll() is None]
+        for _child, process in running:
+            process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        for child in running:
+        for child, process in running:
             try:
-                child.process.wait(max(0.1, deadline - time.monotonic()))  # type: ignore[union-attr]
+                process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop in %.0f s; killing it", child.name, STOP_TIMEOUT_SECONDS)
-                child.process.kill()  # type: ignore[union-attr]
-                child.process.wait()  # type: ignore[union-attr]
+                process.kill()
+                process.wait()
         log.info("all parts stopped")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from predraft.models.taxonomy import HardwareClass, Side, View
 
-_SIDE_ORDER = {Side.RIGHT: 0, Side.LEFT: 1, Side.UNKNOWN: 2}
+_SIDE_ORDER: dict[Side, int] = {Side.RIGHT: 0, Side.LEFT: 1, Side.UNKNOWN: 2}
 
 #: The paper's failure analysis: pairs the model confuses most; they get their own, smaller margin.
 HARD_PAIRS: frozenset[frozenset[HardwareClass]] = frozenset(
@@ -142,7 +142,8 @@ def aggregate(
     for observation in observations:
         by_side[observation.side].append(observation)
     return [
-        _side_finding(side, by_side[side], threshold, thresholds, rule) for side in sorted(by_side, key=_SIDE_ORDER.get)
+        _side_finding(side, by_side[side], threshold, thresholds, rule)
+        for side in sorted(by_side, key=_SIDE_ORDER.__getitem__)
     ]
 
 

@@ -28,7 +28,8 @@ from __future__ import annotations
 import copy
 import datetime
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 import highdicom as hd
 from pydicom import config as pydicom_config
@@ -179,9 +180,9 @@ _HIGHDICOM_CHARACTER_SETS = frozenset(value.value for value in hd.SpecificCharac
 UTF8_CHARACTER_SET = "ISO_IR 192"
 
 
-def _character_set_terms(value: object) -> list[str]:
+def _character_set_terms(value: str | Iterable[str]) -> list[str]:
     """The terms of a Specific Character Set value: one string, or pydicom's MultiValue of several."""
-    return [str(value)] if isinstance(value, str) else [str(term) for term in value]  # type: ignore[attr-defined]
+    return [str(value)] if isinstance(value, str) else [str(term) for term in value]
 
 
 def _highdicom_takes(terms: list[str]) -> bool:
@@ -236,7 +237,7 @@ def _laterality(side: Side) -> hd.sr.CodeContentItem | None:
     )
 
 
-def _finding_items(finding: SideFinding, sentence: str, sop_classes: dict[str, str]) -> list[Dataset]:
+def _finding_items(finding: SideFinding, sentence: str, sop_classes: dict[str, str]) -> list[hd.sr.ContentItem]:
     laterality = _laterality(finding.side)
     text = hd.sr.TextContentItem(
         name=codes.DCM.Finding, value=sentence, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
@@ -248,7 +249,10 @@ def _finding_items(finding: SideFinding, sentence: str, sop_classes: dict[str, s
         value=INDETERMINATE_CODE if finding.hardware is None else CODES[finding.hardware],
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
-    children: list[Dataset] = [] if laterality is None else [_laterality(finding.side)]
+    # A second laterality item (the first is the text's): not None, since the side is the same.
+    children: list[hd.sr.ContentItem] = (
+        [] if laterality is None else [cast(hd.sr.CodeContentItem, _laterality(finding.side))]
+    )
     children.append(
         hd.sr.NumContentItem(
             name=PROBABILITY_CODE,
@@ -306,7 +310,7 @@ def build_draft_sr(
             uid=device_uid(model), name=model.name, manufacturer_name=MANUFACTURER, model_name=model.display_name
         ),
     )
-    finding_items: list[Dataset] = []
+    finding_items: list[hd.sr.ContentItem] = []
     for finding in findings:
         finding_items.extend(_finding_items(finding, text.side_sentences[finding.side], sop_classes))
     findings_container = hd.sr.ContainerContentItem(
@@ -347,8 +351,10 @@ def build_draft_sr(
         previous_versions=list(previous_versions) or None,
         series_description=SERIES_DESCRIPTION,
     )
-    sr.ContributingEquipmentSequence = DicomSequence([_algorithm_equipment(model)])
-    sr.CodingSchemeIdentificationSequence = DicomSequence([_private_scheme()])
+    # Set as plain DICOM attributes: highdicom types them as lists of its own item classes.
+    dataset: Dataset = sr
+    dataset.ContributingEquipmentSequence = DicomSequence([_algorithm_equipment(model)])
+    dataset.CodingSchemeIdentificationSequence = DicomSequence([_private_scheme()])
     return sr
 
 
@@ -383,20 +389,19 @@ REJECTION_SERIES_NUMBER = 9903
 _CONTAINERS_KEPT = {"121070", "121072"}  # Findings, Impressions (DCM)
 
 
-def _person_observer(name: str, login_name: str, organization: str) -> list[Dataset]:
-    return list(
-        hd.sr.ObserverContext(
-            observer_type=codes.DCM.Person,
-            observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
-                name=name, login_name=login_name, organization_name=organization or None
-            ),
-        )
+def _person_observer(name: str, login_name: str, organization: str) -> list[hd.sr.ContentItem]:
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Person,
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
+            name=name, login_name=login_name, organization_name=organization or None
+        ),
     )
+    return [*observer]  # unpacked, since iterating it types its items as ContentItem (list() sees Datasets)
 
 
-def _draft_containers(draft_sr: Dataset) -> list[Dataset]:
+def _draft_containers(draft_sr: Dataset) -> list[hd.sr.ContentItem]:
     """The draft's Findings and Impressions containers, as highdicom content items (copies)."""
-    kept = []
+    kept: list[hd.sr.ContentItem] = []
     for item in draft_sr.get("ContentSequence", []):
         concept = item.get("ConceptNameCodeSequence", [None])[0]
         if item.get("ValueType") == "CONTAINER" and concept is not None and concept.CodeValue in _CONTAINERS_KEPT:
@@ -448,7 +453,7 @@ def build_review_sr(
         raise ValueError(f"evidence and draft span {len(study_uids)} studies; a report belongs to exactly one")
     evidence = _prepared_evidence(evidence)
 
-    content: list[Dataset] = _person_observer(verifier_name, verifier_login, organization)
+    content: list[hd.sr.ContentItem] = _person_observer(verifier_name, verifier_login, organization)
     if verified and not edited:
         content.extend(_draft_containers(draft_sr))
     elif verified:

@@ -81,8 +81,9 @@ def render_draft(
         raise ValueError("render_draft needs at least one side finding")
     env = environment or make_environment()
     views: list[View] = list(dict.fromkeys(view for finding in findings for view in finding.views))
+    finding_contexts = [_finding_context(finding) for finding in findings]
     context: dict[str, object] = {
-        "findings": [_finding_context(finding) for finding in findings],
+        "findings": finding_contexts,
         "view_labels": [view.label for view in views],
         "study_description": study_description,
         "model": model.model_dump(),
@@ -91,7 +92,7 @@ def render_draft(
     }
     side_sentences = {
         finding.side: _render(env, "finding.txt.j2", context, finding=finding_context).strip()
-        for finding, finding_context in zip(findings, context["findings"], strict=True)  # type: ignore[call-overload]
+        for finding, finding_context in zip(findings, finding_contexts, strict=True)
     }
     findings_text = _render(env, "findings.txt.j2", context).strip()
     impression_text = _render(env, "impression.txt.j2", context).strip()

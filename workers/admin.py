@@ -379,6 +379,7 @@ def retry_work(app: Celery, settings: Settings, item_id: str) -> str:
                 f"export E{number} is of an SR that a newer one superseded: `predraft studies resend` sends the newest"
             )
         study_uid = session.scalar(select(Study.study_uid).where(Study.id == export.draft.study_id))
+        assert study_uid is not None  # a draft's study_id is a foreign key; studies are never deleted
         draft, queued = requeue_latest_draft(session, study_uid=study_uid, destinations=[export.destination])
         draft_id = draft.id
     send_exports(app, draft_id, queued)

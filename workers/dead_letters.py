@@ -10,9 +10,11 @@ again (its letterboxed images are not kept), a study is drafted again.
 from __future__ import annotations
 
 import logging
+from typing import Any, cast
 
 from celery import Celery
 from sqlalchemy import select, update
+from sqlalchemy.engine import CursorResult
 
 from predraft.core.db import session_scope
 from predraft.core.events import record_event
@@ -43,7 +45,7 @@ def record_dead_letter(
                 instance = session.get(Instance, first_arg)
                 if instance is not None:
                     instance_id, study_id = instance.id, instance.study_id
-            elif task_name in STUDY_TASKS and isinstance(first_arg, int) and session.get(Study, first_arg):
+            elif task_name in STUDY_TASKS and isinstance(first_arg, int) and session.get(Study, first_arg) is not None:
                 study_id = first_arg
             letter = DeadLetter(
                 task_name=task_name,
@@ -81,6 +83,7 @@ def retry_dead_letter(app: Celery, database_url: str, dead_letter_id: int) -> st
         task_name, instance_id, study_id = letter.task_name, letter.instance_id, letter.study_id
         if task_name in INSTANCE_TASKS and instance_id is not None:
             instance = session.get(Instance, instance_id)
+            assert instance is not None  # a dead letter's instance_id is a foreign key; instances are never deleted
             if instance.state not in FINISHED_INSTANCE_STATES:
                 instance.state, instance.error = InstanceState.RECEIVED, None
             record_event(
@@ -94,10 +97,13 @@ def retry_dead_letter(app: Celery, database_url: str, dead_letter_id: int) -> st
             # Only a study still waiting for that draft (or left in error by it): one drafted, reviewed or
             # re-opened since has moved on, and sending it back to READY would undo that (a review's state, a
             # new generation's quiet time).
-            moved = session.execute(
-                update(Study)
-                .where(Study.id == study_id, Study.state.in_([StudyState.DRAFTING, StudyState.ERROR]))
-                .values(state=StudyState.READY, error=None)
+            moved = cast(
+                CursorResult[Any],
+                session.execute(
+                    update(Study)
+                    .where(Study.id == study_id, Study.state.in_([StudyState.DRAFTING, StudyState.ERROR]))
+                    .values(state=StudyState.READY, error=None)
+                ),
             ).rowcount
             if not moved:
                 state = session.scalar(select(Study.state).where(Study.id == study_id))
@@ -114,5 +120,6 @@ def retry_dead_letter(app: Celery, database_url: str, dead_letter_id: int) -> st
     if task_name in INSTANCE_TASKS:
         app.send_task(PREPARE, args=[instance_id])
         return f"prepare instance row {instance_id}"
+    assert study_id is not None  # only the study branch above, which checked it, gets here
     finish_if_done(app, database_url, study_id)
     return f"draft study row {study_id}"

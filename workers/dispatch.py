@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any, cast
 
 from celery import Celery
 from sqlalchemy import exists, func, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from predraft.core.clock import as_utc
@@ -58,10 +60,13 @@ def claim_ready_studies(
                 reason = f"quiet for {quiet_seconds:g} s with {count} image(s)"
             else:
                 continue
-            result = session.execute(
-                update(Study)
-                .where(Study.id == study_id, Study.state == StudyState.RECEIVING)
-                .values(state=StudyState.READY, ready_at=now)
+            result = cast(
+                CursorResult[Any],
+                session.execute(
+                    update(Study)
+                    .where(Study.id == study_id, Study.state == StudyState.RECEIVING)
+                    .values(state=StudyState.READY, ready_at=now)
+                ),
             )
             if result.rowcount == 1:
                 record_event(session, "ready", reason, study_id=study_id)
@@ -89,10 +94,13 @@ def finish_if_done(app: Celery, database_url: str, study_id: int) -> bool:
         Instance.study_id == study_id, Instance.state.not_in([s.value for s in FINISHED_INSTANCE_STATES])
     )
     with session_scope(database_url) as session:
-        result = session.execute(
-            update(Study)
-            .where(Study.id == study_id, Study.state == StudyState.READY, ~unfinished)
-            .values(state=StudyState.DRAFTING)
+        result = cast(
+            CursorResult[Any],
+            session.execute(
+                update(Study)
+                .where(Study.id == study_id, Study.state == StudyState.READY, ~unfinished)
+                .values(state=StudyState.DRAFTING)
+            ),
         )
         if result.rowcount != 1:
             return False
@@ -173,10 +181,13 @@ def redraft_study(app: Celery, database_url: str, *, study_uid: str) -> int:
         if study.state in _IN_PROGRESS:
             raise CannotRedraft(f"study {study_uid} is {study.state}: it is on its way to a draft already")
         generation = study.generation + 1
-        claimed = session.execute(
-            update(Study)
-            .where(Study.id == study.id, Study.state == study.state, Study.generation == study.generation)
-            .values(state=StudyState.READY, generation=generation, error=None, ready_at=utcnow())
+        claimed = cast(
+            CursorResult[Any],
+            session.execute(
+                update(Study)
+                .where(Study.id == study.id, Study.state == study.state, Study.generation == study.generation)
+                .values(state=StudyState.READY, generation=generation, error=None, ready_at=utcnow())
+            ),
         )
         if claimed.rowcount != 1:
             raise CannotRedraft(f"study {study_uid} changed meanwhile; try again")

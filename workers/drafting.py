@@ -18,6 +18,7 @@ from predraft.core.schema import Draft, Instance, Prediction, Study, utcnow
 from predraft.core.states import InstanceState, ReportKind, StudyState
 from predraft.listener.spool import Spool
 from predraft.models.card import ModelCard
+from predraft.models.taxonomy import HardwareClass, Side, View
 from predraft.reporting.age import is_child
 from predraft.reporting.aggregate import AggregationRule, HipObservation, aggregate
 from predraft.reporting.sr import build_draft_sr
@@ -79,9 +80,9 @@ def draft_study(
     observations = [
         HipObservation(
             instance.sop_instance_uid,
-            prediction.side,
-            prediction.view,
-            prediction.probabilities,
+            Side(prediction.side),
+            View(prediction.view),
+            {HardwareClass(key): value for key, value in prediction.probabilities.items()},
             prediction.metal_present,
         )
         for prediction, instance in rows

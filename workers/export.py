@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from io import BytesIO
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -26,6 +27,9 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.status import code_to_category
 
 from predraft.core.settings import DimseDestination, StowDestination
+
+if TYPE_CHECKING:
+    import requests
 
 # pynetdicom logs the identifiers of requests and responses (patient data) unless told not to.
 _config.LOG_REQUEST_IDENTIFIERS = False
@@ -131,7 +135,7 @@ def send_dimse(destination: DimseDestination, sr_path: Path) -> Delivery:
         seen["connected"] = True
 
     def _received(event: evt.Event) -> None:
-        seen["primitive"] = event.primitive
+        seen["primitive"] = event.primitive  # type: ignore[attr-defined]  # pynetdicom sets it at run time
 
     def _accepted(_event: evt.Event) -> None:
         seen["accepted"] = True
@@ -169,9 +173,8 @@ def _association_failure(destination: DimseDestination, rejected: bool, seen: di
     where = _where(destination)
     primitive = seen.get("primitive")
     if rejected and primitive is not None:
-        kind = {REJECTED_PERMANENT: "permanent", REJECTED_TRANSIENT: "transient"}.get(
-            getattr(primitive, "result", None), "unknown"
-        )
+        kinds: dict[object, str] = {REJECTED_PERMANENT: "permanent", REJECTED_TRANSIENT: "transient"}
+        kind = kinds.get(getattr(primitive, "result", None), "unknown")
         return (
             f"association rejected by {where} ({kind}): {getattr(primitive, 'source_str', '?')}, "
             f"{getattr(primitive, 'reason_str', '?')}"
@@ -254,9 +257,9 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def _json(response: object) -> dict[str, object]:
+def _json(response: requests.Response) -> dict[str, object]:
     try:
-        payload = response.json()  # type: ignore[attr-defined]
+        payload = response.json()
     except ValueError:
         return {}
     return payload if isinstance(payload, dict) else {}

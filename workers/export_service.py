@@ -16,8 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, cast
 
 from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from predraft.core.db import insert_ignoring_conflict
@@ -89,13 +91,17 @@ def begin_attempt(session: Session, *, draft_id: int, destination: str) -> Expor
     row = _export(session, draft_id, destination)
     if row is None:
         return None
-    claimed = session.execute(
-        update(Export)
-        .where(
-            Export.id == row.id, or_(Export.state.in_([state.value for state in EXPORTABLE_STATES]), abandoned_claim())
-        )
-        .values(state=ExportState.SENDING.value, attempts=Export.attempts + 1, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
+    claimed = cast(
+        CursorResult[Any],
+        session.execute(
+            update(Export)
+            .where(
+                Export.id == row.id,
+                or_(Export.state.in_([state.value for state in EXPORTABLE_STATES]), abandoned_claim()),
+            )
+            .values(state=ExportState.SENDING.value, attempts=Export.attempts + 1, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        ),
     )
     if claimed.rowcount != 1:
         return None

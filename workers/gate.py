@@ -86,6 +86,7 @@ class Gate:
         hips = self._checked(prepared.hips, first[HARDWARE_TASK][1:])
         labels, pelvis = prepared.labels, None
         if self.reads_field and prepared.halves:
+            assert self.pelvis_threshold is not None  # set whenever reads_field is
             pelvis = float(first[FIELD_TASK][0][self.model.card.tasks[FIELD_TASK].index(FIELD_PELVIS)])
             if decision.in_scope and pelvis >= self.pelvis_threshold:
                 halves = list(prepared.halves)

@@ -30,9 +30,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from predraft.core.clock import as_utc
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from sqlalchemy.engine import Engine
 
 _REDIS_PRIORITY_SEPARATOR = "\x06\x16"
 _REDIS_PRIORITY_STEPS = (3, 6, 9)
@@ -382,7 +386,7 @@ def _int(value: object) -> int:
 # --- Redis ------------------------------------------------------------------------------------------------------
 
 
-def _redis_client(broker_url: str, timeout: float):  # type: ignore[no-untyped-def]
+def _redis_client(broker_url: str, timeout: float) -> Redis:
     import redis
 
     return redis.Redis.from_url(broker_url, socket_timeout=timeout, socket_connect_timeout=timeout)
@@ -481,7 +485,7 @@ def _sqlite_path(database_url: str) -> Path | None:
     return None
 
 
-def _sqla_engine(database_url: str, timeout: float):  # type: ignore[no-untyped-def]
+def _sqla_engine(database_url: str, timeout: float) -> Engine:
     from sqlalchemy import create_engine
 
     if database_url.startswith("sqlite"):

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from enum import StrEnum
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 MiB = 1024 * 1024
 #: Longest a fresh child may take to import its preloaded modules and say it is ready.
@@ -66,6 +66,8 @@ _CHILD_ENVIRONMENT = {
 }
 
 _OK, _RAISED, _READY = "ok", "raised", "ready"
+
+_T = TypeVar("_T")
 
 
 class FailureReason(StrEnum):
@@ -131,13 +133,14 @@ class Sandbox:
         """The running child's process id, or None before the first call and after a failure that ended it."""
         return self._process.pid if self._process is not None and self._process.poll() is None else None
 
-    def call(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    def call(self, function: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
         """``function(*args, **kwargs)`` in the child. ``function`` must be importable by module and name,
         and its arguments and result picklable. Raises DecodeFailure when the call does not return."""
         with self._lock:
             if self.closed:
                 raise RuntimeError("the sandbox is closed")
             self._send((function, args, kwargs))
+            assert self._replies is not None  # _send leaves a started child and its pipes
             if not self._replies.poll(self.timeout_seconds):
                 self._discard()
                 raise DecodeFailure(FailureReason.TIMEOUT, f"the decode ran longer than {self.timeout_seconds:g} s")
@@ -167,11 +170,13 @@ class Sandbox:
         if self._process is None or self._process.poll() is not None:
             self._discard()
             self._start()
+        assert self._requests is not None  # a running child has its request pipe
         try:
             self._requests.send(request)
         except (BrokenPipeError, ConnectionResetError):  # it died between the check and the send
             self._discard()
             self._start()
+            assert self._requests is not None  # set by _start
             self._requests.send(request)
 
     def _start(self) -> None:
@@ -221,6 +226,7 @@ class Sandbox:
     def _await_ready(self) -> None:
         """Wait for the new child's ready message. A child that dies or stalls first (its imports do not fit
         the memory bound, say) raises SandboxStartError: that is the configuration's fault, not an image's."""
+        assert self._replies is not None  # set by _start before it waits
         if self._replies.poll(STARTUP_TIMEOUT_SECONDS):
             try:
                 self._replies.recv()
@@ -248,6 +254,7 @@ class Sandbox:
     def _ended(self) -> tuple[str, bool]:
         """How the child that closed its pipe ended ("died (signal 11)", "exited (1)"), and whether its
         output shows an allocation failure."""
+        assert self._process is not None  # called only for a started child, before it is discarded
         try:
             status = self._process.wait(CLOSE_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:  # closed its pipe but lives on (it is killed by _discard)
@@ -404,11 +411,12 @@ def _raised(exc: BaseException) -> tuple[str, str, str, bool]:
 def _caused_by_memory(exc: BaseException) -> bool:
     """Whether a MemoryError is in ``exc``'s chain of causes and contexts."""
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, MemoryError):
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MemoryError):
             return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
     return False
 
 

@@ -25,9 +25,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any, cast
 
 from celery import Celery
 from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.engine import CursorResult
 
 from predraft.core.db import session_scope
 from predraft.core.events import record_event
@@ -97,10 +99,13 @@ def sweep(
             if (PREPARE, instance_id) in held or (CLASSIFY, instance_id) in held:
                 continue
             if state == InstanceState.PREPARED:
-                changed = session.execute(
-                    update(Instance)
-                    .where(Instance.id == instance_id, Instance.state == InstanceState.PREPARED)
-                    .values(state=InstanceState.RECEIVED, updated_at=utcnow())
+                changed = cast(
+                    CursorResult[Any],
+                    session.execute(
+                        update(Instance)
+                        .where(Instance.id == instance_id, Instance.state == InstanceState.PREPARED)
+                        .values(state=InstanceState.RECEIVED, updated_at=utcnow())
+                    ),
                 )
                 if changed.rowcount != 1:
                     continue

@@ -124,6 +124,7 @@ def _classifier_and_batcher(settings: Settings) -> tuple[Classifier, MicroBatche
 def _finish_instance(instance_id: int, state: InstanceState, error: str, gated: GatedInstance | None = None) -> int:
     with session_scope(_settings().database_url) as session:
         instance = session.get(Instance, instance_id)
+        assert instance is not None  # the task found it; instance rows are never deleted
         instance.state = state
         instance.error = error
         _record_gate(instance, gated)
@@ -202,6 +203,7 @@ def prepare(self: Task, instance_id: int) -> None:
     labels = gated.labels
     with session_scope(settings.database_url) as session:
         instance = session.get(Instance, instance_id)
+        assert instance is not None  # found above; instance rows are never deleted
         instance.state = InstanceState.PREPARED
         instance.view, instance.view_rule = labels.view.value, labels.view_rule
         instance.side = "+".join(side.value for side in labels.sides)
@@ -234,7 +236,9 @@ def classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]]
     card = classifier.card
     hips = [HipImage.from_message(message) for message in hip_messages]
     # One forward pass shared with the images of the other classify tasks running in this process.
-    probabilities = batcher.predict(np.stack([hip.pixels for hip in hips])) if hips else []
+    probabilities: np.ndarray | list[np.ndarray] = (
+        batcher.predict(np.stack([hip.pixels for hip in hips])) if hips else []
+    )
     with session_scope(settings.database_url) as session:
         # Every earlier prediction goes, another model's too: an instance holds the predictions of the model
         # that last classified it (see predraft.workers.dispatch.reclassify_stale_instances).
@@ -257,6 +261,7 @@ def classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]]
                 )
             )
         instance = session.get(Instance, instance_id)
+        assert instance is not None  # found above; instance rows are never deleted
         instance.state = InstanceState.CLASSIFIED
         instance.study.classified_at = utcnow()
         record_event(session, "classified", f"{len(hips)} hip image(s)", study_id=study_id, instance_id=instance_id)
@@ -291,10 +296,11 @@ def _write_draft(
         log.error("study row %d could not be drafted: %s\n%s", study.id, reason, traceback_without_messages(exc))
         study_id = study.id
         session.rollback()
-        study = session.get(Study, study_id, with_for_update=True)
-        if study.generation == generation and study.state == StudyState.DRAFTING:
-            study.state, study.error = StudyState.ERROR, reason
-            record_event(session, "error", study.error, study_id=study_id)
+        locked = session.get(Study, study_id, with_for_update=True)
+        assert locked is not None  # the caller locked it in this transaction; study rows are never deleted
+        if locked.generation == generation and locked.state == StudyState.DRAFTING:
+            locked.state, locked.error = StudyState.ERROR, reason
+            record_event(session, "error", locked.error, study_id=study_id)
         # else re-opened or drafted meanwhile: that generation's outcome stands
         return None, [], None
     apply_outcome(session, study=study, generation=generation, outcome=outcome)
@@ -304,6 +310,7 @@ def _write_draft(
     exports = queue_exports(
         session, draft_id=outcome.draft_id, destinations=[d.name for d in settings.export_destinations]
     )
+    assert study.drafted_at is not None  # apply_outcome set it with the DRAFTED state
     return outcome.draft_id, exports, (as_utc(study.drafted_at) - as_utc(study.last_instance_at)).total_seconds()
 
 
@@ -311,7 +318,9 @@ def _write_draft(
 def draft(self: Task, study_id: int, generation: int) -> None:
     settings = _settings()
     card = _card(settings.model_card_path)
-    draft_id, exports, time_to_draft = None, [], None
+    draft_id: int | None = None
+    exports: list[str] = []
+    time_to_draft: float | None = None
     with session_scope(settings.database_url) as session:
         # Locked until the draft commits: an instance that re-opens the study meanwhile (a new generation)
         # waits for it, then re-opens a drafted study, instead of being overwritten by this draft's outcome;
@@ -338,4 +347,5 @@ def draft(self: Task, study_id: int, generation: int) -> None:
     if time_to_draft is not None:  # committed: counted once, whatever a redelivery does
         TIME_TO_DRAFT.observe(max(0.0, time_to_draft))
     if exports:  # committed: now the export tasks may run
+        assert draft_id is not None  # _write_draft returns exports only with a draft
         send_exports(self.app, draft_id, exports)

@@ -40,7 +40,7 @@ def http_error(error: DicomwebError, what: str, user: DicomwebUser) -> HTTPExcep
 
 
 def settings_of(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 def path_uid(value: str, what: str) -> str:

@@ -69,14 +69,14 @@ class Match:
     def condition(self, column: Any) -> ColumnElement[bool]:
         """The same test as an SQL condition on ``column``."""
         if self.kind == "list":
-            return column.in_(self.values)  # type: ignore[no-any-return]
+            return column.in_(self.values)
         if self.kind == "range":
             low, high = self.values
             return and_(column != "", *([column >= low] if low else []), *([column <= high] if high else []))
         if self.kind == "wildcard":
             escaped = self.values[0].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            return column.like(escaped.replace("*", "%").replace("?", "_"), escape="\\")  # type: ignore[no-any-return]
-        return column == self.values[0]  # type: ignore[no-any-return]
+            return column.like(escaped.replace("*", "%").replace("?", "_"), escape="\\")
+        return column == self.values[0]
 
 
 def _keyword(key: str) -> str | None:

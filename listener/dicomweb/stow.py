@@ -52,7 +52,7 @@ def _receiver(request: Request) -> Receiver:
     with _receiver_lock:
         if getattr(state, "dicomweb_receiver", None) is None:
             state.dicomweb_receiver = Receiver.from_settings(settings_of(request))
-    return state.dicomweb_receiver  # type: ignore[no-any-return]
+    return state.dicomweb_receiver
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    UID,
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
@@ -98,7 +99,7 @@ def sample_encoding(modality: str, rng: np.random.Generator) -> Encoding:
     photometric = "MONOCHROME1" if rng.random() < 0.3 else "MONOCHROME2"
     if modality == "DX":
         rescale: tuple[float, float] | None = (1.0, 0.0)  # the DX Image module allows no other
-        presentation = "INVERSE" if photometric == "MONOCHROME1" else "IDENTITY"
+        presentation: str | None = "INVERSE" if photometric == "MONOCHROME1" else "IDENTITY"
         windows = 1 if rng.random() < 0.7 else 2
     else:
         roll = rng.random()
@@ -285,13 +286,16 @@ def image_dataset(
     in the standard orientation). ``exposure`` = (kVp, mAs, ms). Returns the dataset and the profile it
     finally carries (``fallback`` set when the sampled one had to be replaced by the canonical one).
     """
-    sides = (Side.RIGHT, Side.LEFT) if view is View.AP_PELVIS else (side,)
-    if view is not View.AP_PELVIS and side not in (Side.RIGHT, Side.LEFT):
+    if view is View.AP_PELVIS:
+        sides: tuple[Side, ...] = (Side.RIGHT, Side.LEFT)
+    elif side in (Side.RIGHT, Side.LEFT):
+        sides = (side,)
+    else:
         raise ValueError(f"a one-hip view needs side right or left, got {side!r}")
     modality = study.modality
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SOP_CLASSES[modality]
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta

@@ -47,7 +47,7 @@ def _put(layer: np.ndarray, region: tuple[slice, slice], values: np.ndarray, mod
         raise ValueError(f"mode must be 'add' or 'max', got {mode!r}")
 
 
-def _chord(radius_sq: np.ndarray | float, dist_sq: np.ndarray) -> np.ndarray:
+def _chord(radius_sq: np.ndarray | np.floating | float, dist_sq: np.ndarray) -> np.ndarray:
     """Length of the chord of a circle of squared radius ``radius_sq`` at squared distance ``dist_sq``."""
     chord = np.subtract(radius_sq, dist_sq, dtype=_F32)
     np.maximum(chord, 0.0, out=chord)

@@ -156,7 +156,7 @@ def retry_command(item_id: str | None, all_dead: bool, as_json: bool) -> int:
     if (item_id is None) == (not all_dead):
         raise click.UsageError("give one ID, or --all-dead")
     settings = reachable_settings()
-    ids = dead_item_ids(settings) if all_dead else [item_id]
+    ids = dead_item_ids(settings) if item_id is None else [item_id]  # item_id is None exactly with --all-dead
     app = create_celery(settings)
     retried, refused = [], []
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -100,7 +101,7 @@ def train(
     click.echo(f"wrote {card_path}")
 
 
-def _echo_epoch(entry: dict[str, object]) -> None:
+def _echo_epoch(entry: dict[str, Any]) -> None:
     click.echo(
         "epoch {epoch:>3} {stage:<4}  train loss {train_loss:.4f}  validation loss {validation_loss:.4f}  "
         "accuracy {validation_accuracy:.4f}".format(**entry)

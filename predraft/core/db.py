@@ -7,9 +7,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Insert, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from alembic.config import Config
 
 #: Alembic's scripts, as a package resource: ``predraft.migrations`` (the repository's ``migrations/``) sits above
 #: this layer (its scripts import the schema), so it is named, never imported, here.
@@ -32,7 +39,7 @@ def get_engine(database_url: str) -> Engine:
         )
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
             dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event below starts transactions
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -42,7 +49,7 @@ def get_engine(database_url: str) -> Engine:
             cursor.close()
 
         @event.listens_for(engine, "begin")
-        def _begin_immediate(connection) -> None:  # type: ignore[no-untyped-def]
+        def _begin_immediate(connection: Connection) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
@@ -50,7 +57,7 @@ def get_engine(database_url: str) -> Engine:
 
 
 def insert_ignoring_conflict(
-    session: Session, table: type, values: dict[str, object], key: str | Sequence[str]
+    session: Session, table: type[Any], values: dict[str, object], key: str | Sequence[str]
 ) -> bool:
     """INSERT ``values`` into ``table`` unless a row with the same unique ``key`` (a column, or the columns
     of a unique constraint) exists.
@@ -59,21 +66,20 @@ def insert_ignoring_conflict(
     (PostgreSQL and SQLite ``ON CONFLICT DO NOTHING``).
     """
     dialect = session.get_bind().dialect.name
+    columns = [key] if isinstance(key, str) else list(key)
+    statement: Insert
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        statement = postgresql_insert(table).values(**values).on_conflict_do_nothing(index_elements=columns)
     elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        statement = sqlite_insert(table).values(**values).on_conflict_do_nothing(index_elements=columns)
     else:
         raise NotImplementedError(f"database dialect {dialect!r} is not supported (PostgreSQL or SQLite)")
-    columns = [key] if isinstance(key, str) else list(key)
     # RETURNING, not rowcount: on PostgreSQL an ORM insert's rowcount is -1 whether or not a row went in.
-    statement = (
-        insert(table)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=columns)
-        .returning(*table.__table__.primary_key.columns)
-    )
-    return session.execute(statement).first() is not None
+    return session.execute(statement.returning(*table.__table__.primary_key.columns)).first() is not None
 
 
 @lru_cache(maxsize=8)
@@ -99,7 +105,7 @@ class SchemaError(RuntimeError):
     """The database is not at the schema revision this code expects."""
 
 
-def alembic_config(database_url: str):  # type: ignore[no-untyped-def]
+def alembic_config(database_url: str) -> Config:
     from alembic.config import Config
 
     config = Config()

@@ -90,7 +90,7 @@ def describe_exception(exc: BaseException) -> str:
 def traceback_without_messages(exc: BaseException) -> str:
     """The traceback of ``exc`` and of the exceptions it was raised from: files, lines, functions and source
     lines, each exception by its type only (their messages may quote patient data)."""
-    parts = []
+    parts: list[str] = []
     current: BaseException | None = exc
     while current is not None and len(parts) < 10:
         parts.append("".join(traceback.format_tb(current.__traceback__)) + type(current).__name__)

@@ -20,12 +20,16 @@ import os
 import tempfile
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from predraft.core.settings import Settings
 from predraft.models.card import ModelCard, load_card
 from predraft.models.taxonomy import Side
+
+if TYPE_CHECKING:
+    from predraft.models.factory import Classifier
 
 THUMBNAIL_SIZE = 256
 
@@ -40,7 +44,7 @@ class HipImages:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.root = settings.var_dir / "cache" / "web"
-        self._classifier = None
+        self._classifier: Classifier | None = None
         self._classifier_lock = threading.Lock()
 
     # --- public ------------------------------------------------------------------------------------------
@@ -86,7 +90,7 @@ class HipImages:
             return self._classifier.card
         return load_card(self.settings.model_card_path, verify_weights=False)[0]
 
-    def classifier(self):  # type: ignore[no-untyped-def]
+    def classifier(self) -> Classifier:
         """The configured model, loaded on the first overlay (Grad-CAM calls on it are serialised by
         predraft.models.gradcam.network_lock)."""
         with self._classifier_lock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 from predraft.core.clock import as_utc
 from predraft.core.states import StudyState
@@ -63,6 +63,8 @@ def hardware_label(value: str | None) -> str:
 
 
 def side_label(value: str | None) -> str:
+    if value is None:
+        return "?"
     try:
         return SIDE_LABELS[Side(value)]
     except ValueError:
@@ -95,6 +97,10 @@ def dicom_date(value: str) -> str:
     return value or ""
 
 
+@overload
+def utc(moment: datetime) -> datetime: ...
+@overload
+def utc(moment: datetime | None) -> datetime | None: ...
 def utc(moment: datetime | None) -> datetime | None:
     """SQLite gives back naive datetimes for timezone-aware columns: they are UTC."""
     if moment is None:

@@ -43,7 +43,7 @@ router = APIRouter()
 
 
 def web(request: Request) -> WebContext:
-    return request.app.state.web  # type: ignore[no-any-return]
+    return request.app.state.web
 
 
 def _set_cookie(response: Response, context: WebContext, name: str, value: str, max_age: int | None) -> None:
@@ -147,7 +147,7 @@ async def login(request: Request) -> Response:
     if wait is not None:
         log.warning("login refused: too many failed logins for that user name or from %s; %d s to wait", address, wait)
         minutes = math.ceil(wait / 60)
-        response = context.render(
+        response: Response = context.render(
             "login.html.j2",
             status=HTTPStatus.TOO_MANY_REQUESTS,
             user=None,

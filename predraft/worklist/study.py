@@ -107,7 +107,7 @@ def _hips(instances: list[Instance], draft: Draft | None) -> list[dict[str, Any]
     for instance in instances:
         if instance.state in {"error", "skipped"}:
             continue
-        seen = [(p.view, p.side, p.top_class) for p in instance.predictions]
+        seen: list[tuple[str, str, str | None]] = [(p.view, p.side, p.top_class) for p in instance.predictions]
         if not seen and instance.view is not None:
             seen = [(instance.view, side, None) for side in (instance.side or Side.UNKNOWN.value).split("+")]
         for view, side, top_class in dict.fromkeys(seen):

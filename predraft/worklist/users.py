@@ -10,10 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import delete, select
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from predraft.core.schema import User, WebSession, utcnow
@@ -131,7 +133,8 @@ def set_active(session: Session, *, username: str, active: bool) -> int:
 
 
 def end_sessions(session: Session, *, user_id: int) -> int:
-    return int(session.execute(delete(WebSession).where(WebSession.user_id == user_id)).rowcount or 0)
+    result = cast(CursorResult[Any], session.execute(delete(WebSession).where(WebSession.user_id == user_id)))
+    return int(result.rowcount or 0)
 
 
 def list_users(session: Session) -> list[UserInfo]:

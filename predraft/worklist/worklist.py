@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from predraft.core.schema import Draft, Instance, Review, Study, User
@@ -117,7 +117,7 @@ class WorklistPage:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def _state_condition(state: WorklistState):  # type: ignore[no-untyped-def]
+def _state_condition(state: WorklistState) -> ColumnElement[bool]:
     if state is WorklistState.WAITING:
         return and_(Study.state == StudyState.READY, Study.prepared_at.is_(None))
     if state is WorklistState.CLASSIFYING:
@@ -131,7 +131,7 @@ def _escape_like(text: str) -> str:
     return re.sub(r"([\\%_])", r"\\\1", text)
 
 
-def _filtered(query: WorklistQuery, statement: Select) -> Select:  # type: ignore[type-arg]
+def _filtered(query: WorklistQuery, statement: Select) -> Select:
     if query.state is not None:
         statement = statement.where(_state_condition(query.state))
     if query.date_from is not None:
