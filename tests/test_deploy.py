@@ -286,9 +286,9 @@ def test_compose_container_settings_validate(resolved: dict, monkeypatch: pytest
 
 
 def project_packages() -> list[str]:
+    """The repository's folders that the distribution installs (each the root of predraft or a subpackage)."""
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    patterns = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
-    return sorted(pattern.rstrip("*") for pattern in patterns)
+    return sorted(pyproject["tool"]["setuptools"]["package-dir"].values())
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
@@ -299,7 +299,8 @@ def test_dockerfile_builds_the_project_as_a_user(dockerfile: str) -> None:
     assert not re.search(r"https?://|pypi|pythonhosted|download\.pytorch", text), "no package index named"
     assert "ARG PIP_INDEX_URL" in text and "ARG PIP_EXTRA_INDEX_URL" in text
     assert re.findall(r"^USER (\S+)", text, flags=re.M) == ["predraft"]
-    assert "COPY pyproject.toml README.md ./" in text
+    assert "COPY pyproject.toml README.md constraints.txt ./" in text
+    assert "pip install -c constraints.txt -r /tmp/requirements.txt" in text  # the tested versions
     for package in project_packages():
         assert f"COPY {package} {package}\n" in text, f"{dockerfile} does not copy the package {package}"
     assert "pip install --no-deps ." in text
@@ -308,7 +309,7 @@ def test_dockerfile_builds_the_project_as_a_user(dockerfile: str) -> None:
     out = subprocess.run([sys.executable, "-c", command], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert out.stdout.splitlines() == dependencies
-    assert "torch==2.14.1" in dependencies
+    assert "torch==2.14.1" in (REPO_ROOT / "constraints.txt").read_text().splitlines()
 
 
 def test_dockerignore_keeps_the_checkout_out_but_not_the_project() -> None:

@@ -283,12 +283,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PREDRAFT_", extra="forbid", validate_default=True)
 
     var_dir: Path = Field(Path("var"), description="Folder for the embedded database, broker, spool and models.")
-    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<var_dir>/predraft.sqlite")
-    broker_url: str | None = Field(
-        None, description="Celery broker URL; default kombu's SQLAlchemy transport on <var_dir>/broker.sqlite"
+    # Defaults under var_dir, filled in by _default_locations before the fields are validated: never None.
+    database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///<var_dir>/predraft.sqlite")
+    broker_url: str = Field(
+        "", description="Celery broker URL; default kombu's SQLAlchemy transport on <var_dir>/broker.sqlite"
     )
-    spool_dir: Path | None = Field(
-        None, description="Where received instances and drafted SRs live; default <var_dir>/spool"
+    spool_dir: Path = Field(
+        Path("spool"), description="Where received instances and drafted SRs live; default <var_dir>/spool"
     )
 
     dimse_host: str = Field("127.0.0.1", description="Address the DIMSE listener binds to.")
@@ -559,14 +560,24 @@ class Settings(BaseSettings):
             raise ValueError(f"worker_pool {value!r} is not one of threads, prefork, solo")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_locations(cls, data: Any) -> Any:
+        """The database, the broker and the spool default to places under var_dir (unset, None or empty)."""
+        if not isinstance(data, dict):
+            return data
+        var_dir = Path(data.get("var_dir") or "var").expanduser().absolute()
+        defaults = {
+            "database_url": f"sqlite:///{var_dir / 'predraft.sqlite'}",
+            "broker_url": f"sqla+sqlite:///{var_dir / 'broker.sqlite'}",
+            "spool_dir": var_dir / "spool",
+        }
+        return {**data, **{key: value for key, value in defaults.items() if not data.get(key)}}
+
     @model_validator(mode="after")
     def _resolve_defaults(self) -> Settings:
         self.var_dir = self.var_dir.expanduser().absolute()
-        if self.database_url is None:
-            self.database_url = f"sqlite:///{self.var_dir / 'predraft.sqlite'}"
-        if self.broker_url is None:
-            self.broker_url = f"sqla+sqlite:///{self.var_dir / 'broker.sqlite'}"
-        self.spool_dir = (self.spool_dir or self.var_dir / "spool").expanduser().absolute()
+        self.spool_dir = self.spool_dir.expanduser().absolute()
         if self.model is not None:
             self.model = self.model.expanduser().absolute()
         if self.template_dir is not None:
