@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from predraft.core.db import insert_ignoring_conflict
 from predraft.core.events import record_event
 from predraft.core.schema import Instance, Series, Study, utcnow
-from predraft.core.states import InstanceState, StudyState
+from predraft.core.states import EventKind, InstanceState, StudyState
 from predraft.listener.spool import check_uid
 from predraft.models.taxonomy import CLASSIFIABLE_SOP_CLASSES
 
@@ -124,7 +124,7 @@ def record_instance(
     if existing is not None:
         record_event(
             session,
-            "duplicate",
+            EventKind.DUPLICATE,
             f"instance {header.sop_instance_uid} received again",
             study_id=existing.study_id,
             instance_id=existing.id,
@@ -155,7 +155,7 @@ def record_instance(
         select(Study.id, Study.state, Study.generation).where(Study.study_uid == header.study_uid)
     ).one()
     if opened:
-        record_event(session, "study_opened", f"study {header.study_uid}", study_id=study.id)
+        record_event(session, EventKind.STUDY_OPENED, f"study {header.study_uid}", study_id=study.id)
     elif classifiable:
         # Only images are new work. A structured report (predraft's own draft echoed back by the PACS,
         # say) is filed with its study without re-opening it.
@@ -164,7 +164,7 @@ def record_instance(
             changes.update(state=StudyState.RECEIVING, generation=study.generation + 1, error=None)
             record_event(
                 session,
-                "study_reopened",
+                EventKind.STUDY_REOPENED,
                 f"new instance while {study.state}; generation {study.generation + 1}",
                 study_id=study.id,
             )

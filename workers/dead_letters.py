@@ -19,7 +19,7 @@ from sqlalchemy.engine import CursorResult
 from predraft.core.db import session_scope
 from predraft.core.events import record_event
 from predraft.core.schema import DeadLetter, Instance, Study, utcnow
-from predraft.core.states import FINISHED_INSTANCE_STATES, InstanceState, StudyState
+from predraft.core.states import FINISHED_INSTANCE_STATES, EventKind, InstanceState, StudyState
 from predraft.workers.app import CLASSIFY, DRAFT, PREPARE
 from predraft.workers.dispatch import finish_if_done
 
@@ -60,7 +60,7 @@ def record_dead_letter(
             session.flush()
             record_event(
                 session,
-                "dead_letter",
+                EventKind.DEAD_LETTER,
                 f"{task_name} failed after {attempts} attempt(s): {error[:500]}",
                 study_id=study_id,
                 instance_id=instance_id,
@@ -88,7 +88,7 @@ def retry_dead_letter(app: Celery, database_url: str, dead_letter_id: int) -> st
                 instance.state, instance.error = InstanceState.RECEIVED, None
             record_event(
                 session,
-                "retry",
+                EventKind.RETRY,
                 f"dead letter {dead_letter_id}: prepare again",
                 study_id=study_id,
                 instance_id=instance_id,
@@ -109,12 +109,12 @@ def retry_dead_letter(app: Celery, database_url: str, dead_letter_id: int) -> st
                 state = session.scalar(select(Study.state).where(Study.id == study_id))
                 record_event(
                     session,
-                    "retry",
+                    EventKind.RETRY,
                     f"dead letter {dead_letter_id}: nothing to send, the study is {state} now",
                     study_id=study_id,
                 )
                 return f"nothing: study row {study_id} is {state} now, no longer waiting for that draft"
-            record_event(session, "retry", f"dead letter {dead_letter_id}: draft again", study_id=study_id)
+            record_event(session, EventKind.RETRY, f"dead letter {dead_letter_id}: draft again", study_id=study_id)
         else:
             raise DeadLetterError(f"dead letter {dead_letter_id} ({task_name}) names no study or instance to retry")
     if task_name in INSTANCE_TASKS:

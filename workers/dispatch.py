@@ -21,7 +21,7 @@ from predraft.core.db import session_scope
 from predraft.core.events import record_event
 from predraft.core.schema import Instance, Prediction, Study, utcnow
 from predraft.core.settings import ExpectedViewsRule, expected_view_count
-from predraft.core.states import FINISHED_INSTANCE_STATES, InstanceState, StudyState
+from predraft.core.states import FINISHED_INSTANCE_STATES, EventKind, InstanceState, StudyState
 from predraft.models.taxonomy import CLASSIFIABLE_SOP_CLASSES
 from predraft.workers.app import DRAFT, PREPARE
 
@@ -69,7 +69,7 @@ def claim_ready_studies(
                 ),
             )
             if result.rowcount == 1:
-                record_event(session, "ready", reason, study_id=study_id)
+                record_event(session, EventKind.READY, reason, study_id=study_id)
                 claimed.append(study_id)
     return claimed
 
@@ -105,7 +105,7 @@ def finish_if_done(app: Celery, database_url: str, study_id: int) -> bool:
         if result.rowcount != 1:
             return False
         generation = session.scalar(select(Study.generation).where(Study.id == study_id))
-        record_event(session, "drafting", f"generation {generation}", study_id=study_id)
+        record_event(session, EventKind.DRAFTING, f"generation {generation}", study_id=study_id)
     app.send_task(DRAFT, args=[study_id, generation])
     return True
 
@@ -144,7 +144,7 @@ def reclassify_stale_instances(session: Session, *, study: Study, model_name: st
         study.state = StudyState.READY
         record_event(
             session,
-            "reclassifying",
+            EventKind.RECLASSIFYING,
             f"{len(stale)} image(s) classified by another model than "
             f"{model_name} {model_version}: prepared and classified again before drafting",
             study_id=study.id,
@@ -198,7 +198,7 @@ def redraft_study(app: Celery, database_url: str, *, study_uid: str) -> int:
         )
         record_event(
             session,
-            "study_reopened",
+            EventKind.STUDY_REOPENED,
             f"redraft requested while {study.state}; generation {generation}",
             study_id=study.id,
         )

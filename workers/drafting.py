@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from predraft.core.events import record_event
 from predraft.core.schema import Draft, Instance, Prediction, Study, utcnow
-from predraft.core.states import InstanceState, ReportKind, StudyState
+from predraft.core.states import EventKind, InstanceState, ReportKind, StudyState
 from predraft.listener.spool import Spool
 from predraft.models.card import ModelCard
 from predraft.models.taxonomy import HardwareClass, Side, View
@@ -144,7 +144,7 @@ def draft_study(
         model_name=model.name,
         model_version=model.version,
         sr_sop_instance_uid=sr_uid,
-        kind=ReportKind.DRAFT.value,
+        kind=ReportKind.DRAFT,
         synthetic_demo=model.synthetic_demo,
         patient_is_child=patient_is_child,
         sr_series_uid=series_uid,
@@ -153,7 +153,7 @@ def draft_study(
     )
     session.add(draft)
     session.flush()
-    record_event(session, "drafted", f"generation {generation}, SR {sr_uid}", study_id=study.id)
+    record_event(session, EventKind.DRAFTED, f"generation {generation}, SR {sr_uid}", study_id=study.id)
     return DraftOutcome(StudyState.DRAFTED, draft.id, f"SR {sr_uid}")
 
 
@@ -167,4 +167,4 @@ def apply_outcome(session: Session, *, study: Study, generation: int, outcome: D
         study.error = None
     else:
         study.error = outcome.message
-        record_event(session, outcome.state.value, outcome.message, study_id=study.id)
+        record_event(session, EventKind(outcome.state.value), outcome.message, study_id=study.id)

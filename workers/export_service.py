@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from predraft.core.db import insert_ignoring_conflict
 from predraft.core.events import record_event
 from predraft.core.schema import Draft, Export, Study, utcnow
-from predraft.core.states import EXPORTABLE_STATES, ExportState
+from predraft.core.states import EXPORTABLE_STATES, EventKind, ExportState
 
 #: Longest error text kept on a row.
 MAX_ERROR_LENGTH = 2000
@@ -120,17 +120,17 @@ def begin_attempt(session: Session, *, draft_id: int, destination: str) -> Expor
 def record_sent(session: Session, *, export_id: int, note: str | None = None) -> None:
     """The destination stored the SR (``note``: the warning it gave, if any)."""
     row = session.get_one(Export, export_id)
-    row.state, row.exported_at, row.last_error = ExportState.SENT.value, utcnow(), note
+    row.state, row.exported_at, row.last_error = ExportState.SENT, utcnow(), note
     message = f"SR of draft {row.draft_id} to {row.destination}" + (f": {note}" if note else "")
-    record_event(session, "exported", message[:MAX_ERROR_LENGTH], study_id=row.draft.study_id)
+    record_event(session, EventKind.EXPORTED, message[:MAX_ERROR_LENGTH], study_id=row.draft.study_id)
 
 
 def record_failure(session: Session, *, export_id: int, error: str, dead: bool) -> None:
     """A try failed with ``error``: ``dead`` when no retry follows, else ``failed`` awaiting its retry."""
     row = session.get_one(Export, export_id)
-    row.state = (ExportState.DEAD if dead else ExportState.FAILED).value
+    row.state = ExportState.DEAD if dead else ExportState.FAILED
     row.last_error = error[:MAX_ERROR_LENGTH]
-    kind = "export_dead" if dead else "export_failed"
+    kind = EventKind.EXPORT_DEAD if dead else EventKind.EXPORT_FAILED
     record_event(
         session,
         kind,
@@ -164,10 +164,12 @@ def requeue_latest_draft(session: Session, *, study_uid: str, destinations: Sequ
             continue
         queued.append(name)
         if row is None:
-            session.add(Export(draft_id=draft.id, destination=name, state=ExportState.PENDING.value, attempts=0))
+            session.add(Export(draft_id=draft.id, destination=name, state=ExportState.PENDING, attempts=0))
         else:
-            row.state, row.attempts, row.last_error, row.exported_at = ExportState.PENDING.value, 0, None, None
-        record_event(session, "export_queued", f"SR of draft {draft.id} to {name}, by resend", study_id=study.id)
+            row.state, row.attempts, row.last_error, row.exported_at = ExportState.PENDING, 0, None, None
+        record_event(
+            session, EventKind.EXPORT_QUEUED, f"SR of draft {draft.id} to {name}, by resend", study_id=study.id
+        )
     session.flush()
     return draft, queued
 

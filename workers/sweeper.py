@@ -34,7 +34,7 @@ from sqlalchemy.engine import CursorResult
 from predraft.core.db import session_scope
 from predraft.core.events import record_event
 from predraft.core.schema import DeadLetter, Draft, Export, Instance, Study, utcnow
-from predraft.core.states import FINISHED_INSTANCE_STATES, ExportState, InstanceState, StudyState
+from predraft.core.states import FINISHED_INSTANCE_STATES, EventKind, ExportState, InstanceState, StudyState
 from predraft.workers.app import CLASSIFY, DRAFT, EXPORT, PREPARE, QUEUES
 from predraft.workers.dispatch import finish_if_done
 from predraft.workers.export_service import abandoned_claim
@@ -114,7 +114,7 @@ def sweep(
                 report.prepared.append(instance_id)
             record_event(
                 session,
-                "swept",
+                EventKind.SWEPT,
                 f"{state}: no queued task; prepare sent again",
                 study_id=study_id,
                 instance_id=instance_id,
@@ -136,7 +136,7 @@ def sweep(
         report.drafted = [study_id for study_id, _ in drafting if (DRAFT, study_id) not in held]
         generations = dict(drafting)
         for study_id in report.drafted:
-            record_event(session, "swept", "drafting: no queued task; draft sent again", study_id=study_id)
+            record_event(session, EventKind.SWEPT, "drafting: no queued task; draft sent again", study_id=study_id)
         failed_cutoff = cutoff - timedelta(seconds=export_retry_max_delay_seconds)
         exports = session.execute(
             select(Export.id, Export.draft_id, Export.destination).where(

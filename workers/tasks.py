@@ -27,7 +27,7 @@ from predraft.core.library_text import describe_exception, traceback_without_mes
 from predraft.core.metrics import DECODE_FAILURES, TIME_TO_DRAFT
 from predraft.core.schema import Instance, Prediction, Study, utcnow
 from predraft.core.settings import Settings, get_settings
-from predraft.core.states import FINISHED_INSTANCE_STATES, InstanceState, StudyState
+from predraft.core.states import FINISHED_INSTANCE_STATES, EventKind, InstanceState, StudyState
 from predraft.listener.spool import Spool
 from predraft.models.card import ModelCard, load_card
 from predraft.models.factory import Classifier, load_classifier
@@ -128,7 +128,7 @@ def _finish_instance(instance_id: int, state: InstanceState, error: str, gated: 
         instance.state = state
         instance.error = error
         _record_gate(instance, gated)
-        record_event(session, state.value, error, study_id=instance.study_id, instance_id=instance_id)
+        record_event(session, EventKind(state.value), error, study_id=instance.study_id, instance_id=instance_id)
         return instance.study_id
 
 
@@ -210,7 +210,9 @@ def prepare(self: Task, instance_id: int) -> None:
         _record_gate(instance, gated)
         instance.study.prepared_at = utcnow()
         if gated.decision.flag is not None:
-            record_event(session, "scope_flag", gated.decision.reason, study_id=study_id, instance_id=instance_id)
+            record_event(
+                session, EventKind.SCOPE_FLAG, gated.decision.reason, study_id=study_id, instance_id=instance_id
+            )
     self.app.send_task(CLASSIFY, args=[instance_id, [hip.to_message() for hip in gated.hips]])
 
 
@@ -264,7 +266,9 @@ def classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]]
         assert instance is not None  # found above; instance rows are never deleted
         instance.state = InstanceState.CLASSIFIED
         instance.study.classified_at = utcnow()
-        record_event(session, "classified", f"{len(hips)} hip image(s)", study_id=study_id, instance_id=instance_id)
+        record_event(
+            session, EventKind.CLASSIFIED, f"{len(hips)} hip image(s)", study_id=study_id, instance_id=instance_id
+        )
     finish_if_done(self.app, settings.database_url, study_id)
 
 
@@ -300,7 +304,7 @@ def _write_draft(
         assert locked is not None  # the caller locked it in this transaction; study rows are never deleted
         if locked.generation == generation and locked.state == StudyState.DRAFTING:
             locked.state, locked.error = StudyState.ERROR, reason
-            record_event(session, "error", locked.error, study_id=study_id)
+            record_event(session, EventKind.ERROR, locked.error, study_id=study_id)
         # else re-opened or drafted meanwhile: that generation's outcome stands
         return None, [], None
     apply_outcome(session, study=study, generation=generation, outcome=outcome)

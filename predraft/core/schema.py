@@ -7,10 +7,14 @@ Alembic migrations in ``migrations/`` create these tables; keep the two in step.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, false
+from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from predraft.core.states import EventKind, ExportState, InstanceState, ReportKind, ReviewAction, Role, StudyState
 
 
 def utcnow() -> datetime:
@@ -19,6 +23,21 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     pass
+
+
+def stored_enum(enum: type[StrEnum], *, length: int, constraint: str) -> SqlEnum:
+    """A column holding one of ``enum``'s members: stored as its value in a VARCHAR of ``length`` (not a native
+    database enum, so a new member needs no ALTER TYPE), refused by a CHECK constraint named ``constraint`` when
+    it is no member's value (migration 0009 adds them to existing databases), read back as the member."""
+    return SqlEnum(
+        enum,
+        native_enum=False,
+        length=length,
+        values_callable=lambda members: [member.value for member in members],
+        validate_strings=True,
+        create_constraint=True,
+        name=constraint,
+    )
 
 
 class Study(Base):
@@ -32,7 +51,9 @@ class Study(Base):
     study_date: Mapped[str] = mapped_column(String(8), default="")
     study_description: Mapped[str] = mapped_column(String(64), default="")
     requested_procedure: Mapped[str] = mapped_column(String(64), default="", server_default="")
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[StudyState] = mapped_column(
+        stored_enum(StudyState, length=16, constraint="ck_studies_state"), index=True
+    )
     generation: Mapped[int] = mapped_column(Integer, default=1)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
@@ -74,7 +95,9 @@ class Instance(Base):
     spool_path: Mapped[str] = mapped_column(Text)
     size_bytes: Mapped[int] = mapped_column(Integer)
     calling_ae: Mapped[str] = mapped_column(String(64), default="")  # calling AE title, or STOW:<user>
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[InstanceState] = mapped_column(
+        stored_enum(InstanceState, length=16, constraint="ck_instances_state"), index=True
+    )
     view: Mapped[str | None] = mapped_column(String(32), nullable=True)
     view_rule: Mapped[str | None] = mapped_column(String(64), nullable=True)
     side: Mapped[str | None] = mapped_column(String(16), nullable=True)
@@ -138,7 +161,12 @@ class Draft(Base):
     sr_path: Mapped[str] = mapped_column(Text)
     supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("drafts.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    kind: Mapped[str] = mapped_column(String(16), default="draft", server_default="draft", index=True)
+    kind: Mapped[ReportKind] = mapped_column(
+        stored_enum(ReportKind, length=16, constraint="ck_drafts_kind"),
+        default=ReportKind.DRAFT,
+        server_default=ReportKind.DRAFT.value,
+        index=True,
+    )
     #: The model card's ``synthetic_demo`` when it was drafted (None: drafted before this was recorded).
     synthetic_demo: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     #: The tags said the patient was under 18 (predraft.reporting.age): the draft carries a notice, the worklist a flag.
@@ -162,7 +190,9 @@ class Export(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     draft_id: Mapped[int] = mapped_column(ForeignKey("drafts.id"))
     destination: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[ExportState] = mapped_column(
+        stored_enum(ExportState, length=16, constraint="ck_exports_state"), index=True
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     exported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -202,7 +232,7 @@ class Event(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"), nullable=True, index=True)
     instance_id: Mapped[int | None] = mapped_column(ForeignKey("instances.id"), nullable=True)
-    kind: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[EventKind] = mapped_column(stored_enum(EventKind, length=32, constraint="ck_events_kind"))
     message: Mapped[str] = mapped_column(Text, default="")
 
 
@@ -215,7 +245,7 @@ class User(Base):
     username: Mapped[str] = mapped_column(String(64), unique=True)
     #: As DICOM writes a person's name (``Family^Given``): the Verifying Observer Name of the SRs they sign.
     display_name: Mapped[str] = mapped_column(String(64))
-    role: Mapped[str] = mapped_column(String(16))
+    role: Mapped[Role] = mapped_column(stored_enum(Role, length=16, constraint="ck_users_role"))
     password_hash: Mapped[str] = mapped_column(String(256))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -248,7 +278,9 @@ class Review(Base):
     draft_id: Mapped[int] = mapped_column(ForeignKey("drafts.id"), unique=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
-    action: Mapped[str] = mapped_column(String(16), index=True)
+    action: Mapped[ReviewAction] = mapped_column(
+        stored_enum(ReviewAction, length=16, constraint="ck_reviews_action"), index=True
+    )
     final_text: Mapped[str] = mapped_column(Text, default="")
     diff: Mapped[str] = mapped_column(Text, default="")
     reason: Mapped[str] = mapped_column(Text, default="")

@@ -66,3 +66,29 @@ class Role(StrEnum):
 
     RADIOLOGIST = "radiologist"
     ADMIN = "admin"
+
+
+class EventKind(StrEnum):
+    """What a row of the event log (the events table) records."""
+
+    STUDY_OPENED = "study_opened"  # the first instance of a study was received
+    STUDY_REOPENED = "study_reopened"  # a late instance or a redraft opened a new generation of the study
+    RECEIVED = "received"  # an instance was received (written by early versions; now only study_opened is)
+    DUPLICATE = "duplicate"  # an instance was received again
+    READY = "ready"  # the study is quiet or complete: its instances are sent to be prepared
+    SCOPE_FLAG = "scope_flag"  # an image drafted although tags and pixels disagree, or without tags
+    CLASSIFIED = "classified"  # an instance's hips are classified
+    SKIPPED = "skipped"  # an instance is not classified (out of scope, or not an image predraft reads)
+    RECLASSIFYING = "reclassifying"  # images classified by another model are classified again before drafting
+    DRAFTING = "drafting"  # every instance is done: the draft task is sent
+    DRAFTED = "drafted"  # the draft SR is stored
+    OUT_OF_SCOPE = "out_of_scope"  # the study has no hip or pelvis image: no draft
+    ERROR = "error"  # an instance or a study failed; the message says why
+    SWEPT = "swept"  # the sweeper sent again work that no queue held
+    DEAD_LETTER = "dead_letter"  # a task failed for good
+    RETRY = "retry"  # an administrator sent a dead letter's work again
+    EXPORT_QUEUED = "export_queued"  # a drafted or verified SR is queued for a destination again (resend)
+    EXPORTED = "exported"  # a destination stored an SR
+    EXPORT_FAILED = "export_failed"  # a try to send an SR failed; a retry follows
+    EXPORT_DEAD = "export_dead"  # sending an SR is given up
+    REVIEWED = "reviewed"  # a radiologist accepted, edited or rejected the draft

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from predraft.core.events import record_event
 from predraft.core.schema import Draft, Instance, Review, Study, User, utcnow
-from predraft.core.states import ReportKind, ReviewAction, Role, StudyState
+from predraft.core.states import EventKind, ReportKind, ReviewAction, Role, StudyState
 from predraft.core.studies import latest_draft
 from predraft.listener.spool import Spool
 from predraft.reporting.sr import build_review_sr
@@ -181,7 +181,7 @@ def review_draft(
     report = Draft(
         study_id=study.id,
         generation=draft.generation,
-        kind=kind.value,
+        kind=kind,
         text=final_text if kind is ReportKind.VERIFIED else sr_text + "\n",
         findings=draft.findings,
         model_name=draft.model_name,
@@ -199,7 +199,7 @@ def review_draft(
         draft_id=draft.id,
         study_id=study.id,
         user_id=user.id,
-        action=review_action.value,
+        action=review_action,
         final_text=final_text,
         diff=text_diff(draft_text, final_text) if final_text else "",
         reason=reason,
@@ -210,7 +210,10 @@ def review_draft(
     study.state = StudyState.REVIEWED
     session.flush()
     record_event(
-        session, "reviewed", f"draft {draft.id} {review_action.value} by user {user.id}; SR {sr_uid}", study_id=study.id
+        session,
+        EventKind.REVIEWED,
+        f"draft {draft.id} {review_action.value} by user {user.id}; SR {sr_uid}",
+        study_id=study.id,
     )
     exports = queue_exports(session, draft_id=report.id, destinations=list(destinations))
     return ReviewOutcome(review.id, review_action, report.id, sr_uid, exports)

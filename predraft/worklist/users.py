@@ -101,7 +101,7 @@ def add_user(
     user = User(
         username=username,
         display_name=dicom_person_name(display_name, username),
-        role=role.value,
+        role=role,
         password_hash=hash_password(password),
         active=True,
     )
