@@ -91,15 +91,17 @@ def review_draft(
 ) -> ReviewOutcome:
     """Review draft ``draft_id`` of study ``study_uid`` as ``user``.
 
-    ``action``: ``accept`` (as drafted; ``text``, when given, must be the draft's text), ``edit`` (accept
-    ``text``: recorded as "edited" when it differs from the draft, else as "accepted") or ``reject``
-    (``reason`` required). Raises ReviewError for bad input, ReviewConflict when the draft is not open for
-    review, PermissionError when the user may not review.
+    ``action``, a :class:`ReviewAction` value as the form posts it: ``accepted`` (as drafted; ``text``, when
+    given, must be the draft's text), ``edited`` (sign ``text``: recorded as edited when it differs from the
+    draft, else as accepted) or ``rejected`` (``reason`` required). Raises ReviewError for bad input,
+    ReviewConflict when the draft is not open for review, PermissionError when the user may not review.
     """
     if user.role != Role.RADIOLOGIST or not user.active:
         raise PermissionError(f"user {user.username!r} (role {user.role}) may not review drafts")
-    if action not in {"accept", "edit", "reject"}:
-        raise ReviewError(f"action {action!r} is not accept, edit or reject")
+    try:
+        asked = ReviewAction(action)
+    except ValueError:
+        raise ReviewError(f"action {action!r} is not one of {', '.join(ReviewAction)}") from None
     study = session.scalar(select(Study).where(Study.study_uid == study_uid).with_for_update())
     if study is None:
         raise ReviewError(f"no study with StudyInstanceUID {study_uid}")
@@ -116,7 +118,7 @@ def review_draft(
         raise ReviewConflict(f"the study is {study.state} (a new image re-opened it): wait for its new draft")
 
     draft_text = normalise_text(draft.text)
-    if action == "reject":
+    if asked is ReviewAction.REJECTED:
         reason = (reason or "").strip()
         if not reason:
             raise ReviewError("a rejection needs a reason")
@@ -128,7 +130,7 @@ def review_draft(
         given = normalise_text(text) if text is not None and text.strip() else None
         if given is not None and len(given) > MAX_TEXT_LENGTH:
             raise ReviewError(f"the report text is longer than {MAX_TEXT_LENGTH} characters")
-        if action == "accept":
+        if asked is ReviewAction.ACCEPTED:
             if given is not None and given != draft_text:
                 raise ReviewError("the text was edited: use 'Save edits and accept' to sign the edited text")
             final_text = draft_text

@@ -167,7 +167,7 @@ def test_metrics_move_by_what_one_study_did(site: Deployment, tmp_path: Path) ->
     draft_id = page.split('name="draft_id" value="', 1)[1].split('"', 1)[0]
     done = client.post(
         f"/studies/{study_uid}/review",
-        {"csrf_token": csrf_in(page), "draft_id": draft_id, "action": "accept", "text": detail["draft"]["text"]},
+        {"csrf_token": csrf_in(page), "draft_id": draft_id, "action": "accepted", "text": detail["draft"]["text"]},
     )
     assert done.status_code == 200 and "Review recorded: accepted" in done.text, done.text[:500]
     assert delta("web", scrape(site.http_port), "predraft_reviews_total", action="accepted") == 1

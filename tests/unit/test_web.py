@@ -167,12 +167,12 @@ def test_a_form_without_its_csrf_token_is_refused(web):
     form = _study_form(client, web.drafted.study_uid)
     path = f"/studies/{web.drafted.study_uid}/review"
     without = {key: value for key, value in form.items() if key != "csrf_token"}
-    missing = client.post(path, without | {"action": "accept"})
+    missing = client.post(path, without | {"action": "accepted"})
     assert missing.status_code == 403 and "security token" in missing.text
-    wrong = client.post(path, form | {"csrf_token": "0" * 64, "action": "accept"})
+    wrong = client.post(path, form | {"csrf_token": "0" * 64, "action": "accepted"})
     assert wrong.status_code == 403
     other = web.logged_in("bob")  # another session's token does not do either
-    assert client.post(path, form | {"csrf_token": other.csrf("/"), "action": "accept"}).status_code == 403
+    assert client.post(path, form | {"csrf_token": other.csrf("/"), "action": "accepted"}).status_code == 403
     assert client.post("/logout", {}).status_code == 403
     assert client.post("/logout", {"csrf_token": "\u00e9t\u00e9"}).status_code == 403  # not ASCII: refused, not a 500
     login = web.client()
@@ -192,7 +192,7 @@ def test_a_radiologist_cannot_reach_admin_pages_and_an_admin_cannot_review(web):
     assert admin.get("/stats").status_code == 200
     study_page = admin.get(f"/studies/{web.drafted.study_uid}").text
     assert "Only radiologists review drafts" in study_page and 'id="accept"' not in study_page
-    form = {"csrf_token": csrf_in(study_page), "draft_id": str(web.drafted.draft_id), "action": "accept"}
+    form = {"csrf_token": csrf_in(study_page), "draft_id": str(web.drafted.draft_id), "action": "accepted"}
     assert admin.post(f"/studies/{web.drafted.study_uid}/review", form).status_code == 403
 
 
@@ -321,7 +321,7 @@ def test_accepting_as_drafted_issues_a_verified_sr_superseding_the_draft(web, se
     form = _study_form(client, web.drafted.study_uid)
     forged = client.get(f"/studies/{web.drafted.study_uid}?done=accepted")  # a link, not a review
     assert forged.status_code == 200 and "Review recorded" not in forged.text
-    done = client.post(f"/studies/{web.drafted.study_uid}/review", form | {"action": "accept"})
+    done = client.post(f"/studies/{web.drafted.study_uid}/review", form | {"action": "accepted"})
     assert done.status_code == 200 and "Review recorded: accepted" in done.text
 
     draft, report = _reports(web)
@@ -355,7 +355,7 @@ def test_accepting_as_drafted_issues_a_verified_sr_superseding_the_draft(web, se
     assert sr.ContributingEquipmentSequence[0].Manufacturer == "predraft"
     assert _dciodvfy_errors(report.sr_path) == []
 
-    again = client.post(f"/studies/{web.drafted.study_uid}/review", form | {"action": "accept"})
+    again = client.post(f"/studies/{web.drafted.study_uid}/review", form | {"action": "accepted"})
     assert again.status_code == 409 and "already" in again.text
 
 
@@ -364,10 +364,12 @@ def test_save_edits_and_accept_records_the_diff(web):
     form = _study_form(client, web.drafted.study_uid)
     edited = form["text"].replace("Total hip arthroplasty.", "Total hip arthroplasty, cemented.", 1)
     assert (
-        client.post(f"/studies/{web.drafted.study_uid}/review", form | {"action": "accept", "text": edited}).status_code
+        client.post(
+            f"/studies/{web.drafted.study_uid}/review", form | {"action": "accepted", "text": edited}
+        ).status_code
         == 400
     )  # accept signs the draft's text
-    page = client.post(f"/studies/{web.drafted.study_uid}/review", form | {"action": "edit", "text": edited})
+    page = client.post(f"/studies/{web.drafted.study_uid}/review", form | {"action": "edited", "text": edited})
     assert page.status_code == 200 and "cemented" in page.text
 
     _, report = _reports(web)
@@ -389,8 +391,10 @@ def test_rejecting_needs_a_reason_and_issues_a_rejection_sr(web, sent):
     client = web.logged_in("alice")
     form = _study_form(client, web.drafted.study_uid)
     path = f"/studies/{web.drafted.study_uid}/review"
-    assert client.post(path, form | {"action": "reject", "reason": "  "}).status_code == 400
-    page = client.post(path, form | {"action": "reject", "reason": "Left hip has a <b>plate</b>"})
+    assert client.post(path, form | {"action": "rejected", "reason": "  "}).status_code == 400
+    unknown = client.post(path, form | {"action": "reject", "reason": "wrong"})  # the form posts ReviewAction's values
+    assert unknown.status_code == 400 and "is not one of accepted, edited, rejected" in unknown.text
+    page = client.post(path, form | {"action": "rejected", "reason": "Left hip has a <b>plate</b>"})
     assert page.status_code == 200 and "Left hip has a &lt;b&gt;plate&lt;/b&gt;" in page.text
 
     draft, report = _reports(web)
@@ -417,7 +421,7 @@ def test_a_study_reopened_by_a_late_image_cannot_be_reviewed(web):
     with session_scope(web.settings.database_url) as session:
         study = session.scalars(select(Study)).one()
         study.state, study.generation = "receiving", 2
-    response = client.post(f"/studies/{web.drafted.study_uid}/review", form | {"action": "accept"})
+    response = client.post(f"/studies/{web.drafted.study_uid}/review", form | {"action": "accepted"})
     assert response.status_code == 409 and "re-opened" in response.text
     assert [report.kind for report in _reports(web)] == ["draft"]
 
@@ -425,7 +429,7 @@ def test_a_study_reopened_by_a_late_image_cannot_be_reviewed(web):
 def test_statistics_count_reviews_per_class_and_model(web):
     client = web.logged_in("alice")
     form = _study_form(client, web.drafted.study_uid)
-    client.post(f"/studies/{web.drafted.study_uid}/review", form | {"action": "reject", "reason": "wrong side"})
+    client.post(f"/studies/{web.drafted.study_uid}/review", form | {"action": "rejected", "reason": "wrong side"})
     from predraft.worklist.stats import percentile, statistics
 
     with session_scope(web.settings.database_url) as session:
