@@ -18,6 +18,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 PARTIAL_SUFFIX = ".part"
 _PARTIAL_NAME = re.compile(r"^\.(\d+)\..*\.part$")
@@ -85,6 +88,14 @@ class Spool:
             / check_uid(study_uid, "StudyInstanceUID")
             / (check_uid(sop_instance_uid, "SOPInstanceUID") + ".dcm")
         )
+
+    def write_sr(self, sr: Dataset) -> Path:
+        """Write an SR that predraft issued (a draft, or a radiologist's verified report) as a DICOM file, at
+        :meth:`sr_path` of its study and SOP instance UIDs, atomically and durably; return its path."""
+        path = self.sr_path(str(sr.StudyInstanceUID), str(sr.SOPInstanceUID))
+        with DicomBytesIO() as buffer:
+            sr.save_as(buffer, enforce_file_format=True)
+            return self.write(path, buffer.getvalue())
 
     def write(self, path: Path, data: bytes) -> Path:
         """Write ``data`` to ``path`` atomically and durably; refuse when below the free-space floor."""

@@ -119,10 +119,7 @@ def draft_study(
         sop_instance_uid=sr_uid,
         previous_versions=predecessors,
     )
-    path = spool.sr_path(study.study_uid, sr_uid)
-    with pydicom.filebase.DicomBytesIO() as buffer:
-        sr.save_as(buffer, enforce_file_format=True)
-        spool.write(path, buffer.getvalue())
+    path = spool.write_sr(sr)
 
     draft = Draft(
         study_id=study.id,
@@ -148,7 +145,7 @@ def draft_study(
         synthetic_demo=model.synthetic_demo,
         patient_is_child=patient_is_child,
         sr_series_uid=series_uid,
-        sr_path=str(Path(path)),
+        sr_path=str(path),
         supersedes_id=None if previous is None else previous.id,
     )
     session.add(draft)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import pydicom
 from pydicom.uid import generate_uid
@@ -175,10 +174,7 @@ def review_draft(
         series_instance_uid=series_uid,
         sop_instance_uid=sr_uid,
     )
-    path = spool.sr_path(study.study_uid, sr_uid)
-    with pydicom.filebase.DicomBytesIO() as buffer:
-        sr.save_as(buffer, enforce_file_format=True)
-        spool.write(path, buffer.getvalue())
+    path = spool.write_sr(sr)
 
     report = Draft(
         study_id=study.id,
@@ -191,7 +187,7 @@ def review_draft(
         synthetic_demo=draft.synthetic_demo,
         sr_sop_instance_uid=sr_uid,
         sr_series_uid=series_uid,
-        sr_path=str(Path(path)),
+        sr_path=str(path),
         supersedes_id=draft.id,
         created_at=now,
     )
