@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import ssl
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +27,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.status import code_to_category
 
 from predraft.core.settings import DimseDestination, StowDestination
+from predraft.listener.dicomweb.multipart import stream_parts
 
 if TYPE_CHECKING:
     import requests
@@ -50,13 +51,6 @@ STOW_PARTIAL = HTTPStatus.ACCEPTED  # some stored, some failed or stored with wa
 STOW_NONE_STORED = HTTPStatus.CONFLICT  # none stored: the FailedSOPSequence says why
 #: HTTP statuses after which a retry can succeed (besides every 5xx).
 RETRYABLE_HTTP = frozenset({HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.TOO_MANY_REQUESTS})
-#: DICOM JSON tags of the Store Instances Response Module.
-_REFERENCED_SOP_SEQUENCE = "00081199"
-_FAILED_SOP_SEQUENCE = "00081198"
-_REFERENCED_SOP_INSTANCE_UID = "00081155"
-_FAILURE_REASON = "00081197"
-_WARNING_REASON = "00081196"
-
 APPLICATION_DICOM = "application/dicom"
 APPLICATION_DICOM_JSON = "application/dicom+json"
 
@@ -204,16 +198,11 @@ def _store_outcome(destination: DimseDestination, code: int, comment: str) -> De
 # --- STOW-RS -------------------------------------------------------------------------------------------------
 
 
-def multipart_body(data: bytes) -> tuple[bytes, str]:
-    """One Part 10 file as a ``multipart/related; type="application/dicom"`` body; returns (body, content type)."""
+def multipart_body(sr_path: Path) -> tuple[bytes, str]:
+    """One Part 10 file as a ``multipart/related; type="application/dicom"`` body, written by the same code as
+    WADO-RS answers (:func:`predraft.listener.dicomweb.multipart.stream_parts`); returns (body, content type)."""
     boundary = uuid.uuid4().hex
-    body = b"".join(
-        [
-            f"--{boundary}\r\nContent-Type: {APPLICATION_DICOM}\r\n\r\n".encode(),
-            data,
-            f"\r\n--{boundary}--\r\n".encode(),
-        ]
-    )
+    body = b"".join(stream_parts([(APPLICATION_DICOM, str(sr_path))], boundary))
     return body, f'multipart/related; type="{APPLICATION_DICOM}"; boundary={boundary}'
 
 
@@ -222,11 +211,10 @@ def send_stow(destination: StowDestination, sr_path: Path) -> Delivery:
     import requests
 
     try:
-        data = sr_path.read_bytes()
-        sop_instance_uid = str(pydicom.dcmread(BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
+        sop_instance_uid = str(pydicom.dcmread(sr_path, stop_before_pixels=True).SOPInstanceUID)
+        body, content_type = multipart_body(sr_path)
     except (OSError, InvalidDicomError, AttributeError) as exc:
         raise ExportError(f"the SR file cannot be read: {type(exc).__name__}: {exc}", retryable=False) from exc
-    body, content_type = multipart_body(data)
     headers = {"Content-Type": content_type, "Accept": APPLICATION_DICOM_JSON}
     auth = None
     if destination.auth == "bearer" and destination.token is not None:
@@ -249,7 +237,7 @@ def send_stow(destination: StowDestination, sr_path: Path) -> Delivery:
         raise ExportError(f"STOW-RS to {url}: cannot connect: {_first_line(exc)}", retryable=True) from exc
     except requests.RequestException as exc:
         raise ExportError(f"STOW-RS to {url} failed: {_first_line(exc)}", retryable=False) from exc
-    return _stow_outcome(url, response.status_code, response.reason, _json(response), sop_instance_uid)
+    return _stow_outcome(url, response.status_code, response.reason, _store_response(response), sop_instance_uid)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -257,39 +245,24 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def _json(response: requests.Response) -> dict[str, object]:
+def _store_response(response: requests.Response) -> pydicom.Dataset:
+    """The Store Instances Response (DICOM JSON, PS3.18 10.5.3) as a data set; empty when the body is none."""
     try:
         payload = response.json()
-    except ValueError:
-        return {}
-    return payload if isinstance(payload, dict) else {}
+        return pydicom.Dataset.from_json(payload) if isinstance(payload, dict) else pydicom.Dataset()
+    except (ValueError, TypeError, KeyError, AttributeError):  # not JSON, or not DICOM JSON
+        return pydicom.Dataset()
 
 
-def _items(payload: dict[str, object], tag: str) -> list[dict[str, object]]:
-    element = payload.get(tag)
-    values = element.get("Value", []) if isinstance(element, dict) else []
-    return [item for item in values if isinstance(item, dict)]
+def _about(items: Sequence[pydicom.Dataset], sop_instance_uid: str) -> list[pydicom.Dataset]:
+    return [item for item in items if item.get("ReferencedSOPInstanceUID") == sop_instance_uid]
 
 
-def _value(item: dict[str, object], tag: str) -> object:
-    element = item.get(tag)
-    values = element.get("Value", []) if isinstance(element, dict) else []
-    return values[0] if values else None
-
-
-def _stow_outcome(url: str, code: int, reason: str, payload: dict[str, object], sop_instance_uid: str) -> Delivery:
+def _stow_outcome(url: str, code: int, reason: str, answer: pydicom.Dataset, sop_instance_uid: str) -> Delivery:
     status = f"HTTP {code} {reason}".strip()
-    failed = [
-        item
-        for item in _items(payload, _FAILED_SOP_SEQUENCE)
-        if _value(item, _REFERENCED_SOP_INSTANCE_UID) == sop_instance_uid
-    ]
-    stored = [
-        item
-        for item in _items(payload, _REFERENCED_SOP_SEQUENCE)
-        if _value(item, _REFERENCED_SOP_INSTANCE_UID) == sop_instance_uid
-    ]
-    warnings = [_value(item, _WARNING_REASON) for item in stored] + [_value(payload, _WARNING_REASON)]
+    failed = _about(answer.get("FailedSOPSequence", []), sop_instance_uid)
+    stored = _about(answer.get("ReferencedSOPSequence", []), sop_instance_uid)
+    warnings = [item.get("WarningReason") for item in stored] + [answer.get("WarningReason")]
     warnings = [w for w in warnings if isinstance(w, int)]
     if code in (STOW_STORED, STOW_PARTIAL) and not failed:
         if code == STOW_PARTIAL and not stored:
@@ -297,7 +270,7 @@ def _stow_outcome(url: str, code: int, reason: str, payload: dict[str, object], 
         note = ", ".join(f"warning reason 0x{w:04X}" for w in warnings) or (None if code == STOW_STORED else status)
         return Delivery(note=f"STOW-RS to {url}: {note}" if note else None)
     if failed or code == STOW_NONE_STORED:
-        reason_code = _value(failed[0], _FAILURE_REASON) if failed else None
+        reason_code = failed[0].get("FailureReason") if failed else None
         shown = f"failure reason 0x{reason_code:04X}" if isinstance(reason_code, int) else "no failure reason"
         retry = isinstance(reason_code, int) and reason_code in OUT_OF_RESOURCES
         raise ExportError(f"STOW-RS to {url}: {status}, {shown}", retryable=retry)

@@ -124,7 +124,7 @@ def _state_condition(state: WorklistState) -> ColumnElement[bool]:
         return or_(
             and_(Study.state == StudyState.READY, Study.prepared_at.is_not(None)), Study.state == StudyState.DRAFTING
         )
-    return Study.state == state.value
+    return Study.state == StudyState(state.value)  # the other worklist states are study states
 
 
 def _escape_like(text: str) -> str:

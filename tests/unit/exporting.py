@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from predraft.core.db import session_scope
 from predraft.core.schema import Event, Export, Instance, Prediction, Study
-from predraft.core.states import InstanceState, StudyState
+from predraft.core.states import EventKind, InstanceState, StudyState
 from predraft.listener.ingest import InstanceHeader, record_instance
 from predraft.listener.spool import Spool
 from predraft.models.card import load_card
@@ -109,4 +109,5 @@ def export_row(drafted: Drafted, name: str) -> Export:
 
 def event_kinds(drafted: Drafted) -> list[str]:
     with session_scope(drafted.database_url) as session:
-        return list(session.scalars(select(Event.kind).where(Event.kind.like("export%")).order_by(Event.id)))
+        exports = [kind for kind in EventKind if kind.startswith("export")]
+        return list(session.scalars(select(Event.kind).where(Event.kind.in_(exports)).order_by(Event.id)))
