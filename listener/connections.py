@@ -33,6 +33,7 @@ complete ones in ``msg_queue`` carry ``_dataset_file``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -338,10 +339,8 @@ def shut_socket(sock: socket.socket) -> None:
     """Shut ``sock`` down for both directions (a thread blocked reading it wakes up with end of stream)
     without closing its descriptor, which pynetdicom's threads still hold. For a TLS socket this acts on
     the TCP socket beneath, with no TLS close_notify."""
-    try:
+    with contextlib.suppress(OSError):  # already shut or reset
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:
-        pass  # already shut or reset
 
 
 @dataclass
@@ -481,10 +480,8 @@ class BoundedAssociationSocket(AssociationSocket):
         abort.source, abort.reason_diagnostic = ABORT_SOURCE_PROVIDER, ABORT_INVALID_PDU_PARAMETER
         raw = self.socket
         if raw is not None:
-            try:
+            with contextlib.suppress(OSError):
                 raw.sendall(abort.encode())
-            except OSError:
-                pass
             shut_socket(raw)
 
 
@@ -529,10 +526,8 @@ def remove_received_temp_files(assoc: Association) -> int:
 
 def _delete_temp_file(handle: Any) -> bool:
     """Close and delete a NamedTemporaryFile made with delete=False; True if a file was deleted."""
-    try:
+    with contextlib.suppress(OSError):
         handle.close()
-    except OSError:
-        pass
     try:
         os.unlink(handle.name)
     except FileNotFoundError:

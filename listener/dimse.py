@@ -17,6 +17,7 @@ TLS handshake happens on the connection's own thread, and the temp file of a C-S
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -200,10 +201,8 @@ def tune_accepted_socket(connection: socket.socket, idle_timeout: float | None) 
             (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, probe_after),
         ]
     for level, option, value in options:
-        try:
+        with contextlib.suppress(OSError):
             connection.setsockopt(level, option, value)
-        except OSError:
-            pass
     connection.settimeout(idle_timeout)
 
 

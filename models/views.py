@@ -241,9 +241,8 @@ def _view(ds: Dataset) -> tuple[View, str]:
         else:
             return View.UNKNOWN, "ViewCodeSequence (other view)"
     position = str(ds.get("ViewPosition", "") or "").strip().upper()
-    if position in {"AP", "PA"}:
-        if decided := _frontal(ds, text, "ViewPosition"):
-            return decided
+    if position in {"AP", "PA"} and (decided := _frontal(ds, text, "ViewPosition")):
+        return decided
     if position in {"LL", "RL", "LATERAL", "LAT"}:
         return View.CROSS_TABLE_LATERAL, "ViewPosition"
     orientation = _orientation(ds)
@@ -251,9 +250,8 @@ def _view(ds: Dataset) -> tuple[View, str]:
         axes = set(orientation)
         if axes & {"A", "P"} and axes & {"H", "F"}:
             return View.CROSS_TABLE_LATERAL, "PatientOrientation"
-        if axes & {"L", "R"} and axes & {"H", "F"}:
-            if decided := _frontal(ds, text, "PatientOrientation"):
-                return decided
+        if axes & {"L", "R"} and axes & {"H", "F"} and (decided := _frontal(ds, text, "PatientOrientation")):
+            return decided
     return View.UNKNOWN, "none"
 
 

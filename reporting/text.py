@@ -50,7 +50,10 @@ def make_environment(template_dir: Path | None = None) -> Environment:
     search_path = [str(template_dir)] if template_dir else []
     search_path.append(str(PACKAGE_TEMPLATES))
     return Environment(
-        loader=FileSystemLoader(search_path), undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+        loader=FileSystemLoader(search_path),
+        undefined=StrictUndefined,
+        autoescape=False,  # noqa: S701 - the reports are plain text, never HTML
+        keep_trailing_newline=True,
     )
 
 

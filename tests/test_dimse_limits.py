@@ -6,6 +6,7 @@ from 127.0.0.1. Each test starts its own listener on a free port with short time
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import ssl
@@ -463,10 +464,8 @@ def test_association_stalled_mid_pdu_is_aborted_and_frees_its_slot(listen: Calla
         assert _poll(lambda: not assoc.is_alive(), 0.5 + 1.5), "an association stalled mid-PDU was never ended"
         assert _poll(lambda: _echo(settings.dimse_port)[0] == status.SUCCESS, 3.0), "its slot was not freed"
     finally:
-        try:
-            socket.socket.shutdown(raw, socket.SHUT_RDWR)  # frees a listener stuck on it, so that it can stop
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # frees a listener stuck on it, so that it can stop
+            socket.socket.shutdown(raw, socket.SHUT_RDWR)
     assert _aborted("idle_timeout") - idle == 1
 
 
@@ -484,10 +483,8 @@ def test_association_trickling_a_pdu_is_aborted_after_the_idle_timeout(listen: C
     except OSError:
         pass
     finally:
-        try:
+        with contextlib.suppress(OSError):
             socket.socket.shutdown(raw, socket.SHUT_RDWR)
-        except OSError:
-            pass
     assert time.monotonic() - started < 5.0, "an association trickling one PDU outlived the idle timeout"
     assert _poll(lambda: _echo(settings.dimse_port)[0] == status.SUCCESS, 3.0), "its slot was not freed"
 

@@ -542,7 +542,9 @@ def _sqla_sizes(
     if first_ids:
         marks = ", ".join(str(message_id) for message_id in first_ids)  # integers from the database
         for message_id, payload in _sqla_select(
-            database_url, timeout, f"SELECT id, payload FROM kombu_message WHERE id IN ({marks})"
+            database_url,
+            timeout,
+            f"SELECT id, payload FROM kombu_message WHERE id IN ({marks})",  # noqa: S608 - fixed SQL, values bound
         ):
             message = _decode(payload, first_ids[int(message_id)], delivered=False, since=None)
             oldest[first_ids[int(message_id)]] = message.sent_at if message is not None else None
@@ -566,17 +568,17 @@ def _sqla_rows(
         where = "q.name = :queue" + (" AND m.visible = :visible" if visible_only else "")
         if newest is not None:
             inner = (
-                f"SELECT m.id FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id WHERE {where} "
+                f"SELECT m.id FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id WHERE {where} "  # noqa: S608 - fixed SQL, values bound
                 "ORDER BY m.id DESC LIMIT :newest"
             )
             sql = (
-                "SELECT q.name, m.visible, m.timestamp, m.payload FROM kombu_message m "
+                "SELECT q.name, m.visible, m.timestamp, m.payload FROM kombu_message m "  # noqa: S608 - fixed SQL, values bound
                 f"JOIN kombu_queue q ON q.id = m.queue_id WHERE m.id IN ({inner}) AND m.payload LIKE :pattern "
                 "ORDER BY m.id"
             )
         else:
             sql = (
-                "SELECT q.name, m.visible, m.timestamp, m.payload FROM kombu_message m "
+                "SELECT q.name, m.visible, m.timestamp, m.payload FROM kombu_message m "  # noqa: S608 - fixed SQL, values bound
                 f"JOIN kombu_queue q ON q.id = m.queue_id WHERE {where}"
                 + (" AND m.payload LIKE :pattern" if contains is not None else "")
                 + " ORDER BY m.id"

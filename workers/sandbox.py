@@ -148,7 +148,7 @@ class Sandbox:
                 reply = self._replies.recv_bytes()
             except (EOFError, OSError):
                 raise self._crash_failure() from None
-            return _result(pickle.loads(reply), self.memory_bytes)
+            return _result(pickle.loads(reply), self.memory_bytes)  # noqa: S301 - from its own child, on a private pipe
 
     def close(self) -> None:
         """End the child (asked first, then killed) and close its output file; later calls raise."""

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 SESSION_COOKIE = "predraft_session"
 LOGIN_COOKIE = "predraft_login"
 CSRF_FIELD = "csrf_token"
-SECRET_FILE_NAME = "session_secret"
+SECRET_FILE_NAME = "session_secret"  # noqa: S105 - a file name, not a secret
 #: Largest form body read (a report text is a few kB).
 MAX_FORM_BYTES = 256 * 1024
 
@@ -143,14 +143,13 @@ def end_session(session: Session, *, secret: bytes, token: str) -> None:
 
 def user_for_token(session: Session, *, secret: bytes, token: str) -> User | None:
     """The active user of an unexpired session with this token, else None."""
-    row = session.execute(
+    return session.execute(
         select(User)
         .join(WebSession, WebSession.user_id == User.id)
         .where(
             WebSession.token_hash == token_hash(secret, token), WebSession.expires_at > utcnow(), User.active.is_(True)
         )
     ).scalar_one_or_none()
-    return row
 
 
 async def read_form(request: Request) -> dict[str, str]:

@@ -86,7 +86,7 @@ def _received_by_pacs(folder: Path, sop_instance_uid: str, timeout: float = 60.0
             if path.is_file() and not path.name.startswith("."):
                 try:
                     ds = pydicom.dcmread(path)
-                except Exception:  # a file storescp is still writing
+                except Exception:  # a file storescp is still writing  # noqa: S112
                     continue
                 if ds.SOPInstanceUID == sop_instance_uid:
                     return ds

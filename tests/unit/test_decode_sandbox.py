@@ -191,9 +191,10 @@ def _wait_until_dead(pid: int, seconds: float) -> bool:
 
 @pytest.mark.timeout(60)
 def test_a_bound_too_small_for_the_decoders_to_load_is_a_start_error_not_an_images_failure():
-    with Sandbox(timeout_seconds=30, memory_bytes=256 * MiB, preload=("predraft.models.prepare",)) as box:
-        with pytest.raises(SandboxStartError, match="the decode sandbox exited .* under a memory bound of 256 MiB"):
-            box.call(hostile.echo, 1)
+    started = Sandbox(timeout_seconds=30, memory_bytes=256 * MiB, preload=("predraft.models.prepare",))
+    refused = pytest.raises(SandboxStartError, match="the decode sandbox exited .* under a memory bound of 256 MiB")
+    with started as box, refused:
+        box.call(hostile.echo, 1)
 
 
 def test_each_thread_has_its_own_sandbox_until_its_bounds_change_and_close_all_ends_them():

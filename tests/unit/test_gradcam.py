@@ -82,7 +82,7 @@ def test_known_answer_cam_peaks_on_the_bright_square(quadrant):
     dark = cam_map(classifier, image, 1)
 
     assert bright.shape == (SIZE, SIZE) and bright.dtype == np.float32
-    assert 0.0 <= bright.min() and bright.max() <= 1.0 and bright.max() > 0.9
+    assert bright.min() >= 0.0 and bright.max() <= 1.0 and bright.max() > 0.9
     assert quadrant_of(np.unravel_index(np.argmax(bright), bright.shape)) == quadrant
     assert bright[square].mean() > 0.5 > bright[~_mask(square)].mean()
     core = tuple(slice(part.start + 4, part.stop - 4) for part in square)  # away from the upsampling's blur

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from io import BytesIO
 
@@ -158,10 +159,8 @@ def test_concurrent_first_instances_of_a_new_study_are_both_recorded(database, r
 
     def insert_after_both_looked(session, table, values, key):
         if table is Study:
-            try:
+            with contextlib.suppress(threading.BrokenBarrierError):
                 barrier.wait(timeout=3)
-            except threading.BrokenBarrierError:
-                pass
         return real_insert(session, table, values, key)
 
     monkeypatch.setattr(predraft.listener.ingest, "insert_ignoring_conflict", insert_after_both_looked)

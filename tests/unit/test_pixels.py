@@ -154,7 +154,7 @@ def test_uncompressed_shapes_and_bit_depth(real_path):
     assert _decoded(real_path("RG2_UNC.dcm")).shape == (2140, 1760)
     rg3 = _decoded(real_path("RG3_UNC.dcm"))
     assert rg3.shape == (1760, 1760)
-    assert 0 <= rg3.min() and rg3.max() <= 2**10 - 1  # 10-bit kept in full, not scaled to 8 bits
+    assert rg3.min() >= 0 and rg3.max() <= 2**10 - 1  # 10-bit kept in full, not scaled to 8 bits
     assert rg3.max() > 255
 
 
@@ -242,7 +242,7 @@ def test_monochrome1_is_inverted_exactly_once(real_path):
     plain = to_unit_range(as_monochrome2, stored)
 
     assert as_stored.dtype == np.float32 and as_stored.shape == stored.shape
-    assert 0.0 <= as_stored.min() and as_stored.max() <= 1.0
+    assert as_stored.min() >= 0.0 and as_stored.max() <= 1.0
     assert as_stored.std() > 0.05
     np.testing.assert_allclose(as_stored, 1.0 - plain, atol=1e-6)
 
