@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,6 +31,17 @@ from predraft.reporting.aggregate import DEFAULT_VIEW_WEIGHTS, AggregationRule
 
 CONFIG_ENV_VAR = "PREDRAFT_CONFIG"
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash
+
+
+def _check_ae_title(value: str) -> str:
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ValueError(f"{value!r} is not a DICOM AE title (1-16 printable characters, no backslash)")
+    return value.strip()
+
+
+#: A DICOM Application Entity title (PS3.5 6.2, VR AE): 1-16 printable characters, no backslash, not all
+#: spaces; leading and trailing spaces are not significant and are removed.
+AETitle = Annotated[str, AfterValidator(_check_ae_title)]
 
 
 def _is_loopback(host: str) -> bool:
@@ -182,10 +193,10 @@ class DimseDestination(BaseModel):
 
     kind: Literal["dimse"] = "dimse"
     name: str
-    ae_title: str
+    ae_title: AETitle
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
-    calling_ae: str | None = None
+    calling_ae: AETitle | None = None
     tls: bool = False
     tls_ca: Path | None = None
     tls_certificate: Path | None = None
@@ -196,17 +207,6 @@ class DimseDestination(BaseModel):
     @classmethod
     def _check_name(cls, value: str) -> str:
         return _check_destination_name(value)
-
-    @field_validator("ae_title", "calling_ae")
-    @classmethod
-    def _check_ae(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return None
-        if not _AE_TITLE.match(value) or not value.strip():
-            raise ValueError(
-                f"{info.field_name} {value!r} is not a DICOM AE title (1-16 printable characters, no backslash)"
-            )
-        return value.strip()
 
     @model_validator(mode="after")
     def _check_tls(self) -> DimseDestination:
@@ -294,8 +294,8 @@ class Settings(BaseSettings):
 
     dimse_host: str = Field("127.0.0.1", description="Address the DIMSE listener binds to.")
     dimse_port: int = Field(11112, ge=1, le=65535, description="DIMSE port.")
-    ae_title: str = Field("PREDRAFT", description="predraft's own AE title.")
-    allowed_calling_aes: list[str] = Field(
+    ae_title: AETitle = Field("PREDRAFT", description="predraft's own AE title.")
+    allowed_calling_aes: list[AETitle] = Field(
         default_factory=list,
         description="Calling AE titles allowed to associate; empty allows any, which is refused off loopback.",
     )
@@ -464,7 +464,7 @@ class Settings(BaseSettings):
     export_retry_max_delay_seconds: float = Field(600.0, ge=0, description="Longest wait between two retries.")
 
     worker_concurrency: int = Field(2, ge=1, description="Threads of the embedded Celery worker.")
-    worker_pool: str = Field("threads", description="Celery pool: threads, prefork or solo.")
+    worker_pool: Literal["threads", "prefork", "solo"] = Field("threads", description="Celery pool.")
     log_level: str = Field("INFO", description="Python logging level.")
     log_format: Literal["text", "json"] = Field(
         "text", description="text: one readable line per record; json: one JSON object per line (for log shippers)."
@@ -504,21 +504,6 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
-    @field_validator("ae_title")
-    @classmethod
-    def _check_ae_title(cls, value: str) -> str:
-        if not _AE_TITLE.match(value) or not value.strip():
-            raise ValueError(f"ae_title {value!r} is not a DICOM AE title (1-16 printable characters, no backslash)")
-        return value.strip()
-
-    @field_validator("allowed_calling_aes")
-    @classmethod
-    def _check_calling_aes(cls, value: list[str]) -> list[str]:
-        for title in value:
-            if not _AE_TITLE.match(title) or not title.strip():
-                raise ValueError(f"allowed_calling_aes entry {title!r} is not a DICOM AE title")
-        return [title.strip() for title in value]
-
     @field_validator("dicomweb_tokens")
     @classmethod
     def _check_dicomweb_tokens(cls, value: list[SecretStr]) -> list[SecretStr]:
@@ -551,13 +536,6 @@ class Settings(BaseSettings):
     def _check_device(cls, value: str) -> str:
         if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
             raise ValueError(f"device {value!r} is not one of cpu, cuda, cuda:N")
-        return value
-
-    @field_validator("worker_pool")
-    @classmethod
-    def _check_pool(cls, value: str) -> str:
-        if value not in {"threads", "prefork", "solo"}:
-            raise ValueError(f"worker_pool {value!r} is not one of threads, prefork, solo")
         return value
 
     @model_validator(mode="before")

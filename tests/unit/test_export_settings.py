@@ -70,8 +70,8 @@ def test_destinations_from_the_toml_file(clean_settings_env, monkeypatch):
     "changes, match",
     [
         ({"name": "no spaces"}, "destination name 'no spaces' is not"),
-        ({"ae_title": "A" * 17}, "ae_title 'AAAAAAAAAAAAAAAAA' is not a DICOM AE title"),
-        ({"calling_ae": "BACK\\SLASH"}, "calling_ae 'BACK\\\\\\\\SLASH' is not a DICOM AE title"),
+        ({"ae_title": "A" * 17}, "ae_title\n  Value error, 'AAAAAAAAAAAAAAAAA' is not a DICOM AE title"),
+        ({"calling_ae": "BACK\\SLASH"}, "calling_ae\n  Value error, 'BACK\\\\\\\\SLASH' is not a DICOM AE title"),
         ({"port": 0}, "greater than or equal to 1"),
         ({"tls_ca": "ca.pem"}, "tls_ca set but tls is false"),
         ({"tls": True, "tls_certificate": "client.pem"}, "tls_certificate and tls_private_key must be set together"),

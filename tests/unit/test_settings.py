@@ -95,8 +95,9 @@ def test_ae_title_is_stripped_and_sixteen_characters_are_allowed(clean_settings_
 
 
 def test_invalid_allowed_calling_ae_is_rejected(clean_settings_env):
-    with pytest.raises(ValueError, match="allowed_calling_aes entry"):
+    with pytest.raises(ValueError, match=r"allowed_calling_aes\.1\n  Value error, 'BAD.*' is not a DICOM AE title"):
         get_settings(allowed_calling_aes=["GOOD", "BAD\\AE"])
+    assert get_settings(allowed_calling_aes=[" PACS "]).allowed_calling_aes == ["PACS"]  # stripped, as ae_title
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "pacs-gateway.example.org", "::"])
