@@ -252,6 +252,8 @@ def _cache_path(cache_dir: Path, rows: Sequence[LabelRow], input_size: int) -> P
 
 def _prepare_one(job: tuple[Path, int, View | None]) -> dict[Side, np.ndarray] | str:
     """The letterboxed hips of one image by side, or the reason it cannot be prepared."""
+    # here, not at the top: it loads cv2 and scipy (via predraft.models.metal); predraft.models.taskdata imports this
+    # module, in each of its forkserver pool processes too, and never prepares a DICOM file through it
     from predraft.models.prepare import prepare_file
 
     path, input_size, view = job

@@ -72,6 +72,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_curve
 
 #: How far a row of probabilities may sum from 1 (float32 softmax outputs, averaged probabilities).
 ROW_SUM_TOLERANCE = 1e-3
@@ -372,8 +375,6 @@ def evaluate_predictions(
 
 
 def _roc_points(positive: np.ndarray, scores: np.ndarray) -> dict[str, list[float]]:
-    from sklearn.metrics import roc_curve
-
     fpr, tpr, _ = roc_curve(positive.astype(np.intp), scores, drop_intermediate=True)
     return {"fpr": [float(x) for x in fpr], "tpr": [float(x) for x in tpr]}
 
@@ -399,9 +400,6 @@ def _png_path(path: str | Path) -> Path:
 
 
 def _new_figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
     FigureCanvasAgg(figure)
     return figure

@@ -55,8 +55,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 import torch
+from PIL import Image
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 if TYPE_CHECKING:
     from predraft.models.factory import Classifier
@@ -132,9 +136,6 @@ def cam_map(classifier: Classifier, hip_image: np.ndarray, class_index: int) -> 
     """
     _check_image(classifier, hip_image)
     class_index = _check_class_index(classifier, class_index)
-    from pytorch_grad_cam import GradCAM  # imports matplotlib, scipy, ttach: seconds, so only when used
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
     network = _eager(classifier.network)
     with network_lock(network), torch.inference_mode(False), torch.enable_grad():
         network.eval()
@@ -308,8 +309,6 @@ def _last_spatial_module(network: torch.nn.Module, architecture: str, input_size
 
 def _blend(hip_image: np.ndarray, heat: np.ndarray, size: int) -> np.ndarray:
     """RGB uint8 (size, size, 3): the grayscale image under a JET heat map of opacity proportional to ``heat``."""
-    import cv2  # a dependency of grad-cam (opencv-python-headless here)
-
     shrink = size < hip_image.shape[0]
     interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
     gray = cv2.resize(hip_image, (size, size), interpolation=interpolation).astype(np.float32)
@@ -321,8 +320,6 @@ def _blend(hip_image: np.ndarray, heat: np.ndarray, size: int) -> np.ndarray:
 
 
 def _encode_png(rgb: np.ndarray) -> bytes:
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()

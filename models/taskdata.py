@@ -26,9 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
 
 from predraft.models.datasets import map_in_processes, read_picture
-from predraft.models.pixels import crop_collimation, letterbox, split_bilateral
+from predraft.models.pixels import (
+    crop_collimation,
+    decode,
+    letterbox,
+    split_bilateral,
+    standard_orientation,
+    to_unit_range,
+)
 from predraft.models.taxonomy import Side
 
 CROPS = ("whole", "image_left", "image_right")
@@ -105,10 +113,6 @@ def read_grey(path: Path) -> np.ndarray:
     anything else as DICOM through the service's decode and window, in the standard orientation."""
     if path.suffix.lower() in {".jpg", ".jpeg", ".png"}:
         return read_picture(path)
-    import pydicom
-
-    from predraft.models.pixels import decode, standard_orientation, to_unit_range
-
     ds = pydicom.dcmread(path)
     return standard_orientation(to_unit_range(ds, decode(ds), overwrite_input=True), ds.get("PatientOrientation"))
 

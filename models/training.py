@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import timm
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from safetensors.torch import save_file
@@ -87,8 +88,6 @@ class TrainingConfig(BaseModel):
     @field_validator("architecture")
     @classmethod
     def _check_architecture(cls, value: str) -> str:
-        import timm
-
         if not timm.is_model(value):
             raise ValueError(f"{value!r} is not a timm model name")
         return value

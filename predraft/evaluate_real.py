@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from predraft.models import taskcard
+from predraft.models.card import DEMO_MODEL_CARD
 from predraft.models.taskdata import TaskRow, crop_image, prepare_task_images, read_grey, read_task_rows, task_classes
 from predraft.models.taskmetrics import grouped_rate, sensitivity_specificity, task_metrics, task_targets
 
@@ -91,13 +93,12 @@ def evaluate_real(
     :class:`EvaluateRealError` (or :class:`predraft.models.taskdata.TaskLabelsError`,
     :class:`predraft.models.card.ModelCardError`, both ValueErrors) with a message that says what to fix.
     """
-    from predraft.models.card import DEMO_MODEL_CARD
-    from predraft.models.factory import load_classifier
+    # scripts/untagged_served_oof.py imports this module for its numpy-only figures (native_hips, served_figures)
+    from predraft.models.factory import load_classifier  # here, not at the top: torch and timm (see above)
     from predraft.models.imagetask import load_task_model
-    from predraft.models.taskcard import GATE_CARD
 
     labels_csv, images_dir, out_dir = Path(labels_csv), Path(images_dir), Path(out_dir)
-    gate_card = Path(gate_card) if gate_card is not None else GATE_CARD
+    gate_card = Path(gate_card) if gate_card is not None else taskcard.GATE_CARD
     model_card = Path(model_card) if model_card is not None else DEMO_MODEL_CARD
     if n_bootstrap < 10:
         raise EvaluateRealError(f"n_bootstrap must be at least 10, got {n_bootstrap}")
@@ -250,7 +251,8 @@ def _predict_gate(
 
 def _metal_findings(images_dir: Path, rows: Sequence[TaskRow]) -> list[Any]:
     """:func:`predraft.models.metal.detect_metal` on each row's crop (collimation cropped, then split), in row order."""
-    from predraft.models.metal import detect_metal
+    from predraft.models.metal import detect_metal  # here, not at the top: scipy and OpenCV, which
+    # scripts/untagged_served_oof.py (numpy-only figures of this module) does not need
 
     findings: list[Any] = [None] * len(rows)
     by_image: dict[str, list[int]] = {}

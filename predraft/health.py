@@ -21,6 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from predraft.core.settings import Settings, redact_url
+from predraft.listener.spool import Spool
+from predraft.models.card import load_card
+from predraft.models.taskcard import load_task_card
+from predraft.workers.queues import ping_broker
+from predraft.workers.reach import probe_database, scrub
 
 
 @dataclass(frozen=True)
@@ -61,21 +66,14 @@ class ReadinessProbe:
         return results
 
     def _database(self) -> str:
-        from predraft.workers.reach import probe_database
-
         probe_database(self.settings.database_url, timeout=self.timeout)
         return f"{redact_url(self.settings.database_url)} answers"
 
     def _broker(self) -> str:
-        from predraft.workers.queues import ping_broker
-
         ping_broker(self.settings.broker_url, timeout=self.timeout)
         return f"{redact_url(self.settings.broker_url)} answers"
 
     def _model(self) -> str:
-        from predraft.models.card import load_card
-        from predraft.models.taskcard import load_task_card
-
         card_path = self.settings.model_card_path
         card, weights = load_card(card_path, verify_weights=False)
         key = (_stamp(card_path), _stamp(weights))
@@ -87,8 +85,6 @@ class ReadinessProbe:
         return f"{card.name} {card.version} ({card.architecture}), weights verified; gate {gate.display_name}"
 
     def _spool(self) -> str:
-        from predraft.listener.spool import Spool
-
         spool = Spool(self.settings.spool_dir, min_free_bytes=self.settings.spool_min_free_bytes)
         free = spool.check_ready()
         return f"writable, {free} bytes free (floor {self.settings.spool_min_free_bytes})"
@@ -100,8 +96,6 @@ def _stamp(path: Path) -> tuple[str, int, int]:
 
 
 def _scrub(text: str, settings: Settings) -> str:
-    from predraft.workers.reach import scrub
-
     for url in (settings.database_url, settings.broker_url):
         text = scrub(text, url)
     return text

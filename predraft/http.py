@@ -23,13 +23,14 @@ from predraft.core.metrics import QueueDepthCollector
 from predraft.core.settings import Settings
 from predraft.health import ReadinessProbe
 from predraft.listener.dicomweb import router as dicomweb_router
+from predraft.workers.names import QUEUES
+from predraft.workers.queues import ping_broker, queue_counts
+from predraft.worklist.app import install
 
 
 def create_app(settings: Settings) -> FastAPI:
     """The app: ``/healthz``, ``/readyz`` and ``/metrics`` (open), DICOMweb under ``/dicomweb`` (its own
     bearer/basic auth), and the worklist (every other route; a login session)."""
-    from predraft.worklist.app import install
-
     app = FastAPI(
         title="predraft",
         version=predraft.__version__,
@@ -74,9 +75,6 @@ def create_app(settings: Settings) -> FastAPI:
 
 def _queue_depths(settings: Settings) -> dict[str, int]:
     """Waiting messages per queue, counted by the broker (never read one by one); 2 s at most."""
-    from predraft.workers.names import QUEUES
-    from predraft.workers.queues import ping_broker, queue_counts
-
     ping_broker(settings.broker_url, timeout=2.0)  # first: an embedded broker's file is never created by a scrape
     counts = queue_counts(settings.broker_url, QUEUES, now=datetime.now(UTC), timeout=2.0)
     return {queue: count.waiting for queue, count in counts.items()}

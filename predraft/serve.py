@@ -27,6 +27,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from predraft.core.settings import Settings
+from predraft.models.card import load_card
+from predraft.models.taskcard import load_task_card
+from predraft.workers.names import QUEUES
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_SECONDS = 20.0
@@ -98,12 +101,11 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
 def prepare_environment(settings: Settings) -> None:
     """Apply migrations, declare the broker's queues, check the model and gate cards and their weights, check the
     templates."""
-    from predraft.core import db
-    from predraft.models.card import load_card
+    # `predraft serve` imports this module to install its StopSignals before anything slow: SQLAlchemy's ORM,
+    # pydicom, numpy and Jinja load here, inside StopSignals.interruptible(), where a Ctrl-C stops serve at once
+    from predraft.core import db  # here, not at the top: the ORM, pydicom, Jinja (see above)
     from predraft.models.scope import check_gate_card
-    from predraft.models.taskcard import load_task_card
     from predraft.reporting.text import check_templates
-    from predraft.workers.app import QUEUES
     from predraft.workers.queues import declare_queues
 
     db.upgrade(settings.database_url)
@@ -145,13 +147,11 @@ class Supervisor:
     """
 
     def __init__(self, settings: Settings, stop: threading.Event) -> None:
-        from predraft.workers.app import QUEUES  # every queue: the embedded worker does all the work
-
         python = [sys.executable, "-m", "predraft"]
         self.settings = settings
         self.children = [
             Child("listener", [*python, "listen"]),
-            Child("worker", [*python, "worker", "--queues", ",".join(QUEUES)]),
+            Child("worker", [*python, "worker", "--queues", ",".join(QUEUES)]),  # every queue: it does all the work
             Child("web", [*python, "web"]),
         ]
         self._stop = stop

@@ -17,7 +17,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError
 
 import predraft
 from predraft.models.card import ModelCard
-from predraft.models.taxonomy import Side, View
+from predraft.models.taxonomy import HardwareClass, Side, View
 from predraft.reporting.aggregate import SideFinding
 from predraft.reporting.wording import INDETERMINATE_SENTENCE, SENTENCES
 
@@ -131,9 +131,6 @@ def _source_of(env: Environment, name: str) -> str:
 def check_templates(template_dir: Path | None = None) -> None:
     """Render every template once with example findings (the site's from ``template_dir`` where it has
     them); raises :class:`TemplateCheckError` naming the template on any error."""
-    from predraft.models.card import ModelCard
-    from predraft.models.taxonomy import HardwareClass
-
     example = ModelCard(
         name="check",
         version="0",

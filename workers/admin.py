@@ -33,6 +33,8 @@ from predraft.core.db import session_scope
 from predraft.core.schema import DeadLetter, Draft, Export, Instance, Study
 from predraft.core.settings import Settings, redact_url
 from predraft.core.states import ExportState
+from predraft.workers.dead_letters import DeadLetterError, retry_dead_letter
+from predraft.workers.export_service import requeue_latest_draft
 from predraft.workers.names import CLASSIFY, DRAFT, EXPORT, PREPARE, QUEUE_OF_TASK, QUEUES
 from predraft.workers.presence import HeldTask, WorkerStatus, broadcasts, online_workers
 from predraft.workers.queues import (
@@ -353,13 +355,12 @@ def retry_work(app: Celery, settings: Settings, item_id: str) -> str:
         raise RetryRefused(f"{item_id!r} is not a dead item: retry takes D<n> (a dead letter) or E<n> (an export)")
     kind, number = row.group(1).upper(), int(row.group(2))
     if kind == "D":
-        from predraft.workers.dead_letters import DeadLetterError, retry_dead_letter
-
         try:
             return retry_dead_letter(app, settings.database_url, number)
         except DeadLetterError as exc:
             raise RetryRefused(str(exc)) from None
-    from predraft.workers.export_service import requeue_latest_draft
+    # here, not at the top: it loads pynetdicom and pydicom (via predraft.workers.export), and `predraft queue ls`,
+    # `queue show` and `predraft workers` import this module and must start fast
     from predraft.workers.export_task import send_exports
 
     with session_scope(settings.database_url) as session:

@@ -12,6 +12,7 @@ import time
 
 from celery import Celery
 from celery.signals import before_task_publish
+from kombu.transport import sqlalchemy as kombu_sqlalchemy
 
 from predraft.core.settings import Settings
 from predraft.workers import task_metrics  # noqa: F401 - connects the per-task latency signals
@@ -54,7 +55,5 @@ def create_celery(settings: Settings) -> Celery:
         # kombu's SQLAlchemy transport polls its table, by default once a second: every hop of a study
         # (prepare, classify, draft, export) waited up to that long (bench/time_to_draft.py). Its
         # transport options all go to create_engine, so the interval is set on the transport class.
-        from kombu.transport import sqlalchemy as kombu_sqlalchemy
-
         kombu_sqlalchemy.Transport.polling_interval = SQLA_POLL_SECONDS
     return app

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pydicom
+import requests
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
@@ -28,9 +28,6 @@ from pynetdicom.status import code_to_category
 
 from predraft.core.settings import DimseDestination, StowDestination
 from predraft.listener.dicomweb.multipart import stream_parts
-
-if TYPE_CHECKING:
-    import requests
 
 # pynetdicom logs the identifiers of requests and responses (patient data) unless told not to.
 _config.LOG_REQUEST_IDENTIFIERS = False
@@ -208,8 +205,6 @@ def multipart_body(sr_path: Path) -> tuple[bytes, str]:
 
 def send_stow(destination: StowDestination, sr_path: Path) -> Delivery:
     """POST the SR to ``<url>/studies`` and read the Store Instances Response for it."""
-    import requests
-
     try:
         sop_instance_uid = str(pydicom.dcmread(sr_path, stop_before_pixels=True).SOPInstanceUID)
         body, content_type = multipart_body(sr_path)

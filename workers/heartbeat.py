@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -20,10 +21,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import redis
+import torch
 from celery.signals import worker_ready, worker_shutdown
+from celery.worker import state as worker_state
 from celery.worker.control import inspect_command
+from celery.worker.request import Request
 
 from predraft.core.settings import Settings, get_settings
+from predraft.models.card import load_card
 from predraft.workers.presence import (
     HEARTBEAT_SECONDS,
     OFFLINE_AFTER_SECONDS,
@@ -52,16 +58,12 @@ def _static_description() -> dict[str, str]:
     device, device_name = settings.device, _cpu_name()
     if device.startswith("cuda"):
         try:
-            import torch
-
             device_name = (
                 torch.cuda.get_device_name(torch.device(device)) if torch.cuda.is_available() else "CUDA not available"
             )
         except Exception as exc:  # a broken driver is worth seeing here, not a crash of the heartbeat
             device_name = f"unknown ({type(exc).__name__})"
     try:
-        from predraft.models.card import load_card
-
         card = load_card(settings.model_card_path, verify_weights=False)[0]
         model_name, model_version = card.name, card.version
     except Exception as exc:
@@ -76,16 +78,11 @@ def _cpu_name() -> str:
                 return f"CPU: {line.split(':', 1)[1].strip()}"
     except OSError:
         pass
-    import platform
-
     return f"CPU: {platform.processor() or platform.machine()}"
 
 
 def worker_status(consumer: Any) -> dict[str, Any]:
     """This worker's status as JSON-able data (what ``predraft_status`` answers and the heartbeat holds)."""
-    from celery.worker import state as worker_state
-    from celery.worker.request import Request
-
     controller = consumer.controller
     tasks: list[dict[str, Any]] = []
     active = {request.id for request in _copy(worker_state.active_requests)}
@@ -153,8 +150,6 @@ def _on_ready(sender: Any = None, **_: object) -> None:
     consumer, settings = sender, _settings()
     hostname = consumer.controller.hostname
     if broadcasts(settings.broker_url):
-        import redis
-
         client = redis.Redis.from_url(
             settings.broker_url, socket_timeout=HEARTBEAT_SECONDS, socket_connect_timeout=HEARTBEAT_SECONDS
         )

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from predraft.core.clock import as_utc
-from predraft.core.settings import Settings
+from predraft.core.settings import Settings, redact_url
+from predraft.workers.queues import BrokerUnreachable
 
 STATUS_COMMAND = "predraft_status"
 HEARTBEAT_SECONDS = 2.0
@@ -135,17 +136,13 @@ def online_workers(
 def read_heartbeats(settings: Settings, *, timeout: float = 3.0) -> list[WorkerStatus]:
     """Every heartbeat stored, fresh or not (Redis raises :class:`predraft.workers.queues.BrokerUnreachable`)."""
     if broadcasts(settings.broker_url):
-        import redis
-
-        from predraft.workers.queues import BrokerUnreachable
+        import redis  # here, not at the top: Redis brokers only; `predraft queue stats` must start fast
 
         client = redis.Redis.from_url(settings.broker_url, socket_timeout=timeout, socket_connect_timeout=timeout)
         try:
             keys = list(client.scan_iter(match=f"{REDIS_KEY_PREFIX}*", count=1000))
             payloads = client.mget(keys) if keys else []
         except redis.RedisError as exc:
-            from predraft.core.settings import redact_url
-
             raise BrokerUnreachable(f"broker {redact_url(settings.broker_url)} could not be read: {exc}") from exc
         finally:
             client.close()

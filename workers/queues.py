@@ -32,7 +32,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
 from predraft.core.clock import as_utc
+from predraft.core.settings import redact_url
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -144,8 +148,7 @@ def declare_queues(broker_url: str, queues: Iterable[str], *, attempts: int = 3)
     _check_supported(broker_url)
     if is_redis(broker_url):
         return
-    from kombu import Connection
-    from sqlalchemy.exc import IntegrityError
+    from kombu import Connection  # here, not at the top: kombu; `predraft queue stats` imports this and must start fast
 
     for attempt in range(attempts):
         try:
@@ -166,7 +169,7 @@ def ping_broker(broker_url: str, *, timeout: float = 2.0) -> None:
     run on it, or the settings point elsewhere."""
     _check_supported(broker_url)
     if is_redis(broker_url):
-        import redis
+        import redis  # here, not at the top: Redis brokers only; `predraft queue ...` must start fast
 
         client = _redis_client(broker_url, timeout)
         try:
@@ -183,9 +186,6 @@ def ping_broker(broker_url: str, *, timeout: float = 2.0) -> None:
             f"cannot reach the broker {_redact(broker_url)}: {path} is not a file (has "
             "`predraft serve` or a worker run with these settings?)"
         )
-    from sqlalchemy import text
-    from sqlalchemy.exc import SQLAlchemyError
-
     engine = _sqla_engine(database_url, timeout)
     try:
         with engine.connect() as connection:
@@ -239,7 +239,7 @@ def waiting_messages(
     queues = list(queues)
     _check_supported(broker_url)
     if is_redis(broker_url):
-        import redis
+        import redis  # here, not at the top: Redis brokers only; `predraft queue ...` must start fast
 
         client = _redis_client(broker_url, timeout)
         found: list[QueuedMessage] = []
@@ -268,7 +268,7 @@ def delivered_messages(broker_url: str, queues: Iterable[str], *, timeout: float
     _check_supported(broker_url)
     if not is_redis(broker_url):
         return []
-    import redis
+    import redis  # here, not at the top: Redis brokers only; `predraft queue ...` must start fast
 
     client = _redis_client(broker_url, timeout)
     try:
@@ -312,7 +312,7 @@ def _search(
 ) -> list[QueuedMessage]:
     _check_supported(broker_url)
     if is_redis(broker_url):
-        import redis
+        import redis  # here, not at the top: Redis brokers only; `predraft queue ...` must start fast
 
         client = _redis_client(broker_url, timeout)
         found = []
@@ -387,7 +387,7 @@ def _int(value: object) -> int:
 
 
 def _redis_client(broker_url: str, timeout: float) -> Redis:
-    import redis
+    import redis  # here, not at the top: Redis brokers only; `predraft queue ...` must start fast
 
     return redis.Redis.from_url(broker_url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
@@ -400,7 +400,7 @@ def _redis_keys(queue: str) -> list[str]:
 def _redis_sizes(
     broker_url: str, queues: list[str], timeout: float
 ) -> tuple[dict[str, int], dict[str, datetime | None]]:
-    import redis
+    import redis  # here, not at the top: Redis brokers only; `predraft queue ...` must start fast
 
     client = _redis_client(broker_url, timeout)
     try:
@@ -453,7 +453,7 @@ def _redis_unacked(client: Any, queues: list[str]) -> list[QueuedMessage]:
 
 
 def _redis_messages(broker_url: str, queues: list[str], timeout: float) -> list[QueuedMessage]:
-    import redis
+    import redis  # here, not at the top: Redis brokers only; `predraft queue ...` must start fast
 
     client = _redis_client(broker_url, timeout)
     found: list[QueuedMessage] = []
@@ -486,8 +486,6 @@ def _sqlite_path(database_url: str) -> Path | None:
 
 
 def _sqla_engine(database_url: str, timeout: float) -> Engine:
-    from sqlalchemy import create_engine
-
     if database_url.startswith("sqlite"):
         return create_engine(database_url, connect_args={"timeout": timeout})
     return create_engine(database_url, connect_args={"connect_timeout": max(1, int(timeout))})
@@ -495,9 +493,6 @@ def _sqla_engine(database_url: str, timeout: float) -> Engine:
 
 def _sqla_select(database_url: str, timeout: float, sql: str, **params: object) -> list[Any]:
     """Rows of ``sql`` on the broker's tables; [] when they do not exist (nothing was ever sent)."""
-    from sqlalchemy import text
-    from sqlalchemy.exc import SQLAlchemyError
-
     engine = _sqla_engine(database_url, timeout)
     try:
         with engine.connect() as connection:
@@ -618,6 +613,4 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _redact(url: str) -> str:
-    from predraft.core.settings import redact_url
-
     return redact_url(url) or ""

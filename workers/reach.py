@@ -6,6 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
 from predraft.core.settings import Settings, redact_url
 from predraft.workers.queues import BrokerUnreachable, ping_broker
 
@@ -26,9 +29,6 @@ def check_reachable(settings: Settings, *, timeout: float = 2.0) -> None:
 
 def probe_database(url: str, *, timeout: float) -> None:
     """Connect and ``SELECT 1``; a SQLite database must exist (reading must not create it)."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.exc import SQLAlchemyError
-
     name = redact_url(url)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise Unreachable(f"cannot reach the database {name}: {url.removeprefix('sqlite:///')} is not a file")

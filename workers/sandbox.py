@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import json
+import logging
 import os
 import pickle
+import resource
 import signal
 import subprocess
 import sys
@@ -33,6 +36,8 @@ from enum import StrEnum
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
+
+from predraft.core.library_text import quieten_value_quoting_libraries
 
 MiB = 1024 * 1024
 #: Longest a fresh child may take to import its preloaded modules and say it is ready.
@@ -430,8 +435,6 @@ def _message(exc: BaseException) -> str:
 def _die_with_parent(parent_pid: int) -> None:
     """SIGKILL when the thread that started this process ends (Linux); leave if the parent is gone already."""
     with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:
         os._exit(0)
@@ -440,17 +443,11 @@ def _die_with_parent(parent_pid: int) -> None:
 def _quieten() -> None:
     """Log warnings and errors only, with every predraft process's hygiene: no library warning carries a value
     (patient data) into the output (:func:`predraft.core.library_text.quieten_value_quoting_libraries`)."""
-    import logging
-
-    from predraft.core.library_text import quieten_value_quoting_libraries
-
     logging.basicConfig(level=logging.WARNING, force=True)
     quieten_value_quoting_libraries()
 
 
 def _bound_memory(memory_bytes: int) -> None:
-    import resource
-
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     limit = memory_bytes if hard == resource.RLIM_INFINITY else min(memory_bytes, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

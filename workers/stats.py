@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import create_engine, text
+
 from predraft.core.settings import Settings, redact_url
 from predraft.workers.names import QUEUE_OF_TASK, QUEUES
 from predraft.workers.presence import online_workers
@@ -74,8 +76,6 @@ def queue_stats(settings: Settings, *, now: datetime | None = None, timeout: flo
 
 def dead_counts(database_url: str, *, timeout: float = 3.0) -> dict[str, int]:
     """Dead work by queue: dead letters not yet retried, and (queue ``export``) dead exports of newest SRs."""
-    from sqlalchemy import create_engine, text
-
     connect_args = (
         {"timeout": timeout} if database_url.startswith("sqlite") else {"connect_timeout": max(1, int(timeout))}
     )

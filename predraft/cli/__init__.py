@@ -1,4 +1,19 @@
-"""The ``predraft`` command: groups of subcommands, each importing what it needs when it runs."""
+"""The ``predraft`` command: groups of subcommands, each importing what it needs when it runs.
+
+The import rule of this package, for start-up time: ``predraft --help``, ``predraft --version`` and every command
+import all of its modules (this file registers every command), so
+
+- every command imports its services (``predraft.core.db``, ``predraft.workers.*``, ``predraft.models.*``,
+  ``predraft.serve``, ``predraft.http``, ...) inside the command function, and so do the shared helpers of
+  :mod:`predraft.cli.common` and :mod:`predraft.cli.output` (the database, the reachability check, rich's
+  tables): a command pays only for what it runs, and none pays for torch, Celery, the ORM or FastAPI to print
+  help (``bench/cli.py`` times the start-up);
+- the standard library, click, the CLI's own helpers (``predraft.cli.*``) and the light modules those load
+  anyway (pydantic, ``predraft.core.settings``, ``predraft.core.clock``, ``predraft.core.states``
+  and ``predraft.workers.names``) are imported at the top of each module.
+
+Those in-function imports carry no comment of their own: this docstring is their reason.
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import click
 
 from predraft.cli.common import load_settings
+from predraft.core.settings import redact_url
 
 
 @click.group()
@@ -15,7 +16,6 @@ def db() -> None:
 def upgrade(revision: str) -> None:
     """Apply the schema migrations."""
     from predraft.core import db as database
-    from predraft.core.settings import redact_url
 
     settings = load_settings()
     database.upgrade(settings.database_url, revision)

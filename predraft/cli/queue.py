@@ -17,6 +17,7 @@ from predraft.cli.output import (
     print_workers,
     reachable_settings,
 )
+from predraft.core.settings import redact_url
 from predraft.workers.names import QUEUES as QUEUE_NAMES
 
 #: predraft.workers.admin.STATES, literal here so that the CLI starts without importing Celery and the ORM
@@ -187,7 +188,6 @@ def retry_command(item_id: str | None, all_dead: bool, as_json: bool) -> int:
 def purge_command(queue_name: str, yes: bool, as_json: bool) -> int:
     """Delete the messages waiting in QUEUE from the broker. Spool files and database rows are kept; the
     sweeper sends again the work the database still says is pending."""
-    from predraft.core.settings import redact_url
     from predraft.workers.admin import purge_queue, waiting_count
     from predraft.workers.app import create_celery
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 from typing import TYPE_CHECKING
 
 import click
 
 from predraft.cli.common import load_settings, load_settings_with_schema
+from predraft.core.settings import redact_url
 
 if TYPE_CHECKING:
     from predraft.core.settings import Settings
@@ -68,8 +70,6 @@ def _supervise(settings: Settings, signals: StopSignals, run_demo: bool) -> int:
 
 
 def _announce(settings: Settings, run_demo: bool) -> None:
-    from predraft.core.settings import redact_url
-
     click.echo(
         f"predraft is up: DICOM {settings.ae_title}@{settings.dimse_host}:{settings.dimse_port}, "
         f"HTTP http://{settings.http_host}:{settings.http_port}, database {redact_url(settings.database_url)}, "
@@ -88,8 +88,6 @@ def _announce(settings: Settings, run_demo: bool) -> None:
 @click.command()
 def listen() -> None:
     """Run the DIMSE listener and the study-stability monitor."""
-    import tempfile
-
     from predraft.core.bootstrap import configure_logging, wait_for_stop_signal
     from predraft.core.metrics import serve_metrics
     from predraft.listener.dimse import start_dimse_server

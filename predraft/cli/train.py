@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 
 @click.command()
@@ -67,8 +68,6 @@ def train(
     one-cycle learning rates and the paper's augmentations, class-balanced sampling, bf16 on CUDA, a
     checkpoint every epoch; at the end, temperature and per-class thresholds fitted on validation.
     """
-    from pydantic import ValidationError
-
     from predraft.models.datasets import LabelsError
     from predraft.models.training import TrainingConfig, TrainingError
     from predraft.models.training import train as run_training

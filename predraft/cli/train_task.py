@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 
 
 def _task(value: str) -> tuple[str, tuple[str, ...] | None]:
@@ -103,8 +104,6 @@ def train_task(
     the out-of-fold predictions, figures with 95 % CIs from a bootstrap over groups; then the shipped
     network on every row. The card carries the cross-validated figures.
     """
-    from pydantic import ValidationError
-
     from predraft.models.taskdata import TaskLabelsError
     from predraft.models.tasktraining import TaskTrainingConfig, train_task_model
 

@@ -6,6 +6,8 @@ import logging
 import signal
 import threading
 
+from pythonjsonlogger.json import JsonFormatter
+
 from predraft.core.library_text import quieten_value_quoting_libraries
 from predraft.core.settings import Settings
 
@@ -17,8 +19,6 @@ def configure_logging(settings: Settings) -> None:
     (``time``, ``level``, ``process``, ``logger``, ``message``, and ``exc_info`` for a traceback)."""
     handler = logging.StreamHandler()
     if settings.log_format == "json":
-        from pythonjsonlogger.json import JsonFormatter
-
         handler.setFormatter(
             JsonFormatter(
                 "%(asctime)s %(levelname)s %(processName)s %(name)s %(message)s",

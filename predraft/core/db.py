@@ -10,8 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, Insert, create_engine, event
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
+
+from predraft.core.settings import redact_url
 
 if TYPE_CHECKING:
     import sqlite3
@@ -69,12 +73,8 @@ def insert_ignoring_conflict(
     columns = [key] if isinstance(key, str) else list(key)
     statement: Insert
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-
         statement = postgresql_insert(table).values(**values).on_conflict_do_nothing(index_elements=columns)
     elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
         statement = sqlite_insert(table).values(**values).on_conflict_do_nothing(index_elements=columns)
     else:
         raise NotImplementedError(f"database dialect {dialect!r} is not supported (PostgreSQL or SQLite)")
@@ -106,7 +106,9 @@ class SchemaError(RuntimeError):
 
 
 def alembic_config(database_url: str) -> Config:
-    from alembic.config import Config
+    from alembic.config import Config  # here, not at the top: Alembic (150 modules); the worker's tasks, the
+    # listener's ingest, the web app and `predraft studies ...` import this module for sessions, and only
+    # `predraft db upgrade`, `serve` and the schema check at a service's start need Alembic
 
     config = Config()
     config.set_main_option("script_location", str(importlib.resources.files(MIGRATIONS_PACKAGE)))
@@ -117,7 +119,7 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Apply the Alembic migrations up to ``revision``."""
-    from alembic import command
+    from alembic import command  # here, not at the top: Alembic, as in alembic_config
 
     get_engine(database_url)  # creates the SQLite folder
     command.upgrade(alembic_config(database_url), revision)
@@ -125,10 +127,8 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def check_schema(database_url: str) -> None:
     """Raise SchemaError unless the database is at the newest migration."""
-    from alembic.runtime.migration import MigrationContext
+    from alembic.runtime.migration import MigrationContext  # here, not at the top: Alembic, as in alembic_config
     from alembic.script import ScriptDirectory
-
-    from predraft.core.settings import redact_url
 
     head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
     with get_engine(database_url).connect() as connection:

@@ -26,6 +26,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from predraft.models.card import DEMO_MODEL_CARD
+from predraft.models.taskcard import GATE_CARD
 from predraft.models.taxonomy import View
 from predraft.reporting.aggregate import DEFAULT_VIEW_WEIGHTS, AggregationRule
 
@@ -611,15 +613,11 @@ class Settings(BaseSettings):
     @property
     def gate_card_path(self) -> Path:
         """The gate card in use: the configured one, or the bundled gate's (``models/gate/card.json``)."""
-        from predraft.models.taskcard import GATE_CARD
-
         return self.gate_model or GATE_CARD
 
     @property
     def demo_model_card_path(self) -> Path:
         """The bundled demo model's card (``models/demo/card.json``): trained on phantoms, never clinical."""
-        from predraft.models.card import DEMO_MODEL_CARD
-
         return DEMO_MODEL_CARD
 
     @property

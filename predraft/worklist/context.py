@@ -46,7 +46,8 @@ class WebContext:
         """The Celery app the review's export tasks are sent with (made on first use)."""
         with self._lock:
             if self._celery is None:
-                from predraft.workers.app import create_celery
+                from predraft.workers.app import create_celery  # here, not at the top: Celery and kombu;
+                # `predraft web` imports this module at start-up, and only a review's exports need them
 
                 self._celery = create_celery(self.settings)
             return self._celery

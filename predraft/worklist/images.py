@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image
 
 from predraft.core.settings import Settings
 from predraft.models.card import ModelCard, load_card
@@ -79,7 +80,8 @@ class HipImages:
         )
         if target.is_file():
             return target
-        from predraft.models.gradcam import gradcam_overlay
+        from predraft.models.gradcam import gradcam_overlay  # here, not at the top: torch; `predraft web`
+        # imports this module at start-up (through predraft.worklist.context), and only an overlay needs it
 
         pixels = self._hip(spool_path, side_value, card.input_size)
         data = gradcam_overlay(self.classifier(), pixels, classes.index(hardware), size=THUMBNAIL_SIZE)
@@ -95,7 +97,8 @@ class HipImages:
         predraft.models.gradcam.network_lock)."""
         with self._classifier_lock:
             if self._classifier is None:
-                from predraft.models.factory import load_classifier
+                from predraft.models.factory import load_classifier  # here, not at the top: torch and timm,
+                # for the first overlay (`predraft web` imports this module at start-up)
 
                 self._classifier = load_classifier(self.settings.model_card_path, self.settings.device)
             return self._classifier
@@ -103,7 +106,8 @@ class HipImages:
     # --- helpers -----------------------------------------------------------------------------------------
 
     def _hip(self, spool_path: str, side: Side, size: int) -> np.ndarray:
-        from predraft.models.prepare import prepare_file
+        from predraft.models.prepare import prepare_file  # here, not at the top: scipy, OpenCV, the decoders;
+        # `predraft web` imports this module at start-up, and only the first thumbnail needs them
 
         try:
             # a side asked of an image whose tags name none: the gate may have drafted it from its halves
@@ -135,8 +139,6 @@ def _safe(uid: str) -> str:
 
 
 def _png(pixels: np.ndarray) -> bytes:
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()

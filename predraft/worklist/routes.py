@@ -37,6 +37,12 @@ from predraft.listener.spool import Spool
 from predraft.worklist import auth
 from predraft.worklist.auth import CSRF_FIELD, LOGIN_COOKIE, SESSION_COOKIE, CurrentUser, LoginRequired, WebError
 from predraft.worklist.context import WebContext
+from predraft.worklist.images import ImageUnavailable
+from predraft.worklist.present import WorklistState
+from predraft.worklist.stats import statistics
+from predraft.worklist.study import study_page
+from predraft.worklist.users import authenticate
+from predraft.worklist.worklist import SORTS, QueryError, WorklistQuery, worklist_page
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -124,8 +130,6 @@ async def login(request: Request) -> Response:
         """(session token, None) on success; (None, seconds to wait) when throttled; (None, None) when wrong.
         Checked, tried and counted under the throttle's locks of this user name and address, so that
         parallel guesses cannot all pass the check before any of them is counted."""
-        from predraft.worklist.users import authenticate
-
         with context.throttle.attempt(username=username, address=address) as wait:
             if wait is not None:
                 return None, wait
@@ -194,8 +198,6 @@ async def logout(request: Request, _form: dict[str, str] = Depends(checked_form)
 
 
 def _worklist(request: Request) -> Any:
-    from predraft.worklist.worklist import QueryError, WorklistQuery, worklist_page
-
     try:
         query = WorklistQuery.from_params(dict(request.query_params))
     except QueryError as exc:
@@ -216,9 +218,6 @@ def _models_shown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @router.get("/", response_class=HTMLResponse)
 def worklist(request: Request, user: CurrentUser = Depends(current_user)) -> Response:
-    from predraft.worklist.present import WorklistState
-    from predraft.worklist.worklist import SORTS
-
     page = _worklist(request)
     return web(request).render(
         "worklist.html.j2",
@@ -249,8 +248,6 @@ def worklist_rows(request: Request, user: CurrentUser = Depends(current_user)) -
 
 @router.get("/studies/{study_uid}", response_class=HTMLResponse)
 def study(request: Request, study_uid: str, user: CurrentUser = Depends(current_user)) -> Response:
-    from predraft.worklist.study import study_page
-
     with session_scope(web(request).settings.database_url) as session:
         detail = study_page(session, study_uid)
     if detail is None:
@@ -281,8 +278,6 @@ def _png(path: Any) -> FileResponse:
 def thumbnail(
     request: Request, study_uid: str, instance_id: int, side: str, _user: CurrentUser = Depends(current_user)
 ) -> Response:
-    from predraft.worklist.images import ImageUnavailable
-
     instance = _instance(request, study_uid, instance_id)
     try:
         return _png(
@@ -298,8 +293,6 @@ def thumbnail(
 def gradcam(
     request: Request, study_uid: str, instance_id: int, side: str, _user: CurrentUser = Depends(current_user)
 ) -> Response:
-    from predraft.worklist.images import ImageUnavailable
-
     instance = _instance(request, study_uid, instance_id)
     hardware = request.query_params.get("class", "")
     try:
@@ -319,7 +312,9 @@ async def review(
     user: CurrentUser = Depends(current_user),
     form: dict[str, str] = Depends(checked_form),
 ) -> Response:
-    from predraft.workers.export_task import send_exports
+    # `predraft web` (and `predraft serve`, which waits for it) imports this module at start-up: Celery, kombu,
+    # pynetdicom and highdicom load with the first review, and a web app that only shows worklists never loads them
+    from predraft.workers.export_task import send_exports  # here, not at the top: Celery, highdicom (see above)
     from predraft.worklist.review import ReviewConflict, ReviewError, review_draft
 
     if not user.can_review:
@@ -367,8 +362,6 @@ async def review(
 
 @router.get("/stats", response_class=HTMLResponse)
 def stats(request: Request, user: CurrentUser = Depends(admin)) -> Response:
-    from predraft.worklist.stats import statistics
-
     with session_scope(web(request).settings.database_url) as session:
         figures = statistics(session)
     return web(request).render("stats.html.j2", user=user, stats=figures)
