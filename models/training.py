@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +183,48 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+#: Multipliers of the run's seed for each epoch's two random streams (see :func:`epoch_seeds`): distinct primes,
+#: so that the streams differ from each other and runs of nearby seeds do not share an epoch's stream.
+SAMPLING_SEED_STRIDE = 100_003
+AUGMENTATION_SEED_STRIDE = 7_919
+
+
+def epoch_seeds(run_seed: int, epoch_number: int) -> tuple[int, int]:
+    """The seeds of epoch ``epoch_number`` (from 0) of a run: the class-balanced sampler's order, and torch's
+    global stream that the augmentations draw from. Derived from the run's seed and the epoch alone, so that a
+    resumed run replays exactly the epochs an uninterrupted one would have run."""
+    return (
+        run_seed * SAMPLING_SEED_STRIDE + epoch_number,
+        run_seed * AUGMENTATION_SEED_STRIDE + epoch_number,
+    )
+
+
+def _train_one_epoch(
+    network: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
+) -> list[float]:
+    """One pass over ``batches`` (a progress bar, which shows the loss, or a plain loader); the batch losses."""
+    network.train()
+    losses: list[float] = []
+    for batch, targets in batches:
+        inputs = normalise(batch.to(device, non_blocking=True), mean, std)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = torch.nn.functional.cross_entropy(network(inputs).float(), targets.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if isinstance(batches, tqdm):
+            batches.set_postfix(loss=f"{losses[-1]:.3f}")
+    return losses
+
+
 def train(
     data_dir: Path,
     out_dir: Path,
@@ -263,28 +305,19 @@ def train(
                 continue
             if stop_after_epochs is not None and ran >= stop_after_epochs:
                 return None
-            generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch_number)
-            torch.manual_seed(config.seed * 7_919 + epoch_number)
+            sampling_seed, augmentation_seed = epoch_seeds(config.seed, epoch_number)
+            torch.manual_seed(augmentation_seed)
             sampler = WeightedRandomSampler(
-                weights, num_samples=steps * config.batch_size, replacement=True, generator=generator
+                weights,
+                num_samples=steps * config.batch_size,
+                replacement=True,
+                generator=torch.Generator().manual_seed(sampling_seed),
             )
             loader = DataLoader(
                 dataset, batch_size=config.batch_size, sampler=sampler, num_workers=workers, drop_last=False
             )
-            network.train()
-            losses = []
             bar = tqdm(loader, total=steps, desc=f"{stage} epoch {epoch_number + 1}", disable=not show, leave=False)
-            for batch, targets in bar:
-                batch = normalise(batch.to(torch_device, non_blocking=True), mean, std)
-                targets = targets.to(torch_device)
-                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=torch_device.type == "cuda"):
-                    loss = torch.nn.functional.cross_entropy(network(batch).float(), targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                losses.append(loss.item())
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            losses = _train_one_epoch(network, bar, optimizer, scheduler, mean, std, torch_device)
             logits = predict_logits(network, sets["validation"], mean, std, torch_device, config.batch_size)
             labels = sets["validation"].targets
             entry = {
