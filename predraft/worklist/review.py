@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import pydicom
 from pydicom.uid import generate_uid
@@ -101,6 +102,58 @@ def review_draft(
         asked = ReviewAction(action)
     except ValueError:
         raise ReviewError(f"action {action!r} is not one of {', '.join(ReviewAction)}") from None
+    study, draft = _open_draft(session, study_uid=study_uid, draft_id=draft_id)
+    draft_text = normalise_text(draft.text)
+    decision = _decide(asked, draft_text=draft_text, text=text, reason=reason)
+    now = utcnow()
+    sr_text, statement = _signed_words(decision, draft=draft, user=user, now=now)
+    report = _issue_report(
+        session,
+        study=study,
+        draft=draft,
+        decision=decision,
+        sr_text=sr_text,
+        statement=statement,
+        user=user,
+        organization=organization,
+        spool=spool,
+        now=now,
+    )
+    review = Review(
+        draft_id=draft.id,
+        study_id=study.id,
+        user_id=user.id,
+        action=decision.action,
+        final_text=decision.final_text,
+        diff=text_diff(draft_text, decision.final_text) if decision.final_text else "",
+        reason=decision.reason,
+        report_id=report.id,
+        created_at=now,
+    )
+    session.add(review)
+    study.state = StudyState.REVIEWED
+    session.flush()
+    record_event(
+        session,
+        EventKind.REVIEWED,
+        f"draft {draft.id} {decision.action.value} by user {user.id}; SR {report.sr_sop_instance_uid}",
+        study_id=study.id,
+    )
+    exports = queue_exports(session, draft_id=report.id, destinations=list(destinations))
+    return ReviewOutcome(review.id, decision.action, report.id, report.sr_sop_instance_uid, exports)
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """What a review decided: the action recorded, the text signed (empty for a rejection) and the reason."""
+
+    action: ReviewAction
+    final_text: str
+    reason: str
+
+
+def _open_draft(session: Session, *, study_uid: str, draft_id: int) -> tuple[Study, Draft]:
+    """The study (locked until the review commits) and its draft, when that draft is open for review."""
     study = session.scalar(select(Study).where(Study.study_uid == study_uid).with_for_update())
     if study is None:
         raise ReviewError(f"no study with StudyInstanceUID {study_uid}")
@@ -115,54 +168,70 @@ def review_draft(
         raise ReviewConflict("a newer draft of this study exists: reload the page")
     if study.state != StudyState.DRAFTED or study.generation != draft.generation:
         raise ReviewConflict(f"the study is {study.state} (a new image re-opened it): wait for its new draft")
+    return study, draft
 
-    draft_text = normalise_text(draft.text)
+
+def _decide(asked: ReviewAction, *, draft_text: str, text: str | None, reason: str) -> _Decision:
+    """The form's action, text and reason checked, and the action to record (an "edit" that changed nothing
+    is an acceptance)."""
     if asked is ReviewAction.REJECTED:
         reason = (reason or "").strip()
         if not reason:
             raise ReviewError("a rejection needs a reason")
         if len(reason) > MAX_REASON_LENGTH:
             raise ReviewError(f"the reason is longer than {MAX_REASON_LENGTH} characters")
-        review_action = ReviewAction.REJECTED
-        final_text = ""
+        return _Decision(ReviewAction.REJECTED, "", reason)
+    given = normalise_text(text) if text is not None and text.strip() else None
+    if given is not None and len(given) > MAX_TEXT_LENGTH:
+        raise ReviewError(f"the report text is longer than {MAX_TEXT_LENGTH} characters")
+    if asked is ReviewAction.ACCEPTED:
+        if given is not None and given != draft_text:
+            raise ReviewError("the text was edited: use 'Save edits and accept' to sign the edited text")
+        final_text = draft_text
     else:
-        given = normalise_text(text) if text is not None and text.strip() else None
-        if given is not None and len(given) > MAX_TEXT_LENGTH:
-            raise ReviewError(f"the report text is longer than {MAX_TEXT_LENGTH} characters")
-        if asked is ReviewAction.ACCEPTED:
-            if given is not None and given != draft_text:
-                raise ReviewError("the text was edited: use 'Save edits and accept' to sign the edited text")
-            final_text = draft_text
-        else:
-            if given is None:
-                raise ReviewError("the report text is empty")
-            final_text = given
-        review_action = ReviewAction.ACCEPTED if final_text == draft_text else ReviewAction.EDITED
-        reason = ""
+        if given is None:
+            raise ReviewError("the report text is empty")
+        final_text = given
+    return _Decision(ReviewAction.ACCEPTED if final_text == draft_text else ReviewAction.EDITED, final_text, "")
 
-    now = utcnow()
+
+def _signed_words(decision: _Decision, *, draft: Draft, user: User, now: datetime) -> tuple[str, str]:
+    """The verified SR's text and its verification statement (who signed what, when, drafted by which model)."""
     when = now.strftime("%Y-%m-%d %H:%M UTC")
     who = f"{person_name(user.display_name)} ({user.username})"
-    if review_action is ReviewAction.REJECTED:
+    if decision.action is ReviewAction.REJECTED:
         sr_text = (
             f"The AI draft of this study (SR {draft.sr_sop_instance_uid}) was rejected by a radiologist "
-            f"and must not be used. Reason: {reason}"
+            f"and must not be used. Reason: {decision.reason}"
         )
-        statement = f"AI draft rejected by {who} on {when}."
-    else:
-        sr_text = final_text.strip()
-        how = "edited and verified" if review_action is ReviewAction.EDITED else "verified as drafted"
-        statement = (
-            f"Report {how} by {who} on {when}; drafted by "
-            f"{draft.model_name} {draft.model_version} (AI, SR {draft.sr_sop_instance_uid})."
-        )
+        return sr_text, f"AI draft rejected by {who} on {when}."
+    how = "edited and verified" if decision.action is ReviewAction.EDITED else "verified as drafted"
+    statement = (
+        f"Report {how} by {who} on {when}; drafted by "
+        f"{draft.model_name} {draft.model_version} (AI, SR {draft.sr_sop_instance_uid})."
+    )
+    return decision.final_text.strip(), statement
 
+
+def _issue_report(
+    session: Session,
+    *,
+    study: Study,
+    draft: Draft,
+    decision: _Decision,
+    sr_text: str,
+    statement: str,
+    user: User,
+    organization: str,
+    spool: Spool,
+    now: datetime,
+) -> Draft:
+    """Build the verified SR (the signed report, or the notice of a rejection), spool it and record it as the
+    drafts row that supersedes ``draft``."""
     draft_sr = pydicom.dcmread(draft.sr_path)
-    evidence = _evidence(session, draft_sr)
-    kind = ReportKind.REJECTION if review_action is ReviewAction.REJECTED else ReportKind.VERIFIED
-    sr_uid, series_uid = generate_uid(), generate_uid()
+    kind = ReportKind.REJECTION if decision.action is ReviewAction.REJECTED else ReportKind.VERIFIED
     sr = build_review_sr(
-        evidence=evidence,
+        evidence=_evidence(session, draft_sr),
         draft_sr=draft_sr,
         verified=kind is ReportKind.VERIFIED,
         text=sr_text,
@@ -170,51 +239,29 @@ def review_draft(
         verifier_name=user.display_name,
         verifier_login=user.username,
         organization=organization,
-        edited=review_action is ReviewAction.EDITED,
-        series_instance_uid=series_uid,
-        sop_instance_uid=sr_uid,
+        edited=decision.action is ReviewAction.EDITED,
+        series_instance_uid=generate_uid(),
+        sop_instance_uid=generate_uid(),
     )
     path = spool.write_sr(sr)
-
     report = Draft(
         study_id=study.id,
         generation=draft.generation,
         kind=kind,
-        text=final_text if kind is ReportKind.VERIFIED else sr_text + "\n",
+        text=decision.final_text if kind is ReportKind.VERIFIED else sr_text + "\n",
         findings=draft.findings,
         model_name=draft.model_name,
         model_version=draft.model_version,
         synthetic_demo=draft.synthetic_demo,
-        sr_sop_instance_uid=sr_uid,
-        sr_series_uid=series_uid,
+        sr_sop_instance_uid=str(sr.SOPInstanceUID),
+        sr_series_uid=str(sr.SeriesInstanceUID),
         sr_path=str(path),
         supersedes_id=draft.id,
         created_at=now,
     )
     session.add(report)
     session.flush()
-    review = Review(
-        draft_id=draft.id,
-        study_id=study.id,
-        user_id=user.id,
-        action=review_action,
-        final_text=final_text,
-        diff=text_diff(draft_text, final_text) if final_text else "",
-        reason=reason,
-        report_id=report.id,
-        created_at=now,
-    )
-    session.add(review)
-    study.state = StudyState.REVIEWED
-    session.flush()
-    record_event(
-        session,
-        EventKind.REVIEWED,
-        f"draft {draft.id} {review_action.value} by user {user.id}; SR {sr_uid}",
-        study_id=study.id,
-    )
-    exports = queue_exports(session, draft_id=report.id, destinations=list(destinations))
-    return ReviewOutcome(review.id, review_action, report.id, sr_uid, exports)
+    return report
 
 
 def _evidence(session: Session, draft_sr: pydicom.Dataset) -> list[pydicom.Dataset]:
