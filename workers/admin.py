@@ -13,14 +13,16 @@ A *work item* is one of:
 - ``E<n>``: export row ``n`` of a study's newest SR, when ``failed`` (its retry is scheduled) or ``dead``
   (given up). Exports of an SR that a newer one superseded are left out: the newer SR is what counts.
 
-Items are dicts with the keys of :data:`ITEM_KEYS` (``show`` adds a few). They name studies and instances
-by UID and carry errors and tracebacks, never patient names or ids.
+Items are :class:`WorkItem` (JSON: :meth:`WorkItem.as_json`, the keys of :data:`ITEM_KEYS`, then the worker
+that holds a message and ``show``'s details). They name studies and instances by UID and carry errors and
+tracebacks, never patient names or ids.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +34,7 @@ from predraft.core.clock import as_utc
 from predraft.core.db import session_scope
 from predraft.core.schema import DeadLetter, Draft, Export, Instance, Study
 from predraft.core.settings import Settings, redact_url
-from predraft.core.states import ExportState
+from predraft.core.states import LISTED_WORK_STATES, ExportState, WorkState
 from predraft.workers.dead_letters import DeadLetterError, retry_dead_letter
 from predraft.workers.export_service import requeue_latest_draft
 from predraft.workers.names import CLASSIFY, DRAFT, EXPORT, PREPARE, QUEUE_OF_TASK, QUEUES
@@ -46,7 +48,7 @@ from predraft.workers.queues import (
     waiting_messages,
 )
 
-STATES = ("waiting", "running", "failed", "dead")
+STATES = tuple(state.value for state in LISTED_WORK_STATES)
 ITEM_KEYS = (
     "id",
     "state",
@@ -60,8 +62,37 @@ ITEM_KEYS = (
     "retry_at",
     "error",
 )
+#: How ``list_work`` orders items: what needs an administrator first.
+_LISTING_ORDER = (WorkState.DEAD, WorkState.FAILED, WorkState.RUNNING, WorkState.WAITING)
 _TASK_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z-]{7,63}$")
 _ROW_ID = re.compile(r"^([DE])(\d+)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One work item as the admin view lists and shows it (see the module docstring for the kinds)."""
+
+    id: str
+    state: WorkState
+    queue: str
+    task: str
+    study_uid: str | None = None
+    instance_uid: str | None = None
+    destination: str | None = None
+    attempts: int | None = None
+    since: str | None = None  # ISO 8601, UTC
+    retry_at: str | None = None  # ISO 8601, UTC: when a failed item's retry is due
+    error: str | None = None
+    worker: str | None = None  # the worker that holds a message the broker cannot say is delivered
+    details: Mapping[str, Any] = field(default_factory=dict)  # what ``show`` adds
+
+    def as_json(self) -> dict[str, Any]:
+        """The keys of :data:`ITEM_KEYS`, then ``worker`` when known, then the details."""
+        data: dict[str, Any] = {key: getattr(self, key) for key in ITEM_KEYS}
+        data["state"] = self.state.value
+        if self.worker:
+            data["worker"] = self.worker
+        return data | dict(self.details)
 
 
 class RetryRefused(LookupError):
@@ -95,7 +126,7 @@ def list_work(
     state: str | None = None,
     limit: int = 100,
     now: datetime | None = None,
-) -> list[dict[str, Any]]:
+) -> list[WorkItem]:
     """Work items in ``state`` (default: every state) of ``queue`` (default: every queue), dead first, then
     failed, running and waiting, each oldest first. Waiting messages: the ``limit`` oldest of each queue."""
     if queue is not None and queue not in QUEUES:
@@ -104,66 +135,71 @@ def list_work(
         raise ValueError(f"unknown state {state!r}; known: {', '.join(STATES)}")
     now = now or datetime.now(UTC)
     queues = [queue] if queue else list(QUEUES)
-    wanted = [state] if state else list(STATES)
-    messages: list[tuple[str, QueuedMessage | HeldTask, str | None]] = []  # (state, message, worker)
-    if "waiting" in wanted:
+    wanted = [WorkState(state)] if state else list(LISTED_WORK_STATES)
+    messages: list[tuple[WorkState, QueuedMessage | HeldTask, str | None]] = []  # (state, message, worker)
+    if WorkState.WAITING in wanted:
         messages += [
-            ("waiting", m, None)
+            (WorkState.WAITING, m, None)
             for m in waiting_messages(settings.broker_url, queues, limit=limit)
             if not m.retry_pending(now)
         ]
-    if {"running", "failed"} & set(wanted):
+    if {WorkState.RUNNING, WorkState.FAILED} & set(wanted):
         # what runs: on Redis the broker says (unacked); the embedded broker cannot, so the workers say
         workers = [] if broadcasts(settings.broker_url) else online_workers(settings, now=now)
-        if "running" in wanted:
+        if WorkState.RUNNING in wanted:
             messages += [
-                ("running", m, None)
+                (WorkState.RUNNING, m, None)
                 for m in delivered_messages(settings.broker_url, queues)
                 if not m.retry_pending(now)
             ]
             messages += [
-                ("running", task, worker.hostname)
+                (WorkState.RUNNING, task, worker.hostname)
                 for worker in workers
                 for task in worker.tasks
                 if task.queue in queues and task.state != "scheduled" and not _pending(task.eta, now)
             ]
-        if "failed" in wanted:
+        if WorkState.FAILED in wanted:
             messages += [
-                ("failed", m, None) for m in messages_with_eta(settings.broker_url, queues) if m.retry_pending(now)
+                (WorkState.FAILED, m, None)
+                for m in messages_with_eta(settings.broker_url, queues)
+                if m.retry_pending(now)
             ]
             messages += [
-                ("failed", task, worker.hostname)
+                (WorkState.FAILED, task, worker.hostname)
                 for worker in workers
                 for task in worker.tasks
                 if task.queue in queues and _pending(task.eta, now)
             ]
     with session_scope(settings.database_url) as session:
-        rows: list[dict[str, Any]] = []
-        if "dead" in wanted:
-            rows += [_dead_letter_item(letter, session) for letter in _dead_letters(session, queues)]
+        items: list[WorkItem] = []
+        if WorkState.DEAD in wanted:
+            items += [_dead_letter_item(letter, session) for letter in _dead_letters(session, queues)]
             if "export" in queues:
-                rows += [_export_item(export, session) for export in _exports(session, ExportState.DEAD)]
-        if "failed" in wanted and "export" in queues:
-            rows += _fold_export_retries(_exports(session, ExportState.FAILED), messages, session)
-        rows += [_message_item(kind, message, worker, session) for kind, message, worker in messages]
-    order = {name: index for index, name in enumerate(("dead", "failed", "running", "waiting"))}
-    rows.sort(key=lambda row: (order[row["state"]], row["since"] or ""))
-    return rows
+                items += [_export_item(export, session) for export in _exports(session, ExportState.DEAD)]
+        if WorkState.FAILED in wanted and "export" in queues:
+            exports, messages = _fold_export_retries(_exports(session, ExportState.FAILED), messages, session)
+            items += exports
+        items += [_message_item(kind, message, worker, session) for kind, message, worker in messages]
+    order = {state: index for index, state in enumerate(_LISTING_ORDER)}
+    items.sort(key=lambda item: (order[item.state], item.since or ""))
+    return items
 
 
 def _fold_export_retries(
-    exports: list[Export], messages: list[tuple[str, QueuedMessage | HeldTask, str | None]], session: Session
-) -> list[dict[str, Any]]:
-    """The items of failed exports. A failed export's retry message belongs to its ``E<n>`` item: its ETA
-    becomes the item's ``retry_at`` and the message is dropped from ``messages``."""
+    exports: list[Export], messages: list[tuple[WorkState, QueuedMessage | HeldTask, str | None]], session: Session
+) -> tuple[list[WorkItem], list[tuple[WorkState, QueuedMessage | HeldTask, str | None]]]:
+    """The items of failed exports, and the messages that are not their retries. A failed export's retry
+    message belongs to its ``E<n>`` item: its ETA becomes the item's ``retry_at``."""
     items = {(export.draft_id, export.destination): _export_item(export, session) for export in exports}
-    for entry in list(messages):
+    others = []
+    for entry in messages:
         kind, message, _ = entry
         key = (message.first_arg, message.args[1] if len(message.args) > 1 else None)
-        if kind == "failed" and message.task == EXPORT and key in items:
-            items[key]["retry_at"] = _iso(message.eta)
-            messages.remove(entry)
-    return list(items.values())
+        if kind is WorkState.FAILED and message.task == EXPORT and key in items:
+            items[key] = replace(items[key], retry_at=_iso(message.eta))
+        else:
+            others.append(entry)
+    return list(items.values()), others
 
 
 def _dead_letters(session: Session, queues: Iterable[str]) -> list[DeadLetter]:
@@ -188,20 +224,16 @@ def _exports(session: Session, state: ExportState) -> list[Export]:
     )
 
 
-def _item(**values: Any) -> dict[str, Any]:
-    return {key: values.get(key) for key in ITEM_KEYS} | {k: v for k, v in values.items() if k not in ITEM_KEYS}
-
-
-def _dead_letter_item(letter: DeadLetter, session: Session, *, detail: bool = False) -> dict[str, Any]:
+def _dead_letter_item(letter: DeadLetter, session: Session, *, detail: bool = False) -> WorkItem:
     study_uid, instance_uid = _uids(session, study_id=letter.study_id, instance_id=letter.instance_id)
     extra = (
         {"task_id": letter.task_id, "traceback": letter.traceback, "retried_at": _iso(letter.retried_at)}
         if detail
         else {}
     )
-    return _item(
+    return WorkItem(
         id=f"D{letter.id}",
-        state="dead" if letter.retried_at is None else "retried",
+        state=WorkState.DEAD if letter.retried_at is None else WorkState.RETRIED,
         queue=QUEUE_OF_TASK.get(letter.task_name, ""),
         task=letter.task_name,
         study_uid=study_uid,
@@ -209,11 +241,11 @@ def _dead_letter_item(letter: DeadLetter, session: Session, *, detail: bool = Fa
         attempts=letter.attempts,
         since=_iso(letter.created_at),
         error=letter.error,
-        **extra,
+        details=extra,
     )
 
 
-def _export_item(export: Export, session: Session, *, detail: bool = False) -> dict[str, Any]:
+def _export_item(export: Export, session: Session, *, detail: bool = False) -> WorkItem:
     draft = export.draft
     study_uid = session.scalar(select(Study.study_uid).where(Study.id == draft.study_id))
     extra = (
@@ -226,9 +258,9 @@ def _export_item(export: Export, session: Session, *, detail: bool = False) -> d
         if detail
         else {}
     )
-    return _item(
+    return WorkItem(
         id=f"E{export.id}",
-        state=export.state,
+        state=WorkState(export.state.value),
         queue="export",
         task=EXPORT,
         study_uid=study_uid,
@@ -236,16 +268,16 @@ def _export_item(export: Export, session: Session, *, detail: bool = False) -> d
         attempts=export.attempts,
         since=_iso(export.updated_at),
         error=export.last_error,
-        **extra,
+        details=extra,
     )
 
 
 def _message_item(
-    state: str,
+    state: WorkState,
     message: QueuedMessage | HeldTask,
     worker: str | None,
     session: Session,
-) -> dict[str, Any]:
+) -> WorkItem:
     if isinstance(message, QueuedMessage):
         since = message.since if message.delivered else (message.sent_at or message.since)
         task_id, attempts = message.task_id, message.retries
@@ -261,8 +293,7 @@ def _message_item(
         study_id = session.scalar(select(Draft.study_id).where(Draft.id == first)) if first is not None else None
         study_uid, _ = _uids(session, study_id=study_id)
         destination = message.args[1] if len(message.args) > 1 else None
-    extra = {"worker": worker} if worker else {}
-    return _item(
+    return WorkItem(
         id=task_id,
         state=state,
         queue=message.queue or QUEUE_OF_TASK.get(message.task, ""),
@@ -272,8 +303,8 @@ def _message_item(
         destination=destination,
         attempts=attempts,
         since=_iso(since),
-        retry_at=_iso(message.eta) if state == "failed" else None,
-        **extra,
+        retry_at=_iso(message.eta) if state is WorkState.FAILED else None,
+        worker=worker,
     )
 
 
@@ -300,7 +331,7 @@ def _iso(moment: datetime | None) -> str | None:
 # --- one item -------------------------------------------------------------------------------------------------------
 
 
-def show_work(settings: Settings, item_id: str, *, now: datetime | None = None) -> dict[str, Any] | None:
+def show_work(settings: Settings, item_id: str, *, now: datetime | None = None) -> WorkItem | None:
     """The item ``item_id`` (``D<n>``, ``E<n>`` or a task id) with its details: for a dead letter the task id
     and traceback; for an export the draft generation and SR; for a message the worker that holds it. None
     when there is no such item (a message that finished is gone from the broker)."""
@@ -320,13 +351,17 @@ def show_work(settings: Settings, item_id: str, *, now: datetime | None = None) 
             return None
         message = find_message(settings.broker_url, QUEUES, item_id)
         if message is not None:
-            state = "failed" if message.retry_pending(now) else ("running" if message.delivered else "waiting")
+            state = (
+                WorkState.FAILED
+                if message.retry_pending(now)
+                else (WorkState.RUNNING if message.delivered else WorkState.WAITING)
+            )
             return _message_item(state, message, None, session)
         if not broadcasts(settings.broker_url):
             for worker in online_workers(settings, now=now):
                 for task in worker.tasks:
                     if task.task_id == item_id:
-                        state = "failed" if _pending(task.eta, now) else "running"
+                        state = WorkState.FAILED if _pending(task.eta, now) else WorkState.RUNNING
                         return _message_item(state, task, worker.hostname, session)
         letter = session.scalar(
             select(DeadLetter).where(DeadLetter.task_id == item_id).order_by(DeadLetter.id.desc()).limit(1)

@@ -18,11 +18,12 @@ from predraft.cli.output import (
     reachable_settings,
 )
 from predraft.core.settings import redact_url
+from predraft.core.states import LISTED_WORK_STATES, WorkState
 from predraft.workers.names import QUEUES as QUEUE_NAMES
 
-#: predraft.workers.admin.STATES, literal here so that the CLI starts without importing Celery and the ORM
-#: (tests/unit/test_admin_cli.py checks that they agree).
-STATE_NAMES = ("waiting", "running", "failed", "dead")
+#: predraft.workers.admin.STATES, from the light states module so that the CLI starts without importing
+#: Celery and the ORM (tests/unit/test_admin_cli.py checks that they agree).
+STATE_NAMES = tuple(state.value for state in LISTED_WORK_STATES)
 
 
 @click.group()
@@ -94,22 +95,22 @@ def list_command(queue_name: str | None, state: str | None, limit: int, as_json:
             ("ID", "State", "Queue", "Study", "Instance / destination", "Attempts", "Since", "Retry at", "Error"),
             [
                 (
-                    i["id"],
-                    i["state"],
-                    i["queue"],
-                    i["study_uid"],
-                    i["instance_uid"] or i["destination"],
-                    i["attempts"],
-                    i["since"],
-                    i["retry_at"],
-                    _first_line(i["error"]),
+                    i.id,
+                    i.state.value,
+                    i.queue,
+                    i.study_uid,
+                    i.instance_uid or i.destination,
+                    i.attempts,
+                    i.since,
+                    i.retry_at,
+                    _first_line(i.error),
                 )
                 for i in items
             ],
         )
 
-    emit(items, as_json=as_json, render=render)
-    return EXIT_PROBLEMS if any(item["state"] == "dead" for item in items) else EXIT_OK
+    emit([item.as_json() for item in items], as_json=as_json, render=render)
+    return EXIT_PROBLEMS if any(item.state is WorkState.DEAD for item in items) else EXIT_OK
 
 
 def _first_line(text: str | None, width: int = 70) -> str:
@@ -132,17 +133,19 @@ def show_command(item_id: str, as_json: bool) -> int:
             "broker: see `predraft studies show`)"
         )
 
+    shown = item.as_json()
+
     def render() -> None:
-        for key, value in item.items():
+        for key, value in shown.items():
             if key not in {"traceback", "error"} and value is not None:
                 click.echo(f"{key:<20} {value}")
-        if item.get("error"):
-            click.echo(f"error\n  {item['error']}")
-        if item.get("traceback"):
-            click.echo("traceback\n" + item["traceback"].rstrip())
+        if shown.get("error"):
+            click.echo(f"error\n  {shown['error']}")
+        if shown.get("traceback"):
+            click.echo("traceback\n" + shown["traceback"].rstrip())
 
-    emit(item, as_json=as_json, render=render)
-    return EXIT_PROBLEMS if item["state"] == "dead" else EXIT_OK
+    emit(shown, as_json=as_json, render=render)
+    return EXIT_PROBLEMS if item.state is WorkState.DEAD else EXIT_OK
 
 
 @queue.command("retry")

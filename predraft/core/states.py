@@ -92,3 +92,17 @@ class EventKind(StrEnum):
     EXPORT_FAILED = "export_failed"  # a try to send an SR failed; a retry follows
     EXPORT_DEAD = "export_dead"  # sending an SR is given up
     REVIEWED = "reviewed"  # a radiologist accepted, edited or rejected the draft
+
+
+class WorkState(StrEnum):
+    """Where a work item of the admin view stands (``predraft queue ls``; :mod:`predraft.workers.admin`)."""
+
+    WAITING = "waiting"  # its message waits in its queue
+    RUNNING = "running"  # delivered to a worker, not yet acknowledged
+    FAILED = "failed"  # a try failed; its retry waits for its ETA
+    DEAD = "dead"  # retries spent (a dead letter), or an export given up
+    RETRIED = "retried"  # a dead letter whose work was sent again
+
+
+#: The states ``predraft queue ls --state`` takes (a retried dead letter is shown, never listed).
+LISTED_WORK_STATES = (WorkState.WAITING, WorkState.RUNNING, WorkState.FAILED, WorkState.DEAD)
