@@ -35,6 +35,7 @@ from predraft.core.db import session_scope
 from predraft.core.schema import DeadLetter, Draft, Export, Instance, Study
 from predraft.core.settings import Settings, redact_url
 from predraft.core.states import LISTED_WORK_STATES, ExportState, WorkState
+from predraft.core.studies import newest_report, newest_report_first
 from predraft.workers.dead_letters import DeadLetterError, retry_dead_letter
 from predraft.workers.export_service import requeue_latest_draft
 from predraft.workers.names import CLASSIFY, DRAFT, EXPORT, PREPARE, QUEUE_OF_TASK, QUEUES
@@ -99,10 +100,6 @@ class RetryRefused(LookupError):
     """No such item, or one that cannot be retried (the message says why)."""
 
 
-def _pending(eta: datetime | None, now: datetime) -> bool:
-    return eta is not None and eta > now
-
-
 def _newest_sr() -> Any:
     """A correlated subquery: the id of the newest SR row (draft, or the report its review issued) of the
     study of ``Draft`` (the same row ``predraft studies resend`` sends)."""
@@ -110,7 +107,7 @@ def _newest_sr() -> Any:
     return (
         select(newer.id)
         .where(newer.study_id == Draft.study_id)
-        .order_by(newer.generation.desc(), newer.id.desc())
+        .order_by(*newest_report_first(newer))
         .limit(1)
         .scalar_subquery()
     )
@@ -156,7 +153,7 @@ def list_work(
                 (WorkState.RUNNING, task, worker.hostname)
                 for worker in workers
                 for task in worker.tasks
-                if task.queue in queues and task.state != "scheduled" and not _pending(task.eta, now)
+                if task.queue in queues and task.state != "scheduled" and not task.retry_pending(now)
             ]
         if WorkState.FAILED in wanted:
             messages += [
@@ -168,7 +165,7 @@ def list_work(
                 (WorkState.FAILED, task, worker.hostname)
                 for worker in workers
                 for task in worker.tasks
-                if task.queue in queues and _pending(task.eta, now)
+                if task.queue in queues and task.retry_pending(now)
             ]
     with session_scope(settings.database_url) as session:
         items: list[WorkItem] = []
@@ -361,7 +358,7 @@ def show_work(settings: Settings, item_id: str, *, now: datetime | None = None) 
             for worker in online_workers(settings, now=now):
                 for task in worker.tasks:
                     if task.task_id == item_id:
-                        state = WorkState.FAILED if _pending(task.eta, now) else WorkState.RUNNING
+                        state = WorkState.FAILED if task.retry_pending(now) else WorkState.RUNNING
                         return _message_item(state, task, worker.hostname, session)
         letter = session.scalar(
             select(DeadLetter).where(DeadLetter.task_id == item_id).order_by(DeadLetter.id.desc()).limit(1)
@@ -404,13 +401,8 @@ def retry_work(app: Celery, settings: Settings, item_id: str) -> str:
             raise RetryRefused(f"no export E{number}")
         if export.state != ExportState.DEAD:
             raise RetryRefused(f"export E{number} is {export.state}, not dead: nothing to retry")
-        newest = session.scalar(
-            select(Draft.id)
-            .where(Draft.study_id == export.draft.study_id)
-            .order_by(Draft.generation.desc(), Draft.id.desc())
-            .limit(1)
-        )
-        if newest != export.draft_id:
+        newest = newest_report(session, export.draft.study_id)
+        if newest is None or newest.id != export.draft_id:
             raise RetryRefused(
                 f"export E{number} is of an SR that a newer one superseded: `predraft studies resend` sends the newest"
             )

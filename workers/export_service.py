@@ -26,6 +26,7 @@ from predraft.core.db import insert_ignoring_conflict
 from predraft.core.events import record_event
 from predraft.core.schema import Draft, Export, Study, utcnow
 from predraft.core.states import EXPORTABLE_STATES, EventKind, ExportState
+from predraft.core.studies import newest_report
 
 #: Longest error text kept on a row.
 MAX_ERROR_LENGTH = 2000
@@ -152,9 +153,7 @@ def requeue_latest_draft(session: Session, *, study_uid: str, destinations: Sequ
     study = session.scalar(select(Study).where(Study.study_uid == study_uid))
     if study is None:
         raise NothingToResend(f"no study with StudyInstanceUID {study_uid}")
-    draft = session.scalar(
-        select(Draft).where(Draft.study_id == study.id).order_by(Draft.generation.desc(), Draft.id.desc()).limit(1)
-    )
+    draft = newest_report(session, study.id)
     if draft is None:
         raise NothingToResend(f"study {study_uid} has no draft (state {study.state})")
     queued = []

@@ -48,6 +48,18 @@ def list_studies(
     ]
 
 
+def newest_report_first(draft: Any = Draft) -> tuple[Any, ...]:
+    """The order that puts a study's newest SR row first: its newest draft, or the verified report or rejection
+    notice a review issued for that draft (issued later, so a higher id in the same generation). ``draft`` is
+    :class:`Draft` or an alias of it (for a correlated subquery)."""
+    return (draft.generation.desc(), draft.id.desc())
+
+
+def newest_report(session: Session, study_id: int) -> Draft | None:
+    """The study's newest SR row (see :func:`newest_report_first`): what ``predraft studies resend`` sends."""
+    return session.scalar(select(Draft).where(Draft.study_id == study_id).order_by(*newest_report_first()).limit(1))
+
+
 def latest_draft(session: Session, study_id: int) -> Draft | None:
     """The study's newest AI draft (not the verified report or rejection notice a review issued for it)."""
     return session.scalar(
