@@ -44,14 +44,21 @@ def real_file(name: str) -> Path:
     return path
 
 
-def wait_until(condition: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll ``condition`` until it holds; fail, naming ``what``, after ``timeout`` seconds. Tests wait on an
-    outcome this way instead of sleeping for a guessed time and then asserting."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout} s")
+def poll(condition: Callable[[], bool], seconds: float, *, interval: float = 0.02) -> bool:
+    """True as soon as ``condition()`` holds, False when it still does not after ``seconds``. Tests wait on an
+    outcome this way (``assert poll(...), reason``) instead of sleeping for a guessed time and then asserting."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
         time.sleep(interval)
+    return condition()
+
+
+def wait_until(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
+    """:func:`poll` for ``condition``; fail, naming ``what``, when it does not hold after ``timeout`` seconds."""
+    if not poll(condition, timeout):
+        raise AssertionError(f"{what}: not after {timeout} s")
 
 
 def free_port() -> int:

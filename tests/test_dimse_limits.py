@@ -28,7 +28,7 @@ from predraft.core.settings import Settings
 from predraft.listener import status
 from predraft.listener.spool import Spool
 from predraft.models.phantoms.dataset import write_demo_study
-from tests.conftest import running_listener
+from tests.conftest import poll, running_listener
 
 ATTACKER = "127.0.0.2"
 CALLER_AE = "PACS_AE"
@@ -52,16 +52,6 @@ def _refused(reason: str) -> float:
 
 def _aborted(reason: str) -> float:
     return _counted("predraft_dimse_associations_aborted", reason=reason)
-
-
-def _poll(condition: Callable[[], bool], seconds: float) -> bool:
-    """True as soon as ``condition()`` holds, False when it still does not after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 @pytest.fixture
@@ -167,7 +157,7 @@ def test_idle_sockets_of_one_address_leave_others_their_associations(listen: Cal
         for sock in idle:
             sock.close()
     assert _refused("too_many_from_address") - too_many == 5
-    assert _poll(lambda: _refused("request_timeout") - timed_out == 3, 1.0)
+    assert poll(lambda: _refused("request_timeout") - timed_out == 3, 1.0)
 
 
 def test_slow_loris_is_closed_at_the_request_deadline(listen: Callable[..., Settings]) -> None:
@@ -223,7 +213,7 @@ def test_max_associations_counts_established_associations_only(listen: Callable[
         assert answer is None, "a second association was accepted over dimse_max_associations=1"
     finally:
         first.release()
-    assert _poll(lambda: _echo(settings.dimse_port)[0] == status.SUCCESS, 3.0)
+    assert poll(lambda: _echo(settings.dimse_port)[0] == status.SUCCESS, 3.0)
 
 
 # --- defect 2: a PDU header declaring 4 GiB ------------------------------------------------------------------
@@ -250,8 +240,8 @@ def test_huge_pdu_header_in_an_association_aborts_it(listen: Callable[..., Setti
     raw = assoc.dul.socket.socket
     ceiling = max(settings.dimse_max_pdu, PDU_CEILING_BYTES)
     raw.sendall(struct.pack(">BBL", P_DATA_TF_TYPE, 0, ceiling + 1) + b"\x00" * 64)
-    assert _poll(lambda: not assoc.is_established, AT_ONCE_SECONDS), "an over-long P-DATA-TF did not end it"
-    assert _poll(lambda: _aborted("pdu_too_large") - too_large == 1, AT_ONCE_SECONDS)
+    assert poll(lambda: not assoc.is_established, AT_ONCE_SECONDS), "an over-long P-DATA-TF did not end it"
+    assert poll(lambda: _aborted("pdu_too_large") - too_large == 1, AT_ONCE_SECONDS)
     _assert_echo_in_time(settings.dimse_port)
 
 
@@ -296,7 +286,7 @@ def test_temp_file_of_a_cut_c_store_is_removed(
             return
         p_data_sent.append(event.pdu)
         if len(p_data_sent) == 3:
-            _poll(lambda: any(receiving.iterdir()), 2.0)
+            poll(lambda: any(receiving.iterdir()), 2.0)
             seen_while_receiving.extend(receiving.iterdir())
             event.assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
 
@@ -305,8 +295,8 @@ def test_temp_file_of_a_cut_c_store_is_removed(
     assoc.bind(evt.EVT_PDU_SENT, cut_after_a_few)
     assoc.send_c_store(_large_image(tmp_path))
     assert seen_while_receiving, "the listener wrote no temp file before the cut (the test proves nothing)"
-    assert _poll(lambda: not any(receiving.iterdir()), 3.0), f"left behind: {list(receiving.iterdir())}"
-    assert _poll(lambda: _aborted("peer") - peer_aborts >= 1, 1.0)
+    assert poll(lambda: not any(receiving.iterdir()), 3.0), f"left behind: {list(receiving.iterdir())}"
+    assert poll(lambda: _aborted("peer") - peer_aborts >= 1, 1.0)
     assert list((settings.spool_dir / "incoming").rglob("*.dcm")) == []
 
 
@@ -330,8 +320,8 @@ def test_idle_association_is_aborted_and_counted(listen: Callable[..., Settings]
     idle = _aborted("idle_timeout")
     assoc = _associate(settings.dimse_port, network_timeout=30)
     assert assoc.is_established
-    assert _poll(lambda: assoc.is_aborted, 3.0), "an idle association was not aborted by the listener"
-    assert _poll(lambda: _aborted("idle_timeout") - idle == 1, 1.0)
+    assert poll(lambda: assoc.is_aborted, 3.0), "an idle association was not aborted by the listener"
+    assert poll(lambda: _aborted("idle_timeout") - idle == 1, 1.0)
 
 
 def test_peer_abort_is_counted(listen: Callable[..., Settings]) -> None:
@@ -340,7 +330,7 @@ def test_peer_abort_is_counted(listen: Callable[..., Settings]) -> None:
     assoc = _associate(settings.dimse_port)
     assert assoc.is_established
     assoc.abort()
-    assert _poll(lambda: _aborted("peer") - peer == 1, 2.0)
+    assert poll(lambda: _aborted("peer") - peer == 1, 2.0)
 
 
 # --- TLS: the handshake of a silent connection must not hold the acceptor -------------------------------------
@@ -385,7 +375,7 @@ def test_invalid_pdu_in_an_association_is_counted_as_protocol_error(listen: Call
     assoc = _associate(settings.dimse_port)
     assert assoc.is_established
     assoc.dul.socket.socket.sendall(struct.pack(">BBL", UNKNOWN_PDU_TYPE, 0, 4) + b"\x00" * 4)
-    assert _poll(lambda: _aborted("protocol_error") - protocol_errors == 1, 2.0)
+    assert poll(lambda: _aborted("protocol_error") - protocol_errors == 1, 2.0)
 
 
 # --- review of issue 14: stalled PDUs, endless messages, PDUs a little over the negotiated maximum ------------
@@ -461,8 +451,8 @@ def test_association_stalled_mid_pdu_is_aborted_and_frees_its_slot(listen: Calla
     raw = assoc.dul.socket.socket
     try:
         raw.sendall(struct.pack(">BBL", P_DATA_TF_TYPE, 0, 100))  # a header declaring 100 bytes, then nothing
-        assert _poll(lambda: not assoc.is_alive(), 0.5 + 1.5), "an association stalled mid-PDU was never ended"
-        assert _poll(lambda: _echo(settings.dimse_port)[0] == status.SUCCESS, 3.0), "its slot was not freed"
+        assert poll(lambda: not assoc.is_alive(), 0.5 + 1.5), "an association stalled mid-PDU was never ended"
+        assert poll(lambda: _echo(settings.dimse_port)[0] == status.SUCCESS, 3.0), "its slot was not freed"
     finally:
         with contextlib.suppress(OSError):  # frees a listener stuck on it, so that it can stop
             socket.socket.shutdown(raw, socket.SHUT_RDWR)
@@ -486,7 +476,7 @@ def test_association_trickling_a_pdu_is_aborted_after_the_idle_timeout(listen: C
         with contextlib.suppress(OSError):
             socket.socket.shutdown(raw, socket.SHUT_RDWR)
     assert time.monotonic() - started < 5.0, "an association trickling one PDU outlived the idle timeout"
-    assert _poll(lambda: _echo(settings.dimse_port)[0] == status.SUCCESS, 3.0), "its slot was not freed"
+    assert poll(lambda: _echo(settings.dimse_port)[0] == status.SUCCESS, 3.0), "its slot was not freed"
 
 
 def test_data_set_past_max_dataset_bytes_is_aborted_while_it_arrives(
@@ -505,8 +495,8 @@ def test_data_set_past_max_dataset_bytes_is_aborted_while_it_arrives(
         raw, _p_data_tf(context_id, PDV_DATA, b"\x00" * FRAGMENT_BYTES), 4 * SENT_BEFORE_ABORT_BOUND_BYTES
     )
     assert sent < SENT_BEFORE_ABORT_BOUND_BYTES, f"a data set went on for {sent} bytes without an abort"
-    assert _poll(lambda: _aborted("message_too_large") - too_large == 1, AT_ONCE_SECONDS)
-    assert _poll(lambda: not any(receiving.iterdir()), 3.0), f"left behind: {list(receiving.iterdir())}"
+    assert poll(lambda: _aborted("message_too_large") - too_large == 1, AT_ONCE_SECONDS)
+    assert poll(lambda: not any(receiving.iterdir()), 3.0), f"left behind: {list(receiving.iterdir())}"
     again = _associate(settings.dimse_port, source="127.0.0.1")
     try:
         assert int(again.send_c_store(_small_image(tmp_path)).Status) == status.SUCCESS
@@ -522,8 +512,8 @@ def test_command_set_over_64_kib_is_aborted(listen: Callable[..., Settings]) -> 
     raw = assoc.dul.socket.socket
     fragment = _p_data_tf(_context_id(assoc, Verification), PDV_COMMAND, b"\x00" * FRAGMENT_BYTES)
     sent = _send_until_closed(raw, fragment, 16 * COMMAND_SET_BOUND_BYTES)
-    assert _poll(lambda: not assoc.is_alive(), AT_ONCE_SECONDS), f"a command set of {sent} bytes was not aborted"
-    assert _poll(lambda: _aborted("message_too_large") - too_large == 1, AT_ONCE_SECONDS)
+    assert poll(lambda: not assoc.is_alive(), AT_ONCE_SECONDS), f"a command set of {sent} bytes was not aborted"
+    assert poll(lambda: _aborted("message_too_large") - too_large == 1, AT_ONCE_SECONDS)
     _assert_echo_in_time(settings.dimse_port)
 
 
