@@ -1,9 +1,9 @@
 """Golden drafts: what the shipped demo model and gate draft for phantom studies and the real NEMA files.
 
 Each case is received, prepared, gated, classified and drafted in this process by the real Celery tasks (the
-broker replaced by a queue that runs them in order), against SQLite, with the embedded default model and gate.
-What is compared, per study: its state and error, each image's view, side, scope and state, the draft text,
-and the SR's header and content tree, UIDs, dates and times aside (``tests/golden/<case>.json``).
+broker replaced by a recording app whose messages are run in order), against SQLite, with the embedded default
+model and gate. What is compared, per study: its state and error, each image's view, side, scope and state,
+the draft text, and the SR's header and content tree, UIDs, dates and times aside (``tests/golden/<case>.json``).
 
 A change that should not alter behaviour (a refactoring) must leave these files as they are. A change that
 alters drafts on purpose rewrites them, and the diff is reviewed with it::
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from predraft.workers import tasks
 from predraft.workers.app import CLASSIFY, DRAFT, PREPARE
 from predraft.workers.dispatch import claim_ready_studies, start_study
 from tests.conftest import real_file
+from tests.unit.test_workflow import FakeCelery
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 UPDATE = os.environ.get("PREDRAFT_UPDATE_GOLDEN") == "1"
@@ -63,20 +63,12 @@ SR_HEADER = (
 )
 
 
-class Queue:
-    """Stands in for the broker: keeps what the tasks send, and runs it in order."""
-
-    def __init__(self) -> None:
-        self.waiting: deque[tuple[str, list[Any]]] = deque()
-
-    def send_task(self, name: str, args: list[Any], **_options: Any) -> None:
-        self.waiting.append((name, list(args)))
-
-    def run(self) -> None:
-        runners = {PREPARE: tasks.prepare, CLASSIFY: tasks.classify, DRAFT: tasks.draft}
-        while self.waiting:
-            name, args = self.waiting.popleft()
-            runners[name].run(*args)
+def _run_in_order(app: FakeCelery) -> None:
+    """Run what the tasks sent, and what that sends, first sent first: the broker, in this process."""
+    runners = {PREPARE: tasks.prepare, CLASSIFY: tasks.classify, DRAFT: tasks.draft}
+    while app.sent:
+        name, args = app.sent.pop(0)
+        runners[name].run(*args)
 
 
 def _real_copies(folder: Path) -> dict[str, Path]:
@@ -184,7 +176,7 @@ def drafted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
     from predraft.core.db import upgrade
 
     upgrade(url)
-    queue = Queue()
+    queue = FakeCelery()
     for task in (tasks.prepare, tasks.classify, tasks.draft):
         monkeypatch.setattr(task, "app", queue)
     monkeypatch.setattr(tasks, "_models", {})
@@ -208,7 +200,7 @@ def drafted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
                 )
         for study_id in claim_ready_studies(url, quiet_seconds=0):
             start_study(queue, url, study_id)
-        queue.run()
+        _run_in_order(queue)
         with session_scope(url) as session:
             return {
                 names[study.study_uid]: _study_record(session, study)
