@@ -90,9 +90,7 @@ def start_study(app: Celery, database_url: str, study_id: int) -> int:
 
 def finish_if_done(app: Celery, database_url: str, study_id: int) -> bool:
     """When every instance of a READY study is finished, move it to DRAFTING and send ``draft``."""
-    unfinished = exists().where(
-        Instance.study_id == study_id, Instance.state.not_in([s.value for s in FINISHED_INSTANCE_STATES])
-    )
+    unfinished = exists().where(Instance.study_id == study_id, Instance.state.not_in(FINISHED_INSTANCE_STATES))
     with session_scope(database_url) as session:
         result = cast(
             CursorResult[Any],

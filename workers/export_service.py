@@ -57,7 +57,7 @@ def queue_exports(session: Session, *, draft_id: int, destinations: Sequence[str
         insert_ignoring_conflict(
             session,
             Export,
-            {"draft_id": draft_id, "destination": name, "state": ExportState.PENDING.value},
+            {"draft_id": draft_id, "destination": name, "state": ExportState.PENDING},
             key=("draft_id", "destination"),
         )
     pending = session.scalars(
@@ -75,7 +75,7 @@ def _export(session: Session, draft_id: int, destination: str) -> Export | None:
 def abandoned_claim() -> ColumnElement[bool]:
     """SQL condition: the row is ``sending`` under a claim older than :data:`SENDING_CLAIM_SECONDS` (its
     worker died mid-try), so a new try may take it over."""
-    return (Export.state == ExportState.SENDING.value) & (
+    return (Export.state == ExportState.SENDING) & (
         Export.updated_at < utcnow() - timedelta(seconds=SENDING_CLAIM_SECONDS)
     )
 
@@ -98,9 +98,9 @@ def begin_attempt(session: Session, *, draft_id: int, destination: str) -> Expor
             update(Export)
             .where(
                 Export.id == row.id,
-                or_(Export.state.in_([state.value for state in EXPORTABLE_STATES]), abandoned_claim()),
+                or_(Export.state.in_(EXPORTABLE_STATES), abandoned_claim()),
             )
-            .values(state=ExportState.SENDING.value, attempts=Export.attempts + 1, updated_at=utcnow())
+            .values(state=ExportState.SENDING, attempts=Export.attempts + 1, updated_at=utcnow())
             .execution_options(synchronize_session=False)
         ),
     )

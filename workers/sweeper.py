@@ -119,9 +119,7 @@ def sweep(
                 study_id=study_id,
                 instance_id=instance_id,
             )
-        unfinished = exists().where(
-            Instance.study_id == Study.id, Instance.state.not_in([s.value for s in FINISHED_INSTANCE_STATES])
-        )
+        unfinished = exists().where(Instance.study_id == Study.id, Instance.state.not_in(FINISHED_INSTANCE_STATES))
         report.finished = list(
             session.scalars(
                 select(Study.id).where(Study.state == StudyState.READY, Study.ready_at < cutoff, ~unfinished)
