@@ -20,11 +20,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port, wait_until
 
 PREDRAFT = str(Path(sys.executable).parent / "predraft")
 REDIS_URL = os.environ.get("PREDRAFT_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+#: Prometheus samples by (name, labels).
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(port: int) -> Samples:
+    """Every sample of the /metrics page on ``port`` (prometheus-client's own parser reads it)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 @dataclass
@@ -51,12 +68,10 @@ class Deployment:
 
     def associations_open(self) -> float:
         """The listener's gauge of DIMSE associations established and not yet closed (its /metrics)."""
-        url = f"http://127.0.0.1:{self.listener_metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith("predraft_dimse_associations_open "):
-                    return float(line.split()[1])
-        raise AssertionError(f"{url} has no predraft_dimse_associations_open")
+        samples = scrape(self.listener_metrics_port)
+        key = ("predraft_dimse_associations_open", frozenset())
+        assert key in samples, f"the listener's /metrics has no {key[0]}"
+        return samples[key]
 
     def wait_until_no_association_is_open(self, timeout: float = 30.0) -> None:
         """Every association a sender opened has ended: whatever it sent has been answered."""

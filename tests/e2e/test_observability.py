@@ -15,34 +15,20 @@ import os
 import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from predraft.models.phantoms import write_demo_study
-from tests.e2e.conftest import PREDRAFT, Deployment, _start
+from tests.e2e.conftest import PREDRAFT, Deployment, Samples, _start, scrape
 from tests.unit.webapp import Client, csrf_in
 
 pytestmark = pytest.mark.slow
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 PASSWORD = "a long enough password"
-
-
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        assert response.status == 200
-        text = response.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
