@@ -104,13 +104,13 @@ class ConnectionLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
-        max_pdu = settings.dimse_max_pdu or settings.max_dataset_bytes + UNLIMITED_PDU_OVERHEAD_BYTES
+        max_pdu = settings.listener.max_pdu or settings.listener.max_dataset_bytes + UNLIMITED_PDU_OVERHEAD_BYTES
         return cls(
-            max_associations=settings.dimse_max_associations,
-            max_per_address=settings.dimse_max_connections_per_address,
-            request_timeout=settings.dimse_association_request_timeout_seconds,
+            max_associations=settings.listener.max_associations,
+            max_per_address=settings.listener.max_connections_per_address,
+            request_timeout=settings.listener.association_request_timeout_seconds,
             max_pdu_bytes=max(max_pdu, ESTABLISHED_PDU_CEILING_BYTES),
-            max_data_set_bytes=settings.max_dataset_bytes + DATASET_SLACK_BYTES,
+            max_data_set_bytes=settings.listener.max_dataset_bytes + DATASET_SLACK_BYTES,
         )
 
 

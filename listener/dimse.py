@@ -207,35 +207,35 @@ def tune_accepted_socket(connection: socket.socket, idle_timeout: float | None) 
 
 
 def make_ae(settings: Settings) -> AE:
-    ae = AE(ae_title=settings.ae_title)
+    ae = AE(ae_title=settings.listener.ae_title)
     ae.add_supported_context(Verification)
     for sop_class in (*STORABLE_SOP_CLASSES, DX_FOR_PROCESSING):
         ae.add_supported_context(sop_class, list(PREFERRED_TRANSFER_SYNTAXES))
-    if settings.allowed_calling_aes:
-        ae.require_calling_aet = settings.allowed_calling_aes
+    if settings.listener.allowed_calling_aes:
+        ae.require_calling_aet = settings.listener.allowed_calling_aes
     # pynetdicom counts every connection's thread against maximum_associations, before any A-ASSOCIATE-RQ
     # and for up to acse_timeout after a connection closed; ConnectionTable counts established ones instead.
     ae.maximum_associations = PYNETDICOM_THREAD_CAP
-    ae.maximum_pdu_size = settings.dimse_max_pdu
-    ae.network_timeout = settings.dimse_idle_timeout_seconds
+    ae.maximum_pdu_size = settings.listener.max_pdu
+    ae.network_timeout = settings.listener.idle_timeout_seconds
     ae.dimse_timeout = 120
     # How long pynetdicom waits for the A-ASSOCIATE-RQ (ConnectionTable shuts a late connection first, even
     # one trickling bytes) and for a rejected or aborted peer to close.
-    ae.acse_timeout = settings.dimse_association_request_timeout_seconds
+    ae.acse_timeout = settings.listener.association_request_timeout_seconds
     return ae
 
 
 def make_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     """A server TLS context from the settings, or None when TLS is off. Client certificates are
     required (and checked against tls_client_ca) when tls_client_ca is set."""
-    if not settings.tls_enabled:
+    if not settings.listener.tls_enabled:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(settings.tls_certificate), str(settings.tls_private_key))
-    if settings.tls_client_ca is not None:
+    context.load_cert_chain(str(settings.listener.tls_certificate), str(settings.listener.tls_private_key))
+    if settings.listener.tls_client_ca is not None:
         context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(str(settings.tls_client_ca))
+        context.load_verify_locations(str(settings.listener.tls_client_ca))
     return context
 
 
@@ -248,12 +248,14 @@ def make_server(settings: Settings, store: Callable[[evt.Event], int]) -> Thread
         "ConfiguredListenerServer",
         (ListenerServer,),
         {
-            "allowed_networks": tuple(ipaddress.ip_network(a, strict=False) for a in settings.allowed_addresses),
+            "allowed_networks": tuple(
+                ipaddress.ip_network(a, strict=False) for a in settings.listener.allowed_addresses
+            ),
             "connections": connections,
         },
     )
     server = ae.make_server(
-        (settings.dimse_host, settings.dimse_port),
+        (settings.listener.host, settings.listener.port),
         evt_handlers=[
             (evt.EVT_C_STORE, store),
             (evt.EVT_REJECTED, log_rejected),

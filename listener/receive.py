@@ -42,7 +42,7 @@ from predraft.core import metrics
 from predraft.core.db import session_scope
 from predraft.core.library_text import describe_exception
 from predraft.core.schema import Instance
-from predraft.core.settings import Settings
+from predraft.core.settings import ListenerSettings, Settings
 from predraft.listener.bounds import BoundCrossed, Bounds
 from predraft.listener.ingest import IngestResult, InstanceHeader, InvalidUidError, record_instance
 from predraft.listener.spool import Spool, SpoolFullError
@@ -58,8 +58,8 @@ SEQUENCE_DELIMITER = {little: struct.pack("<HHL" if little else ">HHL", 0xFFFE, 
 #: The transports of ``predraft_inputs_refused``: DIMSE C-STORE hands the Receiver a file, STOW-RS bytes.
 DIMSE, STOW = "dimse", "stow"
 INVALID_UID = "invalid_uid"  # the INPUTS_REFUSED bound of a malformed UID
-DEFAULT_MAX_DATASET_BYTES: int = Settings.model_fields["max_dataset_bytes"].default
-DEFAULT_MAX_SEQUENCE_DEPTH: int = Settings.model_fields["max_sequence_depth"].default
+DEFAULT_MAX_DATASET_BYTES: int = ListenerSettings.model_fields["max_dataset_bytes"].default
+DEFAULT_MAX_SEQUENCE_DEPTH: int = ListenerSettings.model_fields["max_sequence_depth"].default
 
 
 class ReceiveStatus(Enum):
@@ -131,10 +131,10 @@ class Receiver:
         """The Receiver every transport uses: the configured spool, its free-space floor, database and the
         bounds of a data set (max_dataset_bytes, max_sequence_depth)."""
         return cls(
-            Spool(settings.spool_dir, min_free_bytes=settings.spool_min_free_bytes),
+            Spool(settings.spool_dir, min_free_bytes=settings.listener.spool_min_free_bytes),
             settings.database_url,
-            max_dataset_bytes=settings.max_dataset_bytes,
-            max_sequence_depth=settings.max_sequence_depth,
+            max_dataset_bytes=settings.listener.max_dataset_bytes,
+            max_sequence_depth=settings.listener.max_sequence_depth,
         )
 
     def receive(

@@ -100,7 +100,7 @@ def prepare_file(
     (:mod:`predraft.models.scope`); only tags naming a region outside the gate's skeleton (chest, spine...) put it
     out of scope here, before anything is decoded.
 
-    ``voi_window_index`` picks the image's VOI LUT or window (settings.voi_window_index; 0 is the first).
+    ``voi_window_index`` picks the image's VOI LUT or window (settings.model.voi_window_index; 0 is the first).
     Collimation borders are cropped before an AP pelvis is split at its midline, so the split follows the
     exposed field. Raises OutOfScopeError, PixelDataError or InvalidDicomError with a message fit for
     the event log.

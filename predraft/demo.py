@@ -47,9 +47,9 @@ def run_demo(settings: Settings, *, timeout: float = 180.0) -> str:
     study_uid = str(pydicom.dcmread(images[0].path, stop_before_pixels=True).StudyInstanceUID)
     send_files(
         [image.path for image in images],
-        host=settings.dimse_host,
-        port=settings.dimse_port,
-        called_ae=settings.ae_title,
+        host=settings.listener.host,
+        port=settings.listener.port,
+        called_ae=settings.listener.ae_title,
         calling_ae=DEMO_CALLING_AE,
     )
     deadline = time.monotonic() + timeout

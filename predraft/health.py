@@ -74,20 +74,20 @@ class ReadinessProbe:
         return f"{redact_url(self.settings.broker_url)} answers"
 
     def _model(self) -> str:
-        card_path = self.settings.model_card_path
+        card_path = self.settings.model.card_path
         card, weights = load_card(card_path, verify_weights=False)
         key = (_stamp(card_path), _stamp(weights))
         with self._model_lock:
             if self._model_verified != key:
                 load_card(card_path, verify_weights=True)  # hashes the weights: only when a file changed
                 self._model_verified = key
-        gate, _ = load_task_card(self.settings.gate_card_path, verify_weights=False)
+        gate, _ = load_task_card(self.settings.model.gate_card_path, verify_weights=False)
         return f"{card.name} {card.version} ({card.architecture}), weights verified; gate {gate.display_name}"
 
     def _spool(self) -> str:
-        spool = Spool(self.settings.spool_dir, min_free_bytes=self.settings.spool_min_free_bytes)
+        spool = Spool(self.settings.spool_dir, min_free_bytes=self.settings.listener.spool_min_free_bytes)
         free = spool.check_ready()
-        return f"writable, {free} bytes free (floor {self.settings.spool_min_free_bytes})"
+        return f"writable, {free} bytes free (floor {self.settings.listener.spool_min_free_bytes})"
 
 
 def _stamp(path: Path) -> tuple[str, int, int]:

@@ -111,9 +111,9 @@ def prepare_environment(settings: Settings) -> None:
     db.upgrade(settings.database_url)
     declare_queues(settings.broker_url, QUEUES)  # before the parts start: none of them races to create one
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
-    load_card(settings.model_card_path)
-    check_gate_card(load_task_card(settings.gate_card_path)[0])
-    check_templates(settings.template_dir)
+    load_card(settings.model.card_path)
+    check_gate_card(load_task_card(settings.model.gate_card_path)[0])
+    check_templates(settings.report.template_dir)
 
 
 @dataclass
@@ -173,8 +173,8 @@ class Supervisor:
         :class:`StopRequested` once a stop is requested."""
         s = self.settings
         checks: dict[str, Callable[[], bool]] = {
-            "DIMSE listener": lambda: _port_open(s.dimse_host, s.dimse_port),
-            "HTTP app": lambda: _http_ok(f"http://{s.http_host}:{s.http_port}/healthz"),
+            "DIMSE listener": lambda: _port_open(s.listener.host, s.listener.port),
+            "HTTP app": lambda: _http_ok(f"http://{s.http.host}:{s.http.port}/healthz"),
         }
         deadline = time.monotonic() + timeout
         while checks:

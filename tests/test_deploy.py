@@ -19,7 +19,7 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
-from predraft.core.settings import CONFIG_ENV_VAR, Settings
+from predraft.core.settings import CONFIG_ENV_VAR, FLAT_FIELDS, Settings, environment_variable, field_info
 from predraft.workers.names import QUEUES
 from tests.conftest import REPO_ROOT
 
@@ -63,18 +63,18 @@ def test_env_example_names_every_setting_with_a_comment() -> None:
         match = SETTING_LINE.match(line)
         if match:
             named.setdefault(match.group(2), number)
-    missing = [f"PREDRAFT_{name.upper()}" for name in Settings.model_fields if f"PREDRAFT_{name.upper()}" not in named]
+    missing = [environment_variable(name) for name in FLAT_FIELDS if environment_variable(name) not in named]
     assert missing == [], "add these settings to deploy/.env.example"
     uncommented = []
-    for name in Settings.model_fields:
-        above = lines[named[f"PREDRAFT_{name.upper()}"] - 1]
+    for name in FLAT_FIELDS:
+        above = lines[named[environment_variable(name)] - 1]
         if not above.startswith("#") or SETTING_LINE.match(above):
             uncommented.append(name)
     assert uncommented == [], "each setting needs a one-line comment on the line above it"
 
 
 def test_env_example_names_nothing_that_is_not_a_setting() -> None:
-    known = {f"PREDRAFT_{name.upper()}" for name in Settings.model_fields} | {CONFIG_ENV_VAR}
+    known = {environment_variable(name) for name in FLAT_FIELDS} | {CONFIG_ENV_VAR}
     names = {match.group(2) for line in example_lines() if (match := SETTING_LINE.match(line))}
     assert names - known == set(), "a misspelt setting would be ignored silently"
 
@@ -102,10 +102,10 @@ def test_env_example_values_read_alike_by_compose_systemd_and_sh(monkeypatch: py
     assert {key: shell.get(key) for key in values} == values
 
     settings = settings_from_environment(values, monkeypatch)
-    assert settings.allowed_calling_aes == ["PACS_AE"]
-    assert settings.aggregation_view_weights == Settings.model_fields["aggregation_view_weights"].default_factory()
-    assert settings.verifying_organization == "Example Hospital Radiology"
-    assert settings.export_destinations == []
+    assert settings.listener.allowed_calling_aes == ["PACS_AE"]
+    assert settings.report.aggregation_view_weights == field_info("aggregation_view_weights").default_factory()
+    assert settings.worklist.verifying_organization == "Example Hospital Radiology"
+    assert settings.export.destinations == []
 
 
 def test_env_example_holds_placeholders_not_secrets() -> None:
@@ -278,7 +278,7 @@ def test_compose_container_settings_validate(resolved: dict, monkeypatch: pytest
         settings = settings_from_environment(env, monkeypatch)
         assert settings.database_url == "postgresql+psycopg://predraft:change-me@postgres:5432/predraft", name
         assert settings.broker_url == "redis://:change-me@redis:6379/0", name
-        assert (settings.dimse_host, settings.http_host, settings.metrics_host) == ("0.0.0.0",) * 3, name
+        assert (settings.listener.host, settings.http.host, settings.metrics_host) == ("0.0.0.0",) * 3, name
         assert settings.var_dir == Path("/var/lib/predraft")
 
 
@@ -466,7 +466,7 @@ def test_systemd_units_run_as_predraft_with_the_shipped_files() -> None:
 
 
 def test_systemd_worker_roles_name_real_queues_and_settings() -> None:
-    known = {f"PREDRAFT_{name.upper()}" for name in Settings.model_fields}
+    known = {environment_variable(name) for name in FLAT_FIELDS}
     roles = {}
     for role in ("cpu", "gpu"):
         values = dotenv_values(SYSTEMD / f"worker-{role}.env")

@@ -148,9 +148,9 @@ def test_idle_sockets_of_one_address_leave_others_their_associations(listen: Cal
         dimse_max_associations=4, dimse_max_connections_per_address=3, dimse_association_request_timeout_seconds=3.0
     )
     too_many, timed_out = _refused("too_many_from_address"), _refused("request_timeout")
-    idle = [_connect(settings.dimse_port) for _ in range(8)]
+    idle = [_connect(settings.listener.port) for _ in range(8)]
     try:
-        _assert_echo_in_time(settings.dimse_port)
+        _assert_echo_in_time(settings.listener.port)
         assert len(_closed_among(idle, AT_ONCE_SECONDS)) == 5, "connections over the per-address limit stay open"
         assert len(_closed_among(idle, 3.5)) == 8, "silent connections outlive the request timeout"
     finally:
@@ -166,7 +166,7 @@ def test_slow_loris_is_closed_at_the_request_deadline(listen: Callable[..., Sett
 
     def trickle() -> None:
         """An A-ASSOCIATE-RQ header, then one byte every 0.25 s, until the listener closes the connection."""
-        sock = _connect(settings.dimse_port)
+        sock = _connect(settings.listener.port)
         started = time.monotonic()
         try:
             sock.sendall(struct.pack(">BBL", A_ASSOCIATE_RQ_TYPE, 0, 200))
@@ -183,7 +183,7 @@ def test_slow_loris_is_closed_at_the_request_deadline(listen: Callable[..., Sett
     loris = threading.Thread(target=trickle)
     loris.start()
     time.sleep(0.3)  # the trickle has begun (not an assertion on nothing happening)
-    _assert_echo_in_time(settings.dimse_port)
+    _assert_echo_in_time(settings.listener.port)
     loris.join(timeout=10)
     assert closed_after, "the trickling connection was still open after 5 s"
     assert closed_after[0] < 1.0 + AT_ONCE_SECONDS
@@ -192,13 +192,13 @@ def test_slow_loris_is_closed_at_the_request_deadline(listen: Callable[..., Sett
 def test_burst_of_connections_does_not_refuse_later_associations(listen: Callable[..., Settings]) -> None:
     settings = listen(dimse_association_request_timeout_seconds=5.0)
     started = time.monotonic()
-    burst = [_connect(settings.dimse_port) for _ in range(50)]
+    burst = [_connect(settings.listener.port) for _ in range(50)]
     assert time.monotonic() - started < AT_ONCE_SECONDS, "the listen backlog dropped connections (SYN retries)"
     for sock in burst[11:]:
         sock.close()
     try:
-        _assert_echo_in_time(settings.dimse_port)
-        _assert_echo_in_time(settings.dimse_port)
+        _assert_echo_in_time(settings.listener.port)
+        _assert_echo_in_time(settings.listener.port)
     finally:
         for sock in burst[:11]:
             sock.close()
@@ -206,14 +206,14 @@ def test_burst_of_connections_does_not_refuse_later_associations(listen: Callabl
 
 def test_max_associations_counts_established_associations_only(listen: Callable[..., Settings]) -> None:
     settings = listen(dimse_max_associations=1)
-    first = _associate(settings.dimse_port)
+    first = _associate(settings.listener.port)
     assert first.is_established
     try:
-        answer, _ = _echo(settings.dimse_port)
+        answer, _ = _echo(settings.listener.port)
         assert answer is None, "a second association was accepted over dimse_max_associations=1"
     finally:
         first.release()
-    assert poll(lambda: _echo(settings.dimse_port)[0] == status.SUCCESS, 3.0)
+    assert poll(lambda: _echo(settings.listener.port)[0] == status.SUCCESS, 3.0)
 
 
 # --- defect 2: a PDU header declaring 4 GiB ------------------------------------------------------------------
@@ -222,11 +222,11 @@ def test_max_associations_counts_established_associations_only(listen: Callable[
 def test_huge_pdu_header_before_association_is_refused_at_once(listen: Callable[..., Settings]) -> None:
     settings = listen(dimse_association_request_timeout_seconds=5.0)
     too_large = _refused("pdu_too_large")
-    sock = _connect(settings.dimse_port)
+    sock = _connect(settings.listener.port)
     try:
         sock.sendall(struct.pack(">BBL", A_ASSOCIATE_RQ_TYPE, 0, 0xFFFFFFFF) + b"\x00" * 64)
         assert _closed_within(sock, AT_ONCE_SECONDS), "a 4 GiB A-ASSOCIATE-RQ header held its connection"
-        _assert_echo_in_time(settings.dimse_port)
+        _assert_echo_in_time(settings.listener.port)
     finally:
         sock.close()
     assert _refused("pdu_too_large") - too_large == 1
@@ -235,14 +235,14 @@ def test_huge_pdu_header_before_association_is_refused_at_once(listen: Callable[
 def test_huge_pdu_header_in_an_association_aborts_it(listen: Callable[..., Settings]) -> None:
     settings = listen()
     too_large = _aborted("pdu_too_large")
-    assoc = _associate(settings.dimse_port)
+    assoc = _associate(settings.listener.port)
     assert assoc.is_established
     raw = assoc.dul.socket.socket
-    ceiling = max(settings.dimse_max_pdu, PDU_CEILING_BYTES)
+    ceiling = max(settings.listener.max_pdu, PDU_CEILING_BYTES)
     raw.sendall(struct.pack(">BBL", P_DATA_TF_TYPE, 0, ceiling + 1) + b"\x00" * 64)
     assert poll(lambda: not assoc.is_established, AT_ONCE_SECONDS), "an over-long P-DATA-TF did not end it"
     assert poll(lambda: _aborted("pdu_too_large") - too_large == 1, AT_ONCE_SECONDS)
-    _assert_echo_in_time(settings.dimse_port)
+    _assert_echo_in_time(settings.listener.port)
 
 
 # --- defect 3: the temp file of a C-STORE cut mid-way --------------------------------------------------------
@@ -261,7 +261,7 @@ def _large_image(tmp_path: Path) -> pydicom.Dataset:
 def test_pdus_of_the_largest_accepted_length_are_read(listen: Callable[..., Settings], tmp_path: Path) -> None:
     settings = listen()
     too_large = _aborted("pdu_too_large")
-    assoc = _associate(settings.dimse_port, source="127.0.0.1")
+    assoc = _associate(settings.listener.port, source="127.0.0.1")
     assert assoc.is_established
     try:
         assert int(assoc.send_c_store(_large_image(tmp_path)).Status) == status.SUCCESS
@@ -290,7 +290,7 @@ def test_temp_file_of_a_cut_c_store_is_removed(
             seen_while_receiving.extend(receiving.iterdir())
             event.assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
 
-    assoc = _associate(settings.dimse_port, source="127.0.0.1")
+    assoc = _associate(settings.listener.port, source="127.0.0.1")
     assert assoc.is_established
     assoc.bind(evt.EVT_PDU_SENT, cut_after_a_few)
     assoc.send_c_store(_large_image(tmp_path))
@@ -306,19 +306,19 @@ def test_temp_file_of_a_cut_c_store_is_removed(
 def test_address_not_allowed_is_counted(listen: Callable[..., Settings]) -> None:
     settings = listen(allowed_addresses=["127.0.0.1/32"])
     before = _refused("address_not_allowed")
-    sock = _connect(settings.dimse_port)
+    sock = _connect(settings.listener.port)
     try:
         assert _closed_within(sock, AT_ONCE_SECONDS)
     finally:
         sock.close()
     assert _refused("address_not_allowed") - before == 1
-    _assert_echo_in_time(settings.dimse_port)
+    _assert_echo_in_time(settings.listener.port)
 
 
 def test_idle_association_is_aborted_and_counted(listen: Callable[..., Settings]) -> None:
     settings = listen(dimse_idle_timeout_seconds=0.5)
     idle = _aborted("idle_timeout")
-    assoc = _associate(settings.dimse_port, network_timeout=30)
+    assoc = _associate(settings.listener.port, network_timeout=30)
     assert assoc.is_established
     assert poll(lambda: assoc.is_aborted, 3.0), "an idle association was not aborted by the listener"
     assert poll(lambda: _aborted("idle_timeout") - idle == 1, 1.0)
@@ -327,7 +327,7 @@ def test_idle_association_is_aborted_and_counted(listen: Callable[..., Settings]
 def test_peer_abort_is_counted(listen: Callable[..., Settings]) -> None:
     settings = listen()
     peer = _aborted("peer")
-    assoc = _associate(settings.dimse_port)
+    assoc = _associate(settings.listener.port)
     assert assoc.is_established
     assoc.abort()
     assert poll(lambda: _aborted("peer") - peer == 1, 2.0)
@@ -344,7 +344,7 @@ def test_silent_connection_to_tls_listener_does_not_block_the_acceptor(
     ca = _certificate(tmp_path, "test-ca")
     key, cert = _certificate(tmp_path, "server", ca)
     settings = listen(tls_certificate=cert, tls_private_key=key, dimse_association_request_timeout_seconds=2.0)
-    silent = _connect(settings.dimse_port)
+    silent = _connect(settings.listener.port)
     answers: list[int | None] = []
 
     def tls_echo() -> None:
@@ -353,7 +353,7 @@ def test_silent_connection_to_tls_listener_does_not_block_the_acceptor(
         ae = AE(ae_title=CALLER_AE)
         ae.add_requested_context(Verification)
         ae.acse_timeout = ae.network_timeout = 5
-        assoc = ae.associate("127.0.0.1", settings.dimse_port, ae_title="PREDRAFT", tls_args=(client, None))
+        assoc = ae.associate("127.0.0.1", settings.listener.port, ae_title="PREDRAFT", tls_args=(client, None))
         answers.append(int(assoc.send_c_echo().Status) if assoc.is_established else None)
         if assoc.is_established:
             assoc.release()
@@ -372,7 +372,7 @@ def test_silent_connection_to_tls_listener_does_not_block_the_acceptor(
 def test_invalid_pdu_in_an_association_is_counted_as_protocol_error(listen: Callable[..., Settings]) -> None:
     settings = listen()
     protocol_errors = _aborted("protocol_error")
-    assoc = _associate(settings.dimse_port)
+    assoc = _associate(settings.listener.port)
     assert assoc.is_established
     assoc.dul.socket.socket.sendall(struct.pack(">BBL", UNKNOWN_PDU_TYPE, 0, 4) + b"\x00" * 4)
     assert poll(lambda: _aborted("protocol_error") - protocol_errors == 1, 2.0)
@@ -446,13 +446,13 @@ def _small_image(tmp_path: Path) -> pydicom.Dataset:
 def test_association_stalled_mid_pdu_is_aborted_and_frees_its_slot(listen: Callable[..., Settings]) -> None:
     settings = listen(dimse_idle_timeout_seconds=0.5, dimse_max_associations=1, dimse_max_connections_per_address=1)
     idle = _aborted("idle_timeout")
-    assoc = _associate(settings.dimse_port, source="127.0.0.1", network_timeout=30)
+    assoc = _associate(settings.listener.port, source="127.0.0.1", network_timeout=30)
     assert assoc.is_established
     raw = assoc.dul.socket.socket
     try:
         raw.sendall(struct.pack(">BBL", P_DATA_TF_TYPE, 0, 100))  # a header declaring 100 bytes, then nothing
         assert poll(lambda: not assoc.is_alive(), 0.5 + 1.5), "an association stalled mid-PDU was never ended"
-        assert poll(lambda: _echo(settings.dimse_port)[0] == status.SUCCESS, 3.0), "its slot was not freed"
+        assert poll(lambda: _echo(settings.listener.port)[0] == status.SUCCESS, 3.0), "its slot was not freed"
     finally:
         with contextlib.suppress(OSError):  # frees a listener stuck on it, so that it can stop
             socket.socket.shutdown(raw, socket.SHUT_RDWR)
@@ -461,7 +461,7 @@ def test_association_stalled_mid_pdu_is_aborted_and_frees_its_slot(listen: Calla
 
 def test_association_trickling_a_pdu_is_aborted_after_the_idle_timeout(listen: Callable[..., Settings]) -> None:
     settings = listen(dimse_idle_timeout_seconds=0.5, dimse_max_associations=1, dimse_max_connections_per_address=1)
-    assoc = _associate(settings.dimse_port, source="127.0.0.1", network_timeout=30)
+    assoc = _associate(settings.listener.port, source="127.0.0.1", network_timeout=30)
     assert assoc.is_established
     raw = assoc.dul.socket.socket
     started = time.monotonic()
@@ -476,7 +476,7 @@ def test_association_trickling_a_pdu_is_aborted_after_the_idle_timeout(listen: C
         with contextlib.suppress(OSError):
             socket.socket.shutdown(raw, socket.SHUT_RDWR)
     assert time.monotonic() - started < 5.0, "an association trickling one PDU outlived the idle timeout"
-    assert poll(lambda: _echo(settings.dimse_port)[0] == status.SUCCESS, 3.0), "its slot was not freed"
+    assert poll(lambda: _echo(settings.listener.port)[0] == status.SUCCESS, 3.0), "its slot was not freed"
 
 
 def test_data_set_past_max_dataset_bytes_is_aborted_while_it_arrives(
@@ -486,7 +486,7 @@ def test_data_set_past_max_dataset_bytes_is_aborted_while_it_arrives(
     receiving = Spool(settings.spool_dir).receiving_dir()
     monkeypatch.setattr(tempfile, "tempdir", str(receiving))  # as `predraft listen` does
     too_large = _aborted("message_too_large")
-    assoc = _associate(settings.dimse_port, source="127.0.0.1")
+    assoc = _associate(settings.listener.port, source="127.0.0.1")
     assert assoc.is_established
     context_id = _context_id(assoc, SecondaryCaptureImageStorage)
     raw = assoc.dul.socket.socket
@@ -497,7 +497,7 @@ def test_data_set_past_max_dataset_bytes_is_aborted_while_it_arrives(
     assert sent < SENT_BEFORE_ABORT_BOUND_BYTES, f"a data set went on for {sent} bytes without an abort"
     assert poll(lambda: _aborted("message_too_large") - too_large == 1, AT_ONCE_SECONDS)
     assert poll(lambda: not any(receiving.iterdir()), 3.0), f"left behind: {list(receiving.iterdir())}"
-    again = _associate(settings.dimse_port, source="127.0.0.1")
+    again = _associate(settings.listener.port, source="127.0.0.1")
     try:
         assert int(again.send_c_store(_small_image(tmp_path)).Status) == status.SUCCESS
     finally:
@@ -507,14 +507,14 @@ def test_data_set_past_max_dataset_bytes_is_aborted_while_it_arrives(
 def test_command_set_over_64_kib_is_aborted(listen: Callable[..., Settings]) -> None:
     settings = listen()
     too_large = _aborted("message_too_large")
-    assoc = _associate(settings.dimse_port)
+    assoc = _associate(settings.listener.port)
     assert assoc.is_established
     raw = assoc.dul.socket.socket
     fragment = _p_data_tf(_context_id(assoc, Verification), PDV_COMMAND, b"\x00" * FRAGMENT_BYTES)
     sent = _send_until_closed(raw, fragment, 16 * COMMAND_SET_BOUND_BYTES)
     assert poll(lambda: not assoc.is_alive(), AT_ONCE_SECONDS), f"a command set of {sent} bytes was not aborted"
     assert poll(lambda: _aborted("message_too_large") - too_large == 1, AT_ONCE_SECONDS)
-    _assert_echo_in_time(settings.dimse_port)
+    _assert_echo_in_time(settings.listener.port)
 
 
 def test_pdus_a_little_over_the_negotiated_maximum_are_read(listen: Callable[..., Settings], tmp_path: Path) -> None:
@@ -522,11 +522,11 @@ def test_pdus_a_little_over_the_negotiated_maximum_are_read(listen: Callable[...
 
     settings = listen()
     too_large = _aborted("pdu_too_large")
-    assoc = _associate(settings.dimse_port, source="127.0.0.1")
+    assoc = _associate(settings.listener.port, source="127.0.0.1")
     assert assoc.is_established
     for item in assoc.acceptor.user_information:  # the requestor now sends PDUs 1 KiB over the listener's maximum
         if isinstance(item, MaximumLengthNotification):
-            item.maximum_length_received = settings.dimse_max_pdu + 1024
+            item.maximum_length_received = settings.listener.max_pdu + 1024
     try:
         answer = assoc.send_c_store(_large_image(tmp_path))
     finally:

@@ -35,7 +35,7 @@ def listening(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setti
 def _echo(settings: Settings, calling_ae: str) -> tuple[bool, int | None]:
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", settings.dimse_port, ae_title=settings.ae_title)
+    assoc = ae.associate("127.0.0.1", settings.listener.port, ae_title=settings.listener.ae_title)
     if not assoc.is_established:
         return False, None
     try:
@@ -65,7 +65,7 @@ def _store(
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(ds.SOPClassUID)
     tls_args = (ssl_context, None) if ssl_context else None
-    assoc = ae.associate("127.0.0.1", settings.dimse_port, ae_title=settings.ae_title, tls_args=tls_args)
+    assoc = ae.associate("127.0.0.1", settings.listener.port, ae_title=settings.listener.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         return None
     try:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from predraft.core.settings import Settings
+from predraft.core.settings import FLAT_FIELDS, environment_variable
 from tests.conftest import REPO_ROOT
 
 
 def test_readme_configuration_table_lists_every_setting() -> None:
     readme = (REPO_ROOT / "README.md").read_text()
-    missing = [
-        f"PREDRAFT_{name.upper()}" for name in Settings.model_fields if f"`PREDRAFT_{name.upper()}`" not in readme
-    ]
+    missing = [environment_variable(name) for name in FLAT_FIELDS if f"`{environment_variable(name)}`" not in readme]
     assert missing == []
 
 

@@ -52,7 +52,7 @@ def send_exports(app: Celery, draft_id: int, destinations: Sequence[str]) -> Non
 def _try(settings: Settings, job: ExportJob) -> Delivery | ExportError:
     """One try; every failure, an unexpected one included, comes back as an ExportError."""
     try:
-        destination = settings.export_destination(job.destination)
+        destination = settings.export.destination(job.destination)
     except KeyError as exc:
         return ExportError(f"{exc.args[0]}: it was removed from export_destinations", retryable=False)
     try:
@@ -113,7 +113,7 @@ def export(self: Task, draft_id: int, destination: str) -> str:
         return "sent"
 
     retries = self.request.retries or 0
-    dead = not outcome.retryable or retries >= settings.export_max_retries
+    dead = not outcome.retryable or retries >= settings.export.max_retries
     _record(settings, record_failure, export_id=job.export_id, error=str(outcome), dead=dead)
     EXPORTS.labels(destination=destination, outcome="dead" if dead else "failed").inc()
     if dead:
@@ -121,7 +121,7 @@ def export(self: Task, draft_id: int, destination: str) -> str:
         log.warning("export %d of draft %d to %s is dead (%s): %s", job.export_id, draft_id, destination, why, outcome)
         return "dead"
     delay = retry_delay(
-        retries, first=settings.export_retry_delay_seconds, longest=settings.export_retry_max_delay_seconds
+        retries, first=settings.export.retry_delay_seconds, longest=settings.export.retry_max_delay_seconds
     )
     log.warning(
         "export %d of draft %d to %s failed (try %d), retry in %.0f s: %s",
@@ -132,4 +132,4 @@ def export(self: Task, draft_id: int, destination: str) -> str:
         delay,
         outcome,
     )
-    raise self.retry(countdown=delay, max_retries=settings.export_max_retries)
+    raise self.retry(countdown=delay, max_retries=settings.export.max_retries)

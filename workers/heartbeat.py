@@ -55,7 +55,7 @@ def _settings() -> Settings:
 def _static_description() -> dict[str, str]:
     """Device and model: what does not change while the worker runs."""
     settings = _settings()
-    device, device_name = settings.device, _cpu_name()
+    device, device_name = settings.model.device, _cpu_name()
     if device.startswith("cuda"):
         try:
             device_name = (
@@ -64,7 +64,7 @@ def _static_description() -> dict[str, str]:
         except Exception as exc:  # a broken driver is worth seeing here, not a crash of the heartbeat
             device_name = f"unknown ({type(exc).__name__})"
     try:
-        card = load_card(settings.model_card_path, verify_weights=False)[0]
+        card = load_card(settings.model.card_path, verify_weights=False)[0]
         model_name, model_version = card.name, card.version
     except Exception as exc:
         model_name, model_version = f"unreadable card ({type(exc).__name__})", ""

@@ -27,33 +27,35 @@ class StabilityMonitor(threading.Thread):
         self.settings = settings
         self.app = app
         self._stop_event = threading.Event()
-        self._next_sweep = time.monotonic() + settings.sweep_interval_seconds
+        self._next_sweep = time.monotonic() + settings.workers.sweep_interval_seconds
 
     def run(self) -> None:
-        while not self._stop_event.wait(self.settings.stability_poll_seconds):
+        while not self._stop_event.wait(self.settings.workers.stability_poll_seconds):
             try:
                 self.tick()
             except Exception:  # keep watching: a database hiccup must not stop the listener
-                log.exception("stability check failed; retrying in %.1f s", self.settings.stability_poll_seconds)
+                log.exception(
+                    "stability check failed; retrying in %.1f s", self.settings.workers.stability_poll_seconds
+                )
 
     def tick(self) -> list[int]:
         """One pass: claim quiet studies and start them. Returns the ids started."""
         claimed = claim_ready_studies(
             self.settings.database_url,
-            quiet_seconds=self.settings.quiet_seconds,
-            expected_views=self.settings.expected_views,
+            quiet_seconds=self.settings.workers.quiet_seconds,
+            expected_views=self.settings.workers.expected_views,
         )
         for study_id in claimed:
             sent = start_study(self.app, self.settings.database_url, study_id)
             log.info("study row %d is ready; %d instance(s) sent to prepare", study_id, sent)
         if time.monotonic() >= self._next_sweep:
-            self._next_sweep = time.monotonic() + self.settings.sweep_interval_seconds
+            self._next_sweep = time.monotonic() + self.settings.workers.sweep_interval_seconds
             sweep(
                 self.app,
                 self.settings.database_url,
                 self.settings.broker_url,
-                stale_seconds=self.settings.sweep_stale_seconds,
-                export_retry_max_delay_seconds=self.settings.export_retry_max_delay_seconds,
+                stale_seconds=self.settings.workers.sweep_stale_seconds,
+                export_retry_max_delay_seconds=self.settings.export.retry_max_delay_seconds,
             )
         return claimed
 

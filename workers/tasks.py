@@ -99,22 +99,24 @@ def _classifier_and_batcher(settings: Settings) -> tuple[Classifier, MicroBatche
     replaced, and so is one of another configuration.
     """
     key = (
-        settings.model_card_path,
-        settings.device,
-        settings.torch_compile,
-        settings.classify_batch_size,
-        settings.classify_batch_wait_ms,
+        settings.model.card_path,
+        settings.model.device,
+        settings.model.torch_compile,
+        settings.model.classify_batch_size,
+        settings.model.classify_batch_wait_ms,
     )
     with _model_lock:
         if key not in _models or _models[key][1].closed:
             for _, old in _models.values():
                 old.close()
             _models.clear()
-            classifier = load_classifier(settings.model_card_path, settings.device, compile=settings.torch_compile)
+            classifier = load_classifier(
+                settings.model.card_path, settings.model.device, compile=settings.model.torch_compile
+            )
             batcher = MicroBatcher(
                 classifier,
-                batch_size=settings.classify_batch_size,
-                wait_ms=settings.classify_batch_wait_ms,
+                batch_size=settings.model.classify_batch_size,
+                wait_ms=settings.model.classify_batch_wait_ms,
                 name="classify-batcher",
             )
             _models[key] = (classifier, batcher)
@@ -143,8 +145,8 @@ worker_process_shutdown.connect(close_all, weak=False)
 def _prepare_sandbox(settings: Settings) -> Sandbox:
     """This worker thread's decode sandbox, bounded by decode_timeout_seconds and decode_memory_bytes."""
     return thread_sandbox(
-        timeout_seconds=settings.decode_timeout_seconds,
-        memory_bytes=settings.decode_memory_bytes,
+        timeout_seconds=settings.workers.decode_timeout_seconds,
+        memory_bytes=settings.workers.decode_memory_bytes,
         preload=_PREPARE_PRELOAD,
     )
 
@@ -177,15 +179,15 @@ def prepare(self: Task, instance_id: int) -> None:
         if instance is None or instance.state in FINISHED_INSTANCE_STATES:
             return
         path, study_id, syntax = Path(instance.spool_path), instance.study_id, instance.transfer_syntax_uid
-    card = _card(settings.model_card_path)
-    gate = load_gate(settings.gate_card_path)
+    card = _card(settings.model.card_path)
+    gate = load_gate(settings.model.gate_card_path)
     gated = None
     try:
         prepared = prepare_bounded(
             path,
             input_size=card.input_size,
             gate_size=gate.size,
-            voi_window_index=settings.voi_window_index,
+            voi_window_index=settings.model.voi_window_index,
             with_halves=gate.reads_field,
             sandbox=_prepare_sandbox(settings),
         )
@@ -290,8 +292,8 @@ def _write_draft(
             generation=generation,
             model=card,
             spool=Spool(settings.spool_dir),
-            rule=settings.aggregation_rule,
-            template_dir=settings.template_dir,
+            rule=settings.report.aggregation_rule,
+            template_dir=settings.report.template_dir,
         )
     except OperationalError:
         raise
@@ -312,7 +314,7 @@ def _write_draft(
     if study.state != StudyState.DRAFTED or outcome.draft_id is None:
         return None, [], None
     exports = queue_exports(
-        session, draft_id=outcome.draft_id, destinations=[d.name for d in settings.export_destinations]
+        session, draft_id=outcome.draft_id, destinations=[d.name for d in settings.export.destinations]
     )
     assert study.drafted_at is not None  # apply_outcome set it with the DRAFTED state
     return outcome.draft_id, exports, (as_utc(study.drafted_at) - as_utc(study.last_instance_at)).total_seconds()
@@ -321,7 +323,7 @@ def _write_draft(
 @shared_task(name=DRAFT, bind=True, **_RETRY)
 def draft(self: Task, study_id: int, generation: int) -> None:
     settings = _settings()
-    card = _card(settings.model_card_path)
+    card = _card(settings.model.card_path)
     draft_id: int | None = None
     exports: list[str] = []
     time_to_draft: float | None = None

@@ -89,18 +89,18 @@ def split_authorization(header: str) -> tuple[str, str]:
 def authenticate(request: Request) -> DicomwebUser:
     """FastAPI dependency: the authenticated user, or HTTPException 401 with ``WWW-Authenticate``."""
     settings: Settings = request.app.state.settings
-    if not settings.dicomweb_tokens and not settings.dicomweb_users:
+    if not settings.dicomweb.tokens and not settings.dicomweb.users:
         raise _refuse(request, "DICOMweb is not configured", detail=NOT_CONFIGURED)
     scheme, credentials = split_authorization(request.headers.get("authorization", ""))
     if not scheme:
         raise _refuse(request, "no Authorization header")
-    if scheme.lower() == "bearer" and settings.dicomweb_tokens:
-        index = check_bearer(credentials, settings.dicomweb_tokens)
+    if scheme.lower() == "bearer" and settings.dicomweb.tokens:
+        index = check_bearer(credentials, settings.dicomweb.tokens)
         if index is not None:
             return DicomwebUser(f"token#{index + 1}")
         raise _refuse(request, "wrong bearer token", detail="invalid credentials")
-    if scheme.lower() == "basic" and settings.dicomweb_users:
-        user = check_basic(credentials, settings.dicomweb_users)
+    if scheme.lower() == "basic" and settings.dicomweb.users:
+        user = check_basic(credentials, settings.dicomweb.users)
         if user is not None:
             return DicomwebUser(user)
         raise _refuse(request, "wrong user name or password", detail="invalid credentials")

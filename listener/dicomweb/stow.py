@@ -209,10 +209,10 @@ async def _store(request: Request, user: DicomwebUser, study_uid: str | None) ->
     source = f"STOW:{user.name}"
     try:
         boundary = stow_boundary(request.headers.get("content-type"))
-        declared_length(request.headers.get("content-length"), settings.dicomweb_max_upload_bytes)
+        declared_length(request.headers.get("content-length"), settings.dicomweb.max_upload_bytes)
         receiver = _receiver(request)
         with tempfile.TemporaryFile(dir=settings.spool_dir, prefix=".stow-") as body:
-            if await copy_body(request, body, settings.dicomweb_max_upload_bytes) == 0:
+            if await copy_body(request, body, settings.dicomweb.max_upload_bytes) == 0:
                 raise DicomwebError(HTTPStatus.BAD_REQUEST, "the body is empty")
             results = await run_in_threadpool(store_body, body, boundary, receiver, source=source, study_uid=study_uid)
     except DicomwebError as error:

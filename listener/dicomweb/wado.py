@@ -150,7 +150,7 @@ def _left_out_warning(left_out: list[LeftOut]) -> dict[str, str]:
 
 def _metadata(request: Request, study: str, series: str | None = None, sop: str | None = None) -> Response:
     settings = settings_of(request)
-    bounds = Bounds(settings.max_dataset_bytes, settings.max_sequence_depth)
+    bounds = Bounds(settings.listener.max_dataset_bytes, settings.listener.max_sequence_depth)
     datasets: list[dict[str, Any]] = []
     left_out: list[LeftOut] = []
     for instance in _selected(request, study, series, sop):

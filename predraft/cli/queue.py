@@ -197,7 +197,7 @@ def purge_command(queue_name: str, yes: bool, as_json: bool) -> int:
     settings = reachable_settings()
     note = (
         f"spool files and database rows are kept; the listener's sweeper sends pending work again once it "
-        f"has sat unqueued for {settings.sweep_stale_seconds:g} s"
+        f"has sat unqueued for {settings.workers.sweep_stale_seconds:g} s"
     )
     if not yes:
         click.confirm(

@@ -71,9 +71,9 @@ def _supervise(settings: Settings, signals: StopSignals, run_demo: bool) -> int:
 
 def _announce(settings: Settings, run_demo: bool) -> None:
     click.echo(
-        f"predraft is up: DICOM {settings.ae_title}@{settings.dimse_host}:{settings.dimse_port}, "
-        f"HTTP http://{settings.http_host}:{settings.http_port}, database {redact_url(settings.database_url)}, "
-        f"broker {redact_url(settings.broker_url)}, model {settings.model_card_path}. Ctrl-C stops it."
+        f"predraft is up: DICOM {settings.listener.ae_title}@{settings.listener.host}:{settings.listener.port}, "
+        f"HTTP http://{settings.http.host}:{settings.http.port}, database {redact_url(settings.database_url)}, "
+        f"broker {redact_url(settings.broker_url)}, model {settings.model.card_path}. Ctrl-C stops it."
     )
     if run_demo:
         from predraft.demo import DemoError
@@ -103,14 +103,14 @@ def listen() -> None:
     tempfile.tempdir = str(Spool(settings.spool_dir).receiving_dir())
     server = start_dimse_server(settings)
     try:
-        serve_metrics(settings.metrics_host, settings.listener_metrics_port)
+        serve_metrics(settings.metrics_host, settings.listener.metrics_port)
     except OSError as exc:
         server.shutdown()
         raise click.ClickException(str(exc)) from exc
     declare_queues(settings.broker_url, QUEUES)  # the queues its first sends go to exist before it sends
     monitor = StabilityMonitor(settings, create_celery(settings))
     monitor.start()
-    click.echo(f"listening as {settings.ae_title} on {settings.dimse_host}:{server.server_address[1]}")
+    click.echo(f"listening as {settings.listener.ae_title} on {settings.listener.host}:{server.server_address[1]}")
     wait_for_stop_signal()
     monitor.stop()
     server.shutdown()
@@ -145,18 +145,18 @@ def worker(queues: str, concurrency: int | None, metrics_port: int | None) -> No
     if unknown:
         raise click.ClickException(f"unknown queue(s) {sorted(unknown)}; known: {', '.join(QUEUES)}")
     try:
-        load_card(settings.model_card_path, verify_weights="classify" in queues)
+        load_card(settings.model.card_path, verify_weights="classify" in queues)
         if "prepare" in queues:  # the gate card, its weights and its tasks, checked here (without torch)
             from predraft.models.scope import check_gate_card
             from predraft.models.taskcard import load_task_card
 
-            check_gate_card(load_task_card(settings.gate_card_path)[0])
+            check_gate_card(load_task_card(settings.model.gate_card_path)[0])
         if "draft" in queues:
-            check_templates(settings.template_dir)  # a broken site template stops the worker here, not a report
+            check_templates(settings.report.template_dir)  # a broken site template stops the worker here, not a report
     except (ModelCardError, TemplateCheckError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     try:
-        serve_metrics(settings.metrics_host, settings.worker_metrics_port if metrics_port is None else metrics_port)
+        serve_metrics(settings.metrics_host, settings.workers.metrics_port if metrics_port is None else metrics_port)
     except OSError as exc:
         raise click.ClickException(str(exc)) from exc
     app = create_celery(settings)
@@ -166,9 +166,9 @@ def worker(queues: str, concurrency: int | None, metrics_port: int | None) -> No
             "--queues",
             queues,
             "--pool",
-            settings.worker_pool,
+            settings.workers.pool,
             "--concurrency",
-            str(concurrency or settings.worker_concurrency),
+            str(concurrency or settings.workers.concurrency),
             "--loglevel",
             settings.log_level,
             "--hostname",
@@ -191,8 +191,8 @@ def web() -> None:
     configure_logging(settings)
     uvicorn.run(
         create_app(settings),
-        host=settings.http_host,
-        port=settings.http_port,
+        host=settings.http.host,
+        port=settings.http.port,
         log_level=settings.log_level.lower(),
         access_log=False,
         log_config=None,

@@ -165,11 +165,11 @@ def resend_command(study_uid: str, destination_name: str | None, as_json: bool) 
 
     if destination_name is not None:
         try:
-            names = [settings.export_destination(destination_name).name]
+            names = [settings.export.destination(destination_name).name]
         except KeyError as exc:
             raise click.ClickException(exc.args[0]) from None
     else:
-        names = [destination.name for destination in settings.export_destinations]
+        names = [destination.name for destination in settings.export.destinations]
         if not names:
             raise click.ClickException("no export destinations are configured (PREDRAFT_EXPORT_DESTINATIONS)")
     try:

@@ -1,9 +1,16 @@
-"""One settings object for every predraft process.
+"""One settings object for every predraft process, grouped by the part of predraft that reads each setting.
 
-Values come, in order of precedence, from ``PREDRAFT_*`` environment variables, then from an optional
-TOML file (``PREDRAFT_CONFIG=path/to/predraft.toml``), then from the embedded defaults: SQLite, spool
-and broker under ``./var/``, DIMSE on 127.0.0.1:11112 with AE title ``PREDRAFT``, HTTP on
-127.0.0.1:8080.
+:class:`Settings` holds a small core that every process reads (``var_dir``, ``database_url``, ``broker_url``,
+``spool_dir``, ``log_level``, ``log_format``, ``metrics_host``) and one area per part: ``listener`` (DIMSE, TLS,
+ingest bounds), ``http`` (where the HTTP app binds), ``dicomweb``, ``worklist``, ``workers`` (Celery, decode
+sandbox, study stability and the sweeper), ``model``, ``report`` (templates, view aggregation) and ``export``.
+
+Values come, in order of precedence, from ``PREDRAFT_*`` environment variables, then from an optional TOML file
+(``PREDRAFT_CONFIG=path/to/predraft.toml``), then from the embedded defaults: SQLite, spool and broker under
+``./var/``, DIMSE on 127.0.0.1:11112 with AE title ``PREDRAFT``, HTTP on 127.0.0.1:8080. Every source speaks the
+flat names (``PREDRAFT_DIMSE_PORT``, TOML ``dimse_port = 104``, ``Settings(dimse_port=104)``), which
+:data:`FLAT_FIELDS` places in their areas (``settings.listener.port``); a TOML file may also give an area as a
+table (``[listener]`` ``port = 104``). A validation error names the setting by its flat name.
 
 Build it with :func:`get_settings`; nothing reads the environment at import time.
 """
@@ -13,14 +20,27 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import InitErrorDetails
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -32,6 +52,8 @@ from predraft.models.taxonomy import View
 from predraft.reporting.aggregate import DEFAULT_VIEW_WEIGHTS, AggregationRule
 
 CONFIG_ENV_VAR = "PREDRAFT_CONFIG"
+#: Every setting's environment variable is this prefix and its flat name upper-cased (:data:`FLAT_FIELDS`).
+ENV_PREFIX = "PREDRAFT_"
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash
 
 
@@ -279,50 +301,47 @@ class StowDestination(BaseModel):
 ExportDestination = Annotated[DimseDestination | StowDestination, Field(discriminator="kind")]
 
 
-class Settings(BaseSettings):
-    """Every tunable of predraft. Paths are made absolute against the working directory."""
+# --- The areas: one model per part of predraft, holding what that part reads ---------------------------------------
 
-    model_config = SettingsConfigDict(env_prefix="PREDRAFT_", extra="forbid", validate_default=True)
 
-    var_dir: Path = Field(Path("var"), description="Folder for the embedded database, broker, spool and models.")
-    # Defaults under var_dir, filled in by _default_locations before the fields are validated: never None.
-    database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///<var_dir>/predraft.sqlite")
-    broker_url: str = Field(
-        "", description="Celery broker URL; default kombu's SQLAlchemy transport on <var_dir>/broker.sqlite"
-    )
-    spool_dir: Path = Field(
-        Path("spool"), description="Where received instances and drafted SRs live; default <var_dir>/spool"
-    )
+class _Area(BaseModel):
+    """An area of the settings: unknown keys are refused, and defaults are validated like given values."""
 
-    dimse_host: str = Field("127.0.0.1", description="Address the DIMSE listener binds to.")
-    dimse_port: int = Field(11112, ge=1, le=65535, description="DIMSE port.")
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ListenerSettings(_Area):
+    """The receiving side: the DIMSE listener (address, AE titles, TLS, association limits), the bounds every
+    received data set is held to (DIMSE and STOW-RS alike), and the listener's metrics port."""
+
+    host: str = Field("127.0.0.1", description="Address the DIMSE listener binds to.")
+    port: int = Field(11112, ge=1, le=65535, description="DIMSE port.")
     ae_title: AETitle = Field("PREDRAFT", description="predraft's own AE title.")
     allowed_calling_aes: list[AETitle] = Field(
         default_factory=list,
         description="Calling AE titles allowed to associate; empty allows any, which is refused off loopback.",
     )
-
     allowed_addresses: list[str] = Field(
         default_factory=list,
         description="Source addresses or networks (CIDR) allowed to connect to DIMSE; empty allows any.",
     )
-    dimse_max_pdu: int = Field(262144, ge=0, description="Largest PDU predraft accepts, in bytes (0: unlimited).")
-    dimse_max_associations: int = Field(
+    max_pdu: int = Field(262144, ge=0, description="Largest PDU predraft accepts, in bytes (0: unlimited).")
+    max_associations: int = Field(
         16, ge=1, description="Concurrent DIMSE associations established, from all callers together."
     )
-    dimse_max_connections_per_address: int = Field(
+    max_connections_per_address: int = Field(
         8,
         ge=1,
         description="Open DIMSE connections from one source address, associated or not; more are closed "
         "at once, so one sender cannot take the others' places.",
     )
-    dimse_association_request_timeout_seconds: float = Field(
+    association_request_timeout_seconds: float = Field(
         10.0,
         gt=0,
         description="Seconds from a DIMSE connection's opening until its whole A-ASSOCIATE-RQ is in; "
         "a silent or trickling connection is closed then.",
     )
-    dimse_idle_timeout_seconds: float = Field(
+    idle_timeout_seconds: float = Field(
         60.0, gt=0, description="Seconds an association may wait for its peer's next PDU before it is aborted."
     )
     tls_certificate: Path | None = Field(
@@ -341,33 +360,83 @@ class Settings(BaseSettings):
     max_sequence_depth: int = Field(
         16, ge=2, le=64, description="Deepest nesting of sequences in a data set predraft stores."
     )
-    decode_timeout_seconds: float = Field(
-        60.0, gt=0, description="Longest a pixel decode and preparation may run; then that instance fails."
-    )
-    decode_memory_bytes: int = Field(
-        3 * 1024 * 1024 * 1024,
-        ge=1024 * 1024 * 1024,
-        description="Memory (address space) a pixel decode and "
-        "preparation may use; beyond it that instance fails. The decoding process itself takes about 0.7 GiB.",
-    )
     spool_min_free_bytes: int = Field(
         200_000_000, ge=0, description="Refuse new instances (out of resources) below this much free spool space."
     )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the DIMSE listener's Prometheus endpoint (/metrics; deploy/ uses 9110); 0: none.",
+    )
 
-    http_host: str = Field("127.0.0.1", description="Address the HTTP app binds to.")
-    http_port: int = Field(8080, ge=1, le=65535, description="HTTP port.")
+    @model_validator(mode="after")
+    def _check_tls_and_callers(self) -> ListenerSettings:
+        """TLS files come as a pair (a client CA only with them); addresses parse; off loopback, callers are named."""
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            raise ValueError("tls_certificate and tls_private_key must be set together")
+        if self.tls_client_ca is not None and self.tls_certificate is None:
+            raise ValueError("tls_client_ca needs tls_certificate and tls_private_key")
+        for address in self.allowed_addresses:
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"allowed_addresses entry {address!r} is not an address or network") from exc
+        if not self.allowed_calling_aes and not _is_loopback(self.host):
+            raise ValueError(
+                f"dimse_host {self.host!r} is not a loopback address: set allowed_calling_aes "
+                "(PREDRAFT_ALLOWED_CALLING_AES='[\"PACS_AE\"]') so that only known callers can store"
+            )
+        return self
 
-    dicomweb_tokens: list[SecretStr] = Field(
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether the DIMSE listener speaks TLS (a server certificate is configured)."""
+        return self.tls_certificate is not None
+
+
+class HttpSettings(_Area):
+    """Where the HTTP app (worklist, DICOMweb, admin, /healthz: ``predraft.http``) binds."""
+
+    host: str = Field("127.0.0.1", description="Address the HTTP app binds to.")
+    port: int = Field(8080, ge=1, le=65535, description="HTTP port.")
+
+
+class DicomwebSettings(_Area):
+    """DICOMweb (STOW/QIDO/WADO, ``predraft.listener.dicomweb``): who may call it and how much one upload holds."""
+
+    tokens: list[SecretStr] = Field(
         default_factory=list, description="Bearer tokens accepted by DICOMweb (STOW/QIDO/WADO)."
     )
-    dicomweb_users: dict[str, SecretStr] = Field(
+    users: dict[str, SecretStr] = Field(
         default_factory=dict, description="HTTP basic-auth users and passwords accepted by DICOMweb."
     )
-    dicomweb_max_upload_bytes: int = Field(
+    max_upload_bytes: int = Field(
         2_000_000_000, ge=1, description="Largest STOW-RS request body, in bytes (larger: 413)."
     )
 
-    # The worklist (predraft.worklist): sessions and the SRs a review issues.
+    @field_validator("tokens")
+    @classmethod
+    def _check_tokens(cls, value: list[SecretStr]) -> list[SecretStr]:
+        if any(not token.get_secret_value().strip() for token in value):
+            raise ValueError(
+                "dicomweb_tokens holds an empty token (an unset variable in the JSON list?): an empty "
+                "bearer token would open DICOMweb to anyone"
+            )
+        return value
+
+    @field_validator("users")
+    @classmethod
+    def _check_users(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        empty = sorted(user for user, password in value.items() if not user or not password.get_secret_value())
+        if empty:
+            raise ValueError(f"dicomweb_users {empty} have an empty name or password")
+        return value
+
+
+class WorklistSettings(_Area):
+    """The worklist (``predraft.worklist``): web sessions, login throttling and the SRs a review issues."""
+
     session_secret: SecretStr | None = Field(
         None,
         description="Key of the web sessions' token hashes and CSRF tokens (at least 32 characters); "
@@ -400,6 +469,38 @@ class Settings(BaseSettings):
         description="Verifying Organization (DICOM type 1) of the SRs a radiologist's review issues: the site's name.",
     )
 
+    @field_validator("session_secret")
+    @classmethod
+    def _check_session_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError(
+                "session_secret must be at least 32 characters (or unset: one is generated into the var dir)"
+            )
+        return value
+
+
+class WorkersSettings(_Area):
+    """The pipeline's workers (``predraft.workers``): the embedded Celery worker, the decode sandbox, and the
+    stability thread (run by the listener) that finds ready studies and sends lost work again."""
+
+    concurrency: int = Field(2, ge=1, description="Threads of the embedded Celery worker.")
+    pool: Literal["threads", "prefork", "solo"] = Field("threads", description="Celery pool.")
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of a worker's Prometheus endpoint (/metrics; deploy/ uses 9111); 0: "
+        "none. Each worker on one host needs its own (predraft worker --metrics-port).",
+    )
+    decode_timeout_seconds: float = Field(
+        60.0, gt=0, description="Longest a pixel decode and preparation may run; then that instance fails."
+    )
+    decode_memory_bytes: int = Field(
+        3 * 1024 * 1024 * 1024,
+        ge=1024 * 1024 * 1024,
+        description="Memory (address space) a pixel decode and "
+        "preparation may use; beyond it that instance fails. The decoding process itself takes about 0.7 GiB.",
+    )
     quiet_seconds: float = Field(10.0, gt=0, description="A study is ready after this long without a new instance.")
     expected_views: list[ExpectedViewsRule] = Field(
         default_factory=default_expected_views,
@@ -415,15 +516,18 @@ class Settings(BaseSettings):
         120.0, gt=0, description="How long pending work must sit unmoved (and unqueued) before it is sent again."
     )
 
-    model: Path | None = Field(
+
+class ModelSettings(_Area):
+    """The networks: the classifier's and the gate's cards, the device they run on and the micro-batcher."""
+
+    card: Path | None = Field(
         None,
         description="Model card (JSON) beside its safetensors weights; default the bundled demo model (phantoms only)",
     )
-    gate_model: Path | None = Field(
+    gate_card: Path | None = Field(
         None,
         description="Body-part gate and hardware check card (JSON, predraft.models.taskcard.TaskCard) beside its "
-        "weights; "
-        "default the bundled gate (trained on FracAtlas)",
+        "weights; default the bundled gate (trained on FracAtlas)",
     )
     device: str = Field("cpu", description="Torch device for classification: cpu, cuda or cuda:N.")
     voi_window_index: int = Field(0, ge=0, description="Which of an image's VOI windows to apply (0: the first).")
@@ -432,6 +536,44 @@ class Settings(BaseSettings):
         20.0, ge=0, description="How long the micro-batcher waits for more images before running a partial batch."
     )
     torch_compile: bool = Field(False, description="torch.compile the network (CUDA only).")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+            raise ValueError(f"device {value!r} is not one of cpu, cuda, cuda:N")
+        return value
+
+    @model_validator(mode="after")
+    def _absolute_card(self) -> ModelSettings:
+        """A configured model card is made absolute against the working directory (the gate's is taken as given)."""
+        if self.card is not None:
+            self.card = self.card.expanduser().absolute()
+        return self
+
+    @property
+    def card_path(self) -> Path:
+        """The model card in use: the configured one, or the embedded demo model's."""
+        return self.card or self.demo_card_path
+
+    @property
+    def gate_card_path(self) -> Path:
+        """The gate card in use: the configured one, or the bundled gate's (``models/gate/card.json``)."""
+        return self.gate_card or GATE_CARD
+
+    @property
+    def demo_card_path(self) -> Path:
+        """The bundled demo model's card (``models/demo/card.json``): trained on phantoms, never clinical."""
+        return DEMO_MODEL_CARD
+
+    @property
+    def uses_demo_model(self) -> bool:
+        """Whether no model card is configured, so the demo model (phantoms only) drafts."""
+        return self.card is None
+
+
+class ReportSettings(_Area):
+    """How a draft is written (``predraft.reporting``): the site's templates and how views combine per hip."""
 
     template_dir: Path | None = Field(
         None, description="Site folder of report templates; a file there replaces the packaged one of that name."
@@ -451,22 +593,225 @@ class Settings(BaseSettings):
         "the top class of a hard pair needs over the other.",
     )
 
-    # Export of drafted SRs to the PACS (predraft.workers.export): one task per draft and destination.
-    export_destinations: list[ExportDestination] = Field(
+    @model_validator(mode="after")
+    def _check_templates_and_rule(self) -> ReportSettings:
+        """A template folder is made absolute and must exist; the weights and margins make a valid rule."""
+        if self.template_dir is not None:
+            self.template_dir = self.template_dir.expanduser().absolute()
+            if not self.template_dir.is_dir():
+                raise ValueError(f"template_dir {self.template_dir} is not a folder")
+        self.aggregation_rule  # noqa: B018 -- validates the weights and margins together
+        return self
+
+    @property
+    def aggregation_rule(self) -> AggregationRule:
+        """The rule that combines a hip's views (:mod:`predraft.reporting.aggregate`)."""
+        return AggregationRule(
+            view_weights=self.aggregation_view_weights,
+            disagreement_margin=self.aggregation_disagreement_margin,
+            hard_pair_margin=self.aggregation_hard_pair_margin,
+        )
+
+
+class ExportSettings(_Area):
+    """Export of drafted SRs to the PACS (``predraft.workers.export``): one task per draft and destination."""
+
+    destinations: list[ExportDestination] = Field(
         default_factory=list,
         description="Where every drafted SR is sent: C-STORE SCPs (kind dimse) and STOW-RS servers (kind stow); "
         "empty keeps SRs in the spool only.",
     )
-    export_max_retries: int = Field(
+    max_retries: int = Field(
         8, ge=0, description="Retries of an export after a network error or a temporary refusal; then it is dead."
     )
-    export_retry_delay_seconds: float = Field(
+    retry_delay_seconds: float = Field(
         10.0, ge=0, description="Wait before the first retry of an export; doubled for each further retry."
     )
-    export_retry_max_delay_seconds: float = Field(600.0, ge=0, description="Longest wait between two retries.")
+    retry_max_delay_seconds: float = Field(600.0, ge=0, description="Longest wait between two retries.")
 
-    worker_concurrency: int = Field(2, ge=1, description="Threads of the embedded Celery worker.")
-    worker_pool: Literal["threads", "prefork", "solo"] = Field("threads", description="Celery pool.")
+    @model_validator(mode="after")
+    def _check_unique_names(self) -> ExportSettings:
+        """Destination names are unique: they key the exports table."""
+        names = [destination.name for destination in self.destinations]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"export_destinations names {repeated} more than once: names must be unique")
+        return self
+
+    def destination(self, name: str) -> DimseDestination | StowDestination:
+        """The export destination called ``name``; KeyError naming the configured ones if there is none."""
+        for destination in self.destinations:
+            if destination.name == name:
+                return destination
+        known = ", ".join(d.name for d in self.destinations) or "none"
+        raise KeyError(f"no export destination {name!r} (configured: {known})")
+
+
+# --- Flat names: every PREDRAFT_<NAME> variable, TOML key and keyword, and where its value lives ------------------
+
+#: The one mapping from a setting's flat name (``PREDRAFT_<NAME>`` upper-cased, a top-level TOML key, a keyword of
+#: :class:`Settings`) to its place: ``(field,)`` at the top level, ``(area, field)`` in an area. Environment, TOML
+#: file and keywords all go through :func:`nest`; validation errors are reported under these names again.
+FLAT_FIELDS: dict[str, tuple[str, ...]] = {
+    "var_dir": ("var_dir",),
+    "database_url": ("database_url",),
+    "broker_url": ("broker_url",),
+    "spool_dir": ("spool_dir",),
+    "log_level": ("log_level",),
+    "log_format": ("log_format",),
+    "metrics_host": ("metrics_host",),
+    "dimse_host": ("listener", "host"),
+    "dimse_port": ("listener", "port"),
+    "ae_title": ("listener", "ae_title"),
+    "allowed_calling_aes": ("listener", "allowed_calling_aes"),
+    "allowed_addresses": ("listener", "allowed_addresses"),
+    "dimse_max_pdu": ("listener", "max_pdu"),
+    "dimse_max_associations": ("listener", "max_associations"),
+    "dimse_max_connections_per_address": ("listener", "max_connections_per_address"),
+    "dimse_association_request_timeout_seconds": ("listener", "association_request_timeout_seconds"),
+    "dimse_idle_timeout_seconds": ("listener", "idle_timeout_seconds"),
+    "tls_certificate": ("listener", "tls_certificate"),
+    "tls_private_key": ("listener", "tls_private_key"),
+    "tls_client_ca": ("listener", "tls_client_ca"),
+    "max_dataset_bytes": ("listener", "max_dataset_bytes"),
+    "max_sequence_depth": ("listener", "max_sequence_depth"),
+    "spool_min_free_bytes": ("listener", "spool_min_free_bytes"),
+    "listener_metrics_port": ("listener", "metrics_port"),
+    "http_host": ("http", "host"),
+    "http_port": ("http", "port"),
+    "dicomweb_tokens": ("dicomweb", "tokens"),
+    "dicomweb_users": ("dicomweb", "users"),
+    "dicomweb_max_upload_bytes": ("dicomweb", "max_upload_bytes"),
+    "session_secret": ("worklist", "session_secret"),
+    "cookie_secure": ("worklist", "cookie_secure"),
+    "session_lifetime_minutes": ("worklist", "session_lifetime_minutes"),
+    "login_failures_per_user": ("worklist", "login_failures_per_user"),
+    "login_failures_per_address": ("worklist", "login_failures_per_address"),
+    "login_failure_window_seconds": ("worklist", "login_failure_window_seconds"),
+    "verifying_organization": ("worklist", "verifying_organization"),
+    "worker_concurrency": ("workers", "concurrency"),
+    "worker_pool": ("workers", "pool"),
+    "worker_metrics_port": ("workers", "metrics_port"),
+    "decode_timeout_seconds": ("workers", "decode_timeout_seconds"),
+    "decode_memory_bytes": ("workers", "decode_memory_bytes"),
+    "quiet_seconds": ("workers", "quiet_seconds"),
+    "expected_views": ("workers", "expected_views"),
+    "stability_poll_seconds": ("workers", "stability_poll_seconds"),
+    "sweep_interval_seconds": ("workers", "sweep_interval_seconds"),
+    "sweep_stale_seconds": ("workers", "sweep_stale_seconds"),
+    "model": ("model", "card"),
+    "gate_model": ("model", "gate_card"),
+    "device": ("model", "device"),
+    "voi_window_index": ("model", "voi_window_index"),
+    "classify_batch_size": ("model", "classify_batch_size"),
+    "classify_batch_wait_ms": ("model", "classify_batch_wait_ms"),
+    "torch_compile": ("model", "torch_compile"),
+    "template_dir": ("report", "template_dir"),
+    "aggregation_view_weights": ("report", "aggregation_view_weights"),
+    "aggregation_disagreement_margin": ("report", "aggregation_disagreement_margin"),
+    "aggregation_hard_pair_margin": ("report", "aggregation_hard_pair_margin"),
+    "export_destinations": ("export", "destinations"),
+    "export_max_retries": ("export", "max_retries"),
+    "export_retry_delay_seconds": ("export", "retry_delay_seconds"),
+    "export_retry_max_delay_seconds": ("export", "retry_max_delay_seconds"),
+}
+_FLAT_NAME_OF = {place: name for name, place in FLAT_FIELDS.items()}
+
+
+def environment_variable(flat_name: str) -> str:
+    """The environment variable that sets the setting called ``flat_name``: ``PREDRAFT_<FLAT_NAME>``."""
+    return f"{ENV_PREFIX}{flat_name.upper()}"
+
+
+def nest(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` keyed by flat names, with each moved to its place in :data:`FLAT_FIELDS`.
+
+    An area given as a table (TOML ``[listener]``) is taken as it is, and a flat name of the same source wins
+    over the table's key. Any other key passes through unchanged, for validation to refuse it by its name.
+    """
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in AREAS and isinstance(value, Mapping):
+            nested[key] = dict(value)
+    for key, value in values.items():
+        place = FLAT_FIELDS.get(key)
+        if place is None:
+            nested.setdefault(key, value)
+        elif len(place) == 1:
+            nested[key] = value
+        else:
+            area, field = place
+            nested.setdefault(area, {})[field] = value
+    return nested
+
+
+def field_info(flat_name: str) -> FieldInfo:
+    """The declaration (type, default, bounds, description) of the setting called ``flat_name``."""
+    *areas, field = FLAT_FIELDS[flat_name]
+    model: type[BaseModel] = Settings
+    for area in areas:
+        model = AREAS[area]
+    return model.model_fields[field]
+
+
+class _NestedSource(PydanticBaseSettingsSource):
+    """A settings source whose flat names (``ae_title``) are moved to their areas (``listener.ae_title``) by
+    :func:`nest`, so that sources of different precedence merge field by field."""
+
+    def __init__(self, settings_cls: type[BaseSettings], flat: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.flat = flat
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, "", False  # __call__ answers for the whole source
+
+    def __call__(self) -> dict[str, Any]:
+        return nest(self.flat())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.flat!r})"
+
+
+def _flat_locations(error: ValidationError) -> ValidationError:
+    """``error`` with each location in an area (``listener.port``) named by its flat name (``dimse_port``) again,
+    as the environment variable and the TOML key spell it; ``error`` itself if it cannot be rebuilt."""
+    details: list[InitErrorDetails] = []
+    for line in error.errors(include_url=False):
+        loc = tuple(line["loc"])
+        names = [str(part) for part in loc]
+        length = next((length for length in (2, 1) if tuple(names[:length]) in _FLAT_NAME_OF), 0)
+        detail: InitErrorDetails = {
+            "type": line["type"],
+            "loc": (_FLAT_NAME_OF[tuple(names[:length])], *loc[length:]) if length else loc,
+            "input": line["input"],
+        }
+        if "ctx" in line:
+            detail["ctx"] = line["ctx"]
+        details.append(detail)
+    try:
+        return ValidationError.from_exception_data(error.title, details)
+    except (KeyError, TypeError, ValueError):  # an error type from_exception_data cannot build again
+        return error
+
+
+class Settings(BaseSettings):
+    """Every tunable of predraft: a small core every process reads, and one area per part (:data:`AREAS`).
+
+    Paths are made absolute against the working directory. Keywords take flat names as the environment does
+    (``Settings(ae_title="X")`` sets ``settings.listener.ae_title``); a validation error names the flat name.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    var_dir: Path = Field(Path("var"), description="Folder for the embedded database, broker, spool and models.")
+    # Defaults under var_dir, filled in by _default_locations before the fields are validated: never None.
+    database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///<var_dir>/predraft.sqlite")
+    broker_url: str = Field(
+        "", description="Celery broker URL; default kombu's SQLAlchemy transport on <var_dir>/broker.sqlite"
+    )
+    spool_dir: Path = Field(
+        Path("spool"), description="Where received instances and drafted SRs live; default <var_dir>/spool"
+    )
     log_level: str = Field("INFO", description="Python logging level.")
     log_format: Literal["text", "json"] = Field(
         "text", description="text: one readable line per record; json: one JSON object per line (for log shippers)."
@@ -474,19 +819,21 @@ class Settings(BaseSettings):
     metrics_host: str = Field(
         "127.0.0.1", description="Address the listener's and the worker's Prometheus endpoints bind to."
     )
-    listener_metrics_port: int = Field(
-        0,
-        ge=0,
-        le=65535,
-        description="Port of the DIMSE listener's Prometheus endpoint (/metrics; deploy/ uses 9110); 0: none.",
-    )
-    worker_metrics_port: int = Field(
-        0,
-        ge=0,
-        le=65535,
-        description="Port of a worker's Prometheus endpoint (/metrics; deploy/ uses 9111); 0: "
-        "none. Each worker on one host needs its own (predraft worker --metrics-port).",
-    )
+
+    listener: ListenerSettings = Field(default_factory=ListenerSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    dicomweb: DicomwebSettings = Field(default_factory=DicomwebSettings)
+    worklist: WorklistSettings = Field(default_factory=WorklistSettings)
+    workers: WorkersSettings = Field(default_factory=WorkersSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _flat_locations(exc) from None
 
     @classmethod
     def settings_customise_sources(
@@ -497,48 +844,16 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        """Keywords, then ``PREDRAFT_<FLAT_NAME>`` variables (parsed by each flat name's type), then the TOML file
+        named by ``PREDRAFT_CONFIG``: each source's flat names nested by :func:`nest`."""
+        flat: list[PydanticBaseSettingsSource] = [init_settings, EnvSettingsSource(_FlatSettings)]
         config_file = os.environ.get(CONFIG_ENV_VAR)
         if config_file:
             path = Path(config_file)
             if not path.is_file():
                 raise FileNotFoundError(f"{CONFIG_ENV_VAR}={config_file!r} does not name a readable file")
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
-        return tuple(sources)
-
-    @field_validator("dicomweb_tokens")
-    @classmethod
-    def _check_dicomweb_tokens(cls, value: list[SecretStr]) -> list[SecretStr]:
-        if any(not token.get_secret_value().strip() for token in value):
-            raise ValueError(
-                "dicomweb_tokens holds an empty token (an unset variable in the JSON list?): an empty "
-                "bearer token would open DICOMweb to anyone"
-            )
-        return value
-
-    @field_validator("dicomweb_users")
-    @classmethod
-    def _check_dicomweb_users(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        empty = sorted(user for user, password in value.items() if not user or not password.get_secret_value())
-        if empty:
-            raise ValueError(f"dicomweb_users {empty} have an empty name or password")
-        return value
-
-    @field_validator("session_secret")
-    @classmethod
-    def _check_session_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 32:
-            raise ValueError(
-                "session_secret must be at least 32 characters (or unset: one is generated into the var dir)"
-            )
-        return value
-
-    @field_validator("device")
-    @classmethod
-    def _check_device(cls, value: str) -> str:
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
-            raise ValueError(f"device {value!r} is not one of cpu, cuda, cuda:N")
-        return value
+            flat.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(_NestedSource(settings_cls, source) for source in flat)
 
     @model_validator(mode="before")
     @classmethod
@@ -556,88 +871,40 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _resolve_defaults(self) -> Settings:
+        """The var dir and the spool are made absolute; DIMSE export destinations call as the listener's AE title
+        unless they name their own calling AE."""
         self.var_dir = self.var_dir.expanduser().absolute()
         self.spool_dir = self.spool_dir.expanduser().absolute()
-        if self.model is not None:
-            self.model = self.model.expanduser().absolute()
-        if self.template_dir is not None:
-            self.template_dir = self.template_dir.expanduser().absolute()
-            if not self.template_dir.is_dir():
-                raise ValueError(f"template_dir {self.template_dir} is not a folder")
-        if (self.tls_certificate is None) != (self.tls_private_key is None):
-            raise ValueError("tls_certificate and tls_private_key must be set together")
-        if self.tls_client_ca is not None and self.tls_certificate is None:
-            raise ValueError("tls_client_ca needs tls_certificate and tls_private_key")
-        for address in self.allowed_addresses:
-            try:
-                ipaddress.ip_network(address, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"allowed_addresses entry {address!r} is not an address or network") from exc
-        if not self.allowed_calling_aes and not _is_loopback(self.dimse_host):
-            raise ValueError(
-                f"dimse_host {self.dimse_host!r} is not a loopback address: set allowed_calling_aes "
-                "(PREDRAFT_ALLOWED_CALLING_AES='[\"PACS_AE\"]') so that only known callers can store"
-            )
-        self.aggregation_rule  # noqa: B018 -- validates the weights and margins together
-        return self
-
-    @model_validator(mode="after")
-    def _check_export_destinations(self) -> Settings:
-        """Destination names are unique (they key the exports table); DIMSE ones call as ae_title by default."""
-        names = [destination.name for destination in self.export_destinations]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"export_destinations names {repeated} more than once: names must be unique")
-        for destination in self.export_destinations:
+        for destination in self.export.destinations:
             if isinstance(destination, DimseDestination) and destination.calling_ae is None:
-                destination.calling_ae = self.ae_title
+                destination.calling_ae = self.listener.ae_title
         return self
-
-    def export_destination(self, name: str) -> DimseDestination | StowDestination:
-        """The export destination called ``name``; KeyError naming the configured ones if there is none."""
-        for destination in self.export_destinations:
-            if destination.name == name:
-                return destination
-        known = ", ".join(d.name for d in self.export_destinations) or "none"
-        raise KeyError(f"no export destination {name!r} (configured: {known})")
-
-    @property
-    def tls_enabled(self) -> bool:
-        return self.tls_certificate is not None
-
-    @property
-    def model_card_path(self) -> Path:
-        """The model card in use: the configured one, or the embedded demo model's."""
-        return self.model or self.demo_model_card_path
-
-    @property
-    def gate_card_path(self) -> Path:
-        """The gate card in use: the configured one, or the bundled gate's (``models/gate/card.json``)."""
-        return self.gate_model or GATE_CARD
-
-    @property
-    def demo_model_card_path(self) -> Path:
-        """The bundled demo model's card (``models/demo/card.json``): trained on phantoms, never clinical."""
-        return DEMO_MODEL_CARD
-
-    @property
-    def aggregation_rule(self) -> AggregationRule:
-        return AggregationRule(
-            view_weights=self.aggregation_view_weights,
-            disagreement_margin=self.aggregation_disagreement_margin,
-            hard_pair_margin=self.aggregation_hard_pair_margin,
-        )
-
-    @property
-    def uses_demo_model(self) -> bool:
-        return self.model is None
 
     def redacted(self) -> dict[str, Any]:
-        """Settings as a dict with passwords in URLs masked, for printing and logs."""
+        """Settings as a dict by area, with passwords in URLs and secrets masked, for printing and logs."""
         data = self.model_dump(mode="json")
         for key in ("database_url", "broker_url"):
             data[key] = redact_url(data[key])
         return data
+
+
+#: The areas of :class:`Settings` by attribute name, each an area model.
+AREAS: dict[str, type[BaseModel]] = {
+    name: info.annotation
+    for name, info in Settings.model_fields.items()
+    if isinstance(info.annotation, type) and issubclass(info.annotation, _Area)
+}
+
+
+class _FlatSettingsBase(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+
+_FLAT_TYPES: dict[str, Any] = {name: (field_info(name).annotation, None) for name in FLAT_FIELDS}
+#: Every setting under its flat name and with its declared type, never validated itself: what
+#: :class:`EnvSettingsSource` reads ``PREDRAFT_<FLAT_NAME>`` by (JSON for lists and tables, as before the areas),
+#: before :func:`nest` moves each value to its place and :class:`Settings` validates it.
+_FlatSettings: type[BaseSettings] = create_model("FlatSettings", __base__=_FlatSettingsBase, **_FLAT_TYPES)
 
 
 def redact_url(url: str | None) -> str | None:
@@ -648,5 +915,5 @@ def redact_url(url: str | None) -> str | None:
 
 
 def get_settings(**overrides: Any) -> Settings:
-    """Build the settings from the environment, the optional TOML file and ``overrides``."""
+    """Build the settings from the environment, the optional TOML file and ``overrides`` (flat names)."""
     return Settings(**overrides)

@@ -61,9 +61,9 @@ def install(app: FastAPI, settings: Settings) -> None:
         templates=template_environment(),
         images=HipImages(settings),
         throttle=LoginThrottle(
-            per_user=settings.login_failures_per_user,
-            per_address=settings.login_failures_per_address,
-            window_seconds=settings.login_failure_window_seconds,
+            per_user=settings.worklist.login_failures_per_user,
+            per_address=settings.worklist.login_failures_per_address,
+            window_seconds=settings.worklist.login_failure_window_seconds,
         ),
     )
     app.state.web = context

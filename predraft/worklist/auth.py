@@ -74,8 +74,8 @@ class CurrentUser:
 
 def load_session_secret(settings: Settings) -> bytes:
     """The configured secret, else the one in ``<var_dir>/session_secret``, made on first use (mode 0600)."""
-    if settings.session_secret is not None:
-        return settings.session_secret.get_secret_value().encode()
+    if settings.worklist.session_secret is not None:
+        return settings.worklist.session_secret.get_secret_value().encode()
     path = settings.var_dir / SECRET_FILE_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -57,7 +57,7 @@ class HipImages:
             self.root
             / "thumbnails"
             / _safe(sop_instance_uid)
-            / f"{side_value.value}-w{self.settings.voi_window_index}-{THUMBNAIL_SIZE}.png"
+            / f"{side_value.value}-w{self.settings.model.voi_window_index}-{THUMBNAIL_SIZE}.png"
         )
         if target.is_file():
             return target
@@ -75,7 +75,7 @@ class HipImages:
             self.root
             / "gradcam"
             / _safe(sop_instance_uid)
-            / f"{side_value.value}-{hardware}-{card.weights_sha256[:16]}-w{self.settings.voi_window_index}"
+            / f"{side_value.value}-{hardware}-{card.weights_sha256[:16]}-w{self.settings.model.voi_window_index}"
             f"-{THUMBNAIL_SIZE}.png"
         )
         if target.is_file():
@@ -90,7 +90,7 @@ class HipImages:
     def card(self) -> ModelCard:
         if self._classifier is not None:
             return self._classifier.card
-        return load_card(self.settings.model_card_path, verify_weights=False)[0]
+        return load_card(self.settings.model.card_path, verify_weights=False)[0]
 
     def classifier(self) -> Classifier:
         """The configured model, loaded on the first overlay (Grad-CAM calls on it are serialised by
@@ -100,7 +100,7 @@ class HipImages:
                 from predraft.models.factory import load_classifier  # here, not at the top: torch and timm,
                 # for the first overlay (`predraft web` imports this module at start-up)
 
-                self._classifier = load_classifier(self.settings.model_card_path, self.settings.device)
+                self._classifier = load_classifier(self.settings.model.card_path, self.settings.model.device)
             return self._classifier
 
     # --- helpers -----------------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ class HipImages:
             prepared = prepare_file(
                 Path(spool_path),
                 input_size=size,
-                voi_window_index=self.settings.voi_window_index,
+                voi_window_index=self.settings.model.voi_window_index,
                 with_halves=side is not Side.UNKNOWN,
             )
         except Exception as exc:  # any pipeline failure means the same here: nothing to show

@@ -54,7 +54,13 @@ def web(request: Request) -> WebContext:
 
 def _set_cookie(response: Response, context: WebContext, name: str, value: str, max_age: int | None) -> None:
     response.set_cookie(
-        name, value, max_age=max_age, path="/", secure=context.settings.cookie_secure, httponly=True, samesite="lax"
+        name,
+        value,
+        max_age=max_age,
+        path="/",
+        secure=context.settings.worklist.cookie_secure,
+        httponly=True,
+        samesite="lax",
     )
 
 
@@ -142,7 +148,7 @@ async def login(request: Request) -> Response:
                     session,
                     user=user,
                     secret=context.secret,
-                    lifetime_minutes=context.settings.session_lifetime_minutes,
+                    lifetime_minutes=context.settings.worklist.session_lifetime_minutes,
                 )
             context.throttle.succeeded(username=username)
             return token, None
@@ -172,7 +178,9 @@ async def login(request: Request) -> Response:
             csrf_token=auth.csrf_token(context.secret, seed or ""),
         )
     response = RedirectResponse(target, status_code=HTTPStatus.SEE_OTHER)
-    _set_cookie(response, context, SESSION_COOKIE, token, max_age=context.settings.session_lifetime_minutes * 60)
+    _set_cookie(
+        response, context, SESSION_COOKIE, token, max_age=context.settings.worklist.session_lifetime_minutes * 60
+    )
     response.delete_cookie(LOGIN_COOKIE, path="/")
     return response
 
@@ -189,7 +197,7 @@ async def logout(request: Request, _form: dict[str, str] = Depends(checked_form)
     await run_in_threadpool(_logout)
     response = RedirectResponse("/login", status_code=HTTPStatus.SEE_OTHER)
     response.delete_cookie(
-        SESSION_COOKIE, path="/", secure=context.settings.cookie_secure, httponly=True, samesite="lax"
+        SESSION_COOKIE, path="/", secure=context.settings.worklist.cookie_secure, httponly=True, samesite="lax"
     )
     return response
 
@@ -338,8 +346,8 @@ async def review(
                 text=form.get("text"),
                 reason=form.get("reason", ""),
                 spool=Spool(settings.spool_dir),
-                destinations=[d.name for d in settings.export_destinations],
-                organization=settings.verifying_organization,
+                destinations=[d.name for d in settings.export.destinations],
+                organization=settings.worklist.verifying_organization,
             )
 
     try:

@@ -254,7 +254,7 @@ def test_admin_commands_against_running_workers(site: Site, tmp_path: Path) -> N
     assert (rows["prepare"]["waiting"], rows["prepare"]["dead"], rows["classify"]["waiting"]) == (0, 0, 0)
     assert "1 dead in queue export (predraft queue ls --state dead)" in stats["problems"]
     assert "no online worker consumes queue draft (1 message(s) waiting)" in stats["problems"]
-    card = load_card(site.settings.model_card_path, verify_weights=False)[0]
+    card = load_card(site.settings.model.card_path, verify_weights=False)[0]
     (worker,) = stats["workers"]
     assert (
         worker["queues"],

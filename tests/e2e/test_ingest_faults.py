@@ -151,14 +151,14 @@ def test_spool_floor_refuses_with_out_of_resources_then_ingest_resumes(
     copies = _copies(source, tmp_path / "send", 12)
     floor = shutil.disk_usage(tmp_path).free - 3 * instance_bytes  # room for about three instances
     with running_listener(tmp_path, monkeypatch, spool_min_free_bytes=floor) as settings:
-        statuses = _send_all(settings.dimse_port, list(copies.values()))
+        statuses = _send_all(settings.listener.port, list(copies.values()))
         assert status.SUCCESS in statuses
         assert status.OUT_OF_RESOURCES in statuses
         refused = [
             path for path, code in zip(copies.values(), statuses, strict=True) if code == status.OUT_OF_RESOURCES
         ]
         filler.unlink()  # free the disk
-        assert set(_send_all(settings.dimse_port, refused)) == {status.SUCCESS}
+        assert set(_send_all(settings.listener.port, refused)) == {status.SUCCESS}
         with session_scope(settings.database_url) as session:
             assert sorted(session.scalars(select(Instance.sop_instance_uid))) == sorted(copies)
 
@@ -184,7 +184,7 @@ def test_a_sender_killed_mid_association_leaves_whole_instances_only(
         spool = settings.spool_dir / "incoming"
         open_before = REGISTRY.get_sample_value("predraft_dimse_associations_open")  # other tests' in this process
         sender = subprocess.Popen(
-            ["storescu", "-aec", "PREDRAFT", "127.0.0.1", str(settings.dimse_port), *map(str, sent.values())],
+            ["storescu", "-aec", "PREDRAFT", "127.0.0.1", str(settings.listener.port), *map(str, sent.values())],
             env={**os.environ, "TCP_NODELAY": "1"},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -209,4 +209,4 @@ def test_a_sender_killed_mid_association_leaves_whole_instances_only(
         with session_scope(settings.database_url) as session:
             assert sorted(session.scalars(select(Instance.sop_instance_uid))) == sorted(p.stem for p in files)
         # The listener goes on serving.
-        assert _send_all(settings.dimse_port, [next(iter(sent.values()))]) == [status.SUCCESS]
+        assert _send_all(settings.listener.port, [next(iter(sent.values()))]) == [status.SUCCESS]

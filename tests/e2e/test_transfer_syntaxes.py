@@ -120,10 +120,10 @@ def storescu(settings: Settings, path: Path, *options: str) -> subprocess.Comple
             "-aet",
             CALLING_AE,
             "-aec",
-            settings.ae_title,
+            settings.listener.ae_title,
             *options,
             "127.0.0.1",
-            str(settings.dimse_port),
+            str(settings.listener.port),
             str(path),
         ],
         env={**os.environ, "TCP_NODELAY": "1"},
@@ -136,7 +136,7 @@ def storescu(settings: Settings, path: Path, *options: str) -> subprocess.Comple
 def echo_succeeds(settings: Settings) -> bool:
     """Whether dcmtk's echoscu gets a successful C-ECHO from the listener."""
     result = subprocess.run(
-        ["echoscu", "-aet", CALLING_AE, "-aec", settings.ae_title, "127.0.0.1", str(settings.dimse_port)],
+        ["echoscu", "-aet", CALLING_AE, "-aec", settings.listener.ae_title, "127.0.0.1", str(settings.listener.port)],
         capture_output=True,
         text=True,
         timeout=SEND_TIMEOUT_SECONDS,
@@ -239,9 +239,9 @@ def test_truncated_file_is_refused_by_storescu_and_the_listener_keeps_serving(
         "-aet",
         CALLING_AE,
         "-aec",
-        listening.ae_title,
+        listening.listener.ae_title,
         "127.0.0.1",
-        str(listening.dimse_port),
+        str(listening.listener.port),
         str(truncated),
     ]
     result = subprocess.run(

@@ -124,7 +124,7 @@ def _model_card(deployment: Deployment) -> dict:
         for key, value in deployment.env.items()
         if key in {"PREDRAFT_VAR_DIR", "PREDRAFT_MODEL"}
     }
-    return json.loads(Settings(**env).model_card_path.read_text())
+    return json.loads(Settings(**env).model.card_path.read_text())
 
 
 def test_review_in_the_browser(deployment: Deployment, storescp: tuple[int, Path], browser, tmp_path: Path) -> None:

@@ -111,7 +111,7 @@ def drafting_study(url: str, demo_study, folder: Path, **attributes: str) -> int
         paths.append(folder / image.path.name)
         ds.save_as(paths[-1])
     study_id = _ingest(url, paths)
-    card = tasks._card(get_settings().model_card_path)
+    card = tasks._card(get_settings().model.card_path)
     _classify_all(url, card, DRAFTED_PROBABILITIES)
     with session_scope(url) as session:
         study = session.get(Study, study_id)

@@ -46,12 +46,12 @@ NO_COUNT = ["XR PELVIS AP", "XR HIP RIGHT", "CT L5 VERTEBRA", "XR HIP 0 VIEWS", 
 
 @pytest.mark.parametrize(("description", "count"), EXACT)
 def test_default_rules_read_exact_counts(clean_settings_env, description, count):
-    assert expected_view_count(get_settings().expected_views, description) == count
+    assert expected_view_count(get_settings().workers.expected_views, description) == count
 
 
 @pytest.mark.parametrize("description", MINIMUM + NO_COUNT)
 def test_default_rules_give_no_count_for_minimums_or_no_count(clean_settings_env, description):
-    assert expected_view_count(get_settings().expected_views, description) is None
+    assert expected_view_count(get_settings().workers.expected_views, description) is None
 
 
 def test_the_first_matching_rule_wins_and_a_minimum_rule_means_no_count():
@@ -85,7 +85,7 @@ def test_a_site_rule_list_from_the_environment_replaces_the_defaults(clean_setti
             ]
         ),
     )
-    rules = get_settings().expected_views
+    rules = get_settings().workers.expected_views
     assert expected_view_count(rules, "PORTABLE PELVIS 3 VIEWS") is None
     assert expected_view_count(rules, "XR PELVIS 3 VIEWS") == 3
     assert expected_view_count(rules, "HIP SERIES") == 2
@@ -104,7 +104,7 @@ def test_a_3v_study_is_claimed_at_its_third_image(clean_settings_env, sqlite_url
         ds.StudyDescription = "XR HIP RIGHT WITH PELVIS 3V"
         copies.append(tmp_path / image.path.name)
         ds.save_as(copies[-1])
-    rules = get_settings().expected_views
+    rules = get_settings().workers.expected_views
     study_id = _ingest(sqlite_url, copies[:2])
     assert claim_ready_studies(sqlite_url, quiet_seconds=3600, expected_views=rules) == []
     _ingest(sqlite_url, copies[2:])

@@ -306,9 +306,9 @@ def test_export_over_tls_to_a_listener_that_wants_client_certificates(drafted, m
     ) as listener:
         tls = {
             "kind": "dimse",
-            "ae_title": listener.ae_title,
+            "ae_title": listener.listener.ae_title,
             "host": "127.0.0.1",
-            "port": listener.dimse_port,
+            "port": listener.listener.port,
             "tls": True,
             "tls_ca": str(ca[1]),
         }
@@ -333,4 +333,4 @@ def test_export_over_tls_to_a_listener_that_wants_client_certificates(drafted, m
             assert stored.calling_ae == "PREDRAFT"
     # TLS 1.3: the listener refuses the missing client certificate after the client's side of the handshake.
     assert "aborted before it was established" in export_row(drafted, "without-cert").last_error
-    assert f"PREDRAFT@127.0.0.1:{listener.dimse_port}" in export_row(drafted, "plain").last_error
+    assert f"PREDRAFT@127.0.0.1:{listener.listener.port}" in export_row(drafted, "plain").last_error

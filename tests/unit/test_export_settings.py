@@ -20,21 +20,21 @@ STOW = {
 
 
 def test_no_destinations_by_default(clean_settings_env):
-    assert get_settings().export_destinations == []
-    assert get_settings().export_max_retries == 8
+    assert get_settings().export.destinations == []
+    assert get_settings().export.max_retries == 8
 
 
 def test_destinations_from_the_environment_as_json(clean_settings_env, monkeypatch):
     monkeypatch.setenv("PREDRAFT_EXPORT_DESTINATIONS", json.dumps([DIMSE, STOW]))
     monkeypatch.setenv("PREDRAFT_AE_TITLE", "PREDRAFT_TEST")
     settings = get_settings()
-    pacs, vna = settings.export_destinations
+    pacs, vna = settings.export.destinations
     assert isinstance(pacs, DimseDestination) and isinstance(vna, StowDestination)
     assert (pacs.ae_title, pacs.host, pacs.port, pacs.calling_ae) == ("PACS", "pacs.example.org", 104, "PREDRAFT_TEST")
     assert vna.url == "https://vna.example.org/dicom-web"  # the trailing slash is dropped: <url>/studies
-    assert settings.export_destination("vna") is vna
+    assert settings.export.destination("vna") is vna
     with pytest.raises(KeyError, match=r"no export destination 'nope' \(configured: pacs, vna\)"):
-        settings.export_destination("nope")
+        settings.export.destination("nope")
 
 
 def test_secrets_are_hidden_when_settings_are_printed(clean_settings_env, monkeypatch):
@@ -42,7 +42,7 @@ def test_secrets_are_hidden_when_settings_are_printed(clean_settings_env, monkey
     settings = get_settings()
     assert "s3cret-token" not in json.dumps(settings.redacted())
     assert "s3cret-token" not in repr(settings)
-    assert settings.export_destinations[0].token.get_secret_value() == "s3cret-token"
+    assert settings.export.destinations[0].token.get_secret_value() == "s3cret-token"
 
 
 def test_destinations_from_the_toml_file(clean_settings_env, monkeypatch):
@@ -56,7 +56,7 @@ def test_destinations_from_the_toml_file(clean_settings_env, monkeypatch):
         'username = "predraft"\npassword = "pw"\ntimeout = 5\n'
     )
     monkeypatch.setenv("PREDRAFT_CONFIG", str(config))
-    pacs, orthanc = get_settings().export_destinations
+    pacs, orthanc = get_settings().export.destinations
     assert (pacs.calling_ae, pacs.tls, pacs.tls_ca) == ("PREDRAFT_OUT", True, clean_settings_env / "ca.pem")
     assert (orthanc.auth, orthanc.username, orthanc.password.get_secret_value(), orthanc.timeout) == (
         "basic",

@@ -175,7 +175,7 @@ def test_a_deflate_bomb_over_dimse_gets_cannot_understand(tmp_path: Path, monkey
         sender = AE(ae_title="ATTACKER")
         sender.add_requested_context(CR, DeflatedExplicitVRLittleEndian)
         sender.add_requested_context(Verification)
-        association = sender.associate("127.0.0.1", settings.dimse_port, ae_title=settings.ae_title)
+        association = sender.associate("127.0.0.1", settings.listener.port, ae_title=settings.listener.ae_title)
         assert association.is_established
         try:
             answer = association.send_c_store(bomb)

@@ -18,11 +18,15 @@ def test_defaults_put_everything_under_var_dir(clean_settings_env):
     assert settings.database_url == f"sqlite:///{var / 'predraft.sqlite'}"
     assert settings.broker_url == f"sqla+sqlite:///{var / 'broker.sqlite'}"
     assert settings.spool_dir == var / "spool"
-    assert (settings.dimse_host, settings.dimse_port, settings.ae_title) == ("127.0.0.1", 11112, "PREDRAFT")
-    assert (settings.http_host, settings.http_port) == ("127.0.0.1", 8080)
-    assert settings.allowed_calling_aes == []
-    assert settings.uses_demo_model
-    assert settings.model_card_path == DEMO_MODEL_CARD and DEMO_MODEL_CARD.is_file()
+    assert (settings.listener.host, settings.listener.port, settings.listener.ae_title) == (
+        "127.0.0.1",
+        11112,
+        "PREDRAFT",
+    )
+    assert (settings.http.host, settings.http.port) == ("127.0.0.1", 8080)
+    assert settings.listener.allowed_calling_aes == []
+    assert settings.model.uses_demo_model
+    assert settings.model.card_path == DEMO_MODEL_CARD and DEMO_MODEL_CARD.is_file()
 
 
 def test_environment_overrides_defaults(clean_settings_env, monkeypatch):
@@ -40,12 +44,12 @@ def test_environment_overrides_defaults(clean_settings_env, monkeypatch):
     assert settings.var_dir == Path.cwd() / "site-var"
     assert settings.database_url == "postgresql+psycopg://predraft:pw@db:5432/predraft"
     assert settings.spool_dir == Path.cwd() / "site-var" / "spool"
-    assert settings.dimse_port == 2104
-    assert settings.ae_title == "SITE_AE"
-    assert (settings.http_host, settings.http_port) == ("::1", 9090)
-    assert settings.allowed_calling_aes == ["PACS_AE", "MODALITY"]
-    assert settings.model_card_path == Path.cwd() / "cards" / "model.json"
-    assert not settings.uses_demo_model
+    assert settings.listener.port == 2104
+    assert settings.listener.ae_title == "SITE_AE"
+    assert (settings.http.host, settings.http.port) == ("::1", 9090)
+    assert settings.listener.allowed_calling_aes == ["PACS_AE", "MODALITY"]
+    assert settings.model.card_path == Path.cwd() / "cards" / "model.json"
+    assert not settings.model.uses_demo_model
 
 
 def test_toml_file_is_read_and_environment_beats_it(clean_settings_env, monkeypatch):
@@ -62,11 +66,11 @@ def test_toml_file_is_read_and_environment_beats_it(clean_settings_env, monkeypa
 
     settings = get_settings()
 
-    assert settings.ae_title == "TOML_AE"
-    assert settings.dimse_port == 4242
+    assert settings.listener.ae_title == "TOML_AE"
+    assert settings.listener.port == 4242
     assert settings.spool_dir == Path.cwd() / "toml-spool"
-    assert settings.allowed_calling_aes == ["PACS"]
-    assert settings.http_port == 9999  # the environment wins over the file
+    assert settings.listener.allowed_calling_aes == ["PACS"]
+    assert settings.http.port == 9999  # the environment wins over the file
 
 
 def test_toml_file_with_an_unknown_key_is_refused(clean_settings_env, monkeypatch):
@@ -90,26 +94,28 @@ def test_invalid_ae_title_is_rejected(clean_settings_env, title):
 
 
 def test_ae_title_is_stripped_and_sixteen_characters_are_allowed(clean_settings_env):
-    assert get_settings(ae_title=" PACS ").ae_title == "PACS"
-    assert get_settings(ae_title="A" * 16).ae_title == "A" * 16
+    assert get_settings(ae_title=" PACS ").listener.ae_title == "PACS"
+    assert get_settings(ae_title="A" * 16).listener.ae_title == "A" * 16
 
 
 def test_invalid_allowed_calling_ae_is_rejected(clean_settings_env):
     with pytest.raises(ValueError, match=r"allowed_calling_aes\.1\n  Value error, 'BAD.*' is not a DICOM AE title"):
         get_settings(allowed_calling_aes=["GOOD", "BAD\\AE"])
-    assert get_settings(allowed_calling_aes=[" PACS "]).allowed_calling_aes == ["PACS"]  # stripped, as ae_title
+    assert get_settings(allowed_calling_aes=[" PACS "]).listener.allowed_calling_aes == [
+        "PACS"
+    ]  # stripped, as ae_title
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "pacs-gateway.example.org", "::"])
 def test_non_loopback_dimse_host_needs_allowed_calling_aes(clean_settings_env, host):
     with pytest.raises(ValueError, match="not a loopback address"):
         get_settings(dimse_host=host)
-    assert get_settings(dimse_host=host, allowed_calling_aes=["PACS_AE"]).dimse_host == host
+    assert get_settings(dimse_host=host, allowed_calling_aes=["PACS_AE"]).listener.host == host
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
 def test_loopback_dimse_host_allows_any_caller(clean_settings_env, host):
-    assert get_settings(dimse_host=host).allowed_calling_aes == []
+    assert get_settings(dimse_host=host).listener.allowed_calling_aes == []
 
 
 def test_non_loopback_host_from_environment_is_refused(clean_settings_env, monkeypatch):

@@ -155,7 +155,7 @@ def test_the_secure_flag_is_on_by_default(clean_settings_env, sqlite_url, tiny_c
     from tests.unit.webapp import serving
 
     settings = get_settings(var_dir=tmp_path / "var", database_url=sqlite_url, model=tiny_card_path)
-    assert settings.cookie_secure
+    assert settings.worklist.cookie_secure
     with serving(settings) as (url, _app):
         client = Client(url)
         response = client.get("/login")
