@@ -53,7 +53,6 @@ class StabilityMonitor(threading.Thread):
                 self.settings.database_url,
                 self.settings.broker_url,
                 stale_seconds=self.settings.sweep_stale_seconds,
-                export_retry_max_delay_seconds=self.settings.export_retry_max_delay_seconds,
             )
         return claimed
 
