@@ -1,13 +1,16 @@
-"""How fast does ``predraft queue stats`` answer with a large backlog? Fills a Redis database of its own with
-real Celery task messages (``app.send_task`` through a kombu producer batch; one in a thousand with a
-countdown, as a retry), then times, in the same run:
+"""How fast do ``predraft queue stats`` and ``queue ls`` answer with a large backlog? Makes a backlog as predraft
+leaves one: ``--messages`` instances received in a ready study, each stamped with the task id of its
+``prepare`` message (:func:`predraft.workers.leases.stamp_dispatch`), the messages published to a Redis
+database of its own (``app.send_task`` through a kombu producer batch), except one in a thousand whose try
+failed and whose retry waits (``retry_at`` ahead; a worker would hold that message). Then times, in the same
+run:
 
-- ``queue_stats()`` in process (the command's own work: LLEN and the last message of each list, the newest
-  messages searched for retries, the unacked hash, the workers' heartbeats, the dead letters);
-- ``predraft queue stats --json`` as a user runs it (a new Python process: the above plus start-up);
-- references: ``redis-cli LLEN prepare`` (one round trip from a fresh process), ``predraft --version`` (the
-  CLI's start-up alone), and reading every message (``predraft.workers.queues.queued_messages``, the sweeper's LRANGE
-  way), which the admin commands avoid;
+- ``queue_stats()`` in process (the command's own work: the broker's count of each queue through
+  ``queue_declare(passive=True)``, one query per task on the leases, the workers' heartbeats, the dead letters);
+- ``predraft queue stats --json`` and ``predraft queue ls --state waiting --json`` (the 100 oldest) as a user
+  runs them (a new Python process: the above plus start-up);
+- references: ``redis-cli LLEN prepare`` (one round trip from a fresh process) and ``predraft --version`` (the
+  CLI's start-up alone);
 - optionally the embedded broker (kombu SQLAlchemy over SQLite) with ``--embedded-messages`` messages;
 - outages: ``predraft queue stats`` and ``predraft studies ls`` against a stopped Redis and an unreachable
   PostgreSQL exit 2 at once (no retry loop), as a ratio to the CLI's start-up (target: under 5 s each; the
@@ -36,22 +39,59 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
+from datetime import timedelta  # noqa: E402
+
+from sqlalchemy import insert, update  # noqa: E402
+
 from predraft.core import db  # noqa: E402
+from predraft.core.schema import Instance, Series, Study, utcnow  # noqa: E402
 from predraft.core.settings import get_settings  # noqa: E402
-from predraft.workers.app import PREPARE, QUEUES, create_celery  # noqa: E402
-from predraft.workers.queues import RETRY_SCAN_WINDOW, queued_messages  # noqa: E402
+from predraft.core.states import InstanceState, StudyState  # noqa: E402
+from predraft.workers.app import PREPARE, create_celery  # noqa: E402
+from predraft.workers.leases import stamp_dispatch  # noqa: E402
 from predraft.workers.stats import queue_stats  # noqa: E402
 
 PREDRAFT = str(Path(sys.executable).parent / "predraft")
 
 
-def fill(app, count: int) -> float:  # type: ignore[no-untyped-def]
-    """``count`` prepare messages (every 1000th with a 10-minute countdown, as a retry); returns seconds."""
+def fill(app, database_url: str, count: int) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    """``count`` instances sent to ``prepare`` (every 1000th waiting for its retry instead); returns (seconds,
+    retries)."""
     started = time.perf_counter()
+    with db.session_scope(database_url) as session:
+        study = Study(study_uid="1.2.3.4", state=StudyState.READY, ready_at=utcnow())
+        session.add(study)
+        session.flush()
+        series = Series(study_id=study.id, series_uid="1.2.3.4.1")
+        session.add(series)
+        session.flush()
+        session.execute(
+            insert(Instance),
+            [
+                {
+                    "study_id": study.id,
+                    "series_id": series.id,
+                    "sop_instance_uid": f"1.2.3.4.1.{number}",
+                    "sop_class_uid": "1.2.840.10008.5.1.4.1.1.1.1",
+                    "transfer_syntax_uid": "1.2.840.10008.1.2.1",
+                    "spool_path": f"/spool/{number}.dcm",
+                    "size_bytes": 1,
+                    "state": InstanceState.RECEIVED,
+                }
+                for number in range(count)
+            ],
+        )
+        ids = list(session.scalars(Instance.__table__.select().with_only_columns(Instance.id).order_by(Instance.id)))
+        task_ids = stamp_dispatch(session, Instance, ids)
+        retries = ids[::1000]
+        session.execute(
+            update(Instance).where(Instance.id.in_(retries)).values(retry_at=utcnow() + timedelta(minutes=10))
+        )
     with app.producer_or_acquire() as producer, producer.batch(1000):
-        for number in range(count):
-            app.send_task(PREPARE, args=[number], producer=producer, countdown=600 if number % 1000 == 0 else None)
-    return time.perf_counter() - started
+        for number, instance_id in enumerate(ids):
+            if number % 1000:
+                app.send_task(PREPARE, args=[instance_id], producer=producer, task_id=task_ids[instance_id])
+    return time.perf_counter() - started, len(retries)
 
 
 def timed(function: Callable[[], object], repeat: int) -> dict[str, float]:
@@ -135,25 +175,23 @@ def measure_outages(work: Path, repeat: int) -> dict[str, object]:
     return result
 
 
-def measure(name: str, broker_url: str, work: Path, messages: int, repeat: int, *, full_read: bool) -> dict:
+def measure(name: str, broker_url: str, work: Path, messages: int, repeat: int) -> dict:
     var = work / name
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")}
     env.update(PREDRAFT_VAR_DIR=str(var), PREDRAFT_BROKER_URL=broker_url)
     settings = get_settings(var_dir=var, broker_url=broker_url)
     db.upgrade(settings.database_url)
     app = create_celery(settings)
-    fill_s = fill(app, messages)
+    fill_s, retries = fill(app, settings.database_url, messages)
     stats = queue_stats(settings)
     prepare = stats["queues"][0]
-    # retries are searched among the newest RETRY_SCAN_WINDOW messages (where a retry lands); older ones count
-    # as waiting
-    seen = sum(1 for number in range(max(0, messages - RETRY_SCAN_WINDOW), messages) if number % 1000 == 0)
-    assert (prepare["waiting"], prepare["retries_pending"]) == (messages - seen, seen), stats
+    assert (prepare["waiting"], prepare["retries_pending"]) == (messages - retries, retries), stats
     result = {
         "messages": messages,
         "fill_s": round(fill_s, 1),
         "stats_in_process": timed(lambda: queue_stats(settings), repeat),
         "stats_cli": timed_cli(env, ["queue", "stats", "--json"], repeat),
+        "ls_waiting_cli": timed_cli(env, ["queue", "ls", "--state", "waiting", "--json"], repeat),
         "cli_startup_reference": timed_cli(env, ["--version"], repeat),
         "counted": {
             "waiting": prepare["waiting"],
@@ -170,8 +208,6 @@ def measure(name: str, broker_url: str, work: Path, messages: int, repeat: int, 
             ),
             repeat,
         )
-    if full_read:
-        result["read_every_message_reference"] = timed(lambda: queued_messages(broker_url, QUEUES), 1)
     app.close()
     return result
 
@@ -192,7 +228,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="predraft-bench-cli-") as folder:
         work = Path(folder)
         try:
-            results["redis"] = measure("redis", args.redis, work, args.messages, args.repeat, full_read=True)
+            results["redis"] = measure("redis", args.redis, work, args.messages, args.repeat)
         finally:
             client.flushdb()
         if args.embedded_messages:
@@ -203,7 +239,6 @@ def main() -> None:
                 work,
                 args.embedded_messages,
                 args.repeat,
-                full_read=True,
             )
 
         results["outages"] = measure_outages(work, args.repeat)
@@ -214,7 +249,7 @@ def main() -> None:
     )
     print(
         f"{'broker':<10} {'messages':>9} {'stats in process':>17} {'predraft queue stats':>21} {'(CPU)':>7} "
-        f"{'CLI start-up':>13} {'redis-cli LLEN':>15} {'read every message':>19}"
+        f"{'predraft queue ls':>18} {'CLI start-up':>13} {'redis-cli LLEN':>15}"
     )
     for name in ("redis", "embedded"):
         row = results.get(name)
@@ -224,8 +259,8 @@ def main() -> None:
         print(
             f"{name:<10} {row['messages']:>9} {row['stats_in_process']['median_s']:>16.3f}s "
             f"{row['stats_cli']['median_s']:>20.3f}s {row['stats_cli']['cpu_median_s']:>6.3f}s "
-            f"{row['cli_startup_reference']['median_s']:>12.3f}s "
-            f"{llen:>14.3f}s {row['read_every_message_reference']['median_s']:>18.3f}s"
+            f"{row['ls_waiting_cli']['median_s']:>17.3f}s {row['cli_startup_reference']['median_s']:>12.3f}s "
+            f"{llen:>14.3f}s"
         )
     outages = results["outages"]
     assert isinstance(outages, dict)

@@ -10,7 +10,6 @@ redirect predraft sends is a relative path of its own.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from http import HTTPStatus
 
 from fastapi import FastAPI
@@ -24,7 +23,7 @@ from predraft.core.settings import Settings
 from predraft.health import ReadinessProbe
 from predraft.listener.dicomweb import router as dicomweb_router
 from predraft.workers.names import QUEUES
-from predraft.workers.queues import ping_broker, queue_counts
+from predraft.workers.queues import ping_broker, waiting_counts
 from predraft.worklist.app import install
 
 
@@ -76,5 +75,4 @@ def create_app(settings: Settings) -> FastAPI:
 def _queue_depths(settings: Settings) -> dict[str, int]:
     """Waiting messages per queue, counted by the broker (never read one by one); 2 s at most."""
     ping_broker(settings.broker_url, timeout=2.0)  # first: an embedded broker's file is never created by a scrape
-    counts = queue_counts(settings.broker_url, QUEUES, now=datetime.now(UTC), timeout=2.0)
-    return {queue: count.waiting for queue, count in counts.items()}
+    return waiting_counts(settings.broker_url, QUEUES, timeout=2.0)

@@ -68,3 +68,44 @@ def test_the_upgrade_to_typed_states_stops_on_a_value_it_does_not_know(tmp_path:
     with pytest.raises(RuntimeError, match=r"events.kind holds values predraft does not know: \['mystery'\]"):
         db.upgrade(url)
     assert inspect(db.get_engine(url)).get_check_constraints("events") == []  # nothing changed
+
+
+def test_the_upgrade_to_leases_keeps_exports_on_their_way(tmp_path: Path) -> None:
+    """An export being sent keeps its 900 s claim; a failed one's retry is due 600 s after its failure."""
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    db.upgrade(url, "0009")
+    with db.get_engine(url).begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO studies (id, study_uid, patient_id, patient_name, accession_number, study_date, "
+                "study_description, requested_procedure, state, generation, received_at, last_instance_at) "
+                "VALUES (1, '1.2.3', '', '', '', '', '', '', 'drafted', 1, '2026-01-01', '2026-01-01')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO drafts (id, study_id, generation, text, findings, model_name, model_version, "
+                "sr_sop_instance_uid, sr_series_uid, sr_path, created_at, kind) "
+                "VALUES (1, 1, 1, 't', '[]', 'm', 'v', '1.2.4', '1.2.5', '/x', '2026-01-01', 'draft')"
+            )
+        )
+        for export_id, state in ((1, "sending"), (2, "failed"), (3, "sent")):
+            connection.execute(
+                text(
+                    "INSERT INTO exports (id, draft_id, destination, state, attempts, created_at, updated_at) "
+                    "VALUES (:id, 1, :name, :state, 1, '2026-01-01 10:00:00', '2026-01-01 10:00:00')"
+                ),
+                {"id": export_id, "name": state, "state": state},
+            )
+    db.upgrade(url)
+    with db.get_engine(url).connect() as connection:
+        rows = connection.execute(
+            text("SELECT state, leased_at, leased_until, retry_at, attempts FROM exports ORDER BY id")
+        ).all()
+        instance_attempts = connection.execute(text("SELECT COUNT(*) FROM instances WHERE attempts != 0")).scalar()
+    assert [tuple(str(value)[:19] if value is not None else None for value in row[1:4]) for row in rows] == [
+        ("2026-01-01 10:00:00", "2026-01-01 10:15:00", None),
+        (None, None, "2026-01-01 10:10:00"),
+        (None, None, None),
+    ]
+    assert [row.attempts for row in rows] == [1, 1, 1] and instance_attempts == 0

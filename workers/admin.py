@@ -2,19 +2,21 @@
 and purging; the workers report (``predraft queue ls/show/retry/purge``, ``predraft workers``; the counts of
 ``queue stats`` are :mod:`predraft.workers.stats`).
 
-Read from the broker (:mod:`predraft.workers.queues`), the workers (:mod:`predraft.workers.presence`)
-and the database (dead letters, exports, and the studies and instances that work is about).
+Read from the database: the work rows and their leases (:mod:`predraft.workers.work`), dead letters and
+exports; the broker is asked only to count or purge a queue (:mod:`predraft.workers.queues`) and the workers
+only for the workers report (:mod:`predraft.workers.presence`).
 
 A *work item* is one of:
 
-- a broker message, named by its Celery task id: ``waiting`` (in its queue), ``running`` (delivered to a
-  worker, not yet acknowledged) or ``failed`` (a try failed; its retry waits for its ETA);
+- a task's work, named by its Celery task id (stamped on the instance, study or export row it is about):
+  ``waiting`` (sent, no worker took it yet), ``running`` (a worker holds its lease) or ``failed`` (a try
+  failed; its retry waits for its ETA);
 - ``D<n>``: dead letter ``n``, a task whose retries are spent (``dead`` until retried);
 - ``E<n>``: export row ``n`` of a study's newest SR, when ``failed`` (its retry is scheduled) or ``dead``
   (given up). Exports of an SR that a newer one superseded are left out: the newer SR is what counts.
 
 Items are :class:`WorkItem` (JSON: :meth:`WorkItem.as_json`, the keys of :data:`ITEM_KEYS`, then the worker
-that holds a message and ``show``'s details). They name studies and instances by UID and carry errors and
+that holds a task and ``show``'s details). They name studies and instances by UID and carry errors and
 tracebacks, never patient names or ids.
 """
 
@@ -22,32 +24,26 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, null, select
 from sqlalchemy.orm import Session, aliased
 
 from predraft.core.clock import as_utc
 from predraft.core.db import session_scope
-from predraft.core.schema import DeadLetter, Draft, Export, Instance, Study
+from predraft.core.schema import DeadLetter, Draft, Export, Instance, LeasedModel, Study
 from predraft.core.settings import Settings, redact_url
 from predraft.core.states import LISTED_WORK_STATES, ExportState, WorkState
 from predraft.core.studies import newest_report, newest_report_first
 from predraft.workers.dead_letters import DeadLetterError, retry_dead_letter
 from predraft.workers.export_service import requeue_latest_draft
-from predraft.workers.names import CLASSIFY, DRAFT, EXPORT, PREPARE, QUEUE_OF_TASK, QUEUES
-from predraft.workers.presence import HeldTask, WorkerStatus, broadcasts, online_workers
-from predraft.workers.queues import (
-    QueuedMessage,
-    delivered_messages,
-    find_message,
-    messages_with_eta,
-    queue_counts,
-    waiting_messages,
-)
+from predraft.workers.names import EXPORT, QUEUE_OF_TASK, QUEUES
+from predraft.workers.presence import WorkerStatus, online_workers
+from predraft.workers.queues import waiting_counts
+from predraft.workers.work import KINDS, WorkKind, retrying, running, waiting
 
 STATES = tuple(state.value for state in LISTED_WORK_STATES)
 ITEM_KEYS = (
@@ -65,6 +61,14 @@ ITEM_KEYS = (
 )
 #: How ``list_work`` orders items: what needs an administrator first.
 _LISTING_ORDER = (WorkState.DEAD, WorkState.FAILED, WorkState.RUNNING, WorkState.WAITING)
+#: The state of an ``E<n>`` item by its export row's state (listed: failed and dead; ``show`` takes any row).
+_EXPORT_ITEM_STATE = {
+    ExportState.PENDING: WorkState.WAITING,
+    ExportState.SENDING: WorkState.RUNNING,
+    ExportState.FAILED: WorkState.FAILED,
+    ExportState.DEAD: WorkState.DEAD,
+    ExportState.SENT: WorkState.DONE,
+}
 _TASK_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z-]{7,63}$")
 _ROW_ID = re.compile(r"^([DE])(\d+)$", re.IGNORECASE)
 
@@ -84,7 +88,7 @@ class WorkItem:
     since: str | None = None  # ISO 8601, UTC
     retry_at: str | None = None  # ISO 8601, UTC: when a failed item's retry is due
     error: str | None = None
-    worker: str | None = None  # the worker that holds a message the broker cannot say is delivered
+    worker: str | None = None  # the worker whose lease holds a running task
     details: Mapping[str, Any] = field(default_factory=dict)  # what ``show`` adds
 
     def as_json(self) -> dict[str, Any]:
@@ -125,7 +129,8 @@ def list_work(
     now: datetime | None = None,
 ) -> list[WorkItem]:
     """Work items in ``state`` (default: every state) of ``queue`` (default: every queue), dead first, then
-    failed, running and waiting, each oldest first. Waiting messages: the ``limit`` oldest of each queue."""
+    failed, running and waiting, each oldest first; at most ``limit`` of each task in each state. All from the
+    database (:mod:`predraft.workers.work`): a handful of queries whatever the backlog."""
     if queue is not None and queue not in QUEUES:
         raise ValueError(f"unknown queue {queue!r}; known: {', '.join(QUEUES)}")
     if state is not None and state not in STATES:
@@ -133,96 +138,126 @@ def list_work(
     now = now or datetime.now(UTC)
     queues = [queue] if queue else list(QUEUES)
     wanted = [WorkState(state)] if state else list(LISTED_WORK_STATES)
-    messages: list[tuple[WorkState, QueuedMessage | HeldTask, str | None]] = []  # (state, message, worker)
-    if WorkState.WAITING in wanted:
-        messages += [
-            (WorkState.WAITING, m, None)
-            for m in waiting_messages(settings.broker_url, queues, limit=limit)
-            if not m.retry_pending(now)
-        ]
-    if {WorkState.RUNNING, WorkState.FAILED} & set(wanted):
-        # what runs: on Redis the broker says (unacked); the embedded broker cannot, so the workers say
-        workers = [] if broadcasts(settings.broker_url) else online_workers(settings, now=now)
-        if WorkState.RUNNING in wanted:
-            messages += [
-                (WorkState.RUNNING, m, None)
-                for m in delivered_messages(settings.broker_url, queues)
-                if not m.retry_pending(now)
-            ]
-            messages += [
-                (WorkState.RUNNING, task, worker.hostname)
-                for worker in workers
-                for task in worker.tasks
-                if task.queue in queues and task.state != "scheduled" and not task.retry_pending(now)
-            ]
-        if WorkState.FAILED in wanted:
-            messages += [
-                (WorkState.FAILED, m, None)
-                for m in messages_with_eta(settings.broker_url, queues)
-                if m.retry_pending(now)
-            ]
-            messages += [
-                (WorkState.FAILED, task, worker.hostname)
-                for worker in workers
-                for task in worker.tasks
-                if task.queue in queues and task.retry_pending(now)
-            ]
+    items: list[WorkItem] = []
     with session_scope(settings.database_url) as session:
-        items: list[WorkItem] = []
         if WorkState.DEAD in wanted:
-            items += [_dead_letter_item(letter, session) for letter in _dead_letters(session, queues)]
+            items += [_dead_letter_item(*row) for row in _dead_letters(session, queues, limit=limit)]
             if "export" in queues:
-                items += [_export_item(export, session) for export in _exports(session, ExportState.DEAD)]
-        if WorkState.FAILED in wanted and "export" in queues:
-            exports, messages = _fold_export_retries(_exports(session, ExportState.FAILED), messages, session)
-            items += exports
-        items += [_message_item(kind, message, worker, session) for kind, message, worker in messages]
+                items += [_export_item(*row) for row in _exports(session, ExportState.DEAD, limit=limit)]
+        for kind in KINDS:
+            if kind.queue not in queues:
+                continue
+            for phase in (WorkState.FAILED, WorkState.RUNNING, WorkState.WAITING):
+                if phase not in wanted:
+                    continue
+                if kind.task == EXPORT and phase is WorkState.FAILED:  # E<n>: a failed export of a newest SR
+                    items += [_export_item(*row) for row in _exports(session, ExportState.FAILED, limit=limit)]
+                else:  # a failed export whose retry is overdue stays its E<n> item
+                    items += [
+                        _work_item(kind, phase, *row)
+                        for row in _work_rows(session, kind, phase, now, limit)
+                        if not (isinstance(row[0], Export) and row[0].state == ExportState.FAILED)
+                    ]
     order = {state: index for index, state in enumerate(_LISTING_ORDER)}
     items.sort(key=lambda item: (order[item.state], item.since or ""))
     return items
 
 
-def _fold_export_retries(
-    exports: list[Export], messages: list[tuple[WorkState, QueuedMessage | HeldTask, str | None]], session: Session
-) -> tuple[list[WorkItem], list[tuple[WorkState, QueuedMessage | HeldTask, str | None]]]:
-    """The items of failed exports, and the messages that are not their retries. A failed export's retry
-    message belongs to its ``E<n>`` item: its ETA becomes the item's ``retry_at``."""
-    items = {(export.draft_id, export.destination): _export_item(export, session) for export in exports}
-    others = []
-    for entry in messages:
-        kind, message, _ = entry
-        key = (message.first_arg, message.args[1] if len(message.args) > 1 else None)
-        if kind is WorkState.FAILED and message.task == EXPORT and key in items:
-            items[key] = replace(items[key], retry_at=_iso(message.eta))
-        else:
-            others.append(entry)
-    return list(items.values()), others
+def _since(model: LeasedModel, phase: WorkState) -> Any:
+    """The column that dates an item in ``phase``: when a worker took it (running), else when it was sent (a
+    failed try's release clears ``leased_at``; ``dispatched_at`` stays while its retry is due)."""
+    return model.leased_at if phase is WorkState.RUNNING else model.dispatched_at
 
 
-def _dead_letters(session: Session, queues: Iterable[str]) -> list[DeadLetter]:
-    names = [task for task, queue in QUEUE_OF_TASK.items() if queue in set(queues)]
-    return list(
-        session.scalars(
-            select(DeadLetter)
-            .where(DeadLetter.retried_at.is_(None), DeadLetter.task_name.in_(names))
-            .order_by(DeadLetter.created_at, DeadLetter.id)
+def _phase_condition(model: LeasedModel, phase: WorkState, now: datetime) -> ColumnElement[bool]:
+    return {WorkState.RUNNING: running, WorkState.FAILED: retrying, WorkState.WAITING: waiting}[phase](model, now)
+
+
+def _work_statement(kind: WorkKind, phase: WorkState, now: datetime) -> Any:
+    """SELECT (row, study UID, instance UID, destination) of ``kind``'s work in ``phase``: one query, joined."""
+    model = kind.model
+    statement: Any
+    if model is Instance:
+        statement = select(Instance, Study.study_uid, Instance.sop_instance_uid, null()).join(
+            Study, Study.id == Instance.study_id
         )
-    )
-
-
-def _exports(session: Session, state: ExportState) -> list[Export]:
-    return list(
-        session.scalars(
-            select(Export)
+    elif model is Study:
+        statement = select(Study, Study.study_uid, null(), null())
+    else:
+        statement = (
+            select(Export, Study.study_uid, null(), Export.destination)
             .join(Draft, Draft.id == Export.draft_id)
-            .where(Export.state == state, Draft.id == _newest_sr())
-            .order_by(Export.updated_at, Export.id)
+            .join(Study, Study.id == Draft.study_id)
         )
+    return statement.where(kind.due(), _phase_condition(model, phase, now))
+
+
+def _work_rows(session: Session, kind: WorkKind, phase: WorkState, now: datetime, limit: int) -> list[Any]:
+    """The oldest ``limit`` of :func:`_work_statement`."""
+    statement = _work_statement(kind, phase, now).order_by(_since(kind.model, phase), kind.model.id).limit(limit)
+    return list(session.execute(statement).all())
+
+
+def _work_item(
+    kind: WorkKind,
+    phase: WorkState,
+    row: Instance | Study | Export,
+    study_uid: str | None,
+    instance_uid: str | None,
+    destination: str | None,
+    *,
+    details: Mapping[str, Any] | None = None,
+) -> WorkItem:
+    since = row.leased_at if phase is WorkState.RUNNING else row.dispatched_at
+    return WorkItem(
+        id=row.task_id or "",
+        state=phase,
+        queue=kind.queue,
+        task=kind.task,
+        study_uid=study_uid,
+        instance_uid=instance_uid,
+        destination=destination,
+        attempts=row.attempts,
+        since=_iso(since),
+        retry_at=_iso(row.retry_at) if phase is WorkState.FAILED else None,
+        error=row.last_error if isinstance(row, Export) else None,
+        worker=row.leased_by if phase is WorkState.RUNNING else None,
+        details=details or {},
     )
 
 
-def _dead_letter_item(letter: DeadLetter, session: Session, *, detail: bool = False) -> WorkItem:
-    study_uid, instance_uid = _uids(session, study_id=letter.study_id, instance_id=letter.instance_id)
+def _dead_letters(session: Session, queues: Iterable[str], *, limit: int | None = None) -> list[Any]:
+    """(dead letter, study UID, instance UID) of the dead letters not yet retried, oldest first."""
+    names = [task for task, queue in QUEUE_OF_TASK.items() if queue in set(queues)]
+    statement = _dead_letter_rows().where(DeadLetter.retried_at.is_(None), DeadLetter.task_name.in_(names))
+    statement = statement.order_by(DeadLetter.created_at, DeadLetter.id)
+    return list(session.execute(statement if limit is None else statement.limit(limit)).all())
+
+
+def _dead_letter_rows() -> Any:
+    """Dead letters with the UIDs of their study and instance, in one query."""
+    return (
+        select(DeadLetter, Study.study_uid, Instance.sop_instance_uid)
+        .outerjoin(Instance, Instance.id == DeadLetter.instance_id)
+        .outerjoin(Study, Study.id == func.coalesce(DeadLetter.study_id, Instance.study_id))
+    )
+
+
+def _exports(session: Session, state: ExportState, *, limit: int | None = None) -> list[Any]:
+    """(export, study UID) of the exports of newest SRs in ``state``, oldest first."""
+    statement = (
+        select(Export, Study.study_uid)
+        .join(Draft, Draft.id == Export.draft_id)
+        .join(Study, Study.id == Draft.study_id)
+        .where(Export.state == state, Draft.id == _newest_sr())
+        .order_by(Export.updated_at, Export.id)
+    )
+    return list(session.execute(statement if limit is None else statement.limit(limit)).all())
+
+
+def _dead_letter_item(
+    letter: DeadLetter, study_uid: str | None, instance_uid: str | None, *, detail: bool = False
+) -> WorkItem:
     extra = (
         {"task_id": letter.task_id, "traceback": letter.traceback, "retried_at": _iso(letter.retried_at)}
         if detail
@@ -242,13 +277,11 @@ def _dead_letter_item(letter: DeadLetter, session: Session, *, detail: bool = Fa
     )
 
 
-def _export_item(export: Export, session: Session, *, detail: bool = False) -> WorkItem:
-    draft = export.draft
-    study_uid = session.scalar(select(Study.study_uid).where(Study.id == draft.study_id))
+def _export_item(export: Export, study_uid: str | None, *, detail: bool = False) -> WorkItem:
     extra = (
         {
-            "draft_generation": draft.generation,
-            "sr_sop_instance_uid": draft.sr_sop_instance_uid,
+            "draft_generation": export.draft.generation,
+            "sr_sop_instance_uid": export.draft.sr_sop_instance_uid,
             "export_state": export.state,
             "exported_at": _iso(export.exported_at),
         }
@@ -257,66 +290,17 @@ def _export_item(export: Export, session: Session, *, detail: bool = False) -> W
     )
     return WorkItem(
         id=f"E{export.id}",
-        state=WorkState(export.state.value),
+        state=_EXPORT_ITEM_STATE[export.state],
         queue="export",
         task=EXPORT,
         study_uid=study_uid,
         destination=export.destination,
         attempts=export.attempts,
         since=_iso(export.updated_at),
+        retry_at=_iso(export.retry_at) if export.state == ExportState.FAILED else None,
         error=export.last_error,
         details=extra,
     )
-
-
-def _message_item(
-    state: WorkState,
-    message: QueuedMessage | HeldTask,
-    worker: str | None,
-    session: Session,
-) -> WorkItem:
-    if isinstance(message, QueuedMessage):
-        since = message.since if message.delivered else (message.sent_at or message.since)
-        task_id, attempts = message.task_id, message.retries
-    else:
-        since, task_id, attempts = message.started_at, message.task_id, message.retries
-    study_uid = instance_uid = destination = None
-    first = message.first_arg if isinstance(message.first_arg, int) else None
-    if message.task in (PREPARE, CLASSIFY):
-        study_uid, instance_uid = _uids(session, instance_id=first)
-    elif message.task == DRAFT:
-        study_uid, _ = _uids(session, study_id=first)
-    elif message.task == EXPORT:
-        study_id = session.scalar(select(Draft.study_id).where(Draft.id == first)) if first is not None else None
-        study_uid, _ = _uids(session, study_id=study_id)
-        destination = message.args[1] if len(message.args) > 1 else None
-    return WorkItem(
-        id=task_id,
-        state=state,
-        queue=message.queue or QUEUE_OF_TASK.get(message.task, ""),
-        task=message.task,
-        study_uid=study_uid,
-        instance_uid=instance_uid,
-        destination=destination,
-        attempts=attempts,
-        since=_iso(since),
-        retry_at=_iso(message.eta) if state is WorkState.FAILED else None,
-        worker=worker,
-    )
-
-
-def _uids(
-    session: Session, *, study_id: int | None = None, instance_id: int | None = None
-) -> tuple[str | None, str | None]:
-    instance_uid = None
-    if instance_id is not None:
-        row = session.execute(
-            select(Instance.sop_instance_uid, Instance.study_id).where(Instance.id == instance_id)
-        ).first()
-        if row is not None:
-            instance_uid, study_id = row.sop_instance_uid, row.study_id
-    study_uid = session.scalar(select(Study.study_uid).where(Study.id == study_id)) if study_id is not None else None
-    return study_uid, instance_uid
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -330,40 +314,38 @@ def _iso(moment: datetime | None) -> str | None:
 
 def show_work(settings: Settings, item_id: str, *, now: datetime | None = None) -> WorkItem | None:
     """The item ``item_id`` (``D<n>``, ``E<n>`` or a task id) with its details: for a dead letter the task id
-    and traceback; for an export the draft generation and SR; for a message the worker that holds it. None
-    when there is no such item (a message that finished is gone from the broker)."""
+    and traceback; for an export the draft generation and SR; for a task the row it is about and the worker
+    that holds it. None when there is no such item (a task whose work is done is no item any more)."""
     now = now or datetime.now(UTC)
-    row = _ROW_ID.match(item_id.strip())
+    row_id = _ROW_ID.match(item_id.strip())
     with session_scope(settings.database_url) as session:
-        if row is not None:
-            kind, number = row.group(1).upper(), int(row.group(2))
+        if row_id is not None:
+            kind, number = row_id.group(1).upper(), int(row_id.group(2))
             if kind == "D":
-                letter = session.get(DeadLetter, number)
-                return None if letter is None else _dead_letter_item(letter, session, detail=True)
+                found = session.execute(_dead_letter_rows().where(DeadLetter.id == number)).first()
+                return None if found is None else _dead_letter_item(*found, detail=True)
             export = session.get(Export, number)
             if export is None:
                 return None
-            return _export_item(export, session, detail=True)
+            study_uid = session.scalar(select(Study.study_uid).where(Study.id == export.draft.study_id))
+            return _export_item(export, study_uid, detail=True)
         if not _TASK_ID.match(item_id):
             return None
-        message = find_message(settings.broker_url, QUEUES, item_id)
-        if message is not None:
-            state = (
-                WorkState.FAILED
-                if message.retry_pending(now)
-                else (WorkState.RUNNING if message.delivered else WorkState.WAITING)
-            )
-            return _message_item(state, message, None, session)
-        if not broadcasts(settings.broker_url):
-            for worker in online_workers(settings, now=now):
-                for task in worker.tasks:
-                    if task.task_id == item_id:
-                        state = WorkState.FAILED if task.retry_pending(now) else WorkState.RUNNING
-                        return _message_item(state, task, worker.hostname, session)
-        letter = session.scalar(
-            select(DeadLetter).where(DeadLetter.task_id == item_id).order_by(DeadLetter.id.desc()).limit(1)
-        )
-        return None if letter is None else _dead_letter_item(letter, session, detail=True)
+        for work_kind in KINDS:
+            for phase in (WorkState.RUNNING, WorkState.FAILED, WorkState.WAITING):
+                statement = _work_statement(work_kind, phase, now).where(work_kind.model.task_id == item_id)
+                found_row = session.execute(statement).first()
+                if found_row is not None:
+                    return _work_item(work_kind, phase, *found_row, details={"row": _row_name(found_row[0])})
+        letter = session.execute(
+            _dead_letter_rows().where(DeadLetter.task_id == item_id).order_by(DeadLetter.id.desc()).limit(1)
+        ).first()
+        return None if letter is None else _dead_letter_item(*letter, detail=True)
+
+
+def _row_name(row: Instance | Study | Export) -> str:
+    """Which row a task is about, as the logs name it (``instance row 7``)."""
+    return f"{type(row).__name__.lower()} row {row.id}"
 
 
 # --- mending --------------------------------------------------------------------------------------------------------
@@ -372,8 +354,8 @@ def show_work(settings: Settings, item_id: str, *, now: datetime | None = None) 
 def dead_item_ids(settings: Settings) -> list[str]:
     """The ids of every dead item: dead letters not yet retried, then dead exports of newest SRs."""
     with session_scope(settings.database_url) as session:
-        return [f"D{letter.id}" for letter in _dead_letters(session, QUEUES)] + [
-            f"E{export.id}" for export in _exports(session, ExportState.DEAD)
+        return [f"D{letter.id}" for letter, *_ in _dead_letters(session, QUEUES)] + [
+            f"E{export.id}" for export, _ in _exports(session, ExportState.DEAD)
         ]
 
 
@@ -411,7 +393,7 @@ def retry_work(app: Celery, settings: Settings, item_id: str) -> str:
         draft, queued = requeue_latest_draft(session, study_uid=study_uid, destinations=[export.destination])
         draft_id = draft.id
     send_exports(app, draft_id, queued)
-    return f"export of draft row {draft_id} to {queued[0]}"
+    return f"export of draft row {draft_id} to {next(iter(queued))}"
 
 
 def purge_queue(app: Celery, queue: str) -> int:
@@ -425,9 +407,8 @@ def purge_queue(app: Celery, queue: str) -> int:
 
 
 def waiting_count(settings: Settings, queue: str) -> int:
-    """How many messages wait in ``queue`` (what a purge would delete, retries included)."""
-    count = queue_counts(settings.broker_url, [queue], now=datetime.now(UTC))[queue]
-    return count.waiting
+    """How many messages wait in ``queue`` (what a purge would delete)."""
+    return waiting_counts(settings.broker_url, [queue])[queue]
 
 
 def workers_report(app: Celery, settings: Settings, *, timeout: float, now: datetime | None = None) -> dict[str, Any]:

@@ -8,10 +8,7 @@ late and re-queued if their worker dies.
 
 from __future__ import annotations
 
-import time
-
 from celery import Celery
-from celery.signals import before_task_publish
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
 
 from predraft.core.settings import Settings
@@ -20,16 +17,6 @@ from predraft.workers.names import CLASSIFY, DRAFT, EXPORT, PREPARE, QUEUES, ROU
 
 #: How often a worker polls the embedded (SQLite) broker for messages; Redis needs no polling.
 SQLA_POLL_SECONDS = 0.05
-#: Message header: when the message was published (seconds since the epoch). Redis keeps no time with a
-#: message, so ``predraft queue stats`` reads the age of the oldest waiting message from this header.
-SENT_AT_HEADER = "predraft_sent_at"
-
-
-@before_task_publish.connect(dispatch_uid="predraft-sent-at")
-def _stamp_sent_at(headers: dict | None = None, **_: object) -> None:
-    """Stamp every task message this process publishes (a retry too) with its publication time."""
-    if headers is not None:
-        headers[SENT_AT_HEADER] = time.time()
 
 
 def create_celery(settings: Settings) -> Celery:

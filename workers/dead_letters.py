@@ -22,6 +22,7 @@ from predraft.core.schema import DeadLetter, Instance, Study, utcnow
 from predraft.core.states import FINISHED_INSTANCE_STATES, EventKind, InstanceState, StudyState
 from predraft.workers.app import CLASSIFY, DRAFT, PREPARE
 from predraft.workers.dispatch import finish_if_done
+from predraft.workers.leases import stamp_dispatch
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ def retry_dead_letter(app: Celery, database_url: str, dead_letter_id: int) -> st
             assert instance is not None  # a dead letter's instance_id is a foreign key; instances are never deleted
             if instance.state not in FINISHED_INSTANCE_STATES:
                 instance.state, instance.error = InstanceState.RECEIVED, None
+            task_id = stamp_dispatch(session, Instance, [instance_id])[instance_id]
             record_event(
                 session,
                 EventKind.RETRY,
@@ -118,7 +120,7 @@ def retry_dead_letter(app: Celery, database_url: str, dead_letter_id: int) -> st
         else:
             raise DeadLetterError(f"dead letter {dead_letter_id} ({task_name}) names no study or instance to retry")
     if task_name in INSTANCE_TASKS:
-        app.send_task(PREPARE, args=[instance_id])
+        app.send_task(PREPARE, args=[instance_id], task_id=task_id)
         return f"prepare instance row {instance_id}"
     assert study_id is not None  # only the study branch above, which checked it, gets here
     finish_if_done(app, database_url, study_id)

@@ -1,7 +1,8 @@
 """Moving studies between states and sending the tasks that follow.
 
-Each function claims its step with a conditional UPDATE (so two processes never claim the same study)
-and commits before any task is sent, so a worker never sees a state older than its message.
+Each function claims its step with a conditional UPDATE (so two processes never claim the same study),
+stamps the message it sends on the row (:func:`predraft.workers.leases.stamp_dispatch`) and commits before
+the task is sent, so a worker never sees a state older than its message.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from predraft.core.settings import ExpectedViewsRule, expected_view_count
 from predraft.core.states import FINISHED_INSTANCE_STATES, EventKind, InstanceState, StudyState
 from predraft.models.taxonomy import CLASSIFIABLE_SOP_CLASSES
 from predraft.workers.app import DRAFT, PREPARE
+from predraft.workers.leases import stamp_dispatch
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,9 @@ def start_study(app: Celery, database_url: str, study_id: int) -> int:
         waiting = session.scalars(
             select(Instance.id).where(Instance.study_id == study_id, Instance.state == InstanceState.RECEIVED)
         ).all()
-    for instance_id in waiting:
-        app.send_task(PREPARE, args=[instance_id])
+        task_ids = stamp_dispatch(session, Instance, waiting)
+    for instance_id, task_id in task_ids.items():
+        app.send_task(PREPARE, args=[instance_id], task_id=task_id)
     if not waiting:
         finish_if_done(app, database_url, study_id)
     return len(waiting)
@@ -104,7 +107,8 @@ def finish_if_done(app: Celery, database_url: str, study_id: int) -> bool:
             return False
         generation = session.scalar(select(Study.generation).where(Study.id == study_id))
         record_event(session, EventKind.DRAFTING, f"generation {generation}", study_id=study_id)
-    app.send_task(DRAFT, args=[study_id, generation])
+        task_id = stamp_dispatch(session, Study, [study_id])[study_id]
+    app.send_task(DRAFT, args=[study_id, generation], task_id=task_id)
     return True
 
 

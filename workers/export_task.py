@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,10 +26,12 @@ from sqlalchemy.exc import OperationalError
 
 from predraft.core.db import session_scope
 from predraft.core.metrics import EXPORTS
+from predraft.core.schema import utcnow
 from predraft.core.settings import Settings, get_settings
 from predraft.workers.app import EXPORT
 from predraft.workers.export import Delivery, ExportError, send
 from predraft.workers.export_service import ExportJob, begin_attempt, record_failure, record_sent, retry_delay
+from predraft.workers.leases import LeasedTask, holder_of, lease_seconds, new_task_id
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +46,18 @@ def _settings() -> Settings:
     return get_settings()
 
 
-def send_exports(app: Celery, draft_id: int, destinations: Sequence[str]) -> None:
-    """Send one export task per destination (after the rows are committed)."""
-    for name in destinations:
-        app.send_task(EXPORT, args=[draft_id, name])
+def send_exports(app: Celery, draft_id: int, task_ids: Mapping[str, str]) -> None:
+    """Send one export task per destination, with the task id stamped on its row (after the rows are committed:
+    :func:`predraft.workers.export_service.queue_exports` gives ``task_ids``)."""
+    for name, task_id in task_ids.items():
+        app.send_task(EXPORT, args=[draft_id, name], task_id=task_id)
+
+
+class ExportTask(LeasedTask):
+    """The export task's class: its rows' leases live in the configured database."""
+
+    def database_url(self) -> str:
+        return _settings().database_url
 
 
 def _try(settings: Settings, job: ExportJob) -> Delivery | ExportError:
@@ -82,6 +93,7 @@ def _record(settings: Settings, service: Callable[..., None], **values: object) 
 @shared_task(
     name=EXPORT,
     bind=True,
+    base=ExportTask,
     autoretry_for=(OperationalError,),
     retry_backoff=True,
     retry_backoff_max=300,
@@ -93,7 +105,14 @@ def export(self: Task, draft_id: int, destination: str) -> str:
     (or "nothing to do")."""
     settings = _settings()
     with session_scope(settings.database_url) as session:
-        job = begin_attempt(session, draft_id=draft_id, destination=destination)
+        job = begin_attempt(
+            session,
+            draft_id=draft_id,
+            destination=destination,
+            task_id=self.request.id or new_task_id(),
+            holder=holder_of(self),
+            lease_seconds=lease_seconds(settings.workers.sweep_stale_seconds),
+        )
     if job is None:
         log.info("export of draft %d to %s: nothing to do (sent, dead or not queued)", draft_id, destination)
         return "nothing to do"
@@ -114,15 +133,16 @@ def export(self: Task, draft_id: int, destination: str) -> str:
 
     retries = self.request.retries or 0
     dead = not outcome.retryable or retries >= settings.export.max_retries
-    _record(settings, record_failure, export_id=job.export_id, error=str(outcome), dead=dead)
+    delay = retry_delay(
+        retries, first=settings.export.retry_delay_seconds, longest=settings.export.retry_max_delay_seconds
+    )
+    retry_at = None if dead else utcnow() + timedelta(seconds=delay)
+    _record(settings, record_failure, export_id=job.export_id, error=str(outcome), retry_at=retry_at)
     EXPORTS.labels(destination=destination, outcome="dead" if dead else "failed").inc()
     if dead:
         why = "no retry can mend it" if not outcome.retryable else f"{retries} retries spent"
         log.warning("export %d of draft %d to %s is dead (%s): %s", job.export_id, draft_id, destination, why, outcome)
         return "dead"
-    delay = retry_delay(
-        retries, first=settings.export.retry_delay_seconds, longest=settings.export.retry_max_delay_seconds
-    )
     log.warning(
         "export %d of draft %d to %s failed (try %d), retry in %.0f s: %s",
         job.export_id,

@@ -5,7 +5,8 @@ writes :func:`worker_status` every :data:`predraft.workers.presence.HEARTBEAT_SE
 (Redis broker) or to a file (the embedded broker), and removes it when the worker stops. The status names
 the worker, its queues, pool and concurrency, its device (the CPU model, or the CUDA device's name), its
 model card's name and version, and the tasks it holds (active, reserved, or scheduled for their ETA): ids,
-task names and scalar arguments only. :mod:`predraft.workers.presence` reads it.
+task names and scalar arguments only. :mod:`predraft.workers.presence` reads it. The same thread renews the
+leases of the tasks the worker runs (:func:`predraft.workers.leases.renew_leases`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from celery.worker.request import Request
 
 from predraft.core.settings import Settings, get_settings
 from predraft.models.card import load_card
+from predraft.workers.leases import lease_seconds, renew_leases
 from predraft.workers.presence import (
     HEARTBEAT_SECONDS,
     OFFLINE_AFTER_SECONDS,
@@ -170,18 +172,33 @@ def _on_ready(sender: Any = None, **_: object) -> None:
         def remove() -> None:
             path.unlink(missing_ok=True)
 
+    def renew() -> None:
+        active = [request.id for request in _copy(worker_state.active_requests)]
+        renew_leases(
+            settings.database_url,
+            holder=hostname,
+            task_ids=active,
+            seconds=lease_seconds(settings.workers.sweep_stale_seconds),
+        )
+
     stop = threading.Event()
-    thread = threading.Thread(target=_beat, args=(consumer, write, stop), name="predraft-heartbeat", daemon=True)
+    thread = threading.Thread(target=_beat, args=(consumer, write, renew, stop), name="predraft-heartbeat", daemon=True)
     _heartbeat = (thread, stop, remove)
     thread.start()
 
 
-def _beat(consumer: Any, write: Callable[[dict[str, Any]], None], stop: threading.Event) -> None:
+def _beat(
+    consumer: Any, write: Callable[[dict[str, Any]], None], renew: Callable[[], None], stop: threading.Event
+) -> None:
     while not stop.is_set():
         try:
             write(worker_status(consumer))
         except Exception as exc:  # a heartbeat must never take the worker down (the broker may be away)
             log.warning("could not write this worker's heartbeat: %s: %s", type(exc).__name__, exc)
+        try:
+            renew()
+        except Exception as exc:  # nor the database: the leases then lapse, and the sweeper sends the work again
+            log.warning("could not renew this worker's leases: %s", type(exc).__name__)
         stop.wait(HEARTBEAT_SECONDS)
 
 

@@ -52,10 +52,6 @@ class HeldTask:
     #: Tries that failed before this one.
     retries: int = 0
 
-    def retry_pending(self, now: datetime) -> bool:
-        """True while its ETA is ahead: a retry (or countdown) that is not due yet (as a queued message's)."""
-        return self.eta is not None and self.eta > now
-
 
 @dataclass(frozen=True)
 class WorkerStatus:

@@ -55,7 +55,6 @@ class StabilityMonitor(threading.Thread):
                 self.settings.database_url,
                 self.settings.broker_url,
                 stale_seconds=self.settings.workers.sweep_stale_seconds,
-                export_retry_max_delay_seconds=self.settings.export.retry_max_delay_seconds,
             )
         return claimed
 

@@ -1,9 +1,10 @@
 """``predraft queue stats``: per queue what waits, runs, waits for a retry and is dead, and the workers online.
 
-Fast whatever the backlog: the broker is counted, never read message by message
-(:func:`predraft.workers.queues.queue_counts`), the workers are their heartbeats
-(:mod:`predraft.workers.presence`: nobody is waited for), and the dead work is two counting queries. Imports
-neither Celery nor the ORM, so that the command itself starts quickly.
+Fast whatever the backlog: the broker only counts what waits in each queue
+(:func:`predraft.workers.queues.waiting_counts`); what runs, waits for a retry and how long the oldest message
+has waited is in the database (:func:`predraft.workers.work.queue_work`, one query per task); the workers are
+their heartbeats (:mod:`predraft.workers.presence`: nobody is waited for); the dead work is two counting
+queries. Imports no Celery, so that the command itself starts quickly.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session
 
 from predraft.core.settings import Settings, redact_url
 from predraft.workers.names import QUEUE_OF_TASK, QUEUES
 from predraft.workers.presence import online_workers
-from predraft.workers.queues import queue_counts
+from predraft.workers.queues import waiting_counts
+from predraft.workers.work import queue_work
 
 #: Dead letters not yet retried, by task.
 _DEAD_LETTERS = "SELECT task_name, COUNT(*) FROM dead_letters WHERE retried_at IS NULL GROUP BY task_name"
@@ -34,33 +37,33 @@ def queue_stats(settings: Settings, *, now: datetime | None = None, timeout: flo
     many online ``workers`` consume it; the ``workers``; and ``problems``: dead work, and queues that no
     online worker consumes.
 
-    ``running`` is what the broker holds delivered and unacknowledged (Redis), or what the workers say they
-    run (kombu's SQLAlchemy transport keeps no such state); ``retries_pending`` the messages whose ETA is
-    ahead (see :data:`predraft.workers.queues.RETRY_SCAN_WINDOW`), and on the embedded broker the retries workers hold.
+    ``waiting`` is the broker's count of messages in the queue; ``running`` the work under a live lease and
+    ``retries_pending`` the work whose retry is ahead, from the database, the same on every broker;
+    ``oldest_waiting_seconds`` the age of the oldest work sent and not yet taken (when the queue holds any).
     """
     now = now or datetime.now(UTC)
-    counts = queue_counts(settings.broker_url, QUEUES, now=now, timeout=timeout)
-    dead = dead_counts(settings.database_url, timeout=timeout)
+    waiting = waiting_counts(settings.broker_url, QUEUES, timeout=timeout)
+    engine = _engine(settings.database_url, timeout)
+    try:
+        with Session(engine) as session:
+            work = queue_work(session, now)
+        dead = dead_counts(engine)
+    finally:
+        engine.dispose()
     workers = online_workers(settings, now=now, timeout=timeout)
-    held = [task for worker in workers for task in worker.tasks]
     queues = []
     for queue in QUEUES:
-        count = counts[queue]
-        running, retries = count.delivered, count.retries
-        if running is None:  # kombu's SQLAlchemy transport: what runs is what the workers hold
-            mine = [task for task in held if task.queue == queue]
-            retries += sum(1 for task in mine if _pending(task.eta, now))
-            running = sum(1 for task in mine if task.state != "scheduled" and not _pending(task.eta, now))
+        mine = work[queue]
         queues.append(
             {
                 "queue": queue,
-                "waiting": count.waiting,
-                "running": running,
-                "retries_pending": retries,
+                "waiting": waiting[queue],
+                "running": mine.running,
+                "retries_pending": mine.retries_pending,
                 "dead": dead.get(queue, 0),
                 "oldest_waiting_seconds": (
-                    round(max(0.0, (now - count.oldest_sent_at).total_seconds()), 1)
-                    if count.oldest_sent_at and count.waiting
+                    round(max(0.0, (now - mine.oldest_sent_at).total_seconds()), 1)
+                    if mine.oldest_sent_at and waiting[queue]
                     else None
                 ),
                 "workers": sum(1 for worker in workers if queue in worker.queues),
@@ -74,18 +77,19 @@ def queue_stats(settings: Settings, *, now: datetime | None = None, timeout: flo
     }
 
 
-def dead_counts(database_url: str, *, timeout: float = 3.0) -> dict[str, int]:
-    """Dead work by queue: dead letters not yet retried, and (queue ``export``) dead exports of newest SRs."""
+def _engine(database_url: str, timeout: float) -> Engine:
+    """An engine whose connection attempt gives up after ``timeout`` seconds (the command must not hang)."""
     connect_args = (
         {"timeout": timeout} if database_url.startswith("sqlite") else {"connect_timeout": max(1, int(timeout))}
     )
-    engine = create_engine(database_url, connect_args=connect_args)
-    try:
-        with engine.connect() as connection:
-            letters = connection.execute(text(_DEAD_LETTERS)).all()
-            exports = connection.execute(text(_DEAD_EXPORTS)).scalar() or 0
-    finally:
-        engine.dispose()
+    return create_engine(database_url, connect_args=connect_args)
+
+
+def dead_counts(engine: Engine) -> dict[str, int]:
+    """Dead work by queue: dead letters not yet retried, and (queue ``export``) dead exports of newest SRs."""
+    with engine.connect() as connection:
+        letters = connection.execute(text(_DEAD_LETTERS)).all()
+        exports = connection.execute(text(_DEAD_EXPORTS)).scalar() or 0
     counts: dict[str, int] = {}
     for task_name, count in letters:
         if task_name in QUEUE_OF_TASK:
@@ -108,7 +112,3 @@ def _problems(queues: list[dict[str, Any]]) -> list[str]:
                 + (f" ({backlog} message(s) waiting)" if backlog else "")
             )
     return problems
-
-
-def _pending(eta: datetime | None, now: datetime) -> bool:
-    return eta is not None and eta > now

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import AbstractContextManager
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from predraft.core.db import session_scope
 from predraft.core.events import record_event
 from predraft.core.library_text import describe_exception, traceback_without_messages
 from predraft.core.metrics import DECODE_FAILURES, TIME_TO_DRAFT
-from predraft.core.schema import Instance, Prediction, Study, utcnow
+from predraft.core.schema import Instance, LeasedModel, Prediction, Study, utcnow
 from predraft.core.settings import Settings, get_settings
 from predraft.core.states import FINISHED_INSTANCE_STATES, EventKind, InstanceState, StudyState
 from predraft.listener.spool import Spool
@@ -40,14 +41,19 @@ from predraft.workers.drafting import apply_outcome, draft_study
 from predraft.workers.export_service import queue_exports
 from predraft.workers.export_task import send_exports
 from predraft.workers.gate import GatedInstance, load_gate
+from predraft.workers.leases import LeasedTask, holder_of, lease_seconds, stamp_dispatch, work_lease
 from predraft.workers.prepare import prepare_bounded
 from predraft.workers.sandbox import DecodeFailure, Sandbox, close_all, thread_sandbox
 
 log = logging.getLogger(__name__)
 
 
-class RecordedTask(Task):
-    """A task whose final failure (retries spent, or an error no retry covers) becomes a dead letter."""
+class RecordedTask(LeasedTask):
+    """A task whose rows carry leases and whose final failure (retries spent, or an error no retry covers)
+    becomes a dead letter."""
+
+    def database_url(self) -> str:
+        return _settings().database_url
 
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: object) -> None:
         """Record the dead letter and log it. An exception raised inside a library is kept by its type and place
@@ -63,6 +69,7 @@ class RecordedTask(Task):
             error=error,
             traceback=traceback_without_messages(exc),
         )
+        super().on_failure(exc, task_id, args, kwargs, einfo)
 
 
 #: Passing trouble (the database or the broker briefly away) is retried with exponential backoff and
@@ -80,6 +87,19 @@ _RETRY = {
 @lru_cache(maxsize=1)
 def _settings() -> Settings:
     return get_settings()
+
+
+def _lease(task: Task, model: LeasedModel, row_id: int) -> AbstractContextManager[bool]:
+    """The lease of ``task`` on row ``row_id`` (:func:`predraft.workers.leases.work_lease`): False, do nothing."""
+    settings = _settings()
+    return work_lease(
+        settings.database_url,
+        model,
+        row_id,
+        task_id=task.request.id,
+        holder=holder_of(task),
+        seconds=lease_seconds(settings.workers.sweep_stale_seconds),
+    )
 
 
 @lru_cache(maxsize=2)
@@ -173,6 +193,12 @@ def prepare(self: Task, instance_id: int) -> None:
     """Prepare one instance in this thread's decode sandbox. Out of scope: SKIPPED. Unreadable, undecodable,
     or a decoder that raised, panicked, crashed, hung or ran out of memory: ERROR with the reason and the
     transfer syntax, counted in DECODE_FAILURES. Either way the rest of the study goes on."""
+    with _lease(self, Instance, instance_id) as held:
+        if held:
+            _prepare(self, instance_id)
+
+
+def _prepare(self: Task, instance_id: int) -> None:
     settings = _settings()
     with session_scope(settings.database_url) as session:
         instance = session.get(Instance, instance_id)
@@ -215,7 +241,8 @@ def prepare(self: Task, instance_id: int) -> None:
             record_event(
                 session, EventKind.SCOPE_FLAG, gated.decision.reason, study_id=study_id, instance_id=instance_id
             )
-    self.app.send_task(CLASSIFY, args=[instance_id, [hip.to_message() for hip in gated.hips]])
+        task_id = stamp_dispatch(session, Instance, [instance_id])[instance_id]
+    self.app.send_task(CLASSIFY, args=[instance_id, [hip.to_message() for hip in gated.hips]], task_id=task_id)
 
 
 def _record_gate(instance: Instance, gated: GatedInstance | None) -> None:
@@ -230,6 +257,14 @@ def _record_gate(instance: Instance, gated: GatedInstance | None) -> None:
 
 @shared_task(name=CLASSIFY, bind=True, **_RETRY)
 def classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]]) -> None:
+    """Classify the hip images ``prepare`` cut from one instance; the instance is CLASSIFIED, and its study
+    drafts once every instance is finished."""
+    with _lease(self, Instance, instance_id) as held:
+        if held:
+            _classify(self, instance_id, hip_messages)
+
+
+def _classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]]) -> None:
     settings = _settings()
     with session_scope(settings.database_url) as session:
         instance = session.get(Instance, instance_id)
@@ -276,11 +311,11 @@ def classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]]
 
 def _write_draft(
     session: Session, *, study: Study, generation: int, settings: Settings, card: ModelCard
-) -> tuple[int | None, list[str], float | None]:
+) -> tuple[int | None, dict[str, str], float | None]:
     """Draft the locked ``study`` for ``generation`` and queue its exports, in the caller's transaction.
 
-    Returns (draft id, destinations to send an export task for, seconds from the last instance to the
-    draft); (None, [], None) when no draft was made. A drafting error leaves the study in ERROR, unless it
+    Returns (draft id, the task id of each destination's export to send, seconds from the last instance to
+    the draft); (None, {}, None) when no draft was made. A drafting error leaves the study in ERROR, unless it
     was re-opened or drafted meanwhile. Neither its error text nor the log holds the message of an exception
     raised inside a library (pydicom, highdicom, jinja2... may quote a patient's values): only its type and
     place (:func:`predraft.core.library_text.describe_exception`), and the traceback without messages.
@@ -308,11 +343,11 @@ def _write_draft(
             locked.state, locked.error = StudyState.ERROR, reason
             record_event(session, EventKind.ERROR, locked.error, study_id=study_id)
         # else re-opened or drafted meanwhile: that generation's outcome stands
-        return None, [], None
+        return None, {}, None
     apply_outcome(session, study=study, generation=generation, outcome=outcome)
     log.info("study row %d: %s", study.id, outcome.state.value)
     if study.state != StudyState.DRAFTED or outcome.draft_id is None:
-        return None, [], None
+        return None, {}, None
     exports = queue_exports(
         session, draft_id=outcome.draft_id, destinations=[d.name for d in settings.export.destinations]
     )
@@ -322,10 +357,17 @@ def _write_draft(
 
 @shared_task(name=DRAFT, bind=True, **_RETRY)
 def draft(self: Task, study_id: int, generation: int) -> None:
+    """Draft ``generation`` of a study whose instances are all finished, and send its exports."""
+    with _lease(self, Study, study_id) as held:
+        if held:
+            _draft(self, study_id, generation)
+
+
+def _draft(self: Task, study_id: int, generation: int) -> None:
     settings = _settings()
     card = _card(settings.model.card_path)
     draft_id: int | None = None
-    exports: list[str] = []
+    exports: dict[str, str] = {}
     time_to_draft: float | None = None
     with session_scope(settings.database_url) as session:
         # Locked until the draft commits: an instance that re-opens the study meanwhile (a new generation)
@@ -335,6 +377,7 @@ def draft(self: Task, study_id: int, generation: int) -> None:
         if study is None or study.generation != generation or study.state != StudyState.DRAFTING:
             return
         stale = reclassify_stale_instances(session, study=study, model_name=card.name, model_version=card.version)
+        prepare_ids = stamp_dispatch(session, Instance, stale)
         if not stale:
             draft_id, exports, time_to_draft = _write_draft(
                 session, study=study, generation=generation, settings=settings, card=card
@@ -347,8 +390,8 @@ def draft(self: Task, study_id: int, generation: int) -> None:
             card.name,
             card.version,
         )
-        for instance_id in stale:
-            self.app.send_task(PREPARE, args=[instance_id])
+        for instance_id, task_id in prepare_ids.items():
+            self.app.send_task(PREPARE, args=[instance_id], task_id=task_id)
         return
     if time_to_draft is not None:  # committed: counted once, whatever a redelivery does
         TIME_TO_DRAFT.observe(max(0.0, time_to_draft))

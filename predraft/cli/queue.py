@@ -75,7 +75,7 @@ def stats_command(as_json: bool) -> int:
     default=100,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Waiting messages listed per queue (the oldest).",
+    help="Items listed per task and state (the oldest).",
 )
 @json_option
 def list_command(queue_name: str | None, state: str | None, limit: int, as_json: bool) -> int:
@@ -129,8 +129,8 @@ def show_command(item_id: str, as_json: bool) -> int:
     item = show_work(settings, item_id)
     if item is None:
         raise click.ClickException(
-            f"no queued, failed or dead item {item_id!r} (a finished task leaves the "
-            "broker: see `predraft studies show`)"
+            f"no waiting, running, failed or dead item {item_id!r} (a task whose work is done is no item "
+            "any more: see `predraft studies show`)"
         )
 
     shown = item.as_json()

@@ -186,7 +186,7 @@ def resend_command(study_uid: str, destination_name: str | None, as_json: bool) 
                     "study_uid": study_uid,
                     "draft_generation": generation,
                     "sr_sop_instance_uid": sr_uid,
-                    "queued": queued,
+                    "queued": list(queued),
                 },
                 indent=2,
             )

@@ -40,7 +40,28 @@ def stored_enum(enum: type[StrEnum], *, length: int, constraint: str) -> SqlEnum
     )
 
 
-class Study(Base):
+class WorkLease:
+    """Columns of a row whose work travels as a task message: the lease (see :mod:`predraft.workers.leases`).
+
+    ``task_id`` and ``dispatched_at`` name the newest message sent for the row's work (stamped in the
+    transaction that makes the work due, before the message is published); ``leased_at``, ``leased_until``
+    and ``leased_by`` the worker that claimed it (its heartbeat renews the lease while the task runs);
+    ``attempts`` counts the tries since the work was made due; ``retry_at`` is when a failed try's retry is
+    due. All None (attempts 0) for a row whose work is done or was never sent.
+    """
+
+    task_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    leased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    leased_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    leased_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Study(WorkLease, Base):
+    """A study; its work item is the draft (queue ``draft``)."""
+
     __tablename__ = "studies"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -83,7 +104,9 @@ class Series(Base):
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
 
 
-class Instance(Base):
+class Instance(WorkLease, Base):
+    """A received image; its work items are ``prepare`` (while ``received``) and ``classify`` (``prepared``)."""
+
     __tablename__ = "instances"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -176,7 +199,7 @@ class Draft(Base):
     exports: Mapped[list[Export]] = relationship(back_populates="draft", order_by="Export.destination")
 
 
-class Export(Base):
+class Export(WorkLease, Base):
     """The export of one draft's SR to one configured destination (settings ``export_destinations``).
 
     ``state`` is a :class:`predraft.core.states.ExportState`; ``attempts`` counts the tries since the row was
@@ -193,13 +216,18 @@ class Export(Base):
     state: Mapped[ExportState] = mapped_column(
         stored_enum(ExportState, length=16, constraint="ck_exports_state"), index=True
     )
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     exported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
     draft: Mapped[Draft] = relationship(back_populates="exports")
+
+
+#: A table whose rows carry a lease (:class:`WorkLease`).
+LeasedModel = type[Instance] | type[Study] | type[Export]
+#: The tables whose rows carry a lease.
+LEASED_MODELS: tuple[LeasedModel, ...] = (Instance, Study, Export)
 
 
 class DeadLetter(Base):

@@ -97,12 +97,13 @@ class EventKind(StrEnum):
 class WorkState(StrEnum):
     """Where a work item of the admin view stands (``predraft queue ls``; :mod:`predraft.workers.admin`)."""
 
-    WAITING = "waiting"  # its message waits in its queue
-    RUNNING = "running"  # delivered to a worker, not yet acknowledged
+    WAITING = "waiting"  # its message was sent; no worker has taken it yet
+    RUNNING = "running"  # a worker holds it under a live lease
     FAILED = "failed"  # a try failed; its retry waits for its ETA
     DEAD = "dead"  # retries spent (a dead letter), or an export given up
     RETRIED = "retried"  # a dead letter whose work was sent again
+    DONE = "done"  # an export that was sent (shown, never listed)
 
 
-#: The states ``predraft queue ls --state`` takes (a retried dead letter is shown, never listed).
+#: The states ``predraft queue ls --state`` takes (a retried dead letter or a sent export is shown, never listed).
 LISTED_WORK_STATES = (WorkState.WAITING, WorkState.RUNNING, WorkState.FAILED, WorkState.DEAD)

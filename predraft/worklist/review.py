@@ -55,7 +55,8 @@ class ReviewOutcome:
     action: ReviewAction
     report_id: int
     sr_sop_instance_uid: str
-    exports: list[str]
+    #: The task id stamped on each destination's export row, to send once committed.
+    exports: dict[str, str]
 
 
 def normalise_text(text: str) -> str:

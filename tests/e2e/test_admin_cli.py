@@ -22,19 +22,21 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
 from sqlalchemy import func, select
 
 from predraft.core.db import session_scope
-from predraft.core.schema import Instance, Study
+from predraft.core.schema import Export, Instance, Study
 from predraft.core.settings import Settings, get_settings
 from predraft.models.card import load_card
 from predraft.models.phantoms import write_demo_study
 from predraft.serve import prepare_environment
 from predraft.workers.app import DRAFT, EXPORT
 from predraft.workers.dead_letters import record_dead_letter
+from predraft.workers.leases import record_given_up
 from tests.conftest import free_port
 from tests.e2e.conftest import PREDRAFT
 
@@ -111,13 +113,13 @@ class Site:
     def logs(self) -> str:
         return "\n".join(f"--- {path.name}\n{path.read_text()[-2500:]}" for path in sorted(self.work.glob("*.log")))
 
-    def cli(self, *args: str, codes: tuple[int, ...] = (0, 1)) -> tuple[int, object]:
+    def cli(self, *args: str, codes: tuple[int, ...] = (0, 1)) -> tuple[int, Any]:
         """``predraft args`` (with ``--json``): its exit code (one of ``codes``) and its JSON."""
         result = subprocess.run([PREDRAFT, *args, "--json"], env=self.env, capture_output=True, text=True, timeout=60)
         assert result.returncode in codes, f"predraft {' '.join(args)}: {result.returncode} {result.stderr}"
         return result.returncode, json.loads(result.stdout) if result.stdout.strip() else None
 
-    def wait(self, what: str, check: Callable[[], object], timeout: float = 180.0) -> object:
+    def wait(self, what: str, check: Callable[[], Any], timeout: float = 180.0) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             value = check()
@@ -146,15 +148,15 @@ class Site:
 
     def study(self, study_uid: str) -> dict | None:
         _, detail = self.cli("studies", "show", study_uid)
-        return detail  # type: ignore[return-value]
+        return detail
 
     def items(self, *args: str) -> list[dict]:
-        return self.cli("queue", "ls", *args)[1]  # type: ignore[return-value]
+        return self.cli("queue", "ls", *args)[1]
 
     def workers_online(self) -> list[dict]:
         """The workers online; none while the first worker has yet to create the embedded broker (exit 2)."""
         code, report = self.cli("workers", codes=(0, 1, 2))
-        return [] if code == 2 else report["workers"]  # type: ignore[index]
+        return [] if code == 2 else report["workers"]
 
 
 @pytest.fixture(params=["embedded", pytest.param("redis_postgres", marks=pytest.mark.postgres)])
@@ -300,51 +302,80 @@ def test_admin_commands_against_running_workers(site: Site, tmp_path: Path) -> N
     assert "cannot connect" in failed["error"]
     now = datetime.now(UTC)
     assert now + timedelta(seconds=400) < datetime.fromisoformat(failed["retry_at"]) < now + timedelta(seconds=610)
+    # the running export and the waiting draft are named by the task ids stamped on their rows
+    url = site.settings.database_url
+    with session_scope(url) as session:
+        hang = session.scalars(select(Export).where(Export.destination == "hang")).one()
+        second_study = session.scalars(select(Study).where(Study.study_uid == second)).one()
+        hang_task, hang_row, hang_attempts = hang.task_id, hang.id, hang.attempts
+        second_id, second_task = second_study.id, second_study.task_id
+    assert second_task is not None
     (running,) = _by(items, state="running")
-    assert (running["task"], running["study_uid"], running["destination"], running["error"]) == (
-        EXPORT,
-        first,
-        "hang",
-        None,
-    )
+    assert (
+        running["id"],
+        running["task"],
+        running["study_uid"],
+        running["destination"],
+        running["attempts"],
+        running["error"],
+        running["worker"],
+    ) == (hang_task, EXPORT, first, "hang", hang_attempts, None, worker["hostname"])
     (waiting,) = _by(items, state="waiting")
-    assert (waiting["task"], waiting["queue"], waiting["study_uid"], waiting["instance_uid"]) == (
-        DRAFT,
-        "draft",
-        second,
-        None,
-    )
+    assert (
+        waiting["id"],
+        waiting["task"],
+        waiting["queue"],
+        waiting["study_uid"],
+        waiting["instance_uid"],
+        waiting["attempts"],
+    ) == (second_task, DRAFT, "draft", second, None, 0)
+    assert "worker" not in waiting
     code, shown = site.cli("queue", "show", dead["id"])
     assert (code, shown["export_state"], shown["draft_generation"]) == (1, "dead", 1)
     code, shown = site.cli("queue", "show", running["id"])
-    assert (code, shown["state"], shown["destination"]) == (0, "running", "hang")
+    assert (code, shown["state"], shown["destination"], shown["worker"], shown["row"]) == (
+        0,
+        "running",
+        "hang",
+        worker["hostname"],
+        f"export row {hang_row}",
+    )
+    code, shown = site.cli("queue", "show", second_task)
+    assert (code, shown["state"], shown["study_uid"], shown["row"]) == (0, "waiting", second, f"study row {second_id}")
 
-    # purge the waiting draft: the spool and the instances' rows stay
-    url = site.settings.database_url
+    # purge the waiting draft: the broker's queue is empty; the spool and the rows stay, and the study's row
+    # still says its draft was sent (the sweeper sends it again once sweep_stale_seconds have passed)
     with session_scope(url) as session:
         rows_before = session.scalar(select(func.count(Instance.id)))
         files = session.scalars(select(Instance.spool_path)).all()
-        second_id = session.scalars(select(Study.id).where(Study.study_uid == second)).one()
     code, purged = site.cli("queue", "purge", "draft", "--yes")
     assert (code, purged["queue"], purged["purged"]) == (0, "draft", 1)
-    assert site.items("--queue", "draft", "--state", "waiting") == []
+    _, stats = site.cli("queue", "stats")
+    draft_row = {row["queue"]: row for row in stats["queues"]}["draft"]
+    assert (draft_row["waiting"], draft_row["running"], draft_row["oldest_waiting_seconds"]) == (0, 0, None)
+    assert [item["id"] for item in site.items("--queue", "draft", "--state", "waiting")] == [second_task]
     with session_scope(url) as session:
         assert session.scalar(select(func.count(Instance.id))) == rows_before == 6
         assert session.scalars(select(Study.state).where(Study.id == second_id)).one() == "drafting"
     assert all(Path(path).is_file() for path in files)
 
-    # its draft task fails for good (as the worker records it once its retries are spent) ...
+    # its draft task fails for good (as the worker records it once its retries are spent: the dead letter,
+    # and the row no longer says a message is out) ...
     letter = record_dead_letter(
         url,
         task_name=DRAFT,
-        task_id="lost-draft-task",
+        task_id=second_task,
         first_arg=second_id,
         attempts=6,
         error="OperationalError: the database went away",
         traceback="Traceback (most recent call last):\nOperationalError",
     )
+    record_given_up(url, second_task)
     dead_items = site.items("--state", "dead")
     assert {(item["id"], item["study_uid"]) for item in dead_items} >= {(f"D{letter}", second)}
+    assert site.items("--queue", "draft") == _by(dead_items, id=f"D{letter}")
+    code, shown = site.cli("queue", "show", second_task)  # the task id now names its dead letter
+    assert (code, shown["id"], shown["task_id"]) == (1, f"D{letter}", second_task)
     # ... and `queue retry` with the draft worker back ends with the study drafted
     site.start("worker-draft", "worker", "-Q", "draft", "-c", "1")
     site.wait("draft worker back", lambda: len(site.workers_online()) == 2, timeout=120)
@@ -353,6 +384,11 @@ def test_admin_commands_against_running_workers(site: Site, tmp_path: Path) -> N
     detail = site.wait("second study drafted", lambda: (d := site.study(second)) and d["state"] in DONE and d)
     assert (detail["state"], detail["draft"]["generation"]) == ("drafted", 1), detail
     assert f"D{letter}" not in {item["id"] for item in site.items("--state", "dead")}
+    with session_scope(url) as session:  # sent afresh under a new task id, and done: no message out, no lease
+        study = session.get_one(Study, second_id)
+        assert study.task_id not in (None, second_task)
+        assert (study.dispatched_at, study.leased_until, study.retry_at) == (None, None, None)
+    assert site.items("--queue", "draft") == []
 
     # studies redraft: the first study again, as generation 2
     code, result = site.cli("studies", "redraft", first)

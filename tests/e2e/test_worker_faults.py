@@ -23,11 +23,10 @@ import pytest
 from sqlalchemy import func, select
 
 from predraft.core.db import session_scope
-from predraft.core.schema import Draft, Study
-from predraft.core.states import StudyState
+from predraft.core.schema import Draft, Instance, Study, utcnow
+from predraft.core.states import InstanceState, StudyState
 from predraft.models.phantoms import write_demo_study
-from predraft.workers.app import CLASSIFY, QUEUES
-from predraft.workers.queues import queued_messages
+from predraft.workers.app import QUEUES
 from tests.conftest import free_port
 from tests.e2e.conftest import PREDRAFT
 
@@ -128,6 +127,17 @@ class Cluster:
         )
         assert result.returncode == 0, result.stderr
 
+    def classify_leases(self) -> list[str]:
+        """The workers that hold a live lease on a prepared instance (a classify task running)."""
+        with session_scope(self.database_url) as session:
+            return list(
+                session.scalars(
+                    select(Instance.leased_by).where(
+                        Instance.state == InstanceState.PREPARED, Instance.leased_until >= utcnow()
+                    )
+                )
+            )
+
     def drafts_per_study(self, study_uids: list[str]) -> dict[str, int]:
         with session_scope(self.database_url) as session:
             rows = session.execute(
@@ -184,7 +194,7 @@ def _studies(tmp_path: Path, count: int, first_seed: int) -> tuple[list[list[Pat
 def test_a_worker_killed_while_it_classifies_loses_no_study(cluster, tmp_path):
     cluster, _ = cluster
     cluster.start("listener", "listen")
-    # A long batching wait keeps each classify task running (delivered, unacknowledged) for seconds.
+    # A long batching wait keeps each classify task running (its instance leased to the worker) for seconds.
     worker = cluster.start(
         "worker-1",
         "worker",
@@ -199,8 +209,7 @@ def test_a_worker_killed_while_it_classifies_loses_no_study(cluster, tmp_path):
         cluster.send(paths)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        running = [m for m in queued_messages(cluster.broker_url, QUEUES) if m.task == CLASSIFY and m.delivered]
-        if running:
+        if cluster.classify_leases():
             break
         assert worker.poll() is None, (tmp_path / "worker-1.log").read_text()[-3000:]
         time.sleep(0.1)

@@ -91,8 +91,9 @@ def configure(
 
 
 def queue(drafted: Drafted, *names: str) -> list[str]:
+    """Queue the draft's exports to ``names``; the destinations whose rows are pending (stamped with a task id)."""
     with session_scope(drafted.database_url) as session:
-        return queue_exports(session, draft_id=drafted.draft_id, destinations=list(names))
+        return list(queue_exports(session, draft_id=drafted.draft_id, destinations=list(names)))
 
 
 def run_export(drafted: Drafted, name: str) -> str:

@@ -273,7 +273,7 @@ class FakeCelery:
     def __init__(self) -> None:
         self.sent: list[tuple[str, list]] = []
 
-    def send_task(self, name: str, args: list) -> None:
+    def send_task(self, name: str, args: list, task_id: str | None = None) -> None:
         self.sent.append((name, list(args)))
 
 

@@ -20,7 +20,7 @@ from predraft.core.db import session_scope
 from predraft.core.schema import Export, Instance, utcnow
 from predraft.workers import export_task
 from predraft.workers.export import OUT_OF_RESOURCES
-from predraft.workers.export_service import SENDING_CLAIM_SECONDS, begin_attempt
+from predraft.workers.export_service import begin_attempt
 from tests.conftest import free_port, running_listener
 from tests.unit.exporting import Drafted, configure, event_kinds, export_row, make_draft, queue, run_export
 
@@ -58,6 +58,11 @@ def test_sr_is_stored_by_storescp_once_however_often_the_task_runs(drafted, stor
     assert event_kinds(drafted) == ["exported"]
 
 
+#: Two deliveries of one export message, on two workers.
+FIRST_TRY = {"task_id": "first-delivery", "holder": "predraft-export@one", "lease_seconds": 600.0}
+SECOND_TRY = {"task_id": "second-delivery", "holder": "predraft-export@two", "lease_seconds": 600.0}
+
+
 def test_a_try_claims_its_row_so_a_second_delivery_does_not_send_while_it_runs(drafted, storescp, monkeypatch):
     port, folder = storescp
     configure(
@@ -67,22 +72,20 @@ def test_a_try_claims_its_row_so_a_second_delivery_does_not_send_while_it_runs(d
     )
     queue(drafted, "storescp")
     with session_scope(drafted.database_url) as session:  # a first delivery, still sending
-        job = begin_attempt(session, draft_id=drafted.draft_id, destination="storescp")
+        job = begin_attempt(session, draft_id=drafted.draft_id, destination="storescp", **FIRST_TRY)
     assert job is not None and job.attempt == 1
     assert export_row(drafted, "storescp").state == "sending"
     with session_scope(drafted.database_url) as session:
-        assert begin_attempt(session, draft_id=drafted.draft_id, destination="storescp") is None
+        assert begin_attempt(session, draft_id=drafted.draft_id, destination="storescp", **SECOND_TRY) is None
 
     assert run_export(drafted, "storescp") == "nothing to do"  # the same message delivered again
     assert _received(folder) == []
     assert export_row(drafted, "storescp").attempts == 1
 
-    # The first worker died mid-try: once its claim is old, the next delivery takes the row over.
+    # The first worker died mid-try: once its lease lapses (no heartbeat renews it), the next delivery takes over.
     with session_scope(drafted.database_url) as session:
         session.execute(
-            update(Export)
-            .where(Export.id == job.export_id)
-            .values(updated_at=utcnow() - timedelta(seconds=SENDING_CLAIM_SECONDS + 1))
+            update(Export).where(Export.id == job.export_id).values(leased_until=utcnow() - timedelta(seconds=1))
         )
     assert run_export(drafted, "storescp") == "sent"
     assert _received(folder) == [drafted.sr_sop_instance_uid]
@@ -101,7 +104,7 @@ def test_a_database_error_while_recording_a_try_is_retried_there_not_left_claime
     real, calls = export_task.record_failure, []
 
     def locked_once(session, **values):
-        calls.append(values["dead"])
+        calls.append(values["retry_at"] is None)
         if len(calls) == 1:
             raise OperationalError("UPDATE exports", {}, Exception("database is locked"))
         real(session, **values)

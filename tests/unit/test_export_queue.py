@@ -104,7 +104,17 @@ def test_resend_queues_the_latest_draft_again_and_show_lists_the_exports(drafted
     assert export_row(drafted, "pacs").attempts == 1
 
     with session_scope(drafted.database_url) as session:  # a worker is sending to "other" right now
-        assert begin_attempt(session, draft_id=drafted.draft_id, destination="other") is not None
+        assert (
+            begin_attempt(
+                session,
+                draft_id=drafted.draft_id,
+                destination="other",
+                task_id="sending-now",
+                holder="predraft-export@elsewhere",
+                lease_seconds=600.0,
+            )
+            is not None
+        )
     capsys.readouterr()
     assert main(["studies", "resend", drafted.study_uid]) == 0
     assert sent.calls[-1] == (drafted.draft_id, ["pacs"])  # that try is left to finish
