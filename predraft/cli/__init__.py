@@ -26,6 +26,7 @@ import predraft
 from predraft.cli.db import db
 from predraft.cli.demo import demo
 from predraft.cli.evaluate_real import evaluate_real
+from predraft.cli.holdout import holdout
 from predraft.cli.models import models
 from predraft.cli.phantoms import phantoms
 from predraft.cli.queue import queue
@@ -57,6 +58,7 @@ for command in (
     train_task,
     evaluate,
     evaluate_real,
+    holdout,
     users,
     queue,
     workers,
