@@ -212,10 +212,23 @@ def _fit_network(
     return network.eval()
 
 
+#: The prefix of the backbone's weights in a task network's own weights file (a gate card's, or any
+#: ``predraft train-task`` run's).
+_TASK_BACKBONE_PREFIX = "backbone."
+
+
 def load_backbone_weights(network: TaskNetwork, path: Path) -> None:
-    """Every backbone weight from ``path`` (a classifier of the same architecture: its head is ignored)."""
+    """Every backbone weight from ``path``, the weights of a network of the same architecture: a plain classifier
+    (a hip model's; its head is ignored) or another task network (a gate's; its heads are ignored)."""
     own = network.backbone.state_dict()
-    state = {key: value for key, value in load_file(str(path)).items() if key in own}
+    weights = load_file(str(path))
+    if any(key.startswith(_TASK_BACKBONE_PREFIX) for key in weights):
+        weights = {
+            key.removeprefix(_TASK_BACKBONE_PREFIX): value
+            for key, value in weights.items()
+            if key.startswith(_TASK_BACKBONE_PREFIX)
+        }
+    state = {key: value for key, value in weights.items() if key in own}
     missing = sorted(set(own) - set(state))
     if missing:
         raise ValueError(

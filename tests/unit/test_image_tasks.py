@@ -526,3 +526,27 @@ def test_train_task_model_end_to_end_on_synthetic_images(tmp_path):
     for task, classes in TASKS.items():
         assert probabilities[task].shape == (5, len(classes))
         np.testing.assert_allclose(probabilities[task].sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_a_task_network_starts_from_another_task_networks_backbone_and_drops_its_heads(tmp_path):
+    """``train-task --init-weights`` with a gate's weights: the backbone is copied, the new heads are its own."""
+    import torch
+    from safetensors.torch import save_file
+
+    from predraft.models.tasktraining import load_backbone_weights
+
+    torch.manual_seed(1)
+    gate = TaskNetwork(TINY_ARCHITECTURE, TASKS)
+    path = tmp_path / "gate.safetensors"
+    save_file({key: value.contiguous() for key, value in gate.state_dict().items()}, str(path))
+    torch.manual_seed(2)
+    shoulder = TaskNetwork(TINY_ARCHITECTURE, {"manufacturer": ("Cofield", "Depuy", "Tornier", "Zimmer")})
+    heads_before = {key: value.clone() for key, value in shoulder.heads.state_dict().items()}
+    load_backbone_weights(shoulder, path)
+    for key, value in gate.backbone.state_dict().items():
+        assert torch.equal(shoulder.backbone.state_dict()[key], value), key
+    assert all(torch.equal(shoulder.heads.state_dict()[key], value) for key, value in heads_before.items())
+    # and a plain classifier's weights (no "backbone." prefix) still load as before
+    plain = tmp_path / "plain.safetensors"
+    save_file({key: value.contiguous() for key, value in gate.backbone.state_dict().items()}, str(plain))
+    load_backbone_weights(shoulder, plain)
