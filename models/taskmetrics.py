@@ -50,6 +50,47 @@ def grouped_rate(hits: np.ndarray, groups: np.ndarray, *, n_bootstrap: int, seed
     }
 
 
+def cohen_kappa(confusion: np.ndarray) -> float | None:
+    """Cohen's kappa of a (K, K) confusion matrix (rows: truth, columns: prediction): agreement beyond what the
+    two margins give by chance. None for an empty matrix, or one whose chance agreement is already 1."""
+    total = float(confusion.sum())
+    if total == 0:
+        return None
+    observed = float(np.trace(confusion)) / total
+    expected = float((confusion.sum(axis=0) * confusion.sum(axis=1)).sum()) / total**2
+    return None if expected >= 1.0 else (observed - expected) / (1.0 - expected)
+
+
+def grouped_kappa(
+    truth: np.ndarray, predicted: np.ndarray, groups: np.ndarray, classes: int, *, n_bootstrap: int, seed: int
+) -> dict[str, Any]:
+    """Cohen's kappa of ``predicted`` against ``truth`` (class indices below ``classes``) with a 95 % percentile
+    CI from the same bootstrap over ``groups`` as :func:`grouped_rate` (the same seed draws the same groups).
+
+    Returns ``{"value", "ci95": [low, high], "n"}`` (rounded to 4 places), or ``{"value": None, "ci95": None,
+    "n": 0}`` when there is no row."""
+    if len(truth) == 0:
+        return {"value": None, "ci95": None, "n": 0}
+    _, group_index = np.unique(groups, return_inverse=True)
+    per_group = np.zeros((group_index.max() + 1, classes, classes))
+    np.add.at(per_group, (group_index, truth, predicted), 1)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(per_group), size=(n_bootstrap, len(per_group)))
+    kappas = [
+        kappa
+        for start in range(0, n_bootstrap, 64)  # 64 draws at a time: memory stays small for many groups
+        for confusion in per_group[draws[start : start + 64]].sum(axis=1)
+        if (kappa := cohen_kappa(confusion)) is not None
+    ]
+    value = cohen_kappa(per_group.sum(axis=0))
+    low, high = np.percentile(kappas, [2.5, 97.5]) if kappas else (np.nan, np.nan)
+    return {
+        "value": None if value is None else round(value, 4),
+        "ci95": [round(float(low), 4), round(float(high), 4)] if kappas else None,
+        "n": int(len(truth)),
+    }
+
+
 def task_targets(rows: Sequence[_Row], classes: dict[str, tuple[str, ...]]) -> np.ndarray:
     """(N, tasks) class indices in the order of ``classes``, -1 where a row says nothing about a task.
 
@@ -100,9 +141,9 @@ def task_metrics(
     n_bootstrap: int,
     seed: int,
 ) -> dict[str, Any]:
-    """Per task of ``classes``: accuracy and each class's sensitivity and specificity at argmax; for the gate
-    and binary tasks also the figures of the service's thresholded rules. Every figure is a
-    :func:`grouped_rate` over the rows labelled for the task.
+    """Per task of ``classes``: accuracy, Cohen's kappa (:func:`grouped_kappa`) and each class's sensitivity and
+    specificity at argmax; for the gate and binary tasks also the figures of the service's thresholded rules.
+    Every other figure is a :func:`grouped_rate` over the rows labelled for the task.
 
     ``probabilities[task]`` is (N, classes) aligned with ``rows``; ``targets`` is :func:`task_targets`'s
     (N, tasks) array in the order of ``classes``. ``gate`` = (task, class the service is for), e.g.
@@ -128,7 +169,13 @@ def task_metrics(
         labelled = targets[:, column] >= 0
         predicted = probabilities[task].argmax(axis=1)
         truth = targets[:, column]
-        figures: dict[str, Any] = {"accuracy": rate(predicted == truth, labelled), "classes": {}}
+        figures: dict[str, Any] = {
+            "accuracy": rate(predicted == truth, labelled),
+            "kappa": grouped_kappa(
+                truth[labelled], predicted[labelled], groups[labelled], len(names), n_bootstrap=n_bootstrap, seed=seed
+            ),
+            "classes": {},
+        }
         for index, name in enumerate(names):
             figures["classes"][name] = {
                 "sensitivity": rate(predicted == index, labelled & (truth == index)),

@@ -43,12 +43,16 @@ def result(labelled) -> dict[str, Any]:
     return {"metrics": metrics, "written": json.loads((out / METRICS).read_text()), "predictions": predictions}
 
 
-def _figures(node: Any) -> list[dict[str, Any]]:
-    """Every grouped rate in a metrics tree."""
+def _figures(node: Any, *, kappas: bool = False) -> list[dict[str, Any]]:
+    """Every grouped rate in a metrics tree (``kappas``: every Cohen's kappa instead, which is no share)."""
     if isinstance(node, dict):
         if "ci95" in node and "n" in node:
-            return [node]
-        return [figure for value in node.values() for figure in _figures(value)]
+            return [node] if not kappas else []
+        return [
+            figure
+            for key, value in node.items()
+            for figure in (([value] if kappas else []) if key == "kappa" else _figures(value, kappas=kappas))
+        ]
     return []
 
 
@@ -71,6 +75,12 @@ def test_every_figure_is_a_share_in_its_interval(result):
         low, high = figure["ci95"]
         assert 0 <= low <= figure["value"] <= high <= 1
         assert figure["hits"] == round(figure["value"] * figure["n"])
+    kappas = _figures(metrics, kappas=True)
+    assert kappas, "every task reports Cohen's kappa"
+    for kappa in kappas:
+        if kappa["value"] is not None:
+            low, high = kappa["ci95"]
+            assert -1 <= low <= kappa["value"] <= high <= 1
 
 
 def test_counts_follow_the_csv(result, labelled):

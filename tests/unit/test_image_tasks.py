@@ -550,3 +550,19 @@ def test_a_task_network_starts_from_another_task_networks_backbone_and_drops_its
     plain = tmp_path / "plain.safetensors"
     save_file({key: value.contiguous() for key, value in gate.backbone.state_dict().items()}, str(plain))
     load_backbone_weights(shoulder, plain)
+
+
+def test_cohens_kappa_is_one_for_agreement_zero_for_chance_and_below_zero_for_worse():
+    from predraft.models.taskmetrics import cohen_kappa, grouped_kappa
+
+    assert cohen_kappa(np.diag([10.0, 5.0, 5.0])) == 1.0
+    assert cohen_kappa(np.array([[10.0, 0.0], [10.0, 0.0]])) == 0.0  # always the majority class
+    assert cohen_kappa(np.array([[0.0, 5.0], [5.0, 0.0]])) == -1.0
+    assert cohen_kappa(np.zeros((2, 2))) is None
+    # 8 of 10 right, two classes of five: observed 0.8, chance 0.5 -> 0.6
+    truth = np.array([0] * 5 + [1] * 5)
+    predicted = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 0])
+    figures = grouped_kappa(truth, predicted, np.arange(10).astype(str), 2, n_bootstrap=200, seed=0)
+    assert figures["value"] == 0.6 and figures["n"] == 10
+    assert figures["ci95"][0] < 0.6 < figures["ci95"][1]
+    assert grouped_kappa(truth[:0], predicted[:0], np.array([]), 2, n_bootstrap=10, seed=0)["value"] is None
