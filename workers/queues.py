@@ -16,14 +16,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from predraft.core.db import bounded_engine
 from predraft.core.settings import redact_url
 
 if TYPE_CHECKING:
     from redis import Redis
-    from sqlalchemy.engine import Engine
 
 
 #: The AMQP reply code kombu's virtual transports give a passive declaration of a queue they do not know.
@@ -95,7 +95,7 @@ def ping_broker(broker_url: str, *, timeout: float = 2.0) -> None:
             f"cannot reach the broker {_redact(broker_url)}: {path} is not a file (has "
             "`predraft serve` or a worker run with these settings?)"
         )
-    engine = _sqla_engine(database_url, timeout)
+    engine = bounded_engine(database_url, timeout)
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
@@ -162,12 +162,6 @@ def _sqlite_path(database_url: str) -> Path | None:
     if database_url.startswith("sqlite:///"):
         return Path(database_url.removeprefix("sqlite:///"))
     return None
-
-
-def _sqla_engine(database_url: str, timeout: float) -> Engine:
-    if database_url.startswith("sqlite"):
-        return create_engine(database_url, connect_args={"timeout": timeout})
-    return create_engine(database_url, connect_args={"connect_timeout": max(1, int(timeout))})
 
 
 def _first_line(exc: BaseException) -> str:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from predraft.core.db import bounded_engine
 from predraft.core.settings import Settings, redact_url
 from predraft.workers.queues import BrokerUnreachable, ping_broker
 
@@ -32,8 +33,7 @@ def probe_database(url: str, *, timeout: float) -> None:
     name = redact_url(url)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise Unreachable(f"cannot reach the database {name}: {url.removeprefix('sqlite:///')} is not a file")
-    connect_args = {"timeout": timeout} if url.startswith("sqlite") else {"connect_timeout": max(1, int(timeout))}
-    engine = create_engine(url, connect_args=connect_args)
+    engine = bounded_engine(url, timeout)
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))

@@ -12,9 +12,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from predraft.core.db import bounded_engine
 from predraft.core.settings import Settings, redact_url
 from predraft.workers.names import QUEUE_OF_TASK, QUEUES
 from predraft.workers.presence import online_workers
@@ -43,7 +44,7 @@ def queue_stats(settings: Settings, *, now: datetime | None = None, timeout: flo
     """
     now = now or datetime.now(UTC)
     waiting = waiting_counts(settings.broker_url, QUEUES, timeout=timeout)
-    engine = _engine(settings.database_url, timeout)
+    engine = bounded_engine(settings.database_url, timeout)
     try:
         with Session(engine) as session:
             work = queue_work(session, now)
@@ -75,14 +76,6 @@ def queue_stats(settings: Settings, *, now: datetime | None = None, timeout: flo
         "workers": [worker.as_json(now) for worker in workers],
         "problems": _problems(queues),
     }
-
-
-def _engine(database_url: str, timeout: float) -> Engine:
-    """An engine whose connection attempt gives up after ``timeout`` seconds (the command must not hang)."""
-    connect_args = (
-        {"timeout": timeout} if database_url.startswith("sqlite") else {"connect_timeout": max(1, int(timeout))}
-    )
-    return create_engine(database_url, connect_args=connect_args)
 
 
 def dead_counts(engine: Engine) -> dict[str, int]:

@@ -27,6 +27,15 @@ if TYPE_CHECKING:
 MIGRATIONS_PACKAGE = "predraft.migrations"
 
 
+def bounded_engine(database_url: str, timeout: float) -> Engine:
+    """A throwaway engine whose connection attempt gives up after ``timeout`` seconds (SQLite: its busy wait;
+    others: the driver's connect timeout, at least 1 s), for checks and admin reads that must not hang. Unlike
+    :func:`get_engine` it creates no folder and sets no pragmas; dispose it after use."""
+    if database_url.startswith("sqlite"):
+        return create_engine(database_url, connect_args={"timeout": timeout})
+    return create_engine(database_url, connect_args={"connect_timeout": max(1, int(timeout))})
+
+
 @lru_cache(maxsize=8)
 def get_engine(database_url: str) -> Engine:
     """One engine per URL and process. Bound parameters (patient names among them) are kept out of
