@@ -29,12 +29,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import ColumnElement, func, null, select
+from sqlalchemy import func, null, select
 from sqlalchemy.orm import Session, aliased
 
 from predraft.core.clock import as_utc
 from predraft.core.db import session_scope
-from predraft.core.schema import DeadLetter, Draft, Export, Instance, LeasedModel, Study
+from predraft.core.schema import DeadLetter, Draft, Export, Instance, Study
 from predraft.core.settings import Settings, redact_url
 from predraft.core.states import LISTED_WORK_STATES, ExportState, WorkState
 from predraft.core.studies import newest_report, newest_report_first
@@ -43,7 +43,7 @@ from predraft.workers.export_service import requeue_latest_draft
 from predraft.workers.names import EXPORT, QUEUE_OF_TASK, QUEUES
 from predraft.workers.presence import WorkerStatus, online_workers
 from predraft.workers.queues import waiting_counts
-from predraft.workers.work import KINDS, WorkKind, retrying, running, waiting
+from predraft.workers.work import KINDS, PHASE_CONDITIONS, WorkKind
 
 STATES = tuple(state.value for state in LISTED_WORK_STATES)
 ITEM_KEYS = (
@@ -163,14 +163,10 @@ def list_work(
     return items
 
 
-def _since(model: LeasedModel, phase: WorkState) -> Any:
+def _since(phase: WorkState) -> str:
     """The column that dates an item in ``phase``: when a worker took it (running), else when it was sent (a
     failed try's release clears ``leased_at``; ``dispatched_at`` stays while its retry is due)."""
-    return model.leased_at if phase is WorkState.RUNNING else model.dispatched_at
-
-
-def _phase_condition(model: LeasedModel, phase: WorkState, now: datetime) -> ColumnElement[bool]:
-    return {WorkState.RUNNING: running, WorkState.FAILED: retrying, WorkState.WAITING: waiting}[phase](model, now)
+    return "leased_at" if phase is WorkState.RUNNING else "dispatched_at"
 
 
 def _work_statement(kind: WorkKind, phase: WorkState, now: datetime) -> Any:
@@ -189,12 +185,14 @@ def _work_statement(kind: WorkKind, phase: WorkState, now: datetime) -> Any:
             .join(Draft, Draft.id == Export.draft_id)
             .join(Study, Study.id == Draft.study_id)
         )
-    return statement.where(kind.due(), _phase_condition(model, phase, now))
+    return statement.where(kind.due(), PHASE_CONDITIONS[phase](model, now))
 
 
 def _work_rows(session: Session, kind: WorkKind, phase: WorkState, now: datetime, limit: int) -> list[Any]:
     """The oldest ``limit`` of :func:`_work_statement`."""
-    statement = _work_statement(kind, phase, now).order_by(_since(kind.model, phase), kind.model.id).limit(limit)
+    statement = (
+        _work_statement(kind, phase, now).order_by(getattr(kind.model, _since(phase)), kind.model.id).limit(limit)
+    )
     return list(session.execute(statement).all())
 
 
@@ -208,7 +206,6 @@ def _work_item(
     *,
     details: Mapping[str, Any] | None = None,
 ) -> WorkItem:
-    since = row.leased_at if phase is WorkState.RUNNING else row.dispatched_at
     return WorkItem(
         id=row.task_id or "",
         state=phase,
@@ -218,7 +215,7 @@ def _work_item(
         instance_uid=instance_uid,
         destination=destination,
         attempts=row.attempts,
-        since=_iso(since),
+        since=_iso(getattr(row, _since(phase))),
         retry_at=_iso(row.retry_at) if phase is WorkState.FAILED else None,
         error=row.last_error if isinstance(row, Export) else None,
         worker=row.leased_by if phase is WorkState.RUNNING else None,

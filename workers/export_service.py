@@ -28,7 +28,8 @@ from predraft.core.events import record_event
 from predraft.core.schema import Draft, Export, Study, utcnow
 from predraft.core.states import EXPORTABLE_STATES, EventKind, ExportState
 from predraft.core.studies import newest_report
-from predraft.workers.leases import lease_is_free, stamp_dispatch
+from predraft.workers.leases import stamp_dispatch
+from predraft.workers.work import lease_is_free
 
 #: Longest error text kept on a row.
 MAX_ERROR_LENGTH = 2000

@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from celery import Task
-from sqlalchemy import or_, update
+from sqlalchemy import update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -40,8 +40,13 @@ from predraft.core.clock import as_utc
 from predraft.core.db import session_scope
 from predraft.core.schema import LEASED_MODELS, LeasedModel, utcnow
 from predraft.workers.presence import HEARTBEAT_SECONDS
+from predraft.workers.work import lease_is_free
 
 log = logging.getLogger(__name__)
+
+
+#: The lease columns of a row no worker holds.
+NO_LEASE: dict[str, None] = {"leased_at": None, "leased_until": None, "leased_by": None}
 
 
 def new_task_id() -> str:
@@ -64,14 +69,7 @@ def holder_of(task: Task) -> str:
 def dispatch_values(task_id: str, *, fresh: bool) -> dict[str, Any]:
     """The lease columns of a row whose message ``task_id`` is sent now: no lease, no retry due. ``fresh``:
     new work (its tries count from 0); else the same work sent again (a lost message), its tries kept."""
-    values: dict[str, Any] = {
-        "task_id": task_id,
-        "dispatched_at": utcnow(),
-        "leased_at": None,
-        "leased_until": None,
-        "leased_by": None,
-        "retry_at": None,
-    }
+    values: dict[str, Any] = {"task_id": task_id, "dispatched_at": utcnow(), **NO_LEASE, "retry_at": None}
     if fresh:
         values["attempts"] = 0
     return values
@@ -93,11 +91,6 @@ def stamp_dispatch(
         )
         stamped[row_id] = task_id
     return stamped
-
-
-def lease_is_free(model: LeasedModel, now: datetime) -> Any:
-    """SQL condition: no live lease holds the row (none was taken, or it lapsed)."""
-    return or_(model.leased_until.is_(None), model.leased_until < now)
 
 
 def claim(session: Session, model: LeasedModel, row_id: int, *, task_id: str, holder: str, seconds: float) -> bool:
@@ -130,7 +123,7 @@ def release(session: Session, model: LeasedModel, row_id: int, *, task_id: str, 
     """End the lease of task ``task_id`` on row ``row_id``: nothing when another task holds the row now (the task
     stamped the next step's message, which may already run). ``finished``: the work is done, so the row no
     longer says a message is out (``dispatched_at`` goes too)."""
-    values: dict[str, Any] = {"leased_at": None, "leased_until": None, "leased_by": None}
+    values: dict[str, Any] = dict(NO_LEASE)
     if finished:
         values["dispatched_at"] = None
     session.execute(
@@ -186,7 +179,7 @@ def record_given_up(database_url: str, task_id: str) -> None:
             session.execute(
                 update(model)
                 .where(model.task_id == task_id)
-                .values(dispatched_at=None, retry_at=None, leased_at=None, leased_until=None, leased_by=None)
+                .values(dispatched_at=None, retry_at=None, **NO_LEASE)
                 .execution_options(synchronize_session=False)
             )
 

@@ -57,6 +57,11 @@ KINDS = (
 KIND_OF_TASK = {kind.task: kind for kind in KINDS}
 
 
+def lease_is_free(model: LeasedModel, now: datetime) -> ColumnElement[bool]:
+    """SQL condition: no live lease holds the row (none was taken, or it lapsed)."""
+    return or_(model.leased_until.is_(None), model.leased_until < now)
+
+
 def running(model: LeasedModel, now: datetime) -> ColumnElement[bool]:
     """SQL condition: a live lease holds the row."""
     return model.leased_until >= now
@@ -64,27 +69,20 @@ def running(model: LeasedModel, now: datetime) -> ColumnElement[bool]:
 
 def retrying(model: LeasedModel, now: datetime) -> ColumnElement[bool]:
     """SQL condition: no live lease, and a retry is due after ``now``."""
-    return and_(or_(model.leased_until.is_(None), model.leased_until < now), model.retry_at > now)
+    return and_(lease_is_free(model, now), model.retry_at > now)
 
 
 def waiting(model: LeasedModel, now: datetime) -> ColumnElement[bool]:
     """SQL condition: a message was sent for the row, which neither runs nor waits for a retry."""
     return and_(
         model.dispatched_at.is_not(None),
-        or_(model.leased_until.is_(None), model.leased_until < now),
+        lease_is_free(model, now),
         or_(model.retry_at.is_(None), model.retry_at <= now),
     )
 
 
-def phase(row: Any, now: datetime) -> WorkState | None:
-    """The phase of a due row in Python, by the same rules as the SQL conditions above (None: nothing sent)."""
-    if row.leased_until is not None and as_utc(row.leased_until) >= now:
-        return WorkState.RUNNING
-    if row.retry_at is not None and as_utc(row.retry_at) > now:
-        return WorkState.FAILED
-    if row.dispatched_at is not None:
-        return WorkState.WAITING
-    return None
+#: The condition of each phase a due row can be in.
+PHASE_CONDITIONS = {WorkState.RUNNING: running, WorkState.FAILED: retrying, WorkState.WAITING: waiting}
 
 
 @dataclass(frozen=True)
@@ -94,15 +92,13 @@ class QueueWork:
     queue: str
     running: int = 0
     retries_pending: int = 0
-    #: How many rows say a message waits (the broker's count may differ: prefetched, lost or duplicate).
-    sent: int = 0
-    #: When the oldest of those was sent (None: none).
+    #: When the oldest row that says a message waits for a worker was sent (None: none).
     oldest_sent_at: datetime | None = None
 
 
 def queue_work(session: Session, now: datetime) -> dict[str, QueueWork]:
-    """Per queue: the rows running, waiting for a retry, and sent and waiting (with the oldest), one query per
-    task."""
+    """Per queue: the rows running and waiting for a retry, and when the oldest sent and waiting one was sent;
+    one query per task."""
     found: dict[str, QueueWork] = {}
     for kind in KINDS:
         model = kind.model
@@ -110,17 +106,15 @@ def queue_work(session: Session, now: datetime) -> dict[str, QueueWork]:
             select(
                 func.coalesce(func.sum(case((running(model, now), 1), else_=0)), 0),
                 func.coalesce(func.sum(case((retrying(model, now), 1), else_=0)), 0),
-                func.coalesce(func.sum(case((waiting(model, now), 1), else_=0)), 0),
                 func.min(case((waiting(model, now), model.dispatched_at), else_=None)),
             ).where(kind.due())
         ).one()
         previous = found.get(kind.queue, QueueWork(kind.queue))
-        oldest = [moment for moment in (previous.oldest_sent_at, row[3] and as_utc(row[3])) if moment is not None]
+        oldest = [moment for moment in (previous.oldest_sent_at, row[2] and as_utc(row[2])) if moment is not None]
         found[kind.queue] = QueueWork(
             queue=kind.queue,
             running=previous.running + int(row[0]),
             retries_pending=previous.retries_pending + int(row[1]),
-            sent=previous.sent + int(row[2]),
             oldest_sent_at=min(oldest) if oldest else None,
         )
     return found
