@@ -25,6 +25,15 @@ class _Row(Protocol):
     def labels(self) -> dict[str, str]: ...
 
 
+def _group_draws(groups: np.ndarray, *, n_bootstrap: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(each row's group index, ``n_bootstrap`` draws of as many group indices as there are groups, with
+    replacement): the bootstrap every figure here shares, so one seed draws the same groups for each."""
+    _, group_index = np.unique(groups, return_inverse=True)
+    groups_count = int(group_index.max()) + 1
+    draws = np.random.default_rng(seed).integers(0, groups_count, size=(n_bootstrap, groups_count))
+    return group_index, draws
+
+
 def grouped_rate(hits: np.ndarray, groups: np.ndarray, *, n_bootstrap: int, seed: int) -> dict[str, Any]:
     """The share of True in ``hits`` with a 95 % percentile CI from a bootstrap over ``groups``.
 
@@ -35,11 +44,9 @@ def grouped_rate(hits: np.ndarray, groups: np.ndarray, *, n_bootstrap: int, seed
     hits = np.asarray(hits, dtype=bool)
     if len(hits) == 0:
         return {"value": None, "ci95": None, "n": 0}
-    _, group_index = np.unique(groups, return_inverse=True)
+    group_index, draws = _group_draws(groups, n_bootstrap=n_bootstrap, seed=seed)
     per_group_n = np.bincount(group_index)
     per_group_hits = np.bincount(group_index, weights=hits.astype(float))
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(per_group_n), size=(n_bootstrap, len(per_group_n)))
     shares = per_group_hits[draws].sum(axis=1) / np.maximum(1, per_group_n[draws].sum(axis=1))
     low, high = np.percentile(shares, [2.5, 97.5])
     return {
@@ -71,11 +78,9 @@ def grouped_kappa(
     "n": 0}`` when there is no row."""
     if len(truth) == 0:
         return {"value": None, "ci95": None, "n": 0}
-    _, group_index = np.unique(groups, return_inverse=True)
+    group_index, draws = _group_draws(groups, n_bootstrap=n_bootstrap, seed=seed)
     per_group = np.zeros((group_index.max() + 1, classes, classes))
     np.add.at(per_group, (group_index, truth, predicted), 1)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(per_group), size=(n_bootstrap, len(per_group)))
     kappas = [
         kappa
         for start in range(0, n_bootstrap, 64)  # 64 draws at a time: memory stays small for many groups
