@@ -14,10 +14,10 @@ from typing import Any, Protocol, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from predraft.models.taxonomy import CLASS_ORDER, HardwareClass, View
+from predraft.models.taxonomy import View
 
 #: The bundled demo model: a small network trained on phantoms only (see README, "The demo model").
-DEMO_MODEL_CARD = Path(__file__).resolve().parent / "demo" / "card.json"
+DEMO_MODEL_CARD = Path(__file__).resolve().parent / "packs" / "hip" / "card.json"
 
 
 class _WeightedCard(Protocol):
@@ -49,13 +49,13 @@ class ModelCard(BaseModel):
     input_size: int = Field(ge=16, le=2048, description="square input edge in pixels")
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    classes: tuple[HardwareClass, ...] = CLASS_ORDER
+    classes: tuple[str, ...] = Field(description="the model's output classes, in order: its pack's class names")
     accepted_views: tuple[View, ...] = (View.AP_PELVIS, View.AP_HIP, View.FROG_LEG, View.CROSS_TABLE_LATERAL)
     trained: bool = Field(description="False for weights that were never trained: every draft must say so")
     synthetic_demo: bool = Field(False, description="True for the demo model trained on phantoms")
     training_data: str = ""
     threshold: float = Field(0.5, gt=0, lt=1, description="top-class probability under which a hip is indeterminate")
-    class_thresholds: dict[HardwareClass, float] = Field(
+    class_thresholds: dict[str, float] = Field(
         default_factory=dict,
         description="per-class thresholds for the top class; a class not named here uses `threshold`",
     )
@@ -69,22 +69,22 @@ class ModelCard(BaseModel):
 
     @field_validator("classes")
     @classmethod
-    def _check_classes(cls, value: tuple[HardwareClass, ...]) -> tuple[HardwareClass, ...]:
-        if len(set(value)) != len(value) or len(value) < 2:
-            raise ValueError(f"classes {list(value)} must be at least two distinct hardware classes")
+    def _check_classes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value) or len(value) < 2 or not all(value):
+            raise ValueError(f"classes {list(value)} must be at least two distinct class names")
         return value
 
     @field_validator("class_thresholds")
     @classmethod
-    def _check_class_thresholds(cls, value: dict[HardwareClass, float]) -> dict[HardwareClass, float]:
-        for hardware, threshold in value.items():
+    def _check_class_thresholds(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, threshold in value.items():
             if not 0 < threshold < 1:
-                raise ValueError(f"class_thresholds[{hardware.value!r}] = {threshold} must lie in (0, 1)")
+                raise ValueError(f"class_thresholds[{name!r}] = {threshold} must lie in (0, 1)")
         return value
 
     @model_validator(mode="after")
     def _check_threshold_classes(self) -> ModelCard:
-        unknown = [hardware.value for hardware in self.class_thresholds if hardware not in self.classes]
+        unknown = [name for name in self.class_thresholds if name not in self.classes]
         if unknown:
             raise ValueError(f"class_thresholds names {unknown}, which are not among the card's classes")
         return self
@@ -93,20 +93,16 @@ class ModelCard(BaseModel):
     def display_name(self) -> str:
         return f"{self.name} {self.version}"
 
-    def threshold_for(self, hardware: HardwareClass | str) -> float:
-        """The decision threshold for a hip whose top class is ``hardware``: its own, else the global one."""
-        try:
-            hardware = HardwareClass(hardware)
-        except ValueError as exc:
-            raise ValueError(f"hardware {hardware!r} is not a hardware class") from exc
-        if hardware not in self.classes:
-            raise ValueError(f"hardware class {hardware.value!r} is not among the classes of {self.display_name}")
-        return self.class_thresholds.get(hardware, self.threshold)
+    def threshold_for(self, name: str) -> float:
+        """The decision threshold for a side whose top class is ``name``: its own, else the global one."""
+        if name not in self.classes:
+            raise ValueError(f"class {str(name)!r} is not among the classes of {self.display_name}")
+        return self.class_thresholds.get(name, self.threshold)
 
     @property
-    def thresholds(self) -> dict[HardwareClass, float]:
+    def thresholds(self) -> dict[str, float]:
         """Every class of the card with its decision threshold, in class order."""
-        return {hardware: self.threshold_for(hardware) for hardware in self.classes}
+        return {name: self.threshold_for(name) for name in self.classes}
 
 
 def sha256_of(path: Path) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from predraft.models.pixels import crop_collimation, letterbox, split_bilateral
-from predraft.models.taxonomy import CLASS_ORDER, HardwareClass, Side, View
+from predraft.models.taxonomy import CLASS_ORDER, Side, View
 
 _Job = TypeVar("_Job")
 _Result = TypeVar("_Result")
@@ -49,18 +49,19 @@ class LabelsError(ValueError):
 
 @dataclass(frozen=True)
 class LabelRow:
-    """One hip on one image, with its reference class."""
+    """One side (a hip) on one image, with its reference class (a class name of the pack being trained)."""
 
     patient: str
     study: str
     image: str
     side: Side
-    hardware: HardwareClass
+    hardware: str
     view: View | None = None
 
 
-def read_labels(data_dir: Path) -> list[LabelRow]:
-    """The rows of ``data_dir/labels.csv``, validated (columns, sides, classes, files present, no duplicates)."""
+def read_labels(data_dir: Path, classes: Sequence[str] = CLASS_ORDER) -> list[LabelRow]:
+    """The rows of ``data_dir/labels.csv``, validated (columns, sides, classes among ``classes``, by default the
+    hip pack's, files present, no duplicates)."""
     path = Path(data_dir) / LABELS_FILE
     if not path.is_file():
         raise LabelsError(f"{path} does not exist: a data folder needs a labels CSV ({', '.join(REQUIRED_COLUMNS)})")
@@ -78,7 +79,7 @@ def read_labels(data_dir: Path) -> list[LabelRow]:
                     study=_required(record, "study"),
                     image=_required(record, "image"),
                     side=Side(record["side"].strip().lower()),
-                    hardware=HardwareClass(record["class"].strip().lower()),
+                    hardware=_known_class(record["class"], classes),
                     view=View(record["view"].strip().lower()) if (record.get("view") or "").strip() else None,
                 )
             except ValueError as exc:
@@ -94,6 +95,13 @@ def read_labels(data_dir: Path) -> list[LabelRow]:
     return rows
 
 
+def _known_class(value: str, classes: Sequence[str]) -> str:
+    name = (value or "").strip().lower()
+    if name not in classes:
+        raise ValueError(f"class {name!r} is not one of {', '.join(classes)}")
+    return name
+
+
 def _required(record: dict[str, str], column: str) -> str:
     value = (record.get(column) or "").strip()
     if not value:
@@ -101,15 +109,20 @@ def _required(record: dict[str, str], column: str) -> str:
     return value
 
 
-def patient_stratum(rows: Iterable[LabelRow]) -> HardwareClass:
-    """The class a patient is stratified by: the rarest hardware among their hips (``none`` if none)."""
-    classes = {row.hardware for row in rows}
-    hardware = sorted(classes - {HardwareClass.NONE}, key=CLASS_ORDER.index)
-    return hardware[0] if hardware else HardwareClass.NONE
+def patient_stratum(rows: Iterable[LabelRow], classes: Sequence[str] = CLASS_ORDER) -> str:
+    """The class a patient is stratified by: the first of ``classes`` after the first (the hip's ``none``) among
+    their sides, else the first."""
+    seen = {row.hardware for row in rows}
+    named = [name for name in classes[1:] if name in seen]
+    return named[0] if named else classes[0]
 
 
 def split_patients(
-    rows: Sequence[LabelRow], *, fractions: Sequence[float] = PAPER_FRACTIONS, seed: int = 0
+    rows: Sequence[LabelRow],
+    *,
+    fractions: Sequence[float] = PAPER_FRACTIONS,
+    seed: int = 0,
+    classes: Sequence[str] = CLASS_ORDER,
 ) -> dict[str, str]:
     """Patient -> ``train``/``validation``/``test``, stratified by :func:`patient_stratum`.
 
@@ -121,13 +134,13 @@ def split_patients(
     by_patient: dict[str, list[LabelRow]] = defaultdict(list)
     for row in rows:
         by_patient[row.patient].append(row)
-    strata: dict[HardwareClass, list[str]] = defaultdict(list)
+    strata: dict[str, list[str]] = defaultdict(list)
     for patient in sorted(by_patient):
-        strata[patient_stratum(by_patient[patient])].append(patient)
+        strata[patient_stratum(by_patient[patient], classes)].append(patient)
     rng = np.random.default_rng(seed)
     assignment: dict[str, str] = {}
     cumulative = np.cumsum(fractions)
-    for hardware in CLASS_ORDER:
+    for hardware in classes:
         patients = strata.get(hardware, [])
         order = rng.permutation(len(patients))
         cuts = [round(c * len(patients)) for c in cumulative]
@@ -159,9 +172,9 @@ class PreparedImages:
     pixels: np.ndarray
     rows: tuple[LabelRow, ...]
 
-    @property
-    def targets(self) -> np.ndarray:
-        return np.array([CLASS_ORDER.index(row.hardware) for row in self.rows], dtype=np.int64)
+    def targets(self, classes: Sequence[str]) -> np.ndarray:
+        """Each row's class as its index in ``classes`` (the model's output order)."""
+        return np.array([list(classes).index(row.hardware) for row in self.rows], dtype=np.int64)
 
     def subset(self, keep: Sequence[bool] | np.ndarray) -> PreparedImages:
         mask = np.asarray(keep, dtype=bool)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from timm.models import load_state_dict
 
 from predraft.models.card import ModelCard, load_card, sha256_of, write_card
-from predraft.models.taxonomy import CLASS_ORDER, HardwareClass
+from predraft.models.taxonomy import CLASS_ORDER
 
 log = logging.getLogger(__name__)
 
@@ -265,14 +265,15 @@ def write_untrained_model(
     input_size: int = 224,
     seed: int = 0,
     name: str = "predraft-untrained",
+    classes: Sequence[str] = CLASS_ORDER,
 ) -> Path:
     """Write random-initialised weights and their card: a stand-in until trained weights exist.
 
-    The card says ``trained: false``; every draft made with it says the model is untrained.
-    Returns the card's path.
+    The card says ``trained: false``; every draft made with it says the model is untrained. ``classes`` are its
+    pack's (default the hip's). Returns the card's path.
     """
     torch.manual_seed(seed)
-    network = create_network(architecture, len(CLASS_ORDER))
+    network = create_network(architecture, len(classes))
     out_dir.mkdir(parents=True, exist_ok=True)
     weights_path = out_dir / "weights.safetensors"
     state = {key: value.contiguous() for key, value in network.state_dict().items()}
@@ -282,7 +283,7 @@ def write_untrained_model(
         version=f"0.0.0-untrained-seed{seed}",
         architecture=architecture,
         input_size=input_size,
-        classes=tuple(HardwareClass),
+        classes=tuple(str(name) for name in classes),
         trained=False,
         training_data="none: random initialisation, made at build time",
         weights=weights_path.name,

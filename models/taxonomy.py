@@ -1,6 +1,9 @@
-"""The vocabulary every stage shares: hardware classes, views and sides.
+"""The vocabulary every stage shares: views, sides and SOP classes; and the hip pack's classes as an enum.
 
-Accept a string or an enum at the edges (``HardwareClass("tha")``) and pass enums inward.
+Classes are a pack's (``models/packs/<name>/pack.toml``, :mod:`predraft.models.pack`), passed as their names.
+:class:`HardwareClass` names the hip pack's nine, for the code that is about hips only (the phantom generator,
+the hip's defaults of training and evaluation); ``tests/unit/test_packs.py`` holds it to the pack. Accept a
+string or an enum at the edges (``View("frog_leg")``) and pass enums inward.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from enum import StrEnum
 
 
 class HardwareClass(StrEnum):
-    """The nine hardware categories, in the model's output order (docs/clinical.md)."""
+    """The hip pack's nine hardware categories, in its model's output order (docs/clinical.md)."""
 
     NONE = "none"
     THA = "tha"

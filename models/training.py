@@ -46,9 +46,12 @@ from predraft.models.datasets import (
     write_split,
 )
 from predraft.models.factory import classifier_head_keys, create_network
-from predraft.models.taxonomy import CLASS_ORDER, HardwareClass
+from predraft.models.taxonomy import CLASS_ORDER
 
 log = logging.getLogger(__name__)
+
+#: The bundled hip pack's classes, the default of a run without ``--pack``.
+HIP_CLASSES: tuple[str, ...] = tuple(str(name) for name in CLASS_ORDER)
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "weights.safetensors"
@@ -84,6 +87,17 @@ class TrainingConfig(BaseModel):
     version: str = Field("1.0.0", min_length=1)
     synthetic_demo: bool = False
     training_data: str = ""
+    classes: tuple[str, ...] = Field(
+        tuple(str(name) for name in CLASS_ORDER),
+        description="the model's output classes, in order: its pack's class names (the hip's)",
+    )
+
+    @field_validator("classes")
+    @classmethod
+    def _check_classes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) < 2 or len(set(value)) != len(value):
+            raise ValueError(f"classes {list(value)} must be at least two distinct names")
+        return value
 
     @field_validator("architecture")
     @classmethod
@@ -124,9 +138,9 @@ def augmentation() -> v2.Transform:
 
 
 class _HipDataset(Dataset):
-    def __init__(self, images: PreparedImages, transform: v2.Transform | None) -> None:
+    def __init__(self, images: PreparedImages, classes: tuple[str, ...], transform: v2.Transform | None) -> None:
         self.pixels = torch.from_numpy(images.pixels)
-        self.targets = torch.from_numpy(images.targets)
+        self.targets = torch.from_numpy(images.targets(classes))
         self.transform = transform
 
     def __len__(self) -> int:
@@ -146,13 +160,19 @@ def normalise(batch: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ..
 
 def class_balanced_weights(targets: np.ndarray) -> np.ndarray:
     """Per-sample weights so that every class present is drawn equally often."""
-    counts = np.bincount(targets, minlength=len(CLASS_ORDER)).astype(np.float64)
+    counts = np.bincount(targets).astype(np.float64)
     return 1.0 / counts[targets]
 
 
 def choose_class_thresholds(
-    probs: np.ndarray, labels: np.ndarray, *, target_precision: float = 0.95, floor: float = 0.5, ceiling: float = 0.95
-) -> dict[HardwareClass, float]:
+    probs: np.ndarray,
+    labels: np.ndarray,
+    classes: tuple[str, ...] = HIP_CLASSES,
+    *,
+    target_precision: float = 0.95,
+    floor: float = 0.5,
+    ceiling: float = 0.95,
+) -> dict[str, float]:
     """Per class, the lowest threshold in [floor, ceiling] at which the validation hips whose top class it
     is, kept when their top probability reaches it, are right at least ``target_precision`` of the time.
 
@@ -160,8 +180,8 @@ def choose_class_thresholds(
     ``ceiling`` (its hips mostly go to review).
     """
     top, confidence = probs.argmax(axis=1), probs.max(axis=1)
-    thresholds: dict[HardwareClass, float] = {}
-    for index, hardware in enumerate(CLASS_ORDER):
+    thresholds: dict[str, float] = {}
+    for index, hardware in enumerate(classes):
         mine = top == index
         chosen = ceiling if mine.any() else floor
         for candidate in np.unique(np.concatenate([[floor], confidence[mine]])):
@@ -251,12 +271,12 @@ def train(
     if not resume and checkpoint_path.exists():
         raise TrainingError(f"{out_dir} holds a checkpoint of an earlier run: use --resume, or a new folder")
 
-    rows = read_labels(data_dir)
+    rows = read_labels(data_dir, config.classes)
     split_path = out_dir / SPLIT
     if checkpoint is not None and split_path.is_file():
         assignment = read_split(split_path)
     else:
-        assignment = split_patients(rows, fractions=config.fractions, seed=config.seed)
+        assignment = split_patients(rows, fractions=config.fractions, seed=config.seed, classes=config.classes)
         write_split(assignment, split_path)
     rows = [row for row in rows if row.patient in assignment]
     images = prepare_images(data_dir, rows, input_size=config.input_size, cache_dir=out_dir / "cache")
@@ -270,15 +290,15 @@ def train(
     log.info("training on %d hips, validating on %d", len(sets["train"].rows), len(sets["validation"].rows))
 
     torch.manual_seed(config.seed)
-    network = create_network(config.architecture, len(CLASS_ORDER), config.init_weights).to(torch_device)
+    network = create_network(config.architecture, len(config.classes), config.init_weights).to(torch_device)
     mean, std = _normalisation(network)
     head_keys = classifier_head_keys(network)
     history: list[dict[str, Any]] = checkpoint["history"] if checkpoint else []
     done_epochs = len(history)
     show = progress if progress is not None else sys.stderr.isatty()
-    dataset = _HipDataset(sets["train"], augmentation() if config.augment else None)
+    dataset = _HipDataset(sets["train"], config.classes, augmentation() if config.augment else None)
     # A list, as WeightedRandomSampler types its weights; the same float64 values.
-    weights: list[float] = class_balanced_weights(sets["train"].targets).tolist()
+    weights: list[float] = class_balanced_weights(sets["train"].targets(config.classes)).tolist()
     steps = math.ceil(len(dataset) / config.batch_size)
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)
@@ -319,7 +339,7 @@ def train(
             bar = tqdm(loader, total=steps, desc=f"{stage} epoch {epoch_number + 1}", disable=not show, leave=False)
             losses = _train_one_epoch(network, bar, optimizer, scheduler, mean, std, torch_device)
             logits = predict_logits(network, sets["validation"], mean, std, torch_device, config.batch_size)
-            labels = sets["validation"].targets
+            labels = sets["validation"].targets(config.classes)
             entry = {
                 "epoch": epoch_number + 1,
                 "stage": stage,
@@ -369,7 +389,7 @@ def predict_logits(
             chunk = torch.from_numpy(images.pixels[start : start + batch_size]).unsqueeze(1).to(device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 out.append(network(normalise(chunk, mean, std)).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(CLASS_ORDER)), dtype=np.float32)
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
 def _normalisation(network: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -391,10 +411,10 @@ def _finish(
 ) -> Path:
     """Fit the temperature and thresholds on validation, write the weights and the card."""
     logits = predict_logits(network, validation, mean, std, device, config.batch_size)
-    labels = validation.targets
+    labels = validation.targets(config.classes)
     temperature = fit_temperature(logits, labels)
     raw, calibrated = softmax(logits), softmax(logits, temperature)
-    thresholds = choose_class_thresholds(calibrated, labels, target_precision=config.target_precision)
+    thresholds = choose_class_thresholds(calibrated, labels, config.classes, target_precision=config.target_precision)
     predicted = calibrated.argmax(axis=1)
     metrics = {
         "images": len(labels),
@@ -418,7 +438,7 @@ def _finish(
         input_size=config.input_size,
         mean=mean,
         std=std,
-        classes=CLASS_ORDER,
+        classes=config.classes,
         trained=True,
         synthetic_demo=config.synthetic_demo,
         training_data=config.training_data,

@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from predraft.models.card import ModelCard
 from predraft.models.datasets import LabelRow, prepare_images, read_labels, read_split
 from predraft.models.evaluation import evaluate_predictions, write_report
 from predraft.models.factory import load_classifier
-from predraft.models.taxonomy import CLASS_ORDER, View
-from predraft.reporting.aggregate import HipObservation, aggregate
+from predraft.models.pack import DEFAULT_PACK, Pack, bundled_pack
+from predraft.models.taxonomy import View
+from predraft.reporting.aggregate import AggregationRule, HipObservation, aggregate
 
 
 def evaluate_model(
@@ -37,17 +39,28 @@ def evaluate_model(
     split_file: Path | None = None,
     split: str = "test",
     cache_dir: Path | None = None,
+    pack: Pack | None = None,
 ) -> dict[str, Any]:
     """Evaluate and write the reports into ``out_dir``; return ``{"image": report, "study": report}``.
+
+    The card's classes are the labels' vocabulary; sides are combined per study by ``pack``'s aggregation rule
+    (default: the bundled hip pack's when the card has its classes, else the rule without pack defaults).
 
     With ``split_file`` (a training run's ``split.csv``), only the patients of ``split`` are evaluated.
     With ``cache_dir``, the prepared images are kept there for the next evaluation of the same data.
     """
     classifier = load_classifier(Path(card_path), device)
     card = classifier.card
-    if tuple(card.classes) != CLASS_ORDER:
-        raise ValueError(f"{card.display_name} has classes {list(card.classes)}; evaluation needs the nine classes")
-    rows = read_labels(Path(data_dir))
+    classes = tuple(card.classes)
+    if pack is None:
+        hip = bundled_pack(DEFAULT_PACK).pack
+        pack = hip if hip.class_names == classes else None
+    if pack is not None and pack.class_names != classes:
+        raise ValueError(
+            f"{card.display_name} has classes {list(classes)}, the pack {pack.name} {list(pack.class_names)}"
+        )
+    rule = AggregationRule() if pack is None else AggregationRule.from_pack(pack.aggregation, pack.no_finding)
+    rows = read_labels(Path(data_dir), classes)
     if split_file is not None:
         assignment = read_split(split_file)
         rows = [row for row in rows if assignment.get(row.patient) == split]
@@ -59,21 +72,28 @@ def evaluate_model(
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_predictions(out_dir / "predictions.csv", images.rows, probabilities)
+    _write_predictions(out_dir / "predictions.csv", images.rows, probabilities, classes)
     groups = [row.patient for row in images.rows]
     image_report = evaluate_predictions(
-        images.targets, probabilities, [c.value for c in CLASS_ORDER], groups=groups, n_bootstrap=n_bootstrap, seed=seed
+        images.targets(classes), probabilities, list(classes), groups=groups, n_bootstrap=n_bootstrap, seed=seed
     )
     image_report["model"] = {"name": card.name, "version": card.version, "synthetic_demo": card.synthetic_demo}
     write_report(image_report, out_dir, prefix="image")
-    study_report = _study_report(images.rows, probabilities, card, n_bootstrap=n_bootstrap, seed=seed)
+    study_report = _study_report(images.rows, probabilities, card, rule, n_bootstrap=n_bootstrap, seed=seed)
     write_report(study_report, out_dir, prefix="study")
     return {"image": image_report, "study": study_report}
 
 
 def _study_report(
-    rows: tuple[LabelRow, ...], probabilities: np.ndarray, card: Any, *, n_bootstrap: int, seed: int
+    rows: tuple[LabelRow, ...],
+    probabilities: np.ndarray,
+    card: ModelCard,
+    rule: AggregationRule,
+    *,
+    n_bootstrap: int,
+    seed: int,
 ) -> dict[str, Any]:
+    classes = list(card.classes)
     by_study: dict[str, list[tuple[LabelRow, np.ndarray]]] = defaultdict(list)
     for row, probs in zip(rows, probabilities, strict=True):
         by_study[row.study].append((row, probs))
@@ -82,23 +102,23 @@ def _study_report(
         truth = {row.side: row.hardware for row, _ in items}
         observations = [
             HipObservation(
-                row.image, row.side, row.view or View.UNKNOWN, dict(zip(CLASS_ORDER, map(float, probs), strict=True))
+                row.image, row.side, row.view or View.UNKNOWN, dict(zip(classes, map(float, probs), strict=True))
             )
             for row, probs in items
         ]
-        for finding in aggregate(observations, threshold=card.threshold, class_thresholds=card.class_thresholds):
-            label = CLASS_ORDER.index(truth[finding.side])
+        for finding in aggregate(
+            observations, threshold=card.threshold, class_thresholds=card.class_thresholds, rule=rule
+        ):
+            label = classes.index(truth[finding.side])
             labels.append(label)
-            combined.append([finding.probabilities[c] for c in CLASS_ORDER])
+            combined.append([finding.probabilities[c] for c in classes])
             groups.append(items[0][0].patient)
-            if not finding.indeterminate:
+            if finding.hardware is not None:
                 decided += 1
-                correct_decided += int(CLASS_ORDER.index(finding.hardware) == label)
+                correct_decided += int(classes.index(finding.hardware) == label)
     probs = np.asarray(combined, dtype=np.float64)
     probs /= probs.sum(axis=1, keepdims=True)
-    report = evaluate_predictions(
-        np.asarray(labels), probs, [c.value for c in CLASS_ORDER], groups=groups, n_bootstrap=n_bootstrap, seed=seed
-    )
+    report = evaluate_predictions(np.asarray(labels), probs, classes, groups=groups, n_bootstrap=n_bootstrap, seed=seed)
     report["abstention"] = {
         "study_sides": len(labels),
         "indeterminate": len(labels) - decided,
@@ -108,11 +128,13 @@ def _study_report(
     return report
 
 
-def _write_predictions(path: Path, rows: tuple[LabelRow, ...], probabilities: np.ndarray) -> None:
+def _write_predictions(
+    path: Path, rows: tuple[LabelRow, ...], probabilities: np.ndarray, classes: tuple[str, ...]
+) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
-            ["patient", "study", "image", "side", "view", "class", "predicted", *(f"p_{c.value}" for c in CLASS_ORDER)]
+            ["patient", "study", "image", "side", "view", "class", "predicted", *(f"p_{c}" for c in classes)]
         )
         for row, probs in zip(rows, probabilities, strict=True):
             writer.writerow(
@@ -122,8 +144,8 @@ def _write_predictions(path: Path, rows: tuple[LabelRow, ...], probabilities: np
                     row.image,
                     row.side.value,
                     row.view.value if row.view else "",
-                    row.hardware.value,
-                    CLASS_ORDER[int(np.argmax(probs))].value,
+                    row.hardware,
+                    classes[int(np.argmax(probs))],
                     *(f"{p:.6f}" for p in probs),
                 ]
             )

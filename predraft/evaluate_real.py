@@ -287,7 +287,7 @@ def _hip_model_figures(
     n_bootstrap: int,
     seed: int,
 ) -> dict[str, Any]:
-    names = [hardware.value for hardware in card.classes]
+    names = list(card.classes)
     top = probabilities.argmax(axis=1)
     top_names = [names[index] for index in top]
     read = np.array([name != NONE for name in top_names])
@@ -368,7 +368,7 @@ def _write_predictions(
     hip_probabilities: np.ndarray,
     hip_card: Any,
 ) -> None:
-    names = [hardware.value for hardware in hip_card.classes]
+    names = list(hip_card.classes)
     gate_columns = [
         (task, index, f"gate_p_{task}_{name}")
         for task, classes in gate_tasks.items()

@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from predraft.core.settings import Settings
-from predraft.models.card import load_card
 from predraft.models.taskcard import load_task_card
 from predraft.workers.names import QUEUES
 
@@ -99,21 +98,20 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
 
 
 def prepare_environment(settings: Settings) -> None:
-    """Apply migrations, declare the broker's queues, check the model and gate cards and their weights, check the
-    templates."""
+    """Apply migrations, declare the broker's queues, check the packs (their cards, weights and templates) and the
+    gate's card."""
     # `predraft serve` imports this module to install its StopSignals before anything slow: SQLAlchemy's ORM,
     # pydicom, numpy and Jinja load here, inside StopSignals.interruptible(), where a Ctrl-C stops serve at once
     from predraft.core import db  # here, not at the top: the ORM, pydicom, Jinja (see above)
     from predraft.models.scope import check_gate_card
-    from predraft.reporting.text import check_templates
+    from predraft.reporting.text import check_pack_templates
     from predraft.workers.queues import declare_queues
 
     db.upgrade(settings.database_url)
     declare_queues(settings.broker_url, QUEUES)  # before the parts start: none of them races to create one
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
-    load_card(settings.model.card_path)
+    check_pack_templates(settings.model.packs(verify_weights=True), settings.report.template_dir)
     check_gate_card(load_task_card(settings.model.gate_card_path)[0])
-    check_templates(settings.report.template_dir)
 
 
 @dataclass

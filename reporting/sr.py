@@ -5,12 +5,12 @@ Content tree (TID 2000 style)::
     CONTAINER  LN 18748-4 Diagnostic Imaging Report
       HAS OBS CONTEXT   observer type Device, its UID, name, manufacturer, model
       CONTAINS CONTAINER DCM 121070 Findings
-        CONTAINS TEXT   DCM 121071 Finding: one sentence per hip
+        CONTAINS TEXT   DCM 121071 Finding: one sentence per side (a hip, a shoulder)
           HAS CONCEPT MOD CODE SCT 272741003 Laterality (when the side is known)
         CONTAINS CODE   DCM 121071 Finding: the hardware class code, or 99PREDRAFT INDET
           HAS CONCEPT MOD CODE Laterality
           HAS PROPERTIES  NUM 99PREDRAFT PROB: the aggregated probability
-          INFERRED FROM   IMAGE: each source image of that hip
+          INFERRED FROM   IMAGE: each source image of that side
       CONTAINS CONTAINER DCM 121072 Impressions
         CONTAINS TEXT   DCM 121073 Impression
       CONTAINS TEXT     DCM 121106 Comment: the unverified-AI-draft line
@@ -44,10 +44,11 @@ from pydicom.valuerep import DT, TM, validate_value
 
 import predraft
 from predraft.models.card import ModelCard
+from predraft.models.pack import Pack
 from predraft.models.taxonomy import Side
 from predraft.reporting.aggregate import SideFinding
-from predraft.reporting.text import DraftText
-from predraft.reporting.wording import CODES, INDETERMINATE_CODE, PRIVATE_SCHEME, PROBABILITY_CODE
+from predraft.reporting.text import DraftText, Section
+from predraft.reporting.wording import PRIVATE_SCHEME, PROBABILITY_CODE, as_code, finding_code
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,9 @@ def _laterality(side: Side) -> hd.sr.CodeContentItem | None:
     )
 
 
-def _finding_items(finding: SideFinding, sentence: str, sop_classes: dict[str, str]) -> list[hd.sr.ContentItem]:
+def _finding_items(
+    pack: Pack, finding: SideFinding, sentence: str, sop_classes: dict[str, str]
+) -> list[hd.sr.ContentItem]:
     laterality = _laterality(finding.side)
     text = hd.sr.TextContentItem(
         name=codes.DCM.Finding, value=sentence, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
@@ -246,7 +249,7 @@ def _finding_items(finding: SideFinding, sentence: str, sop_classes: dict[str, s
         text.ContentSequence = hd.sr.ContentSequence([laterality])
     coded = hd.sr.CodeContentItem(
         name=codes.DCM.Finding,
-        value=INDETERMINATE_CODE if finding.hardware is None else CODES[finding.hardware],
+        value=finding_code(pack, finding.hardware),
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
     # A second laterality item (the first is the text's): not None, since the side is the same.
@@ -277,9 +280,8 @@ def _finding_items(finding: SideFinding, sentence: str, sop_classes: dict[str, s
 def build_draft_sr(
     *,
     evidence: Sequence[Dataset],
-    findings: Sequence[SideFinding],
+    sections: Sequence[Section],
     text: DraftText,
-    model: ModelCard,
     series_instance_uid: str,
     sop_instance_uid: str,
     series_number: int = 9901,
@@ -287,12 +289,15 @@ def build_draft_sr(
 ) -> hd.sr.ComprehensiveSR:
     """Build the unverified draft SR in the evidence's study, referencing every evidence image.
 
-    ``evidence`` are the source images' headers (pixel data not needed); ``findings`` and ``text``
-    say the same thing, once coded and once as prose. ``previous_versions`` are earlier drafts of the
-    same study that this one supersedes (Predecessor Documents Sequence).
+    ``evidence`` are the source images' headers (pixel data not needed); ``sections`` (one per pack, each with
+    its model and side findings) and ``text`` say the same thing, once coded and once as prose. The title is the
+    first section's pack's; each section's model is a device observer and a contributing equipment item.
+    ``previous_versions`` are earlier drafts of the same study that this one supersedes (Predecessor Documents
+    Sequence).
     """
     if not evidence:
         raise ValueError("build_draft_sr needs at least one evidence dataset")
+    findings = [finding for section in sections for finding in section.findings]
     if not findings:
         raise ValueError("build_draft_sr needs at least one finding")
     study_uids = {str(ds.StudyInstanceUID) for ds in evidence}
@@ -304,15 +309,24 @@ def build_draft_sr(
     if missing:
         raise ValueError(f"findings reference images not in the evidence: {sorted(missing)}")
 
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=device_uid(model), name=model.name, manufacturer_name=MANUFACTURER, model_name=model.display_name
-        ),
-    )
+    models = list({device_uid(section.model): section.model for section in sections}.values())
+    observers: list[hd.sr.ContentItem] = []
+    for model in models:
+        context = hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=device_uid(model),
+                name=model.name,
+                manufacturer_name=MANUFACTURER,
+                model_name=model.display_name,
+            ),
+        )
+        observers.extend([*context])
     finding_items: list[hd.sr.ContentItem] = []
-    for finding in findings:
-        finding_items.extend(_finding_items(finding, text.side_sentences[finding.side], sop_classes))
+    for section in sections:
+        for finding in section.findings:
+            sentence = text.side_sentences[(section.pack.name, finding.side)]
+            finding_items.extend(_finding_items(section.pack, finding, sentence, sop_classes))
     findings_container = hd.sr.ContainerContentItem(
         name=codes.DCM.Findings, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
@@ -334,8 +348,8 @@ def build_draft_sr(
         value=text.disclaimer,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
-    root = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport, template_id="2000")
-    root.ContentSequence = hd.sr.ContentSequence([*observer, findings_container, impressions, comment])
+    root = hd.sr.ContainerContentItem(name=as_code(sections[0].pack.sr_title), template_id="2000")
+    root.ContentSequence = hd.sr.ContentSequence([*observers, findings_container, impressions, comment])
 
     sr = hd.sr.ComprehensiveSR(
         evidence=evidence,
@@ -353,7 +367,7 @@ def build_draft_sr(
     )
     # Set as plain DICOM attributes: highdicom types them as lists of its own item classes.
     dataset: Dataset = sr
-    dataset.ContributingEquipmentSequence = DicomSequence([_algorithm_equipment(model)])
+    dataset.ContributingEquipmentSequence = DicomSequence([_algorithm_equipment(model) for model in models])
     dataset.CodingSchemeIdentificationSequence = DicomSequence([_private_scheme()])
     return sr
 
@@ -361,7 +375,7 @@ def build_draft_sr(
 def _private_scheme() -> Dataset:
     item = Dataset()
     item.CodingSchemeDesignator = PRIVATE_SCHEME
-    item.CodingSchemeName = "predraft hip hardware codes"
+    item.CodingSchemeName = "predraft finding codes"
     item.CodingSchemeResponsibleOrganization = "predraft project"
     return item
 
@@ -483,7 +497,10 @@ def build_review_sr(
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )
     )
-    root = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport, template_id="2000")
+    title = draft_sr.ConceptNameCodeSequence[0]  # the draft's title (its pack's) is the report's
+    root = hd.sr.ContainerContentItem(
+        name=Code(title.CodeValue, title.CodingSchemeDesignator, title.CodeMeaning), template_id="2000"
+    )
     root.ContentSequence = hd.sr.ContentSequence(content)
 
     sr = hd.sr.ComprehensiveSR(

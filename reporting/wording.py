@@ -1,6 +1,7 @@
-"""Report wording and SR codes for each hardware class (docs/clinical.md, "Hardware classes").
+"""SR codes: a pack's codes (models/pack.py) as pydicom codes, and the project's own codes beside them.
 
-Classes without a standard code use the private coding scheme ``99PREDRAFT``:
+Each class's report sentence and SR code is its pack's (``pack.toml``, ``[[classes]]``). Classes without a
+standard code use the private coding scheme ``99PREDRAFT``; the hip pack's are:
 
 | code | meaning |
 |---|---|
@@ -8,42 +9,25 @@ Classes without a standard code use the private coding scheme ``99PREDRAFT``:
 | 99PREDRAFT CANNSCREWS | Cannulated screw fixation of the femoral neck |
 | 99PREDRAFT THAFIX | Total hip arthroplasty with additional femoral fixation |
 | 99PREDRAFT POSTINF | Post-infectious hip (e.g. antibiotic cement spacer) |
-| 99PREDRAFT INDET | Indeterminate, review |
-| 99PREDRAFT PROB | Model probability of the finding |
+| 99PREDRAFT INDET | Indeterminate, review (every pack's default) |
+| 99PREDRAFT PROB | Model probability of the finding (every pack) |
 """
 
 from __future__ import annotations
 
 from pydicom.sr.coding import Code
 
-from predraft.models.taxonomy import HardwareClass
+from predraft.models.pack import PRIVATE_SCHEME, Pack, PackCode
 
-PRIVATE_SCHEME = "99PREDRAFT"
+__all__ = ["PRIVATE_SCHEME", "PROBABILITY_CODE", "as_code", "finding_code"]
 
-SENTENCES: dict[HardwareClass, str] = {
-    HardwareClass.NONE: "No orthopedic hardware.",
-    HardwareClass.THA: "Total hip arthroplasty.",
-    HardwareClass.HEMI: "Hemiarthroplasty.",
-    HardwareClass.IMN: "Intramedullary nail fixation of the proximal femur.",
-    HardwareClass.CANNULATED_SCREWS: "Cannulated screw fixation of the femoral neck.",
-    HardwareClass.DHS: "Sliding (dynamic) hip screw fixation.",
-    HardwareClass.PLATE: "Lateral blade or plate fixation of the proximal femur.",
-    HardwareClass.THA_PLUS_FIXATION: "Total hip arthroplasty with additional femoral fixation (plate and/or cerclage).",
-    HardwareClass.POST_INFECTIOUS: "Post-infectious hip (e.g. antibiotic cement spacer).",
-}
-
-CODES: dict[HardwareClass, Code] = {
-    HardwareClass.NONE: Code("NONE", PRIVATE_SCHEME, "No orthopedic hardware"),
-    HardwareClass.THA: Code("304120007", "SCT", "Total hip replacement prosthesis"),
-    HardwareClass.HEMI: Code("304121006", "SCT", "Femoral head prosthesis"),
-    HardwareClass.IMN: Code("63289001", "SCT", "Bone nail"),
-    HardwareClass.CANNULATED_SCREWS: Code("CANNSCREWS", PRIVATE_SCHEME, "Cannulated screw fixation of femoral neck"),
-    HardwareClass.DHS: Code("257327003", "SCT", "Dynamic hip screw plate"),
-    HardwareClass.PLATE: Code("271003", "SCT", "Bone plate"),
-    HardwareClass.THA_PLUS_FIXATION: Code("THAFIX", PRIVATE_SCHEME, "Total hip arthroplasty with femoral fixation"),
-    HardwareClass.POST_INFECTIOUS: Code("POSTINF", PRIVATE_SCHEME, "Post-infectious hip"),
-}
-
-INDETERMINATE_CODE = Code("INDET", PRIVATE_SCHEME, "Indeterminate, review")
 PROBABILITY_CODE = Code("PROB", PRIVATE_SCHEME, "Model probability of the finding")
-INDETERMINATE_SENTENCE = "Indeterminate, review."
+
+
+def as_code(code: PackCode) -> Code:
+    return Code(code.value, code.scheme, code.meaning)
+
+
+def finding_code(pack: Pack, name: str | None) -> Code:
+    """The SR code of class ``name`` of ``pack``; the pack's indeterminate code for None."""
+    return as_code(pack.code(name))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the bundled demo model (models/demo/) and its evaluation (docs/evaluation/demo/), step by step as
+# Reproduces the bundled demo model (models/packs/hip/) and its evaluation (docs/evaluation/demo/), step by step as
 # it was made: phantoms, then four training runs on phantoms, each starting from the last one's weights (1.1.0),
 # then a fifth on phantoms and FracAtlas hips together (2.0.0), each evaluated on 500 fresh phantom studies
 # from a seed not used in training, and 2.0.0 on FracAtlas hips it never saw. The runs chain: 1 from random
@@ -9,8 +9,8 @@
 #   DEVICE=cuda JOBS=16 bash scripts/train_demo.sh
 #
 # Everything goes under var/ (about 6 GB of phantoms); nothing is downloaded. The last step copies nothing:
-# compare var/runs/demo-4/card.json and var/evaluation/demo with models/demo/ and docs/evaluation/demo/,
-# then copy weights.safetensors and card.json into models/demo/ yourself.
+# compare var/runs/demo-4/card.json and var/evaluation/demo with models/packs/hip/ and docs/evaluation/demo/,
+# then copy weights.safetensors and card.json into models/packs/hip/ yourself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PREDRAFT=${PREDRAFT:-.venv/bin/predraft}

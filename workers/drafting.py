@@ -17,12 +17,12 @@ from predraft.core.events import record_event
 from predraft.core.schema import Draft, Instance, Prediction, Study, utcnow
 from predraft.core.states import EventKind, InstanceState, ReportKind, StudyState
 from predraft.listener.spool import Spool
-from predraft.models.card import ModelCard
-from predraft.models.taxonomy import HardwareClass, Side, View
+from predraft.models.pack import InstalledPack
+from predraft.models.taxonomy import Side, View
 from predraft.reporting.age import is_child
 from predraft.reporting.aggregate import AggregationRule, HipObservation, aggregate
 from predraft.reporting.sr import build_draft_sr
-from predraft.reporting.text import render_draft, template_environment
+from predraft.reporting.text import Section, render_draft, template_environment
 
 
 @dataclass(frozen=True)
@@ -37,18 +37,20 @@ def draft_study(
     *,
     study: Study,
     generation: int,
-    model: ModelCard,
+    pack: InstalledPack,
     spool: Spool,
     rule: AggregationRule | None = None,
     template_dir: Path | None = None,
 ) -> DraftOutcome:
-    """Draft ``study`` for ``generation`` with predictions of ``model``, combined by ``rule``, worded by the
-    templates (the site's ``template_dir`` first).
+    """Draft ``study`` for ``generation`` with the predictions of ``pack``'s model, combined by ``rule`` (default:
+    the pack's own), worded by the pack's classes and templates (the site's ``template_dir`` first, then the
+    pack's, then the base ones).
 
     Idempotent: a draft already recorded for this generation is returned as it is. A study with no
     classified image ends OUT_OF_SCOPE (nothing was a hip or pelvis radiograph) or ERROR. A draft of a
     later generation supersedes the previous one: its SR lists it in the Predecessor Documents Sequence.
     """
+    model = pack.card
     existing = session.scalar(
         select(Draft).where(Draft.study_id == study.id, Draft.generation == generation, Draft.kind == ReportKind.DRAFT)
     )
@@ -82,21 +84,22 @@ def draft_study(
             instance.sop_instance_uid,
             Side(prediction.side),
             View(prediction.view),
-            {HardwareClass(key): value for key, value in prediction.probabilities.items()},
+            dict(prediction.probabilities),
             prediction.metal_present,
         )
         for prediction, instance in rows
     ]
+    rule = rule or AggregationRule.from_pack(pack.pack.aggregation, pack.pack.no_finding)
     findings = aggregate(observations, threshold=model.threshold, class_thresholds=model.class_thresholds, rule=rule)
+    sections = [Section(pack.pack, model, findings)]
     instances = list(dict.fromkeys(instance for _, instance in rows))
     evidence = [pydicom.dcmread(instance.spool_path, stop_before_pixels=True) for instance in instances]
     patient_is_child = any(is_child(ds) for ds in evidence)
     text = render_draft(
-        findings,
-        model=model,
+        sections,
         study_description=study.study_description,
         patient_is_child=patient_is_child,
-        environment=template_environment(template_dir),
+        environment=template_environment(template_dir, pack.templates),
     )
 
     previous = session.scalar(
@@ -112,9 +115,8 @@ def draft_study(
     series_uid = generate_uid(entropy_srcs=[*entropy, "series"])
     sr = build_draft_sr(
         evidence=evidence,
-        findings=findings,
+        sections=sections,
         text=text,
-        model=model,
         series_instance_uid=series_uid,
         sop_instance_uid=sr_uid,
         previous_versions=predecessors,
@@ -127,19 +129,24 @@ def draft_study(
         text=text.full,
         findings=[
             {
+                "pack": pack.name,
+                "label": pack.pack.label(f.hardware),
+                "class_labels": {c.name: c.label for c in pack.pack.classes},
                 "side": f.side.value,
-                "hardware": f.hardware.value if f.hardware else None,
-                "top_class": f.top_class.value,
+                "side_label": pack.pack.sides[f.side],
+                "hardware": f.hardware,
+                "top_class": f.top_class,
                 "probability": round(f.probability, 4),
                 "views": [v.value for v in f.views],
                 "reason": f.reason,
                 "metal": f.metal,
-                "probabilities": {c.value: round(float(p), 4) for c, p in f.probabilities.items()},
+                "probabilities": {c: round(float(p), 4) for c, p in f.probabilities.items()},
             }
             for f in findings
         ],
         model_name=model.name,
         model_version=model.version,
+        pack=pack.name,
         sr_sop_instance_uid=sr_uid,
         kind=ReportKind.DRAFT,
         synthetic_demo=model.synthetic_demo,

@@ -32,6 +32,7 @@ from predraft.core.states import FINISHED_INSTANCE_STATES, EventKind, InstanceSt
 from predraft.listener.spool import Spool
 from predraft.models.card import ModelCard, load_card
 from predraft.models.factory import Classifier, load_classifier
+from predraft.models.pack import InstalledPack
 from predraft.models.prepare import HipImage, OutOfScopeError
 from predraft.workers.app import CLASSIFY, DRAFT, PREPARE
 from predraft.workers.batcher import MicroBatcher
@@ -283,7 +284,7 @@ def _classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]
         # that last classified it (see predraft.workers.dispatch.reclassify_stale_instances).
         session.execute(delete(Prediction).where(Prediction.instance_id == instance_id))
         for hip, row in zip(hips, probabilities, strict=True):
-            scores = {cls.value: float(p) for cls, p in zip(card.classes, row, strict=True)}
+            scores = {name: float(p) for name, p in zip(card.classes, row, strict=True)}
             top = max(scores, key=lambda key: scores[key])
             session.add(
                 Prediction(
@@ -310,7 +311,7 @@ def _classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]
 
 
 def _write_draft(
-    session: Session, *, study: Study, generation: int, settings: Settings, card: ModelCard
+    session: Session, *, study: Study, generation: int, settings: Settings, pack: InstalledPack
 ) -> tuple[int | None, dict[str, str], float | None]:
     """Draft the locked ``study`` for ``generation`` and queue its exports, in the caller's transaction.
 
@@ -325,9 +326,9 @@ def _write_draft(
             session,
             study=study,
             generation=generation,
-            model=card,
+            pack=pack,
             spool=Spool(settings.spool_dir),
-            rule=settings.report.aggregation_rule,
+            rule=settings.report.aggregation_rule(pack.pack),
             template_dir=settings.report.template_dir,
         )
     except OperationalError:
@@ -365,7 +366,8 @@ def draft(self: Task, study_id: int, generation: int) -> None:
 
 def _draft(self: Task, study_id: int, generation: int) -> None:
     settings = _settings()
-    card = _card(settings.model.card_path)
+    pack = settings.model.hip_pack
+    card = pack.card
     draft_id: int | None = None
     exports: dict[str, str] = {}
     time_to_draft: float | None = None
@@ -380,7 +382,7 @@ def _draft(self: Task, study_id: int, generation: int) -> None:
         prepare_ids = stamp_dispatch(session, Instance, stale)
         if not stale:
             draft_id, exports, time_to_draft = _write_draft(
-                session, study=study, generation=generation, settings=settings, card=card
+                session, study=study, generation=generation, settings=settings, pack=pack
             )
     if stale:  # committed: the study is READY again, and drafts once these are classified by this model
         log.info(

@@ -28,6 +28,7 @@ from predraft.cli.demo import demo
 from predraft.cli.evaluate_real import evaluate_real
 from predraft.cli.holdout import holdout
 from predraft.cli.models import models
+from predraft.cli.packs import packs
 from predraft.cli.phantoms import phantoms
 from predraft.cli.queue import queue
 from predraft.cli.services import listen, serve, web, worker
@@ -41,7 +42,7 @@ from predraft.cli.workers import workers
 @click.group()
 @click.version_option(predraft.__version__, prog_name="predraft")
 def cli() -> None:
-    """predraft: drafts hip hardware reports from radiographs sent by a PACS."""
+    """predraft: drafts orthopedic hardware reports from radiographs sent by a PACS, one pack per body region."""
 
 
 for command in (
@@ -53,6 +54,7 @@ for command in (
     studies,
     demo,
     models,
+    packs,
     phantoms,
     train,
     train_task,

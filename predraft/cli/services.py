@@ -135,8 +135,8 @@ def worker(queues: str, concurrency: int | None, metrics_port: int | None) -> No
     """Run a Celery worker on the given queues."""
     from predraft.core.bootstrap import configure_logging
     from predraft.core.metrics import serve_metrics
-    from predraft.models.card import ModelCardError, load_card
-    from predraft.reporting.text import TemplateCheckError, check_templates
+    from predraft.models.card import ModelCardError
+    from predraft.reporting.text import TemplateCheckError, check_pack_templates
     from predraft.workers.app import QUEUES, create_celery
 
     settings = load_settings_with_schema()
@@ -145,14 +145,16 @@ def worker(queues: str, concurrency: int | None, metrics_port: int | None) -> No
     if unknown:
         raise click.ClickException(f"unknown queue(s) {sorted(unknown)}; known: {', '.join(QUEUES)}")
     try:
-        load_card(settings.model.card_path, verify_weights="classify" in queues)
+        packs = settings.model.packs(verify_weights="classify" in queues)  # every pack's card (PackError: ValueError)
         if "prepare" in queues:  # the gate card, its weights and its tasks, checked here (without torch)
             from predraft.models.scope import check_gate_card
             from predraft.models.taskcard import load_task_card
 
             check_gate_card(load_task_card(settings.model.gate_card_path)[0])
         if "draft" in queues:
-            check_templates(settings.report.template_dir)  # a broken site template stops the worker here, not a report
+            check_pack_templates(
+                packs, settings.report.template_dir
+            )  # a broken template stops the worker, not a report
     except (ModelCardError, TemplateCheckError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     try:

@@ -115,7 +115,8 @@ def show_command(study_uid: str, as_json: bool) -> int:
         click.echo("No draft.")
     else:
         click.echo(
-            f"\nDraft (generation {draft['generation']}, {draft['model']}), SR {draft['sr_sop_instance_uid']}"
+            f"\nDraft (pack {draft['pack']}, generation {draft['generation']}, {draft['model']}), "
+            f"SR {draft['sr_sop_instance_uid']}"
             f"\n  stored at {draft['sr_path']}\n"
         )
         click.echo(draft["text"])

@@ -18,6 +18,13 @@ from pydantic import ValidationError
     type=click.Path(file_okay=False, path_type=Path),
     help="Run folder: split, checkpoint, history, then weights.safetensors and card.json.",
 )
+@click.option(
+    "--pack",
+    "pack_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="The pack the model is for (a folder with its pack.toml): its classes, in its order, are the labels' "
+    "vocabulary and the model's outputs [default: the bundled hip pack's nine classes].",
+)
 @click.option("--architecture", default="tf_efficientnet_b4", show_default=True, help="timm model name.")
 @click.option("--input-size", default=380, show_default=True, type=int, help="Square input edge in pixels.")
 @click.option("--head-epochs", default=4, show_default=True, type=int, help="Epochs on the classifier head alone.")
@@ -43,6 +50,7 @@ from pydantic import ValidationError
 def train(
     data: Path,
     out_dir: Path,
+    pack_dir: Path | None,
     architecture: str,
     input_size: int,
     head_epochs: int,
@@ -66,14 +74,22 @@ def train(
 
     Patient-level 70/10/20 split stratified by class, head-only then whole-network fine-tuning with
     one-cycle learning rates and the paper's augmentations, class-balanced sampling, bf16 on CUDA, a
-    checkpoint every epoch; at the end, temperature and per-class thresholds fitted on validation.
+    checkpoint every epoch; at the end, temperature and per-class thresholds fitted on validation. With --pack,
+    the classes are that pack's; copy card.json and weights.safetensors from --out into the pack's folder and run
+    ``predraft packs check`` on it.
     """
     from predraft.models.datasets import LabelsError
+    from predraft.models.pack import BUNDLED_PACKS, DEFAULT_PACK, PackError, read_pack
     from predraft.models.training import TrainingConfig, TrainingError
     from predraft.models.training import train as run_training
 
     try:
+        classes = read_pack(pack_dir or BUNDLED_PACKS / DEFAULT_PACK).class_names
+    except PackError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
         config = TrainingConfig(
+            classes=classes,
             architecture=architecture,
             input_size=input_size,
             head_epochs=head_epochs,

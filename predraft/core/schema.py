@@ -179,6 +179,8 @@ class Draft(Base):
     findings: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     model_name: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(64))
+    #: The packs whose findings the draft holds, in the order of its sections, joined by ", " (predraft.models.pack).
+    pack: Mapped[str] = mapped_column(String(128), default="hip", server_default="hip")
     sr_sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     sr_series_uid: Mapped[str] = mapped_column(String(64))
     sr_path: Mapped[str] = mapped_column(Text)

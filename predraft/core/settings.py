@@ -46,10 +46,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from predraft.models.card import DEMO_MODEL_CARD
+from predraft.models.pack import InstalledPack, Pack, PackError, PackRegistry, installed_packs
+from predraft.models.scope import GATE_CLASS
 from predraft.models.taskcard import GATE_CARD
 from predraft.models.taxonomy import View
-from predraft.reporting.aggregate import DEFAULT_VIEW_WEIGHTS, AggregationRule
+from predraft.reporting.aggregate import AggregationRule
 
 CONFIG_ENV_VAR = "PREDRAFT_CONFIG"
 #: Every setting's environment variable is this prefix and its flat name upper-cased (:data:`FLAT_FIELDS`).
@@ -522,7 +523,13 @@ class ModelSettings(_Area):
 
     card: Path | None = Field(
         None,
-        description="Model card (JSON) beside its safetensors weights; default the bundled demo model (phantoms only)",
+        description="Model card (JSON) beside its safetensors weights for the bundled hip pack; default the pack's "
+        "own, the demo model (phantoms and public radiographs; not for clinical use)",
+    )
+    packs_dir: Path | None = Field(
+        None,
+        description="A site's folder of packs (one folder each, with its pack.toml, card and weights); a site's pack "
+        "reads its regions before a bundled one (predraft.models.pack)",
     )
     gate_card: Path | None = Field(
         None,
@@ -546,67 +553,84 @@ class ModelSettings(_Area):
 
     @model_validator(mode="after")
     def _absolute_card(self) -> ModelSettings:
-        """A configured model card is made absolute against the working directory (the gate's is taken as given)."""
+        """A configured model card and packs folder are made absolute against the working directory (the gate's
+        card is taken as given); the packs folder must exist."""
         if self.card is not None:
             self.card = self.card.expanduser().absolute()
+        if self.packs_dir is not None:
+            self.packs_dir = self.packs_dir.expanduser().absolute()
+            if not self.packs_dir.is_dir():
+                raise ValueError(f"packs_dir {self.packs_dir} is not a folder")
         return self
+
+    def packs(self, *, verify_weights: bool = False) -> PackRegistry:
+        """The installed packs: the bundled ones (the hip pack's card replaced by ``card`` when set) and the site's
+        from ``packs_dir``; read from their files on each call, so a changed pack is seen. PackError if one is
+        unusable."""
+        return installed_packs(self.packs_dir, default_card=self.card, verify_weights=verify_weights)
+
+    @property
+    def hip_pack(self) -> InstalledPack:
+        """The pack that reads hips and pelves (a site's before the bundled one)."""
+        installed = self.packs().for_region(GATE_CLASS)
+        if installed is None:  # the bundled hip pack reads it, so only a broken installation gets here
+            raise PackError(f"no installed pack reads the region {GATE_CLASS!r}")
+        return installed
 
     @property
     def card_path(self) -> Path:
-        """The model card in use: the configured one, or the embedded demo model's."""
-        return self.card or self.demo_card_path
+        """The card of the model that reads hips: the hip pack's (:attr:`hip_pack`)."""
+        return self.hip_pack.card_path
 
     @property
     def gate_card_path(self) -> Path:
         """The gate card in use: the configured one, or the bundled gate's (``models/gate/card.json``)."""
         return self.gate_card or GATE_CARD
 
-    @property
-    def demo_card_path(self) -> Path:
-        """The bundled demo model's card (``models/demo/card.json``): trained on phantoms, never clinical."""
-        return DEMO_MODEL_CARD
-
-    @property
-    def uses_demo_model(self) -> bool:
-        """Whether no model card is configured, so the demo model (phantoms only) drafts."""
-        return self.card is None
-
 
 class ReportSettings(_Area):
-    """How a draft is written (``predraft.reporting``): the site's templates and how views combine per hip."""
+    """How a draft is written (``predraft.reporting``): the site's templates and how views combine per side, over
+    each pack's defaults."""
 
     template_dir: Path | None = Field(
         None, description="Site folder of report templates; a file there replaces the packaged one of that name."
     )
     aggregation_view_weights: dict[View, float] = Field(
-        default_factory=lambda: dict(DEFAULT_VIEW_WEIGHTS),
-        description="Weight of each view when a hip's images are combined (views not named keep their default).",
+        default_factory=dict,
+        description="Weight of each view when a side's images are combined, over the pack's (views not named keep "
+        "the pack's weight).",
     )
-    aggregation_disagreement_margin: float = Field(
-        0.25, ge=0, lt=1, description="How much more an image may prefer its own class before the views disagree."
-    )
-    aggregation_hard_pair_margin: float = Field(
-        0.15,
+    aggregation_disagreement_margin: float | None = Field(
+        None,
         ge=0,
         lt=1,
-        description="The same margin for the hard pairs (THA/hemi, post-infectious/THA+fixation), and the lead "
-        "the top class of a hard pair needs over the other.",
+        description="How much more an image may prefer its own class before the views disagree (default: the "
+        "pack's; the hip's 0.25).",
+    )
+    aggregation_hard_pair_margin: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="The same margin for the pack's hard pairs (the hip's THA/hemi, post-infectious/THA+fixation), "
+        "and the lead the top class of a hard pair needs over the other (default: the pack's; the hip's 0.15).",
     )
 
     @model_validator(mode="after")
     def _check_templates_and_rule(self) -> ReportSettings:
-        """A template folder is made absolute and must exist; the weights and margins make a valid rule."""
+        """A template folder is made absolute and must exist; the view weights must be positive."""
         if self.template_dir is not None:
             self.template_dir = self.template_dir.expanduser().absolute()
             if not self.template_dir.is_dir():
                 raise ValueError(f"template_dir {self.template_dir} is not a folder")
-        self.aggregation_rule  # noqa: B018 -- validates the weights and margins together
+        AggregationRule(view_weights=self.aggregation_view_weights)  # validates the weights
         return self
 
-    @property
-    def aggregation_rule(self) -> AggregationRule:
-        """The rule that combines a hip's views (:mod:`predraft.reporting.aggregate`)."""
-        return AggregationRule(
+    def aggregation_rule(self, pack: Pack) -> AggregationRule:
+        """The rule that combines the views of one side read by ``pack`` (:mod:`predraft.reporting.aggregate`):
+        the pack's defaults with this site's overrides."""
+        return AggregationRule.from_pack(
+            pack.aggregation,
+            pack.no_finding,
             view_weights=self.aggregation_view_weights,
             disagreement_margin=self.aggregation_disagreement_margin,
             hard_pair_margin=self.aggregation_hard_pair_margin,
@@ -701,6 +725,7 @@ FLAT_FIELDS: dict[str, tuple[str, ...]] = {
     "sweep_stale_seconds": ("workers", "sweep_stale_seconds"),
     "model": ("model", "card"),
     "gate_model": ("model", "gate_card"),
+    "packs_dir": ("model", "packs_dir"),
     "device": ("model", "device"),
     "voi_window_index": ("model", "voi_window_index"),
     "classify_batch_size": ("model", "classify_batch_size"),

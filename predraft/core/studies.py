@@ -115,6 +115,7 @@ def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
             "sr_sop_instance_uid": draft.sr_sop_instance_uid,
             "sr_path": draft.sr_path,
             "model": f"{draft.model_name} {draft.model_version}",
+            "pack": draft.pack,
             "text": draft.text,
             "exports": [export_detail(export) for export in draft.exports],
         },

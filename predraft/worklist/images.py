@@ -68,7 +68,7 @@ class HipImages:
         """The PNG file of the Grad-CAM overlay of class ``hardware`` on the hip, made on first request."""
         side_value = _side(side)
         card = self.card()
-        classes = [c.value for c in card.classes]
+        classes = list(card.classes)
         if hardware not in classes:
             raise ImageUnavailable(f"class {hardware!r} is not among the classes of {card.display_name}")
         target = (

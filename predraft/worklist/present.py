@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, overload
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, overload
 
 from predraft.core.clock import as_utc
 from predraft.core.states import StudyState
-from predraft.models.taxonomy import HardwareClass, Side, View
+from predraft.models.pack import DEFAULT_PACK, PackError, bundled_pack
+from predraft.models.taxonomy import Side, View
 
 if TYPE_CHECKING:
     from predraft.core.schema import Study
@@ -34,17 +37,6 @@ def worklist_state(state: str, prepared: bool) -> WorklistState:
     return WorklistState(state)
 
 
-HARDWARE_LABELS: dict[str, str] = {
-    HardwareClass.NONE: "No hardware",
-    HardwareClass.THA: "THA",
-    HardwareClass.HEMI: "Hemiarthroplasty",
-    HardwareClass.IMN: "IM nail",
-    HardwareClass.CANNULATED_SCREWS: "Cannulated screws",
-    HardwareClass.DHS: "DHS",
-    HardwareClass.PLATE: "Plate",
-    HardwareClass.THA_PLUS_FIXATION: "THA + fixation",
-    HardwareClass.POST_INFECTIOUS: "Post-infectious",
-}
 SIDE_LABELS = {Side.RIGHT: "Right", Side.LEFT: "Left", Side.UNKNOWN: "Side?"}
 SIDE_SHORT = {Side.RIGHT: "R", Side.LEFT: "L", Side.UNKNOWN: "?"}
 VIEW_SHORT = {
@@ -56,10 +48,23 @@ VIEW_SHORT = {
 }
 
 
-def hardware_label(value: str | None) -> str:
+def hardware_label(value: str | None, finding: Mapping[str, Any] | None = None) -> str:
+    """How the worklist names class ``value`` of a draft's ``finding``: by the labels its pack gave when it was
+    drafted (``class_labels``), else by the bundled pack's of that name (drafts made before packs recorded them),
+    else by the class name itself."""
     if value is None:
         return "Indeterminate"
-    return HARDWARE_LABELS.get(value, value)
+    recorded = (finding or {}).get("class_labels") or _bundled_labels((finding or {}).get("pack") or DEFAULT_PACK)
+    return str(recorded.get(value, value))
+
+
+@lru_cache(maxsize=8)
+def _bundled_labels(pack: str) -> dict[str, str]:
+    try:
+        installed = bundled_pack(pack)
+    except (PackError, OSError):
+        return {}
+    return {c.name: c.label for c in installed.pack.classes}
 
 
 def side_label(value: str | None) -> str:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from predraft.core.schema import Draft, Review, Study, utcnow
 from predraft.core.states import ReportKind, ReviewAction
+from predraft.models.pack import DEFAULT_PACK
 from predraft.worklist import present
 
 DAYS = 30
@@ -55,32 +56,41 @@ def statistics(session: Session, *, today: date | None = None) -> dict[str, Any]
     today = today or utcnow().date()
     first_day = today - timedelta(days=DAYS - 1)
     per_day: Counter[date] = Counter()
-    per_class: dict[str, Counter[str]] = defaultdict(Counter)
-    per_class_drafts: Counter[str] = Counter()
+    per_class: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    per_class_drafts: Counter[tuple[str, str]] = Counter()
+    class_label: dict[tuple[str, str], str] = {}
+    per_pack: dict[str, Counter[str]] = defaultdict(Counter)
+    per_pack_drafts: Counter[str] = Counter()
     per_model: dict[str, Counter[str]] = defaultdict(Counter)
     per_model_drafts: Counter[str] = Counter()
     overall: Counter[str] = Counter()
     total = 0
     rows = session.execute(
-        select(Draft.created_at, Draft.findings, Draft.model_name, Draft.model_version, Review.action)
+        select(Draft.created_at, Draft.findings, Draft.model_name, Draft.model_version, Draft.pack, Review.action)
         .outerjoin(Review, Review.draft_id == Draft.id)
         .where(Draft.kind == ReportKind.DRAFT)
     )
-    for created_at, findings, model_name, model_version, action in rows:
+    for created_at, findings, model_name, model_version, packs, action in rows:
         total += 1
         day = present.utc(created_at).date()
         if day >= first_day:
             per_day[day] += 1
         model = f"{model_name} {model_version}"
         per_model_drafts[model] += 1
-        classes = {finding.get("hardware") or "indeterminate" for finding in findings or []}
-        for hardware in classes:
-            per_class_drafts[hardware] += 1
+        per_pack_drafts[packs] += 1
+        classes: set[tuple[str, str]] = set()
+        for finding in findings or []:
+            key = (finding.get("pack") or DEFAULT_PACK, finding.get("hardware") or "indeterminate")
+            classes.add(key)
+            class_label.setdefault(key, present.hardware_label(finding.get("hardware"), finding))
+        for key in classes:
+            per_class_drafts[key] += 1
         if action is not None:
             overall[action] += 1
             per_model[model][action] += 1
-            for hardware in classes:
-                per_class[hardware][action] += 1
+            per_pack[packs][action] += 1
+            for key in classes:
+                per_class[key][action] += 1
 
     seconds = [
         (present.utc(drafted) - present.utc(last)).total_seconds()
@@ -105,11 +115,15 @@ def statistics(session: Session, *, today: date | None = None) -> dict[str, Any]
         "overall": _rates(overall, total),
         "per_class": [
             {
-                "class": hardware,
-                "label": present.hardware_label(None if hardware == "indeterminate" else hardware),
-                **_rates(per_class[hardware], per_class_drafts[hardware]),
+                "pack": key[0],
+                "class": key[1],
+                "label": class_label[key],
+                **_rates(per_class[key], per_class_drafts[key]),
             }
-            for hardware in sorted(per_class_drafts, key=lambda h: -per_class_drafts[h])
+            for key in sorted(per_class_drafts, key=lambda k: (-per_class_drafts[k], k))
+        ],
+        "per_pack": [
+            {"pack": packs, **_rates(per_pack[packs], per_pack_drafts[packs])} for packs in sorted(per_pack_drafts)
         ],
         "per_model": [
             {"model": model, **_rates(per_model[model], per_model_drafts[model])} for model in sorted(per_model_drafts)

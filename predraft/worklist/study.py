@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from predraft.core.schema import Draft, Instance, Review, Study, User
 from predraft.core.states import ReportKind, StudyState
 from predraft.core.studies import export_detail, latest_draft
-from predraft.models.taxonomy import STRUCTURED_REPORT_SOP_CLASSES, HardwareClass, Side
+from predraft.models.taxonomy import STRUCTURED_REPORT_SOP_CLASSES, Side
 from predraft.worklist import present
 from predraft.worklist.worklist import finding_summary
 
@@ -58,9 +58,12 @@ def _draft(draft: Draft) -> dict[str, Any]:
         probabilities = finding.get("probabilities") or {finding.get("top_class"): finding.get("probability", 0.0)}
         summary["bars"] = sorted(
             (
-                {"label": present.hardware_label(key), "value": float(value), "percent": round(100 * float(value))}
+                {
+                    "label": present.hardware_label(key, finding),
+                    "value": float(value),
+                    "percent": round(100 * float(value)),
+                }
                 for key, value in probabilities.items()
-                if key in set(HardwareClass)
             ),
             key=lambda bar: -bar["value"],
         )
@@ -71,6 +74,7 @@ def _draft(draft: Draft) -> dict[str, Any]:
         "text": draft.text,
         "model_name": draft.model_name,
         "model_version": draft.model_version,
+        "pack": draft.pack,
         "synthetic_demo": bool(draft.synthetic_demo),
         "sr_sop_instance_uid": draft.sr_sop_instance_uid,
         "created_at": present.timestamp(draft.created_at),
@@ -102,7 +106,8 @@ def _review(review: Review, user: User) -> dict[str, Any]:
 def _hips(instances: list[Instance], draft: Draft | None) -> list[dict[str, Any]]:
     """One entry per hip seen on an image: from its predictions (an AP pelvis gives right and left), else, for
     an image prepared but not classified yet, from its view and sides."""
-    classes = {} if draft is None else {f.get("side"): f.get("hardware") or f.get("top_class") for f in draft.findings}
+    by_side = {} if draft is None else {f.get("side"): f for f in draft.findings}
+    classes = {side: f.get("hardware") or f.get("top_class") for side, f in by_side.items()}
     hips = []
     for instance in instances:
         if instance.state in {"error", "skipped"}:
@@ -121,7 +126,7 @@ def _hips(instances: list[Instance], draft: Draft | None) -> list[dict[str, Any]
                     "state": instance.state,
                     "overlay_class": hardware,
                     "scope_note": instance.scope_note if instance.scope_flag else None,
-                    "overlay_label": present.hardware_label(hardware) if hardware else None,
+                    "overlay_label": present.hardware_label(hardware, by_side.get(side)) if hardware else None,
                 }
             )
     return hips

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from predraft.core.schema import Draft, Instance, Review, Study, User
 from predraft.core.states import ReportKind, StudyState
+from predraft.models.pack import DEFAULT_PACK
 from predraft.models.scope import ScopeFlag
 from predraft.models.taxonomy import STRUCTURED_REPORT_SOP_CLASSES
 from predraft.worklist import present
@@ -217,9 +218,12 @@ def finding_summary(finding: dict[str, Any]) -> dict[str, Any]:
     reason = str(finding.get("reason") or "")
     return {
         "side": present.side_label(finding.get("side")),
-        "label": present.hardware_label(finding.get("hardware")),
+        # how the pack named the side ("Right hip"); drafts from before packs were all hips
+        "side_name": finding.get("side_label") or f"{present.side_label(finding.get('side'))} hip",
+        "pack": finding.get("pack") or DEFAULT_PACK,
+        "label": present.hardware_label(finding.get("hardware"), finding),
         "probability": float(finding.get("probability") or 0.0),
-        "top_label": present.hardware_label(finding.get("top_class")),
+        "top_label": present.hardware_label(finding.get("top_class"), finding),
         "indeterminate": finding.get("hardware") is None,
         "metal_disagreement": "metal check" in reason,
         "reason": reason,

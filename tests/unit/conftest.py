@@ -117,3 +117,12 @@ def drafting_study(url: str, demo_study, folder: Path, **attributes: str) -> int
         study = session.get(Study, study_id)
         study.state, study.ready_at = StudyState.DRAFTING, utcnow()
     return study_id
+
+
+def hip_pack_for(card):
+    """The bundled hip pack with ``card`` as its model (as PREDRAFT_MODEL makes it)."""
+    import dataclasses
+
+    from predraft.models.pack import bundled_pack
+
+    return dataclasses.replace(bundled_pack(), card=card)

@@ -54,7 +54,7 @@ def test_read_labels_parses_rows(tmp_path: Path) -> None:
     [
         ([["p1", "s1", "a.png", "right", "tha", ""]], ["patient", "study", "image", "side"], "lacks the column"),
         ([["p1", "s1", "a.png", "middle", "tha", ""]], HEADER, "line 2"),
-        ([["p1", "s1", "a.png", "right", "screws", ""]], HEADER, "'screws' is not a valid HardwareClass"),
+        ([["p1", "s1", "a.png", "right", "screws", ""]], HEADER, "class 'screws' is not one of none, tha"),
         ([["p1", "s1", "missing.png", "right", "tha", ""]], HEADER, "missing.png does not exist"),
         (
             [["p1", "s1", "a.png", "right", "tha", ""], ["p1", "s1", "a.png", "right", "none", ""]],
@@ -82,8 +82,10 @@ def test_patient_stratum_is_the_hardware_not_the_native_side() -> None:
         LabelRow("p", "s", "a", Side.RIGHT, HardwareClass.NONE),
         LabelRow("p", "s", "a", Side.LEFT, HardwareClass.DHS),
     ]
-    assert patient_stratum(rows) is HardwareClass.DHS
-    assert patient_stratum(rows[:1]) is HardwareClass.NONE
+    assert patient_stratum(rows) == HardwareClass.DHS
+    assert patient_stratum(rows[:1]) == HardwareClass.NONE
+    # a pack of its own classes: the first is the one a patient falls back to
+    assert patient_stratum(rows, ("none", "dhs")) == "dhs" and patient_stratum(rows[1:], ("dhs", "none")) == "dhs"
 
 
 def _synthetic_rows(per_class: int) -> list[LabelRow]:
@@ -145,7 +147,11 @@ def test_prepare_png_single_hip_and_pelvis(tmp_path: Path) -> None:
     prepared = prepare_images(tmp_path, rows, input_size=32, workers=1, cache_dir=tmp_path / "cache")
     assert prepared.pixels.shape == (3, 32, 32) and prepared.pixels.dtype == np.uint8
     assert prepared.pixels[0].max() == 255 and prepared.pixels[1].max() == 0  # the square is in the right half
-    assert list(prepared.targets) == [CLASS_ORDER.index(HardwareClass.THA), 0, CLASS_ORDER.index(HardwareClass.HEMI)]
+    assert list(prepared.targets(CLASS_ORDER)) == [
+        CLASS_ORDER.index(HardwareClass.THA),
+        0,
+        CLASS_ORDER.index(HardwareClass.HEMI),
+    ]
     cached = list((tmp_path / "cache").glob("prepared-32px-*.npz"))
     assert len(cached) == 1
     again = prepare_images(tmp_path, rows, input_size=32, workers=1, cache_dir=tmp_path / "cache")

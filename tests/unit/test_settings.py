@@ -25,7 +25,6 @@ def test_defaults_put_everything_under_var_dir(clean_settings_env):
     )
     assert (settings.http.host, settings.http.port) == ("127.0.0.1", 8080)
     assert settings.listener.allowed_calling_aes == []
-    assert settings.model.uses_demo_model
     assert settings.model.card_path == DEMO_MODEL_CARD and DEMO_MODEL_CARD.is_file()
 
 
@@ -48,8 +47,7 @@ def test_environment_overrides_defaults(clean_settings_env, monkeypatch):
     assert settings.listener.ae_title == "SITE_AE"
     assert (settings.http.host, settings.http.port) == ("::1", 9090)
     assert settings.listener.allowed_calling_aes == ["PACS_AE", "MODALITY"]
-    assert settings.model.card_path == Path.cwd() / "cards" / "model.json"
-    assert not settings.model.uses_demo_model
+    assert settings.model.card == Path.cwd() / "cards" / "model.json"  # the hip pack's card from now on
 
 
 def test_toml_file_is_read_and_environment_beats_it(clean_settings_env, monkeypatch):

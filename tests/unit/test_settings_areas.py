@@ -85,6 +85,8 @@ FLAT_NAMES_BEFORE_AREAS = [
     "listener_metrics_port",
     "worker_metrics_port",
 ]
+#: Flat names added since, each with its own PREDRAFT_* variable.
+FLAT_NAMES_ADDED = ["packs_dir"]
 
 TLS_FILES = ("tls_certificate", "tls_private_key")
 
@@ -117,6 +119,9 @@ def example_value(name: str, folder: Path) -> tuple[str, Any]:
         "torch_compile": ("true", True),
         "template_dir": (str(folder), folder),
         "aggregation_view_weights": ('{"ap_hip": 2.0}', {View.AP_HIP: 2.0}),
+        "aggregation_disagreement_margin": ("0.3", 0.3),
+        "aggregation_hard_pair_margin": ("0.1", 0.1),
+        "packs_dir": (str(folder), folder),
         "export_destinations": (
             '[{"kind": "dimse", "name": "pacs", "ae_title": "PACS", "host": "pacs", "port": 104}]',
             [{"name": "pacs", "calling_ae": "PREDRAFT"}],
@@ -153,7 +158,7 @@ def assert_holds(settings: Settings, name: str, expected: Any) -> None:
 
 
 def test_flat_names_are_the_names_from_before_the_areas():
-    assert sorted(FLAT_FIELDS) == sorted(FLAT_NAMES_BEFORE_AREAS)
+    assert sorted(FLAT_FIELDS) == sorted(FLAT_NAMES_BEFORE_AREAS + FLAT_NAMES_ADDED)
 
 
 def test_every_area_field_has_exactly_one_flat_name():
@@ -180,7 +185,7 @@ def companions(name: str, folder: Path) -> dict[str, str]:
     return {}
 
 
-@pytest.mark.parametrize("name", FLAT_NAMES_BEFORE_AREAS)
+@pytest.mark.parametrize("name", FLAT_NAMES_BEFORE_AREAS + FLAT_NAMES_ADDED)
 def test_every_flat_environment_variable_still_sets_its_value(clean_settings_env, monkeypatch, site_files, name):
     text, expected = example_value(name, site_files)
     for other, value in {**companions(name, site_files), name: text}.items():
@@ -188,7 +193,7 @@ def test_every_flat_environment_variable_still_sets_its_value(clean_settings_env
     assert_holds(get_settings(), name, expected)
 
 
-@pytest.mark.parametrize("name", FLAT_NAMES_BEFORE_AREAS)
+@pytest.mark.parametrize("name", FLAT_NAMES_BEFORE_AREAS + FLAT_NAMES_ADDED)
 def test_every_flat_keyword_still_sets_its_value(clean_settings_env, site_files, name):
     text, expected = example_value(name, site_files)
     value: Any = json.loads(text) if text[:1] in "[{" else text

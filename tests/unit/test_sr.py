@@ -13,12 +13,14 @@ from pydicom.filewriter import write_data_element
 from pydicom.uid import generate_uid
 
 from predraft.models.card import ModelCard
+from predraft.models.pack import bundled_pack
 from predraft.models.taxonomy import HardwareClass as H
 from predraft.models.taxonomy import Side, View
 from predraft.reporting.aggregate import SideFinding
 from predraft.reporting.sr import build_draft_sr, device_uid
-from predraft.reporting.text import render_draft
-from predraft.reporting.wording import CODES, INDETERMINATE_CODE
+from predraft.reporting.text import Section, render_draft
+
+HIP = bundled_pack().pack
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
@@ -29,6 +31,7 @@ def _card(sha: str = "ab" * 32) -> ModelCard:
         version="2.1.0",
         architecture="test_efficientnet",
         input_size=64,
+        classes=HIP.class_names,
         trained=False,
         weights="weights.safetensors",
         weights_sha256=sha,
@@ -65,14 +68,17 @@ def findings(demo_study):
     ]
 
 
+def _sections(findings, card=None):
+    return [Section(HIP, card or _card(), findings)]
+
+
 def _build(evidence, findings, card=None, **kwargs):
-    card = card or _card()
-    text = render_draft(findings, model=card, study_description="XR PELVIS AND RIGHT HIP 3 VIEWS")
+    sections = _sections(findings, card)
+    text = render_draft(sections, study_description="XR PELVIS AND RIGHT HIP 3 VIEWS")
     arguments = dict(
         evidence=evidence,
-        findings=findings,
+        sections=sections,
         text=text,
-        model=card,
         series_instance_uid=generate_uid(),
         sop_instance_uid=generate_uid(),
     )
@@ -149,8 +155,8 @@ def test_content_holds_the_text_and_the_coded_findings(evidence, findings, demo_
         if item.ValueType == "CODE"
         for c in item.ConceptCodeSequence
     }
-    assert (CODES[H.THA].value, CODES[H.THA].scheme_designator) in codes
-    assert (INDETERMINATE_CODE.value, INDETERMINATE_CODE.scheme_designator) in codes
+    assert ("304120007", "SCT") in codes  # the hip pack's code of a total hip arthroplasty
+    assert ("INDET", "99PREDRAFT") in codes
 
     images = {item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for item in items if item.ValueType == "IMAGE"}
     assert images == {image.sop_instance_uid for image in demo_study}
@@ -181,22 +187,20 @@ def test_findings_must_reference_evidence_images(evidence, findings):
 
 
 def test_empty_evidence_or_findings_is_refused(evidence, findings):
-    text = render_draft(findings, model=_card())
+    text = render_draft(_sections(findings))
     with pytest.raises(ValueError, match="at least one evidence"):
         build_draft_sr(
             evidence=[],
-            findings=findings,
+            sections=_sections(findings),
             text=text,
-            model=_card(),
             series_instance_uid=generate_uid(),
             sop_instance_uid=generate_uid(),
         )
     with pytest.raises(ValueError, match="at least one finding"):
         build_draft_sr(
             evidence=evidence,
-            findings=[],
+            sections=[],
             text=text,
-            model=_card(),
             series_instance_uid=generate_uid(),
             sop_instance_uid=generate_uid(),
         )
@@ -221,13 +225,12 @@ def test_finding_sentences_keep_their_side_with_a_site_findings_template(evidenc
     (tmp_path / "findings.txt.j2").write_text(
         "Hardware by hip:\n{% for finding in findings %}{{ finding.hip_label }}: {{ finding.sentence }}\n{% endfor %}"
     )
-    card = _card()
-    text = render_draft(findings, model=card, environment=make_environment(tmp_path))
+    sections = _sections(findings)
+    text = render_draft(sections, environment=make_environment(tmp_path))
     sr = build_draft_sr(
         evidence=evidence,
-        findings=findings,
+        sections=sections,
         text=text,
-        model=card,
         series_instance_uid=generate_uid(),
         sop_instance_uid=generate_uid(),
     )

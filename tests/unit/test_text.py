@@ -7,11 +7,13 @@ import pytest
 
 import predraft
 from predraft.models.card import ModelCard
+from predraft.models.pack import bundled_pack
 from predraft.models.taxonomy import HardwareClass as H
 from predraft.models.taxonomy import Side, View
 from predraft.reporting.aggregate import SideFinding
-from predraft.reporting.text import TemplateCheckError, check_templates, make_environment, render_draft
-from predraft.reporting.wording import SENTENCES
+from predraft.reporting.text import Section, TemplateCheckError, check_templates, make_environment, render_draft
+
+HIP = bundled_pack().pack
 
 
 def _card(**changes) -> ModelCard:
@@ -20,12 +22,17 @@ def _card(**changes) -> ModelCard:
         version="2.1.0",
         architecture="test_efficientnet",
         input_size=64,
+        classes=HIP.class_names,
         trained=False,
         weights="weights.safetensors",
         weights_sha256="ab" * 32,
     )
     fields.update(changes)
     return ModelCard(**fields)
+
+
+def _draft(findings, card=None, **options):
+    return render_draft([Section(HIP, card or _card(), findings)], **options)
 
 
 FINDINGS = [
@@ -51,7 +58,7 @@ FINDINGS = [
 
 
 def test_draft_names_each_hip_with_findings_and_impression():
-    draft = render_draft(FINDINGS, model=_card(), study_description="XR PELVIS AND RIGHT HIP")
+    draft = _draft(FINDINGS, _card(), study_description="XR PELVIS AND RIGHT HIP")
 
     assert draft.findings.splitlines() == [
         "Right hip: Total hip arthroplasty. Seen on: AP pelvis, frog-leg lateral.",
@@ -71,7 +78,7 @@ def test_draft_names_each_hip_with_findings_and_impression():
 
 
 def test_disclaimer_names_model_and_version_and_says_untrained():
-    draft = render_draft(FINDINGS, model=_card())
+    draft = _draft(FINDINGS, _card())
     assert f"predraft {predraft.__version__}" in draft.disclaimer
     assert "model hiphw 2.1.0" in draft.disclaimer
     assert "UNTRAINED" in draft.disclaimer
@@ -79,56 +86,64 @@ def test_disclaimer_names_model_and_version_and_says_untrained():
 
 
 def test_trained_models_are_not_called_untrained():
-    trained = render_draft(FINDINGS, model=_card(trained=True)).disclaimer
+    trained = _draft(FINDINGS, _card(trained=True)).disclaimer
     assert "UNTRAINED" not in trained and "synthetic" not in trained
-    demo = render_draft(FINDINGS, model=_card(trained=True, synthetic_demo=True)).disclaimer
+    demo = _draft(FINDINGS, _card(trained=True, synthetic_demo=True)).disclaimer
     assert "UNTRAINED" not in demo and "synthetic phantoms" in demo
 
 
 def test_default_examination_when_no_study_description():
-    assert "EXAMINATION: Radiographs of the hip/pelvis" in render_draft(FINDINGS, model=_card()).full
+    assert "EXAMINATION: Radiographs of the hip/pelvis" in _draft(FINDINGS, _card()).full
 
 
 def test_unknown_side_is_labelled_as_such():
     finding = SideFinding(Side.UNKNOWN, H.NONE, 0.8, {H.NONE: 0.8}, (View.UNKNOWN,), ("1",), "ok")
-    draft = render_draft([finding], model=_card())
+    draft = _draft([finding])
     assert draft.findings == "Hip (side not stated): No orthopedic hardware. Seen on: unlabelled view."
 
 
 def test_no_findings_is_refused():
     with pytest.raises(ValueError, match="at least one side finding"):
-        render_draft([], model=_card())
+        _draft([])
+    with pytest.raises(ValueError, match="at least one section"):
+        render_draft([])
+
+
+def test_a_class_the_pack_lacks_is_refused():
+    finding = SideFinding(Side.LEFT, "screws", 0.9, {"screws": 0.9, "none": 0.1}, (View.AP_HIP,), ("1",), "ok")
+    with pytest.raises(ValueError, match=r"\['screws'\], which are not classes of the pack hip"):
+        _draft([finding])
 
 
 def test_site_template_overrides_the_packaged_one(tmp_path):
     (tmp_path / "impression.txt.j2").write_text(
         "{% for finding in findings %}SITE {{ finding.hip_label | upper }}: {{ finding.sentence }}\n{% endfor %}"
     )
-    draft = render_draft(FINDINGS, model=_card(), environment=make_environment(tmp_path))
+    draft = _draft(FINDINGS, _card(), environment=make_environment(tmp_path))
     assert draft.impression.splitlines() == [
         "SITE RIGHT HIP: Total hip arthroplasty.",
         "SITE LEFT HIP: Indeterminate, review.",
     ]
     assert "SITE RIGHT HIP" in draft.full
-    assert draft.findings == render_draft(FINDINGS, model=_card()).findings  # the rest stays packaged
-    check_templates(tmp_path)
+    assert draft.findings == _draft(FINDINGS, _card()).findings  # the rest stays packaged
+    check_templates(HIP, tmp_path)
 
 
 def test_check_templates_passes_on_the_packaged_templates():
-    check_templates()
-    check_templates(None)
+    check_templates(HIP)
+    check_templates(HIP, None)
 
 
 def test_check_templates_finds_an_undefined_variable(tmp_path):
     (tmp_path / "findings.txt.j2").write_text("{{ no_such_variable }}\n")
     with pytest.raises(TemplateCheckError, match=r"findings.txt.j2 \(.*findings.txt.j2\).*no_such_variable"):
-        check_templates(tmp_path)
+        check_templates(HIP, tmp_path)
 
 
 def test_check_templates_finds_a_syntax_error(tmp_path):
     (tmp_path / "disclaimer.txt.j2").write_text("{% if model.trained %}unclosed\n")
     with pytest.raises(TemplateCheckError, match="disclaimer.txt.j2") as caught:
-        check_templates(tmp_path)
+        check_templates(HIP, tmp_path)
     assert isinstance(caught.value.__cause__, jinja2.TemplateSyntaxError)
     assert str(tmp_path) in str(caught.value)
 
@@ -157,12 +172,12 @@ def test_every_class_and_side_renders(hardware, side):
     finding = SideFinding(
         side, hardware, 0.93, {hardware or H.NONE: 0.93, H.PLATE: 0.07}, (View.AP_HIP,), ("1.2.3.1",), "reason given"
     )
-    draft = render_draft([finding], model=_card(trained=True))
+    draft = _draft([finding], _card(trained=True))
     label = {Side.RIGHT: "Right hip", Side.LEFT: "Left hip", Side.UNKNOWN: "Hip (side not stated)"}[side]
-    sentence = "Indeterminate, review." if hardware is None else SENTENCES[hardware]
+    sentence = "Indeterminate, review." if hardware is None else HIP.sentence(hardware)
     assert draft.findings == f"{label}: {sentence}{' (reason given)' if hardware is None else ''} Seen on: AP hip."
     assert draft.impression == f"1. {label}: {sentence}"
-    assert draft.side_sentences[side] == draft.findings
+    assert draft.side_sentences[("hip", side)] == draft.findings
     prose = (draft.findings + draft.impression).lower().replace("post-infectious", "")
     assert not [word for word in COMPLICATION_WORDS if word in prose]
 

@@ -22,6 +22,7 @@ from predraft.workers import tasks
 from predraft.workers.app import CLASSIFY, DRAFT, PREPARE
 from predraft.workers.dispatch import claim_ready_studies, finish_if_done, reclassify_stale_instances, start_study
 from predraft.workers.drafting import DraftOutcome, apply_outcome, draft_study
+from tests.unit.conftest import hip_pack_for
 
 
 class FakeCelery:
@@ -179,7 +180,7 @@ def test_draft_study_writes_and_records_the_sr(sqlite_url, drafting_study, demo_
 
     with session_scope(sqlite_url) as session:
         study = session.get(Study, study_id)
-        outcome = draft_study(session, study=study, generation=1, model=card, spool=spool)
+        outcome = draft_study(session, study=study, generation=1, pack=hip_pack_for(card), spool=spool)
         apply_outcome(session, study=study, generation=1, outcome=outcome)
 
     assert outcome.state is StudyState.DRAFTED and outcome.draft_id is not None
@@ -195,7 +196,9 @@ def test_draft_study_writes_and_records_the_sr(sqlite_url, drafting_study, demo_
         assert "drafted" in list(session.scalars(select(Event.kind)))
 
     with session_scope(sqlite_url) as session:  # idempotent: the same draft again
-        again = draft_study(session, study=session.get(Study, study_id), generation=1, model=card, spool=spool)
+        again = draft_study(
+            session, study=session.get(Study, study_id), generation=1, pack=hip_pack_for(card), spool=spool
+        )
     assert (again.state, again.draft_id, again.message) == (StudyState.DRAFTED, outcome.draft_id, "already drafted")
 
 
@@ -208,7 +211,11 @@ def test_draft_study_ignores_predictions_of_another_model(sqlite_url, drafting_s
     )
     with session_scope(sqlite_url) as session:
         outcome = draft_study(
-            session, study=session.get(Study, study_id), generation=1, model=card, spool=Spool(tmp_path / "spool")
+            session,
+            study=session.get(Study, study_id),
+            generation=1,
+            pack=hip_pack_for(card),
+            spool=Spool(tmp_path / "spool"),
         )
     assert outcome.state is StudyState.OUT_OF_SCOPE and outcome.draft_id is None
 
@@ -227,7 +234,9 @@ def test_study_without_classified_images(sqlite_url, drafting_study, tmp_path, s
             instance.state = state
     with session_scope(sqlite_url) as session:
         study = session.get(Study, study_id)
-        outcome = draft_study(session, study=study, generation=1, model=card, spool=Spool(tmp_path / "spool"))
+        outcome = draft_study(
+            session, study=study, generation=1, pack=hip_pack_for(card), spool=Spool(tmp_path / "spool")
+        )
         apply_outcome(session, study=study, generation=1, outcome=outcome)
     assert outcome.state is expected and outcome.draft_id is None
     assert match in outcome.message
