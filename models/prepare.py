@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple, SupportsIndex, SupportsInt
 
 import numpy as np
 import pydicom
+from PIL import Image
 from pydicom.errors import InvalidDicomError
 
 from predraft.models.metal import MetalFinding
@@ -43,6 +44,14 @@ class HipImage:
     view: View
     pixels: np.ndarray  # uint8 (S, S)
     metal: MetalFinding | None = None
+
+    def resized(self, size: int) -> HipImage:
+        """This image at ``size`` x ``size`` (itself when it is that size already): for a pack whose model reads a
+        smaller input than the largest installed one, which the image was prepared at."""
+        if self.pixels.shape[0] == size:
+            return self
+        pixels = np.asarray(Image.fromarray(self.pixels).resize((size, size), Image.Resampling.BILINEAR))
+        return replace(self, pixels=pixels)
 
     def to_message(self) -> dict[str, object]:
         message: dict[str, object] = {

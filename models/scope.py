@@ -1,23 +1,29 @@
-"""Scope: whether an image is a hip or pelvis radiograph predraft drafts, from its tags and the gate's reading.
+"""Scope and routing: whether an image is drafted, and by the pack of which body region, from its tags and the
+gate's reading.
 
-The tags (:func:`predraft.models.views.classify_view`, ``tag_region``) and the body-part gate (a task model's
-``region`` head, thresholds from its card) decide together:
+The tags (:func:`predraft.models.views.classify_view`: ``tag_region`` and the ``region`` it names) and the body-part
+gate (a task model's ``region`` head, thresholds from its card) decide together, among the regions the installed
+packs read (``readable``; predraft.models.pack):
 
-- tags say hip/pelvis/femur: in scope, unless the gate is confident of another region (its probability at
-  or above that region's threshold): then out of scope, with a reason naming both;
-- no body-part tags: the gate decides; an image it reads as hip at or above the hip threshold is in scope,
-  flagged "no body-part tags";
-- tags name another limb region: out of scope, unless the gate reads a hip at or above the hip threshold:
-  then in scope, flagged "tags disagree";
+- tags say hip/pelvis/femur: the hip, unless the gate is confident of another region (its probability at or
+  above that region's threshold): then that region, flagged "tags disagree", when a pack reads it, else out of
+  scope with a reason naming both;
+- no body-part tags: the gate decides; the most probable readable region read at or above its threshold is
+  drafted, flagged "no body-part tags";
+- tags name another limb region: a readable region the gate is confident of, flagged "tags disagree" when it is
+  not the tags' own; else the tags' region when a pack reads it and the gate is confident of no other; else out
+  of scope;
 - tags name a region outside the skeleton the gate knows (chest, abdomen, skull, spine): out of scope,
   never overridden (the gate has seen no such image); the gate does not run.
 
-The hip class is the card's ``gate_class`` (``hip``); region names are the card's, so a later pack can add
-a knee class and its threshold without a change here.
+A region no installed pack reads is out of scope with that reason. With the hip pack alone these are the rules
+of the hip: hips drafted, everything else out of scope. The hip class is ``hip``; region names are the gate
+card's, so a later pack can add a knee class and its threshold without a change here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -42,6 +48,7 @@ class ScopeFlag(StrEnum):
     UNTAGGED = "no body-part tags"
     TAGS_DISAGREE = "tags disagree"
     VIEW_FROM_IMAGE = "view read from the image"  # hip tags without a view; the gate read an AP pelvis
+    REQUESTED = "drafted on request"  # a radiologist asked for it to be drafted with a chosen pack
 
 
 @dataclass(frozen=True)
@@ -63,12 +70,15 @@ class GateReading:
         name = max(self.probabilities, key=lambda key: self.probabilities[key])
         return name, self.probabilities[name]
 
-    def confident_other(self) -> tuple[str, float] | None:
-        """The most probable non-hip region at or above its threshold, if any."""
-        sure = [
-            (p, name) for name, p in self.probabilities.items() if name != GATE_CLASS and p >= self.thresholds[name]
-        ]
+    def confident_other(self, region: str = GATE_CLASS) -> tuple[str, float] | None:
+        """The most probable region other than ``region`` at or above its threshold, if any."""
+        sure = [(p, name) for name, p in self.probabilities.items() if name != region and p >= self.thresholds[name]]
         return (max(sure)[1], max(sure)[0]) if sure else None
+
+    def confident(self, regions: Collection[str]) -> str | None:
+        """The most probable of ``regions`` read at or above its threshold, if any."""
+        sure = [(p, name) for name, p in self.probabilities.items() if name in regions and p >= self.thresholds[name]]
+        return max(sure)[1] if sure else None
 
     @property
     def reads_hip(self) -> bool:
@@ -93,38 +103,67 @@ class ScopeDecision:
     in_scope: bool
     reason: str  # out of scope: why (the instance's error text); in scope: what the flag means, or ""
     flag: ScopeFlag | None = None
+    #: In scope: the gate's region class whose pack reads the image (``hip``, ``shoulder``...).
+    region: str | None = None
 
 
-def decide_scope(tags: ViewResult, reading: GateReading | None) -> ScopeDecision:
-    """Scope of one image by the rules above. ``reading`` may be None only when the tags say ``outside``."""
+def _regions_words(readable: Collection[str]) -> str:
+    """``a hip or pelvis``, ``a hip or pelvis or a shoulder``: the regions the installed packs read."""
+    return " or ".join(f"a {REGION_WORDS.get(name, name)}" for name in sorted(readable, key=_hip_first))
+
+
+def _hip_first(name: str) -> tuple[bool, str]:
+    return (name != GATE_CLASS, name)
+
+
+def decide_scope(
+    tags: ViewResult, reading: GateReading | None, readable: Collection[str] = (GATE_CLASS,)
+) -> ScopeDecision:
+    """Scope of one image by the rules above, and the region whose pack reads it. ``readable`` are the regions
+    the installed packs read (the gate's class names); ``reading`` may be None only when the tags say
+    ``outside``."""
     body_part = tags.body_part or "unstated"
+    words = _regions_words(readable)
     if tags.tag_region is TagRegion.OUTSIDE:
         return ScopeDecision(
             False,
-            f"body part {body_part} is not a hip or pelvis ({tags.scope_rule}); "
-            "the body-part gate does not overrule it",
+            f"body part {body_part} is not {words} ({tags.scope_rule}); the body-part gate does not overrule it",
         )
     if reading is None:
         raise ValueError(f"tags say {tags.tag_region.value}: scope needs the gate's reading")
+    sure = reading.confident(readable)
+    said = tags.region
     if tags.tag_region is TagRegion.HIP:
-        other = reading.confident_other()
+        other = reading.confident_other(said or GATE_CLASS)
         if other is not None:
-            said = body_part if tags.body_part else f"{tags.scope_rule} names the hip"
-            return ScopeDecision(False, f"tags say {said}, the image reads as {reading.describe(other[0])}")
-        return ScopeDecision(True, "")
+            where = body_part if tags.body_part else f"{tags.scope_rule} names the hip"
+            if other[0] in readable:
+                return ScopeDecision(
+                    True,
+                    f"tags say {where}, the image reads as {reading.describe(other[0])}",
+                    ScopeFlag.TAGS_DISAGREE,
+                    other[0],
+                )
+            return ScopeDecision(False, f"tags say {where}, the image reads as {reading.describe(other[0])}")
+        if GATE_CLASS in readable:
+            return ScopeDecision(True, "", region=GATE_CLASS)
+        return ScopeDecision(False, f"no installed pack reads a {REGION_WORDS[GATE_CLASS]}")
     if tags.tag_region is TagRegion.NONE:
-        if reading.reads_hip:
+        if sure is not None:
             return ScopeDecision(
-                True, f"no body-part tags; the image reads as {reading.describe(GATE_CLASS)}", ScopeFlag.UNTAGGED
+                True, f"no body-part tags; the image reads as {reading.describe(sure)}", ScopeFlag.UNTAGGED, sure
             )
         return ScopeDecision(
-            False, f"no body-part tags, and the image does not read as a hip or pelvis (reads as {reading.describe()})"
+            False, f"no body-part tags, and the image does not read as {words} (reads as {reading.describe()})"
         )
-    if reading.reads_hip:  # another limb region by the tags
+    # another limb region by the tags
+    if sure is not None and sure != said:
         return ScopeDecision(
-            True, f"tags say {body_part}, the image reads as {reading.describe(GATE_CLASS)}", ScopeFlag.TAGS_DISAGREE
+            True, f"tags say {body_part}, the image reads as {reading.describe(sure)}", ScopeFlag.TAGS_DISAGREE, sure
         )
+    if said is not None and said in readable and reading.confident_other(said) is None:
+        return ScopeDecision(True, "", region=said)
     return ScopeDecision(
         False,
-        f"body part {body_part} is not a hip or pelvis ({tags.scope_rule}); the image reads as {reading.describe()}",
+        f"body part {body_part} is not {words} ({tags.scope_rule}); the image reads as {reading.describe()}",
     )

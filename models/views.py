@@ -37,6 +37,9 @@ predraft.models.pixels.split_bilateral from PatientOrientation). Otherwise Image
 the image's own description saying RIGHT/RT or LEFT/LT; else ``unknown``. PatientOrientation does not
 say which hip a one-hip image shows (both hips' APs read L\\F), so it is no side rule.
 
+A limb body part also names the gate's region class (``region``: shoulder, hand or leg; an arm or elbow names
+none), so that the region's pack reads it (predraft.models.scope).
+
 StudyDescription is shared by every image of a study ("XR PELVIS AND RIGHT HIP 3 VIEWS"), so it never
 decides an image's view or side; it only helps decide scope when no body part is coded.
 
@@ -120,6 +123,21 @@ _LIMB_BODY_PARTS = {
 }
 
 
+#: The body-part gate's region (its ``region`` classes) a limb body part names; a limb part not here (an arm, an
+#: elbow: regions the gate has no class for) names none.
+_LIMB_REGIONS = {
+    **dict.fromkeys(("SHOULDER", "CLAVICLE", "SCAPULA", "ACJOINT", "HUMERUS"), "shoulder"),
+    **dict.fromkeys(("WRIST", "HAND", "FINGER", "THUMB"), "hand"),
+    **dict.fromkeys(
+        ("KNEE", "PATELLA", "LEG", "LOWER LIMB", "LOWERLIMB", "LOWER_LIMB", "TIBIA", "FIBULA", "ANKLE", "FOOT",
+         "HEEL", "CALCANEUS", "TOE"),
+        "leg",
+    ),
+}  # fmt: skip
+#: The gate's region class of the hip, pelvis and femur.
+HIP_REGION = "hip"
+
+
 class TagRegion(StrEnum):
     """What an image's tags say about its body region."""
 
@@ -143,6 +161,15 @@ class ViewResult:
     scope_rule: str
     tag_region: TagRegion = TagRegion.NONE
     body_part: str = ""  # what the tags named (BodyPartExamined or the anatomic region code), for reasons
+
+    @property
+    def region(self) -> str | None:
+        """The body-part gate's region class the tags name (``hip``, ``shoulder``, ``hand``, ``leg``), or None."""
+        if self.tag_region is TagRegion.HIP:
+            return HIP_REGION
+        if self.tag_region is TagRegion.LIMB:
+            return _LIMB_REGIONS.get(self.body_part)
+        return None
 
 
 def _code(item: Dataset) -> tuple[str, str]:

@@ -46,7 +46,7 @@ class ReadinessProbe:
         self.settings = settings
         self.timeout = timeout
         self._model_lock = threading.Lock()
-        self._model_verified: tuple[object, ...] | None = None
+        self._model_verified: dict[Path, tuple[object, ...]] = {}  # card path -> the stamps of its files, verified
 
     def run(self) -> list[Check]:
         """Every check, in a fixed order; one failing does not stop the others."""
@@ -74,15 +74,18 @@ class ReadinessProbe:
         return f"{redact_url(self.settings.broker_url)} answers"
 
     def _model(self) -> str:
-        card_path = self.settings.model.card_path
-        card, weights = load_card(card_path, verify_weights=False)
-        key = (_stamp(card_path), _stamp(weights))
-        with self._model_lock:
-            if self._model_verified != key:
-                load_card(card_path, verify_weights=True)  # hashes the weights: only when a file changed
-                self._model_verified = key
+        packs = self.settings.model.packs()
+        shown = []
+        for installed in packs.packs:
+            card, weights = load_card(installed.card_path, verify_weights=False)
+            key = (_stamp(installed.card_path), _stamp(weights))
+            with self._model_lock:
+                if self._model_verified.get(installed.card_path) != key:
+                    load_card(installed.card_path, verify_weights=True)  # hashes the weights: when a file changed
+                    self._model_verified[installed.card_path] = key
+            shown.append(f"{installed.name}: {card.name} {card.version} ({card.architecture})")
         gate, _ = load_task_card(self.settings.model.gate_card_path, verify_weights=False)
-        return f"{card.name} {card.version} ({card.architecture}), weights verified; gate {gate.display_name}"
+        return f"{'; '.join(shown)}, weights verified; gate {gate.display_name}"
 
     def _spool(self) -> str:
         spool = Spool(self.settings.spool_dir, min_free_bytes=self.settings.listener.spool_min_free_bytes)

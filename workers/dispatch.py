@@ -8,12 +8,12 @@ the task is sent, so a worker never sees a state older than its message.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any, cast
 
 from celery import Celery
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
@@ -23,6 +23,7 @@ from predraft.core.events import record_event
 from predraft.core.schema import Instance, Prediction, Study, utcnow
 from predraft.core.settings import ExpectedViewsRule, expected_view_count
 from predraft.core.states import FINISHED_INSTANCE_STATES, EventKind, InstanceState, StudyState
+from predraft.models.pack import DEFAULT_PACK
 from predraft.models.taxonomy import CLASSIFIABLE_SOP_CLASSES
 from predraft.workers.app import DRAFT, PREPARE
 from predraft.workers.leases import stamp_dispatch
@@ -112,8 +113,9 @@ def finish_if_done(app: Celery, database_url: str, study_id: int) -> bool:
     return True
 
 
-def reclassify_stale_instances(session: Session, *, study: Study, model_name: str, model_version: str) -> list[int]:
-    """Send back to preparation the images of ``study`` that another model classified before this drafting round.
+def reclassify_stale_instances(session: Session, *, study: Study, models: Mapping[str, tuple[str, str]]) -> list[int]:
+    """Send back to preparation the images of ``study`` that another model than their pack's (``models``: pack
+    name -> model name and version, as installed now) classified before this drafting round.
 
     Called by the draft task, its study row locked, before drafting: a study re-opened by a late image after
     a model upgrade would otherwise be drafted from the late image alone (the only one with predictions of the
@@ -129,8 +131,16 @@ def reclassify_stale_instances(session: Session, *, study: Study, model_name: st
         return []
     current = exists().where(
         Prediction.instance_id == Instance.id,
-        Prediction.model_name == model_name,
-        Prediction.model_version == model_version,
+        or_(
+            *(
+                and_(
+                    func.coalesce(Instance.pack, DEFAULT_PACK) == pack,
+                    Prediction.model_name == name,
+                    Prediction.model_version == version,
+                )
+                for pack, (name, version) in models.items()
+            )
+        ),
     )
     other = exists().where(Prediction.instance_id == Instance.id)
     fresh = exists().where(Prediction.instance_id == Instance.id, Prediction.created_at >= study.ready_at)
@@ -147,8 +157,9 @@ def reclassify_stale_instances(session: Session, *, study: Study, model_name: st
         record_event(
             session,
             EventKind.RECLASSIFYING,
-            f"{len(stale)} image(s) classified by another model than "
-            f"{model_name} {model_version}: prepared and classified again before drafting",
+            f"{len(stale)} image(s) classified by another model than their pack's "
+            f"({', '.join(f'{name} {version}' for name, version in models.values())}): prepared and classified "
+            "again before drafting",
             study_id=study.id,
         )
     return stale
@@ -162,9 +173,18 @@ class CannotRedraft(LookupError):
     """No such study, or one that is being drafted already."""
 
 
-def redraft_study(app: Celery, database_url: str, *, study_uid: str) -> int:
+#: The instances a redraft prepares again: classified and failed ones; with a requested pack, skipped ones too.
+_REPREPARED = {
+    False: (InstanceState.CLASSIFIED, InstanceState.ERROR),
+    True: (InstanceState.CLASSIFIED, InstanceState.ERROR, InstanceState.SKIPPED),
+}
+
+
+def redraft_study(app: Celery, database_url: str, *, study_uid: str, pack: str | None = None) -> int:
     """Draft a finished study (drafted, out of scope, in error, or any later state) again; return its new
-    generation.
+    generation. With ``pack`` (a radiologist's "draft anyway"), the study is drafted with that pack whatever
+    routing says: its images skipped as out of scope are prepared again too, and each goes to that pack (an image
+    that is no radiograph, or whose tags name a region outside the skeleton, stays out).
 
     The study is re-opened as a late image re-opens it (:func:`predraft.listener.ingest.record_instance`): a new
     generation, no error; then it is READY at once (no quiet wait: nothing new arrives) and
@@ -188,20 +208,27 @@ def redraft_study(app: Celery, database_url: str, *, study_uid: str) -> int:
             session.execute(
                 update(Study)
                 .where(Study.id == study.id, Study.state == study.state, Study.generation == study.generation)
-                .values(state=StudyState.READY, generation=generation, error=None, ready_at=utcnow())
+                .values(
+                    state=StudyState.READY,
+                    generation=generation,
+                    error=None,
+                    ready_at=utcnow(),
+                    **({"requested_pack": pack} if pack is not None else {}),
+                )
             ),
         )
         if claimed.rowcount != 1:
             raise CannotRedraft(f"study {study_uid} changed meanwhile; try again")
         session.execute(
             update(Instance)
-            .where(Instance.study_id == study.id, Instance.state.in_([InstanceState.CLASSIFIED, InstanceState.ERROR]))
+            .where(Instance.study_id == study.id, Instance.state.in_(_REPREPARED[pack is not None]))
             .values(state=InstanceState.RECEIVED, error=None)
         )
         record_event(
             session,
             EventKind.STUDY_REOPENED,
-            f"redraft requested while {study.state}; generation {generation}",
+            f"redraft requested while {study.state}; generation {generation}"
+            + (f"; drafted with the {pack} pack on request" if pack is not None else ""),
             study_id=study.id,
         )
     start_study(app, database_url, study.id)

@@ -5,22 +5,24 @@ A service: :func:`draft_study` takes an open session and never commits; the task
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 from pydicom.uid import generate_uid
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from predraft.core.events import record_event
 from predraft.core.schema import Draft, Instance, Prediction, Study, utcnow
 from predraft.core.states import EventKind, InstanceState, ReportKind, StudyState
 from predraft.listener.spool import Spool
-from predraft.models.pack import InstalledPack
+from predraft.models.pack import DEFAULT_PACK, InstalledPack, Pack
+from predraft.models.scope import REGION_WORDS
 from predraft.models.taxonomy import Side, View
 from predraft.reporting.age import is_child
-from predraft.reporting.aggregate import AggregationRule, HipObservation, aggregate
+from predraft.reporting.aggregate import AggregationRule, HipObservation, SideFinding, aggregate
 from predraft.reporting.sr import build_draft_sr
 from predraft.reporting.text import Section, render_draft, template_environment
 
@@ -37,38 +39,48 @@ def draft_study(
     *,
     study: Study,
     generation: int,
-    pack: InstalledPack,
+    packs: Sequence[InstalledPack],
     spool: Spool,
-    rule: AggregationRule | None = None,
+    rule_for: Callable[[Pack], AggregationRule] | None = None,
     template_dir: Path | None = None,
 ) -> DraftOutcome:
-    """Draft ``study`` for ``generation`` with the predictions of ``pack``'s model, combined by ``rule`` (default:
-    the pack's own), worded by the pack's classes and templates (the site's ``template_dir`` first, then the
-    pack's, then the base ones).
+    """Draft ``study`` for ``generation``: one section per pack of ``packs`` (in their order) that read images of
+    it, from the predictions of that pack's model, combined by ``rule_for(pack)`` (default: the pack's own rule),
+    worded by the pack's classes and templates (the site's ``template_dir`` first, then the packs', then the base
+    ones).
 
     Idempotent: a draft already recorded for this generation is returned as it is. A study with no
-    classified image ends OUT_OF_SCOPE (nothing was a hip or pelvis radiograph) or ERROR. A draft of a
+    classified image ends OUT_OF_SCOPE (no image of a region an installed pack reads) or ERROR. A draft of a
     later generation supersedes the previous one: its SR lists it in the Predecessor Documents Sequence.
     """
-    model = pack.card
     existing = session.scalar(
         select(Draft).where(Draft.study_id == study.id, Draft.generation == generation, Draft.kind == ReportKind.DRAFT)
     )
     if existing is not None:
         return DraftOutcome(StudyState.DRAFTED, existing.id, "already drafted")
 
-    rows = session.execute(
-        select(Prediction, Instance)
-        .join(Instance, Prediction.instance_id == Instance.id)
-        .where(
-            Instance.study_id == study.id,
-            Instance.state == InstanceState.CLASSIFIED,
-            Prediction.model_version == model.version,
-            Prediction.model_name == model.name,
+    read: list[tuple[InstalledPack, Section, list[Instance]]] = []
+    for installed in packs:
+        rows = _predictions(session, study, installed)
+        if not rows:
+            continue
+        observations = [
+            HipObservation(
+                instance.sop_instance_uid,
+                Side(prediction.side),
+                View(prediction.view),
+                dict(prediction.probabilities),
+                prediction.metal_present,
+            )
+            for prediction, instance in rows
+        ]
+        pack, model = installed.pack, installed.card
+        rule = rule_for(pack) if rule_for else AggregationRule.from_pack(pack.aggregation, pack.no_finding)
+        findings = aggregate(
+            observations, threshold=model.threshold, class_thresholds=model.class_thresholds, rule=rule
         )
-        .order_by(Instance.id, Prediction.id)
-    ).all()
-    if not rows:
+        read.append((installed, Section(pack, model, findings), list(dict.fromkeys(i for _, i in rows))))
+    if not read:
         states = [
             state for (state,) in session.execute(select(Instance.state).where(Instance.study_id == study.id)).all()
         ]
@@ -77,29 +89,19 @@ def draft_study(
             return DraftOutcome(
                 StudyState.ERROR, None, f"no image could be classified: {errors} of {len(states)} instance(s) failed"
             )
-        return DraftOutcome(StudyState.OUT_OF_SCOPE, None, "no hip or pelvis radiograph in this study")
+        regions = dict.fromkeys(region for installed in packs for region in installed.pack.regions)
+        words = " or ".join(REGION_WORDS.get(region, region) for region in regions)
+        return DraftOutcome(StudyState.OUT_OF_SCOPE, None, f"no {words} radiograph in this study")
 
-    observations = [
-        HipObservation(
-            instance.sop_instance_uid,
-            Side(prediction.side),
-            View(prediction.view),
-            dict(prediction.probabilities),
-            prediction.metal_present,
-        )
-        for prediction, instance in rows
-    ]
-    rule = rule or AggregationRule.from_pack(pack.pack.aggregation, pack.pack.no_finding)
-    findings = aggregate(observations, threshold=model.threshold, class_thresholds=model.class_thresholds, rule=rule)
-    sections = [Section(pack.pack, model, findings)]
-    instances = list(dict.fromkeys(instance for _, instance in rows))
+    sections = [section for _, section, _ in read]
+    instances = list(dict.fromkeys(instance for _, _, images in read for instance in images))
     evidence = [pydicom.dcmread(instance.spool_path, stop_before_pixels=True) for instance in instances]
     patient_is_child = any(is_child(ds) for ds in evidence)
     text = render_draft(
         sections,
         study_description=study.study_description,
         patient_is_child=patient_is_child,
-        environment=template_environment(template_dir, pack.templates),
+        environment=template_environment(template_dir, *(installed.templates for installed, _, _ in read)),
     )
 
     previous = session.scalar(
@@ -110,7 +112,7 @@ def draft_study(
     )
     predecessors = [] if previous is None else [pydicom.dcmread(previous.sr_path, stop_before_pixels=True)]
 
-    entropy = [study.study_uid, str(generation), model.weights_sha256]
+    entropy = [study.study_uid, str(generation), *(section.model.weights_sha256 for section in sections)]
     sr_uid = generate_uid(entropy_srcs=[*entropy, "sr"])
     series_uid = generate_uid(entropy_srcs=[*entropy, "series"])
     sr = build_draft_sr(
@@ -123,33 +125,18 @@ def draft_study(
     )
     path = spool.write_sr(sr)
 
+    models = [section.model for section in sections]
     draft = Draft(
         study_id=study.id,
         generation=generation,
         text=text.full,
-        findings=[
-            {
-                "pack": pack.name,
-                "label": pack.pack.label(f.hardware),
-                "class_labels": {c.name: c.label for c in pack.pack.classes},
-                "side": f.side.value,
-                "side_label": pack.pack.sides[f.side],
-                "hardware": f.hardware,
-                "top_class": f.top_class,
-                "probability": round(f.probability, 4),
-                "views": [v.value for v in f.views],
-                "reason": f.reason,
-                "metal": f.metal,
-                "probabilities": {c: round(float(p), 4) for c, p in f.probabilities.items()},
-            }
-            for f in findings
-        ],
-        model_name=model.name,
-        model_version=model.version,
-        pack=pack.name,
+        findings=[_finding_record(section.pack, finding) for section in sections for finding in section.findings],
+        model_name=" + ".join(model.name for model in models)[:128],
+        model_version=" + ".join(model.version for model in models)[:64],
+        pack=", ".join(section.pack.name for section in sections)[:128],
         sr_sop_instance_uid=sr_uid,
         kind=ReportKind.DRAFT,
-        synthetic_demo=model.synthetic_demo,
+        synthetic_demo=any(model.synthetic_demo for model in models),
         patient_is_child=patient_is_child,
         sr_series_uid=series_uid,
         sr_path=str(path),
@@ -159,6 +146,44 @@ def draft_study(
     session.flush()
     record_event(session, EventKind.DRAFTED, f"generation {generation}, SR {sr_uid}", study_id=study.id)
     return DraftOutcome(StudyState.DRAFTED, draft.id, f"SR {sr_uid}")
+
+
+def _predictions(session: Session, study: Study, installed: InstalledPack) -> list[tuple[Prediction, Instance]]:
+    """The predictions of ``installed``'s model on the classified images of ``study`` routed to it (images
+    prepared before routing was recorded are the hip's)."""
+    return [
+        (prediction, instance)
+        for prediction, instance in session.execute(
+            select(Prediction, Instance)
+            .join(Instance, Prediction.instance_id == Instance.id)
+            .where(
+                Instance.study_id == study.id,
+                Instance.state == InstanceState.CLASSIFIED,
+                func.coalesce(Instance.pack, DEFAULT_PACK) == installed.name,
+                Prediction.model_version == installed.card.version,
+                Prediction.model_name == installed.card.name,
+            )
+            .order_by(Instance.id, Prediction.id)
+        ).all()
+    ]
+
+
+def _finding_record(pack: Pack, finding: SideFinding) -> dict[str, object]:
+    """One side of a draft as the database keeps it, with the words its pack gave it (the worklist shows those)."""
+    return {
+        "pack": pack.name,
+        "label": pack.label(finding.hardware),
+        "class_labels": {c.name: c.label for c in pack.classes},
+        "side": finding.side.value,
+        "side_label": pack.sides[finding.side],
+        "hardware": finding.hardware,
+        "top_class": finding.top_class,
+        "probability": round(finding.probability, 4),
+        "views": [v.value for v in finding.views],
+        "reason": finding.reason,
+        "metal": finding.metal,
+        "probabilities": {c: round(float(p), 4) for c, p in finding.probabilities.items()},
+    }
 
 
 def apply_outcome(session: Session, *, study: Study, generation: int, outcome: DraftOutcome) -> None:

@@ -18,6 +18,7 @@ pass that only such an image costs. Below it, the image stays one hip of unlabel
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from predraft.models.prepare import HipImage, PreparedInstance
 from predraft.models.scope import (
     FIELD_PELVIS,
     FIELD_TASK,
+    GATE_CLASS,
     GATE_TASK,
     HARDWARE_PRESENT,
     HARDWARE_TASK,
@@ -70,9 +72,10 @@ class Gate:
         self.reads_field = FIELD_PELVIS in tasks.get(FIELD_TASK, ())
         self.pelvis_threshold = model.card.threshold(FIELD_TASK, FIELD_PELVIS) if self.reads_field else None
 
-    def apply(self, prepared: PreparedInstance) -> GatedInstance:
-        """Scope of the prepared image, its view where the image decides it, and its hips with the hardware
-        check's findings."""
+    def apply(self, prepared: PreparedInstance, readable: Collection[str] = (GATE_CLASS,)) -> GatedInstance:
+        """Scope of the prepared image and the region whose pack reads it (among ``readable``, the regions the
+        installed packs read), its view where the image decides it, and its sides with the hardware check's
+        findings."""
         if prepared.gate_pixels is None:  # tags outside the gate's skeleton are refused before this
             raise ValueError("the prepared instance has no gate image")
         first = self.model.predict(
@@ -82,13 +85,13 @@ class Gate:
             {name: float(p) for name, p in zip(self.model.card.tasks[GATE_TASK], first[GATE_TASK][0], strict=True)},
             self.region_thresholds,
         )
-        decision = decide_scope(prepared.labels, reading)
+        decision = decide_scope(prepared.labels, reading, readable)
         hips = self._checked(prepared.hips, first[HARDWARE_TASK][1:])
         labels, pelvis = prepared.labels, None
         if self.reads_field and prepared.halves:
             assert self.pelvis_threshold is not None  # set whenever reads_field is
             pelvis = float(first[FIELD_TASK][0][self.model.card.tasks[FIELD_TASK].index(FIELD_PELVIS)])
-            if decision.in_scope and pelvis >= self.pelvis_threshold:
+            if decision.region == GATE_CLASS and pelvis >= self.pelvis_threshold:
                 halves = list(prepared.halves)
                 present = self.model.predict(np.stack([self._resize(hip.pixels) for hip in halves]))
                 hips = self._checked(halves, present[HARDWARE_TASK])

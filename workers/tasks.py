@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,15 +26,15 @@ from predraft.core.clock import as_utc
 from predraft.core.db import session_scope
 from predraft.core.events import record_event
 from predraft.core.library_text import describe_exception, traceback_without_messages
-from predraft.core.metrics import DECODE_FAILURES, TIME_TO_DRAFT
-from predraft.core.schema import Instance, LeasedModel, Prediction, Study, utcnow
+from predraft.core.metrics import DECODE_FAILURES, DRAFTS, IMAGES_ROUTED, TIME_TO_DRAFT
+from predraft.core.schema import Draft, Instance, LeasedModel, Prediction, Study, utcnow
 from predraft.core.settings import Settings, get_settings
 from predraft.core.states import FINISHED_INSTANCE_STATES, EventKind, InstanceState, StudyState
 from predraft.listener.spool import Spool
-from predraft.models.card import ModelCard, load_card
 from predraft.models.factory import Classifier, load_classifier
-from predraft.models.pack import InstalledPack
+from predraft.models.pack import DEFAULT_PACK, InstalledPack, PackRegistry
 from predraft.models.prepare import HipImage, OutOfScopeError
+from predraft.models.scope import ScopeDecision, ScopeFlag
 from predraft.workers.app import CLASSIFY, DRAFT, PREPARE
 from predraft.workers.batcher import MicroBatcher
 from predraft.workers.dead_letters import record_dead_letter
@@ -103,24 +104,20 @@ def _lease(task: Task, model: LeasedModel, row_id: int) -> AbstractContextManage
     )
 
 
-@lru_cache(maxsize=2)
-def _card(card_path: Path) -> ModelCard:
-    return load_card(card_path, verify_weights=False)[0]
-
-
 _model_lock = threading.Lock()
 _models: dict[tuple[object, ...], tuple[Classifier, MicroBatcher]] = {}
 
 
-def _classifier_and_batcher(settings: Settings) -> tuple[Classifier, MicroBatcher]:
-    """The process's one classifier and its micro-batcher for the configured card, device and batching.
+def _classifier_and_batcher(settings: Settings, card_path: Path) -> tuple[Classifier, MicroBatcher]:
+    """The process's classifier and micro-batcher for the card at ``card_path`` (one per pack's model), on the
+    configured device and batching.
 
-    Made on first use under a lock, so that the concurrent classify tasks of a threads pool load the
-    model once and share its batches. A batcher that stopped (or whose thread did not survive a fork) is
-    replaced, and so is one of another configuration.
+    Made on first use under a lock, so that the concurrent classify tasks of a threads pool load each model
+    once and share its batches. A batcher that stopped (or whose thread did not survive a fork) is replaced,
+    and so is one of another configuration of the same card.
     """
     key = (
-        settings.model.card_path,
+        card_path,
         settings.model.device,
         settings.model.torch_compile,
         settings.model.classify_batch_size,
@@ -128,12 +125,9 @@ def _classifier_and_batcher(settings: Settings) -> tuple[Classifier, MicroBatche
     )
     with _model_lock:
         if key not in _models or _models[key][1].closed:
-            for _, old in _models.values():
-                old.close()
-            _models.clear()
-            classifier = load_classifier(
-                settings.model.card_path, settings.model.device, compile=settings.model.torch_compile
-            )
+            for old_key in [k for k in _models if k[0] == card_path or _models[k][1].closed]:
+                _models.pop(old_key)[1].close()
+            classifier = load_classifier(card_path, settings.model.device, compile=settings.model.torch_compile)
             batcher = MicroBatcher(
                 classifier,
                 batch_size=settings.model.classify_batch_size,
@@ -206,24 +200,29 @@ def _prepare(self: Task, instance_id: int) -> None:
         if instance is None or instance.state in FINISHED_INSTANCE_STATES:
             return
         path, study_id, syntax = Path(instance.spool_path), instance.study_id, instance.transfer_syntax_uid
-    card = _card(settings.model.card_path)
+        requested = instance.study.requested_pack
+    packs = settings.model.packs()
     gate = load_gate(settings.model.gate_card_path)
     gated = None
     try:
         prepared = prepare_bounded(
             path,
-            input_size=card.input_size,
+            input_size=max(installed.card.input_size for installed in packs.packs),
             gate_size=gate.size,
             voi_window_index=settings.model.voi_window_index,
             with_halves=gate.reads_field,
             sandbox=_prepare_sandbox(settings),
         )
-        gated = gate.apply(prepared)
-        if not gated.decision.in_scope:
+        gated = gate.apply(prepared, readable=set(packs.by_region))
+        reader = _reader(packs, gated.decision, requested)
+        if reader is None:
             raise OutOfScopeError(gated.decision.reason)
+        if requested is not None:
+            gated = replace(gated, decision=_requested_decision(requested, gated.decision))
     except (OutOfScopeError, DecodeFailure) as exc:  # this instance only
         if isinstance(exc, OutOfScopeError):
             state, error = InstanceState.SKIPPED, str(exc)
+            IMAGES_ROUTED.labels(pack="out_of_scope").inc()
         else:
             state, error = InstanceState.ERROR, _decode_failure_error(instance_id, syntax, exc)
         _finish_instance(instance_id, state, error, gated)
@@ -236,6 +235,7 @@ def _prepare(self: Task, instance_id: int) -> None:
         instance.state = InstanceState.PREPARED
         instance.view, instance.view_rule = labels.view.value, labels.view_rule
         instance.side = "+".join(side.value for side in labels.sides)
+        instance.pack = reader.name
         _record_gate(instance, gated)
         instance.study.prepared_at = utcnow()
         if gated.decision.flag is not None:
@@ -243,7 +243,31 @@ def _prepare(self: Task, instance_id: int) -> None:
                 session, EventKind.SCOPE_FLAG, gated.decision.reason, study_id=study_id, instance_id=instance_id
             )
         task_id = stamp_dispatch(session, Instance, [instance_id])[instance_id]
-    self.app.send_task(CLASSIFY, args=[instance_id, [hip.to_message() for hip in gated.hips]], task_id=task_id)
+    IMAGES_ROUTED.labels(pack=reader.name).inc()
+    size = reader.card.input_size
+    self.app.send_task(
+        CLASSIFY, args=[instance_id, [hip.resized(size).to_message() for hip in gated.hips]], task_id=task_id
+    )
+
+
+def _reader(packs: PackRegistry, decision: ScopeDecision, requested: str | None) -> InstalledPack | None:
+    """The pack that reads an image: the one a radiologist asked for (``requested``), else the one of the region
+    routing chose; None when the image is out of scope."""
+    if requested is not None:
+        try:
+            return packs[requested]
+        except KeyError:  # the pack was removed since it was asked for: routing decides again
+            log.warning("requested pack %s is not installed; routing decides", requested)
+    if not decision.in_scope or decision.region is None:
+        return None
+    return packs.for_region(decision.region)
+
+
+def _requested_decision(requested: str, routed: ScopeDecision) -> ScopeDecision:
+    said = f"routing said: {routed.reason}" if routed.reason else "routing agreed"
+    return ScopeDecision(
+        True, f"drafted with the {requested} pack at a radiologist's request ({said})", ScopeFlag.REQUESTED
+    )
 
 
 def _record_gate(instance: Instance, gated: GatedInstance | None) -> None:
@@ -271,8 +295,8 @@ def _classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]
         instance = session.get(Instance, instance_id)
         if instance is None or instance.state != InstanceState.PREPARED:
             return
-        study_id = instance.study_id
-    classifier, batcher = _classifier_and_batcher(settings)
+        study_id, pack = instance.study_id, instance.pack or DEFAULT_PACK
+    classifier, batcher = _classifier_and_batcher(settings, settings.model.packs()[pack].card_path)
     card = classifier.card
     hips = [HipImage.from_message(message) for message in hip_messages]
     # One forward pass shared with the images of the other classify tasks running in this process.
@@ -311,7 +335,7 @@ def _classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]
 
 
 def _write_draft(
-    session: Session, *, study: Study, generation: int, settings: Settings, pack: InstalledPack
+    session: Session, *, study: Study, generation: int, settings: Settings, packs: PackRegistry
 ) -> tuple[int | None, dict[str, str], float | None]:
     """Draft the locked ``study`` for ``generation`` and queue its exports, in the caller's transaction.
 
@@ -326,9 +350,9 @@ def _write_draft(
             session,
             study=study,
             generation=generation,
-            pack=pack,
+            packs=packs.packs,
             spool=Spool(settings.spool_dir),
-            rule=settings.report.aggregation_rule(pack.pack),
+            rule_for=settings.report.aggregation_rule,
             template_dir=settings.report.template_dir,
         )
     except OperationalError:
@@ -366,11 +390,11 @@ def draft(self: Task, study_id: int, generation: int) -> None:
 
 def _draft(self: Task, study_id: int, generation: int) -> None:
     settings = _settings()
-    pack = settings.model.hip_pack
-    card = pack.card
+    packs = settings.model.packs()
     draft_id: int | None = None
     exports: dict[str, str] = {}
     time_to_draft: float | None = None
+    drafted_packs: list[str] = []
     with session_scope(settings.database_url) as session:
         # Locked until the draft commits: an instance that re-opens the study meanwhile (a new generation)
         # waits for it, then re-opens a drafted study, instead of being overwritten by this draft's outcome;
@@ -378,25 +402,26 @@ def _draft(self: Task, study_id: int, generation: int) -> None:
         study = session.get(Study, study_id, with_for_update=True)
         if study is None or study.generation != generation or study.state != StudyState.DRAFTING:
             return
-        stale = reclassify_stale_instances(session, study=study, model_name=card.name, model_version=card.version)
+        stale = reclassify_stale_instances(
+            session, study=study, models={p.name: (p.card.name, p.card.version) for p in packs.packs}
+        )
         prepare_ids = stamp_dispatch(session, Instance, stale)
         if not stale:
             draft_id, exports, time_to_draft = _write_draft(
-                session, study=study, generation=generation, settings=settings, pack=pack
+                session, study=study, generation=generation, settings=settings, packs=packs
             )
-    if stale:  # committed: the study is READY again, and drafts once these are classified by this model
+            drafted_packs = [] if draft_id is None else session.get_one(Draft, draft_id).pack.split(", ")
+    if stale:  # committed: the study is READY again, and drafts once these are classified by their pack's model
         log.info(
-            "study row %d: %d image(s) classified again by %s %s before drafting",
-            study_id,
-            len(stale),
-            card.name,
-            card.version,
+            "study row %d: %d image(s) classified again by their pack's model before drafting", study_id, len(stale)
         )
         for instance_id, task_id in prepare_ids.items():
             self.app.send_task(PREPARE, args=[instance_id], task_id=task_id)
         return
     if time_to_draft is not None:  # committed: counted once, whatever a redelivery does
         TIME_TO_DRAFT.observe(max(0.0, time_to_draft))
+        for name in drafted_packs:
+            DRAFTS.labels(pack=name).inc()
     if exports:  # committed: now the export tasks may run
         assert draft_id is not None  # _write_draft returns exports only with a draft
         send_exports(self.app, draft_id, exports)

@@ -104,6 +104,12 @@ EXPORTS = Counter(
 )
 
 # --- web app -------------------------------------------------------------------------------------------------
+IMAGES_ROUTED = Counter(
+    "predraft_images_routed",
+    "Images prepared, by the pack that reads them (predraft.models.pack), or out_of_scope when routing found none.",
+    ["pack"],
+)
+DRAFTS = Counter("predraft_drafts", "Drafts written, by pack (a draft of two regions counts once for each).", ["pack"])
 REVIEWS = Counter(
     "predraft_reviews", "Drafts reviewed by a radiologist, by action: accepted, edited, rejected.", ["action"]
 )

@@ -84,6 +84,9 @@ class Study(WorkLease, Base):
     prepared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     classified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     drafted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: A radiologist asked for the study to be drafted with this pack although routing said out of scope: its
+    #: images go to that pack, whatever the tags and the gate say (None: routing decides).
+    requested_pack: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
     instances: Mapped[list[Instance]] = relationship(back_populates="study", order_by="Instance.id")
@@ -131,6 +134,8 @@ class Instance(WorkLease, Base):
     #: A drafted image the radiologist should look at twice (predraft.models.scope.ScopeFlag), and why.
     scope_flag: Mapped[str | None] = mapped_column(String(32), nullable=True)
     scope_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: The pack that reads this image (predraft.models.pack), chosen when it was prepared (None: not routed).
+    pack: Mapped[str | None] = mapped_column(String(64), nullable=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     #: Last change of state; the sweeper re-sends work that has not moved for a while.
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

@@ -45,7 +45,7 @@ class HipImages:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.root = settings.var_dir / "cache" / "web"
-        self._classifier: Classifier | None = None
+        self._classifiers: dict[Path, Classifier] = {}
         self._classifier_lock = threading.Lock()
 
     # --- public ------------------------------------------------------------------------------------------
@@ -64,10 +64,12 @@ class HipImages:
         pixels = self._hip(spool_path, side_value, THUMBNAIL_SIZE)
         return _write_atomically(target, _png(pixels))
 
-    def overlay(self, *, spool_path: str, sop_instance_uid: str, side: str, hardware: str) -> Path:
-        """The PNG file of the Grad-CAM overlay of class ``hardware`` on the hip, made on first request."""
+    def overlay(self, *, spool_path: str, sop_instance_uid: str, side: str, hardware: str, pack: str) -> Path:
+        """The PNG file of the Grad-CAM overlay of class ``hardware`` of the model of ``pack`` (the pack that read
+        the image) on the hip, made on first request."""
         side_value = _side(side)
-        card = self.card()
+        card_path = self._card_path(pack)
+        card = self.card(card_path)
         classes = list(card.classes)
         if hardware not in classes:
             raise ImageUnavailable(f"class {hardware!r} is not among the classes of {card.display_name}")
@@ -84,24 +86,30 @@ class HipImages:
         # imports this module at start-up (through predraft.worklist.context), and only an overlay needs it
 
         pixels = self._hip(spool_path, side_value, card.input_size)
-        data = gradcam_overlay(self.classifier(), pixels, classes.index(hardware), size=THUMBNAIL_SIZE)
+        data = gradcam_overlay(self.classifier(card_path), pixels, classes.index(hardware), size=THUMBNAIL_SIZE)
         return _write_atomically(target, data)
 
-    def card(self) -> ModelCard:
-        if self._classifier is not None:
-            return self._classifier.card
-        return load_card(self.settings.model.card_path, verify_weights=False)[0]
+    def _card_path(self, pack: str) -> Path:
+        try:
+            return self.settings.model.packs()[pack].card_path
+        except KeyError as exc:
+            raise ImageUnavailable(f"the pack {pack!r} that read this image is no longer installed") from exc
 
-    def classifier(self) -> Classifier:
-        """The configured model, loaded on the first overlay (Grad-CAM calls on it are serialised by
+    def card(self, card_path: Path) -> ModelCard:
+        if card_path in self._classifiers:
+            return self._classifiers[card_path].card
+        return load_card(card_path, verify_weights=False)[0]
+
+    def classifier(self, card_path: Path) -> Classifier:
+        """The model of ``card_path``, loaded on its first overlay (Grad-CAM calls on it are serialised by
         predraft.models.gradcam.network_lock)."""
         with self._classifier_lock:
-            if self._classifier is None:
+            if card_path not in self._classifiers:
                 from predraft.models.factory import load_classifier  # here, not at the top: torch and timm,
                 # for the first overlay (`predraft web` imports this module at start-up)
 
-                self._classifier = load_classifier(self.settings.model.card_path, self.settings.model.device)
-            return self._classifier
+                self._classifiers[card_path] = load_classifier(card_path, self.settings.model.device)
+            return self._classifiers[card_path]
 
     # --- helpers -----------------------------------------------------------------------------------------
 

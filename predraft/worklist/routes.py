@@ -34,6 +34,7 @@ from predraft.core.metrics import REVIEWS
 from predraft.core.schema import Instance, Study, User
 from predraft.core.states import Role
 from predraft.listener.spool import Spool
+from predraft.models.pack import DEFAULT_PACK
 from predraft.worklist import auth
 from predraft.worklist.auth import CSRF_FIELD, LOGIN_COOKIE, SESSION_COOKIE, CurrentUser, LoginRequired, WebError
 from predraft.worklist.context import WebContext
@@ -262,8 +263,11 @@ def study(request: Request, study_uid: str, user: CurrentUser = Depends(current_
         raise WebError(HTTPStatus.NOT_FOUND, "no such study")
     done = request.query_params.get("done")  # set by the review's redirect: shown only if the study says so too
     review = detail.get("review")
-    message = done if review is not None and review["action"] == done else None
-    return web(request).render("study.html.j2", user=user, study=detail, message=message)
+    notice = f"Review recorded: {done}." if review is not None and review["action"] == done else None
+    if done == "requested" and detail.get("requested_pack"):
+        notice = f"Drafting requested with the {detail['requested_pack']} pack."
+    packs = [(p.name, p.pack.title) for p in web(request).settings.model.packs().packs]
+    return web(request).render("study.html.j2", user=user, study=detail, notice=notice, packs=packs)
 
 
 def _instance(request: Request, study_uid: str, instance_id: int) -> Instance:
@@ -306,7 +310,11 @@ def gradcam(
     try:
         return _png(
             web(request).images.overlay(
-                spool_path=instance.spool_path, sop_instance_uid=instance.sop_instance_uid, side=side, hardware=hardware
+                spool_path=instance.spool_path,
+                sop_instance_uid=instance.sop_instance_uid,
+                side=side,
+                hardware=hardware,
+                pack=instance.pack or DEFAULT_PACK,
             )
         )
     except ImageUnavailable as exc:
@@ -363,6 +371,34 @@ async def review(
         await run_in_threadpool(send_exports, context.celery(), outcome.report_id, outcome.exports)
     log.info("review %d: %s, SR %s", outcome.review_id, outcome.action.value, outcome.sr_sop_instance_uid)
     return RedirectResponse(f"/studies/{study_uid}?done={outcome.action.value}", status_code=HTTPStatus.SEE_OTHER)
+
+
+@router.post("/studies/{study_uid}/draft-with")
+async def draft_with(
+    request: Request,
+    study_uid: str,
+    user: CurrentUser = Depends(current_user),
+    form: dict[str, str] = Depends(checked_form),
+) -> Response:
+    """Draft a study anyway, with the pack a radiologist chose, when routing said out of scope
+    (predraft.workers.dispatch.redraft_study with ``pack``)."""
+    from predraft.workers.dispatch import CannotRedraft, redraft_study  # here, not at the top: Celery (see review)
+
+    if not user.can_review:
+        raise WebError(HTTPStatus.FORBIDDEN, "only radiologists ask for drafts")
+    context = web(request)
+    pack = form.get("pack", "")
+    installed = {installed.name for installed in context.settings.model.packs().packs}
+    if pack not in installed:
+        raise WebError(HTTPStatus.BAD_REQUEST, f"no installed pack is named {pack!r}")
+    try:
+        generation = await run_in_threadpool(
+            redraft_study, context.celery(), context.settings.database_url, study_uid=study_uid, pack=pack
+        )
+    except CannotRedraft as exc:
+        raise WebError(HTTPStatus.CONFLICT, str(exc)) from exc
+    log.info("study drafted anyway with the %s pack at a radiologist's request (generation %d)", pack, generation)
+    return RedirectResponse(f"/studies/{study_uid}?done=requested", status_code=HTTPStatus.SEE_OTHER)
 
 
 # --- statistics ----------------------------------------------------------------------------------------------

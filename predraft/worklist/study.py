@@ -33,6 +33,7 @@ def study_page(session: Session, study_uid: str) -> dict[str, Any] | None:
         **present.study_identity(study),
         "description": study.study_description,
         "state": present.worklist_state(study.state, study.prepared_at is not None).value,
+        "requested_pack": study.requested_pack,
         "error": study.error,
         "generation": study.generation,
         "hips": _hips(instances, draft),

@@ -196,6 +196,7 @@ _SCOPE_FLAGS = {
     ScopeFlag.TAGS_DISAGREE: ("tags", "Tags disagree"),
     ScopeFlag.UNTAGGED: ("untagged", "No body-part tags"),
     ScopeFlag.VIEW_FROM_IMAGE: ("view", "View read from image"),
+    ScopeFlag.REQUESTED: ("requested", "Drafted on request"),
 }
 _InstanceRow = tuple[str | None, str | None, str, str | None, str | None]  # view, side, state, scope flag, error
 
@@ -259,5 +260,6 @@ def _row(
         "flags": flags,
         "review": None if review is None else {"action": review[0].action, "user": review[1]},
         "model": f"{draft.model_name} {draft.model_version}" if draft is not None else None,
+        "pack": draft.pack if draft is not None else None,
         "synthetic_demo": bool(draft is not None and draft.synthetic_demo),
     }

@@ -99,7 +99,6 @@ def drafting_study(url: str, demo_study, folder: Path, **attributes: str) -> int
     from predraft.core.schema import Study, utcnow
     from predraft.core.settings import get_settings
     from predraft.core.states import StudyState
-    from predraft.workers import tasks
     from tests.unit.test_workflow import _classify_all, _ingest
 
     folder.mkdir()
@@ -111,7 +110,7 @@ def drafting_study(url: str, demo_study, folder: Path, **attributes: str) -> int
         paths.append(folder / image.path.name)
         ds.save_as(paths[-1])
     study_id = _ingest(url, paths)
-    card = tasks._card(get_settings().model.card_path)
+    card = get_settings().model.hip_pack.card
     _classify_all(url, card, DRAFTED_PROBABILITIES)
     with session_scope(url) as session:
         study = session.get(Study, study_id)

@@ -69,7 +69,7 @@ def make_draft(database_url: str, image_paths: list[Path], card_path: Path, spoo
         study.state = StudyState.DRAFTING
     with session_scope(database_url) as session:
         study = session.scalars(select(Study)).one()
-        outcome = draft_study(session, study=study, generation=1, pack=hip_pack_for(card), spool=Spool(spool_dir))
+        outcome = draft_study(session, study=study, generation=1, packs=[hip_pack_for(card)], spool=Spool(spool_dir))
         apply_outcome(session, study=study, generation=1, outcome=outcome)
         draft = study.drafts[-1]
         return Drafted(database_url, study.study_uid, draft.id, draft.sr_sop_instance_uid, Path(draft.sr_path))

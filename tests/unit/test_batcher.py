@@ -318,13 +318,13 @@ def test_classify_workers_share_one_classifier_and_batcher(tiny_card_path, clean
     monkeypatch.setattr(tasks, "_models", {})
     settings = get_settings(model=tiny_card_path, classify_batch_size=4, classify_batch_wait_ms=1.0)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        pairs = list(pool.map(lambda _: tasks._classifier_and_batcher(settings), range(8)))
+        pairs = list(pool.map(lambda _: tasks._classifier_and_batcher(settings, tiny_card_path), range(8)))
     classifier, batcher = pairs[0]
     assert all(pair[0] is classifier and pair[1] is batcher for pair in pairs)
     assert len(loads) == 1
     assert (batcher.batch_size, batcher.wait_ms, classifier.card.input_size) == (4, 1.0, 64)
 
     batcher.close()  # a stopped batcher is replaced, with its classifier
-    _, replacement = tasks._classifier_and_batcher(settings)
+    _, replacement = tasks._classifier_and_batcher(settings, tiny_card_path)
     assert replacement is not batcher and not replacement.closed and len(loads) == 2
     replacement.close()

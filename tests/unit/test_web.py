@@ -581,3 +581,34 @@ def test_thumbnails_of_an_untagged_pelvis_the_gate_split_are_its_halves(web, tmp
     finally:
         with session_scope(web.settings.database_url) as session:
             session.get(Instance, instance_id).spool_path = tagged
+
+
+def test_a_radiologist_can_have_an_out_of_scope_study_drafted_anyway_with_a_chosen_pack(web):
+    with session_scope(web.settings.database_url) as session:  # as routing leaves a study no pack reads
+        study = session.scalars(select(Study).where(Study.study_uid == web.drafted.study_uid)).one()
+        study.state, study.error, generation = (
+            "out_of_scope",
+            "no hip or pelvis radiograph in this study",
+            study.generation,
+        )
+    web.settings.var_dir.mkdir(parents=True, exist_ok=True)  # the embedded broker's database lives there
+    path = f"/studies/{web.drafted.study_uid}/draft-with"
+    admin = web.logged_in("root", role="admin")
+    page = admin.get(f"/studies/{web.drafted.study_uid}").text
+    assert 'id="draft-with"' not in page  # only a radiologist asks for a draft
+    assert admin.post(path, {"csrf_token": csrf_in(page), "pack": "hip"}).status_code == 403
+
+    client = web.logged_in("alice")
+    page = client.get(f"/studies/{web.drafted.study_uid}").text
+    assert (
+        'id="draft-with"' in page and '<option value="hip">Hip and pelvis: orthopedic hardware (hip)</option>' in page
+    )
+    assert client.post(path, {"pack": "hip"}).status_code == 403  # no CSRF token
+    refused = client.post(path, {"csrf_token": csrf_in(page), "pack": "knee"})
+    assert refused.status_code == 400 and "no installed pack is named" in refused.text
+    done = client.post(path, {"csrf_token": csrf_in(page), "pack": "hip"})
+    assert done.status_code == 200 and "Drafting requested with the hip pack." in done.text
+    with session_scope(web.settings.database_url) as session:
+        study = session.scalars(select(Study).where(Study.study_uid == web.drafted.study_uid)).one()
+        assert (study.requested_pack, study.generation, study.state) == ("hip", generation + 1, "ready")
+        assert {instance.state for instance in study.instances} == {"received"}  # sent to prepare again

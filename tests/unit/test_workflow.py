@@ -180,7 +180,7 @@ def test_draft_study_writes_and_records_the_sr(sqlite_url, drafting_study, demo_
 
     with session_scope(sqlite_url) as session:
         study = session.get(Study, study_id)
-        outcome = draft_study(session, study=study, generation=1, pack=hip_pack_for(card), spool=spool)
+        outcome = draft_study(session, study=study, generation=1, packs=[hip_pack_for(card)], spool=spool)
         apply_outcome(session, study=study, generation=1, outcome=outcome)
 
     assert outcome.state is StudyState.DRAFTED and outcome.draft_id is not None
@@ -197,7 +197,7 @@ def test_draft_study_writes_and_records_the_sr(sqlite_url, drafting_study, demo_
 
     with session_scope(sqlite_url) as session:  # idempotent: the same draft again
         again = draft_study(
-            session, study=session.get(Study, study_id), generation=1, pack=hip_pack_for(card), spool=spool
+            session, study=session.get(Study, study_id), generation=1, packs=[hip_pack_for(card)], spool=spool
         )
     assert (again.state, again.draft_id, again.message) == (StudyState.DRAFTED, outcome.draft_id, "already drafted")
 
@@ -214,7 +214,7 @@ def test_draft_study_ignores_predictions_of_another_model(sqlite_url, drafting_s
             session,
             study=session.get(Study, study_id),
             generation=1,
-            pack=hip_pack_for(card),
+            packs=[hip_pack_for(card)],
             spool=Spool(tmp_path / "spool"),
         )
     assert outcome.state is StudyState.OUT_OF_SCOPE and outcome.draft_id is None
@@ -235,7 +235,7 @@ def test_study_without_classified_images(sqlite_url, drafting_study, tmp_path, s
     with session_scope(sqlite_url) as session:
         study = session.get(Study, study_id)
         outcome = draft_study(
-            session, study=study, generation=1, pack=hip_pack_for(card), spool=Spool(tmp_path / "spool")
+            session, study=study, generation=1, packs=[hip_pack_for(card)], spool=Spool(tmp_path / "spool")
         )
         apply_outcome(session, study=study, generation=1, outcome=outcome)
     assert outcome.state is expected and outcome.draft_id is None
@@ -331,7 +331,7 @@ def test_images_another_model_classified_are_classified_again_before_drafting(
             instance.state = InstanceState.CLASSIFIED
         study = session.get(Study, study_id)
         study.state = StudyState.DRAFTING
-        assert reclassify_stale_instances(session, study=study, model_name=card.name, model_version=card.version) == []
+        assert reclassify_stale_instances(session, study=study, models={"hip": (card.name, card.version)}) == []
 
 
 def test_classifying_replaces_the_predictions_of_every_earlier_model(
