@@ -30,6 +30,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
+from predraft.models.framing import implant_crop
 from predraft.models.pixels import crop_collimation, letterbox, split_bilateral
 from predraft.models.taxonomy import CLASS_ORDER, Side, View
 
@@ -38,6 +39,8 @@ _Result = TypeVar("_Result")
 
 LABELS_FILE = "labels.csv"
 REQUIRED_COLUMNS = ("patient", "study", "image", "side", "class")
+#: An image set's own layout: ``labels.csv`` with this column and one label column, the images in this folder.
+IMAGE_SET_COLUMN, IMAGE_SET_FOLDER = "image", "images"
 SPLITS = ("train", "validation", "test")
 #: The reference paper's split: 70 % training, 10 % validation, 20 % test, by patient.
 PAPER_FRACTIONS = (0.7, 0.1, 0.2)
@@ -61,7 +64,11 @@ class LabelRow:
 
 def read_labels(data_dir: Path, classes: Sequence[str] = CLASS_ORDER) -> list[LabelRow]:
     """The rows of ``data_dir/labels.csv``, validated (columns, sides, classes among ``classes``, by default the
-    hip pack's, files present, no duplicates)."""
+    hip pack's, files present, no duplicates).
+
+    Two layouts: a side per row (``patient, study, image, side, class``, optional ``view``), or an image set's
+    own (``image`` and one label column, the images under ``images/``, as ``../shared/data/shoulder-implants``):
+    then each image is its own patient and study, of unstated side. Class names match without regard to case."""
     path = Path(data_dir) / LABELS_FILE
     if not path.is_file():
         raise LabelsError(f"{path} does not exist: a data folder needs a labels CSV ({', '.join(REQUIRED_COLUMNS)})")
@@ -69,7 +76,10 @@ def read_labels(data_dir: Path, classes: Sequence[str] = CLASS_ORDER) -> list[La
     seen: set[tuple[str, Side]] = set()
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
-        missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or ())]
+        columns = list(reader.fieldnames or ())
+        if IMAGE_SET_COLUMN in columns and len(columns) == 2 and not set(REQUIRED_COLUMNS) <= set(columns):
+            return _image_set_rows(Path(data_dir), path, reader, columns, classes)
+        missing = [column for column in REQUIRED_COLUMNS if column not in columns]
         if missing:
             raise LabelsError(f"{path} lacks the column(s) {', '.join(missing)}; it has {reader.fieldnames}")
         for line, record in enumerate(reader, start=2):
@@ -90,6 +100,28 @@ def read_labels(data_dir: Path, classes: Sequence[str] = CLASS_ORDER) -> list[La
                 raise LabelsError(f"{path}, line {line}: image {row.image} does not exist in {data_dir}")
             seen.add((row.image, row.side))
             rows.append(row)
+    if not rows:
+        raise LabelsError(f"{path} holds no rows")
+    return rows
+
+
+def _image_set_rows(
+    data_dir: Path, path: Path, reader: csv.DictReader[str], columns: list[str], classes: Sequence[str]
+) -> list[LabelRow]:
+    label_column = next(column for column in columns if column != IMAGE_SET_COLUMN)
+    rows = []
+    for line, record in enumerate(reader, start=2):
+        try:
+            image = _required(record, IMAGE_SET_COLUMN)
+            hardware = _known_class(record[label_column], classes)
+        except ValueError as exc:
+            raise LabelsError(f"{path}, line {line}: {exc}") from exc
+        name = f"{IMAGE_SET_FOLDER}/{image}"
+        if not (data_dir / name).is_file():
+            raise LabelsError(f"{path}, line {line}: image {image} does not exist in {data_dir / IMAGE_SET_FOLDER}")
+        rows.append(LabelRow(Path(image).stem, image, name, Side.UNKNOWN, hardware))
+    if len({row.image for row in rows}) != len(rows):
+        raise LabelsError(f"{path} names an image twice")
     if not rows:
         raise LabelsError(f"{path} holds no rows")
     return rows
@@ -188,15 +220,17 @@ def prepare_images(
     input_size: int,
     workers: int | None = None,
     cache_dir: Path | None = None,
+    framing: str = "hip_halves",
 ) -> PreparedImages:
-    """Prepare every labelled hip at ``input_size``; rows whose image yields no such hip raise LabelsError.
+    """Prepare every labelled side at ``input_size`` in the pack's ``framing`` (predraft.models.framing); rows
+    whose image yields no such side raise LabelsError.
 
     Images are prepared in ``workers`` processes (default: the CPU count). With ``cache_dir``, the result
     is kept there under a key of the rows and the size, and read back on the next call (a resumed training
     run does not decode everything again).
     """
     data_dir = Path(data_dir)
-    cache = _cache_path(cache_dir, rows, input_size) if cache_dir is not None else None
+    cache = _cache_path(cache_dir, rows, input_size, framing) if cache_dir is not None else None
     if cache is not None and cache.is_file():
         with np.load(cache) as stored:
             return PreparedImages(stored["pixels"], tuple(rows))
@@ -204,7 +238,7 @@ def prepare_images(
     for row in rows:
         by_image[row.image].append(row)
     images = list(by_image)
-    jobs = [(data_dir / image, input_size, by_image[image][0].view) for image in images]
+    jobs = [(data_dir / image, input_size, by_image[image][0].view, framing) for image in images]
     results = map_in_processes(_prepare_one, jobs, workers=workers, chunksize=8)
     hips: dict[tuple[str, Side], np.ndarray] = {}
     for image, found in zip(images, results, strict=True):
@@ -256,31 +290,34 @@ def read_picture(path: Path) -> np.ndarray:
     return grey.astype(np.float32) / (65535.0 if grey.dtype == np.uint16 else 255.0)
 
 
-def _cache_path(cache_dir: Path, rows: Sequence[LabelRow], input_size: int) -> Path:
-    digest = hashlib.sha256(f"{input_size}".encode())
+def _cache_path(cache_dir: Path, rows: Sequence[LabelRow], input_size: int, framing: str) -> Path:
+    digest = hashlib.sha256(f"{input_size}{'' if framing == 'hip_halves' else framing}".encode())
     for row in rows:
         digest.update(f"\n{row.image}\t{row.side.value}\t{row.view}".encode())
     return Path(cache_dir) / f"prepared-{input_size}px-{digest.hexdigest()[:16]}.npz"
 
 
-def _prepare_one(job: tuple[Path, int, View | None]) -> dict[Side, np.ndarray] | str:
-    """The letterboxed hips of one image by side, or the reason it cannot be prepared."""
+def _prepare_one(job: tuple[Path, int, View | None, str]) -> dict[Side, np.ndarray] | str:
+    """The letterboxed sides of one image by side, in its framing, or the reason it cannot be prepared."""
     # here, not at the top: it loads cv2 and scipy (via predraft.models.metal); predraft.models.taskdata imports this
     # module, in each of its forkserver pool processes too, and never prepares a DICOM file through it
     from predraft.models.prepare import prepare_file
 
-    path, input_size, view = job
+    path, input_size, view, framing = job
     try:
         if path.suffix.lower() in {".png", ".jpg", ".jpeg"}:
-            return _prepare_png(path, input_size, view)
-        hips = prepare_file(path, input_size=input_size).hips
+            return _prepare_png(path, input_size, view, framing)
+        prepared = prepare_file(path, input_size=input_size, with_implant_crop=framing == "implant_crop")
+        hips = [prepared.crop] if framing == "implant_crop" and prepared.crop is not None else prepared.hips
     except Exception as exc:  # reported per image with its reason
         return f"{type(exc).__name__}: {exc}"
     return {hip.side: hip.pixels for hip in hips}
 
 
-def _prepare_png(path: Path, input_size: int, view: View | None) -> dict[Side, np.ndarray]:
+def _prepare_png(path: Path, input_size: int, view: View | None, framing: str) -> dict[Side, np.ndarray]:
     image = crop_collimation(read_picture(path))
+    if framing == "implant_crop":
+        return {Side.UNKNOWN: letterbox(implant_crop(image), input_size)}
     if view is View.AP_PELVIS:
         return {side: letterbox(half, input_size) for side, half in split_bilateral(image, None).items()}
     return {Side.UNKNOWN: letterbox(image, input_size)}

@@ -49,6 +49,9 @@ def create_network(architecture: str, num_classes: int, init_weights: Path | Non
     return network
 
 
+#: The prefix of the backbone's weights in a task network's state (predraft.models.imagetask: the gate's).
+TASK_BACKBONE_PREFIX = "backbone."
+
 _GetClassifier = Callable[[], torch.nn.Module | tuple[torch.nn.Module, ...]]
 
 
@@ -68,7 +71,8 @@ def classifier_head_keys(network: torch.nn.Module) -> set[str]:
 
 
 def load_backbone(network: torch.nn.Module, init_weights: Path) -> set[str]:
-    """Load every weight but the classifier head from a local timm checkpoint into ``network``.
+    """Load every weight but the classifier head from a local timm checkpoint into ``network`` (or the backbone of
+    a task network's weights, as the gate's: predraft.models.imagetask).
 
     The file is read with timm's own loader (safetensors, or ``torch.load(weights_only=True)``; EMA
     weights preferred; ``module.`` prefixes removed); nothing touches the network. The checkpoint's head
@@ -83,6 +87,12 @@ def load_backbone(network: torch.nn.Module, init_weights: Path) -> set[str]:
         state = load_state_dict(str(init_weights), use_ema=True)
     except Exception as exc:  # pickle, safetensors and zip errors alike: say which file
         raise ValueError(f"init_weights {init_weights} is not a readable checkpoint: {exc}") from exc
+    if any(key.startswith(TASK_BACKBONE_PREFIX) for key in state):  # a task network's (the gate's): its backbone
+        state = {
+            key.removeprefix(TASK_BACKBONE_PREFIX): value
+            for key, value in state.items()
+            if key.startswith(TASK_BACKBONE_PREFIX)
+        }
     head = classifier_head_keys(network)
     own = network.state_dict()
     backbone = {key: value for key, value in state.items() if key not in head}

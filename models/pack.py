@@ -9,12 +9,13 @@ A pack is a folder::
         templates/          optional: report templates that replace the base ones (reporting/templates/) by name
 
 ``pack.toml`` holds: ``name`` and ``version``; ``title`` (the pack as a person reads it); ``regions``, the
-body-part gate's region classes it reads (``hip``, ``shoulder``...); ``examination`` (the report's default
+body-part gate's region classes it reads (``hip``, ``shoulder``...); ``gate_alone`` (default true), whether the
+gate may send it images whose tags do not name its region; ``examination`` (the report's default
 examination line) and ``statement`` (what the draft describes, and what it leaves to the radiologist);
 ``card``, the model card's path relative to the folder; ``views``, the views it accepts (:class:`View`);
-``view_rules`` and ``framing``, the names of the code that finds an image's view and side and turns its
-pixels into the model's inputs (only ``hip`` exists today: the rules of models/views.py and the halves of
-models/pixels.py); ``no_finding``, the class that means nothing is there (what the metal check may contradict);
+``view_rules`` and ``framing``, the names of the code that finds an image's view and side (only ``hip``, the
+rules of models/views.py) and turns its pixels into the model's inputs (models/framing.py: ``hip_halves`` or
+``implant_crop``); ``no_finding``, the class that means nothing is there (what the metal check may contradict);
 ``[sides]``, how each side is named in the report; ``[indeterminate]``, the sentence and code of a side the
 draft will not name; ``sr_title``, the code of the SR's title (LOINC 18748-4 Diagnostic Imaging Report unless
 said); ``[aggregation]``, the pack's defaults for combining views (:class:`AggregationDefaults`);
@@ -74,7 +75,11 @@ class PackClass(_Strict):
 
 
 class Indeterminate(_Strict):
+    """The sentence and SR code of a side the draft will not name; ``present_sentence``, when given, is said instead
+    when the model's top class is not the pack's ``no_finding`` (an implant is there, its kind is not named)."""
+
     sentence: str = "Indeterminate, review."
+    present_sentence: str | None = None
     code: PackCode = PackCode(value="INDET", scheme=PRIVATE_SCHEME, meaning="Indeterminate, review")
 
 
@@ -116,12 +121,15 @@ class Pack(_Strict):
     version: str = Field(min_length=1)
     title: str = Field(min_length=1)
     regions: tuple[str, ...] = Field(min_length=1)
+    #: Whether the body-part gate may send this pack an image without body-part tags, or tagged as another
+    #: region (predraft.models.scope); false: only images whose tags name its region.
+    gate_alone: bool = True
     examination: str = Field(min_length=1)
     statement: str = Field(min_length=1)
     card: str = "card.json"
     views: tuple[View, ...] = Field(min_length=1)
     view_rules: Literal["hip"] = "hip"
-    framing: Literal["hip_halves"] = "hip_halves"
+    framing: Literal["hip_halves", "implant_crop"] = "hip_halves"
     no_finding: str
     sides: SideNames
     indeterminate: Indeterminate = Indeterminate()
@@ -164,9 +172,13 @@ class Pack(_Strict):
                 return pack_class
         raise KeyError(f"{name!r} is not a class of the pack {self.name} ({list(self.class_names)})")
 
-    def sentence(self, name: str | None) -> str:
-        """The report sentence of class ``name``; the indeterminate sentence for None."""
-        return self.indeterminate.sentence if name is None else self.pack_class(name).sentence
+    def sentence(self, name: str | None, top_class: str | None = None) -> str:
+        """The report sentence of class ``name``; for None (indeterminate), the indeterminate sentence, or its
+        ``present_sentence`` when ``top_class`` is not the no-finding class."""
+        if name is not None:
+            return self.pack_class(name).sentence
+        present = self.indeterminate.present_sentence
+        return present if present and top_class not in (None, self.no_finding) else self.indeterminate.sentence
 
     def code(self, name: str | None) -> PackCode:
         """The SR code of class ``name``; the indeterminate code for None."""
@@ -263,6 +275,11 @@ class PackRegistry:
         for installed in order:
             for region in installed.pack.regions:
                 self.by_region.setdefault(region, installed)
+
+    @property
+    def gate_alone(self) -> set[str]:
+        """The regions whose pack lets the gate choose it without or against the tags."""
+        return {region for region, installed in self.by_region.items() if installed.pack.gate_alone}
 
     def __getitem__(self, name: str) -> InstalledPack:
         for installed in self.packs:

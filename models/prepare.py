@@ -16,6 +16,7 @@ import pydicom
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 
+from predraft.models.framing import implant_crop
 from predraft.models.metal import MetalFinding
 from predraft.models.pixels import (
     PixelDataError,
@@ -91,10 +92,18 @@ class PreparedInstance(NamedTuple):
     hips: list[HipImage]
     gate_pixels: np.ndarray | None  # uint8 (G, G), the whole image letterboxed; None when no gate size was asked
     halves: tuple[HipImage, ...] = ()  # (right, left) as an AP pelvis, or none
+    #: The implant crop (predraft.models.framing) of the whole image as one side, when it was asked for.
+    crop: HipImage | None = None
 
 
 def prepare_file(
-    path: Path, *, input_size: int, gate_size: int | None = None, voi_window_index: int = 0, with_halves: bool = False
+    path: Path,
+    *,
+    input_size: int,
+    gate_size: int | None = None,
+    voi_window_index: int = 0,
+    with_halves: bool = False,
+    with_implant_crop: bool = False,
 ) -> PreparedInstance:
     """Read, check the SOP class and the tags' region, decode, window, crop, orient, split and letterbox.
     (The hips' hardware check is the gate's, made by the caller: predraft.workers.gate.)
@@ -108,6 +117,9 @@ def prepare_file(
     image is in scope is decided afterwards, with the body-part gate's reading of ``gate_pixels``
     (:mod:`predraft.models.scope`); only tags naming a region outside the gate's skeleton (chest, spine...) put it
     out of scope here, before anything is decoded.
+
+    With ``with_implant_crop`` (a pack framed ``implant_crop`` is installed), ``crop`` holds the implant crop of
+    the whole image as one side, with the tags' first side and view.
 
     ``voi_window_index`` picks the image's VOI LUT or window (settings.model.voi_window_index; 0 is the first).
     Collimation borders are cropped before an AP pelvis is split at its midline, so the split follows the
@@ -135,7 +147,8 @@ def prepare_file(
         split = split_bilateral(image, None)  # oriented already
         halves = tuple(_hip(side, View.AP_PELVIS, split[side], input_size) for side in (Side.RIGHT, Side.LEFT))
     gate_pixels = letterbox(image, gate_size) if gate_size else None
-    return PreparedInstance(labels, hips, gate_pixels, halves)
+    crop = _hip(labels.sides[0], labels.view, implant_crop(image), input_size) if with_implant_crop else None
+    return PreparedInstance(labels, hips, gate_pixels, halves, crop)
 
 
 def _hip(side: Side, view: View, image: np.ndarray, input_size: int) -> HipImage:

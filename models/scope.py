@@ -117,13 +117,18 @@ def _hip_first(name: str) -> tuple[bool, str]:
 
 
 def decide_scope(
-    tags: ViewResult, reading: GateReading | None, readable: Collection[str] = (GATE_CLASS,)
+    tags: ViewResult,
+    reading: GateReading | None,
+    readable: Collection[str] = (GATE_CLASS,),
+    gate_alone: Collection[str] | None = None,
 ) -> ScopeDecision:
     """Scope of one image by the rules above, and the region whose pack reads it. ``readable`` are the regions
-    the installed packs read (the gate's class names); ``reading`` may be None only when the tags say
-    ``outside``."""
+    the installed packs read (the gate's class names); ``gate_alone`` those of them the gate may choose without or
+    against the tags (default: all; a pack says ``gate_alone = false`` to read only images whose tags name its
+    region). ``reading`` may be None only when the tags say ``outside``."""
     body_part = tags.body_part or "unstated"
     words = _regions_words(readable)
+    alone = set(readable if gate_alone is None else gate_alone) & set(readable)
     if tags.tag_region is TagRegion.OUTSIDE:
         return ScopeDecision(
             False,
@@ -131,13 +136,13 @@ def decide_scope(
         )
     if reading is None:
         raise ValueError(f"tags say {tags.tag_region.value}: scope needs the gate's reading")
-    sure = reading.confident(readable)
+    sure = reading.confident(alone)
     said = tags.region
     if tags.tag_region is TagRegion.HIP:
         other = reading.confident_other(said or GATE_CLASS)
         if other is not None:
             where = body_part if tags.body_part else f"{tags.scope_rule} names the hip"
-            if other[0] in readable:
+            if other[0] in alone:
                 return ScopeDecision(
                     True,
                     f"tags say {where}, the image reads as {reading.describe(other[0])}",

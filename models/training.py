@@ -23,7 +23,7 @@ import math
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import timm
@@ -78,6 +78,7 @@ class TrainingConfig(BaseModel):
     batch_size: int = Field(32, ge=1)
     weight_decay: float = Field(0.01, ge=0)
     augment: bool = True
+    flip: bool = Field(False, description="also mirror training images left-right (a shoulder or a hip of either side)")
     seed: int = 0
     fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on optimiser steps per epoch (smoke runs)")
@@ -90,6 +91,10 @@ class TrainingConfig(BaseModel):
     classes: tuple[str, ...] = Field(
         tuple(str(name) for name in CLASS_ORDER),
         description="the model's output classes, in order: its pack's class names (the hip's)",
+    )
+
+    framing: Literal["hip_halves", "implant_crop"] = Field(
+        "hip_halves", description="how an image becomes the model's input: its pack's framing (models/framing.py)"
     )
 
     @field_validator("classes")
@@ -126,10 +131,12 @@ class TrainingConfig(BaseModel):
         return [stage for stage in stages if stage[1] > 0]
 
 
-def augmentation() -> v2.Transform:
-    """The paper's augmentations on a uint8 (1, S, S) tensor: rotation and zoom, warp, brightness, contrast."""
+def augmentation(flip: bool = False) -> v2.Transform:
+    """The paper's augmentations on a uint8 (1, S, S) tensor: rotation and zoom, warp, brightness, contrast; with
+    ``flip``, a left-right mirror half the time too."""
     return v2.Compose(
         [
+            *([v2.RandomHorizontalFlip()] if flip else []),
             v2.RandomAffine(degrees=10, translate=(0.04, 0.04), scale=(0.9, 1.15)),
             v2.RandomPerspective(distortion_scale=0.15, p=0.5),
             v2.ColorJitter(brightness=0.25, contrast=0.25),
@@ -279,7 +286,9 @@ def train(
         assignment = split_patients(rows, fractions=config.fractions, seed=config.seed, classes=config.classes)
         write_split(assignment, split_path)
     rows = [row for row in rows if row.patient in assignment]
-    images = prepare_images(data_dir, rows, input_size=config.input_size, cache_dir=out_dir / "cache")
+    images = prepare_images(
+        data_dir, rows, input_size=config.input_size, cache_dir=out_dir / "cache", framing=config.framing
+    )
     sets = {
         name: images.subset([assignment[row.patient] == name for row in images.rows])
         for name in ("train", "validation")
@@ -296,7 +305,7 @@ def train(
     history: list[dict[str, Any]] = checkpoint["history"] if checkpoint else []
     done_epochs = len(history)
     show = progress if progress is not None else sys.stderr.isatty()
-    dataset = _HipDataset(sets["train"], config.classes, augmentation() if config.augment else None)
+    dataset = _HipDataset(sets["train"], config.classes, augmentation(config.flip) if config.augment else None)
     # A list, as WeightedRandomSampler types its weights; the same float64 values.
     weights: list[float] = class_balanced_weights(sets["train"].targets(config.classes)).tolist()
     steps = math.ceil(len(dataset) / config.batch_size)

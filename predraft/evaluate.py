@@ -12,7 +12,7 @@ patients. Outputs: ``image_metrics.json``, ``image_confusion.png``, ``image_roc.
 from __future__ import annotations
 
 import csv
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from predraft.models.card import ModelCard
 from predraft.models.datasets import LabelRow, prepare_images, read_labels, read_split
 from predraft.models.evaluation import evaluate_predictions, write_report
 from predraft.models.factory import load_classifier
-from predraft.models.pack import DEFAULT_PACK, Pack, bundled_pack
+from predraft.models.pack import Pack, installed_packs
 from predraft.models.taxonomy import View
 from predraft.reporting.aggregate import AggregationRule, HipObservation, aggregate
 
@@ -43,8 +43,10 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Evaluate and write the reports into ``out_dir``; return ``{"image": report, "study": report}``.
 
-    The card's classes are the labels' vocabulary; sides are combined per study by ``pack``'s aggregation rule
-    (default: the bundled hip pack's when the card has its classes, else the rule without pack defaults).
+    The card's classes are the labels' vocabulary (matched without regard to case); images are framed and sides
+    combined per study as ``pack`` says (default: the installed pack whose classes the card has; else the hip's
+    framing and the rule without pack defaults). ``data_dir`` is a training folder, or an image set in its own
+    layout (``images/`` and ``labels.csv`` with ``image`` and one label column).
 
     With ``split_file`` (a training run's ``split.csv``), only the patients of ``split`` are evaluated.
     With ``cache_dir``, the prepared images are kept there for the next evaluation of the same data.
@@ -53,8 +55,9 @@ def evaluate_model(
     card = classifier.card
     classes = tuple(card.classes)
     if pack is None:
-        hip = bundled_pack(DEFAULT_PACK).pack
-        pack = hip if hip.class_names == classes else None
+        pack = next(
+            (p.pack for p in installed_packs(verify_weights=False).packs if p.pack.class_names == classes), None
+        )
     if pack is not None and pack.class_names != classes:
         raise ValueError(
             f"{card.display_name} has classes {list(classes)}, the pack {pack.name} {list(pack.class_names)}"
@@ -66,7 +69,8 @@ def evaluate_model(
         rows = [row for row in rows if assignment.get(row.patient) == split]
         if not rows:
             raise ValueError(f"no labelled hip of {data_dir} belongs to the {split} set of {split_file}")
-    images = prepare_images(Path(data_dir), rows, input_size=card.input_size, cache_dir=cache_dir)
+    framing = pack.framing if pack is not None else "hip_halves"
+    images = prepare_images(Path(data_dir), rows, input_size=card.input_size, cache_dir=cache_dir, framing=framing)
     probabilities = np.concatenate(
         [classifier.predict(images.pixels[start : start + batch_size]) for start in range(0, len(rows), batch_size)]
     )
@@ -98,6 +102,8 @@ def _study_report(
     for row, probs in zip(rows, probabilities, strict=True):
         by_study[row.study].append((row, probs))
     labels, combined, groups, decided, correct_decided = [], [], [], 0, 0
+    named: Counter[str] = Counter()  # findings that name a class, by class
+    named_right: Counter[str] = Counter()  # ... and are right
     for items in by_study.values():
         truth = {row.side: row.hardware for row, _ in items}
         observations = [
@@ -116,6 +122,8 @@ def _study_report(
             if finding.hardware is not None:
                 decided += 1
                 correct_decided += int(classes.index(finding.hardware) == label)
+                named[finding.hardware] += 1
+                named_right[finding.hardware] += int(classes.index(finding.hardware) == label)
     probs = np.asarray(combined, dtype=np.float64)
     probs /= probs.sum(axis=1, keepdims=True)
     report = evaluate_predictions(np.asarray(labels), probs, classes, groups=groups, n_bootstrap=n_bootstrap, seed=seed)
@@ -124,6 +132,17 @@ def _study_report(
         "indeterminate": len(labels) - decided,
         "coverage": decided / len(labels) if labels else None,
         "accuracy_of_decided": correct_decided / decided if decided else None,
+        # per class: how many study-sides of that class were labelled, how many the rule named it, how many of
+        # those were right (the precision of the class as the draft names it)
+        "per_class": {
+            name: {
+                "labelled": labels.count(index),
+                "named": named[name],
+                "named_right": named_right[name],
+                "precision_of_named": named_right[name] / named[name] if named[name] else None,
+            }
+            for index, name in enumerate(classes)
+        },
     }
     return report
 

@@ -85,8 +85,9 @@ def _finding_context(pack: Pack, finding: SideFinding) -> dict[str, object]:
         "side": finding.side.value,
         "label": label,
         "hip_label": label,  # the name templates written for the hip alone use
-        "sentence": pack.sentence(finding.hardware),
+        "sentence": pack.sentence(finding.hardware, finding.top_class),
         "finding_class": finding.hardware,
+        "top_class": finding.top_class,
         "indeterminate": finding.indeterminate,
         "reason": finding.reason,
         "probability": round(finding.probability, 3),

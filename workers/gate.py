@@ -72,9 +72,15 @@ class Gate:
         self.reads_field = FIELD_PELVIS in tasks.get(FIELD_TASK, ())
         self.pelvis_threshold = model.card.threshold(FIELD_TASK, FIELD_PELVIS) if self.reads_field else None
 
-    def apply(self, prepared: PreparedInstance, readable: Collection[str] = (GATE_CLASS,)) -> GatedInstance:
+    def apply(
+        self,
+        prepared: PreparedInstance,
+        readable: Collection[str] = (GATE_CLASS,),
+        gate_alone: Collection[str] | None = None,
+    ) -> GatedInstance:
         """Scope of the prepared image and the region whose pack reads it (among ``readable``, the regions the
-        installed packs read), its view where the image decides it, and its sides with the hardware check's
+        installed packs read; ``gate_alone``: those the gate may choose without the tags), its view where the image
+        decides it, and its sides with the hardware check's
         findings."""
         if prepared.gate_pixels is None:  # tags outside the gate's skeleton are refused before this
             raise ValueError("the prepared instance has no gate image")
@@ -85,7 +91,7 @@ class Gate:
             {name: float(p) for name, p in zip(self.model.card.tasks[GATE_TASK], first[GATE_TASK][0], strict=True)},
             self.region_thresholds,
         )
-        decision = decide_scope(prepared.labels, reading, readable)
+        decision = decide_scope(prepared.labels, reading, readable, gate_alone)
         hips = self._checked(prepared.hips, first[HARDWARE_TASK][1:])
         labels, pelvis = prepared.labels, None
         if self.reads_field and prepared.halves:

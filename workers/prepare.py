@@ -15,6 +15,7 @@ def prepare_bounded(
     gate_size: int | None = None,
     voi_window_index: int = 0,
     with_halves: bool = False,
+    with_implant_crop: bool = False,
     sandbox: Sandbox,
 ) -> PreparedInstance:
     """prepare_file run in ``sandbox``'s child, bounded in time and memory (the workers' entry point).
@@ -31,6 +32,7 @@ def prepare_bounded(
             gate_size=gate_size,
             voi_window_index=voi_window_index,
             with_halves=with_halves,
+            with_implant_crop=with_implant_crop,
         )
     except DecodeFailure as failure:
         if failure.error_type == OutOfScopeError.__name__:

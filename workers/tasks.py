@@ -211,9 +211,10 @@ def _prepare(self: Task, instance_id: int) -> None:
             gate_size=gate.size,
             voi_window_index=settings.model.voi_window_index,
             with_halves=gate.reads_field,
+            with_implant_crop=any(p.pack.framing == "implant_crop" for p in packs.packs),
             sandbox=_prepare_sandbox(settings),
         )
-        gated = gate.apply(prepared, readable=set(packs.by_region))
+        gated = gate.apply(prepared, readable=set(packs.by_region), gate_alone=packs.gate_alone)
         reader = _reader(packs, gated.decision, requested)
         if reader is None:
             raise OutOfScopeError(gated.decision.reason)
@@ -245,8 +246,11 @@ def _prepare(self: Task, instance_id: int) -> None:
         task_id = stamp_dispatch(session, Instance, [instance_id])[instance_id]
     IMAGES_ROUTED.labels(pack=reader.name).inc()
     size = reader.card.input_size
+    sides = gated.hips
+    if reader.pack.framing == "implant_crop" and prepared.crop is not None:  # one side: the implant's crop
+        sides = [replace(prepared.crop, metal=gated.hips[0].metal if gated.hips else None)]
     self.app.send_task(
-        CLASSIFY, args=[instance_id, [hip.resized(size).to_message() for hip in gated.hips]], task_id=task_id
+        CLASSIFY, args=[instance_id, [side.resized(size).to_message() for side in sides]], task_id=task_id
     )
 
 

@@ -34,6 +34,7 @@ from pydantic import ValidationError
 @click.option("--batch-size", default=32, show_default=True, type=int)
 @click.option("--max-steps-per-epoch", default=None, type=int, help="Cap on steps per epoch (smoke runs).")
 @click.option("--no-augment", is_flag=True, help="Train without augmentation.")
+@click.option("--flip", is_flag=True, help="Also mirror training images left-right (augmentation).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds the split, sampling and augmentation.")
 @click.option(
     "--init-weights",
@@ -60,6 +61,7 @@ def train(
     batch_size: int,
     max_steps_per_epoch: int | None,
     no_augment: bool,
+    flip: bool,
     seed: int,
     init_weights: Path | None,
     name: str,
@@ -99,6 +101,7 @@ def train(
             batch_size=batch_size,
             max_steps_per_epoch=max_steps_per_epoch,
             augment=not no_augment,
+            flip=flip,
             seed=seed,
             init_weights=init_weights.resolve() if init_weights else None,
             name=name,

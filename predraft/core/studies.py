@@ -95,6 +95,7 @@ def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
                 "region_read": i.region_read,
                 "region_probability": i.region_probability,
                 "scope_flag": i.scope_flag,
+                "pack": i.pack,
                 "scope_note": i.scope_note,
                 "predictions": [
                     {

@@ -163,3 +163,21 @@ def test_prepare_reports_an_unreadable_image(tmp_path: Path) -> None:
     _write_labels(tmp_path, [["p", "s", "broken.dcm", "right", "tha", ""]])
     with pytest.raises(LabelsError, match="broken.dcm cannot be prepared"):
         prepare_images(tmp_path, read_labels(tmp_path), input_size=32, workers=1)
+
+
+def test_an_image_set_in_its_own_layout_is_read_with_case_blind_classes(tmp_path) -> None:
+    (tmp_path / "images").mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        Image.fromarray(np.full((40, 30), 128, dtype=np.uint8)).save(tmp_path / "images" / name)
+    (tmp_path / "labels.csv").write_text("image,manufacturer\na.jpg,Zimmer\nb.jpg,DEPUY\n")
+    rows = read_labels(tmp_path, ("none", "depuy", "zimmer"))
+    assert [(row.patient, row.image, row.side, row.hardware) for row in rows] == [
+        ("a", "images/a.jpg", Side.UNKNOWN, "zimmer"),
+        ("b", "images/b.jpg", Side.UNKNOWN, "depuy"),
+    ]
+    (tmp_path / "labels.csv").write_text("image,manufacturer\na.jpg,Tornier\n")
+    with pytest.raises(LabelsError, match=r"line 2: class 'tornier' is not one of none, depuy, zimmer"):
+        read_labels(tmp_path, ("none", "depuy", "zimmer"))
+    (tmp_path / "labels.csv").write_text("image,manufacturer\nc.jpg,Zimmer\n")
+    with pytest.raises(LabelsError, match="image c.jpg does not exist"):
+        read_labels(tmp_path, ("none", "depuy", "zimmer"))

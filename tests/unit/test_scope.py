@@ -103,3 +103,22 @@ def test_a_reading_without_a_needed_threshold_is_refused() -> None:
         GateReading({"knee": 1.0}, {"knee": 0.9})
     with pytest.raises(ValueError, match="needs the gate's reading"):
         decide_scope(classify_view(tags("PELVIS")), None)
+
+
+def test_a_pack_that_forbids_the_gate_alone_reads_only_images_tagged_with_its_region():
+    from predraft.models.scope import GateReading, decide_scope
+    from predraft.models.taxonomy import Side, View
+    from predraft.models.views import TagRegion, ViewResult
+
+    reading = GateReading(
+        {"hip": 0.01, "shoulder": 0.97, "hand": 0.01, "leg": 0.01},
+        {"hip": 0.54, "shoulder": 0.89, "hand": 0.5, "leg": 0.76},
+    )  # an untagged chest film: the gate, which knows no chest, reads it as a shoulder
+    untagged = ViewResult(View.UNKNOWN, "none", (Side.UNKNOWN,), "none", False, "none", TagRegion.NONE, "")
+    readable = {"hip", "shoulder"}
+    assert decide_scope(untagged, reading, readable).region == "shoulder"
+    refused = decide_scope(untagged, reading, readable, gate_alone={"hip"})
+    assert not refused.in_scope and refused.reason.startswith("no body-part tags, and the image does not read as")
+    tagged = ViewResult(View.UNKNOWN, "none", (Side.RIGHT,), "ImageLaterality", False, "BodyPartExamined",
+                        TagRegion.LIMB, "SHOULDER")  # fmt: skip
+    assert decide_scope(tagged, reading, readable, gate_alone={"hip"}).region == "shoulder"
