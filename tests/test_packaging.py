@@ -68,6 +68,8 @@ def test_the_wheel_installs_nothing_but_predraft(tmp_path):
         "predraft/models/packs/hip/pack.toml",
         "predraft/models/packs/hip/card.json",
         "predraft/models/packs/hip/weights.safetensors",
+        "predraft/models/packs/shoulder/card.json",
+        "predraft/models/packs/shoulder/templates/finding.txt.j2",
         "predraft/reporting/templates/draft.txt.j2",
         "predraft/worklist/templates/worklist.html.j2",
         "predraft/migrations/versions/0001_initial_schema.py",

@@ -57,11 +57,20 @@ def test_real_native_hip_gives_one_hip_of_unknown_side(real_path):
 
 @pytest.mark.parametrize("name, body_part", [("RG3_UNC.dcm", "EXTREMITY"), ("NM_Kakadu44_SOTmarkerincons.dcm", "HAND")])
 def test_other_limb_images_are_prepared_for_the_gate_to_decide(real_path, name, body_part):
-    labels, hips, gate_pixels, halves = prepare_file(real_path(name), input_size=64, gate_size=48, with_halves=True)
+    labels, hips, gate_pixels, halves, crop = prepare_file(
+        real_path(name), input_size=64, gate_size=48, with_halves=True
+    )
+    assert crop is None  # no implant crop unless a pack framed implant_crop asks for it
     assert labels.tag_region is TagRegion.LIMB and labels.body_part == body_part and not labels.in_scope
     assert [hip.view for hip in hips] == [View.UNKNOWN]  # one hip, the whole image, should the gate read a hip
     assert gate_pixels.shape == (48, 48) and gate_pixels.dtype == np.uint8 and gate_pixels.std() > 10
     assert labels.sides == (Side.RIGHT,) and halves == ()  # a side in the tags: one limb, never split
+
+
+def test_the_implant_crop_is_one_side_of_the_tags_side_when_asked(real_path):
+    prepared = prepare_file(real_path("NM_Kakadu44_SOTmarkerincons.dcm"), input_size=64, with_implant_crop=True)
+    assert prepared.crop is not None and prepared.crop.pixels.shape == (64, 64)
+    assert (prepared.crop.side, prepared.crop.view) == (Side.RIGHT, View.UNKNOWN)
 
 
 def test_no_gate_image_unless_asked(real_path):

@@ -114,8 +114,12 @@ def test_a_region_no_pack_reads_is_out_of_scope_and_a_radiologist_can_have_it_dr
         with session_scope(pipeline.url) as session:
             study = session.scalars(select(Study)).one()
             instance = session.scalars(select(Instance)).one()
-            assert study.state == "out_of_scope" and study.error == "no hip or pelvis radiograph in this study"
-            assert instance.state == "skipped" and instance.error.startswith("body part HAND is not a hip or pelvis")
+            assert (
+                study.state == "out_of_scope" and study.error == "no hip or pelvis or shoulder radiograph in this study"
+            )
+            assert instance.state == "skipped" and instance.error.startswith(
+                "body part HAND is not a hip or pelvis or a shoulder ("
+            )
             assert instance.pack is None
 
         pipeline.redraft(study_uid, pack="hip")
