@@ -125,6 +125,7 @@ def _study_record(session: Any, study: Study) -> dict[str, Any]:
                     "region_read": instance.region_read,
                     "scope_flag": instance.scope_flag,
                     "scope_note": instance.scope_note,
+                    "pack": instance.pack,
                     "predictions": sorted((p.side, p.view, p.top_class) for p in instance.predictions),
                 }
                 for instance in instances
@@ -139,6 +140,7 @@ def _study_record(session: Any, study: Study) -> dict[str, Any]:
             {
                 "kind": draft.kind,
                 "model": [draft.model_name, draft.model_version],
+                "pack": draft.pack,
                 "text": draft.text,
                 "sr_header": {keyword: str(sr.get(keyword, "")) for keyword in SR_HEADER},
                 "sr_title": sr.ConceptNameCodeSequence[0].CodeMeaning,
