@@ -423,6 +423,14 @@ def letterbox(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(canvas, 0, 255, out=canvas).astype(np.uint8)
 
 
+def resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
+    """A letterboxed uint8 square at ``size`` x ``size`` (bilinear; itself when it is that size already): one
+    letterboxed image for a network of another input edge."""
+    if pixels.shape[0] == size:
+        return pixels
+    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
+
+
 def _block_mean(image: np.ndarray, k: int) -> np.ndarray:
     """Means of k x k blocks (the last row and column of blocks may be partial), float32.
 

@@ -13,7 +13,6 @@ from typing import NamedTuple, SupportsIndex, SupportsInt
 
 import numpy as np
 import pydicom
-from PIL import Image
 from pydicom.errors import InvalidDicomError
 
 from predraft.models.framing import implant_crop
@@ -23,6 +22,7 @@ from predraft.models.pixels import (
     crop_collimation,
     decode,
     letterbox,
+    resize_square,
     split_bilateral,
     standard_orientation,
     to_unit_range,
@@ -49,10 +49,7 @@ class HipImage:
     def resized(self, size: int) -> HipImage:
         """This image at ``size`` x ``size`` (itself when it is that size already): for a pack whose model reads a
         smaller input than the largest installed one, which the image was prepared at."""
-        if self.pixels.shape[0] == size:
-            return self
-        pixels = np.asarray(Image.fromarray(self.pixels).resize((size, size), Image.Resampling.BILINEAR))
-        return replace(self, pixels=pixels)
+        return self if self.pixels.shape[0] == size else replace(self, pixels=resize_square(self.pixels, size))
 
     def to_message(self) -> dict[str, object]:
         message: dict[str, object] = {

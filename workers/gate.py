@@ -23,10 +23,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from predraft.models.imagetask import TaskModel, load_task_model
 from predraft.models.metal import MetalFinding
+from predraft.models.pixels import resize_square
 from predraft.models.prepare import HipImage, PreparedInstance
 from predraft.models.scope import (
     FIELD_PELVIS,
@@ -137,9 +137,7 @@ class Gate:
         )
 
     def _resize(self, pixels: np.ndarray) -> np.ndarray:
-        if pixels.shape[0] == self.size:
-            return pixels
-        return np.asarray(Image.fromarray(pixels).resize((self.size, self.size), Image.Resampling.BILINEAR))
+        return resize_square(pixels, self.size)
 
 
 _lock = threading.Lock()
