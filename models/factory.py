@@ -49,8 +49,22 @@ def create_network(architecture: str, num_classes: int, init_weights: Path | Non
     return network
 
 
-#: The prefix of the backbone's weights in a task network's state (predraft.models.imagetask: the gate's).
+#: The prefix of the backbone's weights in a task network's own weights file (predraft.models.imagetask: a gate
+#: card's, or any ``predraft train-task`` run's).
 TASK_BACKBONE_PREFIX = "backbone."
+
+
+def backbone_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` as a plain network's weights: a task network's backbone weights without their prefix (its heads
+    left out); any other state as it is."""
+    if not any(key.startswith(TASK_BACKBONE_PREFIX) for key in state):
+        return state
+    return {
+        key.removeprefix(TASK_BACKBONE_PREFIX): value
+        for key, value in state.items()
+        if key.startswith(TASK_BACKBONE_PREFIX)
+    }
+
 
 _GetClassifier = Callable[[], torch.nn.Module | tuple[torch.nn.Module, ...]]
 
@@ -87,12 +101,7 @@ def load_backbone(network: torch.nn.Module, init_weights: Path) -> set[str]:
         state = load_state_dict(str(init_weights), use_ema=True)
     except Exception as exc:  # pickle, safetensors and zip errors alike: say which file
         raise ValueError(f"init_weights {init_weights} is not a readable checkpoint: {exc}") from exc
-    if any(key.startswith(TASK_BACKBONE_PREFIX) for key in state):  # a task network's (the gate's): its backbone
-        state = {
-            key.removeprefix(TASK_BACKBONE_PREFIX): value
-            for key, value in state.items()
-            if key.startswith(TASK_BACKBONE_PREFIX)
-        }
+    state = backbone_weights(state)
     head = classifier_head_keys(network)
     own = network.state_dict()
     backbone = {key: value for key, value in state.items() if key not in head}

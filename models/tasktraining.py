@@ -41,7 +41,7 @@ from torchvision.transforms import v2
 
 from predraft.models.calibration import fit_temperature, softmax
 from predraft.models.card import sha256_of
-from predraft.models.factory import TASK_BACKBONE_PREFIX
+from predraft.models.factory import backbone_weights
 from predraft.models.imagetask import TaskNetwork, to_network_input
 from predraft.models.taskcard import TaskCard, write_task_card
 from predraft.models.taskdata import TaskRow, prepare_task_images, read_task_rows, task_classes
@@ -213,21 +213,11 @@ def _fit_network(
     return network.eval()
 
 
-#: The prefix of the backbone's weights in a task network's own weights file (a gate card's, or any
-#: ``predraft train-task`` run's).
-
-
 def load_backbone_weights(network: TaskNetwork, path: Path) -> None:
     """Every backbone weight from ``path``, the weights of a network of the same architecture: a plain classifier
     (a hip model's; its head is ignored) or another task network (a gate's; its heads are ignored)."""
     own = network.backbone.state_dict()
-    weights = load_file(str(path))
-    if any(key.startswith(TASK_BACKBONE_PREFIX) for key in weights):
-        weights = {
-            key.removeprefix(TASK_BACKBONE_PREFIX): value
-            for key, value in weights.items()
-            if key.startswith(TASK_BACKBONE_PREFIX)
-        }
+    weights = backbone_weights(load_file(str(path)))
     state = {key: value for key, value in weights.items() if key in own}
     missing = sorted(set(own) - set(state))
     if missing:

@@ -312,6 +312,20 @@ def test_init_weights_of_another_architecture_are_refused(tmp_path):
         create_network("test_efficientnet", 9, init_weights=path)
 
 
+def test_init_weights_may_be_a_task_networks_own_whose_backbone_is_taken(tmp_path):
+    path = tmp_path / "task.safetensors"
+    plain = create_network("test_efficientnet", 9).state_dict()
+    task_state = {f"backbone.{k}": v.contiguous() for k, v in plain.items() if not k.startswith("classifier.")}
+    task_state["heads.region.weight"] = torch.zeros(4, 8)  # a task network's head: left out
+    save_file(task_state, str(path))
+    network = create_network("test_efficientnet", 5, init_weights=path)
+    loaded = network.state_dict()
+    for key, value in load_file(str(path)).items():
+        if key.startswith("backbone."):
+            assert torch.equal(loaded[key.removeprefix("backbone.")], value), key
+    assert loaded["classifier.weight"].shape[0] == 5  # its own head, freshly initialised
+
+
 def test_init_weights_missing_or_unreadable(tmp_path):
     with pytest.raises(FileNotFoundError, match="init_weights .*nowhere.safetensors does not exist"):
         create_network("test_efficientnet", 9, init_weights=tmp_path / "nowhere.safetensors")
