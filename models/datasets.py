@@ -30,7 +30,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from predraft.models.framing import implant_crop
+from predraft.models.framing import HIP_HALVES, IMPLANT_CROP, Framing, implant_crop
 from predraft.models.pixels import crop_collimation, letterbox, split_bilateral
 from predraft.models.taxonomy import CLASS_ORDER, Side, View
 
@@ -220,7 +220,7 @@ def prepare_images(
     input_size: int,
     workers: int | None = None,
     cache_dir: Path | None = None,
-    framing: str = "hip_halves",
+    framing: Framing = HIP_HALVES,
 ) -> PreparedImages:
     """Prepare every labelled side at ``input_size`` in the pack's ``framing`` (predraft.models.framing); rows
     whose image yields no such side raise LabelsError.
@@ -290,14 +290,14 @@ def read_picture(path: Path) -> np.ndarray:
     return grey.astype(np.float32) / (65535.0 if grey.dtype == np.uint16 else 255.0)
 
 
-def _cache_path(cache_dir: Path, rows: Sequence[LabelRow], input_size: int, framing: str) -> Path:
-    digest = hashlib.sha256(f"{input_size}{'' if framing == 'hip_halves' else framing}".encode())
+def _cache_path(cache_dir: Path, rows: Sequence[LabelRow], input_size: int, framing: Framing) -> Path:
+    digest = hashlib.sha256(f"{input_size}{'' if framing == HIP_HALVES else framing}".encode())
     for row in rows:
         digest.update(f"\n{row.image}\t{row.side.value}\t{row.view}".encode())
     return Path(cache_dir) / f"prepared-{input_size}px-{digest.hexdigest()[:16]}.npz"
 
 
-def _prepare_one(job: tuple[Path, int, View | None, str]) -> dict[Side, np.ndarray] | str:
+def _prepare_one(job: tuple[Path, int, View | None, Framing]) -> dict[Side, np.ndarray] | str:
     """The letterboxed sides of one image by side, in its framing, or the reason it cannot be prepared."""
     # here, not at the top: it loads cv2 and scipy (via predraft.models.metal); predraft.models.taskdata imports this
     # module, in each of its forkserver pool processes too, and never prepares a DICOM file through it
@@ -307,16 +307,16 @@ def _prepare_one(job: tuple[Path, int, View | None, str]) -> dict[Side, np.ndarr
     try:
         if path.suffix.lower() in {".png", ".jpg", ".jpeg"}:
             return _prepare_png(path, input_size, view, framing)
-        prepared = prepare_file(path, input_size=input_size, with_implant_crop=framing == "implant_crop")
-        hips = [prepared.crop] if framing == "implant_crop" and prepared.crop is not None else prepared.hips
+        prepared = prepare_file(path, input_size=input_size, with_implant_crop=framing == IMPLANT_CROP)
+        hips = [prepared.crop] if framing == IMPLANT_CROP and prepared.crop is not None else prepared.hips
     except Exception as exc:  # reported per image with its reason
         return f"{type(exc).__name__}: {exc}"
     return {hip.side: hip.pixels for hip in hips}
 
 
-def _prepare_png(path: Path, input_size: int, view: View | None, framing: str) -> dict[Side, np.ndarray]:
+def _prepare_png(path: Path, input_size: int, view: View | None, framing: Framing) -> dict[Side, np.ndarray]:
     image = crop_collimation(read_picture(path))
-    if framing == "implant_crop":
+    if framing == IMPLANT_CROP:
         return {Side.UNKNOWN: letterbox(implant_crop(image), input_size)}
     if view is View.AP_PELVIS:
         return {side: letterbox(half, input_size) for side, half in split_bilateral(image, None).items()}

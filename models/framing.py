@@ -18,11 +18,16 @@ region it returns the whole image.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-FRAMINGS = ("hip_halves", "implant_crop")
+#: A framing's name, as a pack's ``framing`` says it.
+Framing = Literal["hip_halves", "implant_crop"]
+HIP_HALVES: Framing = "hip_halves"
+IMPLANT_CROP: Framing = "implant_crop"
 WORK_SIZE = 256
 BACKGROUND_PERCENTILE = 5.0
 TOP_PERCENTILE = 99.7

@@ -37,6 +37,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from predraft.models.card import ModelCard, ModelCardError, load_card
+from predraft.models.framing import HIP_HALVES, Framing
 from predraft.models.taxonomy import Side, View
 
 #: The folder of the packs that ship with predraft.
@@ -129,7 +130,7 @@ class Pack(_Strict):
     card: str = "card.json"
     views: tuple[View, ...] = Field(min_length=1)
     view_rules: Literal["hip"] = "hip"
-    framing: Literal["hip_halves", "implant_crop"] = "hip_halves"
+    framing: Framing = HIP_HALVES
     no_finding: str
     sides: SideNames
     indeterminate: Indeterminate = Indeterminate()

@@ -23,7 +23,7 @@ import math
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import timm
@@ -46,6 +46,7 @@ from predraft.models.datasets import (
     write_split,
 )
 from predraft.models.factory import classifier_head_keys, create_network
+from predraft.models.framing import HIP_HALVES, Framing
 from predraft.models.taxonomy import CLASS_ORDER
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,10 @@ class TrainingConfig(BaseModel):
     synthetic_demo: bool = False
     training_data: str = ""
     classes: tuple[str, ...] = Field(
-        tuple(str(name) for name in CLASS_ORDER),
-        description="the model's output classes, in order: its pack's class names (the hip's)",
+        HIP_CLASSES, description="the model's output classes, in order: its pack's class names (the hip's)"
     )
-
-    framing: Literal["hip_halves", "implant_crop"] = Field(
-        "hip_halves", description="how an image becomes the model's input: its pack's framing (models/framing.py)"
+    framing: Framing = Field(
+        HIP_HALVES, description="how an image becomes the model's input: its pack's framing (models/framing.py)"
     )
 
     @field_validator("classes")

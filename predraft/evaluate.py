@@ -22,6 +22,7 @@ from predraft.models.card import ModelCard
 from predraft.models.datasets import LabelRow, prepare_images, read_labels, read_split
 from predraft.models.evaluation import evaluate_predictions, write_report
 from predraft.models.factory import load_classifier
+from predraft.models.framing import HIP_HALVES
 from predraft.models.pack import Pack, installed_packs
 from predraft.models.taxonomy import View
 from predraft.reporting.aggregate import AggregationRule, HipObservation, aggregate
@@ -69,7 +70,7 @@ def evaluate_model(
         rows = [row for row in rows if assignment.get(row.patient) == split]
         if not rows:
             raise ValueError(f"no labelled hip of {data_dir} belongs to the {split} set of {split_file}")
-    framing = pack.framing if pack is not None else "hip_halves"
+    framing = pack.framing if pack is not None else HIP_HALVES
     images = prepare_images(Path(data_dir), rows, input_size=card.input_size, cache_dir=cache_dir, framing=framing)
     probabilities = np.concatenate(
         [classifier.predict(images.pixels[start : start + batch_size]) for start in range(0, len(rows), batch_size)]

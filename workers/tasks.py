@@ -32,6 +32,7 @@ from predraft.core.settings import Settings, get_settings
 from predraft.core.states import FINISHED_INSTANCE_STATES, EventKind, InstanceState, StudyState
 from predraft.listener.spool import Spool
 from predraft.models.factory import Classifier, load_classifier
+from predraft.models.framing import IMPLANT_CROP
 from predraft.models.pack import DEFAULT_PACK, InstalledPack, PackRegistry
 from predraft.models.prepare import HipImage, OutOfScopeError
 from predraft.models.scope import ScopeDecision, ScopeFlag
@@ -211,7 +212,7 @@ def _prepare(self: Task, instance_id: int) -> None:
             gate_size=gate.size,
             voi_window_index=settings.model.voi_window_index,
             with_halves=gate.reads_field,
-            with_implant_crop=any(p.pack.framing == "implant_crop" for p in packs.packs),
+            with_implant_crop=any(p.pack.framing == IMPLANT_CROP for p in packs.packs),
             sandbox=_prepare_sandbox(settings),
         )
         gated = gate.apply(prepared, readable=set(packs.by_region), gate_alone=packs.gate_alone)
@@ -247,7 +248,7 @@ def _prepare(self: Task, instance_id: int) -> None:
     IMAGES_ROUTED.labels(pack=reader.name).inc()
     size = reader.card.input_size
     sides = gated.hips
-    if reader.pack.framing == "implant_crop" and prepared.crop is not None:  # one side: the implant's crop
+    if reader.pack.framing == IMPLANT_CROP and prepared.crop is not None:  # one side: the implant's crop
         sides = [replace(prepared.crop, metal=gated.hips[0].metal if gated.hips else None)]
     self.app.send_task(
         CLASSIFY, args=[instance_id, [side.resized(size).to_message() for side in sides]], task_id=task_id
