@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from predraft.models.taskcard import TaskCard
-from predraft.models.views import TagRegion, ViewResult
+from predraft.models.views import HIP_REGION, TagRegion, ViewResult
 
 GATE_TASK = "region"
-GATE_CLASS = "hip"
+GATE_CLASS = HIP_REGION
 HARDWARE_TASK = "hardware"
 HARDWARE_PRESENT = "present"
 #: The optional head that reads whether a hip image is an AP pelvis (both hips, one each side of the midline).
@@ -79,10 +79,6 @@ class GateReading:
         """The most probable of ``regions`` read at or above its threshold, if any."""
         sure = [(p, name) for name, p in self.probabilities.items() if name in regions and p >= self.thresholds[name]]
         return max(sure)[1] if sure else None
-
-    @property
-    def reads_hip(self) -> bool:
-        return self.probabilities[GATE_CLASS] >= self.thresholds[GATE_CLASS]
 
     def describe(self, name: str | None = None) -> str:
         name = name or self.top[0]

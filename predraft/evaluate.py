@@ -63,7 +63,7 @@ def evaluate_model(
         raise ValueError(
             f"{card.display_name} has classes {list(classes)}, the pack {pack.name} {list(pack.class_names)}"
         )
-    rule = AggregationRule() if pack is None else AggregationRule.from_pack(pack.aggregation, pack.no_finding)
+    rule = AggregationRule() if pack is None else AggregationRule.from_pack(pack)
     rows = read_labels(Path(data_dir), classes)
     if split_file is not None:
         assignment = read_split(split_file)

@@ -33,7 +33,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from predraft.models.pack import AggregationDefaults
+from predraft.models.pack import Pack
 from predraft.models.taxonomy import Side, View
 
 _SIDE_ORDER: dict[Side, int] = {Side.RIGHT: 0, Side.LEFT: 1, Side.UNKNOWN: 2}
@@ -74,21 +74,22 @@ class AggregationRule:
     @classmethod
     def from_pack(
         cls,
-        defaults: AggregationDefaults,
-        no_finding: str | None,
+        pack: Pack,
         *,
         view_weights: Mapping[View, float] | None = None,
         disagreement_margin: float | None = None,
         hard_pair_margin: float | None = None,
     ) -> AggregationRule:
-        """A pack's rule, with what a site's settings override (None, or a view not named: the pack's)."""
+        """``pack``'s rule (its ``[aggregation]`` and ``no_finding``), with what a site's settings override (None, or
+        a view not named: the pack's)."""
+        defaults = pack.aggregation
         return cls(
             view_weights={**defaults.view_weights, **(view_weights or {})},
             disagreement_margin=defaults.disagreement_margin if disagreement_margin is None else disagreement_margin,
             hard_pair_margin=defaults.hard_pair_margin if hard_pair_margin is None else hard_pair_margin,
             hard_pairs=frozenset(frozenset(pair) for pair in defaults.hard_pairs),
             without_metal=frozenset(defaults.without_metal),
-            no_finding=no_finding,
+            no_finding=pack.no_finding,
         )
 
     def margin(self, first: str, second: str) -> float:

@@ -75,7 +75,7 @@ def draft_study(
             for prediction, instance in rows
         ]
         pack, model = installed.pack, installed.card
-        rule = rule_for(pack) if rule_for else AggregationRule.from_pack(pack.aggregation, pack.no_finding)
+        rule = rule_for(pack) if rule_for else AggregationRule.from_pack(pack)
         findings = aggregate(
             observations, threshold=model.threshold, class_thresholds=model.class_thresholds, rule=rule
         )

@@ -629,8 +629,7 @@ class ReportSettings(_Area):
         """The rule that combines the views of one side read by ``pack`` (:mod:`predraft.reporting.aggregate`):
         the pack's defaults with this site's overrides."""
         return AggregationRule.from_pack(
-            pack.aggregation,
-            pack.no_finding,
+            pack,
             view_weights=self.aggregation_view_weights,
             disagreement_margin=self.aggregation_disagreement_margin,
             hard_pair_margin=self.aggregation_hard_pair_margin,

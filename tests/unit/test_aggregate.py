@@ -12,7 +12,7 @@ from predraft.reporting.aggregate import aggregate as _aggregate
 
 _HIP = bundled_pack().pack
 #: The hip pack's rule: these tests describe the hip's aggregation (its hard pairs, view weights, metal check).
-HIP_RULE = AggregationRule.from_pack(_HIP.aggregation, _HIP.no_finding)
+HIP_RULE = AggregationRule.from_pack(_HIP)
 
 
 def aggregate(observations, **options):
@@ -263,7 +263,7 @@ def test_view_weights_change_the_combined_probability():
     (equal,) = aggregate(
         observations,
         threshold=0.5,
-        rule=AggregationRule.from_pack(_HIP.aggregation, "none", view_weights={View.CROSS_TABLE_LATERAL: 1}),
+        rule=AggregationRule.from_pack(_HIP, view_weights={View.CROSS_TABLE_LATERAL: 1}),
     )
     assert equal.probability == pytest.approx(0.75)
 

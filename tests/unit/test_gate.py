@@ -49,7 +49,7 @@ def test_one_pass_reads_the_image_and_checks_every_hip(tmp_path):
     gated = gate.apply(prepared)
     assert sorted(gated.reading.probabilities) == sorted(GATE_TASKS["region"])
     assert sum(gated.reading.probabilities.values()) == pytest.approx(1.0)
-    assert gated.decision.in_scope and gated.reading.reads_hip
+    assert gated.decision.in_scope and gated.reading.confident({"hip"}) == "hip"
     assert [hip.side for hip in gated.hips] == [Side.RIGHT, Side.LEFT]
     for hip, original in zip(gated.hips, hips, strict=True):
         assert hip.pixels is original.pixels  # the classifier's pixels are untouched
