@@ -32,6 +32,8 @@ class DraftOutcome:
     state: StudyState
     draft_id: int | None
     message: str
+    #: The packs whose sections a draft written now holds, in order (none for "already drafted").
+    packs: tuple[str, ...] = ()
 
 
 def draft_study(
@@ -145,7 +147,7 @@ def draft_study(
     session.add(draft)
     session.flush()
     record_event(session, EventKind.DRAFTED, f"generation {generation}, SR {sr_uid}", study_id=study.id)
-    return DraftOutcome(StudyState.DRAFTED, draft.id, f"SR {sr_uid}")
+    return DraftOutcome(StudyState.DRAFTED, draft.id, f"SR {sr_uid}", tuple(section.pack.name for section in sections))
 
 
 def _predictions(session: Session, study: Study, installed: InstalledPack) -> list[tuple[Prediction, Instance]]:

@@ -27,7 +27,7 @@ from predraft.core.db import session_scope
 from predraft.core.events import record_event
 from predraft.core.library_text import describe_exception, traceback_without_messages
 from predraft.core.metrics import DECODE_FAILURES, DRAFTS, IMAGES_ROUTED, TIME_TO_DRAFT
-from predraft.core.schema import Draft, Instance, LeasedModel, Prediction, Study, utcnow
+from predraft.core.schema import Instance, LeasedModel, Prediction, Study, utcnow
 from predraft.core.settings import Settings, get_settings
 from predraft.core.states import FINISHED_INSTANCE_STATES, EventKind, InstanceState, StudyState
 from predraft.listener.spool import Spool
@@ -341,14 +341,15 @@ def _classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]
 
 def _write_draft(
     session: Session, *, study: Study, generation: int, settings: Settings, packs: PackRegistry
-) -> tuple[int | None, dict[str, str], float | None]:
+) -> tuple[int | None, dict[str, str], float | None, tuple[str, ...]]:
     """Draft the locked ``study`` for ``generation`` and queue its exports, in the caller's transaction.
 
     Returns (draft id, the task id of each destination's export to send, seconds from the last instance to
-    the draft); (None, {}, None) when no draft was made. A drafting error leaves the study in ERROR, unless it
-    was re-opened or drafted meanwhile. Neither its error text nor the log holds the message of an exception
-    raised inside a library (pydicom, highdicom, jinja2... may quote a patient's values): only its type and
-    place (:func:`predraft.core.library_text.describe_exception`), and the traceback without messages.
+    the draft, the packs of its sections); (None, {}, None, ()) when no draft was made. A drafting error leaves
+    the study in ERROR, unless it was re-opened or drafted meanwhile. Neither its error text nor the log holds
+    the message of an exception raised inside a library (pydicom, highdicom, jinja2... may quote a patient's
+    values): only its type and place (:func:`predraft.core.library_text.describe_exception`), and the traceback
+    without messages.
     """
     try:
         outcome = draft_study(
@@ -373,16 +374,17 @@ def _write_draft(
             locked.state, locked.error = StudyState.ERROR, reason
             record_event(session, EventKind.ERROR, locked.error, study_id=study_id)
         # else re-opened or drafted meanwhile: that generation's outcome stands
-        return None, {}, None
+        return None, {}, None, ()
     apply_outcome(session, study=study, generation=generation, outcome=outcome)
     log.info("study row %d: %s", study.id, outcome.state.value)
     if study.state != StudyState.DRAFTED or outcome.draft_id is None:
-        return None, {}, None
+        return None, {}, None, ()
     exports = queue_exports(
         session, draft_id=outcome.draft_id, destinations=[d.name for d in settings.export.destinations]
     )
     assert study.drafted_at is not None  # apply_outcome set it with the DRAFTED state
-    return outcome.draft_id, exports, (as_utc(study.drafted_at) - as_utc(study.last_instance_at)).total_seconds()
+    seconds = (as_utc(study.drafted_at) - as_utc(study.last_instance_at)).total_seconds()
+    return outcome.draft_id, exports, seconds, outcome.packs
 
 
 @shared_task(name=DRAFT, bind=True, **_RETRY)
@@ -399,7 +401,7 @@ def _draft(self: Task, study_id: int, generation: int) -> None:
     draft_id: int | None = None
     exports: dict[str, str] = {}
     time_to_draft: float | None = None
-    drafted_packs: list[str] = []
+    drafted_packs: tuple[str, ...] = ()
     with session_scope(settings.database_url) as session:
         # Locked until the draft commits: an instance that re-opens the study meanwhile (a new generation)
         # waits for it, then re-opens a drafted study, instead of being overwritten by this draft's outcome;
@@ -412,10 +414,9 @@ def _draft(self: Task, study_id: int, generation: int) -> None:
         )
         prepare_ids = stamp_dispatch(session, Instance, stale)
         if not stale:
-            draft_id, exports, time_to_draft = _write_draft(
+            draft_id, exports, time_to_draft, drafted_packs = _write_draft(
                 session, study=study, generation=generation, settings=settings, packs=packs
             )
-            drafted_packs = [] if draft_id is None else session.get_one(Draft, draft_id).pack.split(", ")
     if stale:  # committed: the study is READY again, and drafts once these are classified by their pack's model
         log.info(
             "study row %d: %d image(s) classified again by their pack's model before drafting", study_id, len(stale)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pydicom
+from prometheus_client import REGISTRY
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
@@ -62,6 +63,11 @@ def _hands_pack(folder: Path, tiny_card_path: Path) -> Path:
     return pack.parent
 
 
+def _drafts_counted(pack: str) -> float:
+    """predraft_drafts_total{pack} in this process's registry (0 before the first)."""
+    return REGISTRY.get_sample_value("predraft_drafts_total", {"pack": pack}) or 0.0
+
+
 def _copy_into_study(source: Path, target: Path, study_uid: str, **tags: str) -> Path:
     ds = pydicom.dcmread(source)
     ds.StudyInstanceUID = study_uid
@@ -86,8 +92,10 @@ def test_a_study_of_two_regions_gets_one_section_per_pack_in_one_draft(tmp_path,
     study_uid, hips = _phantom_study(tmp_path / "phantom")
     hand = _copy_into_study(real_file("NM_Kakadu44_SOTmarkerincons.dcm"), tmp_path / "hand.dcm", study_uid)
     assert pydicom.dcmread(hand).BodyPartExamined == "HAND"
+    before = {pack: _drafts_counted(pack) for pack in ("hip", "hands")}
     with InProcessPipeline(tmp_path, {"PREDRAFT_PACKS_DIR": str(packs)}) as pipeline:
         pipeline.receive([*hips, hand])
+    assert {pack: _drafts_counted(pack) - before[pack] for pack in before} == {"hip": 1, "hands": 1}
     with session_scope(pipeline.url) as session:
         instances = session.scalars(select(Instance).order_by(Instance.id)).all()
         routed = {instance.sop_instance_uid: instance.pack for instance in instances}
