@@ -76,7 +76,7 @@ DRAFTED_PROBABILITIES = {"right": {"tha": 0.9, "none": 0.1}, "left": {"none": 0.
 def task_env(sqlite_url, tiny_card_path, tmp_path, monkeypatch):
     """The draft task's settings (SQLite, the tiny model, a spool under tmp_path) and a recording Celery app."""
     from predraft.workers import tasks
-    from tests.unit.test_workflow import FakeCelery
+    from tests.inprocess import RecordingCelery
 
     for key, value in {
         "PREDRAFT_DATABASE_URL": sqlite_url,
@@ -84,7 +84,7 @@ def task_env(sqlite_url, tiny_card_path, tmp_path, monkeypatch):
         "PREDRAFT_VAR_DIR": str(tmp_path / "var"),
     }.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(tasks.draft, "app", FakeCelery())
+    monkeypatch.setattr(tasks.draft, "app", RecordingCelery())
     tasks._settings.cache_clear()
     yield sqlite_url
     tasks._settings.cache_clear()

@@ -29,6 +29,7 @@ from predraft.workers.prepare import prepare_bounded
 from predraft.workers.sandbox import DecodeFailure, FailureReason, Sandbox, SandboxStartError, close_all, thread_sandbox
 from tests import hostile_decoders as hostile
 from tests.conftest import record_file
+from tests.inprocess import RecordingCelery
 
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 MiB = 1024 * 1024
@@ -267,16 +268,6 @@ def _outcome(prepare, *args, **kwargs) -> object:
 # --- the prepare task ----------------------------------------------------------------------------------------
 
 
-class FakeCelery:
-    """Records send_task calls instead of talking to a broker."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, list]] = []
-
-    def send_task(self, name: str, args: list, task_id: str | None = None) -> None:
-        self.sent.append((name, list(args)))
-
-
 @pytest.mark.timeout(120)
 def test_the_prepare_task_records_the_panicking_image_as_error_and_prepares_the_rest(
     sqlite_url, panicking_rle, real_path, clean_settings_env, tiny_card_path, tmp_path, monkeypatch
@@ -289,7 +280,7 @@ def test_the_prepare_task_records_the_panicking_image_as_error_and_prepares_the_
     }.items():
         monkeypatch.setenv(key, value)
     tasks._settings.cache_clear()
-    app = FakeCelery()
+    app = RecordingCelery()
     monkeypatch.setattr(tasks.prepare, "app", app)
     panics = DECODE_FAILURES.labels(transfer_syntax=RLE_LOSSLESS, reason="error")
     before = panics._value.get()

@@ -22,17 +22,8 @@ from predraft.workers import tasks
 from predraft.workers.app import CLASSIFY, DRAFT, PREPARE
 from predraft.workers.dispatch import claim_ready_studies, finish_if_done, reclassify_stale_instances, start_study
 from predraft.workers.drafting import DraftOutcome, apply_outcome, draft_study
+from tests.inprocess import RecordingCelery
 from tests.unit.conftest import hip_pack_for
-
-
-class FakeCelery:
-    """Records send_task calls instead of talking to a broker."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, list]] = []
-
-    def send_task(self, name: str, args: list, task_id: str | None = None) -> None:
-        self.sent.append((name, list(args)))
 
 
 def _ingest(url: str, paths) -> int:
@@ -108,7 +99,7 @@ def test_start_study_sends_prepare_for_each_waiting_instance(sqlite_url, demo_st
     study_id = _ingest(sqlite_url, [image.path for image in demo_study])
     _age(sqlite_url, study_id, 120)
     claim_ready_studies(sqlite_url, quiet_seconds=1)
-    app = FakeCelery()
+    app = RecordingCelery()
 
     assert start_study(app, sqlite_url, study_id) == 3
     with session_scope(sqlite_url) as session:
@@ -123,7 +114,7 @@ def test_finish_if_done_waits_for_every_instance(sqlite_url, demo_study):
         session.get(Study, study_id).state = StudyState.READY
         instances = list(session.scalars(select(Instance).order_by(Instance.id)))
         instances[0].state, instances[1].state = InstanceState.CLASSIFIED, InstanceState.SKIPPED
-    app = FakeCelery()
+    app = RecordingCelery()
 
     assert not finish_if_done(app, sqlite_url, study_id)
     assert app.sent == [] and _state(sqlite_url, study_id) == StudyState.READY
@@ -309,7 +300,7 @@ def test_images_another_model_classified_are_classified_again_before_drafting(
     monkeypatch.setenv("PREDRAFT_MODEL", str(tiny_card_path))
     monkeypatch.setenv("PREDRAFT_VAR_DIR", str(tmp_path / "var"))
     tasks._settings.cache_clear()
-    app = FakeCelery()
+    app = RecordingCelery()
     monkeypatch.setattr(tasks.draft, "app", app)  # the prepare messages it sends are recorded
     try:
         tasks.draft.run(study_id, 1)
@@ -364,7 +355,7 @@ def test_classifying_replaces_the_predictions_of_every_earlier_model(
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(tasks, "_models", {})
     tasks._settings.cache_clear()
-    app = FakeCelery()
+    app = RecordingCelery()
     monkeypatch.setattr(tasks.prepare, "app", app)
     monkeypatch.setattr(tasks.classify, "app", app)
     try:
@@ -402,7 +393,7 @@ def test_a_drafting_error_leaves_the_study_in_error_with_the_reason(
         raise RuntimeError("template exploded")
 
     monkeypatch.setattr(tasks, "draft_study", broken)
-    app = FakeCelery()
+    app = RecordingCelery()
     monkeypatch.setattr(tasks.draft, "app", app)
     tasks._settings.cache_clear()
     try:
