@@ -4,16 +4,25 @@ before a site installs it (predraft.models.pack)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from predraft.cli.common import load_settings
 from predraft.cli.output import EXIT_OK, EXIT_PROBLEMS, print_table
 
+if TYPE_CHECKING:
+    from predraft.models.card import ModelCard
+
 
 @click.group()
 def packs() -> None:
     """Body-region packs: their classes, wording, codes, views, templates and model card."""
+
+
+def _model_words(card: ModelCard) -> str:
+    """A pack's model as ``packs`` shows it: name and version, and whether it is untrained or a demo."""
+    return card.display_name + ("" if card.trained else " (untrained)") + (" (demo)" if card.synthetic_demo else "")
 
 
 @packs.command("ls")
@@ -32,7 +41,6 @@ def ls_command() -> None:
     for installed in registry.packs:
         reads = [region for region in installed.pack.regions if region not in shadowed[installed.name]]
         elsewhere = [f"{region} (read by {registry.by_region[region].name})" for region in shadowed[installed.name]]
-        card = installed.card
         rows.append(
             [
                 installed.name,
@@ -41,9 +49,7 @@ def ls_command() -> None:
                 ", ".join(reads) or "-",
                 ", ".join(elsewhere) or "-",
                 str(len(installed.pack.classes)),
-                card.display_name
-                + ("" if card.trained else " (untrained)")
-                + (" (demo)" if card.synthetic_demo else ""),
+                _model_words(installed.card),
                 str(installed.folder),
             ]
         )
@@ -67,8 +73,7 @@ def check_command(folder: Path) -> int:
     pack = installed.pack
     click.echo(
         f"{folder}: pack {pack.name} {pack.version} ({pack.title}) reads {', '.join(pack.regions)}; "
-        f"{len(pack.classes)} classes ({', '.join(pack.class_names)}); model {installed.card.display_name}"
-        f"{'' if installed.card.trained else ' (untrained)'}; templates "
+        f"{len(pack.classes)} classes ({', '.join(pack.class_names)}); model {_model_words(installed.card)}; templates "
         f"{'its own and the base ones' if installed.templates else 'the base ones'}: usable"
     )
     return EXIT_OK
