@@ -247,3 +247,26 @@ def test_packs_ls_and_check(tmp_path, tiny_card_path, clean_settings_env, monkey
     (tmp_path / "site" / "stems" / "templates" / "finding.txt.j2").write_text("{{ finding.no_such }}")
     assert main(["packs", "check", str(tmp_path / "site" / "stems")]) == 1
     assert "finding.txt.j2" in capsys.readouterr().err
+
+
+def test_a_broken_site_pack_is_a_clear_error_for_ls_train_and_the_settings(
+    tmp_path, clean_settings_env, monkeypatch, capsys
+):
+    from predraft.cli import main
+
+    broken = tmp_path / "site" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "pack.toml").write_text('name = "broken"\n')  # nothing else
+    monkeypatch.setenv("PREDRAFT_PACKS_DIR", str(tmp_path / "site"))
+    assert main(["packs", "ls"]) == 1
+    error = capsys.readouterr().err
+    assert f"{broken / 'pack.toml'} is not a valid pack" in error and "regions: Field required" in error
+
+    (tmp_path / "data").mkdir()
+    assert main(["train", str(tmp_path / "data"), "--pack", str(broken), "--out", str(tmp_path / "run")]) == 1
+    assert f"{broken / 'pack.toml'} is not a valid pack" in capsys.readouterr().err
+
+    monkeypatch.setenv("PREDRAFT_PACKS_DIR", str(tmp_path / "nowhere"))
+    assert main(["packs", "ls"]) == 1
+    error = capsys.readouterr().err
+    assert f"packs_dir {tmp_path / 'nowhere'} is not a folder" in error
