@@ -6,6 +6,7 @@ Alembic migrations in ``migrations/`` create these tables; keep the two in step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -139,6 +140,8 @@ class Instance(WorkLease, Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     #: Last change of state; the sweeper re-sends work that has not moved for a while.
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    #: When spool retention deleted its file (predraft.workers.retention); None: the file is kept. The row stays.
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     study: Mapped[Study] = relationship(back_populates="instances")
     series: Mapped[Series] = relationship(back_populates="instances")
@@ -163,6 +166,9 @@ class Prediction(Base):
     #: The model-free metal check of this hip (predraft.models.metal): None when it was not run.
     metal_present: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     metal_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: The rectangle of the stored image the model read, [top, bottom, left, right] (predraft.models.prepare.Region);
+    #: None for predictions made before it was recorded.
+    region: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     instance: Mapped[Instance] = relationship(back_populates="predictions")
@@ -189,6 +195,11 @@ class Draft(Base):
     sr_sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     sr_series_uid: Mapped[str] = mapped_column(String(64))
     sr_path: Mapped[str] = mapped_column(Text)
+    #: The AI results SR (TID 1500, predraft.reporting.results_sr) written beside an AI draft's narrative SR; None
+    #: for reviews' SRs, for drafts made before it existed and where settings.report.ai_results_sr is off.
+    results_sr_sop_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    results_sr_series_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    results_sr_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("drafts.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     kind: Mapped[ReportKind] = mapped_column(
@@ -201,9 +212,32 @@ class Draft(Base):
     synthetic_demo: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     #: The tags said the patient was under 18 (predraft.reporting.age): the draft carries a notice, the worklist a flag.
     patient_is_child: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: When spool retention deleted its SR file (``sr_path``; predraft.workers.retention); None: kept. The row stays.
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     study: Mapped[Study] = relationship(back_populates="drafts")
     exports: Mapped[list[Export]] = relationship(back_populates="draft", order_by="Export.destination")
+
+    def documents(self) -> list[SrDocument]:
+        """The SRs this row issued, the narrative one first, then the AI results SR where there is one: what is
+        exported, listed and superseded together."""
+        documents = [SrDocument(self.sr_sop_instance_uid, self.sr_series_uid, self.sr_path, results=False)]
+        if self.results_sr_sop_instance_uid and self.results_sr_series_uid and self.results_sr_path:
+            documents.append(
+                SrDocument(self.results_sr_sop_instance_uid, self.results_sr_series_uid, self.results_sr_path, True)
+            )
+        return documents
+
+
+@dataclass(frozen=True)
+class SrDocument:
+    """One SR file a drafts row issued: its SOP instance and series UIDs, its path in the spool, and whether it
+    is the AI results SR (else the narrative one)."""
+
+    sop_instance_uid: str
+    series_uid: str
+    path: str
+    results: bool
 
 
 class Export(WorkLease, Base):

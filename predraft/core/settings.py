@@ -3,7 +3,8 @@
 :class:`Settings` holds a small core that every process reads (``var_dir``, ``database_url``, ``broker_url``,
 ``spool_dir``, ``log_level``, ``log_format``, ``metrics_host``) and one area per part: ``listener`` (DIMSE, TLS,
 ingest bounds), ``http`` (where the HTTP app binds), ``dicomweb``, ``worklist``, ``workers`` (Celery, decode
-sandbox, study stability and the sweeper), ``model``, ``report`` (templates, view aggregation) and ``export``.
+sandbox, study stability and the sweeper), ``model``, ``report`` (templates, view aggregation), ``export`` and
+``retention`` (how long the spool keeps the files of finished studies).
 
 Values come, in order of precedence, from ``PREDRAFT_*`` environment variables, then from an optional TOML file
 (``PREDRAFT_CONFIG=path/to/predraft.toml``), then from the embedded defaults: SQLite, spool and broker under
@@ -55,6 +56,9 @@ from predraft.reporting.aggregate import AggregationRule
 CONFIG_ENV_VAR = "PREDRAFT_CONFIG"
 #: Every setting's environment variable is this prefix and its flat name upper-cased (:data:`FLAT_FIELDS`).
 ENV_PREFIX = "PREDRAFT_"
+#: The most DIMSE listener processes (dimse_processes): past a handful the database and the disk, not the
+#: CPU, bound how fast instances are taken in, and each process holds its own copy of the imports.
+MAX_LISTENER_PROCESSES = 8
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash
 
 
@@ -368,7 +372,15 @@ class ListenerSettings(_Area):
         0,
         ge=0,
         le=65535,
-        description="Port of the DIMSE listener's Prometheus endpoint (/metrics; deploy/ uses 9110); 0: none.",
+        description="Port of the DIMSE listener's Prometheus endpoint (/metrics; deploy/ uses 9110); 0: none. "
+        "With several listener processes, process i serves on this port plus i.",
+    )
+    processes: int = Field(
+        0,
+        ge=0,
+        le=MAX_LISTENER_PROCESSES,
+        description="DIMSE listener processes sharing the port (SO_REUSEPORT); 0: one per usable CPU core, "
+        f"at most {MAX_LISTENER_PROCESSES}.",
     )
 
     @model_validator(mode="after")
@@ -394,6 +406,15 @@ class ListenerSettings(_Area):
     def tls_enabled(self) -> bool:
         """Whether the DIMSE listener speaks TLS (a server certificate is configured)."""
         return self.tls_certificate is not None
+
+    @property
+    def process_count(self) -> int:
+        """How many listener processes run: ``processes``, or with 0 one per CPU core this process may use
+        (its affinity, which a container's cpuset narrows), at most MAX_LISTENER_PROCESSES."""
+        if self.processes:
+            return self.processes
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, min(cores, MAX_LISTENER_PROCESSES))
 
 
 class HttpSettings(_Area):
@@ -436,7 +457,8 @@ class DicomwebSettings(_Area):
 
 
 class WorklistSettings(_Area):
-    """The worklist (``predraft.worklist``): web sessions, login throttling and the SRs a review issues."""
+    """The worklist (``predraft.worklist``): web sessions, login throttling, the SRs a review issues and the OHIF
+    Viewer it may serve."""
 
     session_secret: SecretStr | None = Field(
         None,
@@ -469,6 +491,24 @@ class WorklistSettings(_Area):
         max_length=64,
         description="Verifying Organization (DICOM type 1) of the SRs a radiologist's review issues: the site's name.",
     )
+    viewer_dir: Path | None = Field(
+        None,
+        description="The dist/ folder of an installed OHIF Viewer (`predraft viewer install`), served at /viewer/ "
+        "behind the worklist's login; unset: no viewer, and no 'Open in viewer' link.",
+    )
+
+    @field_validator("viewer_dir")
+    @classmethod
+    def _check_viewer_dir(cls, value: Path | None) -> Path | None:
+        """A viewer folder is made absolute and must hold the viewer's index.html."""
+        if value is None:
+            return None
+        value = value.expanduser().absolute()
+        if not (value / "index.html").is_file():
+            raise ValueError(
+                f"viewer_dir {value} holds no index.html: give the dist/ folder `predraft viewer install` printed"
+            )
+        return value
 
     @field_validator("session_secret")
     @classmethod
@@ -595,6 +635,11 @@ class ReportSettings(_Area):
     template_dir: Path | None = Field(
         None, description="Site folder of report templates; a file there replaces the packaged one of that name."
     )
+    ai_results_sr: bool = Field(
+        True,
+        description="Write the AI results SR (TID 1500, IHE AI Results) beside each draft's narrative SR, and export "
+        "it with it; off: the narrative SR only.",
+    )
     aggregation_view_weights: dict[View, float] = Field(
         default_factory=dict,
         description="Weight of each view when a side's images are combined, over the pack's (views not named keep "
@@ -670,6 +715,27 @@ class ExportSettings(_Area):
         raise KeyError(f"no export destination {name!r} (configured: {known})")
 
 
+class RetentionSettings(_Area):
+    """Spool retention (``predraft.workers.retention``): how long the files of finished studies stay in the spool.
+    Unset keeps them forever; database rows are never deleted, only files."""
+
+    images_days: float | None = Field(
+        None,
+        gt=0,
+        description="Days after its last activity that the received images of a finished study (reviewed, or "
+        "drafted with every export sent) are deleted from the spool; unset: kept forever.",
+    )
+    srs_days: float | None = Field(
+        None,
+        gt=0,
+        description="The same for the SR files predraft issued for a finished study (drafts, verified reports); "
+        "unset: kept forever.",
+    )
+    interval_seconds: float = Field(
+        3600.0, gt=0, description="How often the listener purges what retention lets go (when either is set)."
+    )
+
+
 # --- Flat names: every PREDRAFT_<NAME> variable, TOML key and keyword, and where its value lives ------------------
 
 #: The one mapping from a setting's flat name (``PREDRAFT_<NAME>`` upper-cased, a top-level TOML key, a keyword of
@@ -700,6 +766,7 @@ FLAT_FIELDS: dict[str, tuple[str, ...]] = {
     "max_sequence_depth": ("listener", "max_sequence_depth"),
     "spool_min_free_bytes": ("listener", "spool_min_free_bytes"),
     "listener_metrics_port": ("listener", "metrics_port"),
+    "dimse_processes": ("listener", "processes"),
     "http_host": ("http", "host"),
     "http_port": ("http", "port"),
     "dicomweb_tokens": ("dicomweb", "tokens"),
@@ -712,6 +779,7 @@ FLAT_FIELDS: dict[str, tuple[str, ...]] = {
     "login_failures_per_address": ("worklist", "login_failures_per_address"),
     "login_failure_window_seconds": ("worklist", "login_failure_window_seconds"),
     "verifying_organization": ("worklist", "verifying_organization"),
+    "viewer_dir": ("worklist", "viewer_dir"),
     "worker_concurrency": ("workers", "concurrency"),
     "worker_pool": ("workers", "pool"),
     "worker_metrics_port": ("workers", "metrics_port"),
@@ -731,6 +799,7 @@ FLAT_FIELDS: dict[str, tuple[str, ...]] = {
     "classify_batch_wait_ms": ("model", "classify_batch_wait_ms"),
     "torch_compile": ("model", "torch_compile"),
     "template_dir": ("report", "template_dir"),
+    "ai_results_sr": ("report", "ai_results_sr"),
     "aggregation_view_weights": ("report", "aggregation_view_weights"),
     "aggregation_disagreement_margin": ("report", "aggregation_disagreement_margin"),
     "aggregation_hard_pair_margin": ("report", "aggregation_hard_pair_margin"),
@@ -738,6 +807,9 @@ FLAT_FIELDS: dict[str, tuple[str, ...]] = {
     "export_max_retries": ("export", "max_retries"),
     "export_retry_delay_seconds": ("export", "retry_delay_seconds"),
     "export_retry_max_delay_seconds": ("export", "retry_max_delay_seconds"),
+    "retention_images_days": ("retention", "images_days"),
+    "retention_srs_days": ("retention", "srs_days"),
+    "retention_interval_seconds": ("retention", "interval_seconds"),
 }
 _FLAT_NAME_OF = {place: name for name, place in FLAT_FIELDS.items()}
 
@@ -852,6 +924,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     report: ReportSettings = Field(default_factory=ReportSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -92,6 +92,7 @@ class EventKind(StrEnum):
     EXPORT_FAILED = "export_failed"  # a try to send an SR failed; a retry follows
     EXPORT_DEAD = "export_dead"  # sending an SR is given up
     REVIEWED = "reviewed"  # a radiologist accepted, edited or rejected the draft
+    PURGED = "purged"  # spool retention deleted a finished study's images or SRs (its rows are kept)
 
 
 class WorkState(StrEnum):

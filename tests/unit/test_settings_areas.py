@@ -86,7 +86,15 @@ FLAT_NAMES_BEFORE_AREAS = [
     "worker_metrics_port",
 ]
 #: Flat names added since, each with its own PREDRAFT_* variable.
-FLAT_NAMES_ADDED = ["packs_dir"]
+FLAT_NAMES_ADDED = [
+    "packs_dir",
+    "ai_results_sr",
+    "retention_images_days",
+    "retention_srs_days",
+    "retention_interval_seconds",
+    "viewer_dir",
+    "dimse_processes",
+]
 
 TLS_FILES = ("tls_certificate", "tls_private_key")
 
@@ -111,6 +119,7 @@ def example_value(name: str, folder: Path) -> tuple[str, Any]:
         "dicomweb_users": ('{"pacs": "pw"}', {"pacs": SecretStr("pw")}),
         "session_secret": ("s" * 32, SecretStr("s" * 32)),
         "cookie_secure": ("false", False),
+        "ai_results_sr": ("false", False),
         "verifying_organization": ("Example Hospital",) * 2,
         "expected_views": ('[{"pattern": "^HIP$", "views": 2}]', [{"pattern": "^HIP$", "views": 2, "minimum": False}]),
         "model": ("cards/model.json", Path.cwd() / "cards" / "model.json"),
@@ -122,6 +131,9 @@ def example_value(name: str, folder: Path) -> tuple[str, Any]:
         "aggregation_disagreement_margin": ("0.3", 0.3),
         "aggregation_hard_pair_margin": ("0.1", 0.1),
         "packs_dir": (str(folder), folder),
+        "viewer_dir": (str(folder), folder),  # site_files holds an index.html, as a viewer's dist/ does
+        "retention_images_days": ("90", 90.0),
+        "retention_srs_days": ("3650.5", 3650.5),
         "export_destinations": (
             '[{"kind": "dimse", "name": "pacs", "ae_title": "PACS", "host": "pacs", "port": 104}]',
             [{"name": "pacs", "calling_ae": "PREDRAFT"}],
@@ -172,7 +184,7 @@ def test_every_area_field_has_exactly_one_flat_name():
 
 @pytest.fixture
 def site_files(tmp_path: Path) -> Path:
-    for name in ("server.pem", "server.key", "ca.pem"):
+    for name in ("server.pem", "server.key", "ca.pem", "index.html"):
         (tmp_path / name).write_text("not read by the settings\n")
     return tmp_path
 
