@@ -18,7 +18,8 @@ rules of models/views.py) and turns its pixels into the model's inputs (models/f
 ``implant_crop``); ``no_finding``, the class that means nothing is there (what the metal check may contradict);
 ``[sides]``, how each side is named in the report; ``[indeterminate]``, the sentence and code of a side the
 draft will not name; ``sr_title``, the code of the SR's title (LOINC 18748-4 Diagnostic Imaging Report unless
-said); ``[aggregation]``, the pack's defaults for combining views (:class:`AggregationDefaults`);
+said); ``site``, the anatomic site of its findings (a code, for the AI results SR's Finding Site; optional);
+``[aggregation]``, the pack's defaults for combining views (:class:`AggregationDefaults`);
 and ``[[classes]]``, in the model's output order, each with its ``name``, short worklist ``label``, report
 ``sentence`` and SR ``code`` (SNOMED CT where one exists, else the private scheme ``99PREDRAFT``).
 
@@ -135,6 +136,8 @@ class Pack(_Strict):
     sides: SideNames
     indeterminate: Indeterminate = Indeterminate()
     sr_title: PackCode = PackCode(value="18748-4", scheme="LN", meaning="Diagnostic Imaging Report")
+    #: The anatomic site of the findings (the AI results SR's Finding Site, with the side as its laterality).
+    site: PackCode | None = None
     aggregation: AggregationDefaults = AggregationDefaults()
     classes: tuple[PackClass, ...] = Field(min_length=2)
 

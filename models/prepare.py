@@ -15,11 +15,11 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from predraft.models.framing import implant_crop
+from predraft.models.framing import implant_box
 from predraft.models.metal import MetalFinding
 from predraft.models.pixels import (
     PixelDataError,
-    crop_collimation,
+    collimation_box,
     decode,
     letterbox,
     resize_square,
@@ -36,15 +36,21 @@ class OutOfScopeError(Exception):
     """The instance is not a hip or pelvis radiograph predraft classifies."""
 
 
+#: A rectangle of the stored image's pixel grid: (top, bottom, left, right), rows and columns, ends exclusive.
+Region = tuple[int, int, int, int]
+
+
 @dataclass(frozen=True)
 class HipImage:
     """One hip ready for the classifier; ``metal`` is the hardware check's finding on it (made by
-    predraft.workers.gate)."""
+    predraft.workers.gate); ``region`` the rectangle of the stored image (its first frame, as decoded, before
+    any crop or turn) that ``pixels`` shows, when it is known (the AI results SR draws it)."""
 
     side: Side
     view: View
     pixels: np.ndarray  # uint8 (S, S)
     metal: MetalFinding | None = None
+    region: Region | None = None
 
     def resized(self, size: int) -> HipImage:
         """This image at ``size`` x ``size`` (itself when it is that size already): for a pack whose model reads a
@@ -60,6 +66,8 @@ class HipImage:
         }
         if self.metal is not None:
             message["metal"] = asdict(self.metal)
+        if self.region is not None:
+            message["region"] = list(self.region)
         return message
 
     @classmethod
@@ -78,7 +86,67 @@ class HipImage:
             metal = MetalFinding(**metal_fields)
         else:
             raise TypeError(f"hip image message metal must be a mapping, not {type(metal_fields).__name__}")
-        return cls(Side(str(message["side"])), View(str(message["view"])), pixels.reshape(size, size), metal)
+        return cls(
+            Side(str(message["side"])),
+            View(str(message["view"])),
+            pixels.reshape(size, size),
+            metal,
+            _region(message.get("region")),
+        )
+
+
+def _region(value: object) -> Region | None:
+    """A message's region: None, or four non-negative integers (top, bottom, left, right) with top < bottom and
+    left < right; TypeError or ValueError otherwise."""
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or len(value) != 4 or not all(isinstance(v, int) for v in value):
+        raise TypeError(f"hip image message region must be four integers, not {value!r}"[:200])
+    top, bottom, left, right = value
+    if not (0 <= top < bottom and 0 <= left < right):
+        raise ValueError(f"hip image message region {list(value)} is not a rectangle")
+    return top, bottom, left, right
+
+
+class SourceGrid(NamedTuple):
+    """The stored image's row and column indices, cropped, turned and split as the image is: where each pixel
+    of a prepared view came from. Both are broadcast views (no memory per pixel), so every crop and turn of
+    them is a view too."""
+
+    rows: np.ndarray
+    columns: np.ndarray
+
+    @classmethod
+    def of(cls, shape: tuple[int, ...]) -> SourceGrid:
+        height, width = shape[:2]
+        return cls(
+            np.broadcast_to(np.arange(height)[:, None], (height, width)),
+            np.broadcast_to(np.arange(width)[None, :], (height, width)),
+        )
+
+    def crop(self, top: int, bottom: int, left: int, right: int) -> SourceGrid:
+        return SourceGrid(self.rows[top:bottom, left:right], self.columns[top:bottom, left:right])
+
+    def oriented(self, patient_orientation: object) -> SourceGrid:
+        return SourceGrid(
+            standard_orientation(self.rows, patient_orientation),
+            standard_orientation(self.columns, patient_orientation),
+        )
+
+    def halves(self) -> dict[Side, SourceGrid]:
+        rows, columns = split_bilateral(self.rows, None), split_bilateral(self.columns, None)
+        return {side: SourceGrid(rows[side], columns[side]) for side in (Side.RIGHT, Side.LEFT)}
+
+    def region(self) -> Region:
+        """The rectangle of the stored image this grid covers (its corners' rows and columns)."""
+        corners_rows = self.rows[[0, 0, -1, -1], [0, -1, 0, -1]]
+        corners_columns = self.columns[[0, 0, -1, -1], [0, -1, 0, -1]]
+        return (
+            int(corners_rows.min()),
+            int(corners_rows.max()) + 1,
+            int(corners_columns.min()),
+            int(corners_columns.max()) + 1,
+        )
 
 
 class PreparedInstance(NamedTuple):
@@ -132,24 +200,34 @@ def prepare_file(
     labels = classify_view(ds)
     if labels.tag_region is TagRegion.OUTSIDE:
         raise OutOfScopeError(decide_scope(labels, None).reason)
-    image = crop_collimation(to_unit_range(ds, decode(ds), window_index=voi_window_index, overwrite_input=True))
-    image = standard_orientation(image, ds.get("PatientOrientation"))  # the patient's right on the image's left
+    image = to_unit_range(ds, decode(ds), window_index=voi_window_index, overwrite_input=True)
+    grid = SourceGrid.of(image.shape)
+    collimated = collimation_box(image)
+    image, grid = image[collimated[0] : collimated[1], collimated[2] : collimated[3]], grid.crop(*collimated)
+    orientation = ds.get("PatientOrientation")
+    image = standard_orientation(image, orientation)  # the patient's right on the image's left
+    grid = grid.oriented(orientation)
     if labels.view is View.AP_PELVIS:
-        pelvis_halves = split_bilateral(image, None)  # oriented already
-        hips = [_hip(side, labels.view, pelvis_halves[side], input_size) for side in labels.sides]
+        pelvis_halves, grid_halves = split_bilateral(image, None), grid.halves()  # oriented already
+        hips = [_hip(side, labels.view, pelvis_halves[side], grid_halves[side], input_size) for side in labels.sides]
     else:
-        hips = [_hip(labels.sides[0], labels.view, image, input_size)]
+        hips = [_hip(labels.sides[0], labels.view, image, grid, input_size)]
     halves: tuple[HipImage, ...] = ()
     if with_halves and labels.view is View.UNKNOWN and labels.sides == (Side.UNKNOWN,):
-        split = split_bilateral(image, None)  # oriented already
-        halves = tuple(_hip(side, View.AP_PELVIS, split[side], input_size) for side in (Side.RIGHT, Side.LEFT))
+        split, grid_split = split_bilateral(image, None), grid.halves()  # oriented already
+        halves = tuple(
+            _hip(side, View.AP_PELVIS, split[side], grid_split[side], input_size) for side in (Side.RIGHT, Side.LEFT)
+        )
     gate_pixels = letterbox(image, gate_size) if gate_size else None
-    crop = _hip(labels.sides[0], labels.view, implant_crop(image), input_size) if with_implant_crop else None
+    crop = None
+    if with_implant_crop:
+        box = implant_box(image)
+        crop = _hip(labels.sides[0], labels.view, image[box[0] : box[1], box[2] : box[3]], grid.crop(*box), input_size)
     return PreparedInstance(labels, hips, gate_pixels, halves, crop)
 
 
-def _hip(side: Side, view: View, image: np.ndarray, input_size: int) -> HipImage:
-    return HipImage(side, view, letterbox(image, input_size))
+def _hip(side: Side, view: View, image: np.ndarray, grid: SourceGrid, input_size: int) -> HipImage:
+    return HipImage(side, view, letterbox(image, input_size), region=grid.region())
 
 
 __all__ = ["HipImage", "OutOfScopeError", "PixelDataError", "PreparedInstance", "prepare_file"]

@@ -64,11 +64,13 @@ RADIOGRAPH_SOP_CLASSES: tuple[str, ...] = ("1.2.840.10008.5.1.4.1.1.1", "1.2.840
 
 #: Secondary Capture Image Storage: radiographs digitised or re-captured; classified when in scope.
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-#: Structured reports (Basic Text, Enhanced, Comprehensive): stored with their study, never classified.
+#: Structured reports (Basic Text, Enhanced, Comprehensive, Comprehensive 3D: predraft's own AI results SR, which a
+#: PACS may send back with its study): stored with their study, never classified.
 STRUCTURED_REPORT_SOP_CLASSES: tuple[str, ...] = (
     "1.2.840.10008.5.1.4.1.1.88.11",
     "1.2.840.10008.5.1.4.1.1.88.22",
     "1.2.840.10008.5.1.4.1.1.88.33",
+    "1.2.840.10008.5.1.4.1.1.88.34",
 )
 #: Digital X-Ray Image Storage - For Processing: raw detector data, refused.
 DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"

@@ -15,6 +15,9 @@ Content tree (TID 2000 style)::
         CONTAINS TEXT   DCM 121073 Impression
       CONTAINS TEXT     DCM 121106 Comment: the unverified-AI-draft line
 
+Every container is ContinuityOfContent SEPARATE: its items are separate statements, not one running text, so a
+viewer shows one line per item.
+
 Flags: CompletionFlag PARTIAL, VerificationFlag UNVERIFIED, PreliminaryFlag PRELIMINARY. The
 algorithm is named per IHE AI Results in the Contributing Equipment Sequence, with a Device UID
 derived from the weights' sha256, so it changes whenever the weights do.
@@ -221,7 +224,7 @@ def _checked_character_set(checked: Dataset) -> list[str]:
     return emptied
 
 
-def _prepared_evidence(evidence: Sequence[Dataset]) -> list[Dataset]:
+def prepared_evidence(evidence: Sequence[Dataset]) -> list[Dataset]:
     """The evidence as highdicom is given it: the first dataset (the one it copies demographics from) checked
     by :func:`_checked_demographics`; every dataset with the attributes highdicom needs."""
     first, *others = evidence
@@ -303,7 +306,7 @@ def build_draft_sr(
     study_uids = {str(ds.StudyInstanceUID) for ds in evidence}
     if len(study_uids) != 1:
         raise ValueError(f"evidence spans {len(study_uids)} studies; a draft belongs to exactly one")
-    evidence = _prepared_evidence(evidence)
+    evidence = prepared_evidence(evidence)
     sop_classes = {str(ds.SOPInstanceUID): str(ds.SOPClassUID) for ds in evidence}
     missing = {uid for f in findings for uid in f.sop_instance_uids} - set(sop_classes)
     if missing:
@@ -328,11 +331,15 @@ def build_draft_sr(
             sentence = text.side_sentences[(section.pack.name, finding.side)]
             finding_items.extend(_finding_items(section.pack, finding, sentence, sop_classes))
     findings_container = hd.sr.ContainerContentItem(
-        name=codes.DCM.Findings, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        name=codes.DCM.Findings,
+        is_content_continuous=False,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
     findings_container.ContentSequence = hd.sr.ContentSequence(finding_items)
     impressions = hd.sr.ContainerContentItem(
-        name=codes.DCM.Impressions, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        name=codes.DCM.Impressions,
+        is_content_continuous=False,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
     impressions.ContentSequence = hd.sr.ContentSequence(
         [
@@ -348,7 +355,9 @@ def build_draft_sr(
         value=text.disclaimer,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
-    root = hd.sr.ContainerContentItem(name=as_code(sections[0].pack.sr_title), template_id="2000")
+    root = hd.sr.ContainerContentItem(
+        name=as_code(sections[0].pack.sr_title), is_content_continuous=False, template_id="2000"
+    )
     root.ContentSequence = hd.sr.ContentSequence([*observers, findings_container, impressions, comment])
 
     sr = hd.sr.ComprehensiveSR(
@@ -367,12 +376,12 @@ def build_draft_sr(
     )
     # Set as plain DICOM attributes: highdicom types them as lists of its own item classes.
     dataset: Dataset = sr
-    dataset.ContributingEquipmentSequence = DicomSequence([_algorithm_equipment(model) for model in models])
-    dataset.CodingSchemeIdentificationSequence = DicomSequence([_private_scheme()])
+    dataset.ContributingEquipmentSequence = DicomSequence([algorithm_equipment(model) for model in models])
+    dataset.CodingSchemeIdentificationSequence = DicomSequence([private_scheme()])
     return sr
 
 
-def _private_scheme() -> Dataset:
+def private_scheme() -> Dataset:
     item = Dataset()
     item.CodingSchemeDesignator = PRIVATE_SCHEME
     item.CodingSchemeName = "predraft finding codes"
@@ -380,7 +389,7 @@ def _private_scheme() -> Dataset:
     return item
 
 
-def _algorithm_equipment(model: ModelCard) -> Dataset:
+def algorithm_equipment(model: ModelCard) -> Dataset:
     item = Dataset()
     purpose = Dataset()
     purpose.CodeValue = PROCESSING_ALGORITHM.value
@@ -436,8 +445,10 @@ def build_review_sr(
     edited: bool,
     series_instance_uid: str,
     sop_instance_uid: str,
+    results_sr: Dataset | None = None,
 ) -> hd.sr.ComprehensiveSR:
-    """The SR that supersedes the AI draft ``draft_sr`` once a radiologist reviewed it.
+    """The SR that supersedes the AI draft ``draft_sr`` (and its AI results SR ``results_sr``, where it has one)
+    once a radiologist reviewed it.
 
     ``verified`` True: the report as signed. Accepted as drafted (``edited`` False), it keeps the draft's
     Findings and Impressions containers (the coded findings, their probabilities and source images); edited,
@@ -448,8 +459,8 @@ def build_review_sr(
     Both: CompletionFlag COMPLETE, VerificationFlag VERIFIED with the Verifying Observer Sequence naming the
     radiologist (``verifier_name`` as a DICOM person name, ``verifier_login`` as its identification code),
     PreliminaryFlag FINAL; the person as observer; ``statement`` (who verified or rejected what, and when) as a
-    Comment; the draft in the Predecessor Documents Sequence; the draft's Contributing Equipment (the
-    algorithm) kept, since the content still derives from it.
+    Comment; the draft and its AI results SR in the Predecessor Documents Sequence; the draft's Contributing
+    Equipment (the algorithm) kept, since the content still derives from it.
     """
     if not evidence:
         raise ValueError("build_review_sr needs at least one evidence dataset")
@@ -465,14 +476,16 @@ def build_review_sr(
     study_uids = {str(ds.StudyInstanceUID) for ds in evidence} | {str(draft_sr.StudyInstanceUID)}
     if len(study_uids) != 1:
         raise ValueError(f"evidence and draft span {len(study_uids)} studies; a report belongs to exactly one")
-    evidence = _prepared_evidence(evidence)
+    evidence = prepared_evidence(evidence)
 
     content: list[hd.sr.ContentItem] = _person_observer(verifier_name, verifier_login, organization)
     if verified and not edited:
         content.extend(_draft_containers(draft_sr))
     elif verified:
         findings = hd.sr.ContainerContentItem(
-            name=codes.DCM.Findings, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+            name=codes.DCM.Findings,
+            is_content_continuous=False,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )
         findings.ContentSequence = hd.sr.ContentSequence(
             [
@@ -499,7 +512,9 @@ def build_review_sr(
     )
     title = draft_sr.ConceptNameCodeSequence[0]  # the draft's title (its pack's) is the report's
     root = hd.sr.ContainerContentItem(
-        name=Code(title.CodeValue, title.CodingSchemeDesignator, title.CodeMeaning), template_id="2000"
+        name=Code(title.CodeValue, title.CodingSchemeDesignator, title.CodeMeaning),
+        is_content_continuous=False,
+        template_id="2000",
     )
     root.ContentSequence = hd.sr.ContentSequence(content)
 
@@ -516,7 +531,7 @@ def build_review_sr(
         is_verified=True,
         verifying_observer_name=verifier_name,
         verifying_organization=organization,
-        previous_versions=[draft_sr],
+        previous_versions=[draft_sr, *([] if results_sr is None else [results_sr])],
         series_description=VERIFIED_SERIES_DESCRIPTION if verified else REJECTION_SERIES_DESCRIPTION,
     )
     observer = sr.VerifyingObserverSequence[0]

@@ -11,6 +11,7 @@ standard code use the private coding scheme ``99PREDRAFT``; the hip pack's are:
 | 99PREDRAFT POSTINF | Post-infectious hip (e.g. antibiotic cement spacer) |
 | 99PREDRAFT INDET | Indeterminate, review (every pack's default) |
 | 99PREDRAFT PROB | Model probability of the finding (every pack) |
+| 99PREDRAFT CLASS | AI classification (every pack: the concept of the AI results SR's qualitative evaluation) |
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from pydicom.sr.coding import Code
 
 from predraft.models.pack import PRIVATE_SCHEME, Pack, PackCode
 
-__all__ = ["PRIVATE_SCHEME", "PROBABILITY_CODE", "as_code", "finding_code"]
+__all__ = ["CLASSIFICATION_CODE", "PRIVATE_SCHEME", "PROBABILITY_CODE", "as_code", "finding_code"]
 
 PROBABILITY_CODE = Code("PROB", PRIVATE_SCHEME, "Model probability of the finding")
+CLASSIFICATION_CODE = Code("CLASS", PRIVATE_SCHEME, "AI classification")
 
 
 def as_code(code: PackCode) -> Code:

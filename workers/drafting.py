@@ -1,4 +1,5 @@
-"""Drafting one study: aggregate its predictions, render the text, write and record the SR.
+"""Drafting one study: aggregate its predictions, render the text, write and record the SRs (the narrative one
+and, unless the site turned it off, the AI results SR beside it).
 
 A service: :func:`draft_study` takes an open session and never commits; the task owns the transaction.
 """
@@ -19,10 +20,12 @@ from predraft.core.schema import Draft, Instance, Prediction, Study, utcnow
 from predraft.core.states import EventKind, InstanceState, ReportKind, StudyState
 from predraft.listener.spool import Spool
 from predraft.models.pack import DEFAULT_PACK, InstalledPack, Pack
+from predraft.models.prepare import Region
 from predraft.models.scope import REGION_WORDS
 from predraft.models.taxonomy import Side, View
 from predraft.reporting.age import is_child
 from predraft.reporting.aggregate import AggregationRule, HipObservation, SideFinding, aggregate
+from predraft.reporting.results_sr import build_results_sr
 from predraft.reporting.sr import build_draft_sr
 from predraft.reporting.text import Section, render_draft, template_environment
 
@@ -45,6 +48,7 @@ def draft_study(
     spool: Spool,
     rule_for: Callable[[Pack], AggregationRule] | None = None,
     template_dir: Path | None = None,
+    results_sr: bool = True,
 ) -> DraftOutcome:
     """Draft ``study`` for ``generation``: one section per pack of ``packs`` (in their order) that read images of
     it, from the predictions of that pack's model, combined by ``rule_for(pack)`` (default: the pack's own rule),
@@ -54,6 +58,9 @@ def draft_study(
     Idempotent: a draft already recorded for this generation is returned as it is. A study with no
     classified image ends OUT_OF_SCOPE (no image of a region an installed pack reads) or ERROR. A draft of a
     later generation supersedes the previous one: its SR lists it in the Predecessor Documents Sequence.
+
+    With ``results_sr`` the draft also gets the AI results SR (:mod:`predraft.reporting.results_sr`), in a series
+    of its own, superseding the previous draft's results SR where it had one.
     """
     existing = session.scalar(
         select(Draft).where(Draft.study_id == study.id, Draft.generation == generation, Draft.kind == ReportKind.DRAFT)
@@ -62,6 +69,7 @@ def draft_study(
         return DraftOutcome(StudyState.DRAFTED, existing.id, "already drafted")
 
     read: list[tuple[InstalledPack, Section, list[Instance]]] = []
+    read_regions: dict[tuple[str, Side], Region] = {}
     for installed in packs:
         rows = _predictions(session, study, installed)
         if not rows:
@@ -76,6 +84,11 @@ def draft_study(
             )
             for prediction, instance in rows
         ]
+        read_regions.update(
+            ((instance.sop_instance_uid, Side(prediction.side)), _region(prediction.region))
+            for prediction, instance in rows
+            if prediction.region is not None
+        )
         pack, model = installed.pack, installed.card
         rule = rule_for(pack) if rule_for else AggregationRule.from_pack(pack)
         findings = aggregate(
@@ -113,6 +126,11 @@ def draft_study(
         .limit(1)
     )
     predecessors = [] if previous is None else [pydicom.dcmread(previous.sr_path, stop_before_pixels=True)]
+    previous_results = (
+        [pydicom.dcmread(previous.results_sr_path, stop_before_pixels=True)]
+        if previous is not None and previous.results_sr_path
+        else []
+    )
 
     entropy = [study.study_uid, str(generation), *(section.model.weights_sha256 for section in sections)]
     sr_uid = generate_uid(entropy_srcs=[*entropy, "sr"])
@@ -126,6 +144,20 @@ def draft_study(
         previous_versions=predecessors,
     )
     path = spool.write_sr(sr)
+    results_uid = results_series_uid = results_path = None
+    if results_sr:
+        results_uid = generate_uid(entropy_srcs=[*entropy, "results sr"])
+        results_series_uid = generate_uid(entropy_srcs=[*entropy, "results series"])
+        results = build_results_sr(
+            evidence=evidence,
+            sections=sections,
+            text=text,
+            regions=read_regions,
+            series_instance_uid=results_series_uid,
+            sop_instance_uid=results_uid,
+            previous_versions=previous_results,
+        )
+        results_path = str(spool.write_sr(results))
 
     models = [section.model for section in sections]
     draft = Draft(
@@ -142,12 +174,21 @@ def draft_study(
         patient_is_child=patient_is_child,
         sr_series_uid=series_uid,
         sr_path=str(path),
+        results_sr_sop_instance_uid=results_uid,
+        results_sr_series_uid=results_series_uid,
+        results_sr_path=results_path,
         supersedes_id=None if previous is None else previous.id,
     )
     session.add(draft)
     session.flush()
-    record_event(session, EventKind.DRAFTED, f"generation {generation}, SR {sr_uid}", study_id=study.id)
+    written = f"SR {sr_uid}" + (f", AI results SR {results_uid}" if results_uid else "")
+    record_event(session, EventKind.DRAFTED, f"generation {generation}, {written}", study_id=study.id)
     return DraftOutcome(StudyState.DRAFTED, draft.id, f"SR {sr_uid}", tuple(section.pack.name for section in sections))
+
+
+def _region(value: list[int]) -> Region:
+    top, bottom, left, right = (int(v) for v in value)
+    return top, bottom, left, right
 
 
 def _predictions(session: Session, study: Study, installed: InstalledPack) -> list[tuple[Prediction, Instance]]:

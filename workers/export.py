@@ -67,6 +67,28 @@ class Delivery:
     note: str | None = None
 
 
+def send_documents(destination: DimseDestination | StowDestination, sr_paths: Sequence[Path]) -> Delivery:
+    """Send a draft's SR files to ``destination``, the narrative SR first (:meth:`Draft.documents`).
+
+    The narrative SR must be stored: any failure of it is raised. A later one (the AI results SR) that the
+    destination refuses for a reason no retry mends (it takes no Comprehensive 3D SR, say) does not undo the
+    delivery: it is named in the Delivery's note. A failure a retry may mend is raised, and the retry sends
+    every file again (a destination stores the same SOP instance once).
+    """
+    if not sr_paths:
+        raise ValueError("send_documents needs at least one SR file")
+    first, *others = sr_paths
+    notes = [send(destination, first).note]
+    for path in others:
+        try:
+            notes.append(send(destination, path).note)
+        except ExportError as exc:
+            if exc.retryable:
+                raise
+            notes.append(f"the AI results SR was not stored: {exc}")
+    return Delivery(note="; ".join(note for note in notes if note) or None)
+
+
 def send(destination: DimseDestination | StowDestination, sr_path: Path) -> Delivery:
     """Send the Part 10 file ``sr_path`` to ``destination``; raise ExportError if it was not stored."""
     if isinstance(destination, DimseDestination):

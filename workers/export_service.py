@@ -37,13 +37,14 @@ MAX_ERROR_LENGTH = 2000
 
 @dataclass(frozen=True)
 class ExportJob:
-    """What one try of an export needs: the row, the SR file, and which try this is (1 for the first)."""
+    """What one try of an export needs: the row, the draft's SR files (the narrative SR first, then the AI results
+    SR where there is one: :meth:`predraft.core.schema.Draft.documents`), and which try this is (1 for the first)."""
 
     export_id: int
     draft_id: int
     study_id: int
     destination: str
-    sr_path: str
+    sr_paths: tuple[str, ...]
     attempt: int
 
 
@@ -130,7 +131,7 @@ def begin_attempt(
         draft_id=draft.id,
         study_id=draft.study_id,
         destination=destination,
-        sr_path=draft.sr_path,
+        sr_paths=tuple(document.path for document in draft.documents()),
         attempt=row.attempts,
     )
 

@@ -1,4 +1,5 @@
-"""The ``predraft.export`` task (queue ``export``): send one drafted SR to one configured destination.
+"""The ``predraft.export`` task (queue ``export``): send one draft's SRs (the narrative SR and the AI results SR
+beside it) to one configured destination.
 
 One task per (draft, destination), sent once the draft is committed (:func:`send_exports`). Idempotent:
 the exports row is the record: each try claims it first (``sending``), and a task whose row is already
@@ -29,7 +30,7 @@ from predraft.core.metrics import EXPORTS
 from predraft.core.schema import utcnow
 from predraft.core.settings import Settings, get_settings
 from predraft.workers.app import EXPORT
-from predraft.workers.export import Delivery, ExportError, send
+from predraft.workers.export import Delivery, ExportError, send_documents
 from predraft.workers.export_service import ExportJob, begin_attempt, record_failure, record_sent, retry_delay
 from predraft.workers.leases import LeasedTask, holder_of, lease_seconds, new_task_id
 
@@ -67,7 +68,7 @@ def _try(settings: Settings, job: ExportJob) -> Delivery | ExportError:
     except KeyError as exc:
         return ExportError(f"{exc.args[0]}: it was removed from export_destinations", retryable=False)
     try:
-        return send(destination, Path(job.sr_path))
+        return send_documents(destination, [Path(path) for path in job.sr_paths])
     except ExportError as exc:
         return exc
     except Exception as exc:  # a bug or a surprise: recorded on the row, not lost in a worker log

@@ -327,6 +327,7 @@ def _classify(self: Task, instance_id: int, hip_messages: list[dict[str, object]
                     top_probability=scores[top],
                     metal_present=hip.metal.present if hip.metal else None,
                     metal_score=hip.metal.score if hip.metal else None,
+                    region=None if hip.region is None else list(hip.region),
                 )
             )
         instance = session.get(Instance, instance_id)
@@ -360,6 +361,7 @@ def _write_draft(
             spool=Spool(settings.spool_dir),
             rule_for=settings.report.aggregation_rule,
             template_dir=settings.report.template_dir,
+            results_sr=settings.report.ai_results_sr,
         )
     except OperationalError:
         raise

@@ -1,5 +1,5 @@
-"""What is held, as QIDO-RS and WADO-RS see it: the received instances of a study and its drafted SRs,
-series by series."""
+"""What is held, as QIDO-RS and WADO-RS see it: the received instances of a study and the SRs predraft issued
+for it (each draft's narrative SR and AI results SR, each review's SR), series by series."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from predraft.core.schema import Draft, Instance, Series, Study
+from predraft.core.schema import Draft, Instance, Series, SrDocument, Study
 
 log = logging.getLogger(__name__)
 
@@ -33,36 +33,38 @@ class SeriesEntry:
     instances: list[InstanceEntry] = field(default_factory=list)
 
 
-def _draft_series(draft: Draft) -> SeriesEntry | None:
-    """The SR of ``draft`` as a one-instance series, read from the SR file's header; None if unreadable."""
+def _document_series(document: SrDocument) -> SeriesEntry | None:
+    """An SR predraft issued as a one-instance series, read from the SR file's header; None if unreadable."""
     try:
         sr = pydicom.dcmread(
-            draft.sr_path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SeriesDescription", "Modality"]
+            document.path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SeriesDescription", "Modality"]
         )
     except (OSError, InvalidDicomError) as exc:
         log.warning(
-            "drafted SR %s cannot be read (%s); left out of DICOMweb answers",
-            draft.sr_sop_instance_uid,
-            type(exc).__name__,
+            "SR %s cannot be read (%s); left out of DICOMweb answers", document.sop_instance_uid, type(exc).__name__
         )
         return None
     instance = InstanceEntry(
         str(sr.get("SOPClassUID", "")),
-        draft.sr_sop_instance_uid,
+        document.sop_instance_uid,
         str(sr.file_meta.get("TransferSyntaxUID", "")),
-        draft.sr_path,
+        document.path,
     )
     return SeriesEntry(
-        draft.sr_series_uid, str(sr.get("Modality", "SR")), str(sr.get("SeriesDescription", "")), "", [instance]
+        document.series_uid, str(sr.get("Modality", "SR")), str(sr.get("SeriesDescription", "")), "", [instance]
     )
 
 
 def study_series(session: Session, study: Study) -> list[SeriesEntry]:
-    """Every series of ``study`` with its instances: the received ones, then the drafted SRs (an SR the
-    PACS sent back, already among the received instances, is listed once)."""
+    """Every series of ``study`` with its instances: the received ones, then the SRs predraft issued (an SR the
+    PACS sent back, already among the received instances, is listed once). Files the spool's retention purged
+    (:mod:`predraft.workers.retention`) are no longer held, and not listed."""
     series: dict[str, SeriesEntry] = {}
     rows = session.execute(
-        select(Instance, Series).join(Series).where(Instance.study_id == study.id).order_by(Series.id, Instance.id)
+        select(Instance, Series)
+        .join(Series)
+        .where(Instance.study_id == study.id, Instance.purged_at.is_(None))
+        .order_by(Series.id, Instance.id)
     ).all()
     for instance, row in rows:
         entry = series.setdefault(
@@ -74,11 +76,13 @@ def study_series(session: Session, study: Study) -> list[SeriesEntry]:
             )
         )
     held = {i.sop_instance_uid for s in series.values() for i in s.instances}
-    drafts = session.scalars(select(Draft).where(Draft.study_id == study.id).order_by(Draft.id)).all()
-    for draft in drafts:
-        if draft.sr_sop_instance_uid in held:
+    drafts = session.scalars(
+        select(Draft).where(Draft.study_id == study.id, Draft.purged_at.is_(None)).order_by(Draft.id)
+    ).all()
+    for document in (document for draft in drafts for document in draft.documents()):
+        if document.sop_instance_uid in held:
             continue
-        drafted = _draft_series(draft)
+        drafted = _document_series(document)
         if drafted is None:
             continue
         entry = series.setdefault(

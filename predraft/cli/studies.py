@@ -117,7 +117,14 @@ def show_command(study_uid: str, as_json: bool) -> int:
         click.echo(
             f"\nDraft (pack {draft['pack']}, generation {draft['generation']}, {draft['model']}), "
             f"SR {draft['sr_sop_instance_uid']}"
-            f"\n  stored at {draft['sr_path']}\n"
+            f"\n  stored at {draft['sr_path']}"
+            + (
+                f"\n  AI results SR (TID 1500) {draft['results_sr_sop_instance_uid']}"
+                f"\n  stored at {draft['results_sr_path']}"
+                if draft.get("results_sr_sop_instance_uid")
+                else ""
+            )
+            + "\n"
         )
         click.echo(draft["text"])
         _echo_exports(draft["exports"])
@@ -157,7 +164,8 @@ def _echo_exports(exports: list[dict]) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
 def resend_command(study_uid: str, destination_name: str | None, as_json: bool) -> int:
-    """Send the study's latest SR (its draft, or the report its review issued) again to every destination (or one)."""
+    """Send the study's latest SRs (its draft's narrative and AI results SRs, or the report its review issued) again
+    to every destination (or one)."""
     settings = reachable_settings()  # first: exit 2 at once when the broker or the database is away
     from predraft.core.db import session_scope
     from predraft.workers.app import create_celery
@@ -176,7 +184,8 @@ def resend_command(study_uid: str, destination_name: str | None, as_json: bool) 
     try:
         with session_scope(settings.database_url) as session:
             draft, queued = requeue_latest_draft(session, study_uid=study_uid, destinations=names)
-            draft_id, generation, sr_uid = draft.id, draft.generation, draft.sr_sop_instance_uid
+            draft_id, generation = draft.id, draft.generation
+            sr_uids = [document.sop_instance_uid for document in draft.documents()]
     except NothingToResend as exc:
         raise click.ClickException(str(exc)) from None
     send_exports(create_celery(settings), draft_id, queued)
@@ -186,14 +195,15 @@ def resend_command(study_uid: str, destination_name: str | None, as_json: bool) 
                 {
                     "study_uid": study_uid,
                     "draft_generation": generation,
-                    "sr_sop_instance_uid": sr_uid,
+                    "sr_sop_instance_uid": sr_uids[0],
+                    "sr_sop_instance_uids": sr_uids,
                     "queued": list(queued),
                 },
                 indent=2,
             )
         )
     for name in [] if as_json else queued:
-        click.echo(f"queued SR {sr_uid} (draft generation {generation}) for {name}")
+        click.echo(f"queued SR {' and '.join(sr_uids)} (draft generation {generation}) for {name}")
     for name in [] if as_json else [name for name in names if name not in queued]:
         click.echo(f"not queued for {name}: a worker is sending it now (see `predraft studies show`)")
     return EXIT_OK

@@ -115,6 +115,8 @@ def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
             "generation": draft.generation,
             "sr_sop_instance_uid": draft.sr_sop_instance_uid,
             "sr_path": draft.sr_path,
+            "results_sr_sop_instance_uid": draft.results_sr_sop_instance_uid,
+            "results_sr_path": draft.results_sr_path,
             "model": f"{draft.model_name} {draft.model_version}",
             "pack": draft.pack,
             "text": draft.text,

@@ -5,7 +5,8 @@ caller (the route) owns the transaction and, once it has committed, sends one ex
 (``predraft.workers.export_task.send_exports``), exactly as the draft task does for the draft.
 
 A review
-* writes the superseding SR (:func:`predraft.reporting.sr.build_review_sr`) into the spool beside the draft's, and
+* writes the superseding SR (:func:`predraft.reporting.sr.build_review_sr`) into the spool beside the draft's (it
+  supersedes the draft's narrative SR and its AI results SR alike: both are its Predecessor Documents), and
   records it as a drafts row of kind ``verified`` or ``rejection`` with the draft as ``supersedes_id``;
 * records who did what and when, the final text and its unified diff from the draft's text (``reviews``);
 * marks the study ``reviewed`` and queues the new SR's exports to every configured destination.
@@ -21,6 +22,7 @@ import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import pydicom
 from pydicom.uid import generate_uid
@@ -230,6 +232,7 @@ def _issue_report(
     """Build the verified SR (the signed report, or the notice of a rejection), spool it and record it as the
     drafts row that supersedes ``draft``."""
     draft_sr = pydicom.dcmread(draft.sr_path)
+    results_sr = pydicom.dcmread(draft.results_sr_path, stop_before_pixels=True) if draft.results_sr_path else None
     kind = ReportKind.REJECTION if decision.action is ReviewAction.REJECTED else ReportKind.VERIFIED
     sr = build_review_sr(
         evidence=_evidence(session, draft_sr),
@@ -243,6 +246,7 @@ def _issue_report(
         edited=decision.action is ReviewAction.EDITED,
         series_instance_uid=generate_uid(),
         sop_instance_uid=generate_uid(),
+        results_sr=results_sr,
     )
     path = spool.write_sr(sr)
     report = Draft(
@@ -265,14 +269,45 @@ def _issue_report(
     return report
 
 
+#: The Patient and General Study attributes an SR carries, from which a purged image's header is rebuilt.
+_PATIENT_AND_STUDY = (
+    "SpecificCharacterSet",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+
+def _header_from_draft(draft_sr: pydicom.Dataset, series_uid: str, sop: pydicom.Dataset) -> pydicom.Dataset:
+    """The header of an evidence image whose file the spool's retention purged, rebuilt from the draft SR: the
+    patient and study as the SR carries them (copied from that very image), the series and SOP from its evidence."""
+    header = pydicom.Dataset()
+    for keyword in _PATIENT_AND_STUDY:
+        if keyword in draft_sr:
+            setattr(header, keyword, draft_sr[keyword].value)
+    header.SeriesInstanceUID = series_uid
+    header.SOPClassUID = sop.ReferencedSOPClassUID
+    header.SOPInstanceUID = sop.ReferencedSOPInstanceUID
+    return header
+
+
 def _evidence(session: Session, draft_sr: pydicom.Dataset) -> list[pydicom.Dataset]:
-    """Headers of the images the draft references (its Current Requested Procedure Evidence), from the spool."""
-    uids = [
-        str(sop.ReferencedSOPInstanceUID)
+    """Headers of the images the draft references (its Current Requested Procedure Evidence), from the spool; an
+    image whose file retention purged, from the draft SR itself (:func:`_header_from_draft`)."""
+    referenced = [
+        (str(series.SeriesInstanceUID), sop)
         for study in draft_sr.get("CurrentRequestedProcedureEvidenceSequence", [])
         for series in study.get("ReferencedSeriesSequence", [])
         for sop in series.get("ReferencedSOPSequence", [])
     ]
+    uids = [str(sop.ReferencedSOPInstanceUID) for _, sop in referenced]
     paths = dict(
         session.execute(
             select(Instance.sop_instance_uid, Instance.spool_path).where(Instance.sop_instance_uid.in_(uids))
@@ -281,4 +316,9 @@ def _evidence(session: Session, draft_sr: pydicom.Dataset) -> list[pydicom.Datas
     missing = [uid for uid in uids if uid not in paths]
     if missing or not uids:
         raise ReviewError(f"the draft's source images are not all recorded ({len(missing)} of {len(uids)} missing)")
-    return [pydicom.dcmread(paths[uid], stop_before_pixels=True) for uid in uids]
+    return [
+        pydicom.dcmread(paths[str(sop.ReferencedSOPInstanceUID)], stop_before_pixels=True)
+        if Path(paths[str(sop.ReferencedSOPInstanceUID)]).is_file()
+        else _header_from_draft(draft_sr, series_uid, sop)
+        for series_uid, sop in referenced
+    ]

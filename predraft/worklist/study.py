@@ -78,6 +78,7 @@ def _draft(draft: Draft) -> dict[str, Any]:
         "pack": draft.pack,
         "synthetic_demo": bool(draft.synthetic_demo),
         "sr_sop_instance_uid": draft.sr_sop_instance_uid,
+        "results_sr_sop_instance_uid": draft.results_sr_sop_instance_uid,
         "created_at": present.timestamp(draft.created_at),
         "sides": sides,
         "exports": [export_detail(export) for export in draft.exports],
@@ -134,7 +135,8 @@ def _hips(instances: list[Instance], draft: Draft | None) -> list[dict[str, Any]
 
 
 def _history(session: Session, study_id: int) -> list[dict[str, Any]]:
-    """Every SR issued for the study, oldest first."""
+    """Every SR issued for the study, oldest first: an AI draft's narrative SR, then its AI results SR (exported
+    together: one export row per destination covers both)."""
     kinds = {
         ReportKind.DRAFT: "Unverified AI draft",
         ReportKind.VERIFIED: "Verified report",
@@ -142,13 +144,16 @@ def _history(session: Session, study_id: int) -> list[dict[str, Any]]:
     }
     by_generation: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for report in session.scalars(select(Draft).where(Draft.study_id == study_id).order_by(Draft.id)):
-        by_generation[report.generation].append(
-            {
-                "kind": kinds.get(ReportKind(report.kind), report.kind),
-                "generation": report.generation,
-                "sr_sop_instance_uid": report.sr_sop_instance_uid,
-                "at": present.timestamp(report.created_at),
-                "exports": [export_detail(export) for export in report.exports],
-            }
-        )
+        exports = [export_detail(export) for export in report.exports]
+        for document in report.documents():
+            kind = kinds.get(ReportKind(report.kind), report.kind)
+            by_generation[report.generation].append(
+                {
+                    "kind": "AI results (TID 1500)" if document.results else kind,
+                    "generation": report.generation,
+                    "sr_sop_instance_uid": document.sop_instance_uid,
+                    "at": present.timestamp(report.created_at),
+                    "exports": exports,
+                }
+            )
     return [entry for generation in sorted(by_generation) for entry in by_generation[generation]]

@@ -107,22 +107,27 @@ def test_stored_study_is_drafted_and_the_draft_can_be_fetched(server: Deployment
     assert detail["state"] == "drafted", detail
     sr_uid = detail["draft"]["sr_sop_instance_uid"]
     sr_series_uid = str(pydicom.dcmread(detail["draft"]["sr_path"], stop_before_pixels=True).SeriesInstanceUID)
+    results_uid = detail["draft"]["results_sr_sop_instance_uid"]
+    results_path = detail["draft"]["results_sr_path"]
+    results_series_uid = str(pydicom.dcmread(results_path, stop_before_pixels=True).SeriesInstanceUID)
 
     studies = client.search_for_studies(search_filters={"StudyInstanceUID": study_uid, "PatientID": "PHANTOM-0001"})
     assert len(studies) == 1
     study = pydicom.Dataset.from_json(studies[0])
     assert study.StudyInstanceUID == study_uid
     assert set(study.ModalitiesInStudy) == {"CR", "SR"}
-    assert study.NumberOfStudyRelatedInstances == len(sent) + 1
+    assert study.NumberOfStudyRelatedInstances == len(sent) + 2  # the images, the draft and its AI results SR
     accession = str(next(iter(sent.values())).AccessionNumber)
     assert client.search_for_studies(search_filters={"AccessionNumber": accession, "StudyInstanceUID": study_uid})
     assert client.search_for_studies(search_filters={"StudyInstanceUID": study_uid, "PatientID": "NOBODY"}) == []
 
     series = [pydicom.Dataset.from_json(s) for s in client.search_for_series(study_uid)]
     sr_series = [s for s in series if s.Modality == "SR"]
-    assert [s.SeriesInstanceUID for s in sr_series] == [sr_series_uid]
+    assert [s.SeriesInstanceUID for s in sr_series] == [sr_series_uid, results_series_uid]
     instances = client.search_for_instances(study_uid, sr_series_uid)
     assert [pydicom.Dataset.from_json(i).SOPInstanceUID for i in instances] == [sr_uid]
+    results = client.retrieve_instance(study_uid, results_series_uid, results_uid)
+    assert results.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34" and results.VerificationFlag == "UNVERIFIED"
 
     sr = client.retrieve_instance(study_uid, sr_series_uid, sr_uid)
     assert (sr.VerificationFlag, sr.PreliminaryFlag) == ("UNVERIFIED", "PRELIMINARY")

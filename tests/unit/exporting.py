@@ -34,10 +34,15 @@ class Drafted:
     draft_id: int
     sr_sop_instance_uid: str
     sr_path: Path
+    #: The AI results SR's UID, when the draft was made with one.
+    results_sr_sop_instance_uid: str | None = None
 
 
-def make_draft(database_url: str, image_paths: list[Path], card_path: Path, spool_dir: Path) -> Drafted:
-    """Record ``image_paths`` as one study, classify every hip as THA (right) and none (left), draft it."""
+def make_draft(
+    database_url: str, image_paths: list[Path], card_path: Path, spool_dir: Path, *, results_sr: bool = False
+) -> Drafted:
+    """Record ``image_paths`` as one study, classify every hip as THA (right) and none (left), draft it (with the
+    AI results SR beside the narrative one when ``results_sr``: most export tests follow one SR's tries)."""
     card, _ = load_card(card_path)
     for path in image_paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -69,10 +74,24 @@ def make_draft(database_url: str, image_paths: list[Path], card_path: Path, spoo
         study.state = StudyState.DRAFTING
     with session_scope(database_url) as session:
         study = session.scalars(select(Study)).one()
-        outcome = draft_study(session, study=study, generation=1, packs=[hip_pack_for(card)], spool=Spool(spool_dir))
+        outcome = draft_study(
+            session,
+            study=study,
+            generation=1,
+            packs=[hip_pack_for(card)],
+            spool=Spool(spool_dir),
+            results_sr=results_sr,
+        )
         apply_outcome(session, study=study, generation=1, outcome=outcome)
         draft = study.drafts[-1]
-        return Drafted(database_url, study.study_uid, draft.id, draft.sr_sop_instance_uid, Path(draft.sr_path))
+        return Drafted(
+            database_url,
+            study.study_uid,
+            draft.id,
+            draft.sr_sop_instance_uid,
+            Path(draft.sr_path),
+            draft.results_sr_sop_instance_uid,
+        )
 
 
 def configure(

@@ -35,6 +35,46 @@ def _received(folder: Path) -> list[str]:
     return [str(pydicom.dcmread(path).SOPInstanceUID) for path in sorted(folder.iterdir()) if path.is_file()]
 
 
+@pytest.fixture
+def drafted_with_results(clean_settings_env, sqlite_url, demo_study, tiny_card_path, tmp_path) -> Iterator[Drafted]:
+    """A draft with its AI results SR beside the narrative one."""
+    images = [image.path for image in demo_study]
+    yield make_draft(sqlite_url, images, tiny_card_path, tmp_path / "spool", results_sr=True)
+    export_task._settings.cache_clear()
+
+
+def test_both_srs_of_a_draft_are_stored_by_one_export(drafted_with_results, storescp, monkeypatch):
+    port, folder = storescp
+    drafted = drafted_with_results
+    configure(
+        monkeypatch,
+        drafted,
+        [{"kind": "dimse", "name": "storescp", "ae_title": "STORESCP", "host": "127.0.0.1", "port": port}],
+    )
+    queue(drafted, "storescp")
+    assert run_export(drafted, "storescp") == "sent"
+    assert drafted.results_sr_sop_instance_uid is not None
+    assert sorted(_received(folder)) == sorted([drafted.sr_sop_instance_uid, drafted.results_sr_sop_instance_uid])
+    classes = sorted(str(pydicom.dcmread(path).SOPClassUID) for path in folder.iterdir() if path.is_file())
+    assert classes == ["1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.34"]
+    assert (export_row(drafted, "storescp").state, export_row(drafted, "storescp").last_error) == ("sent", None)
+
+
+def test_a_destination_without_comprehensive_3d_sr_still_gets_the_narrative_draft(drafted_with_results, monkeypatch):
+    scp = StatusScp()  # Comprehensive SR only, as many PACS
+    try:
+        configure(monkeypatch, drafted_with_results, [scp.destination()])
+        queue(drafted_with_results, "scp")
+        assert run_export(drafted_with_results, "scp") == "sent"
+        assert scp.received == [drafted_with_results.sr_sop_instance_uid]
+        row = export_row(drafted_with_results, "scp")
+        assert row.state == "sent" and row.attempts == 1
+        assert "the AI results SR was not stored" in row.last_error
+        assert "1.2.840.10008.5.1.4.1.1.88.34" in row.last_error
+    finally:
+        scp.server.shutdown()
+
+
 def test_sr_is_stored_by_storescp_once_however_often_the_task_runs(drafted, storescp, monkeypatch):
     port, folder = storescp
     configure(

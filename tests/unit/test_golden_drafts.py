@@ -3,7 +3,8 @@
 Each case is received, prepared, gated, classified and drafted in this process by the real Celery tasks (the
 broker replaced by a recording app whose messages are run in order), against SQLite, with the embedded default
 model and gate. What is compared, per study: its state and error, each image's view, side, scope and state,
-the draft text, and the SR's header and content tree, UIDs, dates and times aside (``tests/golden/<case>.json``).
+the draft text, and the header and content tree of the narrative SR and of the AI results SR, UIDs, dates and times
+aside (``tests/golden/<case>.json``).
 
 A change that should not alter behaviour (a refactoring) must leave these files as they are. A change that
 alters drafts on purpose rewrites them, and the diff is reviewed with it::
@@ -102,6 +103,8 @@ def _sr_content(items: Any) -> list[Any]:
             value = item.get("ContinuityOfContent")
         elif item.ValueType == "IMAGE":
             value = item.ReferencedSOPSequence[0].ReferencedSOPClassUID
+        elif item.ValueType == "SCOORD":
+            value = [item.GraphicType, [round(float(v), 1) for v in item.GraphicData]]
         entry = [item.get("RelationshipType", ""), item.ValueType, name, value]
         if "ContentSequence" in item:
             entry.append(_sr_content(item.ContentSequence))
@@ -136,17 +139,20 @@ def _study_record(session: Any, study: Study) -> dict[str, Any]:
     }
     for draft in study.drafts:
         sr = pydicom.dcmread(draft.sr_path)
-        record["drafts"].append(
-            {
-                "kind": draft.kind,
-                "model": [draft.model_name, draft.model_version],
-                "pack": draft.pack,
-                "text": draft.text,
-                "sr_header": {keyword: str(sr.get(keyword, "")) for keyword in SR_HEADER},
-                "sr_title": sr.ConceptNameCodeSequence[0].CodeMeaning,
-                "sr_content": _sr_content(sr.ContentSequence),
-            }
-        )
+        entry = {
+            "kind": draft.kind,
+            "model": [draft.model_name, draft.model_version],
+            "pack": draft.pack,
+            "text": draft.text,
+            "sr_header": {keyword: str(sr.get(keyword, "")) for keyword in SR_HEADER},
+            "sr_title": sr.ConceptNameCodeSequence[0].CodeMeaning,
+            "sr_content": _sr_content(sr.ContentSequence),
+        }
+        if draft.results_sr_path:
+            results = pydicom.dcmread(draft.results_sr_path)
+            entry["results_sr_header"] = {keyword: str(results.get(keyword, "")) for keyword in SR_HEADER}
+            entry["results_sr_content"] = _sr_content(results.ContentSequence)
+        record["drafts"].append(entry)
     return json.loads(json.dumps(record))  # as read back from the file: tuples become lists
 
 

@@ -345,10 +345,12 @@ def test_accepting_as_drafted_issues_a_verified_sr_superseding_the_draft(web, se
     observer = sr.VerifyingObserverSequence[0]
     assert str(observer.VerifyingObserverName) == "Alice^Test"
     assert observer.VerifyingObserverIdentificationCodeSequence[0].CodeValue == "alice"
-    assert (
-        sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
-        == draft.sr_sop_instance_uid
-    )
+    superseded = {
+        sop.ReferencedSOPInstanceUID
+        for series in sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    }
+    assert superseded == {draft.sr_sop_instance_uid, draft.results_sr_sop_instance_uid}  # the AI results SR too
     assert sr.StudyInstanceUID == web.drafted.study_uid and sr.SeriesInstanceUID != draft.sr_series_uid
     concepts = [item.ConceptNameCodeSequence[0].CodeValue for item in sr.ContentSequence]
     assert "121070" in concepts and "121072" in concepts  # the draft's coded findings and impressions, kept
@@ -357,6 +359,52 @@ def test_accepting_as_drafted_issues_a_verified_sr_superseding_the_draft(web, se
 
     again = client.post(f"/studies/{web.drafted.study_uid}/review", form | {"action": "accepted"})
     assert again.status_code == 409 and "already" in again.text
+
+
+def test_the_history_lists_the_draft_its_ai_results_sr_and_the_report(web):
+    client = web.logged_in("alice")
+    form = _study_form(client, web.drafted.study_uid)
+    client.post(f"/studies/{web.drafted.study_uid}/review", form | {"action": "accepted"})
+    draft, report = _reports(web)
+    page = client.get(f"/studies/{web.drafted.study_uid}").text
+    history = page[page.index("SRs issued") :]
+    rows = [
+        (kind, uid)
+        for kind, uid in re.findall(r"<td>\d+</td><td>([^<]+)</td><td>[^<]*</td><td><code>([^<]+)</code>", history)
+    ]
+    assert rows == [
+        ("Unverified AI draft", draft.sr_sop_instance_uid),
+        ("AI results (TID 1500)", draft.results_sr_sop_instance_uid),
+        ("Verified report", report.sr_sop_instance_uid),
+    ]
+
+
+def test_a_draft_whose_images_retention_purged_can_still_be_accepted(web, tmp_path):
+    with session_scope(web.settings.database_url) as session:
+        kept = {}
+        for instance in session.scalars(select(Instance)):
+            kept[instance.id] = pydicom.dcmread(instance.spool_path, stop_before_pixels=True)
+            # As if predraft.workers.retention had deleted the file (the demo study's files are shared by other tests).
+            instance.spool_path = str(tmp_path / "purged" / f"{instance.id}.dcm")
+    client = web.logged_in("alice")
+    form = _study_form(client, web.drafted.study_uid)
+    done = client.post(f"/studies/{web.drafted.study_uid}/review", form | {"action": "accepted"})
+    assert done.status_code == 200 and "Review recorded: accepted" in done.text
+    _, report = _reports(web)
+    sr = pydicom.dcmread(report.sr_path)
+    first = next(iter(kept.values()))
+    assert (sr.PatientID, sr.StudyInstanceUID, sr.AccessionNumber) == (
+        first.PatientID,
+        first.StudyInstanceUID,
+        first.AccessionNumber,
+    )
+    evidence = {
+        sop.ReferencedSOPInstanceUID
+        for series in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    }
+    assert evidence == {ds.SOPInstanceUID for ds in kept.values()}
+    assert _dciodvfy_errors(report.sr_path) == []
 
 
 def test_save_edits_and_accept_records_the_diff(web):

@@ -118,7 +118,7 @@ def web_settings(tmp_path: Path, database_url: str, card_path: Path, **overrides
 def drafted_web_app(
     tmp_path: Path, database_url: str, image_paths: list[Path], card_path: Path, **overrides: Any
 ) -> Iterator[WebApp]:
-    drafted = make_draft(database_url, image_paths, card_path, tmp_path / "spool")
+    drafted = make_draft(database_url, image_paths, card_path, tmp_path / "spool", results_sr=True)
     with session_scope(database_url) as session:  # as the prepare task records them
         for instance in session.scalars(select(Instance)):
             instance.view = instance.predictions[0].view
