@@ -1,7 +1,8 @@
-"""DICOMweb on the HTTP app (PS3.18): STOW-RS in, QIDO-RS and WADO-RS out. :data:`router` is what
-:mod:`predraft.http` includes.
+"""DICOMweb on the HTTP app (PS3.18): STOW-RS in, QIDO-RS and WADO-RS (instances, metadata, frames) out.
+:data:`router` is what :mod:`predraft.http` includes.
 
-Every route needs a bearer token or basic auth (:mod:`predraft.listener.dicomweb.auth`).
+Every route needs a bearer token or basic auth (:mod:`predraft.listener.dicomweb.auth`); reads (GET, HEAD)
+sent without an Authorization header also take a logged-in worklist session (the OHIF Viewer predraft serves).
 
 * STOW-RS ``POST /dicomweb/studies[/{study}]`` (:mod:`.stow`): a ``multipart/related;
   type="application/dicom"`` body whose parts are DICOM Part 10 files. The body is checked against
@@ -18,6 +19,10 @@ Every route needs a bearer token or basic auth (:mod:`predraft.listener.dicomweb
 * WADO-RS ``GET /dicomweb/studies/{study}[/series/{series}[/instances/{sop}]]`` (:mod:`.wado`): the
   stored files, byte for byte as they were received (no transcoding: each part's Content-Type names its
   transfer syntax); ``.../metadata`` at each level gives their headers as DICOM JSON.
+* WADO-RS Retrieve Frames ``GET /dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/{frame_list}``
+  (:mod:`.frames`): ``multipart/related``, one part per listed frame, in order: native frames sliced from
+  PixelData as Explicit VR Little Endian octets, compressed frames as their fragments joined, each part labelled
+  with its media type and ``transfer-syntax`` (what OHIF Viewer renders from).
 
 Logs name users, UIDs and reasons, never patient data or secrets.
 """
@@ -26,12 +31,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from predraft.listener.dicomweb import qido, stow, wado
+from predraft.listener.dicomweb import frames, qido, stow, wado
 from predraft.listener.dicomweb.auth import authenticate
 from predraft.listener.dicomweb.common import PREFIX
 
 router = APIRouter(prefix=PREFIX, tags=["dicomweb"], dependencies=[Depends(authenticate)])
-for _routes in (stow.router, qido.router, wado.router):
+for _routes in (stow.router, qido.router, wado.router, frames.router):
     router.include_router(_routes)
 
 __all__ = ["router"]

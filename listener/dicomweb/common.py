@@ -1,5 +1,5 @@
-"""What the DICOMweb routes share: the URL prefix, media types, the request's settings, UIDs taken from
-the path, errors that refuse a whole request, and DICOM JSON answers."""
+"""What the DICOMweb routes share: the URL prefix, media types, the request's settings and the bounds a
+stored file is read within, UIDs taken from the path, errors that refuse a whole request, and DICOM JSON answers."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import HTTPException, Request, Response
 
 from predraft.core.settings import Settings
+from predraft.listener.bounds import Bounds
 from predraft.listener.dicomweb.auth import DicomwebUser
 from predraft.listener.spool import check_uid
 
@@ -41,6 +42,13 @@ def http_error(error: DicomwebError, what: str, user: DicomwebUser) -> HTTPExcep
 
 def settings_of(request: Request) -> Settings:
     return request.app.state.settings
+
+
+def bounds_of(request: Request) -> Bounds:
+    """The bounds a stored file is held to before it is read for an answer: those of a received one
+    (``max_dataset_bytes``, ``max_sequence_depth``)."""
+    listener = settings_of(request).listener
+    return Bounds(listener.max_dataset_bytes, listener.max_sequence_depth)
 
 
 def path_uid(value: str, what: str) -> str:

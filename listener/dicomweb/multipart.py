@@ -1,6 +1,6 @@
 """multipart/related bodies (RFC 2387): the Content-Type of a STOW-RS request, its size limit, copying
 its body to a file as it arrives, splitting that body into parts; and writing the parts of a WADO-RS
-response."""
+response (whole files, or frames given as bytes)."""
 
 from __future__ import annotations
 
@@ -168,12 +168,30 @@ def split_multipart(body: bytes | mmap.mmap, boundary: bytes) -> Iterator[Part]:
         index += 1
 
 
+def _part_head(content_type: str, boundary: str) -> bytes:
+    return f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode("ascii")
+
+
+def _close_delimiter(boundary: str) -> bytes:
+    return f"--{boundary}--\r\n".encode("ascii")
+
+
 def stream_parts(parts: Iterable[tuple[str, str]], boundary: str) -> Iterator[bytes]:
     """A multipart body of the files named in ``parts`` (content type, path), read a chunk at a time."""
     for content_type, path in parts:
-        yield f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode("ascii")
+        yield _part_head(content_type, boundary)
         with open(path, "rb") as stream:
             while chunk := stream.read(READ_CHUNK_BYTES):
                 yield chunk
         yield CRLF
-    yield f"--{boundary}--\r\n".encode("ascii")
+    yield _close_delimiter(boundary)
+
+
+def stream_byte_parts(parts: Iterable[tuple[str, bytes]], boundary: str) -> Iterator[bytes]:
+    """A multipart body of ``parts`` (content type, content). ``parts`` is consumed one part at a time, as the
+    body is sent: given a generator, memory holds one part's content at most."""
+    for content_type, content in parts:
+        yield _part_head(content_type, boundary)
+        yield content
+        yield CRLF
+    yield _close_delimiter(boundary)

@@ -1,8 +1,16 @@
 """QIDO-RS: search for studies, the series of a study and the instances of a series, answered from the
-database (the drafted SRs, Modality SR, included) as DICOM JSON."""
+database (the drafted SRs, Modality SR, included) as DICOM JSON.
+
+A few attributes of a study's or series' answer are in no database column (:data:`STUDY_HEADER_KEYWORDS`,
+:data:`SERIES_HEADER_KEYWORDS`): they are taken from the header of the first instance of the study or series
+whose file can be read within the bounds of a received one (as ``.../metadata`` reads it; a file that crosses
+them counts in ``predraft_inputs_refused{transport="qido"}``), and are left out when none can. They are answered,
+not matched on: a query key naming one is ignored, as the Warning header says."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
 
@@ -12,10 +20,13 @@ from sqlalchemy import ColumnElement, exists, or_, select
 
 from predraft.core.db import session_scope
 from predraft.core.schema import Draft, Series, Study
-from predraft.listener.dicomweb.common import dicom_json, path_uid, settings_of, studies_url_of
+from predraft.listener.bounds import Bounds
+from predraft.listener.dicomweb.common import bounds_of, dicom_json, path_uid, settings_of, studies_url_of
 from predraft.listener.dicomweb.holdings import InstanceEntry, SeriesEntry, find_study, study_series
 from predraft.listener.dicomweb.query import Match, Query, parse_query
+from predraft.listener.dicomweb.wado import LeftOut, read_header
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 STUDY_KEYS = {
@@ -28,6 +39,12 @@ STUDY_KEYS = {
 }
 SERIES_KEYS = frozenset({"SeriesInstanceUID", "Modality", "SeriesDescription", "BodyPartExamined"})
 INSTANCE_KEYS = frozenset({"SOPInstanceUID", "SOPClassUID"})
+#: Attributes of a study's answer held in no database column, read from an instance's header: default attributes
+#: of a study (PS3.18 Table 10.6.3-3); OHIF's study list asks for ReferringPhysicianName and PatientBirthDate.
+STUDY_HEADER_KEYWORDS = ["StudyTime", "ReferringPhysicianName", "PatientBirthDate", "PatientSex", "StudyID"]
+#: The same for a series: SeriesNumber (a default attribute, PS3.18 Table 10.6.3-5), SeriesDate and SeriesTime
+#: (OHIF asks for them, and sorts series by number).
+SERIES_HEADER_KEYWORDS = ["SeriesNumber", "SeriesDate", "SeriesTime"]
 
 
 def _modality_condition(match: Match) -> ColumnElement[bool]:
@@ -37,8 +54,31 @@ def _modality_condition(match: Match) -> ColumnElement[bool]:
     return or_(received, exists(select(Draft.id).where(Draft.study_id == Study.id)))
 
 
-def _study_json(study: Study, series: list[SeriesEntry], studies_url: str) -> dict[str, Any]:
-    ds = Dataset()
+def header_attributes(instances: Iterable[InstanceEntry], keywords: list[str], bounds: Bounds) -> Dataset:
+    """Those of ``keywords`` the header of the first of ``instances`` whose file can be read within ``bounds``
+    holds, as a data set that renders as DICOM JSON; an empty one when no header can be read (each file that
+    cannot is logged by UID and reason)."""
+    for instance in instances:
+        try:
+            header = read_header(instance, bounds, transport="qido", specific_tags=keywords)
+            found = Dataset()
+            for keyword in keywords:
+                if keyword in header:
+                    found[keyword] = header[keyword]
+            found.to_json_dict()  # a value pydicom cannot render leaves the instance out here, not the answer
+            return found
+        except LeftOut as unreadable:
+            reason = unreadable.reason
+        except Exception as exc:  # pydicom's conversion of a hostile value may raise anything: never a 500
+            reason = f"a value cannot be rendered ({type(exc).__name__})"
+        log.warning(
+            "QIDO-RS: the header of instance %s is left out of the answer: %s", instance.sop_instance_uid, reason
+        )
+    return Dataset()
+
+
+def _study_json(study: Study, series: list[SeriesEntry], studies_url: str, bounds: Bounds) -> dict[str, Any]:
+    ds = header_attributes((i for s in series for i in s.instances), STUDY_HEADER_KEYWORDS, bounds)
     ds.StudyDate = study.study_date
     ds.AccessionNumber = study.accession_number
     ds.ModalitiesInStudy = sorted({s.modality for s in series if s.modality})
@@ -52,8 +92,8 @@ def _study_json(study: Study, series: list[SeriesEntry], studies_url: str) -> di
     return ds.to_json_dict()
 
 
-def _series_json(study_uid: str, series: SeriesEntry, studies_url: str) -> dict[str, Any]:
-    ds = Dataset()
+def _series_json(study_uid: str, series: SeriesEntry, studies_url: str, bounds: Bounds) -> dict[str, Any]:
+    ds = header_attributes(series.instances, SERIES_HEADER_KEYWORDS, bounds)
     ds.Modality = series.modality
     ds.SeriesDescription = series.description
     ds.BodyPartExamined = series.body_part
@@ -92,10 +132,11 @@ def search_studies(request: Request) -> Response:
     statement = select(Study).where(*conditions).order_by(Study.id).offset(query.offset)
     if query.limit is not None:
         statement = statement.limit(query.limit)
-    studies_url = studies_url_of(request)
+    studies_url, bounds = studies_url_of(request), bounds_of(request)
     with session_scope(settings_of(request).database_url) as session:
         results = [
-            _study_json(study, study_series(session, study), studies_url) for study in session.scalars(statement).all()
+            _study_json(study, study_series(session, study), studies_url, bounds)
+            for study in session.scalars(statement).all()
         ]
     return _search_answer(results, query)
 
@@ -114,8 +155,8 @@ def search_series(study: str, request: Request) -> Response:
         "BodyPartExamined": lambda s: s.body_part,
     }
     matching = [s for s in series if all(m.test(attributes[k](s)) for k, m in query.matches.items())]
-    studies_url = studies_url_of(request)
-    return _search_answer([_series_json(study_uid, s, studies_url) for s in query.page(matching)], query)
+    studies_url, bounds = studies_url_of(request), bounds_of(request)
+    return _search_answer([_series_json(study_uid, s, studies_url, bounds) for s in query.page(matching)], query)
 
 
 @router.get("/studies/{study}/series/{series}/instances", summary="QIDO-RS: search for the instances of a series")

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 import pydicom
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
+from pydicom.dataset import Dataset
 
 from predraft.core import metrics
 from predraft.core.db import session_scope
@@ -30,6 +31,7 @@ from predraft.listener.bounds import BoundCrossed, Bounds
 from predraft.listener.dicomweb.common import (
     APPLICATION_DICOM,
     MULTIPART_RELATED,
+    bounds_of,
     dicom_json,
     path_uid,
     settings_of,
@@ -58,8 +60,9 @@ def accepts_multipart_dicom(accept: str | None) -> bool:
     return False
 
 
-def _selected(request: Request, study: str, series: str | None, sop: str | None) -> list[InstanceEntry]:
-    """The held instances under a WADO-RS path whose files exist; 404 when there are none."""
+def held_instances(request: Request, study: str, series: str | None, sop: str | None) -> list[InstanceEntry]:
+    """The held instances under a WADO-RS path whose files exist; 400 for a malformed UID in the path, 404
+    when none is held (a recorded instance whose file is gone is logged and left out)."""
     study_uid = path_uid(study, "StudyInstanceUID")
     series_uid = None if series is None else path_uid(series, "SeriesInstanceUID")
     sop_uid = None if sop is None else path_uid(sop, "SOPInstanceUID")
@@ -86,7 +89,7 @@ def _retrieve(request: Request, study: str, series: str | None = None, sop: str 
         raise HTTPException(
             HTTPStatus.NOT_ACCEPTABLE, detail='only multipart/related; type="application/dicom" is offered'
         )
-    instances = _selected(request, study, series, sop)
+    instances = held_instances(request, study, series, sop)
     boundary = uuid.uuid4().hex
     parts = ((f"{APPLICATION_DICOM}; transfer-syntax={i.transfer_syntax_uid}", i.path) for i in instances)
     return StreamingResponse(
@@ -105,17 +108,35 @@ class LeftOut(Exception):
 
 
 def metadata_of(instance: InstanceEntry, bounds: Bounds) -> dict[str, Any]:
-    """The DICOM JSON of ``instance``'s header; LeftOut when its file crosses ``bounds`` (counted) or cannot
-    be read or rendered (pydicom's own errors, a RecursionError included)."""
+    """The DICOM JSON of ``instance``'s header; LeftOut as :func:`read_header` says, or when it cannot be
+    rendered as DICOM JSON."""
+    ds = read_header(instance, bounds)
+    try:
+        return ds.to_json_dict()
+    except Exception as exc:  # pydicom's own errors, whatever their kind: the instance is left out, never a 500
+        raise LeftOut(instance.sop_instance_uid, f"the file cannot be read ({type(exc).__name__})") from None
+
+
+def read_header(
+    instance: InstanceEntry, bounds: Bounds, *, transport: str = "wado", specific_tags: list[str] | None = None
+) -> Dataset:
+    """The header of ``instance``'s file (read up to its pixel data; only ``specific_tags`` when given).
+
+    The file is held to ``bounds`` before pydicom reads it (its size, then a walk of the file mapped read-only,
+    never read whole) and what pydicom read is measured again. LeftOut when the file cannot be opened or read
+    (pydicom's own errors, a RecursionError included) or crosses a bound (counted in
+    ``predraft_inputs_refused{transport}``)."""
     path = Path(instance.path)
     try:
         with path.open("rb") as stream:
             crossed = bounds.size_crossed(os.fstat(stream.fileno()).st_size) or _mapped_crossed(stream, bounds)
             if crossed is None:
-                return _header_json(stream, instance.sop_instance_uid, bounds)
+                ds, crossed = _bounded_header(stream, instance.sop_instance_uid, bounds, specific_tags)
+                if crossed is None:
+                    return ds
     except OSError as exc:
         raise LeftOut(instance.sop_instance_uid, f"the file cannot be read ({exc.strerror})") from None
-    metrics.INPUTS_REFUSED.labels(transport="wado", bound=crossed.bound).inc()
+    metrics.INPUTS_REFUSED.labels(transport=transport, bound=crossed.bound).inc()
     raise LeftOut(instance.sop_instance_uid, crossed.message)
 
 
@@ -128,19 +149,17 @@ def _mapped_crossed(stream: BinaryIO, bounds: Bounds) -> BoundCrossed | None:
         return bounds.check(mapped)
 
 
-def _header_json(stream: BinaryIO, sop_instance_uid: str, bounds: Bounds) -> dict[str, Any]:
-    """The DICOM JSON of the header of ``stream`` (read up to its pixel data); LeftOut when pydicom cannot read
-    it or what it read nests too deep or holds too many elements."""
+def _bounded_header(
+    stream: BinaryIO, sop_instance_uid: str, bounds: Bounds, specific_tags: list[str] | None
+) -> tuple[Dataset, BoundCrossed | None]:
+    """The header of ``stream`` (read up to its pixel data) and the nesting or element-count bound it crosses;
+    LeftOut when pydicom cannot read it."""
     try:
         stream.seek(0)
-        ds = pydicom.dcmread(stream, stop_before_pixels=True)
-        crossed = bounds.parsed_crossed(ds)
-        if crossed is None:
-            return ds.to_json_dict()
-    except Exception as exc:
+        ds = pydicom.dcmread(stream, stop_before_pixels=True, specific_tags=specific_tags)
+        return ds, bounds.parsed_crossed(ds)
+    except Exception as exc:  # pydicom's own errors, whatever their kind: the instance is left out, never a 500
         raise LeftOut(sop_instance_uid, f"the file cannot be read ({type(exc).__name__})") from None
-    metrics.INPUTS_REFUSED.labels(transport="wado", bound=crossed.bound).inc()
-    raise LeftOut(sop_instance_uid, crossed.message)
 
 
 def _left_out_warning(left_out: list[LeftOut]) -> dict[str, str]:
@@ -149,11 +168,10 @@ def _left_out_warning(left_out: list[LeftOut]) -> dict[str, str]:
 
 
 def _metadata(request: Request, study: str, series: str | None = None, sop: str | None = None) -> Response:
-    settings = settings_of(request)
-    bounds = Bounds(settings.listener.max_dataset_bytes, settings.listener.max_sequence_depth)
+    bounds = bounds_of(request)
     datasets: list[dict[str, Any]] = []
     left_out: list[LeftOut] = []
-    for instance in _selected(request, study, series, sop):
+    for instance in held_instances(request, study, series, sop):
         try:
             datasets.append(metadata_of(instance, bounds))
         except LeftOut as unreadable:
