@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -22,14 +22,17 @@ from predraft.core.metrics import QueueDepthCollector
 from predraft.core.settings import Settings
 from predraft.health import ReadinessProbe
 from predraft.listener.dicomweb import router as dicomweb_router
+from predraft.listener.dicomweb.auth import SESSION_USER_STATE
 from predraft.workers.names import QUEUES
 from predraft.workers.queues import ping_broker, waiting_counts
 from predraft.worklist.app import install
+from predraft.worklist.auth import LoginRequired
+from predraft.worklist.routes import current_user
 
 
 def create_app(settings: Settings) -> FastAPI:
     """The app: ``/healthz``, ``/readyz`` and ``/metrics`` (open), DICOMweb under ``/dicomweb`` (its own
-    bearer/basic auth), and the worklist (every other route; a login session)."""
+    bearer/basic auth; reads also with a worklist login), and the worklist (every other route; a login session)."""
     app = FastAPI(
         title="predraft",
         version=predraft.__version__,
@@ -41,6 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.include_router(dicomweb_router)
     install(app, settings)
+    setattr(app.state, SESSION_USER_STATE, _worklist_session_user)  # DICOMweb reads take a worklist login
     probe = ReadinessProbe(settings)
     queue_metrics = CollectorRegistry(auto_describe=False)
     queue_metrics.register(QueueDepthCollector(lambda: _queue_depths(settings)))
@@ -70,6 +74,14 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _worklist_session_user(request: Request) -> str | None:
+    """The user name of the request's worklist session (the worklist's own check), or None."""
+    try:
+        return current_user(request).username
+    except LoginRequired:
+        return None
 
 
 def _queue_depths(settings: Settings) -> dict[str, int]:

@@ -3,6 +3,7 @@
 # ruff, the format, the import layers, mypy), then the whole pytest suite.
 #   - Debian packages: dcmtk (storescu/echoscu), dicom3tools (dciodvfy), orthanc + orthanc-dicomweb (Orthanc),
 #     chromium (the worklist's browser tests drive it with Playwright; never `playwright install`),
+#     nodejs + npm (the OHIF test installs the pinned viewer with `predraft viewer install`, which runs `npm ci`),
 #     docker-compose and systemd (tests/test_deploy.py: `docker-compose config`, `systemd-analyze verify`)
 #   - services: Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432, started if they are down
 #   - a virtual environment in .venv with predraft and its test extras, at the tested versions (constraints.txt)
@@ -16,6 +17,7 @@ command -v dciodvfy >/dev/null || need+=(dicom3tools)
 command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v npm >/dev/null || need+=(nodejs npm)
 # Without their recommended packages: docker-compose would bring a Docker engine, containerd and iptables.
 bare=()
 command -v docker-compose >/dev/null || bare+=(docker-compose)      # validates deploy/compose.yaml (no engine needed)

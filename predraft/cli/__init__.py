@@ -36,6 +36,7 @@ from predraft.cli.studies import studies
 from predraft.cli.train import evaluate, train
 from predraft.cli.train_task import train_task
 from predraft.cli.users import users
+from predraft.cli.viewer import viewer
 from predraft.cli.workers import workers
 
 
@@ -62,6 +63,7 @@ for command in (
     evaluate_real,
     holdout,
     users,
+    viewer,
     queue,
     workers,
 ):

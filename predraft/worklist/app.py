@@ -14,8 +14,9 @@ from predraft.core.settings import Settings
 from predraft.worklist.auth import LoginRequired, WebError, load_session_secret
 from predraft.worklist.context import STATIC_DIR, WebContext, template_environment
 from predraft.worklist.images import HipImages
-from predraft.worklist.routes import router
+from predraft.worklist.routes import current_user, router
 from predraft.worklist.throttle import LoginThrottle
+from predraft.worklist.viewer import install_viewer
 
 #: Headers of every response outside DICOMweb: no inline script or style, no framing, no sniffing.
 SECURITY_HEADERS = [
@@ -31,7 +32,9 @@ SECURITY_HEADERS = [
 
 
 class SecurityHeaders:
-    """ASGI middleware: :data:`SECURITY_HEADERS` on every response whose path is not under ``/dicomweb``."""
+    """ASGI middleware: :data:`SECURITY_HEADERS` on every response whose path is not under ``/dicomweb``, each
+    unless the response sets that header itself (the viewer's own Content-Security-Policy: a second policy would
+    not replace the first, the browser would enforce both)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -43,7 +46,9 @@ class SecurityHeaders:
 
         async def send_with_headers(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                message["headers"] = [*headers, *(pair for pair in SECURITY_HEADERS if pair[0] not in present)]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -68,6 +73,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     )
     app.state.web = context
     app.include_router(router)
+    install_viewer(app, settings.worklist.viewer_dir, login=current_user)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.add_middleware(SecurityHeaders)
 

@@ -12,6 +12,7 @@ Route                                          who            what
 ``GET /studies/{uid}/hips/{id}/{side}/gradcam.png``  logged in  its Grad-CAM overlay (``?class=``)
 ``POST /studies/{uid}/review``                 radiologist    accept, save edits and accept, or reject
 ``GET /stats``                                 admin          drafts per day, review rates, time to draft
+``GET /viewer/...``                            logged in      the OHIF Viewer, when one is configured (``viewer``)
 =============================================  =============  =====================================================
 """
 
@@ -43,6 +44,7 @@ from predraft.worklist.present import WorklistState
 from predraft.worklist.stats import statistics
 from predraft.worklist.study import study_page
 from predraft.worklist.users import authenticate
+from predraft.worklist.viewer import viewer_link
 from predraft.worklist.worklist import SORTS, QueryError, WorklistQuery, worklist_page
 
 log = logging.getLogger(__name__)
@@ -267,7 +269,8 @@ def study(request: Request, study_uid: str, user: CurrentUser = Depends(current_
     if done == "requested" and detail.get("requested_pack"):
         notice = f"Drafting requested with the {detail['requested_pack']} pack."
     packs = [(p.name, p.pack.title) for p in web(request).settings.model.packs().packs]
-    return web(request).render("study.html.j2", user=user, study=detail, notice=notice, packs=packs)
+    viewer = viewer_link(study_uid) if web(request).settings.worklist.viewer_dir is not None else None
+    return web(request).render("study.html.j2", user=user, study=detail, notice=notice, packs=packs, viewer=viewer)
 
 
 def _instance(request: Request, study_uid: str, instance_id: int) -> Instance:
