@@ -3,7 +3,9 @@ configured time (see :func:`predraft.workers.dispatch.claim_ready_studies`).
 
 A background thread in the listener process polls the database; claiming is a conditional UPDATE,
 so several listeners on one database never start a study twice. Every ``sweep_interval_seconds`` the
-same thread runs the sweeper (:mod:`predraft.workers.sweeper`), which sends again work whose messages were lost.
+same thread runs the sweeper (:mod:`predraft.workers.sweeper`), which sends again work whose messages were lost,
+and every ``retention_interval_seconds`` (when a retention is set) spool retention (:mod:`predraft.workers.retention`),
+which deletes the old files of finished studies from the spool this listener holds.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from celery import Celery
 
 from predraft.core.settings import Settings
 from predraft.workers.dispatch import claim_ready_studies, start_study
+from predraft.workers.retention import purge_spool
 from predraft.workers.sweeper import sweep
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,7 @@ class StabilityMonitor(threading.Thread):
         self.app = app
         self._stop_event = threading.Event()
         self._next_sweep = time.monotonic() + settings.workers.sweep_interval_seconds
+        self._next_retention = time.monotonic()  # at start first: a full spool refuses every sender
 
     def run(self) -> None:
         while not self._stop_event.wait(self.settings.workers.stability_poll_seconds):
@@ -55,6 +59,16 @@ class StabilityMonitor(threading.Thread):
                 self.settings.database_url,
                 self.settings.broker_url,
                 stale_seconds=self.settings.workers.sweep_stale_seconds,
+            )
+        retention = self.settings.retention
+        retaining = retention.images_days is not None or retention.srs_days is not None
+        if retaining and time.monotonic() >= self._next_retention:
+            self._next_retention = time.monotonic() + retention.interval_seconds
+            purge_spool(
+                self.settings.database_url,
+                spool_root=self.settings.spool_dir,
+                images_days=retention.images_days,
+                srs_days=retention.srs_days,
             )
         return claimed
 

@@ -32,6 +32,7 @@ from predraft.cli.packs import packs
 from predraft.cli.phantoms import phantoms
 from predraft.cli.queue import queue
 from predraft.cli.services import listen, serve, web, worker
+from predraft.cli.spool import spool
 from predraft.cli.studies import studies
 from predraft.cli.train import evaluate, train
 from predraft.cli.train_task import train_task
@@ -66,6 +67,7 @@ for command in (
     viewer,
     queue,
     workers,
+    spool,
 ):
     cli.add_command(command)
 
