@@ -9,8 +9,9 @@ replaces that with:
   not); one more is closed at once;
 - ``dimse_association_request_timeout_seconds`` from a connection's opening until its whole A-ASSOCIATE-RQ is
   in, then the connection is shut (the periodic :meth:`ConnectionTable.sweep`);
-- at most ``dimse_max_associations`` associations past their A-ASSOCIATE-RQ, from all callers together
-  (checked on EVT_REQUESTED; one more is rejected "transient, local limit exceeded");
+- at most ``dimse_max_associations`` associations past their A-ASSOCIATE-RQ, from all callers together and,
+  with several listener processes, in all of them together (:class:`SharedSlots`; checked on EVT_REQUESTED;
+  one more is rejected "transient, local limit exceeded");
 - a PDU whose declared length is over the bound is not read: the connection is aborted at once
   (:class:`BoundedAssociationSocket`); once associated the bound is generous (some SCUs overshoot the
   negotiated maximum PDU), and the DIMSE message being received is bounded instead: its command set to
@@ -34,7 +35,9 @@ complete ones in ``msg_queue`` carry ``_dataset_file``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import mmap
 import os
 import socket
 import struct
@@ -43,7 +46,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from pynetdicom import evt
 from pynetdicom.pdu import A_ABORT_RQ
@@ -51,7 +55,7 @@ from pynetdicom.pdu_primitives import A_P_ABORT
 from pynetdicom.transport import AssociationSocket
 
 from predraft.core import metrics
-from predraft.core.settings import Settings
+from predraft.core.settings import MAX_LISTENER_PROCESSES, Settings
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -114,6 +118,114 @@ class ConnectionLimits:
         )
 
 
+class AssociationSlots(Protocol):
+    """The count of established associations that max_associations bounds. :class:`ConnectionTable` calls it
+    under its own lock, so an implementation need only exclude other processes."""
+
+    def take(self, limit: int) -> bool:
+        """Take a slot if fewer than ``limit`` are taken; True if taken."""
+
+    def give_back(self) -> None:
+        """Give one slot taken by :meth:`take` back."""
+
+
+class LocalSlots:
+    """The slots of one process alone (a listener in a test, or a tool's)."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def take(self, limit: int) -> bool:
+        if self.taken >= limit:
+            return False
+        self.taken += 1
+        return True
+
+    def give_back(self) -> None:
+        self.taken = max(0, self.taken - 1)
+
+
+#: One signed 64-bit count per listener process index.
+_SLOT_COUNT = struct.Struct("<q")
+
+
+class SharedSlots:
+    """The slots of every listener process on one port, so that max_associations holds for them together.
+
+    A small file (``SLOT_FILE_BYTES``) mapped into each process holds one count per process index; a process
+    only changes its own count, and takes a slot only while it holds an exclusive ``flock`` on the file and the
+    sum of all counts is under the limit. An ``flock`` (not a multiprocessing semaphore) because the kernel
+    releases it when its holder dies: a listener process SIGKILLed in the middle of :meth:`take` leaves no
+    lock held, and the others keep taking associations. The slots a dead process held are given back by its
+    supervisor (:meth:`reset`) before the process of that index is started again.
+
+    Each process opens the file itself (:meth:`attach`): an ``flock`` belongs to an open file description, so
+    the processes exclude each other through it, and the threads of one process are excluded by
+    :class:`ConnectionTable`'s own lock.
+    """
+
+    SLOT_FILE_BYTES = _SLOT_COUNT.size * MAX_LISTENER_PROCESSES
+
+    def __init__(self, path: Path, index: int) -> None:
+        if not 0 <= index < MAX_LISTENER_PROCESSES:
+            raise ValueError(f"index {index} is not a listener process index (0 to {MAX_LISTENER_PROCESSES - 1})")
+        self.path = Path(path)
+        self.index = index
+        self._fd = os.open(self.path, os.O_RDWR)
+        self._map = mmap.mmap(self._fd, self.SLOT_FILE_BYTES)
+
+    @classmethod
+    def create(cls, path: Path) -> Path:
+        """Create (or empty) the slot file at ``path``, every count 0; the supervisor does it before it starts
+        any listener process."""
+        path = Path(path)
+        path.write_bytes(bytes(cls.SLOT_FILE_BYTES))
+        return path
+
+    @classmethod
+    def attach(cls, path: Path, index: int) -> SharedSlots:
+        """The slots as seen from the listener process ``index``."""
+        return cls(path, index)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Any:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _count(self, index: int) -> int:
+        return int(_SLOT_COUNT.unpack_from(self._map, index * _SLOT_COUNT.size)[0])
+
+    def _set(self, index: int, value: int) -> None:
+        _SLOT_COUNT.pack_into(self._map, index * _SLOT_COUNT.size, value)
+
+    def total(self) -> int:
+        """Slots taken in every process together."""
+        return sum(self._count(index) for index in range(MAX_LISTENER_PROCESSES))
+
+    def take(self, limit: int) -> bool:
+        with self._locked():
+            if self.total() >= limit:
+                return False
+            self._set(self.index, self._count(self.index) + 1)
+            return True
+
+    def give_back(self) -> None:
+        with self._locked():
+            self._set(self.index, max(0, self._count(self.index) - 1))
+
+    def reset(self, index: int) -> None:
+        """Give back every slot the process ``index`` held: it died, however it died."""
+        with self._locked():
+            self._set(index, 0)
+
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._fd)
+
+
 @dataclass(eq=False)
 class Connection:
     """One accepted TCP connection, from its acceptance until its association's threads have ended."""
@@ -131,15 +243,27 @@ class Connection:
 
 class ConnectionTable:
     """The open connections of one listener. Thread-safe: called from the acceptor thread (open, sweep),
-    the request threads (EVT_CONN_OPEN) and each association's threads (the other events)."""
+    the request threads (EVT_CONN_OPEN) and each association's threads (the other events).
 
-    def __init__(self, limits: ConnectionLimits, clock: Callable[[], float] = time.monotonic) -> None:
+    ``slots`` counts the established associations against max_associations: this process's alone by default,
+    those of every listener process on the port with :class:`SharedSlots`. The per-address bound stays per
+    process: with N listener processes one address may hold up to N times max_per_address connections (the
+    kernel deals connections between the processes by a hash of their ports, so the bound still stops one
+    sender from taking every connection of every process); counting connections across processes exactly
+    would take a shared table of addresses, which a flood of addresses could fill."""
+
+    def __init__(
+        self,
+        limits: ConnectionLimits,
+        clock: Callable[[], float] = time.monotonic,
+        slots: AssociationSlots | None = None,
+    ) -> None:
         self.limits = limits
         self._clock = clock
         self._lock = threading.Lock()
         self._connections: dict[socket.socket, Connection] = {}
         self._per_address: Counter[str] = Counter()
-        self._slots = 0
+        self._slots: AssociationSlots = LocalSlots() if slots is None else slots
 
     def open(self, sock: socket.socket, address: str) -> bool:
         """Admit a just-accepted connection, or return False (the caller closes it) when ``address``
@@ -190,9 +314,8 @@ class ConnectionTable:
             return
         with self._lock:
             connection.requested = True
-            admitted = self._slots < self.limits.max_associations
+            admitted = self._slots.take(self.limits.max_associations)
             if admitted:
-                self._slots += 1
                 connection.holds_slot = True
         if not admitted:
             self._reject_over_limit(event.assoc, connection)
@@ -303,7 +426,7 @@ class ConnectionTable:
         with self._lock:
             if connection.holds_slot:
                 connection.holds_slot = False
-                self._slots -= 1
+                self._slots.give_back()
 
 
 #: A connection never linked to an association (its request thread failed) is forgotten after this long.

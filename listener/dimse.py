@@ -13,6 +13,10 @@ address, must deliver their whole A-ASSOCIATE-RQ within a deadline, only establi
 against dimse_max_associations, an over-long PDU aborts its connection before it is read, so does a DIMSE
 message over its bound while it arrives, an association stalled mid-PDU is ended after the idle timeout, the
 TLS handshake happens on the connection's own thread, and the temp file of a C-STORE cut mid-way is deleted.
+
+Several listener processes may serve one port (:mod:`predraft.listener.processes`): each binds its own socket
+with SO_REUSEPORT (``reuse_port``), the kernel deals the connections between them, and their association slots
+are counted together (:class:`predraft.listener.connections.SharedSlots`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,13 @@ from pynetdicom.transport import ThreadedAssociationServer
 from predraft.core import metrics
 from predraft.core.settings import Settings
 from predraft.listener import status
-from predraft.listener.connections import ConnectionLimits, ConnectionTable, abort_reason, note_protocol_error
+from predraft.listener.connections import (
+    AssociationSlots,
+    ConnectionLimits,
+    ConnectionTable,
+    abort_reason,
+    note_protocol_error,
+)
 from predraft.listener.receive import Receiver, ReceiveStatus
 from predraft.models.taxonomy import DX_FOR_PROCESSING, STORABLE_SOP_CLASSES
 
@@ -150,6 +160,15 @@ class ListenerServer(ThreadedAssociationServer):
     #: The listen backlog (socketserver's default is 5: a burst of connections made the kernel drop the
     #: SYNs of everyone else, who then waited a second or more for a retry).
     request_queue_size = LISTEN_BACKLOG
+    #: Bind with SO_REUSEPORT, so that the other listener processes bind the same port and the kernel deals
+    #: the connections between them (Linux: only sockets of the same user join the group).
+    reuse_port = False
+
+    def server_bind(self) -> None:
+        if self.reuse_port:
+            assert self.socket is not None  # socketserver made it in __init__, before binding
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def verify_request(self, request: socket.socket | tuple, client_address: tuple) -> bool:
         """Admit a connection (False: the server closes it at once): its address must be allowed and
@@ -239,11 +258,19 @@ def make_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def make_server(settings: Settings, store: Callable[[evt.Event], int]) -> ThreadedAssociationServer:
+def make_server(
+    settings: Settings,
+    store: Callable[[evt.Event], int],
+    *,
+    slots: AssociationSlots | None = None,
+    reuse_port: bool = False,
+) -> ThreadedAssociationServer:
     """The SCP's server, not yet serving: predraft's AE, its connection bounds (:mod:`predraft.listener.connections`),
-    source-address check, TLS and event handlers, with ``store`` answering each C-STORE."""
+    source-address check, TLS and event handlers, with ``store`` answering each C-STORE. ``slots``: the
+    association count shared with the other listener processes (None: this process's own); ``reuse_port``:
+    bind with SO_REUSEPORT, as each of several listener processes does."""
     ae = make_ae(settings)
-    connections = ConnectionTable(ConnectionLimits.from_settings(settings))
+    connections = ConnectionTable(ConnectionLimits.from_settings(settings), slots=slots)
     server_class = type(
         "ConfiguredListenerServer",
         (ListenerServer,),
@@ -252,6 +279,7 @@ def make_server(settings: Settings, store: Callable[[evt.Event], int]) -> Thread
                 ipaddress.ip_network(a, strict=False) for a in settings.listener.allowed_addresses
             ),
             "connections": connections,
+            "reuse_port": reuse_port,
         },
     )
     server = ae.make_server(
@@ -272,12 +300,23 @@ def make_server(settings: Settings, store: Callable[[evt.Event], int]) -> Thread
     return server
 
 
-def start_dimse_server(settings: Settings) -> ThreadedAssociationServer:
-    """Start the SCP in background threads and return its server (``.server_address``, ``.shutdown()``)."""
+def start_dimse_server(
+    settings: Settings,
+    *,
+    slots: AssociationSlots | None = None,
+    reuse_port: bool = False,
+    remove_stale_partials: bool = True,
+) -> ThreadedAssociationServer:
+    """Start the SCP in background threads and return its server (``.server_address``, ``.shutdown()``).
+
+    ``remove_stale_partials``: first delete the partial files that dead writers left in the spool. A listener
+    process of ``predraft listen`` passes False: its supervisor does that before it starts any of them and
+    after one dies (:mod:`predraft.listener.processes`). ``slots`` and ``reuse_port``: see :func:`make_server`."""
     receiver = Receiver.from_settings(settings)
-    removed = receiver.spool.remove_stale_partials()
-    if removed:
-        log.warning("removed %d partial file(s) left in the spool by a process that died", removed)
-    server = make_server(settings, StoreHandler(receiver))
+    if remove_stale_partials:
+        removed = receiver.spool.remove_stale_partials()
+        if removed:
+            log.warning("removed %d partial file(s) left in the spool by a process that died", removed)
+    server = make_server(settings, StoreHandler(receiver), slots=slots, reuse_port=reuse_port)
     threading.Thread(target=server.serve_forever, name="dimse-acceptor", daemon=True).start()
     return server

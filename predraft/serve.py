@@ -3,6 +3,8 @@
 The children are the very commands of a distributed deployment (``predraft listen``, ``predraft
 worker``, ``predraft web``), started with the same settings; ``serve`` adds nothing but start-up
 checks, readiness waits and a clean stop on Ctrl-C or SIGTERM.
+The listener part is itself a supervisor (:mod:`predraft.listener.processes`): it restarts a DIMSE listener
+process that dies, so serve restarts nothing itself and stops everything only when a part's top process dies.
 
 No part outlives serve: a SIGINT or SIGTERM at any moment (while the environment is prepared, while the
 parts start, while serve waits for them to answer) stops every part started so far (:class:`StopSignals`);
@@ -12,7 +14,6 @@ so that the next serve finds its ports free.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from predraft.core.bootstrap import die_with_parent
 from predraft.core.settings import Settings
 from predraft.models.taskcard import load_task_card
 from predraft.workers.names import QUEUES
@@ -33,7 +35,6 @@ from predraft.workers.names import QUEUES
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_SECONDS = 20.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class StopRequested(BaseException):  # noqa: N818 - like KeyboardInterrupt: not caught by ``except Exception``
@@ -75,26 +76,6 @@ class StopSignals:
             yield
         finally:
             self._interruptible = False
-
-
-def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has the kernel send the child SIGTERM when ``parent_pid`` dies (Linux prctl
-    PR_SET_PDEATHSIG, kept across exec), then checks that the parent is still ``parent_pid``: one that died
-    between the fork and the prctl left the child an orphan, which exits at once. None where there is no prctl.
-
-    The death signal follows the thread that forked the child: the supervisor starts its parts from the main
-    thread, which lives as long as serve does.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
-
-    def _preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent_pid:
-            os._exit(0)
-
-    return _preexec
 
 
 def prepare_environment(settings: Settings) -> None:
@@ -156,7 +137,7 @@ class Supervisor:
 
     def start(self) -> None:
         """Start the children in order, none once a stop was requested; each dies with this process."""
-        preexec = _die_with_parent(os.getpid())
+        preexec = die_with_parent(os.getpid())
         for child in self.children:
             if self._stop.is_set():
                 return

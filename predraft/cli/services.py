@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
+import os
 from typing import TYPE_CHECKING
 
 import click
@@ -87,33 +87,45 @@ def _announce(settings: Settings, run_demo: bool) -> None:
 
 @click.command()
 def listen() -> None:
-    """Run the DIMSE listener and the study-stability monitor."""
-    from predraft.core.bootstrap import configure_logging, wait_for_stop_signal
+    """Run the DIMSE listener processes (dimse_processes) and the study-stability monitor."""
+    import logging
+
+    from predraft.core.bootstrap import configure_logging
     from predraft.core.metrics import serve_metrics
-    from predraft.listener.dimse import start_dimse_server
-    from predraft.listener.spool import Spool
+    from predraft.listener.processes import ListenerStartError, ListenerSupervisor
+    from predraft.serve import StopSignals
     from predraft.workers.app import QUEUES, create_celery
     from predraft.workers.queues import declare_queues
     from predraft.workers.stability import StabilityMonitor
 
+    stop = StopSignals().install().requested  # first: a stop while the processes start stops them
     settings = load_settings_with_schema()
     configure_logging(settings)
-    # C-STOREs are received into files (predraft.listener.dimse); keep those on the spool's file system so that
-    # a finished instance is renamed into the spool, not copied.
-    tempfile.tempdir = str(Spool(settings.spool_dir).receiving_dir())
-    server = start_dimse_server(settings)
+    # The supervisor serves no DIMSE itself: with dimse_processes 1 it runs one listener process (one code
+    # path); it alone runs the stability monitor, the sweeper and the metrics endpoint (predraft.listener.processes).
+    supervisor = ListenerSupervisor(settings)
     try:
-        serve_metrics(settings.metrics_host, settings.listener.metrics_port)
-    except OSError as exc:
-        server.shutdown()
-        raise click.ClickException(str(exc)) from exc
-    declare_queues(settings.broker_url, QUEUES)  # the queues its first sends go to exist before it sends
-    monitor = StabilityMonitor(settings, create_celery(settings))
-    monitor.start()
-    click.echo(f"listening as {settings.listener.ae_title} on {settings.listener.host}:{server.server_address[1]}")
-    wait_for_stop_signal()
-    monitor.stop()
-    server.shutdown()
+        try:
+            supervisor.start(stop)
+            serve_metrics(
+                settings.metrics_host, settings.listener.metrics_port, multiprocess_dir=supervisor.metrics_dir
+            )
+        except (ListenerStartError, OSError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        if stop.is_set():
+            return
+        declare_queues(settings.broker_url, QUEUES)  # the queues its first sends go to exist before it sends
+        monitor = StabilityMonitor(settings, create_celery(settings))
+        monitor.start()
+        logging.getLogger(__name__).info("study-stability monitor and sweeper started (pid %d)", os.getpid())
+        click.echo(
+            f"listening as {settings.listener.ae_title} on {settings.listener.host}:{settings.listener.port} "
+            f"with {supervisor.count} listener process(es)"
+        )
+        supervisor.supervise(stop)
+        monitor.stop()
+    finally:
+        supervisor.stop()
 
 
 @click.command()

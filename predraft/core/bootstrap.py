@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import signal
+import sys
 import threading
+from collections.abc import Callable
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -53,3 +57,27 @@ def wait_for_stop_signal() -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return received[0]
+
+
+#: linux/prctl.h: the signal a child gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel send the child SIGTERM when ``parent_pid`` dies (Linux prctl
+    PR_SET_PDEATHSIG, kept across exec), then checks that the parent is still ``parent_pid``: one that died
+    between the fork and the prctl left the child an orphan, which exits at once. None where there is no prctl.
+
+    The death signal follows the thread that forked the child: a supervisor (``predraft serve``, the listener's
+    processes) starts its children from its main thread, which lives as long as it does.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+
+    def _preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(0)
+
+    return _preexec

@@ -7,6 +7,14 @@ worker on ``worker_metrics_port`` (:func:`serve_metrics`). ``deploy/prometheus.y
 No label ever holds patient data: labels are transports, outcomes, task names, queue names, devices,
 export destination names and review actions.
 
+With several DIMSE listener processes (:mod:`predraft.listener.processes`) the listener's metrics are those of
+all of them on the one ``listener_metrics_port``: the processes run prometheus-client's multiprocess mode
+(``PROMETHEUS_MULTIPROC_DIR``, a folder of their supervisor's) and the supervisor serves the sum
+(:func:`serve_metrics` with ``multiprocess_dir``). One port, not one per process: a port per process would
+take the ports after it, which deploy/ gives the workers (9111, 9112), and a restarted process's counts
+would start again from 0. Counters keep what a process that died had counted; the open-associations gauge
+sums the live processes only.
+
 A worker's metrics are those of its own process: the ``threads`` and ``solo`` pools (the defaults, and
 what a GPU worker runs: its micro-batcher needs threads) count everything; a ``prefork`` pool's children
 keep their own counts, which this endpoint does not see.
@@ -18,7 +26,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -40,7 +48,11 @@ INSTANCES_RECEIVED = Counter(
 BYTES_RECEIVED = Counter(
     "predraft_received_bytes", "Bytes of the instances stored (duplicates and refusals not counted).", ["transport"]
 )
-ASSOCIATIONS_OPEN = Gauge("predraft_dimse_associations_open", "DIMSE associations established and not yet closed.")
+ASSOCIATIONS_OPEN = Gauge(
+    "predraft_dimse_associations_open",
+    "DIMSE associations established and not yet closed.",
+    multiprocess_mode="livesum",  # several listener processes: the sum of those alive
+)
 ASSOCIATIONS = Counter(
     "predraft_dimse_associations", "DIMSE associations, by outcome: established, rejected, aborted.", ["outcome"]
 )
@@ -151,16 +163,24 @@ class QueueDepthCollector(Collector):
         yield depth
 
 
-def serve_metrics(host: str, port: int) -> int | None:
+def serve_metrics(host: str, port: int, *, multiprocess_dir: str | None = None) -> int | None:
     """Serve this process's metrics on ``http://host:port/metrics`` (a daemon thread); ``port`` 0: not at all.
+    With ``multiprocess_dir``, serve instead the sum of the processes that write their metrics there
+    (prometheus-client's multiprocess mode: the listener processes' supervisor).
 
     Returns the port, or None when ``port`` is 0. Raises OSError naming the address when it is taken, so a
     second worker on one host is told to pick its own ``--metrics-port``.
     """
     if port == 0:
         return None
+    registry = REGISTRY
+    if multiprocess_dir is not None:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=multiprocess_dir)
     try:
-        start_http_server(port, addr=host, registry=REGISTRY)
+        start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         raise OSError(
             exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror} (set another port, or 0 for none)"
