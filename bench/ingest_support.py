@@ -1,4 +1,4 @@
-"""Helpers of bench/ingest.py: the instances it sends, the two receivers it starts, and dcmtk's storescu.
+"""Helpers of bench/ingest.py: the instances it sends, the receivers it starts, and dcmtk's storescu.
 
 Kept apart from the bench itself so the bench reads as what it measures. Everything here starts real
 processes on free ports and stops them by their own process id (or process group, for ``storescp --fork``).
@@ -6,6 +6,7 @@ processes on free ports and stops them by their own process id (or process group
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -13,9 +14,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "real"
 LARGE_SOURCE = REAL_DATA / "RG2_UNC.dcm"
 PREDRAFT = str(Path(sys.executable).parent / "predraft")
+#: Debian's Orthanc (1.10.1 here) is in /usr/sbin, which an ordinary user's PATH may lack.
+ORTHANC = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/local/sbin")
 
 #: Side of the small instances, in pixels (16-bit: 32 KiB of pixel data, about 34 KB a file).
 SMALL_SIDE = 128
@@ -37,6 +42,7 @@ CALLING_AE = "BENCH_SCU"
 STORESCP_AE = "STORESCP"
 PREDRAFT_AE = "PREDRAFT"
 BARE_AE = "BARE_PYNETDICOM"
+ORTHANC_AE = "ORTHANC"
 STARTUP_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
 SEND_TIMEOUT_S = 1800.0
@@ -52,8 +58,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def require_tools() -> None:
-    """Raise SystemExit naming what is missing (dcmtk's tools, the predraft script, the RG2 file)."""
+def require_tools(*, orthanc: bool = True) -> None:
+    """Raise SystemExit naming what is missing (dcmtk's tools, the predraft script, the RG2 file, and
+    Orthanc unless ``orthanc`` is false)."""
     missing = [tool for tool in ("storescu", "storescp", "echoscu") if shutil.which(tool) is None]
     if missing:
         raise SystemExit(f"dcmtk's {', '.join(missing)} not on PATH (apt-get install dcmtk)")
@@ -61,11 +68,22 @@ def require_tools() -> None:
         raise SystemExit(f"{PREDRAFT} not found: run with the project's .venv/bin/python")
     if not LARGE_SOURCE.is_file():
         raise SystemExit(f"{LARGE_SOURCE} is absent (../shared/data/real is not checked out)")
+    if orthanc and ORTHANC is None:
+        raise SystemExit("Orthanc is not installed (apt-get install orthanc), or pass --skip-orthanc")
 
 
 def dcmtk_version() -> str:
     result = subprocess.run(["storescu", "--version"], capture_output=True, text=True, check=False)
     return result.stdout.splitlines()[0].strip("$ ") if result.stdout else "unknown"
+
+
+def orthanc_version() -> str | None:
+    """``Orthanc --version``'s version, or None where Orthanc is not installed."""
+    if ORTHANC is None:
+        return None
+    result = subprocess.run([ORTHANC, "--version"], capture_output=True, text=True, check=False)
+    first = (result.stdout or result.stderr).splitlines()
+    return first[0].split()[-1] if first else "unknown"
 
 
 # --- instances -----------------------------------------------------------------------------------------
@@ -126,7 +144,8 @@ def small_template() -> pydicom.Dataset:
 
 @dataclass
 class Receiver:
-    """A running C-STORE SCP: where to send, and how to count what it has filed."""
+    """A running C-STORE SCP: where to send, and how to count what it has filed (the files matching
+    ``pattern`` under ``store_dir``, or what ``counter`` answers where the receiver keeps an index)."""
 
     name: str
     ae_title: str
@@ -134,8 +153,11 @@ class Receiver:
     store_dir: Path
     pattern: str
     notes: str
+    counter: Callable[[], int] | None = field(default=None, repr=False)
 
     def stored(self) -> int:
+        if self.counter is not None:
+            return self.counter()
         return sum(1 for _ in self.store_dir.glob(self.pattern))
 
 
@@ -289,6 +311,100 @@ def dcmtk_storescp(work: Path, *, fork: bool) -> Iterator[Receiver]:
         )
     finally:
         _stop(process, signal.SIGTERM, group=True)
+
+
+#: No proxy for the loopback REST calls, whatever the environment names.
+_LOCAL_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _orthanc_get(http_port: int, path: str) -> dict:
+    with _LOCAL_HTTP.open(f"http://127.0.0.1:{http_port}{path}", timeout=STOP_TIMEOUT_S) as response:
+        return json.loads(response.read())
+
+
+def orthanc_config(work: Path, dicom_port: int, http_port: int) -> dict:
+    """Orthanc as a durable C-STORE SCP: its own storage and SQLite index under ``work``, fsync of each file
+    (SyncStorageArea, its default since 1.7.4), no compression, no plugins, any caller may store, the REST
+    API on loopback only and without authentication (it only counts what arrived), and the largest PDU
+    storescu sends (MaximumPduLength, as storescp ``-pdu`` and predraft are given). ``TcpNoDelay`` is the
+    HTTP server's option; its DICOM side reads ``TCP_NODELAY=1`` from the environment, as dcmtk does."""
+    return {
+        "Name": "predraft-bench",
+        "StorageDirectory": str(work / "orthanc-storage"),
+        "IndexDirectory": str(work / "orthanc-index"),
+        "TemporaryDirectory": str(work / "orthanc-tmp"),
+        "StorageCompression": False,
+        "SyncStorageArea": True,
+        "Plugins": [],
+        "LuaScripts": [],
+        "HttpServerEnabled": True,
+        "HttpPort": http_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "KeepAlive": True,
+        "TcpNoDelay": True,
+        "DicomServerEnabled": True,
+        "DicomAet": ORTHANC_AE,
+        "DicomPort": dicom_port,
+        "DicomCheckCalledAet": False,
+        "DicomAlwaysAllowStore": True,
+        "DicomModalities": {},
+        "MaximumPduLength": DCMTK_MAX_PDU,
+        "SaveJobs": False,
+    }
+
+
+def _wait_until_orthanc_answers(process: subprocess.Popen[bytes], http_port: int, dicom_port: int, log: Path) -> None:
+    """Until its REST API answers /system (and names the DICOM port given), then until it answers C-ECHO."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"Orthanc exited {process.returncode} at start:\n{log.read_text()[-3000:]}")
+        try:
+            system = _orthanc_get(http_port, "/system")
+            break
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Orthanc's REST API did not answer within {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}"
+                ) from None
+            time.sleep(POLL_INTERVAL_S)
+    if system.get("DicomPort") != dicom_port or system.get("DicomAet") != ORTHANC_AE:
+        raise RuntimeError(f"Orthanc's /system does not name DICOM port {dicom_port} and {ORTHANC_AE}: {system}")
+    _wait_until_echo(process, ORTHANC_AE, dicom_port, log)
+
+
+@contextmanager
+def orthanc_receiver(work: Path) -> Iterator[Receiver]:
+    """Debian's Orthanc on a fresh storage folder and SQLite index, free DICOM and HTTP ports, TCP_NODELAY on
+    its DICOM side; what it holds is counted through its REST API (/statistics)."""
+    if ORTHANC is None:
+        raise RuntimeError("Orthanc is not installed (apt-get install orthanc)")
+    dicom_port, http_port, log = free_port(), free_port(), work / "orthanc.log"
+    config = orthanc_config(work, dicom_port, http_port)
+    for folder in ("StorageDirectory", "IndexDirectory", "TemporaryDirectory"):
+        Path(config[folder]).mkdir(parents=True)
+    config_path = work / "orthanc.json"
+    config_path.write_text(json.dumps(config, indent=2))
+    with log.open("wb") as stream:
+        process = subprocess.Popen(
+            [ORTHANC, str(config_path)], env=DCMTK_ENV, cwd=work, stdout=stream, stderr=subprocess.STDOUT
+        )
+    try:
+        _wait_until_orthanc_answers(process, http_port, dicom_port, log)
+        yield Receiver(
+            "orthanc",
+            ORTHANC_AE,
+            dicom_port,
+            Path(config["StorageDirectory"]),
+            "",
+            f"Orthanc {orthanc_version()}: SyncStorageArea (fsync of each file), SQLite index, no compression, "
+            f"no plugins, MaximumPduLength {DCMTK_MAX_PDU}, DicomThreadsCount at its default (4), "
+            "TCP_NODELAY=1",
+            counter=lambda: int(_orthanc_get(http_port, "/statistics")["CountInstances"]),
+        )
+    finally:
+        _stop(process, signal.SIGTERM, group=False)
 
 
 # --- sending ---------------------------------------------------------------------------------------------
