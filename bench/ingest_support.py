@@ -200,9 +200,18 @@ def _stop(process: subprocess.Popen[bytes], stop_signal: signal.Signals, *, grou
         process.wait()
 
 
+#: Settings the bench passes through to ``predraft listen`` from its own environment (``--processes``).
+PASSED_SETTINGS = ("PREDRAFT_DIMSE_PROCESSES",)
+
+
 def environment_without_settings() -> dict[str, str]:
-    """This process's environment less every PREDRAFT_ setting, so that a bench starts from the defaults."""
-    return {key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_")}
+    """This process's environment less every PREDRAFT_ setting (but :data:`PASSED_SETTINGS`), so that a bench
+    starts from the defaults."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("PREDRAFT_") or key in PASSED_SETTINGS
+    }
 
 
 def predraft_env(var_dir: Path, port: int) -> dict[str, str]:

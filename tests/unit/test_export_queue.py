@@ -24,7 +24,8 @@ DOWN = {"kind": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "timeout": 5}
 
 @pytest.fixture
 def drafted(clean_settings_env, sqlite_url, demo_study, tiny_card_path, tmp_path) -> Iterator[Drafted]:
-    yield make_draft(sqlite_url, [image.path for image in demo_study], tiny_card_path, tmp_path / "spool")
+    images = [image.path for image in demo_study]
+    yield make_draft(sqlite_url, images, tiny_card_path, tmp_path / "spool", results_sr=True)
     export_task._settings.cache_clear()
 
 
@@ -88,12 +89,14 @@ def test_resend_queues_the_latest_draft_again_and_show_lists_the_exports(drafted
     assert main(["studies", "show", drafted.study_uid]) == 1  # exit 1: an export is dead
     shown = capsys.readouterr().out
     assert "Exports:" in shown and "cannot connect to PACS@127.0.0.1" in shown
+    assert f"AI results SR (TID 1500) {drafted.results_sr_sop_instance_uid}" in shown
     assert [
         line.split()[:3] for line in shown.splitlines() if line.startswith("  pacs") or line.startswith("  other")
     ] == [["other", "pending", "0"], ["pacs", "dead", "1"]]
 
     assert main(["studies", "resend", drafted.study_uid, "--destination", "pacs"]) == 0
-    assert capsys.readouterr().out == (f"queued SR {drafted.sr_sop_instance_uid} (draft generation 1) for pacs\n")
+    both = f"{drafted.sr_sop_instance_uid} and {drafted.results_sr_sop_instance_uid}"  # the draft and its AI results
+    assert capsys.readouterr().out == f"queued SR {both} (draft generation 1) for pacs\n"
     assert sent.calls == [(drafted.draft_id, ["pacs"])]
     row = export_row(drafted, "pacs")
     assert (row.state, row.attempts, row.last_error, row.exported_at) == ("pending", 0, None, None)
