@@ -208,9 +208,7 @@ def environment_without_settings() -> dict[str, str]:
     """This process's environment less every PREDRAFT_ setting (but :data:`PASSED_SETTINGS`), so that a bench
     starts from the defaults."""
     return {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("PREDRAFT_") or key in PASSED_SETTINGS
+        key: value for key, value in os.environ.items() if not key.startswith("PREDRAFT_") or key in PASSED_SETTINGS
     }
 
 
