@@ -48,7 +48,10 @@ def _copies(source: Path, folder: Path, count: int) -> dict[str, Path]:
 @contextmanager
 def _listener(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as stream:
-        process = subprocess.Popen([PREDRAFT, "listen"], env=env, stdout=stream, stderr=subprocess.STDOUT)
+        # A session of its own, so that a test can kill the supervisor and its listener processes together.
+        process = subprocess.Popen(
+            [PREDRAFT, "listen"], env=env, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 60
         while "listening as" not in log.read_text():
@@ -89,7 +92,9 @@ def test_sigkill_mid_association_keeps_every_acknowledged_instance_intact(tmp_pa
         while len(list(spool.rglob("*.dcm"))) < INSTANCES // 4:  # a quarter in: kill it mid-association
             assert time.monotonic() < deadline and sender.poll() is None, "storescu finished before the kill"
             time.sleep(0.01)
-        listener.send_signal(signal.SIGKILL)
+        # Every process of the listener killed outright (the supervisor and its listener processes), as the
+        # kernel's OOM killer or systemd's final SIGKILL of the unit would.
+        os.killpg(listener.pid, signal.SIGKILL)
         listener.wait(10)
         output = sender.communicate(timeout=60)[0]
     acknowledged = _acknowledged(output, sent)

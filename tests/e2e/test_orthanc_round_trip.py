@@ -105,11 +105,17 @@ def test_orthanc_routes_a_study_to_predraft_and_gets_the_draft_sr_back(
     assert set(exports) == {"orthanc", "orthanc-dicomweb"}
     assert all(export["attempts"] == 1 and export["exported_at"] for export in exports.values()), exports
     sr_uid = detail["draft"]["sr_sop_instance_uid"]
+    results_uid = detail["draft"]["results_sr_sop_instance_uid"]
 
-    # The SR is in the very study in Orthanc, as its own series, found through the REST API.
+    # Both SRs are in the very study in Orthanc, each as its own series, found through the REST API.
     instances = orthanc.request("GET", f"/studies/{orthanc_study}/instances")
     by_uid = {instance["MainDicomTags"]["SOPInstanceUID"]: instance["ID"] for instance in instances}
-    assert set(by_uid) == {image.sop_instance_uid for image in study} | {sr_uid}
+    assert set(by_uid) == {image.sop_instance_uid for image in study} | {sr_uid, results_uid}
+    results_tags = orthanc.request("GET", f"/instances/{by_uid[results_uid]}/simplified-tags")
+    assert (results_tags["SOPClassUID"], results_tags["VerificationFlag"]) == (
+        "1.2.840.10008.5.1.4.1.1.88.34",
+        "UNVERIFIED",
+    )
     tags = orthanc.request("GET", f"/instances/{by_uid[sr_uid]}/simplified-tags")
     assert (tags["Modality"], tags["StudyInstanceUID"]) == ("SR", study_uid)
     assert (tags["CompletionFlag"], tags["VerificationFlag"]) == ("PARTIAL", "UNVERIFIED")
@@ -124,12 +130,15 @@ def test_orthanc_routes_a_study_to_predraft_and_gets_the_draft_sr_back(
 
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy (Debian dicom3tools) is not installed")
-    check = subprocess.run(["dciodvfy", str(sr_file)], capture_output=True, text=True, timeout=60)
-    errors = [line for line in (check.stdout + check.stderr).splitlines() if "Error" in line]
-    assert errors == [], "\n".join(errors)
+    results_file = tmp_path / "results-sr-from-orthanc.dcm"
+    results_file.write_bytes(_download(orthanc, f"/instances/{by_uid[results_uid]}/file"))
+    for path in (sr_file, results_file):
+        check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        errors = [line for line in (check.stdout + check.stderr).splitlines() if "Error" in line]
+        assert errors == [], "\n".join(errors)
 
-    # The SR coming back makes the study stable again; the rule does not send it (nor the images) on.
+    # The SRs coming back make the study stable again; the rule does not send them (nor the images) on.
     lines = orthanc.wait_for_routing(orthanc_study, 2)
-    assert lines[-1] == f"study {orthanc_study}: nothing to send (3 already sent, 1 not routable)", lines
+    assert lines[-1] == f"study {orthanc_study}: nothing to send (3 already sent, 2 not routable)", lines
     after = predraft.study(study_uid)
     assert after is not None and after["generation"] == 1 and len(after["instances"]) == 3, after
