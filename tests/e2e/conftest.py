@@ -158,6 +158,9 @@ def _start(tmp_path: Path, extra_env: dict[str, str]) -> Iterator[Deployment]:
             "PREDRAFT_WORKER_METRICS_PORT": str(worker_metrics_port),
             "PREDRAFT_QUIET_SECONDS": "4",
             "PREDRAFT_STABILITY_POLL_SECONDS": "0.5",
+            # One listener process (the same supervisor and code path as several): each more is a spawned
+            # interpreter to start and stop in every test; tests/e2e/test_listener_processes.py runs several.
+            "PREDRAFT_DIMSE_PROCESSES": "1",
             **extra_env,
         }
     )
