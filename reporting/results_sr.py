@@ -36,7 +36,6 @@ from typing import cast
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
@@ -45,13 +44,7 @@ from predraft.models.card import ModelCard
 from predraft.models.prepare import Region
 from predraft.models.taxonomy import Side
 from predraft.reporting.aggregate import SideFinding
-from predraft.reporting.sr import (
-    MANUFACTURER,
-    algorithm_equipment,
-    device_uid,
-    prepared_evidence,
-    private_scheme,
-)
+from predraft.reporting.sr import MANUFACTURER, device_uid, distinct_models, name_the_algorithms, prepared_evidence
 from predraft.reporting.text import DraftText, Section
 from predraft.reporting.wording import CLASSIFICATION_CODE, PROBABILITY_CODE, as_code, finding_code
 
@@ -215,10 +208,7 @@ def build_results_sr(
         previous_versions=list(previous_versions) or None,
         series_description=RESULTS_SERIES_DESCRIPTION,
     )
-    models = list({device_uid(section.model): section.model for section in sections}.values())
-    dataset: Dataset = sr
-    dataset.ContributingEquipmentSequence = DicomSequence([algorithm_equipment(model) for model in models])
-    dataset.CodingSchemeIdentificationSequence = DicomSequence([private_scheme()])
+    name_the_algorithms(sr, distinct_models(sections))
     return sr
 
 

@@ -312,7 +312,7 @@ def build_draft_sr(
     if missing:
         raise ValueError(f"findings reference images not in the evidence: {sorted(missing)}")
 
-    models = list({device_uid(section.model): section.model for section in sections}.values())
+    models = distinct_models(sections)
     observers: list[hd.sr.ContentItem] = []
     for model in models:
         context = hd.sr.ObserverContext(
@@ -374,11 +374,20 @@ def build_draft_sr(
         previous_versions=list(previous_versions) or None,
         series_description=SERIES_DESCRIPTION,
     )
-    # Set as plain DICOM attributes: highdicom types them as lists of its own item classes.
-    dataset: Dataset = sr
-    dataset.ContributingEquipmentSequence = DicomSequence([algorithm_equipment(model) for model in models])
-    dataset.CodingSchemeIdentificationSequence = DicomSequence([private_scheme()])
+    name_the_algorithms(sr, models)
     return sr
+
+
+def distinct_models(sections: Sequence[Section]) -> list[ModelCard]:
+    """The models of ``sections``, each once (by its weights), in their order."""
+    return list({device_uid(section.model): section.model for section in sections}.values())
+
+
+def name_the_algorithms(sr: Dataset, models: Sequence[ModelCard]) -> None:
+    """Name ``models`` in ``sr`` as IHE AI Results asks (a Contributing Equipment item each) and declare the private
+    coding scheme its codes use. Set as plain DICOM attributes: highdicom types them as lists of its own classes."""
+    sr.ContributingEquipmentSequence = DicomSequence([algorithm_equipment(model) for model in models])
+    sr.CodingSchemeIdentificationSequence = DicomSequence([private_scheme()])
 
 
 def private_scheme() -> Dataset:
