@@ -83,15 +83,15 @@ def embedded_broker(path: Path) -> str:
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database (SQLAlchemy URL), dropped afterwards."""
+@contextmanager
+def fresh_postgres_database(prefix: str = "predraft_test") -> Iterator[str]:
+    """A fresh PostgreSQL database migrated to head (its SQLAlchemy URL), dropped when the block ends."""
     import psycopg
 
     from predraft.core import db
 
     admin_url = os.environ.get("PREDRAFT_TEST_POSTGRES", POSTGRES_ADMIN_URL)
-    name = f"predraft_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     try:
         admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
@@ -105,6 +105,13 @@ def postgres_url() -> Iterator[str]:
         db.get_engine(url).dispose()
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database (SQLAlchemy URL), dropped afterwards."""
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @contextmanager

@@ -200,3 +200,29 @@ def distributed(tmp_path: Path, postgres_and_redis: dict[str, str]) -> Iterator[
 @pytest.fixture(params=["embedded", pytest.param("redis_postgres", marks=pytest.mark.postgres)])
 def deployment(request: pytest.FixtureRequest) -> Deployment:
     return request.getfixturevalue("embedded" if request.param == "embedded" else "distributed")
+
+
+#: Debian's Chromium, which the browser tests drive with Playwright (never a browser Playwright downloads).
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    """Headless Chromium launched by Playwright, closed after the test."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -43,7 +43,7 @@ from tests.conftest import REPO_ROOT, free_port, real_file
 from tests.e2e.conftest import PREDRAFT, Deployment, _start
 from tests.e2e.test_orthanc import Orthanc, _run_orthanc, _site_config, _skip_without_orthanc, _test_config
 from tests.e2e.test_orthanc_round_trip import _wait_for_exports
-from tests.e2e.test_worklist_browser import CHROMIUM, CHROMIUM_ARGS, PASSWORD, _add_user, _screenshot
+from tests.e2e.test_worklist_browser import PASSWORD, _add_user, _screenshot
 
 pytestmark = pytest.mark.slow
 
@@ -261,19 +261,6 @@ def site(tmp_path_factory: pytest.TempPathFactory, ohif_dist: Path) -> Iterator[
         assert texts["findings"] and texts["impressions"], texts
         _add_user(predraft, "jdoe", "radiologist", "Doe^Jane")
         yield Site(predraft, orthanc, viewer, study_uid, detail["draft"], texts)
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 # --- what the page shows ------------------------------------------------------------------------------------------

@@ -23,15 +23,6 @@ from tests.e2e.conftest import PREDRAFT, Deployment, _start
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 PASSWORD = "a long radiologist password"
 SCREENSHOTS = REPO_ROOT / "docs" / "images"
 DRAFT_TIMEOUT_MS = 240_000
@@ -43,19 +34,6 @@ def deployment(tmp_path: Path, storescp: tuple[int, Path]) -> Iterator[Deploymen
     port, _ = storescp
     destinations = [{"kind": "dimse", "name": "pacs", "ae_title": "STORESCP", "host": "127.0.0.1", "port": port}]
     yield from _start(tmp_path, {"PREDRAFT_EXPORT_DESTINATIONS": json.dumps(destinations)})
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def _add_user(deployment: Deployment, username: str, role: str, name: str) -> None:

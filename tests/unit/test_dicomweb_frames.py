@@ -8,9 +8,7 @@ decodes to the pixels of the uncompressed file; each part's Content-Type names i
 
 from __future__ import annotations
 
-import os
 import struct
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
@@ -36,7 +34,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from predraft.core import db, metrics
+from predraft.core import metrics
 from predraft.core.db import session_scope
 from predraft.core.settings import Settings, get_settings
 from predraft.listener.dicomweb.common import DicomwebError
@@ -53,7 +51,7 @@ from predraft.listener.dicomweb.multipart import split_multipart
 from predraft.listener.ingest import InstanceHeader, record_instance
 from predraft.listener.receive import Receiver, ReceiveStatus
 from predraft.listener.spool import Spool
-from tests.conftest import POSTGRES_ADMIN_URL, real_file
+from tests.conftest import fresh_postgres_database, real_file
 from tests.unit.webapp import SECRET, serving
 
 TOKEN = "frames-token"
@@ -188,23 +186,8 @@ class App:
 @pytest.fixture(scope="module")
 def postgres_database() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for the module (SQLAlchemy URL), dropped afterwards."""
-    import psycopg
-
-    admin_url = os.environ.get("PREDRAFT_TEST_POSTGRES", POSTGRES_ADMIN_URL)
-    name = f"predraft_test_frames_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at {admin_url} is not reachable (scripts/test.sh starts it): {exc}")
-    admin.execute(f'CREATE DATABASE "{name}"')
-    url = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
-    try:
-        db.upgrade(url)
+    with fresh_postgres_database("predraft_test_frames") as url:
         yield url
-    finally:
-        db.get_engine(url).dispose()
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def _part10(ds: Dataset, syntax: str) -> bytes:
