@@ -44,17 +44,23 @@ from predraft.models.card import ModelCard
 from predraft.models.prepare import Region
 from predraft.models.taxonomy import Side
 from predraft.reporting.aggregate import SideFinding
-from predraft.reporting.sr import MANUFACTURER, device_uid, distinct_models, name_the_algorithms, prepared_evidence
+from predraft.reporting.sr import (
+    COMMENT,
+    LATERALITY,
+    MANUFACTURER,
+    device_uid,
+    distinct_models,
+    name_the_algorithms,
+    prepared_evidence,
+)
 from predraft.reporting.text import DraftText, Section
 from predraft.reporting.wording import CLASSIFICATION_CODE, PROBABILITY_CODE, as_code, finding_code
 
 RESULTS_SERIES_DESCRIPTION = "AI RESULTS, UNVERIFIED (predraft)"
 RESULTS_SERIES_NUMBER = 9904
 PLAIN_RADIOGRAPHY = Code("168537006", "SCT", "Plain radiography")
-COMMENT = Code("121106", "DCM", "Comment")
 NO_UNITS = Code("1", "UCUM", "no units")
-_LATERALITY = {Side.RIGHT: codes.SCT.Right, Side.LEFT: codes.SCT.Left}
-_SIDE_OF_LATERALITY = {("SCT", "24028007"): Side.RIGHT, ("SCT", "7771000"): Side.LEFT}
+_SIDE_OF_LATERALITY = {(code.scheme_designator, code.value): side for side, code in LATERALITY.items()}
 #: What the training data summary may hold as an Algorithm Parameter (an LT? no: TEXT, which allows this much).
 _PARAMETER_CHARACTERS = 1024
 
@@ -91,10 +97,10 @@ def _group(
     first = next((uid for uid in finding.sop_instance_uids if (uid, finding.side) in regions), None)
     region_uid = first or finding.sop_instance_uids[0]
     region = regions.get((region_uid, finding.side)) or _whole_image(evidence[region_uid])
+    rectangle, region_class = _rectangle(region), str(evidence[region_uid].SOPClassUID)
     algorithm = _algorithm(model)
-    source = hd.sr.SourceImageForRegion(str(evidence[region_uid].SOPClassUID), region_uid)
     code = finding_code(pack, finding.hardware)
-    laterality = _LATERALITY.get(finding.side)
+    laterality = LATERALITY.get(finding.side)
     sites = [] if pack.site is None else [hd.sr.FindingSite(as_code(pack.site), laterality=laterality)]
     group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
@@ -103,8 +109,8 @@ def _group(
         ),
         referenced_region=hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=_rectangle(region),
-            source_image=source,
+            graphic_data=rectangle,
+            source_image=hd.sr.SourceImageForRegion(region_class, region_uid),
         ),
         finding_type=code,
         algorithm_id=algorithm,
@@ -130,8 +136,8 @@ def _group(
     probability.ContentSequence.append(
         hd.sr.CoordinatesForMeasurement(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=_rectangle(region),
-            source_image=hd.sr.SourceImageForRegion(str(evidence[region_uid].SOPClassUID), region_uid),
+            graphic_data=rectangle,
+            source_image=hd.sr.SourceImageForRegion(region_class, region_uid),
             purpose=codes.DCM.ImageRegion,
         )
     )

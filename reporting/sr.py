@@ -58,9 +58,11 @@ log = logging.getLogger(__name__)
 MANUFACTURER = "predraft"
 SERIES_DESCRIPTION = "UNVERIFIED AI DRAFT (predraft)"
 PROCESSING_ALGORITHM = Code("Newcode1", "99IHE", "Processing Algorithm")
-_LATERALITY = {Side.RIGHT: codes.SCT.Right, Side.LEFT: codes.SCT.Left}
+#: The laterality code of each named side (an unknown side has none).
+LATERALITY = {Side.RIGHT: codes.SCT.Right, Side.LEFT: codes.SCT.Left}
+COMMENT = Code("121106", "DCM", "Comment")
 #: Attributes highdicom needs on each evidence dataset; an empty value is allowed.
-_REQUIRED_EVIDENCE_TAGS = (
+REQUIRED_EVIDENCE_TAGS = (
     "PatientID",
     "PatientName",
     "PatientBirthDate",
@@ -79,7 +81,7 @@ def device_uid(model: ModelCard) -> str:
 
 
 def _with_required_tags(ds: Dataset) -> Dataset:
-    for keyword in _REQUIRED_EVIDENCE_TAGS:
+    for keyword in REQUIRED_EVIDENCE_TAGS:
         if keyword not in ds:
             setattr(ds, keyword, "")
     return ds
@@ -232,11 +234,11 @@ def prepared_evidence(evidence: Sequence[Dataset]) -> list[Dataset]:
 
 
 def _laterality(side: Side) -> hd.sr.CodeContentItem | None:
-    if side not in _LATERALITY:
+    if side not in LATERALITY:
         return None
     return hd.sr.CodeContentItem(
         name=codes.SCT.Laterality,
-        value=_LATERALITY[side],
+        value=LATERALITY[side],
         relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
     )
 
@@ -351,7 +353,7 @@ def build_draft_sr(
         ]
     )
     comment = hd.sr.TextContentItem(
-        name=Code("121106", "DCM", "Comment"),
+        name=COMMENT,
         value=text.disclaimer,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
@@ -507,14 +509,14 @@ def build_review_sr(
     else:
         content.append(
             hd.sr.TextContentItem(
-                name=Code("121106", "DCM", "Comment"),
+                name=COMMENT,
                 value=text,
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )
     content.append(
         hd.sr.TextContentItem(
-            name=Code("121106", "DCM", "Comment"),
+            name=COMMENT,
             value=statement,
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )

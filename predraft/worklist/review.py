@@ -34,7 +34,7 @@ from predraft.core.schema import Draft, Instance, Review, Study, User, utcnow
 from predraft.core.states import EventKind, ReportKind, ReviewAction, Role, StudyState
 from predraft.core.studies import latest_draft
 from predraft.listener.spool import Spool
-from predraft.reporting.sr import build_review_sr
+from predraft.reporting.sr import REQUIRED_EVIDENCE_TAGS, build_review_sr
 from predraft.workers.export_service import queue_exports
 from predraft.worklist.present import person_name
 
@@ -270,19 +270,7 @@ def _issue_report(
 
 
 #: The Patient and General Study attributes an SR carries, from which a purged image's header is rebuilt.
-_PATIENT_AND_STUDY = (
-    "SpecificCharacterSet",
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyInstanceUID",
-    "StudyDate",
-    "StudyTime",
-    "StudyID",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-)
+_PATIENT_AND_STUDY = ("SpecificCharacterSet", "StudyInstanceUID", *REQUIRED_EVIDENCE_TAGS)
 
 
 def _header_from_draft(draft_sr: pydicom.Dataset, series_uid: str, sop: pydicom.Dataset) -> pydicom.Dataset:

@@ -145,8 +145,8 @@ def _history(session: Session, study_id: int) -> list[dict[str, Any]]:
     by_generation: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for report in session.scalars(select(Draft).where(Draft.study_id == study_id).order_by(Draft.id)):
         exports = [export_detail(export) for export in report.exports]
+        kind = kinds.get(ReportKind(report.kind), report.kind)
         for document in report.documents():
-            kind = kinds.get(ReportKind(report.kind), report.kind)
             by_generation[report.generation].append(
                 {
                     "kind": "AI results (TID 1500)" if document.results else kind,
