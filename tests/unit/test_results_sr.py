@@ -18,7 +18,7 @@ from sqlalchemy import select
 from predraft.core.db import session_scope
 from predraft.core.schema import Draft, Instance, Prediction, Study
 from predraft.models.phantoms import write_demo_study
-from predraft.models.taxonomy import Side
+from predraft.models.taxonomy import Side, View
 from predraft.reporting.results_sr import RESULTS_SERIES_DESCRIPTION, read_results_sr
 from predraft.reporting.sr import build_review_sr
 from tests.conftest import real_file
@@ -202,3 +202,24 @@ def test_the_side_is_read_back_from_the_finding_sites_laterality(drafted):
         for r in read_results_sr(pydicom.dcmread(study["draft"]["results_sr_path"]))
     }
     assert Side.RIGHT in sides  # the demo study's right hip is named; a side not stated reads back as unknown
+
+
+def test_a_narrative_sr_is_no_results_sr(drafted):
+    narrative = pydicom.dcmread(_studies(drafted)[0]["draft"]["sr_path"])
+    with pytest.raises(ValueError, match="not a Comprehensive 3D SR"):
+        read_results_sr(narrative)
+
+
+@pytest.mark.parametrize(
+    "region, error",
+    [([0, 10, 0], TypeError), ([0, 10, 5, "x"], TypeError), ([10, 10, 0, 5], ValueError), ([-1, 5, 0, 5], ValueError)],
+)
+def test_a_hip_image_message_with_a_malformed_region_is_refused(region, error):
+    import numpy as np
+
+    from predraft.models.prepare import HipImage
+
+    message = HipImage(Side.RIGHT, View.AP_HIP, np.zeros((4, 4), dtype=np.uint8), region=(0, 4, 0, 4)).to_message()
+    assert HipImage.from_message(message).region == (0, 4, 0, 4)
+    with pytest.raises(error):
+        HipImage.from_message({**message, "region": region})
