@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.resources
+import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -18,8 +20,6 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from predraft.core.settings import redact_url
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from alembic.config import Config
 
 #: Alembic's scripts, as a package resource: ``predraft.migrations`` (the repository's ``migrations/``) sits above
@@ -36,14 +36,48 @@ def bounded_engine(database_url: str, timeout: float) -> Engine:
     return create_engine(database_url, connect_args={"connect_timeout": max(1, int(timeout))})
 
 
+#: How long an SQLite statement waits for another connection's lock before it fails with "database is locked".
+BUSY_TIMEOUT_MS = 30_000
+#: The first and the longest pause between two tries of a write transaction's BEGIN IMMEDIATE.
+FIRST_PAUSE_S, LONGEST_PAUSE_S = 0.0001, 0.002
+
+
+def begin_writing(connection: sqlite3.Connection, *, timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+    """``BEGIN IMMEDIATE`` on the SQLite ``connection``, waiting up to ``timeout_ms`` for a writer of another
+    connection to finish.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25... ms between its tries, so a transaction that
+    waits behind another for 0.3 ms sleeps 1 ms, and one that just missed two turns sleeps 8 ms: with
+    several listener processes recording at once that was most of an instance's wait. Here the BEGIN is
+    tried again after pauses of 0.1 ms growing to 2 ms (the busy timeout is off for those tries and set back
+    after). Raises sqlite3.OperationalError ("database is locked") when the wait runs out, like SQLite."""
+    connection.execute("PRAGMA busy_timeout=0")
+    try:
+        deadline = time.monotonic() + timeout_ms / 1000
+        pause = FIRST_PAUSE_S
+        while True:
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 1.5, LONGEST_PAUSE_S)
+    finally:
+        connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+
 @lru_cache(maxsize=8)
 def get_engine(database_url: str) -> Engine:
     """One engine per URL and process. Bound parameters (patient names among them) are kept out of
     exception messages, so that a logged database error carries no patient data.
 
     SQLite (the embedded default) is written by the listener, the worker and the web app at once: it
-    gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` transactions, so a transaction that reads and
-    then writes never fails on a snapshot another process moved on (and check-then-insert is safe).
+    gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` transactions (:func:`begin_writing`), so a transaction
+    that reads and then writes never fails on a snapshot another process moved on (and check-then-insert is
+    safe).
+    A connection of :func:`read_connection` begins a deferred transaction instead, which takes no write lock.
     """
     if database_url.startswith("sqlite:///"):
         Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -58,15 +92,33 @@ def get_engine(database_url: str) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             cursor.close()
 
         @event.listens_for(engine, "begin")
         def _begin_immediate(connection: Connection) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            if connection.get_execution_options().get(READ_ONLY, False):
+                connection.exec_driver_sql("BEGIN")
+            else:
+                begin_writing(connection.connection.dbapi_connection)  # type: ignore[arg-type]  # pysqlite's
 
         return engine
     return create_engine(database_url, pool_pre_ping=True, hide_parameters=True)
+
+
+#: A connection's execution option: its transactions only read (on SQLite a deferred ``BEGIN``, which waits for
+#: no writer and holds none up, instead of ``BEGIN IMMEDIATE``).
+READ_ONLY = "predraft_read_only"
+
+
+@contextmanager
+def read_connection(database_url: str) -> Iterator[Connection]:
+    """A connection for reads that must not queue behind writers (a check in the sender's wait, say): its
+    transaction is deferred on SQLite (see :data:`READ_ONLY`) and rolled back when the block ends. A write
+    on it is a mistake that SQLite may refuse with "database is locked"."""
+    with get_engine(database_url).connect() as connection:
+        connection.execution_options(**{READ_ONLY: True})
+        yield connection
 
 
 def insert_ignoring_conflict(
