@@ -184,8 +184,9 @@ def _inflated(compressed: bytes | memoryview) -> bytes:
         return b""
 
 
-class _BufferReader:
-    """A read-only file over a buffer (bytes, an mmap) for pydicom's readers: copies only what is read."""
+class BufferReader:
+    """A read-only file over a buffer (bytes, an mmap) for pydicom's readers: copies only what is read. Call
+    :meth:`release` when done (an mmap cannot be closed while a reader holds a view of it)."""
 
     def __init__(self, buffer: bytes | bytearray | memoryview | mmap.mmap) -> None:
         self._view = memoryview(buffer)
@@ -214,7 +215,7 @@ def data_set_start(data: bytes | bytearray | memoryview | mmap.mmap) -> tuple[in
     none), found as pydicom's ``read_partial`` finds them: the preamble, the File Meta Information (re-read in
     implicit VR when pydicom finds it so), then any group 0000 (command) elements skipped. None when pydicom
     cannot read that far: no "DICM", or a File Meta Information it fails on (pydicom refuses such a file)."""
-    reader = _BufferReader(data)
+    reader = BufferReader(data)
     try:
         read_preamble(reader, False)  # type: ignore[arg-type]  # duck-typed BinaryIO: pydicom only reads
         meta = _read_file_meta_info(reader)  # type: ignore[arg-type]  # duck-typed BinaryIO: pydicom only reads

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 from pydicom.dataset import Dataset
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, bindparam, case, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from predraft.core.db import insert_ignoring_conflict
-from predraft.core.events import record_event
-from predraft.core.schema import Instance, Series, Study, utcnow
+from predraft.core.schema import Event, Instance, Series, Study, utcnow
 from predraft.core.states import EventKind, InstanceState, StudyState
 from predraft.listener.spool import check_uid
 from predraft.models.taxonomy import CLASSIFIABLE_SOP_CLASSES
@@ -106,6 +109,57 @@ class IngestResult:
     study_id: int
     instance_id: int
     duplicate: bool
+    #: Whether the file at the ``spool_path`` recorded is the instance's copy in the spool: False for a duplicate
+    #: held elsewhere, or whose file retention purged (a file written there for it is then not wanted).
+    file_held: bool = True
+
+
+#: Each dialect's INSERT that takes ON CONFLICT DO NOTHING.
+_INSERT_OR_NOTHING: dict[str, Callable[[Any], Any]] = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}
+
+
+class _Statements:
+    """The statements :func:`record_instance` runs, built once per SQL dialect (PostgreSQL or SQLite): Core
+    statements whose values are bound at execution, so that SQLAlchemy compiles each once per process and the
+    per-instance cost is the database's own work, not the building of statements."""
+
+    def __init__(self, dialect: str) -> None:
+        if dialect not in _INSERT_OR_NOTHING:
+            raise NotImplementedError(f"database dialect {dialect!r} is not supported (PostgreSQL or SQLite)")
+        upsert = _INSERT_OR_NOTHING[dialect]
+        self.instance = select(Instance.id, Instance.study_id, Instance.spool_path, Instance.purged_at).where(
+            Instance.sop_instance_uid == bindparam("sop_instance_uid")
+        )
+        self.open_study = upsert(Study).on_conflict_do_nothing(index_elements=["study_uid"]).returning(Study.id)
+        self.study = select(Study.id, Study.state, Study.generation).where(Study.study_uid == bindparam("uid"))
+        # A study opened by an instance without descriptions takes them from a later one.
+        self.touch_study = (
+            update(Study)
+            .where(Study.id == bindparam("row"))
+            .values(
+                last_instance_at=bindparam("now"),
+                study_description=case(
+                    (Study.study_description == "", bindparam("description")), else_=Study.study_description
+                ),
+                requested_procedure=case(
+                    (Study.requested_procedure == "", bindparam("procedure")), else_=Study.requested_procedure
+                ),
+            )
+        )
+        self.reopen_study = (
+            update(Study)
+            .where(Study.id == bindparam("row"))
+            .values(state=StudyState.RECEIVING, generation=bindparam("next_generation"), error=None)
+        )
+        self.open_series = upsert(Series).on_conflict_do_nothing(index_elements=["series_uid"]).returning(Series.id)
+        self.series = select(Series.id).where(Series.series_uid == bindparam("uid"))
+        self.new_instance = insert(Instance).returning(Instance.id)
+        self.event = insert(Event)
+
+
+@lru_cache(maxsize=2)
+def _statements(dialect: str) -> _Statements:
+    return _Statements(dialect)
 
 
 def record_instance(
@@ -115,81 +169,93 @@ def record_instance(
     nothing. A new image in a study that is past receiving re-opens it under a new generation; a
     structured report is filed as skipped and leaves the study's state alone.
 
-    This runs once per received instance, inside the sender's wait for its status: it uses a handful
-    of Core statements, and the instance row itself (received_at, calling_ae) is the receipt record.
+    This runs once per received instance, inside the sender's wait for its status: prepared Core statements on
+    the session's connection, five for the next image of a series already known (look for the instance, the
+    study and the series, touch the study, insert the instance), and the instance row itself (received_at,
+    calling_ae) is the receipt record. A duplicate's result says whether the file at ``spool_path`` is its
+    held copy (:attr:`IngestResult.file_held`).
     """
-    existing = session.execute(
-        select(Instance.id, Instance.study_id).where(Instance.sop_instance_uid == header.sop_instance_uid)
-    ).first()
+    connection = session.connection()
+    run = _statements(connection.dialect.name)
+    existing = connection.execute(run.instance, {"sop_instance_uid": header.sop_instance_uid}).first()
     if existing is not None:
-        record_event(
-            session,
+        _event(
+            connection,
             EventKind.DUPLICATE,
             f"instance {header.sop_instance_uid} received again",
             study_id=existing.study_id,
             instance_id=existing.id,
         )
-        return IngestResult(existing.study_id, existing.id, duplicate=True)
+        held_here = existing.spool_path == spool_path and existing.purged_at is None
+        return IngestResult(existing.study_id, existing.id, duplicate=True, file_held=held_here)
 
     now = utcnow()
     classifiable = header.sop_class_uid in CLASSIFIABLE_SOP_CLASSES
-    opened = insert_ignoring_conflict(
-        session,
-        Study,
-        dict(
-            study_uid=header.study_uid,
-            patient_id=header.patient_id,
-            patient_name=header.patient_name,
-            accession_number=header.accession_number,
-            study_date=header.study_date,
-            study_description=header.study_description,
-            requested_procedure=header.requested_procedure,
-            state=StudyState.RECEIVING,
-            generation=1,
-            received_at=now,
-            last_instance_at=now,
-        ),
-        key="study_uid",
-    )
-    study = session.execute(
-        select(Study.id, Study.state, Study.generation).where(Study.study_uid == header.study_uid)
-    ).one()
-    if opened:
-        record_event(session, EventKind.STUDY_OPENED, f"study {header.study_uid}", study_id=study.id)
-    elif classifiable:
-        # Only images are new work. A structured report (predraft's own draft echoed back by the PACS,
-        # say) is filed with its study without re-opening it.
-        changes: dict[str, object] = {"last_instance_at": now}
-        if study.state != StudyState.RECEIVING:
-            changes.update(state=StudyState.RECEIVING, generation=study.generation + 1, error=None)
-            record_event(
-                session,
-                EventKind.STUDY_REOPENED,
-                f"new instance while {study.state}; generation {study.generation + 1}",
-                study_id=study.id,
+    study = connection.execute(run.study, {"uid": header.study_uid}).first()
+    if study is None:
+        opened = connection.execute(
+            run.open_study,
+            dict(
+                study_uid=header.study_uid,
+                patient_id=header.patient_id,
+                patient_name=header.patient_name,
+                accession_number=header.accession_number,
+                study_date=header.study_date,
+                study_description=header.study_description,
+                requested_procedure=header.requested_procedure,
+                state=StudyState.RECEIVING,
+                generation=1,
+                received_at=now,
+                last_instance_at=now,
+            ),
+        ).scalar()
+        if opened is not None:
+            study_id: int = opened
+            _event(connection, EventKind.STUDY_OPENED, f"study {header.study_uid}", study_id=study_id)
+        else:  # opened meanwhile by another transaction (PostgreSQL; SQLite's BEGIN IMMEDIATE serialises them)
+            study = connection.execute(run.study, {"uid": header.study_uid}).one()
+    if study is not None:
+        study_id = study.id
+        if classifiable:
+            # Only images are new work. A structured report (predraft's own draft echoed back by the PACS,
+            # say) is filed with its study without re-opening it.
+            connection.execute(
+                run.touch_study,
+                {
+                    "row": study_id,
+                    "now": now,
+                    "description": header.study_description,
+                    "procedure": header.requested_procedure,
+                },
             )
-        session.execute(update(Study).where(Study.id == study.id).values(**changes))
-        if header.study_description or header.requested_procedure:
-            _fill_blank_descriptions(session, study.id, header)
+            if study.state != StudyState.RECEIVING:
+                connection.execute(run.reopen_study, {"row": study_id, "next_generation": study.generation + 1})
+                _event(
+                    connection,
+                    EventKind.STUDY_REOPENED,
+                    f"new instance while {study.state}; generation {study.generation + 1}",
+                    study_id=study_id,
+                )
 
-    insert_ignoring_conflict(
-        session,
-        Series,
+    series_id = connection.execute(run.series, {"uid": header.series_uid}).scalar()
+    if series_id is None:
+        series_id = connection.execute(
+            run.open_series,
+            dict(
+                study_id=study_id,
+                series_uid=header.series_uid,
+                modality=header.modality,
+                series_description=header.series_description,
+                body_part=header.body_part,
+            ),
+        ).scalar()
+    if series_id is None:  # opened meanwhile by another transaction, as above
+        series_id = connection.execute(run.series, {"uid": header.series_uid}).scalar_one()
+
+    instance_id = connection.execute(
+        run.new_instance,
         dict(
-            study_id=study.id,
-            series_uid=header.series_uid,
-            modality=header.modality,
-            series_description=header.series_description,
-            body_part=header.body_part,
-        ),
-        key="series_uid",
-    )
-    series_id = session.scalar(select(Series.id).where(Series.series_uid == header.series_uid))
-
-    instance_id = session.scalar(
-        insert(Instance)
-        .values(
-            study_id=study.id,
+            study_id=study_id,
             series_id=series_id,
             sop_instance_uid=header.sop_instance_uid,
             sop_class_uid=header.sop_class_uid,
@@ -200,18 +266,16 @@ def record_instance(
             state=InstanceState.RECEIVED if classifiable else InstanceState.SKIPPED,
             error=None if classifiable else "structured report: stored with its study, not classified",
             received_at=now,
-        )
-        .returning(Instance.id)
+        ),
+    ).scalar_one()
+    return IngestResult(study_id, instance_id, duplicate=False)
+
+
+def _event(
+    connection: Connection, kind: EventKind, message: str, *, study_id: int, instance_id: int | None = None
+) -> None:
+    """The event row :func:`predraft.core.events.record_event` writes, inserted at once on ``connection``."""
+    connection.execute(
+        _statements(connection.dialect.name).event,
+        {"kind": kind, "message": message, "study_id": study_id, "instance_id": instance_id},
     )
-    assert instance_id is not None  # a plain INSERT ... RETURNING gives back the new row's id
-    return IngestResult(study.id, instance_id, duplicate=False)
-
-
-def _fill_blank_descriptions(session: Session, study_id: int, header: InstanceHeader) -> None:
-    """A study opened by an instance without descriptions takes them from a later one."""
-    for column, value in (
-        (Study.study_description, header.study_description),
-        (Study.requested_procedure, header.requested_procedure),
-    ):
-        if value:
-            session.execute(update(Study).where(Study.id == study_id, column == "").values({column: value}))

@@ -21,9 +21,12 @@ again later, and such a file will never be stored. Each such refusal counts in
 from __future__ import annotations
 
 import logging
+import mmap
+import os
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from io import BytesIO
@@ -32,19 +35,20 @@ from typing import TypedDict, Unpack
 
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.filereader import _read_command_set_elements, data_element_generator
 from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import bindparam, select
 
 from predraft.core import metrics
-from predraft.core.db import session_scope
+from predraft.core.db import read_connection
 from predraft.core.library_text import describe_exception
 from predraft.core.schema import Instance
 from predraft.core.settings import ListenerSettings, Settings
-from predraft.listener.bounds import BoundCrossed, Bounds
-from predraft.listener.ingest import IngestResult, InstanceHeader, InvalidUidError, record_instance
+from predraft.listener.bounds import BoundCrossed, Bounds, BufferReader
+from predraft.listener.ingest import InstanceHeader, InvalidUidError
+from predraft.listener.recorder import GroupRecorder
 from predraft.listener.spool import Spool, SpoolFullError
 from predraft.models.taxonomy import DX_FOR_PROCESSING, STORABLE_SOP_CLASSES
 
@@ -58,6 +62,10 @@ SEQUENCE_DELIMITER = {little: struct.pack("<HHL" if little else ">HHL", 0xFFFE, 
 #: The transports of ``predraft_inputs_refused``: DIMSE C-STORE hands the Receiver a file, STOW-RS bytes.
 DIMSE, STOW = "dimse", "stow"
 INVALID_UID = "invalid_uid"  # the INPUTS_REFUSED bound of a malformed UID
+#: Whether a SOP Instance UID is recorded: built once, so that SQLAlchemy compiles it once.
+_HELD = select(Instance.id).where(Instance.sop_instance_uid == bindparam("uid"))
+#: What a received file is read from: bytes (STOW-RS) or a read-only memory map of the file (DIMSE).
+Buffer = bytes | mmap.mmap
 DEFAULT_MAX_DATASET_BYTES: int = ListenerSettings.model_fields["max_dataset_bytes"].default
 DEFAULT_MAX_SEQUENCE_DEPTH: int = ListenerSettings.model_fields["max_sequence_depth"].default
 
@@ -117,6 +125,7 @@ class Receiver:
         self.bounds = Bounds(max_dataset_bytes, max_sequence_depth)
         self.spool = spool
         self.database_url = database_url
+        self.recorder = GroupRecorder(database_url)
 
     @property
     def max_dataset_bytes(self) -> int:
@@ -156,35 +165,42 @@ class Receiver:
     ) -> ReceiveOutcome:
         """Receive a Part 10 file already written to disk (pynetdicom's chunked C-STORE): checked like
         :meth:`receive`, then moved into the spool instead of written again. A file larger than
-        ``max_dataset_bytes`` is refused before it is read. ``received`` is gone afterwards, whatever the
-        outcome."""
+        ``max_dataset_bytes`` is refused before it is read. The file is read through a memory map, so only
+        the parts the checks look at are read (a radiograph's pixel data is not copied). ``received`` is gone
+        afterwards, whatever the outcome."""
         try:
             if (crossed := self.bounds.size_crossed(received.stat().st_size)) is not None:
                 return self._refuse_crossed(crossed, source, transport)
-            data = received.read_bytes()  # the header and the truncation check; the file is adopted as it is
-            return self._receive(
-                data,
-                lambda path: self.spool.adopt(received, path),
-                source=source,
-                expected_sop_class=expected_sop_class,
-                transport=transport,
-            )
+            with _mapped(received) as data:
+                return self._receive(
+                    data,
+                    lambda path: self.spool.adopt(received, path),
+                    source=source,
+                    expected_sop_class=expected_sop_class,
+                    transport=transport,
+                )
         finally:
             received.unlink(missing_ok=True)
 
-    def bounds_refusal(self, data: bytes, *, source: str, transport: str) -> ReceiveOutcome | None:
+    def bounds_refusal(self, data: Buffer, *, source: str, transport: str) -> ReceiveOutcome | None:
         """The refusal of ``data`` for a bound it crosses (counted and logged), or None: what a transport
         asks before it reads a file's header itself. Holds at most one inflate step in memory beyond ``data``."""
         crossed = self.bounds.check(data)
         return None if crossed is None else self._refuse_crossed(crossed, source, transport)
 
     def _receive(
-        self, data: bytes, store: Callable[[Path], Path], *, source: str, expected_sop_class: str | None, transport: str
+        self,
+        data: Buffer,
+        store: Callable[[Path], Path],
+        *,
+        source: str,
+        expected_sop_class: str | None,
+        transport: str,
     ) -> ReceiveOutcome:
         if (refused := self.bounds_refusal(data, source=source, transport=transport)) is not None:
             return refused
         try:
-            ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
+            ds = _read_header(data)
             if (crossed := self.bounds.parsed_crossed(ds)) is not None:  # what the header walk could not follow
                 return self._refuse_crossed(crossed, source, transport)
             header = InstanceHeader.from_dataset(ds, str(ds.file_meta.get("TransferSyntaxUID", "")))
@@ -225,14 +241,26 @@ class Receiver:
             return self._refuse(
                 ReceiveStatus.SOP_CLASS_NOT_SUPPORTED, f"SOP class {header.sop_class_uid}: {reason}", source, **ids
             )
+        target = self.spool.instance_path(header.study_uid, header.sop_instance_uid)
         try:
-            if self._held(header.sop_instance_uid):
+            # An instance held is in the spool at its path: only a file there needs the database to tell a held
+            # copy (kept as it is) from a crash's leftover (replaced). A file absent is written; if the database
+            # holds the instance all the same (retention purged its file), the new copy is dropped again below.
+            file_there = target.exists()
+            if file_there and self._held(header.sop_instance_uid):
                 log.info(
                     "duplicate instance %s from %s: already held, nothing written", header.sop_instance_uid, source
                 )
                 return ReceiveOutcome(ReceiveStatus.DUPLICATE, ReceiveStatus.DUPLICATE.value, **ids)
-            path = store(self.spool.instance_path(header.study_uid, header.sop_instance_uid))
-            result = self._record(header, str(path), len(data), source)
+            path = store(target)
+            try:
+                result = self.recorder.record(header, spool_path=str(path), size_bytes=len(data), calling_ae=source)
+            except BaseException:
+                if not file_there:  # not recorded: the sender sends it again, and nothing is left behind meanwhile
+                    path.unlink(missing_ok=True)
+                raise
+            if result.duplicate and not result.file_held:
+                path.unlink(missing_ok=True)
         except SpoolFullError as exc:
             return self._refuse(ReceiveStatus.OUT_OF_RESOURCES, str(exc), source, **ids)
         except OSError as exc:
@@ -252,19 +280,11 @@ class Receiver:
         return ReceiveOutcome(status, status.value, **ids, size=len(data) if status is ReceiveStatus.STORED else 0)
 
     def _held(self, sop_instance_uid: str) -> bool:
-        """Whether this instance is already recorded (then the spool keeps the copy it has)."""
-        with session_scope(self.database_url) as session:
-            return session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)) is not None
-
-    def _record(self, header: InstanceHeader, path: str, size: int, source: str) -> IngestResult:
-        for attempt in range(3):
-            try:
-                with session_scope(self.database_url) as session:
-                    return record_instance(session, header=header, spool_path=path, size_bytes=size, calling_ae=source)
-            except (IntegrityError, OperationalError):
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        """Whether this instance is already recorded (then the spool keeps the copy it has): a read that takes no
+        write lock. An instance recorded meanwhile by another association is found again by
+        :func:`predraft.listener.ingest.record_instance`."""
+        with read_connection(self.database_url) as connection:
+            return connection.execute(_HELD, {"uid": sop_instance_uid}).first() is not None
 
     def _refuse_crossed(self, crossed: BoundCrossed, source: str, transport: str) -> ReceiveOutcome:
         return self._refuse(
@@ -288,7 +308,27 @@ class Receiver:
         return ReceiveOutcome(status, message, **ids, bound=bound)
 
 
-def truncation(data: bytes) -> str | None:
+@contextmanager
+def _mapped(path: Path) -> Iterator[Buffer]:
+    """The file at ``path`` as a read-only memory map (b"" when empty), closed when the block ends."""
+    with path.open("rb") as stream:
+        if os.fstat(stream.fileno()).st_size == 0:
+            yield b""
+            return
+        with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            yield mapped
+
+
+def _read_header(data: Buffer) -> Dataset:
+    """The data set of the Part 10 file ``data`` up to its pixel data, as pydicom reads it."""
+    reader = BufferReader(data)
+    try:
+        return pydicom.dcmread(reader, stop_before_pixels=True)
+    finally:
+        reader.release()
+
+
+def truncation(data: Buffer) -> str | None:
     """Why the Part 10 file ``data`` is cut short, or None when it is whole (or not a Part 10 file at all).
 
     The data set is whole when every element of defined length fits in the bytes there are, every
@@ -298,24 +338,31 @@ def truncation(data: bytes) -> str | None:
     """
     if data[PREAMBLE_LENGTH - 4 : PREAMBLE_LENGTH] != b"DICM":
         return None
-    fp = BytesIO(data)  # shares the bytes, copies nothing
+    reader = BufferReader(data)  # copies only what the walk reads
+    try:
+        return _truncation(reader, data)
+    finally:
+        reader.release()
+
+
+def _truncation(fp: BufferReader, data: Buffer) -> str | None:
     fp.seek(PREAMBLE_LENGTH)
     try:
-        meta = list(data_element_generator(fp, False, True, _past_file_meta))  # stops at the data set's start
+        meta = list(data_element_generator(fp, False, True, _past_file_meta))  # type: ignore[arg-type]  # duck-typed
         last = meta[-1] if meta else None
         if last is not None and not isinstance(last, RawDataElement):
             # pydicom read it as a sequence of undefined length, which has no value_tell: unreadable (below)
             raise AttributeError(f"File Meta Information element {last.tag} of undefined length")
         if (last.value_tell + last.length if last is not None else PREAMBLE_LENGTH) != fp.tell():
             return "the file ends inside its File Meta Information (truncated)"
-        _read_command_set_elements(fp)  # skipped, as pydicom does before the data set (and before inflating)
+        _read_command_set_elements(fp)  # type: ignore[arg-type]  # skipped, as pydicom does before the data set
         syntax = _transfer_syntax(next((e for e in meta if e.tag == TRANSFER_SYNTAX_UID), None))
         if syntax == DeflatedExplicitVRLittleEndian:
             inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            data = inflater.decompress(data[fp.tell() :])
+            inflated = inflater.decompress(data[fp.tell() :])
             if not inflater.eof:
                 return "the deflated data set ends inside its compressed stream (truncated)"
-            fp = BytesIO(data)
+            return _cut_element(BytesIO(inflated), inflated, syntax != ExplicitVRBigEndian)
         return _cut_element(fp, data, syntax != ExplicitVRBigEndian)
     except (EOFError, OSError):  # pydicom found no delimiter (EOFError) or no next item (OSError) in a value
         return "the data set ends inside an element of undefined length, before its delimiter (truncated)"
@@ -340,13 +387,13 @@ def _undefined_length(element: DataElement | RawDataElement) -> bool:
     return element.length == UNDEFINED_LENGTH
 
 
-def _cut_element(fp: BytesIO, data: bytes, little: bool) -> str | None:
+def _cut_element(fp: BufferReader | BytesIO, data: Buffer, little: bool) -> str | None:
     """The first element of the data set at ``fp`` (in ``data``) that the end of ``data`` cuts, if any."""
     end = fp.tell()
     # Like pydicom, let the first element decide implicit or explicit VR, whatever the transfer syntax says.
     vr = data[end + 4 : end + 6]
     implicit = len(vr) == 2 and not all(0x40 < char < 0x5B for char in vr)
-    for element in data_element_generator(fp, implicit, little, defer_size=0):
+    for element in data_element_generator(fp, implicit, little, defer_size=0):  # type: ignore[arg-type]  # duck-typed
         if _undefined_length(element):
             end = fp.tell()
             if end > len(data) or data[end - 8 : end] != SEQUENCE_DELIMITER[little]:

@@ -16,10 +16,10 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
-from predraft.core.db import session_scope
-from predraft.core.schema import Event, Instance, Series, Study
+from predraft.core.db import get_engine, session_scope
+from predraft.core.schema import Event, Instance, Series, Study, utcnow
 from predraft.core.states import InstanceState, StudyState
 from predraft.listener import status
 from predraft.listener.dimse import STATUS_OF
@@ -151,19 +151,17 @@ def test_concurrent_first_instances_of_a_new_study_are_both_recorded(database, r
     """Two associations store the first instances of one new study at the same moment: both are
     recorded under one study row. The barrier holds both just before the study insert, so on
     PostgreSQL both really race for it (on SQLite, BEGIN IMMEDIATE serialises them instead)."""
-    import predraft.listener.ingest
-
     url = request.getfixturevalue("sqlite_url" if database == "sqlite" else "postgres_url")
     barrier = threading.Barrier(2)
-    real_insert = predraft.listener.ingest.insert_ignoring_conflict
 
-    def insert_after_both_looked(session, table, values, key):
-        if table is Study:
+    def insert_after_both_looked(connection, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO STUDIES"):
             with contextlib.suppress(threading.BrokenBarrierError):
                 barrier.wait(timeout=3)
-        return real_insert(session, table, values, key)
 
-    monkeypatch.setattr(predraft.listener.ingest, "insert_ignoring_conflict", insert_after_both_looked)
+    engine = get_engine(url)
+    event.listen(engine, "before_cursor_execute", insert_after_both_looked)
+    request.addfinalizer(lambda: event.remove(engine, "before_cursor_execute", insert_after_both_looked))
     errors: list[BaseException] = []
 
     def store(sop: str) -> None:
@@ -325,8 +323,71 @@ def test_receiver_answers_out_of_resources_when_the_spool_is_full(sqlite_url, tm
 
 
 def test_receiver_answers_processing_failure_when_the_database_fails(tmp_path):
-    receiver = Receiver(Spool(tmp_path / "spool"), f"sqlite:///{tmp_path}/unmigrated.sqlite")
+    spool = Spool(tmp_path / "spool")
+    receiver = Receiver(spool, f"sqlite:///{tmp_path}/unmigrated.sqlite")
     assert _receive(receiver, _dataset()) == status.PROCESSING_FAILURE
+    assert not spool.instance_path(STUDY, STUDY + ".1.1").exists()  # nothing left behind: the sender sends it again
+
+
+def test_a_held_instance_sent_again_leaves_the_held_file_as_it_is(sqlite_url, tmp_path):
+    spool = Spool(tmp_path / "spool")
+    receiver = Receiver(spool, sqlite_url)
+    assert _receive(receiver, _dataset()) == status.SUCCESS
+    path = spool.instance_path(STUDY, STUDY + ".1.1")
+    held = path.stat()
+
+    outcome = receiver.receive(_file_bytes(_dataset(PatientID="CHANGED")), source="PACS_AE")
+
+    assert outcome.status is ReceiveStatus.DUPLICATE
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (held.st_ino, held.st_mtime_ns)
+    assert pydicom.dcmread(path).PatientID == "P1"
+
+
+def test_an_instance_sent_again_after_retention_purged_its_file_leaves_no_file(sqlite_url, tmp_path):
+    spool = Spool(tmp_path / "spool")
+    receiver = Receiver(spool, sqlite_url)
+    assert _receive(receiver, _dataset()) == status.SUCCESS
+    path = spool.instance_path(STUDY, STUDY + ".1.1")
+    path.unlink()
+    with session_scope(sqlite_url) as session:
+        session.scalar(select(Instance)).purged_at = utcnow()
+
+    outcome = receiver.receive(_file_bytes(_dataset()), source="PACS_AE")
+
+    assert outcome.status is ReceiveStatus.DUPLICATE
+    assert not path.exists()
+    with session_scope(sqlite_url) as session:
+        assert session.scalar(select(Instance.purged_at)) is not None
+    assert _count(sqlite_url, Instance) == 1
+
+
+def test_a_file_left_in_the_spool_without_its_row_is_replaced_and_recorded(sqlite_url, tmp_path):
+    """What a crash between the spool's rename and the database's commit leaves: the file, unrecorded."""
+    spool = Spool(tmp_path / "spool")
+    path = spool.instance_path(STUDY, STUDY + ".1.1")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"left by a crash")
+    receiver = Receiver(spool, sqlite_url)
+
+    assert _receive(receiver, _dataset()) == status.SUCCESS
+
+    assert pydicom.dcmread(path).SOPInstanceUID == STUDY + ".1.1"
+    with session_scope(sqlite_url) as session:
+        assert session.scalar(select(Instance.spool_path)) == str(path)
+
+
+def test_receiving_a_file_reads_it_through_a_map_and_removes_it(sqlite_url, tmp_path):
+    spool = Spool(tmp_path / "spool")
+    receiver = Receiver(spool, sqlite_url)
+    received, empty = tmp_path / "received.dcm", tmp_path / "empty.dcm"
+    received.write_bytes(_file_bytes(_dataset()))
+    empty.write_bytes(b"")
+
+    assert receiver.receive_file(received, source="PACS_AE").status is ReceiveStatus.STORED
+    assert receiver.receive_file(empty, source="PACS_AE").status is ReceiveStatus.CANNOT_UNDERSTAND
+
+    assert not received.exists() and not empty.exists()
+    assert pydicom.dcmread(spool.instance_path(STUDY, STUDY + ".1.1")).PatientID == "P1"
 
 
 def test_receiver_validates_its_arguments(sqlite_url, tmp_path):
