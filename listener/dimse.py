@@ -33,10 +33,11 @@ from dataclasses import dataclass
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes it at import
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.orm import configure_mappers
 
 from predraft.core import metrics
 from predraft.core.settings import Settings
-from predraft.listener import status
+from predraft.listener import status, writeback
 from predraft.listener.connections import (
     AssociationSlots,
     ConnectionLimits,
@@ -56,6 +57,8 @@ _config.LOG_RESPONSE_IDENTIFIERS = False
 # 7.5 MB radiograph held and re-assembled in memory); `predraft listen` points that folder at the spool's
 # file system, so the file is then renamed into the spool rather than written again.
 _config.STORE_RECV_CHUNKED_DATASET = True
+# ...into files whose writeback to disk starts while they arrive, so the fsync before the answer is short.
+writeback.install()
 
 #: Lossless compressed syntaxes come first, so a file in one of them is accepted as it was sent.
 _LOSSLESS_COMPRESSED = (
@@ -313,6 +316,7 @@ def start_dimse_server(
     process of ``predraft listen`` passes False: its supervisor does that before it starts any of them and
     after one dies (:mod:`predraft.listener.processes`). ``slots`` and ``reuse_port``: see :func:`make_server`."""
     receiver = Receiver.from_settings(settings)
+    configure_mappers()  # once, here, rather than in the first C-STORE's wait (about 70 ms)
     if remove_stale_partials:
         removed = receiver.spool.remove_stale_partials()
         if removed:
