@@ -128,12 +128,19 @@ class AssociationSlots(Protocol):
     def give_back(self) -> None:
         """Give one slot taken by :meth:`take` back."""
 
+    def connection_opened(self) -> None:
+        """One more open connection in this process (what :class:`AcceptTurns` balances)."""
+
+    def connection_closed(self) -> None:
+        """One connection fewer, closed however it closed."""
+
 
 class LocalSlots:
     """The slots of one process alone (a listener in a test, or a tool's)."""
 
     def __init__(self) -> None:
         self.taken = 0
+        self.connections = 0
 
     def take(self, limit: int) -> bool:
         if self.taken >= limit:
@@ -144,7 +151,15 @@ class LocalSlots:
     def give_back(self) -> None:
         self.taken = max(0, self.taken - 1)
 
+    def connection_opened(self) -> None:
+        self.connections += 1
 
+    def connection_closed(self) -> None:
+        self.connections = max(0, self.connections - 1)
+
+
+#: Connections the kernel queues for the acceptor, which takes each in well under a millisecond.
+LISTEN_BACKLOG = 128
 #: One signed 64-bit count per listener process index.
 _SLOT_COUNT = struct.Struct("<q")
 
@@ -152,9 +167,11 @@ _SLOT_COUNT = struct.Struct("<q")
 class SharedSlots:
     """The slots of every listener process on one port, so that max_associations holds for them together.
 
-    A small file (``SLOT_FILE_BYTES``) mapped into each process holds one count per process index; a process
-    only changes its own count, and takes a slot only while it holds an exclusive ``flock`` on the file and the
-    sum of all counts is under the limit. An ``flock`` (not a multiprocessing semaphore) because the kernel
+    A small file (``SLOT_FILE_BYTES``) mapped into each process holds two counts per process index: the slots it
+    holds and the connections it has open (for :class:`AcceptTurns`). A process only changes its own counts,
+    and takes a slot only while it holds an exclusive ``flock`` on the file and the sum of all slot counts is
+    under the limit; its connection count is written without the lock (one writer, read by the others as a
+    hint). An ``flock`` (not a multiprocessing semaphore) because the kernel
     releases it when its holder dies: a listener process SIGKILLed in the middle of :meth:`take` leaves no
     lock held, and the others keep taking associations. The slots a dead process held are given back by its
     supervisor (:meth:`reset`) before the process of that index is started again.
@@ -164,7 +181,7 @@ class SharedSlots:
     :class:`ConnectionTable`'s own lock.
     """
 
-    SLOT_FILE_BYTES = _SLOT_COUNT.size * MAX_LISTENER_PROCESSES
+    SLOT_FILE_BYTES = _SLOT_COUNT.size * MAX_LISTENER_PROCESSES * 2  # the slot counts, then the connection counts
 
     def __init__(self, path: Path, index: int) -> None:
         if not 0 <= index < MAX_LISTENER_PROCESSES:
@@ -201,6 +218,24 @@ class SharedSlots:
     def _set(self, index: int, value: int) -> None:
         _SLOT_COUNT.pack_into(self._map, index * _SLOT_COUNT.size, value)
 
+    def connections(self, index: int) -> int:
+        """The connections the listener process ``index`` has open."""
+        return self._count(MAX_LISTENER_PROCESSES + index)
+
+    def _set_connections(self, index: int, value: int) -> None:
+        self._set(MAX_LISTENER_PROCESSES + index, value)
+
+    def connection_opened(self) -> None:
+        self._set_connections(self.index, self.connections(self.index) + 1)
+
+    def connection_closed(self) -> None:
+        self._set_connections(self.index, max(0, self.connections(self.index) - 1))
+
+    def fewest_connections(self, processes: int) -> bool:
+        """Whether this process has no more connections open than any other of the first ``processes``."""
+        mine = self.connections(self.index)
+        return all(mine <= self.connections(other) for other in range(processes) if other != self.index)
+
     def total(self) -> int:
         """Slots taken in every process together."""
         return sum(self._count(index) for index in range(MAX_LISTENER_PROCESSES))
@@ -217,13 +252,55 @@ class SharedSlots:
             self._set(self.index, max(0, self._count(self.index) - 1))
 
     def reset(self, index: int) -> None:
-        """Give back every slot the process ``index`` held: it died, however it died."""
+        """Give back every slot the process ``index`` held, and forget its connections: it died, however it died."""
         with self._locked():
             self._set(index, 0)
+            self._set_connections(index, 0)
 
     def close(self) -> None:
         self._map.close()
         os.close(self._fd)
+
+
+class AcceptTurns:
+    """Whose turn it is to accept the connection waiting on the listening socket that several listener processes
+    share (:mod:`predraft.listener.processes`): the process with the fewest connections open, so that four
+    associations arriving together are held two and two by two processes rather than as chance deals them.
+
+    A process whose turn it is not leaves the connection to the others (the caller pauses PAUSE_SECONDS and looks
+    again), but for at most MAX_DEFER_SECONDS in a row: a busy or just-restarted sibling that does not take it
+    by then does not hold a sender up. Ties take it together; the kernel gives it to one of them."""
+
+    #: How long a process leaves a waiting connection to another before it looks again.
+    PAUSE_SECONDS = 0.0005
+    #: How long a process leaves waiting connections to the others, in a row, before it takes one anyway.
+    MAX_DEFER_SECONDS = 0.05
+    #: A gap this long since the last time a process left a connection starts a new row.
+    NEW_ROW_SECONDS = 0.005
+
+    def __init__(self, slots: SharedSlots, processes: int, clock: Callable[[], float] = time.monotonic) -> None:
+        """Raises ValueError unless ``processes`` is between 1 and MAX_LISTENER_PROCESSES."""
+        if not 1 <= processes <= MAX_LISTENER_PROCESSES:
+            raise ValueError(f"processes {processes} is not between 1 and {MAX_LISTENER_PROCESSES}")
+        self.slots = slots
+        self.processes = processes
+        self._clock = clock
+        self._row_started: float | None = None
+        self._last_left = float("-inf")
+
+    def mine(self) -> bool:
+        """Whether this process should accept the waiting connection now."""
+        if self.slots.fewest_connections(self.processes):
+            self._row_started = None
+            return True
+        now = self._clock()
+        if self._row_started is None or now - self._last_left > self.NEW_ROW_SECONDS:
+            self._row_started = now
+        self._last_left = now
+        if now - self._row_started >= self.MAX_DEFER_SECONDS:
+            self._row_started = None
+            return True
+        return False
 
 
 @dataclass(eq=False)
@@ -248,8 +325,8 @@ class ConnectionTable:
     ``slots`` counts the established associations against max_associations: this process's alone by default,
     those of every listener process on the port with :class:`SharedSlots`. The per-address bound stays per
     process: with N listener processes one address may hold up to N times max_per_address connections (the
-    kernel deals connections between the processes by a hash of their ports, so the bound still stops one
-    sender from taking every connection of every process); counting connections across processes exactly
+    processes take connections in turn, so the bound still stops one sender from taking every connection of
+    every process); counting connections across processes exactly
     would take a shared table of addresses, which a flood of addresses could fill."""
 
     def __init__(
@@ -275,6 +352,7 @@ class ConnectionTable:
                 admitted = True
                 self._per_address[address] += 1
                 self._connections[sock] = Connection(address, sock, self._clock() + self.limits.request_timeout)
+                self._slots.connection_opened()
         if not admitted:
             metrics.CONNECTIONS_REFUSED.labels(reason="too_many_from_address").inc()
             log.warning(
@@ -416,6 +494,7 @@ class ConnectionTable:
             if connection.closed:
                 return
             connection.closed = True
+            self._slots.connection_closed()
             self._per_address[connection.address] -= 1
             if self._per_address[connection.address] <= 0:
                 del self._per_address[connection.address]

@@ -14,9 +14,10 @@ against dimse_max_associations, an over-long PDU aborts its connection before it
 message over its bound while it arrives, an association stalled mid-PDU is ended after the idle timeout, the
 TLS handshake happens on the connection's own thread, and the temp file of a C-STORE cut mid-way is deleted.
 
-Several listener processes may serve one port (:mod:`predraft.listener.processes`): each binds its own socket
-with SO_REUSEPORT (``reuse_port``), the kernel deals the connections between them, and their association slots
-are counted together (:class:`predraft.listener.connections.SharedSlots`).
+Several listener processes may serve one port (:mod:`predraft.listener.processes`): they accept from one
+listening socket that their supervisor made (``listening``), the one with the fewest connections open taking
+the next (``turns``), and their association slots are counted together
+(:class:`predraft.listener.connections.SharedSlots`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,6 +41,8 @@ from predraft.core import metrics
 from predraft.core.settings import Settings
 from predraft.listener import status, writeback
 from predraft.listener.connections import (
+    LISTEN_BACKLOG,
+    AcceptTurns,
     AssociationSlots,
     ConnectionLimits,
     ConnectionTable,
@@ -86,8 +90,6 @@ PREFERRED_TRANSFER_SYNTAXES = (
     *(uid for uid in ALL_TRANSFER_SYNTAXES if uid not in (*_LOSSLESS_COMPRESSED, *_UNCOMPRESSED)),
 )
 
-#: Connections the kernel queues for the acceptor, which takes each in well under a millisecond.
-LISTEN_BACKLOG = 128
 #: ae.maximum_associations, so high that pynetdicom's own count (of connection threads) never refuses.
 PYNETDICOM_THREAD_CAP = 1_000_000
 
@@ -163,15 +165,42 @@ class ListenerServer(ThreadedAssociationServer):
     #: The listen backlog (socketserver's default is 5: a burst of connections made the kernel drop the
     #: SYNs of everyone else, who then waited a second or more for a retry).
     request_queue_size = LISTEN_BACKLOG
-    #: Bind with SO_REUSEPORT, so that the other listener processes bind the same port and the kernel deals
-    #: the connections between them (Linux: only sockets of the same user join the group).
-    reuse_port = False
+    #: The listening socket that the supervisor of several listener processes made and shares between them
+    #: (None: this server binds its own). Set non-blocking: the process that loses the race for a connection
+    #: gets nothing to accept, rather than waiting for the next.
+    listening: socket.socket | None = None
+    #: Which of the processes sharing ``listening`` accepts the next connection (None: this one, always).
+    turns: AcceptTurns | None = None
 
     def server_bind(self) -> None:
-        if self.reuse_port:
-            assert self.socket is not None  # socketserver made it in __init__, before binding
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        if self.listening is None:
+            super().server_bind()
+            return
+        assert self.socket is not None  # socketserver made one in __init__: the shared one replaces it
+        self.socket.close()
+        self.socket = self.listening
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self.listening is None:  # the shared socket listens already
+            super().server_activate()
+
+    def server_close(self) -> None:
+        """Close this process's descriptor of a shared socket without shutting it down (a shutdown would stop it
+        listening for every process); a socket of its own as pynetdicom does."""
+        if self.listening is None:
+            super().server_close()
+        else:
+            assert self.socket is not None
+            self.socket.close()
+
+    def _handle_request_noblock(self) -> None:
+        """The acceptor found a connection waiting: accept it when it is this process's turn (see
+        :class:`predraft.listener.connections.AcceptTurns`), else leave it to a sibling for a moment."""
+        if self.turns is not None and not self.turns.mine():
+            time.sleep(self.turns.PAUSE_SECONDS)
+            return
+        super()._handle_request_noblock()  # type: ignore[misc]  # socketserver's, typeshed calls it private
 
     def verify_request(self, request: socket.socket | tuple, client_address: tuple) -> bool:
         """Admit a connection (False: the server closes it at once): its address must be allowed and
@@ -266,12 +295,14 @@ def make_server(
     store: Callable[[evt.Event], int],
     *,
     slots: AssociationSlots | None = None,
-    reuse_port: bool = False,
+    listening: socket.socket | None = None,
+    turns: AcceptTurns | None = None,
 ) -> ThreadedAssociationServer:
     """The SCP's server, not yet serving: predraft's AE, its connection bounds (:mod:`predraft.listener.connections`),
     source-address check, TLS and event handlers, with ``store`` answering each C-STORE. ``slots``: the
-    association count shared with the other listener processes (None: this process's own); ``reuse_port``:
-    bind with SO_REUSEPORT, as each of several listener processes does."""
+    association and connection counts shared with the other listener processes (None: this process's own);
+    ``listening`` and ``turns``: the socket they share and whose turn it is to accept (None: its own socket,
+    bound to the configured host and port)."""
     ae = make_ae(settings)
     connections = ConnectionTable(ConnectionLimits.from_settings(settings), slots=slots)
     server_class = type(
@@ -282,7 +313,8 @@ def make_server(
                 ipaddress.ip_network(a, strict=False) for a in settings.listener.allowed_addresses
             ),
             "connections": connections,
-            "reuse_port": reuse_port,
+            "listening": listening,
+            "turns": turns,
         },
     )
     server = ae.make_server(
@@ -307,20 +339,22 @@ def start_dimse_server(
     settings: Settings,
     *,
     slots: AssociationSlots | None = None,
-    reuse_port: bool = False,
+    listening: socket.socket | None = None,
+    turns: AcceptTurns | None = None,
     remove_stale_partials: bool = True,
 ) -> ThreadedAssociationServer:
     """Start the SCP in background threads and return its server (``.server_address``, ``.shutdown()``).
 
     ``remove_stale_partials``: first delete the partial files that dead writers left in the spool. A listener
     process of ``predraft listen`` passes False: its supervisor does that before it starts any of them and
-    after one dies (:mod:`predraft.listener.processes`). ``slots`` and ``reuse_port``: see :func:`make_server`."""
+    after one dies (:mod:`predraft.listener.processes`). ``slots``, ``listening`` and ``turns``: see
+    :func:`make_server`."""
     receiver = Receiver.from_settings(settings)
     configure_mappers()  # once, here, rather than in the first C-STORE's wait (about 70 ms)
     if remove_stale_partials:
         removed = receiver.spool.remove_stale_partials()
         if removed:
             log.warning("removed %d partial file(s) left in the spool by a process that died", removed)
-    server = make_server(settings, StoreHandler(receiver), slots=slots, reuse_port=reuse_port)
+    server = make_server(settings, StoreHandler(receiver), slots=slots, listening=listening, turns=turns)
     threading.Thread(target=server.serve_forever, name="dimse-acceptor", daemon=True).start()
     return server

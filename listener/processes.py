@@ -3,13 +3,17 @@
 ``dimse_processes`` listener processes (0: one per usable core, at most MAX_LISTENER_PROCESSES) serve the
 DIMSE port together. How, and why so:
 
-- **SO_REUSEPORT, each process its own socket.** Every listener process binds (host, port) with SO_REUSEPORT
-  and accepts on its own socket; the kernel deals the connections between them by a hash of their addresses
-  and ports. The other way, one acceptor handing each accepted socket to a worker (SCM_RIGHTS), adds a hop
-  per connection and a process whose death stops every new association; with SO_REUSEPORT a SIGKILLed
-  process loses only the connections it held (its unanswered C-STOREs, which the sender sends again), and
-  the others keep accepting. Each process applies the same allow-lists, TLS, bounds and durable receiving:
-  it runs :func:`predraft.listener.dimse.start_dimse_server` with the very same settings.
+- **One listening socket, shared; the least busy process accepts.** The supervisor binds (host, port) and
+  listens; every listener process is given that socket and accepts from it. When a connection waits, the
+  process with the fewest connections open takes it (:class:`predraft.listener.connections.AcceptTurns`): four
+  associations arriving together are held two and two by two processes. (Each process binding its own socket
+  with SO_REUSEPORT, the first way, let the kernel deal connections by a hash of their ports: half the time
+  three of four went to one process, whose one core then did three quarters of the work, 15 to 35 % slower
+  than two and two in ``bench/ingest.py``; and connections queued on a process that died were reset.) No
+  process hands sockets to another (SCM_RIGHTS): a SIGKILLed process loses only the connections it held
+  (their unanswered C-STOREs, which the sender sends again), the socket stays open in the others, and they
+  keep accepting. Each process applies the same allow-lists, TLS, bounds and durable receiving: it runs
+  :func:`predraft.listener.dimse.start_dimse_server` with the very same settings.
 - **Limits across processes.** max_associations holds for all processes together: their slots are counted in
   one shared file under an ``flock`` (:class:`predraft.listener.connections.SharedSlots`), which the kernel
   releases when a holder dies; the slots a dead process held are given back before it is started again. The
@@ -31,9 +35,8 @@ DIMSE port together. How, and why so:
 - **Spawned, not forked.** By the time a listener process is restarted the supervisor runs threads (the
   metrics server, the stability monitor); a fork copies whatever lock one of them holds. A spawned process
   imports afresh (about a second) and is given the supervisor's validated settings.
-- **One supervisor per port.** SO_REUSEPORT would let a second ``predraft listen`` of the same user share
-  the port, each taking half the associations into its own spool. The supervisor holds an abstract Unix
-  socket named after the address, so a second one on this machine refuses to start.
+- **One supervisor per port.** The supervisor holds an abstract Unix socket named after the address, so a
+  second one on this machine refuses to start with a clear message (its bind would fail anyway).
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
 
 from predraft.core.settings import MAX_LISTENER_PROCESSES, Settings
-from predraft.listener.connections import SharedSlots
+from predraft.listener.connections import LISTEN_BACKLOG, AcceptTurns, SharedSlots
 from predraft.listener.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -84,10 +87,14 @@ class ProcessPlan:
     settings: Settings
     slots_path: Path
     supervisor_pid: int
+    #: The listening socket every listener process accepts from (passed to a spawned process by multiprocessing).
+    listening: socket.socket
+    #: How many listener processes share it.
+    processes: int
 
 
 def run_listener_process(plan: ProcessPlan, index: int, ready: ProcessEvent) -> None:
-    """The body of listener process ``index``: serve DIMSE (SO_REUSEPORT, shared slots) until SIGTERM."""
+    """The body of listener process ``index``: serve DIMSE (the shared socket, shared slots) until SIGTERM."""
     from predraft.core.bootstrap import configure_logging, die_with_parent
     from predraft.listener.dimse import start_dimse_server
 
@@ -103,7 +110,11 @@ def run_listener_process(plan: ProcessPlan, index: int, ready: ProcessEvent) -> 
     # this process, so that a finished instance is renamed into the spool rather than copied.
     tempfile.tempdir = str(Spool(settings.spool_dir).receiving_dir())
     slots = SharedSlots.attach(plan.slots_path, index)
-    server = start_dimse_server(settings, slots=slots, reuse_port=True, remove_stale_partials=False)
+    plan.listening.setblocking(False)  # a connection a sibling took leaves nothing to accept: no wait for the next
+    turns = AcceptTurns(slots, plan.processes) if plan.processes > 1 else None
+    server = start_dimse_server(
+        settings, slots=slots, listening=plan.listening, turns=turns, remove_stale_partials=False
+    )
     log.info("listener process %d (pid %d) serving %s:%d", index, os.getpid(), *server.server_address[:2])
     ready.set()
     while not stop.wait(POLL_SECONDS):
@@ -148,6 +159,7 @@ class ListenerSupervisor:
         self.processes = [ListenerProcess(index) for index in range(self.count)]
         self.work_dir: Path | None = None
         self._guard: socket.socket | None = None
+        self._listening: socket.socket | None = None
         self._slots: SharedSlots | None = None
         self._spool = Spool(settings.spool_dir)
 
@@ -190,8 +202,8 @@ class ListenerSupervisor:
         log.info("%d listener process(es) serving: pids %s", self.count, self.pids())
 
     def _take_port(self) -> None:
-        """Hold this machine's one supervisor lock for the address, and check that nothing else (a program
-        that binds without SO_REUSEPORT) holds the port."""
+        """Hold this machine's one supervisor lock for the address, then bind and listen on it: the socket every
+        listener process accepts from."""
         host, port = self.settings.listener.host, self.settings.listener.port
         guard = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -201,17 +213,15 @@ class ListenerSupervisor:
             raise ListenerStartError(f"another predraft listen serves {host}:{port} on this machine") from exc
         self._guard = guard
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            try:
-                probe.bind((host, port))
-            except OSError as exc:
-                raise ListenerStartError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        try:
+            self._listening = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+        except OSError as exc:
+            raise ListenerStartError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
 
     def _spawn(self, listener: ListenerProcess) -> None:
         assert self.work_dir is not None
-        plan = ProcessPlan(self.settings, self.work_dir / "slots", os.getpid())
+        assert self._listening is not None
+        plan = ProcessPlan(self.settings, self.work_dir / "slots", os.getpid(), self._listening, self.count)
         listener.ready = self._context.Event()
         listener.process = self._context.Process(
             target=self._target,
@@ -294,6 +304,9 @@ class ListenerSupervisor:
             if os.environ.get(MULTIPROC_ENV) == self.metrics_dir:
                 del os.environ[MULTIPROC_ENV]
             shutil.rmtree(self.work_dir, ignore_errors=True)
+        if self._listening is not None:
+            self._listening.close()
+            self._listening = None
         if self._guard is not None:
             self._guard.close()
             self._guard = None

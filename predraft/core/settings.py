@@ -379,7 +379,7 @@ class ListenerSettings(_Area):
         0,
         ge=0,
         le=MAX_LISTENER_PROCESSES,
-        description="DIMSE listener processes sharing the port (SO_REUSEPORT); 0: one per usable CPU core, "
+        description="DIMSE listener processes sharing the port (one listening socket); 0: one per usable CPU core, "
         f"at most {MAX_LISTENER_PROCESSES}.",
     )
 

@@ -1,4 +1,5 @@
-"""The listener processes' shared association slots and their number (predraft.listener.processes)."""
+"""The listener processes' shared association slots and connection counts, whose turn it is to accept, and their
+number (predraft.listener.processes, predraft.listener.connections)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from predraft.core.settings import MAX_LISTENER_PROCESSES, get_settings
-from predraft.listener.connections import SharedSlots
+from predraft.listener.connections import AcceptTurns, SharedSlots
 
 
 def test_slots_are_counted_across_processes_and_a_dead_ones_are_given_back(tmp_path: Path) -> None:
@@ -21,6 +22,64 @@ def test_slots_are_counted_across_processes_and_a_dead_ones_are_given_back(tmp_p
     assert first.total() == 1
     first.close()
     second.close()
+
+
+def test_connections_are_counted_per_process_and_a_dead_ones_are_forgotten(tmp_path: Path) -> None:
+    path = SharedSlots.create(tmp_path / "slots")
+    first, second = SharedSlots.attach(path, 0), SharedSlots.attach(path, 1)
+    assert first.fewest_connections(2) and second.fewest_connections(2)  # a tie: both may take the next
+    first.connection_opened()
+    assert not first.fewest_connections(2) and second.fewest_connections(2)
+    assert first.fewest_connections(1)  # alone, it is always its turn
+    second.connection_opened()
+    second.connection_opened()
+    assert (first.connections(0), second.connections(1)) == (1, 2) and first.fewest_connections(2)
+    first.reset(1)  # process 1 died: its connections went with it
+    assert first.connections(1) == 0 and second.fewest_connections(2)
+    second.connection_closed()
+    second.connection_closed()  # never below zero
+    assert second.connections(1) == 0
+    assert first.take(1) and first.connections(0) == 1  # slots and connections are counted apart
+    first.close()
+    second.close()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_process_with_fewest_connections_accepts_and_another_waits_its_turn(tmp_path: Path) -> None:
+    path = SharedSlots.create(tmp_path / "slots")
+    busy, idle = SharedSlots.attach(path, 0), SharedSlots.attach(path, 1)
+    clock = _Clock()
+    turns = AcceptTurns(busy, 2, clock=clock)
+    busy.connection_opened()
+
+    waited = 0.0
+    while not turns.mine():  # the idle sibling never takes it: after MAX_DEFER_SECONDS the busy one does
+        clock.now += AcceptTurns.PAUSE_SECONDS
+        waited += AcceptTurns.PAUSE_SECONDS
+    assert AcceptTurns.MAX_DEFER_SECONDS <= waited < AcceptTurns.MAX_DEFER_SECONDS + 2 * AcceptTurns.PAUSE_SECONDS
+
+    clock.now += 1  # a new connection, long after: it is left to the sibling again
+    assert not turns.mine()
+    idle.connection_opened()
+    idle.connection_opened()  # the sibling took two: now it is the busy one's turn at once
+    assert turns.mine()
+    busy.close()
+    idle.close()
+
+
+def test_accept_turns_refuse_a_number_of_processes_out_of_range(tmp_path: Path) -> None:
+    slots = SharedSlots.attach(SharedSlots.create(tmp_path / "slots"), 0)
+    for processes in (0, MAX_LISTENER_PROCESSES + 1):
+        with pytest.raises(ValueError, match="processes"):
+            AcceptTurns(slots, processes)
+    slots.close()
 
 
 def test_a_slot_index_past_the_most_processes_is_refused(tmp_path: Path) -> None:
