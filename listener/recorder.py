@@ -3,10 +3,13 @@
 Every association's thread used to open its own transaction, take the database's write lock (SQLite's
 ``BEGIN IMMEDIATE``), record one instance and commit (an fsync of the write-ahead log) before it answered
 its sender. Under concurrent associations the threads queued for that lock one by one, and each commit
-paid its own fsync. A :class:`GroupRecorder` instead hands every instance to one writer thread per process,
-which records all the instances waiting at that moment in one transaction and commits once: the busier
-the listener, the more instances share a commit. A caller's :meth:`GroupRecorder.record` returns only
-after the commit that holds its instance, so the acknowledge-after-durable promise is kept.
+paid its own fsync. With a :class:`GroupRecorder` one thread of the process at a time writes (the leader):
+it records, in one transaction committed once, every instance waiting at that moment, its own and those
+that other threads queued while the previous transaction ran. The busier the listener, the more instances
+share a commit; a lone association writes its own at once, with no hand-over to another thread. A leader
+whose instance is committed hands the lead to a thread still waiting. A caller's
+:meth:`GroupRecorder.record` returns only after the commit that holds its instance, so the
+acknowledge-after-durable promise is kept.
 
 A transaction that fails (a unique key raced by another process, a locked or unreachable database) is
 rolled back whole and each of its instances is then recorded in a transaction of its own, tried up to
@@ -31,8 +34,6 @@ log = logging.getLogger(__name__)
 
 #: The most instances one transaction records.
 DEFAULT_MAX_BATCH = 64
-#: Seconds the writer thread waits for work before it ends (the next instance starts a new one).
-DEFAULT_IDLE_S = 5.0
 #: Tries of an instance recorded alone, after its shared transaction failed.
 ATTEMPTS_ALONE = 3
 
@@ -47,24 +48,20 @@ class _Request:
 
 
 class GroupRecorder:
-    """Records instances from any number of threads through one writer thread (started on demand, ended when
-    idle), up to ``max_batch`` instances per transaction. Safe to call from many threads."""
+    """Records instances from any number of threads, up to ``max_batch`` per transaction, one transaction at a
+    time per process (see the module's docstring). Safe to call from many threads."""
 
-    def __init__(self, database_url: str, *, max_batch: int = DEFAULT_MAX_BATCH, idle_s: float = DEFAULT_IDLE_S):
-        """Raises ValueError for an empty database URL, a batch under one instance or an idle time that is not
-        positive."""
+    def __init__(self, database_url: str, *, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        """Raises ValueError for an empty database URL or a batch under one instance."""
         if not database_url:
             raise ValueError("database_url must not be empty")
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
-        if idle_s <= 0:
-            raise ValueError(f"idle_s must be positive, not {idle_s}")
         self.database_url = database_url
         self.max_batch = max_batch
-        self.idle_s = idle_s
         self._waiting: deque[_Request] = deque()
-        self._work = threading.Condition()
-        self._writing = False
+        self._turn = threading.Condition()
+        self._writing = False  # a leader is writing
         #: Transactions committed and instances they held (for tests and the bench: how well commits group).
         self.commits = 0
         self.recorded = 0
@@ -73,30 +70,34 @@ class GroupRecorder:
         """Record a durably spooled instance (see :func:`predraft.listener.ingest.record_instance`) and return once
         the transaction that holds it is committed. Raises what recording it alone raised the last time."""
         request = _Request(header, spool_path, size_bytes, calling_ae)
-        with self._work:
+        with self._turn:
             self._waiting.append(request)
-            if not self._writing:
-                self._writing = True
-                threading.Thread(target=self._write, name="predraft-recorder", daemon=True).start()
-            self._work.notify()
+            while self._writing and not request.outcome.done():
+                self._turn.wait()
+            if request.outcome.done():  # a leader recorded it
+                return request.outcome.result()
+            self._writing = True  # this thread leads
+        try:
+            while not request.outcome.done():
+                with self._turn:
+                    batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
+                self._write(batch)
+                with self._turn:
+                    self._turn.notify_all()  # those recorded return; the others wait on
+        finally:
+            with self._turn:
+                self._writing = False
+                self._turn.notify_all()  # one still waiting leads next
         return request.outcome.result()
 
-    def _write(self) -> None:
-        """The writer thread: record what waits, batch by batch, until idle for ``idle_s``."""
-        while True:
-            with self._work:
-                if not self._waiting:
-                    self._work.wait(timeout=self.idle_s)
-                if not self._waiting:
-                    self._writing = False
-                    return
-                batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
-            try:
-                self._record_together(batch)
-            except BaseException as exc:  # noqa: BLE001  (every caller must hear back, whatever went wrong)
-                for request in batch:
-                    if not request.outcome.done():
-                        request.outcome.set_exception(exc)
+    def _write(self, batch: list[_Request]) -> None:
+        try:
+            self._record_together(batch)
+        except BaseException as exc:  # every caller must hear back, whatever went wrong
+            for request in batch:
+                if not request.outcome.done():
+                    request.outcome.set_exception(exc)
+            raise
 
     def _record_together(self, batch: list[_Request]) -> None:
         try:

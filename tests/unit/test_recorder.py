@@ -1,5 +1,6 @@
 """predraft.listener.recorder.GroupRecorder: instances of concurrent associations share a transaction, every
-caller hears back only after the commit that holds its instance, and one bad instance fails alone."""
+caller hears back only after the commit that holds its instance, one bad instance fails alone, and a lone
+caller writes its own at once."""
 
 from __future__ import annotations
 
@@ -162,16 +163,24 @@ def test_the_same_instance_twice_in_one_transaction_is_recorded_once(sqlite_url,
     assert len(_instances(sqlite_url)) == 2
 
 
-def test_the_writer_thread_ends_when_idle_and_the_next_instance_starts_another(sqlite_url):
-    recorder = GroupRecorder(sqlite_url, idle_s=0.05)
+def test_a_lone_caller_records_its_instance_on_its_own_thread(sqlite_url):
+    recorder = GroupRecorder(sqlite_url)
+    writers: list[int] = []
 
-    def writers() -> list[threading.Thread]:
-        return [thread for thread in threading.enumerate() if thread.name == "predraft-recorder"]
+    def note_thread(connection, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO INSTANCES"):
+            writers.append(threading.get_ident())
 
-    _record(recorder, 1)
-    _wait_until(lambda: not recorder._writing and not writers(), "the idle writer to end")
-    _record(recorder, 2)
+    engine = get_engine(sqlite_url)
+    event.listen(engine, "before_cursor_execute", note_thread)
+    try:
+        _record(recorder, 1)
+        _record(recorder, 2)
+    finally:
+        event.remove(engine, "before_cursor_execute", note_thread)
 
+    assert writers == [threading.get_ident()] * 2
+    assert (recorder.commits, recorder.recorded) == (2, 2)
     assert _held(sqlite_url, 1) and _held(sqlite_url, 2)
     with session_scope(sqlite_url) as session:
         assert session.scalar(select(func.count()).select_from(Study)) == 1
@@ -192,7 +201,6 @@ def test_a_study_row_is_shared_by_many_concurrent_callers(any_url):
     [
         ({"database_url": ""}, "database_url"),
         ({"database_url": "sqlite://", "max_batch": 0}, "max_batch"),
-        ({"database_url": "sqlite://", "idle_s": 0}, "idle_s"),
     ],
 )
 def test_the_constructor_refuses_what_cannot_work(kwargs, message):
