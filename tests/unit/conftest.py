@@ -50,6 +50,13 @@ def sqlite_url(tmp_path) -> str:
     return url
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_url(request: pytest.FixtureRequest) -> str:
+    """The same test on a fresh SQLite and a fresh PostgreSQL database (their INSERT ... ON CONFLICT answers and
+    their locking differ)."""
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+
+
 @pytest.fixture(scope="session")
 def demo_study(tmp_path_factory):
     """The three-view demo phantom study: AP pelvis, right frog-leg, right cross-table lateral."""

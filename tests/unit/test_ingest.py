@@ -68,12 +68,6 @@ def _event_kinds(url: str) -> list[str]:
         return list(session.scalars(select(Event.kind).order_by(Event.id)))
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def any_url(request: pytest.FixtureRequest) -> str:
-    """The same test on SQLite and on PostgreSQL (their INSERT ... ON CONFLICT answers differ)."""
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
-
-
 def test_first_instance_opens_a_receiving_study(any_url):
     result = _record(any_url, _header(STUDY + ".1.1"))
 

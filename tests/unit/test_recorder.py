@@ -77,21 +77,24 @@ def held_first_insert(request):
     return install
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def any_url(request: pytest.FixtureRequest) -> str:
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+def _queued_behind_a_held_transaction(recorder: GroupRecorder, held, numbers: list[int]) -> tuple[object, list]:
+    """Record instance 0 and hold its transaction at its INSERT (``held``: the fixture's two events), queue the
+    instances ``numbers`` meanwhile, then let it go. Returns instance 0's result and, in the order of
+    ``numbers``, each queued instance's result or the exception it raised."""
+    paused, release = held
+    with ThreadPoolExecutor(max_workers=len(numbers) + 1) as pool:
+        first = pool.submit(_record, recorder, 0)
+        assert paused.wait(WAIT_S)
+        queued = [pool.submit(_record, recorder, n) for n in numbers]
+        _wait_until(lambda: len(recorder._waiting) == len(numbers), f"{len(numbers)} instances waiting")
+        release.set()
+        return first.result(WAIT_S), [future.exception(WAIT_S) or future.result() for future in queued]
 
 
 def test_instances_waiting_while_a_transaction_runs_share_the_next_one(any_url, held_first_insert):
-    paused, release = held_first_insert(any_url)
     recorder = GroupRecorder(any_url)
-    with ThreadPoolExecutor(max_workers=9) as pool:
-        first = pool.submit(_record, recorder, 0)
-        assert paused.wait(WAIT_S)
-        rest = [pool.submit(_record, recorder, n) for n in range(1, 9)]
-        _wait_until(lambda: len(recorder._waiting) == 8, "eight instances waiting behind the held transaction")
-        release.set()
-        results = [first.result(WAIT_S)] + [future.result(WAIT_S) for future in rest]
+    first, rest = _queued_behind_a_held_transaction(recorder, held_first_insert(any_url), list(range(1, 9)))
+    results = [first, *rest]
 
     assert (recorder.commits, recorder.recorded) == (2, 9)
     assert not any(result.duplicate for result in results)
@@ -116,7 +119,7 @@ def test_a_caller_hears_back_only_after_its_instance_is_committed(sqlite_url, he
 
 
 def test_a_failing_instance_fails_alone_and_the_rest_of_its_transaction_is_recorded(sqlite_url, held_first_insert):
-    paused, release = held_first_insert(sqlite_url)
+    held = held_first_insert(sqlite_url)
     bad_uid = _header(5).sop_instance_uid
 
     def refuse_the_bad_one(connection, cursor, statement, parameters, context, executemany):
@@ -127,19 +130,12 @@ def test_a_failing_instance_fails_alone_and_the_rest_of_its_transaction_is_recor
     event.listen(engine, "before_cursor_execute", refuse_the_bad_one)
     try:
         recorder = GroupRecorder(sqlite_url)
-        with ThreadPoolExecutor(max_workers=7) as pool:
-            first = pool.submit(_record, recorder, 0)
-            assert paused.wait(WAIT_S)
-            rest = {n: pool.submit(_record, recorder, n) for n in range(1, 7)}
-            _wait_until(lambda: len(recorder._waiting) == 6, "six instances waiting")
-            release.set()
-            first.result(WAIT_S)
-            with pytest.raises(RuntimeError, match="refused by the test"):
-                rest[5].result(WAIT_S)
-            others = {n: future.result(WAIT_S) for n, future in rest.items() if n != 5}
+        _, outcomes = _queued_behind_a_held_transaction(recorder, held, list(range(1, 7)))
     finally:
         event.remove(engine, "before_cursor_execute", refuse_the_bad_one)
 
+    assert isinstance(outcomes[4], RuntimeError) and "refused by the test" in str(outcomes[4])
+    others = {n: outcome for n, outcome in zip(range(1, 7), outcomes, strict=True) if n != 5}
     assert all(not result.duplicate for result in others.values())
     assert set(_instances(sqlite_url)) == {_header(n).sop_instance_uid for n in range(7) if n != 5}
     # the shared transaction of six failed; the five good ones then went in alone
@@ -147,16 +143,8 @@ def test_a_failing_instance_fails_alone_and_the_rest_of_its_transaction_is_recor
 
 
 def test_the_same_instance_twice_in_one_transaction_is_recorded_once(sqlite_url, held_first_insert):
-    paused, release = held_first_insert(sqlite_url)
     recorder = GroupRecorder(sqlite_url)
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        first = pool.submit(_record, recorder, 0)
-        assert paused.wait(WAIT_S)
-        twins = [pool.submit(_record, recorder, 1) for _ in range(2)]
-        _wait_until(lambda: len(recorder._waiting) == 2, "the twins waiting")
-        release.set()
-        first.result(WAIT_S)
-        results = [future.result(WAIT_S) for future in twins]
+    _, results = _queued_behind_a_held_transaction(recorder, held_first_insert(sqlite_url), [1, 1])
 
     assert sorted(result.duplicate for result in results) == [False, True]
     assert results[0].instance_id == results[1].instance_id
