@@ -165,14 +165,16 @@ class ListenerServer(ThreadedAssociationServer):
     #: The listen backlog (socketserver's default is 5: a burst of connections made the kernel drop the
     #: SYNs of everyone else, who then waited a second or more for a retry).
     request_queue_size = LISTEN_BACKLOG
-    #: The listening socket that the supervisor of several listener processes made and shares between them
-    #: (None: this server binds its own). Set non-blocking: the process that loses the race for a connection
+    #: The socket that the supervisor of several listener processes bound and shares between them (None: this
+    #: server binds its own). Set non-blocking: the process that loses the race for a connection
     #: gets nothing to accept, rather than waiting for the next.
     listening: socket.socket | None = None
     #: Which of the processes sharing ``listening`` accepts the next connection (None: this one, always).
     turns: AcceptTurns | None = None
 
     def server_bind(self) -> None:
+        """Bind a socket of its own, or take the shared one, already bound (socketserver's server_activate then
+        listens on it: the first listener process to do so opens the port; again is harmless)."""
         if self.listening is None:
             super().server_bind()
             return
@@ -180,10 +182,6 @@ class ListenerServer(ThreadedAssociationServer):
         self.socket.close()
         self.socket = self.listening
         self.server_address = self.socket.getsockname()
-
-    def server_activate(self) -> None:
-        if self.listening is None:  # the shared socket listens already
-            super().server_activate()
 
     def server_close(self) -> None:
         """Close this process's descriptor of a shared socket without shutting it down (a shutdown would stop it

@@ -3,8 +3,9 @@
 ``dimse_processes`` listener processes (0: one per usable core, at most MAX_LISTENER_PROCESSES) serve the
 DIMSE port together. How, and why so:
 
-- **One listening socket, shared; the least busy process accepts.** The supervisor binds (host, port) and
-  listens; every listener process is given that socket and accepts from it. When a connection waits, the
+- **One listening socket, shared; the least busy process accepts.** The supervisor binds (host, port); every
+  listener process is given that socket, listens on it once it serves (so the port opens only when one does)
+  and accepts from it. When a connection waits, the
   process with the fewest connections open takes it (:class:`predraft.listener.connections.AcceptTurns`): four
   associations arriving together are held two and two by two processes. (Each process binding its own socket
   with SO_REUSEPORT, the first way, let the kernel deal connections by a hash of their ports: half the time
@@ -58,7 +59,7 @@ from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
 
 from predraft.core.settings import MAX_LISTENER_PROCESSES, Settings
-from predraft.listener.connections import LISTEN_BACKLOG, AcceptTurns, SharedSlots
+from predraft.listener.connections import AcceptTurns, SharedSlots
 from predraft.listener.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -202,8 +203,8 @@ class ListenerSupervisor:
         log.info("%d listener process(es) serving: pids %s", self.count, self.pids())
 
     def _take_port(self) -> None:
-        """Hold this machine's one supervisor lock for the address, then bind and listen on it: the socket every
-        listener process accepts from."""
+        """Hold this machine's one supervisor lock for the address, then bind it: the socket every listener
+        process listens and accepts on."""
         host, port = self.settings.listener.host, self.settings.listener.port
         guard = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -213,10 +214,16 @@ class ListenerSupervisor:
             raise ListenerStartError(f"another predraft listen serves {host}:{port} on this machine") from exc
         self._guard = guard
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listening = socket.socket(family, socket.SOCK_STREAM)
         try:
-            self._listening = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listening.bind((host, port))
         except OSError as exc:
+            listening.close()
             raise ListenerStartError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        # Bound, not yet listening: the first listener process that serves calls listen(), so the port opens
+        # only once a process accepts from it (readiness checks connect to it).
+        self._listening = listening
 
     def _spawn(self, listener: ListenerProcess) -> None:
         assert self.work_dir is not None
