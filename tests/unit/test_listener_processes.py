@@ -3,12 +3,15 @@ number (predraft.listener.processes, predraft.listener.connections)."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
 from predraft.core.settings import MAX_LISTENER_PROCESSES, get_settings
 from predraft.listener.connections import AcceptTurns, SharedSlots
+from predraft.listener.processes import ListenerStartError, ListenerSupervisor
+from tests.conftest import free_port
 
 
 def test_slots_are_counted_across_processes_and_a_dead_ones_are_given_back(tmp_path: Path) -> None:
@@ -99,3 +102,22 @@ def test_zero_processes_means_one_per_usable_core_up_to_the_limit(clean_settings
 def test_more_processes_than_the_limit_are_refused(clean_settings_env) -> None:
     with pytest.raises(ValueError, match="dimse_processes"):
         get_settings(dimse_processes=MAX_LISTENER_PROCESSES + 1)
+
+
+def test_the_supervisor_holds_the_port_but_it_opens_only_when_a_process_listens(clean_settings_env) -> None:
+    port = free_port()
+    settings = get_settings(dimse_port=port, dimse_host="127.0.0.1")
+    supervisor, rival = ListenerSupervisor(settings, count=1), ListenerSupervisor(settings, count=1)
+    try:
+        supervisor._take_port()
+        with pytest.raises(ConnectionRefusedError):  # bound, not listening: no process serves yet
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        with pytest.raises(ListenerStartError, match="another predraft listen serves"):
+            rival._take_port()
+        assert supervisor._listening is not None
+        supervisor._listening.listen()  # what the first listener process's server does once it serves
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        supervisor.stop()
+    with pytest.raises(ConnectionRefusedError):  # stopped: the port is free again
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
