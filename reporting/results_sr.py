@@ -73,6 +73,9 @@ def _algorithm(model: ModelCard) -> hd.sr.AlgorithmIdentification:
 
 
 def _whole_image(ds: Dataset) -> Region:
+    """The whole of the image ``ds``; ValueError when its size is unknown (a purged image's stand-in)."""
+    if "Rows" not in ds or "Columns" not in ds:
+        raise ValueError(f"image {ds.SOPInstanceUID}: no region recorded and its size unknown (its file was purged)")
     return 0, int(ds.Rows), 0, int(ds.Columns)
 
 
@@ -95,7 +98,9 @@ def _group(
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     pack, model = section.pack, section.model
     first = next((uid for uid in finding.sop_instance_uids if (uid, finding.side) in regions), None)
-    region_uid = first or finding.sop_instance_uids[0]
+    # With no region recorded, the whole of an image whose size is known (a purged image's stand-in has none).
+    sized = next((uid for uid in finding.sop_instance_uids if "Rows" in evidence[uid]), None)
+    region_uid = first or sized or finding.sop_instance_uids[0]
     region = regions.get((region_uid, finding.side)) or _whole_image(evidence[region_uid])
     rectangle, region_class = _rectangle(region), str(evidence[region_uid].SOPClassUID)
     algorithm = _algorithm(model)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -26,7 +27,7 @@ from predraft.models.taxonomy import Side, View
 from predraft.reporting.age import is_child
 from predraft.reporting.aggregate import AggregationRule, HipObservation, SideFinding, aggregate
 from predraft.reporting.results_sr import build_results_sr
-from predraft.reporting.sr import build_draft_sr
+from predraft.reporting.sr import REQUIRED_EVIDENCE_TAGS, build_draft_sr
 from predraft.reporting.text import Section, render_draft, template_environment
 
 
@@ -61,6 +62,10 @@ def draft_study(
 
     With ``results_sr`` the draft also gets the AI results SR (:mod:`predraft.reporting.results_sr`), in a series
     of its own, superseding the previous draft's results SR where it had one.
+
+    Images whose files spool retention purged are drafted from their predictions and referenced by their UIDs
+    (:func:`_evidence`); with none of them held the outcome is ERROR. A previous draft whose SRs were purged is
+    not named as their predecessor.
     """
     existing = session.scalar(
         select(Draft).where(Draft.study_id == study.id, Draft.generation == generation, Draft.kind == ReportKind.DRAFT)
@@ -110,7 +115,14 @@ def draft_study(
 
     sections = [section for _, section, _ in read]
     instances = list(dict.fromkeys(instance for _, _, images in read for instance in images))
-    evidence = [pydicom.dcmread(instance.spool_path, stop_before_pixels=True) for instance in instances]
+    evidence = _evidence(instances)
+    if evidence is None:
+        return DraftOutcome(
+            StudyState.ERROR,
+            None,
+            f"the files of all {len(instances)} image(s) it would draft from were purged by spool retention: "
+            "no header to draft the SR from (send one of them again)",
+        )
     patient_is_child = any(is_child(ds) for ds in evidence)
     text = render_draft(
         sections,
@@ -125,10 +137,12 @@ def draft_study(
         .order_by(Draft.generation.desc())
         .limit(1)
     )
-    predecessors = [] if previous is None else [pydicom.dcmread(previous.sr_path, stop_before_pixels=True)]
+    # A previous SR that spool retention purged is no longer listed as a predecessor: there is no file to name.
+    kept = previous if previous is not None and previous.purged_at is None else None
+    predecessors = [] if kept is None else [pydicom.dcmread(kept.sr_path, stop_before_pixels=True)]
     previous_results = (
-        [pydicom.dcmread(previous.results_sr_path, stop_before_pixels=True)]
-        if previous is not None and previous.results_sr_path
+        [pydicom.dcmread(kept.results_sr_path, stop_before_pixels=True)]
+        if kept is not None and kept.results_sr_path
         else []
     )
 
@@ -184,6 +198,38 @@ def draft_study(
     written = f"SR {sr_uid}" + (f", AI results SR {results_uid}" if results_uid else "")
     record_event(session, EventKind.DRAFTED, f"generation {generation}, {written}", study_id=study.id)
     return DraftOutcome(StudyState.DRAFTED, draft.id, f"SR {sr_uid}", tuple(section.pack.name for section in sections))
+
+
+#: What a stand-in for a purged image copies from an image still held: the Patient and General Study modules'
+#: attributes that the SRs and the child check read.
+_SHARED_HEADER = (*REQUIRED_EVIDENCE_TAGS, "PatientAge", "StudyDescription", "StudyInstanceUID")
+
+
+def _evidence(instances: Sequence[Instance]) -> list[Dataset] | None:
+    """The SRs' evidence for ``instances``: each held image's header, read from the spool, the first of them
+    first (the SRs copy the patient and study from it). An image whose file spool retention purged (a late
+    image re-opened its study, or a redraft) is stood in for by its UIDs from the database and the patient and
+    study attributes of a held image of the same study. None when no image's file is held."""
+    held = [instance for instance in instances if instance.purged_at is None and Path(instance.spool_path).is_file()]
+    if not held:
+        return None
+    headers: dict[int, Dataset] = {
+        instance.id: pydicom.dcmread(instance.spool_path, stop_before_pixels=True) for instance in held
+    }
+    template = headers[held[0].id]
+    evidence = [headers[instance.id] for instance in held]
+    for instance in instances:
+        if instance.id in headers:
+            continue
+        stand_in = Dataset()
+        for keyword in _SHARED_HEADER:
+            if keyword in template:
+                setattr(stand_in, keyword, template[keyword].value)
+        stand_in.SeriesInstanceUID = instance.series.series_uid
+        stand_in.SOPInstanceUID = instance.sop_instance_uid
+        stand_in.SOPClassUID = instance.sop_class_uid
+        evidence.append(stand_in)
+    return evidence
 
 
 def _region(value: list[int]) -> Region:

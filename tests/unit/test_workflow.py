@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -191,6 +192,81 @@ def test_draft_study_writes_and_records_the_sr(sqlite_url, drafting_study, demo_
             session, study=session.get(Study, study_id), generation=1, packs=[hip_pack_for(card)], spool=spool
         )
     assert (again.state, again.draft_id, again.message) == (StudyState.DRAFTED, outcome.draft_id, "already drafted")
+
+
+def _referenced_uids(sr) -> set[str]:
+    return {
+        item.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
+
+
+def _purge(url: str, *, images: list[int] | None = None, draft_id: int | None = None) -> None:
+    """What spool retention leaves: rows stamped purged whose files are gone. The images are the session's demo
+    study, which other tests read: their rows are pointed at a path with no file instead of deleting them."""
+    with session_scope(url) as session:
+        for instance_id in images or []:
+            instance = session.get(Instance, instance_id)
+            instance.spool_path = f"{instance.spool_path}.purged-by-the-test"
+            instance.purged_at = utcnow()
+        if draft_id is not None:
+            draft = session.get(Draft, draft_id)
+            for path in (draft.sr_path, draft.results_sr_path):
+                Path(path).unlink()
+            draft.purged_at = utcnow()
+
+
+def _draft(url: str, study_id: int, generation: int, card, spool: Spool) -> DraftOutcome:
+    with session_scope(url) as session:
+        study = session.get(Study, study_id)
+        return draft_study(session, study=study, generation=generation, packs=[hip_pack_for(card)], spool=spool)
+
+
+def test_a_redraft_after_retention_purged_some_images_and_the_last_srs_stands_them_in(
+    sqlite_url, drafting_study, tmp_path
+):
+    """A late image re-opens a study whose other images and SRs retention purged: the new draft is written, its
+    SRs reference every image (the purged ones by their UIDs) and copy the patient from the image still held."""
+    study_id, card = drafting_study
+    _classify_all(sqlite_url, card, {"right": {"tha": 0.9, "none": 0.1}, "left": {"none": 0.8, "tha": 0.2}})
+    with session_scope(sqlite_url) as session:  # the rectangle each hip was read from, as classify records it
+        for prediction in session.scalars(select(Prediction)):
+            prediction.region = [0, 96, 0, 96]
+    spool = Spool(tmp_path / "spool")
+    first = _draft(sqlite_url, study_id, 1, card, spool)
+    with session_scope(sqlite_url) as session:
+        instances = list(session.scalars(select(Instance).order_by(Instance.id)))
+        uids = {instance.sop_instance_uid for instance in instances}
+        kept = pydicom.dcmread(instances[-1].spool_path, stop_before_pixels=True)
+        purged = [instance.id for instance in instances[:-1]]
+    _purge(sqlite_url, images=purged, draft_id=first.draft_id)
+
+    second = _draft(sqlite_url, study_id, 2, card, spool)
+
+    assert second.state is StudyState.DRAFTED and second.draft_id != first.draft_id
+    with session_scope(sqlite_url) as session:
+        draft = session.get(Draft, second.draft_id)
+        sr, results = pydicom.dcmread(draft.sr_path), pydicom.dcmread(draft.results_sr_path)
+    for document in (sr, results):
+        assert _referenced_uids(document) == uids
+        assert (document.PatientName, document.PatientID) == (kept.PatientName, kept.PatientID)
+        assert "PredecessorDocumentsSequence" not in document  # the purged SRs are no longer named
+    assert "Right hip: Total hip arthroplasty." in draft.text
+
+
+def test_a_draft_whose_images_were_all_purged_is_an_error_that_says_so(sqlite_url, drafting_study, tmp_path):
+    study_id, card = drafting_study
+    _classify_all(sqlite_url, card, {"right": {"tha": 0.9, "none": 0.1}, "left": {"none": 0.8, "tha": 0.2}})
+    with session_scope(sqlite_url) as session:
+        everything = list(session.scalars(select(Instance.id)))
+    _purge(sqlite_url, images=everything)
+
+    outcome = _draft(sqlite_url, study_id, 1, card, Spool(tmp_path / "spool"))
+
+    assert (outcome.state, outcome.draft_id) == (StudyState.ERROR, None)
+    assert "purged by spool retention" in outcome.message
 
 
 def test_draft_study_ignores_predictions_of_another_model(sqlite_url, drafting_study, tmp_path):
