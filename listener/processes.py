@@ -5,12 +5,12 @@ DIMSE port together. How, and why so:
 
 - **One listening socket, shared; the least busy process accepts.** The supervisor binds (host, port); every
   listener process is given that socket, listens on it once it serves (so the port opens only when one does)
-  and accepts from it. When a connection waits, the
-  process with the fewest connections open takes it (:class:`predraft.listener.connections.AcceptTurns`): four
-  associations arriving together are held two and two by two processes. (Each process binding its own socket
-  with SO_REUSEPORT, the first way, let the kernel deal connections by a hash of their ports: half the time
-  three of four went to one process, whose one core then did three quarters of the work, 15 to 35 % slower
-  than two and two in ``bench/ingest.py``; and connections queued on a process that died were reset.) No
+  and accepts from it. When a connection waits, the process with the fewest connections open takes it
+  (:class:`predraft.listener.connections.AcceptTurns`): four associations arriving together are held two and
+  two by two processes. (Each process binding its own socket with SO_REUSEPORT, the first way, let the kernel
+  deal connections by a hash of their ports: half the time three of four went to one process, whose one core
+  then did three quarters of the work, 15 to 35 % slower than two and two for small instances over four
+  associations; and connections queued on a process that died were reset.) No
   process hands sockets to another (SCM_RIGHTS): a SIGKILLed process loses only the connections it held
   (their unanswered C-STOREs, which the sender sends again), the socket stays open in the others, and they
   keep accepting. Each process applies the same allow-lists, TLS, bounds and durable receiving: it runs
