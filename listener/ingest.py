@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 from pydicom.dataset import Dataset
 from sqlalchemy import Connection, bindparam, case, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from predraft.core.db import insert_or_nothing
 from predraft.core.schema import Event, Instance, Series, Study, utcnow
 from predraft.core.states import EventKind, InstanceState, StudyState
 from predraft.listener.spool import check_uid
@@ -114,23 +111,17 @@ class IngestResult:
     file_held: bool = True
 
 
-#: Each dialect's INSERT that takes ON CONFLICT DO NOTHING.
-_INSERT_OR_NOTHING: dict[str, Callable[[Any], Any]] = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}
-
-
 class _Statements:
     """The statements :func:`record_instance` runs, built once per SQL dialect (PostgreSQL or SQLite): Core
     statements whose values are bound at execution, so that SQLAlchemy compiles each once per process and the
     per-instance cost is the database's own work, not the building of statements."""
 
     def __init__(self, dialect: str) -> None:
-        if dialect not in _INSERT_OR_NOTHING:
-            raise NotImplementedError(f"database dialect {dialect!r} is not supported (PostgreSQL or SQLite)")
-        upsert = _INSERT_OR_NOTHING[dialect]
+        """Raises NotImplementedError for a dialect other than PostgreSQL's or SQLite's."""
         self.instance = select(Instance.id, Instance.study_id, Instance.spool_path, Instance.purged_at).where(
             Instance.sop_instance_uid == bindparam("sop_instance_uid")
         )
-        self.open_study = upsert(Study).on_conflict_do_nothing(index_elements=["study_uid"]).returning(Study.id)
+        self.open_study = insert_or_nothing(Study, "study_uid", dialect).returning(Study.id)
         self.study = select(Study.id, Study.state, Study.generation).where(Study.study_uid == bindparam("uid"))
         # A study opened by an instance without descriptions takes them from a later one.
         self.touch_study = (
@@ -151,7 +142,7 @@ class _Statements:
             .where(Study.id == bindparam("row"))
             .values(state=StudyState.RECEIVING, generation=bindparam("next_generation"), error=None)
         )
-        self.open_series = upsert(Series).on_conflict_do_nothing(index_elements=["series_uid"]).returning(Series.id)
+        self.open_series = insert_or_nothing(Series, "series_uid", dialect).returning(Series.id)
         self.series = select(Series.id).where(Series.series_uid == bindparam("uid"))
         self.new_instance = insert(Instance).returning(Instance.id)
         self.event = insert(Event)

@@ -121,6 +121,18 @@ def read_connection(database_url: str) -> Iterator[Connection]:
         yield connection
 
 
+def insert_or_nothing(table: type[Any], key: str | Sequence[str], dialect: str) -> Insert:
+    """``INSERT INTO table ... ON CONFLICT (key) DO NOTHING`` in the SQL ``dialect`` (PostgreSQL or SQLite), its
+    values given by ``.values()`` or bound when it runs; ``key`` is a column or the columns of a unique
+    constraint. Raises NotImplementedError for another dialect."""
+    columns = [key] if isinstance(key, str) else list(key)
+    if dialect == "postgresql":
+        return postgresql_insert(table).on_conflict_do_nothing(index_elements=columns)
+    if dialect == "sqlite":
+        return sqlite_insert(table).on_conflict_do_nothing(index_elements=columns)
+    raise NotImplementedError(f"database dialect {dialect!r} is not supported (PostgreSQL or SQLite)")
+
+
 def insert_ignoring_conflict(
     session: Session, table: type[Any], values: dict[str, object], key: str | Sequence[str]
 ) -> bool:
@@ -130,15 +142,7 @@ def insert_ignoring_conflict(
     Returns True when this call inserted the row. Safe against a concurrent insert of the same key
     (PostgreSQL and SQLite ``ON CONFLICT DO NOTHING``).
     """
-    dialect = session.get_bind().dialect.name
-    columns = [key] if isinstance(key, str) else list(key)
-    statement: Insert
-    if dialect == "postgresql":
-        statement = postgresql_insert(table).values(**values).on_conflict_do_nothing(index_elements=columns)
-    elif dialect == "sqlite":
-        statement = sqlite_insert(table).values(**values).on_conflict_do_nothing(index_elements=columns)
-    else:
-        raise NotImplementedError(f"database dialect {dialect!r} is not supported (PostgreSQL or SQLite)")
+    statement = insert_or_nothing(table, key, session.get_bind().dialect.name).values(**values)
     # RETURNING, not rowcount: on PostgreSQL an ORM insert's rowcount is -1 whether or not a row went in.
     return session.execute(statement.returning(*table.__table__.primary_key.columns)).first() is not None
 
