@@ -140,7 +140,6 @@ class LocalSlots:
 
     def __init__(self) -> None:
         self.taken = 0
-        self.connections = 0
 
     def take(self, limit: int) -> bool:
         if self.taken >= limit:
@@ -152,10 +151,10 @@ class LocalSlots:
         self.taken = max(0, self.taken - 1)
 
     def connection_opened(self) -> None:
-        self.connections += 1
+        """Nothing to count: one process alone takes every connection."""
 
     def connection_closed(self) -> None:
-        self.connections = max(0, self.connections - 1)
+        """Nothing to count."""
 
 
 #: Connections the kernel queues for the acceptor, which takes each in well under a millisecond.

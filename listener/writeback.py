@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 import tempfile
 from functools import lru_cache
 from typing import IO, Any
-
-log = logging.getLogger(__name__)
 
 #: Bytes written between two requests to start writeback (below this, the fsync handles the whole file).
 WRITEBACK_STEP_BYTES = 1 << 20
