@@ -92,3 +92,16 @@ def test_a_read_connection_reads_while_another_connection_holds_the_write_lock(s
     holder.join()
 
     assert counts == [0] and elapsed < 3
+
+
+def test_insert_or_nothing_is_built_for_postgresql_and_sqlite_only() -> None:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from predraft.core.db import insert_or_nothing
+    from predraft.core.schema import Study
+
+    for name, dialect in (("postgresql", postgresql.dialect()), ("sqlite", sqlite.dialect())):
+        sql = str(insert_or_nothing(Study, "study_uid", name).compile(dialect=dialect))
+        assert "ON CONFLICT (study_uid) DO NOTHING" in sql
+    with pytest.raises(NotImplementedError, match="'mysql' is not supported"):
+        insert_or_nothing(Study, "study_uid", "mysql")
