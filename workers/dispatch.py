@@ -13,12 +13,12 @@ from datetime import timedelta
 from typing import Any, cast
 
 from celery import Celery
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, true, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from predraft.core.clock import as_utc
-from predraft.core.db import session_scope
+from predraft.core.db import read_connection, session_scope
 from predraft.core.events import record_event
 from predraft.core.schema import Instance, Prediction, Study, utcnow
 from predraft.core.settings import ExpectedViewsRule, expected_view_count
@@ -40,6 +40,12 @@ def claim_ready_studies(
     RequestedProcedureDescription gives a count, and the study holds at least that many images (a rule that
     gives no count, a minimum such as "2+ VIEWS", leaves it to the quiet time). Quiet: no new image for
     ``quiet_seconds``.
+
+    The receiving studies are read without a write lock (:func:`predraft.core.db.read_connection`): this runs
+    every ``stability_poll_seconds``, and on SQLite a write transaction held while the query runs makes every
+    listener's recording of an instance wait for it. A write transaction is begun only for studies found
+    ready, each claimed with an UPDATE conditional on what was read: still receiving, and (when found quiet)
+    no image recorded since.
     """
     now = utcnow()
     cutoff = now - timedelta(seconds=quiet_seconds)
@@ -48,26 +54,31 @@ def claim_ready_studies(
         .where(Instance.study_id == Study.id, Instance.sop_class_uid.in_(CLASSIFIABLE_SOP_CLASSES))
         .scalar_subquery()
     )
-    claimed: list[int] = []
-    with session_scope(database_url) as session:
-        candidates = session.execute(
+    with read_connection(database_url) as connection:
+        candidates = connection.execute(
             select(Study.id, Study.last_instance_at, Study.study_description, Study.requested_procedure, images).where(
                 Study.state == StudyState.RECEIVING
             )
         ).all()
-        for study_id, last_instance_at, description, procedure, count in candidates:
-            expected = expected_view_count(expected_views, description, procedure)
-            if expected is not None and count >= expected:
-                reason = f"complete: {count} image(s), {expected} expected"
-            elif as_utc(last_instance_at) < cutoff:
-                reason = f"quiet for {quiet_seconds:g} s with {count} image(s)"
-            else:
-                continue
+    due: list[tuple[int, str, ColumnElement[bool]]] = []
+    for study_id, last_instance_at, description, procedure, count in candidates:
+        expected = expected_view_count(expected_views, description, procedure)
+        if expected is not None and count >= expected:
+            # Images are only ever added: a study complete when read is complete when claimed.
+            due.append((study_id, f"complete: {count} image(s), {expected} expected", true()))
+        elif as_utc(last_instance_at) < cutoff:
+            quiet = Study.last_instance_at == last_instance_at
+            due.append((study_id, f"quiet for {quiet_seconds:g} s with {count} image(s)", quiet))
+    claimed: list[int] = []
+    if not due:
+        return claimed
+    with session_scope(database_url) as session:
+        for study_id, reason, unchanged in due:
             result = cast(
                 CursorResult[Any],
                 session.execute(
                     update(Study)
-                    .where(Study.id == study_id, Study.state == StudyState.RECEIVING)
+                    .where(Study.id == study_id, Study.state == StudyState.RECEIVING, unchanged)
                     .values(state=StudyState.READY, ready_at=now)
                 ),
             )

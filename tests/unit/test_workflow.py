@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from predraft.models.card import load_card
 
 # predraft.workers.tasks at collection: its shared tasks are then registered in every Celery app a test makes, whichever
 # test made the current one (a task module imported later reaches only the apps still active).
-from predraft.workers import tasks
+from predraft.workers import dispatch, tasks
 from predraft.workers.app import CLASSIFY, DRAFT, PREPARE
 from predraft.workers.dispatch import claim_ready_studies, finish_if_done, reclassify_stale_instances, start_study
 from predraft.workers.drafting import DraftOutcome, apply_outcome, draft_study
@@ -58,6 +61,50 @@ def test_only_quiet_receiving_studies_are_claimed_once(sqlite_url, demo_study):
     assert claim_ready_studies(sqlite_url, quiet_seconds=60) == [study_id]
     assert _state(sqlite_url, study_id) == StudyState.READY
     assert claim_ready_studies(sqlite_url, quiet_seconds=60) == []
+
+
+def test_a_study_that_gets_an_image_after_it_was_read_as_quiet_is_not_claimed(sqlite_url, demo_study, monkeypatch):
+    """The receiving studies are read without a write lock: an image recorded between that read and the claim
+    keeps the study receiving (its quiet time starts again), and the next pass claims it once quiet."""
+    study_id = _ingest(sqlite_url, [demo_study[0].path])
+    _age(sqlite_url, study_id, 120)
+    real = dispatch.read_connection
+
+    @contextmanager
+    def read_then_an_image_arrives(url: str):
+        with real(url) as connection:
+            yield connection
+        _ingest(sqlite_url, [demo_study[1].path])
+
+    monkeypatch.setattr(dispatch, "read_connection", read_then_an_image_arrives)
+    assert claim_ready_studies(sqlite_url, quiet_seconds=60) == []
+    assert _state(sqlite_url, study_id) == StudyState.RECEIVING
+    monkeypatch.undo()
+    _age(sqlite_url, study_id, 120)
+    assert claim_ready_studies(sqlite_url, quiet_seconds=60) == [study_id]
+
+
+def test_looking_for_ready_studies_does_not_wait_for_a_writer(sqlite_url, demo_study):
+    """With nothing ready, a pass takes no write lock: it ends while another connection holds one (before, it
+    queued behind the writer, and every instance a listener recorded queued behind the pass)."""
+    study_id = _ingest(sqlite_url, [image.path for image in demo_study])
+    writer = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        finished = threading.Event()
+        found: list[list[int]] = []
+        thread = threading.Thread(
+            target=lambda: (found.append(claim_ready_studies(sqlite_url, quiet_seconds=60)), finished.set()),
+            daemon=True,
+        )
+        thread.start()
+        assert finished.wait(10), "the pass waited for the writer's lock"
+        assert found == [[]]
+    finally:
+        writer.rollback()
+        writer.close()
+    _age(sqlite_url, study_id, 120)
+    assert claim_ready_studies(sqlite_url, quiet_seconds=60) == [study_id]
 
 
 def test_a_study_with_its_expected_views_is_claimed_before_its_quiet_time(sqlite_url, demo_study):
