@@ -59,6 +59,9 @@ TRANSFER_SYNTAX_UID = 0x00020010
 UNDEFINED_LENGTH = 0xFFFFFFFF
 #: The Sequence Delimitation Item (FFFE,E0DD) and its zero length, which end an element of undefined length.
 SEQUENCE_DELIMITER = {little: struct.pack("<HHL" if little else ">HHL", 0xFFFE, 0xE0DD, 0) for little in (True, False)}
+#: The (group, element) of the top-level elements pydicom stops before when it reads a header: Pixel Data, Float
+#: and Double Float Pixel Data.
+PIXEL_DATA_TAGS = frozenset({(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)})
 #: The transports of ``predraft_inputs_refused``: DIMSE C-STORE hands the Receiver a file, STOW-RS bytes.
 DIMSE, STOW = "dimse", "stow"
 INVALID_UID = "invalid_uid"  # the INPUTS_REFUSED bound of a malformed UID
@@ -200,7 +203,7 @@ class Receiver:
         if (refused := self.bounds_refusal(data, source=source, transport=transport)) is not None:
             return refused
         try:
-            ds = _read_header(data)
+            ds, resume = _read_header(data)
             if (crossed := self.bounds.parsed_crossed(ds)) is not None:  # what the header walk could not follow
                 return self._refuse_crossed(crossed, source, transport)
             header = InstanceHeader.from_dataset(ds, str(ds.file_meta.get("TransferSyntaxUID", "")))
@@ -223,7 +226,7 @@ class Receiver:
             "sop_instance_uid": header.sop_instance_uid,
             "study_uid": header.study_uid,
         }
-        if (cut := truncation(data)) is not None:
+        if (cut := truncation(data, resume=resume)) is not None:
             return self._refuse(ReceiveStatus.CANNOT_UNDERSTAND, cut, source, **ids)
         if expected_sop_class is not None and header.sop_class_uid != expected_sop_class:
             return self._refuse(
@@ -319,57 +322,106 @@ def _mapped(path: Path) -> Iterator[Buffer]:
             yield mapped
 
 
-def _read_header(data: Buffer) -> Dataset:
-    """The data set of the Part 10 file ``data`` up to its pixel data, as pydicom reads it."""
+def _read_header(data: Buffer) -> tuple[Dataset, _Resume | None]:
+    """The data set of the Part 10 file ``data`` up to its pixel data, as pydicom reads it, and where
+    :func:`truncation` may resume: at the top-level Pixel Data element, when pydicom's read stopped there (None
+    otherwise: no pixel data, a cut file that ended first, a Deflated data set, which pydicom reads from an
+    inflated copy, or no element left to tell how it was read).
+
+    pydicom reads the elements in turn, each header at the end of the element before, and stops before a
+    top-level Pixel Data, Float or Double Float Pixel Data element (never one nested in a sequence); at the end
+    of the bytes it stops without complaint. So when it stopped at Pixel Data, every element before lies whole
+    within ``data``. The VR encoding to walk on in is the one pydicom read the top-level elements in, as each
+    raw element records it (which may differ from what the transfer syntax says)."""
     reader = BufferReader(data)
     try:
-        return pydicom.dcmread(reader, stop_before_pixels=True)
+        ds = pydicom.dcmread(reader, stop_before_pixels=True)
+        position = reader.tell()
     finally:
         reader.release()
+    if str(ds.file_meta.get("TransferSyntaxUID", "")) == DeflatedExplicitVRLittleEndian:
+        return ds, None
+    read = _first_raw_element(ds)
+    if read is None:
+        return ds, None
+    tag = data[position : position + 4]
+    little = read.is_little_endian
+    if len(tag) == 4 and struct.unpack("<HH" if little else ">HH", tag) in PIXEL_DATA_TAGS:
+        return ds, _Resume(position, read.is_implicit_VR, little)
+    return ds, None
 
 
-def truncation(data: Buffer) -> str | None:
+def _first_raw_element(ds: Dataset) -> RawDataElement | None:
+    """The first top-level element of ``ds`` past the File Meta Information still as pydicom read it (not yet
+    converted), which records the VR encoding it was read in; None if there is none."""
+    for tag in ds.keys():  # noqa: SIM118  # iterating a Dataset converts each element; its keys are only tags
+        item = ds.get_item(tag) if tag.group > 0x0002 else None
+        if isinstance(item, RawDataElement):
+            return item
+    return None
+
+
+@dataclass(frozen=True)
+class _Resume:
+    """Where :func:`truncation` may start its walk instead of the file's start: a top-level element that pydicom
+    reached by reading every element before it (see :func:`_read_header`), and the VR encoding it read them in."""
+
+    offset: int
+    implicit: bool
+    little: bool
+
+
+def truncation(data: Buffer, *, resume: _Resume | None = None) -> str | None:
     """Why the Part 10 file ``data`` is cut short, or None when it is whole (or not a Part 10 file at all).
 
     The data set is whole when every element of defined length fits in the bytes there are, every
     element of undefined length (a sequence, encapsulated Pixel Data) ends with its Sequence Delimitation
     Item, and the last element ends where the file does. Values are skipped, not read: the cost is one
-    seek per element and per fragment of encapsulated pixel data. Never raises.
+    seek per element and per fragment of encapsulated pixel data. With ``resume``, the walk starts there
+    (the elements before it known whole) instead of at the File Meta Information. Never raises.
     """
     if data[PREAMBLE_LENGTH - 4 : PREAMBLE_LENGTH] != b"DICM":
         return None
     reader = BufferReader(data)  # copies only what the walk reads
     try:
-        return _truncation(reader, data)
+        if resume is not None:
+            reader.seek(resume.offset)
+            return _walk_checked(lambda: _cut_element(reader, data, resume.little, implicit=resume.implicit))
+        return _walk_checked(lambda: _truncation(reader, data))
     finally:
         reader.release()
 
 
-def _truncation(fp: BufferReader, data: Buffer) -> str | None:
-    fp.seek(PREAMBLE_LENGTH)
+def _walk_checked(walk: Callable[[], str | None]) -> str | None:
+    """``walk()``'s verdict, or what the exception it raised says of the file."""
     try:
-        meta = list(data_element_generator(fp, False, True, _past_file_meta))  # type: ignore[arg-type]  # duck-typed
-        last = meta[-1] if meta else None
-        if last is not None and not isinstance(last, RawDataElement):
-            # pydicom read it as a sequence of undefined length, which has no value_tell: unreadable (below)
-            raise AttributeError(f"File Meta Information element {last.tag} of undefined length")
-        if (last.value_tell + last.length if last is not None else PREAMBLE_LENGTH) != fp.tell():
-            return "the file ends inside its File Meta Information (truncated)"
-        _read_command_set_elements(fp)  # type: ignore[arg-type]  # skipped, as pydicom does before the data set
-        syntax = _transfer_syntax(next((e for e in meta if e.tag == TRANSFER_SYNTAX_UID), None))
-        if syntax == DeflatedExplicitVRLittleEndian:
-            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            inflated = inflater.decompress(data[fp.tell() :])
-            if not inflater.eof:
-                return "the deflated data set ends inside its compressed stream (truncated)"
-            return _cut_element(BytesIO(inflated), inflated, syntax != ExplicitVRBigEndian)
-        return _cut_element(fp, data, syntax != ExplicitVRBigEndian)
+        return walk()
     except (EOFError, OSError):  # pydicom found no delimiter (EOFError) or no next item (OSError) in a value
         return "the data set ends inside an element of undefined length, before its delimiter (truncated)"
     except struct.error:  # an element header with no room for its 4-byte length
         return "the file ends inside the header of an element (truncated)"
     except Exception as exc:  # anything else is a file that cannot be read to its end either
         return f"the data set cannot be read to its end ({type(exc).__name__})"
+
+
+def _truncation(fp: BufferReader, data: Buffer) -> str | None:
+    fp.seek(PREAMBLE_LENGTH)
+    meta = list(data_element_generator(fp, False, True, _past_file_meta))  # type: ignore[arg-type]  # duck-typed
+    last = meta[-1] if meta else None
+    if last is not None and not isinstance(last, RawDataElement):
+        # pydicom read it as a sequence of undefined length, which has no value_tell: unreadable (below)
+        raise AttributeError(f"File Meta Information element {last.tag} of undefined length")
+    if (last.value_tell + last.length if last is not None else PREAMBLE_LENGTH) != fp.tell():
+        return "the file ends inside its File Meta Information (truncated)"
+    _read_command_set_elements(fp)  # type: ignore[arg-type]  # skipped, as pydicom does before the data set
+    syntax = _transfer_syntax(next((e for e in meta if e.tag == TRANSFER_SYNTAX_UID), None))
+    if syntax == DeflatedExplicitVRLittleEndian:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        inflated = inflater.decompress(data[fp.tell() :])
+        if not inflater.eof:
+            return "the deflated data set ends inside its compressed stream (truncated)"
+        return _cut_element(BytesIO(inflated), inflated, syntax != ExplicitVRBigEndian)
+    return _cut_element(fp, data, syntax != ExplicitVRBigEndian)
 
 
 def _past_file_meta(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -387,12 +439,14 @@ def _undefined_length(element: DataElement | RawDataElement) -> bool:
     return element.length == UNDEFINED_LENGTH
 
 
-def _cut_element(fp: BufferReader | BytesIO, data: Buffer, little: bool) -> str | None:
-    """The first element of the data set at ``fp`` (in ``data``) that the end of ``data`` cuts, if any."""
+def _cut_element(fp: BufferReader | BytesIO, data: Buffer, little: bool, *, implicit: bool | None = None) -> str | None:
+    """The first element from ``fp`` on (in ``data``) that the end of ``data`` cuts, if any. ``implicit`` None: the
+    first element decides implicit or explicit VR, as pydicom lets it for a data set, whatever the transfer syntax
+    says."""
     end = fp.tell()
-    # Like pydicom, let the first element decide implicit or explicit VR, whatever the transfer syntax says.
-    vr = data[end + 4 : end + 6]
-    implicit = len(vr) == 2 and not all(0x40 < char < 0x5B for char in vr)
+    if implicit is None:
+        vr = data[end + 4 : end + 6]
+        implicit = len(vr) == 2 and not all(0x40 < char < 0x5B for char in vr)
     for element in data_element_generator(fp, implicit, little, defer_size=0):  # type: ignore[arg-type]  # duck-typed
         if _undefined_length(element):
             end = fp.tell()

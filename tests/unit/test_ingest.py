@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import struct
 import threading
 from io import BytesIO
 
@@ -10,6 +11,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -21,12 +23,14 @@ from sqlalchemy import event, func, select
 from predraft.core.db import get_engine, session_scope
 from predraft.core.schema import Event, Instance, Series, Study, utcnow
 from predraft.core.states import InstanceState, StudyState
+from predraft.listener import receive as receive_module
 from predraft.listener import status
 from predraft.listener.dimse import STATUS_OF
 from predraft.listener.ingest import InstanceHeader, record_instance
 from predraft.listener.receive import Receiver, ReceiveStatus
 from predraft.listener.spool import Spool
 from tests.conftest import real_file
+from tests.unit.conftest import REAL_DIR
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -495,3 +499,66 @@ def test_receiver_finds_a_cut_inside_a_sequence_of_undefined_length(sqlite_url, 
     assert "undefined length, before its delimiter (truncated)" in outcome.message
     assert _spooled(receiver.spool) == []
     assert receiver.receive(whole, source="PACS_AE").status is ReceiveStatus.STORED
+
+
+def _verdicts(data: bytes) -> tuple[str | None, str | None, bool]:
+    """The truncation verdict of the whole walk, that of the walk resumed where pydicom's header read stopped
+    (the receiver's), and whether the resumed walk was taken."""
+    try:
+        _, resume = receive_module._read_header(data)
+    except Exception:  # the receiver walks the whole file when pydicom cannot read its header
+        resume = None
+    return receive_module.truncation(data), receive_module.truncation(data, resume=resume), resume is not None
+
+
+def _cuts(data: bytes) -> list[bytes]:
+    """``data`` whole, cut at a dozen places from the File Meta Information to the last byte, and with bytes after
+    its end."""
+    return (
+        [data, data + b"\x00" * 6, data + b"\xfc\xff\xfc\xff" + b"OB\x00\x00\x04\x00\x00\x00abcd"]
+        + [data[: len(data) * step // 13] for step in range(1, 13)]
+        + [data[:-1], data[:-7]]
+    )
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in REAL_DIR.glob("*.dcm")) if REAL_DIR.is_dir() else [])
+def test_the_walk_resumed_at_pixel_data_gives_the_whole_walks_verdict_on_real_files(name):
+    """The receiver walks a file from its Pixel Data on when pydicom's header read stopped there (every element
+    before it whole): on every real test file, whole and cut a dozen ways, the verdict is the whole walk's."""
+    data = real_file(name).read_bytes()
+    for variant in _cuts(data):
+        whole_walk, resumed, _ = _verdicts(variant)
+        assert resumed == whole_walk, (len(variant), len(data))
+    assert _verdicts(data)[2], "the walk did not resume at the Pixel Data of a whole file"
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian])
+def test_the_resumed_walk_agrees_in_every_uncompressed_transfer_syntax(syntax):
+    ds = _dataset(Rows=64, Columns=64, SamplesPerPixel=1, BitsAllocated=16, BitsStored=16, PixelRepresentation=0)
+    ds.PixelData = bytes(range(256)) * 32
+    data = _encoded(ds, syntax)
+    for variant in _cuts(data):
+        whole_walk, resumed, taken = _verdicts(variant)
+        assert resumed == whole_walk
+    assert _verdicts(data)[2] is (syntax != DeflatedExplicitVRLittleEndian)  # pydicom reads a deflated copy
+
+
+@pytest.mark.filterwarnings("ignore:Expected explicit VR, but found implicit VR")
+def test_the_resumed_walk_reads_pixel_data_as_pydicom_read_the_data_set_not_as_the_syntax_says():
+    """A data set written in implicit VR under an explicit transfer syntax: pydicom reads it as implicit, and so
+    does the resumed walk, where a walk that went by the transfer syntax would misread the Pixel Data element
+    (its length's low bytes spell a VR)."""
+    ds = _dataset(Rows=1, Columns=1, BitsAllocated=8, SamplesPerPixel=1, PixelRepresentation=0)
+    ds.PixelData = b"\x00" * 0x4144  # its length's first bytes, little endian, spell "DA" (a VR)
+    explicit = _encoded(ds, ExplicitVRLittleEndian)
+    meta_end = 144 + struct.unpack("<I", explicit[140:144])[0]  # (0002,0000) gives the File Meta Information's length
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, True
+    write_dataset(body, ds)
+    mislabelled = explicit[:meta_end] + body.getvalue()
+    assert pydicom.dcmread(BytesIO(mislabelled)).PixelData == ds.PixelData  # pydicom reads it as implicit VR
+    assert b"\xe0\x7f\x10\x00DA" in mislabelled  # (7FE0,0010) followed by "DA": explicit VR, at a glance
+    for variant in _cuts(mislabelled):
+        whole_walk, resumed, _ = _verdicts(variant)
+        assert resumed == whole_walk
+    assert _verdicts(mislabelled) == (None, None, True)
