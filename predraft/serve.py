@@ -26,6 +26,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from predraft.core.bootstrap import die_with_parent
 from predraft.core.settings import Settings
@@ -49,6 +50,10 @@ class StopSignals:
     each further signal in case a library swallowed the first. Elsewhere (while parts start, while serve waits
     for them or runs) nothing is raised: the code checks :attr:`requested`, so that a part is never started
     without being recorded, and so stopped.
+
+    Python itself swallows the exception when the signal lands in a weakref callback or a finaliser (SQLAlchemy's,
+    during a migration, say) and prints it as "Exception ignored in ..." with its traceback; inside
+    :meth:`interruptible` such a StopRequested is dropped quietly instead, the stop being recorded all the same.
     """
 
     def __init__(self) -> None:
@@ -72,10 +77,24 @@ class StopSignals:
         if self.requested.is_set():
             raise StopRequested("stop requested")
         self._interruptible = True
+        reporting = sys.unraisablehook
+        sys.unraisablehook = _quiet_about_stops(reporting)
         try:
             yield
         finally:
             self._interruptible = False
+            sys.unraisablehook = reporting
+
+
+def _quiet_about_stops(reporting: Callable[[Any], object]) -> Callable[[Any], None]:
+    """An unraisable-exception hook that drops a :class:`StopRequested` (its stop is recorded in
+    :attr:`StopSignals.requested`) and hands anything else to ``reporting``."""
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, StopRequested):
+            reporting(unraisable)
+
+    return hook
 
 
 def prepare_environment(settings: Settings) -> None:
