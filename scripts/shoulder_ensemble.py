@@ -39,10 +39,9 @@ def _probabilities(run: Path, data: Path, rows: dict[str, list], framing) -> dic
     out: dict[str, dict[str, np.ndarray]] = {}
     for split, split_rows in rows.items():
         pixels = prepare_images(data, split_rows, input_size=classifier.card.input_size, framing=framing).pixels
-        out[split] = {
-            "plain": classifier.predict(pixels),
-            "mirrored": (classifier.predict(pixels) + classifier.predict(np.ascontiguousarray(pixels[:, :, ::-1]))) / 2,
-        }
+        plain = classifier.predict(pixels)
+        mirror = classifier.predict(np.ascontiguousarray(pixels[:, :, ::-1]))
+        out[split] = {"plain": plain, "mirrored": (plain + mirror) / 2}
     return out
 
 
