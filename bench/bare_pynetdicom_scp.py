@@ -1,7 +1,7 @@
 """The pynetdicom ceiling for bench/ingest.py: predraft's own DIMSE set-up with nothing behind it.
 
 Same AE and server as ``predraft listen`` (``predraft.listener.dimse.make_server``: contexts, PDU size, timeouts,
-TCP_NODELAY and the connection bounds), same chunked receive into a file; but the C-STORE handler only
+TCP_NODELAY, the connection bounds and the association threads that wait rather than poll), same chunked receive into a file; but the C-STORE handler only
 renames the received file into OUTPUT_DIR and answers success: no parse, no fsync, no database. It
 stores the way storescp does (written and closed, not synced), so predraft's rate over this one is
 what predraft's own work costs, and this one's rate over storescp's is what any listener built on

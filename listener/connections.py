@@ -56,6 +56,7 @@ from pynetdicom.transport import AssociationSocket
 
 from predraft.core import metrics
 from predraft.core.settings import MAX_LISTENER_PROCESSES, Settings
+from predraft.listener.reactors import PromptDUL, make_prompt
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -374,8 +375,10 @@ class ConnectionTable:
         ]
 
     def on_connection_open(self, event: evt.Event) -> None:
-        """EVT_CONN_OPEN (before the association's threads start): link the association to its connection
-        and bound the PDUs its socket reads."""
+        """EVT_CONN_OPEN (before the association's threads start): make its threads wait for work rather
+        than poll (:mod:`predraft.listener.reactors`), link the association to its connection and bound the
+        PDUs its socket reads."""
+        make_prompt(event.assoc)
         association_socket = event.assoc.dul.socket
         assert association_socket is not None  # the acceptor's DUL gets its socket before EVT_CONN_OPEN
         raw = association_socket.socket
@@ -477,6 +480,8 @@ class ConnectionTable:
     def _finish(self, connection: Connection) -> None:
         self._close(connection)
         if connection.assoc is not None:
+            if isinstance(connection.assoc.dul, PromptDUL):  # its thread ended or never started
+                connection.assoc.dul.close_wake_sockets()
             removed = remove_received_temp_files(connection.assoc)
             if removed:
                 log.warning(
