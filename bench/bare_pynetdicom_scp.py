@@ -1,11 +1,11 @@
 """The pynetdicom ceiling for bench/ingest.py: predraft's own DIMSE set-up with nothing behind it.
 
 Same AE and server as ``predraft listen`` (``predraft.listener.dimse.make_server``: contexts, PDU size, timeouts,
-TCP_NODELAY, the connection bounds and the association threads that wait rather than poll), same chunked receive into a file; but the C-STORE handler only
-renames the received file into OUTPUT_DIR and answers success: no parse, no fsync, no database. It
-stores the way storescp does (written and closed, not synced), so predraft's rate over this one is
-what predraft's own work costs, and this one's rate over storescp's is what any listener built on
-pynetdicom can reach on the machine.
+TCP_NODELAY, the connection bounds and the association threads that wait rather than poll), same chunked
+receive into a file; but the C-STORE handler only renames the received file into OUTPUT_DIR and answers
+success: no parse, no fsync, no database. It stores the way storescp does (written and closed, not synced),
+so predraft's rate over this one is what predraft's own work costs, and this one's rate over storescp's is
+what a listener built on pynetdicom as predraft builds it can reach on the machine.
 
     python bench/bare_pynetdicom_scp.py PORT AE_TITLE OUTPUT_DIR     (runs until SIGINT or SIGTERM)
 """
