@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torchvision.transforms import v2
 
+from predraft.models.card import load_card
 from predraft.models.datasets import LabelRow, prepare_images, read_labels
 from predraft.models.factory import load_backbone
 from predraft.models.pack import read_pack
@@ -97,8 +98,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     pack = read_pack(PACK)
-    card = json.loads((PACK / "card.json").read_text())
-    size, architecture = int(card["input_size"]), str(card["architecture"])
+    card, _ = load_card(PACK / pack.card, verify_weights=False)
+    size, architecture = card.input_size, card.architecture
     started = time.monotonic()
 
     development = read_labels(args.development, pack.class_names)
