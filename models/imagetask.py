@@ -19,6 +19,7 @@ import numpy as np
 import timm
 import torch
 from safetensors.torch import load_file
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from predraft.models.calibration import softmax
 from predraft.models.card import ModelCardError
@@ -83,8 +84,34 @@ class TaskModel:
         }
 
 
-def load_task_model(card_path: Path) -> TaskModel:
-    """The task model a card describes, its weights checked against the card's sha256."""
+def fold_batch_norms(network: torch.nn.Module) -> int:
+    """Fold each batch norm that directly follows a convolution into that convolution, in place; returns how many.
+
+    The pairs are timm's ``ConvNormAct`` blocks (``conv`` then ``bn``, as every regnet is built); timm's
+    ``BatchNormAct2d`` keeps its dropout and activation. The network computes the same function (to float
+    rounding) with one layer less per block: about a tenth faster on a CPU. For inference only: the network must
+    be in eval mode, and its state dict no longer fits its card's weights file.
+    """
+    if network.training:
+        raise ValueError("fold batch norms of a network in eval mode only")
+    folded = 0
+    for module in network.modules():
+        conv, norm = getattr(module, "conv", None), getattr(module, "bn", None)
+        if isinstance(conv, torch.nn.Conv2d) and isinstance(norm, torch.nn.BatchNorm2d):
+            module.conv = fuse_conv_bn_eval(conv, norm)
+            module.bn = torch.nn.Sequential(
+                getattr(norm, "drop", torch.nn.Identity()), getattr(norm, "act", torch.nn.Identity())
+            )
+            folded += 1
+    return folded
+
+
+def load_task_model(card_path: Path, *, inference_only: bool = False) -> TaskModel:
+    """The task model a card describes, its weights checked against the card's sha256.
+
+    ``inference_only``: batch norms folded into their convolutions (:func:`fold_batch_norms`), as the service
+    runs it; leave it off to train or save the network further (``predraft.models.taskhead``).
+    """
     card, weights_path = load_task_card(card_path)
     network = TaskNetwork(card.architecture, card.tasks)
     try:
@@ -93,4 +120,7 @@ def load_task_model(card_path: Path) -> TaskModel:
         raise ModelCardError(
             f"weights {weights_path} do not fit {card.architecture} with the tasks of {card_path}: {exc}"
         ) from exc
-    return TaskModel(card, network)
+    model = TaskModel(card, network)
+    if inference_only:
+        fold_batch_norms(model.network)
+    return model

@@ -103,7 +103,7 @@ def evaluate_real(
     if n_bootstrap < 10:
         raise EvaluateRealError(f"n_bootstrap must be at least 10, got {n_bootstrap}")
     tasks = _label_tasks(labels_csv)
-    gate = load_task_model(gate_card)
+    gate = load_task_model(gate_card, inference_only=True)  # as the service reads it
     if "region" not in gate.card.tasks:
         raise EvaluateRealError(f"gate card {gate_card} has no region task (it has {sorted(gate.card.tasks)})")
     rows = read_task_rows(labels_csv, images_dir, tasks, sources)

@@ -148,5 +148,5 @@ def load_gate(card_path: Path) -> Gate:
     """The process's one gate for ``card_path`` (loaded once, shared by the worker's threads)."""
     with _lock:
         if card_path not in _gates:
-            _gates[card_path] = Gate(load_task_model(card_path))
+            _gates[card_path] = Gate(load_task_model(card_path, inference_only=True))
         return _gates[card_path]

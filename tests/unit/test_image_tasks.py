@@ -17,7 +17,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from predraft.models.card import ModelCardError, sha256_of
-from predraft.models.imagetask import TaskNetwork, load_task_model
+from predraft.models.imagetask import TaskNetwork, fold_batch_norms, load_task_model
 from predraft.models.taskcard import TaskCard, load_task_card, write_task_card
 from predraft.models.taskdata import TaskLabelsError, read_task_rows
 from predraft.models.taskmetrics import grouped_rate
@@ -218,6 +218,44 @@ def test_load_task_card_checks_the_weights_sha256(tmp_path):
         load_task_card(card_path)
     with pytest.raises(ModelCardError, match="sha256"):
         load_task_model(card_path)
+
+
+def test_folding_batch_norms_keeps_the_function_and_leaves_no_batch_norm():
+    import torch
+
+    torch.manual_seed(0)
+    network = TaskNetwork("regnetx_002", TASKS)
+    for module in network.modules():  # trained-looking statistics, so that a wrong fold would show
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(module.bias, -0.2, 0.2)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norms(network.train())
+    network.eval()
+    batch = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        before = network(batch)
+    assert fold_batch_norms(network) > 40  # regnetx_002: the stem and three convolutions per block
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in network.modules())
+    with torch.inference_mode():
+        after = network(batch)
+    for task in TASKS:
+        assert torch.allclose(before[task], after[task], atol=1e-4), task
+        assert not torch.allclose(before[task], torch.zeros_like(before[task]))
+
+
+def test_the_bundled_gate_reads_the_same_with_its_batch_norms_folded():
+    from predraft.models.taskcard import GATE_CARD
+
+    plain, folded = load_task_model(GATE_CARD), load_task_model(GATE_CARD, inference_only=True)
+    images = np.random.default_rng(0).integers(0, 256, (4, plain.card.input_size, plain.card.input_size), np.uint8)
+    first, second = plain.predict(images), folded.predict(images)
+    for task in plain.card.tasks:
+        np.testing.assert_allclose(first[task], second[task], atol=1e-5)
+    assert "bn.weight" not in " ".join(folded.network.state_dict())
+    assert any(key.endswith("bn.weight") for key in plain.network.state_dict())
 
 
 def test_load_task_card_names_a_missing_or_invalid_card(tmp_path):
