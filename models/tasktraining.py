@@ -213,6 +213,36 @@ def _fit_network(
     return network.eval()
 
 
+def deal_folds(rows: Sequence[TaskRow], config: TaskTrainingConfig) -> np.ndarray:
+    """Each row's fold (0 .. ``config.folds`` - 1): the groups dealt by scikit-learn's StratifiedGroupKFold,
+    stratified by the rows' label combination, shuffled with ``config.seed``. No group is in two folds."""
+    splitter = StratifiedGroupKFold(n_splits=config.folds, shuffle=True, random_state=config.seed)
+    fold_of = np.full(len(rows), -1)
+    for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(rows)), _strata(rows), [r.group for r in rows])):
+        fold_of[held_out] = fold
+    return fold_of
+
+
+def fit_fold(
+    pixels: np.ndarray,
+    targets: np.ndarray,
+    rows: Sequence[TaskRow],
+    fold_of: np.ndarray,
+    fold: int,
+    classes: dict[str, tuple[str, ...]],
+    config: TaskTrainingConfig,
+    *,
+    progress: Callable[[str], None] = log.info,
+) -> TaskNetwork:
+    """The network cross-validation trains for ``fold``: on every row outside it (``fold_of`` from
+    :func:`deal_folds`), seeded ``config.seed + fold``; in eval mode, to read the held-out rows."""
+    train = fold_of != fold
+    strata = [stratum for stratum, keep in zip(_strata(rows), train, strict=True) if keep]
+    return _fit_network(
+        pixels[train], targets[train], strata, classes, config, seed=config.seed + fold, progress=progress
+    )
+
+
 def load_backbone_weights(network: TaskNetwork, path: Path) -> None:
     """Every backbone weight from ``path``, the weights of a network of the same architecture: a plain classifier
     (a hip model's; its head is ignored) or another task network (a gate's; its heads are ignored)."""
@@ -318,10 +348,7 @@ def train_task_model(
     targets = task_targets(rows, classes)
     strata = _strata(rows)
     groups = [row.group for row in rows]
-    splitter = StratifiedGroupKFold(n_splits=config.folds, shuffle=True, random_state=config.seed)
-    fold_of = np.full(len(rows), -1)
-    for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(rows)), strata, groups)):
-        fold_of[held_out] = fold
+    fold_of = deal_folds(rows, config)
     with (out_dir / FOLDS).open("w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["group", "fold"])
@@ -332,15 +359,7 @@ def train_task_model(
         progress(
             f"fold {fold + 1}/{config.folds}: training on {train_mask.sum()} rows, holding out {(~train_mask).sum()}"
         )
-        network = _fit_network(
-            pixels[train_mask],
-            targets[train_mask],
-            [s for s, k in zip(strata, train_mask, strict=True) if k],
-            classes,
-            config,
-            seed=config.seed + fold,
-            progress=progress,
-        )
+        network = fit_fold(pixels, targets, rows, fold_of, fold, classes, config, progress=progress)
         for task, value in predict_logits(network, pixels[~train_mask]).items():
             logits[task][~train_mask] = value
     temperatures, probabilities, thresholds, metrics = calibrate_and_measure(logits, targets, rows, classes, config)

@@ -31,15 +31,14 @@ from typing import Any
 
 import numpy as np
 from safetensors.torch import save_file
-from sklearn.model_selection import StratifiedGroupKFold
 
 from predraft.models.taskdata import TaskRow, prepare_task_images, read_task_rows, task_classes
 from predraft.models.taskmetrics import task_targets
 from predraft.models.tasktraining import (
     TaskTrainingConfig,
-    _fit_network,
-    _strata,
     calibrate_and_measure,
+    deal_folds,
+    fit_fold,
     predict_logits,
     write_out_of_fold,
 )
@@ -73,32 +72,19 @@ def gate_config(init: Path | None, epochs: int) -> TaskTrainingConfig:
 
 
 def cross_validate(config: TaskTrainingConfig, rows: list[TaskRow], images: Path, run: Path) -> None:
-    """Five folds as train-task deals them; fold weights and both readings' logits written to ``run``."""
+    """Five folds as train-task deals and trains them; fold weights and both readings' logits written to ``run``."""
     classes = {task: task_classes(rows, task, order) for task, order in config.tasks.items()}
     pixels = prepare_task_images(images, rows, input_size=config.input_size, cache_dir=run / "cache")
-    targets, strata, groups = task_targets(rows, classes), _strata(rows), [row.group for row in rows]
-    fold_of = np.full(len(rows), -1)
-    splitter = StratifiedGroupKFold(n_splits=config.folds, shuffle=True, random_state=config.seed)
-    for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(rows)), strata, groups)):
-        fold_of[held_out] = fold
+    targets, fold_of = task_targets(rows, classes), deal_folds(rows, config)
     logits = {f"{way}_{task}": np.zeros((len(rows), len(names))) for way in WAYS[:2] for task, names in classes.items()}
     started = time.monotonic()
     for fold in range(config.folds):
-        train = fold_of != fold
-        network = _fit_network(
-            pixels[train],
-            targets[train],
-            [stratum for stratum, keep in zip(strata, train, strict=True) if keep],
-            classes,
-            config,
-            seed=config.seed + fold,
-            progress=lambda line: print(line, flush=True),
-        )
+        network = fit_fold(pixels, targets, rows, fold_of, fold, classes, config, progress=print)
         save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(run / f"fold{fold}.safetensors"))
-        held = pixels[~train]
+        held = pixels[fold_of == fold]
         for way, images_read in (("as_is", held), ("mirrored", np.ascontiguousarray(held[:, :, ::-1]))):
             for task, value in predict_logits(network, images_read).items():
-                logits[f"{way}_{task}"][~train] = value
+                logits[f"{way}_{task}"][fold_of == fold] = value
         print(f"fold {fold + 1} done after {(time.monotonic() - started) / 60:.1f} min", flush=True)
     np.savez(run / "logits.npz", fold_of=fold_of, minutes=(time.monotonic() - started) / 60, **logits)
 
