@@ -262,6 +262,7 @@ def make_ae(settings: Settings) -> AE:
         ae.add_supported_context(sop_class, list(PREFERRED_TRANSFER_SYNTAXES))
     if settings.listener.allowed_calling_aes:
         ae.require_calling_aet = settings.listener.allowed_calling_aes
+    ae.require_called_aet = settings.listener.require_called_ae_title
     # pynetdicom counts every connection's thread against maximum_associations, before any A-ASSOCIATE-RQ
     # and for up to acse_timeout after a connection closed; ConnectionTable counts established ones instead.
     ae.maximum_associations = PYNETDICOM_THREAD_CAP

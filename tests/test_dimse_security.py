@@ -32,10 +32,10 @@ def listening(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setti
         yield settings
 
 
-def _echo(settings: Settings, calling_ae: str) -> tuple[bool, int | None]:
+def _echo(settings: Settings, calling_ae: str, called_ae: str | None = None) -> tuple[bool, int | None]:
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", settings.listener.port, ae_title=settings.listener.ae_title)
+    assoc = ae.associate("127.0.0.1", settings.listener.port, ae_title=called_ae or settings.listener.ae_title)
     if not assoc.is_established:
         return False, None
     try:
@@ -57,6 +57,22 @@ def test_unknown_calling_ae_is_rejected_at_association(listening: Settings, capl
         if record.name.startswith("predraft.listener")
     )
     assert _echo(listening, "PACS_AE") == (True, 0x0000)  # and it keeps serving
+
+
+def test_the_called_ae_title_is_checked_only_when_required(
+    listening: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _echo(listening, "PACS_AE", called_ae="OTHER_NODE") == (True, 0x0000)  # the default, as Orthanc's
+    with running_listener(
+        tmp_path / "strict", monkeypatch, allowed_calling_aes=["PACS_AE"], require_called_ae_title=True
+    ) as strict:
+        rejected = AE(ae_title="PACS_AE")
+        rejected.add_requested_context(Verification)
+        assoc = rejected.associate("127.0.0.1", strict.listener.port, ae_title="OTHER_NODE")
+        assert assoc.is_rejected
+        assert assoc.acceptor.primitive.result_source == 0x01  # service-user
+        assert assoc.acceptor.primitive.diagnostic == 0x07  # called AE title not recognised
+        assert _echo(strict, "PACS_AE") == (True, 0x0000)  # its own AE title still answers
 
 
 def _store(

@@ -326,6 +326,11 @@ class ListenerSettings(_Area):
         default_factory=list,
         description="Calling AE titles allowed to associate; empty allows any, which is refused off loopback.",
     )
+    require_called_ae_title: bool = Field(
+        False,
+        description="Refuse an association whose called AE title is not ae_title (A-ASSOCIATE-RJ, called AE "
+        "title not recognised). Off: any called AE title is answered, as Orthanc and most archives do.",
+    )
     allowed_addresses: list[str] = Field(
         default_factory=list,
         description="Source addresses or networks (CIDR) allowed to connect to DIMSE; empty allows any.",
@@ -753,6 +758,7 @@ FLAT_FIELDS: dict[str, tuple[str, ...]] = {
     "dimse_port": ("listener", "port"),
     "ae_title": ("listener", "ae_title"),
     "allowed_calling_aes": ("listener", "allowed_calling_aes"),
+    "require_called_ae_title": ("listener", "require_called_ae_title"),
     "allowed_addresses": ("listener", "allowed_addresses"),
     "dimse_max_pdu": ("listener", "max_pdu"),
     "dimse_max_associations": ("listener", "max_associations"),

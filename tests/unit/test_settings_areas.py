@@ -94,6 +94,7 @@ FLAT_NAMES_ADDED = [
     "retention_interval_seconds",
     "viewer_dir",
     "dimse_processes",
+    "require_called_ae_title",
 ]
 
 TLS_FILES = ("tls_certificate", "tls_private_key")
@@ -110,6 +111,7 @@ def example_value(name: str, folder: Path) -> tuple[str, Any]:
         "dimse_host": ("::1",) * 2,
         "ae_title": ("SITE_AE",) * 2,
         "allowed_calling_aes": ('["PACS_AE"]', ["PACS_AE"]),
+        "require_called_ae_title": ("true", True),
         "allowed_addresses": ('["10.1.2.0/24"]', ["10.1.2.0/24"]),
         "tls_certificate": (str(folder / "server.pem"), folder / "server.pem"),
         "tls_private_key": (str(folder / "server.key"), folder / "server.key"),
