@@ -340,6 +340,8 @@ def _default(flat_name: str) -> str:
     info = field_info(flat_name)
     if info.default_factory is not None:
         return "empty"
+    if isinstance(info.default, bool):  # as the environment variable spells it
+        return str(info.default).lower()
     return "unset" if info.default is None else str(info.default)
 
 
