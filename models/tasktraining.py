@@ -315,15 +315,21 @@ def fit_thresholds(
             )
             thresholds[task] = {positive_class: round(min(0.995, max(0.005, value)), 4)}
             continue
-        best, best_value = 0.5, -1.0
-        for candidate in np.unique(np.floor(scores * 1e4) / 1e4):  # floored: every score reaches its own
-            predicted = scores >= candidate
-            sensitivity = (predicted & is_positive).sum() / max(1, is_positive.sum())
-            specificity = (~predicted & ~is_positive).sum() / max(1, (~is_positive).sum())
-            if min(sensitivity, specificity) > best_value:
-                best, best_value = float(candidate), min(sensitivity, specificity)
-        thresholds[task] = {positive_class: min(0.995, max(0.005, best))}
+        thresholds[task] = {positive_class: min(0.995, max(0.005, balanced_threshold(scores, is_positive)))}
     return thresholds
+
+
+def balanced_threshold(scores: np.ndarray, is_positive: np.ndarray) -> float:
+    """The lowest threshold (scores floored to 1e-4, so every score reaches its own) that maximises the smaller of
+    sensitivity and specificity of ``scores >= threshold``; 0.5 when there is no score."""
+    best, best_value = 0.5, -1.0
+    for candidate in np.unique(np.floor(scores * 1e4) / 1e4):
+        predicted = scores >= candidate
+        sensitivity = (predicted & is_positive).sum() / max(1, is_positive.sum())
+        specificity = (~predicted & ~is_positive).sum() / max(1, (~is_positive).sum())
+        if min(sensitivity, specificity) > best_value:
+            best, best_value = float(candidate), min(sensitivity, specificity)
+    return best
 
 
 def train_task_model(

@@ -36,6 +36,7 @@ from predraft.models.taskdata import TaskRow, prepare_task_images, read_task_row
 from predraft.models.taskmetrics import task_targets
 from predraft.models.tasktraining import (
     TaskTrainingConfig,
+    balanced_threshold,
     calibrate_and_measure,
     deal_folds,
     fit_fold,
@@ -90,13 +91,10 @@ def cross_validate(config: TaskTrainingConfig, rows: list[TaskRow], images: Path
 
 
 def _balanced_hip_point(probabilities: np.ndarray, is_hip: np.ndarray) -> dict[str, float]:
-    best = (-1.0, 0.5, 0.0, 0.0)
-    for threshold in np.unique(np.floor(probabilities * 1e4) / 1e4):
-        sensitivity = float((probabilities[is_hip] >= threshold).mean())
-        specificity = float((probabilities[~is_hip] < threshold).mean())
-        if min(sensitivity, specificity) > best[0]:
-            best = (min(sensitivity, specificity), float(threshold), sensitivity, specificity)
-    return {"threshold": best[1], "sensitivity": round(best[2], 4), "specificity": round(best[3], 4)}
+    threshold = balanced_threshold(probabilities, is_hip)
+    sensitivity = float((probabilities[is_hip] >= threshold).mean())
+    specificity = float((probabilities[~is_hip] < threshold).mean())
+    return {"threshold": threshold, "sensitivity": round(sensitivity, 4), "specificity": round(specificity, 4)}
 
 
 def summarise(config: TaskTrainingConfig, rows: list[TaskRow], run: Path) -> dict[str, Any]:
