@@ -13,6 +13,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.sop_class import (
     ComprehensiveSRStorage,
     DigitalXRayImageStorageForProcessing,
@@ -32,10 +33,14 @@ def listening(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setti
         yield settings
 
 
-def _echo(settings: Settings, calling_ae: str, called_ae: str | None = None) -> tuple[bool, int | None]:
+def _associate_for_echo(settings: Settings, calling_ae: str, called_ae: str | None = None) -> Association:
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", settings.listener.port, ae_title=called_ae or settings.listener.ae_title)
+    return ae.associate("127.0.0.1", settings.listener.port, ae_title=called_ae or settings.listener.ae_title)
+
+
+def _echo(settings: Settings, calling_ae: str, called_ae: str | None = None) -> tuple[bool, int | None]:
+    assoc = _associate_for_echo(settings, calling_ae, called_ae)
     if not assoc.is_established:
         return False, None
     try:
@@ -66,9 +71,7 @@ def test_the_called_ae_title_is_checked_only_when_required(
     with running_listener(
         tmp_path / "strict", monkeypatch, allowed_calling_aes=["PACS_AE"], require_called_ae_title=True
     ) as strict:
-        rejected = AE(ae_title="PACS_AE")
-        rejected.add_requested_context(Verification)
-        assoc = rejected.associate("127.0.0.1", strict.listener.port, ae_title="OTHER_NODE")
+        assoc = _associate_for_echo(strict, "PACS_AE", called_ae="OTHER_NODE")
         assert assoc.is_rejected
         assert assoc.acceptor.primitive.result_source == 0x01  # service-user
         assert assoc.acceptor.primitive.diagnostic == 0x07  # called AE title not recognised
