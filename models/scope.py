@@ -5,14 +5,17 @@ The tags (:func:`predraft.models.views.classify_view`: ``tag_region`` and the ``
 gate (a task model's ``region`` head, thresholds from its card) decide together, among the regions the installed
 packs read (``readable``; predraft.models.pack):
 
-- tags say hip/pelvis/femur: the hip, unless the gate is confident of another region (its probability at or
-  above that region's threshold): then that region, flagged "tags disagree", when a pack reads it, else out of
-  scope with a reason naming both;
+- tags say hip/pelvis/femur: the hip, unless the gate rules the hip out (p(hip) below the hip's threshold, fitted
+  where hip-or-not sensitivity and specificity balance): then the region it reads as most probable, flagged
+  "tags disagree", when a pack reads it and it is at or above that region's threshold, else out of scope with a
+  reason naming both;
 - no body-part tags: the gate decides; the most probable readable region read at or above its threshold is
-  drafted, flagged "no body-part tags";
-- tags name another limb region: a readable region the gate is confident of, flagged "tags disagree" when it is
-  not the tags' own; else the tags' region when a pack reads it and the gate is confident of no other; else out
-  of scope;
+  drafted, flagged "no body-part tags" (for the hip, the same balanced threshold: tags that say hip and tags
+  that say nothing are decided alike);
+- tags name another limb region: a readable region the gate reads as its top class at or above that class's
+  threshold, flagged "tags disagree" when it is not the tags' own (overruling tags that name a region takes the
+  gate's top reading, not merely a hip probability above the balanced point); else the tags' region when a pack
+  reads it and the gate reads no other region so; else out of scope;
 - tags name a region outside the skeleton the gate knows (chest, abdomen, skull, spine): out of scope,
   never overridden (the gate has seen no such image); the gate does not run.
 
@@ -70,10 +73,23 @@ class GateReading:
         name = max(self.probabilities, key=lambda key: self.probabilities[key])
         return name, self.probabilities[name]
 
-    def confident_other(self, region: str = GATE_CLASS) -> tuple[str, float] | None:
-        """The most probable region other than ``region`` at or above its threshold, if any."""
-        sure = [(p, name) for name, p in self.probabilities.items() if name != region and p >= self.thresholds[name]]
-        return (max(sure)[1], max(sure)[0]) if sure else None
+    def rules_out(self, region: str = GATE_CLASS) -> tuple[str, float] | None:
+        """When ``region``'s probability is below its threshold (the gate reads the image as not that region):
+        the most probable other region and its probability; else None."""
+        if self.probabilities[region] >= self.thresholds[region]:
+            return None
+        name = max((name for name in self.probabilities if name != region), key=lambda key: self.probabilities[key])
+        return name, self.probabilities[name]
+
+    def reads_as(self, regions: Collection[str]) -> str | None:
+        """The gate's top class when it is among ``regions`` and at or above its threshold, else None: a reading
+        strong enough to overrule tags that name another region."""
+        name, probability = self.top
+        return name if name in regions and probability >= self.thresholds[name] else None
+
+    def is_sure(self, region: str) -> bool:
+        """Whether ``region``'s probability is at or above its threshold."""
+        return self.probabilities[region] >= self.thresholds[region]
 
     def confident(self, regions: Collection[str]) -> str | None:
         """The most probable of ``regions`` read at or above its threshold, if any."""
@@ -132,24 +148,20 @@ def decide_scope(
         )
     if reading is None:
         raise ValueError(f"tags say {tags.tag_region.value}: scope needs the gate's reading")
-    sure = reading.confident(alone)
     said = tags.region
     if tags.tag_region is TagRegion.HIP:
-        other = reading.confident_other(said or GATE_CLASS)
-        if other is not None:
+        ruled_out = reading.rules_out(said or GATE_CLASS)
+        if ruled_out is not None:
             where = body_part if tags.body_part else f"{tags.scope_rule} names the hip"
-            if other[0] in alone:
-                return ScopeDecision(
-                    True,
-                    f"tags say {where}, the image reads as {reading.describe(other[0])}",
-                    ScopeFlag.TAGS_DISAGREE,
-                    other[0],
-                )
-            return ScopeDecision(False, f"tags say {where}, the image reads as {reading.describe(other[0])}")
+            reads = f"tags say {where}, the image reads as {reading.describe(ruled_out[0])}"
+            if ruled_out[0] in alone and reading.is_sure(ruled_out[0]):
+                return ScopeDecision(True, reads, ScopeFlag.TAGS_DISAGREE, ruled_out[0])
+            return ScopeDecision(False, reads)
         if GATE_CLASS in readable:
             return ScopeDecision(True, "", region=GATE_CLASS)
         return ScopeDecision(False, f"no installed pack reads a {REGION_WORDS[GATE_CLASS]}")
     if tags.tag_region is TagRegion.NONE:
+        sure = reading.confident(alone)
         if sure is not None:
             return ScopeDecision(
                 True, f"no body-part tags; the image reads as {reading.describe(sure)}", ScopeFlag.UNTAGGED, sure
@@ -158,11 +170,15 @@ def decide_scope(
             False, f"no body-part tags, and the image does not read as {words} (reads as {reading.describe()})"
         )
     # another limb region by the tags
-    if sure is not None and sure != said:
+    overruling = reading.reads_as(alone)
+    if overruling is not None and overruling != said:
         return ScopeDecision(
-            True, f"tags say {body_part}, the image reads as {reading.describe(sure)}", ScopeFlag.TAGS_DISAGREE, sure
+            True,
+            f"tags say {body_part}, the image reads as {reading.describe(overruling)}",
+            ScopeFlag.TAGS_DISAGREE,
+            overruling,
         )
-    if said is not None and said in readable and reading.confident_other(said) is None:
+    if said is not None and said in readable and reading.reads_as(set(reading.probabilities) - {said}) is None:
         return ScopeDecision(True, "", region=said)
     return ScopeDecision(
         False,

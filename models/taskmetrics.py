@@ -152,10 +152,12 @@ def task_metrics(
 
     ``probabilities[task]`` is (N, classes) aligned with ``rows``; ``targets`` is :func:`task_targets`'s
     (N, tasks) array in the order of ``classes``. ``gate`` = (task, class the service is for), e.g.
-    ("region", "hip"): ``service_rules`` gives how often a row of that class keeps its tag (no other class
-    reaches its threshold) and is accepted untagged (its class reaches its threshold), and how often a row
-    of another class is rejected untagged and overturns a tag that says it is of that class; every class
-    of the task needs a threshold. ``binary`` maps tasks to their positive class, e.g. {"hardware": "present"}:
+    ("region", "hip"): ``service_rules`` gives, by the rules of :mod:`predraft.models.scope`, how often a row
+    of that class reaches its threshold (a tag that says it is kept; untagged, it is drafted) and how often a
+    row of another class stays below it (a tag that says that class is ruled out; untagged, it is refused),
+    and how often the class is the row's top reading at or above its threshold (enough to overrule tags that
+    name another region), for rows of that class and of the others; every class of the task needs a
+    threshold. ``binary`` maps tasks to their positive class, e.g. {"hardware": "present"}:
     each such task's ``at_threshold`` gives sensitivity and specificity of p(positive) >= its threshold,
     separately on whole images and on hip halves (crop other than ``whole``).
     """
@@ -190,16 +192,15 @@ def task_metrics(
             gate_class = gate[1]
             chosen = names.index(gate_class)
             probs = probabilities[task]
-            overturned = np.zeros(len(rows), dtype=bool)
-            for index, name in enumerate(names):
-                if index != chosen:
-                    overturned |= probs[:, index] >= thresholds[task][name]
-            accepted = probs[:, chosen] >= thresholds[task][gate_class]
+            is_class = probs[:, chosen] >= thresholds[task][gate_class]
+            reads_as_class = is_class & (predicted == chosen)
             figures["service_rules"] = {
-                f"{gate_class}_tagged_kept (not overturned)": rate(~overturned, labelled & (truth == chosen)),
-                f"other_tagged_{gate_class}_overturned": rate(overturned, labelled & (truth != chosen)),
-                f"untagged_{gate_class}_accepted": rate(accepted, labelled & (truth == chosen)),
-                "untagged_other_rejected": rate(~accepted, labelled & (truth != chosen)),
+                f"{gate_class}_kept_tagged_or_drafted_untagged": rate(is_class, labelled & (truth == chosen)),
+                f"other_ruled_out_tagged_{gate_class}_or_refused_untagged": rate(
+                    ~is_class, labelled & (truth != chosen)
+                ),
+                f"{gate_class}_overrules_other_region_tags": rate(reads_as_class, labelled & (truth == chosen)),
+                "other_keeps_own_region_tags": rate(~reads_as_class, labelled & (truth != chosen)),
             }
         if task in binary:
             positive = names.index(binary[task])

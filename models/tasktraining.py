@@ -54,8 +54,8 @@ CARD = "card.json"
 FOLDS = "folds.csv"
 OUT_OF_FOLD = "out_of_fold.csv"
 REPORT = "cross_validation.json"
-#: A class of a gating task is acted on against the tags only when at most this share of the rows of the
-#: class it would overturn reach its threshold out of fold (see fit_thresholds).
+#: Another class of a gating task is acted on (routes to its own pack) only when at most this share of the
+#: rows of the gate's class reach its threshold out of fold (see fit_thresholds).
 OVERRIDE_ERROR = 0.01
 
 
@@ -277,11 +277,13 @@ def fit_thresholds(
     """Decision thresholds from out-of-fold probabilities.
 
     Gate task (``gate_task``, ``gate_class``, e.g. region and hip):
+    - ``gate_class`` gets the balanced point of p(gate_class) against every other class (see
+      :func:`balanced_threshold`): the one number that decides whether an image is of that class where the
+      tags say so (below it, the gate rules the tags out) and where they say nothing (at or above it, the
+      image is drafted), so that both errors are equally rare;
     - each other class c gets the lowest threshold at which at most :data:`OVERRIDE_ERROR` of the rows
-      labelled ``gate_class`` reach p(c): the gate overturns tags that say hip only this sure;
-    - ``gate_class`` gets the lowest threshold at which at most that share of the rows of other classes
-      reach p(gate_class): an untagged image is drafted only this sure.
-    Thresholds are kept in [0.5, 0.995].
+      labelled ``gate_class`` reach p(c), kept in [0.5, 0.995]: the gate routes an image to c's pack only
+      this sure.
     Binary tasks (``binary``: task -> positive class): each gets the threshold that maximises the smaller of
     sensitivity and specificity (the balanced point), over the rows labelled for it; one named in
     ``min_specificity`` gets instead the lowest threshold at which at least that share of its negative rows
@@ -296,7 +298,11 @@ def fit_thresholds(
         probs, labels = probabilities[config.gate_task][labelled], targets[labelled, column]
         found = {}
         for index, name in enumerate(names):
-            others = probs[labels == gate, index] if index != gate else probs[labels != gate, gate]
+            if index == gate:
+                balanced = balanced_threshold(probs[:, gate], labels == gate)
+                found[name] = round(min(0.995, max(0.005, balanced)), 4)
+                continue
+            others = probs[labels == gate, index]
             value = float(np.quantile(others, 1 - OVERRIDE_ERROR, method="higher")) + 1e-4 if len(others) else 0.5
             found[name] = round(min(0.995, max(0.5, value)), 4)
         thresholds[config.gate_task] = found
@@ -426,6 +432,21 @@ def calibrate_and_measure(
         labelled = targets[:, column] >= 0
         temperatures[task] = round(fit_temperature(logits[task][labelled], targets[labelled, column]), 4)
         probabilities[task] = softmax(logits[task], temperatures[task])
+    thresholds, metrics = threshold_and_measure(probabilities, targets, rows, classes, config)
+    return temperatures, probabilities, thresholds, metrics
+
+
+def threshold_and_measure(
+    probabilities: dict[str, np.ndarray],
+    targets: np.ndarray,
+    rows: Sequence[TaskRow],
+    classes: dict[str, tuple[str, ...]],
+    config: TaskTrainingConfig,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """From calibrated out-of-fold ``probabilities`` (aligned with ``rows`` and ``targets``): the thresholds
+    (:func:`fit_thresholds` on the rows of real sources) and the figures (:func:`task_metrics` on the real rows,
+    and per source, ``by_source``, when there are several). A run's out-of-fold CSV holds these probabilities,
+    so thresholds can be fitted again by changed rules without training again."""
     real = np.array([row.source not in config.synthetic_sources for row in rows])
     thresholds = fit_thresholds(
         {task: value[real] for task, value in probabilities.items()}, targets[real], classes, config
@@ -450,7 +471,7 @@ def calibrate_and_measure(
         metrics["by_source"] = {
             source or "(none)": figures(np.array([row.source == source for row in rows])) for source in sources
         }
-    return temperatures, probabilities, thresholds, metrics
+    return thresholds, metrics
 
 
 def write_out_of_fold(

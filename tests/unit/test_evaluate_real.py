@@ -96,13 +96,13 @@ def test_counts_follow_the_csv(result, labelled):
         assert region["classes"][name]["specificity"]["n"] == _count(rows, region=lambda v, n=name: v not in ("", n))
     rules = region["service_rules"]
     assert (
-        rules["hip_tagged_kept (not overturned)"]["n"]
-        == rules["untagged_hip_accepted"]["n"]
+        rules["hip_kept_tagged_or_drafted_untagged"]["n"]
+        == rules["hip_overrules_other_region_tags"]["n"]
         == _count(rows, region="hip")
     )
     assert (
-        rules["other_tagged_hip_overturned"]["n"]
-        == rules["untagged_other_rejected"]["n"]
+        rules["other_ruled_out_tagged_hip_or_refused_untagged"]["n"]
+        == rules["other_keeps_own_region_tags"]["n"]
         == _count(rows, region="shoulder")
     )
 
@@ -166,7 +166,7 @@ def test_summary_names_each_section(result):
     for expected in (
         "48 rows",
         "region accuracy",
-        "untagged_hip_accepted",
+        "hip_kept_tagged_or_drafted_untagged",
         "hardware present, hip halves, metal",
         "hardware present, whole images, gate",
         "on hips without hardware",

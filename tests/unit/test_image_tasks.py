@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from predraft.models.card import ModelCardError, sha256_of
 from predraft.models.imagetask import TaskNetwork, fold_batch_norms, load_task_model
 from predraft.models.taskcard import TaskCard, load_task_card, write_task_card
-from predraft.models.taskdata import TaskLabelsError, read_task_rows
-from predraft.models.taskmetrics import grouped_rate
+from predraft.models.taskdata import TaskLabelsError, TaskRow, read_task_rows
+from predraft.models.taskmetrics import grouped_rate, task_metrics
 from predraft.models.tasktraining import TaskTrainingConfig, fit_thresholds
 
 #: FracAtlas and the shoulder-implant set, shared beside the repository (see its README.md).
@@ -375,7 +375,7 @@ def _binary_probabilities(scores: np.ndarray) -> np.ndarray:
     return np.stack([1 - scores, scores], axis=1)
 
 
-def test_gate_thresholds_let_at_most_one_percent_of_the_other_side_through():
+def test_gate_thresholds_balance_the_gate_class_and_route_elsewhere_at_most_one_percent_of_it():
     rng = np.random.default_rng(3)
     hip_says_shoulder = rng.permutation(np.linspace(0.0, 0.9, 200))  # p(shoulder) of the 200 hip rows
     shoulder_says_hip = rng.permutation(np.linspace(0.3, 0.8, 100))  # p(hip) of the 100 shoulder rows
@@ -391,25 +391,63 @@ def test_gate_thresholds_let_at_most_one_percent_of_the_other_side_through():
     )
     assert set(thresholds) == {"region"}
     shoulder, hip = thresholds["region"]["shoulder"], thresholds["region"]["hip"]
-    # the 99th percentile (higher) of the hip rows' p(shoulder), just above it
+    # another class: the 99th percentile (higher) of the hip rows' p(shoulder), just above it
     assert shoulder == round(np.sort(hip_says_shoulder)[int(np.ceil(0.99 * 199))] + 1e-4, 4)
     assert (hip_says_shoulder >= shoulder).mean() <= 0.01
-    assert hip == round(np.sort(shoulder_says_hip)[int(np.ceil(0.99 * 99))] + 1e-4, 4)
-    assert (shoulder_says_hip >= hip).mean() <= 0.01
+    # the gate class: the threshold on p(hip) whose smaller of sensitivity and specificity no other beats
+    p_hip, is_hip = region[:, 0], targets[:, 0] == 0
+
+    def worse_of_both(threshold: float) -> float:
+        return min((p_hip[is_hip] >= threshold).mean(), (p_hip[~is_hip] < threshold).mean())
+
+    assert 0.3 < hip < 0.8
+    assert worse_of_both(hip) == max(worse_of_both(t) for t in np.linspace(0, 1, 1001))
+    assert worse_of_both(hip) > worse_of_both(0.5)  # the old way's hip threshold would have missed more hips
 
 
 def test_gate_thresholds_stay_in_their_bounds():
     region = np.array([[0.9, 0.1]] * 50 + [[0.2, 0.8]] * 50)  # perfectly apart: no row crosses one half
     targets = np.array([[0, -1]] * 50 + [[1, -1]] * 50)
     thresholds = fit_thresholds({"region": region}, targets, TASKS, _config().model_copy(update={"binary": {}}))
-    assert thresholds["region"] == {"hip": 0.5, "shoulder": 0.5}
+    assert thresholds["region"] == {"hip": 0.9, "shoulder": 0.5}  # hip: the lowest perfect threshold
     region[:50] = [[0.0, 1.0]]  # every hip row certain it is a shoulder
-    assert (
-        fit_thresholds({"region": region}, targets, TASKS, _config().model_copy(update={"binary": {}}))["region"][
-            "shoulder"
+    refitted = fit_thresholds({"region": region}, targets, TASKS, _config().model_copy(update={"binary": {}}))
+    assert refitted["region"]["shoulder"] == 0.995
+    region[:, 0] = 1e-6  # nothing reads as a hip at all
+    no_binary = _config().model_copy(update={"binary": {}})
+    assert fit_thresholds({"region": region}, targets, TASKS, no_binary)["region"]["hip"] == 0.005
+
+
+def test_service_rules_are_the_scope_rules_at_the_cards_thresholds():
+    region = np.array(
+        [
+            [0.9, 0.1],  # hip, read as hip
+            [0.3, 0.7],  # hip, below the top but above the hip's threshold: kept and drafted, overrules nothing
+            [0.1, 0.9],  # hip ruled out
+            [0.05, 0.95],  # shoulder ruled out as a hip
+            [0.6, 0.4],  # shoulder read as hip: kept as hip when tagged hip, and overrules shoulder tags
         ]
-        == 0.995
     )
+    names = ["hip", "hip", "hip", "shoulder", "shoulder"]
+    rows = [TaskRow(f"{i}.png", f"g{i}", "whole", {"region": name}) for i, name in enumerate(names)]
+    targets = np.array([[0], [0], [0], [1], [1]])
+    metrics = task_metrics(
+        {"region": region},
+        targets,
+        rows,
+        {"region": ("hip", "shoulder")},
+        {"region": {"hip": 0.2, "shoulder": 0.8}},
+        gate=("region", "hip"),
+        n_bootstrap=10,
+        seed=0,
+    )
+    rules = {name: figure["hits"] for name, figure in metrics["region"]["service_rules"].items()}
+    assert rules == {
+        "hip_kept_tagged_or_drafted_untagged": 2,
+        "other_ruled_out_tagged_hip_or_refused_untagged": 1,
+        "hip_overrules_other_region_tags": 1,
+        "other_keeps_own_region_tags": 1,
+    }
 
 
 def test_binary_threshold_is_the_balanced_point():
@@ -555,7 +593,7 @@ def test_train_task_model_end_to_end_on_synthetic_images(tmp_path):
 
     report = json.loads((out / REPORT).read_text())
     rules = report["metrics"]["region"]["service_rules"]
-    assert rules["untagged_hip_accepted"]["n"] == sum(r["region"] == "hip" for r in rows)
+    assert rules["hip_kept_tagged_or_drafted_untagged"]["n"] == sum(r["region"] == "hip" for r in rows)
     halves = report["metrics"]["hardware"]["at_threshold"]["hip halves"]
     assert halves["sensitivity"]["n"] == sum(r["crop"] != "whole" and r["hardware"] == "present" for r in rows)
 
