@@ -160,6 +160,12 @@ class PreparedInstance(NamedTuple):
     #: The implant crop (predraft.models.framing) of the whole image as one side, when it was asked for.
     crop: HipImage | None = None
 
+    @property
+    def one_whole_hip(self) -> bool:
+        """Whether the tags gave one hip that is the whole image (any view but an AP pelvis), so that the gate's
+        own image shows the same film as that hip."""
+        return len(self.hips) == 1 and self.labels.view is not View.AP_PELVIS
+
 
 def prepare_file(
     path: Path,

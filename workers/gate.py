@@ -5,7 +5,9 @@ A gate card (:class:`predraft.models.taskcard.TaskCard`) must have a ``region`` 
 (for the region) and each hip crop the tags gave (for hardware) go through the network together, in one
 pass; the hip crops are resized from the classifier's input edge to the gate's (a classifier whose edge is
 smaller than the gate's, as tests' 64 px ones, gives the hardware check blurrier hips than it was trained
-on).
+on). An image whose one hip is the whole film (any view but an AP pelvis) goes through once: the hardware
+check of that hip is the hardware head's reading of the gate's own image, the framing its whole-image
+figures were measured on, and not a second, resampled copy of the same film.
 
 A card may also have a ``field`` task with a ``pelvis`` class: whether a hip image is an AP pelvis showing
 both hips, one each side of its midline. When the tags name neither view nor side (``prepared.halves``) and
@@ -84,15 +86,15 @@ class Gate:
         findings."""
         if prepared.gate_pixels is None:  # tags outside the gate's skeleton are refused before this
             raise ValueError("the prepared instance has no gate image")
-        first = self.model.predict(
-            np.stack([prepared.gate_pixels, *[self._resize(hip.pixels) for hip in prepared.hips]])
-        )
+        whole = prepared.one_whole_hip
+        crops = [] if whole else [self._resize(hip.pixels) for hip in prepared.hips]
+        first = self.model.predict(np.stack([prepared.gate_pixels, *crops]))
         reading = GateReading(
             {name: float(p) for name, p in zip(self.model.card.tasks[GATE_TASK], first[GATE_TASK][0], strict=True)},
             self.region_thresholds,
         )
         decision = decide_scope(prepared.labels, reading, readable, gate_alone)
-        hips = self._checked(prepared.hips, first[HARDWARE_TASK][1:])
+        hips = self._checked(prepared.hips, first[HARDWARE_TASK][:1] if whole else first[HARDWARE_TASK][1:])
         labels, pelvis = prepared.labels, None
         if self.reads_field and prepared.halves:
             assert self.pelvis_threshold is not None  # set whenever reads_field is

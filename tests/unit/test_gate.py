@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+import torch
 
 from predraft.models.imagetask import load_task_model
+from predraft.models.pixels import resize_square
 from predraft.models.prepare import HipImage, PreparedInstance
 from predraft.models.scope import ScopeFlag
 from predraft.models.taxonomy import Side, View
@@ -45,7 +49,8 @@ def test_one_pass_reads_the_image_and_checks_every_hip(tmp_path):
         HipImage(side, View.AP_PELVIS, rng.integers(0, 256, (64, 64), dtype=np.uint8))
         for side in (Side.RIGHT, Side.LEFT)
     ]  # at the classifier's edge: resized to the gate's
-    prepared = PreparedInstance(labels(TagRegion.NONE), hips, rng.integers(0, 256, (32, 32), dtype=np.uint8))
+    pelvis = replace(labels(TagRegion.NONE), view=View.AP_PELVIS)
+    prepared = PreparedInstance(pelvis, hips, rng.integers(0, 256, (32, 32), dtype=np.uint8))
     gated = gate.apply(prepared)
     assert sorted(gated.reading.probabilities) == sorted(GATE_TASKS["region"])
     assert sum(gated.reading.probabilities.values()) == pytest.approx(1.0)
@@ -58,6 +63,24 @@ def test_one_pass_reads_the_image_and_checks_every_hip(tmp_path):
     # each hip's check is its own: the same hip alone gets the same score as beside the other
     alone = gate.apply(prepared._replace(hips=hips[:1])).hips[0].metal.score
     assert alone == pytest.approx(gated.hips[0].metal.score, abs=1e-3)
+
+
+def test_a_hip_that_is_the_whole_image_is_checked_on_the_gates_own_image(tmp_path):
+    model = load_task_model(
+        write_random_task_card(tmp_path, GATE_TASKS, input_size=32, thresholds={"region": HIP_ALWAYS})
+    )
+    with torch.no_grad():  # a random head reads every picture about alike: make its reading depend on the picture
+        model.network.heads["hardware"].weight.mul_(1000)
+    gate = Gate(model)
+    whole = np.zeros((32, 32), dtype=np.uint8)  # a black film
+    hip = HipImage(Side.UNKNOWN, View.UNKNOWN, np.full((64, 64), 255, dtype=np.uint8))  # another: a white one
+    gated = gate.apply(PreparedInstance(labels(TagRegion.NONE), [hip], whole))
+    present = GATE_TASKS["hardware"].index("present")
+    on_the_gate_image = float(model.predict(whole[None])["hardware"][0, present])
+    on_the_hip_crop = float(model.predict(resize_square(hip.pixels, 32)[None])["hardware"][0, present])
+    assert abs(on_the_gate_image - on_the_hip_crop) > 0.01  # the two readings can be told apart
+    assert gated.hips[0].metal.score == pytest.approx(on_the_gate_image, abs=1e-4)
+    assert gated.hips[0].pixels is hip.pixels  # the classifier still reads its own crop
 
 
 def test_the_gate_needs_its_image(tmp_path):
