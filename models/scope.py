@@ -76,7 +76,7 @@ class GateReading:
     def rules_out(self, region: str = GATE_CLASS) -> tuple[str, float] | None:
         """When ``region``'s probability is below its threshold (the gate reads the image as not that region):
         the most probable other region and its probability; else None."""
-        if self.probabilities[region] >= self.thresholds[region]:
+        if self.is_sure(region):
             return None
         name = max((name for name in self.probabilities if name != region), key=lambda key: self.probabilities[key])
         return name, self.probabilities[name]
@@ -84,8 +84,8 @@ class GateReading:
     def reads_as(self, regions: Collection[str]) -> str | None:
         """The gate's top class when it is among ``regions`` and at or above its threshold, else None: a reading
         strong enough to overrule tags that name another region."""
-        name, probability = self.top
-        return name if name in regions and probability >= self.thresholds[name] else None
+        name = self.top[0]
+        return name if name in regions and self.is_sure(name) else None
 
     def is_sure(self, region: str) -> bool:
         """Whether ``region``'s probability is at or above its threshold."""

@@ -474,6 +474,24 @@ def threshold_and_measure(
     return thresholds, metrics
 
 
+def read_out_of_fold(
+    path: Path, rows: Sequence[TaskRow], classes: dict[str, tuple[str, ...]]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """What :func:`write_out_of_fold` wrote: each task's (N, classes) probabilities of ``classes`` and each row's
+    fold, aligned with ``rows`` by image and crop. ValueError when a row has no reading there."""
+    with Path(path).open(newline="") as handle:
+        by_key = {(line["image"], line["crop"]): line for line in csv.DictReader(handle)}
+    missing = [row.image for row in rows if (row.image, row.crop) not in by_key]
+    if missing:
+        raise ValueError(f"{path} has no reading of {len(missing)} row(s), e.g. {missing[0]}")
+    lines = [by_key[(row.image, row.crop)] for row in rows]
+    probabilities = {
+        task: np.array([[float(line[f"p_{task}_{name}"]) for name in names] for line in lines])
+        for task, names in classes.items()
+    }
+    return probabilities, np.array([int(line["fold"]) for line in lines])
+
+
 def write_out_of_fold(
     path: Path,
     rows: Sequence[TaskRow],

@@ -32,25 +32,13 @@ import numpy as np
 from predraft.models.taskcard import load_task_card, write_task_card
 from predraft.models.taskdata import TaskRow, read_task_rows
 from predraft.models.taskmetrics import grouped_rate, task_targets
-from predraft.models.tasktraining import CARD, TaskTrainingConfig, fit_thresholds, threshold_and_measure
-
-
-def read_out_of_fold(
-    path: Path, rows: list[TaskRow], classes: dict[str, tuple[str, ...]]
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Each task's (N, classes) probabilities from ``path``, and each row's fold, aligned with ``rows`` by image
-    and crop."""
-    with path.open(newline="") as handle:
-        by_key = {(line["image"], line["crop"]): line for line in csv.DictReader(handle)}
-    missing = [row.image for row in rows if (row.image, row.crop) not in by_key]
-    if missing:
-        raise SystemExit(f"{path} has no reading of {len(missing)} row(s), e.g. {missing[0]}")
-    lines = [by_key[(row.image, row.crop)] for row in rows]
-    probabilities = {
-        task: np.array([[float(line[f"p_{task}_{name}"]) for name in names] for line in lines])
-        for task, names in classes.items()
-    }
-    return probabilities, np.array([int(line["fold"]) for line in lines])
+from predraft.models.tasktraining import (
+    CARD,
+    TaskTrainingConfig,
+    fit_thresholds,
+    read_out_of_fold,
+    threshold_and_measure,
+)
 
 
 def cross_fitted_gate(
@@ -69,9 +57,9 @@ def cross_fitted_gate(
     real = np.array([row.source not in config.synthetic_sources for row in rows]) & (targets[:, column] >= 0)
     called = np.zeros(len(rows), dtype=bool)
     per_fold = {}
+    only_gate = config.model_copy(update={"binary": {}, "tasks": {task: classes[task]}})
     for fold in sorted(set(folds[real].tolist())):
         fitting = real & (folds != fold)
-        only_gate = config.model_copy(update={"binary": {}, "tasks": {task: classes[task]}})
         fitted = fit_thresholds(
             {task: probabilities[task][fitting]}, targets[fitting][:, [column]], {task: classes[task]}, only_gate
         )

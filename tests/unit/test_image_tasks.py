@@ -21,7 +21,12 @@ from predraft.models.imagetask import TaskNetwork, fold_batch_norms, load_task_m
 from predraft.models.taskcard import TaskCard, load_task_card, write_task_card
 from predraft.models.taskdata import TaskLabelsError, TaskRow, read_task_rows
 from predraft.models.taskmetrics import grouped_rate, task_metrics
-from predraft.models.tasktraining import TaskTrainingConfig, fit_thresholds
+from predraft.models.tasktraining import (
+    TaskTrainingConfig,
+    fit_thresholds,
+    read_out_of_fold,
+    write_out_of_fold,
+)
 
 #: FracAtlas and the shoulder-implant set, shared beside the repository (see its README.md).
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -448,6 +453,18 @@ def test_service_rules_are_the_scope_rules_at_the_cards_thresholds():
         "hip_overrules_other_region_tags": 1,
         "other_keeps_own_region_tags": 1,
     }
+
+
+def test_out_of_fold_readings_read_back_as_written(tmp_path):
+    rows = [TaskRow(f"{i}.png", f"g{i}", crop, {"region": "hip"}) for i, crop in enumerate(["whole", "image_left"])]
+    classes = {"region": ("hip", "shoulder")}
+    written = {"region": np.array([[0.25, 0.75], [0.9, 0.1]])}
+    write_out_of_fold(tmp_path / "oof.csv", rows, np.array([3, 1]), written, classes)
+    probabilities, folds = read_out_of_fold(tmp_path / "oof.csv", rows[::-1], classes)  # aligned by image and crop
+    assert probabilities["region"].tolist() == written["region"][::-1].tolist()
+    assert folds.tolist() == [1, 3]
+    with pytest.raises(ValueError, match="has no reading of 1 row"):
+        read_out_of_fold(tmp_path / "oof.csv", [TaskRow("2.png", "g2", "whole", {})], classes)
 
 
 def test_binary_threshold_is_the_balanced_point():
