@@ -100,7 +100,10 @@ def main() -> None:
     tasks = [task for task in card.tasks if f"label_{task}" in header]
     classes = {task: card.tasks[task] for task in tasks}
     rows = read_task_rows(args.labels, args.images, tasks)
-    probabilities, folds = read_out_of_fold(args.out_of_fold, rows, classes)
+    try:
+        probabilities, folds = read_out_of_fold(args.out_of_fold, rows, classes)
+    except ValueError as exc:  # a CSV from another run or labels file: say so, without a traceback
+        raise SystemExit(str(exc)) from exc
     targets = task_targets(rows, classes)
     thresholds, metrics = threshold_and_measure(probabilities, targets, rows, classes, config)
 
