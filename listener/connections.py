@@ -716,12 +716,12 @@ class BoundedAssociationSocket(AssociationSocket):
 def abort_reason(assoc: Association) -> str:
     """Why an association was aborted, for ASSOCIATIONS_ABORTED: pdu_too_large, message_too_large, and
     idle_timeout when a read timed out mid-PDU (see :class:`BoundedAssociationSocket`), protocol_error (see
-    :func:`note_protocol_error`), idle_timeout (pynetdicom's network timeout expired, so it aborted), else
-    peer (the caller aborted or dropped the connection)."""
+    :func:`note_protocol_error`), idle_timeout (the network timeout expired, so the reactor aborted: see
+    :attr:`PromptAssociation.network_timed_out`), else peer (the caller aborted or dropped the connection)."""
     reason = getattr(assoc, "predraft_abort_reason", None)
     if reason:
         return str(reason)
-    if assoc.dul.idle_timer_expired():
+    if getattr(assoc, "network_timed_out", False) or assoc.dul.idle_timer_expired():
         return "idle_timeout"
     return "peer"
 

@@ -203,6 +203,10 @@ class PromptAssociation(Association):
     """pynetdicom's acceptor Association whose reactor waits on an event (see the module docstring)."""
 
     _work_signal: threading.Event
+    #: Set by the reactor when it ends the association because the network idle timer expired, before it aborts
+    #: or releases: EVT_ABORTED's handlers read why from here, not from the idle timer, which the DUL thread
+    #: restarts on any transport event, such as the peer closing the connection on receiving the A-ABORT.
+    network_timed_out: bool = False
 
     def _wait_for_work(self) -> bool:
         """Where pynetdicom sleeps 1 ms: wait until a message or primitive arrives for this thread, the DUL
@@ -275,6 +279,7 @@ class PromptAssociation(Association):
             # Check if network_timeout has expired
             if self.dul.idle_timer_expired():
                 _PYNETDICOM_ASSOC_LOG.error("Network timeout reached")
+                self.network_timed_out = True  # predraft's: see the attribute
                 if self.network_timeout_response == "A-RELEASE":
                     self._is_paused = True
                     self._reactor_checkpoint.wait()

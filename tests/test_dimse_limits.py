@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pydicom
 import pytest
@@ -26,6 +27,7 @@ from pynetdicom.sop_class import SecondaryCaptureImageStorage, Verification
 
 from predraft.core.settings import Settings
 from predraft.listener import status
+from predraft.listener.connections import abort_reason
 from predraft.listener.spool import Spool
 from predraft.models.phantoms.dataset import write_demo_study
 from tests.conftest import poll, running_listener
@@ -322,6 +324,14 @@ def test_idle_association_is_aborted_and_counted(listen: Callable[..., Settings]
     assert assoc.is_established
     assert poll(lambda: assoc.is_aborted, 3.0), "an idle association was not aborted by the listener"
     assert poll(lambda: _aborted("idle_timeout") - idle == 1, 1.0)
+
+
+def test_an_idle_abort_keeps_its_reason_when_the_peer_then_closes_the_connection() -> None:
+    """The peer, answering the listener's A-ABORT, closes the connection; the DUL thread then restarts the idle timer,
+    possibly before EVT_ABORTED's handler asks why (CI saw "peer" so). The reactor's flag decides, not the timer."""
+    restarted = SimpleNamespace(idle_timer_expired=lambda: False)
+    assert abort_reason(SimpleNamespace(dul=restarted, network_timed_out=True)) == "idle_timeout"  # type: ignore[arg-type]
+    assert abort_reason(SimpleNamespace(dul=restarted, network_timed_out=False)) == "peer"  # type: ignore[arg-type]
 
 
 def test_peer_abort_is_counted(listen: Callable[..., Settings]) -> None:
