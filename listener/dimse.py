@@ -31,8 +31,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes it at import
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import configure_mappers
@@ -49,6 +51,7 @@ from predraft.listener.connections import (
     abort_reason,
     note_protocol_error,
 )
+from predraft.listener.reactors import PromptAssociation
 from predraft.listener.receive import Receiver, ReceiveStatus
 from predraft.models.taxonomy import DX_FOR_PROCESSING, STORABLE_SOP_CLASSES
 
@@ -141,18 +144,16 @@ def log_aborted(event: evt.Event) -> None:
 
 
 def count_established(event: evt.Event) -> None:
-    """EVT_ESTABLISHED: one more open association (closed again by :func:`count_closed`)."""
+    """EVT_ESTABLISHED: one more open association, until its thread ends however it ends (release, abort, drop),
+    after its last C-STORE handler has returned (every acceptor association is a :class:`PromptAssociation`)."""
     metrics.ASSOCIATIONS.labels(outcome="established").inc()
+    cast(PromptAssociation, event.assoc).when_ended(count_closed)  # on this thread: it cannot end before the inc
     metrics.ASSOCIATIONS_OPEN.inc()
-    # So that only established associations are counted closed.
-    event.assoc.predraft_counted_open = True  # type: ignore[attr-defined]  # predraft's own attribute
 
 
-def count_closed(event: evt.Event) -> None:
-    """EVT_CONN_CLOSE: the connection of an association is gone, however it ended (release, abort, drop)."""
-    if getattr(event.assoc, "predraft_counted_open", False):
-        event.assoc.predraft_counted_open = False  # type: ignore[attr-defined]  # predraft's own attribute
-        metrics.ASSOCIATIONS_OPEN.dec()
+def count_closed(_: Association) -> None:
+    """An established association's thread has ended."""
+    metrics.ASSOCIATIONS_OPEN.dec()
 
 
 class ListenerServer(ThreadedAssociationServer):
@@ -324,7 +325,6 @@ def make_server(
             (evt.EVT_ABORTED, log_aborted),
             (evt.EVT_ACSE_RECV, note_protocol_error),
             (evt.EVT_ESTABLISHED, count_established),
-            (evt.EVT_CONN_CLOSE, count_closed),
             *connections.event_handlers(),
         ],
         ssl_context=make_ssl_context(settings),

@@ -31,6 +31,7 @@ import queue
 import select
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any, cast
 
 from pynetdicom import evt
@@ -43,6 +44,7 @@ from pynetdicom.transport import AssociationSocket
 #: pynetdicom's own loggers for its reactors' messages, kept so that logs read as before.
 _PYNETDICOM_DUL_LOG = logging.getLogger("pynetdicom.dul")
 _PYNETDICOM_ASSOC_LOG = logging.getLogger("pynetdicom.association")
+log = logging.getLogger(__name__)
 
 #: The longest either thread waits before looking again with nothing signalled (seconds).
 LONGEST_WAIT_S = 0.05
@@ -207,6 +209,25 @@ class PromptAssociation(Association):
     #: or releases: EVT_ABORTED's handlers read why from here, not from the idle timer, which the DUL thread
     #: restarts on any transport event, such as the peer closing the connection on receiving the A-ABORT.
     network_timed_out: bool = False
+    _when_ended: list[Callable[[Association], None]]
+
+    def when_ended(self, callback: Callable[[Association], None]) -> None:
+        """Call ``callback(association)`` on the association's thread as it ends, however it ends (release,
+        abort, dropped connection), after its last handler has returned: unlike EVT_CONN_CLOSE, which the DUL
+        thread fires when the connection closes, perhaps while a C-STORE handler is still finishing."""
+        self._when_ended.append(callback)
+
+    def run(self) -> None:
+        """The thread's body: pynetdicom's reactor (the thread's target), then the :meth:`when_ended` callbacks,
+        each run even if another raised."""
+        try:
+            super().run()
+        finally:
+            for callback in self._when_ended:
+                try:
+                    callback(self)
+                except Exception:
+                    log.exception("a callback at the end of an association failed")
 
     def _wait_for_work(self) -> bool:
         """Where pynetdicom sleeps 1 ms: wait until a message or primitive arrives for this thread, the DUL
@@ -300,5 +321,6 @@ def make_prompt(assoc: Association) -> None:
     work_signal = threading.Event()
     assoc.__class__ = PromptAssociation
     cast(PromptAssociation, assoc)._work_signal = work_signal
+    cast(PromptAssociation, assoc)._when_ended = []
     assoc.dimse.msg_queue = _SignallingQueue(work_signal)
     PromptDUL.install(assoc.dul, work_signal)

@@ -28,6 +28,7 @@ from pynetdicom.sop_class import SecondaryCaptureImageStorage, Verification
 from predraft.core.settings import Settings
 from predraft.listener import status
 from predraft.listener.connections import abort_reason
+from predraft.listener.dimse import StoreHandler
 from predraft.listener.spool import Spool
 from predraft.models.phantoms.dataset import write_demo_study
 from tests.conftest import poll, running_listener
@@ -332,6 +333,39 @@ def test_an_idle_abort_keeps_its_reason_when_the_peer_then_closes_the_connection
     restarted = SimpleNamespace(idle_timer_expired=lambda: False)
     assert abort_reason(SimpleNamespace(dul=restarted, network_timed_out=True)) == "idle_timeout"  # type: ignore[arg-type]
     assert abort_reason(SimpleNamespace(dul=restarted, network_timed_out=False)) == "peer"  # type: ignore[arg-type]
+
+
+def _associations_open() -> float:
+    return REGISTRY.get_sample_value("predraft_dimse_associations_open") or 0.0
+
+
+def test_an_association_counts_as_open_until_its_last_handler_has_returned(
+    listen: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sender that drops the association while its C-STORE is being handled: the connection is gone at once (the DUL
+    thread fires EVT_CONN_CLOSE), but the association counts as open until the handler has returned."""
+    entered, release = threading.Event(), threading.Event()
+    handle = StoreHandler.__call__
+
+    def held(self: StoreHandler, event: evt.Event) -> int:
+        entered.set()
+        release.wait(10)
+        return handle(self, event)
+
+    monkeypatch.setattr(StoreHandler, "__call__", held)
+    settings = listen()
+    before = _associations_open()
+    assoc = _associate(settings.listener.port, source="127.0.0.1")
+    assert assoc.is_established
+    threading.Thread(target=assoc.send_c_store, args=(_large_image(tmp_path),), daemon=True).start()
+    try:
+        assert entered.wait(10), "the C-STORE never reached the handler"
+        assoc.abort()
+        time.sleep(1.0)  # EVT_CONN_CLOSE comes within milliseconds of the abort
+        assert _associations_open() == before + 1
+    finally:
+        release.set()
+    assert poll(lambda: _associations_open() == before, 5.0)
 
 
 def test_peer_abort_is_counted(listen: Callable[..., Settings]) -> None:

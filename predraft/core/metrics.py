@@ -50,7 +50,7 @@ BYTES_RECEIVED = Counter(
 )
 ASSOCIATIONS_OPEN = Gauge(
     "predraft_dimse_associations_open",
-    "DIMSE associations established and not yet closed.",
+    "DIMSE associations established and not yet ended (their last C-STORE handler has returned).",
     multiprocess_mode="livesum",  # several listener processes: the sum of those alive
 )
 ASSOCIATIONS = Counter(
