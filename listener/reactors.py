@@ -15,7 +15,9 @@ whose loops are pynetdicom's own, pass for pass, but wait where those sleep:
   the ARTIM timer and by :data:`LONGEST_WAIT_S`.
 - :class:`PromptAssociation` waits on an event that is set when a DIMSE message is complete or an ACSE
   primitive (release, abort) arrives for it, and when the DUL thread ends; bounded by the network idle
-  timer and by :data:`LONGEST_WAIT_S`.
+  timer and by :data:`LONGEST_WAIT_S`. Beyond pynetdicom's, it says when its thread has ended
+  (:meth:`PromptAssociation.when_ended`) and whether it ended the association for the network idle timeout
+  (:attr:`PromptAssociation.network_timed_out`).
 
 The bound is a safety net, not the mechanism: a state change that sends no signal (there should be none)
 is still seen within :data:`LONGEST_WAIT_S`. ``tests/unit/test_reactors.py`` checks the copied loops
