@@ -721,7 +721,7 @@ def abort_reason(assoc: Association) -> str:
     reason = getattr(assoc, "predraft_abort_reason", None)
     if reason:
         return str(reason)
-    if getattr(assoc, "network_timed_out", False) or assoc.dul.idle_timer_expired():
+    if getattr(assoc, "network_timed_out", False):
         return "idle_timeout"
     return "peer"
 
