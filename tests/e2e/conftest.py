@@ -67,7 +67,7 @@ class Deployment:
         return json.loads(result.stdout) if result.returncode in (0, 1) and result.stdout.strip() else None
 
     def associations_open(self) -> float:
-        """The listener's gauge of DIMSE associations established and not yet closed (its /metrics)."""
+        """The listener's gauge of DIMSE associations established and not yet ended (its /metrics)."""
         samples = scrape(self.listener_metrics_port)
         key = ("predraft_dimse_associations_open", frozenset())
         assert key in samples, f"the listener's /metrics has no {key[0]}"

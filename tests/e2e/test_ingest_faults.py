@@ -200,23 +200,19 @@ def test_a_sender_killed_mid_association_leaves_whole_instances_only(
             time.sleep(0.01)
         sender.send_signal(signal.SIGKILL)  # the association drops without release or abort
         sender.wait(10)
-        # The listener has noticed the dropped connection once it counts no association open.
+        # The killed sender's association has ended once the listener counts no association open: its last
+        # C-STORE handler has returned, so a data set that was all in has been renamed into place and recorded
+        # (whole), and one that was not has left nothing in the spool.
         wait_until(
             lambda: REGISTRY.get_sample_value("predraft_dimse_associations_open") == open_before,
             timeout=30,
             what="the killed sender's association still open",
         )
-
-        # The connection's close is counted on the DUL's thread; a C-STORE whose data set was all in may still
-        # be finishing (file renamed, row recorded) on the association's. It must finish whole, or not at all.
-        def spool_and_records_agree() -> bool:
-            with session_scope(settings.database_url) as session:
-                recorded = set(session.scalars(select(Instance.sop_instance_uid)))
-            spooled = {path.stem for path in spool.rglob("*.dcm")}
-            return recorded == spooled and not list(spool.rglob(f"*{PARTIAL_SUFFIX}"))
-
-        wait_until(spool_and_records_agree, timeout=30, what="spool and instance records disagree, or a partial file")
+        with session_scope(settings.database_url) as session:
+            recorded = set(session.scalars(select(Instance.sop_instance_uid)))
         files = list(spool.rglob("*.dcm"))
+        assert recorded == {path.stem for path in files}
+        assert not list(spool.rglob(f"*{PARTIAL_SUFFIX}"))
         assert 5 <= len(files) < len(sent)
         for path in files:
             assert pydicom.dcmread(path).PixelData == pydicom.dcmread(sent[path.stem]).PixelData
