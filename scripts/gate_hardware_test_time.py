@@ -39,7 +39,7 @@ from sklearn.metrics import roc_auc_score
 from predraft.models.imagetask import TaskNetwork
 from predraft.models.taskdata import TaskRow, prepare_task_images, read_task_rows, task_classes
 from predraft.models.taskmetrics import grouped_rate
-from predraft.models.tasktraining import balanced_threshold, predict_logits
+from predraft.models.tasktraining import TaskTrainingConfig, balanced_threshold, predict_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINED_SIZE = 160
@@ -64,9 +64,10 @@ def _tiled(network: TaskNetwork, pixels: np.ndarray) -> np.ndarray:
     return best
 
 
-def read_every_way(run: Path, rows: list[TaskRow], images: Path, fold_of: np.ndarray) -> dict[str, np.ndarray]:
-    """Each way's score for every row, read by the network of the row's fold."""
-    config = gate_config(None, 20)
+def read_every_way(
+    run: Path, rows: list[TaskRow], images: Path, fold_of: np.ndarray, config: TaskTrainingConfig
+) -> dict[str, np.ndarray]:
+    """Each way's score for every row, read by the network of the row's fold (``config``: the run's)."""
     classes = {task: task_classes(rows, task, order) for task, order in config.tasks.items()}
     networks = []
     for fold in range(config.folds):
@@ -154,7 +155,7 @@ def main() -> None:
     kept = [i for i, row in enumerate(every) if row.source not in config.synthetic_sources and "hardware" in row.labels]
     rows = [every[i] for i in kept]
     fold_of = np.load(args.run / "logits.npz")["fold_of"][kept]
-    ways = read_every_way(args.run, rows, args.images, fold_of)
+    ways = read_every_way(args.run, rows, args.images, fold_of, config)
     positive = np.array([row.labels["hardware"] == "present" for row in rows])
     whole = np.array([row.crop == "whole" for row in rows])
     fracatlas = np.array([row.source == "fracatlas" for row in rows])
