@@ -19,6 +19,7 @@ import numpy as np
 import timm
 import torch
 from safetensors.torch import load_file
+from timm.layers.adaptive_avgmax_pool import adaptive_pool_feat_mult
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from predraft.models.calibration import softmax
@@ -29,15 +30,26 @@ _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
 
+#: How the backbone's last feature map becomes one vector (timm's global pool types): ``avg`` its mean;
+#: ``catavgmax`` its mean and its largest value per channel side by side (twice the features), so that a head can
+#: answer from a small part of the image (a screw on a 160 px film) as well as from the whole.
+GLOBAL_POOLS = ("avg", "catavgmax")
+
+
 class TaskNetwork(torch.nn.Module):
     """A timm backbone without its classifier (global-pooled features) and one linear head per task."""
 
-    def __init__(self, architecture: str, tasks: dict[str, tuple[str, ...]]) -> None:
+    def __init__(self, architecture: str, tasks: dict[str, tuple[str, ...]], global_pool: str = "avg") -> None:
         super().__init__()
         if not timm.is_model(architecture):
             raise ValueError(f"architecture {architecture!r} is not a timm model name")
-        self.backbone = timm.create_model(architecture, pretrained=False, num_classes=0, in_chans=3)
-        num_features = cast(int, self.backbone.num_features)  # every timm model sets it; Module types it loosely
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global pool {global_pool!r} is not one of {GLOBAL_POOLS}")
+        self.backbone = timm.create_model(
+            architecture, pretrained=False, num_classes=0, in_chans=3, global_pool=global_pool
+        )
+        # Every timm model sets num_features (Module types it loosely); catavgmax doubles what the heads read.
+        num_features = cast(int, self.backbone.num_features) * adaptive_pool_feat_mult(global_pool)
         self.heads = torch.nn.ModuleDict(
             {task: torch.nn.Linear(num_features, len(classes)) for task, classes in tasks.items()}
         )
@@ -113,7 +125,7 @@ def load_task_model(card_path: Path, *, inference_only: bool = False) -> TaskMod
     runs it; leave it off to train or save the network further (``predraft.models.taskhead``).
     """
     card, weights_path = load_task_card(card_path)
-    network = TaskNetwork(card.architecture, card.tasks)
+    network = TaskNetwork(card.architecture, card.tasks, card.global_pool)
     try:
         network.load_state_dict(load_file(str(weights_path)))
     except (RuntimeError, ValueError) as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -28,6 +28,9 @@ class TaskCard(BaseModel):
     name: str = Field(min_length=1)
     version: str = Field(min_length=1)
     architecture: str = Field(min_length=1, description="timm model name of the shared backbone")
+    global_pool: Literal["avg", "catavgmax"] = Field(
+        "avg", description="how the backbone's last feature map is pooled (predraft.models.imagetask.GLOBAL_POOLS)"
+    )
     input_size: int = Field(ge=16, le=2048, description="square input edge in pixels")
     tasks: dict[str, tuple[str, ...]] = Field(description="task name -> its classes, in the head's output order")
     temperatures: dict[str, float] = Field(default_factory=dict, description="softmax temperature per task")

@@ -29,7 +29,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from predraft.models.calibration import fit_temperature, softmax
 from predraft.models.card import sha256_of
 from predraft.models.factory import backbone_weights
 from predraft.models.imagetask import TaskNetwork, to_network_input
+from predraft.models.metalpaste import draw_metal
 from predraft.models.taskcard import TaskCard, write_task_card
 from predraft.models.taskdata import TaskRow, prepare_task_images, read_task_rows, task_classes
 from predraft.models.taskmetrics import task_metrics, task_targets
@@ -66,6 +67,7 @@ class TaskTrainingConfig(BaseModel):
 
     tasks: dict[str, tuple[str, ...] | None] = Field(description="task -> class order (None: sorted as found)")
     architecture: str = "regnetx_002"
+    global_pool: Literal["avg", "catavgmax"] = Field("avg", description="see predraft.models.imagetask.GLOBAL_POOLS")
     input_size: int = Field(128, ge=32, le=1024)
     epochs: int = Field(12, ge=1)
     samples_per_epoch: int = Field(2048, ge=1)
@@ -82,6 +84,11 @@ class TaskTrainingConfig(BaseModel):
     )
     min_specificity: dict[str, float] = Field(
         {}, description="binary tasks thresholded for at least this specificity instead of the balanced point"
+    )
+    metal_paste: dict[str, float] = Field(
+        {},
+        description="binary task -> the share of its drawn real negatives that get a synthetic metal object drawn "
+        "on them (predraft.models.metalpaste) and count as its positive class, in training only",
     )
     init_weights: Path | None = Field(
         None, description="local weights (safetensors) of the same timm architecture to start the backbone from"
@@ -109,6 +116,11 @@ class TaskTrainingConfig(BaseModel):
             order = self.tasks[task]
             if order is not None and name not in order:
                 raise ValueError(f"the {rule} class {name!r} is not among {task}'s classes {list(order)}")
+        for task, share in self.metal_paste.items():
+            if task not in self.binary:
+                raise ValueError(f"metal_paste names {task!r}, which is not a binary task ({list(self.binary)})")
+            if not 0 < share < 1:
+                raise ValueError(f"the metal paste share of {task!r} must lie in (0, 1), got {share}")
         for task, specificity in self.min_specificity.items():
             if task not in self.binary:
                 raise ValueError(f"min_specificity names {task!r}, which is not a binary task ({list(self.binary)})")
@@ -152,7 +164,40 @@ def _gamma(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def _strata(rows: Sequence[TaskRow]) -> list[str]:
+    """Each row's label combination and crop: what the folds are stratified by."""
     return ["|".join(f"{task}={label}" for task, label in sorted(row.labels.items())) + f"|{row.crop}" for row in rows]
+
+
+def draw_weights(strata: Sequence[str]) -> np.ndarray:
+    """Each row's chance of being drawn for a training step: a stratum of n rows is drawn in proportion to
+    sqrt(n), evenly among its rows, so that rare strata are seen more often than their share and common ones
+    less, without repeating a handful of images for ever. Sums to 1."""
+    counts: dict[str, int] = {}
+    for stratum in strata:
+        counts[stratum] = counts.get(stratum, 0) + 1
+    weights = np.array([1.0 / math.sqrt(counts[stratum]) for stratum in strata])
+    return weights / weights.sum()
+
+
+def with_metal_pasted(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    index: list[int],
+    pasteable: np.ndarray | None,
+    classes: dict[str, tuple[str, ...]],
+    config: TaskTrainingConfig,
+    rng: np.random.Generator,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The drawn rows' images and labels (a copy), each pasteable row of a task in ``config.metal_paste`` given
+    synthetic metal with that task's share as its chance, and then labelled with the task's positive class."""
+    chosen, batch_labels = [images[i] for i in index], labels[index].clone()
+    for task, share in config.metal_paste.items():
+        column = list(classes).index(task)
+        for position, row in enumerate(index):
+            if pasteable is not None and pasteable[row, column] and rng.random() < share:
+                chosen[position] = torch.from_numpy(draw_metal(chosen[position].numpy(), rng))
+                batch_labels[position, column] = classes[task].index(config.binary[task])
+    return chosen, batch_labels
 
 
 def _fit_network(
@@ -164,9 +209,12 @@ def _fit_network(
     *,
     seed: int,
     progress: Callable[[str], None],
+    pasteable: np.ndarray | None = None,
 ) -> TaskNetwork:
+    """A network trained on ``pixels``; ``pasteable`` (bool per row, see :func:`pasteable_rows`) marks the rows
+    that may get synthetic metal when ``config.metal_paste`` asks for it."""
     torch.manual_seed(seed)
-    network = TaskNetwork(config.architecture, classes)
+    network = TaskNetwork(config.architecture, classes, config.global_pool)
     if config.init_weights is not None:
         load_backbone_weights(network, config.init_weights)
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -174,11 +222,7 @@ def _fit_network(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=config.lr, total_steps=steps_per_epoch * config.epochs
     )
-    counts: dict[str, int] = {}
-    for stratum in strata:
-        counts[stratum] = counts.get(stratum, 0) + 1
-    weights = np.array([1.0 / math.sqrt(counts[stratum]) for stratum in strata])
-    weights /= weights.sum()
+    weights = draw_weights(strata)
     images, labels = torch.from_numpy(pixels), torch.from_numpy(targets)
     transform = augmentation()
     for epoch in range(config.epochs):
@@ -188,17 +232,21 @@ def _fit_network(
         drawn = rng.choice(len(pixels), size=steps_per_epoch * config.batch_size, p=weights)
         network.train()
         started, total = time.monotonic(), 0.0
+        paste_rng = np.random.default_rng([seed, epoch, 7])  # its own stream: no paste, no change to the rest
         for step in range(steps_per_epoch):
             index = torch.from_numpy(drawn[step * config.batch_size : (step + 1) * config.batch_size])
-            batch = torch.stack([transform(images[i].unsqueeze(0)) for i in index.tolist()])
+            chosen, batch_labels = with_metal_pasted(
+                images, labels, index.tolist(), pasteable, classes, config, paste_rng
+            )
+            batch = torch.stack([transform(image.unsqueeze(0)) for image in chosen])
             outputs = network(to_network_input(_gamma(batch, generator)))
             # A tensor, never sum()'s 0: every row labels at least one task (read_task_rows leaves out the others).
             loss = cast(
                 torch.Tensor,
                 sum(
-                    torch.nn.functional.cross_entropy(outputs[task], labels[index, column], ignore_index=-1)
+                    torch.nn.functional.cross_entropy(outputs[task], batch_labels[:, column], ignore_index=-1)
                     for column, task in enumerate(classes)
-                    if (labels[index, column] >= 0).any()
+                    if (batch_labels[:, column] >= 0).any()
                 ),
             )
             optimiser.zero_grad()
@@ -211,6 +259,20 @@ def _fit_network(
             f"({time.monotonic() - started:.0f} s)"
         )
     return network.eval()
+
+
+def pasteable_rows(
+    rows: Sequence[TaskRow], targets: np.ndarray, classes: dict[str, tuple[str, ...]], config: TaskTrainingConfig
+) -> np.ndarray:
+    """(rows, tasks) bool: the real rows (no synthetic source) labelled with the negative class of a task that
+    ``config.metal_paste`` names, the rows synthetic metal may be drawn on."""
+    real = np.array([row.source not in config.synthetic_sources for row in rows])
+    pasteable = np.zeros(targets.shape, dtype=bool)
+    for task in config.metal_paste:
+        column = list(classes).index(task)
+        negative = [index for index, name in enumerate(classes[task]) if name != config.binary[task]]
+        pasteable[:, column] = real & np.isin(targets[:, column], negative)
+    return pasteable
 
 
 def deal_folds(rows: Sequence[TaskRow], config: TaskTrainingConfig) -> np.ndarray:
@@ -238,8 +300,16 @@ def fit_fold(
     :func:`deal_folds`), seeded ``config.seed + fold``; in eval mode, to read the held-out rows."""
     train = fold_of != fold
     strata = [stratum for stratum, keep in zip(_strata(rows), train, strict=True) if keep]
+    pasteable = pasteable_rows(rows, targets, classes, config)[train]
     return _fit_network(
-        pixels[train], targets[train], strata, classes, config, seed=config.seed + fold, progress=progress
+        pixels[train],
+        targets[train],
+        strata,
+        classes,
+        config,
+        seed=config.seed + fold,
+        progress=progress,
+        pasteable=pasteable,
     )
 
 
@@ -378,7 +448,16 @@ def train_task_model(
     write_out_of_fold(out_dir / OUT_OF_FOLD, rows, fold_of, probabilities, classes)
     cv_seconds = time.monotonic() - started
     progress(f"cross-validation done in {cv_seconds / 60:.1f} min; training the shipped network on every row")
-    network = _fit_network(pixels, targets, strata, classes, config, seed=config.seed + 100, progress=progress)
+    network = _fit_network(
+        pixels,
+        targets,
+        strata,
+        classes,
+        config,
+        seed=config.seed + 100,
+        progress=progress,
+        pasteable=pasteable_rows(rows, targets, classes, config),
+    )
     save_file({key: value.contiguous() for key, value in network.state_dict().items()}, str(out_dir / WEIGHTS))
     report = {
         "folds": config.folds,
@@ -395,6 +474,7 @@ def train_task_model(
         name=config.name,
         version=config.version,
         architecture=config.architecture,
+        global_pool=config.global_pool,
         input_size=config.input_size,
         tasks=classes,
         temperatures=temperatures,

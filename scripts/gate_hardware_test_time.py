@@ -71,7 +71,7 @@ def read_every_way(
     classes = {task: task_classes(rows, task, order) for task, order in config.tasks.items()}
     networks = []
     for fold in range(config.folds):
-        network = TaskNetwork(config.architecture, classes)
+        network = TaskNetwork(config.architecture, classes, config.global_pool)
         network.load_state_dict(load_file(str(run / f"fold{fold}.safetensors")))
         networks.append(network.eval())
     ways: dict[str, np.ndarray] = {}

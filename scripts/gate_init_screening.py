@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from safetensors.torch import save_file
 
+from predraft.models.imagetask import GLOBAL_POOLS
 from predraft.models.taskdata import TaskRow, prepare_task_images, read_task_rows, task_classes
 from predraft.models.taskmetrics import task_targets
 from predraft.models.tasktraining import (
@@ -50,11 +51,15 @@ BUNDLED_CV = ROOT / "docs" / "evaluation" / "gate-cross-validation.json"
 WAYS = ("as_is", "mirrored", "mean_of_both")
 
 
-def gate_config(init: Path | None, epochs: int) -> TaskTrainingConfig:
-    """scripts/train_gate.sh's first step, but for its starting point (and, if asked, its epochs)."""
+def gate_config(
+    init: Path | None, epochs: int, global_pool: str = "avg", metal_paste: float = 0.0
+) -> TaskTrainingConfig:
+    """scripts/train_gate.sh's first step, but for its starting point (and, if asked, its epochs, its pooling and
+    a share of real films without hardware given synthetic metal, predraft.models.metalpaste)."""
     return TaskTrainingConfig(
         tasks={"region": ("hip", "shoulder", "hand", "leg"), "hardware": ("absent", "present")},
         architecture="regnetx_002",
+        global_pool=global_pool,
         input_size=160,
         epochs=epochs,
         samples_per_epoch=2048,
@@ -64,6 +69,7 @@ def gate_config(init: Path | None, epochs: int) -> TaskTrainingConfig:
         gate_task="region",
         gate_class="hip",
         binary={"hardware": "present"},
+        metal_paste={"hardware": metal_paste} if metal_paste else {},
         synthetic_sources=("phantoms",),
         init_weights=init,
         name="predraft-gate-screening",
@@ -109,6 +115,8 @@ def summarise(config: TaskTrainingConfig, rows: list[TaskRow], run: Path) -> dic
     result: dict[str, Any] = {
         "init": str(config.init_weights) if config.init_weights else "random",
         "epochs": config.epochs,
+        "global_pool": config.global_pool,
+        "metal_paste": config.metal_paste,
         "minutes_cross_validation": round(float(stored["minutes"]), 1),
         "ways": {},
     }
@@ -140,11 +148,14 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="run folder: fold weights, logits.npz, out_of_fold_*.csv")
     parser.add_argument("--init", required=True, help="backbone weights to start from, or 'none' (random)")
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--global-pool", default="avg", choices=GLOBAL_POOLS, help="how the backbone's map is pooled")
+    parser.add_argument("--metal-paste", type=float, default=0.0, help="share of real negatives given synthetic metal")
     parser.add_argument("--images", type=Path, default=ROOT / "var" / "gate-images")
     parser.add_argument("--out", type=Path, required=True, help="the summary JSON")
     parser.add_argument("--summarise-only", action="store_true", help="the run folder's logits.npz exists")
     args = parser.parse_args()
-    config = gate_config(None if args.init == "none" else Path(args.init), args.epochs)
+    init = None if args.init == "none" else Path(args.init)
+    config = gate_config(init, args.epochs, args.global_pool, args.metal_paste)
     rows = read_task_rows(LABELS, args.images, list(config.tasks))
     args.run.mkdir(parents=True, exist_ok=True)
     if not args.summarise_only:

@@ -64,6 +64,14 @@ def _task(value: str) -> tuple[str, tuple[str, ...] | None]:
     help="Local weights (safetensors) of the same architecture to start the backbone from.",
 )
 @click.option("--architecture", default="regnetx_002", show_default=True, help="timm model name.")
+@click.option(
+    "--global-pool",
+    type=click.Choice(["avg", "catavgmax"]),
+    default="avg",
+    show_default=True,
+    help="How the backbone's last feature map is pooled: its mean, or its mean and largest value per channel "
+    "(catavgmax: a head can answer from a small part of the image).",
+)
 @click.option("--input-size", default=128, show_default=True, type=int)
 @click.option("--epochs", default=12, show_default=True, type=int)
 @click.option("--samples-per-epoch", default=2048, show_default=True, type=int)
@@ -86,6 +94,7 @@ def train_task(
     synthetic_sources: tuple[str, ...],
     init_weights: Path | None,
     architecture: str,
+    global_pool: str,
     input_size: int,
     epochs: int,
     samples_per_epoch: int,
@@ -117,6 +126,7 @@ def train_task(
         config = TaskTrainingConfig(
             tasks=dict(_task(task) for task in tasks),
             architecture=architecture,
+            global_pool=global_pool,
             input_size=input_size,
             epochs=epochs,
             samples_per_epoch=samples_per_epoch,

@@ -124,6 +124,7 @@ def write_random_task_card(
     input_size: int = 32,
     thresholds: dict[str, dict[str, float]] | None = None,
     seed: int = 0,
+    global_pool: str = "avg",
 ) -> Path:
     """An untrained (random-weight) task network of :data:`TINY_ARCHITECTURE` and its card; the card's path."""
     import torch
@@ -131,7 +132,7 @@ def write_random_task_card(
 
     tasks = tasks or TASKS
     torch.manual_seed(seed)
-    network = TaskNetwork(TINY_ARCHITECTURE, tasks)
+    network = TaskNetwork(TINY_ARCHITECTURE, tasks, global_pool)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(
         {key: value.contiguous() for key, value in network.state_dict().items()}, str(folder / "weights.safetensors")
@@ -140,6 +141,7 @@ def write_random_task_card(
         name="tiny-gate",
         version="0.0.1",
         architecture=TINY_ARCHITECTURE,
+        global_pool=global_pool,
         input_size=input_size,
         tasks=tasks,
         thresholds=thresholds or {},
@@ -261,6 +263,42 @@ def test_the_bundled_gate_reads_the_same_with_its_batch_norms_folded():
         np.testing.assert_allclose(first[task], second[task], atol=1e-5)
     assert "bn.weight" not in " ".join(folded.network.state_dict())
     assert any(key.endswith("bn.weight") for key in plain.network.state_dict())
+
+
+def test_a_catavgmax_network_reads_the_mean_and_the_largest_value_of_each_feature_channel():
+    import torch
+
+    torch.manual_seed(0)
+    network = TaskNetwork("regnetx_002", TASKS, "catavgmax").eval()
+    assert network.heads["hardware"].in_features == 2 * network.backbone.num_features
+    batch = torch.randn(2, 3, 96, 96)
+    with torch.inference_mode():
+        feature_map = network.backbone.forward_features(batch)
+        pooled = network.backbone(batch)
+    channels = network.backbone.num_features
+    torch.testing.assert_close(pooled[:, :channels], feature_map.mean(dim=(2, 3)))
+    torch.testing.assert_close(pooled[:, channels:], feature_map.amax(dim=(2, 3)))
+    assert not torch.allclose(pooled[:, :channels], pooled[:, channels:])
+    with pytest.raises(ValueError, match="global pool 'lse'"):
+        TaskNetwork("regnetx_002", TASKS, "lse")
+
+
+def test_a_card_names_its_pooling_and_weights_of_the_other_pooling_do_not_fit(tmp_path):
+    card_path = write_random_task_card(tmp_path / "model", global_pool="catavgmax")
+    model = load_task_model(card_path, inference_only=True)
+    assert model.card.global_pool == "catavgmax"
+    assert model.network.heads["region"].in_features == 2 * model.network.backbone.num_features
+    probabilities = model.predict(np.zeros((1, 32, 32), np.uint8))
+    np.testing.assert_allclose(probabilities["hardware"].sum(axis=1), 1.0, atol=1e-6)
+    card = json.loads(card_path.read_text())
+    assert card["global_pool"] == "catavgmax"
+    card_path.write_text(json.dumps({**card, "global_pool": "avg"}))
+    with pytest.raises(ModelCardError, match="do not fit"):
+        load_task_model(card_path)
+    del card["global_pool"]  # cards written before the field: the mean, as then
+    assert TaskCard.model_validate(card).global_pool == "avg"
+    with pytest.raises(ValidationError, match="global_pool"):
+        TaskCard.model_validate({**card, "global_pool": "max"})
 
 
 def test_load_task_card_names_a_missing_or_invalid_card(tmp_path):
@@ -455,6 +493,20 @@ def test_service_rules_are_the_scope_rules_at_the_cards_thresholds():
     }
 
 
+def test_training_draws_each_stratum_in_proportion_to_the_square_root_of_its_size():
+    from predraft.models.tasktraining import _strata, draw_weights
+
+    def rows(count: int, hardware: str) -> list[TaskRow]:
+        return [TaskRow(f"{hardware}{i}.png", f"{hardware}{i}", "whole", {"hardware": hardware}) for i in range(count)]
+
+    every = rows(4, "present") + rows(196, "absent")
+    weights = draw_weights(_strata(every))
+    assert weights.sum() == pytest.approx(1.0)
+    present = np.array([row.labels["hardware"] == "present" for row in every])
+    assert weights[present].sum() == pytest.approx(2 / (2 + 14))  # sqrt(4) against sqrt(196), not 4 against 196
+    assert np.allclose(weights[present], weights[present][0]) and np.allclose(weights[~present], weights[~present][0])
+
+
 def test_out_of_fold_readings_read_back_as_written(tmp_path):
     rows = [TaskRow(f"{i}.png", f"g{i}", crop, {"region": "hip"}) for i, crop in enumerate(["whole", "image_left"])]
     classes = {"region": ("hip", "shoulder")}
@@ -568,7 +620,8 @@ def test_gate_labels_name_no_image_and_crop_twice(gate_rows):
 # --- a tiny training run ----------------------------------------------------------------------------------------
 
 
-def test_train_task_model_end_to_end_on_synthetic_images(tmp_path):
+@pytest.mark.parametrize("global_pool", ["avg", "catavgmax"])
+def test_train_task_model_end_to_end_on_synthetic_images(tmp_path, global_pool):
     from predraft.models.taskdata import prepare_task_images
     from predraft.models.tasktraining import CARD, FOLDS, OUT_OF_FOLD, REPORT, train_task_model
 
@@ -576,6 +629,7 @@ def test_train_task_model_end_to_end_on_synthetic_images(tmp_path):
     config = TaskTrainingConfig(
         tasks=dict(TASKS),
         architecture=TINY_ARCHITECTURE,
+        global_pool=global_pool,
         input_size=32,
         epochs=1,
         samples_per_epoch=32,
@@ -599,7 +653,7 @@ def test_train_task_model_end_to_end_on_synthetic_images(tmp_path):
     assert {next(iter(found)) for found in fold_of.values()} == {"0", "1"}
 
     model = load_task_model(out / CARD)
-    assert model.card == card and model.card.tasks == TASKS
+    assert model.card == card and model.card.tasks == TASKS and model.card.global_pool == global_pool
     thresholds = [value for by_class in card.thresholds.values() for value in by_class.values()]
     assert set(card.thresholds) == {"region", "hardware"} and len(thresholds) == 3
     assert all(0 < value < 1 for value in thresholds)

@@ -47,8 +47,9 @@ def write_field_set(folder: Path, groups: int = 12, per_group: int = 3) -> tuple
     return write_csv(folder / "labels.csv", rows), images, rows
 
 
-def test_a_field_head_is_added_and_nothing_else_changes(tmp_path):
-    base_card = write_random_task_card(tmp_path / "base", TASKS)
+@pytest.mark.parametrize("global_pool", ["avg", "catavgmax"])
+def test_a_field_head_is_added_and_nothing_else_changes(tmp_path, global_pool):
+    base_card = write_random_task_card(tmp_path / "base", TASKS, global_pool=global_pool)
     labels, images, rows = write_field_set(tmp_path / "data")
     card = add_task_head(
         base_card,
@@ -66,6 +67,7 @@ def test_a_field_head_is_added_and_nothing_else_changes(tmp_path):
         progress=lambda _: None,
     )
     assert card.version == "0.0.2" and card.tasks == {**TASKS, "field": ("pelvis", "other")}
+    assert card.global_pool == global_pool
     assert 0.005 <= card.thresholds["field"]["pelvis"] <= 0.995 and card.temperatures["field"] > 0
     assert card.training["added_heads"]["field"]["min_specificity"] == {"field": 0.9}
     assert card.metrics["added_heads"]["field"]["caveat"].startswith("the backbone was trained on these images")
