@@ -86,7 +86,7 @@ def _screws(draw: ImageDraw.ImageDraw, centre: Point, size: float, rng: np.rando
 def _wires(draw: ImageDraw.ImageDraw, centre: Point, size: float, rng: np.random.Generator) -> None:
     width = max(1.0, rng.uniform(0.006, 0.012) * size)
     if rng.random() < 0.5:  # a cerclage loop round a bone
-        rx, ry = rng.uniform(0.03, 0.08) * size, rng.uniform(0.01, 0.03) * size
+        rx, ry = max(rng.uniform(0.03, 0.08) * size, 4 * width), max(rng.uniform(0.01, 0.03) * size, 3 * width)
         box = (centre[0] - rx, centre[1] - ry, centre[0] + rx, centre[1] + ry)
         draw.ellipse(box, outline=255, width=max(1, round(width)))
         return
@@ -130,7 +130,10 @@ def draw_metal(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     big = size * _SUPERSAMPLE
     mask = Image.new("L", (big, big), 0)
     shape = _SHAPES[int(rng.integers(len(_SHAPES)))]
-    shape(ImageDraw.Draw(mask), ((x + 0.5) * _SUPERSAMPLE, (y + 0.5) * _SUPERSAMPLE), big, rng)
+    centre = ((x + 0.5) * _SUPERSAMPLE, (y + 0.5) * _SUPERSAMPLE)
+    shape(ImageDraw.Draw(mask), centre, big, rng)
+    if mask.getbbox() is None:  # too thin to leave a pixel: a screw instead
+        _screw(ImageDraw.Draw(mask), centre, rng.uniform(0, math.pi), 0.1 * big, 0.02 * big)
     reduced = mask.resize((size, size), Image.Resampling.BOX).filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))
     alpha = np.asarray(reduced, dtype=np.float64) / 255.0 * rng.uniform(0.85, 1.0)
     level = rng.uniform(225.0, 255.0)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from pydantic import ValidationError
 
 from predraft.models.metalpaste import draw_metal
 from predraft.models.taskdata import TaskRow
-from predraft.models.tasktraining import TaskTrainingConfig, pasteable_rows
+from predraft.models.tasktraining import TaskTrainingConfig, pasteable_rows, with_metal_pasted
 
 CLASSES = {"region": ("hip", "leg"), "hardware": ("absent", "present")}
 
@@ -75,3 +76,22 @@ def test_only_real_rows_without_hardware_are_pasteable():
     assert pasteable[:, 1].tolist() == [True, False, False, False]
     assert not pasteable[:, 0].any()
     assert not pasteable_rows(rows, targets, CLASSES, config(metal_paste={})).any()
+
+
+def test_a_pasted_row_has_metal_and_the_positive_label_and_the_others_are_untouched():
+    images = torch.from_numpy(np.stack([film(), film(), film()]))
+    labels = torch.tensor([[0, 0], [0, 0], [1, 1]])
+    pasteable = np.array([[False, True], [False, False], [False, False]])
+    pasted_rows = 0
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        chosen, batch_labels = with_metal_pasted(images, labels, [0, 1, 2, 0], pasteable, CLASSES, config(), rng)
+        for position, row in enumerate([0, 1, 2, 0]):
+            pasted = not torch.equal(chosen[position], images[row])
+            assert batch_labels[position, 1].item() == (1 if pasted or row == 2 else 0)
+            assert batch_labels[position, 0].item() == labels[row, 0].item()
+            if row != 0:
+                assert not pasted
+            pasted_rows += pasted
+    assert torch.equal(labels, torch.tensor([[0, 0], [0, 0], [1, 1]]))  # the caller's labels are not changed
+    assert 25 <= pasted_rows <= 55  # 80 chances at one half
