@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import cast
+from typing import cast, get_args
 
 import numpy as np
 import timm
@@ -24,16 +24,14 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from predraft.models.calibration import softmax
 from predraft.models.card import ModelCardError
-from predraft.models.taskcard import TaskCard, load_task_card
+from predraft.models.taskcard import GlobalPool, TaskCard, load_task_card
 
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
 
-#: How the backbone's last feature map becomes one vector (timm's global pool types): ``avg`` its mean;
-#: ``catavgmax`` its mean and its largest value per channel side by side (twice the features), so that a head can
-#: answer from a small part of the image (a screw on a 160 px film) as well as from the whole.
-GLOBAL_POOLS = ("avg", "catavgmax")
+#: The global pools a task network may use (predraft.models.taskcard.GlobalPool).
+GLOBAL_POOLS: tuple[str, ...] = get_args(GlobalPool)
 
 
 class TaskNetwork(torch.nn.Module):

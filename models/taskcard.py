@@ -16,6 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from predraft.models.card import read_card
 
+#: How a task network's backbone pools its last feature map into one vector (timm's global pool types): ``avg``
+#: its mean; ``catavgmax`` its mean and its largest value per channel side by side (twice the features), so that
+#: a head can answer from a small part of the image as well as from the whole.
+GlobalPool = Literal["avg", "catavgmax"]
+
 #: The bundled gate: body region and hardware present, trained on FracAtlas (see its card).
 GATE_CARD = Path(__file__).resolve().parent / "gate" / "card.json"
 
@@ -28,9 +33,7 @@ class TaskCard(BaseModel):
     name: str = Field(min_length=1)
     version: str = Field(min_length=1)
     architecture: str = Field(min_length=1, description="timm model name of the shared backbone")
-    global_pool: Literal["avg", "catavgmax"] = Field(
-        "avg", description="how the backbone's last feature map is pooled (predraft.models.imagetask.GLOBAL_POOLS)"
-    )
+    global_pool: GlobalPool = Field("avg", description="how the backbone's last feature map is pooled (GlobalPool)")
     input_size: int = Field(ge=16, le=2048, description="square input edge in pixels")
     tasks: dict[str, tuple[str, ...]] = Field(description="task name -> its classes, in the head's output order")
     temperatures: dict[str, float] = Field(default_factory=dict, description="softmax temperature per task")

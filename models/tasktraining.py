@@ -29,7 +29,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from predraft.models.card import sha256_of
 from predraft.models.factory import backbone_weights
 from predraft.models.imagetask import TaskNetwork, to_network_input
 from predraft.models.metalpaste import draw_metal
-from predraft.models.taskcard import TaskCard, write_task_card
+from predraft.models.taskcard import GlobalPool, TaskCard, write_task_card
 from predraft.models.taskdata import TaskRow, prepare_task_images, read_task_rows, task_classes
 from predraft.models.taskmetrics import task_metrics, task_targets
 
@@ -67,7 +67,7 @@ class TaskTrainingConfig(BaseModel):
 
     tasks: dict[str, tuple[str, ...] | None] = Field(description="task -> class order (None: sorted as found)")
     architecture: str = "regnetx_002"
-    global_pool: Literal["avg", "catavgmax"] = Field("avg", description="see predraft.models.imagetask.GLOBAL_POOLS")
+    global_pool: GlobalPool = Field("avg", description="how the backbone pools its feature map (taskcard.GlobalPool)")
     input_size: int = Field(128, ge=32, le=1024)
     epochs: int = Field(12, ge=1)
     samples_per_epoch: int = Field(2048, ge=1)

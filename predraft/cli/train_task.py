@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import click
 from pydantic import ValidationError
+
+from predraft.models.taskcard import GlobalPool
 
 
 def _task(value: str) -> tuple[str, tuple[str, ...] | None]:
@@ -66,7 +69,7 @@ def _task(value: str) -> tuple[str, tuple[str, ...] | None]:
 @click.option("--architecture", default="regnetx_002", show_default=True, help="timm model name.")
 @click.option(
     "--global-pool",
-    type=click.Choice(["avg", "catavgmax"]),
+    type=click.Choice(get_args(GlobalPool)),
     default="avg",
     show_default=True,
     help="How the backbone's last feature map is pooled: its mean, or its mean and largest value per channel "
