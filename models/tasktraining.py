@@ -183,7 +183,7 @@ def with_metal_pasted(
     images: torch.Tensor,
     labels: torch.Tensor,
     index: list[int],
-    pasteable: np.ndarray | None,
+    pasteable: np.ndarray,
     classes: dict[str, tuple[str, ...]],
     config: TaskTrainingConfig,
     rng: np.random.Generator,
@@ -194,7 +194,7 @@ def with_metal_pasted(
     for task, share in config.metal_paste.items():
         column = list(classes).index(task)
         for position, row in enumerate(index):
-            if pasteable is not None and pasteable[row, column] and rng.random() < share:
+            if pasteable[row, column] and rng.random() < share:
                 chosen[position] = torch.from_numpy(draw_metal(chosen[position].numpy(), rng))
                 batch_labels[position, column] = classes[task].index(config.binary[task])
     return chosen, batch_labels
@@ -209,7 +209,7 @@ def _fit_network(
     *,
     seed: int,
     progress: Callable[[str], None],
-    pasteable: np.ndarray | None = None,
+    pasteable: np.ndarray,
 ) -> TaskNetwork:
     """A network trained on ``pixels``; ``pasteable`` (bool per row, see :func:`pasteable_rows`) marks the rows
     that may get synthetic metal when ``config.metal_paste`` asks for it."""

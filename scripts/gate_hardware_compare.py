@@ -9,49 +9,52 @@ Each NAME=CSV is an ``out_of_fold.csv`` as ``predraft train-task`` writes it (or
 FracAtlas alone; sensitivity and specificity on whole images at the balanced threshold, fitted on the same
 readings and cross-fitted, with 95 % CIs from a bootstrap over groups; FracAtlas AP pelvis halves found), plus
 region accuracy (argmax) and the FracAtlas images with hardware read lowest, so that a change that finds more
-of them shows by name. Phantom rows are left out. Prints one line per run and writes the JSON.
+of them shows by name. The rows are ``models/data/gate_labels.csv``'s (``--images``: the folder
+``scripts/train_gate.sh`` makes), read with ``read_out_of_fold``; phantom rows are left out. Prints one line per
+run and writes the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from gate_hardware_test_time import figures  # scripts/ is on sys.path when a script there runs
+from gate_init_screening import LABELS, ROOT, gate_config
 
-REGIONS = ("hip", "shoulder", "hand", "leg")
+from predraft.models.taskdata import TaskRow, read_task_rows, task_classes
+from predraft.models.tasktraining import read_out_of_fold
+
 LOWEST = 12
 
 
-def read_run(path: Path) -> dict[str, Any]:
-    """The run's real rows: hardware figures, region accuracy and its lowest-read FracAtlas hardware images."""
-    with path.open(newline="") as handle:
-        records = [record for record in csv.DictReader(handle) if not record["image"].startswith("phantoms/")]
-    labelled = [record for record in records if record["label_hardware"]]
-    probability = np.clip([float(record["p_hardware_present"]) for record in labelled], 1e-6, 1 - 1e-6)
-    positive = np.array([record["label_hardware"] == "present" for record in labelled])
-    whole = np.array([record["crop"] == "whole" for record in labelled])
-    fracatlas = np.array([record["image"].startswith("fracatlas/") for record in labelled])
+def read_run(path: Path, rows: list[TaskRow], classes: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """The run's real ``rows``: hardware figures, region accuracy and its lowest-read FracAtlas hardware images."""
+    probabilities, fold_of = read_out_of_fold(path, rows, classes)
+    labelled = [index for index, row in enumerate(rows) if "hardware" in row.labels]
+    present = classes["hardware"].index("present")
+    probability = np.clip(probabilities["hardware"][labelled, present], 1e-6, 1 - 1e-6)
+    positive = np.array([rows[index].labels["hardware"] == "present" for index in labelled])
+    whole = np.array([rows[index].crop == "whole" for index in labelled])
+    fracatlas = np.array([rows[index].source == "fracatlas" for index in labelled])
     found = figures(
         np.log(probability / (1 - probability)),
         positive,
         whole,
         fracatlas,
-        np.array([record["group"] for record in labelled]),
-        np.array([int(record["fold"]) for record in labelled]),
+        np.array([rows[index].group for index in labelled]),
+        fold_of[labelled],
     )
-    regional = [record for record in records if record["label_region"]]
-    read_as = [max(REGIONS, key=lambda region: float(record[f"p_region_{region}"])) for record in regional]
-    found["region_accuracy"] = round(
-        float(np.mean([guess == record["label_region"] for guess, record in zip(read_as, regional, strict=True)])), 4
-    )
+    regional = [index for index, row in enumerate(rows) if "region" in row.labels]
+    read_as = probabilities["region"][regional].argmax(axis=1)
+    truth = [classes["region"].index(rows[index].labels["region"]) for index in regional]
+    found["region_accuracy"] = round(float(np.mean(read_as == np.array(truth))), 4)
     missed = sorted(
-        (float(record["p_hardware_present"]), record["image"])
-        for record, hit, real in zip(labelled, positive & whole, fracatlas, strict=True)
+        (float(value), rows[index].image)
+        for value, index, hit, real in zip(probability, labelled, positive & whole, fracatlas, strict=True)
         if hit and real
     )
     found["fracatlas_hardware_read_lowest"] = [[image, round(value, 4)] for value, image in missed[:LOWEST]]
@@ -61,12 +64,17 @@ def read_run(path: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="NAME=out_of_fold.csv")
+    parser.add_argument("--images", type=Path, default=ROOT / "var" / "gate-images")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    config = gate_config(None, 20)
+    every = read_task_rows(LABELS, args.images, list(config.tasks))
+    rows = [row for row in every if row.source not in config.synthetic_sources]
+    classes = {task: task_classes(every, task, order) for task, order in config.tasks.items()}
     summary = {}
     for item in args.runs:
         name, _, csv_path = item.partition("=")
-        summary[name] = {"out_of_fold": csv_path} | read_run(Path(csv_path))
+        summary[name] = {"out_of_fold": csv_path} | read_run(Path(csv_path), rows, classes)
         run = summary[name]
         at = run["whole_images_cross_fitted"]
         print(
