@@ -8,8 +8,10 @@ Order of operations (docs/clinical.md, "Views and sides"):
    GDCM), JPEG 2000 (GDCM, else pylibjpeg-openjpeg), 12-bit JPEG Extended (imagecodecs; see
    predraft.models.decoders, which also refuses non-conformant JPEG Extended streams with their reason).
 2. ``to_unit_range``: modality LUT or rescale -> VOI LUT, else the chosen window (VOILUTFunction LINEAR,
-   LINEAR_EXACT or SIGMOID, PS3.3 C.11.2.1.2-3), else a robust percentile window -> [0, 1] -> inversion
-   for MONOCHROME1 or PresentationLUTShape INVERSE. float32 throughout.
+   LINEAR_EXACT or SIGMOID, PS3.3 C.11.2.1.2-3), else the full range of an 8-bit image of display values (a
+   JPEG or PNG export wrapped in DICOM, read as the models' JPEG training images were), else a robust
+   percentile window -> [0, 1] -> inversion for MONOCHROME1 or PresentationLUTShape INVERSE. float32
+   throughout.
 3. ``crop_collimation``: uniform borders off (rule in ``collimation_box``).
 4. ``split_bilateral`` (AP pelvis) or ``standard_orientation`` (one hip): rows toward the patient's left,
    columns toward the feet, as PatientOrientation allows.
@@ -119,8 +121,10 @@ def to_unit_range(
 
     ``window_index`` picks the VOI LUT Sequence item or the WindowCenter/WindowWidth pair (0: the first);
     an index past the last one uses the last one. A VOI LUT wins over a window when both are present
-    (as pydicom's apply_voi_lut does). Without either (or with an invalid window) the 0.5th and 99.5th
-    percentiles of the image (a regular subsample of it) form a linear window.
+    (as pydicom's apply_voi_lut does). Without either (or with an invalid window): an image of display values
+    (:func:`holds_display_values`: 8 bits or fewer, no modality transform) maps its full stored range, as the
+    JPEG or PNG it was made from reads; any other image gets a linear window from the 0.5th to the 99.5th
+    percentile of its values (a regular subsample of them).
 
     ``overwrite_input=True`` lets a float32 ``stored`` be overwritten with the result (one image-sized
     allocation fewer, as ``decode``'s fresh array allows); the result is then ``stored`` itself or a
@@ -136,12 +140,29 @@ def to_unit_range(
     unit = _voi_lut(ds, values, window_index)
     if unit is None:
         unit = _window(ds, values, window_index, out=scratch)
+    if unit is None and holds_display_values(ds):
+        unit = _linear(values, 0.0, float(2 ** int(ds.BitsStored) - 1), out=scratch)
     if unit is None:
         low, high = _percentile_window(_subsample(values))
         unit = _linear(values, low, high, out=scratch)
     if needs_inversion(ds):
         np.subtract(1.0, unit, out=unit)
     return unit
+
+
+def holds_display_values(ds: Dataset) -> bool:
+    """Whether a grayscale image's stored values are meant to be shown as they are: 8 bits or fewer, unsigned,
+    with no modality LUT or rescale, as a JPEG or PNG export wrapped in DICOM (a digitised film, a Secondary
+    Capture) is. Without a window such an image maps its full stored range linearly (0 black, the top white),
+    which is how the JPEG exports the models learned from were read (``predraft.models.datasets.read_picture``):
+    a percentile window would stretch its contrast and change what the models see (on FracAtlas films wrapped
+    so, the bundled gate read body region and hardware worse)."""
+    bits = int(ds.get("BitsStored", 0) or 0)
+    if not 0 < bits <= 8 or int(ds.get("PixelRepresentation", 0) or 0) != 0 or ds.get("ModalityLUTSequence"):
+        return False
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    return slope == 1.0 and intercept == 0.0
 
 
 def needs_inversion(ds: Dataset) -> bool:

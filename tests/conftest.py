@@ -12,12 +12,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from predraft.core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "real"
+FRACATLAS = REPO_ROOT.parent / "shared" / "data" / "fracatlas" / "images"
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 #: The skips CI accepts: a test for the hardware the CI machine does not have. Every other skip (a tool, a
 #: service or ../shared/data missing) fails under CI, where scripts/test.sh has installed all of them.
 SKIPS_ALLOWED_IN_CI = ("needs a CUDA device",)
@@ -42,6 +48,36 @@ def real_file(name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"real DICOM fixture {path} is absent (../shared/data/real is not checked out)")
     return path
+
+
+def fracatlas_file(name: str) -> Path:
+    """An image of ../shared/data/fracatlas, or skip the test when the folder is absent."""
+    path = FRACATLAS / name
+    if not path.is_file():
+        pytest.skip(f"FracAtlas image {path} is absent (../shared/data/fracatlas is not checked out)")
+    return path
+
+
+def jpeg_as_cr(jpeg: Path, target: Path, **tags: str) -> Path:
+    """A CR instance holding ``jpeg``'s grey levels, 8-bit MONOCHROME2, as a digitiser would send it."""
+    pixels = np.asarray(Image.open(jpeg).convert("L"))
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(target), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = CR_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID, ds.PatientName, ds.AccessionNumber = "CR", "GATE1", "Test^Gate", "ACC-GATE"
+    ds.StudyDate, ds.PatientBirthDate = "20260101", "19600101"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = pixels.tobytes()
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    ds.save_as(target, enforce_file_format=True)
+    return target
 
 
 def poll(condition: Callable[[], bool], seconds: float, *, interval: float = 0.02) -> bool:

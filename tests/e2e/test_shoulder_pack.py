@@ -17,9 +17,8 @@ import pydicom
 import pytest
 
 from predraft.models.shoulder_data import SHOULDER_HOLDOUT
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, jpeg_as_cr
 from tests.e2e.conftest import Deployment
-from tests.e2e.test_real_gate import jpeg_as_cr
 
 pytestmark = pytest.mark.slow
 

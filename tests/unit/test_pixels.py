@@ -585,3 +585,31 @@ def test_the_input_is_kept_unless_overwriting_is_allowed(attributes):
     overwritten = to_unit_range(ds, stored, overwrite_input=True)
     np.testing.assert_array_equal(overwritten, kept)
     assert (overwritten is stored) == ("RescaleSlope" not in attributes)  # a rescale makes its own array
+
+
+def test_an_8_bit_image_without_window_is_read_full_range_as_its_jpeg_was():
+    """A JPEG export wrapped in DICOM (8 bits, no window, no rescale) reads as the JPEG reads (value / 255), the way
+    the gate's and the demo model's FracAtlas training images were read; a percentile window would stretch it."""
+
+    rng = np.random.default_rng(3)
+    grey = np.clip(rng.normal(90, 30, size=(64, 64)), 20, 200).astype(np.uint8)  # a film that never reaches 0 or 255
+    ds = _synthetic(BitsStored=8, BitsAllocated=8)
+    unit = to_unit_range(ds, grey.astype(np.float32))
+    np.testing.assert_allclose(unit, grey / 255.0, atol=1e-6)
+    assert unit.max() < 0.8  # not stretched to white, as a percentile window would
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    np.testing.assert_allclose(to_unit_range(ds, grey.astype(np.float32)), 1 - grey / 255.0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {"BitsStored": 12, "BitsAllocated": 16},  # deeper: raw values, whose range says nothing
+        {"BitsStored": 8, "BitsAllocated": 8, "RescaleSlope": 2, "RescaleIntercept": 0},  # a modality transform
+        {"BitsStored": 8, "BitsAllocated": 8, "PixelRepresentation": 1},  # signed
+    ],
+)
+def test_other_images_without_window_keep_the_percentile_window(attributes):
+    grey = np.linspace(20, 200, 64 * 64, dtype=np.float32).reshape(64, 64)
+    unit = to_unit_range(_synthetic(**attributes), grey)
+    assert unit.min() == 0.0 and unit.max() == 1.0  # stretched: the 0.5th and 99.5th percentiles

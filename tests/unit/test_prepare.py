@@ -15,6 +15,7 @@ from predraft.models.taskcard import GATE_CARD
 from predraft.models.taxonomy import Side, View
 from predraft.models.views import TagRegion
 from predraft.workers.gate import load_gate
+from tests.conftest import fracatlas_file, jpeg_as_cr
 
 
 def test_demo_ap_pelvis_gives_right_then_left_hip_of_the_requested_size(demo_study):
@@ -276,3 +277,21 @@ def test_voi_window_index_chooses_the_window(tmp_path):
     assert 100 < first[0].pixels[middle].mean() < 160  # values 1100-2900 in a 0-4095 window
     assert (second[0].pixels[middle] == 255).all()  # the narrow window at 500 saturates them all
     np.testing.assert_array_equal(past_the_last[0].pixels, second[0].pixels)
+
+
+@pytest.mark.parametrize("name", ["IMG0000453.jpg", "IMG0000026.jpg"])  # a hip with a plate; a knee
+def test_a_real_jpeg_sent_as_8_bit_dicom_reaches_the_gate_as_the_gate_learned_it(name, tmp_path):
+    """FracAtlas films were learned from as JPEGs (grey / 255). Wrapped in DICOM as a digitiser or a PACS export
+    would (8 bits, no window), the service's gate image is the training image, not a contrast-stretched copy."""
+    from predraft.models.pixels import letterbox
+    from predraft.models.taskdata import crop_image, read_grey
+
+    jpeg = fracatlas_file(name)
+    gate = load_gate(GATE_CARD)
+    learned = letterbox(crop_image(read_grey(jpeg), "whole"), gate.size)
+    served = prepare_file(jpeg_as_cr(jpeg, tmp_path / "film.dcm"), input_size=64, gate_size=gate.size).gate_pixels
+    assert served is not None
+    assert int(np.abs(served.astype(np.int16) - learned).max()) <= 1  # float rounding of a few pixels, no more
+    readings = gate.model.predict(np.stack([served, learned]))
+    for task in ("region", "hardware"):
+        np.testing.assert_allclose(readings[task][0], readings[task][1], atol=1e-3)

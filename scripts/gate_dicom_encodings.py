@@ -1,0 +1,153 @@
+"""Does a real film read the same when it arrives as DICOM as when the gate learned it from a JPEG? (issue 15)
+
+    .venv/bin/python scripts/gate_dicom_encodings.py --out docs/evaluation/gate-dicom-encodings.json
+
+The gate (and the demo hip model) learned FracAtlas' films as JPEGs, read as grey / 255
+(``predraft.models.taskdata.read_grey``). A site sends them as DICOM. This wraps the same films the ways a
+digitiser or an export would (8-bit MONOCHROME2 uncompressed, without and with a full-range window; the same
+8 bits scaled into 12 stored bits; JPEG Baseline, grey and colour) and prepares each as a received instance
+(``prepare_file``), then reads the training image and every wrapped one with the bundled gate. The images: every
+FracAtlas image with hardware and ``--negatives`` without, drawn with a fixed seed. The gate saw these films in
+training, so its figures here are flattering; what counts is how far each encoding moves from the training
+reading (mean absolute difference of the 160 px gate images in grey levels, of p(hardware) and region accuracy).
+Prints a table and writes the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gate_init_screening import LABELS, ROOT, gate_config  # scripts/ is on sys.path when a script there runs
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from sklearn.metrics import roc_auc_score
+
+from predraft.models.pixels import letterbox
+from predraft.models.prepare import prepare_file
+from predraft.models.taskcard import GATE_CARD
+from predraft.models.taskdata import crop_image, read_grey, read_task_rows
+from predraft.workers.gate import load_gate
+
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+
+
+def _dataset(grey: np.ndarray, path: Path) -> FileDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CR_IMAGE_STORAGE, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = CR_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality, ds.PatientID = generate_uid(), generate_uid(), "CR", "X"
+    ds.Rows, ds.Columns = grey.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = grey.tobytes()
+    return ds
+
+
+def _jpeg(ds: FileDataset, grey: np.ndarray, colour: bool) -> None:
+    buffer = io.BytesIO()
+    (Image.fromarray(grey).convert("RGB") if colour else Image.fromarray(grey)).save(buffer, "JPEG", quality=95)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    if colour:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
+    ds.PixelData = encapsulate([buffer.getvalue()])
+    ds["PixelData"].VR = "OB"
+
+
+def _window(ds: FileDataset, grey: np.ndarray) -> None:
+    ds.WindowCenter, ds.WindowWidth = 127.5, 256
+
+
+def _twelve_bits(ds: FileDataset, grey: np.ndarray) -> None:
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelData = (grey.astype(np.uint16) * 16).tobytes()
+
+
+#: How each encoding changes the plain 8-bit dataset.
+ENCODINGS: dict[str, Callable[[FileDataset, np.ndarray], None]] = {
+    "8_bit_no_window": lambda ds, grey: None,
+    "8_bit_full_range_window": _window,
+    "12_bit_no_window": _twelve_bits,
+    "jpeg_baseline_grey": lambda ds, grey: _jpeg(ds, grey, colour=False),
+    "jpeg_baseline_colour": lambda ds, grey: _jpeg(ds, grey, colour=True),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=Path, default=ROOT / "var" / "gate-images")
+    parser.add_argument("--negatives", type=int, default=300)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    config = gate_config(None, 20)
+    rows = [
+        row
+        for row in read_task_rows(LABELS, args.images, list(config.tasks))
+        if row.source == "fracatlas" and row.crop == "whole"
+    ]
+    with_hardware = [row for row in rows if row.labels["hardware"] == "present"]
+    without = [row for row in rows if row.labels["hardware"] == "absent"]
+    drawn = np.random.default_rng(0).choice(len(without), args.negatives, replace=False)
+    sample = with_hardware + [without[index] for index in sorted(drawn)]
+    gate = load_gate(GATE_CARD)
+    pixels: dict[str, list[np.ndarray]] = {"training": [], **{name: [] for name in ENCODINGS}}
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "film.dcm"
+        for row in sample:
+            jpeg = args.images / row.image
+            pixels["training"].append(letterbox(crop_image(read_grey(jpeg), "whole"), gate.size))
+            with Image.open(jpeg) as opened:
+                grey = np.asarray(opened.convert("L"))
+            for name, encode in ENCODINGS.items():
+                ds = _dataset(grey, path)
+                encode(ds, grey)
+                ds.save_as(path, enforce_file_format=True)
+                prepared = prepare_file(path, input_size=64, gate_size=gate.size).gate_pixels
+                assert prepared is not None
+                pixels[name].append(prepared)
+    positive = np.array([row.labels["hardware"] == "present" for row in sample])
+    regions = gate.model.card.tasks["region"]
+    truth = np.array([row.labels["region"] for row in sample])
+    threshold = gate.hardware_threshold
+    summary: dict[str, Any] = {
+        "gate": gate.model.card.display_name,
+        "images": {"with_hardware": int(positive.sum()), "without": int((~positive).sum())},
+        "encodings": {},
+    }
+    reference = np.stack(pixels["training"]).astype(np.float32)
+    base: np.ndarray | None = None
+    for name, images in pixels.items():
+        stacked = np.stack(images)
+        readings = gate.model.predict(stacked)
+        present = readings["hardware"][:, 1]
+        base = present if base is None else base
+        summary["encodings"][name] = {
+            "grey_levels_from_training_image": round(float(np.abs(stacked - reference).mean()), 3),
+            "region_accuracy": round(float(np.mean(np.array(regions)[readings["region"].argmax(axis=1)] == truth)), 4),
+            "hardware_auc": round(float(roc_auc_score(positive, present)), 4),
+            "hardware_sensitivity_at_card_threshold": round(float((present[positive] >= threshold).mean()), 4),
+            "hardware_specificity_at_card_threshold": round(float((present[~positive] < threshold).mean()), 4),
+            "median_change_of_p_hardware": round(float(np.median(np.abs(present - base))), 4),
+        }
+        row = summary["encodings"][name]
+        print(
+            f"{name:26} grey levels {row['grey_levels_from_training_image']:6.2f}  region {row['region_accuracy']:.3f}"
+            f"  hardware AUC {row['hardware_auc']:.4f}  sens {row['hardware_sensitivity_at_card_threshold']:.3f}"
+            f"  spec {row['hardware_specificity_at_card_threshold']:.3f}"
+        )
+    args.out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
