@@ -100,7 +100,7 @@ def show_command(study_uid: str, as_json: bool) -> int:
                 i["side"],
                 f"{i['region_read']} {i['region_probability']:.2f}" if i["region_read"] else "",
                 ", ".join(f"{p['side']}={p['top_class']} {p['probability']:.2f}" for p in i["predictions"]),
-                i["error"] or (f"{i['scope_flag']}: {i['scope_note']}" if i["scope_flag"] else ""),
+                i["error"] or flag_text(i["scope_flag"], i["scope_note"]),
             )
             for i in detail["instances"]
         ],
@@ -137,6 +137,16 @@ def show_command(study_uid: str, as_json: bool) -> int:
             )
             _echo_exports(review["exports"])
     return code
+
+
+def flag_text(flag: str | None, note: str | None) -> str:
+    """An instance's scope flag with its note, as ``studies show`` prints it: "flag: note", or the note alone when
+    it begins with the flag's own words (an untagged image's note starts "no body-part tags; ...")."""
+    if not flag:
+        return ""
+    if not note:
+        return flag
+    return note if note.startswith(flag) else f"{flag}: {note}"
 
 
 def _echo_exports(exports: list[dict]) -> None:

@@ -34,11 +34,13 @@ from sqlalchemy import func, select, update
 from predraft.cli import main
 from predraft.cli.output import parse_since
 from predraft.cli.queue import QUEUE_NAMES, STATE_NAMES
+from predraft.cli.studies import flag_text
 from predraft.core.db import session_scope, upgrade
 from predraft.core.schema import Draft, Export, Instance, Study, utcnow
 from predraft.core.settings import Settings, get_settings
 from predraft.core.states import InstanceState, StudyState
 from predraft.listener.ingest import InstanceHeader, record_instance
+from predraft.models.scope import ScopeFlag
 from predraft.workers.admin import STATES
 from predraft.workers.app import DRAFT, EXPORT, PREPARE, QUEUES, create_celery
 from predraft.workers.dead_letters import record_dead_letter
@@ -1142,3 +1144,13 @@ def test_since_takes_spans_and_dates():
     assert parse_since("2026-11-20T08:00+01:00", now=now) == datetime(2026, 11, 20, 7, 0, tzinfo=UTC)
     with pytest.raises(ValueError, match="--since 'soon': give a span such as 30m"):
         parse_since("soon", now=now)
+
+
+def test_studies_show_names_a_flag_once():
+    untagged = "no body-part tags; the image reads as hip or pelvis, 1.00"
+    assert flag_text(ScopeFlag.UNTAGGED.value, untagged) == untagged
+    assert flag_text(ScopeFlag.TAGS_DISAGREE.value, "tags say KNEE, the image reads as hip or pelvis, 0.98") == (
+        "tags disagree: tags say KNEE, the image reads as hip or pelvis, 0.98"
+    )
+    assert flag_text(ScopeFlag.REQUESTED.value, None) == "drafted on request"
+    assert flag_text(None, None) == ""
