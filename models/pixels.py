@@ -122,7 +122,7 @@ def to_unit_range(
     ``window_index`` picks the VOI LUT Sequence item or the WindowCenter/WindowWidth pair (0: the first);
     an index past the last one uses the last one. A VOI LUT wins over a window when both are present
     (as pydicom's apply_voi_lut does). Without either (or with an invalid window): an image of display values
-    (:func:`holds_display_values`: 8 bits or fewer, no modality transform) maps its full stored range, as the
+    (:func:`holds_display_values`: 8 bits or fewer, unsigned, no modality transform) maps its full stored range, as the
     JPEG or PNG it was made from reads; any other image gets a linear window from the 0.5th to the 99.5th
     percentile of its values (a regular subsample of them).
 
@@ -133,7 +133,7 @@ def to_unit_range(
     if window_index < 0:
         raise ValueError(f"window_index must be 0 or more, got {window_index}")
     if is_colour(ds):  # display values already: their full range, no modality or VOI transform, no inversion
-        top = float(2 ** min(max(int(ds.get("BitsStored", 8) or 8), 1), 16) - 1)
+        top = _full_range_top(ds)
         return _linear(stored, 0.0, top, out=stored if overwrite_input and stored.dtype == np.float32 else None)
     values = _modality(ds, stored)
     scratch = values if (values is not stored or overwrite_input) and values.dtype == np.float32 else None
@@ -141,13 +141,18 @@ def to_unit_range(
     if unit is None:
         unit = _window(ds, values, window_index, out=scratch)
     if unit is None and holds_display_values(ds):
-        unit = _linear(values, 0.0, float(2 ** int(ds.BitsStored) - 1), out=scratch)
+        unit = _linear(values, 0.0, _full_range_top(ds), out=scratch)
     if unit is None:
         low, high = _percentile_window(_subsample(values))
         unit = _linear(values, low, high, out=scratch)
     if needs_inversion(ds):
         np.subtract(1.0, unit, out=unit)
     return unit
+
+
+def _full_range_top(ds: Dataset) -> float:
+    """The largest value an image of display values can store (BitsStored, 8 when absent, kept in 1..16)."""
+    return float(2 ** min(max(int(ds.get("BitsStored", 8) or 8), 1), 16) - 1)
 
 
 def holds_display_values(ds: Dataset) -> bool:
@@ -243,7 +248,11 @@ def _window(ds: Dataset, values: np.ndarray, index: int, out: np.ndarray | None 
     if function == "LINEAR" and width == 1:  # a threshold: x <= c - 0.5 -> 0, else 1
         return (values > center - 0.5).astype(np.float32)
     log.info(
-        "window %d (center %s, width %s, %s) is not valid; using a percentile window", chosen, center, width, function
+        "window %d (center %s, width %s, %s) is not valid; using the default (full range or percentile window)",
+        chosen,
+        center,
+        width,
+        function,
     )
     return None
 

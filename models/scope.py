@@ -164,10 +164,10 @@ def decide_scope(
         sure = reading.confident(alone)
         if sure is not None:
             return ScopeDecision(
-                True, f"no body-part tags; the image reads as {reading.describe(sure)}", ScopeFlag.UNTAGGED, sure
+                True, f"{ScopeFlag.UNTAGGED}; the image reads as {reading.describe(sure)}", ScopeFlag.UNTAGGED, sure
             )
         return ScopeDecision(
-            False, f"no body-part tags, and the image does not read as {words} (reads as {reading.describe()})"
+            False, f"{ScopeFlag.UNTAGGED}, and the image does not read as {words} (reads as {reading.describe()})"
         )
     # another limb region by the tags
     overruling = reading.reads_as(alone)

@@ -1,6 +1,7 @@
 """Does a real film read the same when it arrives as DICOM as when the gate learned it from a JPEG? (issue 15)
 
     .venv/bin/python scripts/gate_dicom_encodings.py --out docs/evaluation/gate-dicom-encodings.json
+    # --images: the folder scripts/train_gate.sh makes (var/gate-images; only its fracatlas/ is read)
 
 The gate (and the demo hip model) learned FracAtlas' films as JPEGs, read as grey / 255
 (``predraft.models.taskdata.read_grey``). A site sends them as DICOM. This wraps the same films the ways a
@@ -9,7 +10,8 @@ digitiser or an export would (8-bit MONOCHROME2 uncompressed, without and with a
 (``prepare_file``), then reads the training image and every wrapped one with the bundled gate. The images: every
 FracAtlas image with hardware and ``--negatives`` without, drawn with a fixed seed. The gate saw these films in
 training, so its figures here are flattering; what counts is how far each encoding moves from the training
-reading (mean absolute difference of the 160 px gate images in grey levels, of p(hardware) and region accuracy).
+reading (mean absolute difference of the 160 px gate images in grey levels, median change of p(hardware), region
+accuracy and hardware figures at the card's threshold).
 Prints a table and writes the JSON.
 """
 
@@ -65,7 +67,7 @@ def _jpeg(ds: FileDataset, grey: np.ndarray, colour: bool) -> None:
 
 
 def _window(ds: FileDataset, grey: np.ndarray) -> None:
-    ds.WindowCenter, ds.WindowWidth = 127.5, 256
+    ds.WindowCenter, ds.WindowWidth = 128, 256  # LINEAR (PS3.3 C.11.2.1.2.1): exactly value / 255
 
 
 def _twelve_bits(ds: FileDataset, grey: np.ndarray) -> None:
@@ -92,8 +94,8 @@ def main() -> None:
     config = gate_config(None, 20)
     rows = [
         row
-        for row in read_task_rows(LABELS, args.images, list(config.tasks))
-        if row.source == "fracatlas" and row.crop == "whole"
+        for row in read_task_rows(LABELS, args.images, list(config.tasks), sources=("fracatlas",))
+        if row.crop == "whole"
     ]
     with_hardware = [row for row in rows if row.labels["hardware"] == "present"]
     without = [row for row in rows if row.labels["hardware"] == "absent"]

@@ -574,10 +574,12 @@ def test_letterbox_refuses_a_size_below_one():
         dict(WindowCenter=2048, WindowWidth=1000, VOILUTFunction="SIGMOID"),
         dict(RescaleSlope=2, RescaleIntercept=-10, WindowCenter=4000, WindowWidth=3000),
         dict(),
+        dict(BitsStored=8, BitsAllocated=8),  # display values: full range
     ],
 )
 def test_the_input_is_kept_unless_overwriting_is_allowed(attributes):
-    stored = np.random.default_rng(2).integers(0, 4096, size=(40, 30)).astype(np.float32)
+    top = 256 if attributes.get("BitsStored") == 8 else 4096
+    stored = np.random.default_rng(2).integers(0, top, size=(40, 30)).astype(np.float32)
     original = stored.copy()
     ds = _synthetic(**attributes)
     kept = to_unit_range(ds, stored)
