@@ -15,7 +15,8 @@ hardware likewise, and the films with real hardware (the legs among them apart: 
 them). Reported per group: the share at or above each network's balanced hip threshold (fitted on the held-out films
 as they are, hip against the rest) and the median p(hip). The paste network was trained on such drawings (on other
 films), so its figures with metal drawn are a check that it learned them, not a fair test; the bundled network never
-saw one. Fold weights are kept in the run folder and reused. Prints a table and writes the JSON.
+saw one. Fold weights are kept in the run folder, with their training minutes, and reused. Prints a table and
+writes the JSON.
 """
 
 from __future__ import annotations
@@ -76,15 +77,17 @@ def main() -> None:
     summary: dict[str, Any] = {"fold": args.fold, "images": {name: int(mask.sum()) for name, mask in groups.items()}}
     for name, recipe in configs.items():
         weights = args.run / f"{name}-fold{args.fold}.safetensors"
-        started = time.monotonic()
-        if weights.exists():
+        minutes_file = weights.with_suffix(".minutes")
+        if weights.exists() and minutes_file.exists():
             network = TaskNetwork(recipe.architecture, classes, global_pool=recipe.global_pool)
             network.load_state_dict(load_file(str(weights)))
             network.eval()
         else:
+            started = time.monotonic()
             network = fit_fold(pixels, targets, rows, fold_of, args.fold, classes, recipe, progress=print)
             save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(weights))
-        minutes = (time.monotonic() - started) / 60
+            minutes_file.write_text(f"{(time.monotonic() - started) / 60}\n")
+        minutes = float(minutes_file.read_text())
         plain = softmax(predict_logits(network, pixels[held])["region"])[:, hip]
         p_hip = np.zeros(len(rows))
         p_hip[held] = plain
