@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import cast, get_args
+from typing import cast
 
 import numpy as np
 import timm
@@ -24,14 +24,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from predraft.models.calibration import softmax
 from predraft.models.card import ModelCardError
-from predraft.models.taskcard import GlobalPool, TaskCard, load_task_card
+from predraft.models.taskcard import GLOBAL_POOLS, TaskCard, load_task_card
 
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
-
-
-#: The global pools a task network may use (predraft.models.taskcard.GlobalPool).
-GLOBAL_POOLS: tuple[str, ...] = get_args(GlobalPool)
 
 
 class TaskNetwork(torch.nn.Module):

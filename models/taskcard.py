@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,6 +20,8 @@ from predraft.models.card import read_card
 #: its mean; ``catavgmax`` its mean and its largest value per channel side by side (twice the features), so that
 #: a head can answer from a small part of the image as well as from the whole.
 GlobalPool = Literal["avg", "catavgmax"]
+#: The same names as a tuple, for a CLI choice or a check (torch-free, as this module).
+GLOBAL_POOLS: tuple[str, ...] = get_args(GlobalPool)
 
 #: The bundled gate: body region and hardware present, trained on FracAtlas (see its card).
 GATE_CARD = Path(__file__).resolve().parent / "gate" / "card.json"

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from safetensors.torch import save_file
 
-from predraft.models.imagetask import GLOBAL_POOLS
+from predraft.models.taskcard import GLOBAL_POOLS
 from predraft.models.taskdata import TaskRow, prepare_task_images, read_task_rows, task_classes
 from predraft.models.taskmetrics import task_targets
 from predraft.models.tasktraining import (

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import get_args
 
 import click
 from pydantic import ValidationError
 
-from predraft.models.taskcard import GlobalPool
+from predraft.models.taskcard import GLOBAL_POOLS
 
 
 def _task(value: str) -> tuple[str, tuple[str, ...] | None]:
@@ -69,7 +68,7 @@ def _task(value: str) -> tuple[str, tuple[str, ...] | None]:
 @click.option("--architecture", default="regnetx_002", show_default=True, help="timm model name.")
 @click.option(
     "--global-pool",
-    type=click.Choice(get_args(GlobalPool)),
+    type=click.Choice(GLOBAL_POOLS),
     default="avg",
     show_default=True,
     help="How the backbone's last feature map is pooled: its mean, or its mean and largest value per channel "
