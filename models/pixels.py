@@ -165,9 +165,7 @@ def holds_display_values(ds: Dataset) -> bool:
     bits = int(ds.get("BitsStored", 0) or 0)
     if not 0 < bits <= 8 or int(ds.get("PixelRepresentation", 0) or 0) != 0 or ds.get("ModalityLUTSequence"):
         return False
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    return slope == 1.0 and intercept == 0.0
+    return _rescale(ds) == (1.0, 0.0)
 
 
 def needs_inversion(ds: Dataset) -> bool:
@@ -181,12 +179,16 @@ def needs_inversion(ds: Dataset) -> bool:
     return ds.get("PhotometricInterpretation") == "MONOCHROME1" or shape == "INVERSE"
 
 
+def _rescale(ds: Dataset) -> tuple[float, float]:
+    """Rescale slope and intercept (1 and 0 when absent or empty)."""
+    return float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0)
+
+
 def _modality(ds: Dataset, stored: np.ndarray) -> np.ndarray:
     """Modality LUT (pydicom, integer input) or rescale slope/intercept in float32."""
     if ds.get("ModalityLUTSequence"):
         return np.asarray(apply_modality_lut(stored.astype(np.int64), ds), dtype=np.float32)
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    slope, intercept = _rescale(ds)
     values = np.asarray(stored, dtype=np.float32)
     if slope != 1.0 or intercept != 0.0:
         values = values * np.float32(slope) + np.float32(intercept)
