@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,11 +115,21 @@ def main() -> None:
             ],
         }
 
+    def fitted_and_cross_fitted(fit: Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]]) -> np.ndarray:
+        """``fit(train)`` is a rule fitted on the rows of mask ``train`` that calls the rows of a mask: the calls
+        of the rule fitted on every whole image, and of the rule fitted on the other folds' whole images, fold by
+        fold, stacked (two rows)."""
+        cross = np.zeros(len(rows), dtype=bool)
+        for fold in np.unique(fold_of):
+            held = fold_of == fold
+            cross[held] = fit(whole & ~held)(held)
+        return np.stack([fit(whole)(np.ones(len(rows), dtype=bool)), cross])
+
+    def single(train: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        threshold = balanced_threshold(present[train], positive[train])
+        return lambda among: present[among] >= threshold
+
     single_threshold = balanced_threshold(present[whole], positive[whole])
-    single_cross = np.zeros(len(rows), dtype=bool)
-    for fold in np.unique(fold_of):
-        train = whole & (fold_of != fold)
-        single_cross[fold_of == fold] = present[fold_of == fold] >= balanced_threshold(present[train], positive[train])
     summary: dict[str, Any] = {
         "out_of_fold": str(OUT_OF_FOLD.relative_to(ROOT)),
         "images": {
@@ -126,20 +137,19 @@ def main() -> None:
             "with_hardware": int((whole & positive).sum()),
             "pelvis_halves": int((~whole).sum()),
         },
-        "single_threshold": {"threshold": round(single_threshold, 4)}
-        | report(present >= single_threshold, single_cross),
+        "single_threshold": {"threshold": round(single_threshold, 4)} | report(*fitted_and_cross_fitted(single)),
     }
     for slopes in (False, True):
-        fitted = RegionCalibration(logit[whole], region[whole], positive[whole], regions, slopes=slopes)
-        cross = np.zeros(len(rows), dtype=bool)
-        for fold in np.unique(fold_of):
-            train = whole & (fold_of != fold)
-            held = fold_of == fold
-            cross[held] = RegionCalibration(logit[train], region[train], positive[train], regions, slopes=slopes).calls(
-                logit[held], region[held]
-            )
+
+        def calibrated(train: np.ndarray, slopes: bool = slopes) -> Callable[[np.ndarray], np.ndarray]:
+            fitted = RegionCalibration(logit[train], region[train], positive[train], regions, slopes=slopes)
+            return lambda among: fitted.calls(logit[among], region[among])
+
+        on_every_image = RegionCalibration(logit[whole], region[whole], positive[whole], regions, slopes=slopes)
         name = "per_region_offset_and_slope" if slopes else "per_region_offset"
-        summary[name] = {"thresholds_on_p": fitted.thresholds_on_p()} | report(fitted.calls(logit, region), cross)
+        summary[name] = {"thresholds_on_p": on_every_image.thresholds_on_p()} | report(
+            *fitted_and_cross_fitted(calibrated)
+        )
     for name, run in summary.items():
         if isinstance(run, dict) and "whole_images_cross_fitted" in run:
             same, cross = run["whole_images_fitted_on_the_same_readings"], run["whole_images_cross_fitted"]
