@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -20,6 +21,9 @@ class InvalidUidError(ValueError):
     """A Study, Series or SOP Instance UID or the SOP Class UID of a data set is missing, not of VR UI, or
     not a UID (PS3.5 6.2): the message names the attribute and why, never its value."""
 
+
+#: An Integer String's value (PS3.5 6.2): an optional sign and at most 12 characters in all.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,11}|[0-9]{12}")
 
 #: The UIDs that identify an instance, read as the data set holds them (never as pydicom tidied them).
 IDENTIFYING_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
@@ -61,6 +65,11 @@ class InstanceHeader:
     requested_procedure: str = ""
     series_description: str = ""
     body_part: str = ""
+    study_time: str = ""
+    referring_physician_name: str = ""
+    study_identifier: str = ""
+    series_number: str = ""
+    instance_number: str = ""
 
     @classmethod
     def from_dataset(cls, ds: Dataset, transfer_syntax_uid: str) -> InstanceHeader:
@@ -87,7 +96,22 @@ class InstanceHeader:
             requested_procedure=_requested_procedure(ds)[:64],
             series_description=text("SeriesDescription", 64),
             body_part=text("BodyPartExamined", 16),
+            study_time=text("StudyTime", 16),
+            referring_physician_name=text("ReferringPhysicianName", 324),
+            study_identifier=text("StudyID", 16),
+            series_number=integer_string(ds, "SeriesNumber"),
+            instance_number=integer_string(ds, "InstanceNumber"),
         )
+
+
+def integer_string(ds: Dataset, keyword: str) -> str:
+    """The IS value ``keyword`` of ``ds`` as its integer's digits ("007 " is "7"); empty when it is missing,
+    multi-valued or no integer (a malformed number loses the instance nothing but this value)."""
+    element = ds.get_item(keyword)
+    value = None if element is None else element.value
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value if value is not None else "")
+    digits = _INTEGER.fullmatch(text.strip(" \x00"))
+    return str(int(digits.group())) if digits else ""
 
 
 def _requested_procedure(ds: Dataset) -> str:
@@ -194,6 +218,9 @@ def record_instance(
                 study_date=header.study_date,
                 study_description=header.study_description,
                 requested_procedure=header.requested_procedure,
+                study_time=header.study_time,
+                referring_physician_name=header.referring_physician_name,
+                study_identifier=header.study_identifier,
                 state=StudyState.RECEIVING,
                 generation=1,
                 received_at=now,
@@ -238,6 +265,7 @@ def record_instance(
                 modality=header.modality,
                 series_description=header.series_description,
                 body_part=header.body_part,
+                series_number=header.series_number,
             ),
         ).scalar()
     if series_id is None:  # opened meanwhile by another transaction, as above
@@ -254,6 +282,7 @@ def record_instance(
             spool_path=spool_path,
             size_bytes=size_bytes,
             calling_ae=calling_ae[:64],
+            instance_number=header.instance_number,
             state=InstanceState.RECEIVED if classifiable else InstanceState.SKIPPED,
             error=None if classifiable else "structured report: stored with its study, not classified",
             received_at=now,

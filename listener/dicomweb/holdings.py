@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from predraft.core.schema import Draft, Instance, Series, SrDocument, Study
+from predraft.listener.ingest import integer_string
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,8 @@ class InstanceEntry:
     sop_instance_uid: str
     transfer_syntax_uid: str
     path: str
+    #: InstanceNumber as received ("" when none is known).
+    number: str = ""
 
 
 @dataclass
@@ -30,6 +33,8 @@ class SeriesEntry:
     modality: str
     description: str
     body_part: str
+    #: SeriesNumber as received ("" when none is known).
+    number: str = ""
     instances: list[InstanceEntry] = field(default_factory=list)
 
 
@@ -37,7 +42,9 @@ def _document_series(document: SrDocument) -> SeriesEntry | None:
     """An SR predraft issued as a one-instance series, read from the SR file's header; None if unreadable."""
     try:
         sr = pydicom.dcmread(
-            document.path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SeriesDescription", "Modality"]
+            document.path,
+            stop_before_pixels=True,
+            specific_tags=["SOPClassUID", "SeriesDescription", "Modality", "SeriesNumber", "InstanceNumber"],
         )
     except (OSError, InvalidDicomError) as exc:
         log.warning(
@@ -49,9 +56,15 @@ def _document_series(document: SrDocument) -> SeriesEntry | None:
         document.sop_instance_uid,
         str(sr.file_meta.get("TransferSyntaxUID", "")),
         document.path,
+        integer_string(sr, "InstanceNumber"),
     )
     return SeriesEntry(
-        document.series_uid, str(sr.get("Modality", "SR")), str(sr.get("SeriesDescription", "")), "", [instance]
+        document.series_uid,
+        str(sr.get("Modality", "SR")),
+        str(sr.get("SeriesDescription", "")),
+        "",
+        integer_string(sr, "SeriesNumber"),
+        [instance],
     )
 
 
@@ -68,11 +81,16 @@ def study_series(session: Session, study: Study) -> list[SeriesEntry]:
     ).all()
     for instance, row in rows:
         entry = series.setdefault(
-            row.series_uid, SeriesEntry(row.series_uid, row.modality, row.series_description, row.body_part)
+            row.series_uid,
+            SeriesEntry(row.series_uid, row.modality, row.series_description, row.body_part, row.series_number),
         )
         entry.instances.append(
             InstanceEntry(
-                instance.sop_class_uid, instance.sop_instance_uid, instance.transfer_syntax_uid, instance.spool_path
+                instance.sop_class_uid,
+                instance.sop_instance_uid,
+                instance.transfer_syntax_uid,
+                instance.spool_path,
+                instance.instance_number,
             )
         )
     held = {i.sop_instance_uid for s in series.values() for i in s.instances}
@@ -87,7 +105,7 @@ def study_series(session: Session, study: Study) -> list[SeriesEntry]:
             continue
         entry = series.setdefault(
             drafted.series_uid,
-            SeriesEntry(drafted.series_uid, drafted.modality, drafted.description, drafted.body_part),
+            SeriesEntry(drafted.series_uid, drafted.modality, drafted.description, drafted.body_part, drafted.number),
         )
         entry.instances.extend(drafted.instances)
     return list(series.values())

@@ -4,13 +4,15 @@ database (the drafted SRs, Modality SR, included) as DICOM JSON.
 A few attributes of a study's or series' answer are in no database column (:data:`STUDY_HEADER_KEYWORDS`,
 :data:`SERIES_HEADER_KEYWORDS`): they are taken from the header of the first instance of the study or series
 whose file can be read within the bounds of a received one (as ``.../metadata`` reads it; a file that crosses
-them counts in ``predraft_inputs_refused{transport="qido"}``), and are left out when none can. They are answered,
-not matched on: a query key naming one is ignored, as the Warning header says."""
+them counts in ``predraft_inputs_refused{transport="qido"}``), and are left out when none can. StudyTime,
+ReferringPhysicianName, StudyID and SeriesNumber are also held in columns as received (since revision 0015) and
+matched there; PatientBirthDate, PatientSex, SeriesDate and SeriesTime are answered, not matched on: a query key
+naming one is ignored, as the Warning header says."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
@@ -36,9 +38,23 @@ STUDY_KEYS = {
     "AccessionNumber": Study.accession_number,
     "StudyDate": Study.study_date,
     "StudyDescription": Study.study_description,
+    "StudyTime": Study.study_time,
+    "ReferringPhysicianName": Study.referring_physician_name,
+    "StudyID": Study.study_identifier,
 }
-SERIES_KEYS = frozenset({"SeriesInstanceUID", "Modality", "SeriesDescription", "BodyPartExamined"})
-INSTANCE_KEYS = frozenset({"SOPInstanceUID", "SOPClassUID"})
+#: What a series and an instance are matched on (with ModalitiesInStudy, the keys PS3.18 Table 10.6.1-5 requires).
+SERIES_ATTRIBUTES: dict[str, Callable[[SeriesEntry], str]] = {
+    "SeriesInstanceUID": lambda s: s.series_uid,
+    "Modality": lambda s: s.modality,
+    "SeriesDescription": lambda s: s.description,
+    "BodyPartExamined": lambda s: s.body_part,
+    "SeriesNumber": lambda s: s.number,
+}
+INSTANCE_ATTRIBUTES: dict[str, Callable[[InstanceEntry], str]] = {
+    "SOPInstanceUID": lambda i: i.sop_instance_uid,
+    "SOPClassUID": lambda i: i.sop_class_uid,
+    "InstanceNumber": lambda i: i.number,
+}
 #: Attributes of a study's answer held in no database column, read from an instance's header: default attributes
 #: of a study (PS3.18 Table 10.6.3-3); OHIF's study list asks for ReferringPhysicianName and PatientBirthDate.
 STUDY_HEADER_KEYWORDS = ["StudyTime", "ReferringPhysicianName", "PatientBirthDate", "PatientSex", "StudyID"]
@@ -108,6 +124,8 @@ def _instance_json(study_uid: str, series_uid: str, instance: InstanceEntry, stu
     ds = Dataset()
     ds.SOPClassUID = instance.sop_class_uid
     ds.SOPInstanceUID = instance.sop_instance_uid
+    if instance.number:
+        ds.InstanceNumber = instance.number
     ds.AvailableTransferSyntaxUID = instance.transfer_syntax_uid
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
@@ -144,17 +162,11 @@ def search_studies(request: Request) -> Response:
 @router.get("/studies/{study}/series", summary="QIDO-RS: search for the series of a study")
 def search_series(study: str, request: Request) -> Response:
     study_uid = path_uid(study, "StudyInstanceUID")
-    query = parse_query(request, SERIES_KEYS)
+    query = parse_query(request, frozenset(SERIES_ATTRIBUTES))
     with session_scope(settings_of(request).database_url) as session:
         row = find_study(session, study_uid)
         series = study_series(session, row) if row is not None else []
-    attributes = {
-        "SeriesInstanceUID": lambda s: s.series_uid,
-        "Modality": lambda s: s.modality,
-        "SeriesDescription": lambda s: s.description,
-        "BodyPartExamined": lambda s: s.body_part,
-    }
-    matching = [s for s in series if all(m.test(attributes[k](s)) for k, m in query.matches.items())]
+    matching = [s for s in series if all(m.test(SERIES_ATTRIBUTES[k](s)) for k, m in query.matches.items())]
     studies_url, bounds = studies_url_of(request), bounds_of(request)
     return _search_answer([_series_json(study_uid, s, studies_url, bounds) for s in query.page(matching)], query)
 
@@ -162,12 +174,11 @@ def search_series(study: str, request: Request) -> Response:
 @router.get("/studies/{study}/series/{series}/instances", summary="QIDO-RS: search for the instances of a series")
 def search_instances(study: str, series: str, request: Request) -> Response:
     study_uid, series_uid = path_uid(study, "StudyInstanceUID"), path_uid(series, "SeriesInstanceUID")
-    query = parse_query(request, INSTANCE_KEYS)
+    query = parse_query(request, frozenset(INSTANCE_ATTRIBUTES))
     with session_scope(settings_of(request).database_url) as session:
         row = find_study(session, study_uid)
         entries = study_series(session, row) if row is not None else []
     instances = [i for s in entries if s.series_uid == series_uid for i in s.instances]
-    attributes = {"SOPInstanceUID": lambda i: i.sop_instance_uid, "SOPClassUID": lambda i: i.sop_class_uid}
-    matching = [i for i in instances if all(m.test(attributes[k](i)) for k, m in query.matches.items())]
+    matching = [i for i in instances if all(m.test(INSTANCE_ATTRIBUTES[k](i)) for k, m in query.matches.items())]
     studies_url = studies_url_of(request)
     return _search_answer([_instance_json(study_uid, series_uid, i, studies_url) for i in query.page(matching)], query)

@@ -23,6 +23,11 @@ from predraft.core import metrics
 #: charset parameters (8.3.3.1-2) that stand for the request's headers (the response is DICOM JSON in UTF-8).
 CONTROL_PARAMETERS = frozenset({"limit", "offset", "includefield", "fuzzymatching", "accept", "charset"})
 _DATE_RANGE = re.compile(r"^(\d{8})?-(\d{8})?$")
+_TIME = r"[0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:\.[0-9]{1,6})?)?)?"
+_TIME_RANGE = re.compile(rf"^({_TIME})?-({_TIME})?$")
+#: The latest time each prefix of a TM value names: an upper bound is completed from it (``1100`` to 11:00:59.999999).
+_LATEST_TIME = "005959.999999"
+_INTEGER = re.compile(r"^ *[+-]?[0-9]{1,12} *$")
 _UNSAFE_IN_HEADER = re.compile(r"[^\w.-]")
 _COUNT = re.compile(r"[0-9]{1,10}")
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")
@@ -33,7 +38,10 @@ MAX_COUNT = 2**31 - 1
 
 @dataclass(frozen=True)
 class Match:
-    """One matching key's value (PS3.4 C.2.2.2): UID list, date range, wildcard or single value."""
+    """One matching key's value (PS3.4 C.2.2.2): UID list, date or time range, wildcard or single value. A time
+    range's upper end is widened to what it names (``1030-1100`` runs from 10:30:00 to 11:00:59.999999), and one
+    time is such a range (``1030`` matches from 10:30:00 to 10:30:59.999999). An Integer
+    String (SeriesNumber, InstanceNumber) matches by its number (``07`` matches ``7``)."""
 
     keyword: str
     values: tuple[str, ...]
@@ -46,6 +54,13 @@ class Match:
             return cls(keyword, tuple(v.strip() for v in re.split(r"[,\\]", value) if v.strip()), "list")
         if vr == "DA" and (date_range := _DATE_RANGE.match(value)) and value != "-":
             return cls(keyword, (date_range.group(1) or "", date_range.group(2) or ""), "range")
+        if vr == "TM" and re.fullmatch(_TIME, value):  # one time is the range of the times it names
+            return cls(keyword, (value, value + _LATEST_TIME[len(value) :]), "range")
+        if vr == "TM" and (time_range := _TIME_RANGE.match(value)) and value != "-":
+            high = time_range.group(2) or ""
+            return cls(keyword, (time_range.group(1) or "", high and high + _LATEST_TIME[len(high) :]), "range")
+        if vr == "IS" and _INTEGER.match(value):
+            return cls(keyword, (str(int(value)),), "single")
         if "*" in value or "?" in value:
             return cls(keyword, (value,), "wildcard")
         return cls(keyword, (value,), "single")

@@ -73,6 +73,11 @@ class Study(WorkLease, Base):
     study_date: Mapped[str] = mapped_column(String(8), default="")
     study_description: Mapped[str] = mapped_column(String(64), default="")
     requested_procedure: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    #: StudyTime, ReferringPhysicianName and StudyID of its first instance, as received (QIDO-RS matches on them;
+    #: empty for a study received before revision 0015).
+    study_time: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    referring_physician_name: Mapped[str] = mapped_column(String(324), default="", server_default="")
+    study_identifier: Mapped[str] = mapped_column(String(16), default="", server_default="")
     state: Mapped[StudyState] = mapped_column(
         stored_enum(StudyState, length=16, constraint="ck_studies_state"), index=True
     )
@@ -103,6 +108,8 @@ class Series(Base):
     modality: Mapped[str] = mapped_column(String(16), default="")
     series_description: Mapped[str] = mapped_column(String(64), default="")
     body_part: Mapped[str] = mapped_column(String(16), default="")
+    #: SeriesNumber of its first instance, as received (empty when it had none, or before revision 0015).
+    series_number: Mapped[str] = mapped_column(String(12), default="", server_default="")
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
@@ -122,6 +129,8 @@ class Instance(WorkLease, Base):
     spool_path: Mapped[str] = mapped_column(Text)
     size_bytes: Mapped[int] = mapped_column(Integer)
     calling_ae: Mapped[str] = mapped_column(String(64), default="")  # calling AE title, or STOW:<user>
+    #: InstanceNumber as received (empty when it had none, or before revision 0015).
+    instance_number: Mapped[str] = mapped_column(String(12), default="", server_default="")
     state: Mapped[InstanceState] = mapped_column(
         stored_enum(InstanceState, length=16, constraint="ck_instances_state"), index=True
     )
