@@ -4,7 +4,8 @@ Imported by every worker (``predraft.workers.app.create_celery`` includes it): o
 writes :func:`worker_status` every :data:`predraft.workers.presence.HEARTBEAT_SECONDS` to a Redis key that expires
 (Redis broker) or to a file (the embedded broker), and removes it when the worker stops. The status names
 the worker, its queues, pool and concurrency, its device (the CPU model, or the CUDA device's name), its
-model card's name and version, and the tasks it holds (active, reserved, or scheduled for their ETA): ids,
+model card's name and version (the hip pack's) and every model it reads with (the gate's and each pack's card),
+and the tasks it holds (active, reserved, or scheduled for their ETA): ids,
 task names and scalar arguments only. :mod:`predraft.workers.presence` reads it. The same thread renews the
 leases of the tasks the worker runs (:func:`predraft.workers.leases.renew_leases`).
 """
@@ -31,6 +32,7 @@ from celery.worker.request import Request
 
 from predraft.core.settings import Settings, get_settings
 from predraft.models.card import load_card
+from predraft.models.taskcard import load_task_card
 from predraft.workers.leases import lease_seconds, renew_leases
 from predraft.workers.presence import (
     HEARTBEAT_SECONDS,
@@ -54,8 +56,8 @@ def _settings() -> Settings:
 
 
 @lru_cache(maxsize=1)
-def _static_description() -> dict[str, str]:
-    """Device and model: what does not change while the worker runs."""
+def _static_description() -> dict[str, Any]:
+    """Device and models: what does not change while the worker runs."""
     settings = _settings()
     device, device_name = settings.model.device, _cpu_name()
     if device.startswith("cuda"):
@@ -70,7 +72,32 @@ def _static_description() -> dict[str, str]:
         model_name, model_version = card.name, card.version
     except Exception as exc:
         model_name, model_version = f"unreadable card ({type(exc).__name__})", ""
-    return {"device": device, "device_name": device_name, "model_name": model_name, "model_version": model_version}
+    return {
+        "device": device,
+        "device_name": device_name,
+        "model_name": model_name,
+        "model_version": model_version,
+        "models": _models(settings),
+    }
+
+
+def _models(settings: Settings) -> dict[str, str]:
+    """Every model the worker reads with, by role: ``gate`` and each installed pack's name, its card's "name
+    version" (or why the card cannot be read)."""
+
+    def described(card_path: Path, load: Callable[..., tuple[Any, Path]]) -> str:
+        try:
+            card = load(card_path, verify_weights=False)[0]
+        except Exception as exc:  # a broken card is worth seeing here, not a crash of the heartbeat
+            return f"unreadable card ({type(exc).__name__})"
+        return f"{card.name} {card.version}"
+
+    models = {"gate": described(settings.model.gate_card_path, load_task_card)}
+    try:
+        packs = settings.model.packs().packs
+    except Exception as exc:
+        return {**models, "packs": f"unreadable ({type(exc).__name__})"}
+    return {**models, **{installed.name: described(installed.card_path, load_card) for installed in packs}}
 
 
 def _cpu_name() -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,9 @@ class WorkerStatus:
     source: str
     #: Whether it answered Celery's remote control (None: not asked, or a broker that cannot broadcast).
     answers_inspect: bool | None = None
+    #: Every model it reads with, by role (``gate``, then each pack's name): "name version" of its card. Empty from a
+    #: worker of an earlier version.
+    models: dict[str, str] = field(default_factory=dict)
 
     def as_json(self, now: datetime) -> dict[str, Any]:
         return {
@@ -85,6 +88,7 @@ class WorkerStatus:
             "device_name": self.device_name,
             "model_name": self.model_name,
             "model_version": self.model_version,
+            "models": dict(self.models),
             "started_at": _iso(self.started_at),
             "uptime_seconds": round((now - self.started_at).total_seconds(), 1) if self.started_at else None,
             "heartbeat_at": _iso(self.heartbeat_at),
@@ -206,6 +210,9 @@ def status_from_json(data: dict[str, Any], *, source: str) -> WorkerStatus:
             for task in data.get("tasks") or ()
         ),
         source=source,
+        models={str(role): str(model) for role, model in models.items()}
+        if isinstance(models := data.get("models"), dict)
+        else {},
     )
 
 

@@ -73,14 +73,14 @@ def print_workers(workers: Sequence[dict[str, Any]]) -> None:
         click.echo("no worker online")
         return
     print_table(
-        ("Worker", "Queues", "Pool", "Device", "Model", "Uptime", "Heartbeat", "Active", "Scheduled"),
+        ("Worker", "Queues", "Pool", "Device", "Models", "Uptime", "Heartbeat", "Active", "Scheduled"),
         [
             (
                 w["hostname"],
                 ",".join(w["queues"]),
                 f"{w['pool']} x{w['concurrency']}",
                 f"{w['device']} ({w['device_name']})",
-                f"{w['model_name']} {w['model_version']}",
+                ", ".join(w.get("models", {}).values()) or f"{w['model_name']} {w['model_version']}",
                 age(w["uptime_seconds"]),
                 f"{age(w['heartbeat_age_seconds'])} ago"
                 + (

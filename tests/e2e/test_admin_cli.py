@@ -33,6 +33,7 @@ from predraft.core.schema import Export, Instance, Study
 from predraft.core.settings import Settings, get_settings
 from predraft.models.card import load_card
 from predraft.models.phantoms import write_demo_study
+from predraft.models.taskcard import load_task_card
 from predraft.serve import prepare_environment
 from predraft.workers.app import DRAFT, EXPORT
 from predraft.workers.dead_letters import record_dead_letter
@@ -271,6 +272,13 @@ def test_admin_commands_against_running_workers(site: Site, tmp_path: Path) -> N
         worker["active"],
     ) == (["classify", "export", "prepare"], 3, "threads", "cpu", card.name, card.version, 1)
     assert worker["device_name"].startswith("CPU: ") and worker["heartbeat_age_seconds"] < 10
+    gate = load_task_card(site.settings.model.gate_card_path, verify_weights=False)[0]
+    packs = site.settings.model.packs().packs
+    assert worker["models"] == {
+        "gate": f"{gate.name} {gate.version}",
+        **{p.name: f"{p.card.name} {p.card.version}" for p in packs},
+    }
+    assert worker["models"]["hip"] == f"{card.name} {card.version}"
     assert worker["hostname"].startswith("predraft-prepare-classify-export@")
     code, report = site.cli("workers", "--timeout", "2")
     assert (code, [w["hostname"] for w in report["workers"]], report["queues_without_workers"]) == (

@@ -373,6 +373,7 @@ def _fake_worker(
         "device_name": "CPU: test",
         "model_name": "predraft-test",
         "model_version": "9.9.9",
+        "models": {"gate": "predraft-gate 1.2.0", "hip": "predraft-test 9.9.9"},
         "started_at": (now - timedelta(seconds=90)).isoformat(),
         "heartbeat_at": (now - timedelta(seconds=heartbeat_age)).isoformat(),
         "tasks": tasks,
@@ -479,6 +480,7 @@ def test_queue_stats_counts_every_state(site, seeded, capsys):
             "device_name",
             "model_name",
             "model_version",
+            "models",
             "active",
             "reserved",
             "scheduled",
@@ -494,6 +496,7 @@ def test_queue_stats_counts_every_state(site, seeded, capsys):
         "device_name": "CPU: test",
         "model_name": "predraft-test",
         "model_version": "9.9.9",
+        "models": {"gate": "predraft-gate 1.2.0", "hip": "predraft-test 9.9.9"},
         "active": 1,
         "reserved": 0,
         "scheduled": 0,
@@ -535,7 +538,7 @@ def test_queue_stats_is_fine_when_every_queue_has_a_worker_and_nothing_is_dead(c
         (0, 0, 0, 0)
     ] * 4
     code, text, _ = _run(capsys, "queue", "stats")
-    assert code == 0 and "Workers online" in text and "predraft-test 9.9.9" in text
+    assert code == 0 and "Workers online" in text and "predraft-gate 1.2.0, predraft-test 9.9.9" in text
     code, report, _ = _run(capsys, "workers", "--json")
     assert (code, report["problems"], len(report["workers"])) == (0, [], 1)
 
