@@ -8,9 +8,9 @@ Order of operations (docs/clinical.md, "Views and sides"):
    GDCM), JPEG 2000 (GDCM, else pylibjpeg-openjpeg), 12-bit JPEG Extended (imagecodecs; see
    predraft.models.decoders, which also refuses non-conformant JPEG Extended streams with their reason).
 2. ``to_unit_range``: modality LUT or rescale -> VOI LUT, else the chosen window (VOILUTFunction LINEAR,
-   LINEAR_EXACT or SIGMOID, PS3.3 C.11.2.1.2-3), else the full range of an 8-bit image of display values (a
-   JPEG or PNG export wrapped in DICOM, read as the models' JPEG training images were), else a robust
-   percentile window -> [0, 1] -> inversion for MONOCHROME1 or PresentationLUTShape INVERSE. float32
+   LINEAR_EXACT or SIGMOID, PS3.3 C.11.2.1.2-3), else the full range of an image of 8-bit display values (a
+   JPEG or PNG export wrapped in DICOM, in 8 bits or deeper, read as the models' JPEG training images were),
+   else a robust percentile window -> [0, 1] -> inversion for MONOCHROME1 or PresentationLUTShape INVERSE. float32
    throughout.
 3. ``crop_collimation``: uniform borders off (rule in ``collimation_box``).
 4. ``split_bilateral`` (AP pelvis) or ``standard_orientation`` (one hip): rows toward the patient's left,
@@ -122,9 +122,10 @@ def to_unit_range(
     ``window_index`` picks the VOI LUT Sequence item or the WindowCenter/WindowWidth pair (0: the first);
     an index past the last one uses the last one. A VOI LUT wins over a window when both are present
     (as pydicom's apply_voi_lut does). Without either (or with an invalid window): an image of display values
-    (:func:`holds_display_values`: 8 bits or fewer, unsigned, no modality transform) maps its full stored range, as the
-    JPEG or PNG it was made from reads; any other image gets a linear window from the 0.5th to the 99.5th
-    percentile of its values (a regular subsample of them).
+    (:func:`display_values_top`: unsigned, no modality transform, 8 bits or fewer, or deeper with no value above
+    255) maps 0 to its top (that of its depth, or 255) linearly, as the JPEG or PNG it was made from reads; any
+    other image gets a linear window from the 0.5th to the 99.5th percentile of its values (a regular subsample
+    of them).
 
     ``overwrite_input=True`` lets a float32 ``stored`` be overwritten with the result (one image-sized
     allocation fewer, as ``decode``'s fresh array allows); the result is then ``stored`` itself or a
@@ -140,8 +141,8 @@ def to_unit_range(
     unit = _voi_lut(ds, values, window_index)
     if unit is None:
         unit = _window(ds, values, window_index, out=scratch)
-    if unit is None and holds_display_values(ds):
-        unit = _linear(values, 0.0, _full_range_top(ds), out=scratch)
+    if unit is None and (top := display_values_top(ds, values)) is not None:
+        unit = _linear(values, 0.0, top, out=scratch)
     if unit is None:
         low, high = _percentile_window(_subsample(values))
         unit = _linear(values, low, high, out=scratch)
@@ -155,17 +156,26 @@ def _full_range_top(ds: Dataset) -> float:
     return float(2 ** min(max(int(ds.get("BitsStored", 8) or 8), 1), 16) - 1)
 
 
-def holds_display_values(ds: Dataset) -> bool:
-    """Whether a grayscale image's stored values are meant to be shown as they are: 8 bits or fewer, unsigned,
-    with no modality LUT or rescale, as a JPEG or PNG export wrapped in DICOM (a digitised film, a Secondary
-    Capture) is. Without a window such an image maps its full stored range linearly (0 black, the top white),
-    which is how the JPEG exports the models learned from were read (``predraft.models.datasets.read_picture``):
-    a percentile window would stretch its contrast and change what the models see (on FracAtlas films wrapped
-    so, the bundled gate read body region and hardware worse)."""
+def display_values_top(ds: Dataset, values: np.ndarray) -> float | None:
+    """The stored value shown white when a grayscale image's values (``values``, stored = modality values here)
+    are meant to be shown as they are, else None. They are when the image is unsigned, with no modality LUT or
+    rescale, and either of 8 bits or fewer (the top is that depth's, 255 for 8) or deeper with every value from 0
+    to 255 (the top is 255): a JPEG or PNG export wrapped in DICOM (a digitised film, a Secondary Capture) is one
+    or the other, and a radiograph's raw values never all fit in 8 bits. Without a window such an image maps that
+    range linearly (0 black, the top white), which is how the JPEG exports the models learned from were read
+    (``predraft.models.datasets.read_picture``): a percentile window would stretch its contrast and change what
+    the models see (on FracAtlas films wrapped so, the bundled gate read body region and hardware worse). An
+    8-bit picture scaled into deeper values (times 16, say) cannot be told from raw values, and is not one."""
     bits = int(ds.get("BitsStored", 0) or 0)
-    if not 0 < bits <= 8 or int(ds.get("PixelRepresentation", 0) or 0) != 0 or ds.get("ModalityLUTSequence"):
-        return False
-    return _rescale(ds) == (1.0, 0.0)
+    if bits <= 0 or int(ds.get("PixelRepresentation", 0) or 0) != 0 or ds.get("ModalityLUTSequence"):
+        return None
+    if _rescale(ds) != (1.0, 0.0):
+        return None
+    if bits <= 8:
+        return _full_range_top(ds)
+    if _subsample(values).max() > 255 or values.max() > 255:  # the subsample settles most raw images at once
+        return None
+    return 255.0
 
 
 def needs_inversion(ds: Dataset) -> bool:

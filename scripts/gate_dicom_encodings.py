@@ -6,8 +6,8 @@
 The gate (and the demo hip model) learned FracAtlas' films as JPEGs, read as grey / 255
 (``predraft.models.taskdata.read_grey``). A site sends them as DICOM. This wraps the same films the ways a
 digitiser or an export would (8-bit MONOCHROME2 uncompressed, without and with a full-range window; the same
-8 bits scaled into 12 stored bits; JPEG Baseline, grey and colour) and prepares each as a received instance
-(``prepare_file``), then reads the training image and every wrapped one with the bundled gate. The images: every
+8 bits scaled into 12 stored bits, and stored in 16 unscaled; JPEG Baseline, grey and colour) and prepares each
+as a received instance (``prepare_file``), then reads the training image and every wrapped one with the bundled gate. The images: every
 FracAtlas image with hardware and ``--negatives`` without, drawn with a fixed seed. The gate saw these films in
 training, so its figures here are flattering; what counts is how far each encoding moves from the training
 reading (mean absolute difference of the 160 px gate images in grey levels, median change of p(hardware), region
@@ -80,11 +80,17 @@ def _twelve_bits(ds: FileDataset, grey: np.ndarray) -> None:
     ds.PixelData = (grey.astype(np.uint16) * 16).tobytes()
 
 
+def _sixteen_bits(ds: FileDataset, grey: np.ndarray) -> None:
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelData = grey.astype(np.uint16).tobytes()  # the values unchanged, 0 to 255
+
+
 #: How each encoding changes the plain 8-bit dataset.
 ENCODINGS: dict[str, Callable[[FileDataset, np.ndarray], None]] = {
     "8_bit_no_window": lambda ds, grey: None,
     "8_bit_full_range_window": _window,
     "12_bit_no_window": _twelve_bits,
+    "16_bit_unscaled_no_window": _sixteen_bits,
     "jpeg_baseline_grey": lambda ds, grey: _jpeg(ds, grey, colour=False),
     "jpeg_baseline_colour": lambda ds, grey: _jpeg(ds, grey, colour=True),
 }

@@ -603,15 +603,33 @@ def test_an_8_bit_image_without_window_is_read_full_range_as_its_jpeg_was():
     np.testing.assert_allclose(to_unit_range(ds, grey.astype(np.float32)), 1 - grey / 255.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("bits", [12, 16])
+def test_8_bit_values_stored_deeper_without_window_are_read_full_range_too(bits):
+    """The same JPEG stored in 12 or 16 bits, its values unchanged (all from 0 to 255), reads as the JPEG reads: a
+    radiograph's raw values never all fit in 8 bits. One value above 255 and it is raw values again."""
+    rng = np.random.default_rng(4)
+    grey = np.clip(rng.normal(90, 30, size=(64, 64)), 20, 200).astype(np.float32)
+    ds = _synthetic(BitsStored=bits, BitsAllocated=16)
+    np.testing.assert_allclose(to_unit_range(ds, grey.copy()), grey / 255.0, atol=1e-6)
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    np.testing.assert_allclose(to_unit_range(ds, grey.copy()), 1 - grey / 255.0, atol=1e-6)
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    grey[40, 17] = 256.0  # one pixel past 8 bits, away from the subsample's rows and columns
+    unit = to_unit_range(ds, grey)
+    assert unit.min() == 0.0 and unit.max() == 1.0  # the percentile window: stretched
+
+
 @pytest.mark.parametrize(
     "attributes",
     [
-        {"BitsStored": 12, "BitsAllocated": 16},  # deeper: raw values, whose range says nothing
+        {"BitsStored": 12, "BitsAllocated": 16, "offset": 256},  # deeper, with values past 8 bits: raw values
         {"BitsStored": 8, "BitsAllocated": 8, "RescaleSlope": 2, "RescaleIntercept": 0},  # a modality transform
         {"BitsStored": 8, "BitsAllocated": 8, "PixelRepresentation": 1},  # signed
     ],
 )
 def test_other_images_without_window_keep_the_percentile_window(attributes):
-    grey = np.linspace(20, 200, 64 * 64, dtype=np.float32).reshape(64, 64)
+    attributes = dict(attributes)
+    offset = attributes.pop("offset", 0)
+    grey = np.linspace(20, 200, 64 * 64, dtype=np.float32).reshape(64, 64) + offset
     unit = to_unit_range(_synthetic(**attributes), grey)
     assert unit.min() == 0.0 and unit.max() == 1.0  # stretched: the 0.5th and 99.5th percentiles
