@@ -141,8 +141,8 @@ def to_unit_range(
     unit = _voi_lut(ds, values, window_index)
     if unit is None:
         unit = _window(ds, values, window_index, out=scratch)
-    if unit is None and (top := display_values_top(ds, values)) is not None:
-        unit = _linear(values, 0.0, top, out=scratch)
+    if unit is None and (display_top := display_values_top(ds, values)) is not None:
+        unit = _linear(values, 0.0, display_top, out=scratch)
     if unit is None:
         low, high = _percentile_window(_subsample(values))
         unit = _linear(values, low, high, out=scratch)

@@ -4,17 +4,17 @@
     # --images: the folder scripts/train_gate.sh makes (var/gate-images; only its fracatlas/ is read)
 
 The gate (and the demo hip model) learned FracAtlas' films as JPEGs, read as grey / 255
-(``predraft.models.taskdata.read_grey``). A site sends them as DICOM. This wraps the same films the ways a
-digitiser or an export would (8-bit MONOCHROME2 uncompressed, without and with a full-range window; the same
-8 bits scaled into 12 stored bits, and stored in 16 unscaled; JPEG Baseline, grey and colour) and prepares each
-as a received instance (``prepare_file``), then reads the training image and every wrapped one with the bundled gate. The images: every
-FracAtlas image with hardware and ``--negatives`` without, drawn with a fixed seed. The gate saw these films in
-training, so its figures here are flattering; what counts is how far each encoding moves from the training
+(``predraft.models.taskdata.read_grey``). A site sends them as DICOM. This wraps the same films the ways a digitiser
+or an export would (8-bit MONOCHROME2 uncompressed, without and with a full-range window; the same 8 bits scaled
+into 12 stored bits, and stored in 16 unscaled; JPEG Baseline, grey and colour) and prepares each as a received
+instance (``prepare_file``), then reads the training image and every wrapped one with the bundled gate. The images:
+every FracAtlas image with hardware and ``--negatives`` without, drawn with a fixed seed. The gate saw these films
+in training, so its figures here are flattering; what counts is how far each encoding moves from the training
 reading (mean absolute difference of the 160 px gate images in grey levels, median change of p(hardware), region
 accuracy and hardware figures at the card's threshold). Then the demo hip model reads FracAtlas' native hip films
 (hip, no hardware), each sent as tagged DICOM in each encoding (an AP pelvis tagged so, and split; another film
-tagged HIP): the share of hips it would draft as hardware, the issue's false-hardware figure, on films it was
-partly trained on (flattering again: compare the encodings).
+tagged HIP): the share of hips it would draft as hardware, the issue's false-hardware figure, on films it was partly
+trained on (flattering again: compare the encodings).
 Prints a table and writes the JSON.
 """
 
