@@ -122,8 +122,8 @@ def to_unit_range(
     ``window_index`` picks the VOI LUT Sequence item or the WindowCenter/WindowWidth pair (0: the first);
     an index past the last one uses the last one. A VOI LUT wins over a window when both are present
     (as pydicom's apply_voi_lut does). Without either (or with an invalid window): an image of display values
-    (:func:`display_values_top`: unsigned, no modality transform, 8 bits or fewer, or deeper with no value above
-    255) maps 0 to its top (that of its depth, or 255) linearly, as the JPEG or PNG it was made from reads; any
+    (:func:`display_values_top`: unsigned, no modality transform, 8 bits or fewer, or deeper holding 8-bit values
+    as they are or scaled by a shift or 257) maps 0 to its top linearly, as the JPEG or PNG it was made from reads; any
     other image gets a linear window from the 0.5th to the 99.5th percentile of its values (a regular subsample
     of them).
 
@@ -158,14 +158,19 @@ def _full_range_top(ds: Dataset) -> float:
 
 def display_values_top(ds: Dataset, values: np.ndarray) -> float | None:
     """The stored value shown white when a grayscale image's values (``values``, stored = modality values here)
-    are meant to be shown as they are, else None. They are when the image is unsigned, with no modality LUT or
-    rescale, and either of 8 bits or fewer (the top is that depth's, 255 for 8) or deeper with every value from 0
-    to 255 (the top is 255): a JPEG or PNG export wrapped in DICOM (a digitised film, a Secondary Capture) is one
-    or the other, and a radiograph's raw values never all fit in 8 bits. Without a window such an image maps that
-    range linearly (0 black, the top white), which is how the JPEG exports the models learned from were read
-    (``predraft.models.datasets.read_picture``): a percentile window would stretch its contrast and change what
-    the models see (on FracAtlas films wrapped so, the bundled gate read body region and hardware worse). An
-    8-bit picture scaled into deeper values (times 16, say) cannot be told from raw values, and is not one."""
+    are 8-bit display values, as a JPEG or PNG export wrapped in DICOM (a digitised film, a Secondary Capture)
+    holds, else None. They are when the image is unsigned, with no modality LUT or rescale, and either
+
+    - of 8 bits or fewer: the top is that depth's (255 for 8);
+    - deeper, with every value an 8-bit value times one scale: 1 (stored as they are, the top 255), the shift to
+      the depth (times 16 in 12 bits: the top 4080), or in 16 bits also 257 (0-255 spread over 0-65535).
+
+    A radiograph's raw values are never all such (noise fills every low bit): none of the training phantoms without
+    a window is. Without a window such an image maps 0 to the top linearly (0 black, the top white), which is how
+    the JPEG exports the models learned from were read (``predraft.models.datasets.read_picture``): a percentile
+    window would stretch its contrast and change what the models see (on FracAtlas films wrapped so, the bundled
+    gate read body region and hardware worse). An 8-bit picture rescaled by any other factor (4095 / 255, say)
+    cannot be told from raw values, and keeps the percentile window."""
     bits = int(ds.get("BitsStored", 0) or 0)
     if bits <= 0 or int(ds.get("PixelRepresentation", 0) or 0) != 0 or ds.get("ModalityLUTSequence"):
         return None
@@ -173,9 +178,12 @@ def display_values_top(ds: Dataset, values: np.ndarray) -> float | None:
         return None
     if bits <= 8:
         return _full_range_top(ds)
-    if _subsample(values).max() > 255 or values.max() > 255:  # the subsample settles most raw images at once
-        return None
-    return 255.0
+    sample = _subsample(values)  # settles most raw images at once; the whole image decides the rest
+    for scale in (1, 2 ** (min(bits, 16) - 8), *((257,) if bits == 16 else ())):
+        top = 255.0 * scale
+        if all(part.max() <= top and not np.any(np.mod(part, scale)) for part in (sample, values)):
+            return top
+    return None
 
 
 def needs_inversion(ds: Dataset) -> bool:

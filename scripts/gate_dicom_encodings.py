@@ -5,16 +5,16 @@
 
 The gate (and the demo hip model) learned FracAtlas' films as JPEGs, read as grey / 255
 (``predraft.models.taskdata.read_grey``). A site sends them as DICOM. This wraps the same films the ways a digitiser
-or an export would (8-bit MONOCHROME2 uncompressed, without and with a full-range window; the same 8 bits scaled
-into 12 stored bits, and stored in 16 unscaled; JPEG Baseline, grey and colour) and prepares each as a received
-instance (``prepare_file``), then reads the training image and every wrapped one with the bundled gate. The images:
-every FracAtlas image with hardware and ``--negatives`` without, drawn with a fixed seed. The gate saw these films
-in training, so its figures here are flattering; what counts is how far each encoding moves from the training
-reading (mean absolute difference of the 160 px gate images in grey levels, median change of p(hardware), region
-accuracy and hardware figures at the card's threshold). Then the demo hip model reads FracAtlas' native hip films
-(hip, no hardware), each sent as tagged DICOM in each encoding (an AP pelvis tagged so, and split; another film
-tagged HIP): the share of hips it would draft as hardware, the issue's false-hardware figure, on films it was partly
-trained on (flattering again: compare the encodings).
+or an export would (8-bit MONOCHROME2 uncompressed, without and with a full-range window; the same 8 bits shifted
+into 12 stored bits (times 16), rescaled to them (times 4095 / 255) and stored in 16 unscaled; JPEG Baseline, grey
+and colour) and prepares each as a received instance (``prepare_file``), then reads the training image and every
+wrapped one with the bundled gate. The images: every FracAtlas image with hardware and ``--negatives`` without,
+drawn with a fixed seed. The gate saw these films in training, so its figures here are flattering; what counts is
+how far each encoding moves from the training reading (mean absolute difference of the 160 px gate images in grey
+levels, median change of p(hardware), region accuracy and hardware figures at the card's threshold). Then the demo
+hip model reads FracAtlas' native hip films (hip, no hardware), each sent as tagged DICOM in each encoding (an AP
+pelvis tagged so, and split; another film tagged HIP): the share of hips it would draft as hardware, the issue's
+false-hardware figure, on films it was partly trained on (flattering again: compare the encodings).
 Prints a table and writes the JSON.
 """
 
@@ -80,6 +80,11 @@ def _twelve_bits(ds: FileDataset, grey: np.ndarray) -> None:
     ds.PixelData = (grey.astype(np.uint16) * 16).tobytes()
 
 
+def _twelve_bits_rescaled(ds: FileDataset, grey: np.ndarray) -> None:
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelData = np.rint(grey * (4095 / 255)).astype(np.uint16).tobytes()  # 0-255 stretched to 0-4095
+
+
 def _sixteen_bits(ds: FileDataset, grey: np.ndarray) -> None:
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
     ds.PixelData = grey.astype(np.uint16).tobytes()  # the values unchanged, 0 to 255
@@ -89,8 +94,9 @@ def _sixteen_bits(ds: FileDataset, grey: np.ndarray) -> None:
 ENCODINGS: dict[str, Callable[[FileDataset, np.ndarray], None]] = {
     "8_bit_no_window": lambda ds, grey: None,
     "8_bit_full_range_window": _window,
-    "12_bit_no_window": _twelve_bits,
+    "12_bit_shifted_no_window": _twelve_bits,
     "16_bit_unscaled_no_window": _sixteen_bits,
+    "12_bit_rescaled_no_window": _twelve_bits_rescaled,
     "jpeg_baseline_grey": lambda ds, grey: _jpeg(ds, grey, colour=False),
     "jpeg_baseline_colour": lambda ds, grey: _jpeg(ds, grey, colour=True),
 }

@@ -608,7 +608,7 @@ def test_8_bit_values_stored_deeper_without_window_are_read_full_range_too(bits)
     """The same JPEG stored in 12 or 16 bits, its values unchanged (all from 0 to 255), reads as the JPEG reads: a
     radiograph's raw values never all fit in 8 bits. One value above 255 and it is raw values again."""
     rng = np.random.default_rng(4)
-    grey = np.clip(rng.normal(90, 30, size=(64, 64)), 20, 200).astype(np.float32)
+    grey = np.clip(rng.normal(90, 30, size=(64, 64)), 20, 200).astype(np.uint8).astype(np.float32)
     ds = _synthetic(BitsStored=bits, BitsAllocated=16)
     np.testing.assert_allclose(to_unit_range(ds, grey.copy()), grey / 255.0, atol=1e-6)
     ds.PhotometricInterpretation = "MONOCHROME1"
@@ -616,6 +616,20 @@ def test_8_bit_values_stored_deeper_without_window_are_read_full_range_too(bits)
     ds.PhotometricInterpretation = "MONOCHROME2"
     grey[40, 17] = 256.0  # one pixel past 8 bits, away from the subsample's rows and columns
     unit = to_unit_range(ds, grey)
+    assert unit.min() == 0.0 and unit.max() == 1.0  # the percentile window: stretched
+
+
+@pytest.mark.parametrize(("bits", "scale"), [(12, 16), (16, 256), (16, 257), (10, 4)])
+def test_8_bit_values_scaled_deeper_without_window_are_read_full_range(bits, scale):
+    """An 8-bit picture shifted to the depth (or spread over 16 bits by 257) reads as the picture reads; the same
+    values off by one anywhere are raw values again, and get the percentile window."""
+    rng = np.random.default_rng(5)
+    grey = np.clip(rng.normal(90, 30, size=(64, 64)), 20, 200).astype(np.uint8).astype(np.float32)
+    ds = _synthetic(BitsStored=bits, BitsAllocated=16)
+    np.testing.assert_allclose(to_unit_range(ds, grey * scale), grey / 255.0, atol=1e-6)
+    raw = grey * scale
+    raw[33, 21] += 1
+    unit = to_unit_range(ds, raw)
     assert unit.min() == 0.0 and unit.max() == 1.0  # the percentile window: stretched
 
 
