@@ -45,7 +45,10 @@ decides an image's view or side; it only helps decide scope when no body part is
 
 What the tags say about the body region (``tag_region``, ``scope_rule`` names the tag that said it):
 BodyPartExamined HIP, PELVIS or FEMUR -> ``hip``; another limb region (shoulder, arm, hand, knee, leg,
-foot...) -> ``limb``; any other body part (chest, abdomen, skull, spine...) -> ``outside``. Without it, the
+foot...) -> ``limb``; any other body part (chest, abdomen, skull, spine...) -> ``outside``. A value that is no such
+term is read word by word (``known_body_part``: "HIPS", "L HIP", "PELVIS AND HIPS" name the hip, PELVIS first, so
+an AP of the last is an AP pelvis; "KNEES" a knee), unless a word names a region outside (``PELVIS LSPINE``); a
+value naming nothing known is ``outside``, as a tag predraft cannot read is never overruled. Without it, the
 AnatomicRegionSequence code decides the same way (a code predraft does not know counts as ``outside``);
 without either, any description (StudyDescription included) naming the hip, pelvis, femur or acetabulum
 -> ``hip``; otherwise ``none``. The tags alone never decide scope: predraft.models.scope combines them with the
@@ -136,6 +139,17 @@ _LIMB_REGIONS = {
 }  # fmt: skip
 #: The gate's region class of the hip, pelvis and femur.
 HIP_REGION = "hip"
+#: Words of a free-text BodyPartExamined that stand for a term above ("HIPS", "L HIP", "PELVIC"...; a plural's
+#: trailing S is dropped first).
+_SYNONYMS = {"PELVIC": "PELVIS", "FEMORAL": "FEMUR", "THIGH": "FEMUR", "HIPJOINT": "HIP", "ACETABULUM": "HIP"}
+#: Words that name a region outside the gate's skeleton (PS3.16 Annex L terms and common variants): a value that
+#: holds one of them is ``outside`` even when it also names the hip ("PELVIS LSPINE"), as any value naming nothing
+#: predraft knows is.
+_OUTSIDE_WORDS = {
+    "ABDOMEN", "CHEST", "THORAX", "RIB", "STERNUM", "BREAST", "HEART", "SKULL", "HEAD", "BRAIN", "FACE", "JAW",
+    "TMJ", "ZYGOMA", "NECK", "SPINE", "CSPINE", "TSPINE", "LSPINE", "SSPINE", "SACRUM", "COCCYX", "SIJOINT",
+    "ABDOMENPELVIS", "CHESTABDOMEN",
+}  # fmt: skip
 
 
 class TagRegion(StrEnum):
@@ -199,11 +213,39 @@ def _has_word(text: str, *words: str) -> bool:
     return any(re.search(rf"\b{word}", text) for word in words)
 
 
+def known_body_part(value: str) -> str:
+    """The term predraft knows that a BodyPartExamined value (upper case) names: the value itself when it is one
+    (HIP, PELVIS, FEMUR or a limb's, :data:`_LIMB_BODY_PARTS`), else read word by word ("HIPS", "L HIP", "PELVIS
+    AND HIPS", "KNEE_RIGHT"): PELVIS, HIP or FEMUR when a word names one of them (in that order), else the first
+    limb word. Empty when a word names a region outside the gate's skeleton (:data:`_OUTSIDE_WORDS`) or none names
+    a known part: such a value says ``outside``."""
+    if value in _IN_SCOPE_BODY_PARTS or value in _LIMB_BODY_PARTS:
+        return value
+    words = [_word_term(word) for word in re.findall(r"[A-Z]+", value)]
+    if any(word in _OUTSIDE_WORDS for word in words):
+        return ""
+    for term in ("PELVIS", "HIP", "FEMUR"):
+        if term in words:
+            return term
+    return next((word for word in words if word in _LIMB_BODY_PARTS), "")
+
+
+def _word_term(word: str) -> str:
+    """The term one word stands for: itself, its synonym's, or its singular's (HIPS, KNEES, RIBS)."""
+    for candidate in (word, word[:-1] if word.endswith("S") else word):
+        term = _SYNONYMS.get(candidate, candidate)
+        if term in _IN_SCOPE_BODY_PARTS or term in _LIMB_BODY_PARTS or term in _OUTSIDE_WORDS:
+            return term
+    return word
+
+
 def _body_part(ds: Dataset) -> tuple[str, str]:
-    """(body part, the tag that said it): BodyPartExamined, else the AnatomicRegionSequence code."""
+    """(body part, the tag that said it): BodyPartExamined, else the AnatomicRegionSequence code. A free-text
+    BodyPartExamined is read as the term it names (:func:`known_body_part`); one that names none is given as it
+    is."""
     body_part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
     if body_part:
-        return body_part, "BodyPartExamined"
+        return known_body_part(body_part) or body_part, "BodyPartExamined"
     codes = _codes(ds, "AnatomicRegionSequence")
     for code in codes:
         if code in _ANATOMY:

@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from predraft.models.taxonomy import Side, View
-from predraft.models.views import classify_view
+from predraft.models.views import TagRegion, classify_view
 
 
 def _code(value: str, scheme: str, meaning: str = "") -> Dataset:
@@ -166,6 +166,37 @@ def test_ap_without_body_part_or_description_is_unknown():
 def test_scope_by_body_part(body_part, in_scope):
     result = classify_view(_ds(BodyPartExamined=body_part, StudyDescription="XR HIP"))
     assert (result.in_scope, result.scope_rule) == (in_scope, "BodyPartExamined")
+
+
+@pytest.mark.parametrize(
+    ("body_part", "tag_region", "region", "term"),
+    [
+        ("HIPS", TagRegion.HIP, "hip", "HIP"),
+        ("L HIP", TagRegion.HIP, "hip", "HIP"),
+        ("hip left", TagRegion.HIP, "hip", "HIP"),
+        ("PELVIS AND HIPS", TagRegion.HIP, "hip", "PELVIS"),
+        ("PELVIS_HIP", TagRegion.HIP, "hip", "PELVIS"),
+        ("PELVIC", TagRegion.HIP, "hip", "PELVIS"),
+        ("THIGH", TagRegion.HIP, "hip", "FEMUR"),
+        ("KNEES", TagRegion.LIMB, "leg", "KNEE"),
+        ("KNEE RIGHT", TagRegion.LIMB, "leg", "KNEE"),
+        ("SHOULDER L", TagRegion.LIMB, "shoulder", "SHOULDER"),
+        ("UPPER ARM", TagRegion.LIMB, None, "ARM"),  # a limb the gate has no class for
+        ("ABDOMENPELVIS", TagRegion.OUTSIDE, None, "ABDOMENPELVIS"),  # one term, outside: never read as the hip
+        ("PELVIS LSPINE", TagRegion.OUTSIDE, None, "PELVIS LSPINE"),  # names a region outside: never overruled
+        ("RIBS", TagRegion.OUTSIDE, None, "RIBS"),
+        ("BASSIN", TagRegion.OUTSIDE, None, "BASSIN"),  # names nothing predraft knows: outside, as before
+    ],
+)
+def test_a_free_text_body_part_is_read_word_by_word(body_part, tag_region, region, term):
+    """Sites type BodyPartExamined as they like ("HIPS", "L HIP"): a value naming a known part counts as it, so
+    that an AP of "PELVIS AND HIPS" is split as an AP pelvis, where every such value was once outside and never
+    read. A value naming a region outside the gate's skeleton, or nothing known, stays outside."""
+    result = classify_view(_ds(BodyPartExamined=body_part, ViewPosition="AP"))
+    assert (result.tag_region, result.region, result.body_part) == (tag_region, region, term)
+    assert result.scope_rule == "BodyPartExamined"
+    expected_view = {"PELVIS": View.AP_PELVIS, "HIP": View.AP_HIP, "FEMUR": View.AP_HIP}.get(term, View.UNKNOWN)
+    assert result.view == expected_view
 
 
 def test_scope_by_description_when_no_body_part():
