@@ -75,12 +75,17 @@ def decode(ds: Dataset) -> np.ndarray:
         raise PixelDataError(
             f"PhotometricInterpretation {photometric!r} is neither a grayscale nor an RGB/YBR colour image"
         )
+    try:
+        frames = int(str(ds.get("NumberOfFrames", 1) or 1).strip() or 1)
+    except Exception:  # a malformed Integer String: pydicom may raise anything converting it
+        raise PixelDataError("NumberOfFrames is not a number") from None
+    if frames != 1:
+        raise PixelDataError(f"the image holds {frames} frames; predraft reads single-frame images")
     syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", ""))) if hasattr(ds, "file_meta") else UID("")
     try:
         if syntax == JPEGExtended12Bit:
             # Checked here so a non-conformant stream fails with its reason, whichever plugin would run.
-            frames = int(ds.get("NumberOfFrames", 1) or 1)
-            decoders.check_sequential_dct(get_frame(ds.PixelData, 0, number_of_frames=frames))
+            decoders.check_sequential_dct(get_frame(ds.PixelData, 0, number_of_frames=1))
         pixels = _pixel_array(ds)
     except Exception as exc:  # decoders raise many types; all mean the same thing here
         name = f" ({syntax.name})" if syntax and syntax.name != syntax else ""

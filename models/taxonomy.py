@@ -64,6 +64,14 @@ RADIOGRAPH_SOP_CLASSES: tuple[str, ...] = ("1.2.840.10008.5.1.4.1.1.1", "1.2.840
 
 #: Secondary Capture Image Storage: radiographs digitised or re-captured; classified when in scope.
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+#: The multi-frame Secondary Capture classes a converter writes a picture as (dcmtk's img2dcm --new-sc: Grayscale
+#: Byte for a grey JPEG, True Color for a colour one; Grayscale Word for 16 bits): classified when they hold one
+#: frame (an instance of more frames is refused by its preparation, alone).
+MULTIFRAME_SECONDARY_CAPTURES: tuple[str, ...] = (
+    "1.2.840.10008.5.1.4.1.1.7.2",
+    "1.2.840.10008.5.1.4.1.1.7.3",
+    "1.2.840.10008.5.1.4.1.1.7.4",
+)
 #: Structured reports (Basic Text, Enhanced, Comprehensive, Comprehensive 3D: predraft's own AI results SR, which a
 #: PACS may send back with its study): stored with their study, never classified.
 STRUCTURED_REPORT_SOP_CLASSES: tuple[str, ...] = (
@@ -75,6 +83,6 @@ STRUCTURED_REPORT_SOP_CLASSES: tuple[str, ...] = (
 #: Digital X-Ray Image Storage - For Processing: raw detector data, refused.
 DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
 #: Images predraft classifies when they show a hip or pelvis.
-CLASSIFIABLE_SOP_CLASSES: tuple[str, ...] = (*RADIOGRAPH_SOP_CLASSES, SECONDARY_CAPTURE)
+CLASSIFIABLE_SOP_CLASSES: tuple[str, ...] = (*RADIOGRAPH_SOP_CLASSES, SECONDARY_CAPTURE, *MULTIFRAME_SECONDARY_CAPTURES)
 #: Everything predraft stores.
 STORABLE_SOP_CLASSES: tuple[str, ...] = (*CLASSIFIABLE_SOP_CLASSES, *STRUCTURED_REPORT_SOP_CLASSES)

@@ -60,20 +60,28 @@ def fracatlas_file(name: str) -> Path:
 
 def jpeg_as_cr(jpeg: Path, target: Path, **tags: str) -> Path:
     """A CR instance holding ``jpeg``'s grey levels, 8-bit MONOCHROME2, as a digitiser would send it."""
+    return jpeg_as_dicom(jpeg, target, CR_IMAGE_STORAGE, **tags)
+
+
+def jpeg_as_dicom(jpeg: Path, target: Path, sop_class: str, *, frames: int | None = None, **tags: str) -> Path:
+    """An instance of ``sop_class`` holding ``jpeg``'s grey levels, 8-bit MONOCHROME2; with ``frames``, that many
+    copies of the picture as the frames of a multi-frame image (NumberOfFrames set)."""
     pixels = np.asarray(Image.open(jpeg).convert("L"))
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(target), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = CR_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.Modality, ds.PatientID, ds.PatientName, ds.AccessionNumber = "CR", "GATE1", "Test^Gate", "ACC-GATE"
     ds.StudyDate, ds.PatientBirthDate = "20260101", "19600101"
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = pixels.tobytes()
+    ds.PixelData = pixels.tobytes() * (frames or 1)
+    if frames is not None:
+        ds.NumberOfFrames = frames
     for keyword, value in tags.items():
         setattr(ds, keyword, value)
     ds.save_as(target, enforce_file_format=True)

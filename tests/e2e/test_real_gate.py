@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from tests.conftest import fracatlas_file, jpeg_as_cr, real_file
+from tests.conftest import fracatlas_file, jpeg_as_cr, jpeg_as_dicom, real_file
 from tests.e2e.conftest import Deployment
 
 pytestmark = pytest.mark.slow
@@ -109,4 +109,30 @@ def test_real_ap_pelvis_without_tags_is_drafted_as_two_hips_with_sides_by_conven
     assert "the image reads as an AP pelvis (" in instance["scope_note"]
     assert "no R/L marker was read, check the sides" in instance["scope_note"]
     assert sorted(prediction["side"] for prediction in instance["predictions"]) == ["left", "right"]
+    assert "Right hip: " in detail["draft"]["text"] and "Left hip: " in detail["draft"]["text"]
+
+
+def test_a_pelvis_as_a_one_frame_multi_frame_secondary_capture_with_free_text_tags_is_drafted_by_its_tags(
+    embedded: Deployment, tmp_path: Path
+) -> None:
+    # The same film as dcmtk's img2dcm --new-sc would make it (Multi-frame Grayscale Byte Secondary Capture, one
+    # frame), its body part typed by hand: "PELVIS AND HIPS" with ViewPosition AP names an AP pelvis.
+    path = jpeg_as_dicom(
+        fracatlas_file("IMG0000463.jpg"),
+        tmp_path / "pelvis-sc.dcm",
+        "1.2.840.10008.5.1.4.1.1.7.2",
+        frames=1,
+        BodyPartExamined="PELVIS AND HIPS",
+        ViewPosition="AP",
+    )
+    embedded.storescu(path)
+    detail = embedded.wait_for_study(str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID))
+    assert detail["state"] == "drafted", detail
+    (instance,) = detail["instances"]
+    assert (instance["view"], instance["view_rule"], instance["side"]) == (
+        "ap_pelvis",
+        "ViewPosition+pelvis",
+        "right+left",
+    )
+    assert instance["scope_flag"] is None and instance["region_read"] == "hip"
     assert "Right hip: " in detail["draft"]["text"] and "Left hip: " in detail["draft"]["text"]

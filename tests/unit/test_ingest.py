@@ -295,6 +295,17 @@ def test_receiver_refuses_dx_for_processing_with_sop_class_not_supported(sqlite_
     assert _count(sqlite_url, Instance) == 0
 
 
+@pytest.mark.parametrize("sop_class", ["1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.5.1.4.1.1.7.4"])
+def test_a_multi_frame_secondary_capture_is_stored_as_an_image_to_classify(sqlite_url, tmp_path, sop_class):
+    """What dcmtk's img2dcm --new-sc makes of a picture (grey or colour) is an image predraft reads, not a file it
+    only stores."""
+    receiver = Receiver(Spool(tmp_path / "spool"), sqlite_url)
+    assert _receive(receiver, _dataset(SOPClassUID=sop_class), expected_sop_class=sop_class) == status.SUCCESS
+    with session_scope(sqlite_url) as session:
+        instance = session.scalar(select(Instance))
+        assert (instance.sop_class_uid, instance.state, instance.error) == (sop_class, InstanceState.RECEIVED, None)
+
+
 def test_a_structured_report_is_filed_without_reopening_its_drafted_study(sqlite_url, tmp_path):
     receiver = Receiver(Spool(tmp_path / "spool"), sqlite_url)
     assert _receive(receiver, _dataset()) == status.SUCCESS

@@ -15,7 +15,7 @@ from predraft.models.taskcard import GATE_CARD
 from predraft.models.taxonomy import Side, View
 from predraft.models.views import TagRegion
 from predraft.workers.gate import load_gate
-from tests.conftest import fracatlas_file, jpeg_as_cr
+from tests.conftest import fracatlas_file, jpeg_as_cr, jpeg_as_dicom
 
 
 def test_demo_ap_pelvis_gives_right_then_left_hip_of_the_requested_size(demo_study):
@@ -295,3 +295,24 @@ def test_a_real_jpeg_sent_as_8_bit_dicom_reaches_the_gate_as_the_gate_learned_it
     readings = gate.model.predict(np.stack([served, learned]))
     for task in ("region", "hardware"):
         np.testing.assert_allclose(readings[task][0], readings[task][1], atol=1e-3)
+
+
+#: Multi-frame Grayscale Byte Secondary Capture Image Storage: what dcmtk's img2dcm --new-sc makes of a grey JPEG.
+MULTIFRAME_GREY_SC = "1.2.840.10008.5.1.4.1.1.7.2"
+
+
+def test_a_film_as_a_one_frame_multi_frame_secondary_capture_reads_as_the_same_film_as_cr(tmp_path):
+    jpeg = fracatlas_file("IMG0000453.jpg")
+    as_cr = prepare_file(jpeg_as_cr(jpeg, tmp_path / "cr.dcm", BodyPartExamined="HIP"), input_size=64)
+    as_sc = prepare_file(
+        jpeg_as_dicom(jpeg, tmp_path / "sc.dcm", MULTIFRAME_GREY_SC, frames=1, BodyPartExamined="HIP"), input_size=64
+    )
+    assert len(as_sc.hips) == len(as_cr.hips) == 1
+    np.testing.assert_array_equal(as_sc.hips[0].pixels, as_cr.hips[0].pixels)
+
+
+def test_a_multi_frame_image_of_several_frames_is_refused_with_its_reason(tmp_path):
+    jpeg = fracatlas_file("IMG0000453.jpg")
+    path = jpeg_as_dicom(jpeg, tmp_path / "sc.dcm", MULTIFRAME_GREY_SC, frames=2, BodyPartExamined="HIP")
+    with pytest.raises(PixelDataError, match="2 frames"):
+        prepare_file(path, input_size=64)
