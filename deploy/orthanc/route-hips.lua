@@ -2,7 +2,8 @@
 --
 -- Loaded by "LuaScripts" in orthanc.json (tested with Orthanc 1.10, Lua 5.3). When a study has had no
 -- new instance for "StableAge" seconds, every instance of it that
---   * is a radiograph predraft classifies: CR, DX (for presentation) or Secondary Capture, by SOP class;
+--   * is a radiograph predraft classifies: CR, DX (for presentation) or Secondary Capture (also its multi-frame
+--     grayscale and true colour classes), by SOP class;
 --   * and is in a series whose BodyPartExamined, or a study whose StudyDescription, names a keyword
 --     (HIP or PELVIS by default, as whole words);
 --   * and was not sent to predraft before
@@ -30,6 +31,10 @@ local ROUTABLE_SOP_CLASSES = {
   ['1.2.840.10008.5.1.4.1.1.1'] = 'CR',
   ['1.2.840.10008.5.1.4.1.1.1.1'] = 'DX',
   ['1.2.840.10008.5.1.4.1.1.7'] = 'SC',
+  -- Multi-frame Grayscale Byte, Grayscale Word and True Color SC: predraft classifies them when they hold one frame.
+  ['1.2.840.10008.5.1.4.1.1.7.2'] = 'SC grayscale byte',
+  ['1.2.840.10008.5.1.4.1.1.7.3'] = 'SC grayscale word',
+  ['1.2.840.10008.5.1.4.1.1.7.4'] = 'SC true color',
 }
 
 local ROUTED = 'PredraftRouted'
