@@ -22,8 +22,8 @@ class InvalidUidError(ValueError):
     not a UID (PS3.5 6.2): the message names the attribute and why, never its value."""
 
 
-#: An Integer String's value (PS3.5 6.2): an optional sign and at most 12 characters in all.
-_INTEGER = re.compile(r"[+-]?[0-9]{1,11}|[0-9]{12}")
+#: An Integer String's value (PS3.5 6.2): an optional sign and at most 12 characters in all, spaces around.
+_INTEGER = re.compile(r" *([+-]?[0-9]{1,11}|[0-9]{12}) *")
 
 #: The UIDs that identify an instance, read as the data set holds them (never as pydicom tidied them).
 IDENTIFYING_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
@@ -96,7 +96,7 @@ class InstanceHeader:
             requested_procedure=_requested_procedure(ds)[:64],
             series_description=text("SeriesDescription", 64),
             body_part=text("BodyPartExamined", 16),
-            study_time=text("StudyTime", 16),
+            study_time=text("StudyTime", 16).replace(":", ""),  # the ACR-NEMA form 10:30:15 as 103015
             referring_physician_name=text("ReferringPhysicianName", 324),
             study_identifier=text("StudyID", 16),
             series_number=integer_string(ds, "SeriesNumber"),
@@ -110,8 +110,14 @@ def integer_string(ds: Dataset, keyword: str) -> str:
     element = ds.get_item(keyword)
     value = None if element is None else element.value
     text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value if value is not None else "")
-    digits = _INTEGER.fullmatch(text.strip(" \x00"))
-    return str(int(digits.group())) if digits else ""
+    return normal_integer(text.rstrip("\x00"))
+
+
+def normal_integer(text: str) -> str:
+    """An Integer String's number as its digits ("007 " is "7", "+12" is "12"); empty when ``text`` is no IS
+    value. QIDO-RS reads a query's value the same way, so both sides of a match agree."""
+    found = _INTEGER.fullmatch(text)
+    return str(int(found.group(1))) if found else ""
 
 
 def _requested_procedure(ds: Dataset) -> str:

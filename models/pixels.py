@@ -76,10 +76,13 @@ def decode(ds: Dataset) -> np.ndarray:
             f"PhotometricInterpretation {photometric!r} is neither a grayscale nor an RGB/YBR colour image"
         )
     try:
-        frames = int(str(ds.get("NumberOfFrames", 1) or 1).strip() or 1)
+        value = ds.get("NumberOfFrames")
+        frames = 1 if value is None or str(value).strip() == "" else int(value)
     except Exception:  # a malformed Integer String: pydicom may raise anything converting it
         raise PixelDataError("NumberOfFrames is not a number") from None
-    if frames != 1:
+    if frames < 1:
+        raise PixelDataError(f"NumberOfFrames is {frames}: no frame to read")
+    if frames > 1:
         raise PixelDataError(f"the image holds {frames} frames; predraft reads single-frame images")
     syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", ""))) if hasattr(ds, "file_meta") else UID("")
     try:
@@ -183,8 +186,10 @@ def display_values_top(ds: Dataset, values: np.ndarray) -> float | None:
         return None
     if bits <= 8:
         return _full_range_top(ds)
+    if bits > 16:  # no 8-bit picture is stored so deep
+        return None
     sample = _subsample(values)  # settles most raw images at once; the whole image decides the rest
-    for scale in (1, 2 ** (min(bits, 16) - 8), *((257,) if bits == 16 else ())):
+    for scale in (1, 2 ** (bits - 8), *((257,) if bits == 16 else ())):
         top = 255.0 * scale
         if all(part.max() <= top and not np.any(np.mod(part, scale)) for part in (sample, values)):
             return top

@@ -46,9 +46,10 @@ decides an image's view or side; it only helps decide scope when no body part is
 What the tags say about the body region (``tag_region``, ``scope_rule`` names the tag that said it):
 BodyPartExamined HIP, PELVIS or FEMUR -> ``hip``; another limb region (shoulder, arm, hand, knee, leg,
 foot...) -> ``limb``; any other body part (chest, abdomen, skull, spine...) -> ``outside``. A value that is no such
-term is read word by word (``known_body_part``: "HIPS", "L HIP", "PELVIS AND HIPS" name the hip, PELVIS first, so
-an AP of the last is an AP pelvis; "KNEES" a knee), unless a word names a region outside (``PELVIS LSPINE``); a
-value naming nothing known is ``outside``, as a tag predraft cannot read is never overruled. Without it, the
+term is read word by word (``known_body_part``: "HIPS", "L HIP", "FEMORAL NECK", "PELVIS AND HIPS" name the hip,
+PELVIS first, so an AP of the last is an AP pelvis; "KNEES" a knee; "HIP KNEE ANKLE" the leg) when every word is a
+term, a side, joint, view or connector; a value with any other word ("ABD PELVIS", "PELVIS LSPINE") is
+``outside``, as a tag predraft cannot read is never overruled. Without it, the
 AnatomicRegionSequence code decides the same way (a code predraft does not know counts as ``outside``);
 without either, any description (StudyDescription included) naming the hip, pelvis, femur or acetabulum
 -> ``hip``; otherwise ``none``. The tags alone never decide scope: predraft.models.scope combines them with the
@@ -139,17 +140,20 @@ _LIMB_REGIONS = {
 }  # fmt: skip
 #: The gate's region class of the hip, pelvis and femur.
 HIP_REGION = "hip"
-#: Words of a free-text BodyPartExamined that stand for a term above ("HIPS", "L HIP", "PELVIC"...; a plural's
-#: trailing S is dropped first).
-_SYNONYMS = {"PELVIC": "PELVIS", "FEMORAL": "FEMUR", "THIGH": "FEMUR", "HIPJOINT": "HIP", "ACETABULUM": "HIP"}
-#: Words that name a region outside the gate's skeleton (PS3.16 Annex L terms and common variants): a value that
-#: holds one of them is ``outside`` even when it also names the hip ("PELVIS LSPINE"), as any value naming nothing
-#: predraft knows is.
-_OUTSIDE_WORDS = {
-    "ABDOMEN", "CHEST", "THORAX", "RIB", "STERNUM", "BREAST", "HEART", "SKULL", "HEAD", "BRAIN", "FACE", "JAW",
-    "TMJ", "ZYGOMA", "NECK", "SPINE", "CSPINE", "TSPINE", "LSPINE", "SSPINE", "SACRUM", "COCCYX", "SIJOINT",
-    "ABDOMENPELVIS", "CHESTABDOMEN",
+#: Words of a free-text BodyPartExamined that stand for a term above ("PELVIC", "NOF", "ACETABULAR"...).
+_SYNONYMS = {
+    "PELVIC": "PELVIS", "FEMORAL": "FEMUR", "THIGH": "FEMUR", "TROCHANTER": "FEMUR", "TROCHANTERIC": "FEMUR",
+    "INTERTROCHANTERIC": "FEMUR", "SUBTROCHANTERIC": "FEMUR", "HIPJOINT": "HIP", "ACETABULUM": "HIP",
+    "ACETABULAR": "HIP", "NOF": "HIP",
 }  # fmt: skip
+#: Words of a free-text BodyPartExamined that name no region: sides, joints, views and connectors.
+_QUALIFIERS = {
+    "L", "R", "LT", "RT", "LEFT", "RIGHT", "BILAT", "BILATERAL", "BOTH", "AND", "W", "WITH", "OF", "THE", "JOINT",
+    "JOINTS", "LOWER", "UPPER", "PROXIMAL", "PROX", "DISTAL", "AP", "PA", "LAT", "LATERAL", "VIEW", "VIEWS", "XR",
+}  # fmt: skip
+#: Words that are part of the hip beside a hip word ("FEMORAL NECK", "HEAD OF FEMUR"), and of a region outside
+#: alone.
+_HIP_PARTS = {"NECK", "HEAD"}
 
 
 class TagRegion(StrEnum):
@@ -216,25 +220,36 @@ def _has_word(text: str, *words: str) -> bool:
 def known_body_part(value: str) -> str:
     """The term predraft knows that a BodyPartExamined value (upper case) names: the value itself when it is one
     (HIP, PELVIS, FEMUR or a limb's, :data:`_LIMB_BODY_PARTS`), else read word by word ("HIPS", "L HIP", "PELVIS
-    AND HIPS", "KNEE_RIGHT"): PELVIS, HIP or FEMUR when a word names one of them (in that order), else the first
-    limb word. Empty when a word names a region outside the gate's skeleton (:data:`_OUTSIDE_WORDS`) or none names
-    a known part: such a value says ``outside``."""
+    AND HIPS", "FEMORAL NECK", "KNEE_RIGHT"). Every word must be a known term (a plural's, a synonym's), a
+    qualifier (:data:`_QUALIFIERS`: side, joint, view, connector) or, beside a hip word, NECK or HEAD; then the
+    term is the first limb word when one is named (a long-leg "HIP KNEE ANKLE" names the leg), else PELVIS, HIP
+    or FEMUR, in that order. Empty when a word is anything else ("ABD PELVIS", "PELVIS LSPINE", a word of another
+    language): such a value says ``outside``, since a tag predraft cannot read is never overruled."""
     if value in _IN_SCOPE_BODY_PARTS or value in _LIMB_BODY_PARTS:
         return value
     words = [_word_term(word) for word in re.findall(r"[A-Z]+", value)]
-    if any(word in _OUTSIDE_WORDS for word in words):
+    hip = [word for word in words if word in _IN_SCOPE_BODY_PARTS]
+    limb = [word for word in words if word in _LIMB_BODY_PARTS]
+    unknown = [
+        word
+        for word in words
+        if word not in _IN_SCOPE_BODY_PARTS
+        and word not in _LIMB_BODY_PARTS
+        and word not in _QUALIFIERS
+        and not (hip and word in _HIP_PARTS)
+    ]
+    if unknown or not (hip or limb):
         return ""
-    for term in ("PELVIS", "HIP", "FEMUR"):
-        if term in words:
-            return term
-    return next((word for word in words if word in _LIMB_BODY_PARTS), "")
+    if limb:
+        return limb[0]
+    return next(term for term in ("PELVIS", "HIP", "FEMUR") if term in hip)
 
 
 def _word_term(word: str) -> str:
-    """The term one word stands for: itself, its synonym's, or its singular's (HIPS, KNEES, RIBS)."""
+    """The term or qualifier one word stands for: itself, its synonym's, or its singular's (HIPS, KNEES)."""
     for candidate in (word, word[:-1] if word.endswith("S") else word):
         term = _SYNONYMS.get(candidate, candidate)
-        if term in _IN_SCOPE_BODY_PARTS or term in _LIMB_BODY_PARTS or term in _OUTSIDE_WORDS:
+        if term in _IN_SCOPE_BODY_PARTS or term in _LIMB_BODY_PARTS or term in _QUALIFIERS:
             return term
     return word
 

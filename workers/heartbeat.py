@@ -31,7 +31,7 @@ from celery.worker.control import inspect_command
 from celery.worker.request import Request
 
 from predraft.core.settings import Settings, get_settings
-from predraft.models.card import load_card
+from predraft.models.scope import GATE_CLASS
 from predraft.models.taskcard import load_task_card
 from predraft.workers.leases import lease_seconds, renew_leases
 from predraft.workers.presence import (
@@ -57,7 +57,7 @@ def _settings() -> Settings:
 
 @lru_cache(maxsize=1)
 def _static_description() -> dict[str, Any]:
-    """Device and models: what does not change while the worker runs."""
+    """The device: what does not change while the worker runs."""
     settings = _settings()
     device, device_name = settings.model.device, _cpu_name()
     if device.startswith("cuda"):
@@ -67,37 +67,35 @@ def _static_description() -> dict[str, Any]:
             )
         except Exception as exc:  # a broken driver is worth seeing here, not a crash of the heartbeat
             device_name = f"unknown ({type(exc).__name__})"
+    return {"device": device, "device_name": device_name}
+
+
+def models_description(settings: Settings) -> dict[str, Any]:
+    """The models the worker reads with, read again at each heartbeat (packs are read from their files on each
+    task, so a pack installed or changed while the worker runs is used at once, and shown at once):
+    ``model_name`` and ``model_version`` of the card that reads hips, and ``models``, every model by role:
+    ``gate`` and each installed pack's name, its card's "name version" (or why it cannot be read)."""
     try:
-        card = load_card(settings.model.card_path, verify_weights=False)[0]
-        model_name, model_version = card.name, card.version
+        gate = load_task_card(settings.model.gate_card_path, verify_weights=False)[0]
+        models = {"gate": f"{gate.name} {gate.version}"}
+    except Exception as exc:  # a broken card is worth seeing here, not a crash of the heartbeat
+        models = {"gate": f"unreadable card ({type(exc).__name__})"}
+    try:
+        registry = settings.model.packs()
     except Exception as exc:
-        model_name, model_version = f"unreadable card ({type(exc).__name__})", ""
+        unreadable = f"unreadable ({type(exc).__name__})"
+        return {
+            "model_name": f"unreadable packs ({type(exc).__name__})",
+            "model_version": "",
+            "models": {**models, "packs": unreadable},
+        }
+    models.update({installed.name: f"{installed.card.name} {installed.card.version}" for installed in registry.packs})
+    hip = registry.for_region(GATE_CLASS)
     return {
-        "device": device,
-        "device_name": device_name,
-        "model_name": model_name,
-        "model_version": model_version,
-        "models": _models(settings),
+        "model_name": hip.card.name if hip is not None else "no pack reads hips",
+        "model_version": hip.card.version if hip is not None else "",
+        "models": models,
     }
-
-
-def _models(settings: Settings) -> dict[str, str]:
-    """Every model the worker reads with, by role: ``gate`` and each installed pack's name, its card's "name
-    version" (or why the card cannot be read)."""
-
-    def described(card_path: Path, load: Callable[..., tuple[Any, Path]]) -> str:
-        try:
-            card = load(card_path, verify_weights=False)[0]
-        except Exception as exc:  # a broken card is worth seeing here, not a crash of the heartbeat
-            return f"unreadable card ({type(exc).__name__})"
-        return f"{card.name} {card.version}"
-
-    models = {"gate": described(settings.model.gate_card_path, load_task_card)}
-    try:
-        packs = settings.model.packs().packs
-    except Exception as exc:
-        return {**models, "packs": f"unreadable ({type(exc).__name__})"}
-    return {**models, **{installed.name: described(installed.card_path, load_card) for installed in packs}}
 
 
 def _cpu_name() -> str:
@@ -131,6 +129,7 @@ def worker_status(consumer: Any) -> dict[str, Any]:
         "pool": {"thread": "threads"}.get(pool, pool),
         "concurrency": controller.concurrency,
         **_static_description(),
+        **models_description(_settings()),
         "started_at": _started_at.isoformat(timespec="seconds") if _started_at else None,
         "heartbeat_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "tasks": tasks,

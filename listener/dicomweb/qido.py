@@ -5,8 +5,9 @@ A few attributes of a study's or series' answer are in no database column (:data
 :data:`SERIES_HEADER_KEYWORDS`): they are taken from the header of the first instance of the study or series
 whose file can be read within the bounds of a received one (as ``.../metadata`` reads it; a file that crosses
 them counts in ``predraft_inputs_refused{transport="qido"}``), and are left out when none can. StudyTime,
-ReferringPhysicianName, StudyID and SeriesNumber are also held in columns as received (since revision 0015) and
-matched there; PatientBirthDate, PatientSex, SeriesDate and SeriesTime are answered, not matched on: a query key
+ReferringPhysicianName, StudyID and SeriesNumber are also held in columns as received (since revision 0015): they
+are matched there, and answered from there when held (so an answer carries the value it matched on), from the
+header otherwise; PatientBirthDate, PatientSex, SeriesDate and SeriesTime are answered, not matched on: a query key
 naming one is ignored, as the Warning header says."""
 
 from __future__ import annotations
@@ -95,6 +96,13 @@ def header_attributes(instances: Iterable[InstanceEntry], keywords: list[str], b
 
 def _study_json(study: Study, series: list[SeriesEntry], studies_url: str, bounds: Bounds) -> dict[str, Any]:
     ds = header_attributes((i for s in series for i in s.instances), STUDY_HEADER_KEYWORDS, bounds)
+    for keyword, held in (
+        ("StudyTime", study.study_time),
+        ("ReferringPhysicianName", study.referring_physician_name),
+        ("StudyID", study.study_identifier),
+    ):
+        if held:  # the value it is matched on (a study recorded before revision 0015 holds none: the header's)
+            setattr(ds, keyword, held)
     ds.StudyDate = study.study_date
     ds.AccessionNumber = study.accession_number
     ds.ModalitiesInStudy = sorted({s.modality for s in series if s.modality})
@@ -110,6 +118,8 @@ def _study_json(study: Study, series: list[SeriesEntry], studies_url: str, bound
 
 def _series_json(study_uid: str, series: SeriesEntry, studies_url: str, bounds: Bounds) -> dict[str, Any]:
     ds = header_attributes(series.instances, SERIES_HEADER_KEYWORDS, bounds)
+    if series.number:  # the value it is matched on, as for a study
+        ds.SeriesNumber = series.number
     ds.Modality = series.modality
     ds.SeriesDescription = series.description
     ds.BodyPartExamined = series.body_part

@@ -18,6 +18,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from sqlalchemy import ColumnElement, and_
 
 from predraft.core import metrics
+from predraft.listener.ingest import normal_integer
 
 #: Query parameters of PS3.18 that are no attribute match: paging, fields, fuzzy matching, and the accept and
 #: charset parameters (8.3.3.1-2) that stand for the request's headers (the response is DICOM JSON in UTF-8).
@@ -27,7 +28,6 @@ _TIME = r"[0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:\.[0-9]{1,6})?)?)?"
 _TIME_RANGE = re.compile(rf"^({_TIME})?-({_TIME})?$")
 #: The latest time each prefix of a TM value names: an upper bound is completed from it (``1100`` to 11:00:59.999999).
 _LATEST_TIME = "005959.999999"
-_INTEGER = re.compile(r"^ *[+-]?[0-9]{1,12} *$")
 _UNSAFE_IN_HEADER = re.compile(r"[^\w.-]")
 _COUNT = re.compile(r"[0-9]{1,10}")
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")
@@ -59,8 +59,8 @@ class Match:
         if vr == "TM" and (time_range := _TIME_RANGE.match(value)) and value != "-":
             high = time_range.group(2) or ""
             return cls(keyword, (time_range.group(1) or "", high and high + _LATEST_TIME[len(high) :]), "range")
-        if vr == "IS" and _INTEGER.match(value):
-            return cls(keyword, (str(int(value)),), "single")
+        if vr == "IS" and (number := normal_integer(value)):
+            return cls(keyword, (number,), "single")
         if "*" in value or "?" in value:
             return cls(keyword, (value,), "wildcard")
         return cls(keyword, (value,), "single")

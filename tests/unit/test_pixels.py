@@ -16,7 +16,7 @@ from pydicom.pixels.decoders import JPEGExtended12BitDecoder
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
-from predraft.models import decoders
+from predraft.models import decoders, pixels
 from predraft.models.pixels import (
     PixelDataError,
     collimation_box,
@@ -614,9 +614,25 @@ def test_8_bit_values_stored_deeper_without_window_are_read_full_range_too(bits)
     ds.PhotometricInterpretation = "MONOCHROME1"
     np.testing.assert_allclose(to_unit_range(ds, grey.copy()), 1 - grey / 255.0, atol=1e-6)
     ds.PhotometricInterpretation = "MONOCHROME2"
-    grey[40, 17] = 256.0  # one pixel past 8 bits, away from the subsample's rows and columns
+    grey[40, 17] = 256.0  # one pixel past 8 bits
     unit = to_unit_range(ds, grey)
     assert unit.min() == 0.0 and unit.max() == 1.0  # the percentile window: stretched
+
+
+def test_one_value_off_the_grid_where_the_subsample_does_not_look_still_counts():
+    """The subsample settles most images at once; an image it passes is checked whole, so a raw image with one
+    value past 8 bits (or off the shift's grid) on a row the subsample skips keeps the percentile window."""
+    rng = np.random.default_rng(6)
+    grey = np.clip(rng.normal(90, 30, size=(1200, 1000)), 20, 200).astype(np.uint8).astype(np.float32)
+    ds = _synthetic(BitsStored=12, BitsAllocated=16)
+    assert pixels._subsample(grey).shape == (600, 500)  # every second row and column
+    np.testing.assert_allclose(to_unit_range(ds, grey.copy()), grey / 255.0, atol=1e-6)
+    past = grey.copy()
+    past[401, 301] = 256.0  # an odd row and column: not in the subsample
+    assert to_unit_range(ds, past).min() == 0.0  # stretched by the percentile window (as display values: 20 / 255)
+    shifted = grey * 16
+    shifted[401, 301] += 1
+    assert to_unit_range(ds, shifted).min() == 0.0
 
 
 @pytest.mark.parametrize(("bits", "scale"), [(12, 16), (16, 256), (16, 257), (10, 4)])

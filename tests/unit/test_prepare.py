@@ -311,6 +311,24 @@ def test_a_film_as_a_one_frame_multi_frame_secondary_capture_reads_as_the_same_f
     np.testing.assert_array_equal(as_sc.hips[0].pixels, as_cr.hips[0].pixels)
 
 
+@pytest.mark.parametrize(("frames", "reason"), [("1.0", None), ("0", "NumberOfFrames is 0"), ("x", "not a number")])
+def test_number_of_frames_is_read_as_pydicom_reads_it(tmp_path, frames, reason):
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    from predraft.models.pixels import decode
+
+    jpeg = fracatlas_file("IMG0000453.jpg")
+    ds = pydicom.dcmread(jpeg_as_dicom(jpeg, tmp_path / "sc.dcm", MULTIFRAME_GREY_SC, frames=1))
+    raw = f"{frames:<{len(frames) + len(frames) % 2}}".encode()
+    ds[0x00280008] = RawDataElement(Tag(0x00280008), "IS", len(raw), raw, 0, False, True)
+    if reason is None:
+        assert decode(ds).shape == (ds.Rows, ds.Columns)
+    else:
+        with pytest.raises(PixelDataError, match=reason):
+            decode(ds)
+
+
 def test_a_multi_frame_image_of_several_frames_is_refused_with_its_reason(tmp_path):
     jpeg = fracatlas_file("IMG0000453.jpg")
     path = jpeg_as_dicom(jpeg, tmp_path / "sc.dcm", MULTIFRAME_GREY_SC, frames=2, BodyPartExamined="HIP")

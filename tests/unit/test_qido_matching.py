@@ -138,7 +138,7 @@ def _image(study: str, series: str, **attributes: Any) -> bytes:
 
 
 #: The studies sent: their study-level values, and the (SeriesNumber, [InstanceNumber...]) of their one series.
-STUDIES: dict[str, tuple[dict[str, str], str, list[str]]] = {
+STUDIES: dict[str, tuple[dict[str, Any], str, list[str]]] = {
     "morning": (
         {"StudyTime": "103015", "ReferringPhysicianName": "WHO^JOHN", "StudyID": "S1"},
         "2",
@@ -150,6 +150,7 @@ STUDIES: dict[str, tuple[dict[str, str], str, list[str]]] = {
         ["x1"],  # a malformed InstanceNumber: stored all the same, without it
     ),
     "untimed": ({"ReferringPhysicianName": "", "StudyID": ""}, "", [""]),
+    "old_form": ({"StudyTime": b"10:45:00"}, "", [""]),  # the ACR-NEMA form, held as 104500
 }
 
 
@@ -187,18 +188,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.mark.parametrize(
     ("query", "found"),
     [
-        ({"StudyTime": "1030-1100"}, {"morning"}),
+        ({"StudyTime": "1030-1100"}, {"morning", "old_form"}),
+        ({"StudyTime": "1030-1044"}, {"morning"}),
         ({"StudyTime": "1430"}, {"afternoon"}),
-        ({"StudyTime": "-1200"}, {"morning"}),
+        ({"StudyTime": "-1200"}, {"morning", "old_form"}),
         ({"StudyTime": "1200-"}, {"afternoon"}),
         ({"StudyTime": "-"}, set()),  # no time range and no time: single-value matching of "-"
         ({"ReferringPhysicianName": "HOUSE*"}, {"afternoon"}),
         ({"ReferringPhysicianName": "WHO^JOHN"}, {"morning"}),
-        ({"ReferringPhysicianName": "house*"}, set()),  # case-sensitive, as every other key
+        ({"ReferringPhysicianName": "house*"}, set()),  # case-sensitive on PostgreSQL (SQLite's LIKE is not)
         ({"StudyID": "S1"}, {"morning"}),
         ({"StudyID": "S?2"}, {"afternoon"}),
         ({"00200010": "S22", "00080030": "14*"}, {"afternoon"}),  # by tag, and two keys at once
-        ({"StudyID": ""}, {"morning", "afternoon", "untimed"}),  # universal matching
+        ({"StudyID": ""}, {"morning", "afternoon", "untimed", "old_form"}),  # universal matching
     ],
 )
 @pytest.mark.slow
@@ -207,6 +209,17 @@ def test_studies_match_on_time_referring_physician_and_study_id(
     server: Server, query: dict[str, str], found: set[str]
 ) -> None:
     assert server.studies(**query, PatientID="QIDO-1") == found
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_study_is_answered_with_the_values_it_is_matched_on(server: Server) -> None:
+    (morning,) = server.search("/studies", StudyTime="1030-1100", StudyID="S1").json()
+    assert morning["00080030"]["Value"] == ["103015"]
+    assert morning["00080090"]["Value"] == [{"Alphabetic": "WHO^JOHN"}]
+    assert morning["00200010"]["Value"] == ["S1"]
+    (old_form,) = server.search("/studies", StudyInstanceUID=server.sent["old_form"].study).json()
+    assert old_form["00080030"]["Value"] == ["104500"]  # as matched, not the header's 10:45:00
 
 
 @pytest.mark.slow

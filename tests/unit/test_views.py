@@ -182,8 +182,16 @@ def test_scope_by_body_part(body_part, in_scope):
         ("KNEE RIGHT", TagRegion.LIMB, "leg", "KNEE"),
         ("SHOULDER L", TagRegion.LIMB, "shoulder", "SHOULDER"),
         ("UPPER ARM", TagRegion.LIMB, None, "ARM"),  # a limb the gate has no class for
+        ("FEMORAL NECK", TagRegion.HIP, "hip", "FEMUR"),  # NECK beside a hip word is the hip's
+        ("NECK OF FEMUR", TagRegion.HIP, "hip", "FEMUR"),
+        ("ACETABULAR", TagRegion.HIP, "hip", "HIP"),
+        ("HIP KNEE ANKLE", TagRegion.LIMB, "leg", "KNEE"),  # a long-leg film names the leg
         ("ABDOMENPELVIS", TagRegion.OUTSIDE, None, "ABDOMENPELVIS"),  # one term, outside: never read as the hip
         ("PELVIS LSPINE", TagRegion.OUTSIDE, None, "PELVIS LSPINE"),  # names a region outside: never overruled
+        ("ABD PELVIS", TagRegion.OUTSIDE, None, "ABD PELVIS"),  # any word not known: never guessed
+        ("KUB PELVIS", TagRegion.OUTSIDE, None, "KUB PELVIS"),
+        ("SI JOINTS PELVIS", TagRegion.OUTSIDE, None, "SI JOINTS PELVIS"),
+        ("NECK", TagRegion.OUTSIDE, None, "NECK"),
         ("RIBS", TagRegion.OUTSIDE, None, "RIBS"),
         ("BASSIN", TagRegion.OUTSIDE, None, "BASSIN"),  # names nothing predraft knows: outside, as before
     ],
@@ -191,7 +199,7 @@ def test_scope_by_body_part(body_part, in_scope):
 def test_a_free_text_body_part_is_read_word_by_word(body_part, tag_region, region, term):
     """Sites type BodyPartExamined as they like ("HIPS", "L HIP"): a value naming a known part counts as it, so
     that an AP of "PELVIS AND HIPS" is split as an AP pelvis, where every such value was once outside and never
-    read. A value naming a region outside the gate's skeleton, or nothing known, stays outside."""
+    read. A value with any word that is no known term, side, joint, view or connector stays outside."""
     result = classify_view(_ds(BodyPartExamined=body_part, ViewPosition="AP"))
     assert (result.tag_region, result.region, result.body_part) == (tag_region, region, term)
     assert result.scope_rule == "BodyPartExamined"

@@ -11,7 +11,7 @@ import pytest
 from predraft.core.settings import get_settings
 from predraft.models.card import load_card
 from predraft.models.taskcard import load_task_card
-from predraft.workers.heartbeat import _models
+from predraft.workers.heartbeat import models_description
 from predraft.workers.presence import status_from_json
 
 
@@ -28,19 +28,21 @@ def _gate(card_path: Path) -> str:
 def test_a_worker_names_the_gate_and_every_installed_pack(tmp_path: Path) -> None:
     settings = get_settings(var_dir=tmp_path / "var")
     packs = settings.model.packs().packs
-    models = _models(settings)
+    described = models_description(settings)
+    models = described["models"]
     assert list(models) == ["gate", *(installed.name for installed in packs)]
     assert {"hip", "shoulder"} <= set(models)
     assert models["gate"] == _gate(settings.model.gate_card_path)
     assert models["hip"] == _described(settings.model.card_path)
     assert all(models[installed.name] == _described(installed.card_path) for installed in packs)
+    assert f"{described['model_name']} {described['model_version']}" == models["hip"]
 
 
 def test_an_unreadable_gate_card_is_named_not_fatal(tmp_path: Path) -> None:
     broken = tmp_path / "card.json"
     broken.write_text("{not json")
     settings = get_settings(var_dir=tmp_path / "var", gate_model=broken)
-    models = _models(settings)
+    models = models_description(settings)["models"]
     assert models["gate"].startswith("unreadable card (")
     assert models["hip"] == _described(settings.model.card_path)
 
@@ -61,3 +63,21 @@ def test_the_models_of_a_heartbeat_are_read_back(models: object, read: dict[str,
     data = {**HEARTBEAT, **({"models": models} if models is not None else {})}
     status = status_from_json(json.loads(json.dumps(data)), source="heartbeat file")
     assert status.models == (models if read is None else read)
+
+
+def test_a_pack_installed_while_the_worker_runs_is_named_at_the_next_heartbeat(tmp_path: Path) -> None:
+    """Packs are read from their files on each task; the heartbeat reads them again too, not once at start."""
+    import shutil
+
+    from predraft.models.pack import BUNDLED_PACKS
+
+    site = tmp_path / "packs"
+    site.mkdir()
+    settings = get_settings(var_dir=tmp_path / "var", packs_dir=site)
+    before = models_description(settings)["models"]
+    copy = site / "shoulder_site"
+    shutil.copytree(BUNDLED_PACKS / "shoulder", copy)
+    toml = copy / "pack.toml"
+    toml.write_text(toml.read_text().replace('name = "shoulder"', 'name = "shoulder_site"', 1))
+    after = models_description(settings)["models"]
+    assert "shoulder_site" not in before and after["shoulder_site"] == after["shoulder"]
