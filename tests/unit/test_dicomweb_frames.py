@@ -36,7 +36,7 @@ from pydicom.uid import (
 
 from predraft.core import metrics
 from predraft.core.db import session_scope
-from predraft.core.settings import Settings, get_settings
+from predraft.core.settings import Settings
 from predraft.listener.dicomweb.common import DicomwebError
 from predraft.listener.dicomweb.frames import (
     OCTET_STREAM,
@@ -52,7 +52,7 @@ from predraft.listener.ingest import InstanceHeader, record_instance
 from predraft.listener.receive import Receiver, ReceiveStatus
 from predraft.listener.spool import Spool
 from tests.conftest import fresh_postgres_database, real_file
-from tests.unit.webapp import SECRET, serving
+from tests.unit.webapp import dicomweb_settings, serving
 
 TOKEN = "frames-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -282,15 +282,7 @@ def _nested(depth: int) -> bytes:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, postgres_database: str) -> Iterator[App]:
     folder = tmp_path_factory.mktemp("frames-app")
-    settings = get_settings(
-        var_dir=folder / "var",
-        database_url=postgres_database,
-        spool_dir=folder / "spool",
-        session_secret=SECRET,
-        cookie_secure=False,
-        dicomweb_tokens=[TOKEN],
-        spool_min_free_bytes=0,
-    )
+    settings = dicomweb_settings(folder, postgres_database, TOKEN)
     receiver = Receiver.from_settings(settings)
     files = {name: real_file(name).read_bytes() for name in ("RG2_UNC.dcm", *COMPRESSED)} | _synthetic()
     held: dict[str, Held] = {}

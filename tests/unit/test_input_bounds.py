@@ -41,7 +41,7 @@ from predraft.listener.receive import Receiver, ReceiveStatus
 from predraft.listener.spool import Spool, check_uid
 from tests.conftest import real_file, running_listener
 from tests.unit.test_dicomweb_parts import _request
-from tests.unit.webapp import SECRET, serving
+from tests.unit.webapp import dicomweb_settings, serving
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
 STUDY = "1.2.826.0.1.3680043.8.498.14"
@@ -322,17 +322,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     folder = tmp_path_factory.mktemp("bounds-app")
     url = f"sqlite:///{folder}/db.sqlite"
     upgrade(url)
-    settings = get_settings(
-        var_dir=folder / "var",
-        database_url=url,
-        spool_dir=folder / "spool",
-        session_secret=SECRET,
-        cookie_secure=False,
-        dicomweb_tokens=[TOKEN],
-        spool_min_free_bytes=0,
-        dicomweb_max_upload_bytes=3 * MIB,
-        max_dataset_bytes=MIB,
-    )
+    settings = dicomweb_settings(folder, url, TOKEN, dicomweb_max_upload_bytes=3 * MIB, max_dataset_bytes=MIB)
     with serving(settings) as (base, _app):
         yield App(base, settings)
 

@@ -19,12 +19,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from predraft.core.settings import get_settings
 from predraft.listener.dicomweb.query import Match
 from predraft.listener.ingest import integer_string
 from predraft.listener.receive import Receiver, ReceiveStatus
 from tests.conftest import fresh_postgres_database
-from tests.unit.webapp import SECRET, serving
+from tests.unit.webapp import dicomweb_settings, serving
 
 TOKEN = "qido-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/dicom+json"}
@@ -158,15 +157,7 @@ STUDIES: dict[str, tuple[dict[str, Any], str, list[str]]] = {
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("qido-app")
     with fresh_postgres_database("predraft_test_qido") as database_url:
-        settings = get_settings(
-            var_dir=folder / "var",
-            database_url=database_url,
-            spool_dir=folder / "spool",
-            session_secret=SECRET,
-            cookie_secure=False,
-            dicomweb_tokens=[TOKEN],
-            spool_min_free_bytes=0,
-        )
+        settings = dicomweb_settings(folder, database_url, TOKEN)
         receiver = Receiver.from_settings(settings)
         sent = {}
         for name, (study_values, series_number, instance_numbers) in STUDIES.items():

@@ -101,6 +101,22 @@ def serving(settings: Settings) -> Iterator[tuple[str, Any]]:
         thread.join(timeout=10)
 
 
+def dicomweb_settings(folder: Path, database_url: str, token: str, **overrides: Any) -> Settings:
+    """Settings of an HTTP app in ``folder`` on ``database_url`` whose DICOMweb takes the API token ``token`` (no
+    spool free-space floor: the tests' files are small)."""
+    values: dict[str, Any] = {
+        "var_dir": folder / "var",
+        "database_url": database_url,
+        "spool_dir": folder / "spool",
+        "session_secret": SECRET,
+        "cookie_secure": False,
+        "dicomweb_tokens": [token],
+        "spool_min_free_bytes": 0,
+        **overrides,
+    }
+    return get_settings(**values)
+
+
 def web_settings(tmp_path: Path, database_url: str, card_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "var_dir": tmp_path / "var",
