@@ -178,7 +178,9 @@ class ViewResult:
     in_scope: bool
     scope_rule: str
     tag_region: TagRegion = TagRegion.NONE
-    body_part: str = ""  # what the tags named (BodyPartExamined or the anatomic region code), for reasons
+    #: What the tags named, for reasons: BodyPartExamined as the term it names (``known_body_part``: "L HIP" is HIP),
+    #: or as it is when it names none, else the anatomic region code.
+    body_part: str = ""
 
     @property
     def region(self) -> str | None:

@@ -207,9 +207,10 @@ _SHARED_HEADER = (*REQUIRED_EVIDENCE_TAGS, "PatientAge", "StudyDescription", "St
 
 def _evidence(instances: Sequence[Instance]) -> list[Dataset] | None:
     """The SRs' evidence for ``instances``: each held image's header, read from the spool, the first of them
-    first (the SRs copy the patient and study from it). An image whose file spool retention purged (a late
-    image re-opened its study, or a redraft) is stood in for by its UIDs from the database and the patient and
-    study attributes of a held image of the same study. None when no image's file is held."""
+    first (the SRs copy the patient and study from it). An image whose file is not held (spool retention purged
+    it, after a late image re-opened its study or for a redraft; or it went missing from the spool without being
+    purged) is stood in for by its UIDs from the database and the patient and study attributes of a held image of
+    the same study. None when no image's file is held."""
     held = [instance for instance in instances if instance.purged_at is None and Path(instance.spool_path).is_file()]
     if not held:
         return None
