@@ -54,9 +54,12 @@ class Match:
             return cls(keyword, tuple(v.strip() for v in re.split(r"[,\\]", value) if v.strip()), "list")
         if vr == "DA" and (date_range := _DATE_RANGE.match(value)) and value != "-":
             return cls(keyword, (date_range.group(1) or "", date_range.group(2) or ""), "range")
-        if vr == "TM" and re.fullmatch(_TIME, value):  # one time is the range of the times it names
-            return cls(keyword, (value, value + _LATEST_TIME[len(value) :]), "range")
-        if vr == "TM" and (time_range := _TIME_RANGE.match(value)) and value != "-":
+        # One time is the range of the times it names: "1030" is read as "1030-1030".
+        if (
+            vr == "TM"
+            and value != "-"
+            and (time_range := _TIME_RANGE.match(value if "-" in value else f"{value}-{value}"))
+        ):
             high = time_range.group(2) or ""
             return cls(keyword, (time_range.group(1) or "", high and high + _LATEST_TIME[len(high) :]), "range")
         if vr == "IS" and (number := normal_integer(value)):
