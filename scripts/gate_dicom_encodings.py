@@ -75,28 +75,23 @@ def _window(ds: FileDataset, grey: np.ndarray) -> None:
     ds.WindowCenter, ds.WindowWidth = 128, 256  # LINEAR (PS3.3 C.11.2.1.2.1): exactly value / 255
 
 
-def _twelve_bits(ds: FileDataset, grey: np.ndarray) -> None:
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelData = (grey.astype(np.uint16) * 16).tobytes()
+def _stored_in(bits: int, values: Callable[[np.ndarray], np.ndarray]) -> Callable[[FileDataset, np.ndarray], None]:
+    """The encoding that stores ``values(grey)`` in 16-bit words, ``bits`` of them stored, with no window."""
 
+    def encode(ds: FileDataset, grey: np.ndarray) -> None:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
+        ds.PixelData = values(grey).astype(np.uint16).tobytes()
 
-def _twelve_bits_rescaled(ds: FileDataset, grey: np.ndarray) -> None:
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelData = np.rint(grey * (4095 / 255)).astype(np.uint16).tobytes()  # 0-255 stretched to 0-4095
-
-
-def _sixteen_bits(ds: FileDataset, grey: np.ndarray) -> None:
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.PixelData = grey.astype(np.uint16).tobytes()  # the values unchanged, 0 to 255
+    return encode
 
 
 #: How each encoding changes the plain 8-bit dataset.
 ENCODINGS: dict[str, Callable[[FileDataset, np.ndarray], None]] = {
     "8_bit_no_window": lambda ds, grey: None,
     "8_bit_full_range_window": _window,
-    "12_bit_shifted_no_window": _twelve_bits,
-    "16_bit_unscaled_no_window": _sixteen_bits,
-    "12_bit_rescaled_no_window": _twelve_bits_rescaled,
+    "12_bit_shifted_no_window": _stored_in(12, lambda grey: grey.astype(np.uint16) * 16),
+    "16_bit_unscaled_no_window": _stored_in(16, lambda grey: grey),  # the values unchanged, 0 to 255
+    "12_bit_rescaled_no_window": _stored_in(12, lambda grey: np.rint(grey * (4095 / 255))),  # stretched to 0-4095
     "jpeg_baseline_grey": lambda ds, grey: _jpeg(ds, grey, colour=False),
     "jpeg_baseline_colour": lambda ds, grey: _jpeg(ds, grey, colour=True),
 }
