@@ -12,7 +12,11 @@ Rules (the same every time, written down before any model was trained):
 - region: FracAtlas images flagged hip count as ``hip`` (hip and leg together show the hip); otherwise the
   first of shoulder, hand, leg that is flagged. Every shoulder-implant image is ``shoulder``.
 - hardware: FracAtlas' own hardware flag (``present``/``absent``); every shoulder-implant image is
-  ``present`` (each shows an arthroplasty).
+  ``present`` (each shows an arthroplasty). Where predraft's review of FracAtlas films without the flag
+  (models/data/fracatlas_hardware_review.csv, see FRACATLAS_LABELS.md) saw a cast, jewellery or other metal
+  outside the body, the image is ``external`` (no implant: a negative for "hardware present", but a class of
+  its own, so that the head learns it apart from ``absent``); where it saw an implant, ``present``. This rule
+  was added after gate 1.2.0 was trained: the films reviewed were its surest false alarms.
 - field (hip images only, whole): ``pelvis`` when the image shows both hips upright, one each side of the
   image's midline (an AP pelvis, or a longer frontal film centred on the pelvis), so that splitting it at the
   midline gives one hip per half; else ``other`` (one hip, a lateral or oblique, a pelvis turned 90 degrees or
@@ -41,6 +45,9 @@ RUN_GAP = 2
 SAME_PATIENT = (("IMG0000453.jpg", "IMG0002607.jpg", "IMG0002749.jpg", "IMG0004113.jpg"),)
 HIP_LABELS = Path(__file__).resolve().parent / "data" / "fracatlas_hip_hardware.csv"
 FIELD_LABELS = Path(__file__).resolve().parent / "data" / "fracatlas_hip_field.csv"
+HARDWARE_REVIEW = Path(__file__).resolve().parent / "data" / "fracatlas_hardware_review.csv"
+#: The hardware classes: ``external`` is a film without an implant but with a cast, jewellery or other metal.
+HARDWARE_CLASSES = ("absent", "external", "present")
 COLUMNS = ("image", "group", "source", "crop", "region", "hardware", "field")
 #: Phantom patients added (the first ones of ``predraft phantoms --studies 1500 --seed 1``), so the gate knows
 #: the demo's phantoms as hips and its hardware head their implants. Synthetic: no part in thresholds or figures.
@@ -79,8 +86,22 @@ def _region(record: dict[str, str]) -> str:
     return ""
 
 
+def read_hardware_review(path: Path = HARDWARE_REVIEW) -> dict[str, str]:
+    """Each reviewed FracAtlas image id's hardware class (``external`` or ``present``), validated."""
+    with Path(path).open(newline="") as handle:
+        review = {record["image_id"]: record["hardware"] for record in csv.DictReader(handle)}
+    wrong = {image: value for image, value in review.items() if value not in HARDWARE_CLASSES[1:]}
+    if wrong:
+        raise ValueError(f"{path}: hardware must be one of {HARDWARE_CLASSES[1:]}, not {wrong}")
+    return review
+
+
 def build_rows(
-    data_dir: Path, hip_labels: Path = HIP_LABELS, phantoms_dir: Path | None = None, field_labels: Path = FIELD_LABELS
+    data_dir: Path,
+    hip_labels: Path = HIP_LABELS,
+    phantoms_dir: Path | None = None,
+    field_labels: Path = FIELD_LABELS,
+    hardware_review: Path = HARDWARE_REVIEW,
 ) -> list[dict[str, str]]:
     data_dir = Path(data_dir)
     with (data_dir / "fracatlas" / "dataset.csv").open(newline="") as handle:
@@ -89,12 +110,13 @@ def build_rows(
         hips = {record["image_id"]: record for record in csv.DictReader(handle)}
     with Path(field_labels).open(newline="") as handle:
         fields = {record["image_id"]: record["field"] for record in csv.DictReader(handle)}
+    reviewed = read_hardware_review(hardware_review)
     group_of = fracatlas_groups([record["image_id"] for record in records])
     rows = []
     for record in records:
         image, region = record["image_id"], _region(record)
         path = f"fracatlas/images/{image}"
-        hardware = "present" if record["hardware"] == "1" else "absent"
+        hardware = "present" if record["hardware"] == "1" else reviewed.get(image, "absent")
         rows.append(
             {
                 "image": path,
@@ -111,7 +133,7 @@ def build_rows(
         placed = hips.get(image)
         if placed is not None and placed["field"] == "pelvis":
             sides = {"image_left": placed["right"], "image_right": placed["left"]}  # patient's right on the left
-        elif placed is None and hardware == "absent":
+        elif placed is None and hardware != "present":
             sides = {"image_left": "none", "image_right": "none"}
         else:
             continue

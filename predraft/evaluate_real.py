@@ -1,7 +1,8 @@
 """``predraft evaluate-real``: the gate, the hip model and the model-free metal check on real labelled images.
 
 The labels are a task CSV (:mod:`predraft.models.taskdata`: ``image``, ``group``, optional ``crop``) with a
-``region`` column, a ``hardware`` column (``absent``/``present``) or both; ``models/data/gate_labels.csv``
+``region`` column, a ``hardware`` column (``absent``/``present``, or ``external``: no implant, but a cast, jewellery
+or other metal outside the body, a negative like ``absent``) or both; ``models/data/gate_labels.csv``
 over ``../shared/data`` is one. No DICOM tags are needed: every figure is about pixels alone. Each CSV row
 (a whole image, or the left or right half of one as an AP pelvis is split) is prepared as the service
 prepares it and given to
@@ -13,8 +14,8 @@ prepares it and given to
 - :func:`predraft.models.metal.detect_metal` on the same crops (its ``present``): the same hardware figures, the
   baseline any learned hardware detector has to beat;
 - the hip model (a :class:`predraft.models.card.ModelCard`, the demo by default) on the native hips, the rows that
-  are hips without hardware (whole images labelled ``region=hip, hardware=absent``, halves labelled
-  ``hardware=absent``): the share whose top class is not ``none`` (read as hardware) and the share it would
+  are hips without hardware (whole images labelled ``region=hip`` and hardware ``absent`` or ``external``, halves
+  labelled so): the share whose top class is not ``none`` (read as hardware) and the share it would
   draft as hardware (that top class at or above its card threshold), whole images and halves apart; and,
   where the gate has a ``field`` head, the same shares over the hips the service drafts from an untagged
   native hip image: its two halves when the gate reads an AP pelvis (p(pelvis) at or above the card's
@@ -44,8 +45,10 @@ METRICS = "real_metrics.json"
 PREDICTIONS = "predictions.csv"
 #: The CSV columns this command evaluates; a CSV needs at least one.
 LABEL_TASKS = ("region", "hardware")
-HARDWARE_CLASSES = ("absent", "present")
+HARDWARE_CLASSES = ("absent", "external", "present")
 HIP, PRESENT, NONE, FIELD_PELVIS = "hip", "present", "none", "pelvis"
+#: The hardware labels of a film without an implant.
+NO_IMPLANT = frozenset({"absent", "external"})
 CROP_SETS = (("whole images", "whole"), ("hip halves", "half"))
 #: Images per forward pass.
 BATCH_SIZE = 64
@@ -266,11 +269,11 @@ def _metal_findings(images_dir: Path, rows: Sequence[TaskRow]) -> list[Any]:
 
 
 def native_hips(rows: Sequence[TaskRow]) -> np.ndarray:
-    """The rows that are hips without hardware: whole images labelled region hip and hardware absent, and
-    halves labelled hardware absent."""
+    """The rows that are hips without hardware: whole images labelled region hip and hardware absent or
+    external (no implant), and halves labelled so."""
     return np.array(
         [
-            row.labels.get("hardware") == "absent" and (row.crop != "whole" or row.labels.get("region") == HIP)
+            row.labels.get("hardware") in NO_IMPLANT and (row.crop != "whole" or row.labels.get("region") == HIP)
             for row in rows
         ],
         dtype=bool,

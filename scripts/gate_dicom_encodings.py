@@ -120,7 +120,9 @@ def native_hips_read_by_the_hip_model(images: Path, scratch: Path) -> dict[str, 
     rows = [
         row
         for row in read_task_rows(LABELS, images, ["region", "hardware"], sources=("fracatlas",))
-        if row.crop == "whole" and row.labels.get("region") == "hip" and row.labels.get("hardware") == "absent"
+        if row.crop == "whole"
+        and row.labels.get("region") == "hip"
+        and row.labels.get("hardware") in ("absent", "external")
     ]
     hips: dict[str, list[np.ndarray]] = {name: [] for name in ENCODINGS}
     for row in rows:
@@ -163,7 +165,7 @@ def main() -> None:
         if row.crop == "whole"
     ]
     with_hardware = [row for row in rows if row.labels["hardware"] == "present"]
-    without = [row for row in rows if row.labels["hardware"] == "absent"]
+    without = [row for row in rows if row.labels["hardware"] != "present"]
     drawn = np.random.default_rng(0).choice(len(without), args.negatives, replace=False)
     sample = with_hardware + [without[index] for index in sorted(drawn)]
     gate = load_gate(GATE_CARD)
@@ -193,7 +195,7 @@ def main() -> None:
     for name, images in pixels.items():
         stacked = np.stack(images)
         readings = gate.model.predict(stacked)
-        present = readings["hardware"][:, 1]
+        present = readings["hardware"][:, gate.model.card.tasks["hardware"].index("present")]
         base = present if base is None else base
         summary["encodings"][name] = {
             "grey_levels_from_training_image": round(float(np.abs(stacked - reference).mean()), 3),

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from gate_init_screening import LABELS, gate_config  # scripts/ is on sys.path when a script there runs
 from safetensors.torch import load_file
+from scipy.special import logsumexp
 from sklearn.metrics import roc_auc_score
 
 from predraft.models.imagetask import TaskNetwork
@@ -49,8 +50,10 @@ BOOTSTRAP = 1000
 
 
 def _scores(network: TaskNetwork, pixels: np.ndarray) -> np.ndarray:
+    """The log-odds of hardware present against every other hardware class (absent, and external since 1.3.0)."""
     logits = predict_logits(network, pixels, batch_size=64)["hardware"]
-    return logits[:, 1] - logits[:, 0]
+    present = gate_config(None, 20).tasks["hardware"].index("present")
+    return logits[:, present] - logsumexp(np.delete(logits, present, axis=1), axis=1)
 
 
 def _tiled(network: TaskNetwork, pixels: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from safetensors.torch import save_file
 
+from predraft.models.gate_labels import HARDWARE_CLASSES
 from predraft.models.taskcard import GLOBAL_POOLS
 from predraft.models.taskdata import TaskRow, prepare_task_images, read_task_rows, task_classes
 from predraft.models.taskmetrics import task_targets
@@ -57,7 +58,7 @@ def gate_config(
     """scripts/train_gate.sh's first step, but for its starting point (and, if asked, its epochs, its pooling and
     a share of real films without hardware given synthetic metal, predraft.models.metalpaste)."""
     return TaskTrainingConfig(
-        tasks={"region": ("hip", "shoulder", "hand", "leg"), "hardware": ("absent", "present")},
+        tasks={"region": ("hip", "shoulder", "hand", "leg"), "hardware": HARDWARE_CLASSES},
         architecture="regnetx_002",
         global_pool=global_pool,
         input_size=160,

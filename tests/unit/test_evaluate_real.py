@@ -364,3 +364,18 @@ def test_an_untagged_native_image_read_as_a_pelvis_is_served_as_its_two_halves()
     served, split = untagged_hips_as_served(rows, native_hips(rows), pelvis, threshold=0.5)
     assert served == [1, 2, 3, 4]
     assert split.tolist() == [True, False, False]
+
+
+def test_native_hips_are_the_hips_without_an_implant_a_cast_or_a_ring_included():
+    from predraft.evaluate_real import native_hips
+    from predraft.models.taskdata import TaskRow
+
+    rows = [
+        TaskRow("a", "a", "whole", {"region": "hip", "hardware": "absent"}),
+        TaskRow("b", "b", "whole", {"region": "hip", "hardware": "external"}),  # a cast or jewellery: no implant
+        TaskRow("c", "c", "whole", {"region": "hip", "hardware": "present"}),
+        TaskRow("d", "d", "whole", {"region": "leg", "hardware": "external"}),  # not a hip
+        TaskRow("e", "e", "image_left", {"hardware": "external"}),
+        TaskRow("f", "f", "image_right", {"hardware": "present"}),
+    ]
+    assert native_hips(rows).tolist() == [True, True, False, False, True, False]

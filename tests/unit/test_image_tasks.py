@@ -611,6 +611,30 @@ def test_gate_labels_give_every_whole_hip_image_and_only_those_a_field(gate_rows
     assert field_of["IMG0002510.jpg"] == "other" and field_of["IMG0002607.jpg"] == "pelvis"
 
 
+def test_gate_labels_take_the_hardware_review_over_the_published_flag(gate_rows):
+    from predraft.models.gate_labels import HARDWARE_REVIEW
+
+    hardware_of = {row["image"].rsplit("/", 1)[-1]: row["hardware"] for row in gate_rows if row["crop"] == "whole"}
+    # a bangle on a forearm flagged without hardware, a cast, and the one film with a nail that FracAtlas missed
+    assert (hardware_of["IMG0000007.jpg"], hardware_of["IMG0002563.jpg"]) == ("external", "present")
+    with HARDWARE_REVIEW.open(newline="") as handle:
+        casts = [row["image_id"] for row in csv.DictReader(handle) if row["seen"] == "cast"]
+    assert len(casts) == 20 and all(hardware_of[image] == "external" for image in casts)
+    # a film nobody reviewed keeps the published flag
+    assert hardware_of["IMG0000001.jpg"] == "absent"
+    counts = {name: sum(value == name for value in hardware_of.values()) for name in ("external", "present")}
+    assert counts == {"external": 53, "present": 99 + 1 + 477}
+
+
+def test_gate_labels_refuse_a_review_with_an_unknown_class(tmp_path):
+    from predraft.models.gate_labels import read_hardware_review
+
+    review = tmp_path / "review.csv"
+    review.write_text("image_id,seen,hardware,note\nIMG0000007.jpg,jewellery,external,\nIMG0000008.jpg,cast,plaster,\n")
+    with pytest.raises(ValueError, match=r"not \{'IMG0000008.jpg': 'plaster'\}"):
+        read_hardware_review(review)
+
+
 def test_gate_labels_name_no_image_and_crop_twice(gate_rows):
     keys = [(row["image"], row["crop"]) for row in gate_rows]
     assert len(keys) == len(set(keys))
