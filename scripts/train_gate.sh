@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Reproduces the bundled gate (models/gate/), in two steps:
-# 1. gate 1.0.0: body region and hardware present, one regnetx_002 backbone with two heads, started from the
-#    demo hip model 1.1.0's backbone (run 4 of scripts/train_demo.sh, trained on phantoms only) and trained on
-#    FracAtlas, the shoulder-implant set (../shared/data) and 250 phantom patients, with 5-fold grouped
-#    cross-validation first. On a two-core CPU: about 40 minutes.
-# 2. gate 1.2.0: 1.0.0 unchanged plus a third head, field (an AP pelvis showing both hips, or not), a linear
+# 1. the base: body region and hardware (absent, external: a cast or jewellery, present), one regnetx_002
+#    backbone with two heads, started from the demo hip model 1.1.0's backbone (run 4 of scripts/train_demo.sh,
+#    trained on phantoms only) and trained on FracAtlas, the shoulder-implant set (../shared/data) and 250
+#    phantom patients, with 5-fold grouped cross-validation first. On a two-core CPU: about 50 minutes.
+# 2. gate 1.3.0: the base unchanged plus a third head, field (an AP pelvis showing both hips, or not), a linear
 #    read-out of the frozen backbone (models/taskhead.py), cross-validated the same way. Under a minute.
-#    (1.1.0 had the same weights; 1.2.0's hip threshold is fitted by the balanced rule of fit_thresholds.)
+#    (The hip threshold is fitted by the balanced rule of fit_thresholds, as 1.2.0's was.)
 # Nothing is downloaded. The starting point, demo hip model 1.1.0, was bundled at commit 2d7cb3e: in a clone with
 # its history it is taken from there (its sha256 checked) instead of two hours of train_demo.sh runs 1-4.
-# Run so on 2026-12-07 (a two-core CPU, 46 minutes), it gave weights byte-identical to models/gate/'s.
+# Run so on 2026-12-07 (a two-core CPU, 51 minutes), it made the bundled gate 1.3.0 (models/gate/). Gate 1.2.0, made so
+# before the hardware review (models/data/fracatlas_hardware_review.csv) came in, had two hardware classes.
 #
 #   bash scripts/train_gate.sh            # then compare var/runs/gate/card.json with models/gate/card.json
 set -euo pipefail
@@ -36,17 +37,17 @@ ln -sfn "$(realpath var/phantoms/train)" var/gate-images/phantoms
 .venv/bin/python -m predraft.models.gate_labels "$DATA" var/gate_labels.csv var/phantoms/train
 cmp var/gate_labels.csv models/data/gate_labels.csv || echo "note: the rebuilt CSV differs from models/data/gate_labels.csv"
 "$PREDRAFT" train-task models/data/gate_labels.csv --images var/gate-images --out var/runs/gate-base \
-    --task region=hip,shoulder,hand,leg --task hardware=absent,present --gate region=hip --binary hardware=present \
+    --task region=hip,shoulder,hand,leg --task hardware=absent,external,present --gate region=hip --binary hardware=present \
     --synthetic-source phantoms \
     --init-weights "$START" \
     --architecture regnetx_002 --input-size 160 --epochs 20 --samples-per-epoch 2048 --lr 2e-3 --folds 5 --seed 0 \
     --name predraft-gate --version 1.0.0 \
-    --training-data "FracAtlas (Abedeen et al., Scientific Data 10, 521, 2023; CC BY 4.0): 1,923 radiographs with the body part and hardware flags as published, plus predraft's hip-hardware side labels (models/data/fracatlas_hip_hardware.csv); 477 shoulder arthroplasty radiographs of the shoulder-implant set (see ../shared/data/shoulder-implants/README.md); 250 synthetic phantom patients (predraft phantoms --seed 1), so that the demo's phantoms read as hips. Adult radiographs, JPEG exports, no DICOM tags." \
+    --training-data "FracAtlas (Abedeen et al., Scientific Data 10, 521, 2023; CC BY 4.0): 1,923 radiographs with the body part and hardware flags as published, plus predraft's hip-hardware side labels (models/data/fracatlas_hip_hardware.csv) and its review of FracAtlas films without the hardware flag (models/data/fracatlas_hardware_review.csv: casts, jewellery and other metal outside the body as a class of their own, one implant); 477 shoulder arthroplasty radiographs of the shoulder-implant set (see ../shared/data/shoulder-implants/README.md); 250 synthetic phantom patients (predraft phantoms --seed 1), so that the demo's phantoms read as hips. Adult radiographs, JPEG exports, no DICOM tags." \
     --intended-use "Reads which body region a radiograph shows (hip/pelvis, shoulder, hand/wrist, leg/knee/ankle) and whether it shows orthopedic hardware, so that predraft drafts hips only and checks the hip model's hardware call. Never trained on chest, spine, skull or abdomen, nor on children. Not for clinical use on its own."
 .venv/bin/python -m predraft.models.taskhead var/runs/gate-base/card.json models/data/gate_labels.csv --images var/gate-images \
     --out var/runs/gate --task field=pelvis,other --binary pelvis --min-specificity 0.95 --synthetic-source phantoms \
-    --folds 5 --seed 0 --version 1.2.0 \
-    --training-data "FracAtlas (Abedeen et al., Scientific Data 10, 521, 2023; CC BY 4.0): 1,923 radiographs with the body part and hardware flags as published, plus predraft's hip-hardware side labels (models/data/fracatlas_hip_hardware.csv) and hip field labels (models/data/fracatlas_hip_field.csv); 477 shoulder arthroplasty radiographs of the shoulder-implant set (see ../shared/data/shoulder-implants/README.md); 250 synthetic phantom patients (predraft phantoms --seed 1), so that the demo's phantoms read as hips. Adult radiographs, JPEG exports, no DICOM tags." \
+    --folds 5 --seed 0 --version 1.3.0 \
+    --training-data "FracAtlas (Abedeen et al., Scientific Data 10, 521, 2023; CC BY 4.0): 1,923 radiographs with the body part and hardware flags as published, plus predraft's hip-hardware side labels (models/data/fracatlas_hip_hardware.csv), hip field labels (models/data/fracatlas_hip_field.csv) and review of FracAtlas films without the hardware flag (models/data/fracatlas_hardware_review.csv: casts, jewellery and other metal outside the body as a class of their own, one implant); 477 shoulder arthroplasty radiographs of the shoulder-implant set (see ../shared/data/shoulder-implants/README.md); 250 synthetic phantom patients (predraft phantoms --seed 1), so that the demo's phantoms read as hips. Adult radiographs, JPEG exports, no DICOM tags." \
     --intended-use "Reads which body region a radiograph shows (hip/pelvis, shoulder, hand/wrist, leg/knee/ankle), whether it shows orthopedic hardware, and whether a hip image is an upright AP pelvis showing both hips (so that an untagged pelvis is drafted as two hips), so that predraft drafts hips only and checks the hip model's hardware call. Never trained on chest, spine, skull or abdomen, nor on children. Not for clinical use on its own."
 # What the card's figures come from, kept beside the repository's other evaluations; the out-of-fold readings let
 # an operating point or a test-time change be studied later without training again (about 0.5 MB each).
