@@ -1,7 +1,7 @@
 """K-fold cross-validation of the shoulder pack's recipe on the development folder, as Urban et al. evaluated.
 
     .venv/bin/python scripts/shoulder_cv.py var/shoulder/development var/cv/shoulder --folds 10 \
-        --init-weights models/gate/weights.safetensors --input-size 160 --epochs 14
+        --init-weights var/runs/gate-1.2.0/weights.safetensors --input-size 160 --epochs 14
 
 Patients (one per shoulder-implant image; FracAtlas runs) are dealt into ``--folds`` folds stratified by class
 (seed 0). For each fold, the recipe is trained on the other folds (90 % training, 10 % validation for the early

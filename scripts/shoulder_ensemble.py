@@ -3,7 +3,7 @@
     .venv/bin/python -m predraft.models.shoulder_data ../shared/data var/shoulder
     .venv/bin/predraft train var/shoulder/development --pack models/packs/shoulder --out var/runs/shoulder-a \
         --architecture regnetx_002 --input-size 160 --head-epochs 1 --epochs 30 --lr 5e-4 --flip \
-        --init-weights models/gate/weights.safetensors --device cpu --workers 0      # and -b, -c: other rates, sizes
+        --init-weights var/runs/gate-1.2.0/weights.safetensors --device cpu --workers 0  # -b, -c: others
     .venv/bin/python scripts/shoulder_ensemble.py var/shoulder/development var/runs/shoulder-a var/runs/shoulder-b \
         var/runs/shoulder-c --out var/eval/shoulder-ensemble.json
 

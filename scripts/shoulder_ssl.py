@@ -2,7 +2,7 @@
 
     .venv/bin/python -m predraft.models.shoulder_data ../shared/data var/shoulder
     .venv/bin/python scripts/shoulder_ssl.py ../shared/data var/shoulder/development var/ssl/gate \
-        --init-weights models/gate/weights.safetensors --minutes 35        # continued from the gate
+        --init-weights var/runs/gate-1.2.0/weights.safetensors --minutes 35        # continued from the gate
     .venv/bin/python scripts/shoulder_ssl.py ../shared/data var/shoulder/development var/ssl/random \
         --minutes 30                                                       # from random weights
     .venv/bin/predraft train var/shoulder/development --pack models/packs/shoulder --out var/runs/shoulder-ssl \

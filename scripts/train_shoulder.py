@@ -1,8 +1,10 @@
 """The bundled shoulder pack's model, as it was made (README, "The shoulder pack"):
 
     .venv/bin/python -m predraft.models.shoulder_data ../shared/data var/shoulder
+    mkdir -p var/runs/gate-1.2.0    # the gate the pack started from (1.0.0-1.2.0; since 1.3.0 not in models/gate/)
+    git show f29aac5:models/gate/weights.safetensors > var/runs/gate-1.2.0/weights.safetensors
     .venv/bin/python scripts/shoulder_cv.py var/shoulder/development var/cv/shoulder --folds 10 \
-        --init-weights models/gate/weights.safetensors --input-size 160 --head-epochs 1 --epochs 30 --flip
+        --init-weights var/runs/gate-1.2.0/weights.safetensors --input-size 160 --head-epochs 1 --epochs 30 --flip
     .venv/bin/python scripts/shoulder_cv.py var/shoulder/development var/cv/shoulder --thresholds-only 0.95
     .venv/bin/python scripts/train_shoulder.py          # var/runs/shoulder-final
     # then copy its card.json and weights.safetensors into models/packs/shoulder/, with the card's
@@ -12,12 +14,18 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
+from predraft.models.card import sha256_of
 from predraft.models.pack import read_pack
 from predraft.models.training import TrainingConfig, train
 
+#: The backbone the bundled shoulder model started from: gate 1.2.0's (the weights of gate 1.0.0 to 1.2.0), as the
+#: docstring's ``git show`` writes it; models/gate/ holds gate 1.3.0 since 2026-12-07.
+GATE_WEIGHTS = Path("var/runs/gate-1.2.0/weights.safetensors")
+GATE_WEIGHTS_SHA256 = "aa6f333632e0ab8b3342729dffab86a17c14f7ce4e6685b565418ca9a9ab3362"
 pack = read_pack(Path("models/packs/shoulder"))
 training_data = (
     "382 development images of the shoulder-implant set of Urban et al. (Computational and Structural Biotechnology "
@@ -38,7 +46,7 @@ config = TrainingConfig(
     seed=0,
     fractions=(0.9, 0.1, 0.0),
     flip=True,
-    init_weights=Path("models/gate/weights.safetensors").resolve(),
+    init_weights=GATE_WEIGHTS.resolve(),
     name="predraft-shoulder-demo",
     version="0.1.0",
     training_data=training_data,
@@ -46,6 +54,8 @@ config = TrainingConfig(
     framing=pack.framing,
 )
 if __name__ == "__main__":
+    if not GATE_WEIGHTS.is_file() or sha256_of(GATE_WEIGHTS) != GATE_WEIGHTS_SHA256:
+        sys.exit(f"{GATE_WEIGHTS} is not gate 1.2.0's weights: write it with the docstring's git show line")
     start = time.monotonic()
     print(train(Path("var/shoulder/development"), Path("var/runs/shoulder-final"), config, workers=0))
     print(f"{(time.monotonic() - start) / 60:.1f} min")
