@@ -48,6 +48,8 @@ FIELD_LABELS = Path(__file__).resolve().parent / "data" / "fracatlas_hip_field.c
 HARDWARE_REVIEW = Path(__file__).resolve().parent / "data" / "fracatlas_hardware_review.csv"
 #: The hardware classes: ``external`` is a film without an implant but with a cast, jewellery or other metal.
 HARDWARE_CLASSES = ("absent", "external", "present")
+#: The hardware classes of a film without an implant: the negatives of "hardware present".
+NO_IMPLANT = frozenset({"absent", "external"})
 COLUMNS = ("image", "group", "source", "crop", "region", "hardware", "field")
 #: Phantom patients added (the first ones of ``predraft phantoms --studies 1500 --seed 1``), so the gate knows
 #: the demo's phantoms as hips and its hardware head their implants. Synthetic: no part in thresholds or figures.

@@ -38,6 +38,7 @@ import numpy as np
 
 from predraft.models import taskcard
 from predraft.models.card import DEMO_MODEL_CARD
+from predraft.models.gate_labels import HARDWARE_CLASSES, NO_IMPLANT
 from predraft.models.taskdata import TaskRow, crop_image, prepare_task_images, read_grey, read_task_rows, task_classes
 from predraft.models.taskmetrics import grouped_rate, sensitivity_specificity, task_metrics, task_targets
 
@@ -45,10 +46,7 @@ METRICS = "real_metrics.json"
 PREDICTIONS = "predictions.csv"
 #: The CSV columns this command evaluates; a CSV needs at least one.
 LABEL_TASKS = ("region", "hardware")
-HARDWARE_CLASSES = ("absent", "external", "present")
 HIP, PRESENT, NONE, FIELD_PELVIS = "hip", "present", "none", "pelvis"
-#: The hardware labels of a film without an implant.
-NO_IMPLANT = frozenset({"absent", "external"})
 CROP_SETS = (("whole images", "whole"), ("hip halves", "half"))
 #: Images per forward pass.
 BATCH_SIZE = 64

@@ -37,6 +37,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 from sklearn.metrics import roc_auc_score
 
+from predraft.models.gate_labels import NO_IMPLANT
 from predraft.models.pixels import letterbox
 from predraft.models.prepare import prepare_file
 from predraft.models.taskcard import GATE_CARD
@@ -120,9 +121,7 @@ def native_hips_read_by_the_hip_model(images: Path, scratch: Path) -> dict[str, 
     rows = [
         row
         for row in read_task_rows(LABELS, images, ["region", "hardware"], sources=("fracatlas",))
-        if row.crop == "whole"
-        and row.labels.get("region") == "hip"
-        and row.labels.get("hardware") in ("absent", "external")
+        if row.crop == "whole" and row.labels.get("region") == "hip" and row.labels.get("hardware") in NO_IMPLANT
     ]
     hips: dict[str, list[np.ndarray]] = {name: [] for name in ENCODINGS}
     for row in rows:

@@ -37,6 +37,7 @@ from safetensors.torch import load_file
 from scipy.special import logsumexp
 from sklearn.metrics import roc_auc_score
 
+from predraft.models.gate_labels import HARDWARE_CLASSES
 from predraft.models.imagetask import TaskNetwork
 from predraft.models.taskdata import TaskRow, prepare_task_images, read_task_rows, task_classes
 from predraft.models.taskmetrics import grouped_rate
@@ -47,13 +48,14 @@ TRAINED_SIZE = 160
 SIZES = (192, 224, 256, 320)
 TILED_SIZES = (256, 320)
 BOOTSTRAP = 1000
+#: The hardware head's column of "present" (absent, external, present since gate 1.3.0).
+PRESENT = HARDWARE_CLASSES.index("present")
 
 
 def _scores(network: TaskNetwork, pixels: np.ndarray) -> np.ndarray:
     """The log-odds of hardware present against every other hardware class (absent, and external since 1.3.0)."""
     logits = predict_logits(network, pixels, batch_size=64)["hardware"]
-    present = gate_config(None, 20).tasks["hardware"].index("present")
-    return logits[:, present] - logsumexp(np.delete(logits, present, axis=1), axis=1)
+    return logits[:, PRESENT] - logsumexp(np.delete(logits, PRESENT, axis=1), axis=1)
 
 
 def _tiled(network: TaskNetwork, pixels: np.ndarray) -> np.ndarray:
