@@ -13,7 +13,8 @@ to Orthanc by C-STORE. Then the same study is opened twice:
 
 Nothing comes from other hosts: npm fetches the one pinned tarball (the lock's sha512 checked) from the npm
 registry into var/ohif (reused while the lock is the same); the browser talks to 127.0.0.1 only. The screenshots
-of the README's "Viewing drafts in OHIF" (docs/images/ohif-*.png) are taken here.
+of the README's "Viewing drafts in OHIF" (docs/images/ohif-*.png) are taken here (written there when
+``PREDRAFT_UPDATE_SCREENSHOTS=1``, as the worklist's are).
 """
 
 from __future__ import annotations

@@ -2,13 +2,17 @@
 ``predraft serve`` that exports every SR to dcmtk's storescp: log in, watch a study arrive without a reload,
 open it, toggle the Grad-CAM overlay, edit and accept, reject another, log out and be refused.
 
-The screenshots of the worklist and of the study page in the README (docs/images/) are taken here.
+The screenshots of the worklist and of the study page in the README (docs/images/) are taken here: written there
+when ``PREDRAFT_UPDATE_SCREENSHOTS=1``, else into a temporary folder, so that a test run leaves the checkout as it
+found it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +28,12 @@ from tests.e2e.conftest import PREDRAFT, Deployment, _start
 pytestmark = pytest.mark.slow
 
 PASSWORD = "a long radiologist password"
-SCREENSHOTS = REPO_ROOT / "docs" / "images"
+#: The README's screenshots are rewritten only when asked; otherwise each run's go to a temporary folder.
+SCREENSHOTS = (
+    REPO_ROOT / "docs" / "images"
+    if os.environ.get("PREDRAFT_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "predraft-screenshots"
+)
 DRAFT_TIMEOUT_MS = 240_000
 
 
