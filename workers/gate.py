@@ -13,8 +13,10 @@ A card may also have a ``field`` task with a ``pelvis`` class: whether a hip ima
 both hips, one each side of its midline. When the tags name neither view nor side (``prepared.halves``) and
 the image is in scope, p(pelvis) at or above the card's threshold makes the image an AP pelvis: its hips are
 the two halves, the patient's right on the image's left as AP films are shown (no burned-in R/L marker is
-read: the scope note says so, and the instance is flagged), each with its own hardware check, in a second
-pass that only such an image costs. Below it, the image stays one hip of unlabelled view and unstated side.
+read: the scope note says so, and the instance is flagged), each with its own hardware check. The halves go
+through the network in the same pass as the whole image whenever prepare made them (the tags name no view nor
+side), so that an image split in two costs one pass, not two; one that is not split pays for two readings it
+does not use. Below the threshold, the image stays one hip of unlabelled view and unstated side.
 """
 
 from __future__ import annotations
@@ -88,21 +90,24 @@ class Gate:
             raise ValueError("the prepared instance has no gate image")
         whole = prepared.one_whole_hip
         crops = [] if whole else [self._resize(hip.pixels) for hip in prepared.hips]
-        first = self.model.predict(np.stack([prepared.gate_pixels, *crops]))
+        halves = list(prepared.halves) if self.reads_field else []
+        # One pass: the whole image, the tags' hip crops, and the halves the field head may choose.
+        every = self.model.predict(
+            np.stack([prepared.gate_pixels, *crops, *(self._resize(hip.pixels) for hip in halves)])
+        )
         reading = GateReading(
-            {name: float(p) for name, p in zip(self.model.card.tasks[GATE_TASK], first[GATE_TASK][0], strict=True)},
+            {name: float(p) for name, p in zip(self.model.card.tasks[GATE_TASK], every[GATE_TASK][0], strict=True)},
             self.region_thresholds,
         )
         decision = decide_scope(prepared.labels, reading, readable, gate_alone)
-        hips = self._checked(prepared.hips, first[HARDWARE_TASK][:1] if whole else first[HARDWARE_TASK][1:])
+        hardware = every[HARDWARE_TASK]
+        hips = self._checked(prepared.hips, hardware[:1] if whole else hardware[1 : 1 + len(crops)])
         labels, pelvis = prepared.labels, None
-        if self.reads_field and prepared.halves:
+        if halves:
             assert self.pelvis_threshold is not None  # set whenever reads_field is
-            pelvis = float(first[FIELD_TASK][0][self.model.card.tasks[FIELD_TASK].index(FIELD_PELVIS)])
+            pelvis = float(every[FIELD_TASK][0][self.model.card.tasks[FIELD_TASK].index(FIELD_PELVIS)])
             if decision.region == GATE_CLASS and pelvis >= self.pelvis_threshold:
-                halves = list(prepared.halves)
-                present = self.model.predict(np.stack([self._resize(hip.pixels) for hip in halves]))
-                hips = self._checked(halves, present[HARDWARE_TASK])
+                hips = self._checked(halves, hardware[1 + len(crops) :])
                 labels = replace(
                     labels,
                     view=View.AP_PELVIS,
