@@ -494,15 +494,21 @@ def resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
 def _block_mean(image: np.ndarray, k: int) -> np.ndarray:
     """Means of k x k blocks (the last row and column of blocks may be partial), float32.
 
-    k * k strided additions straight into the small result: no image-sized temporary.
+    Rows first: k additions of every k-th row into an array k times smaller than the image, each reading
+    whole rows in memory order, so the image is read once; then k additions of every k-th column of that.
+    (Adding every k-th pixel of the image k * k times, as before 2026-12-07, read it from memory about k
+    times over: 1.5-2.3 ms more on each large letterbox. The sums differ only by float32 rounding, at most
+    5e-7 on RG2.)
     """
     height, width = image.shape
-    blocks = np.array(image[0::k, 0::k], dtype=np.float32)
-    for row in range(k):
-        for column in range(k):
-            if row or column:
-                part = image[row::k, column::k]
-                blocks[: part.shape[0], : part.shape[1]] += part
+    rows = np.array(image[0::k], dtype=np.float32)
+    for row in range(1, k):
+        part = image[row::k]
+        rows[: part.shape[0]] += part
+    blocks = np.array(rows[:, 0::k])
+    for column in range(1, k):
+        part = rows[:, column::k]
+        blocks[:, : part.shape[1]] += part
     blocks *= np.float32(1.0 / (k * k))
     if height % k:
         blocks[-1] *= np.float32(k / (height % k))

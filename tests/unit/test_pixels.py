@@ -562,6 +562,20 @@ def test_letterbox_of_a_large_image_keeps_hardware_at_its_edges():
     assert boxed[190, 190] == 64  # 0.25 * 255, rounded
 
 
+@pytest.mark.parametrize(("height", "width", "k"), [(12, 18, 3), (13, 17, 3), (2141, 1763, 6), (1070, 1628, 4)])
+def test_block_means_are_the_means_of_their_blocks_partial_ones_included(height: int, width: int, k: int) -> None:
+    image = np.random.default_rng(height).random((height, width), dtype=np.float32)
+    expected = np.array(
+        [
+            [image[top : top + k, left : left + k].mean(dtype=np.float64) for left in range(0, width, k)]
+            for top in range(0, height, k)
+        ]
+    )
+    means = pixels._block_mean(image, k)
+    assert means.dtype == np.float32 and means.shape == expected.shape
+    np.testing.assert_allclose(means, expected, atol=1e-6)
+
+
 def test_letterbox_refuses_a_size_below_one():
     with pytest.raises(ValueError, match="size must be at least 1, got 0"):
         letterbox(np.ones((4, 4), dtype=np.float32), 0)
