@@ -70,7 +70,21 @@ class TaskModel:
             raise ValueError(f"network heads {sorted(network.heads)} differ from the card's tasks {sorted(card.tasks)}")
         self.card = card
         self.network = network.eval()
+        #: Whether the network's weights, and so its inputs, are channels_last (:meth:`for_inference`).
+        self.channels_last = False
         self._lock = threading.Lock()
+
+    def for_inference(self) -> TaskModel:
+        """Itself, made faster for reading only, in place: each batch norm folded into its convolution
+        (:func:`fold_batch_norms`) and the weights and inputs channels_last, which a CPU's convolutions run
+        a sixth to a quarter faster (the gate, regnetx_002 at 160 px, one torch thread, alternated: 7.7 against
+        9.1 ms for one image, 15.4-16.9 against 21.0-22.3 for three; the same outputs to 1e-6). Its state dict
+        no longer fits its card's weights file. (The hip classifier stays contiguous on a CPU: channels_last
+        made the demo model slower there for six images at once, 50 against 38 ms.)"""
+        fold_batch_norms(self.network)
+        self.network.to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return self
 
     def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Probabilities per task, (N, classes) float64, for uint8 images (N, S, S) at the card's input size."""
@@ -83,7 +97,10 @@ class TaskModel:
         if len(images) == 0:
             return {task: np.zeros((0, len(classes))) for task, classes in self.card.tasks.items()}
         with self._lock, torch.inference_mode():
-            logits = self.network(to_network_input(torch.from_numpy(images)))
+            batch = to_network_input(torch.from_numpy(images))
+            if self.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            logits = self.network(batch)
         return {
             task: softmax(value.double().numpy(), self.card.temperatures.get(task, 1.0))
             for task, value in logits.items()
@@ -115,8 +132,8 @@ def fold_batch_norms(network: torch.nn.Module) -> int:
 def load_task_model(card_path: Path, *, inference_only: bool = False) -> TaskModel:
     """The task model a card describes, its weights checked against the card's sha256.
 
-    ``inference_only``: batch norms folded into their convolutions (:func:`fold_batch_norms`), as the service
-    runs it; leave it off to train or save the network further (``predraft.models.taskhead``).
+    ``inference_only``: made faster for reading only (:meth:`TaskModel.for_inference`: batch norms folded, channels
+    last), as the service runs it; leave it off to train or save the network further (``predraft.models.taskhead``).
     """
     card, weights_path = load_task_card(card_path)
     network = TaskNetwork(card.architecture, card.tasks, card.global_pool)
@@ -127,6 +144,4 @@ def load_task_model(card_path: Path, *, inference_only: bool = False) -> TaskMod
             f"weights {weights_path} do not fit {card.architecture} with the tasks of {card_path}: {exc}"
         ) from exc
     model = TaskModel(card, network)
-    if inference_only:
-        fold_batch_norms(model.network)
-    return model
+    return model.for_inference() if inference_only else model

@@ -253,7 +253,9 @@ def test_folding_batch_norms_keeps_the_function_and_leaves_no_batch_norm():
         assert not torch.allclose(before[task], torch.zeros_like(before[task]))
 
 
-def test_the_bundled_gate_reads_the_same_with_its_batch_norms_folded():
+def test_the_bundled_gate_reads_the_same_with_its_batch_norms_folded_and_channels_last():
+    import torch
+
     from predraft.models.taskcard import GATE_CARD
 
     plain, folded = load_task_model(GATE_CARD), load_task_model(GATE_CARD, inference_only=True)
@@ -263,6 +265,9 @@ def test_the_bundled_gate_reads_the_same_with_its_batch_norms_folded():
         np.testing.assert_allclose(first[task], second[task], atol=1e-5)
     assert "bn.weight" not in " ".join(folded.network.state_dict())
     assert any(key.endswith("bn.weight") for key in plain.network.state_dict())
+    stem = folded.network.backbone.stem.conv.weight
+    assert folded.channels_last and stem.is_contiguous(memory_format=torch.channels_last)
+    assert not plain.channels_last and plain.network.backbone.stem.conv.weight.is_contiguous()
 
 
 def test_a_catavgmax_network_reads_the_mean_and_the_largest_value_of_each_feature_channel():
