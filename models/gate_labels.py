@@ -135,7 +135,7 @@ def build_rows(
         placed = hips.get(image)
         if placed is not None and placed["field"] == "pelvis":
             sides = {"image_left": placed["right"], "image_right": placed["left"]}  # patient's right on the left
-        elif placed is None and hardware != "present":
+        elif placed is None and hardware in NO_IMPLANT:
             sides = {"image_left": "none", "image_right": "none"}
         else:
             continue

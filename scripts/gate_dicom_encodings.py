@@ -164,7 +164,7 @@ def main() -> None:
         if row.crop == "whole"
     ]
     with_hardware = [row for row in rows if row.labels["hardware"] == "present"]
-    without = [row for row in rows if row.labels["hardware"] != "present"]
+    without = [row for row in rows if row.labels["hardware"] in NO_IMPLANT]
     drawn = np.random.default_rng(0).choice(len(without), args.negatives, replace=False)
     sample = with_hardware + [without[index] for index in sorted(drawn)]
     gate = load_gate(GATE_CARD)
