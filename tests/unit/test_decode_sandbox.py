@@ -170,6 +170,19 @@ def test_the_child_has_the_memory_bound_and_no_torch(sandbox, real_path):
     }
 
 
+def test_the_childs_malloc_reuses_an_images_buffers_for_the_next_image(sandbox, monkeypatch):
+    # Three 15 MB buffers an image (a 2140 x 1760 CR as float32): the child's malloc keeps them for the next image;
+    # with glibc's starting thresholds held (128 KiB), each is mapped and faulted in again: at least once per
+    # 2 MiB (transparent huge pages), once per 4 KiB page without them.
+    reused = sandbox.call(hostile.page_faults_per_image, 15 * MiB, 3)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", str(128 * 1024))
+    with Sandbox(timeout_seconds=60, memory_bytes=3 * 1024 * MiB) as glibc_defaults:
+        mapped_anew = glibc_defaults.call(hostile.page_faults_per_image, 15 * MiB, 3)
+    assert mapped_anew >= 3 * 7
+    assert reused < 0.1 * mapped_anew
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
