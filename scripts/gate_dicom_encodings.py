@@ -40,6 +40,7 @@ from sklearn.metrics import roc_auc_score
 from predraft.models.gate_labels import NO_IMPLANT
 from predraft.models.pixels import letterbox
 from predraft.models.prepare import prepare_file
+from predraft.models.scope import HARDWARE_PRESENT, HARDWARE_TASK
 from predraft.models.taskcard import GATE_CARD
 from predraft.models.taskdata import crop_image, read_grey, read_task_rows
 from predraft.workers.gate import load_gate
@@ -163,7 +164,7 @@ def main() -> None:
         for row in read_task_rows(LABELS, args.images, list(config.tasks), sources=("fracatlas",))
         if row.crop == "whole"
     ]
-    with_hardware = [row for row in rows if row.labels["hardware"] == "present"]
+    with_hardware = [row for row in rows if row.labels[HARDWARE_TASK] == HARDWARE_PRESENT]
     without = [row for row in rows if row.labels["hardware"] in NO_IMPLANT]
     drawn = np.random.default_rng(0).choice(len(without), args.negatives, replace=False)
     sample = with_hardware + [without[index] for index in sorted(drawn)]
@@ -180,7 +181,7 @@ def main() -> None:
                 prepared = prepare_file(_encoded(grey, path, encode), input_size=64, gate_size=gate.size).gate_pixels
                 assert prepared is not None
                 pixels[name].append(prepared)
-    positive = np.array([row.labels["hardware"] == "present" for row in sample])
+    positive = np.array([row.labels[HARDWARE_TASK] == HARDWARE_PRESENT for row in sample])
     regions = gate.model.card.tasks["region"]
     truth = np.array([row.labels["region"] for row in sample])
     threshold = gate.hardware_threshold
@@ -194,7 +195,7 @@ def main() -> None:
     for name, images in pixels.items():
         stacked = np.stack(images)
         readings = gate.model.predict(stacked)
-        present = readings["hardware"][:, gate.model.card.tasks["hardware"].index("present")]
+        present = readings[HARDWARE_TASK][:, gate.model.card.tasks[HARDWARE_TASK].index(HARDWARE_PRESENT)]
         base = present if base is None else base
         summary["encodings"][name] = {
             "grey_levels_from_training_image": round(float(np.abs(stacked - reference).mean()), 3),
