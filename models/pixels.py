@@ -129,7 +129,8 @@ def to_unit_range(
 
     ``window_index`` picks the VOI LUT Sequence item or the WindowCenter/WindowWidth pair (0: the first);
     an index past the last one uses the last one. A VOI LUT wins over a window when both are present
-    (as pydicom's apply_voi_lut does). Without either (or with an invalid window): an image of display values
+    (as pydicom's apply_voi_lut does). Without either (or with an invalid window, or one that would show the whole
+    image as one grey level): an image of display values
     (:func:`display_values_top`: unsigned, no modality transform, 8 bits or fewer, or deeper holding 8-bit values
     as they are or scaled by a shift or 257) maps 0 to its top linearly, as the JPEG or PNG it was made from reads; any
     other image gets a linear window from the 0.5th to the 99.5th percentile of its values (a regular subsample
@@ -254,7 +255,9 @@ def _window(ds: Dataset, values: np.ndarray, index: int, out: np.ndarray | None 
     C.11.2.1.3.2 LINEAR_EXACT: y = (x - c) / w + 0.5, clipped (w > 0);
     C.11.2.1.3.1 SIGMOID: y = 1 / (1 + exp(-4 (x - c) / w)) (w > 0).
     The same formulas as pydicom's apply_windowing, divided by its output range, but in float32 (and in
-    ``out`` when given, which may be ``values`` itself).
+    ``out`` when given, which may be ``values`` itself). None (the caller's default then) for an invalid window,
+    and for one that would show the whole image as one grey level (every value beyond one end of it: a window
+    that belongs to other pixel values).
     """
     if "WindowCenter" not in ds or "WindowWidth" not in ds:
         return None
@@ -264,6 +267,19 @@ def _window(ds: Dataset, values: np.ndarray, index: int, out: np.ndarray | None 
     chosen = min(index, len(centers) - 1, len(widths) - 1)
     center, width = centers[chosen], widths[chosen]
     function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    ramp = _window_ramp(function, center, width)
+    if ramp is not None and _one_grey_level(values, *ramp):
+        log.info(
+            "window %d (center %s, width %s, %s) leaves every pixel at one end of it (values %s to %s); "
+            "using the default (full range or percentile window)",
+            chosen,
+            center,
+            width,
+            function,
+            float(values.min()),
+            float(values.max()),
+        )
+        return None
     if function == "SIGMOID" and width > 0:
         out = np.multiply(values, np.float32(-4.0 / width), out=out, dtype=np.float32)
         out += np.float32(4.0 * center / width)
@@ -285,6 +301,25 @@ def _window(ds: Dataset, values: np.ndarray, index: int, out: np.ndarray | None 
         function,
     )
     return None
+
+
+def _window_ramp(function: str, center: float, width: float) -> tuple[float, float] | None:
+    """Where a valid window rises from black to white (a sigmoid's 0.03 % to 99.97 %), or None."""
+    if function == "SIGMOID" and width > 0:
+        return center - 2.0 * width, center + 2.0 * width
+    if function == "LINEAR_EXACT" and width > 0:
+        return center - width / 2.0, center + width / 2.0
+    if function == "LINEAR" and width >= 1:
+        return center - 0.5 - (width - 1) / 2.0, center - 0.5 + (width - 1) / 2.0
+    return None
+
+
+def _one_grey_level(values: np.ndarray, low: float, high: float) -> bool:
+    """Whether every value (of a regular subsample) lies at or below ``low`` or every one at or above ``high``: a
+    window from ``low`` to ``high`` would show the image as one flat grey level, as a window written for other
+    pixel values does (a 16-bit DX whose values run 32,744-65,535 under a window of 70-5,380)."""
+    sample = _subsample(values)
+    return bool((sample <= low).all() or (sample >= high).all())
 
 
 def _values(value: Any) -> list[float]:  # an element's value: pydicom types them as Any

@@ -9,7 +9,7 @@ script scores them two ways: in-sample, and with the means and covariance fitted
 patients and the fifth scored (the network still saw it: a lower bound on a new film's distance, not an
 estimate). Then the DICOM fixtures of ../shared/data/real (test fixtures, never fitted on), prepared as the
 service prepares an image sent without body-part tags: the chests (RG1, 966, the small highdicom DX chest, and
-a 16-bit DX chest whose window leaves it blank), the hand, the tibia, the hip.
+a 16-bit DX chest whose own window fits none of its values), the hand, the tibia, the hip.
 
 Prints each fixture's distance and where it falls among the real limb films', and writes JSON. Nothing here
 is used by the service: it is a measurement for whoever plans an "other" class.
@@ -45,7 +45,7 @@ FIXTURES = {
     "RG1 chest PA (CR)": "RG1_UNCR.dcm",
     "966 chest (DX)": "966_fixed.dcm",
     "highdicom DX chest, 169 x 211": "dx_image.dcm",
-    "DX chest, blank in its window": "JPEG2KLossless_1s_1f_u_16_16.dcm",
+    "DX chest whose window fits none of its values": "JPEG2KLossless_1s_1f_u_16_16.dcm",
     "hand (CR)": "NM_Kakadu44_SOTmarkerincons.dcm",
     "RG3 tibia (CR)": "RG3_UNC.dcm",
     "RG2 hip (CR)": "RG2_UNC.dcm",

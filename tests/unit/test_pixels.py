@@ -4,6 +4,7 @@ orientation and splitting, letterboxing."""
 from __future__ import annotations
 
 import copy
+import logging
 from functools import lru_cache
 from pathlib import Path
 
@@ -312,10 +313,10 @@ def test_window_agrees_with_pydicom_apply_windowing(function, center, width):
 
 def test_window_index_picks_the_pair_and_is_clamped():
     stored = np.array([[0, 100, 200]], dtype=np.float32)
-    ds = _synthetic(WindowCenter=[100, 1000], WindowWidth=[200, 10], VOILUTFunction="LINEAR_EXACT")
+    ds = _synthetic(WindowCenter=[100, 150], WindowWidth=[200, 100], VOILUTFunction="LINEAR_EXACT")
     np.testing.assert_allclose(to_unit_range(ds, stored), [[0.0, 0.5, 1.0]], atol=1e-6)
-    np.testing.assert_allclose(to_unit_range(ds, stored, window_index=1), [[0.0, 0.0, 0.0]], atol=1e-6)
-    np.testing.assert_allclose(to_unit_range(ds, stored, window_index=7), [[0.0, 0.0, 0.0]], atol=1e-6)
+    np.testing.assert_allclose(to_unit_range(ds, stored, window_index=1), [[0.0, 0.0, 1.0]], atol=1e-6)
+    np.testing.assert_allclose(to_unit_range(ds, stored, window_index=7), [[0.0, 0.0, 1.0]], atol=1e-6)
     with pytest.raises(ValueError, match="window_index must be 0 or more, got -1"):
         to_unit_range(ds, stored, window_index=-1)
 
@@ -324,6 +325,24 @@ def test_invalid_linear_window_falls_back_to_the_percentile_window():
     stored = np.linspace(0, 4095, 64 * 64, dtype=np.float32).reshape(64, 64)
     unit = to_unit_range(_synthetic(WindowCenter=100, WindowWidth=0.5), stored)
     assert unit.min() == 0.0 and unit.max() == 1.0 and 0.45 < float(np.median(unit)) < 0.55
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+@pytest.mark.parametrize("center", [2725, 100_000])  # every value above the window, every value below it
+def test_a_window_that_shows_every_pixel_at_one_end_falls_back_to_the_percentile_window(function, center, caplog):
+    # As a 16-bit DX of the pylibjpeg test set holds: values 32,744-65,535, a window of 70-5,380.
+    stored = np.linspace(32744, 65535, 64 * 64, dtype=np.float32).reshape(64, 64)
+    ds = _synthetic(WindowCenter=center, WindowWidth=5310, VOILUTFunction=function, BitsStored=16)
+    with caplog.at_level(logging.INFO, logger="predraft.models.pixels"):
+        unit = to_unit_range(ds, stored)
+    assert unit.min() == 0.0 and unit.max() == 1.0 and 0.45 < float(np.median(unit)) < 0.55
+    assert "leaves every pixel at one end of it (values 32744.0 to 65535.0)" in caplog.text
+
+
+def test_a_window_that_cuts_through_the_values_is_kept_however_narrow():
+    stored = np.array([[0, 1000, 1499, 1502, 4000]], dtype=np.float32)  # none inside 1499.5-1501.5: two levels
+    unit = to_unit_range(_synthetic(WindowCenter=1500.5, WindowWidth=2.0, VOILUTFunction="LINEAR_EXACT"), stored)
+    np.testing.assert_allclose(unit, [[0.0, 0.0, 0.0, 1.0, 1.0]], atol=1e-6)
 
 
 def test_modality_rescale_is_applied_before_the_window():

@@ -268,14 +268,16 @@ def test_collimation_is_cropped_before_the_midline_split(tmp_path):
 
 def test_voi_window_index_chooses_the_window(tmp_path):
     _write_pelvis(
-        tmp_path / "pelvis.dcm", _pelvis_stored(), ["L", "F"], WindowCenter=[2048, 500], WindowWidth=[4096, 200]
+        tmp_path / "pelvis.dcm", _pelvis_stored(), ["L", "F"], WindowCenter=[2048, 1300], WindowWidth=[4096, 200]
     )
     _, first, *_ = prepare_file(tmp_path / "pelvis.dcm", input_size=64)
     _, second, *_ = prepare_file(tmp_path / "pelvis.dcm", input_size=64, voi_window_index=1)
     _, past_the_last, *_ = prepare_file(tmp_path / "pelvis.dcm", input_size=64, voi_window_index=9)
     middle = (slice(20, 44), slice(14, 50))  # inside the 43 x 64 hip image, clear of the padding
     assert 100 < first[0].pixels[middle].mean() < 160  # values 1100-2900 in a 0-4095 window
-    assert (second[0].pixels[middle] == 255).all()  # the narrow window at 500 saturates them all
+    # The narrow window at 1200-1400 saturates nearly all of them (one that saturated every pixel would give way
+    # to the percentile window: models/pixels.py).
+    assert second[0].pixels[middle].mean() > 220
     np.testing.assert_array_equal(past_the_last[0].pixels, second[0].pixels)
 
 
